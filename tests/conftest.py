@@ -1,0 +1,56 @@
+"""Shared fixtures: the real datasets beside the repo (skipped when absent) and small image folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("UNISTAD_SHARED_DATA", REPO.parent / "shared" / "datasets"))
+
+needs_real_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),
+                                     reason=f"real datasets not found at {SHARED_DATA} (../shared/datasets)")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lite0_teacher():
+    from unistad_edu import load_teacher
+    return load_teacher()
+
+
+def write_image(path: Path, size=(32, 32), value=None, mode="RGB", seed=0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    if mode == "RGB":
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if value is None else np.full((h, w, 3), value, np.uint8)
+    else:
+        arr = rng.integers(0, 256, (h, w), dtype=np.uint8) if value is None else np.full((h, w), value, np.uint8)
+    Image.fromarray(arr, mode=mode if mode != "RGB" else None).save(path)
+    return path
+
+
+def make_category(root: Path, name: str = "widget", n_train=3, n_good=2, n_defect=2, size=(32, 32)) -> Path:
+    """A tiny, valid MVTec-layout category."""
+    cat = root / name
+    for i in range(n_train):
+        write_image(cat / "train" / "good" / f"{i:03d}.png", size, seed=i)
+    for i in range(n_good):
+        write_image(cat / "test" / "good" / f"{i:03d}.png", size, seed=100 + i)
+    for i in range(n_defect):
+        write_image(cat / "test" / "scratch" / f"{i:03d}.png", size, seed=200 + i)
+        mask = np.zeros(size[::-1], np.uint8)
+        mask[4:10, 4:12] = 255
+        (cat / "ground_truth" / "scratch").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(cat / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    return cat

@@ -1,0 +1,354 @@
+"""Data: MVTec-AD-layout folders over one or many categories.
+
+A **category** is any folder that holds ``train/good``; categories are found at any depth under the data
+root, so ``--data ../shared/datasets`` (``mvtec_ad/bottle``, ``kolektorsdd/commutator``, ...) just works.
+Inside a category::
+
+    train/good/*.png                      normal training images
+    test/good/*.png                       normal test images
+    test/<defect>/*.png                   defective test images
+    ground_truth/<defect>/<stem>_mask.png pixel masks of the defects (``<stem>.png`` is accepted too)
+
+Every sample is a dict ``{"image": (3, S, S) float in [0, 1], "mask": (1, S, S) float {0, 1},
+"label": 0 | 1, "category": str, "path": str, "index": int}``. Images of any mode (grayscale, RGBA,
+palette, 16-bit) become 8-bit RGB; non-square images are resized to the model size ``S x S``; masks are
+resized with nearest-neighbour and binarised with ``> 0``. The category travels with each sample only so
+that metrics and plots can be reported per class: **no unified model may read it**.
+
+Layout problems are found when the dataset is built (image headers are read, not decoded) and raise a
+:class:`DataError` that names the folder or file, what is wrong, and how to fix it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MAX_IMAGE_PIXELS = 64_000_000  # refuse larger images (decompression-bomb guard); MVTec's largest is 1 MP
+
+
+class DataError(ValueError):
+    """A dataset folder or file is not usable; the message says which, what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image on disk, before decoding."""
+
+    path: Path
+    category: str
+    label: int  # 0 normal, 1 anomalous
+    defect: str  # "good" or the defect folder name
+    mask_path: Path | None
+
+
+# --------------------------------------------------------------------------------------------------------
+# image decoding
+# --------------------------------------------------------------------------------------------------------
+def _open_checked(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image header, refusing non-images and oversized images with a clear error."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path} is an empty (0-byte) file, not an image: delete or replace it")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        kind = "too large (decompression-bomb guard)" if "decompression" in str(err).lower() or isinstance(
+            err, (Image.DecompressionBombError, Image.DecompressionBombWarning)) else "not a readable image"
+        raise DataError(f"{path} is {kind}: remove it from the dataset folder or re-save it as PNG/JPEG") from err
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    w, h = img.size
+    if w * h > max_pixels:
+        raise DataError(f"{path} has {w}x{h} = {w * h / 1e6:.0f} MP, more than the {max_pixels / 1e6:.0f} MP "
+                        f"limit: downscale it first (the model works at a few hundred pixels anyway)")
+    if w < 2 or h < 2:
+        raise DataError(f"{path} is only {w}x{h} pixels: too small to be an inspection image")
+    return img
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> (H, W, 3) uint8. 16-bit and float images are rescaled by their dtype range
+    (16-bit: /257), alpha is composited on black, palette and grayscale are expanded."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        scale = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            scale = 1.0
+        arr = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA")).astype(np.float32)
+        rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
+        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(path, size: int | None = None) -> np.ndarray:
+    """Decode an image file to (size, size, 3) uint8 RGB (or its own size if ``size`` is None)."""
+    img = _open_checked(Path(path))
+    try:
+        img.load()
+        arr = to_rgb_array(img)
+    except DataError:
+        raise
+    except Exception as err:  # truncated or corrupt data after a valid header
+        raise DataError(f"{path} is corrupt or truncated ({err}): re-export or remove it") from err
+    if size is not None and arr.shape[:2] != (size, size):
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+    return arr
+
+
+def load_mask(path, size: int | None = None) -> np.ndarray:
+    """Decode a mask to (size, size) uint8 in {0, 1}: nearest-neighbour resize, then ``> 0``."""
+    img = _open_checked(Path(path))
+    try:
+        img.load()
+        arr = np.asarray(img.convert("L") if img.mode not in ("L", "1", "I;16", "I") else img)
+    except Exception as err:
+        raise DataError(f"mask {path} is corrupt or truncated ({err}): re-export it") from err
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    arr = (arr > 0).astype(np.uint8)
+    if size is not None and arr.shape != (size, size):
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.NEAREST))
+    return arr
+
+
+# --------------------------------------------------------------------------------------------------------
+# discovery
+# --------------------------------------------------------------------------------------------------------
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def discover_categories(root) -> dict[str, Path]:
+    """All categories under ``root`` (any depth; a category is a folder with ``train/good``), by name.
+
+    The name is the folder's own name; if two folders share it, their path relative to ``root`` is used.
+    Symbolic links to folders are not followed, so link loops cannot hang the search.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist: pass --data with a folder of categories in "
+                        f"MVTec layout, or omit --data to use the synthetic set")
+    if not root.is_dir():
+        raise DataError(f"--data {root} is a file, not a folder of categories")
+    found: list[Path] = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        if (here / "train" / "good").is_dir():
+            found.append(here)
+            dirnames[:] = []  # a category does not contain further categories
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    if not found:
+        raise DataError(
+            f"no categories found under {root}: a category is a folder holding train/good/ with normal images "
+            f"(MVTec AD layout: <category>/train/good, <category>/test/<defect>, <category>/ground_truth/<defect>)")
+    names = [p.name for p in found]
+    out = {}
+    for p in sorted(found):
+        name = p.name if names.count(p.name) == 1 else p.relative_to(root).as_posix()
+        out[name] = p
+    return out
+
+
+def _mask_for(category_dir: Path, defect: str, image: Path) -> Path | None:
+    gt = category_dir / "ground_truth" / defect
+    for candidate in (gt / f"{image.stem}_mask.png", gt / f"{image.stem}.png", gt / f"{image.stem}_mask{image.suffix}",
+                      gt / image.stem / "000.png"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def scan_category(name: str, folder: Path, split: str, check_masks: bool = True) -> list[Record]:
+    """The records of one category's split, with layout checks."""
+    folder = Path(folder)
+    if split == "train":
+        train = folder / "train" / "good"
+        files = _image_files(train)
+        if not files:
+            raise DataError(f"{train} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): put the normal "
+                            f"training images of category {name!r} there")
+        return [Record(p, name, 0, "good", None) for p in files]
+    if split != "test":
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    test = folder / "test"
+    if not test.is_dir():
+        raise DataError(f"category {name!r} has no test/ folder at {test}: add test/good and test/<defect> "
+                        f"folders, or train only")
+    records: list[Record] = []
+    for sub in sorted(d for d in test.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for p in _image_files(sub):
+            if sub.name == "good":
+                records.append(Record(p, name, 0, "good", None))
+                continue
+            mask = _mask_for(folder, sub.name, p)
+            if mask is None and check_masks:
+                raise DataError(
+                    f"defect image {p} has no mask: expected {folder / 'ground_truth' / sub.name / (p.stem + '_mask.png')}"
+                    f". Add the mask (white = defect), or pass check_masks=False to evaluate image scores only")
+            records.append(Record(p, name, 1, sub.name, mask))
+    if not records:
+        raise DataError(f"{test} holds no images: add test/good and test/<defect> images of category {name!r}")
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------
+# the dataset
+# --------------------------------------------------------------------------------------------------------
+class MVTecDataset(torch.utils.data.Dataset):
+    """One split over one or many categories of an MVTec-layout folder tree.
+
+    Args:
+        root: folder holding categories at any depth.
+        split: ``"train"`` (``train/good``) or ``"test"`` (``test/*`` with masks).
+        categories: names to use (default: all found).
+        image_size: side ``S`` of the square model input.
+        keep_in_memory: keep decoded uint8 images after first use (the real sets here fit in < 0.5 GB).
+        check_masks: require a mask for every defect image (default True).
+    """
+
+    def __init__(self, root, split: str = "train", categories: Sequence[str] | None = None,
+                 image_size: int = 256, keep_in_memory: bool = True, check_masks: bool = True,
+                 records: Sequence[Record] | None = None):
+        self.root = Path(root)
+        self.split = split
+        self.image_size = int(image_size)
+        self.keep_in_memory = keep_in_memory
+        if records is None:
+            found = discover_categories(root)
+            if categories:
+                missing = [c for c in categories if c not in found]
+                if missing:
+                    raise DataError(f"categories {missing} not found under {root}; found: {sorted(found)}")
+                found = {c: found[c] for c in categories}
+            records = [r for name, folder in found.items() for r in scan_category(name, folder, split, check_masks)]
+            self._check_headers(records)
+        self.records = list(records)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    @staticmethod
+    def _check_headers(records: Iterable[Record]) -> None:
+        for r in records:
+            img = _open_checked(r.path)
+            if r.mask_path is not None:
+                mask = _open_checked(r.mask_path)
+                if mask.size != img.size:
+                    raise DataError(f"mask {r.mask_path} is {mask.size[0]}x{mask.size[1]} but its image {r.path} "
+                                    f"is {img.size[0]}x{img.size[1]}: masks must have the image's size")
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({r.category for r in self.records})
+
+    def subset(self, indices: Sequence[int]) -> "MVTecDataset":
+        """A dataset over some of these records (shares nothing mutable)."""
+        return MVTecDataset(self.root, self.split, image_size=self.image_size, keep_in_memory=self.keep_in_memory,
+                            records=[self.records[i] for i in indices])
+
+    def by_category(self) -> dict[str, "MVTecDataset"]:
+        return {c: self.subset([i for i, r in enumerate(self.records) if r.category == c]) for c in self.categories}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            row = out.setdefault(r.category, {})
+            row[r.defect] = row.get(r.defect, 0) + 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if i in self._cache:
+            return self._cache[i]
+        r = self.records[i]
+        image = load_image(r.path, self.image_size)
+        mask = load_mask(r.mask_path, self.image_size) if r.mask_path is not None else None
+        if self.keep_in_memory:
+            self._cache[i] = (image, mask)
+        return image, mask
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        image, mask = self._decode(i)
+        img_t = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)  # (3, S, S)
+        if mask is None:
+            mask_t = torch.zeros(1, self.image_size, self.image_size)
+        else:
+            mask_t = torch.from_numpy(mask.astype(np.float32, copy=True))[None]  # (1, S, S)
+        return {"image": img_t, "mask": mask_t, "label": r.label, "category": r.category,
+                "path": str(r.path), "index": i}
+
+
+def holdout_split(dataset: MVTecDataset, fraction: float = 0.1, seed: int = 0,
+                  min_per_category: int = 2) -> tuple[MVTecDataset, MVTecDataset]:
+    """Split normal training images into (train, held-out) per category, reproducibly.
+
+    The held-out normal images calibrate the anomaly threshold, so a user needs no defective images for it.
+    Each category keeps at least one training image; categories with fewer than ``min_per_category + 1``
+    images give none to the held-out part.
+    """
+    rng = np.random.default_rng(seed)
+    train_idx, held_idx = [], []
+    for cat in dataset.categories:
+        idx = np.array([i for i, r in enumerate(dataset.records) if r.category == cat])
+        rng.shuffle(idx)
+        n = len(idx)
+        n_held = 0 if fraction <= 0 or n <= min_per_category else min(n - 1, max(min_per_category, round(n * fraction)))
+        held_idx += sorted(idx[:n_held].tolist())
+        train_idx += sorted(idx[n_held:].tolist())
+    return dataset.subset(sorted(train_idx)), dataset.subset(sorted(held_idx))
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors, keep strings as lists (DataLoader collate_fn)."""
+    out = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        if isinstance(vals[0], torch.Tensor):
+            out[key] = torch.stack(vals)
+        elif isinstance(vals[0], (int, np.integer)):
+            out[key] = torch.tensor(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+def default_data_root(cache_dir=None) -> Path:
+    """The embedded default: the synthetic multi-class set, generated once into a cache folder."""
+    from .synthetic import make_synthetic
+
+    cache = Path(cache_dir or os.environ.get("UNISTAD_CACHE", Path.home() / ".cache" / "unistad_edu"))
+    return make_synthetic(cache / "synthetic")
+
+
+def find_data(prefer_real: bool = True) -> tuple[Path, str]:
+    """Where a lesson or bench should read data: ``$UNISTAD_DATA``, else the real categories in
+    ``../shared/datasets`` (looked for from the working directory upwards), else the synthetic set.
+    Returns (root, description)."""
+    env = os.environ.get("UNISTAD_DATA")
+    if env:
+        return Path(env), f"$UNISTAD_DATA ({env})"
+    if prefer_real:
+        here = Path.cwd().resolve()
+        for parent in [here, *here.parents]:
+            cand = parent / "shared" / "datasets"
+            if cand.is_dir():
+                return cand, f"real photographed categories in {cand}"
+    return default_data_root(), "the synthetic multi-class set"
