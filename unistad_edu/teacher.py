@@ -194,6 +194,28 @@ def _select_levels(feature_info: list[dict], layers, strides) -> list[LevelInfo]
     return sorted(picked, key=lambda lv: lv.index)
 
 
+class Pyramid(nn.Module):
+    """A timm backbone truncated after the last of ``levels``: ``pyramid(x) -> {level name: (B, C, h, w)}``.
+    The teacher wraps one (frozen, pretrained); STPM-style students are one from random init."""
+
+    def __init__(self, model: nn.Module, levels: Sequence[LevelInfo]):
+        super().__init__()
+        self.levels = list(levels)
+        self._indices = [lv.index for lv in self.levels]
+        model.prune_intermediate_layers(self._indices, prune_head=True)  # drop later stages and the head
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True, stop_early=True)
+        return {lv.name: f for lv, f in zip(self.levels, feats)}
+
+    @classmethod
+    def random_like(cls, teacher: "Teacher", seed: int = 0) -> "Pyramid":
+        """Same architecture and levels as ``teacher``, random weights (an STPM student)."""
+        model, _ = create_backbone(teacher.backbone_name, weights=None, seed=seed)
+        return cls(model, teacher.levels)
+
+
 class Teacher(nn.Module):
     """Frozen timm backbone: ``teacher(images in [0,1]) -> {level name: (B, C, h, w)}``.
 
@@ -216,10 +238,7 @@ class Teacher(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1),
                              persistent=False)
         self.levels = _select_levels(model.feature_info, layers, strides)
-        self._indices = [lv.index for lv in self.levels]
-        # drop every stage after the last one we use, and the classifier head
-        model.prune_intermediate_layers(self._indices, prune_head=True)
-        self.model = model
+        self.pyramid = Pyramid(model, self.levels)
         self.fast_cpu = fast_cpu
         self.requires_grad_(False)
         self.eval()
@@ -229,6 +248,11 @@ class Teacher(nn.Module):
     # the teacher is frozen: train() never switches BatchNorm/Dropout back on
     def train(self, mode: bool = True):
         return super().train(False)
+
+    @property
+    def model(self) -> nn.Module:
+        """The (truncated) timm model."""
+        return self.pyramid.model
 
     @property
     def feature_info(self) -> list[LevelInfo]:
@@ -262,10 +286,9 @@ class Teacher(nn.Module):
         if self.fast_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(x.device):
-            feats = self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True,
-                                                     stop_early=True)
+            feats = self.pyramid(x)
         # each: (B, C_l, H/stride_l, W/stride_l), back to float32 and plain layout
-        return {lv.name: f.float().contiguous() for lv, f in zip(self.levels, feats)}
+        return {name: f.float().contiguous() for name, f in feats.items()}
 
 
 def load_teacher(name: str = DEFAULT_TEACHER, weights="auto", classifier: bool = False, layers=None,

@@ -1,0 +1,195 @@
+"""Benchmarks behind ``python -m unistad_edu bench``. This machine is shared and noisy, so every figure is a
+ratio against a baseline measured in the same run, interleaved (A, B, A, B, ...), and the median of the
+repeats is reported.
+
+* ``teacher``: teacher images/s at 256 px, plain fp32 vs channels_last + bf16; a feature-cache hit (memory
+  and disk) vs a teacher forward.
+* ``train``: engine ``fit`` images/s vs a bare loop doing the same step, for one method.
+* ``infer``: engine scoring images/s (teacher + method + shared scoring path) vs a teacher-only forward.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    import os
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _time(fn, n_items: int) -> float:
+    t = time.perf_counter()
+    fn()
+    return n_items / (time.perf_counter() - t)
+
+
+def _interleaved(fns: dict, n_items: int, repeats: int) -> dict[str, float]:
+    """items/s of each fn, median of ``repeats`` interleaved rounds (after one warm-up call each)."""
+    for fn in fns.values():
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            rates[k].append(_time(fn, n_items))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
+    from .cache import FeatureCache
+    from .teacher import Teacher, lite0_package_file, load_teacher
+
+    fast = load_teacher()
+    plain = Teacher(weights=lite0_package_file(), fast_cpu=False)
+    x = torch.rand(batch_size, 3, image_size, image_size)
+    with torch.no_grad():
+        speeds = _interleaved({"fp32": lambda: plain(x), "channels_last_bf16": lambda: fast(x)}, batch_size, repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        # cache hits need real files: write the batch as PNGs
+        from PIL import Image
+        paths = []
+        for i in range(batch_size):
+            p = Path(tmp) / f"{i}.png"
+            Image.fromarray((x[i].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(p)
+            paths.append(str(p))
+        mem = FeatureCache(fast, image_size)
+        disk = FeatureCache(fast, image_size, root=Path(tmp) / "cache", fp16=True)
+        mem.features(x, paths)
+        disk.features(x, paths)
+        with torch.no_grad():
+            hits = _interleaved({"teacher_forward": lambda: fast(x), "cache_hit_memory": lambda: mem.features(x, paths),
+                                 "cache_hit_disk_fp16": lambda: disk.features(x, paths)}, batch_size, repeats)
+    return {
+        "images_per_s": {**speeds, **hits},
+        "ratios": {"channels_last_bf16_vs_fp32": speeds["channels_last_bf16"] / speeds["fp32"],
+                   "cache_hit_memory_vs_forward": hits["cache_hit_memory"] / hits["teacher_forward"],
+                   "cache_hit_disk_vs_forward": hits["cache_hit_disk_fp16"] / hits["teacher_forward"]},
+        "setup": {"image_size": image_size, "batch_size": batch_size, "repeats": repeats, "teacher": fast.describe()},
+    }
+
+
+def _bench_data(data, image_size: int, n: int):
+    from .data import MVTecDataset, find_data
+    root = Path(data) if data else find_data()[0]
+    ds = MVTecDataset(root, "train", image_size=image_size)
+    step = max(1, len(ds) // n)
+    return ds.subset(list(range(0, len(ds), step))[:n]), root
+
+
+def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=64) -> dict:
+    """Engine fit (one epoch over n_images, cache warm, checkpointing on) vs a bare loop with the same step."""
+    from .engine import TrainConfig, autocast_for, fit, make_optimizer
+    from .cache import FeatureCache
+    from .data import collate
+    from .methods import build_model
+    from .methods.base import Batch
+    from .teacher import load_teacher
+
+    teacher = load_teacher()
+    ds, root = _bench_data(data, image_size, n_images)
+    model = build_model(method, teacher, image_size=image_size, batch_size=batch_size)
+    model.to(memory_format=torch.channels_last)
+    cache = FeatureCache(teacher, image_size)
+    cache.warm(ds, progress=False)
+    [ds[i] for i in range(len(ds))]  # decode once: both loops read images from memory
+    opt = make_optimizer(model)
+    device = torch.device("cpu")
+    batches = [collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))]) for i in range(0, len(ds), batch_size)]
+    n_steps_images = sum(b["image"].shape[0] for b in batches[:-1]) if len(batches) > 1 else len(ds)
+
+    def bare():
+        model.train()
+        for b in batches[:-1] if len(batches) > 1 else batches:  # the engine drops the last partial batch
+            mb = Batch(b["image"], cache.features(b["image"], b["path"]))
+            with autocast_for(device):
+                loss = model.loss(mb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    tmp = tempfile.mkdtemp()
+
+    def engine():
+        fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False), out=tmp, cache=cache)
+
+    speeds = _interleaved({"bare_loop": bare, "engine_fit": engine}, n_steps_images, repeats)
+    return {"images_per_s": speeds, "ratios": {"engine_vs_bare": speeds["engine_fit"] / speeds["bare_loop"]},
+            "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
+                      "batch_size": batch_size, "repeats": repeats,
+                      "note": "engine includes per-epoch checkpoint + train_state writes and the log"}}
+
+
+def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=64) -> dict:
+    """Engine scoring (no cache: teacher + method + scoring path) vs teacher-only forward on the same images."""
+    from .engine import score_dataset
+    from .methods import build_model
+    from .teacher import load_teacher
+
+    teacher = load_teacher()
+    ds, root = _bench_data(data, image_size, n_images)
+    [ds[i] for i in range(len(ds))]
+    model = build_model(method, teacher, image_size=image_size).eval()
+    model.to(memory_format=torch.channels_last)
+    from .data import collate
+    batches = [collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))]) for i in range(0, len(ds), batch_size)]
+
+    def teacher_only():
+        with torch.no_grad():
+            for b in batches:
+                teacher(b["image"])
+
+    def engine():
+        score_dataset(model, ds, cache=None, batch_size=batch_size, keep_maps=True)
+
+    speeds = _interleaved({"teacher_only": teacher_only, "engine_predict": engine}, len(ds), repeats)
+    return {"images_per_s": speeds, "ratios": {"engine_vs_teacher_only": speeds["engine_predict"] / speeds["teacher_only"]},
+            "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
+                      "batch_size": batch_size, "repeats": repeats}}
+
+
+def to_markdown(what: str, result: dict, command: str) -> str:
+    lines = [f"### bench {what} — {date.today().isoformat()}", "", f"- machine: {result['machine']}",
+             f"- command: `{command}`", ""]
+    lines += ["| measure | images/s |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in result["images_per_s"].items()]
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f}x |" for k, v in result["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(args) -> int:
+    import sys
+    kw = dict(image_size=args.image_size, batch_size=args.batch_size, repeats=args.repeats)
+    if args.what == "teacher":
+        result = bench_teacher(**kw)
+    elif args.what == "train":
+        result = bench_train(args.method, args.data, **kw)
+    else:
+        result = bench_infer(args.method, args.data, **kw)
+    result = {"bench": args.what, "date": date.today().isoformat(), "machine": machine(), **result}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    if args.markdown:
+        command = "python -m unistad_edu " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else f"bench {args.what}"
+        with open(args.markdown, "a") as f:
+            f.write("\n" + to_markdown(args.what, result, command))
+    return 0

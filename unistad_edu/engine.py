@@ -1,0 +1,326 @@
+"""The engine: one ``fit`` / ``evaluate`` / ``predict`` for every method.
+
+``fit`` trains on normal images: optimiser and learning-rate schedule come from the method's config; teacher
+features come from the :class:`~unistad_edu.cache.FeatureCache` (the teacher runs once per image); bf16 autocast
+and channels_last on CPU, AMP on CUDA; a checkpoint every epoch, written atomically; ``resume=True``
+continues exactly where a run stopped (the data order and random draws of epoch e depend only on the seed
+and e, and the optimiser state is saved with the weights); ``max_minutes`` stops cleanly after the epoch
+in which the budget runs out. At the end, the anomaly threshold is calibrated from held-out **normal**
+training images only (see :func:`calibrate_threshold`), so no defective image is needed to deploy.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .cache import FeatureCache
+from .checkpoint import STATE_FILE, load_train_state, save_checkpoint, save_train_state
+from .data import MVTecDataset, collate, holdout_split, load_image
+from .methods.base import Batch, Method
+
+
+@dataclass
+class TrainConfig:
+    epochs: int | None = None  # None: the method config's epochs
+    batch_size: int | None = None  # None: the method config's batch size
+    max_minutes: float | None = None  # stop after the epoch in which this budget runs out
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cache: bool = True  # serve teacher features from a FeatureCache
+    cache_dir: str | None = None  # disk cache folder; None = in memory
+    cache_fp16: bool = False
+    holdout_fraction: float = 0.1  # normal train images kept aside to calibrate the threshold
+    threshold_quantile: float = 0.99  # threshold = this quantile of held-out normal scores
+    fast_cpu: bool = True  # bf16 autocast + channels_last on CPU
+    progress: bool = True
+    num_threads: int | None = None
+
+
+@dataclass
+class FitResult:
+    run_dir: Path | None
+    history: list[dict] = field(default_factory=list)
+    threshold: float | None = None
+    epochs_done: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_for(device: torch.device, fast_cpu: bool = True):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if fast_cpu:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: Method) -> torch.optim.Optimizer:
+    cfg = model.cfg
+    params = model.trainable_parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}: sgd | adam | adamw")
+
+
+def lr_at(cfg, epoch: int, epochs: int) -> float:
+    """Learning rate of (0-based) ``epoch``: constant, step (x gamma every step_epochs) or cosine to 0."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * (cfg.gamma ** (epoch // cfg.step_epochs) if cfg.step_epochs else 1.0)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: constant | step | cosine")
+
+
+def method_batch(batch: dict, cache: FeatureCache | None, device: torch.device) -> Batch:
+    """A data batch -> what a method may see: images (and cached features). The category is dropped here."""
+    images = batch["image"].to(device)
+    features = cache.features(images, batch["path"]) if cache is not None else None
+    return Batch(image=images, features=features)
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                                       collate_fn=collate, drop_last=drop_last, num_workers=0)
+
+
+def _progress(iterable, desc: str, enabled: bool, total=None):
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, disable=not enabled, leave=False, total=total)
+
+
+def make_cache(model: Method, cfg: TrainConfig) -> FeatureCache | None:
+    if not cfg.cache:
+        return None
+    return FeatureCache(model.teacher, model.cfg.image_size, root=cfg.cache_dir, fp16=cfg.cache_fp16)
+
+
+# ---- fit -------------------------------------------------------------------------------------------------
+def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None, out=None,
+        resume: bool = False, cache: FeatureCache | None = None, extra_config: dict | None = None) -> FitResult:
+    """Train ``model`` on the normal images of ``train_data`` (one or many categories).
+
+    ``out``: run folder for checkpoints and ``train_log.jsonl`` (None: keep in memory only).
+    ``resume``: continue from ``out/train_state.safetensors`` if present.
+    """
+    cfg = cfg or TrainConfig()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    epochs = cfg.epochs if cfg.epochs is not None else model.cfg.epochs
+    batch_size = cfg.batch_size or model.cfg.batch_size
+    run = Path(out) if out is not None else None
+    train_set, held = holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
+    if len(train_set) == 0:
+        raise ValueError("no training images left after the held-out split")
+
+    model.to(device)
+    if cfg.fast_cpu and device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    cache = cache if cache is not None else make_cache(model, cfg)
+    optimizer = make_optimizer(model)
+    result = FitResult(run_dir=run)
+
+    start_epoch = 0
+    log_path = run / "train_log.jsonl" if run else None
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        if resume and (run / STATE_FILE).is_file():
+            info = load_train_state(run, model, optimizer)
+            start_epoch = int(info["epoch"])
+            if log_path.is_file():  # keep the log of the epochs the state holds, drop any later lines
+                lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+                kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= start_epoch]
+                log_path.write_text("".join(ln + "\n" for ln in kept))
+                result.history = [json.loads(ln) for ln in kept]
+        elif log_path.is_file():
+            log_path.unlink()
+    if start_epoch >= epochs and run is not None and (run / "config.json").is_file():
+        cfg_json = json.loads((run / "config.json").read_text())
+        if cfg_json.get("complete"):
+            result.epochs_done = start_epoch
+            result.threshold = cfg_json.get("threshold")
+            model.threshold = result.threshold
+            return result
+
+    meta = {"epochs": epochs, "seed": cfg.seed, "train_config": asdict(cfg)}
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+    epoch = start_epoch
+    for epoch in range(start_epoch, epochs):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # jitter/dropout draws of this epoch
+        lr = lr_at(model.cfg, epoch, epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        losses, t_epoch = [], time.perf_counter()
+        loader = _loader(train_set, batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+                         drop_last=len(train_set) > batch_size)
+        for batch in _progress(loader, f"epoch {epoch + 1}/{epochs}", cfg.progress):
+            mb = method_batch(batch, cache, device)
+            with autocast_for(device, cfg.fast_cpu):
+                loss = model.loss(mb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch + 1}: lower the learning rate "
+                                         f"(--lr) or enable grad clipping")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if model.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), model.cfg.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr,
+                  "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(train_set)}
+        result.history.append(record)
+        if cfg.progress:
+            print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s)", flush=True)
+        if run is not None:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_train_state(run, model, optimizer, epoch + 1, meta)
+            save_checkpoint(run, model, {"complete": False, "epochs_done": epoch + 1, "threshold": None,
+                                         **(extra_config or {})})
+        if budget is not None and time.perf_counter() - t_start > budget and epoch + 1 < epochs:
+            result.stopped_early = True
+            print(f"stopping after epoch {epoch + 1}: the {cfg.max_minutes} min budget is used "
+                  f"(resume with --resume)", flush=True)
+            epoch += 1
+            break
+    else:
+        epoch = epochs
+    result.epochs_done = epoch
+
+    threshold, stats = calibrate_threshold(model, held, cache, device, cfg)
+    result.threshold = model.threshold = threshold
+    result.seconds = time.perf_counter() - t_start
+    if run is not None:
+        save_checkpoint(run, model, {"complete": not result.stopped_early, "epochs_done": epoch,
+                                     "threshold": threshold, "threshold_rule": stats.pop("rule"),
+                                     "validation": stats, "train_categories": train_data.categories,
+                                     "train_images": len(train_set), "heldout_images": len(held),
+                                     "train_seconds": round(result.seconds, 1), **(extra_config or {})})
+    return result
+
+
+# ---- scoring many images ------------------------------------------------------------------------------
+@torch.no_grad()
+def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, device=None, batch_size: int = 16,
+                  keep_maps: bool = True, progress: bool = False, fast_cpu: bool = True, desc: str = "scoring"):
+    """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
+    categories, paths, and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = {"scores": [], "labels": [], "categories": [], "paths": [], "maps": [], "masks": []}
+    for batch in _progress(_loader(dataset, batch_size, shuffle=False), desc, progress):
+        mb = method_batch(batch, cache, device)
+        with autocast_for(device, fast_cpu):
+            res = model.score(mb)
+        out["scores"].append(res.pred_score.float().cpu().numpy())
+        out["labels"].append(batch["label"].numpy())
+        out["categories"] += batch["category"]
+        out["paths"] += batch["path"]
+        if keep_maps:
+            out["maps"].append(res.anomaly_map[:, 0].float().cpu().numpy())
+            out["masks"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
+    result = {"scores": np.concatenate(out["scores"]) if out["scores"] else np.zeros(0),
+              "labels": np.concatenate(out["labels"]) if out["labels"] else np.zeros(0, int),
+              "categories": np.array(out["categories"]), "paths": out["paths"]}
+    if keep_maps and out["maps"]:
+        result["maps"] = np.concatenate(out["maps"])
+        result["masks"] = np.concatenate(out["masks"])
+    return result
+
+
+def calibrate_threshold(model: Method, held: MVTecDataset, cache, device, cfg: TrainConfig):
+    """Threshold from held-out **normal** images only: the ``threshold_quantile`` of their image scores
+    (so about 1 - q of normal images would be flagged). Also returns per-class stats of those scores, which
+    show how far apart the categories' normal score ranges are in a unified model."""
+    rule = f"quantile {cfg.threshold_quantile} of image scores of {len(held)} held-out normal train images"
+    if len(held) == 0:
+        return None, {"rule": "no held-out images (holdout_fraction=0): no threshold"}
+    res = score_dataset(model, held, cache, device, keep_maps=False, fast_cpu=cfg.fast_cpu)
+    s = res["scores"]
+    stats = {"rule": rule, "per_class": {}}
+    for cat in sorted(set(res["categories"])):
+        v = s[res["categories"] == cat]
+        stats["per_class"][cat] = {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
+                                   "max": float(v.max())}
+    return float(np.quantile(s, cfg.threshold_quantile)), stats
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------
+def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None = None, batch_size: int = 16,
+             progress: bool = True, setting: str = "unified", return_outputs: bool = False):
+    """Per-category metrics table (and mean) of ``model`` on ``test_data``, in the metrics.json format."""
+    from .metrics import compute_metrics, metrics_table
+
+    res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating")
+    per_cat = {}
+    for cat in sorted(set(res["categories"])):
+        idx = res["categories"] == cat
+        per_cat[cat] = compute_metrics(res["scores"][idx], res["labels"][idx], res["maps"][idx], res["masks"][idx])
+    table = metrics_table(per_cat, setting=setting, method=model.name)
+    return (table, res) if return_outputs else table
+
+
+# ---- predict -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model: Method, images: Sequence, threshold: float | None = None, batch_size: int = 8) -> list[dict]:
+    """Score images given as file paths, (H, W, 3) uint8 arrays or (3, H, W) float tensors in [0, 1].
+    Returns per image: ``score``, ``anomalous`` (score > threshold, or None without a threshold),
+    ``anomaly_map`` (S, S) float32, and the resized ``image`` (S, S, 3) uint8."""
+    size = model.cfg.image_size
+    threshold = threshold if threshold is not None else getattr(model, "threshold", None)
+    device = next(model.parameters()).device
+    model.eval()
+    arrays = []
+    for im in images:
+        if isinstance(im, (str, Path)):
+            arrays.append(load_image(im, size))
+        elif isinstance(im, torch.Tensor):
+            arr = (im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+            arrays.append(np.asarray(_resize(arr, size)))
+        else:
+            arrays.append(np.asarray(_resize(np.asarray(im, dtype=np.uint8), size)))
+    results = []
+    for i in range(0, len(arrays), batch_size):
+        chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
+        x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float().div(255).to(device)
+        with autocast_for(device):
+            res = model.score(Batch(image=x))
+        for j in range(x.shape[0]):
+            s = float(res.pred_score[j])
+            results.append({"score": s, "anomalous": None if threshold is None else bool(s > threshold),
+                            "anomaly_map": res.anomaly_map[j, 0].float().cpu().numpy(),
+                            "level_maps": {k: v[j, 0].float().cpu().numpy() for k, v in res.level_maps.items()},
+                            "image": chunk[j]})
+    return results
+
+
+def _resize(arr: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.shape[:2] == (size, size):
+        return arr
+    return np.asarray(Image.fromarray(arr[..., :3]).resize((size, size), Image.BILINEAR))

@@ -1,0 +1,36 @@
+"""The method registry: ``build_model(name, teacher, preset="cpu", **cfg)``."""
+from __future__ import annotations
+
+from .base import Batch, Method, MethodConfig
+from .stpm import STPM
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (STPM,)}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def make_config(name: str, preset: str = "cpu", **overrides) -> MethodConfig:
+    """The method's config: its dataclass defaults, then the preset, then explicit overrides."""
+    cls = method_class(name)
+    if preset not in cls.presets:
+        raise ValueError(f"unknown preset {preset!r} for {name}; available: {sorted(cls.presets)}")
+    values = {**cls.Config().to_dict(), **cls.presets[preset], **overrides}
+    return cls.Config.from_dict(values)
+
+
+def build_model(name: str, teacher=None, preset: str = "cpu", cfg: MethodConfig | None = None,
+                **overrides) -> Method:
+    """Build method ``name`` on ``teacher`` (loaded from the config's teacher name if None)."""
+    cls = method_class(name)
+    cfg = cfg if cfg is not None else make_config(name, preset, **overrides)
+    if teacher is None:
+        from ..teacher import load_teacher
+        teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
+    return cls(teacher, cfg)
+
+
+__all__ = ["Batch", "METHODS", "Method", "MethodConfig", "build_model", "make_config", "method_class"]
