@@ -120,7 +120,7 @@ def cmd_train(args) -> int:
         model = build_model(args.method, teacher, cfg=mcfg)
         res = fit(model, ds, tcfg, out=run, resume=args.resume,
                   extra_config={**extra, "setting": args.setting})
-        if args.resume and not res.history:
+        if res.already_complete:
             print(f"{run} is already complete ({res.epochs_done} epochs): nothing to do", flush=True)
         else:
             state = "stopped early (budget)" if res.stopped_early else "done"
@@ -175,8 +175,8 @@ def cmd_predict(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = predict(model, args.images, threshold=args.threshold)
     thr = args.threshold if args.threshold is not None else getattr(model, "threshold", None)
-    for path, r in zip(args.images, results):
-        png = out / f"{Path(path).stem}_heatmap.png"
+    for i, (path, r) in enumerate(zip(args.images, results)):
+        png = out / f"{i:03d}_{Path(path).stem}_heatmap.png"
         save_overlay(r["image"], r["anomaly_map"], png, title=f"score {r['score']:.4g}")
         verdict = "no threshold" if r["anomalous"] is None else ("ANOMALOUS" if r["anomalous"] else "normal")
         print(json.dumps({"image": str(path), "score": r["score"], "threshold": thr, "verdict": verdict,

@@ -51,6 +51,7 @@ class FitResult:
     threshold: float | None = None
     epochs_done: int = 0
     stopped_early: bool = False
+    already_complete: bool = False  # resume=True on a finished run: nothing was trained
     seconds: float = 0.0
 
 
@@ -159,6 +160,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     if start_epoch >= epochs and run is not None and (run / "config.json").is_file():
         cfg_json = json.loads((run / "config.json").read_text())
         if cfg_json.get("complete"):
+            result.already_complete = True
             result.epochs_done = start_epoch
             result.threshold = cfg_json.get("threshold")
             model.threshold = result.threshold

@@ -87,6 +87,12 @@ def score(maps: dict[str, torch.Tensor], image_size, cfg: ScoringConfig | None =
     """Per-level maps {name: (B, 1, h, w)} -> AnomalyOutput with map (B, 1, H, W) and score (B,)."""
     cfg = cfg or ScoringConfig()
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    device_type = next(iter(maps.values())).device.type
+    with torch.autocast(device_type, enabled=False):  # full precision: bf16 maps would create rank ties
+        return _score_fp32(maps, size, cfg)
+
+
+def _score_fp32(maps: dict[str, torch.Tensor], size: tuple, cfg: ScoringConfig) -> AnomalyOutput:
     up = {k: F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False) for k, m in maps.items()}
     stack = torch.stack(list(up.values()))  # (L, B, 1, H, W)
     if cfg.fuse == "product":
