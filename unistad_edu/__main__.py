@@ -57,13 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
 
     b = sub.add_parser("bench", help="speed benchmarks (ratios against a baseline measured in the same run)")
-    b.add_argument("what", choices=["teacher", "train", "infer"])
+    b.add_argument("what", choices=["teacher", "train", "infer", "accuracy"])
     b.add_argument("--method", default="stpm")
     b.add_argument("--json", default=None)
     b.add_argument("--data", default=None)
     b.add_argument("--image-size", type=int, default=256)
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--epochs", type=int, default=None, help="accuracy: epochs per run (default: the preset's)")
+    b.add_argument("--preset", default="cpu", help="accuracy: method preset")
+    b.add_argument("--out-dir", default="runs/bench_accuracy", help="accuracy: where the runs go")
     b.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
     return p
 

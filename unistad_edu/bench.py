@@ -6,6 +6,9 @@ repeats is reported.
   and disk) vs a teacher forward.
 * ``train``: engine ``fit`` images/s vs a bare loop doing the same step, for one method.
 * ``infer``: engine scoring images/s (teacher + method + shared scoring path) vs a teacher-only forward.
+* ``accuracy``: train a method unified and per-class on the same data (each in its own process, so wall
+  time and peak memory are its own), evaluate both, and report the per-category tables side by side with
+  the unified-minus-per-class gap: cross-class interference, measured.
 """
 from __future__ import annotations
 
@@ -163,7 +166,71 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
                       "batch_size": batch_size, "repeats": repeats}}
 
 
+def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epochs=None, preset="cpu",
+                   settings=("per-class", "unified"), extra_args=()) -> dict:
+    """Train + eval ``method`` in each setting via the CLI, each in a fresh process."""
+    import subprocess
+    import sys
+
+    from .metrics import load_metrics
+
+    root = Path(data) if data else Path(__import__("unistad_edu.data", fromlist=["find_data"]).find_data()[0])
+    out_dir = Path(out_dir)
+    result = {"method": method, "data": str(root), "preset": preset, "epochs": epochs, "settings": {}}
+    for setting in settings:
+        run = out_dir / f"{method}_{setting}"
+        cmd = [sys.executable, "-m", "unistad_edu", "train", "--method", method, "--data", str(root),
+               "--setting", setting, "--preset", preset, "--out", str(run), "--no-progress", *extra_args]
+        if epochs:
+            cmd += ["--epochs", str(epochs)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        train_s = time.perf_counter() - t0
+        subprocess.run([sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--no-progress"], check=True)
+        configs = [json.loads(p.read_text()) for p in sorted(run.rglob("config.json"))]
+        result["settings"][setting] = {
+            "train_wall_s": round(train_s, 1),
+            "peak_rss_mb": max(c.get("peak_rss_mb") or 0 for c in configs),
+            "metrics": load_metrics(run / "metrics.json"),
+            "command": " ".join(["python -m unistad_edu", *cmd[3:]]),
+        }
+    return result
+
+
+def accuracy_markdown(result: dict, columns=("I-AUROC", "P-AUROC", "AUPRO", "mAD")) -> str:
+    """Per-category tables of each setting side by side, plus unified - per-class gaps (x100)."""
+    st = result["settings"]
+    names = list(st)
+    cats = sorted(next(iter(st.values()))["metrics"]["categories"])
+    head = ["category"] + [f"{n} {c}" for n in names for c in columns]
+    gap = "unified" in st and "per-class" in st
+    if gap:
+        head += [f"gap {c}" for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def val(setting, cat, col):
+        m = st[setting]["metrics"]
+        row = m["mean"] if cat == "mean" else m["categories"][cat]
+        v = row.get(col)
+        return float("nan") if v is None else 100 * v
+
+    for cat in cats + ["mean"]:
+        cells = [f"**{cat}**" if cat == "mean" else cat]
+        cells += [f"{val(n, cat, c):.1f}" for n in names for c in columns]
+        if gap:
+            cells += [f"{val('unified', cat, c) - val('per-class', cat, c):+.1f}" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for n in names:
+        lines.append(f"- {n}: train wall time {st[n]['train_wall_s']:.0f} s, peak RSS {st[n]['peak_rss_mb']:.0f} MiB; "
+                     f"`{st[n]['command']}`")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(what: str, result: dict, command: str) -> str:
+    if what == "accuracy":
+        return (f"### bench accuracy: {result['method']} — {result['date']}\n\n- machine: {result['machine']}\n"
+                f"- command: `{command}`\n- data: {result['data']}\n\n" + accuracy_markdown(result))
     lines = [f"### bench {what} — {date.today().isoformat()}", "", f"- machine: {result['machine']}",
              f"- command: `{command}`", ""]
     lines += ["| measure | images/s |", "|---|---|"]
@@ -178,6 +245,8 @@ def main(args) -> int:
     kw = dict(image_size=args.image_size, batch_size=args.batch_size, repeats=args.repeats)
     if args.what == "teacher":
         result = bench_teacher(**kw)
+    elif args.what == "accuracy":
+        result = bench_accuracy(args.method, args.data, out_dir=args.out_dir, epochs=args.epochs, preset=args.preset)
     elif args.what == "train":
         result = bench_train(args.method, args.data, **kw)
     else:

@@ -55,6 +55,14 @@ class FitResult:
     seconds: float = 0.0
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux/macOS)."""
+    import resource
+    import sys
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -194,7 +202,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr,
                   "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(train_set)}
         result.history.append(record)
-        if cfg.progress:
+        if cfg.progress or run is not None:
             print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s)", flush=True)
         if run is not None:
             with open(log_path, "a") as f:
@@ -220,7 +228,8 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
                                      "threshold": threshold, "threshold_rule": stats.pop("rule"),
                                      "validation": stats, "train_categories": train_data.categories,
                                      "train_images": len(train_set), "heldout_images": len(held),
-                                     "train_seconds": round(result.seconds, 1), **(extra_config or {})})
+                                     "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
+                                     **(extra_config or {})})
     return result
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from .base import Batch, Method, MethodConfig
 from .stpm import STPM
+from .uniad import UniAD
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (STPM,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (STPM, UniAD)}
 
 
 def method_class(name: str) -> type[Method]:

@@ -1,0 +1,45 @@
+"""The benchmark commands run and report ratios (speed targets are checked in docs/benchmarks.md, not here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from unistad_edu import bench
+
+
+def test_bench_teacher_small():
+    r = bench.bench_teacher(image_size=64, batch_size=2, repeats=1)
+    assert set(r["ratios"]) == {"channels_last_bf16_vs_fp32", "cache_hit_memory_vs_forward", "cache_hit_disk_vs_forward"}
+    assert all(v > 0 for v in r["images_per_s"].values())
+
+
+def test_bench_train_and_infer_cli(tmp_path):
+    from unistad_edu.synthetic import make_synthetic
+    data = make_synthetic(tmp_path / "syn", size=64, n_train=6, n_test_good=1, n_test_defect=1)
+    for what, key in (("train", "engine_vs_bare"), ("infer", "engine_vs_teacher_only")):
+        out = tmp_path / f"{what}.json"
+        md = tmp_path / "bench.md"
+        r = subprocess.run([sys.executable, "-m", "unistad_edu", "bench", what, "--data", str(data), "--image-size", "64",
+                            "--batch-size", "4", "--repeats", "1", "--json", str(out), "--markdown", str(md)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        result = json.loads(out.read_text())
+        assert result["ratios"][key] > 0 and result["machine"]
+        assert f"bench {what}" in md.read_text()
+
+
+def test_bench_accuracy_side_by_side(tmp_path):
+    from unistad_edu.synthetic import make_synthetic
+    data = make_synthetic(tmp_path / "syn", size=64, n_train=6, n_test_good=2, n_test_defect=1,
+                          categories=("weave", "bolt"))
+    r = bench.bench_accuracy("stpm", data, out_dir=tmp_path / "runs", epochs=1, extra_args=("--image-size", "64"))
+    assert set(r["settings"]) == {"per-class", "unified"}
+    for s in r["settings"].values():
+        assert s["peak_rss_mb"] > 0 and s["train_wall_s"] > 0
+        assert set(s["metrics"]["categories"]) == {"weave", "bolt"}
+    r.update(date="today", machine="test")
+    md = bench.to_markdown("accuracy", r, "cmd")
+    assert "gap I-AUROC" in md and "| **mean** |" in md
+    u, p = (r["settings"][k]["metrics"]["mean"]["I-AUROC"] for k in ("unified", "per-class"))
+    assert f"{100 * u - 100 * p:+.1f}" in md.split("| **mean** |")[1].splitlines()[0]
