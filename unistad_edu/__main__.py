@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--max-minutes", type=float, default=None, help="time budget per run (per category in per-class)")
+    t.add_argument("--min-steps", type=int, default=None,
+                   help="train each model at least this many optimiser steps (adds epochs on small categories)")
     t.add_argument("--teacher", default=None, help="timm backbone name (default: the preset's)")
     t.add_argument("--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)")
     t.add_argument("--seed", type=int, default=0)
@@ -104,7 +106,7 @@ def cmd_train(args) -> int:
     mcfg = make_config(args.method, args.preset, **overrides)
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
     teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
-    tcfg = TrainConfig(max_minutes=args.max_minutes, seed=args.seed, device=args.device, cache_dir=args.cache_dir,
+    tcfg = TrainConfig(max_minutes=args.max_minutes, min_steps=args.min_steps, seed=args.seed, device=args.device, cache_dir=args.cache_dir,
                        progress=not args.no_progress)
     out = Path(args.out)
     extra = {"data_root": str(root.resolve()), "preset": args.preset}

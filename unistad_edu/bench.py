@@ -167,8 +167,12 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
 
 
 def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epochs=None, preset="cpu",
-                   settings=("per-class", "unified"), extra_args=()) -> dict:
-    """Train + eval ``method`` in each setting via the CLI, each in a fresh process."""
+                   settings=("unified", "per-class"), extra_args=(), equal_steps: bool = True) -> dict:
+    """Train + eval ``method`` in each setting via the CLI, each in a fresh process.
+
+    ``equal_steps``: every per-class model trains at least as many optimiser steps as the unified model did
+    (``--min-steps``), so a small category's model is not simply under-trained: each model gets the same
+    training budget, and the remaining gap is what sharing one model across categories costs."""
     import subprocess
     import sys
 
@@ -183,6 +187,8 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
                "--setting", setting, "--preset", preset, "--out", str(run), "--no-progress", *extra_args]
         if epochs:
             cmd += ["--epochs", str(epochs)]
+        if setting == "per-class" and equal_steps and "unified" in result["settings"]:
+            cmd += ["--min-steps", str(result["settings"]["unified"]["optimizer_steps"])]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         train_s = time.perf_counter() - t0
@@ -193,6 +199,8 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
             "peak_rss_mb": max(c.get("peak_rss_mb") or 0 for c in configs),
             "metrics": load_metrics(run / "metrics.json"),
             "command": " ".join(["python -m unistad_edu", *cmd[3:]]),
+            "optimizer_steps": sum(c["epochs_done"] * max(1, c["train_images"] // c["method_config"]["batch_size"])
+                                   for c in configs),
         }
     return result
 
@@ -222,7 +230,8 @@ def accuracy_markdown(result: dict, columns=("I-AUROC", "P-AUROC", "AUPRO", "mAD
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for n in names:
-        lines.append(f"- {n}: train wall time {st[n]['train_wall_s']:.0f} s, peak RSS {st[n]['peak_rss_mb']:.0f} MiB; "
+        lines.append(f"- {n}: train wall time {st[n]['train_wall_s']:.0f} s, peak RSS {st[n]['peak_rss_mb']:.0f} MiB, "
+                     f"{st[n]['optimizer_steps']} optimiser steps in all; "
                      f"`{st[n]['command']}`")
     return "\n".join(lines) + "\n"
 

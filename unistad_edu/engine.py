@@ -32,6 +32,7 @@ class TrainConfig:
     epochs: int | None = None  # None: the method config's epochs
     batch_size: int | None = None  # None: the method config's batch size
     max_minutes: float | None = None  # stop after the epoch in which this budget runs out
+    min_steps: int | None = None  # train at least this many optimiser steps (more epochs on small data sets)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache: bool = True  # serve teacher features from a FeatureCache
@@ -143,6 +144,9 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     train_set, held = holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
     if len(train_set) == 0:
         raise ValueError("no training images left after the held-out split")
+    if cfg.min_steps:  # e.g. per-class models trained as many steps as one unified model
+        steps_per_epoch = max(1, len(train_set) // batch_size)
+        epochs = max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
     model.to(device)
     if cfg.fast_cpu and device.type == "cpu":
