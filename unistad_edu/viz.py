@@ -95,3 +95,294 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     fig.update_yaxes(visible=False)
     fig.update_layout(height=220 * rows + 60, title=title, margin=dict(l=10, r=10, t=60, b=10))
     return fig
+
+
+# ---- images -------------------------------------------------------------------------------------------
+def as_uint8(image) -> np.ndarray:
+    """A dataset image -- (3, H, W) float tensor or array in [0, 1] -- as an (H, W, 3) uint8 array for display
+    (an (H, W, 3) uint8 array is returned unchanged)."""
+    x = image.detach().float().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if x.dtype == np.uint8 and x.ndim == 3 and x.shape[-1] == 3:
+        return x
+    if x.ndim == 3 and x.shape[0] in (1, 3):
+        x = np.moveaxis(x, 0, -1)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---- masks ----------------------------------------------------------------------------------------------
+def _fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A mask as (H, W) bool at ``shape`` (nearest-neighbour resize if needed; ``(1, H, W)`` is accepted)."""
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[0] if m.shape[0] == 1 else m[..., 0]
+    m = m > 0
+    if m.shape != tuple(shape):
+        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(shape[::-1], Image.NEAREST)) > 0
+    return m
+
+
+def mask_boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """(H, W) bool: the pixels of ``mask`` that touch a non-mask pixel (8-neighbourhood), ``width`` pixels thick."""
+    m = np.asarray(mask) > 0
+    inner = m.copy()
+    for _ in range(max(1, int(width))):
+        p = np.pad(inner, 1, mode="edge")
+        shrunk = np.ones_like(inner)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                shrunk &= p[1 + dy: 1 + dy + m.shape[0], 1 + dx: 1 + dx + m.shape[1]]
+        inner = shrunk
+    return m & ~inner
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.4,
+                 outline: bool = True, width: int = 1) -> np.ndarray:
+    """Show a defect mask on an (H, W, 3) uint8 image: mask pixels tinted with ``color`` (``alpha`` = 0 gives an
+    outline only) and, with ``outline``, the mask's border drawn solid. The mask ((H, W) or (1, H, W), any
+    resolution, binarised with ``> 0``) is resized to the image with nearest-neighbour. Returns a new array."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    out = img[..., :3].astype(np.float32).copy()
+    m = _fit_mask(mask, out.shape[:2])
+    col = np.asarray(color, dtype=np.float32)
+    out[m] = out[m] * (1 - alpha) + col * alpha
+    if outline:
+        out[mask_boundary(m, width)] = col
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---- tables ---------------------------------------------------------------------------------------------
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """A Markdown table from a list of dicts (one per row); floats rounded to ``digits``. Show it in a notebook
+    with ``IPython.display.Markdown``."""
+    rows = list(rows)
+    columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "n/a" if np.isnan(v) else f"{float(v):.{digits}f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---- training -------------------------------------------------------------------------------------------
+def loss_curve(history: Sequence[dict], key: str = "loss", title: str | None = None):
+    """Line plot of ``key`` per epoch from a ``FitResult.history`` (list of {"epoch", "loss", ...})."""
+    import plotly.graph_objects as go
+
+    epochs = [h["epoch"] for h in history]
+    fig = go.Figure(go.Scatter(x=epochs, y=[h[key] for h in history], mode="lines+markers", name=key))
+    fig.update_layout(title=title or f"training {key}", xaxis_title="epoch", yaxis_title=key,
+                      xaxis=dict(tickmode="linear", dtick=max(1, len(epochs) // 10)), height=350)
+    return fig
+
+
+# ---- teacher features ----------------------------------------------------------------------------------
+def feature_map_grid(image: np.ndarray, features: dict, n_channels: int = 3, title: str | None = None):
+    """What the teacher returns for one image, level by level.
+
+    ``image``: (S, S, 3) uint8; ``features``: {level name: (C, h, w) or (1, C, h, w)} (a teacher's output).
+    One row per level: the image resampled to that level's h x w grid (what one feature position "is"), the
+    L2 norm of the feature vector at each position, and the ``n_channels`` channels with the largest spatial
+    variance. Each panel has its own colour scale (blue low, red high)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    levels = list(features)
+    cols = 2 + n_channels
+    titles = []
+    panels = []
+    for name in levels:
+        f = np.asarray(features[name].detach().float().cpu() if hasattr(features[name], "detach") else features[name],
+                       dtype=np.float32)
+        if f.ndim == 4:
+            f = f[0]
+        c, h, w = f.shape
+        grid = np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((w, h), Image.BOX))
+        norm = np.sqrt((f ** 2).sum(axis=0))
+        var = f.reshape(c, -1).var(axis=1)
+        top = np.argsort(-var)[:n_channels]
+        panels.append([grid, colorize(norm)] + [colorize(f[k]) for k in top])
+        titles += [f"{name}: image at {h}x{w}", f"{name}: |feature| ({c} ch)"] + [f"channel {k}" for k in top]
+    fig = make_subplots(rows=len(levels), cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.07)
+    for r, row in enumerate(panels):
+        for c, z in enumerate(row):
+            fig.add_trace(go.Image(z=z), row=r + 1, col=c + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=10)
+    fig.update_layout(height=200 * len(levels) + 80, title=title, margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def embed_2d(features, method: str = "pca", fit_on=None, standardize: bool = True, seed: int = 0) -> np.ndarray:
+    """(N, D) features -> (N, 2) coordinates.
+
+    ``method``: ``"pca"`` (linear; fitted on the rows selected by ``fit_on``, a boolean mask or index array,
+    default all, then applied to every row) or ``"tsne"`` (non-linear; always fitted on all rows).
+    ``standardize`` z-scores every dimension first (with the statistics of the ``fit_on`` rows), so that
+    dimensions with large activations do not dominate."""
+    x = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {x.shape}")
+    ref = x if fit_on is None else x[np.asarray(fit_on)]
+    if standardize:
+        mu, sd = ref.mean(axis=0), ref.std(axis=0)
+        sd[sd == 0] = 1.0
+        x, ref = (x - mu) / sd, (ref - mu) / sd
+    if method == "pca":
+        from sklearn.decomposition import PCA
+        return PCA(n_components=2, random_state=seed).fit(ref).transform(x)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+        perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    raise ValueError(f"method must be 'pca' or 'tsne', not {method!r}")
+
+
+def embedding_scatter(features, categories: Sequence[str], groups: Sequence[str] | None = None,
+                      method: str = "pca", fit_on=None, hover: Sequence[str] | None = None,
+                      title: str | None = None, standardize: bool = True, seed: int = 0):
+    """2-D map of (N, D) features (e.g. globally pooled teacher features): one point per image, coloured by
+    ``categories``, marker symbol by ``groups`` (e.g. "train normal" / "test defect"). See :func:`embed_2d` for
+    ``method``, ``fit_on`` and ``standardize``; ``hover`` adds a label per point (e.g. the file name)."""
+    import plotly.express as px
+
+    xy = embed_2d(features, method=method, fit_on=fit_on, standardize=standardize, seed=seed)
+    data = {"dim 1": xy[:, 0], "dim 2": xy[:, 1], "category": np.asarray(categories, dtype=str)}
+    if groups is not None:
+        data["group"] = np.asarray(groups, dtype=str)
+    if hover is not None:
+        data["image"] = np.asarray(hover, dtype=str)
+    axis = "PC" if method == "pca" else "t-SNE "
+    fig = px.scatter(data, x="dim 1", y="dim 2", color="category", symbol="group" if groups is not None else None,
+                     hover_name="image" if hover is not None else None, opacity=0.75,
+                     title=title or f"{method.upper()} of the features",
+                     labels={"dim 1": f"{axis}1", "dim 2": f"{axis}2"})
+    fig.update_traces(marker_size=8)
+    fig.update_layout(height=500, legend_title_text="")
+    return fig
+
+
+# ---- explorer -------------------------------------------------------------------------------------------
+def _png(arr: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None = None,
+                  masks: Sequence[np.ndarray] | None = None, scores: Sequence[float] | None = None,
+                  labels: Sequence[int] | None = None, titles: Sequence[str] | None = None,
+                  categories: Sequence[str] | None = None, threshold: float | None = None,
+                  vmax: float | None = None, display_size: int = 256):
+    """An ipywidgets explorer over a set of images. Returns an ``ipywidgets.VBox``; display it as a cell's
+    last expression.
+
+    ``images``: (H, W, 3) uint8 each. Optional per image: ``masks`` (ground truth, drawn as a green outline),
+    ``maps`` (anomaly maps, shown as a heatmap on one shared scale ``[0, vmax]``, default the largest map
+    value), ``scores`` and ``labels`` (0 normal / 1 defect), ``titles``, ``categories`` (adds a category
+    filter). With ``maps``, a threshold slider (start: ``threshold``, else the 99th percentile of all map
+    values) marks the pixels above it in red, and, with ``scores``, gives the image verdict
+    ``score > threshold``; for methods whose image score is the map's maximum (STPM) the two agree: an image is
+    flagged exactly when some pixel is red.
+
+    The controls are attributes of the returned box: ``.index`` (slider), ``.threshold`` (slider or None),
+    ``.category`` (dropdown or None), ``.panels`` (the image widgets), ``.info`` (HTML) and ``.selection``
+    (indices the index slider walks through)."""
+    import ipywidgets as W
+
+    n = len(images)
+    if n == 0:
+        raise ValueError("image_browser needs at least one image")
+    for name, seq in (("maps", maps), ("masks", masks), ("scores", scores), ("labels", labels), ("titles", titles),
+                      ("categories", categories)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} images")
+    if maps is not None:
+        maps = [np.asarray(m, dtype=np.float32) for m in maps]
+        top = float(max(m.max() for m in maps))
+        vmax = float(vmax) if vmax is not None else top
+        lo = float(min(m.min() for m in maps))
+        start = float(threshold) if threshold is not None else float(np.quantile(np.concatenate(
+            [m.ravel()[:: max(1, m.size // 4096)] for m in maps]), 0.99))
+        hi = max(top, start) * 1.05
+        thr = W.FloatSlider(value=start, min=min(lo, start), max=hi if hi > lo else lo + 1.0,
+                            step=(hi - lo) / 500 if hi > lo else 0.01, description="threshold",
+                            readout_format=".4g", continuous_update=False, layout=W.Layout(width="480px"))
+    else:
+        thr = None
+    cat_dd = None
+    if categories is not None:
+        cat_dd = W.Dropdown(options=["all"] + sorted(set(map(str, categories))), value="all", description="category")
+    idx = W.IntSlider(value=0, min=0, max=n - 1, description="image", continuous_update=False,
+                      layout=W.Layout(width="480px"))
+    n_panels = 1 + (maps is not None) + (maps is not None)
+    panels = [W.Image(format="png", width=display_size, height=display_size) for _ in range(n_panels)]
+    captions = ["image" + (" + defect mask (green)" if masks is not None else "")]
+    if maps is not None:
+        captions += ["anomaly map", "pixels above threshold (red)" + (" vs mask" if masks is not None else "")]
+    info = W.HTML()
+    state = {"selection": list(range(n))}
+
+    def render(*_):
+        sel = state["selection"]
+        if not sel:
+            info.value = "<b>no image in this category</b>"
+            return
+        i = sel[min(idx.value, len(sel) - 1)]
+        img = np.asarray(images[i], dtype=np.uint8)
+        mask = masks[i] if masks is not None else None
+        green = (40, 220, 40)
+        shown = mask_overlay(img, mask, color=green, alpha=0.0, width=2) if mask is not None else img
+        panels[0].value = _png(shown)
+        parts = [f"<b>{titles[i] if titles is not None else f'image {i}'}</b> ({idx.value + 1} of {len(sel)})"]
+        if labels is not None:
+            parts.append("label: <b>" + ("defect" if int(labels[i]) == 1 else "normal") + "</b>")
+        if maps is not None:
+            heat = overlay(img, maps[i], alpha=0.55, vmin=0.0, vmax=vmax)
+            above = _fit_mask(maps[i] > thr.value, img.shape[:2])
+            pred = mask_overlay(img, above, color=(255, 40, 40), alpha=0.5, outline=False)
+            if mask is not None:
+                heat = mask_overlay(heat, mask, color=green, alpha=0.0)
+                pred = mask_overlay(pred, mask, color=green, alpha=0.0, width=2)
+            panels[1].value, panels[2].value = _png(heat), _png(pred)
+            parts.append(f"pixels above threshold: {above.mean():.2%}")
+        if scores is not None:
+            s = float(scores[i])
+            parts.append(f"score: {s:.4g}")
+            if thr is not None:
+                verdict = "ANOMALOUS" if s > thr.value else "normal"
+                colour = "#c0392b" if s > thr.value else "#1e8449"
+                parts.append(f"verdict at threshold {thr.value:.4g}: <b style='color:{colour}'>{verdict}</b>")
+        info.value = " &nbsp;|&nbsp; ".join(parts)
+
+    def on_category(change):
+        c = change["new"]
+        state["selection"] = [i for i in range(n) if c == "all" or str(categories[i]) == c]
+        box.selection = state["selection"]
+        idx.max = max(0, len(state["selection"]) - 1)
+        idx.value = 0
+        render()
+
+    idx.observe(render, "value")
+    if thr is not None:
+        thr.observe(render, "value")
+    if cat_dd is not None:
+        cat_dd.observe(on_category, "value")
+    controls = [w for w in (cat_dd, idx, thr) if w is not None]
+    row = W.HBox([W.VBox([W.HTML(f"<small>{cap}</small>"), p]) for cap, p in zip(captions, panels)])
+    box = W.VBox([*controls, info, row])
+    box.index, box.threshold, box.category, box.panels, box.info = idx, thr, cat_dd, panels, info
+    box.selection = state["selection"]
+    box.render = render
+    render()
+    return box

@@ -1,0 +1,108 @@
+"""viz: overlays, tables, plotly figures and the ipywidgets explorer build, with the right shapes (fast)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unistad_edu import viz
+
+
+def _square_mask(size=16, lo=4, hi=10):
+    m = np.zeros((size, size), np.uint8)
+    m[lo:hi, lo:hi] = 1
+    return m
+
+
+def test_mask_boundary_is_the_ring_of_the_mask():
+    m = _square_mask()
+    b = viz.mask_boundary(m)
+    assert b.dtype == bool and b.shape == m.shape
+    assert b.sum() == 4 * (6 - 1)  # perimeter of a 6 x 6 square
+    assert not (b & (m == 0)).any()
+    assert viz.mask_boundary(m, width=3).sum() == 36  # thick enough to fill it
+    assert not viz.mask_boundary(np.zeros((8, 8))).any()
+
+
+def test_mask_overlay_tints_only_the_mask_and_resizes_it():
+    img = np.full((32, 32, 3), 100, np.uint8)
+    out = viz.mask_overlay(img, _square_mask(16), color=(255, 0, 0), alpha=0.5, outline=False)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert (out[0, 0] == 100).all()  # outside the mask: untouched
+    assert tuple(out[12, 12]) == (178, 50, 50)  # inside (mask scaled x2): 50 % red
+    assert (img == 100).all()  # the input is not modified
+    ring = viz.mask_overlay(img, _square_mask(16)[None], color=(0, 255, 0), alpha=0.0)  # (1, H, W) accepted
+    assert tuple(ring[8, 12]) == (0, 255, 0) and tuple(ring[12, 12]) == (100, 100, 100)
+    gray = viz.mask_overlay(np.full((16, 16), 7, np.uint8), _square_mask(16))
+    assert gray.shape == (16, 16, 3)
+
+
+def test_markdown_table():
+    text = viz.markdown_table([{"a": "x", "b": 0.12345}, {"a": "y", "b": float("nan"), "c": 3}], digits=2)
+    lines = text.splitlines()
+    assert lines[0] == "| a | b | c |" and lines[1] == "|---|---|---|"
+    assert lines[2] == "| x | 0.12 |  |" and lines[3] == "| y | n/a | 3 |"
+    assert viz.markdown_table([{"a": 1, "b": 2}], columns=["b"]).splitlines()[2] == "| 2 |"
+
+
+def test_loss_curve():
+    fig = viz.loss_curve([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}])
+    assert list(fig.data[0].x) == [1, 2] and list(fig.data[0].y) == [2.0, 1.0]
+
+
+def test_feature_map_grid_one_row_per_level():
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    feats = {"a": torch.rand(1, 8, 8, 8), "b": torch.rand(1, 16, 4, 4), "c": np.random.rand(5, 2, 2)}
+    fig = viz.feature_map_grid(image, feats, n_channels=2)
+    assert len(fig.data) == 3 * 4
+    assert np.asarray(fig.data[0].z).shape == (8, 8, 3)  # the image at level a's 8 x 8 grid
+    assert np.asarray(fig.data[4].z).shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_embed_2d_and_scatter(method):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (12, 6)), rng.normal(8, 1, (12, 6))])
+    cats = ["a"] * 12 + ["b"] * 12
+    xy = viz.embed_2d(x, method=method)
+    assert xy.shape == (24, 2) and np.isfinite(xy).all()
+    if method == "pca":  # two well separated clusters stay separated along the first axis
+        assert abs(xy[:12, 0].mean() - xy[12:, 0].mean()) > 3 * xy[:12, 0].std()
+        fitted = viz.embed_2d(torch.as_tensor(x), fit_on=np.arange(24) < 20)
+        assert fitted.shape == (24, 2)
+    fig = viz.embedding_scatter(x, cats, groups=["train"] * 20 + ["test"] * 4, method=method,
+                                hover=[f"img{i}" for i in range(24)])
+    assert sum(len(t.x) for t in fig.data) == 24
+    assert {t.legendgroup.split(",")[0].strip() for t in fig.data} == {"a", "b"}
+    with pytest.raises(ValueError):
+        viz.embed_2d(x, method="umap")
+
+
+def test_image_browser_constructs_and_reacts():
+    pytest.importorskip("ipywidgets")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    maps = [rng.random((16, 16)).astype(np.float32) * (i + 1) for i in range(4)]
+    masks = [_square_mask(32, 8, 20)] * 4
+    box = viz.image_browser(images, maps=maps, masks=masks, scores=[float(m.max()) for m in maps],
+                            labels=[0, 1, 0, 1], titles=list("wxyz"), categories=["p", "q", "p", "q"], threshold=1.5)
+    assert len(box.panels) == 3 and all(p.value[:4] == b"\x89PNG" for p in box.panels)
+    assert "<b>w</b>" in box.info.value and "ANOMALOUS" not in box.info.value  # score < 1 < 1.5
+    box.index.value = 3
+    assert "<b>z</b>" in box.info.value and "ANOMALOUS" in box.info.value
+    before = box.panels[2].value
+    box.threshold.value = box.threshold.max
+    assert box.panels[2].value != before and "ANOMALOUS" not in box.info.value
+    box.category.value = "q"
+    assert box.selection == [1, 3] and box.index.max == 1 and "<b>x</b>" in box.info.value
+    plain = viz.image_browser(images)  # images only: one panel, no threshold
+    assert len(plain.panels) == 1 and plain.threshold is None and plain.category is None
+    with pytest.raises(ValueError):
+        viz.image_browser(images, scores=[1.0])
+
+
+def test_as_uint8_round_trips_a_dataset_image():
+    arr = np.random.default_rng(1).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    t = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    assert (viz.as_uint8(t) == arr).all() and viz.as_uint8(arr) is arr
+    assert viz.as_uint8(torch.rand(1, 4, 4)).shape == (4, 4, 3)
