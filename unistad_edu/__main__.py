@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=int, default=None, help="accuracy: epochs per run (default: the preset's)")
     b.add_argument("--preset", default="cpu", help="accuracy: method preset")
     b.add_argument("--out-dir", default="runs/bench_accuracy", help="accuracy: where the runs go")
+    b.add_argument("--protocol", choices=["equal-steps", "equal-epochs"], default="equal-steps",
+                   help="accuracy: per-class models get as many optimiser steps as the unified one, or as many epochs")
+    b.add_argument("--reuse", action="store_true", help="accuracy: reuse runs that already have metrics.json")
     b.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
     return p
 

@@ -167,22 +167,30 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
 
 
 def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epochs=None, preset="cpu",
-                   settings=("unified", "per-class"), extra_args=(), equal_steps: bool = True) -> dict:
+                   settings=("unified", "per-class"), extra_args=(), equal_steps: bool = True,
+                   reuse: bool = False) -> dict:
     """Train + eval ``method`` in each setting via the CLI, each in a fresh process.
 
     ``equal_steps``: every per-class model trains at least as many optimiser steps as the unified model did
     (``--min-steps``), so a small category's model is not simply under-trained: each model gets the same
-    training budget, and the remaining gap is what sharing one model across categories costs."""
+    training budget, and the remaining gap is what sharing one model across categories costs. Without it,
+    every model trains the same number of epochs (the usual protocol of the papers).
+    ``reuse``: a setting whose run folder already holds ``metrics.json`` is not trained again."""
     import subprocess
     import sys
 
-    from .metrics import load_metrics
+    from .data import find_data
 
-    root = Path(data) if data else Path(__import__("unistad_edu.data", fromlist=["find_data"]).find_data()[0])
+    root = Path(data) if data else find_data()[0]
     out_dir = Path(out_dir)
-    result = {"method": method, "data": str(root), "preset": preset, "epochs": epochs, "settings": {}}
+    result = {"method": method, "data": str(root), "preset": preset, "epochs": epochs,
+              "protocol": "equal-steps" if equal_steps else "equal-epochs", "settings": {}}
     for setting in settings:
         run = out_dir / f"{method}_{setting}"
+        if reuse and (run / "metrics.json").is_file():
+            configs = [json.loads(p.read_text()) for p in sorted(run.rglob("config.json"))]
+            result["settings"][setting] = _setting_result(run, configs, None, "(reused run)")
+            continue
         cmd = [sys.executable, "-m", "unistad_edu", "train", "--method", method, "--data", str(root),
                "--setting", setting, "--preset", preset, "--out", str(run), "--no-progress", *extra_args]
         if epochs:
@@ -194,15 +202,21 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
         train_s = time.perf_counter() - t0
         subprocess.run([sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--no-progress"], check=True)
         configs = [json.loads(p.read_text()) for p in sorted(run.rglob("config.json"))]
-        result["settings"][setting] = {
-            "train_wall_s": round(train_s, 1),
-            "peak_rss_mb": max(c.get("peak_rss_mb") or 0 for c in configs),
-            "metrics": load_metrics(run / "metrics.json"),
-            "command": " ".join(["python -m unistad_edu", *cmd[3:]]),
-            "optimizer_steps": sum(c["epochs_done"] * max(1, c["train_images"] // c["method_config"]["batch_size"])
-                                   for c in configs),
-        }
+        result["settings"][setting] = _setting_result(run, configs, train_s, " ".join(["python -m unistad_edu", *cmd[3:]]))
     return result
+
+
+def _setting_result(run: Path, configs: list[dict], train_s: float | None, command: str) -> dict:
+    from .metrics import load_metrics
+    return {
+        # wall time of the train command; for a reused run, the sum of its recorded training times
+        "train_wall_s": round(train_s if train_s is not None else sum(c.get("train_seconds", 0) for c in configs), 1),
+        "peak_rss_mb": max(c.get("peak_rss_mb") or 0 for c in configs),
+        "metrics": load_metrics(run / "metrics.json"),
+        "command": command,
+        "optimizer_steps": sum(c["epochs_done"] * max(1, c["train_images"] // c["method_config"]["batch_size"])
+                               for c in configs),
+    }
 
 
 def accuracy_markdown(result: dict, columns=("I-AUROC", "P-AUROC", "AUPRO", "mAD")) -> str:
@@ -239,7 +253,8 @@ def accuracy_markdown(result: dict, columns=("I-AUROC", "P-AUROC", "AUPRO", "mAD
 def to_markdown(what: str, result: dict, command: str) -> str:
     if what == "accuracy":
         return (f"### bench accuracy: {result['method']} — {result['date']}\n\n- machine: {result['machine']}\n"
-                f"- command: `{command}`\n- data: {result['data']}\n\n" + accuracy_markdown(result))
+                f"- command: `{command}`\n- data: {result['data']}\n- protocol: {result.get('protocol')}\n\n"
+                + accuracy_markdown(result))
     lines = [f"### bench {what} — {date.today().isoformat()}", "", f"- machine: {result['machine']}",
              f"- command: `{command}`", ""]
     lines += ["| measure | images/s |", "|---|---|"]
@@ -255,7 +270,8 @@ def main(args) -> int:
     if args.what == "teacher":
         result = bench_teacher(**kw)
     elif args.what == "accuracy":
-        result = bench_accuracy(args.method, args.data, out_dir=args.out_dir, epochs=args.epochs, preset=args.preset)
+        result = bench_accuracy(args.method, args.data, out_dir=args.out_dir, epochs=args.epochs, preset=args.preset,
+                                equal_steps=args.protocol == "equal-steps", reuse=args.reuse)
     elif args.what == "train":
         result = bench_train(args.method, args.data, **kw)
     else:
