@@ -16,6 +16,16 @@ from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # these tests run many tiny ops: one thread is faster, and on a busy 2-core machine two OpenMP threads
+    # wait on each other at every op (measured 10x slower here); restored afterwards for other modules
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _uniad(teacher, size=128, **kw):
     """A small UniAD (8 x 8 grid at 128 px with the Lite0 teacher) for fast tests."""
     cfg = dict(image_size=size, hidden_dim=32, num_heads=4, ffn_dim=64, enc_layers=1, dec_layers=1)
@@ -88,6 +98,27 @@ def test_encoder_mask_hides_the_window(lite0_teacher, token):
     open_model = _uniad(lite0_teacher, neighbor_size=3, neighbor_mask=False).eval()
     with torch.no_grad():
         assert (open_model.encode(near)[:, i] - open_model.encode(src)[:, i]).abs().max() > 1e-3
+
+
+def test_masked_attention_paths_agree(lite0_teacher):
+    # CPU bf16 (the engine's autocast) takes the written-out attention; fp32 takes SDPA: same result
+    from unistad_edu.methods.uniad import Attention
+    att = Attention(32, 4, dropout=0.0).eval()
+    q, k, v = (torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3))
+    mask = neighbor_mask(8, 8, 3)
+    with torch.no_grad():
+        ref = att(q, k, v, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = att(q, k, v, mask)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
+    # and the bf16 path hides the window too: changing hidden keys/values leaves query 0 untouched
+    k2, v2 = k.clone(), v.clone()
+    hidden = mask[0].nonzero().flatten()
+    k2[:, hidden] += 3
+    v2[:, hidden] -= 3
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(att(q, k2, v2, mask)[:, 0], low[:, 0])
 
 
 def test_layerwise_query_decoder_cannot_copy_its_own_token(lite0_teacher):
