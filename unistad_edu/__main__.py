@@ -1,4 +1,4 @@
-"""Command line: ``python -m unistad_edu {data,train,eval,predict,bench}`` (see DESIGN.md's CLI contract)."""
+"""Command line: ``python -m unistad_edu {data,train,eval,predict,bench,demo}`` (see DESIGN.md's CLI contract)."""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy: per-class models get as many optimiser steps as the unified one, or as many epochs")
     b.add_argument("--reuse", action="store_true", help="accuracy: reuse runs that already have metrics.json")
     b.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
+
+    from .demo_support import add_demo_arguments
+    add_demo_arguments(sub.add_parser("demo", help="Gradio demo over a run (default: a small model trained once "
+                                                   "on the synthetic set); binds 127.0.0.1"))
     return p
 
 
@@ -197,13 +201,19 @@ def cmd_bench(args) -> int:
     return bench.main(args)
 
 
+def cmd_demo(args) -> int:
+    from .demo_app import run
+    return run(args)
+
+
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .teacher import TeacherWeightsError
 
     args = build_parser().parse_args(argv)
-    handlers = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench}
+    handlers = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench,
+                "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError) as err:

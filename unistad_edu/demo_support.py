@@ -1,0 +1,631 @@
+"""What the Gradio demo needs that is not UI, so it can be tested without a browser.
+
+* :func:`decode_upload` turns an uploaded file into an (H, W, 3) uint8 array or raises :class:`UploadError`
+  with a message written for the person who uploaded it (empty file, text renamed ``.png``, truncated PNG,
+  unsupported format, too many pixels / decompression bomb). 16-bit, RGBA, grayscale and palette images are
+  converted (``data.to_rgb_array``), and the note says what was converted.
+* :func:`resolve_run` / :func:`ensure_default_run`: with no ``--run``, a small STPM model is trained once on the
+  synthetic set into ``$UNISTAD_CACHE/demo_run`` (default ``~/.cache/unistad_edu/demo_run``) and reused after.
+* :func:`model_card`, :func:`example_images`, :func:`render_overlay`: the texts and pictures the page shows.
+* :func:`bench_demo`: a load test of the running app over loopback with ``gradio_client`` against the bare
+  :func:`~unistad_edu.engine.predict` path (same images, same model, same run).
+
+Gradio, gradio_client and playwright are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .data import MAX_IMAGE_PIXELS, DataError, to_rgb_array
+
+# ---- settings -------------------------------------------------------------------------------------------
+DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
+DEFAULT_PORT = 7860
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_CONCURRENCY = 2  # requests processed at once (the rest wait in the queue); 2 suits a 2-core CPU
+DEFAULT_QUEUE_SIZE = 64  # waiting requests beyond this are refused with "queue full"
+DEFAULT_MAX_PIXELS = min(MAX_IMAGE_PIXELS, 40_000_000)  # the model works at a few hundred pixels anyway
+MAX_FILES_PER_REQUEST = 16
+SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
+FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
+
+#: the default model the demo trains when no --run is given
+DEFAULT_RUN_SPEC = {"method": "stpm", "image_size": 128, "epochs": 5, "max_minutes": 8.0, "seed": 0}
+DEFAULT_MARKER = "DEMO_DEFAULT.json"
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-quic", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+# ---- safe decoding --------------------------------------------------------------------------------------
+class UploadError(ValueError):
+    """An uploaded file cannot be scored; ``str(err)`` is a message for the page (it names the file)."""
+
+
+@dataclass
+class Decoded:
+    name: str
+    array: np.ndarray  # (H, W, 3) uint8
+    note: str  # what was converted, e.g. "16-bit grayscale -> 8-bit RGB"; "" if nothing
+
+
+_MODE_NOTES = {
+    "I;16": "16-bit grayscale rescaled to 8-bit RGB", "I;16B": "16-bit grayscale rescaled to 8-bit RGB",
+    "I;16L": "16-bit grayscale rescaled to 8-bit RGB", "I": "32-bit integer image rescaled to 8-bit RGB",
+    "F": "floating-point image rescaled to 8-bit RGB", "L": "grayscale expanded to RGB",
+    "LA": "grayscale + alpha: alpha composited on black", "RGBA": "alpha channel composited on black",
+    "PA": "palette + alpha: alpha composited on black", "P": "palette image expanded to RGB",
+    "1": "1-bit image expanded to RGB", "CMYK": "CMYK converted to RGB", "YCbCr": "YCbCr converted to RGB",
+}
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode one uploaded file to an (H, W, 3) uint8 RGB array, or raise :class:`UploadError`.
+
+    Order of checks (each before any pixel data is decoded, so a bomb never gets decoded): the file exists
+    and is not empty; Pillow recognises it; its format is one of :data:`SUPPORTED_FORMATS`; width x height
+    is at most ``max_pixels`` (Pillow's own decompression-bomb guard also applies); then the pixels are
+    decoded (a truncated or corrupt file fails here) and converted to RGB. Thread-safe: no global warning
+    filters are changed."""
+    path = Path(path)
+    name = name or path.name
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise UploadError(f"{name}: the upload could not be read ({err.strerror or err}); please try again") from err
+    if size == 0:
+        raise UploadError(f"{name} is an empty (0-byte) file, not an image: upload a {FORMAT_HINT} file")
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise UploadError(f"{name} is refused: its dimensions are so large that decoding it could exhaust memory "
+                          f"(decompression-bomb guard). Downscale it below {max_pixels / 1e6:.0f} megapixels") from err
+    except UnidentifiedImageError as err:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        what = "a text file" if _looks_like_text(head) else "not an image file"
+        raise UploadError(f"{name} is {what}, not an image Pillow can read (whatever its extension says): "
+                          f"upload a {FORMAT_HINT} file") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UploadError(f"{name} could not be opened as an image ({err}): upload a {FORMAT_HINT} file") from err
+    with img:
+        if img.format not in SUPPORTED_FORMATS:
+            raise UploadError(f"{name} is a {img.format or 'unknown-format'} file, which the demo does not decode: "
+                              f"convert it to {FORMAT_HINT}")
+        w, h = img.size
+        if w * h > max_pixels:
+            raise UploadError(f"{name} is {w} x {h} = {w * h / 1e6:.1f} megapixels, more than the demo's limit of "
+                              f"{max_pixels / 1e6:.0f} megapixels (pixel cap): downscale it first - the model "
+                              f"looks at a few hundred pixels anyway")
+        if w < 2 or h < 2:
+            raise UploadError(f"{name} is only {w} x {h} pixels: too small to inspect")
+        mode = img.mode
+        try:
+            img.load()
+            try:
+                img = ImageOps.exif_transpose(img) or img
+            except Exception:  # odd EXIF: keep the stored orientation
+                pass
+            arr = to_rgb_array(img)
+        except MemoryError as err:
+            raise UploadError(f"{name} is too large to decode on this machine: downscale it first") from err
+        except Exception as err:  # truncated / corrupt data after a valid header
+            raise UploadError(f"{name} is corrupt or truncated ({err}): re-export it as {FORMAT_HINT}") from err
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise UploadError(f"{name}: could not convert its {mode} pixels to RGB")
+    return Decoded(name=name, array=arr, note=_MODE_NOTES.get(mode, ""))
+
+
+def display_name(path) -> str:
+    """The file name a user gave an upload (Gradio keeps it as the last path component)."""
+    return Path(str(path)).name or str(path)
+
+
+# ---- run folders ----------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    return Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser()
+
+
+def default_run_dir() -> Path:
+    return cache_root() / "demo_run"
+
+
+def _is_usable_run(run: Path, spec: dict | None = None) -> bool:
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not (run / "model.safetensors").is_file() or cfg.get("threshold") is None or not cfg.get("epochs_done"):
+        return False
+    if spec is not None:
+        try:
+            marker = json.loads((run / DEFAULT_MARKER).read_text())
+        except (OSError, ValueError):
+            return False
+        return marker.get("spec") == spec
+    return True
+
+
+def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
+                       log: Callable[[str], None] = print, progress: bool = True) -> Path:
+    """The demo's default model: reuse ``run_dir`` (default :func:`default_run_dir`) if it holds a finished run
+    of ``spec`` (default :data:`DEFAULT_RUN_SPEC`), else train it on the synthetic set (``data_root``: another
+    MVTec-layout folder instead), evaluate it (``metrics.json``) and move it into place atomically."""
+    from .data import MVTecDataset, default_data_root
+    from .engine import TrainConfig, evaluate, fit
+    from .methods import build_model
+    from .metrics import save_metrics
+    from .teacher import load_teacher
+
+    spec = dict(spec or DEFAULT_RUN_SPEC)
+    run = Path(run_dir) if run_dir is not None else default_run_dir()
+    if _is_usable_run(run, spec):
+        log(f"using the demo's default model in {run} (delete that folder to retrain it)")
+        return run
+    root = Path(data_root) if data_root is not None else default_data_root()
+    log(f"no --run given and no default model yet: training a small {spec['method'].upper()} model "
+        f"({spec['image_size']} px, {spec['epochs']} epochs, at most {spec['max_minutes']:g} min) on "
+        f"{'the synthetic multi-class set' if data_root is None else root} at {root}.\n"
+        f"This happens once; the model is kept in {run} and reused. Pass --run RUN to use your own run.")
+    run.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run.parent / f".{run.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    train = MVTecDataset(root, "train", image_size=spec["image_size"])
+    model = build_model(spec["method"], load_teacher(), image_size=spec["image_size"])
+    res = fit(model, train, TrainConfig(epochs=spec["epochs"], max_minutes=spec["max_minutes"], seed=spec["seed"],
+                                        progress=progress),
+              out=tmp, extra_config={"data_root": str(root.resolve()), "preset": "cpu", "setting": "unified",
+                                     "trained_by": "python -m unistad_edu demo (default model)"})
+    log(f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {_fmt(res.threshold)}); "
+        f"evaluating on the test images for the model card ...")
+    test = MVTecDataset(root, "test", image_size=spec["image_size"])
+    save_metrics(evaluate(model, test, progress=progress), tmp / "metrics.json")
+    (tmp / DEFAULT_MARKER).write_text(json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2))
+    for stale in tmp.glob("train_state.safetensors"):  # resume state is not needed by the demo
+        stale.unlink()
+    if run.exists():  # an older/incomplete default run: move it aside, then replace it
+        if _is_usable_run(run, spec):  # another process finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return run
+        old = run.parent / f".{run.name}.old-{os.getpid()}"
+        os.replace(run, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, run)
+    except OSError:  # a concurrent process put its run in place between the check and the rename
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"default model ready in {run}")
+    return run
+
+
+def resolve_run(run=None, log: Callable[[str], None] = print) -> Path:
+    """``--run`` if given (checked to be a run folder), else the default model (trained on first use)."""
+    from .checkpoint import read_config
+    if run is None:
+        return ensure_default_run(log=log)
+    run = Path(run)
+    read_config(run)  # raises CheckpointError with a clear message for a wrong folder
+    return run
+
+
+def load_run_metrics(run_dir) -> dict | None:
+    from .metrics import load_metrics
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return load_metrics(path)
+    except (OSError, ValueError):
+        return None
+
+
+# ---- examples -------------------------------------------------------------------------------------------
+@dataclass
+class Example:
+    path: Path
+    category: str
+    defect: str  # "good" or the defect folder name
+
+    @property
+    def caption(self) -> str:
+        return f"{self.category} · {self.defect}"
+
+
+def example_images(cfg: dict, per_category_defects: int = 2, limit: int = 18) -> list[Example]:
+    """Test images from the run's ``data_root`` (config.json): per category one ``test/good`` image and up to
+    ``per_category_defects`` defective ones of different kinds. Empty if the data folder is not available."""
+    from .data import discover_categories, scan_category
+
+    root = cfg.get("data_root")
+    if not root or not Path(root).is_dir():
+        return []
+    try:
+        found = discover_categories(root)
+    except (DataError, OSError):
+        return []
+    cats = [c for c in (cfg.get("train_categories") or sorted(found)) if c in found]
+    out: list[Example] = []
+    for cat in cats:
+        try:
+            records = scan_category(cat, found[cat], "test", check_masks=False)
+        except (DataError, OSError):
+            continue
+        good = [r for r in records if r.label == 0][:1]
+        defects, seen = [], set()
+        for r in records:
+            if r.label == 1 and r.defect not in seen and len(defects) < per_category_defects:
+                defects.append(r)
+                seen.add(r.defect)
+        out += [Example(r.path, cat, r.defect) for r in good + defects]
+    return out[:limit]
+
+
+# ---- what the page shows --------------------------------------------------------------------------------
+def verdict(score: float, threshold: float | None) -> str:
+    if threshold is None:
+        return "no threshold"
+    return "ANOMALOUS" if score > threshold else "normal"
+
+
+def slider_range(cfg: dict) -> tuple[float, float, float]:
+    """(maximum, step, initial value) for the threshold slider, from the calibrated threshold and the held-out
+    normal scores in config.json."""
+    thr = cfg.get("threshold")
+    per = (cfg.get("validation") or {}).get("per_class") or {}
+    top = max([v.get("max", 0.0) for v in per.values()] + [thr or 0.0])
+    maximum = 3.0 * top if top > 0 else 1.0
+    maximum = float(f"{maximum:.2g}")
+    step = maximum / 1000
+    return maximum, step, float(thr) if thr is not None else 0.0
+
+
+def thumbnail(path, size: int = 112) -> np.ndarray:
+    """A small RGB preview of a (trusted) dataset image."""
+    from .data import load_image
+    return load_image(path, size)
+
+
+def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
+                   scale: str = "fixed") -> np.ndarray:
+    """The heatmap overlay (uint8). ``scale="fixed"``: colours from 0 to the threshold, so red means "at or
+    above the threshold" and normal images stay cold; ``"image"``: each map's own min -> max."""
+    from .viz import overlay
+    if scale == "fixed" and threshold is not None and threshold > 0:
+        return overlay(image, anomaly_map, alpha=0.5, vmin=0.0, vmax=float(threshold))
+    return overlay(image, anomaly_map, alpha=0.5)
+
+
+def render_levels(level_maps: dict, size: int) -> list[tuple[np.ndarray, str]]:
+    """Each per-level map coloured on its own scale and enlarged to ``size`` (nearest), with a caption."""
+    from .viz import colorize
+    out = []
+    for name, m in level_maps.items():
+        m = np.asarray(m, dtype=np.float32)
+        img = Image.fromarray(colorize(m)).resize((size, size), Image.NEAREST)
+        out.append((np.asarray(img), f"{name} ({m.shape[0]}x{m.shape[1]}, max {float(m.max()):.3g})"))
+    return out
+
+
+def results_markdown(rows: Sequence[dict], threshold: float | None) -> str:
+    """A Markdown table of scored images: name, score, threshold, verdict."""
+    if not rows:
+        return ""
+    thr = "n/a" if threshold is None else f"{threshold:.4g}"
+    lines = ["| image | anomaly score | threshold | verdict |", "|---|---:|---:|---|"]
+    for r in rows:
+        v = verdict(r["score"], threshold)
+        shown = f"**{v}**" if v == "ANOMALOUS" else v
+        lines.append(f"| {_md_escape(r['name'])} | {r['score']:.4g} | {thr} | {shown} |")
+    return "\n".join(lines)
+
+
+def status_markdown(rows: Sequence[dict], errors: Sequence[str], threshold: float | None,
+                    notes: Sequence[str] = (), extra: str = "") -> str:
+    """The status line(s): a summary of the verdicts, then one line per refused upload."""
+    parts = []
+    if rows:
+        n_bad = sum(1 for r in rows if threshold is not None and r["score"] > threshold)
+        if len(rows) == 1:
+            r = rows[0]
+            parts.append(f"**{_md_escape(r['name'])}: {verdict(r['score'], threshold)}** - anomaly score "
+                         f"{r['score']:.4g} vs threshold {'n/a' if threshold is None else f'{threshold:.4g}'}.")
+        else:
+            parts.append(f"**{len(rows)} images scored: {n_bad} anomalous, {len(rows) - n_bad} normal** "
+                         f"(threshold {'n/a' if threshold is None else f'{threshold:.4g}'}).")
+    for e in errors:
+        parts.append(f"⚠️ **Upload refused:** {_md_escape(e)}")
+    for n in notes:
+        parts.append(f"ℹ️ {_md_escape(n)}")
+    if extra:
+        parts.append(extra)
+    return "\n\n".join(parts) if parts else "Upload an image, or click an example."
+
+
+def _md_escape(text: str) -> str:
+    out = str(text)
+    for ch in "\\`*_[]<>|#":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def short_path(path) -> str:
+    """A path with the home folder written as ``~`` (for what the page and screenshots show)."""
+    text = str(path)
+    home = str(Path.home())
+    return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + os.sep) else text
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.{digits}g}"
+    return str(v)
+
+
+def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bool = True) -> str:
+    """A Markdown model card from config.json (and metrics.json if present)."""
+    from .metrics import format_table
+
+    teacher = cfg.get("teacher") or {}
+    cats = cfg.get("train_categories") or []
+    mc = cfg.get("method_config") or {}
+    lines = (["### Model card"] if heading else []) + [
+        f"- **Method:** {cfg.get('method', '?').upper()} - one unified model for all categories "
+        f"(it never sees a category label; there is no category picker).",
+        f"- **Teacher (frozen, ImageNet-pretrained):** `{teacher.get('name', '?')}`, layers "
+        f"{', '.join(map(str, teacher.get('layers') or [])) or '?'}; weights: {teacher.get('weights_source', '?')}.",
+        f"- **Training data:** {cfg.get('train_images', '?')} normal images of {len(cats)} categories "
+        f"({', '.join(cats) or '?'}) from `{short_path(cfg.get('data_root', '?'))}`"
+        + (f"; {cfg.get('epochs_done')} epochs" if cfg.get("epochs_done") else "")
+        + (f" ({cfg.get('train_seconds'):.0f} s)" if isinstance(cfg.get("train_seconds"), (int, float)) else "")
+        + ".",
+        f"- **Image size:** {cfg.get('image_size', '?')} x {cfg.get('image_size', '?')} px (uploads are resized to it).",
+        f"- **Threshold:** {_fmt(cfg.get('threshold'))} - {cfg.get('threshold_rule', 'no rule recorded')}. "
+        f"Image score = {((mc.get('scoring') or {}).get('image_score') or 'max')} of the anomaly map; "
+        f"verdict = score > threshold.",
+        f"- **Package:** unistad-edu {cfg.get('package_version', '?')}"
+        + (f"; run folder `{short_path(run_dir)}`" if run_dir else "") + ".",
+    ]
+    per = (cfg.get("validation") or {}).get("per_class") or {}
+    if per:
+        lines += ["", "**Held-out normal scores per category** (what one shared threshold has to fit):", "",
+                  "| category | n | mean | max |", "|---|---:|---:|---:|"]
+        lines += [f"| {c} | {s.get('n', '?')} | {_fmt(s.get('mean'))} | {_fmt(s.get('max'))} |"
+                  for c, s in per.items()]
+    if metrics and metrics.get("categories"):
+        cols = [c for c in ("I-AUROC", "I-AP", "P-AUROC", "AUPRO", "mAD") if c in metrics.get("mean", {})]
+        lines += ["", f"**Test metrics per category** (x100, from `metrics.json`, setting "
+                      f"{metrics.get('setting', '?')}):", "", format_table(metrics, columns=cols)]
+    else:
+        lines += ["", "_No `metrics.json` in the run folder: run `python -m unistad_edu eval --run RUN` to add "
+                      "per-category metrics here._"]
+    return "\n".join(lines)
+
+
+# ---- networking and the browser -------------------------------------------------------------------------
+def free_port(host: str = DEFAULT_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``python -m unistad_edu demo`` and ``python demo/app.py``."""
+    p.add_argument("--run", default=None, help="run folder (model.safetensors + config.json). Default: a small "
+                   "STPM model trained once on the synthetic set into $UNISTAD_CACHE/demo_run")
+    p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1, this machine only; "
+                   "0.0.0.0 exposes the demo to your network)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload")
+    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+                   help="largest accepted image (width x height)")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                   help="requests processed at once (default 2); further requests wait in the queue")
+    p.add_argument("--screenshot", default=None, metavar="PNG",
+                   help="render the page with headless Chromium into PNG (after scoring an example) and exit")
+    p.add_argument("--bench", default=None, metavar="JSON",
+                   help="load-test the app with gradio_client against bare predict(), write JSON and exit")
+    p.add_argument("--bench-requests", type=int, default=50)
+    p.add_argument("--bench-concurrency", type=int, default=8)
+    return p
+
+
+def launch_chromium(playwright, headless: bool = True):
+    """Debian's Chromium through Playwright's API (Playwright's own browser downloads are not used)."""
+    if not Path(CHROMIUM).is_file():
+        raise FileNotFoundError(f"{CHROMIUM} not found: apt-get install -y chromium")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=headless, args=CHROMIUM_ARGS)
+
+
+# ---- load test ------------------------------------------------------------------------------------------
+def _percentiles(values: Sequence[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"p50_ms": None, "p95_ms": None, "mean_ms": None}
+    return {"p50_ms": round(float(np.percentile(v, 50)) * 1e3, 1),
+            "p95_ms": round(float(np.percentile(v, 95)) * 1e3, 1),
+            "mean_ms": round(float(v.mean()) * 1e3, 1)}
+
+
+def _timed_pool(fn, items, concurrency: int) -> tuple[list[float], list[str], float]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        t0 = time.perf_counter()
+        try:
+            fn(item)
+            return time.perf_counter() - t0, None
+        except Exception as err:  # counted as a failure
+            return time.perf_counter() - t0, f"{type(err).__name__}: {err}"
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as ex:
+        done = list(ex.map(one, items))
+    wall = time.perf_counter() - t0
+    return [d for d, e in done if e is None], [e for _, e in done if e is not None], wall
+
+
+@contextlib.contextmanager
+def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = 180.0,
+                        log: Callable[[str], None] = print):
+    """Start ``python -m unistad_edu demo --run RUN`` on a free loopback port in a child process, wait until it
+    answers, yield its URL, and stop it (that child only) afterwards."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "unistad_edu", "demo", "--run", str(run_dir), "--host", DEFAULT_HOST,
+           "--port", str(port), "--concurrency", str(concurrency)]
+    logf = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://{DEFAULT_HOST}:{port}/"
+    try:
+        t0 = time.perf_counter()
+        while True:
+            if proc.poll() is not None:
+                logf.seek(0)
+                raise RuntimeError(f"the demo exited with {proc.returncode}:\n{logf.read().decode(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "config", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"the demo did not answer on {url} within {timeout_s:.0f} s")
+            time.sleep(0.3)
+        log(f"demo serving at {url} (pid {proc.pid}) after {time.perf_counter() - t0:.1f} s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logf.close()
+
+
+def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_concurrency: int = DEFAULT_CONCURRENCY,
+               images: Sequence | None = None, warmup: int = 2, model=None, in_process: bool = False,
+               log: Callable[[str], None] = print) -> dict:
+    """Load-test the demo over loopback and compare it with the bare model call.
+
+    The app serves ``run_dir`` on a free 127.0.0.1 port - in a child process as deployed
+    (``python -m unistad_edu demo --run RUN``), or in this process with ``in_process=True``. ``n_requests``
+    uploads are sent from ``concurrency`` client threads with ``gradio_client`` to the endpoint the page uses
+    (``/predict``); each is timed end to end (upload, queue, safe decoding, model, heatmap images, download).
+    Then the bare path is timed on the same images with the same run's model: ``engine.predict`` on the file,
+    one call at a time and from ``concurrency`` threads. Returns counts, failures, p50/p95/mean latency (ms)
+    and throughput (requests/s) of each."""
+    import platform
+
+    import torch
+    from gradio_client import Client, handle_file
+
+    from .checkpoint import load_checkpoint
+    from .engine import predict
+
+    run = resolve_run(run_dir, log=log)
+    model = model if model is not None else load_checkpoint(run)
+    if images is None:
+        images = [e.path for e in example_images(model.run_config)]
+    if not images:
+        raise ValueError(f"no images to send: {run}'s data_root has no test images; pass images=[...]")
+    seq = [Path(images[i % len(images)]) for i in range(n_requests)]
+    thr = model.threshold
+
+    if in_process:
+        from .demo_app import build_app, launch
+
+        @contextlib.contextmanager
+        def serving():
+            demo = build_app(run, model=model, concurrency=app_concurrency)
+            port = free_port()
+            launch(demo, DEFAULT_HOST, port, block=False, quiet=True)
+            try:
+                yield f"http://{DEFAULT_HOST}:{port}/"
+            finally:
+                demo.close()
+        server = serving()
+    else:
+        server = serve_in_subprocess(run, concurrency=app_concurrency, log=log)
+
+    with server as url:
+        client = Client(url, verbose=False)
+
+        def call(path):
+            out = client.predict([handle_file(str(path))], thr, "fixed", api_name="/predict")
+            status = out[0]
+            if "refused" in status.lower() or "failed" in status.lower() or "anomaly score" not in status:
+                raise RuntimeError(status)
+            return out
+
+        for p in seq[:warmup]:
+            call(p)
+        lat, errors, wall = _timed_pool(call, seq, concurrency)
+
+    def bare(path):
+        with torch.inference_mode():
+            return predict(model, [str(path)])
+
+    for p in seq[:warmup]:
+        bare(p)
+    b_lat, b_err, b_wall = _timed_pool(bare, seq, 1)
+    bc_lat, bc_err, bc_wall = _timed_pool(bare, seq, concurrency)
+    cfg = model.run_config
+    result = {
+        "what": "demo load test: gradio_client over loopback vs bare engine.predict (same images, model, run)",
+        "run": str(run), "method": cfg.get("method"), "image_size": cfg.get("image_size"),
+        "n_requests": n_requests, "client_concurrency": concurrency, "app_concurrency_limit": app_concurrency,
+        "app": "in this process" if in_process else "child process (python -m unistad_edu demo)",
+        "images": len(images), "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "demo": {"ok": len(lat), "failed": len(errors), "errors": errors[:5], **_percentiles(lat),
+                 "throughput_rps": round(len(lat) / wall, 2), "wall_s": round(wall, 2)},
+        "bare_predict_sequential": {"ok": len(b_lat), "failed": len(b_err), **_percentiles(b_lat),
+                                    "throughput_rps": round(len(b_lat) / b_wall, 2), "wall_s": round(b_wall, 2)},
+        f"bare_predict_{concurrency}_threads": {"ok": len(bc_lat), "failed": len(bc_err), **_percentiles(bc_lat),
+                                                "throughput_rps": round(len(bc_lat) / bc_wall, 2),
+                                                "wall_s": round(bc_wall, 2)},
+    }
+    seq_tp = result["bare_predict_sequential"]["throughput_rps"]
+    result["demo_throughput_vs_bare_sequential"] = round(result["demo"]["throughput_rps"] / seq_tp, 3) if seq_tp else None
+    return result
