@@ -106,3 +106,24 @@ def test_as_uint8_round_trips_a_dataset_image():
     t = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
     assert (viz.as_uint8(t) == arr).all() and viz.as_uint8(arr) is arr
     assert viz.as_uint8(torch.rand(1, 4, 4)).shape == (4, 4, 3)
+
+
+def test_scores_by_category_one_panel_per_run_and_threshold_lines():
+    rng = np.random.default_rng(2)
+    cats = np.array(["b", "a", "b", "a", "b", "a"])
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    runs = {"per-class": {"scores": rng.random(6), "labels": labels, "categories": cats},
+            "unified": {"scores": rng.random(6) + 1, "labels": labels, "categories": list(cats)}}
+    fig = viz.scores_by_category(runs, thresholds={"per-class": {"a": 0.5, "b": 0.7}, "unified": 1.5}, log_y=True)
+    assert len(fig.data) == 4  # normal and defect boxes in each of the two panels
+    assert [t.name for t in fig.data] == ["normal", "defect"] * 2
+    assert [t.showlegend for t in fig.data] == [True, True, False, False]  # one legend for both panels
+    normal = fig.data[0]
+    assert sorted(normal.x) == ["a", "b", "b"] and len(normal.y) == 3  # every normal image of panel 1, as points
+    lines = [s for s in fig.layout.shapes]
+    assert len(lines) == 3  # one short line per category in panel 1, one line across panel 2
+    assert sorted(s.y0 for s in lines) == [0.5, 0.7, 1.5]
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"  # every panel
+    assert len(viz.scores_by_category(runs).layout.shapes) == 0
+    with pytest.raises(ValueError):
+        viz.scores_by_category({"x": {"scores": [1.0], "labels": [0, 1], "categories": ["a", "a"]}})

@@ -78,6 +78,50 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray, categories: Sequence
     return fig
 
 
+def scores_by_category(runs: dict[str, dict], thresholds: dict | None = None, log_y: bool = False,
+                       title: str | None = None):
+    """Image scores per category, normal vs defect side by side, one panel per run.
+
+    ``runs``: {name: outputs}, where ``outputs`` has ``"scores"``, ``"labels"`` (0 normal / 1 defect) and
+    ``"categories"`` -- what ``evaluate(..., return_outputs=True)`` returns -- e.g. {"per-class": a, "unified": b}.
+    ``thresholds[name]`` (optional): a float, drawn as one dashed line across the panel (one threshold for every
+    category), or {category: float}, drawn as a short dashed line over each category. Every panel has its own
+    y axis: the scores of different models are not on a common scale. Every image is a point over its box."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(runs)
+    thresholds = thresholds or {}
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.08)
+    colours = {"normal": "#2e86c1", "defect": "#c0392b"}
+    for col, name in enumerate(names, start=1):
+        out = runs[name]
+        scores = np.asarray(out["scores"], dtype=float)
+        labels = np.asarray(out["labels"])
+        cats = np.asarray(out["categories"], dtype=str)
+        if not len(scores) == len(labels) == len(cats):
+            raise ValueError(f"run {name!r}: scores, labels and categories differ in length")
+        order = list(dict.fromkeys(sorted(cats)))
+        for value, label in ((0, "normal"), (1, "defect")):
+            sel = labels == value
+            fig.add_trace(go.Box(x=cats[sel], y=scores[sel], name=label, legendgroup=label, showlegend=col == 1,
+                                 marker_color=colours[label], boxpoints="all", jitter=0.5, pointpos=0,
+                                 marker_size=4, line_width=1), row=1, col=col)
+        fig.update_xaxes(categoryorder="array", categoryarray=order, row=1, col=col)
+        thr = thresholds.get(name)
+        if isinstance(thr, dict):
+            for i, cat in enumerate(order):
+                if thr.get(cat) is not None:
+                    fig.add_shape(type="line", x0=i - 0.45, x1=i + 0.45, y0=thr[cat], y1=thr[cat],
+                                  line=dict(dash="dash", color="black", width=2), row=1, col=col)
+        elif thr is not None:
+            fig.add_hline(y=float(thr), line=dict(dash="dash", color="black", width=2), row=1, col=col)
+    fig.update_yaxes(type="log" if log_y else "linear")
+    fig.update_yaxes(title_text="image score", row=1, col=1)
+    fig.update_layout(boxmode="group", height=450, title=title or "image scores per category (dashed: threshold)")
+    return fig
+
+
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, cols: int = 4,
                maps: Sequence[np.ndarray] | None = None, vmax: float | None = None, title: str | None = None):
     """A plotly grid of images (or of heatmap overlays when ``maps`` is given)."""
