@@ -61,7 +61,8 @@ class STPM(Method):
 
     def _pairs(self, batch: Batch):
         t = self.teacher_features(batch)
-        s = self.student(self.teacher.normalize(batch.image))
+        x = self.teacher.normalize(batch.image).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+        s = self.student(x)
         for name in self.teacher.layer_names:
             # (B, C, h, w) each, unit length along channels
             yield name, F.normalize(t[name].float(), dim=1), F.normalize(s[name].float(), dim=1)
