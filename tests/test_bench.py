@@ -43,3 +43,11 @@ def test_bench_accuracy_side_by_side(tmp_path):
     assert "gap I-AUROC" in md and "| **mean** |" in md
     u, p = (r["settings"][k]["metrics"]["mean"]["I-AUROC"] for k in ("unified", "per-class"))
     assert f"{100 * u - 100 * p:+.1f}" in md.split("| **mean** |")[1].splitlines()[0]
+
+
+def test_bench_train_cache_comparison(tmp_path):
+    from unistad_edu.synthetic import make_synthetic
+    data = make_synthetic(tmp_path / "syn", size=64, n_train=6, n_test_good=1, n_test_defect=1, categories=("weave",))
+    r = bench.bench_train("uniad", data, image_size=64, batch_size=4, repeats=1, n_images=8, compare="cache")
+    assert set(r["images_per_s"]) == {"teacher_every_step", "cached_features"}
+    assert r["ratios"]["cached_vs_teacher_every_step"] > 0

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", type=int, default=256)
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--compare", choices=["bare", "cache"], default="bare",
+                   help="train: engine vs a bare loop, or cached features vs the teacher on every step")
     b.add_argument("--epochs", type=int, default=None, help="accuracy: epochs per run (default: the preset's)")
     b.add_argument("--preset", default="cpu", help="accuracy: method preset")
     b.add_argument("--out-dir", default="runs/bench_accuracy", help="accuracy: where the runs go")
