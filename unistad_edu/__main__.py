@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-steps", type=int, default=None,
                    help="train each model at least this many optimiser steps (adds epochs on small categories)")
     t.add_argument("--teacher", default=None, help="timm backbone name (default: the preset's)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any field of the method's config, e.g. --set jitter=false --set hidden_dim=256")
     t.add_argument("--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
@@ -82,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_overrides(items: list[str]) -> dict:
+    """["jitter=false", "hidden_dim=256"] -> {"jitter": False, "hidden_dim": 256} (JSON values, else strings)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set takes FIELD=VALUE, not {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def _teacher_weights(value: str):
     return None if value.lower() == "none" else value
 
@@ -112,6 +128,7 @@ def cmd_train(args) -> int:
     root = _data_root(args.data)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("image_size", args.image_size), ("teacher", args.teacher)) if v is not None}
+    overrides.update(_parse_overrides(args.overrides))
     mcfg = make_config(args.method, args.preset, **overrides)
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
     teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
