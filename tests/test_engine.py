@@ -246,3 +246,15 @@ def test_no_pickle_anywhere():
         for line in src.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, (f, line)
+
+
+def test_cli_set_overrides_parse_and_reach_the_config():
+    from unistad_edu.__main__ import _parse_overrides
+    assert _parse_overrides(["jitter=false", "hidden_dim=256", "lr=0.001", "optimizer=sgd"]) == \
+        {"jitter": False, "hidden_dim": 256, "lr": 0.001, "optimizer": "sgd"}
+    cfg = make_config("uniad", "cpu", **_parse_overrides(["neighbor_mask=false", "enc_layers=3"]))
+    assert cfg.neighbor_mask is False and cfg.enc_layers == 3
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        _parse_overrides(["jitter"])
+    with pytest.raises(ValueError, match="unknown UniADConfig fields"):
+        make_config("uniad", "cpu", nosuch=1)
