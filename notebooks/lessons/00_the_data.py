@@ -1,0 +1,208 @@
+"""Lesson 00 -- the data. Cells for ``notebooks/00_the_data.ipynb`` (built by ``notebooks/_build.py``)."""
+from _cells import code, md
+
+CELLS = [
+    md(r"""
+# Lesson 00 — The data: many products, few defects
+
+**Unified (multi-class) unsupervised anomaly detection** asks for *one* model that
+
+* learns from **normal images only** (no defect is ever shown during training),
+* covers **many product categories at once** — bottles, commutators, metal plates, cookies, … — and
+* for a new image says **whether** it is defective (an image score) and **where** (a pixel map),
+  *without being told which product it is looking at*.
+
+The alternative, the *per-class* setting, trains one model per category. It is easier, but a factory with
+fifty products would need fifty models. This course is about the unified setting and why it is harder.
+
+This lesson looks only at the data: what a category is, how many images each split has, what normal and
+defective images look like, and — the number to remember — **how small defects are**.
+"""),
+    code(r"""
+import os
+
+import numpy as np
+import plotly.express as px
+import torch
+from IPython.display import Markdown, display
+
+from unistad_edu import viz
+from unistad_edu.data import MVTecDataset, discover_categories, find_data, load_mask
+
+QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
+device = "cuda" if torch.cuda.is_available() else "cpu"
+root, where = find_data()
+
+SIZE = 128 if QUICK else 256          # side of the square images the models see
+N_SHOW = 4 if QUICK else 6            # images per category in the grids
+N_BROWSE = 12 if QUICK else None      # defective images per category in the explorer (None: all)
+print(f"This lesson uses {where}, resized to {SIZE}x{SIZE} px "
+      f"({'quick' if QUICK else 'full'} mode; device {device}, not needed here).")
+"""),
+    md(r"""
+## 1. Categories
+
+The data follows the **MVTec AD layout**. A *category* is any folder that holds `train/good`:
+
+```
+<category>/train/good/*.png                 normal images, the only training data
+<category>/test/good/*.png                  normal test images
+<category>/test/<defect type>/*.png         defective test images
+<category>/ground_truth/<defect type>/*.png a pixel mask per defective image (white = defect)
+```
+
+`discover_categories` walks the data folder and finds them at any depth.
+"""),
+    code(r"""
+categories = discover_categories(root)
+for name, folder in categories.items():
+    print(f"{name:14s} {folder.relative_to(root)}")
+"""),
+    md(r"""
+## 2. How many images?
+
+`MVTecDataset` reads one split over all categories. Every sample carries its category, but only so that
+results can be *reported* per category: a unified model never gets to read it.
+"""),
+    code(r"""
+train = MVTecDataset(root, "train", image_size=SIZE)
+test = MVTecDataset(root, "test", image_size=SIZE)
+train_counts, test_counts = train.counts(), test.counts()
+
+rows = []
+for cat in categories:
+    defects = {k: v for k, v in test_counts[cat].items() if k != "good"}
+    rows.append({"category": cat, "train/good": train_counts[cat]["good"], "test/good": test_counts[cat].get("good", 0),
+                 "test defects": sum(defects.values()),
+                 "defect types": ", ".join(f"{k} ({v})" for k, v in defects.items())})
+rows.append({"category": "**total**", "train/good": len(train),
+             "test/good": sum(r["test/good"] for r in rows), "test defects": sum(r["test defects"] for r in rows)})
+display(Markdown(viz.markdown_table(rows)))
+"""),
+    md(r"""
+Things to notice: the categories are **unequal** (some have ten times more training images than others),
+and some have few normal *test* images — with few test images, every metric computed on that category is
+noisy. Metrics in this course are therefore always reported **per category**, then averaged.
+
+## 3. Normal images
+
+One row per category, a few training images spread over the folder. Within a row the images share the
+product, viewpoint and lighting (cookies and metal plates do lie at different angles) — that regularity is
+what a model can learn as "normal". Across rows they have nothing in common.
+
+Every image is resized to a square `SIZE x SIZE` input, whatever its shape: the tall commutator images
+(about 205 x 512 px) come out squeezed. The model only ever sees the squeezed version, for training and
+testing alike, so this is harmless — but remember it when a thin crack looks thinner than you expected.
+"""),
+    code(r"""
+grid_images, grid_titles = [], []
+for cat, subset in train.by_category().items():
+    for i in np.linspace(0, len(subset) - 1, N_SHOW).astype(int):
+        grid_images.append(viz.as_uint8(subset[i]["image"]))
+        grid_titles.append(f"{cat} #{i}")
+viz.image_grid(grid_images, grid_titles, cols=N_SHOW, title="normal training images").show()
+"""),
+    md(r"""
+## 4. Defective images and their masks
+
+Defective test images with their ground-truth mask drawn on top (red tint, solid border). Mask pixels are
+what the pixel-level metrics of later lessons score against.
+"""),
+    code(r"""
+defect_images, defect_titles = [], []
+for cat, subset in test.by_category().items():
+    # one image of each defect type first, then more of the first types, up to N_SHOW
+    by_type = {}
+    for i, r in enumerate(subset.records):
+        if r.label == 1:
+            by_type.setdefault(r.defect, []).append(i)
+    order = [i for rank in range(N_SHOW) for ids in by_type.values() if rank < len(ids) for i in [ids[rank]]]
+    for i in order[:N_SHOW]:
+        s = subset[i]
+        defect_images.append(viz.mask_overlay(viz.as_uint8(s["image"]), s["mask"]))
+        defect_titles.append(f"{cat}: {subset.records[i].defect}")
+viz.image_grid(defect_images, defect_titles, cols=N_SHOW, title="defective test images, mask in red").show()
+"""),
+    md(r"""
+Some defects are obvious (a broken bottle rim), some are a few pixels wide (a crack on a commutator), and
+some are *logical*: in `juice_bottle` (from MVTec LOCO) nothing is scratched or stained — instead a rule
+is broken, for example a label is missing or does not match the juice, or the bottle is filled to the wrong
+level. The mask then covers a whole region (the label, the liquid). A detector that only compares local
+texture will find these hard.
+
+## 5. How small are defects?
+
+For every defective test image, the fraction of its pixels that the mask marks as defect (masks are
+resized with nearest neighbour to the model size, as the dataset does).
+"""),
+    code(r"""
+defect_records = [r for r in test.records if r.label == 1]
+fraction = np.array([load_mask(r.mask_path, SIZE).mean() for r in defect_records])   # one value per defect image
+frac_category = np.array([r.category for r in defect_records])
+
+fig = px.box(x=frac_category, y=100 * fraction, points="all", log_y=True,
+             labels={"x": "category", "y": "defect pixels (% of the image, log scale)"},
+             title="how much of a defective image is defect")
+fig.show()
+
+stats = [{"category": c, "defect images": int((frac_category == c).sum()),
+          "mean %": 100 * fraction[frac_category == c].mean(), "median %": 100 * np.median(fraction[frac_category == c]),
+          "smallest %": 100 * fraction[frac_category == c].min(), "largest %": 100 * fraction[frac_category == c].max()}
+         for c in categories]
+display(Markdown(viz.markdown_table(stats, digits=2)))
+
+# all test pixels, normal images included: what share is defect?
+n_test_pixels = len(test) * SIZE * SIZE
+defect_pixel_share = fraction.sum() * SIZE * SIZE / n_test_pixels
+print(f"average defect image: {100 * fraction.mean():.1f} % defect pixels; "
+      f"over the whole test set: {100 * defect_pixel_share:.1f} % of all pixels are defect")
+"""),
+    md(r"""
+This imbalance shapes everything later:
+
+* A pixel map that calls *everything* normal is already right about more than 90 % of the test pixels, so
+  pixel-level accuracy is meaningless and even pixel AUROC looks flattering; lesson 02 also reports AUPRO,
+  which weighs every defect region equally, however small.
+* An image score must react to a tiny region. Averaging a map over the whole image would drown a crack
+  that covers half a percent of it; that is why image scores are taken from the *maximum* (or the top few
+  pixels) of the map.
+
+## 6. Explore
+
+Browse the defective test images of every category (pick a category, then move the slider); the green
+outline is the mask. Look for defects you could not find without the mask.
+"""),
+    code(r"""
+browse = []
+for cat in categories:
+    ids = [i for i, r in enumerate(test.records) if r.category == cat and r.label == 1]
+    browse += ids[:N_BROWSE] if N_BROWSE else ids
+samples = [test[i] for i in browse]
+viz.image_browser([viz.as_uint8(s["image"]) for s in samples], masks=[s["mask"] for s in samples],
+                  labels=[s["label"] for s in samples], categories=[s["category"] for s in samples],
+                  titles=[f"{s['category']} / {test.records[i].defect} / {os.path.basename(s['path'])}"
+                          for i, s in zip(browse, samples)])
+"""),
+    md(r"""
+## Check yourself
+
+**Exercise.** Before you run the cell below, write down two guesses: (a) on average, what percentage of a
+defective image is defect? (b) Which category has the smallest defects, and what does that mean for an
+image score computed as the *mean* of an anomaly map instead of its maximum?
+
+The cell checks the lesson's claim on the masks this run loaded: every defective image has a non-empty
+mask, defects cover on average less than a fifth of their image, and fewer than one test pixel in ten is
+a defect pixel. Then try `SIZE = 64` in the first cell: which category's smallest defect gets close to
+vanishing, and why does that matter for choosing the input size?
+"""),
+    code(r"""
+print(f"defect images: {len(fraction)}, smallest defect: {100 * fraction.min():.3f} % of its image")
+print(f"mean defect fraction: {fraction.mean():.4f}; defect share of all test pixels: {defect_pixel_share:.4f}")
+smallest = min(stats, key=lambda row: row["median %"])["category"]
+print(f"category with the smallest defects (median): {smallest}")
+assert len(fraction) == sum(r["test defects"] for r in rows[:-1]), "every defect image was measured"
+assert (fraction > 0).all(), "a defective image has an empty mask"
+assert fraction.mean() < 0.2, f"defects are not small here: {fraction.mean():.3f} of the image on average"
+assert defect_pixel_share < 0.1, f"{defect_pixel_share:.3f} of all test pixels are defect"
+"""),
+]
