@@ -97,6 +97,24 @@ def test_resume_is_exact(train_set, lite0_teacher, tmp_path):
     assert [x["loss"] for x in log] == [x["loss"] for x in ref_log]
 
 
+@pytest.mark.parametrize("method", ["stpm", "uniad"])
+def test_in_memory_store_trains_exactly_like_streaming(method, train_set, lite0_teacher):
+    """preload=True (tensors in memory; UniAD without images) must give the very same weights as batches
+    streamed through the DataLoader and the cache: same order, same values."""
+    cfg = dict(epochs=2, holdout_fraction=0.0, **QUIET)
+    streamed = build_model(method, lite0_teacher, image_size=SIZE, batch_size=4)
+    fit(streamed, train_set, TrainConfig(preload=False, **cfg))
+    stored = build_model(method, lite0_teacher, image_size=SIZE, batch_size=4)
+    seen = []
+    loss = stored.loss
+    stored.loss = lambda b: (seen.append(b.image is None), loss(b))[1]  # what the method was handed
+    fit(stored, train_set, TrainConfig(preload=True, **cfg))
+    assert seen and all(seen) == (not stored.needs_images)
+    a, b = streamed.state_for_checkpoint(), stored.state_for_checkpoint()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_budget_stops_cleanly_and_resume_finishes(train_set, lite0_teacher, tmp_path):
     model = _stpm(lite0_teacher)
     res = fit(model, train_set, TrainConfig(epochs=3, max_minutes=1e-6, **QUIET), out=tmp_path)

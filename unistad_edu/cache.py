@@ -43,6 +43,7 @@ class FeatureCache:
         self._memory: dict[str, dict[str, torch.Tensor]] = {}
         self.hits = 0
         self.misses = 0
+        self.names = list(getattr(teacher, "output_names", teacher.layer_names))  # what forward() returns
         ident = {"teacher": teacher.backbone_name, "weights": teacher.weights_hash, "layers": teacher.layer_names,
                  "size": self.image_size, "norm": teacher.normalization, "dtype": str(self.dtype)}
         self._prefix = json.dumps(ident, sort_keys=True)
@@ -72,10 +73,13 @@ class FeatureCache:
         except (SafetensorError, OSError, ValueError):
             f.unlink(missing_ok=True)  # unreadable entry: drop it and recompute
             return None
-        if set(entry) != set(self.teacher.layer_names):
+        if set(entry) != set(self.names):
             f.unlink(missing_ok=True)
             return None
         return entry
+
+    def _has(self, key: str) -> bool:
+        return key in self._memory if self.root is None else self._file(key).is_file()
 
     def _write(self, key: str, entry: dict[str, torch.Tensor]) -> None:
         entry = {k: v.to(self.dtype).contiguous() for k, v in entry.items()}
@@ -114,7 +118,24 @@ class FeatureCache:
         device = images.device
         # stack per level: (B, C_l, h_l, w_l), float32
         return {name: torch.stack([e[name] for e in entries]).to(device=device, dtype=torch.float32)
-                for name in self.teacher.layer_names}
+                for name in self.names}
+
+    def stack(self, dataset, batch_size: int = 32, progress: bool = True) -> dict[str, torch.Tensor]:
+        """All entries of ``dataset`` stacked per output, in dataset order: {name: (N, ...)} in the cache's
+        dtype. Missing entries are computed first. A memory cache then serves its entries as views into the
+        stacked tensors, so the features are held once, not twice."""
+        self.warm(dataset, batch_size=batch_size, progress=progress)
+        keys = [self.key(r.path) for r in dataset.records]
+        entries = [self._read(k) for k in keys]
+        for i in [i for i, e in enumerate(entries) if e is None]:  # an entry dropped since warm(): recompute it
+            sample = dataset[i]
+            self.features(sample["image"][None], [sample["path"]])
+            entries[i] = self._read(keys[i])
+        stacked = {name: torch.stack([e[name] for e in entries]) for name in self.names}
+        if self.root is None:
+            for i, k in enumerate(keys):
+                self._memory[k] = {name: stacked[name][i] for name in self.names}
+        return stacked
 
     def warm(self, dataset, batch_size: int = 32, progress: bool = True) -> None:
         """Compute every missing entry of ``dataset`` once (with a progress bar)."""
@@ -122,6 +143,10 @@ class FeatureCache:
 
         from .data import collate
 
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        todo = [i for i, r in enumerate(dataset.records) if not self._has(self.key(r.path))]
+        if not todo:
+            return
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=batch_size,
+                                             shuffle=False, collate_fn=collate)
         for batch in tqdm(loader, desc="caching teacher features", disable=not progress, leave=False):
             self.features(batch["image"], batch["path"])

@@ -38,6 +38,8 @@ class TrainConfig:
     cache: bool = True  # serve teacher features from a FeatureCache
     cache_dir: str | None = None  # disk cache folder; None = in memory
     cache_fp16: bool = False
+    preload: bool = True  # with the cache: keep the training set in memory as tensors (see TrainStore)
+    preload_max_mb: float = 4096  # ... unless that would take more than this; then stream batches instead
     holdout_fraction: float = 0.1  # normal train images kept aside to calibrate the threshold
     threshold_quantile: float = 0.99  # threshold = this quantile of held-out normal scores
     fast_cpu: bool = True  # bf16 autocast + channels_last on CPU
@@ -108,10 +110,54 @@ def method_batch(batch: dict, cache: FeatureCache | None, device: torch.device) 
     return Batch(image=images, features=features)
 
 
+def epoch_order(n: int, seed: int) -> torch.Tensor:
+    """The shuffled order of an epoch's ``n`` training images: a permutation fixed by ``seed``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+class TrainStore:
+    """The training set held in memory as tensors, so an epoch costs only the method's own compute.
+
+    Built once per ``fit`` when the feature cache is on: the teacher's features of every training image,
+    stacked per level, and -- only for methods whose loss looks at the image (``Method.needs_images``) -- the
+    images as uint8 (N, 3, S, S). Batches come in the same order as the DataLoader path (both use
+    :func:`epoch_order`), so a run trains identically either way (a test checks it).
+    """
+
+    def __init__(self, dataset: MVTecDataset, cache: FeatureCache, images: bool, progress: bool = True):
+        self.features = cache.stack(dataset, progress=progress)  # {name: (N, C_l, h_l, w_l)}
+        self.images = None
+        if images:
+            # (N, 3, S, S) uint8: a quarter of the float32 memory
+            self.images = torch.stack([dataset[i]["image"].mul(255).round_().to(torch.uint8)
+                                       for i in range(len(dataset))])
+        self.n = len(dataset)
+
+    @staticmethod
+    def estimate_mb(dataset: MVTecDataset, teacher, images: bool, fp16: bool = False) -> float:
+        """Memory the store would take, from the teacher's level shapes (no teacher call)."""
+        s = dataset.image_size
+        per = sum(lv.channels * math.ceil(s / lv.stride) ** 2 for lv in teacher.feature_info) * (2 if fp16 else 4)
+        if images:
+            per += 3 * s * s
+        return len(dataset) * per / 2**20
+
+    def batches(self, batch_size: int, seed: int, drop_last: bool, device: torch.device):
+        order = epoch_order(self.n, seed)
+        stop = self.n - self.n % batch_size if drop_last else self.n
+        for i in range(0, stop, batch_size):
+            idx = order[i:i + batch_size]
+            feats = {k: v[idx].to(device=device, dtype=torch.float32) for k, v in self.features.items()}
+            image = None if self.images is None else self.images[idx].to(device).float().div_(255.0)
+            yield Batch(image=image, features=feats)
+
+
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       collate_fn=collate, drop_last=drop_last, num_workers=0)
+    order = epoch_order(len(dataset), seed).tolist() if shuffle else None
+    # its own generator: the loader draws a base seed from it, and must not touch the global RNG (jitter's)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
+                                       drop_last=drop_last, num_workers=0,
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def _progress(iterable, desc: str, enabled: bool, total=None):
@@ -152,6 +198,14 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     if cfg.fast_cpu and device.type == "cpu":
         model.to(memory_format=torch.channels_last)
     cache = cache if cache is not None else make_cache(model, cfg)
+    store = None
+    if cache is not None and cfg.preload:
+        need_mb = TrainStore.estimate_mb(train_set, model.teacher, model.needs_images, cfg.cache_fp16)
+        if need_mb <= cfg.preload_max_mb:
+            store = TrainStore(train_set, cache, images=model.needs_images, progress=cfg.progress)
+        else:
+            print(f"training set would take {need_mb:.0f} MiB in memory (preload_max_mb={cfg.preload_max_mb:.0f}): "
+                  f"streaming batches from the cache instead", flush=True)
     optimizer = make_optimizer(model)
     result = FitResult(run_dir=run)
 
@@ -188,10 +242,14 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
             group["lr"] = lr
         model.train()
         losses, t_epoch = [], time.perf_counter()
-        loader = _loader(train_set, batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
-                         drop_last=len(train_set) > batch_size)
-        for batch in _progress(loader, f"epoch {epoch + 1}/{epochs}", cfg.progress):
-            mb = method_batch(batch, cache, device)
+        shuffle_seed, drop_last = cfg.seed * 100_003 + epoch, len(train_set) > batch_size
+        if store is not None:
+            batches = store.batches(batch_size, shuffle_seed, drop_last, device)
+            n_batches = len(train_set) // batch_size if drop_last else math.ceil(len(train_set) / batch_size)
+        else:
+            loader = _loader(train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last)
+            batches, n_batches = (method_batch(b, cache, device) for b in loader), len(loader)
+        for mb in _progress(batches, f"epoch {epoch + 1}/{epochs}", cfg.progress, total=n_batches):
             with autocast_for(device, cfg.fast_cpu):
                 loss = model.loss(mb)
             if not torch.isfinite(loss):

@@ -76,6 +76,9 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type] = MethodConfig
     presets: ClassVar[dict[str, dict]] = {"cpu": {}, "paper": {}}
+    # False: loss() reads only batch.features, never batch.image -- the engine then trains from cached
+    # features without keeping images (batch.image is None during training)
+    needs_images: ClassVar[bool] = True
 
     def __init__(self, teacher, cfg: MethodConfig):
         super().__init__()
