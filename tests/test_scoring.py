@@ -66,3 +66,18 @@ def test_noisy_or():
     p = torch.tensor([0.0, 0.5, 1.0])
     assert torch.allclose(noisy_or(p, torch.zeros(3)), p)
     assert torch.allclose(noisy_or(torch.tensor([0.5]), torch.tensor([0.5])), torch.tensor([0.75]))
+
+
+@pytest.mark.parametrize("shape", [(3, 40), (256, 256), (9, 300)])
+def test_gaussian_blur_matches_scipy_on_small_and_large_maps(shape):
+    """Short axes crop the kernel (reflect padding cannot reach further): scipy with the same cropped,
+    renormalised kernel along that axis is the reference."""
+    x = np.random.default_rng(1).random(shape).astype(np.float32)
+    ours = gaussian_blur(torch.from_numpy(x)[None, None], 4.0)[0, 0].numpy()
+    ref = x
+    for axis, n in enumerate(shape):
+        r = min(16, n - 1)
+        t = np.arange(-r, r + 1)
+        k = np.exp(-0.5 * (t / 4.0) ** 2)
+        ref = ndimage.correlate1d(ref, k / k.sum(), axis=axis, mode="mirror")
+    np.testing.assert_allclose(ours, ref, atol=1e-5)

@@ -44,7 +44,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.names = list(getattr(teacher, "output_names", teacher.layer_names))  # what forward() returns
-        ident = {"teacher": teacher.backbone_name, "weights": teacher.weights_hash, "layers": teacher.layer_names,
+        ident = {"teacher": teacher.backbone_name, "weights": teacher.weights_hash, "outputs": self.names,
                  "size": self.image_size, "norm": teacher.normalization, "dtype": str(self.dtype)}
         self._prefix = json.dumps(ident, sort_keys=True)
         if self.root is not None:

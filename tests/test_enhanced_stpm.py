@@ -1,0 +1,213 @@
+"""Enhanced STPM: both teachers frozen and different, pair 1 is STPM exactly, the attention student, the
+three combination rules against hand-combined maps, the normal-scale statistics, and train -> eval ->
+checkpoint (with the second teacher's weights checked) through the engine."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unistad_edu.data import MVTecDataset
+from unistad_edu.engine import TrainConfig, evaluate, fit, score_dataset
+from unistad_edu.methods import METHODS, build_model, make_config
+from unistad_edu.methods.base import Batch
+from unistad_edu.methods.enhanced_stpm import CBAM, EnhancedSTPM, NonLocal, load_teacher2
+from unistad_edu.methods.stpm import STPM
+from unistad_edu.scoring import ScoringConfig, score
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def lite1_teacher():
+    return load_teacher2("tf_efficientnet_lite1")  # the cpu preset's second teacher, offline
+
+
+def _model(t1, t2, **kw):
+    cfg = make_config("enhanced_stpm", "cpu", **{"image_size": 64, **kw})
+    return EnhancedSTPM(t1, cfg, teacher2=t2)
+
+
+@pytest.fixture(scope="module")
+def batch64():
+    return Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+
+
+def test_second_teacher_loads_offline_and_differs(lite0_teacher, lite1_teacher):
+    d = lite1_teacher.describe()
+    assert d["name"] == "tf_efficientnet_lite1" and "lite1" in d["weights_source"]
+    assert d["weights_hash"] != lite0_teacher.weights_hash
+    assert [lv.stride for lv in lite1_teacher.feature_info] == [4, 8, 16]
+    cfg = make_config("enhanced_stpm", "paper")
+    assert (cfg.teacher, cfg.teacher2, cfg.optimizer, cfg.lr, cfg.epochs) == ("resnet18", "resnet34", "sgd", 0.4, 100)
+
+
+def test_both_teachers_frozen(lite0_teacher, lite1_teacher, batch64):
+    model = _model(lite0_teacher, lite1_teacher)
+    assert model.teacher is lite0_teacher and model.teacher2 is lite1_teacher
+    before = [p.detach().clone() for t in (lite1_teacher, lite0_teacher) for p in t.parameters()]
+    model.train()
+    for t in (model.teacher, model.teacher2):
+        assert not t.training and not any(m.training for m in t.modules())  # BatchNorm stays in eval
+        assert not any(p.requires_grad for p in t.parameters())
+    assert model.student.training and model.pair2.student.training
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not trainable & {id(p) for t in (lite0_teacher, lite1_teacher) for p in t.parameters()}
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
+    for _ in range(2):
+        loss = model.loss(batch64)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = list(lite1_teacher.parameters()) + list(lite0_teacher.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(p.grad is None for p in after)
+    assert all(p.grad is not None for p in model.trainable_parameters())  # both students learn
+    # neither teacher is saved in a checkpoint
+    keys = model.state_for_checkpoint()
+    assert not any(k.startswith(("teacher.", "pair2.teacher.")) for k in keys)
+    assert any(k.startswith("pair2.student.") for k in keys) and any(k.startswith("student.") for k in keys)
+
+
+def test_pair1_is_stpm_and_pair2_loss_adds(lite0_teacher, lite1_teacher, batch64):
+    model = _model(lite0_teacher, lite1_teacher, pair2_weight=0.0).eval()
+    stpm = build_model("stpm", lite0_teacher, image_size=64).eval()
+    stpm.load_from_checkpoint({k: v for k, v in model.state_dict().items() if k.startswith("student.")})
+    torch.testing.assert_close(model.loss(batch64), stpm.loss(batch64))  # pair 1 = STPM's Eq. 1 loss
+    p1 = STPM.anomaly_maps(stpm, batch64)
+    maps = model.level_maps(batch64)
+    assert list(maps) == [f"p1.{n}" for n in lite0_teacher.layer_names] + [f"p2.{n}" for n in lite1_teacher.layer_names]
+    for n in lite0_teacher.layer_names:
+        torch.testing.assert_close(maps[f"p1.{n}"], p1[n])
+    # pair 2's loss is STPM's loss of a pair on teacher 2 (its own features, never the cached teacher-1 ones)
+    full = _model(lite0_teacher, lite1_teacher, pair2_weight=1.0).eval()
+    cached = Batch(image=batch64.image, features=lite0_teacher(batch64.image))
+    torch.testing.assert_close(full.loss(cached), model.loss(batch64) + full.pair2.loss(batch64))
+    assert full.pair2.loss(batch64) > 0
+
+
+def test_attention_student(lite0_teacher, lite1_teacher):
+    model = _model(lite0_teacher, lite1_teacher)
+    for lv in lite1_teacher.feature_info:
+        stage = model.pair2.student.model.get_submodule(lv.name)
+        assert isinstance(stage, nn.Sequential) and isinstance(stage[1], CBAM)
+    assert not any(isinstance(m, CBAM) for m in model.student.modules())  # pair 1 stays a plain STPM student
+    plain = _model(lite0_teacher, lite1_teacher, attention="none")
+    assert not any(isinstance(m, (CBAM, NonLocal)) for m in plain.modules())
+    # CBAM with zeroed weights gates by sigmoid(0) twice: x * 0.5 * 0.5
+    cbam = CBAM(8)
+    for p in cbam.parameters():
+        nn.init.zeros_(p)
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(cbam(x), 0.25 * x)
+    # the non-local block starts as the identity and, once its output conv is non-zero, lets a position
+    # see far-away ones (a convolution of its size could not)
+    nl = NonLocal(8, grid=4)
+    torch.testing.assert_close(nl(x), x)
+    nn.init.normal_(nl.out.weight)
+    far = x.clone()
+    far[:, :, 4, 4] += 3.0
+    assert (nl(far)[:, :, 0, 0] - nl(x)[:, :, 0, 0]).abs().max() > 1e-4
+
+
+def test_paper_preset_on_random_resnets():
+    from unistad_edu import load_teacher
+    r18, r34 = load_teacher("resnet18", weights=None), load_teacher("resnet34", weights=None)
+    model = EnhancedSTPM(r18, make_config("enhanced_stpm", "paper", image_size=64), teacher2=r34)
+    assert [lv.name for lv in r34.feature_info] == ["layer1", "layer2", "layer3"]
+    for lv in r34.feature_info:  # CBAM after each of ResNet-34's stages 1-3, sized from feature_info
+        stage = model.pair2.student.model.get_submodule(lv.name)
+        assert isinstance(stage[1], CBAM) and stage[1].mlp[0].in_channels == lv.channels
+    maps = model.eval().level_maps(Batch(image=torch.rand(1, 3, 64, 64)))
+    assert [tuple(m.shape) for m in maps.values()] == [(1, 1, 16, 16), (1, 1, 8, 8), (1, 1, 4, 4)] * 2
+
+
+@pytest.mark.parametrize("combine", ["product", "pair_sum", "mean"])
+def test_combination_rules(lite0_teacher, lite1_teacher, batch64, combine):
+    model = _model(lite0_teacher, lite1_teacher, combine=combine).eval()
+    assert model.cfg.scoring.fuse == {"product": "product", "pair_sum": "sum", "mean": "mean"}[combine]
+    with torch.no_grad():
+        model.level_scale.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+        model.pair_scale.copy_(torch.tensor([0.5, 4.0]))
+        raw = list(model.level_maps(batch64).values())  # six (B, 1, h, w)
+        out = model.score(batch64)
+    up = [F.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False) for m in raw]
+    if combine == "product":  # all six multiplied
+        expect = up[0] * up[1] * up[2] * up[3] * up[4] * up[5]
+    elif combine == "mean":  # each map over its normal scale, averaged
+        expect = sum(u / s for u, s in zip(up, [1, 2, 3, 4, 5, 6])) / 6
+    else:  # product within a pair (at the pair's finest grid), over the pair's scale, summed
+        def pair(ms):
+            size = ms[0].shape[-2:]
+            p = torch.ones_like(ms[0])
+            for m in ms:
+                p = p * F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            return F.interpolate(p, size=(64, 64), mode="bilinear", align_corners=False)
+        expect = pair(raw[:3]) / 0.5 + pair(raw[3:]) / 4.0
+    ref = score({"x": expect}, 64, ScoringConfig(fuse="sum", blur_sigma=4.0, image_score="max"))
+    torch.testing.assert_close(out.anomaly_map, ref.anomaly_map, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.pred_score, ref.pred_score, rtol=1e-4, atol=1e-6)
+
+
+def test_normal_scales_track_training_maps(lite0_teacher, lite1_teacher, batch64):
+    model = _model(lite0_teacher, lite1_teacher, stats_momentum=0.5)
+    model.eval()
+    model.loss(batch64)
+    assert model.stats_steps == 0 and torch.equal(model.level_scale, torch.ones(6))  # eval: untouched
+    model.train()
+    with torch.no_grad():
+        first = torch.stack([m.mean() for m in model.level_maps(batch64).values()])
+        model.loss(batch64)  # first training step takes the value as is
+    torch.testing.assert_close(model.level_scale, first)
+    with torch.no_grad():
+        model.level_scale.fill_(1.0)
+        model.loss(batch64)  # later steps: EMA, halfway to the new value at momentum 0.5
+    torch.testing.assert_close(model.level_scale, 0.5 * (1.0 + first), rtol=1e-5, atol=1e-6)
+    assert model.stats_steps == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    from unistad_edu.synthetic import make_synthetic
+    data = make_synthetic(tmp_path_factory.mktemp("syn") / "syn", size=64, n_train=8, n_test_good=2,
+                          n_test_defect=2)
+    return MVTecDataset(data, "train", image_size=64), MVTecDataset(data, "test", image_size=64)
+
+
+def test_fit_evaluate_checkpoint(lite0_teacher, lite1_teacher, tiny_set, tmp_path):
+    from unistad_edu.checkpoint import CheckpointError, load_checkpoint
+    from unistad_edu.teacher import load_teacher
+    assert METHODS["enhanced_stpm"] is EnhancedSTPM and EnhancedSTPM.needs_images
+    train, test = tiny_set
+    model = build_model("enhanced_stpm", lite0_teacher, image_size=64, batch_size=8, combine="pair_sum")
+    res = fit(model, train, TrainConfig(epochs=2, progress=False), out=tmp_path / "run")
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert res.threshold is not None and np.isfinite(res.threshold)
+    assert int(model.stats_steps) > 0 and not torch.equal(model.pair_scale, torch.ones(2))
+    table = evaluate(model, test, progress=False)
+    assert table["method"] == "enhanced_stpm" and set(table["categories"]) == set(test.categories)
+    vals = [v for v in table["mean"].values() if v is not None]
+    assert vals and all(np.isfinite(v) and 0 <= v <= 1 for v in vals)
+    # round trip: the second teacher is rebuilt from its name, the normal scales come from the file
+    loaded = load_checkpoint(tmp_path / "run", teacher=lite0_teacher)
+    assert loaded.cfg == model.cfg and torch.equal(loaded.pair_scale, model.pair_scale)
+    a = score_dataset(model.eval(), test, keep_maps=False)["scores"]
+    b = score_dataset(loaded, test, keep_maps=False)["scores"]
+    np.testing.assert_allclose(a, b, rtol=1e-3)  # bf16 convolutions: channels_last (trained) vs not
+    fresh = score_dataset(build_model("enhanced_stpm", lite0_teacher, image_size=64, combine="pair_sum"), test,
+                          keep_maps=False)["scores"]
+    assert np.abs(fresh - a).max() > 1e-2 * np.abs(a).max()
+    # a checkpoint refuses a different second teacher (same architecture, other weights)
+    other = EnhancedSTPM(lite0_teacher, model.cfg, teacher2=load_teacher("tf_efficientnet_lite1", weights=None))
+    with pytest.raises(ValueError, match="second teacher"):
+        other.load_from_checkpoint(model.state_for_checkpoint())
+    assert issubclass(CheckpointError, ValueError)
