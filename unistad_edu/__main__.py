@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--data", default=None, help="default: the data the run was trained on")
     e.add_argument("--json", default=None, help="where to write metrics.json (default: RUN/metrics.json)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="test-time config change, e.g. --set refine=false or --set combine=sum")
     e.add_argument("--no-progress", action="store_true")
 
     pr = sub.add_parser("predict", help="score images: score, verdict and heatmap overlay PNGs")
@@ -175,13 +177,13 @@ def cmd_eval(args) -> int:
         root = Path(args.data or setting["data_root"])
         per_cat, method = {}, setting["method"]
         for cat in setting["categories"]:
-            model = load_checkpoint(run / cat)
+            model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
             test = MVTecDataset(root, "test", categories=[cat], image_size=model.cfg.image_size)
             per_cat[cat] = evaluate(model, test, progress=not args.no_progress)["categories"][cat]
         table = metrics_table(per_cat, setting="per-class", method=method)
     else:
         cfg = read_config(run)
-        model = load_checkpoint(run)
+        model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
         root = Path(args.data or cfg.get("data_root") or _data_root(None))
         cats = cfg.get("train_categories")
         from .data import discover_categories

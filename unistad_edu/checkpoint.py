@@ -111,9 +111,12 @@ def read_config(run_dir) -> dict:
     return cfg
 
 
-def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_weights="auto"):
+def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_weights="auto",
+                    overrides: dict | None = None):
     """Rebuild a trained model from a run folder. Checks the method, the teacher (name, layers and weights
     hash), the tensors (complete, finite) and says exactly what does not match.
+    ``overrides``: method-config fields to change at load time -- test-time switches such as UniSTAD's
+    ``refine`` or the dual student's ``combine``; a field that changes the weights' shapes is refused.
     Returns the model in eval mode; its ``run_config`` attribute holds config.json."""
     from .methods import build_model, make_config, method_class
     from .teacher import load_teacher
@@ -126,7 +129,10 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
         method_class(cfg["method"])
     except ValueError as err:
         raise CheckpointError(f"{run}: {err}") from err
-    mcfg = make_config(cfg["method"], preset="cpu", **cfg["method_config"])
+    try:
+        mcfg = make_config(cfg["method"], preset="cpu", **{**cfg["method_config"], **(overrides or {})})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{run}: cannot apply {overrides}: {err}") from err
     want = cfg["teacher"]
     if teacher is None:
         teacher = load_teacher(want["name"], weights=teacher_weights, layers=want.get("layers"))
