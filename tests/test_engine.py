@@ -134,6 +134,18 @@ def trained_run(train_set, lite0_teacher, tmp_path_factory):
     return run, model
 
 
+def test_load_time_overrides_change_scoring_not_weights(trained_run, lite0_teacher):
+    run, model = trained_run
+    from unistad_edu.scoring import ScoringConfig
+    changed = load_checkpoint(run, teacher=lite0_teacher, overrides={"scoring": {"image_score": "topk_mean"}})
+    assert changed.cfg.scoring.image_score == "topk_mean" and model.cfg.scoring.image_score == "max"
+    for k, v in model.state_for_checkpoint().items():
+        assert torch.equal(v, changed.state_for_checkpoint()[k]), k
+    with pytest.raises(CheckpointError, match="no_such_field"):
+        load_checkpoint(run, teacher=lite0_teacher, overrides={"no_such_field": 1})
+    assert isinstance(changed.cfg.scoring, ScoringConfig)
+
+
 def test_checkpoint_roundtrip(trained_run, lite0_teacher, tiny_data):
     run, model = trained_run
     loaded = load_checkpoint(run, teacher=lite0_teacher)
