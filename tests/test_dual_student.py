@@ -218,3 +218,29 @@ def test_fit_evaluate_every_combine_rule_and_checkpoint(lite0_teacher, tmp_path)
         torch.testing.assert_close(getattr(loaded, k), getattr(model, k))
     np.testing.assert_allclose(score_dataset(model, test, keep_maps=False)["scores"],
                                score_dataset(loaded, test, keep_maps=False)["scores"], rtol=1e-4, atol=1e-6)
+
+
+def test_engine_calibrates_on_heldout_normals_in_eval_mode(lite0_teacher, tmp_path):
+    """After fit, the statistics are those of the held-out normal images scored in eval mode (recomputed
+    here image by image), not the training batches' running average."""
+    from unistad_edu.data import holdout_split
+    from unistad_edu.synthetic import make_synthetic
+
+    data = make_synthetic(tmp_path / "syn", size=64, n_train=10, n_test_good=1, n_test_defect=1)
+    train = MVTecDataset(data, "train", image_size=64)
+    model = _small(lite0_teacher)
+    cfg = TrainConfig(epochs=1, progress=False, holdout_fraction=0.3, fast_cpu=False)
+    fit(model, train, cfg)
+    _, held = holdout_split(train, cfg.holdout_fraction, seed=cfg.seed)
+    assert len(held) >= 2
+    model.eval()
+    loc, sem = [], []
+    with torch.no_grad():
+        for i in range(len(held)):
+            b = Batch(image=held[i]["image"][None])
+            out = model(b)
+            loc.append(float(score(out["maps"], 64, model.cfg.scoring).pred_score))
+            sem.append(float(out["semantic"]))
+    (mu_l, sd_l), (mu_s, sd_s) = model.calibration()["map"], model.calibration()["semantic"]
+    np.testing.assert_allclose([float(mu_l), float(sd_l)], [np.mean(loc), np.std(loc)], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose([float(mu_s), float(sd_s)], [np.mean(sem), np.std(sem)], rtol=1e-3, atol=1e-5)

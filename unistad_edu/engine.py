@@ -282,6 +282,10 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         epoch = epochs
     result.epochs_done = epoch
 
+    if len(held):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
+        model.eval()
+        with torch.no_grad(), autocast_for(device, cfg.fast_cpu):
+            model.calibrate(method_batch(b, cache, device) for b in _loader(held, batch_size, shuffle=False))
     threshold, stats = calibrate_threshold(model, held, cache, device, cfg)
     result.threshold = model.threshold = threshold
     result.seconds = time.perf_counter() - t_start

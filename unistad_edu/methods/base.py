@@ -114,6 +114,11 @@ class Method(nn.Module):
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def calibrate(self, batches) -> None:
+        """Called by the engine once after training, in eval mode and without gradients, with the held-out
+        **normal** images (an iterable of :class:`Batch`) -- the same images the threshold comes from.
+        A method that standardises its scores by normal statistics sets them here; the default does nothing."""
+
     @torch.no_grad()
     def score(self, batch: Batch) -> AnomalyOutput:
         """anomaly_maps -> the shared scoring path, at the input image size."""

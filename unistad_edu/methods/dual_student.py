@@ -32,9 +32,9 @@ Paper card
         has none, and we use the **global average pool of its deepest kept level** (Lite0: 112 channels at
         stride 16) -- computed here if the teacher was built without ``embedding=True``.
       * Probabilities: p = sigmoid(z), z = (s - mean) / std, with mean/std running statistics (EMA,
-        ``calib_momentum``) of each score on the normal training batches, kept as buffers (they checkpoint
-        and resume). Note that they are measured in training mode (bottleneck dropout on), so on normal test
-        images z is somewhat below 0 for the ED branch.
+        ``calib_momentum``) of each score on the normal training batches while training (dropout on), kept
+        as buffers (they checkpoint and resume); after training the engine's ``calibrate`` call replaces
+        them by the exact statistics of the held-out normal images in eval mode, the state of scoring.
       * Joint objective: on normal images the Noisy-OR's negative log-likelihood of "normal",
         -log(1 - P) = softplus(z_loc) + softplus(z_sem), added with weight ``joint_weight`` to the two
         students' own losses. Its gradient pushes each score down in proportion to p: the images that
@@ -304,6 +304,22 @@ class DualStudent(Method):
             mean.mul_(1 - m).add_(m * s.mean())
             sq.mul_(1 - m).add_(m * s.pow(2).mean())
         self.calib_steps += 1
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> None:
+        """Replace the running statistics (gathered on training batches, dropout on) by the exact mean and
+        E[s^2] of both scores on the held-out normal images, in eval mode -- the state the model is scored in."""
+        loc, sem = [], []
+        for batch in batches:
+            out = self.forward(batch)
+            loc.append(score(out["maps"], batch.image.shape[-2:], self.cfg.scoring).pred_score.float())
+            sem.append(out["semantic"].float())
+        if not loc:
+            return
+        for key, s in (("loc", torch.cat(loc)), ("sem", torch.cat(sem))):
+            getattr(self, f"{key}_mean").copy_(s.mean())
+            getattr(self, f"{key}_sq").copy_(s.pow(2).mean())
+        self.calib_steps.add_(1)
 
     def teacher_embedding(self, batch: Batch, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, C_emb): the teacher's "cls" (ViT class token, or a CNN's pooled deepest level)."""
