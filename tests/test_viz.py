@@ -127,3 +127,39 @@ def test_scores_by_category_one_panel_per_run_and_threshold_lines():
     assert len(viz.scores_by_category(runs).layout.shapes) == 0
     with pytest.raises(ValueError):
         viz.scores_by_category({"x": {"scores": [1.0], "labels": [0, 1], "categories": ["a", "a"]}})
+
+
+def test_loss_curves_one_line_per_run():
+    fig = viz.loss_curves({"a": [{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 2.0}],
+                           "b": [{"epoch": 1, "loss": 1.0}]}, log_y=True)
+    assert [t.name for t in fig.data] == ["a", "b"]
+    assert list(fig.data[0].y) == [3.0, 2.0] and list(fig.data[1].x) == [1]
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_run_switcher_keeps_the_image_when_switching():
+    pytest.importorskip("ipywidgets")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    maps = {"low": [0.5 * ramp] * 3, "high": [2.0 * ramp] * 3}
+    box = viz.run_switcher(maps, scores={"low": [0.5] * 3, "high": [2.0] * 3}, images=images,
+                           titles=list("xyz"), categories=["p", "q", "q"], threshold=1.0, vmax=2.0)
+    low, high = box.browsers["low"], box.browsers["high"]
+    assert box.children[1] is low and box.current is low
+    low.index.value = 2
+    assert high.index.value == 2 and "<b>z</b>" in high.info.value  # linked: the other run shows the same image
+    box.selector.value = "high"
+    assert box.children[1] is high and box.current is high and "ANOMALOUS" in high.info.value
+    assert low.threshold.max == high.threshold.max == 2.1  # one slider range (the larger maps'), so values fit
+    high.threshold.value = 0.4
+    assert low.threshold.value == 0.4 and "ANOMALOUS" in low.info.value  # linked too: 0.5 > 0.4
+    high.category.value = "p"
+    assert low.selection == [0] and "<b>x</b>" in low.info.value
+    unlinked = viz.run_switcher(maps, images=images, link=(), buttons=False)
+    unlinked.browsers["low"].index.value = 1
+    assert unlinked.browsers["high"].index.value == 0
+    with pytest.raises(ValueError):
+        viz.run_switcher(maps, scores={"other": [1.0] * 3}, images=images)
+    with pytest.raises(ValueError):
+        viz.run_switcher(maps, images=images, link=("zoom",))

@@ -227,6 +227,25 @@ def loss_curve(history: Sequence[dict], key: str = "loss", title: str | None = N
     return fig
 
 
+def loss_curves(histories: dict[str, Sequence[dict]], key: str = "loss", title: str | None = None,
+                log_y: bool = False):
+    """One line per run: ``key`` per epoch from several ``FitResult.history`` lists, e.g. the variants of an
+    ablation ({"all on": h1, "all off": h2}), on one set of axes."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    longest = 1
+    for name, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        longest = max(longest, len(epochs))
+        fig.add_trace(go.Scatter(x=epochs, y=[h[key] for h in history], mode="lines+markers", name=name,
+                                 marker_size=4))
+    fig.update_layout(title=title or f"training {key}", xaxis_title="epoch", yaxis_title=key, height=380,
+                      xaxis=dict(tickmode="linear", dtick=max(1, longest // 10)),
+                      yaxis_type="log" if log_y else "linear")
+    return fig
+
+
 # ---- teacher features ----------------------------------------------------------------------------------
 def feature_map_grid(image: np.ndarray, features: dict, n_channels: int = 3, title: str | None = None):
     """What the teacher returns for one image, level by level.
@@ -429,4 +448,55 @@ def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | Non
     box.selection = state["selection"]
     box.render = render
     render()
+    return box
+
+
+def run_switcher(maps: dict[str, Sequence[np.ndarray]], scores: dict[str, Sequence[float]] | None = None,
+                 link: Sequence[str] = ("category", "index", "threshold"), description: str = "run",
+                 buttons: bool = True, **common):
+    """One :func:`image_browser` per run over the same images, and a switch between the runs that keeps the
+    image in view -- e.g. the variants of an ablation, or per-class vs unified.
+
+    ``maps[name]`` (and ``scores[name]``, optional) are that run's anomaly maps (and image scores), one per
+    image; ``common`` holds what every browser shares (``images``, ``masks``, ``labels``, ``titles``,
+    ``categories``, ``threshold``, ``vmax``, ...). The controls named in ``link`` (``"category"``, ``"index"``,
+    ``"threshold"``) are tied across the browsers; tie the threshold only when the runs' maps are on a common
+    scale (e.g. every map divided by its own model's threshold). ``buttons``: toggle buttons, else a dropdown.
+
+    Returns an ``ipywidgets.VBox`` with ``.selector`` (the switch), ``.browsers`` ({name: browser}) and
+    ``.current`` (the browser in view)."""
+    import ipywidgets as W
+
+    names = list(maps)
+    if not names:
+        raise ValueError("run_switcher needs at least one run")
+    scores = scores or {}
+    unknown = set(scores) - set(names)
+    if unknown:
+        raise ValueError(f"scores for runs without maps: {sorted(unknown)}")
+    bad = [c for c in link if c not in ("category", "index", "threshold")]
+    if bad:
+        raise ValueError(f"cannot link {bad}: category | index | threshold")
+    browsers = {name: image_browser(maps=maps[name], scores=scores.get(name), **common) for name in names}
+    first = browsers[names[0]]
+    if "threshold" in link and first.threshold is not None:  # one slider range for all, so a linked value fits
+        sliders = [b.threshold for b in browsers.values()]
+        lo, hi = min(s.min for s in sliders), max(s.max for s in sliders)
+        for s in sliders:
+            s.max, s.min, s.step = hi, lo, (hi - lo) / 500
+    for control in link:
+        if getattr(first, control) is None:
+            continue
+        for other in names[1:]:
+            W.link((getattr(first, control), "value"), (getattr(browsers[other], control), "value"))
+    make = W.ToggleButtons if buttons else W.Dropdown
+    selector = make(options=names, value=names[0], description=description)
+    box = W.VBox([selector, first])
+
+    def switch(change):
+        box.current = browsers[change["new"]]
+        box.children = (selector, box.current)
+
+    selector.observe(switch, "value")
+    box.selector, box.browsers, box.current = selector, browsers, first
     return box
