@@ -51,7 +51,13 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
+        pickles = sorted(q.name for q in path.parent.glob("*") if q.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".bin"))
+        if pickles:
+            raise CheckpointError(f"{path} does not exist; {path.parent} holds {pickles}, which are pickle files and "
+                                  f"are never loaded (they can run code): retrain with unistad-edu, which writes "
+                                  f"safetensors + JSON")
+        raise CheckpointError(f"{path} does not exist: the run's weights are missing (an interrupted copy?); "
+                              f"retrain or --resume the run")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: only .safetensors checkpoints are loaded (no pickle)")
     try:

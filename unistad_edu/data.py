@@ -58,15 +58,17 @@ def _open_checked(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path} is an empty (0-byte) file, not an image: delete or replace it")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # opening reads the header only; our own size limit follows below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        kind = "too large (decompression-bomb guard)" if "decompression" in str(err).lower() or isinstance(
-            err, (Image.DecompressionBombError, Image.DecompressionBombWarning)) else "not a readable image"
-        raise DataError(f"{path} is {kind}: remove it from the dataset folder or re-save it as PNG/JPEG") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path} is too large to open safely ({err}): downscale it first (the model works at a "
+                        f"few hundred pixels anyway)") from err
+    except UnidentifiedImageError as err:
+        raise DataError(f"{path} is not a readable image: re-save it as PNG/JPEG, or remove it (from the "
+                        f"dataset folder, or from the files given)") from err
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from err
     w, h = img.size
