@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--size", type=int, default=None, help="image side in pixels")
     syn.add_argument("--n-train", type=int, default=None)
     syn.add_argument("--force", action="store_true", help="regenerate an existing folder")
+    from .download import add_arguments as add_download_arguments
+    add_download_arguments(dsub.add_parser("mvtec", help="download MVTec AD (checksums, resume, atomic install)"),
+                           "mvtec")
+    add_download_arguments(dsub.add_parser("visa", help="download VisA and convert it to MVTec layout"), "visa")
 
     t = sub.add_parser("train", help="train a method (unified: one model for all categories)")
     t.add_argument("--method", default="stpm")
@@ -114,6 +118,9 @@ def _data_root(arg) -> Path:
 
 
 def cmd_data(args) -> int:
+    if args.dataset in ("mvtec", "visa"):
+        from .download import run
+        return run(args, args.dataset)
     from .synthetic import make_synthetic
     overrides = {k: v for k, v in (("size", args.size), ("n_train", args.n_train)) if v is not None}
     out = make_synthetic(Path(args.out), seed=args.seed, force=args.force, **overrides)
