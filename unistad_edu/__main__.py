@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -145,7 +146,8 @@ def cmd_train(args) -> int:
                        progress=not args.no_progress)
     out = Path(args.out)
     extra = {"data_root": str(root.resolve()), "preset": args.preset}
-    print(f"training {args.method} ({args.preset} preset, {args.setting}) on {len(train)} normal images of "
+    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)  # torchrun: rank 0 talks
+    say(f"training {args.method} ({args.preset} preset, {args.setting}) on {len(train)} normal images of "
           f"{len(train.categories)} categories: {', '.join(train.categories)}", flush=True)
     if args.setting == "unified":
         jobs = [(out, train)]
@@ -156,17 +158,17 @@ def cmd_train(args) -> int:
                                                        "categories": train.categories, **extra}, indent=2))
     for run, ds in jobs:
         if len(jobs) > 1:
-            print(f"--- {run.name}: {len(ds)} images", flush=True)
+            say(f"--- {run.name}: {len(ds)} images", flush=True)
         model = build_model(args.method, teacher, cfg=mcfg)
         res = fit(model, ds, tcfg, out=run, resume=args.resume,
                   extra_config={**extra, "setting": args.setting})
         if res.already_complete:
-            print(f"{run} is already complete ({res.epochs_done} epochs): nothing to do", flush=True)
+            say(f"{run} is already complete ({res.epochs_done} epochs): nothing to do", flush=True)
         else:
             state = "stopped early (budget)" if res.stopped_early else "done"
-            print(f"{state}: {res.epochs_done} epochs in {res.seconds:.0f} s, threshold {res.threshold}; "
+            say(f"{state}: {res.epochs_done} epochs in {res.seconds:.0f} s, threshold {res.threshold}; "
                   f"checkpoint in {run}", flush=True)
-    print(f"next: python -m unistad_edu eval --run {out}", flush=True)
+    say(f"next: python -m unistad_edu eval --run {out}", flush=True)
     return 0
 
 

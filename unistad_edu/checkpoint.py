@@ -4,7 +4,10 @@
 config, teacher name / layers / weights hash, image size, normalisation, the calibrated threshold, the
 package version and per-class validation statistics. Loading checks each and says exactly what does not
 match. Every file is written to a temporary name and renamed into place, so a crash leaves either the old
-complete checkpoint or the new complete one, never a torn file that gets loaded.
+complete file or the new complete one, never a torn file that gets loaded. The two files of a checkpoint are
+renamed one after the other, so both carry the same random ``save_id`` (config.json and the safetensors
+metadata): a process killed between the two renames leaves new weights beside the old config, and loading
+refuses that pair instead of serving weights with another epoch's config and threshold.
 
 Resume state (model + optimiser tensors, epoch, config) lives in one file, ``train_state.safetensors``, so
 it is always self-consistent.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 
 import torch
@@ -66,6 +70,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated ({err}); retrain, or resume from an earlier copy") from err
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
 def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -81,7 +91,8 @@ def save_checkpoint(run_dir, model, extra: dict | None = None) -> Path:
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     tensors = model.state_for_checkpoint()
-    atomic_save_tensors(tensors, run / MODEL_FILE)
+    save_id = uuid.uuid4().hex  # ties this config.json to this model.safetensors
+    atomic_save_tensors(tensors, run / MODEL_FILE, metadata={"save_id": save_id})
     cfg = {
         "format": "unistad-edu checkpoint v1",
         "package_version": __version__,
@@ -92,6 +103,7 @@ def save_checkpoint(run_dir, model, extra: dict | None = None) -> Path:
         "normalization": model.teacher.normalization,
         "n_tensors": len(tensors),
         **(extra or {}),
+        "save_id": save_id,
     }
     atomic_write_text(run / CONFIG_FILE, json.dumps(_jsonable(cfg), indent=2))
     return run
@@ -152,6 +164,9 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
         raise CheckpointError(f"{run / MODEL_FILE} has {len(tensors)} tensors, config.json expects "
                               f"{cfg['n_tensors']}: the files are from different runs")
     _check_finite(tensors, run / MODEL_FILE)
+    if "save_id" in cfg and _metadata(run / MODEL_FILE).get("save_id") != cfg["save_id"]:
+        raise CheckpointError(f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
+                              f"while writing its checkpoint?): --resume the run to rewrite both, or retrain")
     model = build_model(cfg["method"], teacher, cfg=mcfg)
     try:
         model.load_from_checkpoint(tensors)

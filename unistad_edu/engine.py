@@ -7,6 +7,11 @@ continues exactly where a run stopped (the data order and random draws of epoch 
 and e, and the optimiser state is saved with the weights); ``max_minutes`` stops cleanly after the epoch
 in which the budget runs out. At the end, the anomaly threshold is calibrated from held-out **normal**
 training images only (see :func:`calibrate_threshold`), so no defective image is needed to deploy.
+
+Under ``torchrun`` the same ``fit`` trains data-parallel, one process per GPU (or CPU processes with
+``gloo``): each process takes a shard of every epoch, gradients are averaged over processes after each
+backward, and only rank 0 writes files and prints (see :mod:`unistad_edu.distributed`). ``batch_size`` is
+then per process: the global batch is ``batch_size * world_size``.
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from . import distributed
 from .cache import FeatureCache
-from .checkpoint import STATE_FILE, load_train_state, save_checkpoint, save_train_state
+from .checkpoint import STATE_FILE, atomic_write_text, load_train_state, save_checkpoint, save_train_state
 from .data import MVTecDataset, collate, holdout_split, load_image
 from .methods.base import Batch, Method
 
@@ -142,9 +148,11 @@ class TrainStore:
             per += 3 * s * s
         return len(dataset) * per / 2**20
 
-    def batches(self, batch_size: int, seed: int, drop_last: bool, device: torch.device):
-        order = epoch_order(self.n, seed)
-        stop = self.n - self.n % batch_size if drop_last else self.n
+    def batches(self, batch_size: int, seed: int, drop_last: bool, device: torch.device, rank: int = 0,
+                world_size: int = 1):
+        order = distributed.shard(epoch_order(self.n, seed), rank, world_size)  # the whole order in one process
+        n = len(order)
+        stop = n - n % batch_size if drop_last else n
         for i in range(0, stop, batch_size):
             idx = order[i:i + batch_size]
             feats = {k: v[idx].to(device=device, dtype=torch.float32) for k, v in self.features.items()}
@@ -152,8 +160,9 @@ class TrainStore:
             yield Batch(image=image, features=feats)
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
-    order = epoch_order(len(dataset), seed).tolist() if shuffle else None
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, rank: int = 0,
+            world_size: int = 1):
+    order = distributed.shard(epoch_order(len(dataset), seed), rank, world_size).tolist() if shuffle else None
     # its own generator: the loader draws a base seed from it, and must not touch the global RNG (jitter's)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
                                        drop_last=drop_last, num_workers=0,
@@ -183,15 +192,18 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
+    ddp = distributed.setup(resolve_device(cfg.device))  # one process: rank 0 of 1, and nothing else changes
+    device, progress = ddp.device, cfg.progress and ddp.master
     epochs = cfg.epochs if cfg.epochs is not None else model.cfg.epochs
     batch_size = cfg.batch_size or model.cfg.batch_size
     run = Path(out) if out is not None else None
     train_set, held = holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
     if len(train_set) == 0:
         raise ValueError("no training images left after the held-out split")
+    if len(train_set) < ddp.world_size:
+        raise ValueError(f"{len(train_set)} training images cannot be shared by {ddp.world_size} processes")
     if cfg.min_steps:  # e.g. per-class models trained as many steps as one unified model
-        steps_per_epoch = max(1, len(train_set) // batch_size)
+        steps_per_epoch = max(1, len(train_set) // (batch_size * ddp.world_size))
         epochs = max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
     model.to(device)
@@ -202,8 +214,8 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     if cache is not None and cfg.preload:
         need_mb = TrainStore.estimate_mb(train_set, model.teacher, model.needs_images, cfg.cache_fp16)
         if need_mb <= cfg.preload_max_mb:
-            store = TrainStore(train_set, cache, images=model.needs_images, progress=cfg.progress)
-        else:
+            store = TrainStore(train_set, cache, images=model.needs_images, progress=progress)
+        elif ddp.master:
             print(f"training set would take {need_mb:.0f} MiB in memory (preload_max_mb={cfg.preload_max_mb:.0f}): "
                   f"streaming batches from the cache instead", flush=True)
     optimizer = make_optimizer(model)
@@ -212,17 +224,25 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     start_epoch = 0
     log_path = run / "train_log.jsonl" if run else None
     if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
-        if resume and (run / STATE_FILE).is_file():
+        resuming = resume and (run / STATE_FILE).is_file()
+        kept = []
+        if resuming:
             info = load_train_state(run, model, optimizer)
             start_epoch = int(info["epoch"])
             if log_path.is_file():  # keep the log of the epochs the state holds, drop any later lines
                 lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
                 kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= start_epoch]
-                log_path.write_text("".join(ln + "\n" for ln in kept))
                 result.history = [json.loads(ln) for ln in kept]
-        elif log_path.is_file():
-            log_path.unlink()
+        ddp.barrier()  # every rank has read the run folder before rank 0 changes it
+        if ddp.master:
+            run.mkdir(parents=True, exist_ok=True)
+            if resuming and log_path.is_file():
+                atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+            elif not resuming and log_path.is_file():
+                log_path.unlink()
+            for tmp in run.glob(".*.tmp"):  # a write a killed process never finished: never read, remove it
+                tmp.unlink(missing_ok=True)
+    ddp.broadcast_state(model)  # all ranks start from rank 0's weights (fresh or resumed)
     if start_epoch >= epochs and run is not None and (run / "config.json").is_file():
         cfg_json = json.loads((run / "config.json").read_text())
         if cfg_json.get("complete"):
@@ -236,20 +256,22 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     epoch = start_epoch
     for epoch in range(start_epoch, epochs):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # jitter/dropout draws of this epoch
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
         lr = lr_at(model.cfg, epoch, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
         losses, t_epoch = [], time.perf_counter()
-        shuffle_seed, drop_last = cfg.seed * 100_003 + epoch, len(train_set) > batch_size
+        n_local = len(train_set) // ddp.world_size  # images per rank (all of them in one process)
+        shuffle_seed, drop_last = cfg.seed * 100_003 + epoch, n_local > batch_size
+        shard = dict(rank=ddp.rank, world_size=ddp.world_size)
         if store is not None:
-            batches = store.batches(batch_size, shuffle_seed, drop_last, device)
-            n_batches = len(train_set) // batch_size if drop_last else math.ceil(len(train_set) / batch_size)
+            batches = store.batches(batch_size, shuffle_seed, drop_last, device, **shard)
+            n_batches = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)
         else:
-            loader = _loader(train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last)
+            loader = _loader(train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard)
             batches, n_batches = (method_batch(b, cache, device) for b in loader), len(loader)
-        for mb in _progress(batches, f"epoch {epoch + 1}/{epochs}", cfg.progress, total=n_batches):
+        for mb in _progress(batches, f"epoch {epoch + 1}/{epochs}", progress, total=n_batches):
             with autocast_for(device, cfg.fast_cpu):
                 loss = model.loss(mb)
             if not torch.isfinite(loss):
@@ -257,31 +279,35 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
                                          f"(--lr) or enable grad clipping")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            ddp.average_gradients(model.trainable_parameters())  # several processes: the global batch's gradient
             if model.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), model.cfg.grad_clip)
             optimizer.step()
             losses.append(loss.item())
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr,
+        ddp.broadcast_state(model)  # rank 0's BatchNorm statistics everywhere (weights are equal already)
+        record = {"epoch": epoch + 1, "loss": ddp.mean(float(np.mean(losses))), "lr": lr,
                   "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(train_set)}
         result.history.append(record)
-        if cfg.progress or run is not None:
+        if ddp.master and (cfg.progress or run is not None):
             print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s)", flush=True)
-        if run is not None:
+        if run is not None and ddp.master:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             save_train_state(run, model, optimizer, epoch + 1, meta)
             save_checkpoint(run, model, {"complete": False, "epochs_done": epoch + 1, "threshold": None,
                                          **(extra_config or {})})
-        if budget is not None and time.perf_counter() - t_start > budget and epoch + 1 < epochs:
+        if ddp.decide(budget is not None and time.perf_counter() - t_start > budget and epoch + 1 < epochs):
             result.stopped_early = True
-            print(f"stopping after epoch {epoch + 1}: the {cfg.max_minutes} min budget is used "
-                  f"(resume with --resume)", flush=True)
+            if ddp.master:
+                print(f"stopping after epoch {epoch + 1}: the {cfg.max_minutes} min budget is used "
+                      f"(resume with --resume)", flush=True)
             epoch += 1
             break
     else:
         epoch = epochs
     result.epochs_done = epoch
 
+    # every rank calibrates (same weights, same images, so the same threshold); rank 0 writes it
     if len(held):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
         model.eval()
         with torch.no_grad(), autocast_for(device, cfg.fast_cpu):
@@ -289,13 +315,14 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     threshold, stats = calibrate_threshold(model, held, cache, device, cfg)
     result.threshold = model.threshold = threshold
     result.seconds = time.perf_counter() - t_start
-    if run is not None:
+    if run is not None and ddp.master:
         save_checkpoint(run, model, {"complete": not result.stopped_early, "epochs_done": epoch,
                                      "threshold": threshold, "threshold_rule": stats.pop("rule"),
                                      "validation": stats, "train_categories": train_data.categories,
                                      "train_images": len(train_set), "heldout_images": len(held),
                                      "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
                                      **(extra_config or {})})
+    ddp.barrier()  # no rank returns before the run folder is complete
     return result
 
 
