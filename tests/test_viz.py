@@ -163,3 +163,20 @@ def test_run_switcher_keeps_the_image_when_switching():
         viz.run_switcher(maps, scores={"other": [1.0] * 3}, images=images)
     with pytest.raises(ValueError):
         viz.run_switcher(maps, images=images, link=("zoom",))
+
+
+def test_matrix_grid_shares_colour_axes_between_panels_of_one_range():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fig = viz.matrix_grid([a, torch.tensor(a) * 2, a - 5], titles=["t", "s", "d"], cols=2,
+                          zrange=[(0, 22), (0, 22), None], colorscale=["Viridis", "Viridis", "RdBu"])
+    assert [tr.type for tr in fig.data] == ["heatmap"] * 3
+    assert fig.data[0].coloraxis == fig.data[1].coloraxis != fig.data[2].coloraxis  # same range: one axis
+    shared, own = fig.layout[fig.data[0].coloraxis], fig.layout[fig.data[2].coloraxis]
+    assert (shared.cmin, shared.cmax) == (0, 22) and (own.cmin, own.cmax) == (-5, 6)  # own: the matrix's range
+    assert np.asarray(fig.data[1].z).tolist() == (2 * a).tolist()
+    assert fig.layout.yaxis.autorange == "reversed"  # row 0 on top
+    assert len({tr.coloraxis for tr in viz.matrix_grid([a, a]).data}) == 2  # default: every panel its own range
+    with pytest.raises(ValueError):
+        viz.matrix_grid([a, a], titles=["only one"])
+    with pytest.raises(ValueError):
+        viz.matrix_grid([np.zeros(3)])

@@ -141,6 +141,60 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     return fig
 
 
+def matrix_grid(matrices: Sequence, titles: Sequence[str] | None = None, cols: int = 3, zrange=None,
+                colorscale="Viridis", title: str | None = None, axis_titles: tuple[str, str] | None = None,
+                panel_height: int = 300):
+    """A plotly grid of matrices as heatmaps (e.g. affinity matrices: teacher | student | difference).
+
+    ``matrices``: 2-D arrays or tensors (row 0 at the top). ``zrange``: None (every panel its own range),
+    one ``(lo, hi)`` for all panels, or a list with one ``(lo, hi)`` or None per panel; ``colorscale``: one
+    plotly colour scale for all, or a list per panel. Panels with the same range and colour scale share one
+    colour axis, so equal colours mean equal values across them; each colour axis gets one colour bar, to the
+    right of the last panel that uses it. ``axis_titles``: (x title, y title) on every panel."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    mats = [np.asarray(m.detach().float().cpu() if hasattr(m, "detach") else m, dtype=np.float32) for m in matrices]
+    n = len(mats)
+    if n == 0:
+        raise ValueError("matrix_grid needs at least one matrix")
+    if any(m.ndim != 2 for m in mats):
+        raise ValueError(f"every matrix must be 2-D, got shapes {[m.shape for m in mats]}")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} matrices")
+    ranges = list(zrange) if isinstance(zrange, list) else [zrange] * n
+    scales = list(colorscale) if isinstance(colorscale, list) else [colorscale] * n
+    if len(ranges) != n or len(scales) != n:
+        raise ValueError(f"zrange and colorscale lists must have one entry per matrix ({n})")
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles) if titles else None,
+                        horizontal_spacing=0.09, vertical_spacing=0.12 if rows > 1 else 0.0)
+    axes: dict = {}  # (range, scale) or panel index -> coloraxis name, in order of first use
+    last_use: dict = {}
+    for i, (m, rng, scale) in enumerate(zip(mats, ranges, scales)):
+        key = (tuple(rng), str(scale)) if rng is not None else ("own", i)
+        if key not in axes:
+            axes[key] = f"coloraxis{len(axes) + 1 if axes else ''}"
+            lo, hi = (float(rng[0]), float(rng[1])) if rng is not None else (float(m.min()), float(m.max()))
+            fig.update_layout({axes[key]: dict(colorscale=scale, cmin=lo, cmax=hi if hi > lo else lo + 1e-12)})
+        last_use[axes[key]] = i
+        fig.add_trace(go.Heatmap(z=m, coloraxis=axes[key], hovertemplate="row %{y}, col %{x}: %{z:.4g}<extra></extra>"),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(autorange="reversed")  # row 0 on top, as a matrix is written
+    if axis_titles:
+        fig.update_xaxes(title_text=axis_titles[0], title_font_size=10)
+        fig.update_yaxes(title_text=axis_titles[1], title_font_size=10)
+    for name, i in last_use.items():  # the colour bar sits right of the panel that uses the axis last
+        suffix = "" if i == 0 else str(i + 1)
+        xdom, ydom = fig.layout[f"xaxis{suffix}"].domain, fig.layout[f"yaxis{suffix}"].domain
+        fig.layout[name].colorbar = dict(x=xdom[1] + 0.005, y=(ydom[0] + ydom[1]) / 2, len=ydom[1] - ydom[0],
+                                         thickness=10, xanchor="left", tickfont_size=9)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(height=panel_height * rows + 80, title=title, margin=dict(l=10, r=40, t=70, b=10))
+    return fig
+
+
 # ---- images -------------------------------------------------------------------------------------------
 def as_uint8(image) -> np.ndarray:
     """A dataset image -- (3, H, W) float tensor or array in [0, 1] -- as an (H, W, 3) uint8 array for display

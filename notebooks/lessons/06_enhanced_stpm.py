@@ -1,0 +1,399 @@
+"""Lesson 06 -- the enhanced STPM: a second teacher-student pair and six anomaly maps. Cells for
+``notebooks/06_enhanced_stpm.ipynb`` (built by ``notebooks/_build.py``)."""
+from _cells import code, md
+
+CELLS = [
+    md(r"""
+# Lesson 06 — Enhanced STPM: a second pair that looks elsewhere, and six maps to combine
+
+STPM (lesson 02) has one teacher and one student, compared at three pyramid levels: three maps, multiplied.
+The *enhanced STPM* (*Reconstruction Student with Attention for Student-Teacher Pyramid Matching*,
+arXiv 2111.15376) adds a **second teacher–student pair**:
+
+* its teacher is a **different network**, so the two pairs "do not look at the same regions";
+* its student carries **attention modules**, meant to rebuild *normal* features from a possibly anomalous
+  input (attention can fill a position in from its context);
+* 3 levels × 2 pairs = **six anomaly maps**, combined into the final one.
+
+That is all the public summary says; there is no code. **Our reading** (`unistad_edu/methods/enhanced_stpm.py`):
+pair 1 *is* our STPM; pair 2 is an STPM on a second teacher, EfficientNet-Lite1 (separately trained, deeper
+and wider than pair 1's Lite0; its weights ship offline), whose random-init student gets a **CBAM** block
+(channel then spatial attention) after every tapped stage. The combination is a switch, `combine`:
+
+| rule | the final map | why |
+|---|---|---|
+| `product` (default) | all six maps multiplied | STPM's own rule, extended; insensitive to the scale of any one map |
+| `pair_sum` | each pair's product, divided by its normal scale; the two pairs **added** | an OR: either pair can flag a defect |
+| `mean` | each of the six maps divided by its normal scale; averaged | every map one equal vote |
+
+The "normal scale" of a map is a running mean of its values over the training batches (normal images),
+kept in the model. The paper is one-class; training it unified, as here, is our extension.
+"""),
+    code(r"""
+import dataclasses
+import os
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from IPython.display import Markdown, display
+
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, viz
+from unistad_edu.cache import FeatureCache
+from unistad_edu.data import discover_categories, holdout_split
+from unistad_edu.engine import calibrate_threshold
+from unistad_edu.methods import make_config
+from unistad_edu.methods.base import Batch
+from unistad_edu.metrics import format_table
+from unistad_edu.scoring import score
+from unistad_edu.teacher import TeacherWeightsError
+
+QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
+device = "cuda" if torch.cuda.is_available() else "cpu"
+root, where = find_data()
+
+found = sorted(discover_categories(root))
+QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-05
+if QUICK:
+    CATEGORIES = [c for c in QUICK_CATEGORIES if c in found]
+    CATEGORIES = CATEGORIES if len(CATEGORIES) >= 2 else found[:3]
+else:
+    CATEGORIES = found
+PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+# quick: 128 px, batches of 8, 6 epochs (~70 optimiser steps); full: the preset's recipe
+OVERRIDES = dict(image_size=128, batch_size=8, epochs=6) if QUICK else {}
+N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
+N_TEST = 30 if QUICK else None        # at most this many test images per category (None: all)
+SEED = 0                              # same student initialisation and data order for every model
+if QUICK and device == "cpu":
+    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
+print(f"This lesson uses {where}: categories {CATEGORIES}, preset {PRESET!r} with {OVERRIDES} "
+      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+"""),
+    md(r"""
+## 1. Data, two teachers, one feature cache
+
+Pair 1's teacher features come from the feature cache, as in lesson 03. Pair 2's teacher is not cached (the
+cache holds one teacher's features): it runs on every training step, which is most of the extra cost of the
+second pair.
+"""),
+    code(r"""
+def build_all(preset):
+    cfg = make_config("enhanced_stpm", preset, student_seed=SEED, **OVERRIDES)
+    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
+    model = build_model("enhanced_stpm", teacher, cfg=cfg).to(device)   # loads the second teacher too
+    return cfg, teacher, model
+
+
+try:
+    cfg, teacher, enhanced = build_all(PRESET)
+except TeacherWeightsError as err:   # the paper preset's ResNet-18/34 weights come from timm's hub (needs internet)
+    print(f"{err}\n-> using the cpu preset instead")
+    PRESET = "cpu"
+    cfg, teacher, enhanced = build_all(PRESET)
+SIZE = cfg.image_size
+
+
+def evenly(dataset, n):
+    # at most n images per category, evenly spread over the category's (sorted) files
+    if n is None:
+        return dataset
+    keep = []
+    for cat in dataset.categories:
+        ids = [i for i, r in enumerate(dataset.records) if r.category == cat]
+        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
+    return dataset.subset(keep)
+
+
+train = evenly(MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE), N_TRAIN)
+test = evenly(MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE), N_TEST)
+cache = FeatureCache(teacher, SIZE)
+cache.warm(train)
+cache.warm(test)
+for name, t in (("pair 1", teacher), ("pair 2", enhanced.teacher2)):
+    print(f"{name} teacher {t.backbone_name}: " + ", ".join(f"{lv.name} ({lv.channels} ch, stride {lv.stride})"
+                                                           for lv in t.feature_info))
+attention = [type(m).__name__ for m in enhanced.pair2.student.modules() if type(m).__name__ in ("CBAM", "NonLocal")]
+print(f"pair 2's student carries {len(attention)} attention modules ({', '.join(attention)}); "
+      f"train: {len(train)} normal images, test: {len(test)} images")
+"""),
+    md(r"""
+## 2. Train three models
+
+* **STPM** — plain STPM, student seed 0: the baseline.
+* **enhanced STPM** — pair 1 from the same seed 0, plus pair 2. Its loss is pair 1's STPM loss plus pair 2's.
+* **STPM, seed 1** — a *control*: plain STPM again with another random student. Section 6 uses it to ask
+  whether the second pair looks at different regions because of its *different teacher*, or merely because
+  any second, independently trained student would.
+
+All three see the same images in the same order for the same number of steps.
+"""),
+    code(r"""
+tcfg = TrainConfig(seed=SEED, device=device, progress=False)
+stpm = build_model("stpm", teacher, cfg=make_config("stpm", PRESET, student_seed=SEED, **OVERRIDES)).to(device)
+control = build_model("stpm", teacher, cfg=make_config("stpm", PRESET, student_seed=SEED + 1, **OVERRIDES)).to(device)
+fits = {}
+for name, model in (("STPM", stpm), ("enhanced STPM", enhanced), ("STPM, seed 1", control)):
+    fits[name] = fit(model, train, tcfg, cache=cache)
+    model.eval()
+    print(f"{name}: {fits[name].epochs_done} epochs in {fits[name].seconds:.0f} s, loss "
+          f"{fits[name].history[0]['loss']:.3f} -> {fits[name].history[-1]['loss']:.3f}")
+viz.loss_curves({n: f.history for n, f in fits.items()}, log_y=True,
+                title="training loss (the enhanced model's is the sum over its two pairs)").show()
+"""),
+    md(r"""
+## 3. Re-derive, then verify: pair 1 *is* STPM
+
+The enhanced model's loss is a **sum** of the two pairs' losses, and the pairs share no parameter. So the
+gradient that reaches pair 1's student is exactly plain STPM's gradient; with the same seed, the same data
+order and an optimiser that treats every parameter on its own (Adam), pair 1 trains *exactly* like plain
+STPM. Its three maps should be plain STPM's maps, to the last digit. If they are, any difference between the
+two models comes from pair 2 and from the combination — nothing else.
+"""),
+    code(r"""
+def batch_of(indices):
+    x = torch.stack([test[i]["image"] for i in indices]).to(device)
+    return Batch(image=x, features=cache.features(x, [test[i]["path"] for i in indices]))
+
+
+probe = batch_of(range(min(8, len(test))))
+with torch.no_grad():
+    six = enhanced.level_maps(probe)        # {"p1.<level>", "p2.<level>": (B, 1, h, w)}
+    plain = stpm.anomaly_maps(probe)        # {"<level>": (B, 1, h, w)}
+pair1_gap = max(float((six[f"p1.{k}"] - v).abs().max()) for k, v in plain.items())
+for k, v in plain.items():
+    torch.testing.assert_close(six[f"p1.{k}"], v)
+print(f"the six maps: {', '.join(f'{k} {tuple(v.shape[-2:])}' for k, v in six.items())}")
+print(f"pair 1's three maps = plain STPM's (largest difference {pair1_gap:.2e}): OK")
+"""),
+    md(r"""
+## 4. Six maps for one defect
+
+One defective test image, its six per-level maps, and each pair's product. Every map is divided by its
+**normal scale** (the model's running mean of that map on normal training images), so `1` means "as high as
+a normal image, on average", and all panels share one colour scale, from 0 to the largest value of the six
+level maps (the products, which multiply three such values, may saturate it). Top row pair 1 (Lite0
+teacher), bottom row pair 2 (Lite1 teacher, attention student); green outline: the true defect.
+"""),
+    code(r"""
+def mask_fraction(i):
+    return float(np.asarray(test[i]["mask"]).mean())
+
+
+defect_ids = [i for i, r in enumerate(test.records) if r.label == 1]
+candidates = [i for i in defect_ids if 0 < mask_fraction(i) < 0.15] or defect_ids
+DEFECT = max(candidates, key=mask_fraction)     # a clearly visible but not huge defect
+one = batch_of([DEFECT])
+with torch.no_grad():
+    maps6 = enhanced.level_maps(one)
+    p1 = [v for k, v in maps6.items() if k.startswith("p1.")]
+    p2 = [v for k, v in maps6.items() if k.startswith("p2.")]
+    products = [enhanced.pair_product(p1) / enhanced.pair_scale[0], enhanced.pair_product(p2) / enhanced.pair_scale[1]]
+green = (40, 220, 40)
+img = viz.as_uint8(test[DEFECT]["image"])
+msk = test[DEFECT]["mask"]
+
+
+names = list(maps6)
+VMAX = max(float((maps6[n] / enhanced.level_scale[k]).max()) for k, n in enumerate(names))
+
+
+def tile(m):
+    return viz.mask_overlay(viz.overlay(img, m[0, 0].float().cpu().numpy(), alpha=0.6, vmin=0, vmax=VMAX), msk,
+                            color=green, alpha=0.0)
+
+
+tiles, titles = [], []
+for pair, offset in ((0, 0), (1, len(p1))):
+    tiles.append(viz.mask_overlay(img, msk, color=green, alpha=0.0))
+    titles.append(f"pair {pair + 1} ({(teacher, enhanced.teacher2)[pair].backbone_name}): "
+                  f"{test.records[DEFECT].category} / {test.records[DEFECT].defect}")
+    for j in range(len(p1)):
+        k = offset + j
+        tiles.append(tile(maps6[names[k]] / enhanced.level_scale[k]))
+        titles.append(f"{names[k]} / normal scale")
+    tiles.append(tile(products[pair]))
+    titles.append(f"pair {pair + 1}: product / normal scale")
+viz.image_grid(tiles, titles, cols=len(p1) + 2, title=f"the six per-level maps (pair 1 top, pair 2 bottom) and "
+                                                    f"each pair's product, / normal scale, colour scale 0 .. {VMAX:.1f}").show()
+"""),
+    md(r"""
+Things to notice: the levels disagree (the stride-4 level is sharp and noisy, the stride-16 level blurry but
+confident); a product keeps only what *all* its factors agree on; and the two pairs' products are similar but
+not the same — the second teacher sees the defect through different features.
+
+## 5. Four ways to get one map
+
+One trained model, three combination rules: `combine` only changes how `anomaly_maps` hands the six maps to
+the shared scoring path (`scoring.fuse`), so we switch it on the trained model and score the test set again —
+no retraining. Plain STPM is the first row. Each rule's scores live on their own scale, so every map is
+divided by **that rule's own threshold** (the 0.99 quantile of the image scores of the held-out normal
+training images — the same images `fit` used), shared colour scale 0 … 2: yellow-green = at the threshold.
+"""),
+    code(r"""
+RULES = ("product", "pair_sum", "mean")
+held = holdout_split(train, tcfg.holdout_fraction, seed=tcfg.seed)[1]     # fit's held-out normal images
+
+
+def set_rule(rule):
+    # a test-time switch: __post_init__ sets scoring.fuse for the rule
+    enhanced.cfg = dataclasses.replace(enhanced.cfg, combine=rule)
+
+
+tables, outputs, thresholds = {}, {}, {}
+tables["STPM"], outputs["STPM"] = evaluate(stpm, test, cache=cache, progress=False, return_outputs=True)
+thresholds["STPM"] = fits["STPM"].threshold
+for rule in RULES:
+    set_rule(rule)
+    tables[rule], outputs[rule] = evaluate(enhanced, test, cache=cache, progress=False, return_outputs=True)
+    thresholds[rule] = calibrate_threshold(enhanced, held, cache, torch.device(device), tcfg)[0]
+set_rule("product")
+
+columns = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")
+display(Markdown(viz.markdown_table([{"model": ("plain " if n == "STPM" else "enhanced, ") + n,
+                                      **{c: tables[n]["mean"][c] for c in columns}} for n in tables])))
+viz.bar_per_class({n: tables[n] for n in tables}, "P-AUROC", title="pixel AUROC per category").show()
+
+labels, cats = outputs["STPM"]["labels"], outputs["STPM"]["categories"]
+show = []
+for c in CATEGORIES:
+    ids = np.flatnonzero((cats == c) & (labels == 1))
+    show += ids[np.linspace(0, len(ids) - 1, 2).astype(int)].tolist() if len(ids) else []
+grid, grid_titles = [], []
+for n in tables:
+    for i in show:
+        im = viz.as_uint8(test[i]["image"])
+        over = viz.overlay(im, outputs[n]["maps"][i] / thresholds[n], vmin=0, vmax=2)
+        grid.append(viz.mask_overlay(over, outputs[n]["masks"][i], color=green, alpha=0.0))
+        grid_titles.append(f"{n}: {outputs[n]['scores'][i] / thresholds[n]:.2f} x thr")
+viz.image_grid(grid, grid_titles, cols=len(show),
+               title="rows: plain STPM, product, pair_sum, mean (maps in units of each rule's threshold)").show()
+"""),
+    md(r"""
+A table like this, from a quick run, does not crown a rule: with ~40 test images per category, differences of
+a hundredth or two are noise. What *is* solid is how the rules behave:
+
+* `pair_sum` is an **OR**. Its map is the sum of the two normalised pair maps, and the blur and the maximum
+  preserve that order, so an image's `pair_sum` score is at least as high as either pair's own normalised
+  score — a defect one pair misses can still be flagged by the other. The next cell checks this on every
+  test image.
+* `product` is an **AND** across all six maps: a pixel stays high only if every map is above 1 there. It
+  needs no normal statistics at all — multiply any one map by a constant and every image score is multiplied
+  by the same constant, so the ranking does not change.
+* `mean` gives every map an equal vote, which only makes sense after each is divided by its normal scale.
+"""),
+    code(r"""
+set_rule("pair_sum")
+pair_scores, or_scores = [], []
+ids = list(range(len(test)))
+with torch.no_grad():
+    for k in range(0, len(ids), 16):
+        b = batch_of(ids[k:k + 16])
+        maps = enhanced.anomaly_maps(b)                           # {"p1", "p2"}: normalised pair products
+        or_scores.append(score(maps, SIZE, enhanced.cfg.scoring).pred_score)
+        pair_scores.append(torch.stack([score({n: m}, SIZE, enhanced.cfg.scoring).pred_score for n, m in maps.items()]))
+set_rule("product")
+or_scores, pair_scores = torch.cat(or_scores), torch.cat(pair_scores, dim=1)   # (N,), (2, N)
+or_margin = float((or_scores - pair_scores.max(dim=0).values).min())
+print(f"pair_sum score - max(pair 1 alone, pair 2 alone), smallest over {len(ids)} test images: {or_margin:.3g}")
+print(f"images where pair 2 alone scores higher than pair 1 alone (normalised): "
+      f"{int((pair_scores[1] > pair_scores[0]).sum())} of {len(ids)}")
+"""),
+    md(r"""
+## 6. Does the second pair look at different regions?
+
+The paper's reason for a *different* teacher: the two pairs should not look at the same regions. Measure it.
+For every test image, correlate pair 1's map with pair 2's (Pearson correlation over the pixels of the
+log-maps, which turns the products into sums). The control: pair 1 against the **seed-1 STPM** — a second
+student on the *same* teacher. If a different teacher adds a different view, pair 2 agrees with pair 1 less
+than the control does. Each point is one test image (hover for its file).
+"""),
+    code(r"""
+def pair_map(model_maps, prefix=""):
+    sub = {k: v for k, v in model_maps.items() if k.startswith(prefix)}
+    return score(sub, SIZE, stpm.cfg.scoring).anomaly_map[:, 0].flatten(1).clamp_min(1e-12).log()   # (B, H*W)
+
+
+def rowwise_corr(a, b):
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
+corr_pairs, corr_control = [], []
+with torch.no_grad():
+    for k in range(0, len(ids), 16):
+        b = batch_of(ids[k:k + 16])
+        lm = enhanced.level_maps(b)
+        m1, m2, mc = pair_map(lm, "p1."), pair_map(lm, "p2."), pair_map(control.anomaly_maps(b))
+        corr_pairs.append(rowwise_corr(m1, m2))
+        corr_control.append(rowwise_corr(m1, mc))
+corr_pairs, corr_control = torch.cat(corr_pairs).numpy(), torch.cat(corr_control).numpy()
+
+fig = go.Figure()
+for value, label, colour in ((0, "normal", "#2e86c1"), (1, "defect", "#c0392b")):
+    sel = labels == value
+    fig.add_trace(go.Scatter(x=corr_control[sel], y=corr_pairs[sel], mode="markers", name=label,
+                             marker=dict(color=colour, size=7, opacity=0.7),
+                             text=[os.path.basename(test.records[i].path) + f" ({test.records[i].category})"
+                                   for i in np.flatnonzero(sel)],
+                             hovertemplate="%{text}<br>control %{x:.3f}, pair 2 %{y:.3f}<extra></extra>"))
+lo = float(min(corr_pairs.min(), corr_control.min()))
+fig.add_trace(go.Scatter(x=[lo, 1], y=[lo, 1], mode="lines", line=dict(dash="dash", color="gray"), name="equal"))
+fig.update_layout(title="per-image agreement with pair 1's map (below the diagonal: pair 2 disagrees more)",
+                  xaxis_title="corr(pair 1, STPM seed 1)  — same teacher", yaxis_title="corr(pair 1, pair 2)  — other teacher",
+                  height=480)
+fig.show()
+print(f"mean correlation with pair 1: pair 2 (other teacher) {corr_pairs.mean():.3f}, "
+      f"STPM seed 1 (same teacher) {corr_control.mean():.3f}; "
+      f"pair 2 agrees less on {(corr_pairs < corr_control).mean():.0%} of the images")
+"""),
+    md(r"""
+Both correlations are high — both pairs see the same object edges and the same big defects. But most points
+sit below the diagonal: a second student on the same teacher repeats pair 1's opinions more closely than a
+student of a different teacher does. That residual disagreement is what a combination rule can exploit.
+
+## 7. Explore
+
+All test images; switch between plain STPM and the three rules (the image stays in view). Maps and scores
+are in units of each rule's own threshold, so the slider starts at 1 for all. Find a defect that only one
+rule flags.
+"""),
+    code(r"""
+N_BROWSE = 12 if QUICK else None    # test images per category in the explorer, half defective (None: all)
+browse = []
+for c in CATEGORIES:
+    for label in (1, 0):
+        sel = np.flatnonzero((cats == c) & (labels == label)).tolist()
+        browse += sel[:N_BROWSE // 2] if N_BROWSE else sel
+records = [test.records[i] for i in browse]
+viz.run_switcher({n: [outputs[n]["maps"][i] / thresholds[n] for i in browse] for n in outputs},
+                 scores={n: [outputs[n]["scores"][i] / thresholds[n] for i in browse] for n in outputs},
+                 images=[viz.as_uint8(test[i]["image"]) for i in browse],
+                 masks=[outputs["STPM"]["masks"][i] for i in browse], labels=[r.label for r in records],
+                 categories=[r.category for r in records],
+                 titles=[f"{r.category} / {r.defect} / {os.path.basename(r.path)}" for r in records],
+                 threshold=1.0, vmax=2.0, description="map")
+"""),
+    md(r"""
+## Check yourself
+
+**Exercise.** (1) Build the model with `attention="none"` (a plain second STPM pair on Lite1) and repeat
+section 6: does the attention student change how differently pair 2 looks? (2) Build it with
+`teacher2="tf_efficientnet_lite0", teacher2_layers=(2, 3, 4)` — the *same* teacher weights at coarser
+levels. Predict where its points land in the section 6 scatter. (3) Why does the `mean` rule need the
+normal scales while `product` does not? Multiply one of the six maps by 10 and work out what each rule does.
+
+The cell checks the lesson's claims on this run's numbers: (a) pair 1 of the enhanced model reproduces plain
+STPM trained alone (its three maps are equal); (b) `pair_sum` is an OR: on every test image its score is at
+least either pair's own normalised score; (c) the second pair, with its different teacher, agrees with pair 1
+less than a second STPM student on the same teacher does (mean per-image correlation of the maps).
+"""),
+    code(r"""
+print(f"(a) pair 1 vs plain STPM: largest map difference {pair1_gap:.2e}")
+assert pair1_gap <= 1e-4, "pair 1 did not train like plain STPM"
+print(f"(b) pair_sum score minus the larger single-pair score, smallest over all test images: {or_margin:.3g}")
+assert or_margin >= -1e-5, "pair_sum scored an image lower than one of its pairs alone"
+print(f"(c) mean correlation with pair 1: other teacher {corr_pairs.mean():.3f} < same teacher {corr_control.mean():.3f}?")
+assert corr_pairs.mean() < corr_control.mean(), "the second teacher's pair agrees with pair 1 as much as a re-seeded STPM"
+"""),
+]

@@ -1,0 +1,340 @@
+"""Lesson 08 -- two heterogeneous students joined by a Noisy-OR. Cells for
+``notebooks/08_dual_students_noisy_or.ipynb`` (built by ``notebooks/_build.py``)."""
+from _cells import code, md
+
+CELLS = [
+    md(r"""
+# Lesson 08 — Two different students, one probability: the Noisy-OR
+
+Every model so far produced an anomaly **map** and took the image score from it. That suits *local* defects
+— a scratch, a crack, a stain. It misses a different kind of anomaly: an image whose every patch looks
+normal, but whose *whole* is wrong — a bottle filled to the wrong level, a missing label, the wrong object.
+Park, Seo & Kim (arXiv 2509.24448) train **two heterogeneous students** on one frozen teacher:
+
+* an **encoder–decoder (ED) student** rebuilds the teacher's mid-level patch features through a noisy
+  bottleneck (as Dinomaly does): its per-patch errors give a **local** map and a map score `s_loc`;
+* an **encoder–encoder (EE) student**, trained *from scratch* on the image alone, predicts the teacher's
+  **image embedding** (its class token): the distance gives a **semantic** score `s_sem`, with no map.
+
+Each score becomes a probability, and the two are joined by a **Noisy-OR** — "anomalous if either detector
+fires", assuming the two fire independently:
+
+$$P(\text{anomaly}) = 1 - (1 - p_{loc})(1 - p_{sem}).$$
+
+The paper uses the Noisy-OR both as the image score and as a joint training objective. There is no public
+code; **our reading** (`unistad_edu/methods/dual_student.py`): `p = sigmoid(z)` with `z = (s − mean) / std`
+standardised by each score's statistics on **normal** images (measured on the held-out normal training
+images after training); the joint objective is `−log(1 − P)` on normal images; the teacher is our Lite0 (a
+CNN has no class token, so its "embedding" is the global average of its deepest level). Every formula choice
+is documented in the module's paper card. The `combine` switch picks the image score: `noisy_or`, `sum`
+(`z_loc + z_sem`), `local` or `semantic` — one trained model, four ways to score it, all through the shared
+scoring path (`unistad_edu.scoring`).
+"""),
+    code(r"""
+import dataclasses
+import os
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from IPython.display import Markdown, display
+
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, viz
+from unistad_edu.cache import FeatureCache
+from unistad_edu.data import discover_categories
+from unistad_edu.methods import make_config
+from unistad_edu.methods.base import Batch
+from unistad_edu.metrics import format_table
+from unistad_edu.scoring import noisy_or, noisy_or_nll, standardize
+from unistad_edu.teacher import TeacherWeightsError
+
+QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
+device = "cuda" if torch.cuda.is_available() else "cpu"
+root, where = find_data()
+
+found = sorted(discover_categories(root))
+# real data: two categories with local defects, and juice_bottle (MVTec LOCO), whose test defects are *logical*
+# anomalies -- wrong fill level, missing or swapped label -- the kind the semantic student is meant for
+QUICK_CATEGORIES = ["bottle", "cookie", "juice_bottle"]
+if QUICK:
+    CATEGORIES = [c for c in QUICK_CATEGORIES if c in found]
+    CATEGORIES = CATEGORIES if len(CATEGORIES) >= 2 else found[:3]
+else:
+    CATEGORIES = found
+PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+# quick: 128 px, tokens at stride 8 (a 16 x 16 grid, as the cpu preset at 256 px), the EE student at 128 px,
+# 8 epochs (~100 optimiser steps of 8 images); full: the preset's recipe
+OVERRIDES = dict(image_size=128, feature_stride=8, ee_image_size=128, epochs=8) if QUICK else {}
+N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
+N_TEST = 40 if QUICK else None        # at most this many test images per category (None: all)
+SEED = 0
+if QUICK and device == "cpu":
+    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
+print(f"This lesson uses {where}: categories {CATEGORIES}, preset {PRESET!r} with {OVERRIDES} "
+      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+"""),
+    md(r"""
+## 1. Data, teacher, model
+
+The ED student reads only teacher features (from the cache); the EE student reads the **image** — never the
+teacher's patch tokens — so this model keeps the training images in memory too.
+"""),
+    code(r"""
+cfg = make_config("dual_student", PRESET, init_seed=SEED, **OVERRIDES)
+try:
+    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
+except TeacherWeightsError as err:   # the paper preset's DINOv2 weights come from timm's hub (needs internet)
+    print(f"{err}\n-> using the cpu preset instead")
+    PRESET = "cpu"
+    cfg = make_config("dual_student", PRESET, init_seed=SEED, **OVERRIDES)
+    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
+SIZE = cfg.image_size
+
+
+def evenly(dataset, n):
+    # at most n images per category, evenly spread over the category's (sorted) files
+    if n is None:
+        return dataset
+    keep = []
+    for cat in dataset.categories:
+        ids = [i for i, r in enumerate(dataset.records) if r.category == cat]
+        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
+    return dataset.subset(keep)
+
+
+train = evenly(MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE), N_TRAIN)
+test = evenly(MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE), N_TEST)
+cache = FeatureCache(teacher, SIZE)
+cache.warm(train)
+cache.warm(test)
+model = build_model("dual_student", teacher, cfg=cfg).to(device)
+n_ed, n_ee = (sum(p.numel() for p in part.parameters()) for part in (model.ed, model.ee))
+print(f"train: {len(train)} normal images; test: {len(test)} images, by category: "
+      + ", ".join(f"{c} {v}" for c, v in test.counts().items()))
+print(f"ED student {n_ed:,} parameters (groups {model.groups} on a {model.grid[0]} x {model.grid[1]} grid); "
+      f"EE student ({cfg.ee_backbone}, from scratch) {n_ee:,} parameters, predicting a "
+      f"{teacher.embedding_dim}-d teacher embedding")
+"""),
+    md(r"""
+## 2. Train
+
+The loss is the ED student's global-cosine loss + the EE student's cosine distance + 0.1 × the joint
+Noisy-OR term `−log(1 − P)` on the (normal) training images. After the last epoch, `fit` hands the held-out
+normal images to the model's `calibrate`: the mean and standard deviation of both scores on them become the
+`z`-standardisation used at test time.
+"""),
+    code(r"""
+tcfg = TrainConfig(seed=SEED, device=device, progress=False)
+res = fit(model, train, tcfg, cache=cache)
+model.eval()
+calib = model.calibration()
+print(f"{res.epochs_done} epochs in {res.seconds:.0f} s, loss {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}")
+for name, (mean, std) in calib.items():
+    print(f"normal statistics of the {name!r} score (held-out normal images): mean {float(mean):.4g}, std {float(std):.4g}")
+viz.loss_curve(res.history, title="dual-student training loss").show()
+"""),
+    md(r"""
+## 3. Re-derive, then verify: from two scores to P
+
+`model.score(batch)` returns the shared scoring path's `AnomalyOutput`: the pixel map (from the ED student
+only), the two raw per-image scores in `image_scores` (`"map"` = `s_loc`, `"semantic"` = `s_sem`), the
+image score, and, for `noisy_or`, the probability `P`. We recompute `z`, `p` and `P` from the raw scores
+with the functions of `unistad_edu.scoring` and the model's calibration, and check them against the library.
+"""),
+    code(r"""
+def batch_of(indices):
+    x = torch.stack([test[i]["image"] for i in indices]).to(device)
+    return Batch(image=x, features=cache.features(x, [test[i]["path"] for i in indices]))
+
+
+ids = list(range(len(test)))
+s_loc, s_sem, P_lib, score_lib = [], [], [], []
+with torch.no_grad():
+    for k in range(0, len(ids), 16):
+        out = model.score(batch_of(ids[k:k + 16]))
+        s_loc.append(out.image_scores["map"])
+        s_sem.append(out.image_scores["semantic"])
+        P_lib.append(out.probability)
+        score_lib.append(out.pred_score)
+s_loc, s_sem, P_lib, score_lib = (torch.cat(v).float().cpu() for v in (s_loc, s_sem, P_lib, score_lib))
+calib_cpu = {k: (float(m), float(s)) for k, (m, s) in calib.items()}
+z = standardize({"map": s_loc, "semantic": s_sem}, calib_cpu)       # z = (s - mean) / std of normal images
+p_loc, p_sem = torch.sigmoid(z["map"]), torch.sigmoid(z["semantic"])
+P = noisy_or(p_loc, p_sem)                                          # 1 - (1 - p_loc)(1 - p_sem)
+torch.testing.assert_close(P, 1 - (1 - p_loc) * (1 - p_sem))
+torch.testing.assert_close(P, P_lib, rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(score_lib, noisy_or_nll(z["map"], z["semantic"]), rtol=1e-4, atol=1e-5)
+print(f"z, p and P re-derived for {len(ids)} test images: OK; the image score is -log(1 - P) "
+      "(same order as P, but it never rounds to a tie at P = 1)")
+labels = np.array([r.label for r in test.records])
+cats = np.array([r.category for r in test.records])
+"""),
+    md(r"""
+## 4. Two students, two opinions
+
+Each test image is a point: its standardised local score `z_loc` (ED student) against its standardised
+semantic score `z_sem` (EE student). `z = 0` is a typical normal image, `z = 2` is two normal standard
+deviations above it. Hover for the file and defect type. If the two students were redundant, the points
+would lie along a line; where the defects leave the normal cloud *along one axis only*, that student saw
+something the other did not.
+"""),
+    code(r"""
+def hover(i):
+    r = test.records[i]
+    return f"{r.category} / {r.defect} / {os.path.basename(r.path)}"
+
+
+fig = go.Figure()
+symbols = dict(zip(CATEGORIES, ("circle", "diamond", "square", "x", "triangle-up", "cross")))
+for c in CATEGORIES:
+    for value, label, colour in ((0, "normal", "#2e86c1"), (1, "defect", "#c0392b")):
+        sel = np.flatnonzero((cats == c) & (labels == value))
+        fig.add_trace(go.Scatter(x=z["map"][sel].numpy(), y=z["semantic"][sel].numpy(), mode="markers",
+                                 name=f"{c}: {label}", marker=dict(color=colour, symbol=symbols.get(c, "circle"),
+                                                                   size=8, opacity=0.7),
+                                 text=[hover(i) for i in sel],
+                                 hovertemplate="%{text}<br>z_loc %{x:.2f}, z_sem %{y:.2f}<extra></extra>"))
+fig.add_hline(y=0, line=dict(dash="dot", color="gray"))
+fig.add_vline(x=0, line=dict(dash="dot", color="gray"))
+fig.update_layout(title="local vs semantic score of every test image (standardised by normal images)",
+                  xaxis_title="z_loc  (ED student: map score)", yaxis_title="z_sem  (EE student: embedding distance)",
+                  height=520)
+fig.show()
+
+
+def rank(v):
+    return np.argsort(np.argsort(v))
+
+
+spearman = float(np.corrcoef(rank(s_loc.numpy()), rank(s_sem.numpy()))[0, 1])
+print(f"rank correlation of the two scores over the test images: {spearman:.2f}")
+"""),
+    md(r"""
+## 5. The Noisy-OR surface
+
+Each score becomes a probability, `p = sigmoid(z)`, and the two are joined by
+`P = 1 − (1 − p_loc)(1 − p_sem)`. Below, that surface over the unit square, and every test image placed on
+it at its `(p_loc, p_sem)`. Rotate it: `P` is 0 only in the corner where *both* students are sure the image
+is normal, and climbs to 1 along *both* far edges — one confident student is enough. The second figure shows
+the same surface from above, with its contour lines.
+"""),
+    code(r"""
+grid = np.linspace(0, 1, 41)
+GL, GS = np.meshgrid(grid, grid)                                     # rows: p_sem, columns: p_loc
+surface = noisy_or(torch.tensor(GL), torch.tensor(GS)).numpy()       # P on the grid, from the package
+point_text = [hover(i) + f"<br>p_loc {p_loc[i]:.2f}, p_sem {p_sem[i]:.2f}, P {P[i]:.3f}" for i in ids]
+
+fig3d = go.Figure(go.Surface(x=grid, y=grid, z=surface, colorscale="Viridis", opacity=0.75, showscale=False,
+                             contours=dict(z=dict(show=True, start=0.1, end=0.9, size=0.1, color="white")),
+                             hoverinfo="skip"))
+for value, label, colour in ((0, "normal", "#2e86c1"), (1, "defect", "#c0392b")):
+    sel = np.flatnonzero(labels == value)
+    fig3d.add_trace(go.Scatter3d(x=p_loc[sel].numpy(), y=p_sem[sel].numpy(), z=P[sel].numpy(), mode="markers",
+                                 name=label, marker=dict(size=4, color=colour),
+                                 text=[point_text[i] for i in sel], hovertemplate="%{text}<extra></extra>"))
+fig3d.update_layout(title="P = 1 - (1 - p_loc)(1 - p_sem), and the test images on it", height=600,
+                    scene=dict(xaxis_title="p_loc", yaxis_title="p_sem", zaxis_title="P(anomaly)"))
+fig3d.show()
+
+fig2d = go.Figure(go.Contour(x=grid, y=grid, z=surface, colorscale="Viridis", contours=dict(start=0.1, end=0.9, size=0.1,
+                                                                                           showlabels=True),
+                             colorbar=dict(title="P"), hoverinfo="skip", opacity=0.8))
+for value, label, colour in ((0, "normal", "#2e86c1"), (1, "defect", "#c0392b")):
+    sel = np.flatnonzero(labels == value)
+    fig2d.add_trace(go.Scatter(x=p_loc[sel].numpy(), y=p_sem[sel].numpy(), mode="markers", name=label,
+                               marker=dict(color=colour, size=7, line=dict(color="white", width=1)),
+                               text=[point_text[i] for i in sel], hovertemplate="%{text}<extra></extra>"))
+fig2d.update_layout(title="the same surface from above: contour lines of P", xaxis_title="p_loc", yaxis_title="p_sem",
+                    height=520, width=640)
+fig2d.show()
+normal_P = P[torch.from_numpy(labels == 0)]
+print(f"median P of the normal test images: {float(normal_P.median()):.2f}")
+"""),
+    md(r"""
+Look at where the **normal** images sit: around the middle of the square, not in the `P = 0` corner, and their
+`P` is far from 0 (the median is printed above). That is not a bug but a property of our reading: a typical normal image has
+`z = 0` in both branches, so `p = sigmoid(0) = 0.5` each and `P = 1 − 0.5 · 0.5 = 0.75`. `P` here is a
+**ranking** of images, not a calibrated probability; a threshold still has to come from normal images (as
+`fit` does). The Noisy-OR's independence assumption is also only an assumption — section 4's rank
+correlation tells you how far from independent the two students are on these images.
+
+## 6. Four ways to score one model
+
+`combine` only chooses the image score, so we switch it on the trained model and evaluate again. The pixel
+map comes from the ED student alone — the semantic student has no map — so the pixel metrics cannot change;
+only the image-level ones can.
+"""),
+    code(r"""
+RULES = ("noisy_or", "sum", "local", "semantic")
+TRAINED = model.cfg
+tables = {}
+for rule in RULES:
+    model.cfg = dataclasses.replace(TRAINED, combine=rule)           # a test-time switch: no retraining
+    tables[rule] = evaluate(model, test, cache=cache, progress=False)
+model.cfg = TRAINED
+rows = [{"combine": rule, **{f"I-AUROC {c}": tables[rule]["categories"][c]["I-AUROC"] for c in CATEGORIES},
+         "I-AUROC mean": tables[rule]["mean"]["I-AUROC"], "P-AUROC mean": tables[rule]["mean"]["P-AUROC"],
+         "AUPRO mean": tables[rule]["mean"]["AUPRO"]} for rule in RULES]
+display(Markdown(viz.markdown_table(rows)))
+viz.bar_per_class(tables, "I-AUROC", title="image AUROC per category, by combine rule").show()
+"""),
+    md(r"""
+Read the table category by category. The semantic student has no notion of *where*: on small local defects
+it is usually the weaker detector; on logical anomalies (juice_bottle, if present) it may hold its own. On
+the synthetic set, whose defects are all local, expect it near chance at this budget — and then the OR can
+only add false alarms to the local student's ranking.
+Whether the Noisy-OR beats the best single branch depends on the data, the budget and how the branches'
+errors overlap; a quick run on ~40 test images per category cannot settle it. What the Noisy-OR guarantees
+is the behaviour of section 5: a confident detection by *either* student raises the image's P.
+
+## 7. Where the map looks — and where it cannot
+
+A few defective images with the largest gap between the two students: in the top row those the
+**semantic** student ranks far above the local one, in the bottom row the reverse. The map (ED student) is shown on one colour
+scale, up to the largest map value among them.
+"""),
+    code(r"""
+with torch.no_grad():
+    gap = (z["semantic"] - z["map"]).numpy()
+defects = np.flatnonzero(labels == 1)
+order = defects[np.argsort(gap[defects])]
+pick = list(order[::-1][:3]) + list(order[:3])                      # semantic >> local, then local >> semantic
+maps = []
+with torch.no_grad():
+    for i in pick:
+        maps.append(model.score(batch_of([i])).anomaly_map[0, 0].float().cpu().numpy())
+vmax = float(max(m.max() for m in maps))
+green = (40, 220, 40)
+tiles = [viz.mask_overlay(viz.overlay(viz.as_uint8(test[i]["image"]), m, alpha=0.55, vmin=0, vmax=vmax),
+                          test[i]["mask"], color=green, alpha=0.0) for i, m in zip(pick, maps)]
+titles = [f"{test.records[i].category}/{test.records[i].defect}: z_loc {z['map'][i]:.1f}, z_sem {z['semantic'][i]:.1f}"
+          for i in pick]
+viz.image_grid(tiles, titles, cols=3, title="top row: the semantic student's catches; bottom row: the local "
+                                            "student's (ED map, green: true defect)").show()
+"""),
+    md(r"""
+## Check yourself
+
+**Exercise.** (1) In section 5, move one image's `p_loc` from 0.5 to 0.9 by hand: how much does its `P`
+change if `p_sem = 0.1`? And if `p_sem = 0.9`? Why does the Noisy-OR care less about the second detector once
+the first is confident? (2) Train with `joint_weight=0` (no joint objective) and compare section 6's table.
+(3) `sum` adds the z-scores, `noisy_or` adds `softplus(z)`. For which images do the two rules disagree most —
+look at where `softplus` is flat.
+
+The cell checks the lesson's claims on this run's numbers: (a) the Noisy-OR is an OR — for every test image,
+`P` is at least each branch's own probability, and at most 1; (b) `combine` changes only the image score —
+the pixel metrics are identical under all four rules; (c) the two students are not redundant: their scores
+rank the test images differently (rank correlation below 0.95).
+"""),
+    code(r"""
+slack = float((P - torch.maximum(p_loc, p_sem)).min())
+print(f"(a) smallest P - max(p_loc, p_sem) over {len(ids)} test images: {slack:.3g}; largest P {float(P.max()):.6f}")
+assert slack >= -1e-6 and float(P.max()) <= 1.0, "P fell below a branch's own probability"
+pixel = {rule: (tables[rule]["mean"]["P-AUROC"], tables[rule]["mean"]["AUPRO"]) for rule in RULES}
+print(f"(b) (P-AUROC, AUPRO) per rule: {pixel}")
+assert all(np.allclose(v, pixel["noisy_or"], rtol=0, atol=1e-9) for v in pixel.values()), \
+    "a combine rule changed the pixel metrics"
+print(f"(c) rank correlation of s_loc and s_sem over the test images: {spearman:.2f}")
+assert spearman < 0.95, "the two students rank the images (almost) identically: nothing for the Noisy-OR to add"
+"""),
+]
