@@ -180,3 +180,46 @@ def test_matrix_grid_shares_colour_axes_between_panels_of_one_range():
         viz.matrix_grid([a, a], titles=["only one"])
     with pytest.raises(ValueError):
         viz.matrix_grid([np.zeros(3)])
+
+
+def test_rate_curves_thins_long_curves_and_keeps_the_ends():
+    x = np.r_[0.0, np.sort(np.random.default_rng(0).random(20000)), 1.0]
+    fig = viz.rate_curves({"a": (x, np.sqrt(x)), "b": ([0, 0.5, 1], [0, 0.9, 1])}, max_points=300, x_max=0.3,
+                          mark_x=0.3)
+    a = fig.data[0]
+    assert len(a.x) <= 302 and a.x[0] == 0.0 and a.x[-1] == 1.0 and a.y[-1] == 1.0
+    assert list(fig.data[1].x) == [0, 0.5, 1]  # short curves are drawn as given
+    assert fig.data[2].name.startswith("chance") and list(fig.data[2].x) == [0, 0.3]
+    assert tuple(fig.layout.xaxis.range) == (0, 0.3)
+    with pytest.raises(ValueError):
+        viz.rate_curves({"bad": ([0, 1], [0])})
+
+
+def test_threshold_rows_counts_per_category_and_overall():
+    scores = [0.1, 0.9, 0.4, 0.6, 0.2, 0.8]
+    labels = [0, 1, 0, 1, 0, 1]
+    cats = ["a", "a", "b", "b", "b", "b"]
+    rows = {r["category"]: r for r in viz.threshold_rows(scores, labels, cats, 0.5)}
+    assert list(rows) == ["a", "b", "all"]
+    assert rows["a"]["recall"] == 1.0 and rows["a"]["false alarms"] == 0.0 and rows["a"]["F1"] == 1.0
+    assert rows["b"]["defects"] == 2 and rows["b"]["normals"] == 2 and rows["b"]["recall"] == 1.0
+    assert rows["all"]["defects"] == 3 and rows["all"]["precision"] == 1.0
+    high = {r["category"]: r for r in viz.threshold_rows(scores, labels, cats, 0.85)}
+    assert high["b"]["recall"] == 0.0 and np.isnan(high["b"]["precision"]) and high["b"]["F1"] == 0.0
+    assert high["all"]["recall"] == pytest.approx(1 / 3)
+    low = {r["category"]: r for r in viz.threshold_rows(scores, labels, cats, 0.0)}
+    assert low["b"]["false alarms"] == 1.0  # everything flagged
+    with pytest.raises(ValueError):
+        viz.threshold_rows([0.1], [0, 1], ["a", "a"], 0.5)
+
+
+def test_threshold_explorer_updates_the_table_and_jumps_to_marks():
+    pytest.importorskip("ipywidgets")
+    scores = np.array([0.1, 0.9, 0.4, 0.6])
+    box = viz.threshold_explorer(scores, [0, 1, 0, 1], ["a", "a", "b", "b"], threshold=0.5,
+                                 marks={"strict": 0.95})
+    assert box.threshold.value == pytest.approx(0.5)
+    assert box.rows()[-1]["recall"] == 1.0 and "<table>" in box.table.value
+    box.buttons[0].click()
+    assert box.threshold.value == pytest.approx(0.95)
+    assert box.rows()[-1]["recall"] == 0.0 and "0.95" in box.table.value

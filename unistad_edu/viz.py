@@ -554,3 +554,129 @@ def run_switcher(maps: dict[str, Sequence[np.ndarray]], scores: dict[str, Sequen
     selector.observe(switch, "value")
     box.selector, box.browsers, box.current = selector, browsers, first
     return box
+
+
+# ---- curves and thresholds ------------------------------------------------------------------------------
+def _thin_curve(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points of a curve, evenly spaced along its length (vertical and horizontal runs
+    alike), always keeping the first and the last point: enough to draw it, far fewer than a pixel ROC has."""
+    if len(x) <= max_points:
+        return x, y
+    span_x = float(x.max() - x.min()) or 1.0
+    span_y = float(y.max() - y.min()) or 1.0
+    length = np.r_[0.0, np.cumsum(np.hypot(np.diff(x) / span_x, np.diff(y) / span_y))]
+    keep = np.unique(np.r_[0, np.searchsorted(length, np.linspace(0, length[-1], max_points)), len(x) - 1])
+    keep = keep[keep < len(x)]
+    return x[keep], y[keep]
+
+
+def rate_curves(curves: dict, x_title: str = "false positive rate", y_title: str = "true positive rate",
+                x_max: float | None = None, mark_x: float | None = None, diagonal: bool = True,
+                title: str | None = None, max_points: int = 1500):
+    """Several monotone rate curves on one set of axes -- ROC curves (FPR, TPR) or PRO curves (FPR, PRO, from
+    :func:`unistad_edu.metrics.pro_curve`) -- one line per entry of ``curves`` ({name: (x, y)}).
+
+    Pixel curves have up to millions of points; each is thinned to ``max_points`` evenly spaced along its
+    length (the shape is kept; the metrics are always computed from the full curve). ``x_max``: show
+    ``[0, x_max]`` only (e.g. 0.3, where AUPRO stops integrating); ``mark_x``: a dashed vertical line there;
+    ``diagonal``: the chance line y = x."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, (x, y) in curves.items():
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if x.shape != y.shape:
+            raise ValueError(f"curve {name!r}: x has {x.size} points, y has {y.size}")
+        ok = ~(np.isnan(x) | np.isnan(y))
+        x, y = _thin_curve(x[ok], y[ok], max_points)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=str(name)))
+    top = 1.0 if x_max is None else float(x_max)
+    if diagonal:
+        fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="chance (y = x)",
+                                 line=dict(dash="dot", color="grey", width=1)))
+    if mark_x is not None:
+        fig.add_vline(x=float(mark_x), line=dict(dash="dash", color="black", width=1))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=420,
+                      xaxis_range=[0, top], yaxis_range=[0, 1.02])
+    return fig
+
+
+def threshold_rows(scores, labels, categories, threshold: float) -> list[dict]:
+    """What one image threshold does, per category and over all images: the verdict is ``score > threshold``.
+
+    One dict per category (sorted) and a last ``"all"`` row, with ``defects`` / ``normals`` (counts),
+    ``recall`` (share of defective images flagged), ``false alarms`` (share of normal images flagged),
+    ``precision`` (share of flagged images that are defective; NaN when nothing is flagged) and ``F1``."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1) == 1
+    c = np.asarray(categories, dtype=str).reshape(-1)
+    if not len(s) == len(y) == len(c):
+        raise ValueError(f"scores ({len(s)}), labels ({len(y)}) and categories ({len(c)}) differ in length")
+    flagged = s > float(threshold)
+    rows = []
+    for name in sorted(set(c)) + ["all"]:
+        sel = np.ones_like(y) if name == "all" else c == name
+        pos, neg = int((y & sel).sum()), int((~y & sel).sum())
+        tp, fp = int((flagged & y & sel).sum()), int((flagged & ~y & sel).sum())
+        nan = float("nan")
+        rows.append({"category": name, "defects": pos, "normals": neg,
+                     "recall": tp / pos if pos else nan, "false alarms": fp / neg if neg else nan,
+                     "precision": tp / (tp + fp) if tp + fp else nan,
+                     "F1": 2 * tp / (tp + fp + pos) if pos else nan})
+    return rows
+
+
+def threshold_explorer(scores, labels, categories, threshold: float | None = None,
+                       marks: dict[str, float] | None = None, digits: int = 2):
+    """An ipywidgets explorer of one image threshold over many categories: a slider over the score range and a
+    table (:func:`threshold_rows`: recall, false-alarm rate, precision, F1 per category and overall) that
+    updates as the slider moves. ``threshold``: the start value (default: the median score); ``marks``:
+    named thresholds ({"calibrated": t1, "F1-max (all)": t2}) offered as buttons that move the slider there.
+
+    Returns an ``ipywidgets.VBox`` with ``.threshold`` (the slider), ``.table`` (HTML) and ``.rows()`` (the
+    rows now shown)."""
+    import ipywidgets as W
+
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise ValueError("threshold_explorer needs at least one score")
+    lo, hi = float(s.min()), float(s.max())
+    marks = {k: float(v) for k, v in (marks or {}).items()}
+    lo, hi = min([lo, *marks.values()]), max([hi, *marks.values()])
+    pad = (hi - lo) * 0.02 or 1.0
+    lo, hi = lo - pad, hi + pad
+    start = float(threshold) if threshold is not None else float(np.median(s))
+    slider = W.FloatSlider(value=min(max(start, lo), hi), min=lo, max=hi, step=(hi - lo) / 1000,
+                           description="threshold", readout_format=".4g", continuous_update=False,
+                           layout=W.Layout(width="560px"))
+    table = W.HTML()
+    columns = ["category", "defects", "recall", "normals", "false alarms", "precision", "F1"]
+
+    def rows():
+        return threshold_rows(s, labels, categories, slider.value)
+
+    def render(*_):
+        head = "".join(f"<th style='padding:2px 8px'>{c}</th>" for c in columns)
+        body = []
+        for r in rows():
+            cells = []
+            for c in columns:
+                v = r[c]
+                text = ("n/a" if np.isnan(v) else f"{v:.{digits}f}") if isinstance(v, float) else str(v)
+                cells.append(f"<td style='padding:2px 8px;text-align:right'>{text}</td>")
+            style = " style='font-weight:bold;border-top:1px solid #888'" if r["category"] == "all" else ""
+            body.append(f"<tr{style}>{''.join(cells)}</tr>")
+        table.value = (f"<small>verdict: score &gt; {slider.value:.4g}</small>"
+                       f"<table><tr>{head}</tr>{''.join(body)}</table>")
+
+    slider.observe(render, "value")
+    buttons = []
+    for name, value in marks.items():
+        b = W.Button(description=f"{name}: {value:.4g}", layout=W.Layout(width="auto"))
+        b.on_click(lambda _b, v=value: setattr(slider, "value", min(max(v, slider.min), slider.max)))
+        buttons.append(b)
+    render()
+    box = W.VBox([slider, W.HBox(buttons), table] if buttons else [slider, table])
+    box.threshold, box.table, box.rows, box.buttons = slider, table, rows, buttons
+    return box

@@ -1,0 +1,334 @@
+"""Lesson 10 -- explaining an image score with captum. Cells for ``notebooks/10_explaining_a_score.ipynb``
+(built by ``notebooks/_build.py``)."""
+from _cells import code, md
+
+CELLS = [
+    md(r"""
+# Lesson 10 — Explaining a score: which pixels made this image anomalous?
+
+A teacher–student model already gives an explanation for free: the **anomaly map**. But the map is not the
+score's *cause* — the image score is one number computed from it (here: the maximum of the blurred, fused
+map), and the map itself is computed from the pixels through two deep networks. An **attribution method**
+answers a sharper question: *how much did each input pixel contribute to this image's score?*
+
+We use [captum](https://captum.ai) on the image score, as a function of the input pixels, with two classic
+methods:
+
+* **Integrated Gradients (IG)** — integrate the gradient of the score along the straight path from a
+  *baseline* image x' to the image x. Its defining property, **completeness**: the attributions add up
+  exactly to `score(x) − score(x')`.
+* **Occlusion** — slide a patch over the image, replace it by the baseline's pixels, and record how much the
+  score drops. No gradients at all, just many forward passes.
+
+Then we compare the two with the anomaly map on real defects: how much of each one's mass lies inside the
+defect mask, against the share of the image the defect covers?
+"""),
+    code(r"""
+import math
+import os
+
+import numpy as np
+import torch
+from captum.attr import IntegratedGradients, Occlusion
+from IPython.display import Markdown, display
+
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, scoring, viz
+from unistad_edu.data import discover_categories
+from unistad_edu.methods import make_config
+from unistad_edu.methods.base import Batch
+from unistad_edu.metrics import format_table
+from unistad_edu.teacher import TeacherWeightsError
+
+QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
+device = "cuda" if torch.cuda.is_available() else "cpu"
+root, where = find_data()
+
+found = sorted(discover_categories(root))
+QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: three visually different products
+if QUICK:
+    CATEGORIES = [c for c in QUICK_CATEGORIES if c in found]
+    CATEGORIES = CATEGORIES if len(CATEGORIES) >= 2 else found[:3]
+else:
+    CATEGORIES = found
+PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+OVERRIDES = dict(image_size=128, epochs=4, batch_size=8) if QUICK else dict(image_size=256)
+N_TRAIN = 40 if QUICK else None      # normal training images per category (None: all)
+N_TEST = 16 if QUICK else None       # test images per category (None: all)
+QUICK_STEPS = 80                     # optimiser steps in quick mode
+PER_CATEGORY = 2 if QUICK else 4     # defects explained per category
+IG_STEPS = 128                       # points on the integration path
+if QUICK and device == "cpu":
+    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
+print(f"This lesson uses {where}: categories {CATEGORIES}, STPM preset {PRESET!r} with {OVERRIDES} "
+      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+"""),
+    md(r"""
+## 1. A unified STPM to explain
+
+STPM (lesson 02), trained on the normal images of all the categories at once. Its anomaly map is the
+student's failure to imitate the frozen teacher; the image score is the maximum of the fused, blurred map.
+"""),
+    code(r"""
+cfg = make_config("stpm", PRESET, **OVERRIDES)
+try:
+    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
+except TeacherWeightsError as err:   # the paper preset's ResNet-18 weights come from timm's hub (needs internet)
+    print(f"{err}\n-> using the cpu preset instead")
+    cfg = make_config("stpm", "cpu", **OVERRIDES)
+    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
+SIZE = cfg.image_size
+
+
+def evenly(dataset, n):
+    # at most n images per category, evenly spread over the category's (sorted) files
+    if n is None:
+        return dataset
+    keep = []
+    for cat in dataset.categories:
+        ids = [i for i, r in enumerate(dataset.records) if r.category == cat]
+        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
+    return dataset.subset(keep)
+
+
+train = evenly(MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE), N_TRAIN)
+test = evenly(MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE), N_TEST)
+EPOCHS = cfg.epochs
+if QUICK:  # enough epochs for ~QUICK_STEPS batches (fit holds 10 % out and drops the last partial batch)
+    EPOCHS = max(cfg.epochs, math.ceil(QUICK_STEPS / max(1, int(0.9 * len(train)) // cfg.batch_size)))
+model = build_model("stpm", teacher, cfg=cfg).to(device)
+result = fit(model, train, TrainConfig(epochs=EPOCHS, batch_size=cfg.batch_size, device=device, progress=False))
+table, out = evaluate(model, test, progress=False, return_outputs=True)
+model.eval()
+print(f"trained {result.epochs_done} epochs in {result.seconds:.0f} s on {len(train)} normal images; "
+      f"threshold {result.threshold:.4g}")
+display(Markdown(format_table(table, ("I-AUROC", "P-AUROC", "AUPRO"))))
+"""),
+    md(r"""
+## 2. Is the score differentiable, end to end?
+
+IG needs `∂ score / ∂ pixels`. Follow the pipeline: pixels → frozen teacher and student → per-level maps →
+`scoring.score` (upsample, multiply, Gaussian blur, **max**). Upsampling, products and the blur are smooth; the
+max passes the gradient to the one position where the map peaks — differentiable almost everywhere, which is
+all IG needs. The frozen teacher has no trainable parameters (`requires_grad_(False)`), but that only
+stops gradients to its *weights*; gradients to its *input* flow through it as through any network.
+
+Two things in the package stand in the way, though, and both are deliberate for training and testing:
+
+* `Method.score` is decorated with `@torch.no_grad()` — scoring thousands of test images must not build
+  graphs;
+* `Method.teacher_features` runs the teacher under `torch.no_grad()` when no cached features are given — the
+  teacher is frozen, so training never needs its graph.
+
+So `model.score(...)` has no gradient at all, and `anomaly_maps` on a bare image differentiates only the
+*student* branch: the teacher's side of `‖t̂ − ŝ‖²` is treated as a constant, and the gradient is wrong. The
+fix uses the contract as it is: compute the teacher's features ourselves, *with* gradients, and hand them in
+through `Batch.features`; then call `anomaly_maps` and `scoring.score` ourselves, with gradients on (the
+default outside `torch.no_grad()`; IG turns them on by itself). We also
+switch off the teacher's bf16 autocast on CPU (`teacher.fast_cpu`), so that the gradients are float32.
+"""),
+    code(r"""
+teacher.fast_cpu = False       # float32 teacher: exact gradients (bf16 is for fast training and scoring)
+
+
+def image_score(x):
+    # (B, 3, S, S) pixels in [0, 1] -> (B,) image scores, differentiable through teacher and student
+    # (no torch.no_grad anywhere on this path; captum's IG switches gradients on by itself)
+    maps = model.anomaly_maps(Batch(image=x, features=teacher(x)))
+    return scoring.score(maps, x.shape[-2:], model.cfg.scoring).pred_score
+
+
+def student_only_score(x):
+    # what a bare Batch gives: the teacher runs under no_grad inside teacher_features
+    return scoring.score(model.anomaly_maps(Batch(image=x)), x.shape[-2:], model.cfg.scoring).pred_score
+
+
+first_defect = int(np.flatnonzero(out["labels"] == 1)[0])
+x = test[first_defect]["image"][None].to(device).requires_grad_(True)
+print("model.score(...) requires grad:", model.score(Batch(image=x)).pred_score.requires_grad)
+with torch.no_grad():
+    torch.testing.assert_close(image_score(x), model.score(Batch(image=x)).pred_score)
+g_full, = torch.autograd.grad(image_score(x).sum(), x)
+g_student, = torch.autograd.grad(student_only_score(x).sum(), x)
+cos = torch.nn.functional.cosine_similarity(g_full.flatten(), g_student.flatten(), dim=0).item()
+print(f"gradient norm, teacher + student: {g_full.norm():.4g};  student branch only: {g_student.norm():.4g};  "
+      f"cosine between them {cos:.3f}")
+"""),
+    md(r"""
+The same score as `model.score` (checked above), but the student-only gradient points elsewhere: half of the story is missing. From here on, `image_score` is the function we explain.
+
+## 3. The baseline: "compared with what?"
+
+IG explains `score(x) − score(x')` and Occlusion replaces patches by the baseline's pixels, so the baseline
+x' must be something the model finds **normal** — otherwise we explain the difference between two anomalies.
+Candidates, scored by the model (threshold from section 1 for reference):
+"""),
+    code(r"""
+train_images = torch.stack([train[i]["image"] for i in range(len(train))]).to(device)
+
+
+def nearest_normal(x):
+    # the training image closest to x in pixel space (the model never sees which category either belongs to)
+    d = (train_images - x).flatten(1).pow(2).sum(1)
+    return train_images[int(d.argmin())][None]
+
+
+x = test[first_defect]["image"][None].to(device)
+candidates = {
+    "black": torch.zeros_like(x),
+    "mid-grey": torch.full_like(x, 0.5),
+    "blurred image (sigma 8 px)": scoring.gaussian_blur(x.transpose(0, 1), 8.0).transpose(0, 1),
+    "nearest normal training image": nearest_normal(x),
+    "the defective image itself": x,
+}
+with torch.no_grad():
+    base_rows = [{"baseline": k, "image score": float(image_score(v)), "score / threshold": float(image_score(v)) / result.threshold,
+                  "mean |x - x'|": float((x - v).abs().mean())} for k, v in candidates.items()]
+display(Markdown(viz.markdown_table(base_rows)))
+"""),
+    md(r"""
+A black image is itself an anomaly to this model — typically as anomalous as a real defect; explaining
+"defect vs black" would spread credit over every pixel. A flat grey image scores low (a student imitates a
+featureless image easily) but differs from x *everywhere*, so IG has to distribute the score over the whole
+object. The **nearest normal training image** both scores as normal and differs from x mostly where x is
+unusual — the defect, plus whatever misalignment there is between the two pictures. We use it for both
+methods.
+
+## 4. Integrated Gradients and Occlusion on real defects
+
+Per category, the defective test images with the highest scores — the images an operator would ask about.
+For each: IG with `IG_STEPS` points on the path (captum's `IntegratedGradients`, which also returns the
+*convergence delta*: `Σ attributions − (score(x) − score(x'))`), and Occlusion with 16 × 16 patches every
+8 pixels (captum's `Occlusion`, the baseline's pixels pasted in). Attributions come per pixel and colour
+channel; we sum the channels.
+"""),
+    code(r"""
+chosen = []
+for c in CATEGORIES:
+    ids = np.flatnonzero((out["categories"] == c) & (out["labels"] == 1))
+    chosen += ids[np.argsort(-out["scores"][ids])][:PER_CATEGORY].tolist()
+
+ig = IntegratedGradients(image_score)
+occlusion = Occlusion(image_score)
+patch = max(8, SIZE // 8)
+explained = []
+for i in chosen:
+    x = test[i]["image"][None].to(device)
+    ref = nearest_normal(x)
+    attr_ig, delta = ig.attribute(x, baselines=ref, n_steps=IG_STEPS, internal_batch_size=32,
+                                  return_convergence_delta=True)
+    attr_occ = occlusion.attribute(x, sliding_window_shapes=(3, patch, patch), strides=(3, patch // 2, patch // 2),
+                                   baselines=ref, perturbations_per_eval=16)
+    with torch.no_grad():
+        s_x, s_ref = float(image_score(x)), float(image_score(ref))
+    explained.append({"index": i, "category": test.records[i].category, "defect": test.records[i].defect,
+                      "score": s_x, "baseline score": s_ref, "sum IG": float(attr_ig.sum()), "delta": float(delta),
+                      "ig": attr_ig[0].sum(0).detach().cpu().numpy(), "occ": attr_occ[0].sum(0).detach().cpu().numpy(),
+                      "ref": viz.as_uint8(ref[0])})
+display(Markdown("**completeness**: Σ IG vs score(x) − score(x')\n\n" + viz.markdown_table(
+    [{"category": e["category"], "defect": e["defect"], "score(x)": e["score"], "score(x')": e["baseline score"],
+      "score(x) − score(x')": e["score"] - e["baseline score"], "Σ IG": e["sum IG"],
+      "relative gap": abs(e["sum IG"] - (e["score"] - e["baseline score"])) / abs(e["score"] - e["baseline score"])}
+     for e in explained], digits=4)))
+"""),
+    md(r"""
+The sums match up to a few percent. The gap is the error of approximating the path integral with
+`IG_STEPS` points, and the max makes it larger than for a smooth function: wherever the peak of the map
+jumps from one position to another along the path, the gradient jumps too. More steps shrink it (try
+`IG_STEPS = 16`).
+
+Now look. Per defect, from left to right: the image with its defect mask (green), the anomaly map (one scale
+for all rows), IG's positive attributions and Occlusion's positive attributions (each on its own scale — IG
+is in score units per pixel, Occlusion per patch), and the baseline image.
+"""),
+    code(r"""
+green = (40, 220, 40)
+vmax_map = float(max(out["maps"][e["index"]].max() for e in explained))
+tiles, titles = [], []
+for e in explained:
+    img = viz.as_uint8(test[e["index"]]["image"])
+    mask = out["masks"][e["index"]]
+    pos_ig, pos_occ = np.clip(e["ig"], 0, None), np.clip(e["occ"], 0, None)
+    tiles += [viz.mask_overlay(img, mask, color=green, alpha=0.0),
+              viz.mask_overlay(viz.overlay(img, out["maps"][e["index"]], vmin=0, vmax=vmax_map), mask, color=green, alpha=0.0),
+              viz.mask_overlay(viz.overlay(img, pos_ig, vmin=0, vmax=float(np.quantile(pos_ig, 0.995)) or 1.0), mask,
+                               color=green, alpha=0.0),
+              viz.mask_overlay(viz.overlay(img, pos_occ, vmin=0, vmax=float(pos_occ.max()) or 1.0), mask,
+                               color=green, alpha=0.0),
+              e["ref"]]
+    titles += [f"{e['category']}: {e['defect']}", f"anomaly map (score {e['score']:.3g})", "Integrated Gradients (+)",
+               "Occlusion (+)", f"baseline (score {e['baseline score']:.3g})"]
+viz.image_grid(tiles, titles, cols=5, title="image | anomaly map | IG | Occlusion | baseline (green: defect mask)").show()
+"""),
+    md(r"""
+## 5. How much of the explanation lies on the defect?
+
+For each defect and each explanation: the share of its (positive) mass inside the mask, next to the share of
+the image the mask covers. An explanation spread at random would put as much mass inside as the area share —
+a ratio of 1. Above 1, the explanation concentrates on the defect.
+"""),
+    code(r"""
+def share_inside(values, mask):
+    v = np.clip(values, 0, None)
+    return float(v[mask].sum() / v.sum()) if v.sum() > 0 else float("nan")
+
+
+share_rows = []
+for e in explained:
+    mask = out["masks"][e["index"]] > 0
+    area = float(mask.mean())
+    row = {"category": e["category"], "defect": e["defect"], "area share": area,
+           "map": share_inside(out["maps"][e["index"]], mask), "IG (+)": share_inside(e["ig"], mask),
+           "Occlusion (+)": share_inside(e["occ"], mask)}
+    for k in ("map", "IG (+)", "Occlusion (+)"):
+        row[f"{k} / area"] = row[k] / area
+    share_rows.append(row)
+display(Markdown(viz.markdown_table(share_rows, digits=3)))
+for k in ("map", "IG (+)", "Occlusion (+)"):
+    ratios = [r[f"{k} / area"] for r in share_rows]
+    print(f"{k:14s} median concentration on the defect: {np.median(ratios):5.1f}x its area share "
+          f"(above 1 on {sum(r > 1 for r in ratios)} of {len(ratios)} defects)")
+"""),
+    md(r"""
+Read the table with the pictures next to it:
+
+* The **anomaly map** is smooth by construction (a Gaussian blur of coarse feature maps), so its mass leaks
+  around the defect; on a small defect, its share inside the mask is small even when its peak sits right on it.
+* **IG** is sharp and speckled: it credits the individual pixels whose change from the baseline raised the
+  score — the defect's pixels, but also edges where the baseline is misaligned with the image, and, when no
+  training image looks much like the test image (check the baseline column), everything that differs.
+* **Occlusion** is as coarse as its patch, but it measures something concrete: "put normal pixels here, how
+  much does the score drop?" For a max score only the patches at the peak matter; a second, weaker defect
+  elsewhere in the image gets no credit at all — the score never depended on it.
+
+That last point holds for every explanation of a **max** image score: it explains the score, not the map.
+If you want every defect region explained, explain the map (e.g. the sum of the map above the threshold)
+instead of the image score.
+
+## Check yourself
+
+**Exercise.** (1) Swap the baseline for the black image in section 4 and predict, before running, what
+happens to Σ IG and to the pictures. (2) Change the image score to `avgpool_max` (`model.cfg.scoring.image_score
+= "avgpool_max"`): is it still differentiable almost everywhere, and do the explanations spread out?
+(3) Why does Occlusion give a second, far-away defect no credit under a max score?
+
+The cell checks the lesson's claims on this run's numbers:
+
+1. **Gradients reach the pixels** through the teacher: the full gradient differs from the student-only one.
+2. **Completeness**: for every explained defect, Σ IG equals score(x) − score(x') within 10 %.
+3. **Concentration**: the anomaly map, IG and Occlusion each put more of their mass inside the defect than
+   the defect's area share, on most of the explained defects.
+"""),
+    code(r"""
+print(f"1. cosine(full gradient, student-only gradient) = {cos:.3f}")
+assert g_full.abs().sum() > 0 and cos < 0.99, "the teacher branch added nothing to the input gradient"
+
+gaps = [abs(e["sum IG"] - (e["score"] - e["baseline score"])) / abs(e["score"] - e["baseline score"]) for e in explained]
+print(f"2. IG completeness: largest relative gap {max(gaps):.3f} over {len(gaps)} defects")
+assert max(gaps) <= 0.10, "IG attributions do not add up to the score difference"
+
+for k in ("map", "IG (+)", "Occlusion (+)"):
+    above = sum(r[f"{k} / area"] > 1 for r in share_rows)
+    print(f"3. {k}: more mass inside the defect than its area share on {above} of {len(share_rows)} defects")
+    assert above > len(share_rows) / 2, f"{k} does not concentrate on the defects"
+"""),
+]
