@@ -146,6 +146,13 @@ def test_load_time_overrides_change_scoring_not_weights(trained_run, lite0_teach
     assert isinstance(changed.cfg.scoring, ScoringConfig)
 
 
+def test_scoring_accepts_a_device_string(trained_run, train_set):
+    run, model = trained_run
+    a = score_dataset(model, train_set, device="cpu", keep_maps=False)["scores"]
+    b = score_dataset(model, train_set, device=torch.device("cpu"), keep_maps=False)["scores"]
+    np.testing.assert_array_equal(a, b)
+
+
 def test_checkpoint_roundtrip(trained_run, lite0_teacher, tiny_data):
     run, model = trained_run
     loaded = load_checkpoint(run, teacher=lite0_teacher)

@@ -154,7 +154,9 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
 def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=64) -> dict:
     """Engine scoring (no cache: teacher + method + scoring path) vs teacher-only forward on the same images,
     and vs the same model called in a bare loop (``method_bare``: no data loader, no numpy conversion), which
-    separates what the engine costs from what the method itself costs on top of its teacher."""
+    separates what the engine costs from what the method itself costs on top of its teacher. A method that does
+    not train by gradient (``memory_bank``) is first built, untimed, from all training images of ``data``, so
+    its bank has its real size (recorded under ``setup.built_from``)."""
     from .data import collate
     from .engine import autocast_for, score_dataset
     from .methods import build_model
@@ -165,6 +167,13 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
     ds, root = _bench_data(data, image_size, n_images)
     [ds[i] for i in range(len(ds))]  # decode once: every loop reads images from memory
     model = build_model(method, teacher, image_size=image_size).eval()
+    built = {}
+    if not model.trains_by_gradient:  # e.g. memory_bank: an empty bank would time nothing -- build the real one
+        from .data import MVTecDataset
+        from .engine import TrainConfig, fit
+        res = fit(model, MVTecDataset(root, "train", image_size=image_size), TrainConfig(progress=False))
+        built = {"built_from": res.history[0]}
+        model.eval()
     model.to(memory_format=torch.channels_last)
     batches = [collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))]) for i in range(0, len(ds), batch_size)]
     cpu = torch.device("cpu")
@@ -189,7 +198,7 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
                        "method_bare_vs_teacher_only": speeds["method_bare"] / speeds["teacher_only"],
                        "engine_vs_method_bare": speeds["engine_predict"] / speeds["method_bare"]},
             "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
-                      "batch_size": batch_size, "repeats": repeats}}
+                      "batch_size": batch_size, "repeats": repeats, **built}}
 
 
 def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epochs=None, preset="cpu",

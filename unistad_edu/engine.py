@@ -28,7 +28,8 @@ import torch
 
 from . import distributed
 from .cache import FeatureCache
-from .checkpoint import STATE_FILE, atomic_write_text, load_train_state, save_checkpoint, save_train_state
+from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, read_tensors,
+                         save_checkpoint, save_train_state)
 from .data import MVTecDataset, collate, holdout_split, load_image
 from .methods.base import Batch, Method
 
@@ -187,6 +188,11 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
 
     ``out``: run folder for checkpoints and ``train_log.jsonl`` (None: keep in memory only).
     ``resume``: continue from ``out/train_state.safetensors`` if present.
+
+    A method with ``trains_by_gradient = False`` (a memory bank) gets no optimiser and no epochs: its
+    :meth:`~Method.build` is called once with every training batch (see :func:`_build_without_gradients`);
+    the log then holds one line, ``epoch`` 1. It writes no resume state -- there is no mid-way point to
+    resume from -- so ``resume=True`` reuses a finished run's ``model.safetensors`` and rebuilds otherwise.
     """
     cfg = cfg or TrainConfig()
     if cfg.num_threads:
@@ -194,7 +200,10 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     t_start = time.perf_counter()
     ddp = distributed.setup(resolve_device(cfg.device))  # one process: rank 0 of 1, and nothing else changes
     device, progress = ddp.device, cfg.progress and ddp.master
+    gradient = model.trains_by_gradient
     epochs = cfg.epochs if cfg.epochs is not None else model.cfg.epochs
+    if not gradient:
+        epochs = 1  # one pass: build()
     batch_size = cfg.batch_size or model.cfg.batch_size
     run = Path(out) if out is not None else None
     train_set, held = holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
@@ -202,7 +211,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         raise ValueError("no training images left after the held-out split")
     if len(train_set) < ddp.world_size:
         raise ValueError(f"{len(train_set)} training images cannot be shared by {ddp.world_size} processes")
-    if cfg.min_steps:  # e.g. per-class models trained as many steps as one unified model
+    if cfg.min_steps and gradient:  # e.g. per-class models trained as many steps as one unified model
         steps_per_epoch = max(1, len(train_set) // (batch_size * ddp.world_size))
         epochs = max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
@@ -218,17 +227,23 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         elif ddp.master:
             print(f"training set would take {need_mb:.0f} MiB in memory (preload_max_mb={cfg.preload_max_mb:.0f}): "
                   f"streaming batches from the cache instead", flush=True)
-    optimizer = make_optimizer(model)
+    optimizer = make_optimizer(model) if gradient else None
     result = FitResult(run_dir=run)
 
     start_epoch = 0
     log_path = run / "train_log.jsonl" if run else None
     if run is not None:
-        resuming = resume and (run / STATE_FILE).is_file()
+        if gradient:
+            resuming = resume and (run / STATE_FILE).is_file()
+        else:  # no mid-way state: only a finished build is reused (its checkpoint is the whole state)
+            resuming = resume and _complete(run)
         kept = []
         if resuming:
-            info = load_train_state(run, model, optimizer)
-            start_epoch = int(info["epoch"])
+            if gradient:
+                start_epoch = int(load_train_state(run, model, optimizer)["epoch"])
+            else:
+                model.load_from_checkpoint(read_tensors(run / MODEL_FILE))
+                start_epoch = epochs
             if log_path.is_file():  # keep the log of the epochs the state holds, drop any later lines
                 lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
                 kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= start_epoch]
@@ -242,7 +257,8 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
                 log_path.unlink()
             for tmp in run.glob(".*.tmp"):  # a write a killed process never finished: never read, remove it
                 tmp.unlink(missing_ok=True)
-    ddp.broadcast_state(model)  # all ranks start from rank 0's weights (fresh or resumed)
+    if gradient:  # (a method without gradients has nothing to share yet: each rank builds, see below)
+        ddp.broadcast_state(model)  # all ranks start from rank 0's weights (fresh or resumed)
     if start_epoch >= epochs and run is not None and (run / "config.json").is_file():
         cfg_json = json.loads((run / "config.json").read_text())
         if cfg_json.get("complete"):
@@ -255,7 +271,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     meta = {"epochs": epochs, "seed": cfg.seed, "train_config": asdict(cfg)}
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     epoch = start_epoch
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, epochs if gradient else 0):
         torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
         lr = lr_at(model.cfg, epoch, epochs)
         for group in optimizer.param_groups:
@@ -305,6 +321,9 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
             break
     else:
         epoch = epochs
+    if not gradient:
+        _build_without_gradients(model, train_set, store, cache, device, batch_size, cfg, ddp, result, run,
+                                 log_path, progress)
     result.epochs_done = epoch
 
     # every rank calibrates (same weights, same images, so the same threshold); rank 0 writes it
@@ -326,13 +345,51 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     return result
 
 
+def _complete(run: Path) -> bool:
+    """Does ``run`` hold a finished checkpoint (config.json says complete)?"""
+    try:
+        return bool(json.loads((run / CONFIG_FILE).read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def _build_without_gradients(model: Method, train_set, store, cache, device, batch_size: int, cfg: TrainConfig,
+                             ddp, result: FitResult, run: Path | None, log_path, progress: bool) -> None:
+    """``fit`` for a method with ``trains_by_gradient = False``: one ``model.build(batches)`` call over every
+    training image, in eval mode, without gradients, in the order of epoch 0 (the in-memory store and the
+    streamed DataLoader give the same order, so both build the same state).
+
+    Under DDP every rank builds from the **whole** training set (no sharding, no communication while
+    building): the state comes out the same on each rank, and rank 0's copy is then broadcast so that all
+    ranks hold it bit for bit. That repeats the build on every rank -- simple, and a memory bank's build is
+    one pass over cached features plus the coreset search."""
+    t0 = time.perf_counter()
+    seed = cfg.seed * 100_003  # epoch 0's order
+    if store is not None:
+        batches = store.batches(batch_size, seed, drop_last=False, device=device)
+    else:
+        batches = (method_batch(b, cache, device) for b in _loader(train_set, batch_size, shuffle=True, seed=seed))
+    model.eval()
+    with torch.no_grad(), autocast_for(device, cfg.fast_cpu):
+        info = model.build(_progress(batches, "building", progress, total=math.ceil(len(train_set) / batch_size)))
+    ddp.broadcast_state(model)  # the same shapes on every rank: each built from the same images
+    record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(train_set), **(info or {})}
+    result.history.append(record)
+    if ddp.master and (cfg.progress or run is not None):
+        print(f"built from {len(train_set)} images ({record['seconds']:.1f} s): "
+              + ", ".join(f"{k} {v}" for k, v in (info or {}).items()), flush=True)
+    if run is not None and ddp.master:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 # ---- scoring many images ------------------------------------------------------------------------------
 @torch.no_grad()
 def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, device=None, batch_size: int = 16,
                   keep_maps: bool = True, progress: bool = False, fast_cpu: bool = True, desc: str = "scoring"):
     """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
     categories, paths, and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
-    device = device or next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device  # "cpu" works too
     model.eval()
     out = {"scores": [], "labels": [], "categories": [], "paths": [], "maps": [], "masks": []}
     for batch in _progress(_loader(dataset, batch_size, shuffle=False), desc, progress):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .base import Batch, Method, MethodConfig
 from .dual_student import DualStudent
 from .enhanced_stpm import EnhancedSTPM
+from .memory_bank import MemoryBank
 from .rd import RD
 from .snl import SNL
 from .stpm import STPM
@@ -11,7 +12,7 @@ from .uniad import UniAD
 from .unistad import UniSTAD
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (STPM, UniAD, RD, SNL, EnhancedSTPM,
-                                                              UniSTAD, DualStudent)}
+                                                              UniSTAD, DualStudent, MemoryBank)}
 
 
 def method_class(name: str) -> type[Method]:

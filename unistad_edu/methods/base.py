@@ -79,6 +79,9 @@ class Method(nn.Module):
     # False: loss() reads only batch.features, never batch.image -- the engine then trains from cached
     # features without keeping images (batch.image is None during training)
     needs_images: ClassVar[bool] = True
+    # False: nothing is learned by gradient (e.g. a nearest-neighbour memory bank). engine.fit then makes no
+    # optimiser and runs no epochs; it calls build() once with every training batch, then calibrates as usual
+    trains_by_gradient: ClassVar[bool] = True
 
     def __init__(self, teacher, cfg: MethodConfig):
         super().__init__()
@@ -113,6 +116,13 @@ class Method(nn.Module):
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def build(self, batches) -> dict | None:
+        """Only for ``trains_by_gradient = False``: called by the engine once, in eval mode and without
+        gradients, with an iterable of :class:`Batch` over **all** training images (one pass, the order of
+        epoch 0). The method fits its state from them (e.g. fills a memory bank); it may return numbers for
+        the training log. Gradient-trained methods never get this call."""
+        raise NotImplementedError(f"{type(self).__name__} trains by gradient; build() is for methods that do not")
 
     def calibrate(self, batches) -> None:
         """Called by the engine once after training, in eval mode and without gradients, with the held-out

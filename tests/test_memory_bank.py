@@ -1,0 +1,183 @@
+"""The nearest-neighbour memory bank (PatchCore-style): coreset, distances, and the engine's no-gradient path."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unistad_edu.checkpoint import STATE_FILE, load_checkpoint
+from unistad_edu.data import MVTecDataset
+from unistad_edu.engine import TrainConfig, evaluate, fit, score_dataset
+from unistad_edu.methods import build_model, make_config
+from unistad_edu.methods.base import Batch
+from unistad_edu.methods.memory_bank import greedy_coreset, nearest_distance
+
+SIZE = 64
+QUIET = dict(progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from unistad_edu.synthetic import make_synthetic
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=SIZE, n_train=10, n_test_good=3,
+                          n_test_defect=1)
+
+
+@pytest.fixture(scope="module")
+def train_set(tiny_data):
+    return MVTecDataset(tiny_data, "train", image_size=SIZE)
+
+
+def _bank(teacher, **kw):
+    return build_model("memory_bank", teacher, image_size=SIZE, **kw)
+
+
+def _brute_force_k_center(x: torch.Tensor, n: int, start: int) -> list[int]:
+    """k-center greedy written the slow, obvious way: every step recomputes all distances to the chosen set."""
+    chosen = [start]
+    while len(chosen) < n:
+        d = torch.cdist(x.double(), x[chosen].double()).min(dim=1).values  # (N,) distance to the nearest chosen
+        chosen.append(int(d.argmax()))
+    return chosen
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_coreset_picks_the_farthest_points_like_brute_force(seed):
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(seed))
+    got = greedy_coreset(x, 40, projection_dim=None, seed=seed).tolist()
+    assert len(set(got)) == 40
+    assert got == _brute_force_k_center(x, 40, start=got[0])
+
+
+def test_coreset_on_a_line_goes_to_the_ends_first():
+    x = torch.arange(11, dtype=torch.float32)[:, None]  # points 0..10 on a line
+    got = greedy_coreset(x, 3, seed=0).tolist()
+    start = got[0]
+    assert got[1] == (0 if start > 5 else 10)  # the farthest point from the start
+    assert greedy_coreset(x, 11).tolist() == list(range(11)) and greedy_coreset(x, 50).tolist() == list(range(11))
+
+
+def test_coreset_with_projection_still_covers_the_set():
+    """Clustered points, some clusters tiny (like rare normal patterns): the greedy coreset, projected or not,
+    keeps a point near every one; a random subset of the same size misses the tiny ones."""
+    g = torch.Generator().manual_seed(0)
+    centres = 10 * torch.randn(30, 64, generator=g)
+    sizes = [200] * 10 + [3] * 20
+    x = torch.cat([c + 0.3 * torch.randn(n, 64, generator=g) for c, n in zip(centres, sizes)])  # (2060, 64)
+    radius = {}
+    for p in (None, 16):
+        idx = greedy_coreset(x, 60, projection_dim=p, seed=0)
+        assert len(set(idx.tolist())) == 60
+        radius[p] = torch.cdist(x, x[idx]).min(dim=1).values.max().item()
+    rand = torch.randperm(len(x), generator=g)[:60]
+    radius["random"] = torch.cdist(x, x[rand]).min(dim=1).values.max().item()
+    assert max(radius[None], radius[16]) < 0.5 * radius["random"], radius
+
+
+def test_chunked_nearest_distance_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(37, 5, generator=g), torch.randn(23, 5, generator=g)
+    want = (q[:, None] - bank[None]).pow(2).sum(-1).sqrt().min(dim=1).values
+    for chunk in (1, 7, 23, 100, 2**22):
+        torch.testing.assert_close(nearest_distance(q, bank, chunk), want, atol=1e-5, rtol=1e-5)
+
+
+def test_map_is_the_nearest_neighbour_distance(lite0_teacher):
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.rand(2, 3, SIZE, SIZE, generator=g), torch.rand(2, 3, SIZE, SIZE, generator=g)
+    model = _bank(lite0_teacher, coreset_ratio=1.0).eval()
+    info = model.build([Batch(train)])
+    assert info["patches"] == info["bank_size"] == 2 * (SIZE // 8) ** 2
+    emb_train, emb_test = model.embed(Batch(train)), model.embed(Batch(test))  # (2, 152, 8, 8)
+    assert emb_test.shape == (2, 40 + 112, SIZE // 8, SIZE // 8)
+    bank = emb_train.permute(0, 2, 3, 1).reshape(-1, 152).double()
+    patches = emb_test.permute(0, 2, 3, 1).reshape(-1, 152).double()
+    want = (patches[:, None] - bank[None]).pow(2).sum(-1).sqrt().min(dim=1).values.view(2, 1, SIZE // 8, SIZE // 8)
+    maps = model.anomaly_maps(Batch(test))
+    assert set(maps) == {"nn"}
+    torch.testing.assert_close(maps["nn"].double(), want, atol=2e-3, rtol=1e-4)
+
+
+def test_a_training_image_is_at_distance_zero(lite0_teacher):
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(3, 3, SIZE, SIZE, generator=g)
+    model = _bank(lite0_teacher, coreset_ratio=1.0).eval()
+    model.build([Batch(images[:2])])
+    seen = model.score(Batch(images[:2])).pred_score
+    unseen = model.score(Batch(images[2:])).pred_score
+    assert seen.max() < 0.02 * unseen.min(), (seen, unseen)  # ~0 up to cdist's float rounding
+
+
+def test_engine_builds_without_gradients_checkpoints_and_resumes(train_set, tiny_data, lite0_teacher, tmp_path):
+    model = _bank(lite0_teacher, coreset_ratio=0.2)
+    assert not model.trainable_parameters()
+    res = fit(model, train_set, TrainConfig(**QUIET), out=tmp_path)
+    n_train = json.loads((tmp_path / "config.json").read_text())["train_images"]  # after the held-out split
+    assert 0 < n_train < len(train_set) and res.history[0]["images"] == n_train
+    assert res.epochs_done == 1 and res.threshold is not None and not res.stopped_early
+    assert model.bank.shape == (int(np.ceil(0.2 * n_train * (SIZE // 8) ** 2)), 152)
+    assert not (tmp_path / STATE_FILE).exists()  # nothing to resume mid-way
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["complete"] is True and cfg["epochs_done"] == 1 and cfg["method"] == "memory_bank"
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["bank_size"] == model.bank.shape[0]
+
+    loaded = load_checkpoint(tmp_path, teacher=lite0_teacher)  # a fresh model's bank is empty: resized on load
+    assert torch.equal(loaded.bank, model.bank) and loaded.threshold == res.threshold
+    test = MVTecDataset(tiny_data, "test", image_size=SIZE)
+    a = score_dataset(model.eval(), test, keep_maps=False)["scores"]
+    b = score_dataset(loaded, test, keep_maps=False)["scores"]
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    table = evaluate(loaded, test, progress=False)
+    assert all(0 <= v <= 1 for v in table["mean"].values() if v is not None)
+
+    again = _bank(lite0_teacher, coreset_ratio=0.2)
+    res2 = fit(again, train_set, TrainConfig(**QUIET), out=tmp_path, resume=True)
+    assert res2.already_complete and res2.epochs_done == 1 and res2.threshold == res.threshold
+    assert torch.equal(again.bank, model.bank)  # the returned model is the finished one
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 1
+
+
+def test_in_memory_store_builds_the_same_bank_as_streaming(train_set, lite0_teacher):
+    banks = []
+    for preload in (True, False):
+        model = _bank(lite0_teacher, coreset_ratio=0.1)
+        fit(model, train_set, TrainConfig(preload=preload, holdout_fraction=0.0, **QUIET))
+        banks.append(model.bank)
+    assert torch.equal(*banks)
+
+
+def test_cli_train_then_resume_says_complete(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unistad_edu", "train", "--method", "memory_bank", "--data", str(tiny_data),
+           "--image-size", str(SIZE), "--out", str(run), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (run / "model.safetensors").is_file()
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "already complete" in r.stdout, r.stdout + r.stderr
+
+
+def test_paper_preset_reduces_wide_resnet_features_to_1024():
+    from unistad_edu.teacher import load_teacher
+    cfg = make_config("memory_bank", "paper")
+    assert cfg.teacher == "wide_resnet50_2" and cfg.coreset_ratio == 0.01 and cfg.embed_dim == 1024
+    teacher = load_teacher(cfg.teacher, weights=None, layers=cfg.teacher_layers)  # layer2 + layer3: 512 + 1024
+    model = build_model("memory_bank", teacher, cfg=make_config("memory_bank", "paper", image_size=SIZE)).eval()
+    assert model.dim == 1024
+    assert model.embed(Batch(torch.rand(1, 3, SIZE, SIZE))).shape == (1, 1024, SIZE // 8, SIZE // 8)
+
+
+def test_an_empty_bank_warns():
+    from unistad_edu.teacher import load_teacher
+    model = build_model("memory_bank", load_teacher(), image_size=SIZE).eval()
+    with pytest.warns(RuntimeWarning, match="bank is empty"):
+        maps = model.anomaly_maps(Batch(torch.rand(1, 3, SIZE, SIZE)))
+    assert maps["nn"].shape == (1, 1, SIZE // 8, SIZE // 8) and maps["nn"].abs().sum() == 0
+    with pytest.raises(NotImplementedError):
+        build_model("stpm", model.teacher, image_size=SIZE).build([])
