@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
 
     b = sub.add_parser("bench", help="speed benchmarks (ratios against a baseline measured in the same run)")
-    b.add_argument("what", choices=["teacher", "train", "infer", "accuracy"])
+    b.add_argument("what", choices=["teacher", "train", "infer", "accuracy", "leaderboard"])
     b.add_argument("--method", default="stpm")
     b.add_argument("--json", default=None)
     b.add_argument("--data", default=None)
@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy: per-class models get as many optimiser steps as the unified one, or as many epochs")
     b.add_argument("--reuse", action="store_true", help="accuracy: reuse runs that already have metrics.json")
     b.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
+    b.add_argument("--entry", action="append", nargs="+", default=[], metavar="LABEL RUN [METRICS_JSON]",
+                   help="leaderboard: a trained run (repeat per method); its eval JSON, else RUN/metrics.json "
+                        "(evaluated when missing)")
+    b.add_argument("--n-images", type=int, default=None, help="infer/leaderboard: test images timed")
+
+    from .figures import add_arguments as add_figure_arguments
+    add_figure_arguments(sub.add_parser("figures", help="render the README figures (interference, heatmap grid, "
+                                                        "leaderboard) into docs/ from benchmark results"))
 
     from .demo_support import add_demo_arguments
     add_demo_arguments(sub.add_parser("demo", help="Gradio demo over a run (default: a small model trained once "
@@ -236,6 +244,11 @@ def cmd_demo(args) -> int:
     return run(args)
 
 
+def cmd_figures(args) -> int:
+    from .figures import main
+    return main(args)
+
+
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
@@ -243,7 +256,7 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     handlers = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench,
-                "demo": cmd_demo}
+                "demo": cmd_demo, "figures": cmd_figures}
     try:
         return handlers[args.command](args)
     except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError) as err:

@@ -286,6 +286,9 @@ def accuracy_markdown(result: dict, columns=("I-AUROC", "P-AUROC", "AUPRO", "mAD
 
 
 def to_markdown(what: str, result: dict, command: str) -> str:
+    if what == "leaderboard":
+        from .leaderboard import markdown
+        return f"### bench leaderboard — {result['date']}\n\n- machine: {result['machine']}\n" + markdown(result, command)
     if what == "accuracy":
         return (f"### bench accuracy: {result['method']} — {result['date']}\n\n- machine: {result['machine']}\n"
                 f"- command: `{command}`\n- data: {result['data']}\n- protocol: {result.get('protocol')}\n\n"
@@ -309,14 +312,22 @@ def main(args) -> int:
                                 equal_steps=args.protocol == "equal-steps", reuse=args.reuse)
     elif args.what == "train":
         result = bench_train(args.method, args.data, compare=args.compare, **kw)
+    elif args.what == "leaderboard":
+        from . import leaderboard
+        if not args.entry:
+            raise SystemExit("bench leaderboard needs at least one --entry LABEL RUN [METRICS_JSON]")
+        entries = [leaderboard.parse_entry(e) for e in args.entry]
+        result = leaderboard.collect(entries, args.data, batch_size=args.batch_size, repeats=args.repeats,
+                                     **({"n_images": args.n_images} if args.n_images else {}))
     else:
-        result = bench_infer(args.method, args.data, **kw)
+        result = bench_infer(args.method, args.data, **kw, **({"n_images": args.n_images} if args.n_images else {}))
     result = {"bench": args.what, "date": date.today().isoformat(), "machine": machine(), **result}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
+        from .checkpoint import atomic_write_text
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
+        atomic_write_text(Path(args.json), text)
     if args.markdown:
         command = "python -m unistad_edu " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else f"bench {args.what}"
         with open(args.markdown, "a") as f:

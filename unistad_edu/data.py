@@ -263,6 +263,19 @@ class MVTecDataset(torch.utils.data.Dataset):
         return MVTecDataset(self.root, self.split, image_size=self.image_size, keep_in_memory=self.keep_in_memory,
                             records=[self.records[i] for i in indices])
 
+    def evenly(self, n: int | None) -> "MVTecDataset":
+        """At most ``n`` images per category, evenly spread over each category's (sorted) files, so a capped
+        set still covers every defect type; ``n=None`` keeps everything."""
+        if n is None:
+            return self
+        if n < 1:
+            raise ValueError(f"evenly needs n >= 1 images per category, not {n}")
+        keep: list[int] = []
+        for cat in self.categories:
+            ids = [i for i, r in enumerate(self.records) if r.category == cat]
+            keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
+        return self.subset(keep)
+
     def by_category(self) -> dict[str, "MVTecDataset"]:
         return {c: self.subset([i for i, r in enumerate(self.records) if r.category == c]) for c in self.categories}
 

@@ -23,21 +23,18 @@ import os
 
 import numpy as np
 import plotly.express as px
-import torch
 from IPython.display import Markdown, display
 
 from unistad_edu import viz
-from unistad_edu.data import MVTecDataset, discover_categories, find_data, load_mask
+from unistad_edu.course import setup
+from unistad_edu.data import MVTecDataset, discover_categories, load_mask
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
+lesson = setup(None)   # every category; quick/full switch (UNISTAD_QUICK), data (no model in this lesson)
+QUICK, root = lesson.quick, lesson.root
 SIZE = 128 if QUICK else 256          # side of the square images the models see
 N_SHOW = 4 if QUICK else 6            # images per category in the grids
 N_BROWSE = 12 if QUICK else None      # defective images per category in the explorer (None: all)
-print(f"This lesson uses {where}, resized to {SIZE}x{SIZE} px "
-      f"({'quick' if QUICK else 'full'} mode; device {device}, not needed here).")
+print(lesson.describe(image_size=SIZE))
 """),
     md(r"""
 ## 1. Categories

@@ -22,18 +22,15 @@ import torch
 from IPython.display import Markdown, display
 
 from unistad_edu import load_teacher, viz
-from unistad_edu.data import MVTecDataset, collate, find_data
+from unistad_edu.course import setup
+from unistad_edu.data import MVTecDataset, collate
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
+lesson = setup(None)   # every category; quick/full switch (UNISTAD_QUICK), device, data
+QUICK, device, root = lesson.quick, lesson.device, lesson.root
 SIZE = 128 if QUICK else 256      # input side in pixels
 N_TRAIN = 20 if QUICK else None   # normal training images per category (None: all)
 N_TEST = 10 if QUICK else None    # normal and defective test images per category (None: all)
-if QUICK and device == "cpu":
-    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
-print(f"This lesson uses {where} at {SIZE}x{SIZE} px ({'quick' if QUICK else 'full'} mode, device {device}).")
+print(lesson.describe(image_size=SIZE))
 """),
     md(r"""
 ## 1. Load the teacher

@@ -25,29 +25,21 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, viz
-from unistad_edu.data import discover_categories
-from unistad_edu.methods import make_config
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.methods.base import Batch
 from unistad_edu.metrics import format_table
 from unistad_edu.scoring import score
-from unistad_edu.teacher import TeacherWeightsError
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
-found = sorted(discover_categories(root))
-CATEGORY = "bottle" if "bottle" in found else found[0]
-PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+lesson = setup(["bottle"], min_categories=1, fallback=1)   # one category; quick/full switch, device, data
+QUICK, device, root = lesson.quick, lesson.device, lesson.root
+CATEGORY = lesson.categories[0] if QUICK else ("bottle" if "bottle" in lesson.found else lesson.found[0])
+lesson.categories = [CATEGORY]
 # quick: 128 px, at most 96 training images, batches of 8, about 80 optimiser steps; full: the preset's recipe
 OVERRIDES = dict(image_size=128, epochs=4, batch_size=8) if QUICK else dict(image_size=256)
 N_TRAIN = 96 if QUICK else None
 QUICK_STEPS = 80
-if QUICK and device == "cpu":
-    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
-print(f"This lesson uses {where}: category {CATEGORY!r}, preset {PRESET!r} with {OVERRIDES} "
-      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+print(lesson.describe(overrides=OVERRIDES))
 """),
     md(r"""
 ## 1. Data, teacher and an untrained student
@@ -57,18 +49,11 @@ ResNet-18 and SGD recipe) plus our overrides. Only the training images of one ca
 set has normal and defective images of that category.
 """),
     code(r"""
-cfg = make_config("stpm", PRESET, **OVERRIDES)
-try:
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
-except TeacherWeightsError as err:   # the paper preset's ResNet-18 weights come from timm's hub (needs internet)
-    print(f"{err}\n-> using the cpu preset instead")
-    cfg = make_config("stpm", "cpu", **OVERRIDES)
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
+cfg, teacher = method_and_teacher(lesson, "stpm", **OVERRIDES)  # cpu preset if offline
+PRESET = lesson.preset
 SIZE = cfg.image_size
 
-train = MVTecDataset(root, "train", categories=[CATEGORY], image_size=SIZE)
-if N_TRAIN is not None and N_TRAIN < len(train):
-    train = train.subset(np.linspace(0, len(train) - 1, N_TRAIN).astype(int).tolist())
+train = MVTecDataset(root, "train", categories=[CATEGORY], image_size=SIZE).evenly(N_TRAIN)
 test = MVTecDataset(root, "test", categories=[CATEGORY], image_size=SIZE)
 EPOCHS = cfg.epochs
 if QUICK:  # enough epochs for ~QUICK_STEPS batches (fit holds 10 % of the images out and drops the last partial batch)

@@ -25,38 +25,24 @@ import os
 
 import ipywidgets as W
 import numpy as np
-import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
 from unistad_edu.cache import FeatureCache
-from unistad_edu.data import discover_categories, holdout_split
-from unistad_edu.methods import make_config
+from unistad_edu.course import method_and_teacher, setup
+from unistad_edu.data import holdout_split
 from unistad_edu.metrics import auroc, format_table, metrics_table
 from unistad_edu.synthetic import MANIFEST_NAME
-from unistad_edu.teacher import TeacherWeightsError
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
-found = sorted(discover_categories(root))
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: two small categories and a capped big one
-if QUICK:
-    CATEGORIES = [c for c in QUICK_CATEGORIES if c in found]
-    CATEGORIES = CATEGORIES if len(CATEGORIES) >= 2 else found[:3]
-else:
-    CATEGORIES = found
-PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
+QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 OVERRIDES = dict(image_size=128, batch_size=8) if QUICK else dict(image_size=256)
 N_TRAIN = 60 if QUICK else None       # at most this many normal training images per category (None: all)
 STEPS = 64 if QUICK else None         # optimiser steps (at least) of the unified model (None: the preset's epochs)
 EQUAL_EPOCHS_TOO = True               # also train the unfair comparison (equal epochs), to see what it shows
 SEED = 0                              # same student initialisation and data order for every model
-if QUICK and device == "cpu":
-    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
-print(f"This lesson uses {where}: categories {CATEGORIES}, preset {PRESET!r} with {OVERRIDES} "
-      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+print(lesson.describe(overrides=OVERRIDES))
 """),
     md(r"""
 ## 1. Data, teacher and one shared feature cache
@@ -70,22 +56,11 @@ The teacher is frozen, so its features of an image do not depend on which studen
 costs only the student's own forward and backward passes.
 """),
     code(r"""
-cfg = make_config("stpm", PRESET, student_seed=SEED, **OVERRIDES)
-try:
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
-except TeacherWeightsError as err:   # the paper preset's ResNet-18 weights come from timm's hub (needs internet)
-    print(f"{err}\n-> using the cpu preset instead")
-    cfg = make_config("stpm", "cpu", student_seed=SEED, **OVERRIDES)
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
+cfg, teacher = method_and_teacher(lesson, "stpm", student_seed=SEED, **OVERRIDES)  # cpu preset if offline
+PRESET = lesson.preset
 SIZE, BATCH = cfg.image_size, cfg.batch_size
 
-train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE)
-if N_TRAIN is not None:
-    keep = []
-    for cat in train.categories:
-        ids = [i for i, r in enumerate(train.records) if r.category == cat]
-        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(N_TRAIN, len(ids))).astype(int)]
-    train = train.subset(keep)
+train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
 test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE)
 train_by_cat, test_by_cat = train.by_category(), test.by_category()
 

@@ -30,43 +30,29 @@ implementation's. This lesson trains RD and SNL from the same starting weights a
 structural terms actually measure — the affinity matrices — on a normal and a defective image.
 """),
     code(r"""
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
 from unistad_edu.cache import FeatureCache
-from unistad_edu.data import discover_categories
+from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.methods import make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.snl import cross_level_affinity, intra_affinity_loss, position_affinity
 from unistad_edu.metrics import format_table
-from unistad_edu.teacher import TeacherWeightsError
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
-found = sorted(discover_categories(root))
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-04
-if QUICK:
-    CATEGORIES = [c for c in QUICK_CATEGORIES if c in found]
-    CATEGORIES = CATEGORIES if len(CATEGORIES) >= 2 else found[:3]
-else:
-    CATEGORIES = found
-PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
+QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 # quick: 128 px, batches of 8, 12 epochs (~170 optimiser steps); full: the preset's recipe (RD4AD's for the paper)
 OVERRIDES = dict(image_size=128, batch_size=8, epochs=12) if QUICK else {}
 N_TRAIN = 60 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 40 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0                              # same initial weights and data order for both students
-if QUICK and device == "cpu":
-    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
-print(f"This lesson uses {where}: categories {CATEGORIES}, preset {PRESET!r} with {OVERRIDES} "
-      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+print(lesson.describe(overrides=OVERRIDES))
 """),
     md(r"""
 ## 1. Data, teacher, one feature cache
@@ -76,35 +62,13 @@ image during training — RD's bottleneck and decoder see only the teacher's fea
 once per image and both models train from the cache.
 """),
     code(r"""
-def configs(preset):
-    return (make_config("rd", preset, init_seed=SEED, **OVERRIDES),
-            make_config("snl", preset, init_seed=SEED, **OVERRIDES))
-
-
-rd_cfg, snl_cfg = configs(PRESET)
-try:
-    teacher = load_teacher(snl_cfg.teacher, layers=snl_cfg.teacher_layers).to(device)
-except TeacherWeightsError as err:   # the paper preset's WideResNet-50 weights come from timm's hub (needs internet)
-    print(f"{err}\n-> using the cpu preset instead")
-    PRESET = "cpu"
-    rd_cfg, snl_cfg = configs(PRESET)
-    teacher = load_teacher(snl_cfg.teacher, layers=snl_cfg.teacher_layers).to(device)
+snl_cfg, teacher = method_and_teacher(lesson, "snl", init_seed=SEED, **OVERRIDES)  # cpu preset if offline
+PRESET = lesson.preset
+rd_cfg = make_config("rd", PRESET, init_seed=SEED, **OVERRIDES)   # RD and SNL share the teacher
 SIZE = snl_cfg.image_size
 
-
-def evenly(dataset, n):
-    # at most n images per category, evenly spread over the category's (sorted) files
-    if n is None:
-        return dataset
-    keep = []
-    for cat in dataset.categories:
-        ids = [i for i, r in enumerate(dataset.records) if r.category == cat]
-        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
-    return dataset.subset(keep)
-
-
-train = evenly(MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE), N_TRAIN)
-test = evenly(MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE), N_TEST)
+train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
+test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
 cache = FeatureCache(teacher, SIZE)
 cache.warm(train)
 cache.warm(test)

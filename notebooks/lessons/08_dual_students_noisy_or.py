@@ -39,39 +39,24 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
 from unistad_edu.cache import FeatureCache
-from unistad_edu.data import discover_categories
-from unistad_edu.methods import make_config
+from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.methods.base import Batch
-from unistad_edu.metrics import format_table
 from unistad_edu.scoring import noisy_or, noisy_or_nll, standardize
-from unistad_edu.teacher import TeacherWeightsError
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
-found = sorted(discover_categories(root))
 # real data: two categories with local defects, and juice_bottle (MVTec LOCO), whose test defects are *logical*
 # anomalies -- wrong fill level, missing or swapped label -- the kind the semantic student is meant for
 QUICK_CATEGORIES = ["bottle", "cookie", "juice_bottle"]
-if QUICK:
-    CATEGORIES = [c for c in QUICK_CATEGORIES if c in found]
-    CATEGORIES = CATEGORIES if len(CATEGORIES) >= 2 else found[:3]
-else:
-    CATEGORIES = found
-PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
+QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 # quick: 128 px, tokens at stride 8 (a 16 x 16 grid, as the cpu preset at 256 px), the EE student at 128 px,
 # 8 epochs (~100 optimiser steps of 8 images); full: the preset's recipe
 OVERRIDES = dict(image_size=128, feature_stride=8, ee_image_size=128, epochs=8) if QUICK else {}
 N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 40 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0
-if QUICK and device == "cpu":
-    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
-print(f"This lesson uses {where}: categories {CATEGORIES}, preset {PRESET!r} with {OVERRIDES} "
-      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+print(lesson.describe(overrides=OVERRIDES))
 """),
     md(r"""
 ## 1. Data, teacher, model
@@ -80,30 +65,12 @@ The ED student reads only teacher features (from the cache); the EE student read
 teacher's patch tokens — so this model keeps the training images in memory too.
 """),
     code(r"""
-cfg = make_config("dual_student", PRESET, init_seed=SEED, **OVERRIDES)
-try:
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
-except TeacherWeightsError as err:   # the paper preset's DINOv2 weights come from timm's hub (needs internet)
-    print(f"{err}\n-> using the cpu preset instead")
-    PRESET = "cpu"
-    cfg = make_config("dual_student", PRESET, init_seed=SEED, **OVERRIDES)
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
+cfg, teacher = method_and_teacher(lesson, "dual_student", init_seed=SEED, **OVERRIDES)  # cpu preset if offline
+PRESET = lesson.preset
 SIZE = cfg.image_size
 
-
-def evenly(dataset, n):
-    # at most n images per category, evenly spread over the category's (sorted) files
-    if n is None:
-        return dataset
-    keep = []
-    for cat in dataset.categories:
-        ids = [i for i, r in enumerate(dataset.records) if r.category == cat]
-        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
-    return dataset.subset(keep)
-
-
-train = evenly(MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE), N_TRAIN)
-test = evenly(MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE), N_TEST)
+train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
+test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
 cache = FeatureCache(teacher, SIZE)
 cache.warm(train)
 cache.warm(test)

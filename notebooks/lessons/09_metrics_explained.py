@@ -24,7 +24,6 @@ defective images at hand, the engine takes a quantile of the scores of held-out 
 what that costs on the defects, in a unified model where **one threshold serves every category**.
 """),
     code(r"""
-import os
 
 import numpy as np
 import plotly.graph_objects as go
@@ -33,29 +32,21 @@ from IPython.display import Markdown, display
 from scipy import ndimage
 from sklearn.metrics import roc_curve
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, engine, evaluate, find_data, fit, load_teacher, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu.course import method_and_teacher, setup
 from unistad_edu import metrics
 from unistad_edu.cache import FeatureCache
-from unistad_edu.data import discover_categories, holdout_split
-from unistad_edu.methods import make_config
-from unistad_edu.teacher import TeacherWeightsError
+from unistad_edu.data import holdout_split
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
-CATEGORIES = sorted(discover_categories(root))          # every category: the unified setting
-PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+lesson = setup(None)   # every category (the unified setting); quick/full switch, device, data, preset
+QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 # quick: UniAD trained from cached teacher features (as in lesson 04): 128 px, a one-layer transformer, 30 epochs
 OVERRIDES = dict(image_size=128, hidden_dim=128, num_heads=4, ffn_dim=256, enc_layers=1, dec_layers=1,
                  neighbor_size=5, lr=3e-3, epochs=30, batch_size=8) if QUICK else {}
 N_TRAIN = 60 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 40 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0
-if QUICK and device == "cpu":
-    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
-print(f"This lesson uses {where}: categories {CATEGORIES}, UniAD preset {PRESET!r} with {OVERRIDES} "
-      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+print(lesson.describe(method="uniad", overrides=OVERRIDES))
 """),
     md(r"""
 ## 1. One unified model
@@ -66,30 +57,13 @@ only the small transformer. One model for all categories, no category labels. `f
 training images of every category out and calibrates a threshold on them (section 6).
 """),
     code(r"""
-cfg = make_config("uniad", PRESET, init_seed=SEED, **OVERRIDES)
-try:
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
-except TeacherWeightsError as err:   # the paper preset's teacher comes from timm's hub (needs internet)
-    print(f"{err}\n-> using the cpu preset instead")
-    PRESET = "cpu"
-    cfg = make_config("uniad", PRESET, init_seed=SEED, **OVERRIDES)
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers).to(device)
+cfg, teacher = method_and_teacher(lesson, "uniad", init_seed=SEED, **OVERRIDES)  # cpu preset if offline
+PRESET = lesson.preset
 SIZE = cfg.image_size
 
 
-def evenly(dataset, n):
-    # at most n images per category, evenly spread over the category's (sorted) files
-    if n is None:
-        return dataset
-    keep = []
-    for cat in dataset.categories:
-        ids = [i for i, r in enumerate(dataset.records) if r.category == cat]
-        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
-    return dataset.subset(keep)
-
-
-train = evenly(MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE), N_TRAIN)
-test = evenly(MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE), N_TEST)
+train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
+test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
 cache = FeatureCache(teacher, SIZE)
 cache.warm(train)
 cache.warm(test)

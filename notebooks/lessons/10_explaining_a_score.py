@@ -25,42 +25,27 @@ defect mask, against the share of the image the defect covers?
 """),
     code(r"""
 import math
-import os
 
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients, Occlusion
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, find_data, fit, load_teacher, scoring, viz
-from unistad_edu.data import discover_categories
-from unistad_edu.methods import make_config
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, scoring, viz
+from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.methods.base import Batch
 from unistad_edu.metrics import format_table
-from unistad_edu.teacher import TeacherWeightsError
 
-QUICK = os.environ.get("UNISTAD_QUICK", "1") == "1"
-device = "cuda" if torch.cuda.is_available() else "cpu"
-root, where = find_data()
-
-found = sorted(discover_categories(root))
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: three visually different products
-if QUICK:
-    CATEGORIES = [c for c in QUICK_CATEGORIES if c in found]
-    CATEGORIES = CATEGORIES if len(CATEGORIES) >= 2 else found[:3]
-else:
-    CATEGORIES = found
-PRESET = "paper" if (not QUICK and device == "cuda") else "cpu"
+lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
+QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 OVERRIDES = dict(image_size=128, epochs=4, batch_size=8) if QUICK else dict(image_size=256)
 N_TRAIN = 40 if QUICK else None      # normal training images per category (None: all)
 N_TEST = 16 if QUICK else None       # test images per category (None: all)
 QUICK_STEPS = 80                     # optimiser steps in quick mode
 PER_CATEGORY = 2 if QUICK else 4     # defects explained per category
 IG_STEPS = 128                       # points on the integration path
-if QUICK and device == "cpu":
-    torch.set_num_threads(1)  # quick runs share small CPUs with other jobs: one thread avoids thread contention
-print(f"This lesson uses {where}: categories {CATEGORIES}, STPM preset {PRESET!r} with {OVERRIDES} "
-      f"({'quick' if QUICK else 'full'} mode, device {device}).")
+print(lesson.describe(method="stpm", overrides=OVERRIDES))
 """),
     md(r"""
 ## 1. A unified STPM to explain
@@ -69,29 +54,12 @@ STPM (lesson 02), trained on the normal images of all the categories at once. It
 student's failure to imitate the frozen teacher; the image score is the maximum of the fused, blurred map.
 """),
     code(r"""
-cfg = make_config("stpm", PRESET, **OVERRIDES)
-try:
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
-except TeacherWeightsError as err:   # the paper preset's ResNet-18 weights come from timm's hub (needs internet)
-    print(f"{err}\n-> using the cpu preset instead")
-    cfg = make_config("stpm", "cpu", **OVERRIDES)
-    teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
+cfg, teacher = method_and_teacher(lesson, "stpm", **OVERRIDES)  # cpu preset if offline
+PRESET = lesson.preset
 SIZE = cfg.image_size
 
-
-def evenly(dataset, n):
-    # at most n images per category, evenly spread over the category's (sorted) files
-    if n is None:
-        return dataset
-    keep = []
-    for cat in dataset.categories:
-        ids = [i for i, r in enumerate(dataset.records) if r.category == cat]
-        keep += [ids[j] for j in np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)]
-    return dataset.subset(keep)
-
-
-train = evenly(MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE), N_TRAIN)
-test = evenly(MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE), N_TEST)
+train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
+test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
 EPOCHS = cfg.epochs
 if QUICK:  # enough epochs for ~QUICK_STEPS batches (fit holds 10 % out and drops the last partial batch)
     EPOCHS = max(cfg.epochs, math.ceil(QUICK_STEPS / max(1, int(0.9 * len(train)) // cfg.batch_size)))

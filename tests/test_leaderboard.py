@@ -1,0 +1,124 @@
+"""bench leaderboard (every method on the same data, with its costs) and the README figures rendered from it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unistad_edu.__main__ import main as cli
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from unistad_edu.synthetic import make_synthetic
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=SIZE, n_train=10, n_test_good=2,
+                          n_test_defect=2, categories=("weave", "bolt"))
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """Two trained methods: a student (STPM) and the memory bank (stored patches)."""
+    import torch
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("runs")
+    out = {}
+    for method, extra in (("stpm", ["--epochs", "1"]), ("memory_bank", [])):
+        out[method] = base / method
+        assert cli(["train", "--method", method, "--data", str(tiny_data), "--image-size", str(SIZE),
+                    "--out", str(out[method]), "--no-progress", *extra]) == 0
+    assert cli(["eval", "--run", str(out["stpm"]), "--no-progress"]) == 0   # memory_bank: evaluated by the bench
+    return out
+
+
+@pytest.fixture(scope="module")
+def board(runs, tiny_data, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lb") / "leaderboard.json"
+    assert cli(["bench", "leaderboard", "--entry", "STPM", str(runs["stpm"]), "--entry", "bank", str(runs["memory_bank"]),
+                "--data", str(tiny_data), "--n-images", "6", "--batch-size", "4", "--repeats", "1",
+                "--json", str(path)]) == 0
+    return path
+
+
+def test_leaderboard_rows_hold_eval_metrics_and_measured_costs(board, runs):
+    from unistad_edu import leaderboard
+
+    result = leaderboard.load(board)
+    rows = {r["label"]: r for r in result["rows"]}
+    assert set(rows) == {"STPM", "bank"}
+    stpm_eval = json.loads((runs["stpm"] / "metrics.json").read_text())
+    assert rows["STPM"]["mean"]["I-AUROC"] == pytest.approx(stpm_eval["mean"]["I-AUROC"])
+    assert (runs["memory_bank"] / "metrics.json").is_file()          # missing evaluation was run and saved
+    for label, method in (("STPM", "stpm"), ("bank", "memory_bank")):
+        r = rows[label]
+        assert r["method"] == method
+        assert r["state_mib"] == pytest.approx((runs[method] / "model.safetensors").stat().st_size / 2**20)
+        assert r["infer_img_s"] > 0 and r["infer_ms_per_img"] == pytest.approx(1000 / r["infer_img_s"])
+        assert r["infer_vs_teacher_only"] == pytest.approx(r["infer_img_s"] / result["teacher_only_img_s"])
+        assert 0 <= r["mean"]["I-AUROC"] <= 1
+    assert result["timed_images"] == 6                               # 3 per category, both categories
+
+
+def test_leaderboard_table_is_sorted_and_markdown_names_every_method(board):
+    from unistad_edu import leaderboard
+
+    result = leaderboard.load(board)
+    rows = leaderboard.table(result)
+    assert [r["I-AUROC"] for r in rows] == sorted((r["I-AUROC"] for r in rows), reverse=True)
+    text = leaderboard.markdown(result)
+    assert "| STPM |" in text and "| bank |" in text and "ms/img" in text
+    cats, values = leaderboard.per_category(result)
+    assert cats == ["bolt", "weave"] and all(len(v) == 2 for v in values.values())
+
+
+def test_leaderboard_rejects_bad_entries_and_files(tmp_path, runs):
+    from unistad_edu import leaderboard
+
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        leaderboard.parse_entry(["x", str(tmp_path)])
+    with pytest.raises(ValueError, match="LABEL RUN"):
+        leaderboard.parse_entry(["x"])
+    other = tmp_path / "metrics.json"
+    other.write_text(json.dumps({"mean": {}, "categories": {}}))
+    with pytest.raises(ValueError, match="not a leaderboard file"):
+        leaderboard.load(other)
+
+
+def _png_ok(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.load()
+        arr = np.asarray(im)
+    assert arr.std() > 0            # not a blank canvas
+    return im.size
+
+
+def test_figures_render_every_readme_figure(tmp_path, board, runs, tiny_data):
+    acc = {"method": "stpm", "protocol": "equal-steps", "settings": {
+        s: {"metrics": {"categories": {"bolt": {"I-AUROC": a, "P-AUROC": 0.9}, "weave": {"I-AUROC": b, "P-AUROC": 0.8}},
+                        "mean": {"I-AUROC": (a + b) / 2, "P-AUROC": 0.85}}}
+        for s, a, b in (("unified", 0.7, 0.9), ("per-class", 0.8, 0.95))}}
+    (tmp_path / "acc.json").write_text(json.dumps(acc))
+    out = tmp_path / "docs"
+    assert cli(["figures", "--out", str(out), "--interference", str(tmp_path / "acc.json"), "--leaderboard", str(board),
+                "--run", str(runs["stpm"]), "--data", str(tiny_data)]) == 0
+    for name in ("interference.png", "leaderboard.png", "heatmaps.png"):
+        w, h = _png_ok(out / name)
+        assert w > 300 and h > 150
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_figures_name_the_command_for_a_missing_input(tmp_path, capsys):
+    code = cli(["figures", "--out", str(tmp_path), "--only", "leaderboard", "--leaderboard", str(tmp_path / "no.json")])
+    assert code == 1 and "bench leaderboard" in capsys.readouterr().out
+    assert not (tmp_path / "leaderboard.png").exists()
+
+
+def test_interference_figure_needs_both_settings(tmp_path):
+    from unistad_edu.figures import interference_figure
+    (tmp_path / "a.json").write_text(json.dumps({"settings": {"unified": {}}}))
+    with pytest.raises(ValueError, match="both settings"):
+        interference_figure(tmp_path / "a.json", tmp_path / "x.png")

@@ -1,0 +1,100 @@
+"""What every lesson starts with, in one place.
+
+Each notebook opens with the same few decisions: quick or full mode (``UNISTAD_QUICK``), which device,
+which data (``find_data``: ``$UNISTAD_DATA``, the real categories in ``../shared/datasets``, else the
+synthetic set), which categories, which preset, how many threads, and a teacher that falls back to the
+offline ``cpu`` preset when the paper preset's weights cannot be downloaded. ``setup`` makes those
+decisions the same way for every lesson; ``method_and_teacher`` loads the config and teacher.
+
+    lesson = setup(["bottle", "cookie", "metal_plate"])
+    cfg, teacher = method_and_teacher(lesson, "stpm", image_size=128)
+    train = MVTecDataset(lesson.root, "train", categories=lesson.categories, image_size=128).evenly(60)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+QUICK_ENV = "UNISTAD_QUICK"
+
+
+def quick_mode() -> bool:
+    """Quick mode (the default): small images, few epochs, capped data -- minutes on a 2-core CPU.
+    ``UNISTAD_QUICK=0`` runs the lesson at full scale (meant for a GPU)."""
+    value = os.environ.get(QUICK_ENV, "1").strip().lower()
+    if value not in ("0", "1", "true", "false", "yes", "no"):
+        raise ValueError(f"{QUICK_ENV} must be 1 (quick) or 0 (full), not {value!r}")
+    return value in ("1", "true", "yes")
+
+
+@dataclass
+class Lesson:
+    """The decisions a lesson runs with; printed by ``describe``."""
+    quick: bool
+    device: str
+    root: Path
+    where: str                      # human description of the data source
+    categories: list[str]
+    preset: str                     # "paper" at full scale on a GPU, else "cpu"
+    found: list[str] = field(default_factory=list)   # every category present in the data
+
+    @property
+    def mode(self) -> str:
+        return "quick" if self.quick else "full"
+
+    def describe(self, **details) -> str:
+        extra = "".join(f", {k} {v!r}" for k, v in details.items())
+        return (f"This lesson uses {self.where}: categories {self.categories}, preset {self.preset!r}{extra} "
+                f"({self.mode} mode, device {self.device}).")
+
+
+def setup(quick_categories: Sequence[str] | None = None, *, min_categories: int = 2, fallback: int = 3,
+          quick_threads: int | None = 1, data: str | Path | None = None) -> Lesson:
+    """Decide the lesson's mode, device, data and categories.
+
+    ``quick_categories``: the categories a quick run uses when the data has them (``None``: all); if fewer
+    than ``min_categories`` of them exist (e.g. on the synthetic set), the first ``fallback`` categories of
+    the data are used instead. Full mode always uses every category.
+    ``quick_threads``: torch threads in quick mode on CPU (quick runs share small CPUs with other jobs, and
+    one thread avoids contention); ``None`` leaves torch's default."""
+    import torch
+
+    from .data import discover_categories, find_data
+
+    quick = quick_mode()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if data is not None:
+        root, where = Path(data), f"the data in {data}"
+    else:
+        root, where = find_data()
+    found = sorted(discover_categories(root))   # DataError naming the expected layout if there is none
+    if quick and quick_categories is not None:
+        categories = [c for c in quick_categories if c in found]
+        if len(categories) < min(min_categories, len(quick_categories)):
+            categories = found[:fallback]
+    else:
+        categories = list(found)
+    if quick and device == "cpu" and quick_threads:
+        torch.set_num_threads(quick_threads)
+    preset = "paper" if (not quick and device == "cuda") else "cpu"
+    return Lesson(quick, device, Path(root), where, categories, preset, found)
+
+
+def method_and_teacher(lesson: Lesson, method: str, **overrides):
+    """``(cfg, teacher)`` for ``method`` in the lesson's preset plus ``overrides``, the teacher on the
+    lesson's device. If the paper preset's teacher weights are not available offline, says so and falls back to
+    the ``cpu`` preset (``lesson.preset`` is updated, so later configs of the lesson agree)."""
+    from .methods import make_config
+    from .teacher import TeacherWeightsError, load_teacher
+
+    cfg = make_config(method, lesson.preset, **overrides)
+    try:
+        teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
+    except TeacherWeightsError as err:  # paper teachers come from timm's hub (needs internet)
+        print(f"{err}\n-> using the cpu preset instead")
+        lesson.preset = "cpu"
+        cfg = make_config(method, "cpu", **overrides)
+        teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
+    return cfg, teacher.to(lesson.device)

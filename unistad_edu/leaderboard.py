@@ -1,0 +1,133 @@
+"""The leaderboard: every method, unified, on the same data -- accuracy next to what it costs.
+
+``collect`` gathers, for trained run folders (one per method), the per-category metrics of ``eval`` (its
+JSON; evaluated here when missing), the training wall time and peak RSS recorded in the checkpoint, the
+stored state (``model.safetensors``: student weights, or a memory bank's patches) and the inference speed
+through the one scoring path, timed in the same process against a teacher-only forward on the same images
+(a ratio, because this machine is shared and noisy). ``python -m unistad_edu bench leaderboard`` writes it
+as JSON (``docs/results/leaderboard.json``); lesson 12 and ``python -m unistad_edu figures`` read that file
+instead of retraining every method.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+COLUMNS = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")
+
+
+def parse_entry(items: Sequence[str]) -> dict:
+    """``[LABEL, RUN]`` or ``[LABEL, RUN, METRICS_JSON]`` (from ``--entry``)."""
+    if len(items) not in (2, 3):
+        raise ValueError(f"--entry takes LABEL RUN [METRICS_JSON], not {list(items)}")
+    run = Path(items[1])
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"--entry {items[0]}: {run} is not a run folder (no config.json)")
+    metrics = Path(items[2]) if len(items) == 3 else run / "metrics.json"
+    return {"label": items[0], "run": run, "metrics": metrics}
+
+
+def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: int = 8, repeats: int = 3,
+            progress: bool = True) -> dict:
+    """Measure every entry (see the module docstring). ``n_images``: test images timed (evenly over the
+    categories); the same images for every method."""
+    import torch
+
+    from .bench import _interleaved
+    from .checkpoint import load_checkpoint, read_config
+    from .data import MVTecDataset, discover_categories
+    from .engine import evaluate, score_dataset
+    from .metrics import load_metrics, save_metrics
+    from .teacher import load_teacher
+
+    rows, models = [], {}
+    for e in entries:
+        cfg = read_config(e["run"])
+        model = load_checkpoint(e["run"]).eval()
+        root = Path(data or cfg.get("data_root"))
+        if not e["metrics"].is_file():   # not evaluated yet: the same evaluation as `eval --run`
+            cats = [c for c in cfg.get("train_categories") or [] if c in discover_categories(root)] or None
+            test = MVTecDataset(root, "test", categories=cats, image_size=model.cfg.image_size)
+            save_metrics(evaluate(model, test, progress=progress), e["metrics"])
+        metrics = load_metrics(e["metrics"])
+        state = e["run"] / "model.safetensors"
+        rows.append({"label": e["label"], "method": cfg["method"], "run": str(e["run"]),
+                     "preset": cfg.get("preset"), "image_size": cfg["image_size"], "epochs": cfg.get("epochs_done"),
+                     "train_images": cfg.get("train_images"), "train_s": cfg.get("train_seconds"),
+                     "peak_rss_mb": cfg.get("peak_rss_mb"), "state_mib": state.stat().st_size / 2**20,
+                     "mean": metrics["mean"], "categories": metrics["categories"]})
+        models[e["label"]] = model
+
+    # inference: the same test images for every method, teacher-only forward as the baseline of this run
+    root = Path(data or read_config(entries[0]["run"]).get("data_root"))
+    sizes = {m.cfg.image_size for m in models.values()}
+    per_cat = max(1, n_images // len(discover_categories(root)))
+    timed = {s: MVTecDataset(root, "test", image_size=s).evenly(per_cat) for s in sizes}
+    for ds in timed.values():
+        [ds[i] for i in range(len(ds))]   # decode once: every loop reads the images from memory
+    ref_size = max(sizes)
+    teacher = load_teacher()
+    ref_batches = [torch.stack([timed[ref_size][j]["image"] for j in range(i, min(i + batch_size, len(timed[ref_size])))])
+                   for i in range(0, len(timed[ref_size]), batch_size)]
+
+    def teacher_only():
+        with torch.no_grad():
+            for b in ref_batches:
+                teacher(b)
+
+    fns = {"teacher_only": teacher_only}
+    for label, model in models.items():
+        ds = timed[model.cfg.image_size]
+        fns[label] = (lambda m=model, d=ds: score_dataset(m, d, cache=None, batch_size=batch_size, keep_maps=False))
+    n = len(timed[ref_size])
+    speeds = _interleaved(fns, n, repeats)
+    for row in rows:
+        row["infer_img_s"] = speeds[row["label"]]
+        row["infer_ms_per_img"] = 1000.0 / speeds[row["label"]]
+        row["infer_vs_teacher_only"] = speeds[row["label"]] / speeds["teacher_only"]
+    return {"rows": rows, "teacher_only_img_s": speeds["teacher_only"], "timed_images": n,
+            "timing_batch_size": batch_size, "data": str(root)}
+
+
+def load(path) -> dict:
+    """A leaderboard JSON written by ``bench leaderboard``, with a clear error if it is something else."""
+    path = Path(path)
+    result = json.loads(path.read_text())
+    if "rows" not in result or not all("mean" in r and "categories" in r for r in result["rows"]):
+        raise ValueError(f"{path} is not a leaderboard file (written by `python -m unistad_edu bench leaderboard`)")
+    return result
+
+
+def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
+    """One row per method, best mean I-AUROC first: metrics x100 and the costs."""
+    rows = []
+    for r in sorted(result["rows"], key=lambda r: -r["mean"]["I-AUROC"]):
+        row = {"method": r["label"]}
+        row.update({c: round(100 * r["mean"][c], 1) for c in columns if r["mean"].get(c) is not None})
+        row.update({"train s": r.get("train_s"), "state MiB": round(r["state_mib"], 2),
+                    "ms/img": round(r["infer_ms_per_img"], 1),
+                    "speed vs teacher": round(r["infer_vs_teacher_only"], 2)})
+        rows.append(row)
+    return rows
+
+
+def per_category(result: dict, column: str = "I-AUROC") -> tuple[list[str], dict[str, list[float]]]:
+    """(categories, {method label: [value x100 per category]}) for a grouped bar plot."""
+    cats = sorted({c for r in result["rows"] for c in r["categories"]})
+    return cats, {r["label"]: [100 * r["categories"].get(c, {}).get(column, np.nan) for c in cats]
+                  for r in result["rows"]}
+
+
+def markdown(result: dict, command: str = "") -> str:
+    from .viz import markdown_table
+    head = [f"- timed: {result['timed_images']} test images, batches of {result['timing_batch_size']}, "
+            f"teacher-only forward {result['teacher_only_img_s']:.1f} img/s in the same run; data {result['data']}"]
+    if command:
+        head.append(f"- command: `{command}`")
+    fmt = {"train s": "{:.0f}", "state MiB": "{:.2f}", "ms/img": "{:.1f}", "speed vs teacher": "{:.2f}x"}
+    rows = [{k: (fmt.get(k, "{:.1f}").format(v) if isinstance(v, float) else v) for k, v in r.items()}
+            for r in table(result)]
+    return "\n".join(head) + "\n\n" + markdown_table(rows) + "\n"
