@@ -98,3 +98,13 @@ def test_evenly_none_keeps_everything_and_zero_is_an_error(three_cats):
     assert ds.evenly(None) is ds
     with pytest.raises(ValueError, match="n >= 1"):
         ds.evenly(0)
+
+
+def test_lesson_data_caps_both_sets_and_warms_one_cache(monkeypatch, three_cats, lite0_teacher):
+    monkeypatch.setenv("UNISTAD_QUICK", "1")
+    lesson = course.setup(["alpha", "gamma"], data=three_cats, quick_threads=None)
+    train, test, cache = course.lesson_data(lesson, 32, n_train=2, n_test=3, teacher=lite0_teacher)
+    assert train.categories == ["alpha", "gamma"] and len(train) == 4
+    assert len(test) == 2 * 3 and cache.misses == len(train) + len(test) and len(cache) == len(train) + len(test)
+    no_teacher = course.lesson_data(lesson, 32)
+    assert no_teacher[2] is None and len(no_teacher[0]) == 7 + 5

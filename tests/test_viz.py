@@ -223,3 +223,30 @@ def test_threshold_explorer_updates_the_table_and_jumps_to_marks():
     box.buttons[0].click()
     assert box.threshold.value == pytest.approx(0.95)
     assert box.rows()[-1]["recall"] == 0.0 and "0.95" in box.table.value
+
+
+def _tables():
+    return {"a": {"categories": {"x": {"I-AUROC": 0.9}, "y": {"I-AUROC": 0.5}}, "mean": {"I-AUROC": 0.7}},
+            "b": {"categories": {"x": {"I-AUROC": 0.6}, "y": {"I-AUROC": 0.95}}, "mean": {"I-AUROC": 0.775}},
+            "c": {"categories": {"x": {"I-AUROC": 0.8}}, "mean": {"I-AUROC": 0.8}}}
+
+
+def test_results_rows_rank_by_any_column_and_put_missing_last():
+    from unistad_edu.viz import results_rows
+    assert [r["method"] for r in results_rows(_tables())] == ["c", "b", "a"]
+    by_y = results_rows(_tables(), sort_by="y")
+    assert [r["method"] for r in by_y] == ["b", "a", "c"] and np.isnan(by_y[-1]["y"])
+    assert by_y[0]["y"] == pytest.approx(95.0)
+    with pytest.raises(ValueError, match="sort_by"):
+        results_rows(_tables(), sort_by="z")
+
+
+def test_results_explorer_rerenders_when_the_dropdowns_change():
+    from unistad_edu.viz import results_explorer
+    box = results_explorer(_tables(), metrics=("I-AUROC",))
+    first = box.table.value
+    assert "ranked by mean" in first and first.index(">c<") < first.index(">a<")
+    box.sort_by.value = "x"
+    assert [r["method"] for r in box.rows()] == ["a", "c", "b"]
+    assert "ranked by x" in box.table.value and box.table.value != first
+    assert "font-weight:bold" in box.table.value

@@ -98,3 +98,22 @@ def method_and_teacher(lesson: Lesson, method: str, **overrides):
         cfg = make_config(method, "cpu", **overrides)
         teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
     return cfg, teacher.to(lesson.device)
+
+
+def lesson_data(lesson: Lesson, image_size: int, n_train: int | None = None, n_test: int | None = None,
+                teacher=None):
+    """``(train, test, cache)``: the lesson's categories at ``image_size``, at most ``n_train`` / ``n_test``
+    images per category (evenly spread, ``None``: all), and -- given a ``teacher`` -- one ``FeatureCache``
+    already holding the teacher's features of both sets (else ``None``), so every model of the lesson trains
+    and scores without running the teacher again."""
+    from .cache import FeatureCache
+    from .data import MVTecDataset
+
+    train = MVTecDataset(lesson.root, "train", categories=lesson.categories, image_size=image_size).evenly(n_train)
+    test = MVTecDataset(lesson.root, "test", categories=lesson.categories, image_size=image_size).evenly(n_test)
+    cache = None
+    if teacher is not None:
+        cache = FeatureCache(teacher, image_size)
+        cache.warm(train)
+        cache.warm(test)
+    return train, test, cache

@@ -131,3 +131,14 @@ def markdown(result: dict, command: str = "") -> str:
     rows = [{k: (fmt.get(k, "{:.1f}").format(v) if isinstance(v, float) else v) for k, v in r.items()}
             for r in table(result)]
     return "\n".join(head) + "\n\n" + markdown_table(rows) + "\n"
+
+
+def find_results(name: str = "leaderboard.json") -> Path | None:
+    """``docs/results/<name>`` of this checkout, looked for from the working directory upwards (a lesson runs
+    in ``notebooks/``); None when there is none (e.g. an installed package without the repository)."""
+    here = Path.cwd().resolve()
+    for parent in [here, *here.parents]:
+        cand = parent / "docs" / "results" / name
+        if cand.is_file():
+            return cand
+    return None

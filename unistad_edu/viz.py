@@ -680,3 +680,63 @@ def threshold_explorer(scores, labels, categories, threshold: float | None = Non
     box = W.VBox([slider, W.HBox(buttons), table] if buttons else [slider, table])
     box.threshold, box.table, box.rows, box.buttons = slider, table, rows, buttons
     return box
+
+
+def results_rows(tables: dict[str, dict], metric: str = "I-AUROC", sort_by: str = "mean") -> list[dict]:
+    """One row per method (``tables``: {label: metrics table with "categories" and "mean"}), one column per
+    category plus the mean, values x100, sorted by ``sort_by`` (a category or "mean"), best first; a category
+    a method was not evaluated on is NaN and sorts last."""
+    cats = sorted({c for t in tables.values() for c in t["categories"]})
+    if sort_by not in cats + ["mean"]:
+        raise ValueError(f"sort_by must be 'mean' or one of {cats}, not {sort_by!r}")
+    rows = []
+    for label, t in tables.items():
+        row = {"method": label}
+        for c in cats:
+            v = t["categories"].get(c, {}).get(metric)
+            row[c] = float("nan") if v is None else 100 * float(v)
+        v = t["mean"].get(metric)
+        row["mean"] = float("nan") if v is None else 100 * float(v)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (np.isnan(r[sort_by]), -np.nan_to_num(r[sort_by], nan=0.0)))
+
+
+def results_explorer(tables: dict[str, dict], metrics: Sequence[str] = ("I-AUROC", "P-AUROC", "AUPRO", "mAD"),
+                     digits: int = 1):
+    """An ipywidgets per-category results table: pick the metric and the column to rank by; the best value of
+    each column is bold. Returns an ``ipywidgets.VBox`` with ``.metric``, ``.sort_by`` (dropdowns), ``.table``
+    (HTML) and ``.rows()`` (the rows now shown)."""
+    import ipywidgets as W
+
+    cats = sorted({c for t in tables.values() for c in t["categories"]})
+    metric = W.Dropdown(options=list(metrics), value=metrics[0], description="metric")
+    sort_by = W.Dropdown(options=["mean"] + cats, value="mean", description="rank by")
+    table = W.HTML()
+
+    def rows():
+        return results_rows(tables, metric.value, sort_by.value)
+
+    def render(*_):
+        shown = rows()
+        columns = ["method"] + cats + ["mean"]
+        best = {c: np.nanmax([r[c] for r in shown]) if any(not np.isnan(r[c]) for r in shown) else np.nan
+                for c in columns[1:]}
+        head = "".join(f"<th style='padding:2px 8px'>{c}</th>" for c in columns)
+        body = []
+        for r in shown:
+            cells = [f"<td style='padding:2px 8px'>{r['method']}</td>"]
+            for c in columns[1:]:
+                v = r[c]
+                text = "n/a" if np.isnan(v) else f"{v:.{digits}f}"
+                bold = "font-weight:bold;" if not np.isnan(v) and v == best[c] else ""
+                cells.append(f"<td style='padding:2px 8px;text-align:right;{bold}'>{text}</td>")
+            body.append(f"<tr>{''.join(cells)}</tr>")
+        table.value = (f"<small>{metric.value} x100, ranked by {sort_by.value}</small>"
+                       f"<table><tr>{head}</tr>{''.join(body)}</table>")
+
+    metric.observe(render, "value")
+    sort_by.observe(render, "value")
+    render()
+    box = W.VBox([W.HBox([metric, sort_by]), table])
+    box.metric, box.sort_by, box.table, box.rows = metric, sort_by, table, rows
+    return box

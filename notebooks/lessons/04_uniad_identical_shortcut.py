@@ -37,9 +37,8 @@ import torch
 from IPython.display import Markdown, display
 from tqdm.auto import tqdm
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
-from unistad_edu.cache import FeatureCache
-from unistad_edu.course import method_and_teacher, setup
+from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods import make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.metrics import format_table
@@ -71,11 +70,7 @@ cfg, teacher = method_and_teacher(lesson, "uniad", init_seed=SEED, **OVERRIDES) 
 PRESET = lesson.preset
 SIZE = cfg.image_size
 
-train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
-test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
-cache = FeatureCache(teacher, SIZE)
-cache.warm(train)
-cache.warm(test)
+train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capped sets + warm cache
 teacher_calls = cache.misses
 probe_model = build_model("uniad", teacher, cfg=cfg)   # untrained: used only for its grid and neck (no weights)
 h, w = probe_model.grid

@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
-from unistad_edu.cache import FeatureCache
-from unistad_edu.course import method_and_teacher, setup
+from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods import make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.snl import cross_level_affinity, intra_affinity_loss, position_affinity
@@ -67,11 +66,7 @@ PRESET = lesson.preset
 rd_cfg = make_config("rd", PRESET, init_seed=SEED, **OVERRIDES)   # RD and SNL share the teacher
 SIZE = snl_cfg.image_size
 
-train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
-test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
-cache = FeatureCache(teacher, SIZE)
-cache.warm(train)
-cache.warm(test)
+train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capped sets + warm cache
 LEVELS = teacher.layer_names
 print(f"train: {len(train)} normal images; test: {len(test)} images; teacher {snl_cfg.teacher} levels "
       + ", ".join(f"{lv.name} ({lv.channels} ch, stride {lv.stride})" for lv in teacher.feature_info))

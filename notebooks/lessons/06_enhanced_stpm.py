@@ -38,9 +38,8 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
-from unistad_edu.cache import FeatureCache
-from unistad_edu.course import method_and_teacher, setup
+from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.data import holdout_split
 from unistad_edu.engine import calibrate_threshold
 from unistad_edu.methods import make_config
@@ -70,11 +69,7 @@ PRESET = lesson.preset
 enhanced = build_model("enhanced_stpm", teacher, cfg=cfg).to(device)   # loads the second teacher too
 SIZE = cfg.image_size
 
-train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
-test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
-cache = FeatureCache(teacher, SIZE)
-cache.warm(train)
-cache.warm(test)
+train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capped sets + warm cache
 for name, t in (("pair 1", teacher), ("pair 2", enhanced.teacher2)):
     print(f"{name} teacher {t.backbone_name}: " + ", ".join(f"{lv.name} ({lv.channels} ch, stride {lv.stride})"
                                                            for lv in t.feature_info))

@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
-from unistad_edu.cache import FeatureCache
-from unistad_edu.course import method_and_teacher, setup
+from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.unistad import MAP_NAMES
 
@@ -68,11 +67,7 @@ cfg, teacher = method_and_teacher(lesson, "unistad", init_seed=SEED, **OVERRIDES
 PRESET = lesson.preset
 SIZE = cfg.image_size
 
-train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
-test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
-cache = FeatureCache(teacher, SIZE)
-cache.warm(train)
-cache.warm(test)
+train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capped sets + warm cache
 model = build_model("unistad", teacher, cfg=cfg).to(device)
 h, w = model.grid
 print(f"train: {len(train)} normal images; test: {len(test)} images")

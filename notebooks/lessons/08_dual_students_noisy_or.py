@@ -39,9 +39,8 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
-from unistad_edu.cache import FeatureCache
-from unistad_edu.course import method_and_teacher, setup
+from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods.base import Batch
 from unistad_edu.scoring import noisy_or, noisy_or_nll, standardize
 
@@ -69,11 +68,7 @@ cfg, teacher = method_and_teacher(lesson, "dual_student", init_seed=SEED, **OVER
 PRESET = lesson.preset
 SIZE = cfg.image_size
 
-train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
-test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
-cache = FeatureCache(teacher, SIZE)
-cache.warm(train)
-cache.warm(test)
+train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capped sets + warm cache
 model = build_model("dual_student", teacher, cfg=cfg).to(device)
 n_ed, n_ee = (sum(p.numel() for p in part.parameters()) for part in (model.ed, model.ee))
 print(f"train: {len(train)} normal images; test: {len(test)} images, by category: "

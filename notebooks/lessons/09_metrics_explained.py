@@ -32,10 +32,9 @@ from IPython.display import Markdown, display
 from scipy import ndimage
 from sklearn.metrics import roc_curve
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, engine, evaluate, fit, viz
-from unistad_edu.course import method_and_teacher, setup
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu import metrics
-from unistad_edu.cache import FeatureCache
 from unistad_edu.data import holdout_split
 
 lesson = setup(None)   # every category (the unified setting); quick/full switch, device, data, preset
@@ -62,11 +61,7 @@ PRESET = lesson.preset
 SIZE = cfg.image_size
 
 
-train = MVTecDataset(root, "train", categories=CATEGORIES, image_size=SIZE).evenly(N_TRAIN)
-test = MVTecDataset(root, "test", categories=CATEGORIES, image_size=SIZE).evenly(N_TEST)
-cache = FeatureCache(teacher, SIZE)
-cache.warm(train)
-cache.warm(test)
+train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capped sets + warm cache
 
 train_cfg = TrainConfig(seed=SEED, device=device, progress=False)
 model = build_model("uniad", teacher, cfg=cfg)
