@@ -232,12 +232,19 @@ def test_app_over_loopback_scores_refuses_and_keeps_serving(tiny_run, tiny_data,
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         defect = sorted((tiny_data / "bolt" / "test").glob("[!g]*/*.png"))[0]
-        status, table, heat, levels = client.predict([handle_file(str(defect))], 0.1, "fixed", api_name="/predict")
+        status, table, heat, levels, record = client.predict([handle_file(str(defect))], 0.1, "fixed",
+                                                             api_name="/predict")
         assert "anomaly score" in status and defect.name in table and len(heat) == 2 and len(levels) >= 1
+        from unistad_edu import load_checkpoint, predict
+        direct = predict(load_checkpoint(tiny_run), [str(defect)])[0]["score"]
+        (res,) = record["results"]
+        assert res["name"] == defect.name and record["threshold"] == 0.1 and record["errors"] == []
+        assert res["score"] == pytest.approx(direct, rel=1e-5) and res["anomalous"] == (direct > 0.1)
         bad = tmp_path / "notes.png"
         bad.write_text("not an image\n")
-        status, table, heat, _ = client.predict([handle_file(str(bad))], 0.1, "fixed", api_name="/predict")
+        status, table, heat, _, record = client.predict([handle_file(str(bad))], 0.1, "fixed", api_name="/predict")
         assert "refused" in status and "notes.png" in status and "text file" in status and heat == []
+        assert record["results"] == [] and "notes.png" in record["errors"][0]
         status, *_ = client.predict([handle_file(str(defect)), handle_file(str(bad))], 0.1, "fixed",
                                     api_name="/predict")
         assert "anomaly score" in status and "refused" in status  # one bad file does not spoil the batch

@@ -92,7 +92,7 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
         heat, levels = views(rows, threshold, scale)
         state = [{k: r[k] for k in ("name", "score", "image", "map")} for r in rows]
         return (ds.status_markdown(rows, errors, threshold, notes, extra), ds.results_markdown(rows, threshold),
-                heat, levels, state)
+                heat, levels, state, ds.result_record(rows, errors, threshold))
 
     def run_files(items: Sequence[tuple[str, str]], threshold, scale, extra=""):
         """items: (path, display name). Decode each safely, score the good ones, report the bad ones."""
@@ -165,23 +165,25 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
                     columns=4, height="auto", allow_preview=False, show_label=False, elem_id="examples",
                     visible=bool(examples), interactive=False)
             with gr.Column(scale=3, min_width=360):
-                status = gr.Markdown("Upload an image, or click an example.", elem_id="status")
-                results = gr.Markdown("", elem_id="results")
+                status = gr.Markdown("Upload an image, or click an example.", elem_id="status", label="status")
+                results = gr.Markdown("", elem_id="results", label="results")
                 heat = gr.Gallery(label="Input and heatmap overlay", columns=2, height="auto", elem_id="heatmaps",
                                   object_fit="contain", interactive=False)
                 with gr.Accordion("Per-level maps (one per teacher level, each on its own colour scale)",
                                   open=False, elem_id="levels-accordion"):
-                    levels = gr.Gallery(show_label=False, columns=3, height="auto", elem_id="levels",
+                    levels = gr.Gallery(label="per-level maps", show_label=False, columns=3, height="auto",
+                                        elem_id="levels",
                                         interactive=False)
         with gr.Accordion("Model card", open=True, elem_id="model-card-accordion"):
             gr.Markdown(ds.model_card(cfg, metrics, run_dir=run, heading=False), elem_id="model-card")
         state = gr.State([])
+        record = gr.JSON(visible=False, label="result")   # for API clients: exact scores and verdicts
 
-        outputs = [status, results, heat, levels, state]
+        outputs = [status, results, heat, levels, state, record]
         files.upload(on_upload, [files, threshold, scale], outputs, api_visibility="private")
         button.click(on_upload, [files, threshold, scale], outputs, api_name="predict")
         ex_gallery.select(on_example, [threshold, scale], outputs, api_visibility="private")
-        files.clear(lambda: ("Upload an image, or click an example.", "", [], [], []), None, outputs,
+        files.clear(lambda: ("Upload an image, or click an example.", "", [], [], [], None), None, outputs,
                     api_visibility="private", queue=False)
         for ev in (threshold.change, scale.change):  # slider drag or typed value: re-judge, no model call
             ev(on_threshold, [threshold, scale, state], [status, results, heat], api_visibility="private",

@@ -296,6 +296,17 @@ def verdict(score: float, threshold: float | None) -> str:
     return "ANOMALOUS" if score > threshold else "normal"
 
 
+def result_record(rows: Sequence[dict], errors: Sequence[str], threshold: float | None) -> dict:
+    """What the ``/predict`` API returns for programs (last output): exact scores, not the page's rounded text.
+    ``{"threshold": t, "results": [{"name", "score", "anomalous"}], "errors": [...]}``; ``anomalous`` is
+    ``score > threshold`` (None without a threshold)."""
+    thr = None if threshold is None else float(threshold)
+    return {"threshold": thr,
+            "results": [{"name": r["name"], "score": float(r["score"]),
+                         "anomalous": None if thr is None else bool(float(r["score"]) > thr)} for r in rows],
+            "errors": [str(e) for e in errors]}
+
+
 def slider_range(cfg: dict) -> tuple[float, float, float]:
     """(maximum, step, initial value) for the threshold slider, from the calibrated threshold and the held-out
     normal scores in config.json."""

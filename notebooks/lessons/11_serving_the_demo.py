@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -217,41 +216,38 @@ for name, ep in api["named_endpoints"].items():
 print("unnamed endpoints:", len(api.get("unnamed_endpoints", {})))
 """),
     md(r"""
-Three inputs: the files, the threshold, the heatmap colour scale. Four outputs, in this order: a status line
-and a results table (Markdown strings), the heatmap gallery (for each image: the image as the model sees it,
-then the overlay) and the per-level maps. Outputs without a label on the page show up as `value_N`: an API
-user learns what they are from the order alone. We send every example image, one request each, at the calibrated threshold, and read the
-score and the verdict from the results table.
-
-Note what the API gives back: the score is **text**, rounded to 4 significant digits for the page. That is
-what a user reads, so that is what we check — to the precision it is printed with.
+Three inputs: the files, the threshold, the heatmap colour scale. Five outputs, in this order: a status line
+and a results table (Markdown strings, for people), the heatmap gallery (for each image: the image as the model
+sees it, then the overlay), the per-level maps, and `result` — a JSON record for programs, hidden on the page:
+the threshold, and per image its name, its **exact** score and `anomalous` (score > threshold), plus the
+refusal messages. The page's table rounds scores to 4 significant digits for reading; a program should never
+parse it. We send every example image, one request each, at the calibrated threshold.
 """),
     code(r"""
-ROW = re.compile(r"^\|\s*(?P<name>.+?)\s*\|\s*(?P<score>[-+0-9.eEinf]+)\s*\|\s*(?P<thr>[^|]+)\|\s*\**(?P<verdict>[A-Za-z ]+?)\**\s*\|$")
-
-
 def ask(files, threshold=THRESHOLD):
-    # one request to /predict; returns (status, rows of the results table, heat gallery, level gallery)
-    status, table, heat, levels = client.predict([handle_file(str(f)) for f in files], threshold, "fixed",
-                                                 api_name="/predict")
-    rows = [m.groupdict() for line in table.splitlines() if (m := ROW.match(line.strip()))]
-    return status, rows, heat, levels
+    # one request to /predict; returns (status text, per-image results of the JSON record, heat gallery, levels)
+    status, table, heat, levels, record = client.predict([handle_file(str(f)) for f in files], threshold, "fixed",
+                                                         api_name="/predict")
+    assert record["threshold"] == threshold
+    return status, record["results"], heat, levels
 
 
 served = []
 for e, d in zip(examples, direct):
     status, rows, heat, levels = ask([e.path])
     assert len(rows) == 1, status
-    served.append({"category": e.category, "defect": e.defect, "served score": float(rows[0]["score"]),
-                   "direct score": d["score"], "served verdict": rows[0]["verdict"],
+    served.append({"category": e.category, "defect": e.defect, "served score": rows[0]["score"],
+                   "direct score": d["score"], "served verdict": ds.verdict(rows[0]["score"], THRESHOLD),
+                   "served anomalous": rows[0]["anomalous"],
                    "direct verdict": ds.verdict(d["score"], THRESHOLD), "heat": heat, "levels": levels})
 rel_gap = [abs(s["served score"] - s["direct score"]) / abs(s["direct score"]) for s in served]
 display(Markdown(viz.markdown_table([{k: v for k, v in s.items() if k not in ("heat", "levels")} | {"relative gap": g}
                                      for s, g in zip(served, rel_gap)], digits=5)))
-print(f"largest relative gap served vs direct: {max(rel_gap):.1e} (4 significant digits round by at most 5e-4)")
+print(f"largest relative gap served vs direct: {max(rel_gap):.1e}")
 """),
     md(r"""
-Same scores, same verdicts — the server computes what `engine.predict` computes, on the same run folder. (Is
+Same scores (to float precision), same verdicts — the server computes what `engine.predict` computes, on
+the same run folder. (Is
 the model any good? The model card's metrics say that; the verdict column compared with the `defect` column
 shows it image by image.)
 
@@ -298,7 +294,7 @@ mixed_status, mixed_rows, _, _ = ask([paths[0], bad])
 print("good + bad  ->", mixed_status.replace("\n\n", " / "), "\n")
 
 after_status, after_rows, _, _ = ask([paths[-1]])
-after_score = float(after_rows[0]["score"]) if after_rows else float("nan")
+after_score = after_rows[0]["score"] if after_rows else float("nan")
 print("afterwards  ->", after_status, f"(direct: {direct[-1]['score']:.4g})")
 """),
     md(r"""
@@ -371,8 +367,8 @@ one request change, and why (look at `DEFAULT_CONCURRENCY` and the model lock in
 The cell checks the lesson's claims on this run's numbers:
 
 1. the server listened on **loopback only**, and the machine's other addresses refused the port;
-2. the **served scores equal** `predict`'s on the same run folder (to the 4 significant digits they are
-   printed with), the **verdicts** follow `score > threshold`, normal and defective images were both sent,
+2. the **served scores equal** `predict`'s on the same run folder (to float precision: the JSON record
+   carries the exact value), the **verdicts** follow `score > threshold`, normal and defective images were both sent,
    and each served heatmap is closest to its own image's overlay;
 3. the **bad upload** got a readable message naming the file and no score, a mixed batch scored the good image
    and refused the bad one, and the server **still answered** afterwards with the right score;
@@ -387,15 +383,16 @@ assert all(other_refused.values()), "the server was reachable from a non-loopbac
 print(f"2. {len(served)} images, largest relative score gap {max(rel_gap):.1e}; "
       f"heatmaps: own <= {own.max():.2f} < others >= {others.min():.2f}")
 assert {s["defect"] == "good" for s in served} == {True, False}, "need both normal and defective images"
-assert max(rel_gap) <= 1e-3, "served scores differ from predict() on the same run folder"
-assert all(s["served verdict"] == s["direct verdict"] == ds.verdict(s["served score"], THRESHOLD) for s in served)
+assert max(rel_gap) <= 1e-5, "served scores differ from predict() on the same run folder"
+assert all(s["served verdict"] == s["direct verdict"] for s in served)
+assert all(s["served anomalous"] == (s["direct score"] > THRESHOLD) for s in served)
 assert np.all(own < others), "a served heatmap is not closest to its own image's overlay"
 
 print(f"3. bad upload: {bad_status[:70]}...; afterwards score {after_score:.4g} vs {direct[-1]['score']:.4g}")
 assert "refused" in bad_status and "notes.png" in bad_status and "text file" in bad_status
 assert not bad_rows and not bad_heat
 assert len(mixed_rows) == 1 and "refused" in mixed_status
-assert abs(after_score - direct[-1]["score"]) <= 1e-3 * abs(direct[-1]["score"]), "the server stopped answering"
+assert abs(after_score - direct[-1]["score"]) <= 1e-5 * abs(direct[-1]["score"]), "the server stopped answering"
 
 print(f"4. process running: {stopped_running}; port refuses: {stopped_refuses}; client: {client_error}; "
       f"leftover: {leftover}")
