@@ -181,3 +181,36 @@ def test_scan_reports_missing_test_folder(tmp_path):
     write_image(cat / "train" / "good" / "0.png")
     with pytest.raises(DataError, match="no test/ folder"):
         scan_category("widget", cat, "test")
+
+
+def test_load_image_turns_exif_rotated_photos_upright_only_when_asked(tmp_path):
+    from PIL import Image
+
+    from unistad_edu.data import load_image
+    rng = np.random.default_rng(0)
+    upright = rng.integers(0, 256, (40, 24, 3), dtype=np.uint8)          # (H, W): portrait
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))                 # (24, 40): how a phone stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                      # orientation: rotate 90 CW to view
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    assert load_image(path).shape == (24, 40, 3)                          # datasets: the stored pixels
+    assert np.array_equal(load_image(path, exif_orientation=True), upright)
+
+
+def test_predict_scores_the_same_picture_as_the_demo_upload(tmp_path):
+    from PIL import Image
+
+    from unistad_edu import build_model, load_teacher, predict
+    from unistad_edu.demo_support import decode_upload
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    path = tmp_path / "rotated.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    model = build_model("stpm", load_teacher(), image_size=64).eval()
+    from_file = predict(model, [path])[0]
+    from_upload = predict(model, [decode_upload(path).array])[0]
+    assert np.array_equal(from_file["image"], from_upload["image"])
+    assert from_file["score"] == from_upload["score"]

@@ -97,11 +97,17 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_image(path, size: int | None = None) -> np.ndarray:
-    """Decode an image file to (size, size, 3) uint8 RGB (or its own size if ``size`` is None)."""
+def load_image(path, size: int | None = None, exif_orientation: bool = False) -> np.ndarray:
+    """Decode an image file to (size, size, 3) uint8 RGB (or its own size if ``size`` is None).
+
+    ``exif_orientation``: turn the pixels upright as the EXIF orientation tag says (phone photos), as the demo
+    does with uploads. Off for datasets: their masks are drawn on the stored pixels."""
     img = _open_checked(Path(path))
     try:
         img.load()
+        if exif_orientation:
+            from PIL import ImageOps
+            img = ImageOps.exif_transpose(img) or img
         arr = to_rgb_array(img)
     except DataError:
         raise

@@ -449,7 +449,8 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
 def predict(model: Method, images: Sequence, threshold: float | None = None, batch_size: int = 8) -> list[dict]:
     """Score images given as file paths, (H, W, 3) uint8 arrays or (3, H, W) float tensors in [0, 1].
     Returns per image: ``score``, ``anomalous`` (score > threshold, or None without a threshold),
-    ``anomaly_map`` (S, S) float32, and the resized ``image`` (S, S, 3) uint8."""
+    ``anomaly_map`` (S, S) float32, and the resized ``image`` (S, S, 3) uint8. A file is turned upright by its
+    EXIF orientation first, as the demo does with an upload, so both score the same picture."""
     size = model.cfg.image_size
     threshold = threshold if threshold is not None else getattr(model, "threshold", None)
     device = next(model.parameters()).device
@@ -457,7 +458,7 @@ def predict(model: Method, images: Sequence, threshold: float | None = None, bat
     arrays = []
     for im in images:
         if isinstance(im, (str, Path)):
-            arrays.append(load_image(im, size))
+            arrays.append(load_image(im, size, exif_orientation=True))  # upright, as the demo sees uploads
         elif isinstance(im, torch.Tensor):
             arr = (im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
             arrays.append(np.asarray(_resize(arr, size)))
