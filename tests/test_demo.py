@@ -3,6 +3,7 @@ load test of the running app over loopback with gradio_client (none of the reque
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -262,3 +263,25 @@ def test_small_load_test_has_no_failures(tiny_run):
     assert res["demo"]["failed"] == 0 and res["demo"]["ok"] == 10, res["demo"]["errors"]
     assert res["bare_predict_sequential"]["ok"] == 10
     assert res["demo"]["p95_ms"] >= res["demo"]["p50_ms"] > 0
+
+
+def test_stopping_the_demo_deletes_the_uploads(tiny_run, tiny_data, tmp_path, monkeypatch):
+    """SIGTERM stops the server cleanly, and a clean stop deletes the files it kept (uploads, rendered images)."""
+    from gradio_client import Client, handle_file
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "server_files"))
+    upload = tmp_path / "my_private_photo.png"
+    shutil.copy(sorted((tiny_data / "bolt" / "test").glob("[!g]*/*.png"))[0], upload)
+    with ds.serve_in_subprocess(tiny_run, log=lambda m: None) as url:
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "client"))
+        *_, record = client.predict([handle_file(str(upload))], 0.1, "fixed", api_name="/predict")
+        assert record["results"][0]["name"] == upload.name
+        kept = [p.name for p in (tmp_path / "server_files").rglob("*") if p.is_file()]
+        assert upload.name in kept                        # while serving, the upload is in the server's cache
+    left = [p.name for p in (tmp_path / "server_files").rglob("*") if p.is_file()]
+    assert upload.name not in left, left
+
+
+def test_delete_cache_setting():
+    assert ds.delete_cache_setting(0) is None and ds.delete_cache_setting(-1) is None
+    assert ds.delete_cache_setting(60) == (1800, 3600)
+    assert ds.delete_cache_setting(0.01) == (1, 1)

@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,13 +51,14 @@ def _to_float(value, default):
 
 def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
               max_upload_mb: float = ds.DEFAULT_MAX_UPLOAD_MB, max_pixels: int = ds.DEFAULT_MAX_PIXELS,
-              queue_size: int = ds.DEFAULT_QUEUE_SIZE):
+              queue_size: int = ds.DEFAULT_QUEUE_SIZE, keep_files_minutes: float = ds.DEFAULT_KEEP_FILES_MINUTES):
     """The demo as a ``gr.Blocks`` over the run folder ``run_dir`` (``model``: an already loaded model of it).
 
     The queue is configured here: ``concurrency`` requests are processed at once (safe decoding and heatmap
     rendering overlap; the model call itself is serialised by a lock, so any method is safe), ``queue_size``
     more wait. ``max_pixels`` caps width x height of an upload. Launch it with :func:`launch`, which also
-    applies the upload size limit ``max_upload_mb``."""
+    applies the upload size limit ``max_upload_mb``. Uploads and rendered images are deleted once older than
+    ``keep_files_minutes`` and when the server stops (0: kept, Gradio's default) -- they are other people's data."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -145,7 +149,8 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
 
     thr_info = ("calibrated on held-out normal images: "
                 f"{calibrated:.4g}" if calibrated is not None else "this run has no calibrated threshold: choose one")
-    with gr.Blocks(title="unistad-edu demo", analytics_enabled=False) as demo:
+    with gr.Blocks(title="unistad-edu demo", analytics_enabled=False,
+                   delete_cache=ds.delete_cache_setting(keep_files_minutes)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
@@ -271,11 +276,27 @@ def run(args) -> int:
     if not ds.is_loopback(args.host):
         print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} can use the "
               f"demo (there is no login). Use the default --host 127.0.0.1 to keep it local.", file=sys.stderr)
+    own_files = None
+    if args.keep_files_minutes > 0:   # a folder of our own inside Gradio's cache, removed when the demo stops
+        base = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+        base.mkdir(parents=True, exist_ok=True)
+        own_files = Path(tempfile.mkdtemp(prefix="unistad-demo-", dir=base))
+        os.environ["GRADIO_TEMP_DIR"] = str(own_files)
     demo = build_app(run_dir, model=model, concurrency=args.concurrency, max_upload_mb=args.max_upload_mb,
-                     max_pixels=max_pixels)
+                     max_pixels=max_pixels, keep_files_minutes=args.keep_files_minutes)
+
+    def stop(signum, frame):  # SIGTERM (kill, a process manager) stops like Ctrl+C: the server shuts down cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     print(f"demo of {run_dir} ({model.run_config.get('method')}) at http://{args.host}:{args.port}/  "
           f"(Ctrl+C to stop)", flush=True)
-    launch(demo, args.host, args.port, block=True)
+    try:
+        launch(demo, args.host, args.port, block=True)
+    finally:
+        if own_files is not None:
+            shutil.rmtree(own_files, ignore_errors=True)
+            print(f"deleted the demo's uploads and rendered images ({own_files})", flush=True)
     return 0
 
 

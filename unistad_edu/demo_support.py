@@ -37,6 +37,7 @@ DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to 
 DEFAULT_PORT = 7860
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_CONCURRENCY = 2  # requests processed at once (the rest wait in the queue); 2 suits a 2-core CPU
+DEFAULT_KEEP_FILES_MINUTES = 60.0  # uploads and rendered images are deleted after an hour, and at stop
 DEFAULT_QUEUE_SIZE = 64  # waiting requests beyond this are refused with "queue full"
 DEFAULT_MAX_PIXELS = min(MAX_IMAGE_PIXELS, 40_000_000)  # the model works at a few hundred pixels anyway
 MAX_FILES_PER_REQUEST = 16
@@ -444,6 +445,15 @@ def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bo
 
 
 # ---- networking and the browser -------------------------------------------------------------------------
+def delete_cache_setting(keep_minutes: float) -> tuple[int, int] | None:
+    """Gradio's ``delete_cache=(every, older_than)`` in seconds for keeping files ``keep_minutes``; None keeps
+    them forever (``keep_minutes <= 0``). Gradio also deletes every file the app made when the server stops."""
+    if keep_minutes is None or keep_minutes <= 0:
+        return None
+    age = max(1, int(round(keep_minutes * 60)))
+    return max(1, age // 2), age
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -466,6 +476,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="largest accepted image (width x height)")
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                    help="requests processed at once (default 2); further requests wait in the queue")
+    p.add_argument("--keep-files-minutes", type=float, default=DEFAULT_KEEP_FILES_MINUTES,
+                   help="delete uploads and rendered images older than this (checked every half of it), and all "
+                        "of them when the demo stops (Ctrl+C or SIGTERM: they live in a folder of the demo's own "
+                        "under $GRADIO_TEMP_DIR); 0 keeps them (Gradio's default)")
     p.add_argument("--screenshot", default=None, metavar="PNG",
                    help="render the page with headless Chromium into PNG (after scoring an example) and exit")
     p.add_argument("--bench", default=None, metavar="JSON",

@@ -151,8 +151,10 @@ also register the stop with `atexit`.
 `free_port` asks the OS for a port nobody uses (bind to port 0), so two runs of this lesson never collide.
 
 A server also writes **files**: Gradio keeps every upload, and every picture it sends back, in its cache folder
-(`GRADIO_TEMP_DIR`, by default `/tmp/gradio`), and the client saves what it downloads. We point both into the
-lesson's folder, to see them and to remove them at the end. (The child process inherits the kernel's
+(`GRADIO_TEMP_DIR`, by default `/tmp/gradio`), and the client saves what it downloads. Uploads are other
+people's data, so the demo keeps them in a folder of its own inside that cache, deletes files older than
+`--keep-files-minutes` (default 60) and removes the whole folder when it stops. We point both caches into the
+lesson's folder, to watch that happen. (The child process inherits the kernel's
 environment, so setting `os.environ` before the launch reaches it.)
 """),
     code(r"""
@@ -328,11 +330,14 @@ Leaving the `with` block (here: closing the `ExitStack`) terminates the child (S
 exit within 20 s) and waits for it. Then check, rather than believe: the process is gone, nothing accepts
 connections on the port, and the client gets a connection error instead of an answer.
 
-What stopping does *not* remove: the files. Every uploaded image — `notes.png` too — is still in the server's
-cache. On a real deployment that is other people's data on your disk, growing with every request: decide
-where it goes and when it is deleted. Here, the lesson's folder is deleted with it.
+Stopping also removes the **files**: every uploaded image — `notes.png` too — is in the server's cache while it
+serves; a clean stop (SIGTERM or Ctrl+C: the demo turns SIGTERM into a clean shutdown) deletes the demo's own
+cache folder. A server killed with SIGKILL cannot clean up: then only the periodic deletion of old files, at the
+next start of a demo, and your operating system's temp cleaning remain.
 """),
     code(r"""
+serving_uploads = sorted({p.name for p in SERVER_FILES.rglob("*") if p.is_file() and p.suffix == ".png"})
+print(f"while serving, the server's cache holds {len(serving_uploads)} uploaded PNGs, e.g. {serving_uploads[:3]}")
 server.close()
 atexit.unregister(server.close)
 stopped_running = proc.is_running()
@@ -350,7 +355,7 @@ print(f"child processes of this kernel still running the package: {leftover}")
 kept = sorted(p for p in SERVER_FILES.rglob("*") if p.is_file())
 kept_uploads = sorted({p.name for p in kept if p.suffix == ".png"})
 print(f"\nleft in the server's file cache after the stop: {len(kept)} files, "
-      f"{sum(p.stat().st_size for p in kept) / 1024:.0f} KiB, among them the uploads {kept_uploads[:4]} ...")
+      f"{sum(p.stat().st_size for p in kept) / 1024:.0f} KiB, uploads among them: {kept_uploads[:4]}")
 shutil.rmtree(WORK, ignore_errors=True)
 os.environ.pop("GRADIO_TEMP_DIR")
 """),
@@ -373,7 +378,8 @@ The cell checks the lesson's claims on this run's numbers:
 3. the **bad upload** got a readable message naming the file and no score, a mixed batch scored the good image
    and refused the bad one, and the server **still answered** afterwards with the right score;
 4. after the stop, the process had **exited**, the port **refused** connections and the client got an
-   **error**, with no server process left behind — but the uploads were still in the server's file cache.
+   **error**, with no server process left behind, and the uploads that were in the server's file cache while it
+   served were deleted.
 """),
     code(r"""
 print(f"1. listening on {[a.ip for a in listening]}; other addresses refused: {other_refused}")
@@ -397,6 +403,7 @@ assert abs(after_score - direct[-1]["score"]) <= 1e-5 * abs(direct[-1]["score"])
 print(f"4. process running: {stopped_running}; port refuses: {stopped_refuses}; client: {client_error}; "
       f"leftover: {leftover}")
 assert not stopped_running and stopped_refuses and client_error is not None and not leftover
-assert "notes.png" in kept_uploads, "the uploads were expected to stay in the server's cache after the stop"
+assert "notes.png" in serving_uploads and "notes.png" not in kept_uploads and not kept_uploads, \
+    f"uploads: {serving_uploads} while serving, {kept_uploads} after the stop"
 """),
 ]
