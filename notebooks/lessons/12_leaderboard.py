@@ -171,7 +171,7 @@ for ratio in RATIOS:
                   "bank MiB": round(model.bank_mib(), 3), "build s": round(build_s, 1),
                   "ms/img (cached teacher)": round(1000 * float(np.median(times)) / len(test_q), 2),
                   "I-AUROC": round(100 * table["mean"]["I-AUROC"], 1), "P-AUROC": round(100 * table["mean"]["P-AUROC"], 1)})
-display(Markdown(viz.markdown_table(costs)))
+display(Markdown(viz.markdown_table(costs, digits=2)))
 """),
     md(r"""
 Ten times the bank is ten times the memory, and the search grows with it. What it buys in accuracy is the
