@@ -54,3 +54,12 @@ def make_category(root: Path, name: str = "widget", n_train=3, n_good=2, n_defec
         (cat / "ground_truth" / "scratch").mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask).save(cat / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
     return cat
+
+
+def tiny_synthetic(tmp_path_factory, size: int, n_train: int = 10, n_test_good: int = 2, n_test_defect: int = 1,
+                   categories=("weave", "bolt")) -> Path:
+    """A small synthetic multi-class set in a fresh temporary folder (``categories=None``: all of them)."""
+    from unistad_edu.synthetic import make_synthetic
+    extra = {} if categories is None else {"categories": tuple(categories)}
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=size, n_train=n_train,
+                          n_test_good=n_test_good, n_test_defect=n_test_defect, **extra)

@@ -16,6 +16,8 @@ from PIL import Image
 
 from unistad_edu import demo_support as ds
 
+from .conftest import tiny_synthetic
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 TINY_SPEC = {"method": "stpm", "image_size": SIZE, "epochs": 1, "max_minutes": 5.0, "seed": 0}
@@ -179,9 +181,7 @@ def test_verdict_and_slider():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from unistad_edu.synthetic import make_synthetic
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=SIZE, n_train=10, n_test_good=2,
-                          n_test_defect=1, categories=("weave", "bolt"))
+    return tiny_synthetic(tmp_path_factory, SIZE)
 
 
 @pytest.fixture(scope="module")

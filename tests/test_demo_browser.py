@@ -15,6 +15,8 @@ import pytest
 
 from unistad_edu import demo_support as ds
 
+from .conftest import tiny_synthetic
+
 SIZE = 64
 TIMEOUT_MS = 60_000
 
@@ -25,9 +27,7 @@ pytestmark = pytest.mark.skipif(not Path(ds.CHROMIUM).is_file(),
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from unistad_edu.synthetic import make_synthetic
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=SIZE, n_train=8, n_test_good=2,
-                          n_test_defect=1, categories=("weave", "bolt"))
+    return tiny_synthetic(tmp_path_factory, SIZE, n_train=8)
 
 
 @pytest.fixture(scope="module")

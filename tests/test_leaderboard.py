@@ -10,14 +10,14 @@ from PIL import Image
 
 from unistad_edu.__main__ import main as cli
 
+from .conftest import tiny_synthetic
+
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from unistad_edu.synthetic import make_synthetic
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=SIZE, n_train=10, n_test_good=2,
-                          n_test_defect=2, categories=("weave", "bolt"))
+    return tiny_synthetic(tmp_path_factory, SIZE, n_test_defect=2)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,15 @@ from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.memory_bank import greedy_coreset, nearest_distance
 
+from .conftest import tiny_synthetic
+
 SIZE = 64
 QUIET = dict(progress=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from unistad_edu.synthetic import make_synthetic
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=SIZE, n_train=10, n_test_good=3,
-                          n_test_defect=1)
+    return tiny_synthetic(tmp_path_factory, SIZE, n_test_good=3, categories=None)
 
 
 @pytest.fixture(scope="module")
