@@ -558,13 +558,20 @@ def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout
         log(f"demo serving at {url} (pid {proc.pid}) after {time.perf_counter() - t0:.1f} s")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=20.0)
         logf.close()
+
+
+def stop_process(proc, timeout_s: float = 20.0) -> int:
+    """Ask a child process to stop (SIGTERM: the demo shuts down cleanly and deletes its files), kill it if it
+    has not exited within ``timeout_s``; returns its exit code."""
+    import subprocess
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_concurrency: int = DEFAULT_CONCURRENCY,
