@@ -28,10 +28,9 @@ import math
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, Occlusion
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, scoring, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, explain, fit, scoring, viz
 from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.methods.base import Batch
 from unistad_edu.metrics import format_table
@@ -91,18 +90,12 @@ So `model.score(...)` has no gradient at all, and `anomaly_maps` on a bare image
 *student* branch: the teacher's side of `‖t̂ − ŝ‖²` is treated as a constant, and the gradient is wrong. The
 fix uses the contract as it is: compute the teacher's features ourselves, *with* gradients, and hand them in
 through `Batch.features`; then call `anomaly_maps` and `scoring.score` ourselves, with gradients on (the
-default outside `torch.no_grad()`; IG turns them on by itself). We also
-switch off the teacher's bf16 autocast on CPU (`teacher.fast_cpu`), so that the gradients are float32.
+default outside `torch.no_grad()`; IG turns them on by itself), with the teacher's bf16 autocast on CPU
+switched off so that the gradients are float32. That is `unistad_edu.explain.score_function(model)`: read its
+six lines, then check it below against `model.score` and against the student-only gradient.
 """),
     code(r"""
-teacher.fast_cpu = False       # float32 teacher: exact gradients (bf16 is for fast training and scoring)
-
-
-def image_score(x):
-    # (B, 3, S, S) pixels in [0, 1] -> (B,) image scores, differentiable through teacher and student
-    # (no torch.no_grad anywhere on this path; captum's IG switches gradients on by itself)
-    maps = model.anomaly_maps(Batch(image=x, features=teacher(x)))
-    return scoring.score(maps, x.shape[-2:], model.cfg.scoring).pred_score
+image_score = explain.score_function(model)   # (B, 3, S, S) pixels -> (B,) scores, gradients through teacher + student
 
 
 def student_only_score(x):
@@ -114,7 +107,8 @@ first_defect = int(np.flatnonzero(out["labels"] == 1)[0])
 x = test[first_defect]["image"][None].to(device).requires_grad_(True)
 print("model.score(...) requires grad:", model.score(Batch(image=x)).pred_score.requires_grad)
 with torch.no_grad():
-    torch.testing.assert_close(image_score(x), model.score(Batch(image=x)).pred_score)
+    # the same score; model.score runs the teacher in bf16 on CPU (fast), image_score in float32 (exact gradients)
+    torch.testing.assert_close(image_score(x), model.score(Batch(image=x)).pred_score.float(), rtol=3e-2, atol=1e-4)
 g_full, = torch.autograd.grad(image_score(x).sum(), x)
 g_student, = torch.autograd.grad(student_only_score(x).sum(), x)
 cos = torch.nn.functional.cosine_similarity(g_full.flatten(), g_student.flatten(), dim=0).item()
@@ -122,7 +116,7 @@ print(f"gradient norm, teacher + student: {g_full.norm():.4g};  student branch o
       f"cosine between them {cos:.3f}")
 """),
     md(r"""
-The same score as `model.score` (checked above), but the student-only gradient points elsewhere: half of the story is missing. From here on, `image_score` is the function we explain.
+The same score as `model.score` (checked above, up to the bf16 rounding of the fast path), but the student-only gradient points elsewhere: half of the story is missing. From here on, `image_score` is the function we explain.
 
 ## 3. The baseline: "compared with what?"
 
@@ -133,11 +127,7 @@ Candidates, scored by the model (threshold from section 1 for reference):
     code(r"""
 train_images = torch.stack([train[i]["image"] for i in range(len(train))]).to(device)
 
-
-def nearest_normal(x):
-    # the training image closest to x in pixel space (the model never sees which category either belongs to)
-    d = (train_images - x).flatten(1).pow(2).sum(1)
-    return train_images[int(d.argmin())][None]
+nearest_normal = lambda x: explain.nearest_normal(x, train_images)   # closest training image in pixel space
 
 
 x = test[first_defect]["image"][None].to(device)
@@ -175,22 +165,18 @@ for c in CATEGORIES:
     ids = np.flatnonzero((out["categories"] == c) & (out["labels"] == 1))
     chosen += ids[np.argsort(-out["scores"][ids])][:PER_CATEGORY].tolist()
 
-ig = IntegratedGradients(image_score)
-occlusion = Occlusion(image_score)
 patch = max(8, SIZE // 8)
 explained = []
 for i in chosen:
     x = test[i]["image"][None].to(device)
     ref = nearest_normal(x)
-    attr_ig, delta = ig.attribute(x, baselines=ref, n_steps=IG_STEPS, internal_batch_size=32,
-                                  return_convergence_delta=True)
-    attr_occ = occlusion.attribute(x, sliding_window_shapes=(3, patch, patch), strides=(3, patch // 2, patch // 2),
-                                   baselines=ref, perturbations_per_eval=16)
+    attr_ig, delta = explain.integrated_gradients(image_score, x, ref, n_steps=IG_STEPS)   # (1, S, S), (1,)
+    attr_occ = explain.occlusion(image_score, x, ref, window=patch)                        # (1, S, S)
     with torch.no_grad():
         s_x, s_ref = float(image_score(x)), float(image_score(ref))
     explained.append({"index": i, "category": test.records[i].category, "defect": test.records[i].defect,
-                      "score": s_x, "baseline score": s_ref, "sum IG": float(attr_ig.sum()), "delta": float(delta),
-                      "ig": attr_ig[0].sum(0).detach().cpu().numpy(), "occ": attr_occ[0].sum(0).detach().cpu().numpy(),
+                      "score": s_x, "baseline score": s_ref, "sum IG": float(attr_ig.sum()), "delta": float(delta[0]),
+                      "ig": attr_ig[0], "occ": attr_occ[0],
                       "ref": viz.as_uint8(ref[0])})
 display(Markdown("**completeness**: Σ IG vs score(x) − score(x')\n\n" + viz.markdown_table(
     [{"category": e["category"], "defect": e["defect"], "score(x)": e["score"], "score(x')": e["baseline score"],
@@ -235,11 +221,7 @@ the image the mask covers. An explanation spread at random would put as much mas
 a ratio of 1. Above 1, the explanation concentrates on the defect.
 """),
     code(r"""
-def share_inside(values, mask):
-    v = np.clip(values, 0, None)
-    return float(v[mask].sum() / v.sum()) if v.sum() > 0 else float("nan")
-
-
+share_inside = explain.share_inside   # positive mass inside the mask / all positive mass
 share_rows = []
 for e in explained:
     mask = out["masks"][e["index"]] > 0
