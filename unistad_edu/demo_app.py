@@ -173,7 +173,7 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
                 status = gr.Markdown("Upload an image, or click an example.", elem_id="status", label="status")
                 results = gr.Markdown("", elem_id="results", label="results")
                 heat = gr.Gallery(label="Input and heatmap overlay", columns=2, height="auto", elem_id="heatmaps",
-                                  object_fit="contain", interactive=False)
+                                  object_fit="contain", interactive=False, format="png")  # lossless, as drawn
                 with gr.Accordion("Per-level maps (one per teacher level, each on its own colour scale)",
                                   open=False, elem_id="levels-accordion"):
                     levels = gr.Gallery(label="per-level maps", show_label=False, columns=3, height="auto",

@@ -253,10 +253,10 @@ the same run folder. (Is
 the model any good? The model card's metrics say that; the verdict column compared with the `defect` column
 shows it image by image.)
 
-The **heatmaps** come back as image files. Gradio's gallery encodes them as lossy WebP, so they are not
-bit-identical to the overlay the notebook draws with `demo_support.render_overlay` from `predict`'s anomaly
-map — but each should be far closer to its own image's overlay than to any other image's. Never read numbers
-off a picture: the score is in the text.
+The **heatmaps** come back as image files. The demo asks its gallery for PNG (Gradio's default is lossy
+WebP), so each served overlay should match the overlay the notebook draws with `demo_support.render_overlay`
+from `predict`'s anomaly map, up to rounding — and be far from any other image's. Still, never read numbers off
+a picture: the exact score is in the JSON record.
 """),
     code(r"""
 def load_rgb(item):
@@ -303,7 +303,7 @@ print("afterwards  ->", after_status, f"(direct: {direct[-1]['score']:.4g})")
 ## 5. What serving costs
 
 A served request does far more than the model call: upload over HTTP, a place in the queue, safe decoding,
-the model, rendering and WebP-encoding five pictures, and the client downloading them. We time a few
+the model, rendering and PNG-encoding five pictures, and the client downloading them. We time a few
 single-image requests, one after the other, against `engine.predict` on the same files in the notebook.
 This is a ratio on *this* machine, with nothing else being served — not a target. (`python -m unistad_edu
 demo --bench OUT.json` runs a real load test: many requests from several client threads.)
@@ -374,7 +374,8 @@ The cell checks the lesson's claims on this run's numbers:
 1. the server listened on **loopback only**, and the machine's other addresses refused the port;
 2. the **served scores equal** `predict`'s on the same run folder (to float precision: the JSON record
    carries the exact value), the **verdicts** follow `score > threshold`, normal and defective images were both sent,
-   and each served heatmap is closest to its own image's overlay;
+   and each served heatmap equals the notebook's drawing of the same image (lossless PNG: mean |Δ| under half a
+   grey level) and is closest to its own image's overlay;
 3. the **bad upload** got a readable message naming the file and no score, a mixed batch scored the good image
    and refused the bad one, and the server **still answered** afterwards with the right score;
 4. after the stop, the process had **exited**, the port **refused** connections and the client got an
@@ -393,6 +394,7 @@ assert max(rel_gap) <= 1e-5, "served scores differ from predict() on the same ru
 assert all(s["served verdict"] == s["direct verdict"] for s in served)
 assert all(s["served anomalous"] == (s["direct score"] > THRESHOLD) for s in served)
 assert np.all(own < others), "a served heatmap is not closest to its own image's overlay"
+assert own.max() < 0.5, "the served heatmap is not the overlay predict() gives (lossless PNG expected)"
 
 print(f"3. bad upload: {bad_status[:70]}...; afterwards score {after_score:.4g} vs {direct[-1]['score']:.4g}")
 assert "refused" in bad_status and "notes.png" in bad_status and "text file" in bad_status
