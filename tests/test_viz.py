@@ -250,3 +250,13 @@ def test_results_explorer_rerenders_when_the_dropdowns_change():
     assert [r["method"] for r in box.rows()] == ["a", "c", "b"]
     assert "ranked by x" in box.table.value and box.table.value != first
     assert "font-weight:bold" in box.table.value
+
+
+def test_browse_indices_take_defective_then_normal_per_category():
+    from unistad_edu.viz import browse_indices
+    cats = ["b", "a", "a", "b", "a", "a", "b", "a"]
+    labels = [1, 0, 1, 0, 1, 0, 1, 1]
+    # brute force: per category in order, defective indices first, then normal, capped at 1 each
+    assert browse_indices(cats, labels, 2, order=["a", "b"]) == [2, 1, 0, 3]
+    assert browse_indices(cats, labels, None) == [2, 4, 7, 1, 5, 0, 6, 3]
+    assert browse_indices(cats, labels, 4, order=["b"]) == [0, 6, 3]

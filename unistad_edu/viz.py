@@ -396,6 +396,18 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def browse_indices(categories, labels, per_category: int | None = None, order: Sequence[str] | None = None) -> list[int]:
+    """Which test images an explorer shows: per category (in ``order``, default sorted), its defective images,
+    then its normal ones, at most ``per_category // 2`` of each (first ones in dataset order; ``None``: all)."""
+    cats, labs = np.asarray(categories), np.asarray(labels)
+    out: list[int] = []
+    for c in (order if order is not None else sorted(set(cats.tolist()))):
+        for label in (1, 0):
+            ids = np.flatnonzero((cats == c) & (labs == label)).tolist()
+            out += ids[:per_category // 2] if per_category else ids
+    return out
+
+
 def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None = None,
                   masks: Sequence[np.ndarray] | None = None, scores: Sequence[float] | None = None,
                   labels: Sequence[int] | None = None, titles: Sequence[str] | None = None,

@@ -309,11 +309,7 @@ find a normal image the unified model flags, or a defect it misses, that the per
 """),
     code(r"""
 N_BROWSE = 12 if QUICK else None    # test images per category in the explorer, half defective (None: all)
-browse = []
-for c in CATEGORIES:
-    for label in (1, 0):
-        ids = np.flatnonzero((cat_of == c) & (out_uni["labels"] == label)).tolist()
-        browse += ids[:N_BROWSE // 2] if N_BROWSE else ids
+browse = viz.browse_indices(cat_of, out_uni["labels"], N_BROWSE, order=CATEGORIES)  # defective, then normal
 records = [test.records[i] for i in browse]
 common = dict(images=[viz.as_uint8(test[i]["image"]) for i in browse], masks=[out_uni["masks"][i] for i in browse],
               labels=[r.label for r in records], categories=[r.category for r in records],

@@ -364,11 +364,7 @@ up everywhere — rebuilding from context is harder, and a rough reconstruction 
 """),
     code(r"""
 N_BROWSE = 12 if QUICK else None    # test images per category in the explorer, half defective (None: all)
-browse = []
-for c in CATEGORIES:
-    for label in (1, 0):
-        ids = np.flatnonzero((cat_of == c) & (labels == label)).tolist()
-        browse += ids[:N_BROWSE // 2] if N_BROWSE else ids
+browse = viz.browse_indices(cat_of, labels, N_BROWSE, order=CATEGORIES)  # defective, then normal
 records = [test.records[i] for i in browse]
 explorer = viz.run_switcher(
     maps={n: [outputs[n]["maps"][i] / fits[n].threshold for i in browse] for n in VARIANTS},

@@ -354,11 +354,7 @@ you can watch what the walk moves.
     code(r"""
 N_BROWSE = 12 if QUICK else None    # test images per category in the explorer, half defective (None: all)
 labels, cats = outputs["off"]["labels"], outputs["off"]["categories"]
-browse = []
-for c in CATEGORIES:
-    for label in (1, 0):
-        sel = np.flatnonzero((cats == c) & (labels == label)).tolist()
-        browse += sel[:N_BROWSE // 2] if N_BROWSE else sel
+browse = viz.browse_indices(cats, labels, N_BROWSE, order=CATEGORIES)  # defective, then normal
 records = [test.records[i] for i in browse]
 viz.run_switcher({n: [outputs[n]["maps"][i] for i in browse] for n in outputs},
                  scores={n: [outputs[n]["scores"][i] for i in browse] for n in outputs},
