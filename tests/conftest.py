@@ -63,3 +63,14 @@ def tiny_synthetic(tmp_path_factory, size: int, n_train: int = 10, n_test_good: 
     extra = {} if categories is None else {"categories": tuple(categories)}
     return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=size, n_train=n_train,
                           n_test_good=n_test_good, n_test_defect=n_test_defect, **extra)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of many tiny ops: on a busy 2-core machine two OpenMP threads wait on each
+    other at every op (measured 10x slower); the previous count is restored for the modules after it."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

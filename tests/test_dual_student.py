@@ -18,12 +18,7 @@ from unistad_edu.methods.dual_student import DualStudent, global_cosine_distance
 from unistad_edu.scoring import ScoringConfig, combine_scores, noisy_or, noisy_or_nll, score
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _small(teacher, size=64, **kw):

@@ -18,12 +18,7 @@ from unistad_edu.methods.stpm import STPM
 from unistad_edu.scoring import ScoringConfig, score
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from unistad_edu.methods.snl import (CRAM, SNL, channel_cosine_distance, cross_l
 ALL_OFF = dict(spatial_channel=False, intra_affinity=False, inter_affinity=False, cram=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny ops: one thread is faster on the busy 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _rand(*shape, seed=0):

@@ -16,14 +16,7 @@ from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these tests run many tiny ops: one thread is faster, and on a busy 2-core machine two OpenMP threads
-    # wait on each other at every op (measured 10x slower here); restored afterwards for other modules
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _uniad(teacher, size=128, **kw):

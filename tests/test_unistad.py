@@ -17,12 +17,7 @@ from unistad_edu.methods.unistad import UniSTAD
 from unistad_edu.refine import AffinityRefiner, affinity
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 def _small(teacher, size=128, **kw):

@@ -14,12 +14,7 @@ from unistad_edu.teacher import Teacher, TeacherWeightsError, create_backbone, l
 DINO = "vit_small_patch14_dinov2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
