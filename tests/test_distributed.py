@@ -3,7 +3,7 @@
 This file is also the torchrun worker: ``python -m torch.distributed.run ... tests/test_distributed.py train ...``
 runs the real CLI (``unistad_edu.__main__.main``) after wrapping the checkpoint writers so that every file
 write prints ``WRITE rank=R name``; the test checks that only rank 0 ever writes. Both sides train in float32
-(``fast_cpu=False``; the worker sets it for the CLI) so that the comparison is not drowned in bf16 rounding.
+(``precision="fp32"``; the worker sets it for the CLI) so that the comparison is not drowned in bf16 rounding.
 
 UniAD with ``jitter=false`` is used because nothing in it depends on how the global batch is split: no
 BatchNorm (LayerNorm is per token) and no random draws, so 2 processes x batch 4 must give the loss curve of
@@ -23,7 +23,7 @@ if __name__ == "__main__":
     import functools
 
     from unistad_edu import checkpoint, engine
-    engine.TrainConfig = functools.partial(engine.TrainConfig, fast_cpu=False)  # what the CLI builds: float32
+    engine.TrainConfig = functools.partial(engine.TrainConfig, precision="fp32")  # what the CLI builds: float32
 
     def _recording(write, path_arg: int):
         def wrapped(*args, **kwargs):
@@ -71,7 +71,7 @@ def uniad(teacher, batch_size: int = 8):
 def single_process(data: Path, teacher, batch_size: int):
     model = uniad(teacher, batch_size)
     res = fit(model, MVTecDataset(data, "train", image_size=SIZE), TrainConfig(seed=0, progress=False,
-                                                                              fast_cpu=False))
+                                                                              precision="fp32"))
     return model, res
 
 

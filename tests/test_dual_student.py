@@ -224,7 +224,7 @@ def test_engine_calibrates_on_heldout_normals_in_eval_mode(lite0_teacher, tmp_pa
     data = make_synthetic(tmp_path / "syn", size=64, n_train=10, n_test_good=1, n_test_defect=1)
     train = MVTecDataset(data, "train", image_size=64)
     model = _small(lite0_teacher)
-    cfg = TrainConfig(epochs=1, progress=False, holdout_fraction=0.3, fast_cpu=False)
+    cfg = TrainConfig(epochs=1, progress=False, holdout_fraction=0.3, precision="fp32")
     fit(model, train, cfg)
     _, held = holdout_split(train, cfg.holdout_fraction, seed=cfg.seed)
     assert len(held) >= 2

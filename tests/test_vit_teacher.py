@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch threa
 @pytest.fixture(scope="module")
 def dino():
     # blocks 2, 5 and the last one (11): the class token is then the ViT's own CLS embedding
-    return Teacher(DINO, weights=None, layers=(2, 5, 11), fast_cpu=False)
+    return Teacher(DINO, weights=None, layers=(2, 5, 11), precision="fp32")
 
 
 def _by_hand(model, x, blocks):
@@ -81,7 +81,7 @@ def test_vit_teacher_is_frozen_and_fast_path_agrees(dino):
     dino(x)["blocks.5"].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in dino.parameters())
-    fast = Teacher(DINO, weights=None, layers=(2, 5, 11), fast_cpu=True)  # bf16 autocast + channels_last
+    fast = Teacher(DINO, weights=None, layers=(2, 5, 11), precision="bf16")  # bf16 autocast + channels_last
     assert fast.weights_hash == dino.weights_hash
     with torch.no_grad():
         a, b = fast(x.detach()), dino(x.detach())

@@ -1,4 +1,9 @@
-"""Command line: ``python -m unistad_edu {data,train,eval,predict,bench,demo}`` (see DESIGN.md's CLI contract)."""
+"""unistad-edu's command line: ``python -m unistad_edu COMMAND`` (or the ``unistad-edu`` console script).
+
+Commands: data (make the synthetic set, download MVTec AD / VisA), train, eval, predict, bench (speed and
+accuracy benchmarks), figures (the README figures), demo (the Gradio app). ``COMMAND --help`` shows each
+command's options with their defaults. Documents: README.md, docs/benchmarks.md, docs/reliability.md.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,37 +13,71 @@ import sys
 from pathlib import Path
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (unless it is None or already named) and keeps line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m unistad_edu", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _compute_options(p: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--precision``: on every subcommand that computes."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the cores this process may use); give each of two jobs side by "
+                        "side its share, e.g. --threads 1 on a 2-core machine")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 only on a CPU with native bf16 where a one-time micro-benchmark of the teacher "
+                        "shows it faster (cached per machine), else fp32; CUDA: fp16 autocast")
 
-    d = sub.add_parser("data", help="make or fetch datasets")
+
+def _method_listing() -> str:
+    from .methods import METHODS
+    return "; ".join(f"{name} (presets: {', '.join(sorted(cls.presets))})" for name, cls in sorted(METHODS.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="python -m unistad_edu", description=__doc__, formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"unistad-edu {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("data", help="make or fetch datasets", formatter_class=_Help)
     dsub = d.add_subparsers(dest="dataset", required=True)
-    syn = dsub.add_parser("synthetic", help="write the offline synthetic multi-class set (MVTec layout)")
+    syn = dsub.add_parser("synthetic", help="write the offline synthetic multi-class set (MVTec layout)",
+                          formatter_class=_Help)
     syn.add_argument("--out", required=True)
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--size", type=int, default=None, help="image side in pixels")
-    syn.add_argument("--n-train", type=int, default=None)
+    syn.add_argument("--size", type=int, default=None, help="image side in pixels (default: the set's)")
+    syn.add_argument("--n-train", type=int, default=None, help="normal training images per category")
     syn.add_argument("--force", action="store_true", help="regenerate an existing folder")
     from .download import add_arguments as add_download_arguments
-    add_download_arguments(dsub.add_parser("mvtec", help="download MVTec AD (checksums, resume, atomic install)"),
-                           "mvtec")
-    add_download_arguments(dsub.add_parser("visa", help="download VisA and convert it to MVTec layout"), "visa")
+    add_download_arguments(dsub.add_parser("mvtec", help="download MVTec AD (checksums, resume, atomic install)",
+                                           formatter_class=_Help), "mvtec")
+    add_download_arguments(dsub.add_parser("visa", help="download VisA and convert it to MVTec layout",
+                                           formatter_class=_Help), "visa")
 
-    t = sub.add_parser("train", help="train a method (unified: one model for all categories)")
-    t.add_argument("--method", default="stpm")
-    t.add_argument("--data", default=None, help="folder with categories at any depth (default: synthetic set)")
-    t.add_argument("--categories", type=_csv, default=None, help="comma-separated subset")
+    t = sub.add_parser(
+        "train", help="train a method (unified: one model for all categories)", formatter_class=_Help,
+        description="Train one model on the normal images of every category (or one per category).\n\n"
+                    "methods: " + _method_listing(),
+        epilog="example:\n  python -m unistad_edu train --method stpm --data ../shared/datasets --out runs/stpm\n"
+               "  python -m unistad_edu eval --run runs/stpm")
+    t.add_argument("--method", default="stpm", help="which method (listed above)")
+    t.add_argument("--data", default=None, help="folder with categories at any depth (default: the synthetic set)")
+    t.add_argument("--categories", type=_csv, default=None, help="comma-separated subset (default: all)")
     t.add_argument("--setting", choices=["unified", "per-class"], default="unified")
-    t.add_argument("--preset", default="cpu")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--preset", default="cpu", help="the method's preset (listed above)")
+    t.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    t.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    t.add_argument("--lr", type=float, default=None, help="default: the preset's")
+    t.add_argument("--image-size", type=int, default=None, help="default: the preset's")
     t.add_argument("--max-minutes", type=float, default=None, help="time budget per run (per category in per-class)")
     t.add_argument("--min-steps", type=int, default=None,
                    help="train each model at least this many optimiser steps (adds epochs on small categories)")
@@ -47,55 +86,91 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any field of the method's config, e.g. --set jitter=false --set hidden_dim=256")
     t.add_argument("--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--cache-dir", default=None, help="disk feature cache (default: in memory)")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", required=True, help="run folder")
+    _compute_options(t)
 
-    e = sub.add_parser("eval", help="per-category metrics of a trained run")
+    e = sub.add_parser("eval", help="per-category metrics of a trained run", formatter_class=_Help)
     e.add_argument("--run", required=True)
     e.add_argument("--data", default=None, help="default: the data the run was trained on")
     e.add_argument("--json", default=None, help="where to write metrics.json (default: RUN/metrics.json)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="test-time config change, e.g. --set refine=false or --set combine=sum")
     e.add_argument("--no-progress", action="store_true")
+    _compute_options(e)
 
-    pr = sub.add_parser("predict", help="score images: score, verdict and heatmap overlay PNGs")
+    pr = sub.add_parser("predict", help="score images: score, verdict and heatmap PNGs", formatter_class=_Help,
+                        epilog="example:\n  python -m unistad_edu predict --run runs/quickstart a.png b.png")
     pr.add_argument("--run", required=True)
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--out", default=None, help="folder for heatmap overlays (default: RUN/predictions)")
+    pr.add_argument("--out", default=None, help="folder for heatmap PNGs (default: RUN/predictions)")
     pr.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
+    pr.add_argument("--scale", choices=["fixed", "image"], default="fixed",
+                    help="heatmap colours: fixed = 0 to the threshold (as the demo); image = each map's own range")
+    _compute_options(pr)
 
-    b = sub.add_parser("bench", help="speed benchmarks (ratios against a baseline measured in the same run)")
-    b.add_argument("what", choices=["teacher", "train", "infer", "accuracy", "leaderboard"])
-    b.add_argument("--method", default="stpm")
-    b.add_argument("--json", default=None)
-    b.add_argument("--data", default=None)
-    b.add_argument("--image-size", type=int, default=256)
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--compare", choices=["bare", "cache"], default="bare",
-                   help="train: engine vs a bare loop, or cached features vs the teacher on every step")
-    b.add_argument("--epochs", type=int, default=None, help="accuracy: epochs per run (default: the preset's)")
-    b.add_argument("--preset", default="cpu", help="accuracy: method preset")
-    b.add_argument("--out-dir", default="runs/bench_accuracy", help="accuracy: where the runs go")
-    b.add_argument("--protocol", choices=["equal-steps", "equal-epochs"], default="equal-steps",
-                   help="accuracy: per-class models get as many optimiser steps as the unified one, or as many epochs")
-    b.add_argument("--reuse", action="store_true", help="accuracy: reuse runs that already have metrics.json")
-    b.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
-    b.add_argument("--entry", action="append", nargs="+", default=[], metavar="LABEL RUN [METRICS_JSON]",
-                   help="leaderboard: a trained run (repeat per method); its eval JSON, else RUN/metrics.json "
-                        "(evaluated when missing)")
-    b.add_argument("--n-images", type=int, default=None, help="infer/leaderboard: test images timed")
+    b = sub.add_parser("bench", help="speed and accuracy benchmarks (ratios against a baseline measured in the "
+                                     "same run)", formatter_class=_Help)
+    bsub = b.add_subparsers(dest="what", required=True, metavar="BENCH")
+
+    def bench_parser(name, help_text, image_size=True, speed=True):
+        q = bsub.add_parser(name, help=help_text, description=help_text, formatter_class=_Help)
+        q.add_argument("--json", default=None, help="also write the result as JSON here")
+        q.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
+        if image_size:
+            q.add_argument("--image-size", type=int, default=256)
+        if speed:
+            q.add_argument("--batch-size", type=int, default=16)
+            q.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median reported)")
+        _compute_options(q)
+        return q
+
+    bench_parser("teacher", "teacher images/s, fp32 vs channels_last + bf16; feature-cache hits vs a forward")
+    bp = bench_parser("precision", "fp32 vs bf16 on this CPU: teacher forward and one training step per method "
+                                   "family, and what --precision auto decides")
+    bp.set_defaults(batch_size=8)
+    bp.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: stpm,rd,uniad,dual_student)")
+    bt = bench_parser("train", "engine training images/s vs a bare loop (or cached features vs teacher every step)")
+    bt.add_argument("--method", default="stpm")
+    bt.add_argument("--data", default=None)
+    bt.add_argument("--compare", choices=["bare", "cache"], default="bare",
+                    help="engine vs a bare loop, or cached features vs the teacher on every step")
+    bi = bench_parser("infer", "engine scoring images/s vs a teacher-only forward and a bare model loop")
+    bi.add_argument("--method", default="stpm")
+    bi.add_argument("--data", default=None)
+    bi.add_argument("--n-images", type=int, default=None, help="test images timed (default 64)")
+    ba = bench_parser("accuracy", "train unified and per-class, evaluate both: cross-class interference",
+                      image_size=False, speed=False)
+    ba.add_argument("--method", default="stpm")
+    ba.add_argument("--data", default=None)
+    ba.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
+    ba.add_argument("--preset", default="cpu", help="method preset")
+    ba.add_argument("--out-dir", default="runs/bench_accuracy", help="where the runs go")
+    ba.add_argument("--protocol", choices=["equal-steps", "equal-epochs"], default="equal-steps",
+                    help="per-class models get as many optimiser steps as the unified one, or as many epochs")
+    ba.add_argument("--reuse", action="store_true", help="reuse runs that already have metrics.json")
+    bl = bench_parser("leaderboard", "every method's accuracy, train time, stored state and inference speed",
+                      image_size=False)
+    bl.set_defaults(batch_size=8)
+    bl.add_argument("--entry", action="append", nargs="+", default=[], metavar="LABEL RUN [METRICS_JSON]",
+                    help="a trained run (repeat per method); its eval JSON, else RUN/metrics.json (evaluated when "
+                         "missing)")
+    bl.add_argument("--data", default=None)
+    bl.add_argument("--n-images", type=int, default=None, help="test images timed (default 32)")
 
     from .figures import add_arguments as add_figure_arguments
     add_figure_arguments(sub.add_parser("figures", help="render the README figures (interference, heatmap grid, "
-                                                        "leaderboard) into docs/ from benchmark results"))
+                                                        "leaderboard) into docs/ from benchmark results",
+                                        formatter_class=_Help))
 
     from .demo_support import add_demo_arguments
-    add_demo_arguments(sub.add_parser("demo", help="Gradio demo over a run (default: a small model trained once "
-                                                   "on the synthetic set); binds 127.0.0.1"))
+    dm = sub.add_parser("demo", help="Gradio demo over a run (default: a small model trained once on the synthetic "
+                                     "set); binds 127.0.0.1", formatter_class=_Help)
+    add_demo_arguments(dm)
+    _compute_options(dm)
     return p
 
 
@@ -143,15 +218,15 @@ def cmd_train(args) -> int:
     from .methods import build_model, make_config
     from .teacher import load_teacher
 
-    root = _data_root(args.data)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("image_size", args.image_size), ("teacher", args.teacher)) if v is not None}
     overrides.update(_parse_overrides(args.overrides))
-    mcfg = make_config(args.method, args.preset, **overrides)
+    mcfg = make_config(args.method, args.preset, **overrides)  # unknown method / preset: refused before data work
+    root = _data_root(args.data)
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
     teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
-    tcfg = TrainConfig(max_minutes=args.max_minutes, min_steps=args.min_steps, seed=args.seed, device=args.device, cache_dir=args.cache_dir,
-                       progress=not args.no_progress)
+    tcfg = TrainConfig(max_minutes=args.max_minutes, min_steps=args.min_steps, seed=args.seed, device=args.device,
+                       cache_dir=args.cache_dir, progress=not args.no_progress, precision=args.precision)
     out = Path(args.out)
     extra = {"data_root": str(root.resolve()), "preset": args.preset}
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)  # torchrun: rank 0 talks
@@ -196,7 +271,8 @@ def cmd_eval(args) -> int:
         for cat in setting["categories"]:
             model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
             test = MVTecDataset(root, "test", categories=[cat], image_size=model.cfg.image_size)
-            per_cat[cat] = evaluate(model, test, progress=not args.no_progress)["categories"][cat]
+            per_cat[cat] = evaluate(model, test, progress=not args.no_progress,
+                                    precision=args.precision)["categories"][cat]
         table = metrics_table(per_cat, setting="per-class", method=method)
     else:
         cfg = read_config(run)
@@ -207,7 +283,8 @@ def cmd_eval(args) -> int:
         available = discover_categories(root)
         cats = [c for c in cats if c in available] if cats else None
         test = MVTecDataset(root, "test", categories=cats or None, image_size=model.cfg.image_size)
-        table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"))
+        table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
+                         precision=args.precision)
     out = Path(args.json) if args.json else run / "metrics.json"
     save_metrics(table, out)
     print(format_table(table))
@@ -217,20 +294,25 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .checkpoint import load_checkpoint
-    from .engine import predict
-    from .viz import save_overlay
+    from .engine import predict, unlike_training
+    from .viz import save_prediction
 
     model = load_checkpoint(args.run)
     out = Path(args.out) if args.out else Path(args.run) / "predictions"
     out.mkdir(parents=True, exist_ok=True)
-    results = predict(model, args.images, threshold=args.threshold)
+    results = predict(model, args.images, threshold=args.threshold, precision=args.precision)
     thr = args.threshold if args.threshold is not None else getattr(model, "threshold", None)
+    validation = model.run_config.get("validation") or {}
     for i, (path, r) in enumerate(zip(args.images, results)):
         png = out / f"{i:03d}_{Path(path).stem}_heatmap.png"
-        save_overlay(r["image"], r["anomaly_map"], png, title=f"score {r['score']:.4g}")
         verdict = "no threshold" if r["anomalous"] is None else ("ANOMALOUS" if r["anomalous"] else "normal")
-        print(json.dumps({"image": str(path), "score": r["score"], "threshold": thr, "verdict": verdict,
-                          "heatmap": str(png)}))
+        far = unlike_training(r["score"], validation)
+        save_prediction(r["image"], r["anomaly_map"], png, r["score"], thr, verdict=verdict, scale=args.scale,
+                        title=Path(path).name + (" - unlike anything this model was trained on" if far else ""))
+        record = {"image": str(path), "score": r["score"], "threshold": thr, "verdict": verdict, "heatmap": str(png)}
+        if far:
+            record["notice"] = far
+        print(json.dumps(record))
     return 0
 
 
@@ -255,6 +337,13 @@ def main(argv=None) -> int:
     from .teacher import TeacherWeightsError
 
     args = build_parser().parse_args(argv)
+    if hasattr(args, "threads"):  # a command that computes: threads first (inter-op threads only settable early)
+        from .precision import configure_threads
+        try:
+            configure_threads(args.threads)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     handlers = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench,
                 "demo": cmd_demo, "figures": cmd_figures}
     try:

@@ -4,6 +4,8 @@ repeats is reported.
 
 * ``teacher``: teacher images/s at 256 px, plain fp32 vs channels_last + bf16; a feature-cache hit (memory
   and disk) vs a teacher forward.
+* ``precision``: the CPU's capability, fp32 vs bf16 images/s for the teacher forward and one training step of
+  each method family, and what ``precision="auto"`` decides on this machine.
 * ``train``: engine ``fit`` images/s vs a bare loop doing the same step, for one method.
 * ``infer``: engine scoring images/s (teacher + method + shared scoring path) vs a teacher-only forward.
 * ``accuracy``: train a method unified and per-class on the same data (each in its own process, so wall
@@ -24,17 +26,14 @@ import torch
 
 
 def machine() -> str:
+    """One line naming the machine: CPU model, its kind (ATen capability, native bf16 or not), cores, GPU."""
     import os
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+
+    from .precision import cpu_capability, cpu_model, native_bf16
+    native, _ = native_bf16()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{cpu_model()} (capability {cpu_capability()}, {'native' if native else 'no native'} bf16), "
+            f"{os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def _time(fn, n_items: int) -> float:
@@ -58,8 +57,8 @@ def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
     from .cache import FeatureCache
     from .teacher import Teacher, lite0_package_file, load_teacher
 
-    fast = load_teacher()
-    plain = Teacher(weights=lite0_package_file(), fast_cpu=False)
+    fast = load_teacher(precision="bf16")
+    plain = Teacher(weights=lite0_package_file(), precision="fp32")
     x = torch.rand(batch_size, 3, image_size, image_size)
     with torch.no_grad():
         speeds = _interleaved({"fp32": lambda: plain(x), "channels_last_bf16": lambda: fast(x)}, batch_size, repeats)
@@ -96,13 +95,13 @@ def _bench_data(data, image_size: int, n: int):
 
 
 def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=256,
-                compare: str = "bare") -> dict:
+                compare: str = "bare", precision="auto") -> dict:
     """Engine fit (one epoch over n_images, cache warm, checkpointing on) vs a bare loop with the same step.
     The engine pays a fixed cost per epoch (checkpoint + resume state written with fsync, data loader set-up);
     256 images per epoch keeps that share close to a real epoch (672 images on the five real categories).
     ``compare="cache"``: instead, engine fit with the feature cache vs engine fit running the teacher on
     every step (what the cache buys a method that only needs teacher features)."""
-    from .engine import TrainConfig, autocast_for, fit, make_optimizer
+    from .engine import TrainConfig, fit, make_optimizer, precision_of
     from .cache import FeatureCache
     from .data import collate
     from .methods import build_model
@@ -112,7 +111,7 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
     teacher = load_teacher()
     ds, root = _bench_data(data, image_size, n_images)
     model = build_model(method, teacher, image_size=image_size, batch_size=batch_size)
-    model.to(memory_format=torch.channels_last)
+    prec = precision_of(model, precision, "cpu")
     cache = FeatureCache(teacher, image_size)
     cache.warm(ds, progress=False)
     [ds[i] for i in range(len(ds))]  # decode once: both loops read images from memory
@@ -125,7 +124,7 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
         model.train()
         for b in batches[:-1] if len(batches) > 1 else batches:  # the engine drops the last partial batch
             mb = Batch(b["image"], cache.features(b["image"], b["path"]))
-            with autocast_for(device):
+            with prec.autocast(device):
                 loss = model.loss(mb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,11 +133,13 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
     tmp = tempfile.mkdtemp()
 
     def engine():
-        fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False), out=tmp, cache=cache)
+        fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, precision=prec), out=tmp,
+            cache=cache)
 
     if compare == "cache":
         def uncached():
-            fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, cache=False), out=tmp)
+            fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, cache=False,
+                                       precision=prec), out=tmp)
 
         speeds = _interleaved({"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats)
         ratios = {"cached_vs_teacher_every_step": speeds["cached_features"] / speeds["teacher_every_step"]}
@@ -147,18 +148,19 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
         ratios = {"engine_vs_bare": speeds["engine_fit"] / speeds["bare_loop"]}
     return {"images_per_s": speeds, "ratios": ratios,
             "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
-                      "batch_size": batch_size, "repeats": repeats,
+                      "batch_size": batch_size, "repeats": repeats, "precision": prec.record(),
                       "note": "engine includes per-epoch checkpoint + train_state writes and the log"}}
 
 
-def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=64) -> dict:
+def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=64,
+                precision="auto") -> dict:
     """Engine scoring (no cache: teacher + method + scoring path) vs teacher-only forward on the same images,
     and vs the same model called in a bare loop (``method_bare``: no data loader, no numpy conversion), which
     separates what the engine costs from what the method itself costs on top of its teacher. A method that does
     not train by gradient (``memory_bank``) is first built, untimed, from all training images of ``data``, so
     its bank has its real size (recorded under ``setup.built_from``)."""
     from .data import collate
-    from .engine import autocast_for, score_dataset
+    from .engine import precision_of, score_dataset
     from .methods import build_model
     from .methods.base import Batch
     from .teacher import load_teacher
@@ -171,10 +173,11 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
     if not model.trains_by_gradient:  # e.g. memory_bank: an empty bank would time nothing -- build the real one
         from .data import MVTecDataset
         from .engine import TrainConfig, fit
-        res = fit(model, MVTecDataset(root, "train", image_size=image_size), TrainConfig(progress=False))
+        res = fit(model, MVTecDataset(root, "train", image_size=image_size),
+                  TrainConfig(progress=False, precision=precision))
         built = {"built_from": res.history[0]}
         model.eval()
-    model.to(memory_format=torch.channels_last)
+    prec = precision_of(model, precision, "cpu")
     batches = [collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))]) for i in range(0, len(ds), batch_size)]
     cpu = torch.device("cpu")
 
@@ -184,12 +187,12 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
                 teacher(b["image"])
 
     def method_bare():
-        with torch.no_grad(), autocast_for(cpu):
+        with torch.no_grad(), prec.autocast(cpu):
             for b in batches:
                 model.score(Batch(b["image"]))
 
     def engine():
-        score_dataset(model, ds, cache=None, batch_size=batch_size, keep_maps=True)
+        score_dataset(model, ds, cache=None, batch_size=batch_size, keep_maps=True, precision=prec)
 
     speeds = _interleaved({"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine},
                           len(ds), repeats)
@@ -198,7 +201,61 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
                        "method_bare_vs_teacher_only": speeds["method_bare"] / speeds["teacher_only"],
                        "engine_vs_method_bare": speeds["engine_predict"] / speeds["method_bare"]},
             "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
-                      "batch_size": batch_size, "repeats": repeats, **built}}
+                      "batch_size": batch_size, "repeats": repeats, "precision": prec.record(), **built}}
+
+
+PRECISION_FAMILIES = {"stpm": "feature-pyramid student (STPM)", "rd": "reverse-distillation decoder (RD / SNL)",
+                      "uniad": "transformer reconstruction (UniAD)",
+                      "dual_student": "two CNN students, one reading pixels (dual students)"}
+
+
+def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECISION_FAMILIES)) -> dict:
+    """fp32 vs bf16 on this CPU, in one run: the teacher's forward (plain fp32, fp32 channels_last, bf16
+    channels_last) and one training step (forward + backward + optimiser step, teacher features given) of each
+    method family, interleaved; plus the capability check and what ``precision="auto"`` decides."""
+    from .engine import make_optimizer
+    from .methods import build_model
+    from .methods.base import Batch
+    from .precision import Precision, cpu_capability, measure, native_bf16, resolve
+    from .teacher import load_teacher
+
+    native, why = native_bf16()
+    teacher = load_teacher(precision="fp32")
+    teacher_rates = measure(teacher, image_size, batch_size=batch_size, repeats=repeats, bf16=True)
+    fp32, bf16 = Precision("fp32", False), Precision("bf16", True)
+    x = torch.rand(batch_size, 3, image_size, image_size)
+    steps = {}
+    for method in methods:
+        model = build_model(method, teacher, image_size=image_size, batch_size=batch_size)
+        with torch.no_grad():
+            feats = teacher(x)  # fp32 features, as the cache serves them
+        batch = Batch(image=x, features=feats)
+        opt = make_optimizer(model)
+
+        def step(prec, model=model, batch=batch, opt=opt):
+            def run():
+                model.to(memory_format=prec.memory_format)
+                model.train()
+                with prec.autocast("cpu"):
+                    loss = model.loss(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            return run
+
+        rates = _interleaved({"fp32": step(fp32), "bf16": step(bf16)}, batch_size, repeats)
+        steps[method] = {"family": PRECISION_FAMILIES.get(method, method), "images_per_s": rates,
+                         "bf16_vs_fp32": rates["bf16"] / rates["fp32"]}
+    teacher.precision = "auto"
+    auto = resolve("auto", "cpu", teacher, image_size, announce=False)
+    best_fp32 = max(teacher_rates["fp32"], teacher_rates["fp32_channels_last"])
+    return {"capability": cpu_capability(), "native_bf16": native, "native_reason": why,
+            "teacher_images_per_s": teacher_rates, "train_step": steps,
+            "ratios": {"teacher_bf16_vs_best_fp32": teacher_rates["bf16_channels_last"] / best_fp32,
+                       "teacher_fp32_channels_last_vs_plain": teacher_rates["fp32_channels_last"] / teacher_rates["fp32"],
+                       **{f"{m}_step_bf16_vs_fp32": v["bf16_vs_fp32"] for m, v in steps.items()}},
+            "auto": auto.record(),
+            "setup": {"image_size": image_size, "batch_size": batch_size, "repeats": repeats}}
 
 
 def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epochs=None, preset="cpu",
@@ -295,6 +352,18 @@ def to_markdown(what: str, result: dict, command: str) -> str:
                 + accuracy_markdown(result))
     lines = [f"### bench {what} — {date.today().isoformat()}", "", f"- machine: {result['machine']}",
              f"- command: `{command}`", ""]
+    if what == "precision":
+        lines += [f"- native bf16: {result['native_bf16']} ({result['native_reason']})",
+                  f"- `precision=auto` decides: **{result['auto']['name']}**"
+                  f"{' + channels_last' if result['auto']['channels_last'] else ''} ({result['auto']['reason']})", "",
+                  "| measure | fp32 img/s | bf16 img/s | bf16 / fp32 |", "|---|---|---|---|"]
+        t = result["teacher_images_per_s"]
+        lines.append(f"| teacher forward (fp32 plain / channels_last) | {t['fp32']:.1f} / {t['fp32_channels_last']:.1f} "
+                     f"| {t['bf16_channels_last']:.1f} | {result['ratios']['teacher_bf16_vs_best_fp32']:.2f}x |")
+        for m, v in result["train_step"].items():
+            r = v["images_per_s"]
+            lines.append(f"| train step: {v['family']} | {r['fp32']:.1f} | {r['bf16']:.1f} | {v['bf16_vs_fp32']:.2f}x |")
+        return "\n".join(lines) + "\n"
     lines += ["| measure | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in result["images_per_s"].items()]
     lines += ["", "| ratio | value |", "|---|---|"]
@@ -304,23 +373,29 @@ def to_markdown(what: str, result: dict, command: str) -> str:
 
 def main(args) -> int:
     import sys
-    kw = dict(image_size=args.image_size, batch_size=args.batch_size, repeats=args.repeats)
+    kw = {k: getattr(args, k) for k in ("image_size", "batch_size", "repeats") if hasattr(args, k)}
     if args.what == "teacher":
         result = bench_teacher(**kw)
+    elif args.what == "precision":
+        result = bench_precision(**kw, **({"methods": tuple(args.methods)} if args.methods else {}))
     elif args.what == "accuracy":
         result = bench_accuracy(args.method, args.data, out_dir=args.out_dir, epochs=args.epochs, preset=args.preset,
-                                equal_steps=args.protocol == "equal-steps", reuse=args.reuse)
+                                equal_steps=args.protocol == "equal-steps", reuse=args.reuse,
+                                extra_args=("--precision", args.precision,
+                                            *(("--threads", str(args.threads)) if args.threads else ())))
     elif args.what == "train":
-        result = bench_train(args.method, args.data, compare=args.compare, **kw)
+        result = bench_train(args.method, args.data, compare=args.compare, precision=args.precision, **kw)
     elif args.what == "leaderboard":
         from . import leaderboard
         if not args.entry:
             raise SystemExit("bench leaderboard needs at least one --entry LABEL RUN [METRICS_JSON]")
         entries = [leaderboard.parse_entry(e) for e in args.entry]
         result = leaderboard.collect(entries, args.data, batch_size=args.batch_size, repeats=args.repeats,
+                                     precision=args.precision,
                                      **({"n_images": args.n_images} if args.n_images else {}))
     else:
-        result = bench_infer(args.method, args.data, **kw, **({"n_images": args.n_images} if args.n_images else {}))
+        result = bench_infer(args.method, args.data, precision=args.precision, **kw,
+                             **({"n_images": args.n_images} if args.n_images else {}))
     result = {"bench": args.what, "date": date.today().isoformat(), "machine": machine(), **result}
     text = json.dumps(result, indent=2)
     print(text)

@@ -2,6 +2,8 @@
 
 A **category** is any folder that holds ``train/good``; categories are found at any depth under the data
 root, so ``--data ../shared/datasets`` (``mvtec_ad/bottle``, ``kolektorsdd/commutator``, ...) just works.
+Symbolic links are followed (with loop protection), so a multi-class set can be assembled from several
+downloads with links such as ``my_data/bottle -> /downloads/mvtec/bottle``.
 Inside a category::
 
     train/good/*.png                      normal training images
@@ -21,6 +23,7 @@ Layout problems are found when the dataset is built (image headers are read, not
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,35 +140,145 @@ def load_mask(path, size: int | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 # discovery
 # --------------------------------------------------------------------------------------------------------
+def _broken_link(path: Path) -> str:
+    """``"a broken symbolic link to <target>"`` if ``path`` is one, else ``""``."""
+    if path.is_symlink() and not path.exists():
+        try:
+            return f"a broken symbolic link to {os.readlink(path)}"
+        except OSError:
+            return "a broken symbolic link"
+    return ""
+
+
+def _broken_link_note(path: Path) -> str:
+    """``" (a broken symbolic link to <target>)"`` if ``path`` is one, else ``""``: an aside for a message."""
+    return f" ({note})" if (note := _broken_link(path)) else ""
+
+
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """The image files of ``folder`` (symbolic links to files count; a broken link to an image is an error,
+    not a silently smaller dataset)."""
+    out = []
+    for p in folder.iterdir():
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if p.is_file():
+            out.append(p)
+        elif note := _broken_link(p):
+            raise DataError(f"{p} is {note}: fix the link or remove it")
+    return sorted(out)
+
+
+def _dir_identity(path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the folder ``path`` leads to (links followed), or None if it is not a folder."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _is_within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor.rstrip(os.sep) + os.sep)
+
+
+def _name_list(items: list[str], limit: int = 8) -> str:
+    more = f", and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def discover_categories(root) -> dict[str, Path]:
     """All categories under ``root`` (any depth; a category is a folder with ``train/good``), by name.
 
     The name is the folder's own name; if two folders share it, their path relative to ``root`` is used.
-    Symbolic links to folders are not followed, so link loops cannot hang the search.
+    A category does not contain further categories, and hidden folders (``.name``) are skipped.
+
+    Symbolic links to folders are followed (the root itself, intermediate folders and the categories, so
+    ``my_data/bottle -> /downloads/mvtec/bottle`` works), with loop protection: every folder is visited at
+    most once by its identity on disk (``st_dev``, ``st_ino``), and a link to a folder already searched or to
+    an ancestor of the link is not entered, so ``a/loop -> ..`` or ``a -> b``, ``b -> a`` cannot hang the
+    search or list a category twice. Real folders are searched before links, so a category reachable both
+    directly and through a link keeps its direct path; of several links the one with fewest link hops, then
+    the first in sorted order, wins. Broken links are skipped (and named in the error if nothing is found).
+    The returned paths are as reached from ``root`` (links not resolved).
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"data folder {root} does not exist: pass --data with a folder of categories in "
-                        f"MVTec layout, or omit --data to use the synthetic set")
+        raise DataError(f"data folder {root} does not exist{_broken_link_note(root)}: pass --data with a folder "
+                        f"of categories in MVTec layout, or omit --data to use the synthetic set")
     if not root.is_dir():
         raise DataError(f"--data {root} is a file, not a folder of categories")
+
+    def rel(p: str) -> str:
+        return Path(p).relative_to(root).as_posix()
+
     found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        if (here / "train" / "good").is_dir():
-            found.append(here)
-            dirnames[:] = []  # a category does not contain further categories
-        else:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen: set[tuple[int, int]] = set()
+    broken: list[str] = []      # links whose target does not exist
+    looping: list[str] = []     # links back into a folder already searched, or to an ancestor
+    to_files: list[str] = []    # links to something that is not a folder
+    level: list[Path] = [root]  # folders to search, all reached through the same number of links
+    while level:
+        next_level: list[Path] = []
+        for start in sorted(level):
+            ident = _dir_identity(start)
+            if ident is None:
+                continue
+            if ident in seen:
+                if start != root:
+                    looping.append(rel(str(start)))
+                continue
+            stack = [start]
+            while stack:
+                here = stack.pop()
+                ident = _dir_identity(here)
+                if ident is None or (ident in seen and here != start):
+                    continue
+                seen.add(ident)
+                if (here / "train" / "good").is_dir():
+                    found.append(here)
+                    continue  # a category does not contain further categories
+                try:
+                    with os.scandir(here) as it:
+                        entries = sorted(it, key=lambda e: e.name)
+                except OSError:
+                    continue  # unreadable folder: skipped, as os.walk does
+                real_here = None
+                subdirs = []
+                for e in entries:
+                    if e.name.startswith("."):
+                        continue
+                    try:
+                        is_link = e.is_symlink()
+                        is_dir = e.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not is_link:
+                        if is_dir:
+                            subdirs.append(Path(e.path))
+                        continue
+                    if not os.path.exists(e.path):
+                        broken.append(rel(e.path))
+                    elif not os.path.isdir(e.path):
+                        to_files.append(rel(e.path))
+                    else:
+                        real_here = real_here or os.path.realpath(here)
+                        if _is_within(real_here, os.path.realpath(e.path)):
+                            looping.append(rel(e.path))  # a link to this folder or one of its ancestors
+                        else:
+                            next_level.append(Path(e.path))  # searched after all folders reached with fewer links
+                stack.extend(reversed(subdirs))
+        level = next_level
     if not found:
+        hints = [f"{what}: {_name_list(sorted(names))}" for what, names in (
+            ("broken symbolic links", broken),
+            ("symbolic links back into folders already searched", looping),
+            ("symbolic links to files, not folders", to_files)) if names]
+        hint = f" ({'; '.join(hints)})" if hints else ""
         raise DataError(
             f"no categories found under {root}: a category is a folder holding train/good/ with normal images "
-            f"(MVTec AD layout: <category>/train/good, <category>/test/<defect>, <category>/ground_truth/<defect>)")
+            f"(MVTec AD layout: <category>/train/good, <category>/test/<defect>, <category>/ground_truth/<defect>)"
+            f"{hint}")
     names = [p.name for p in found]
     out = {}
     for p in sorted(found):
@@ -180,6 +293,8 @@ def _mask_for(category_dir: Path, defect: str, image: Path) -> Path | None:
                       gt / image.stem / "000.png"):
         if candidate.is_file():
             return candidate
+        if note := _broken_link(candidate):
+            raise DataError(f"mask {candidate} is {note}: fix the link or remove it")
     return None
 
 
@@ -197,9 +312,12 @@ def scan_category(name: str, folder: Path, split: str, check_masks: bool = True)
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     test = folder / "test"
     if not test.is_dir():
-        raise DataError(f"category {name!r} has no test/ folder at {test}: add test/good and test/<defect> "
-                        f"folders, or train only")
+        raise DataError(f"category {name!r} has no test/ folder at {test}{_broken_link_note(test)}: add test/good "
+                        f"and test/<defect> folders, or train only")
     records: list[Record] = []
+    for d in sorted(test.iterdir()):
+        if not d.name.startswith(".") and (note := _broken_link(d)):
+            raise DataError(f"{d} is {note}: fix the link or remove it")
     for sub in sorted(d for d in test.iterdir() if d.is_dir() and not d.name.startswith(".")):
         for p in _image_files(sub):
             if sub.name == "good":

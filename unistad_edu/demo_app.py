@@ -62,7 +62,7 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
     import torch
 
     from .checkpoint import load_checkpoint
-    from .engine import predict
+    from .engine import predict, unlike_training
 
     run = Path(run_dir)
     model = model if model is not None else load_checkpoint(run)
@@ -122,6 +122,10 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
             except Exception as err:  # keep serving; say what happened
                 log.exception("scoring failed")
                 errors.append(f"scoring failed ({type(err).__name__}: {err}); the demo keeps running")
+        for r in rows:  # far beyond every category's normal range: say so, not only "ANOMALOUS"
+            r["notice"] = unlike_training(r["score"], cfg.get("validation") or {})
+            if r["notice"]:
+                notes.append(f"{r['name']}: {r['notice']}")
         log.info("scored %d image(s), refused %d, in %.2f s", len(rows), len(errors), time.perf_counter() - t0)
         return respond(rows, errors, notes, threshold, scale, extra)
 
@@ -260,6 +264,7 @@ def run(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     run_dir = ds.resolve_run(args.run)
     model = load_checkpoint(run_dir)
+    model.teacher.precision = getattr(args, "precision", "auto")  # demo/app.py has no --precision: auto
     max_pixels = int(args.max_megapixels * 1e6)
     if args.bench:
         res = ds.bench_demo(run_dir, n_requests=args.bench_requests, concurrency=args.bench_concurrency,

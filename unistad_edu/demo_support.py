@@ -304,7 +304,8 @@ def result_record(rows: Sequence[dict], errors: Sequence[str], threshold: float 
     thr = None if threshold is None else float(threshold)
     return {"threshold": thr,
             "results": [{"name": r["name"], "score": float(r["score"]),
-                         "anomalous": None if thr is None else bool(float(r["score"]) > thr)} for r in rows],
+                         "anomalous": None if thr is None else bool(float(r["score"]) > thr),
+                         "notice": r.get("notice")} for r in rows],
             "errors": [str(e) for e in errors]}
 
 

@@ -1,8 +1,9 @@
 """The engine: one ``fit`` / ``evaluate`` / ``predict`` for every method.
 
 ``fit`` trains on normal images: optimiser and learning-rate schedule come from the method's config; teacher
-features come from the :class:`~unistad_edu.cache.FeatureCache` (the teacher runs once per image); bf16 autocast
-and channels_last on CPU, AMP on CUDA; a checkpoint every epoch, written atomically; ``resume=True``
+features come from the :class:`~unistad_edu.cache.FeatureCache` (the teacher runs once per image); precision
+and memory layout are a measured choice (``precision="auto"``: bf16 + channels_last only on a CPU where it
+measures faster, see :mod:`unistad_edu.precision`), fp16 AMP on CUDA; a checkpoint every epoch, written atomically; ``resume=True``
 continues exactly where a run stopped (the data order and random draws of epoch e depend only on the seed
 and e, and the optimiser state is saved with the weights); ``max_minutes`` stops cleanly after the epoch
 in which the budget runs out. At the end, the anomaly threshold is calibrated from held-out **normal**
@@ -15,7 +16,6 @@ then per process: the global batch is ``batch_size * world_size``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -49,9 +49,9 @@ class TrainConfig:
     preload_max_mb: float = 4096  # ... unless that would take more than this; then stream batches instead
     holdout_fraction: float = 0.1  # normal train images kept aside to calibrate the threshold
     threshold_quantile: float = 0.99  # threshold = this quantile of held-out normal scores
-    fast_cpu: bool = True  # bf16 autocast + channels_last on CPU
+    precision: str = "auto"  # auto | fp32 | bf16 (see unistad_edu.precision); CUDA: fp16 autocast for auto
     progress: bool = True
-    num_threads: int | None = None
+    num_threads: int | None = None  # torch threads (None: leave as set, e.g. by the CLI's --threads)
 
 
 @dataclass
@@ -79,12 +79,27 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast_for(device: torch.device, fast_cpu: bool = True):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if fast_cpu:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_for(device: torch.device, precision=None):
+    """The autocast context of a resolved :class:`~unistad_edu.precision.Precision` (a name or ``None`` =
+    "auto" is resolved first: for a model, prefer :func:`precision_of`, which measures with its teacher)."""
+    from .precision import Precision, resolve
+    if not isinstance(precision, Precision):
+        precision = resolve("auto" if precision is None else precision, device, announce=False)
+    return precision.autocast(device)
+
+
+def precision_of(model: Method, precision=None, device=None):
+    """Resolve ``precision`` (``None``: the teacher's own setting, ``"auto"`` unless changed) for ``model`` on
+    ``device`` (measured with the model's own teacher at its image size), make the teacher use it, and put the
+    model in the chosen memory layout. Returns the :class:`~unistad_edu.precision.Precision`."""
+    from .precision import resolve
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if precision is None:
+        precision = model.teacher.precision
+    prec = resolve(precision, device, model.teacher, model.cfg.image_size)
+    model.teacher.precision = prec
+    model.to(memory_format=prec.memory_format)
+    return prec
 
 
 def make_optimizer(model: Method) -> torch.optim.Optimizer:
@@ -216,8 +231,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         epochs = max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
     model.to(device)
-    if cfg.fast_cpu and device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
+    prec = precision_of(model, cfg.precision, device)
     cache = cache if cache is not None else make_cache(model, cfg)
     store = None
     if cache is not None and cfg.preload:
@@ -269,6 +283,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
             return result
 
     meta = {"epochs": epochs, "seed": cfg.seed, "train_config": asdict(cfg)}
+    extra_config = {**(extra_config or {}), "precision": prec.record()}
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     epoch = start_epoch
     for epoch in range(start_epoch, epochs if gradient else 0):
@@ -288,7 +303,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
             loader = _loader(train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard)
             batches, n_batches = (method_batch(b, cache, device) for b in loader), len(loader)
         for mb in _progress(batches, f"epoch {epoch + 1}/{epochs}", progress, total=n_batches):
-            with autocast_for(device, cfg.fast_cpu):
+            with prec.autocast(device):
                 loss = model.loss(mb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch + 1}: lower the learning rate "
@@ -305,7 +320,10 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
                   "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(train_set)}
         result.history.append(record)
         if ddp.master and (cfg.progress or run is not None):
-            print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s)", flush=True)
+            left = run_time_left(result.history[-(epoch + 1 - start_epoch):], epochs - epoch - 1, budget,
+                                 time.perf_counter() - t_start)
+            print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
+                  flush=True)
         if run is not None and ddp.master:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -322,14 +340,14 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     else:
         epoch = epochs
     if not gradient:
-        _build_without_gradients(model, train_set, store, cache, device, batch_size, cfg, ddp, result, run,
+        _build_without_gradients(model, train_set, store, cache, device, batch_size, cfg, prec, ddp, result, run,
                                  log_path, progress)
     result.epochs_done = epoch
 
     # every rank calibrates (same weights, same images, so the same threshold); rank 0 writes it
     if len(held):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
         model.eval()
-        with torch.no_grad(), autocast_for(device, cfg.fast_cpu):
+        with torch.no_grad(), prec.autocast(device):
             model.calibrate(method_batch(b, cache, device) for b in _loader(held, batch_size, shuffle=False))
     threshold, stats = calibrate_threshold(model, held, cache, device, cfg)
     result.threshold = model.threshold = threshold
@@ -345,6 +363,20 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     return result
 
 
+def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None, elapsed_s: float) -> str:
+    """"about N s left in the run": the mean epoch time of this session's epochs times the epochs still to
+    go (capped by what remains of a ``max_minutes`` budget), plus the calibration at the end (not included)."""
+    if epochs_left <= 0:
+        return "last epoch; calibrating the threshold next"
+    per_epoch = float(np.mean([r["seconds"] for r in records])) if records else 0.0
+    left = per_epoch * epochs_left
+    capped = budget_s is not None and budget_s - elapsed_s < left
+    if capped:
+        left = max(0.0, budget_s - elapsed_s) + per_epoch  # the budget stops the run after the epoch it runs out in
+    text = f"{left / 60:.1f} min" if left >= 120 else f"{left:.0f} s"
+    return f"about {text} left in the run" + (" (time budget)" if capped else f" ({epochs_left} epochs to go)")
+
+
 def _complete(run: Path) -> bool:
     """Does ``run`` hold a finished checkpoint (config.json says complete)?"""
     try:
@@ -354,7 +386,7 @@ def _complete(run: Path) -> bool:
 
 
 def _build_without_gradients(model: Method, train_set, store, cache, device, batch_size: int, cfg: TrainConfig,
-                             ddp, result: FitResult, run: Path | None, log_path, progress: bool) -> None:
+                             prec, ddp, result: FitResult, run: Path | None, log_path, progress: bool) -> None:
     """``fit`` for a method with ``trains_by_gradient = False``: one ``model.build(batches)`` call over every
     training image, in eval mode, without gradients, in the order of epoch 0 (the in-memory store and the
     streamed DataLoader give the same order, so both build the same state).
@@ -370,7 +402,7 @@ def _build_without_gradients(model: Method, train_set, store, cache, device, bat
     else:
         batches = (method_batch(b, cache, device) for b in _loader(train_set, batch_size, shuffle=True, seed=seed))
     model.eval()
-    with torch.no_grad(), autocast_for(device, cfg.fast_cpu):
+    with torch.no_grad(), prec.autocast(device):
         info = model.build(_progress(batches, "building", progress, total=math.ceil(len(train_set) / batch_size)))
     ddp.broadcast_state(model)  # the same shapes on every rank: each built from the same images
     record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(train_set), **(info or {})}
@@ -386,15 +418,16 @@ def _build_without_gradients(model: Method, train_set, store, cache, device, bat
 # ---- scoring many images ------------------------------------------------------------------------------
 @torch.no_grad()
 def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, device=None, batch_size: int = 16,
-                  keep_maps: bool = True, progress: bool = False, fast_cpu: bool = True, desc: str = "scoring"):
+                  keep_maps: bool = True, progress: bool = False, precision=None, desc: str = "scoring"):
     """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
     categories, paths, and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
     device = torch.device(device) if device is not None else next(model.parameters()).device  # "cpu" works too
     model.eval()
+    prec = precision_of(model, precision, device)
     out = {"scores": [], "labels": [], "categories": [], "paths": [], "maps": [], "masks": []}
     for batch in _progress(_loader(dataset, batch_size, shuffle=False), desc, progress):
         mb = method_batch(batch, cache, device)
-        with autocast_for(device, fast_cpu):
+        with prec.autocast(device):
             res = model.score(mb)
         out["scores"].append(res.pred_score.float().cpu().numpy())
         out["labels"].append(batch["label"].numpy())
@@ -419,7 +452,7 @@ def calibrate_threshold(model: Method, held: MVTecDataset, cache, device, cfg: T
     rule = f"quantile {cfg.threshold_quantile} of image scores of {len(held)} held-out normal train images"
     if len(held) == 0:
         return None, {"rule": "no held-out images (holdout_fraction=0): no threshold"}
-    res = score_dataset(model, held, cache, device, keep_maps=False, fast_cpu=cfg.fast_cpu)
+    res = score_dataset(model, held, cache, device, keep_maps=False)  # the teacher runs at fit's precision
     s = res["scores"]
     stats = {"rule": rule, "per_class": {}}
     for cat in sorted(set(res["categories"])):
@@ -429,13 +462,39 @@ def calibrate_threshold(model: Method, held: MVTecDataset, cache, device, cfg: T
     return float(np.quantile(s, cfg.threshold_quantile)), stats
 
 
+FAR_FACTOR = 10.0  # "unlike anything trained on": this many normal spreads above every category's highest normal
+
+
+def unlike_training(score: float, validation: dict, factor: float = FAR_FACTOR) -> str | None:
+    """A notice when ``score`` lies far outside the normal score range of **every** training category, else None.
+
+    ``validation``: config.json's per-category statistics of held-out normal scores (``calibrate_threshold``).
+    Far means: for every category c, ``score > max_c + factor * (max_c - mean_c)`` -- the category's highest
+    normal score plus ``factor`` times how far its highest lies above its mean. A defect on a trained product
+    usually scores within a few such spreads; a photo of something else (a cat, a screen, a blank page) lands
+    far beyond every category, which "ANOMALOUS" alone would not tell."""
+    per = (validation or {}).get("per_class") or {}
+    if not per or not math.isfinite(score):
+        return None
+    margins = []
+    for stats in per.values():
+        top, mean = float(stats["max"]), float(stats["mean"])
+        spread = max(top - mean, 1e-12)
+        margins.append((score - top) / spread)
+    if min(margins) <= factor:
+        return None
+    return (f"unlike anything this model was trained on: the score lies {min(margins):.0f} normal spreads above "
+            f"the highest normal score of every training category ({len(per)}); is this one of the trained products?")
+
+
 # ---- evaluate ------------------------------------------------------------------------------------------
 def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None = None, batch_size: int = 16,
-             progress: bool = True, setting: str = "unified", return_outputs: bool = False):
+             progress: bool = True, setting: str = "unified", return_outputs: bool = False, precision=None):
     """Per-category metrics table (and mean) of ``model`` on ``test_data``, in the metrics.json format."""
     from .metrics import compute_metrics, metrics_table
 
-    res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating")
+    res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating",
+                        precision=precision)
     per_cat = {}
     for cat in sorted(set(res["categories"])):
         idx = res["categories"] == cat
@@ -446,7 +505,8 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
 
 # ---- predict -------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(model: Method, images: Sequence, threshold: float | None = None, batch_size: int = 8) -> list[dict]:
+def predict(model: Method, images: Sequence, threshold: float | None = None, batch_size: int = 8,
+            precision=None) -> list[dict]:
     """Score images given as file paths, (H, W, 3) uint8 arrays or (3, H, W) float tensors in [0, 1].
     Returns per image: ``score``, ``anomalous`` (score > threshold, or None without a threshold),
     ``anomaly_map`` (S, S) float32, and the resized ``image`` (S, S, 3) uint8. A file is turned upright by its
@@ -455,6 +515,7 @@ def predict(model: Method, images: Sequence, threshold: float | None = None, bat
     threshold = threshold if threshold is not None else getattr(model, "threshold", None)
     device = next(model.parameters()).device
     model.eval()
+    prec = precision_of(model, precision, device)
     arrays = []
     for im in images:
         if isinstance(im, (str, Path)):
@@ -468,7 +529,7 @@ def predict(model: Method, images: Sequence, threshold: float | None = None, bat
     for i in range(0, len(arrays), batch_size):
         chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
         x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float().div(255).to(device)
-        with autocast_for(device):
+        with prec.autocast(device):
             res = model.score(Batch(image=x))
         for j in range(x.shape[0]):
             s = float(res.pred_score[j])

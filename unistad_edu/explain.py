@@ -28,20 +28,20 @@ from .methods.base import Batch, Method
 
 @contextlib.contextmanager
 def _float32_teacher(teacher):
-    """Turn the teacher's bf16 CPU autocast off for exact gradients; restore it afterwards."""
-    old = getattr(teacher, "fast_cpu", None)
+    """Run the teacher in float32 (no bf16 autocast) for exact gradients; restore its precision afterwards."""
+    old = getattr(teacher, "precision", None)
     if old is not None:
-        teacher.fast_cpu = False
+        teacher.precision = "fp32"
     try:
         yield
     finally:
         if old is not None:
-            teacher.fast_cpu = old
+            teacher.precision = old
 
 
 def score_function(model: Method) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(x) -> (B,)`` image scores of ``model`` for pixels ``x`` (B, 3, S, S) in [0, 1], differentiable with
-    respect to ``x`` through teacher and method (same value as ``model.score``, up to bf16 rounding there).
+    respect to ``x`` through teacher and method (same value as ``model.score``, up to bf16 rounding where the teacher runs in bf16).
     Put the model in eval mode first."""
     def f(x: torch.Tensor) -> torch.Tensor:
         with _float32_teacher(model.teacher):

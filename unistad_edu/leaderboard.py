@@ -31,7 +31,7 @@ def parse_entry(items: Sequence[str]) -> dict:
 
 
 def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: int = 8, repeats: int = 3,
-            progress: bool = True) -> dict:
+            progress: bool = True, precision="auto") -> dict:
     """Measure every entry (see the module docstring). ``n_images``: test images timed (evenly over the
     categories); the same images for every method."""
     import torch
@@ -47,6 +47,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     for e in entries:
         cfg = read_config(e["run"])
         model = load_checkpoint(e["run"]).eval()
+        model.teacher.precision = precision
         root = Path(data or cfg.get("data_root"))
         if not e["metrics"].is_file():   # not evaluated yet: the same evaluation as `eval --run`
             cats = [c for c in cfg.get("train_categories") or [] if c in discover_categories(root)] or None

@@ -7,8 +7,10 @@ ImageNet but never our defects. This module wraps a timm backbone so that
   channels and strides of each level (timm's feature API: no method hard-codes channel counts);
 * it is truncated right after the last used stage (a timm ``features_only`` model would still run every
   stage), always in ``eval()`` and never asks for gradients w.r.t. its own weights;
-* on CPU it runs channels_last + bf16 autocast, which measures 2-4x faster than fp32 on the machines
-  this package targets (see ``python -m unistad_edu bench teacher``); outputs are float32 either way;
+* its precision and memory layout are a measured choice (``precision="auto"``, see
+  :mod:`unistad_edu.precision`): bf16 autocast + channels_last only on a CPU with native bf16 where a short
+  micro-benchmark of this teacher at the actual image size shows it faster, else fp32 (bf16 without native
+  kernels measured 8-15x *slower*); outputs are float32 either way;
 * it takes images in ``[0, 1]`` and applies its **own** normalisation (the mean/std of timm's
   ``pretrained_cfg`` for that model: ImageNet's for Lite0 and DINOv2, 0.5/0.5 for some others), so data
   loading, plots and attributions all work on plain pixels.
@@ -53,7 +55,6 @@ a path
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import socket
@@ -337,13 +338,14 @@ class Teacher(nn.Module):
         backbone: timm model name (default ``tf_efficientnet_lite0``).
         layers: feature_info indices or module names to return; default: the levels of stride 4, 8, 16.
         weights: ``"auto"``, a file path, or ``None`` (random); see the module docstring.
-        fast_cpu: channels_last + bf16 autocast on CPU (outputs are float32 anyway).
+        precision: ``"auto"`` (measured once per machine, teacher and image size), ``"fp32"``, ``"bf16"``,
+            or a resolved :class:`~unistad_edu.precision.Precision`; outputs are float32 anyway.
         embedding: also return ``"cls"`` (B, C). ``None``: yes for a ViT (its class token), no for a CNN
             (``True`` gives the global average pool of the deepest kept level).
     """
 
     def __init__(self, backbone: str = DEFAULT_TEACHER, layers: Iterable | None = None, weights="auto",
-                 strides: Sequence[int] = DEFAULT_STRIDES, fast_cpu: bool = True, embedding: bool | None = None):
+                 strides: Sequence[int] = DEFAULT_STRIDES, precision="auto", embedding: bool | None = None):
         super().__init__()
         model, self.weights_source = create_backbone(backbone, weights)
         self.backbone_name = backbone
@@ -356,11 +358,10 @@ class Teacher(nn.Module):
         self.levels = _select_levels(model.feature_info, layers, strides)
         self.pyramid = Pyramid(model, self.levels)
         self.embedding = self.pyramid.vit if embedding is None else bool(embedding)
-        self.fast_cpu = fast_cpu
         self.requires_grad_(False)
         self.eval()
-        if fast_cpu:
-            self.model.to(memory_format=torch.channels_last)
+        self.precision = precision  # what was asked for; resolved per device and image size on first use
+        self._layout = torch.contiguous_format
 
     # the teacher is frozen: train() never switches BatchNorm/Dropout back on
     def train(self, mode: bool = True):
@@ -417,24 +418,42 @@ class Teacher(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
-    def _autocast(self, device: torch.device):
-        if self.fast_cpu and device.type == "cpu":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    @property
+    def precision(self):
+        """What was asked for: ``"auto"``, ``"fp32"``, ``"bf16"`` or a resolved ``Precision``."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value) -> None:
+        from .precision import as_precision
+        self._precision = as_precision(value)  # checks the name
+        self._resolved = {}
+
+    def precision_for(self, device, image_size: int, announce: bool = True):
+        """The resolved :class:`~unistad_edu.precision.Precision` this teacher runs with on ``device`` at
+        ``image_size`` (``auto`` is measured once per machine and cached; see :mod:`unistad_edu.precision`)."""
+        from .precision import resolve
+        device = torch.device(device)
+        key = (device.type, int(image_size))
+        if key not in self._resolved:
+            self._resolved[key] = resolve(self._precision, device, self, image_size, announce=announce)
+        return self._resolved[key]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         # images: (B, 3, H, W) in [0, 1]
-        x = self.normalize(images)
-        if self.fast_cpu:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast(x.device):
+        prec = self.precision_for(images.device, images.shape[-1])
+        if prec.memory_format != self._layout:  # the weights follow the chosen layout
+            self.model.to(memory_format=prec.memory_format)
+            self._layout = prec.memory_format
+        x = self.normalize(images).contiguous(memory_format=prec.memory_format)
+        with prec.autocast(x.device):
             feats = self.pyramid(x, embedding=self.embedding)
         # each level: (B, C_l, H/stride_l, W/stride_l), "cls": (B, C); back to float32 and plain layout
         return {name: f.float().contiguous() for name, f in feats.items()}
 
 
 def load_teacher(name: str = DEFAULT_TEACHER, weights="auto", classifier: bool = False, layers=None,
-                 strides: Sequence[int] = DEFAULT_STRIDES, fast_cpu: bool = True,
+                 strides: Sequence[int] = DEFAULT_STRIDES, precision="auto",
                  embedding: bool | None = None) -> nn.Module:
     """Public entry point. ``classifier=False``: a frozen :class:`Teacher`. ``classifier=True``: the full
     ImageNet classifier with the same resolved weights (``model(normalised images) -> (B, 1000) logits``),
@@ -443,4 +462,4 @@ def load_teacher(name: str = DEFAULT_TEACHER, weights="auto", classifier: bool =
         model, source = create_backbone(name, weights)
         model.weights_source = source
         return model.eval().requires_grad_(False)
-    return Teacher(name, layers=layers, weights=weights, strides=strides, fast_cpu=fast_cpu, embedding=embedding)
+    return Teacher(name, layers=layers, weights=weights, strides=strides, precision=precision, embedding=embedding)

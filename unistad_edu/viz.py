@@ -2,11 +2,14 @@
 lessons). Plotly and ipywidgets are imported inside the functions that need them, so the CLI stays light."""
 from __future__ import annotations
 
+import math
+import os
+import uuid
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 # a perceptually ordered blue -> green -> yellow -> red ramp (anchor colours; linear in between)
 _RAMP = np.array([[48, 18, 59], [70, 107, 227], [41, 187, 236], [58, 242, 148], [164, 252, 60],
@@ -43,10 +46,171 @@ def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path, title: str | 
     canvas.paste(Image.fromarray(over), (w, pad))
     if title:
         ImageDraw.Draw(canvas).text((4, 3), title, fill="black")
+    return _save_png_atomic(canvas, path)
+
+
+def _save_png_atomic(canvas: Image.Image, path) -> Path:
+    """Write ``canvas`` as a PNG at ``path`` atomically: a temp file in the same folder, then ``os.replace``, so a
+    reader never sees a half-written picture (the temp file is removed if writing fails). The folder is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # plain open: the file gets the usual permissions (umask), unlike mkstemp
+            canvas.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+# ---- prediction picture: image | overlay at a fixed scale | colour bar, with score, threshold and verdict -------
+PREDICTION_ALPHA = 0.5  # heatmap opacity in the overlay (as the demo's render_overlay)
+_VERDICT_COLOURS = {"ANOMALOUS": (200, 0, 0), "normal": (0, 140, 0)}
+_NEUTRAL = (90, 90, 90)
+_MARGIN, _GAP, _BAR_W, _TICK = 6, 6, 14, 4
+
+
+def _valid_threshold(threshold) -> float | None:
+    """``threshold`` as a float if it can set a colour scale (finite and > 0), else None."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        return None
+    return t if math.isfinite(t) and t > 0 else None
+
+
+def _verdict_colour(verdict: str) -> tuple[int, int, int]:
+    v = verdict.strip().lower()
+    if v.startswith("anomal"):
+        return _VERDICT_COLOURS["ANOMALOUS"]
+    if v == "normal":
+        return _VERDICT_COLOURS["normal"]
+    return _NEUTRAL
+
+
+def _fmt(x: float) -> str:
+    return "0" if x == 0 else f"{x:.3g}"
+
+
+def colorbar(height: int, width: int = _BAR_W) -> np.ndarray:
+    """A vertical (height, width, 3) uint8 colour bar of :func:`colorize`'s ramp: value 1 at the top row, value 0
+    at the bottom row (the same colours the overlay uses, before blending)."""
+    ramp = colorize(np.linspace(0.0, 1.0, max(int(height), 2), dtype=np.float32)[:, None], 0.0, 1.0)[::-1]
+    return np.ascontiguousarray(np.repeat(ramp, max(int(width), 1), axis=1))
+
+
+def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, threshold: float | None, *,
+                      verdict: str | None = None, scale: str = "fixed", title: str | None = None,
+                      return_layout: bool = False):
+    """The prediction picture as an (H, W, 3) uint8 array (what :func:`save_prediction` writes).
+
+    Layout, top to bottom: an optional ``title`` line (black), a caption line ``score S   threshold T   VERDICT``
+    (the verdict red for ANOMALOUS, green for normal, grey otherwise), then one row: the image | the heatmap
+    overlay (``PREDICTION_ALPHA`` = 0.5 blend, the map resized to the image) | a vertical colour bar
+    (14 px wide, as tall as the image but at least four text lines, ~60 px; value 0 at the bottom, the top colour at the top)
+    with tick marks and labels at 0, threshold/2 and threshold (the top label reads "<T> threshold").
+    6 px margins and gaps, white background; the canvas is widened if the caption is longer than the row.
+
+    ``scale="fixed"`` (default): colours from 0 to the threshold, so a value >= threshold is the top colour
+    and a normal image stays cold. ``scale="image"``: the map's own min -> max (today's stretch); the bar is then
+    labelled with the map's min and max. Without a usable threshold (None, non-finite or <= 0) the scale falls
+    back to ``"image"`` and the caption says "no threshold". ``verdict``: default ANOMALOUS if
+    score > threshold, else normal ("no threshold" without one).
+
+    ``return_layout=True`` returns ``(array, layout)``, ``layout`` mapping "image", "overlay", "colorbar",
+    "labels", "caption" and "verdict" to pixel boxes ``(x0, y0, x1, y1)`` (x1, y1 exclusive), plus "scale"
+    (the scale used), "vmin"/"vmax" (the values at the bar's bottom and top) and "verdict_text"."""
+    if scale not in ("fixed", "image"):
+        raise ValueError(f"scale must be 'fixed' or 'image', not {scale!r}")
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = as_uint8(img)[..., :3]
+    amap = np.asarray(anomaly_map.detach().float().cpu() if hasattr(anomaly_map, "detach") else anomaly_map,
+                      dtype=np.float32)
+    while amap.ndim > 2 and amap.shape[0] == 1:
+        amap = amap[0]
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly_map must be 2-D (H, W), got shape {amap.shape}")
+    thr = _valid_threshold(threshold)
+    used = scale if thr is not None else "image"
+    if used == "fixed":
+        lo, hi = 0.0, thr
+        over = overlay(img, amap, alpha=PREDICTION_ALPHA, vmin=0.0, vmax=thr)
+        ticks = [(0.0, _fmt(0.0)), (0.5, _fmt(thr / 2)), (1.0, f"{_fmt(thr)} threshold")]
+    else:
+        lo, hi = float(np.min(amap)), float(np.max(amap))
+        over = overlay(img, amap, alpha=PREDICTION_ALPHA)
+        ticks = [(0.0, f"{_fmt(lo)} min"), (0.5, _fmt((lo + hi) / 2)), (1.0, f"{_fmt(hi)} max")]
+    if verdict is None:
+        verdict = "no threshold" if thr is None else ("ANOMALOUS" if float(score) > thr else "normal")
+    head = f"score {float(score):.4g}   " + (f"threshold {thr:.4g}   " if thr is not None else "")
+    if thr is None and verdict != "no threshold":
+        head += "no threshold   "
+
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_w(t: str) -> int:
+        return int(math.ceil(probe.textlength(t, font=font))) if t else 0
+
+    asc = font.getbbox("Ag")
+    line_h = max(int(asc[3]) + 3, 12)
+    h, w = img.shape[:2]
+    bar_h = max(h, 4 * line_h)
+    n_lines = 2 if title else 1
+    cap_h = _MARGIN + n_lines * line_h
+    row_y = cap_h + _GAP
+    img_x = _MARGIN
+    over_x = img_x + w + _GAP
+    bar_x = over_x + w + _GAP
+    lab_x = bar_x + _BAR_W + 1 + _TICK + 3
+    lab_w = max(text_w(t) for _, t in ticks)
+    cap_w = max(text_w(head) + text_w(verdict), text_w(title or ""))
+    width = max(lab_x + lab_w + _MARGIN, _MARGIN + cap_w + _MARGIN)
+    height = row_y + max(h, bar_h) + _MARGIN
+
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(Image.fromarray(img), (img_x, row_y))
+    canvas.paste(Image.fromarray(over), (over_x, row_y))
+    canvas.paste(Image.fromarray(colorbar(bar_h, _BAR_W)), (bar_x, row_y))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([bar_x - 1, row_y - 1, bar_x + _BAR_W, row_y + bar_h], outline=_NEUTRAL)
+    ty = _MARGIN
+    if title:
+        draw.text((_MARGIN, ty), title, fill="black", font=font)
+        ty += line_h
+    draw.text((_MARGIN, ty), head, fill="black", font=font)
+    vx = _MARGIN + text_w(head)
+    draw.text((vx, ty), verdict, fill=_verdict_colour(verdict), font=font)
+    for v, label in ticks:
+        y = row_y + int(round((1.0 - v) * (bar_h - 1)))
+        draw.line([bar_x + _BAR_W + 1, y, bar_x + _BAR_W + _TICK, y], fill="black")
+        ly = min(max(y - line_h // 2, row_y), row_y + bar_h - line_h)  # centred on the tick, kept by the bar
+        draw.text((lab_x, ly), label, fill="black", font=font)
+    arr = np.asarray(canvas).copy()
+    if not return_layout:
+        return arr
+    layout = {"image": (img_x, row_y, img_x + w, row_y + h), "overlay": (over_x, row_y, over_x + w, row_y + h),
+              "colorbar": (bar_x, row_y, bar_x + _BAR_W, row_y + bar_h),
+              "labels": (lab_x, row_y, lab_x + lab_w, row_y + bar_h),
+              "caption": (_MARGIN, ty, _MARGIN + text_w(head) + text_w(verdict), ty + line_h),
+              "verdict": (vx, ty, vx + text_w(verdict), ty + line_h),
+              "scale": used, "vmin": lo, "vmax": hi, "verdict_text": verdict}
+    return arr, layout
+
+
+def save_prediction(image: np.ndarray, anomaly_map: np.ndarray, path, score: float, threshold: float | None, *,
+                    verdict: str | None = None, scale: str = "fixed", title: str | None = None) -> Path:
+    """Write the prediction picture (:func:`prediction_figure`: image | overlay at a fixed 0 -> threshold colour
+    scale by default | colour bar, with a caption of score, threshold and coloured verdict) as a PNG at
+    ``path``, atomically (temp file in the same folder, then ``os.replace``). Returns the path."""
+    arr = prediction_figure(image, anomaly_map, score, threshold, verdict=verdict, scale=scale, title=title)
+    return _save_png_atomic(Image.fromarray(arr), path)
 
 
 # ---- plotly figures -----------------------------------------------------------------------------------

@@ -330,7 +330,7 @@ class DualStudent(Method):
 
     def semantic_embedding(self, image: torch.Tensor) -> torch.Tensor:
         """The EE student's prediction of the teacher embedding from the image alone: (B, C_emb)."""
-        x = self.teacher.normalize(image).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+        x = self.teacher.normalize(image)  # (B, 3, S, S); conv layout follows the weights
         return self.ee(x).float()
 
     def forward(self, batch: Batch, semantic: bool = True) -> dict:

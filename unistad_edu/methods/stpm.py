@@ -61,7 +61,7 @@ class STPM(Method):
 
     def _pairs(self, batch: Batch):
         t = self.teacher_features(batch)
-        x = self.teacher.normalize(batch.image).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+        x = self.teacher.normalize(batch.image)  # (B, 3, S, S); conv layout follows the weights (channels_last or not)
         s = self.student(x)
         for name in self.teacher.layer_names:
             # (B, C, h, w) each, unit length along channels
