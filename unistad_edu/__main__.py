@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "family, and what --precision auto decides")
     bp.set_defaults(batch_size=8)
     bp.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: stpm,rd,uniad,dual_student)")
+    bp.add_argument("--data", default=None, help="also train a small STPM run here and compare fp32 with bf16 scores")
     bt = bench_parser("train", "engine training images/s vs a bare loop (or cached features vs teacher every step)")
     bt.add_argument("--method", default="stpm")
     bt.add_argument("--data", default=None)

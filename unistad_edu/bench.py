@@ -204,12 +204,43 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
                       "batch_size": batch_size, "repeats": repeats, "precision": prec.record(), **built}}
 
 
+def precision_agreement(data=None, method="stpm", image_size=128, epochs=3, n_train=40, categories=None) -> dict:
+    """Do fp32 and bf16 give the same answers? One small run (``n_train`` images per category, ``epochs``) trained
+    in fp32 scores the test images in fp32 and in bf16 (Spearman rank correlation of the image scores, max
+    relative difference); a second run trained in bf16 from the same seed is compared with the first too."""
+    from scipy.stats import spearmanr
+
+    from .data import MVTecDataset, find_data
+    from .engine import TrainConfig, fit, score_dataset
+    from .methods import build_model
+    from .teacher import load_teacher
+
+    root = Path(data) if data else find_data()[0]
+    train = MVTecDataset(root, "train", categories=categories, image_size=image_size).evenly(n_train)
+    test = MVTecDataset(root, "test", categories=categories, image_size=image_size)
+    scores = {}
+    for trained in ("fp32", "bf16"):
+        model = build_model(method, load_teacher(), image_size=image_size, epochs=epochs)
+        fit(model, train, TrainConfig(progress=False, precision=trained))
+        for scored in ("fp32", "bf16") if trained == "fp32" else ("bf16",):
+            scores[f"trained_{trained}_scored_{scored}"] = score_dataset(model, test, precision=scored)["scores"]
+    ref = scores["trained_fp32_scored_fp32"]
+    out = {}
+    for k, v in scores.items():
+        if k != "trained_fp32_scored_fp32":
+            out[k] = {"spearman_vs_fp32": float(spearmanr(ref, v).statistic),
+                      "max_rel_diff": float(abs(v - ref).max() / max(abs(ref).max(), 1e-12))}
+    return {"method": method, "data": str(root), "categories": train.categories, "image_size": image_size,
+            "epochs": epochs, "train_images": len(train), "test_images": len(test), "agreement": out}
+
+
 PRECISION_FAMILIES = {"stpm": "feature-pyramid student (STPM)", "rd": "reverse-distillation decoder (RD / SNL)",
                       "uniad": "transformer reconstruction (UniAD)",
                       "dual_student": "two CNN students, one reading pixels (dual students)"}
 
 
-def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECISION_FAMILIES)) -> dict:
+def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECISION_FAMILIES),
+                    agreement_data=None) -> dict:
     """fp32 vs bf16 on this CPU, in one run: the teacher's forward (plain fp32, fp32 channels_last, bf16
     channels_last) and one training step (forward + backward + optimiser step, teacher features given) of each
     method family, interleaved; plus the capability check and what ``precision="auto"`` decides."""
@@ -255,6 +286,7 @@ def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECI
                        "teacher_fp32_channels_last_vs_plain": teacher_rates["fp32_channels_last"] / teacher_rates["fp32"],
                        **{f"{m}_step_bf16_vs_fp32": v["bf16_vs_fp32"] for m, v in steps.items()}},
             "auto": auto.record(),
+            **({"agreement": precision_agreement(agreement_data)} if agreement_data else {}),
             "setup": {"image_size": image_size, "batch_size": batch_size, "repeats": repeats}}
 
 
@@ -363,6 +395,15 @@ def to_markdown(what: str, result: dict, command: str) -> str:
         for m, v in result["train_step"].items():
             r = v["images_per_s"]
             lines.append(f"| train step: {v['family']} | {r['fp32']:.1f} | {r['bf16']:.1f} | {v['bf16_vs_fp32']:.2f}x |")
+        if "agreement" in result:
+            a = result["agreement"]
+            lines += ["", f"fp32 vs bf16 on a small real run ({a['method']}, {a['train_images']} training images of "
+                          f"{', '.join(a['categories'])}, {a['image_size']} px, {a['epochs']} epochs; "
+                          f"{a['test_images']} test images):", "",
+                      "| compared with trained fp32, scored fp32 | Spearman of image scores | max relative difference |",
+                      "|---|---|---|"]
+            lines += [f"| {k.replace('_', ' ')} | {v['spearman_vs_fp32']:.4f} | {v['max_rel_diff']:.3f} |"
+                      for k, v in a["agreement"].items()]
         return "\n".join(lines) + "\n"
     lines += ["| measure | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in result["images_per_s"].items()]
@@ -377,7 +418,8 @@ def main(args) -> int:
     if args.what == "teacher":
         result = bench_teacher(**kw)
     elif args.what == "precision":
-        result = bench_precision(**kw, **({"methods": tuple(args.methods)} if args.methods else {}))
+        result = bench_precision(**kw, **({"methods": tuple(args.methods)} if args.methods else {}),
+                                 agreement_data=args.data)
     elif args.what == "accuracy":
         result = bench_accuracy(args.method, args.data, out_dir=args.out_dir, epochs=args.epochs, preset=args.preset,
                                 equal_steps=args.protocol == "equal-steps", reuse=args.reuse,

@@ -51,14 +51,17 @@ class Lesson:
 
 
 def setup(quick_categories: Sequence[str] | None = None, *, min_categories: int = 2, fallback: int = 3,
-          quick_threads: int | None = 1, data: str | Path | None = None) -> Lesson:
+          quick_threads: int | None = None, data: str | Path | None = None) -> Lesson:
     """Decide the lesson's mode, device, data and categories.
 
     ``quick_categories``: the categories a quick run uses when the data has them (``None``: all); if fewer
     than ``min_categories`` of them exist (e.g. on the synthetic set), the first ``fallback`` categories of
     the data are used instead. Full mode always uses every category.
-    ``quick_threads``: torch threads in quick mode on CPU (quick runs share small CPUs with other jobs, and
-    one thread avoids contention); ``None`` leaves torch's default."""
+    ``quick_threads``: torch threads in quick mode on CPU; ``None`` (the default): every core this process may
+    use (:func:`~unistad_edu.precision.configure_threads`, which says so when the machine is already busy --
+    then pass e.g. ``quick_threads=1``). Precision is ``auto`` everywhere (the teacher's default; see
+    :mod:`unistad_edu.precision`), measured once per machine.
+    """
     import torch
 
     from .data import discover_categories, find_data
@@ -76,8 +79,8 @@ def setup(quick_categories: Sequence[str] | None = None, *, min_categories: int 
             categories = found[:fallback]
     else:
         categories = list(found)
-    if quick and device == "cpu" and quick_threads:
-        torch.set_num_threads(quick_threads)
+    from .precision import configure_threads
+    configure_threads(quick_threads if (quick and device == "cpu" and quick_threads) else None)
     preset = "paper" if (not quick and device == "cuda") else "cpu"
     return Lesson(quick, device, Path(root), where, categories, preset, found)
 

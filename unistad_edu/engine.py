@@ -374,7 +374,8 @@ def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None,
     if capped:
         left = max(0.0, budget_s - elapsed_s) + per_epoch  # the budget stops the run after the epoch it runs out in
     text = f"{left / 60:.1f} min" if left >= 120 else f"{left:.0f} s"
-    return f"about {text} left in the run" + (" (time budget)" if capped else f" ({epochs_left} epochs to go)")
+    return f"about {text} left in the run" + (" (time budget)" if capped else
+                                              f" ({epochs_left} epoch{'s' if epochs_left > 1 else ''} to go)")
 
 
 def _complete(run: Path) -> bool:

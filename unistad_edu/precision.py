@@ -165,7 +165,7 @@ def machine_busy() -> str | None:
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------
-def measure(teacher, image_size: int, batch_size: int = 4, repeats: int = 3, bf16: bool = True) -> dict[str, float]:
+def measure(teacher, image_size: int, batch_size: int = 4, repeats: int = 5, bf16: bool = True) -> dict[str, float]:
     """Images/s of the teacher's forward in each layout/precision, interleaved, median of ``repeats``.
     Keys: ``fp32``, ``fp32_channels_last`` and (``bf16=True``) ``bf16_channels_last``."""
     x = torch.rand(batch_size, 3, image_size, image_size)
@@ -292,9 +292,14 @@ def resolve(precision="auto", device="cpu", teacher=None, image_size: int = 256,
             if teacher is None:
                 from .teacher import Teacher
                 teacher = Teacher(precision="fp32")
+            busy = machine_busy()
             rates = measure(teacher, int(image_size), bf16=native)
             choice = decide(native, why, rates)
-            _write_cache(path, key, choice)
+            if busy:  # other jobs distort the timings: use the decision in this process, measure again next time
+                choice = Precision(choice.name, choice.channels_last,
+                                   f"{choice.reason}; measured while busy ({busy}), not cached", rates)
+            else:
+                _write_cache(path, key, choice)
         _memo[key] = choice
     if announce and key not in _announced:
         _announced.add(key)

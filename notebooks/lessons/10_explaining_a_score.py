@@ -90,8 +90,8 @@ So `model.score(...)` has no gradient at all, and `anomaly_maps` on a bare image
 *student* branch: the teacher's side of `‖t̂ − ŝ‖²` is treated as a constant, and the gradient is wrong. The
 fix uses the contract as it is: compute the teacher's features ourselves, *with* gradients, and hand them in
 through `Batch.features`; then call `anomaly_maps` and `scoring.score` ourselves, with gradients on (the
-default outside `torch.no_grad()`; IG turns them on by itself), with the teacher's bf16 autocast on CPU
-switched off so that the gradients are float32. That is `unistad_edu.explain.score_function(model)`: read its
+default outside `torch.no_grad()`; IG turns them on by itself), with the teacher's bf16 autocast (where `precision="auto"` chose it
+on this CPU) switched off so that the gradients are float32. That is `unistad_edu.explain.score_function(model)`: read its
 six lines, then check it below against `model.score` and against the student-only gradient.
 """),
     code(r"""
@@ -107,7 +107,7 @@ first_defect = int(np.flatnonzero(out["labels"] == 1)[0])
 x = test[first_defect]["image"][None].to(device).requires_grad_(True)
 print("model.score(...) requires grad:", model.score(Batch(image=x)).pred_score.requires_grad)
 with torch.no_grad():
-    # the same score; model.score runs the teacher in bf16 on CPU (fast), image_score in float32 (exact gradients)
+    # the same score; model.score runs the teacher at the measured precision (bf16 only where faster), image_score in float32
     torch.testing.assert_close(image_score(x), model.score(Batch(image=x)).pred_score.float(), rtol=3e-2, atol=1e-4)
 g_full, = torch.autograd.grad(image_score(x).sum(), x)
 g_student, = torch.autograd.grad(student_only_score(x).sum(), x)
@@ -116,7 +116,7 @@ print(f"gradient norm, teacher + student: {g_full.norm():.4g};  student branch o
       f"cosine between them {cos:.3f}")
 """),
     md(r"""
-The same score as `model.score` (checked above, up to the bf16 rounding of the fast path), but the student-only gradient points elsewhere: half of the story is missing. From here on, `image_score` is the function we explain.
+The same score as `model.score` (checked above, up to bf16 rounding where this CPU runs the teacher in bf16), but the student-only gradient points elsewhere: half of the story is missing. From here on, `image_score` is the function we explain.
 
 ## 3. The baseline: "compared with what?"
 
