@@ -40,7 +40,9 @@ def test_hit_equals_teacher_forward(dataset, lite0_teacher, tmp_path, on_disk):
         assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
-def test_touched_file_is_recomputed(dataset, lite0_teacher):
+def test_touch_hits_new_bytes_with_same_size_and_mtime_miss(dataset, lite0_teacher):
+    # the key is the file's content: a touch alone keeps the entry (it used to be recomputed when the key was
+    # path + size + mtime); other bytes with the old size and mtime (as `cp -p` leaves them) get a new entry
     cache = FeatureCache(lite0_teacher, 64)
     b = _batch(dataset)
     cache.features(b["image"], b["path"])
@@ -48,7 +50,16 @@ def test_touched_file_is_recomputed(dataset, lite0_teacher):
     st = os.stat(p)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     cache.features(b["image"], b["path"])
-    assert cache.misses == 5 and cache.hits == 3
+    assert cache.misses == 4 and cache.hits == 4
+    data = bytearray(open(p, "rb").read())
+    data[-1] ^= 0xFF  # the last byte of the PNG's IEND CRC: same size, other content
+    st = os.stat(p)
+    with open(p, "r+b") as f:
+        f.write(data)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(p).st_size == st.st_size and os.stat(p).st_mtime_ns == st.st_mtime_ns
+    cache.features(b["image"], b["path"])
+    assert cache.misses == 5 and cache.hits == 7
 
 
 def test_key_depends_on_teacher_and_size(dataset, lite0_teacher):
@@ -58,6 +69,8 @@ def test_key_depends_on_teacher_and_size(dataset, lite0_teacher):
     assert FeatureCache(lite0_teacher, 128).key(p) != a
     assert FeatureCache(Teacher(weights=None), 64).key(p) != a
     assert FeatureCache(lite0_teacher, 64).key(p) == a
+    assert FeatureCache(lite0_teacher, 64, fp16=True).key(p) != a
+    assert FeatureCache(lite0_teacher, 64).key(dataset.records[1].path) != a
 
 
 def test_fp16_and_corrupt_entry(dataset, lite0_teacher, tmp_path):

@@ -114,7 +114,8 @@ def data(tmp_path_factory) -> Path:
 
 def _cli_args(data: Path, run: Path, resume: bool, *extra) -> list[str]:
     return ["train", "--data", str(data), "--image-size", str(SIZE), "--epochs", str(EPOCHS), "--batch-size",
-            str(BATCH), "--out", str(run), "--no-progress", *(["--resume"] if resume else []), *extra]
+            str(BATCH), "--out", str(run), "--no-progress", "--precision", "fp32", "--threads", "1",
+            *(["--resume"] if resume else []), *extra]  # bit-exact comparisons: one fixed precision and thread
 
 
 def _env(fault: str = "") -> dict:
@@ -154,7 +155,7 @@ def _state_equal(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(data, lite0_teacher, tmp_path_factory):
+def reference(data, lite0_teacher, tmp_path_factory, one_thread):
     """The uninterrupted run, in this process, as the CLI configures it: weights after every epoch."""
     from unistad_edu import engine
     from unistad_edu.engine import TrainConfig, fit
@@ -170,7 +171,7 @@ def reference(data, lite0_teacher, tmp_path_factory):
     try:
         model = build_model("stpm", lite0_teacher, cfg=make_config("stpm", "cpu", epochs=EPOCHS, batch_size=BATCH,
                                                                   image_size=SIZE))
-        res = fit(model, MVTecDataset(data, "train", image_size=SIZE), TrainConfig(seed=0, progress=False),
+        res = fit(model, MVTecDataset(data, "train", image_size=SIZE), TrainConfig(seed=0, progress=False, precision="fp32"),
                   out=tmp_path_factory.mktemp("ref"))
     finally:
         engine.save_checkpoint = save
@@ -248,7 +249,7 @@ def test_kill_anywhere_then_resume_finishes_exactly(data, reference, lite0_teach
     print("\n" + "\n".join(" | ".join(row) for row in table))
 
 
-def test_kill_during_feature_caching_leaves_only_complete_entries(data, lite0_teacher, tmp_path):
+def test_kill_during_feature_caching_leaves_only_complete_entries(data, lite0_teacher, tmp_path, one_thread):
     """SIGKILL while the disk feature cache is being filled: a fresh cache over the same folder serves only
     whole entries, equal to recomputed ones, and fills in the rest."""
     from unistad_edu.cache import FeatureCache
@@ -261,6 +262,7 @@ def test_kill_during_feature_caching_leaves_only_complete_entries(data, lite0_te
     assert len(temps) == 1  # the entry being written when the process died, never renamed into place
 
     train, _ = holdout_split(MVTecDataset(data, "train", image_size=SIZE), 0.1, seed=0)  # what fit caches
+    lite0_teacher.precision = "fp32"  # what the killed child ran with (--precision fp32 --threads 1)
     fresh = FeatureCache(lite0_teacher, SIZE, root=root)
     assert len(fresh) == n_done - 1  # complete entries only; the temp file is not one
     expected = FeatureCache(lite0_teacher, SIZE).stack(train, progress=False)  # recomputed in memory

@@ -120,6 +120,9 @@ def test_threads_default_to_the_usable_cores_and_busy_machine_is_named(monkeypat
     try:
         monkeypatch.setattr(P, "_announced", set())
         monkeypatch.setattr(P.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert P.configure_threads(None) == 1        # a user's OMP_NUM_THREADS is kept
+        monkeypatch.delenv("OMP_NUM_THREADS")
         n = P.configure_threads(None)
         assert n == P.usable_cores() == torch.get_num_threads()
         err = capsys.readouterr().err
@@ -192,3 +195,19 @@ def test_a_decision_measured_on_a_busy_machine_is_used_but_not_cached(fresh, mon
     monkeypatch.setattr(P, "machine_busy", lambda: "load 5.0 on 2 cores")
     p = P.resolve("auto", "cpu", _T(), 64)
     assert p.name == "bf16" and "not cached" in p.reason and not (fresh / P.CACHE_FILE).exists()
+
+
+def test_resume_keeps_the_precision_the_run_started_with(tmp_path_factory, tmp_path, lite0_teacher, one_thread):
+    from .conftest import tiny_synthetic
+    from unistad_edu.data import MVTecDataset
+    from unistad_edu.engine import TrainConfig, fit
+    from unistad_edu.methods import build_model
+
+    data = tiny_synthetic(tmp_path_factory, size=64, n_train=4, n_test_good=1, n_test_defect=1)
+    train = MVTecDataset(data, "train", image_size=64)
+    model = build_model("stpm", lite0_teacher, image_size=64, batch_size=4, epochs=2)
+    fit(model, train, TrainConfig(progress=False, precision="bf16", max_minutes=1e-6), out=tmp_path / "run")
+    again = build_model("stpm", lite0_teacher, image_size=64, batch_size=4, epochs=2)
+    fit(again, train, TrainConfig(progress=False), out=tmp_path / "run", resume=True)  # auto, resumed
+    assert again.teacher.precision.name == "bf16"      # not re-measured: the run's own precision
+    lite0_teacher.precision = "auto"

@@ -12,6 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from .options import finite_float, nonnegative_int, positive_float, positive_int
+from .options import image_size as image_size_type
+
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Help that shows every option's default (unless it is None or already named) and keeps line breaks."""
@@ -28,7 +31,7 @@ def _csv(value: str) -> list[str]:
 
 def _compute_options(p: argparse.ArgumentParser) -> None:
     """``--threads`` and ``--precision``: on every subcommand that computes."""
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default: the cores this process may use); give each of two jobs side by "
                         "side its share, e.g. --threads 1 on a 2-core machine")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -53,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     syn = dsub.add_parser("synthetic", help="write the offline synthetic multi-class set (MVTec layout)",
                           formatter_class=_Help)
     syn.add_argument("--out", required=True)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--size", type=int, default=None, help="image side in pixels (default: the set's)")
-    syn.add_argument("--n-train", type=int, default=None, help="normal training images per category")
+    syn.add_argument("--seed", type=nonnegative_int, default=0)
+    syn.add_argument("--size", type=image_size_type, default=None, help="image side in pixels (default: the set's)")
+    syn.add_argument("--n-train", type=positive_int, default=None, help="normal training images per category")
     syn.add_argument("--force", action="store_true", help="regenerate an existing folder")
     from .download import add_arguments as add_download_arguments
     add_download_arguments(dsub.add_parser("mvtec", help="download MVTec AD (checksums, resume, atomic install)",
@@ -74,18 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--categories", type=_csv, default=None, help="comma-separated subset (default: all)")
     t.add_argument("--setting", choices=["unified", "per-class"], default="unified")
     t.add_argument("--preset", default="cpu", help="the method's preset (listed above)")
-    t.add_argument("--epochs", type=int, default=None, help="default: the preset's")
-    t.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    t.add_argument("--lr", type=float, default=None, help="default: the preset's")
-    t.add_argument("--image-size", type=int, default=None, help="default: the preset's")
-    t.add_argument("--max-minutes", type=float, default=None, help="time budget per run (per category in per-class)")
-    t.add_argument("--min-steps", type=int, default=None,
+    t.add_argument("--epochs", type=positive_int, default=None, help="default: the preset's")
+    t.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's")
+    t.add_argument("--lr", type=positive_float, default=None, help="default: the preset's")
+    t.add_argument("--image-size", type=image_size_type, default=None, help="default: the preset's")
+    t.add_argument("--max-minutes", type=positive_float, default=None,
+                   help="time budget per run (per category in per-class)")
+    t.add_argument("--min-steps", type=positive_int, default=None,
                    help="train each model at least this many optimiser steps (adds epochs on small categories)")
     t.add_argument("--teacher", default=None, help="timm backbone name (default: the preset's)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="any field of the method's config, e.g. --set jitter=false --set hidden_dim=256")
     t.add_argument("--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--cache-dir", default=None, help="disk feature cache (default: in memory)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -107,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--run", required=True)
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", default=None, help="folder for heatmap PNGs (default: RUN/predictions)")
-    pr.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
+    pr.add_argument("--threshold", type=finite_float, default=None, help="override the calibrated threshold")
     pr.add_argument("--scale", choices=["fixed", "image"], default="fixed",
                     help="heatmap colours: fixed = 0 to the threshold (as the demo); image = each map's own range")
     _compute_options(pr)
@@ -121,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", default=None, help="also write the result as JSON here")
         q.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
         if image_size:
-            q.add_argument("--image-size", type=int, default=256)
+            q.add_argument("--image-size", type=image_size_type, default=256)
         if speed:
-            q.add_argument("--batch-size", type=int, default=16)
-            q.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median reported)")
+            q.add_argument("--batch-size", type=positive_int, default=16)
+            q.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing rounds (median reported)")
         _compute_options(q)
         return q
 
@@ -142,12 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     bi = bench_parser("infer", "engine scoring images/s vs a teacher-only forward and a bare model loop")
     bi.add_argument("--method", default="stpm")
     bi.add_argument("--data", default=None)
-    bi.add_argument("--n-images", type=int, default=None, help="test images timed (default 64)")
+    bi.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 64)")
     ba = bench_parser("accuracy", "train unified and per-class, evaluate both: cross-class interference",
                       image_size=False, speed=False)
     ba.add_argument("--method", default="stpm")
     ba.add_argument("--data", default=None)
-    ba.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
+    ba.add_argument("--epochs", type=positive_int, default=None, help="epochs per run (default: the preset's)")
     ba.add_argument("--preset", default="cpu", help="method preset")
     ba.add_argument("--out-dir", default="runs/bench_accuracy", help="where the runs go")
     ba.add_argument("--protocol", choices=["equal-steps", "equal-epochs"], default="equal-steps",
@@ -160,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a trained run (repeat per method); its eval JSON, else RUN/metrics.json (evaluated when "
                          "missing)")
     bl.add_argument("--data", default=None)
-    bl.add_argument("--n-images", type=int, default=None, help="test images timed (default 32)")
+    bl.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 32)")
 
     from .figures import add_arguments as add_figure_arguments
     add_figure_arguments(sub.add_parser("figures", help="render the README figures (interference, heatmap grid, "
@@ -222,7 +226,11 @@ def cmd_train(args) -> int:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("image_size", args.image_size), ("teacher", args.teacher)) if v is not None}
     overrides.update(_parse_overrides(args.overrides))
-    mcfg = make_config(args.method, args.preset, **overrides)  # unknown method / preset: refused before data work
+    from .methods import method_class
+    from .options import check_device, check_overrides
+    check_overrides(method_class(args.method).Config, overrides)  # unknown method: refused here, before data work
+    mcfg = make_config(args.method, args.preset, **overrides)  # unknown preset / field: refused before data work
+    check_device(args.device)
     root = _data_root(args.data)
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
     teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
@@ -349,12 +357,39 @@ def main(argv=None) -> int:
                 "demo": cmd_demo, "figures": cmd_figures}
     try:
         return handlers[args.command](args)
-    except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)  # expected: bad data, checkpoint, option value, ...
         return 2
-    except ValueError as err:  # bad option values (unknown method, preset, ...)
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory: try a smaller --batch-size or --image-size, or fewer images", file=sys.stderr)
+        return 3
+    except OSError as err:  # full disk, read-only folder, a file where a folder should be, ...
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
+    except Exception as err:  # unexpected: a short message here, the traceback in a log file
+        log = _crash_log(err)
+        print(f"error: unexpected {type(err).__name__}: {err}" + (f" (details in {log})" if log else ""),
+              file=sys.stderr)
+        return 1
+
+
+def _crash_log(err: BaseException) -> Path | None:
+    """Write the traceback of an unexpected error to ``$UNISTAD_CACHE/logs/`` and return the file."""
+    import time
+    import traceback
+    root = Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser() / "logs"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"python -m unistad_edu {' '.join(sys.argv[1:])}\n\n"
+                        + "".join(traceback.format_exception(err)))
+        return path
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

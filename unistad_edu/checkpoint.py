@@ -11,15 +11,25 @@ refuses that pair instead of serving weights with another epoch's config and thr
 
 Resume state (model + optimiser tensors, epoch, config) lives in one file, ``train_state.safetensors``, so
 it is always self-consistent.
+
+Nothing loads silently wrong: every stored tensor must have the dtype and shape of the freshly built model's
+own tensor of that name (a method lists in ``growing_state`` the tensors whose first dimension is set by the
+data, e.g. the memory bank's ``bank``: for those only the dtype, the number of dimensions and the trailing
+dimensions are compared), and every number of config.json that loading uses (threshold, per-class validation
+statistics, image size, epochs done, tensor count) must be a finite number of the right kind. No NaN/inf is
+ever written into JSON: :func:`json_safe` replaces a non-finite float by ``null`` plus a sibling flag
+(``"threshold": null, "threshold_nonfinite": "nan"``), and the writer uses ``allow_nan=False``.
 """
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -83,6 +93,90 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
                               f"and retrain")
 
 
+ALTERED = "the file was altered or comes from another version/configuration"
+
+
+def _describe(t: torch.Tensor, growing: bool = False) -> str:
+    shape = ("N",) + tuple(t.shape[1:]) if growing else tuple(t.shape)
+    return f"{t.dtype} {shape}".replace("'", "")
+
+
+def check_tensors_fit(found: dict[str, torch.Tensor], model, path: Path, context: str = "") -> None:
+    """Refuse a stored tensor whose dtype or shape differs from ``model``'s own tensor of that name
+    (``model.state_for_checkpoint()`` of the freshly built model). Tensors named in the method's
+    ``growing_state`` may differ in their first dimension only (its size comes from the data). Missing and
+    unexpected names are left to ``load_from_checkpoint``, which lists them."""
+    own = model.state_for_checkpoint()
+    growing = set(getattr(model, "growing_state", ()) or ())
+    for name, t in found.items():
+        want = own.get(name)
+        if want is None:
+            continue
+        grows = name in growing
+        if grows:
+            fits = t.ndim == want.ndim and t.ndim >= 1 and tuple(t.shape[1:]) == tuple(want.shape[1:])
+        else:
+            fits = tuple(t.shape) == tuple(want.shape)
+        if t.dtype != want.dtype or not fits:
+            raise CheckpointError(f"{path}: tensor {name!r} is {_describe(t)} but a {model.name!r} model with this "
+                                  f"config holds {_describe(want, grows)}{context}: {ALTERED}; "
+                                  f"retrain, or load it with the version/config that wrote it")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_config_values(cfg: dict, path: Path) -> None:
+    """Refuse a config.json whose numbers that loading and scoring use are not finite numbers of the right
+    kind: ``threshold`` (a finite number, or ``null`` = no threshold), ``validation.per_class`` statistics,
+    ``image_size`` (an integer in 1..4096, also in ``method_config``), ``epochs_done`` and ``n_tensors``
+    (non-negative integers)."""
+    def refuse(field: str, value, want: str):
+        raise CheckpointError(f"{path}: {field} is {value!r}, expected {want}: {ALTERED}")
+
+    th = cfg.get("threshold")
+    if th is None:
+        if cfg.get("threshold_nonfinite") is not None:
+            raise CheckpointError(f"{path}: threshold was {cfg['threshold_nonfinite']} when the run was saved (the "
+                                  f"held-out scores were not finite): retrain; the model has no usable threshold")
+    elif not _is_number(th) or not math.isfinite(th):
+        refuse("threshold", th, "a finite number (or null for no threshold)")
+    validation = cfg.get("validation")
+    if validation is not None:
+        if not isinstance(validation, dict):
+            refuse("validation", validation, "an object")
+        per = validation.get("per_class")
+        if per is not None:
+            if not isinstance(per, dict):
+                refuse("validation.per_class", per, "an object of per-category statistics")
+            for cat, stats in per.items():
+                if not isinstance(stats, dict):
+                    refuse(f"validation.per_class.{cat}", stats, "an object of statistics")
+                for key, value in stats.items():
+                    if not _is_number(value) or not math.isfinite(value):
+                        refuse(f"validation.per_class.{cat}.{key}", value, "a finite number")
+    sizes = [("image_size", cfg.get("image_size"))]
+    mc = cfg.get("method_config")
+    if not isinstance(mc, dict):
+        refuse("method_config", mc, "an object")
+    if "image_size" in mc:
+        sizes.append(("method_config.image_size", mc["image_size"]))
+    for field, size in sizes:
+        if not _is_int(size) or not 1 <= size <= 4096:
+            refuse(field, size, "an integer image side in pixels, 1..4096")
+    if len(sizes) == 2 and sizes[0][1] != sizes[1][1]:
+        raise CheckpointError(f"{path}: image_size {sizes[0][1]} differs from method_config.image_size "
+                              f"{sizes[1][1]}: {ALTERED}")
+    for field in ("epochs_done", "n_tensors"):
+        if field in cfg and (not _is_int(cfg[field]) or cfg[field] < 0):
+            refuse(field, cfg[field], "a non-negative integer")
+
+
 # ---- model checkpoint -----------------------------------------------------------------------------------
 def save_checkpoint(run_dir, model, extra: dict | None = None) -> Path:
     """Write model.safetensors then config.json (the config names the weights it belongs with)."""
@@ -105,7 +199,7 @@ def save_checkpoint(run_dir, model, extra: dict | None = None) -> Path:
         **(extra or {}),
         "save_id": save_id,
     }
-    atomic_write_text(run / CONFIG_FILE, json.dumps(_jsonable(cfg), indent=2))
+    atomic_write_text(run / CONFIG_FILE, dumps_json(cfg, indent=2))
     return run
 
 
@@ -141,6 +235,7 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
 
     run = Path(run_dir)
     cfg = read_config(run)
+    check_config_values(cfg, run / CONFIG_FILE)
     if method is not None and cfg["method"] != method:
         raise CheckpointError(f"{run} holds a {cfg['method']!r} model, not {method!r}")
     try:
@@ -168,6 +263,7 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
         raise CheckpointError(f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
                               f"while writing its checkpoint?): --resume the run to rewrite both, or retrain")
     model = build_model(cfg["method"], teacher, cfg=mcfg)
+    check_tensors_fit(tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else "")
     try:
         model.load_from_checkpoint(tensors)
     except (ValueError, RuntimeError) as err:
@@ -187,7 +283,7 @@ def save_train_state(run_dir, model, optimizer, epoch: int, meta: dict) -> None:
             t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
             tensors[f"optim.{idx}.{name}"] = t
     info = {"epoch": epoch, "param_groups": opt["param_groups"], **meta}
-    atomic_save_tensors(tensors, Path(run_dir) / STATE_FILE, metadata={"info": json.dumps(_jsonable(info))})
+    atomic_save_tensors(tensors, Path(run_dir) / STATE_FILE, metadata={"info": dumps_json(info)})
 
 
 def load_train_state(run_dir, model, optimizer) -> dict:
@@ -197,8 +293,21 @@ def load_train_state(run_dir, model, optimizer) -> dict:
     path = Path(run_dir) / STATE_FILE
     tensors = read_tensors(path)
     with safe_open(str(path), framework="pt") as f:
-        info = json.loads(f.metadata()["info"])
-    model.load_from_checkpoint({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        meta = f.metadata() or {}
+    try:
+        info = json.loads(meta["info"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} has no readable resume info ({err!r}): {ALTERED}; retrain") from err
+    epoch = info.get("epoch") if isinstance(info, dict) else None
+    if not _is_int(epoch) or epoch < 0 or not isinstance(info.get("param_groups"), list):
+        raise CheckpointError(f"{path}: resume info epoch {epoch!r} is not a non-negative integer (or its "
+                              f"param_groups are missing): {ALTERED}; retrain")
+    own = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_tensors_fit(own, model, path)
+    try:
+        model.load_from_checkpoint(own)
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} does not fit this {model.name!r} model: {err}") from err
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -208,13 +317,45 @@ def load_train_state(run_dir, model, optimizer) -> dict:
     return info
 
 
-def _jsonable(x):
+def json_safe(obj):
+    """``obj`` made JSON-safe without NaN/inf: dict keys become strings, tensors and arrays lists, numpy
+    scalars Python numbers, and a non-finite float becomes ``None`` with a sibling flag in its dict saying what
+    it was: ``{"threshold": nan}`` -> ``{"threshold": None, "threshold_nonfinite": "nan"}`` (``"inf"`` /
+    ``"-inf"``). A list holding non-finite floats gets a parallel flag list (``None`` where the value was
+    finite). The result always passes ``json.dumps(..., allow_nan=False)`` (if its leaves are JSON types)."""
+    return _safe(obj)[0]
+
+
+def _nonfinite_name(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _safe(x):
+    """(safe value, flag or None) -- the flag says which non-finite value(s) the safe value replaced."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        out = {}
+        for k, v in x.items():
+            value, flag = _safe(v)
+            out[str(k)] = value
+            if flag is not None:
+                out[f"{k}_nonfinite"] = flag
+        return out, None
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        x = x.tolist()
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    return x
+        pairs = [_safe(v) for v in x]
+        flags = [f for _, f in pairs]
+        return [v for v, _ in pairs], (flags if any(f is not None for f in flags) else None)
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x), None
+    if isinstance(x, numbers.Integral):
+        return int(x), None
+    if isinstance(x, numbers.Real):
+        x = float(x)
+        return (x, None) if math.isfinite(x) else (None, _nonfinite_name(x))
+    return x, None
+
+
+def dumps_json(obj, **kwargs) -> str:
+    """``json.dumps`` of :func:`json_safe` (obj) with ``allow_nan=False``: never writes NaN/Infinity."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)

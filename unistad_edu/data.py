@@ -14,8 +14,10 @@ Inside a category::
 Every sample is a dict ``{"image": (3, S, S) float in [0, 1], "mask": (1, S, S) float {0, 1},
 "label": 0 | 1, "category": str, "path": str, "index": int}``. Images of any mode (grayscale, RGBA,
 palette, 16-bit) become 8-bit RGB; non-square images are resized to the model size ``S x S``; masks are
-resized with nearest-neighbour and binarised with ``> 0``. The category travels with each sample only so
-that metrics and plots can be reported per class: **no unified model may read it**.
+binarised at half of their range (``>= 128`` for 8-bit, ``>= 32768`` for 16-bit, mode ``"1"`` as is, a 0/1
+label map as is), so JPEG compression noise is not counted as defect, then resized with nearest-neighbour
+(see :func:`load_mask`). The category travels with each sample only so that metrics and plots can be
+reported per class: **no unified model may read it**.
 
 Layout problems are found when the dataset is built (image headers are read, not decoded) and raise a
 :class:`DataError` that names the folder or file, what is wrong, and how to fix it.
@@ -121,17 +123,91 @@ def load_image(path, size: int | None = None, exif_orientation: bool = False) ->
     return arr
 
 
+_LOSSY_MASK_WARNED = False  # the lossy-mask warning is given once per process (tests reset it)
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _webp_is_lossy(path: Path) -> bool:
+    """True if a WebP file's image data is a ``VP8 `` chunk (lossy) rather than ``VP8L`` (lossless)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+                return False
+            while len(chunk := f.read(8)) == 8:
+                fourcc, n = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if fourcc in (b"VP8 ", b"VP8L"):
+                    return fourcc == b"VP8 "
+                if fourcc == b"ANMF":  # an animation frame: 16 bytes of frame header, then its own chunks
+                    f.seek(16, os.SEEK_CUR)
+                    continue
+                f.seek(n + (n & 1), os.SEEK_CUR)
+    except OSError:
+        pass
+    return False
+
+
+def _lossy_kind(path: Path, img: Image.Image) -> str | None:
+    """``"JPEG"`` or ``"lossy WebP"`` when a mask file is stored lossily, else None."""
+    fmt, suffix = (img.format or "").upper(), path.suffix.lower()
+    if fmt == "JPEG" or suffix in (".jpg", ".jpeg"):
+        return "JPEG"
+    if (fmt == "WEBP" or suffix == ".webp") and _webp_is_lossy(path):
+        return "lossy WebP"
+    return None
+
+
+def _warn_lossy_mask(path: Path, kind: str) -> None:
+    global _LOSSY_MASK_WARNED
+    if _LOSSY_MASK_WARNED:
+        return
+    _LOSSY_MASK_WARNED = True
+    warnings.warn(f"mask {path} is stored as {kind}, a lossy format: its compression noise (faint grey pixels "
+                  f"around edges and in black areas) is removed by binarising at half the range (>= 128 of 255), "
+                  f"but edges may still shift by a pixel; store masks as PNG to keep them exact. (Said once, for "
+                  f"the first such mask.)", stacklevel=3)
+
+
+def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
+    """A mask's values as a 2-D array, and the full scale of their encoding (defect = above half of it)."""
+    if img.mode == "1":
+        return np.asarray(img).astype(np.uint8), 1.0
+    if img.mode in _SIXTEEN_BIT:
+        return np.asarray(img), 65535.0
+    if img.mode == "I":  # 32-bit integers: a 16-bit file, unless the values stay in 8-bit range (as images do)
+        arr = np.asarray(img)
+        return arr, 65535.0 if arr.max(initial=0) > 255 else 255.0
+    if img.mode == "F":
+        arr = np.asarray(img)
+        return arr, 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+    if img.mode in ("L", "LA"):
+        return np.asarray(img.convert("L")), 255.0
+    # colour and palette masks: the brightest channel, so a pure red or blue outline counts as defect
+    return np.asarray(img.convert("RGB")).max(axis=2), 255.0
+
+
 def load_mask(path, size: int | None = None) -> np.ndarray:
-    """Decode a mask to (size, size) uint8 in {0, 1}: nearest-neighbour resize, then ``> 0``."""
-    img = _open_checked(Path(path))
+    """Decode a mask to (size, size) uint8 in {0, 1}: binarised at half of its range, then nearest-neighbour
+    resize.
+
+    Defect = a value above half of the full scale of the mask's encoding: ``>= 128`` for 8-bit masks (colour
+    and palette masks: their brightest channel), ``>= 32768`` for 16-bit ones, mode ``"1"`` as it is; a
+    losslessly stored mask holding only 0 and 1 is a label map (1 = defect). So the faint noise that JPEG
+    leaves around edges and in black areas is not counted as defect (with ``> 0`` it was); a JPEG or lossy
+    WebP mask is said once per process (:func:`warnings.warn`)."""
+    path = Path(path)
+    img = _open_checked(path)
     try:
         img.load()
-        arr = np.asarray(img.convert("L") if img.mode not in ("L", "1", "I;16", "I") else img)
+        arr, full = _mask_values(img)
     except Exception as err:
         raise DataError(f"mask {path} is corrupt or truncated ({err}): re-export it") from err
-    if arr.ndim == 3:
-        arr = arr.max(axis=2)
-    arr = (arr > 0).astype(np.uint8)
+    lossy = _lossy_kind(path, img)
+    if lossy is not None:
+        _warn_lossy_mask(path, lossy)
+    elif full > 1 and arr.max(initial=0) == 1:  # a 0/1 label map, not a dark 8- or 16-bit mask
+        full = 1.0
+    arr = (arr > full / 2).astype(np.uint8)
     if size is not None and arr.shape != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.NEAREST))
     return arr

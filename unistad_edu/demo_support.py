@@ -466,18 +466,19 @@ def is_loopback(host: str) -> bool:
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``python -m unistad_edu demo`` and ``python demo/app.py``."""
+    """The options of ``python -m unistad_edu demo`` and ``python demo/app.py`` (values checked as parsed)."""
+    from . import options
     p.add_argument("--run", default=None, help="run folder (model.safetensors + config.json). Default: a small "
                    "STPM model trained once on the synthetic set into $UNISTAD_CACHE/demo_run")
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1, this machine only; "
                    "0.0.0.0 exposes the demo to your network)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload")
-    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+    p.add_argument("--port", type=options.port, default=DEFAULT_PORT)
+    p.add_argument("--max-upload-mb", type=options.positive_float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload")
+    p.add_argument("--max-megapixels", type=options.positive_float, default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest accepted image (width x height)")
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+    p.add_argument("--concurrency", type=options.positive_int, default=DEFAULT_CONCURRENCY,
                    help="requests processed at once (default 2); further requests wait in the queue")
-    p.add_argument("--keep-files-minutes", type=float, default=DEFAULT_KEEP_FILES_MINUTES,
+    p.add_argument("--keep-files-minutes", type=options.nonnegative_float, default=DEFAULT_KEEP_FILES_MINUTES,
                    help="delete uploads and rendered images older than this (checked every half of it), and all "
                         "of them when the demo stops (Ctrl+C or SIGTERM: they live in a folder of the demo's own "
                         "under $GRADIO_TEMP_DIR); 0 keeps them (Gradio's default)")
@@ -485,8 +486,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="render the page with headless Chromium into PNG (after scoring an example) and exit")
     p.add_argument("--bench", default=None, metavar="JSON",
                    help="load-test the app with gradio_client against bare predict(), write JSON and exit")
-    p.add_argument("--bench-requests", type=int, default=50)
-    p.add_argument("--bench-concurrency", type=int, default=8)
+    p.add_argument("--bench-requests", type=options.positive_int, default=50)
+    p.add_argument("--bench-concurrency", type=options.positive_int, default=8)
     return p
 
 

@@ -905,8 +905,9 @@ def add_arguments(p: argparse.ArgumentParser, dataset: str) -> argparse.Argument
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the archive at --url")
     p.add_argument("--keep-archive", action="store_true", help="keep the archive in OUT/.downloads afterwards")
     p.add_argument("--force", action="store_true", help="download and replace categories already in --out")
-    p.add_argument("--retries", type=int, default=3, help="automatic resumes after a dropped connection")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up")
+    from .options import nonnegative_int, positive_float
+    p.add_argument("--retries", type=nonnegative_int, default=3, help="automatic resumes after a dropped connection")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds without data before giving up")
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -231,7 +231,9 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         epochs = max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
     model.to(device)
-    prec = precision_of(model, cfg.precision, device)
+    # a resumed run keeps the precision it started with (auto could measure differently today)
+    saved = _saved_precision(run, device) if resume and run is not None and cfg.precision == "auto" else None
+    prec = precision_of(model, saved or cfg.precision, device)
     cache = cache if cache is not None else make_cache(model, cfg)
     store = None
     if cache is not None and cfg.preload:
@@ -376,6 +378,19 @@ def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None,
     text = f"{left / 60:.1f} min" if left >= 120 else f"{left:.0f} s"
     return f"about {text} left in the run" + (" (time budget)" if capped else
                                               f" ({epochs_left} epoch{'s' if epochs_left > 1 else ''} to go)")
+
+
+def _saved_precision(run: Path | None, device: torch.device):
+    """The precision a run folder's checkpoint was trained with, on the same kind of device, else None."""
+    from .precision import Precision
+    try:
+        rec = json.loads((run / CONFIG_FILE).read_text())["precision"]
+        prec = Precision(str(rec["name"]), bool(rec["channels_last"]), f"resumed run: {rec.get('reason', '')}")
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
+    cuda = prec.name.startswith("cuda")
+    return prec if prec.name in ("fp32", "bf16", "cuda-fp16", "cuda-bf16") and cuda == (device.type == "cuda") \
+        else None
 
 
 def _complete(run: Path) -> bool:

@@ -17,7 +17,8 @@ cores, threads, torch version, teacher, image size); a corrupt or foreign file i
 It is printed once per process, e.g. ``precision: fp32 (no native bf16 on this CPU: capability AVX2)``.
 CUDA keeps its own path: fp16 autocast for ``auto`` (bf16 on request), no measurement.
 
-Threads: :func:`configure_threads` sets torch's intra-op threads (default: the cores this process may use)
+Threads: :func:`configure_threads` sets torch's intra-op threads (default: ``OMP_NUM_THREADS`` if set, else the
+cores this process may use)
 and one inter-op thread, and says once when the machine is already busy.
 """
 from __future__ import annotations
@@ -140,7 +141,7 @@ def configure_threads(threads: int | None = None, announce: bool = True) -> int:
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"--threads must be a whole number >= 1, not {threads!r}")
-    n = threads or usable_cores()
+    n = threads or _omp_threads() or usable_cores()
     torch.set_num_threads(n)
     with contextlib.suppress(RuntimeError):  # only settable before the first inter-op parallel work
         torch.set_num_interop_threads(1)
@@ -152,6 +153,15 @@ def configure_threads(threads: int | None = None, announce: bool = True) -> int:
                   f"times slower: give each its share, e.g. --threads {max(1, usable_cores() // 2)}",
                   file=sys.stderr, flush=True)
     return n
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` when set to a whole number >= 1 (a user's or a test harness's choice is kept)."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n >= 1 else None
 
 
 def machine_busy() -> str | None:

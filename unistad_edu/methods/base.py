@@ -82,6 +82,8 @@ class Method(nn.Module):
     # False: nothing is learned by gradient (e.g. a nearest-neighbour memory bank). engine.fit then makes no
     # optimiser and runs no epochs; it calls build() once with every training batch, then calibrates as usual
     trains_by_gradient: ClassVar[bool] = True
+    # names in state_for_checkpoint() whose first dimension is set by the data (loading checks only the rest)
+    growing_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, teacher, cfg: MethodConfig):
         super().__init__()

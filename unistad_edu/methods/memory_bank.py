@@ -124,6 +124,7 @@ class MemoryBank(Method):
     Config = MemoryBankConfig
     needs_images = False  # build() reads only teacher features: the engine keeps no images in memory
     trains_by_gradient = False  # the engine calls build() once instead of an optimiser loop
+    growing_state = ("bank",)  # (M, D): M depends on the training data; loading checks dtype and D only
     presets = {
         "cpu": {},
         "paper": dict(teacher="wide_resnet50_2", teacher_layers=(2, 3), image_size=256, embed_dim=1024,
