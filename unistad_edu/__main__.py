@@ -381,7 +381,8 @@ def _crash_log(err: BaseException) -> Path | None:
     """Write the traceback of an unexpected error to ``$UNISTAD_CACHE/logs/`` and return the file."""
     import time
     import traceback
-    root = Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser() / "logs"
+    from .data import cache_root
+    root = cache_root() / "logs"
     try:
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"

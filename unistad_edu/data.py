@@ -263,6 +263,11 @@ def _name_list(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + more
 
 
+def cache_root() -> Path:
+    """The package's cache folder: ``$UNISTAD_CACHE``, else ``~/.cache/unistad_edu``."""
+    return Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser()
+
+
 def discover_categories(root) -> dict[str, Path]:
     """All categories under ``root`` (any depth; a category is a folder with ``train/good``), by name.
 

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import MAX_IMAGE_PIXELS, DataError, to_rgb_array
+from .data import MAX_IMAGE_PIXELS, DataError, cache_root, to_rgb_array
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
@@ -151,8 +151,6 @@ def display_name(path) -> str:
 
 
 # ---- run folders ----------------------------------------------------------------------------------------
-def cache_root() -> Path:
-    return Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser()
 
 
 def default_run_dir() -> Path:

@@ -79,15 +79,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast_for(device: torch.device, precision=None):
-    """The autocast context of a resolved :class:`~unistad_edu.precision.Precision` (a name or ``None`` =
-    "auto" is resolved first: for a model, prefer :func:`precision_of`, which measures with its teacher)."""
-    from .precision import Precision, resolve
-    if not isinstance(precision, Precision):
-        precision = resolve("auto" if precision is None else precision, device, announce=False)
-    return precision.autocast(device)
-
-
 def precision_of(model: Method, precision=None, device=None):
     """Resolve ``precision`` (``None``: the teacher's own setting, ``"auto"`` unless changed) for ``model`` on
     ``device`` (measured with the model's own teacher at its image size), make the teacher use it, and put the

@@ -234,8 +234,8 @@ def decide(native: bool, why_native: str, rates: dict[str, float]) -> Precision:
 
 # ---- the cached decision ------------------------------------------------------------------------------------
 def cache_path() -> Path:
-    root = os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu"
-    return Path(root).expanduser() / CACHE_FILE
+    from .data import cache_root
+    return cache_root() / CACHE_FILE
 
 
 def machine_key(teacher_name: str, image_size: int) -> str:
