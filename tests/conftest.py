@@ -74,3 +74,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+DEMO_SIZE = 64
+DEMO_SPEC = {"method": "stpm", "image_size": DEMO_SIZE, "epochs": 1, "max_minutes": 5.0, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The demo tests' data: a tiny synthetic set of two categories at 64 px."""
+    return tiny_synthetic(tmp_path_factory, DEMO_SIZE)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_data, tmp_path_factory) -> Path:
+    """The demo's default-run machinery with a tiny spec (trains, evaluates, moves into place), once per session."""
+    import torch
+
+    from unistad_edu import demo_support as ds
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("cache") / "demo_run"
+        return ds.ensure_default_run(run, spec=DEMO_SPEC, data_root=demo_data, progress=False, log=lambda m: None)
+    finally:
+        torch.set_num_threads(n)

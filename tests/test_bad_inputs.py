@@ -9,7 +9,6 @@ names the problem and what to do (matched by text), and no traceback reaches the
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
@@ -18,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .conftest import make_category, write_image

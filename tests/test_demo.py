@@ -16,11 +16,9 @@ from PIL import Image
 
 from unistad_edu import demo_support as ds
 
-from .conftest import tiny_synthetic
+from .conftest import DEMO_SPEC as TINY_SPEC
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 64
-TINY_SPEC = {"method": "stpm", "image_size": SIZE, "epochs": 1, "max_minutes": 5.0, "seed": 0}
 
 
 # ---- safe decoding ----------------------------------------------------------------------------------------
@@ -180,17 +178,13 @@ def test_verdict_and_slider():
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory, SIZE)
+def tiny_data(demo_data) -> Path:
+    return demo_data
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_data, tmp_path_factory) -> Path:
-    """The default-run machinery with a tiny spec: trains, evaluates, moves into place."""
-    import torch
-    torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("cache") / "demo_run"
-    return ds.ensure_default_run(run, spec=TINY_SPEC, data_root=tiny_data, progress=False, log=lambda m: None)
+def tiny_run(demo_run) -> Path:
+    return demo_run
 
 
 def test_default_run_is_trained_once_then_reused(tiny_run, tiny_data):

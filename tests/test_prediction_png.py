@@ -168,7 +168,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(viz.os, "replace", boom)
+    from unistad_edu import files
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError):
         viz.save_prediction(img, amap + 1, out, 1.0, THR)
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["p.png"]

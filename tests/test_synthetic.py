@@ -150,7 +150,7 @@ def test_reuse_and_incomplete(tmp_path):
     assert not list(tmp_path.glob(".set.tmp-*")), "temporary folder left behind"
 
     # another config -> clear error
-    with pytest.raises(SyntheticDatasetError, match="another config"):
+    with pytest.raises(SyntheticDatasetError, match="other settings"):
         make_synthetic(tmp_path / "set", **dict(cfg, seed=5))
 
     # incomplete folder (no manifest) -> error naming the folder and the fix
@@ -179,3 +179,21 @@ def test_hardness(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in res.values())
     mean = float(np.mean(list(res.values())))
     assert mean < 0.9, res
+
+
+def test_cli_over_a_set_made_with_other_settings_is_a_message(tmp_path, capsys):
+    from unistad_edu import __main__ as cli
+    out = tmp_path / "syn"
+    assert cli.main(["data", "synthetic", "--out", str(out), "--size", "32", "--n-train", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["data", "synthetic", "--out", str(out), "--size", "48", "--n-train", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "size: made with 32, asked 48" in err and "--force" in err and "Traceback" not in err
+
+
+def test_staging_folders_of_killed_runs_are_removed(tmp_path):
+    from unistad_edu.synthetic import make_synthetic
+    dead = tmp_path / f".syn.tmp-{2 ** 22 + 4321}"
+    (dead / "weave").mkdir(parents=True)
+    make_synthetic(tmp_path / "syn", size=32, n_train=2, n_test_good=1, n_test_defect=1, categories=("weave",))
+    assert not dead.exists()

@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--cache-dir", default=None, help="disk feature cache (default: in memory)")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (refused if its "
+                   "saved method, teacher, image size, data or precision differ)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run --out holds (its model, metrics and "
+                   "predictions are deleted first); without it a folder holding a run is refused")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", required=True, help="run folder")
     _compute_options(t)
@@ -244,15 +247,19 @@ def cmd_train(args) -> int:
     if args.setting == "unified":
         jobs = [(out, train)]
     else:
+        from . import files, runs
         jobs = [(out / cat, ds) for cat, ds in train.by_category().items()]
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "setting.json").write_text(json.dumps({"setting": "per-class", "method": args.method,
-                                                       "categories": train.categories, **extra}, indent=2))
+        if out.exists() and not out.is_dir():
+            raise runs.RunFolderError(f"--out {out} is a file, not a folder: choose a folder for the run")
+        with files.folder_lock(out, "run folder"):
+            runs.prepare(out, None, resume=args.resume, overwrite=args.overwrite, per_class=True, say=say)
+            files.atomic_write_text(out / runs.SETTING_FILE, json.dumps(
+                {"setting": "per-class", "method": args.method, "categories": train.categories, **extra}, indent=2))
     for run, ds in jobs:
         if len(jobs) > 1:
             say(f"--- {run.name}: {len(ds)} images", flush=True)
         model = build_model(args.method, teacher, cfg=mcfg)
-        res = fit(model, ds, tcfg, out=run, resume=args.resume,
+        res = fit(model, ds, tcfg, out=run, resume=args.resume, overwrite=args.overwrite and len(jobs) == 1,
                   extra_config={**extra, "setting": args.setting})
         if res.already_complete:
             say(f"{run} is already complete ({res.epochs_done} epochs): nothing to do", flush=True)
@@ -295,6 +302,8 @@ def cmd_eval(args) -> int:
         table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
                          precision=args.precision)
     out = Path(args.json) if args.json else run / "metrics.json"
+    if out.is_dir():  # --json onto a folder: the usual file name inside it
+        out = out / "metrics.json"
     save_metrics(table, out)
     print(format_table(table))
     print(f"metrics written to {out}")
@@ -343,6 +352,7 @@ def cmd_figures(args) -> int:
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .files import FolderBusy
     from .teacher import TeacherWeightsError
 
     args = build_parser().parse_args(argv)
@@ -357,7 +367,8 @@ def main(argv=None) -> int:
                 "demo": cmd_demo, "figures": cmd_figures}
     try:
         return handlers[args.command](args)
-    except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError, ValueError) as err:
+    except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError, ValueError,
+            FolderBusy) as err:
         print(f"error: {err}", file=sys.stderr)  # expected: bad data, checkpoint, option value, ...
         return 2
     except KeyboardInterrupt:

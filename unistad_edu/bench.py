@@ -15,7 +15,6 @@ repeats is reported.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -134,12 +133,12 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
 
     def engine():
         fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, precision=prec), out=tmp,
-            cache=cache)
+            cache=cache, overwrite=True)
 
     if compare == "cache":
         def uncached():
             fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, cache=False,
-                                       precision=prec), out=tmp)
+                                       precision=prec), out=tmp, overwrite=True)
 
         speeds = _interleaved({"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats)
         ratios = {"cached_vs_teacher_every_step": speeds["cached_features"] / speeds["teacher_every_step"]}

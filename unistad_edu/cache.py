@@ -39,6 +39,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_write, remove_stale_temp_files
+
 RACY_NS = 100_000_000  # a file changed less than 0.1 s ago is re-hashed on every lookup (timestamp granularity)
 COARSE_RACY_NS = 2_000_000_000  # ... 2 s on a file system with whole-second timestamps (FAT, ext3, some NFS)
 _CHUNK = 1 << 20
@@ -94,6 +96,7 @@ class FeatureCache:
         self._shapes_seen = False  # True once confirmed by (or taken from) a real teacher output
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.root, recursive=True)  # entries a killed process never finished
 
     # ---- keys -------------------------------------------------------------------------------------------
     def digest(self, path) -> str:
@@ -234,11 +237,8 @@ class FeatureCache:
         if self.root is None:
             self._memory[key] = entry
             return
-        f = self._file(key)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-        save_file(entry, str(tmp))
-        os.replace(tmp, f)  # atomic: readers see the old state or the whole new file
+        # atomic: readers see the old state or the whole new file (no fsync: an entry can be recomputed)
+        atomic_write(self._file(key), lambda tmp: save_file(entry, str(tmp)), fsync=False)
 
     def __len__(self) -> int:
         if self.root is None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import uuid
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from . import files
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -44,22 +45,12 @@ class CheckpointError(ValueError):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    files.atomic_write_text(path, text)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    files.atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -89,17 +89,27 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any PIL image -> (H, W, 3) uint8. 16-bit and float images are rescaled by their dtype range
     (16-bit: /257), alpha is composited on black, palette and grayscale are expanded."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        scale = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+        arr = np.asarray(img)
+        peak = float(arr.max(initial=0))
+        scale = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
+        if img.mode == "F" and peak <= 1.0:
             scale = 1.0
-        arr = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
+        out = np.empty(arr.shape[:2] + (3,), np.uint8)
+        for r in range(0, arr.shape[0], _ROWS):  # in bands of rows: float copies of a band, not of the image
+            band = np.clip(arr[r:r + _ROWS].astype(np.float64) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            out[r:r + _ROWS] = band[..., None]
+        return out
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA")).astype(np.float32)
-        rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-    return np.asarray(img.convert("RGB"))
+        rgba = np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))  # (H, W, 4) uint8
+        out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+        for r in range(0, rgba.shape[0], _ROWS):
+            band = rgba[r:r + _ROWS].astype(np.float32)
+            out[r:r + _ROWS] = np.clip(band[..., :3] * (band[..., 3:4] / 255.0) + 0.5, 0, 255).astype(np.uint8)
+        return out
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+_ROWS = 256  # to_rgb_array converts this many rows at a time: a 40-megapixel upload never has a float copy
 
 
 def load_image(path, size: int | None = None, exif_orientation: bool = False) -> np.ndarray:
@@ -118,9 +128,18 @@ def load_image(path, size: int | None = None, exif_orientation: bool = False) ->
         raise
     except Exception as err:  # truncated or corrupt data after a valid header
         raise DataError(f"{path} is corrupt or truncated ({err}): re-export or remove it") from err
-    if size is not None and arr.shape[:2] != (size, size):
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
-    return arr
+    return arr if size is None else resize_rgb(arr, size)
+
+
+def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) or (H, W) uint8 -> (size, size, 3) uint8, bilinear (Pillow): the one resize every loader,
+    ``engine.predict`` and the demo's upload decoding use, so all of them score the same pixels."""
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    arr = arr[..., :3]
+    if arr.shape[:2] == (size, size):
+        return np.ascontiguousarray(arr)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size, size), Image.BILINEAR))
 
 
 _LOSSY_MASK_WARNED = False  # the lossy-mask warning is given once per process (tests reset it)

@@ -51,12 +51,17 @@ def _to_float(value, default):
 
 def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
               max_upload_mb: float = ds.DEFAULT_MAX_UPLOAD_MB, max_pixels: int = ds.DEFAULT_MAX_PIXELS,
-              queue_size: int = ds.DEFAULT_QUEUE_SIZE, keep_files_minutes: float = ds.DEFAULT_KEEP_FILES_MINUTES):
+              queue_size: int = ds.DEFAULT_QUEUE_SIZE, keep_files_minutes: float = ds.DEFAULT_KEEP_FILES_MINUTES,
+              max_request_pixels: int = ds.DEFAULT_MAX_REQUEST_PIXELS, max_files: int = ds.MAX_FILES_PER_REQUEST):
     """The demo as a ``gr.Blocks`` over the run folder ``run_dir`` (``model``: an already loaded model of it).
 
     The queue is configured here: ``concurrency`` requests are processed at once (safe decoding and heatmap
     rendering overlap; the model call itself is serialised by a lock, so any method is safe), ``queue_size``
-    more wait. ``max_pixels`` caps width x height of an upload. Launch it with :func:`launch`, which also
+    more wait; the upload, button and example events share that one limit. ``max_pixels`` caps width x height
+    of one upload, ``max_request_pixels`` their sum over one request and ``max_files`` the number of files
+    scored per request; each image is reduced to the model's size as soon as it is decoded, so a worker holds
+    one full-size image at a time. Every rendered picture is written to a folder of its own request (never a
+    file another request is being sent), inside Gradio's cache. Launch it with :func:`launch`, which also
     applies the upload size limit ``max_upload_mb``. Uploads and rendered images are deleted once older than
     ``keep_files_minutes`` and when the server stops (0: kept, Gradio's default) -- they are other people's data."""
     import torch
@@ -82,12 +87,17 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
                  "levels": r.get("level_maps") or {}} for d, r in zip(decoded, res)]
 
     def views(rows, threshold, scale):
+        if not rows:
+            return [], []
+        folder = ds.request_folder(heat_gallery.GRADIO_CACHE)  # this request's own files
         heat = []
-        for r in rows:
-            heat += [(r["image"], f"{r['name']} (as the model sees it)"),
-                     (ds.render_overlay(r["image"], r["map"], threshold, scale),
+        for i, r in enumerate(rows):
+            heat += [(ds.write_view(r["image"], folder, f"{i}-input.png"), f"{r['name']} (as the model sees it)"),
+                     (ds.write_view(ds.render_overlay(r["image"], r["map"], threshold, scale), folder,
+                                    f"{i}-overlay.png"),
                       f"score {r['score']:.4g} · {ds.verdict(r['score'], threshold)}")]
-        levels = [(img, f"{r['name']} · {cap}") for r in rows for img, cap in ds.render_levels(r["levels"], size)]
+        levels = [(ds.write_view(img, folder, f"{i}-level-{k}.png"), f"{r['name']} · {cap}")
+                  for i, r in enumerate(rows) for k, (img, cap) in enumerate(ds.render_levels(r["levels"], size))]
         return heat, levels
 
     def respond(rows, errors, notes, threshold, scale, extra=""):
@@ -103,12 +113,16 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
         threshold = _to_float(threshold, calibrated)
         t0 = time.perf_counter()
         decoded, errors, notes = [], [], []
-        if len(items) > ds.MAX_FILES_PER_REQUEST:
-            notes.append(f"{len(items)} files uploaded: only the first {ds.MAX_FILES_PER_REQUEST} are scored")
-            items = items[:ds.MAX_FILES_PER_REQUEST]
+        if len(items) > max_files:
+            left = [name for _, name in items[max_files:]]
+            errors.append(f"{len(items)} files in one request, more than the limit of {max_files} (file-count "
+                          f"limit): not scored: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''} - send "
+                          f"them in another request")
+            items = items[:max_files]
+        budget = ds.PixelBudget(max_request_pixels)
         for path, name in items:
-            try:
-                d = ds.decode_upload(path, name=name, max_pixels=max_pixels)
+            try:  # one file at a time, reduced to (size, size) at once: never all full-size arrays together
+                d = ds.decode_upload(path, name=name, max_pixels=max_pixels, size=size, budget=budget)
             except ds.UploadError as err:
                 errors.append(str(err))
                 continue
@@ -176,7 +190,8 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
             with gr.Column(scale=3, min_width=360):
                 status = gr.Markdown("Upload an image, or click an example.", elem_id="status", label="status")
                 results = gr.Markdown("", elem_id="results", label="results")
-                heat = gr.Gallery(label="Input and heatmap overlay", columns=2, height="auto", elem_id="heatmaps",
+                heat_gallery = heat = gr.Gallery(label="Input and heatmap overlay", columns=2, height="auto",
+                                                 elem_id="heatmaps",
                                   object_fit="contain", interactive=False, format="png")  # lossless, as drawn
                 with gr.Accordion("Per-level maps (one per teacher level, each on its own colour scale)",
                                   open=False, elem_id="levels-accordion"):
@@ -189,9 +204,10 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
         record = gr.JSON(visible=False, label="result")   # for API clients: exact scores and verdicts
 
         outputs = [status, results, heat, levels, state, record]
-        files.upload(on_upload, [files, threshold, scale], outputs, api_visibility="private")
-        button.click(on_upload, [files, threshold, scale], outputs, api_name="predict")
-        ex_gallery.select(on_example, [threshold, scale], outputs, api_visibility="private")
+        scoring = "score"  # one concurrency limit for every event that decodes and scores (not one per event)
+        files.upload(on_upload, [files, threshold, scale], outputs, api_visibility="private", concurrency_id=scoring)
+        button.click(on_upload, [files, threshold, scale], outputs, api_name="predict", concurrency_id=scoring)
+        ex_gallery.select(on_example, [threshold, scale], outputs, api_visibility="private", concurrency_id=scoring)
         files.clear(lambda: ("Upload an image, or click an example.", "", [], [], [], None), None, outputs,
                     api_visibility="private", queue=False)
         for ev in (threshold.change, scale.change):  # slider drag or typed value: re-judge, no model call
@@ -288,7 +304,8 @@ def run(args) -> int:
         own_files = Path(tempfile.mkdtemp(prefix="unistad-demo-", dir=base))
         os.environ["GRADIO_TEMP_DIR"] = str(own_files)
     demo = build_app(run_dir, model=model, concurrency=args.concurrency, max_upload_mb=args.max_upload_mb,
-                     max_pixels=max_pixels, keep_files_minutes=args.keep_files_minutes)
+                     max_pixels=max_pixels, keep_files_minutes=args.keep_files_minutes,
+                     max_request_pixels=int(args.max_request_megapixels * 1e6), max_files=args.max_files)
 
     def stop(signum, frame):  # SIGTERM (kill, a process manager) stops like Ctrl+C: the server shuts down cleanly
         raise KeyboardInterrupt

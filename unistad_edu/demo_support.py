@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import MAX_IMAGE_PIXELS, DataError, cache_root, to_rgb_array
+from .data import MAX_IMAGE_PIXELS, DataError, cache_root, resize_rgb, to_rgb_array
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
@@ -39,7 +39,8 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_CONCURRENCY = 2  # requests processed at once (the rest wait in the queue); 2 suits a 2-core CPU
 DEFAULT_KEEP_FILES_MINUTES = 60.0  # uploads and rendered images are deleted after an hour, and at stop
 DEFAULT_QUEUE_SIZE = 64  # waiting requests beyond this are refused with "queue full"
-DEFAULT_MAX_PIXELS = min(MAX_IMAGE_PIXELS, 40_000_000)  # the model works at a few hundred pixels anyway
+DEFAULT_MAX_PIXELS = min(MAX_IMAGE_PIXELS, 40_000_000)  # per file; the model works at a few hundred pixels anyway
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000  # per request, summed over its files (headers, before any decoding)
 MAX_FILES_PER_REQUEST = 16
 SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
 FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
@@ -87,21 +88,41 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+class PixelBudget:
+    """The pixels one request may still decode: ``total`` (width x height as the files' headers say, summed
+    over the request's files). :func:`decode_upload` takes each file's share before decoding it, so a request
+    of many large files is bounded as a whole, not only file by file."""
+
+    def __init__(self, total: int = DEFAULT_MAX_REQUEST_PIXELS):
+        self.total, self.used = int(total), 0
+
+    def take(self, pixels: int, name: str) -> None:
+        if self.used + pixels > self.total:
+            raise UploadError(f"{name} is refused: with it this request's images would add up to "
+                              f"{(self.used + pixels) / 1e6:.0f} megapixels, more than the per-request budget of "
+                              f"{self.total / 1e6:.0f} (request pixel budget): send it in a request of its own, "
+                              f"or downscale it")
+        self.used += pixels
+
+
+def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, size: int | None = None,
+                  budget: PixelBudget | None = None) -> Decoded:
     """Decode one uploaded file to an (H, W, 3) uint8 RGB array, or raise :class:`UploadError`.
 
     Order of checks (each before any pixel data is decoded, so a bomb never gets decoded): the file exists
     and is not empty; Pillow recognises it; its format is one of :data:`SUPPORTED_FORMATS`; width x height
-    is at most ``max_pixels`` (Pillow's own decompression-bomb guard also applies); then the pixels are
-    decoded (a truncated or corrupt file fails here) and converted to RGB. Thread-safe: no global warning
-    filters are changed."""
+    is at most ``max_pixels`` (Pillow's own decompression-bomb guard also applies) and fits what is left of
+    the request's ``budget``; then the pixels are decoded (a truncated or corrupt file fails here), converted
+    to RGB and, with ``size``, reduced at once to the model's (size, size) with the same resize
+    ``engine.predict`` uses -- so a request holds one full-size image at a time, never all of them.
+    Thread-safe: no global warning filters are changed."""
     path = Path(path)
     name = name or path.name
     try:
-        size = path.stat().st_size
+        nbytes = path.stat().st_size
     except OSError as err:
         raise UploadError(f"{name}: the upload could not be read ({err.strerror or err}); please try again") from err
-    if size == 0:
+    if nbytes == 0:
         raise UploadError(f"{name} is an empty (0-byte) file, not an image: upload a {FORMAT_HINT} file")
     try:
         img = Image.open(path)
@@ -127,14 +148,21 @@ def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_P
                               f"looks at a few hundred pixels anyway")
         if w < 2 or h < 2:
             raise UploadError(f"{name} is only {w} x {h} pixels: too small to inspect")
+        if budget is not None:
+            budget.take(w * h, name)
         mode = img.mode
         try:
             img.load()
+            upright = img
             try:
-                img = ImageOps.exif_transpose(img) or img
+                upright = ImageOps.exif_transpose(img) or img
             except Exception:  # odd EXIF: keep the stored orientation
                 pass
-            arr = to_rgb_array(img)
+            arr = to_rgb_array(upright)
+            upright.close()  # the full-size decoded pixels go now; only the RGB array (and below, its reduction) stays
+            img.close()
+            if size is not None:
+                arr = resize_rgb(arr, size)
         except MemoryError as err:
             raise UploadError(f"{name} is too large to decode on this machine: downscale it first") from err
         except Exception as err:  # truncated / corrupt data after a valid header
@@ -143,6 +171,22 @@ def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_P
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise UploadError(f"{name}: could not convert its {mode} pixels to RGB")
     return Decoded(name=name, array=arr, note=_MODE_NOTES.get(mode, ""))
+
+
+def request_folder(cache_dir) -> Path:
+    """A new folder of its own for one request's rendered pictures, inside Gradio's cache ``cache_dir`` (so
+    Gradio serves and ages them out without copying). Pictures of identical requests never share a file, so
+    one is never rewritten while it is being sent."""
+    base = Path(cache_dir) / "unistad-views"
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="req-", dir=base))
+
+
+def write_view(image: np.ndarray, folder: Path, name: str) -> str:
+    """Write one (H, W, 3) uint8 picture as a PNG (lossless, as drawn) into a request's folder; its path."""
+    path = Path(folder) / name
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG", compress_level=1)
+    return str(path)
 
 
 def display_name(path) -> str:
@@ -474,6 +518,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=options.positive_float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload")
     p.add_argument("--max-megapixels", type=options.positive_float, default=DEFAULT_MAX_PIXELS / 1e6,
                    help="largest accepted image (width x height)")
+    p.add_argument("--max-request-megapixels", type=options.positive_float, default=DEFAULT_MAX_REQUEST_PIXELS / 1e6,
+                   help="largest sum of width x height over the files of one request")
+    p.add_argument("--max-files", type=options.positive_int, default=MAX_FILES_PER_REQUEST,
+                   help="most files scored per request; the rest are refused with a message")
     p.add_argument("--concurrency", type=options.positive_int, default=DEFAULT_CONCURRENCY,
                    help="requests processed at once (default 2); further requests wait in the queue")
     p.add_argument("--keep-files-minutes", type=options.nonnegative_float, default=DEFAULT_KEEP_FILES_MINUTES,
@@ -526,19 +574,23 @@ def _timed_pool(fn, items, concurrency: int) -> tuple[list[float], list[str], fl
 
 @contextlib.contextmanager
 def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = 180.0,
-                        log: Callable[[str], None] = print):
-    """Start ``python -m unistad_edu demo --run RUN`` on a free loopback port in a child process, wait until it
-    answers, yield its URL, and stop it (that child only) afterwards."""
+                        log: Callable[[str], None] = print, extra_args: Sequence[str] = (),
+                        started: list | None = None):
+    """Start ``python -m unistad_edu demo --run RUN [extra_args]`` on a free loopback port in a child process,
+    wait until it answers, yield its URL, and stop it (that child only) afterwards. ``started``: a list the
+    child's ``Popen`` is appended to (e.g. to watch its memory)."""
     import subprocess
     import sys
     import urllib.request
 
     port = free_port()
     cmd = [sys.executable, "-m", "unistad_edu", "demo", "--run", str(run_dir), "--host", DEFAULT_HOST,
-           "--port", str(port), "--concurrency", str(concurrency)]
+           "--port", str(port), "--concurrency", str(concurrency), *map(str, extra_args)]
     logf = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                             env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    if started is not None:
+        started.append(proc)
     url = f"http://{DEFAULT_HOST}:{port}/"
     try:
         t0 = time.perf_counter()

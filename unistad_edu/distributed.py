@@ -113,6 +113,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def is_master() -> bool:
+    """True in the one process that writes files: rank 0 under torchrun, and every plain process."""
+    return not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: torch.device) -> DistInfo:
     """Join the process group if this process was started by torchrun; return where it stands.
 

@@ -21,16 +21,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, files, runs
 from .cache import FeatureCache
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, read_tensors,
                          save_checkpoint, save_train_state)
-from .data import MVTecDataset, collate, holdout_split, load_image
+from .data import MVTecDataset, collate, holdout_split, load_image, resize_rgb
 from .methods.base import Batch, Method
 
 
@@ -189,11 +189,16 @@ def make_cache(model: Method, cfg: TrainConfig) -> FeatureCache | None:
 
 # ---- fit -------------------------------------------------------------------------------------------------
 def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None, out=None,
-        resume: bool = False, cache: FeatureCache | None = None, extra_config: dict | None = None) -> FitResult:
+        resume: bool = False, cache: FeatureCache | None = None, extra_config: dict | None = None,
+        overwrite: bool = False) -> FitResult:
     """Train ``model`` on the normal images of ``train_data`` (one or many categories).
 
-    ``out``: run folder for checkpoints and ``train_log.jsonl`` (None: keep in memory only).
-    ``resume``: continue from ``out/train_state.safetensors`` if present.
+    ``out``: run folder for checkpoints and ``train_log.jsonl`` (None: keep in memory only). A folder that
+    already holds a run is refused unless ``overwrite`` (which deletes that run and its metrics and
+    predictions first) or ``resume`` (continue from ``out/train_state.safetensors``; refused if the saved
+    method, teacher, image size, training data or precision differ). One process writes a run folder at a
+    time (a lock; a second gets :class:`~unistad_edu.files.FolderBusy`). Temporary files an interrupted
+    write left there are removed first.
 
     A method with ``trains_by_gradient = False`` (a memory bank) gets no optimiser and no epochs: its
     :meth:`~Method.build` is called once with every training batch (see :func:`_build_without_gradients`);
@@ -201,6 +206,25 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     resume from -- so ``resume=True`` reuses a finished run's ``model.safetensors`` and rebuilds otherwise.
     """
     cfg = cfg or TrainConfig()
+    if out is None:
+        return _train(model, train_data, cfg, None, resume, cache, extra_config)
+    run = Path(out)
+    now = runs.identity(model, train_data, cfg.precision)
+    extra_config = {**(extra_config or {}), "train_root": now["train_root"],
+                    "train_categories": now["train_categories"]}
+    if not distributed.is_master():  # torchrun: rank 0 checks, locks and writes the folder
+        return _train(model, train_data, cfg, run, resume, cache, extra_config)
+    if run.exists() and not run.is_dir():
+        raise runs.RunFolderError(f"--out {run} is a file, not a folder: choose a folder for the run")
+    with files.folder_lock(run, "run folder"):
+        runs.prepare(run, now, resume=resume, overwrite=overwrite, say=lambda m: print(m, flush=True))
+        files.remove_stale_temp_files(run)  # this process holds the lock: every temp file here is a dead write
+        return _train(model, train_data, cfg, run, resume, cache, extra_config)
+
+
+def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path | None, resume: bool,
+           cache: FeatureCache | None, extra_config: dict | None) -> FitResult:
+    """The training itself (see :func:`fit`): epochs, per-epoch state, calibration, the final checkpoint."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     t_start = time.perf_counter()
@@ -211,7 +235,6 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     if not gradient:
         epochs = 1  # one pass: build()
     batch_size = cfg.batch_size or model.cfg.batch_size
-    run = Path(out) if out is not None else None
     train_set, held = holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
     if len(train_set) == 0:
         raise ValueError("no training images left after the held-out split")
@@ -262,8 +285,6 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
                 atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
             elif not resuming and log_path.is_file():
                 log_path.unlink()
-            for tmp in run.glob(".*.tmp"):  # a write a killed process never finished: never read, remove it
-                tmp.unlink(missing_ok=True)
     if gradient:  # (a method without gradients has nothing to share yet: each rank builds, see below)
         ddp.broadcast_state(model)  # all ranks start from rank 0's weights (fresh or resumed)
     if start_epoch >= epochs and run is not None and (run / "config.json").is_file():
@@ -529,9 +550,9 @@ def predict(model: Method, images: Sequence, threshold: float | None = None, bat
             arrays.append(load_image(im, size, exif_orientation=True))  # upright, as the demo sees uploads
         elif isinstance(im, torch.Tensor):
             arr = (im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
-            arrays.append(np.asarray(_resize(arr, size)))
+            arrays.append(resize_rgb(arr, size))
         else:
-            arrays.append(np.asarray(_resize(np.asarray(im, dtype=np.uint8), size)))
+            arrays.append(resize_rgb(np.asarray(im, dtype=np.uint8), size))
     results = []
     for i in range(0, len(arrays), batch_size):
         chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
@@ -545,12 +566,3 @@ def predict(model: Method, images: Sequence, threshold: float | None = None, bat
                             "level_maps": {k: v[j, 0].float().cpu().numpy() for k, v in res.level_maps.items()},
                             "image": chunk[j]})
     return results
-
-
-def _resize(arr: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.shape[:2] == (size, size):
-        return arr
-    return np.asarray(Image.fromarray(arr[..., :3]).resize((size, size), Image.BILINEAR))

@@ -77,7 +77,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -468,21 +467,8 @@ def _jsonable(obj):
 def save_metrics(table: Mapping, path) -> None:
     """Write ``table`` as JSON (NaN as ``null``) atomically: a temporary file in the same folder, then
     ``os.replace``, so a crash never leaves a half-written ``metrics.json``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    text = json.dumps(_jsonable(table), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .files import atomic_write_text
+    atomic_write_text(path, json.dumps(_jsonable(table), indent=2, allow_nan=False) + "\n")
 
 
 def load_metrics(path) -> dict:

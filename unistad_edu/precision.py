@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write_text
+
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MIN_SPEEDUP = 1.2     # auto picks bf16 only when it measures at least this much faster than fp32
 CHANNELS_LAST_MIN = 1.05   # ... and channels_last only when it measures at least 5 % faster
@@ -263,10 +265,7 @@ def _write_cache(path: Path, key: str, choice: Precision) -> None:
     data = _read_cache(path) or {"schema": _SCHEMA, "entries": {}}
     data["entries"][key] = {**asdict(choice), "measured": time.strftime("%Y-%m-%d %H:%M")}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=1), fsync=False)
     except OSError:  # a read-only cache folder: the decision is simply measured again next time
         pass
 

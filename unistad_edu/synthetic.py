@@ -103,6 +103,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .files import pid_alive
+
 __all__ = [
     "CATEGORIES",
     "DEFECTS",
@@ -144,7 +146,7 @@ DEFAULT_CATEGORIES: tuple[str, ...] = ("weave", "grain", "bolt", "pcb")
 F32 = np.float32
 
 
-class SyntheticDatasetError(RuntimeError):
+class SyntheticDatasetError(ValueError):
     """An output folder exists but is incomplete or was made with another config."""
 
 
@@ -864,7 +866,9 @@ def _check_existing(out: Path, cfg: SyntheticConfig) -> str | None:
         return (f"it was made by generator version {man.get('generator_version')}, "
                 f"this is version {GENERATOR_VERSION}")
     if man.get("config") != cfg.to_json():
-        return f"it was generated with another config: {man.get('config')} (wanted {cfg.to_json()})"
+        saved, want = man.get("config") or {}, cfg.to_json()
+        diff = [f"{k}: made with {saved.get(k)!r}, asked {want.get(k)!r}" for k in want if saved.get(k) != want.get(k)]
+        return f"it was generated with other settings ({'; '.join(diff) or saved})"
     for cat, counts in _expected_counts(cfg).items():
         for rel, n in counts.items():
             have = _count_on_disk(out, cat, rel)
@@ -899,8 +903,13 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
         if not force:
             raise SyntheticDatasetError(
                 f"synthetic data folder {out} already exists but cannot be reused: {problem}. "
-                f"Delete the folder (rm -r '{out}') or call make_synthetic(..., force=True) to regenerate it.")
+                f"Use another --out, or regenerate it with --force (make_synthetic(..., force=True)), which "
+                f"replaces the folder")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # staging folders of killed runs (their pid is gone)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

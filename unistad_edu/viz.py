@@ -3,13 +3,13 @@ lessons). Plotly and ipywidgets are imported inside the functions that need them
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .files import atomic_write
 
 # a perceptually ordered blue -> green -> yellow -> red ramp (anchor colours; linear in between)
 _RAMP = np.array([[48, 18, 59], [70, 107, 227], [41, 187, 236], [58, 242, 148], [164, 252, 60],
@@ -52,19 +52,7 @@ def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path, title: str | 
 def _save_png_atomic(canvas: Image.Image, path) -> Path:
     """Write ``canvas`` as a PNG at ``path`` atomically: a temp file in the same folder, then ``os.replace``, so a
     reader never sees a half-written picture (the temp file is removed if writing fails). The folder is created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # plain open: the file gets the usual permissions (umask), unlike mkstemp
-            canvas.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 # ---- prediction picture: image | overlay at a fixed scale | colour bar, with score, threshold and verdict -------

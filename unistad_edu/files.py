@@ -1,0 +1,140 @@
+"""Writing files so that nothing is lost or half-read: the package's one home for atomic writes, the clean-up
+of temporary files a killed process left behind, and the one-writer lock of a folder.
+
+* :func:`atomic_write` -- every file the package writes (checkpoints, configs, metrics, cache entries,
+  figures, the precision cache) is written to a temporary name in the same folder, flushed, then moved into
+  place with ``os.replace``: a reader sees the old file or the whole new one, never a part.
+* Temporary names are ``.<name>.<pid>.<random>.tmp``; :func:`remove_stale_temp_files` deletes those whose
+  writing process is gone (or that are a day old), so an interrupted run leaves nothing behind for long, and
+  a file another live process is still writing is never touched.
+* :func:`folder_lock` -- one writer per folder (``fcntl.flock`` on ``.lock``; released by the kernel when
+  the process ends, so a killed run never leaves a stale lock). A second writer gets :class:`FolderBusy`
+  naming the process that holds it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+_TMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+STALE_AFTER_S = 24 * 3600  # a temp file this old is stale whatever its pid says (pids are reused)
+LOCK_NAME = ".lock"
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary name a write of ``path`` uses (same folder, so ``os.replace`` is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write(path, write: Callable[[Path], None], fsync: bool = True) -> Path:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which then replaces
+    ``path`` in one step. The temporary file is removed if ``write`` fails. The folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync=fsync)
+
+
+def atomic_write_bytes(path, data: bytes, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), fsync=fsync)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder, recursive: bool = False) -> int:
+    """Delete temporary files (``.<name>.<pid>.<random>.tmp``) in ``folder`` whose writer is no longer
+    running or that are older than a day; returns how many were removed. Others' live writes are kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed, now = 0, time.time()
+    for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        m = _TMP.match(p.name)
+        if not m:
+            continue
+        try:
+            old = now - p.stat().st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        if old or not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
+    return removed
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's writer lock; ``str(err)`` names it."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what: str = "folder") -> Iterator[Path]:
+    """Hold ``folder``'s one-writer lock while the block runs (the folder is created). Raises
+    :class:`FolderBusy` at once if another process holds it, naming that process (pid, host, command, since).
+    The lock file ``.lock`` is removed when the block ends, so a finished folder holds only its own files."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+                   f" ({holder.get('command', '?')})")
+            raise FolderBusy(f"{what} {folder} is being written by another {who}: wait for it to finish, stop "
+                             f"it, or choose another folder") from None
+        try:  # the holder before us may have removed the file between our open and our lock: then again
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still holding it: a waiting process then finds no file, or a new one
+        os.close(fd)  # releases the lock (when the process is killed the kernel closes it; the file stays, unlocked)
