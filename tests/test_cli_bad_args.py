@@ -38,6 +38,10 @@ BAD = [  # (argv, words the message must hold)
     (["data", "synthetic", "--out", "D", "--size", "8"], "--size: must be a whole number of pixels from 32"),
     (["data", "synthetic", "--out", "D", "--n-train", "0"], "--n-train: must be a whole number >= 1"),
     (["eval", "--run", "/nonexistent/run"], "does not exist"),
+    (["figures", "--out", "D", "--only", "heatmaps", "--run", "/nonexistent/run"], "does not exist: train first"),
+    (["figures", "--out", "D", "--only", "interference", "--interference", "/nonexistent/i.json"],
+     "/nonexistent/i.json not found -- write it with"),
+    (["figures", "--out", "D", "--only", "chart"], "invalid choice: 'chart'"),
 ]
 
 

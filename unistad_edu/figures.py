@@ -12,6 +12,7 @@ Three static PNGs (matplotlib, no browser needed), each from a file a benchmark 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ def main(args) -> int:
     for name in args.only or list(jobs):
         render, needs, how = jobs[name]
         if needs is not None and not Path(needs).is_file():
-            print(f"{name}: {needs} not found -- write it with `{how}`")
+            print(f"error: {name}: {needs} not found -- write it with `{how}`", file=sys.stderr)
             failed.append(name)
             continue
         print(f"{name}: wrote {render()}")
