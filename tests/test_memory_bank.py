@@ -116,7 +116,7 @@ def test_a_training_image_is_at_distance_zero(lite0_teacher):
 def test_engine_builds_without_gradients_checkpoints_and_resumes(train_set, tiny_data, lite0_teacher, tmp_path):
     model = _bank(lite0_teacher, coreset_ratio=0.2)
     assert not model.trainable_parameters()
-    res = fit(model, train_set, TrainConfig(**QUIET), out=tmp_path)
+    res = fit(model, train_set, TrainConfig(refit=False, **QUIET), out=tmp_path)
     n_train = json.loads((tmp_path / "config.json").read_text())["train_images"]  # after the held-out split
     assert 0 < n_train < len(train_set) and res.history[0]["images"] == n_train
     assert res.epochs_done == 1 and res.threshold is not None and not res.stopped_early
@@ -137,7 +137,7 @@ def test_engine_builds_without_gradients_checkpoints_and_resumes(train_set, tiny
     assert all(0 <= v <= 1 for v in table["mean"].values() if v is not None)
 
     again = _bank(lite0_teacher, coreset_ratio=0.2)
-    res2 = fit(again, train_set, TrainConfig(**QUIET), out=tmp_path, resume=True)
+    res2 = fit(again, train_set, TrainConfig(refit=False, **QUIET), out=tmp_path, resume=True)
     assert res2.already_complete and res2.epochs_done == 1 and res2.threshold == res.threshold
     assert torch.equal(again.bank, model.bank)  # the returned model is the finished one
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 1
@@ -181,3 +181,70 @@ def test_an_empty_bank_warns():
     assert maps["nn"].shape == (1, 1, SIZE // 8, SIZE // 8) and maps["nn"].abs().sum() == 0
     with pytest.raises(NotImplementedError):
         build_model("stpm", model.teacher, image_size=SIZE).build([])
+
+
+def _hand_3x3_zero_padded(f: np.ndarray) -> np.ndarray:
+    """(C, h, w) -> (C, h, w): each cell the sum of its 3 x 3 neighbourhood divided by 9, cells outside the grid 0."""
+    C, h, w = f.shape
+    out = np.zeros_like(f)
+    for i in range(h):
+        for j in range(w):
+            total = np.zeros(C)
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    if 0 <= i + di < h and 0 <= j + dj < w:
+                        total += f[:, i + di, j + dj]
+            out[:, i, j] = total / 9.0
+    return out
+
+
+def test_zero_padded_aggregation_equals_a_hand_computed_3x3_average(lite0_teacher):
+    """border="zeros" (the default, as PatchCore's unfold and anomalib): a corner cell is the sum of its 4
+    in-grid neighbours / 9, an edge cell of its 6 / 9; border="valid" divides by 4 and 6 instead."""
+    g = torch.Generator().manual_seed(3)
+    model = _bank(lite0_teacher).eval()
+    fine, coarse = model.levels
+    h = SIZE // 8
+    feats = {fine: torch.rand(1, 40, h, h, generator=g), coarse: torch.rand(1, 112, h // 2, h // 2, generator=g)}
+    emb = model.embed(Batch(image=None, features=feats))  # (1, 152, h, h)
+    want_fine = _hand_3x3_zero_padded(feats[fine][0].double().numpy())
+    np.testing.assert_allclose(emb[0, :40].double().numpy(), want_fine, rtol=1e-5, atol=1e-6)
+    corner = feats[fine][0, :, :2, :2].sum(dim=(1, 2)) / 9  # 4 cells inside the grid, 5 zeros
+    torch.testing.assert_close(emb[0, :40, 0, 0], corner)
+    valid = _bank(lite0_teacher, border="valid").eval().embed(Batch(image=None, features=feats))
+    torch.testing.assert_close(valid[0, :40, 0, 0], feats[fine][0, :, :2, :2].mean(dim=(1, 2)))
+    torch.testing.assert_close(valid[0, :40, 1:-1, 1:-1], emb[0, :40, 1:-1, 1:-1])  # the inside is the same
+    with pytest.raises(ValueError, match="border"):
+        _bank(lite0_teacher, border="reflect")
+
+
+def test_refit_builds_the_final_bank_from_every_training_image(train_set, lite0_teacher, tmp_path):
+    """The threshold comes from the held-out 10 % (scored by a bank built without them); the final bank is then
+    rebuilt from all of train/good: every training image's patches are counted in it."""
+    model = _bank(lite0_teacher, coreset_ratio=1.0)
+    res = fit(model, train_set, TrainConfig(**QUIET), out=tmp_path)  # refit: the default for a memory bank
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    n_held = cfg["heldout_images"]
+    assert n_held > 0 and cfg["refit"] is True and cfg["train_images"] == len(train_set)
+    first, final = res.history
+    assert first["images"] == len(train_set) - n_held and final["images"] == len(train_set) and final["refit"]
+    assert final["patches"] == len(train_set) * (SIZE // 8) ** 2 == model.bank.shape[0]
+    assert "rebuilt from all" in cfg["threshold_rule"] and res.threshold is not None
+    # every training image, the held-out ones included, is in the bank: each at distance ~0 from it
+    scores = score_dataset(model.eval(), train_set, keep_maps=False)["scores"]
+    assert scores.max() < 0.05 * res.threshold
+
+
+def test_refit_is_refused_for_a_method_trained_by_gradient(train_set, lite0_teacher):
+    model = build_model("stpm", lite0_teacher, image_size=SIZE, epochs=1)
+    with pytest.raises(ValueError, match="train it twice"):
+        fit(model, train_set, TrainConfig(refit=True, **QUIET))
+
+
+def test_a_run_saved_before_the_border_option_loads_as_it_was_built(train_set, lite0_teacher, tmp_path):
+    model = _bank(lite0_teacher, coreset_ratio=0.1, border="valid")
+    fit(model, train_set, TrainConfig(holdout_fraction=0.0, **QUIET), out=tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["method_config"]["border"]  # as written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert load_checkpoint(tmp_path, teacher=lite0_teacher).cfg.border == "valid"

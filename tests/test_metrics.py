@@ -355,3 +355,20 @@ def test_format_table_values():
     md = format_table(table, columns=("I-AUROC", "P-AP"))
     assert md.splitlines() == ["| category | I-AUROC | P-AP |", "|---|---:|---:|",
                                "| x | 98.8 | 50.0 |", "| **mean** | 98.8 | 50.0 |"]
+
+
+def test_false_alarm_rate_of_a_hand_made_case():
+    from unistad_edu.metrics import false_alarm_rates
+    scores = [0.1, 0.5, 0.9, 2.0, 0.2, 0.95, 3.0, 0.3]
+    labels = [0, 0, 0, 1, 0, 0, 1, 0]
+    cats = ["a", "a", "a", "a", "b", "b", "b", "c"]
+    far = false_alarm_rates(scores, labels, cats, threshold=0.8)
+    # a: normals 0.1 0.5 0.9 -> 1 of 3 above 0.8; b: 0.2 0.95 -> 1 of 2; c: 0.3 -> 0 of 1; anomalies ignored
+    assert far["categories"]["a"] == {"rate": 1 / 3, "alarms": 1, "normal": 3}
+    assert far["categories"]["b"] == {"rate": 0.5, "alarms": 1, "normal": 2}
+    assert far["categories"]["c"] == {"rate": 0.0, "alarms": 0, "normal": 1}
+    assert far["all"] == 2 / 6 and abs(far["mean"] - (1 / 3 + 0.5 + 0.0) / 3) < 1e-12
+    assert false_alarm_rates(scores, labels, cats, threshold=0.9)["categories"]["a"]["alarms"] == 0  # > not >=
+    assert false_alarm_rates(scores, labels, cats, None) is None
+    only_bad = false_alarm_rates([1.0], [1], ["d"], 0.5)
+    assert np.isnan(only_bad["categories"]["d"]["rate"]) and np.isnan(only_bad["all"])

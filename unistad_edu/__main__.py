@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the run --out holds (its model, metrics and "
                    "predictions are deleted first); without it a folder holding a run is refused")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="after calibrating the threshold on the held-out normal images, rebuild from all training "
+                        "images (default: yes for a memory bank, where it costs one pass; no for gradient training)")
     t.add_argument("--out", required=True, help="run folder")
     _compute_options(t)
 
@@ -238,7 +241,8 @@ def cmd_train(args) -> int:
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
     teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
     tcfg = TrainConfig(max_minutes=args.max_minutes, min_steps=args.min_steps, seed=args.seed, device=args.device,
-                       cache_dir=args.cache_dir, progress=not args.no_progress, precision=args.precision)
+                       cache_dir=args.cache_dir, progress=not args.no_progress, precision=args.precision,
+                       refit=args.refit)
     out = Path(args.out)
     extra = {"data_root": str(root.resolve()), "preset": args.preset}
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)  # torchrun: rank 0 talks
@@ -306,6 +310,10 @@ def cmd_eval(args) -> int:
         out = out / "metrics.json"
     save_metrics(table, out)
     print(format_table(table))
+    far = table.get("false_alarms")
+    if far:
+        from .metrics import format_false_alarms
+        print(format_false_alarms(far))
     print(f"metrics written to {out}")
     return 0
 

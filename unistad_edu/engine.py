@@ -48,6 +48,7 @@ class TrainConfig:
     preload: bool = True  # with the cache: keep the training set in memory as tensors (see TrainStore)
     preload_max_mb: float = 4096  # ... unless that would take more than this; then stream batches instead
     holdout_fraction: float = 0.1  # normal train images kept aside to calibrate the threshold
+    refit: bool | None = None  # after calibrating, rebuild / retrain on all images; None: when cheap (no gradients)
     threshold_quantile: float = 0.99  # threshold = this quantile of held-out normal scores
     precision: str = "auto"  # auto | fp32 | bf16 (see unistad_edu.precision); CUDA: fp16 autocast for auto
     progress: bool = True
@@ -365,12 +366,23 @@ def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path 
             model.calibrate(method_batch(b, cache, device) for b in _loader(held, batch_size, shuffle=False))
     threshold, stats = calibrate_threshold(model, held, cache, device, cfg)
     result.threshold = model.threshold = threshold
+    refit = (not gradient) if cfg.refit is None else cfg.refit
+    if refit and gradient:
+        raise ValueError("refit=True for a method trained by gradient would train it twice; it is offered for "
+                         "methods without gradients (a memory bank), where rebuilding costs one pass")
+    if refit and len(held):  # no training image wasted: the final state is built from every image
+        _build_without_gradients(model, train_data, None, cache, device, batch_size, cfg, prec, ddp, result, run,
+                                 log_path, progress, refit=True)
+        stats["rule"] += f"; then rebuilt from all {len(train_data)} training images (refit)"
+        train_set = train_data
     result.seconds = time.perf_counter() - t_start
     if run is not None and ddp.master:
         save_checkpoint(run, model, {"complete": not result.stopped_early, "epochs_done": epoch,
                                      "threshold": threshold, "threshold_rule": stats.pop("rule"),
                                      "validation": stats, "train_categories": train_data.categories,
                                      "train_images": len(train_set), "heldout_images": len(held),
+                                     "refit": bool(refit and len(held)),
+                                     "false_alarm_target": round(1.0 - cfg.threshold_quantile, 6),
                                      "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
                                      **(extra_config or {})})
     ddp.barrier()  # no rank returns before the run folder is complete
@@ -414,7 +426,8 @@ def _complete(run: Path) -> bool:
 
 
 def _build_without_gradients(model: Method, train_set, store, cache, device, batch_size: int, cfg: TrainConfig,
-                             prec, ddp, result: FitResult, run: Path | None, log_path, progress: bool) -> None:
+                             prec, ddp, result: FitResult, run: Path | None, log_path, progress: bool,
+                             refit: bool = False) -> None:
     """``fit`` for a method with ``trains_by_gradient = False``: one ``model.build(batches)`` call over every
     training image, in eval mode, without gradients, in the order of epoch 0 (the in-memory store and the
     streamed DataLoader give the same order, so both build the same state).
@@ -433,7 +446,8 @@ def _build_without_gradients(model: Method, train_set, store, cache, device, bat
     with torch.no_grad(), prec.autocast(device):
         info = model.build(_progress(batches, "building", progress, total=math.ceil(len(train_set) / batch_size)))
     ddp.broadcast_state(model)  # the same shapes on every rank: each built from the same images
-    record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(train_set), **(info or {})}
+    record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(train_set), **(info or {}),
+              **({"refit": True} if refit else {})}
     result.history.append(record)
     if ddp.master and (cfg.progress or run is not None):
         print(f"built from {len(train_set)} images ({record['seconds']:.1f} s): "
@@ -519,7 +533,7 @@ def unlike_training(score: float, validation: dict, factor: float = FAR_FACTOR) 
 def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None = None, batch_size: int = 16,
              progress: bool = True, setting: str = "unified", return_outputs: bool = False, precision=None):
     """Per-category metrics table (and mean) of ``model`` on ``test_data``, in the metrics.json format."""
-    from .metrics import compute_metrics, metrics_table
+    from .metrics import compute_metrics, false_alarm_rates, metrics_table
 
     res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating",
                         precision=precision)
@@ -528,6 +542,9 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
         idx = res["categories"] == cat
         per_cat[cat] = compute_metrics(res["scores"][idx], res["labels"][idx], res["maps"][idx], res["masks"][idx])
     table = metrics_table(per_cat, setting=setting, method=model.name)
+    far = false_alarm_rates(res["scores"], res["labels"], res["categories"], getattr(model, "threshold", None))
+    if far is not None:  # how often test/good is flagged at the calibrated threshold (target: 1 - quantile)
+        table["false_alarms"] = far
     return (table, res) if return_outputs else table
 
 

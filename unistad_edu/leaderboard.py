@@ -59,7 +59,9 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
                      "preset": cfg.get("preset"), "image_size": cfg["image_size"], "epochs": cfg.get("epochs_done"),
                      "train_images": cfg.get("train_images"), "train_s": cfg.get("train_seconds"),
                      "peak_rss_mb": cfg.get("peak_rss_mb"), "state_mib": state.stat().st_size / 2**20,
-                     "mean": metrics["mean"], "categories": metrics["categories"]})
+                     "mean": metrics["mean"], "categories": metrics["categories"],
+                     "false_alarm_rate": (metrics.get("false_alarms") or {}).get("all"),
+                     "false_alarm_target": cfg.get("false_alarm_target")})
         models[e["label"]] = model
 
     # inference: the same test images for every method, teacher-only forward as the baseline of this run
@@ -108,7 +110,9 @@ def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
     for r in sorted(result["rows"], key=lambda r: -r["mean"]["I-AUROC"]):
         row = {"method": r["label"]}
         row.update({c: round(100 * r["mean"][c], 1) for c in columns if r["mean"].get(c) is not None})
+        far = r.get("false_alarm_rate")
         row.update({"train s": r.get("train_s"), "state MiB": round(r["state_mib"], 2),
+                    "false alarms %": None if far is None else round(100 * far, 1),
                     "ms/img": round(r["infer_ms_per_img"], 1),
                     "speed vs teacher": round(r["infer_vs_teacher_only"], 2)})
         rows.append(row)

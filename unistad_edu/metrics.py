@@ -351,6 +351,39 @@ def compute_metrics(scores, labels, maps=None, masks=None, *, fpr_limit: float =
     return out
 
 
+def false_alarm_rates(scores, labels, categories, threshold: float | None) -> dict | None:
+    """How often normal test images are flagged at the calibrated ``threshold`` (score > threshold), per
+    category and over all of them: ``{"threshold", "categories": {cat: {"rate", "alarms", "normal"}}, "mean",
+    "all"}`` (``mean``: over categories; ``all``: over images). None without a threshold. A category without
+    normal test images has rate NaN."""
+    if threshold is None:
+        return None
+    s = np.asarray(scores, dtype=np.float64)
+    y = _as_labels(labels)
+    cats = np.asarray(categories)
+    per = {}
+    for cat in sorted(set(cats.tolist())):
+        normal = s[(cats == cat) & ~y]
+        alarms = int((normal > threshold).sum())
+        per[str(cat)] = {"rate": alarms / normal.size if normal.size else NAN, "alarms": alarms,
+                         "normal": int(normal.size)}
+    rates = [v["rate"] for v in per.values() if not math.isnan(v["rate"])]
+    n_normal = sum(v["normal"] for v in per.values())
+    return {"threshold": float(threshold), "categories": per,
+            "mean": float(np.mean(rates)) if rates else NAN,
+            "all": sum(v["alarms"] for v in per.values()) / n_normal if n_normal else NAN}
+
+
+def format_false_alarms(far: Mapping) -> str:
+    """One line: the share of normal test images flagged at the threshold, over all and per category."""
+    def pct(v) -> str:
+        return "n/a" if v is None or math.isnan(_num(v)) else f"{100.0 * _num(v):.1f} %"
+    per = ", ".join(f"{c} {pct(v['rate'])}" for c, v in far["categories"].items())
+    n = sum(v["normal"] for v in far["categories"].values())
+    return (f"false alarms at the calibrated threshold {far['threshold']:.4g}: {pct(far['all'])} of {n} normal test "
+            f"images ({per})")
+
+
 def undefined_reason(labels, masks=None) -> str | None:
     """Why some of a category's metrics are ``NaN`` (e.g. ``"no anomalous test images"``), or ``None``.
 
