@@ -84,3 +84,11 @@ def test_the_console_gets_no_traceback_from_a_subprocess(tmp_path):
     r = subprocess.run([sys.executable, "-m", "unistad_edu", "train", "--epochs", "0", "--out", str(tmp_path / "r")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--epochs" in r.stderr
+
+
+def test_set_null_is_accepted_where_the_field_may_be_none_and_refused_elsewhere():
+    from unistad_edu.methods.memory_bank import MemoryBankConfig
+    from unistad_edu.options import check_overrides
+    check_overrides(MemoryBankConfig, {"projection_dim": None})  # int | None: the exact coreset
+    with pytest.raises(ValueError, match="coreset_ratio takes a float"):
+        check_overrides(MemoryBankConfig, {"coreset_ratio": None})

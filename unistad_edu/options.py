@@ -95,12 +95,12 @@ def check_overrides(config_cls, overrides: dict) -> None:
     float is expected; a field whose default is None takes anything); ValueError naming the field otherwise."""
     import dataclasses
     defaults = config_cls()
-    fields = {f.name for f in dataclasses.fields(config_cls)}
+    types = {f.name: str(f.type) for f in dataclasses.fields(config_cls)}
     for key, value in overrides.items():
-        if key not in fields:
+        if key not in types:
             continue  # make_config names unknown fields with the list of known ones
         default = getattr(defaults, key)
-        if default is None:
+        if default is None or (value is None and "None" in types[key]):  # e.g. projection_dim=null: "none"
             continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
