@@ -113,7 +113,7 @@ def test_figures_render_every_readme_figure(tmp_path, board, runs, tiny_data):
 
 def test_figures_name_the_command_for_a_missing_input(tmp_path, capsys):
     code = cli(["figures", "--out", str(tmp_path), "--only", "leaderboard", "--leaderboard", str(tmp_path / "no.json")])
-    assert code == 1 and "bench leaderboard" in capsys.readouterr().out
+    assert code == 1 and "bench leaderboard" in capsys.readouterr().err
     assert not (tmp_path / "leaderboard.png").exists()
 
 
