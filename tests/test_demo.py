@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from unistad_edu import demo_support as ds
+from unistad_edu import demo_serving as serving
 
 from .conftest import DEMO_SPEC as TINY_SPEC
 
@@ -252,7 +253,7 @@ def test_small_load_test_has_no_failures(tiny_run):
     from 4 client threads over loopback; none may fail."""
     import torch
     torch.set_num_threads(1)
-    res = ds.bench_demo(tiny_run, n_requests=10, concurrency=4, warmup=1, log=lambda m: None)
+    res = serving.bench_demo(tiny_run, n_requests=10, concurrency=4, warmup=1, log=lambda m: None)
     assert "child process" in res["app"]
     assert res["demo"]["failed"] == 0 and res["demo"]["ok"] == 10, res["demo"]["errors"]
     assert res["bare_predict_sequential"]["ok"] == 10
@@ -265,7 +266,7 @@ def test_stopping_the_demo_deletes_the_uploads(tiny_run, tiny_data, tmp_path, mo
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "server_files"))
     upload = tmp_path / "my_private_photo.png"
     shutil.copy(sorted((tiny_data / "bolt" / "test").glob("[!g]*/*.png"))[0], upload)
-    with ds.serve_in_subprocess(tiny_run, log=lambda m: None) as url:
+    with serving.serve_in_subprocess(tiny_run, log=lambda m: None) as url:
         client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "client"))
         *_, record = client.predict([handle_file(str(upload))], 0.1, "fixed", api_name="/predict")
         assert record["results"][0]["name"] == upload.name

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 
 from unistad_edu import demo_support as ds
+from unistad_edu import demo_serving as serving
 
 from .conftest import tiny_synthetic
 
 SIZE = 64
 TIMEOUT_MS = 60_000
 
-pytestmark = pytest.mark.skipif(not Path(ds.CHROMIUM).is_file(),
-                                reason=f"{ds.CHROMIUM} not found: install Debian's Chromium "
+pytestmark = pytest.mark.skipif(not Path(serving.CHROMIUM).is_file(),
+                                reason=f"{serving.CHROMIUM} not found: install Debian's Chromium "
                                        f"(apt-get install -y chromium) to run the browser test")
 
 
@@ -61,7 +62,7 @@ def app_url(tiny_run):
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
     with sync_api.sync_playwright() as p:
-        b = ds.launch_chromium(p)  # /usr/bin/chromium, headless, fresh profile
+        b = serving.launch_chromium(p)  # /usr/bin/chromium, headless, fresh profile
         yield b
         b.close()
 

@@ -78,7 +78,8 @@ def single_process(data: Path, teacher, batch_size: int):
 def test_two_processes_train_like_one_with_the_same_global_batch(data, lite0_teacher, tmp_path):
     run = tmp_path / "ddp"
     train = ("train", "--method", "uniad", "--set", "jitter=false", "--data", data, "--image-size", SIZE,
-             "--epochs", EPOCHS, "--batch-size", 4, "--out", run, "--no-progress")
+             "--epochs", EPOCHS, "--batch-size", 4, "--out", run, "--no-progress",
+             "--precision", "fp32")  # fp32 as the single-process run (auto could pick bf16 here)
     # 2 ranks x batch 4; stopped by the time budget after epoch 1 (rank 0 decides for both), then resumed
     first = torchrun(2, *train, "--max-minutes", 1e-6)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -122,3 +122,16 @@ def test_interference_figure_needs_both_settings(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"settings": {"unified": {}}}))
     with pytest.raises(ValueError, match="both settings"):
         interference_figure(tmp_path / "a.json", tmp_path / "x.png")
+
+
+def test_leaderboard_reports_the_false_alarm_rate_at_the_threshold(board, runs):
+    """Each row carries the share of test/good flagged at its calibrated threshold, the same number eval wrote."""
+    from unistad_edu import leaderboard
+    result = leaderboard.load(board)
+    for r in result["rows"]:
+        method = r["method"]
+        far = json.loads((runs[method] / "metrics.json").read_text())["false_alarms"]
+        assert r["false_alarm_rate"] == pytest.approx(far["all"]) and r["false_alarm_target"] == pytest.approx(0.01)
+    by_label = {r["label"]: r for r in result["rows"]}
+    for row in leaderboard.table(result):  # the table's "method" column is the entry's label
+        assert row["false alarms %"] == round(100 * by_label[row["method"]]["false_alarm_rate"], 1)

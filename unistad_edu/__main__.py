@@ -287,13 +287,18 @@ def cmd_eval(args) -> int:
     if setting_file.is_file():  # per-class: each sub-run on its own category
         setting = json.loads(setting_file.read_text())
         root = Path(args.data or setting["data_root"])
-        per_cat, method = {}, setting["method"]
+        per_cat, method, alarms = {}, setting["method"], {}
         for cat in setting["categories"]:
             model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
             test = MVTecDataset(root, "test", categories=[cat], image_size=model.cfg.image_size)
-            per_cat[cat] = evaluate(model, test, progress=not args.no_progress,
-                                    precision=args.precision)["categories"][cat]
+            one = evaluate(model, test, progress=not args.no_progress, precision=args.precision)
+            per_cat[cat] = one["categories"][cat]
+            if "false_alarms" in one:  # each category at its own model's threshold
+                alarms[cat] = one["false_alarms"]["categories"][cat]
         table = metrics_table(per_cat, setting="per-class", method=method)
+        if alarms:
+            from .metrics import combine_false_alarms
+            table["false_alarms"] = combine_false_alarms(alarms)
     else:
         cfg = read_config(run)
         model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
@@ -348,7 +353,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo_app import run
+    from .demo_serving import run
     return run(args)
 
 

@@ -15,13 +15,14 @@ repeats is reported.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+
+from .timing import interleaved
 
 
 def machine() -> str:
@@ -35,23 +36,6 @@ def machine() -> str:
             f"{os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
-def _time(fn, n_items: int) -> float:
-    t = time.perf_counter()
-    fn()
-    return n_items / (time.perf_counter() - t)
-
-
-def _interleaved(fns: dict, n_items: int, repeats: int) -> dict[str, float]:
-    """items/s of each fn, median of ``repeats`` interleaved rounds (after one warm-up call each)."""
-    for fn in fns.values():
-        fn()
-    rates: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            rates[k].append(_time(fn, n_items))
-    return {k: statistics.median(v) for k, v in rates.items()}
-
-
 def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
     from .cache import FeatureCache
     from .teacher import Teacher, lite0_package_file, load_teacher
@@ -60,7 +44,7 @@ def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
     plain = Teacher(weights=lite0_package_file(), precision="fp32")
     x = torch.rand(batch_size, 3, image_size, image_size)
     with torch.no_grad():
-        speeds = _interleaved({"fp32": lambda: plain(x), "channels_last_bf16": lambda: fast(x)}, batch_size, repeats)
+        speeds = interleaved({"fp32": lambda: plain(x), "channels_last_bf16": lambda: fast(x)}, batch_size, repeats)
     with tempfile.TemporaryDirectory() as tmp:
         # cache hits need real files: write the batch as PNGs
         from PIL import Image
@@ -74,7 +58,7 @@ def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
         mem.features(x, paths)
         disk.features(x, paths)
         with torch.no_grad():
-            hits = _interleaved({"teacher_forward": lambda: fast(x), "cache_hit_memory": lambda: mem.features(x, paths),
+            hits = interleaved({"teacher_forward": lambda: fast(x), "cache_hit_memory": lambda: mem.features(x, paths),
                                  "cache_hit_disk_fp16": lambda: disk.features(x, paths)}, batch_size, repeats)
     return {
         "images_per_s": {**speeds, **hits},
@@ -140,10 +124,10 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
             fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, cache=False,
                                        precision=prec), out=tmp, overwrite=True)
 
-        speeds = _interleaved({"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats)
+        speeds = interleaved({"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats)
         ratios = {"cached_vs_teacher_every_step": speeds["cached_features"] / speeds["teacher_every_step"]}
     else:
-        speeds = _interleaved({"bare_loop": bare, "engine_fit": engine}, n_steps_images, repeats)
+        speeds = interleaved({"bare_loop": bare, "engine_fit": engine}, n_steps_images, repeats)
         ratios = {"engine_vs_bare": speeds["engine_fit"] / speeds["bare_loop"]}
     return {"images_per_s": speeds, "ratios": ratios,
             "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
@@ -193,7 +177,7 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
     def engine():
         score_dataset(model, ds, cache=None, batch_size=batch_size, keep_maps=True, precision=prec)
 
-    speeds = _interleaved({"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine},
+    speeds = interleaved({"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine},
                           len(ds), repeats)
     return {"images_per_s": speeds,
             "ratios": {"engine_vs_teacher_only": speeds["engine_predict"] / speeds["teacher_only"],
@@ -273,7 +257,7 @@ def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECI
                 opt.step()
             return run
 
-        rates = _interleaved({"fp32": step(fp32), "bf16": step(bf16)}, batch_size, repeats)
+        rates = interleaved({"fp32": step(fp32), "bf16": step(bf16)}, batch_size, repeats)
         steps[method] = {"family": PRECISION_FAMILIES.get(method, method), "images_per_s": rates,
                          "bf16_vs_fp32": rates["bf16"] / rates["fp32"]}
     teacher.precision = "auto"

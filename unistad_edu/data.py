@@ -85,31 +85,42 @@ def _open_checked(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
     return img
 
 
-def to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Any PIL image -> (H, W, 3) uint8. 16-bit and float images are rescaled by their dtype range
-    (16-bit: /257), alpha is composited on black, palette and grayscale are expanded."""
+def to_rgb_image(img: Image.Image) -> Image.Image:
+    """Any PIL image -> an RGB PIL image (``img`` itself if it is RGB already). 16-bit and float images are
+    rescaled by their dtype range (16-bit: /257), alpha is composited on black, palette and grayscale are
+    expanded. Converted in bands of rows, so a 40-megapixel upload never gets a float (or a second uint8) copy."""
+    w, h = img.size
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img)
-        peak = float(arr.max(initial=0))
+        try:
+            peak = float(img.getextrema()[1])
+        except (TypeError, ValueError, IndexError):  # a mode Pillow gives no extrema for
+            peak = float(np.asarray(img).max(initial=0))
         scale = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
         if img.mode == "F" and peak <= 1.0:
             scale = 1.0
-        out = np.empty(arr.shape[:2] + (3,), np.uint8)
-        for r in range(0, arr.shape[0], _ROWS):  # in bands of rows: float copies of a band, not of the image
-            band = np.clip(arr[r:r + _ROWS].astype(np.float64) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            out[r:r + _ROWS] = band[..., None]
+        out = Image.new("RGB", (w, h))
+        for r in range(0, h, _ROWS):
+            band = np.asarray(img.crop((0, r, w, min(h, r + _ROWS)))).astype(np.float64)  # (rows, W)
+            band = np.clip(band / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            out.paste(Image.fromarray(np.repeat(band[..., None], 3, axis=2)), (0, r))
         return out
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))  # (H, W, 4) uint8
-        out = np.empty(rgba.shape[:2] + (3,), np.uint8)
-        for r in range(0, rgba.shape[0], _ROWS):
-            band = rgba[r:r + _ROWS].astype(np.float32)
-            out[r:r + _ROWS] = np.clip(band[..., :3] * (band[..., 3:4] / 255.0) + 0.5, 0, 255).astype(np.uint8)
+        src = img if img.mode == "RGBA" else img.convert("RGBA")
+        out = Image.new("RGB", (w, h))
+        for r in range(0, h, _ROWS):
+            band = np.asarray(src.crop((0, r, w, min(h, r + _ROWS)))).astype(np.float32)  # (rows, W, 4)
+            rgb = np.clip(band[..., :3] * (band[..., 3:4] / 255.0) + 0.5, 0, 255).astype(np.uint8)
+            out.paste(Image.fromarray(rgb), (0, r))
         return out
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-_ROWS = 256  # to_rgb_array converts this many rows at a time: a 40-megapixel upload never has a float copy
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> (H, W, 3) uint8 (see :func:`to_rgb_image` for the conversions)."""
+    return np.asarray(to_rgb_image(img))
+
+
+_ROWS = 256  # rows converted at a time by to_rgb_image
 
 
 def load_image(path, size: int | None = None, exif_orientation: bool = False) -> np.ndarray:
@@ -122,13 +133,18 @@ def load_image(path, size: int | None = None, exif_orientation: bool = False) ->
         img.load()
         if exif_orientation:
             from PIL import ImageOps
-            img = ImageOps.exif_transpose(img) or img
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy when nothing turns
         arr = to_rgb_array(img)
     except DataError:
         raise
     except Exception as err:  # truncated or corrupt data after a valid header
         raise DataError(f"{path} is corrupt or truncated ({err}): re-export or remove it") from err
     return arr if size is None else resize_rgb(arr, size)
+
+
+def resize_image(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB PIL image -> (size, size, 3) uint8: the same pixels :func:`resize_rgb` gives for its array."""
+    return np.asarray(img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR))
 
 
 def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:

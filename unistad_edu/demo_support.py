@@ -3,7 +3,7 @@
 * :func:`decode_upload` turns an uploaded file into an (H, W, 3) uint8 array or raises :class:`UploadError`
   with a message written for the person who uploaded it (empty file, text renamed ``.png``, truncated PNG,
   unsupported format, too many pixels / decompression bomb). 16-bit, RGBA, grayscale and palette images are
-  converted (``data.to_rgb_array``), and the note says what was converted.
+  converted (``data.to_rgb_image``), and the note says what was converted.
 * :func:`resolve_run` / :func:`ensure_default_run`: with no ``--run``, a small STPM model is trained once on the
   synthetic set into ``$UNISTAD_CACHE/demo_run`` (default ``~/.cache/unistad_edu/demo_run``) and reused after.
 * :func:`model_card`, :func:`example_images`, :func:`render_overlay`: the texts and pictures the page shows.
@@ -15,14 +15,12 @@ Gradio, gradio_client and playwright are imported inside the functions that need
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import shutil
 import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import MAX_IMAGE_PIXELS, DataError, cache_root, resize_rgb, to_rgb_array
+from .data import MAX_IMAGE_PIXELS, DataError, cache_root, resize_image, to_rgb_image
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
@@ -49,9 +47,6 @@ FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
 DEFAULT_RUN_SPEC = {"method": "stpm", "image_size": 128, "epochs": 5, "max_minutes": 8.0, "seed": 0}
 DEFAULT_MARKER = "DEMO_DEFAULT.json"
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-quic", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
 
 
 # ---- safe decoding --------------------------------------------------------------------------------------
@@ -153,16 +148,16 @@ def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_P
         mode = img.mode
         try:
             img.load()
-            upright = img
-            try:
-                upright = ImageOps.exif_transpose(img) or img
+            try:  # in place: without an orientation tag exif_transpose would return a full-size copy
+                ImageOps.exif_transpose(img, in_place=True)
             except Exception:  # odd EXIF: keep the stored orientation
                 pass
-            arr = to_rgb_array(upright)
-            upright.close()  # the full-size decoded pixels go now; only the RGB array (and below, its reduction) stays
+            rgb = to_rgb_image(img)  # converted in bands: no second full-size copy
+            arr = resize_image(rgb, size) if size is not None else np.asarray(rgb)
+            rgb.close()  # the full-size decoded pixels go now; only the (reduced) array stays
             img.close()
-            if size is not None:
-                arr = resize_rgb(arr, size)
+            del rgb
+            release_freed_memory()
         except MemoryError as err:
             raise UploadError(f"{name} is too large to decode on this machine: downscale it first") from err
         except Exception as err:  # truncated / corrupt data after a valid header
@@ -171,6 +166,25 @@ def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_P
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise UploadError(f"{name}: could not convert its {mode} pixels to RGB")
     return Decoded(name=name, array=arr, note=_MODE_NOTES.get(mode, ""))
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by a large decode back to the system now (glibc ``malloc_trim``). Pillow allocates a big
+    image in 16 MB blocks, which glibc serves from per-thread heaps and keeps after they are freed, so without
+    this every server thread that once decoded a 40-megapixel upload would hold its peak. No-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None  # ctypes handle of glibc, once looked up (False: not glibc)
 
 
 def request_folder(cache_dir) -> Path:
@@ -535,181 +549,3 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--bench-requests", type=options.positive_int, default=50)
     p.add_argument("--bench-concurrency", type=options.positive_int, default=8)
     return p
-
-
-def launch_chromium(playwright, headless: bool = True):
-    """Debian's Chromium through Playwright's API (Playwright's own browser downloads are not used)."""
-    if not Path(CHROMIUM).is_file():
-        raise FileNotFoundError(f"{CHROMIUM} not found: apt-get install -y chromium")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=headless, args=CHROMIUM_ARGS)
-
-
-# ---- load test ------------------------------------------------------------------------------------------
-def _percentiles(values: Sequence[float]) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return {"p50_ms": None, "p95_ms": None, "mean_ms": None}
-    return {"p50_ms": round(float(np.percentile(v, 50)) * 1e3, 1),
-            "p95_ms": round(float(np.percentile(v, 95)) * 1e3, 1),
-            "mean_ms": round(float(v.mean()) * 1e3, 1)}
-
-
-def _timed_pool(fn, items, concurrency: int) -> tuple[list[float], list[str], float]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(item):
-        t0 = time.perf_counter()
-        try:
-            fn(item)
-            return time.perf_counter() - t0, None
-        except Exception as err:  # counted as a failure
-            return time.perf_counter() - t0, f"{type(err).__name__}: {err}"
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as ex:
-        done = list(ex.map(one, items))
-    wall = time.perf_counter() - t0
-    return [d for d, e in done if e is None], [e for _, e in done if e is not None], wall
-
-
-@contextlib.contextmanager
-def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = 180.0,
-                        log: Callable[[str], None] = print, extra_args: Sequence[str] = (),
-                        started: list | None = None):
-    """Start ``python -m unistad_edu demo --run RUN [extra_args]`` on a free loopback port in a child process,
-    wait until it answers, yield its URL, and stop it (that child only) afterwards. ``started``: a list the
-    child's ``Popen`` is appended to (e.g. to watch its memory)."""
-    import subprocess
-    import sys
-    import urllib.request
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "unistad_edu", "demo", "--run", str(run_dir), "--host", DEFAULT_HOST,
-           "--port", str(port), "--concurrency", str(concurrency), *map(str, extra_args)]
-    logf = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    if started is not None:
-        started.append(proc)
-    url = f"http://{DEFAULT_HOST}:{port}/"
-    try:
-        t0 = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                logf.seek(0)
-                raise RuntimeError(f"the demo exited with {proc.returncode}:\n{logf.read().decode(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "config", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.perf_counter() - t0 > timeout_s:
-                raise TimeoutError(f"the demo did not answer on {url} within {timeout_s:.0f} s")
-            time.sleep(0.3)
-        log(f"demo serving at {url} (pid {proc.pid}) after {time.perf_counter() - t0:.1f} s")
-        yield url
-    finally:
-        stop_process(proc, timeout_s=20.0)
-        logf.close()
-
-
-def stop_process(proc, timeout_s: float = 20.0) -> int:
-    """Ask a child process to stop (SIGTERM: the demo shuts down cleanly and deletes its files), kill it if it
-    has not exited within ``timeout_s``; returns its exit code."""
-    import subprocess
-    proc.terminate()
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
-def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_concurrency: int = DEFAULT_CONCURRENCY,
-               images: Sequence | None = None, warmup: int = 2, model=None, in_process: bool = False,
-               log: Callable[[str], None] = print) -> dict:
-    """Load-test the demo over loopback and compare it with the bare model call.
-
-    The app serves ``run_dir`` on a free 127.0.0.1 port - in a child process as deployed
-    (``python -m unistad_edu demo --run RUN``), or in this process with ``in_process=True``. ``n_requests``
-    uploads are sent from ``concurrency`` client threads with ``gradio_client`` to the endpoint the page uses
-    (``/predict``); each is timed end to end (upload, queue, safe decoding, model, heatmap images, download).
-    Then the bare path is timed on the same images with the same run's model: ``engine.predict`` on the file,
-    one call at a time and from ``concurrency`` threads. Returns counts, failures, p50/p95/mean latency (ms)
-    and throughput (requests/s) of each."""
-    import platform
-
-    import torch
-    from gradio_client import Client, handle_file
-
-    from .checkpoint import load_checkpoint
-    from .engine import predict
-
-    run = resolve_run(run_dir, log=log)
-    model = model if model is not None else load_checkpoint(run)
-    if images is None:
-        images = [e.path for e in example_images(model.run_config)]
-    if not images:
-        raise ValueError(f"no images to send: {run}'s data_root has no test images; pass images=[...]")
-    seq = [Path(images[i % len(images)]) for i in range(n_requests)]
-    thr = model.threshold
-
-    if in_process:
-        from .demo_app import build_app, launch
-
-        @contextlib.contextmanager
-        def serving():
-            demo = build_app(run, model=model, concurrency=app_concurrency)
-            port = free_port()
-            launch(demo, DEFAULT_HOST, port, block=False, quiet=True)
-            try:
-                yield f"http://{DEFAULT_HOST}:{port}/"
-            finally:
-                demo.close()
-        server = serving()
-    else:
-        server = serve_in_subprocess(run, concurrency=app_concurrency, log=log)
-
-    with server as url:
-        client = Client(url, verbose=False)
-
-        def call(path):
-            out = client.predict([handle_file(str(path))], thr, "fixed", api_name="/predict")
-            status = out[0]
-            if "refused" in status.lower() or "failed" in status.lower() or "anomaly score" not in status:
-                raise RuntimeError(status)
-            return out
-
-        for p in seq[:warmup]:
-            call(p)
-        lat, errors, wall = _timed_pool(call, seq, concurrency)
-
-    def bare(path):
-        with torch.inference_mode():
-            return predict(model, [str(path)])
-
-    for p in seq[:warmup]:
-        bare(p)
-    b_lat, b_err, b_wall = _timed_pool(bare, seq, 1)
-    bc_lat, bc_err, bc_wall = _timed_pool(bare, seq, concurrency)
-    cfg = model.run_config
-    result = {
-        "what": "demo load test: gradio_client over loopback vs bare engine.predict (same images, model, run)",
-        "run": str(run), "method": cfg.get("method"), "image_size": cfg.get("image_size"),
-        "n_requests": n_requests, "client_concurrency": concurrency, "app_concurrency_limit": app_concurrency,
-        "app": "in this process" if in_process else "child process (python -m unistad_edu demo)",
-        "images": len(images), "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "demo": {"ok": len(lat), "failed": len(errors), "errors": errors[:5], **_percentiles(lat),
-                 "throughput_rps": round(len(lat) / wall, 2), "wall_s": round(wall, 2)},
-        "bare_predict_sequential": {"ok": len(b_lat), "failed": len(b_err), **_percentiles(b_lat),
-                                    "throughput_rps": round(len(b_lat) / b_wall, 2), "wall_s": round(b_wall, 2)},
-        f"bare_predict_{concurrency}_threads": {"ok": len(bc_lat), "failed": len(bc_err), **_percentiles(bc_lat),
-                                                "throughput_rps": round(len(bc_lat) / bc_wall, 2),
-                                                "wall_s": round(bc_wall, 2)},
-    }
-    seq_tp = result["bare_predict_sequential"]["throughput_rps"]
-    result["demo_throughput_vs_bare_sequential"] = round(result["demo"]["throughput_rps"] / seq_tp, 3) if seq_tp else None
-    return result

@@ -207,6 +207,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     resume from -- so ``resume=True`` reuses a finished run's ``model.safetensors`` and rebuilds otherwise.
     """
     cfg = cfg or TrainConfig()
+    _refits(model, cfg)  # refit=True for gradient training: refused before any work
     if out is None:
         return _train(model, train_data, cfg, None, resume, cache, extra_config)
     run = Path(out)
@@ -223,18 +224,62 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         return _train(model, train_data, cfg, run, resume, cache, extra_config)
 
 
+@dataclass
+class _Fit:
+    """One ``fit`` call's working state, handed from step to step (see :func:`_train`)."""
+    model: Method
+    cfg: TrainConfig
+    run: Path | None
+    ddp: distributed.DistInfo
+    train_set: MVTecDataset
+    held: MVTecDataset
+    epochs: int
+    batch_size: int
+    prec: object
+    cache: FeatureCache | None
+    store: "TrainStore | None"
+    optimizer: torch.optim.Optimizer | None
+    result: FitResult
+    extra_config: dict
+    t_start: float
+    start_epoch: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.ddp.device
+
+    @property
+    def progress(self) -> bool:
+        return self.cfg.progress and self.ddp.master
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.run / "train_log.jsonl" if self.run is not None else None
+
+
 def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path | None, resume: bool,
            cache: FeatureCache | None, extra_config: dict | None) -> FitResult:
-    """The training itself (see :func:`fit`): epochs, per-epoch state, calibration, the final checkpoint."""
+    """The training itself (see :func:`fit`), as named steps."""
+    f = _prepare(model, train_data, cfg, run, resume, cache, extra_config)  # split, precision, cache, optimiser
+    if _resume(f, resume):  # a finished run: nothing to do
+        return f.result
+    if model.trains_by_gradient:
+        _train_epochs(f)
+    else:
+        _build_without_gradients(f, f.train_set, f.store)
+        f.result.epochs_done = 1
+    _calibrate_and_save(f, train_data)
+    return f.result
+
+
+def _prepare(model, train_data, cfg, run, resume, cache, extra_config) -> _Fit:
+    """Device and processes, the held-out split, the epoch count, precision, feature cache, in-memory store."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     t_start = time.perf_counter()
     ddp = distributed.setup(resolve_device(cfg.device))  # one process: rank 0 of 1, and nothing else changes
-    device, progress = ddp.device, cfg.progress and ddp.master
     gradient = model.trains_by_gradient
-    epochs = cfg.epochs if cfg.epochs is not None else model.cfg.epochs
-    if not gradient:
-        epochs = 1  # one pass: build()
+    epochs = (cfg.epochs if cfg.epochs is not None else model.cfg.epochs) if gradient else 1  # build: one pass
     batch_size = cfg.batch_size or model.cfg.batch_size
     train_set, held = holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
     if len(train_set) == 0:
@@ -244,25 +289,30 @@ def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path 
     if cfg.min_steps and gradient:  # e.g. per-class models trained as many steps as one unified model
         steps_per_epoch = max(1, len(train_set) // (batch_size * ddp.world_size))
         epochs = max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-
-    model.to(device)
+    model.to(ddp.device)
     # a resumed run keeps the precision it started with (auto could measure differently today)
-    saved = _saved_precision(run, device) if resume and run is not None and cfg.precision == "auto" else None
-    prec = precision_of(model, saved or cfg.precision, device)
+    saved = _saved_precision(run, ddp.device) if resume and run is not None and cfg.precision == "auto" else None
+    prec = precision_of(model, saved or cfg.precision, ddp.device)
     cache = cache if cache is not None else make_cache(model, cfg)
     store = None
     if cache is not None and cfg.preload:
         need_mb = TrainStore.estimate_mb(train_set, model.teacher, model.needs_images, cfg.cache_fp16)
         if need_mb <= cfg.preload_max_mb:
-            store = TrainStore(train_set, cache, images=model.needs_images, progress=progress)
+            store = TrainStore(train_set, cache, images=model.needs_images, progress=cfg.progress and ddp.master)
         elif ddp.master:
             print(f"training set would take {need_mb:.0f} MiB in memory (preload_max_mb={cfg.preload_max_mb:.0f}): "
                   f"streaming batches from the cache instead", flush=True)
-    optimizer = make_optimizer(model) if gradient else None
-    result = FitResult(run_dir=run)
+    return _Fit(model=model, cfg=cfg, run=run, ddp=ddp, train_set=train_set, held=held, epochs=epochs,
+                batch_size=batch_size, prec=prec, cache=cache, store=store,
+                optimizer=make_optimizer(model) if gradient else None, result=FitResult(run_dir=run),
+                extra_config={**(extra_config or {}), "precision": prec.record()}, t_start=t_start)
 
-    start_epoch = 0
-    log_path = run / "train_log.jsonl" if run else None
+
+def _resume(f: _Fit, resume: bool) -> bool:
+    """Load a resumed run's state and keep its log up to that epoch (or start a fresh log); True when the run in
+    the folder is already complete (the model then holds its weights and threshold)."""
+    run, model, ddp, log_path = f.run, f.model, f.ddp, f.log_path
+    gradient = model.trains_by_gradient
     if run is not None:
         if gradient:
             resuming = resume and (run / STATE_FILE).is_file()
@@ -271,14 +321,14 @@ def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path 
         kept = []
         if resuming:
             if gradient:
-                start_epoch = int(load_train_state(run, model, optimizer)["epoch"])
+                f.start_epoch = int(load_train_state(run, model, f.optimizer)["epoch"])
             else:
                 model.load_from_checkpoint(read_tensors(run / MODEL_FILE))
-                start_epoch = epochs
+                f.start_epoch = f.epochs
             if log_path.is_file():  # keep the log of the epochs the state holds, drop any later lines
                 lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-                kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= start_epoch]
-                result.history = [json.loads(ln) for ln in kept]
+                kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= f.start_epoch]
+                f.result.history = [json.loads(ln) for ln in kept]
         ddp.barrier()  # every rank has read the run folder before rank 0 changes it
         if ddp.master:
             run.mkdir(parents=True, exist_ok=True)
@@ -286,39 +336,44 @@ def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path 
                 atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
             elif not resuming and log_path.is_file():
                 log_path.unlink()
-    if gradient:  # (a method without gradients has nothing to share yet: each rank builds, see below)
+    if gradient:  # (a method without gradients has nothing to share yet: each rank builds)
         ddp.broadcast_state(model)  # all ranks start from rank 0's weights (fresh or resumed)
-    if start_epoch >= epochs and run is not None and (run / "config.json").is_file():
-        cfg_json = json.loads((run / "config.json").read_text())
+    if f.start_epoch >= f.epochs and run is not None and (run / CONFIG_FILE).is_file():
+        cfg_json = json.loads((run / CONFIG_FILE).read_text())
         if cfg_json.get("complete"):
-            result.already_complete = True
-            result.epochs_done = start_epoch
-            result.threshold = cfg_json.get("threshold")
-            model.threshold = result.threshold
-            return result
+            f.result.already_complete = True
+            f.result.epochs_done = f.start_epoch
+            f.result.threshold = model.threshold = cfg_json.get("threshold")
+            return True
+    return False
 
+
+def _train_epochs(f: _Fit) -> None:
+    """The optimiser loop from ``f.start_epoch``: per epoch a state + checkpoint (rank 0), the log line, and the
+    ``max_minutes`` budget checked after it."""
+    model, cfg, ddp, optimizer, result, run = f.model, f.cfg, f.ddp, f.optimizer, f.result, f.run
+    device, batch_size, epochs = f.device, f.batch_size, f.epochs
     meta = {"epochs": epochs, "seed": cfg.seed, "train_config": asdict(cfg)}
-    extra_config = {**(extra_config or {}), "precision": prec.record()}
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-    epoch = start_epoch
-    for epoch in range(start_epoch, epochs if gradient else 0):
+    epoch = f.start_epoch
+    for epoch in range(f.start_epoch, epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
         lr = lr_at(model.cfg, epoch, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
         losses, t_epoch = [], time.perf_counter()
-        n_local = len(train_set) // ddp.world_size  # images per rank (all of them in one process)
+        n_local = len(f.train_set) // ddp.world_size  # images per rank (all of them in one process)
         shuffle_seed, drop_last = cfg.seed * 100_003 + epoch, n_local > batch_size
         shard = dict(rank=ddp.rank, world_size=ddp.world_size)
-        if store is not None:
-            batches = store.batches(batch_size, shuffle_seed, drop_last, device, **shard)
+        if f.store is not None:
+            batches = f.store.batches(batch_size, shuffle_seed, drop_last, device, **shard)
             n_batches = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)
         else:
-            loader = _loader(train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard)
-            batches, n_batches = (method_batch(b, cache, device) for b in loader), len(loader)
-        for mb in _progress(batches, f"epoch {epoch + 1}/{epochs}", progress, total=n_batches):
-            with prec.autocast(device):
+            loader = _loader(f.train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard)
+            batches, n_batches = (method_batch(b, f.cache, device) for b in loader), len(loader)
+        for mb in _progress(batches, f"epoch {epoch + 1}/{epochs}", f.progress, total=n_batches):
+            with f.prec.autocast(device):
                 loss = model.loss(mb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch + 1}: lower the learning rate "
@@ -332,20 +387,20 @@ def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path 
             losses.append(loss.item())
         ddp.broadcast_state(model)  # rank 0's BatchNorm statistics everywhere (weights are equal already)
         record = {"epoch": epoch + 1, "loss": ddp.mean(float(np.mean(losses))), "lr": lr,
-                  "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(train_set)}
+                  "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(f.train_set)}
         result.history.append(record)
         if ddp.master and (cfg.progress or run is not None):
-            left = run_time_left(result.history[-(epoch + 1 - start_epoch):], epochs - epoch - 1, budget,
-                                 time.perf_counter() - t_start)
+            left = run_time_left(result.history[-(epoch + 1 - f.start_epoch):], epochs - epoch - 1, budget,
+                                 time.perf_counter() - f.t_start)
             print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
                   flush=True)
         if run is not None and ddp.master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            with open(f.log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
             save_train_state(run, model, optimizer, epoch + 1, meta)
             save_checkpoint(run, model, {"complete": False, "epochs_done": epoch + 1, "threshold": None,
-                                         **(extra_config or {})})
-        if ddp.decide(budget is not None and time.perf_counter() - t_start > budget and epoch + 1 < epochs):
+                                         **f.extra_config})
+        if ddp.decide(budget is not None and time.perf_counter() - f.t_start > budget and epoch + 1 < epochs):
             result.stopped_early = True
             if ddp.master:
                 print(f"stopping after epoch {epoch + 1}: the {cfg.max_minutes} min budget is used "
@@ -354,39 +409,45 @@ def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path 
             break
     else:
         epoch = epochs
-    if not gradient:
-        _build_without_gradients(model, train_set, store, cache, device, batch_size, cfg, prec, ddp, result, run,
-                                 log_path, progress)
     result.epochs_done = epoch
 
-    # every rank calibrates (same weights, same images, so the same threshold); rank 0 writes it
+
+def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
+    """Normal statistics and the threshold from the held-out images; the refit on every image (methods without
+    gradients); the final checkpoint. Every rank calibrates (same weights, same images, so the same
+    threshold); rank 0 writes it."""
+    model, cfg, ddp, held, result = f.model, f.cfg, f.ddp, f.held, f.result
     if len(held):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
         model.eval()
-        with torch.no_grad(), prec.autocast(device):
-            model.calibrate(method_batch(b, cache, device) for b in _loader(held, batch_size, shuffle=False))
-    threshold, stats = calibrate_threshold(model, held, cache, device, cfg)
+        with torch.no_grad(), f.prec.autocast(f.device):
+            model.calibrate(method_batch(b, f.cache, f.device) for b in _loader(held, f.batch_size, shuffle=False))
+    threshold, stats = calibrate_threshold(model, held, f.cache, f.device, cfg)
     result.threshold = model.threshold = threshold
-    refit = (not gradient) if cfg.refit is None else cfg.refit
-    if refit and gradient:
+    refit = _refits(model, cfg) and len(held) > 0
+    train_images = len(f.train_set)
+    if refit:  # no training image wasted: the final state is built from every image
+        _build_without_gradients(f, train_data, None, refit=True)
+        stats["rule"] += f"; then rebuilt from all {len(train_data)} training images (refit)"
+        train_images = len(train_data)
+    result.seconds = time.perf_counter() - f.t_start
+    if f.run is not None and ddp.master:
+        save_checkpoint(f.run, model, {"complete": not result.stopped_early, "epochs_done": result.epochs_done,
+                                       "threshold": threshold, "threshold_rule": stats.pop("rule"),
+                                       "validation": stats, "train_categories": train_data.categories,
+                                       "train_images": train_images, "heldout_images": len(held), "refit": refit,
+                                       "false_alarm_target": round(1.0 - cfg.threshold_quantile, 6),
+                                       "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
+                                       **f.extra_config})
+    ddp.barrier()  # no rank returns before the run folder is complete
+
+
+def _refits(model: Method, cfg: TrainConfig) -> bool:
+    """Whether the final state is rebuilt from every training image after calibration (``cfg.refit``; None: for
+    methods without gradients, where that costs one pass). Refused for gradient training: it would train twice."""
+    if cfg.refit and model.trains_by_gradient:
         raise ValueError("refit=True for a method trained by gradient would train it twice; it is offered for "
                          "methods without gradients (a memory bank), where rebuilding costs one pass")
-    if refit and len(held):  # no training image wasted: the final state is built from every image
-        _build_without_gradients(model, train_data, None, cache, device, batch_size, cfg, prec, ddp, result, run,
-                                 log_path, progress, refit=True)
-        stats["rule"] += f"; then rebuilt from all {len(train_data)} training images (refit)"
-        train_set = train_data
-    result.seconds = time.perf_counter() - t_start
-    if run is not None and ddp.master:
-        save_checkpoint(run, model, {"complete": not result.stopped_early, "epochs_done": epoch,
-                                     "threshold": threshold, "threshold_rule": stats.pop("rule"),
-                                     "validation": stats, "train_categories": train_data.categories,
-                                     "train_images": len(train_set), "heldout_images": len(held),
-                                     "refit": bool(refit and len(held)),
-                                     "false_alarm_target": round(1.0 - cfg.threshold_quantile, 6),
-                                     "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
-                                     **(extra_config or {})})
-    ddp.barrier()  # no rank returns before the run folder is complete
-    return result
+    return (not model.trains_by_gradient) if cfg.refit is None else bool(cfg.refit)
 
 
 def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None, elapsed_s: float) -> str:
@@ -425,36 +486,37 @@ def _complete(run: Path) -> bool:
         return False
 
 
-def _build_without_gradients(model: Method, train_set, store, cache, device, batch_size: int, cfg: TrainConfig,
-                             prec, ddp, result: FitResult, run: Path | None, log_path, progress: bool,
-                             refit: bool = False) -> None:
+def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> None:
     """``fit`` for a method with ``trains_by_gradient = False``: one ``model.build(batches)`` call over every
-    training image, in eval mode, without gradients, in the order of epoch 0 (the in-memory store and the
-    streamed DataLoader give the same order, so both build the same state).
+    image of ``dataset``, in eval mode, without gradients, in the order of epoch 0 (the in-memory store and the
+    streamed DataLoader give the same order, so both build the same state). ``refit``: the second build, from
+    all training images after calibration (logged as such).
 
     Under DDP every rank builds from the **whole** training set (no sharding, no communication while
     building): the state comes out the same on each rank, and rank 0's copy is then broadcast so that all
     ranks hold it bit for bit. That repeats the build on every rank -- simple, and a memory bank's build is
     one pass over cached features plus the coreset search."""
     t0 = time.perf_counter()
+    model, cfg, ddp, device = f.model, f.cfg, f.ddp, f.device
     seed = cfg.seed * 100_003  # epoch 0's order
     if store is not None:
-        batches = store.batches(batch_size, seed, drop_last=False, device=device)
+        batches = store.batches(f.batch_size, seed, drop_last=False, device=device)
     else:
-        batches = (method_batch(b, cache, device) for b in _loader(train_set, batch_size, shuffle=True, seed=seed))
+        batches = (method_batch(b, f.cache, device)
+                   for b in _loader(dataset, f.batch_size, shuffle=True, seed=seed))
     model.eval()
-    with torch.no_grad(), prec.autocast(device):
-        info = model.build(_progress(batches, "building", progress, total=math.ceil(len(train_set) / batch_size)))
+    with torch.no_grad(), f.prec.autocast(device):
+        info = model.build(_progress(batches, "building", f.progress, total=math.ceil(len(dataset) / f.batch_size)))
     ddp.broadcast_state(model)  # the same shapes on every rank: each built from the same images
-    record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(train_set), **(info or {}),
+    record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(dataset), **(info or {}),
               **({"refit": True} if refit else {})}
-    result.history.append(record)
-    if ddp.master and (cfg.progress or run is not None):
-        print(f"built from {len(train_set)} images ({record['seconds']:.1f} s): "
+    f.result.history.append(record)
+    if ddp.master and (cfg.progress or f.run is not None):
+        print(f"built from {len(dataset)} images ({record['seconds']:.1f} s): "
               + ", ".join(f"{k} {v}" for k, v in (info or {}).items()), flush=True)
-    if run is not None and ddp.master:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    if f.run is not None and ddp.master:
+        with open(f.log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
 
 
 # ---- scoring many images ------------------------------------------------------------------------------

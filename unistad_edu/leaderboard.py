@@ -36,7 +36,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     categories); the same images for every method."""
     import torch
 
-    from .bench import _interleaved
+    from .timing import interleaved
     from .checkpoint import load_checkpoint, read_config
     from .data import MVTecDataset, discover_categories
     from .engine import evaluate, score_dataset
@@ -86,7 +86,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
         ds = timed[model.cfg.image_size]
         fns[label] = (lambda m=model, d=ds: score_dataset(m, d, cache=None, batch_size=batch_size, keep_maps=False))
     n = len(timed[ref_size])
-    speeds = _interleaved(fns, n, repeats)
+    speeds = interleaved(fns, n, repeats)
     for row in rows:
         row["infer_img_s"] = speeds[row["label"]]
         row["infer_ms_per_img"] = 1000.0 / speeds[row["label"]]

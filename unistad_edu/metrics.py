@@ -367,11 +367,17 @@ def false_alarm_rates(scores, labels, categories, threshold: float | None) -> di
         alarms = int((normal > threshold).sum())
         per[str(cat)] = {"rate": alarms / normal.size if normal.size else NAN, "alarms": alarms,
                          "normal": int(normal.size)}
-    rates = [v["rate"] for v in per.values() if not math.isnan(v["rate"])]
-    n_normal = sum(v["normal"] for v in per.values())
-    return {"threshold": float(threshold), "categories": per,
+    return combine_false_alarms(per, float(threshold))
+
+
+def combine_false_alarms(per_category: Mapping[str, Mapping], threshold: float | None = None) -> dict:
+    """The :func:`false_alarm_rates` structure from per-category ``{"rate", "alarms", "normal"}`` entries (e.g.
+    of per-class models, each at its own threshold: ``threshold`` is then None)."""
+    rates = [v["rate"] for v in per_category.values() if not math.isnan(_num(v["rate"]))]
+    n_normal = sum(v["normal"] for v in per_category.values())
+    return {"threshold": threshold, "categories": {str(c): dict(v) for c, v in per_category.items()},
             "mean": float(np.mean(rates)) if rates else NAN,
-            "all": sum(v["alarms"] for v in per.values()) / n_normal if n_normal else NAN}
+            "all": sum(v["alarms"] for v in per_category.values()) / n_normal if n_normal else NAN}
 
 
 def format_false_alarms(far: Mapping) -> str:
@@ -380,8 +386,9 @@ def format_false_alarms(far: Mapping) -> str:
         return "n/a" if v is None or math.isnan(_num(v)) else f"{100.0 * _num(v):.1f} %"
     per = ", ".join(f"{c} {pct(v['rate'])}" for c, v in far["categories"].items())
     n = sum(v["normal"] for v in far["categories"].values())
-    return (f"false alarms at the calibrated threshold {far['threshold']:.4g}: {pct(far['all'])} of {n} normal test "
-            f"images ({per})")
+    at = ("each category's own threshold" if far.get("threshold") is None
+          else f"the calibrated threshold {far['threshold']:.4g}")
+    return f"false alarms at {at}: {pct(far['all'])} of {n} normal test images ({per})"
 
 
 def undefined_reason(labels, masks=None) -> str | None:

@@ -299,8 +299,7 @@ def resolve(precision="auto", device="cpu", teacher=None, image_size: int = 256,
         else:
             native, why = native_bf16()
             if teacher is None:
-                from .teacher import Teacher
-                teacher = Teacher(precision="fp32")
+                raise ValueError("precision 'auto' measures the teacher it is for: pass the teacher")
             busy = machine_busy()
             rates = measure(teacher, int(image_size), bf16=native)
             choice = decide(native, why, rates)

@@ -100,15 +100,11 @@ def clear_run(run: Path) -> list[str]:
         for sub in sorted(p for p in run.iterdir() if p.is_dir() and holds_run(p)):
             shutil.rmtree(sub)
             gone.append(sub.name + "/")
-    for name in RUN_FILES + DERIVED_FILES:
+    for name in RUN_FILES:
         if (run / name).is_file():
             (run / name).unlink()
             gone.append(name)
-    for name in DERIVED_FOLDERS:
-        if (run / name).is_dir():
-            shutil.rmtree(run / name)
-            gone.append(name + "/")
-    return gone
+    return gone + clear_derived(run)
 
 
 def clear_derived(run: Path) -> list[str]:

@@ -41,6 +41,7 @@ from PIL import Image
 
 from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, load_checkpoint, predict, viz
 from unistad_edu import demo_support as ds
+from unistad_edu import demo_serving as serving
 from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.metrics import load_metrics, save_metrics
 
@@ -163,7 +164,7 @@ os.environ["GRADIO_TEMP_DIR"] = str(SERVER_FILES)   # the child's upload and out
 server = contextlib.ExitStack()                 # holds the `with serve_in_subprocess(...)` open across cells
 atexit.register(server.close)                   # safety net: stop the child if the kernel exits early
 t0 = time.perf_counter()
-URL = server.enter_context(ds.serve_in_subprocess(RUN, timeout_s=300))
+URL = server.enter_context(serving.serve_in_subprocess(RUN, timeout_s=300))
 START_S = time.perf_counter() - t0
 HOST, PORT = httpx.URL(URL).host, httpx.URL(URL).port
 
@@ -362,7 +363,7 @@ os.environ.pop("GRADIO_TEMP_DIR")
     md(r"""
 ## Check yourself
 
-**Exercise.** (1) Start the demo again with `ds.serve_in_subprocess(RUN)` in a `with` block, and from a
+**Exercise.** (1) Start the demo again with `serving.serve_in_subprocess(RUN)` in a `with` block, and from a
 terminal on this machine run `curl http://127.0.0.1:PORT/config`; then try the machine's other address. What
 would you change, and what would you add in front, to let one colleague use it? (2) Send the same request
 with the threshold set to half the calibrated one: which numbers in the response change, and which cannot?

@@ -81,7 +81,7 @@ if RETRAIN:
         over = dict(image_size=SIZE, **(QUICK_OVERRIDES.get(name, {}) if QUICK else {}))
         cfg, teacher = method_and_teacher(lesson, name, **over)
         model = build_model(name, teacher, cfg=cfg).to(device)
-        fit(model, train, TrainConfig(device=device, progress=False), out=runs_dir / name)
+        fit(model, train, TrainConfig(device=device, progress=False), out=runs_dir / name, overwrite=True)
         save_metrics(evaluate(model, test, progress=False), runs_dir / name / "metrics.json")
         entries.append({"label": name, "run": runs_dir / name, "metrics": runs_dir / name / "metrics.json"})
     result = leaderboard.collect(entries, data=root, n_images=8 * len(CATEGORIES), batch_size=8, repeats=2,
