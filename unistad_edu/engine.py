@@ -203,7 +203,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
 
     A method with ``trains_by_gradient = False`` (a memory bank) gets no optimiser and no epochs: its
     :meth:`~Method.build` is called once with every training batch (see :func:`_build_without_gradients`);
-    the log then holds one line, ``epoch`` 1. It writes no resume state -- there is no mid-way point to
+    the log then holds one line, ``epoch`` 1 (a second one for the refit). It writes no resume state -- there is no mid-way point to
     resume from -- so ``resume=True`` reuses a finished run's ``model.safetensors`` and rebuilds otherwise.
     """
     cfg = cfg or TrainConfig()
@@ -212,8 +212,7 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
         return _train(model, train_data, cfg, None, resume, cache, extra_config)
     run = Path(out)
     now = runs.identity(model, train_data, cfg.precision)
-    extra_config = {**(extra_config or {}), "train_root": now["train_root"],
-                    "train_categories": now["train_categories"]}
+    extra_config = {**(extra_config or {}), **{k: now[k] for k in ("train_root", "train_categories") if k in now}}
     if not distributed.is_master():  # torchrun: rank 0 checks, locks and writes the folder
         return _train(model, train_data, cfg, run, resume, cache, extra_config)
     if run.exists() and not run.is_dir():

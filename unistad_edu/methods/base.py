@@ -70,6 +70,21 @@ class MethodConfig:
         return cls(**d)
 
 
+@dataclass
+class TransformerTrainingConfig(MethodConfig):
+    """The optimisation defaults the transformer methods (UniAD, UniSTAD, dual students) share: AdamW with weight
+    decay, a cosine schedule, gradient clipping at 1, batches of 8, and a seed for the initial weights."""
+
+    init_seed: int = 0  # the modules' initial weights, reproducible
+    epochs: int = 20
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    grad_clip: float | None = 1.0
+
+
 class Method(nn.Module):
     """Base class: subclasses set ``name``, ``Config``, ``presets`` and implement ``loss``/``anomaly_maps``."""
 

@@ -68,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..scoring import AnomalyOutput, ScoringConfig, noisy_or_nll, score, standardize
-from .base import Batch, Method, MethodConfig
+from .base import Batch, Method, TransformerTrainingConfig
 from .unistad import align_levels
 from .uniad import Attention
 
@@ -76,7 +76,7 @@ COMBINE_RULES = {"noisy_or": "noisy_or", "sum": "sum", "local": "map", "semantic
 
 
 @dataclass
-class DualStudentConfig(MethodConfig):
+class DualStudentConfig(TransformerTrainingConfig):
     """Dual heterogeneous students. Defaults = the ``cpu`` preset: Lite0 teacher at 256 px, tokens on the
     stride-16 grid (16 x 16); ED groups (levels 0 + 1) and (level 2); bottleneck dropout 0.2; decoder 4 blocks
     of width 128, 4 heads, FFN 256; hard mining 0.9 / 0.1; EE student ResNet-10-T from scratch at 128 px;
@@ -107,15 +107,7 @@ class DualStudentConfig(MethodConfig):
     w_semantic: float = 1.0  # EE loss weight
     joint_weight: float = 0.1  # weight of -log(1 - P) on normal images
     calib_momentum: float = 0.05  # EMA of the score statistics used for p = sigmoid((s - mean) / std)
-    init_seed: int = 0
-    # optimisation (the engine reads these)
-    epochs: int = 20
-    batch_size: int = 8
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    grad_clip: float | None = 1.0
+    # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
                                                                          image_score="topk_mean", topk=0.01))
 

@@ -55,11 +55,11 @@ import torch.nn.functional as F
 
 from ..layers import PositionEmbedding2D, clip_neighbor_size, neighbor_mask
 from ..scoring import ScoringConfig
-from .base import Batch, Method, MethodConfig
+from .base import Batch, Method, TransformerTrainingConfig
 
 
 @dataclass
-class UniADConfig(MethodConfig):
+class UniADConfig(TransformerTrainingConfig):
     """UniAD. Defaults = the ``cpu`` preset: Lite0 teacher (strides 4/8/16 -> 24+40+112 = 176 channels on a
     16 x 16 grid at 256 px), a small 2 + 2-layer transformer (hidden 128, 4 heads, FFN 256, no dropout), the
     paper's 7 x 7 neighbour mask and jitter (alpha = 20, p = 1), AdamW 1e-3 (wd 1e-4) with cosine decay over
@@ -108,15 +108,7 @@ class UniADConfig(MethodConfig):
     jitter_scale: float = 20.0  # alpha: sigma_token = alpha * ||f_token||_2 / C
     jitter_prob: float = 1.0  # p: probability that an image is jittered
     feature_stride: int = 16  # MFCN: every teacher level is resized to the grid of this stride
-    init_seed: int = 0  # the transformer's initial weights, reproducible
-    # optimisation (the engine reads these)
-    epochs: int = 20
-    batch_size: int = 8
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    grad_clip: float | None = 1.0
+    # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=0.0,
                                                                          image_score="avgpool_max",
                                                                          pool_size=16))

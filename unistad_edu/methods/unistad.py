@@ -61,14 +61,14 @@ import torch.nn.functional as F
 from ..layers import PositionEmbedding2D, clip_neighbor_size, local_mask, neighbor_mask
 from ..refine import AffinityRefiner
 from ..scoring import ScoringConfig
-from .base import Batch, Method, MethodConfig
+from .base import Batch, Method, TransformerTrainingConfig
 from .uniad import Attention, FeedForward
 
 MAP_NAMES = ("teacher_global", "teacher_local", "global_local")
 
 
 @dataclass
-class UniSTADConfig(MethodConfig):
+class UniSTADConfig(TransformerTrainingConfig):
     """UniSTAD. Defaults = the ``cpu`` preset: Lite0 teacher (strides 4/8/16 -> 176 channels on a 16 x 16
     grid at 256 px); each student 2 pre-norm cross-attention layers, hidden 128, 4 heads, FFN 256, no
     dropout; the global student hides a 7 x 7 window (UniAD's), the local one sees a 3 x 3 window minus the
@@ -101,15 +101,7 @@ class UniSTADConfig(MethodConfig):
     refine_temperature: float = 0.05
     refine_alpha: float = 0.5  # keep half of the unrefined map (refine.py: stronger settings hurt here)
     refine_radius: int = 0  # > 0: only tokens within this many rows/columns (0 = the whole image)
-    init_seed: int = 0
-    # optimisation (the engine reads these)
-    epochs: int = 20
-    batch_size: int = 8
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    grad_clip: float | None = 1.0
+    # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
                                                                          image_score="max"))
 
