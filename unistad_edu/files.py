@@ -56,10 +56,6 @@ def atomic_write_text(path, text: str, fsync: bool = True) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync=fsync)
 
 
-def atomic_write_bytes(path, data: bytes, fsync: bool = True) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data), fsync=fsync)
-
-
 def pid_alive(pid: int) -> bool:
     """True if a process with this pid runs on this machine."""
     try:
