@@ -1,5 +1,6 @@
 """Enhanced STPM: both teachers frozen and different, pair 1 is STPM exactly, the attention student, the
-three combination rules against hand-combined maps, the normal-scale statistics, and train -> eval ->
+three combination rules against hand-combined maps, the reconstruction pair (pasted anomalies in, the clean
+teacher as the target), the normal scales from the held-out images, and train -> eval ->
 checkpoint (with the second teacher's weights checked) through the engine."""
 from __future__ import annotations
 
@@ -29,6 +30,16 @@ def lite1_teacher():
 def _model(t1, t2, **kw):
     cfg = make_config("enhanced_stpm", "cpu", **{"image_size": 64, **kw})
     return EnhancedSTPM(t1, cfg, teacher2=t2)
+
+
+def _eq1(t, s, names):
+    """STPM's Eq. 1 written out: sum over levels of 0.5 / (h w) sum_{c,h,w} (t/|t| - s/|s|)^2, batch mean."""
+    total = 0.0
+    for name in names:
+        a, b = t[name].float(), s[name].float()
+        a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+        total = total + 0.5 * ((a - b) ** 2).sum(dim=(1, 2, 3)).mean() / (a.shape[-2] * a.shape[-1])
+    return total
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +93,45 @@ def test_pair1_is_stpm_and_pair2_loss_adds(lite0_teacher, lite1_teacher, batch64
     assert list(maps) == [f"p1.{n}" for n in lite0_teacher.layer_names] + [f"p2.{n}" for n in lite1_teacher.layer_names]
     for n in lite0_teacher.layer_names:
         torch.testing.assert_close(maps[f"p1.{n}"], p1[n])
-    # pair 2's loss is STPM's loss of a pair on teacher 2 (its own features, never the cached teacher-1 ones)
+    # pair 2's term is STPM's Eq. 1 on teacher 2 (its own features, never the cached teacher-1 ones), written out
     full = _model(lite0_teacher, lite1_teacher, pair2_weight=1.0).eval()
     cached = Batch(image=batch64.image, features=lite0_teacher(batch64.image))
-    torch.testing.assert_close(full.loss(cached), model.loss(batch64) + full.pair2.loss(batch64))
-    assert full.pair2.loss(batch64) > 0
+    x = batch64.image
+
+    with torch.no_grad():
+        pair2 = _eq1(lite1_teacher(x), full.pair2.student(lite1_teacher.normalize(x)), lite1_teacher.layer_names)
+    terms = full.loss_terms(cached)
+    torch.testing.assert_close(terms["pair1"], model.loss(batch64))
+    torch.testing.assert_close(terms["pair2"], pair2, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(full.loss(cached), terms["pair1"] + terms["pair2"])
+    assert pair2 > 0
+
+
+def test_reconstruction_pair_sees_anomalies_and_matches_the_clean_teacher(lite0_teacher, lite1_teacher, batch64):
+    from unistad_edu.methods.enhanced_stpm import paste_anomalies
+    x = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(paste_anomalies(x, 0.0, (0.02, 0.15)), x)  # prob 0: untouched
+    out = paste_anomalies(x, 1.0, (0.05, 0.10), torch.Generator().manual_seed(0))
+    assert torch.equal(x, torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(3)))  # input kept
+    for i in range(6):  # prob 1: every image differs inside one rectangle of the asked area, nowhere else
+        changed = (out[i] != x[i]).any(dim=0)  # (H, W)
+        rows, cols = changed.any(dim=1).nonzero().flatten(), changed.any(dim=0).nonzero().flatten()
+        assert len(rows) and len(cols)
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert h * w <= 0.10 * 64 * 64 * 1.25 and 2 <= h and 2 <= w
+        assert not changed[:rows[0]].any() and not changed[rows[-1] + 1:].any()
+    # in training, pair 2's student gets the pasted image, its teacher the clean one; pair 1 is untouched
+    model = _model(lite0_teacher, lite1_teacher, anomaly_prob=1.0).train()
+    clean = _model(lite0_teacher, lite1_teacher, pair2_input="clean").train()
+    with torch.no_grad():
+        got = model.loss_terms(batch64)
+        x2 = paste_anomalies(batch64.image, 1.0, model.cfg.anomaly_area, torch.Generator().manual_seed(1))
+        expect = _eq1(lite1_teacher(batch64.image), model.pair2.student(lite1_teacher.normalize(x2)),
+                      lite1_teacher.layer_names)
+        plain = clean.loss_terms(batch64)
+    torch.testing.assert_close(got["pair2"], expect, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got["pair1"], plain["pair1"])
+    assert not torch.allclose(got["pair2"], plain["pair2"])  # the pasted patches changed pair 2's task
 
 
 def test_attention_student(lite0_teacher, lite1_teacher):
@@ -152,21 +197,22 @@ def test_combination_rules(lite0_teacher, lite1_teacher, batch64, combine):
     torch.testing.assert_close(out.pred_score, ref.pred_score, rtol=1e-4, atol=1e-6)
 
 
-def test_normal_scales_track_training_maps(lite0_teacher, lite1_teacher, batch64):
-    model = _model(lite0_teacher, lite1_teacher, stats_momentum=0.5)
-    model.eval()
+def test_normal_scales_come_from_the_held_out_normal_images(lite0_teacher, lite1_teacher, batch64):
+    model = _model(lite0_teacher, lite1_teacher).train()
     model.loss(batch64)
-    assert model.stats_steps == 0 and torch.equal(model.level_scale, torch.ones(6))  # eval: untouched
-    model.train()
-    with torch.no_grad():
-        first = torch.stack([m.mean() for m in model.level_maps(batch64).values()])
-        model.loss(batch64)  # first training step takes the value as is
-    torch.testing.assert_close(model.level_scale, first)
-    with torch.no_grad():
-        model.level_scale.fill_(1.0)
-        model.loss(batch64)  # later steps: EMA, halfway to the new value at momentum 0.5
-    torch.testing.assert_close(model.level_scale, 0.5 * (1.0 + first), rtol=1e-5, atol=1e-6)
-    assert model.stats_steps == 2
+    assert model.stats_steps == 0 and torch.equal(model.level_scale, torch.ones(6))  # training: untouched
+    model.eval()
+    other = Batch(image=torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)))
+    model.calibrate([batch64, other])
+    with torch.no_grad():  # the exact means over all five images, weighted by batch size
+        maps = [model.level_maps(b) for b in (batch64, other)]
+        level = torch.stack([(2 * maps[0][k].mean() + 3 * maps[1][k].mean()) / 5 for k in maps[0]])
+        pairs = [model._split(m) for m in maps]
+        pair = torch.stack([(2 * model.pair_product(pairs[0][j]).mean() + 3 * model.pair_product(pairs[1][j]).mean()) / 5
+                            for j in range(2)])
+    torch.testing.assert_close(model.level_scale, level, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(model.pair_scale, pair, rtol=1e-5, atol=1e-8)
+    assert model.stats_steps == 1
 
 
 @pytest.fixture(scope="module")

@@ -212,7 +212,7 @@ def test_snl_all_switches_off_is_rd(feats64, lite0_teacher):
     a, b = rd.state_dict(), snl.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     torch.testing.assert_close(snl.loss(batch), rd.loss(batch))
-    assert list(snl.loss_terms(snl(batch))) == ["position_cosine"]
+    assert list(snl.terms_from(snl(batch))) == ["position_cosine"]
     # SNL with everything on keeps RD's weights too (CRAM is drawn after them)
     full = build_model("snl", lite0_teacher, image_size=64)
     c = full.state_dict()
@@ -228,7 +228,7 @@ def test_each_switch_adds_its_term_with_its_weight(feats64, lite0_teacher, switc
     base = build_model("snl", lite0_teacher, image_size=64, **ALL_OFF).eval()
     on = build_model("snl", lite0_teacher, image_size=64, **{**ALL_OFF, switch: True}).eval()
     on2 = build_model("snl", lite0_teacher, image_size=64, **{**ALL_OFF, switch: True, f"{switch}_weight": 2.0}).eval()
-    t1, t2 = on.loss_terms(on(batch)), on2.loss_terms(on2(batch))
+    t1, t2 = on.terms_from(on(batch)), on2.terms_from(on2(batch))
     assert set(t1) == {"position_cosine", term}
     assert t1[term] > 0
     w1 = getattr(on.cfg, f"{switch}_weight")  # the default weight (CRAM's is 0.1)
@@ -243,7 +243,7 @@ def test_each_switch_adds_its_term_with_its_weight(feats64, lite0_teacher, switc
     out = on(batch)
     if switch == "intra_affinity":  # 64 px: grids of 256 positions or fewer -> no sampling
         expect = sum(intra_affinity_loss(t, s) for t, s in zip(out["teacher"], out["student"]))
-        torch.testing.assert_close(on.loss_terms(out)[term], expect)
+        torch.testing.assert_close(on.terms_from(out)[term], expect)
 
 
 def test_snl_gradients_and_frozen_teacher(feats64, lite0_teacher):

@@ -95,7 +95,7 @@ def test_encoder_mask_hides_the_window(lite0_teacher, token):
 
 def test_masked_attention_paths_agree(lite0_teacher):
     # CPU bf16 (the engine's autocast) takes the written-out attention; fp32 takes SDPA: same result
-    from unistad_edu.methods.uniad import Attention
+    from unistad_edu.layers import Attention
     att = Attention(32, 4, dropout=0.0).eval()
     q, k, v = (torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3))
     mask = neighbor_mask(8, 8, 3)

@@ -98,7 +98,7 @@ def test_loss_terms_and_weights_against_hand_computed_values(lite0_teacher):
     batch = Batch(image=None, features=lite0_teacher(x))  # features only, as the engine trains it
     # global = the teacher exactly; local = twice the teacher: same direction, double the energy
     model = _with_students(_small(lite0_teacher), lambda t: t, lambda t: 2 * t)
-    terms = model.loss_terms(model(batch))
+    terms = model.terms_from(model(batch))
     assert terms["distill"].item() == pytest.approx(0, abs=1e-5)  # cosine ignores the scale
     assert terms["consistency"].item() == pytest.approx(0, abs=1e-5)
     assert terms["rec"].item() == pytest.approx(1.0, rel=1e-5)  # ||2t - t||^2 / ||t||^2 = 1, global adds 0
@@ -107,9 +107,9 @@ def test_loss_terms_and_weights_against_hand_computed_values(lite0_teacher):
     assert model.loss(batch).item() == pytest.approx(0.25, rel=1e-4)
     # local = minus the teacher: cosine distance 2 at every token of every level
     model = _with_students(_small(lite0_teacher, w_rec=0.0, w_consistency=0.5), lambda t: t, lambda t: -t)
-    terms = model.loss_terms(model(batch))
+    terms = model.terms_from(model(batch))
     assert terms["distill"].item() == pytest.approx(2.0, rel=1e-5)  # 0 (global) + 2 (local)
-    assert terms["consistency"].item() == pytest.approx(2.0, rel=1e-5)
+    assert terms["consistency"].item() == pytest.approx(0.5 * 2.0, rel=1e-5)  # weighted by w_consistency
     assert model.loss(batch).item() == pytest.approx(2.0 + 0.5 * 2.0, rel=1e-4)
 
 

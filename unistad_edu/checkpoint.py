@@ -256,6 +256,7 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
         raise CheckpointError(f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
                               f"while writing its checkpoint?): --resume the run to rewrite both, or retrain")
     model = build_model(cfg["method"], teacher, cfg=mcfg)
+    tensors = model.upgrade_state(tensors)
     check_tensors_fit(tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else "")
     try:
         model.load_from_checkpoint(tensors)
@@ -295,7 +296,7 @@ def load_train_state(run_dir, model, optimizer) -> dict:
     if not _is_int(epoch) or epoch < 0 or not isinstance(info.get("param_groups"), list):
         raise CheckpointError(f"{path}: resume info epoch {epoch!r} is not a non-negative integer (or its "
                               f"param_groups are missing): {ALTERED}; retrain")
-    own = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    own = model.upgrade_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     check_tensors_fit(own, model, path)
     try:
         model.load_from_checkpoint(own)

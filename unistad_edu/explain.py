@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import scoring
 from .methods.base import Batch, Method
 
 
@@ -46,8 +45,8 @@ def score_function(model: Method) -> Callable[[torch.Tensor], torch.Tensor]:
     def f(x: torch.Tensor) -> torch.Tensor:
         with _float32_teacher(model.teacher):
             feats = model.teacher(x)                                         # with gradients to x
-        maps = model.anomaly_maps(Batch(image=x, features=feats))             # {name: (B, 1, h, w)}
-        return scoring.score(maps, x.shape[-2:], model.cfg.scoring).pred_score  # (B,)
+        maps, terms = model.score_inputs(Batch(image=x, features=feats))     # {name: (B, 1, h, w)}, {name: (B,)}
+        return model.score_from(maps, terms, x.shape[-2:]).pred_score        # (B,)
     return f
 
 

@@ -129,7 +129,7 @@ viz.loss_curves({"RD (one term)": fit_rd.history, "SNL (sum of its terms)": fit_
 `snl.loss_breakdown(batch)` returns each (weighted) term for a batch. We evaluate it on the **normal test
 images** — images neither student trained on — for three students: SNL before training, SNL after training,
 and RD after training. RD never optimised the structural terms; we only *measure* them on its output
-(`snl.loss_terms(rd.forward(batch))`), to see whether matching every feature vector (RD's loss) already
+(`snl.terms_from(rd.forward(batch))`), to see whether matching every feature vector (RD's loss) already
 gets the structure right for free. Each term is summed over the levels (over the two pairs of adjacent
 levels for the inter-affinity). The intra-affinity term samples positions on large grids, so the random
 generator is seeded before every call: all three students are measured on the same positions.
@@ -156,7 +156,7 @@ def mean_terms(terms_of, ids):
 with torch.no_grad():
     terms = {"SNL, untrained": mean_terms(snl_untrained.loss_breakdown, normal_ids),
              "SNL, trained": mean_terms(snl.loss_breakdown, normal_ids),
-             "RD, trained (measured only)": mean_terms(lambda b: snl.loss_terms(rd.forward(b)), normal_ids)}
+             "RD, trained (measured only)": mean_terms(lambda b: snl.terms_from(rd.forward(b)), normal_ids)}
 names = list(terms["SNL, untrained"])
 display(Markdown(f"**loss terms on the {len(normal_ids)} normal test images** (weighted as in training)\n\n"
                  + viz.markdown_table([{"student": s, **{k: t.get(k, float("nan")) for k in names}}

@@ -130,7 +130,7 @@ defect_ids = [i for i, r in enumerate(test.records) if r.label == 1]
 rows = []
 with torch.no_grad():
     for label, ids in (("normal", normal_ids), ("defective", defect_ids)):
-        parts = [model.loss_terms(model.forward(batch_of(p))) for p in chunks(ids)]
+        parts = [model.terms_from(model.forward(batch_of(p))) for p in chunks(ids)]
         sizes = [len(p) for p in chunks(ids)]
         rows.append({"test images": f"{label} ({len(ids)})",
                      **{k: sum(float(t[k]) * n for t, n in zip(parts, sizes)) / len(ids) for k in parts[0]}})

@@ -2,7 +2,8 @@
 
 A method is an ``nn.Module`` that owns the frozen teacher and its trainable parts, with
 
-* ``loss(batch) -> scalar Tensor`` for training on normal images, and
+* ``loss_terms(batch) -> {name: weighted scalar Tensor}`` for training on normal images (the loss is their
+  sum, ``loss(batch)``; lessons plot the terms), and
 * ``anomaly_maps(batch) -> {name: (B, 1, h, w)}`` at test time, turned into a pixel map and an image score by
   the one shared :func:`unistad_edu.scoring.score` with the method's :class:`ScoringConfig`.
 
@@ -15,6 +16,7 @@ trains well in minutes on a 2-core laptop, with the Lite0 teacher) and ``paper``
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -57,7 +59,8 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodConfig":
-        d = dict(d)
+        retired = getattr(cls, "retired_fields", frozenset())  # fields older versions saved, meaningless now
+        d = {k: v for k, v in d.items() if k not in retired}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -99,6 +102,11 @@ class Method(nn.Module):
     trains_by_gradient: ClassVar[bool] = True
     # names in state_for_checkpoint() whose first dimension is set by the data (loading checks only the rest)
     growing_state: ClassVar[tuple[str, ...]] = ()
+    # state_dict prefixes of frozen modules: never trained, never saved (a checkpoint records the teacher's
+    # name and weights hash instead)
+    frozen_prefixes: ClassVar[tuple[str, ...]] = ("teacher.",)
+    # (regex, replacement) pairs that turn tensor names of runs saved by an older version into today's names
+    renamed_state: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, teacher, cfg: MethodConfig):
         super().__init__()
@@ -114,22 +122,40 @@ class Method(nn.Module):
             return self.teacher(batch.image)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if not n.startswith("teacher.") and p.requires_grad]
+        return [p for n, p in self.named_parameters() if not n.startswith(self.frozen_prefixes) and p.requires_grad]
 
     def state_for_checkpoint(self) -> dict[str, torch.Tensor]:
-        """Everything but the frozen teacher (the checkpoint records its name and weights hash instead)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        """Everything but the frozen modules (``frozen_prefixes``)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefixes)}
+
+    @classmethod
+    def upgrade_state(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Saved tensors under today's names (``renamed_state`` applied); the checkpoint loaders call it."""
+        if not cls.renamed_state:
+            return state
+        out = {}
+        for k, v in state.items():
+            for old, new in cls.renamed_state:
+                k = re.sub(old, new, k)
+            out[k] = v
+        return out
 
     def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
+        missing = [k for k in missing if not k.startswith(self.frozen_prefixes)]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, "
                              f"unexpected {list(unexpected)[:5]}")
 
     # ---- the contract -----------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The named, already weighted terms of the training loss on a batch of normal images."""
         raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The training loss: the sum of :meth:`loss_terms`. Methods do not override this."""
+        terms = list(self.loss_terms(batch).values())
+        return sum(terms[1:], terms[0])
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -146,10 +172,33 @@ class Method(nn.Module):
         **normal** images (an iterable of :class:`Batch`) -- the same images the threshold comes from.
         A method that standardises its scores by normal statistics sets them here; the default does nothing."""
 
+    def score_inputs(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """What the shared scoring path consumes: ``(maps, image_terms)``. ``image_terms`` are per-image scores
+        that come from no map ({name: (B,)}, e.g. the dual students' semantic distance); most methods have none.
+        A method with terms overrides this (one forward for both) together with :meth:`combine_rule` and
+        :meth:`score_calibration`."""
+        return self.anomaly_maps(batch), {}
+
+    def combine_rule(self) -> str:
+        """How the map score and the image terms combine (``scoring.COMBINE``); ``map`` = the map alone."""
+        return "map"
+
+    def score_calibration(self) -> dict | None:
+        """{score name: (mean, std)} of normal images, for the rules that standardise (``sum``, ``noisy_or``)."""
+        return None
+
+    def score_from(self, maps: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], image_size) -> AnomalyOutput:
+        """The shared scoring path over what :meth:`score_inputs` returned (``explain`` calls this too, with
+        gradients on, so an attribution explains exactly the score :meth:`score` returns)."""
+        return score(maps, image_size, self.cfg.scoring, image_terms=terms or None,
+                     combine=self.combine_rule() if terms else "map", calibration=self.score_calibration())
+
     @torch.no_grad()
     def score(self, batch: Batch) -> AnomalyOutput:
-        """anomaly_maps -> the shared scoring path, at the input image size."""
-        return score(self.anomaly_maps(batch), batch.image.shape[-2:], self.cfg.scoring)
+        """score_inputs -> the shared scoring path, at the input image size. Methods do not override this:
+        they change what goes in (``score_inputs``, ``combine_rule``, ``score_calibration``, ``cfg.scoring``)."""
+        maps, terms = self.score_inputs(batch)
+        return self.score_from(maps, terms, batch.image.shape[-2:])
 
     def train(self, mode: bool = True):
         super().train(mode)

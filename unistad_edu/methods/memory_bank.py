@@ -203,10 +203,10 @@ class MemoryBank(Method):
         super().load_from_checkpoint(state)
 
     # ---- the contract ----------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Nothing is learned by gradient (the engine calls :meth:`build` instead); a constant zero keeps the
         contract for code that asks every method for a loss."""
-        return torch.zeros((), device=batch.image.device if batch.image is not None else self.bank.device)
+        return {"none": torch.zeros((), device=batch.image.device if batch.image is not None else self.bank.device)}
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         emb = self.embed(batch)  # (B, D, h, w)

@@ -243,7 +243,7 @@ class RD(Method):
             self.decoder = Decoder(self.embed_channels, self.channels, blocks, cfg.block_width,
                                    cfg.linear_outputs)
 
-    # ---- pieces (SNL overrides ``embed`` and extends ``loss_terms``) ----------------------------------
+    # ---- pieces (SNL overrides ``embed`` and extends ``terms_from``) ----------------------------------
     def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
         feats = self.teacher_features(batch)
         return [feats[name].float() for name in self.teacher.layer_names]  # fine -> coarse, (B, C_l, h_l, w_l)
@@ -261,14 +261,14 @@ class RD(Method):
         s = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # each (B, C_l, h_l, w_l)
         return {"teacher": t, "student": [x.float() for x in s], "embedding": z, **extras}
 
-    def loss_terms(self, out: dict) -> dict[str, torch.Tensor]:
-        """Named, already weighted loss terms; ``loss`` is their sum."""
+    def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
+        """The named, weighted loss terms of a :meth:`forward` output (lessons apply SNL's to RD's outputs)."""
         d = sum(position_cosine_distance(t, s).mean() for t, s in zip(out["teacher"], out["student"]))
         return {"position_cosine": d}
 
     # ---- the contract ----------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return sum(self.loss_terms(self.forward(batch)).values())
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.terms_from(self.forward(batch))
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)

@@ -195,9 +195,9 @@ class SNL(RD):
         z, compact, assign = self.cram(z)  # (B, D, h_L/2, w_L/2), scalar, (B, K, h_L/2, w_L/2)
         return z, {"cram_compactness": compact, "cram_assignment": assign}
 
-    def loss_terms(self, out: dict) -> dict[str, torch.Tensor]:
+    def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        terms = super().loss_terms(out)  # RD's per-position cosine distance
+        terms = super().terms_from(out)  # RD's per-position cosine distance
         t, s = out["teacher"], out["student"]
         if cfg.spatial_channel:
             terms["channel_cosine"] = cfg.spatial_channel_weight * sum(
@@ -214,4 +214,4 @@ class SNL(RD):
     def loss_breakdown(self, batch: Batch) -> dict[str, float]:
         """Each term's value for one batch (lessons plot these)."""
         with torch.no_grad():
-            return {k: float(v) for k, v in self.loss_terms(self.forward(batch)).items()}
+            return {k: float(v) for k, v in self.loss_terms(batch).items()}

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from ..layers import pyramid_maps
 from ..scoring import ScoringConfig
 from ..teacher import Pyramid
 from .base import Batch, Method, MethodConfig
@@ -59,21 +59,16 @@ class STPM(Method):
         super().__init__(teacher, cfg)
         self.student = Pyramid.random_like(teacher, seed=cfg.student_seed)
 
-    def _pairs(self, batch: Batch):
+    def level_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """{level: (B, 1, h, w)}: 0.5 ||t/|t| - s/|s| ||^2 at every position (``layers.pyramid_maps``)."""
         t = self.teacher_features(batch)
-        x = self.teacher.normalize(batch.image)  # (B, 3, S, S); conv layout follows the weights (channels_last or not)
-        s = self.student(x)
-        for name in self.teacher.layer_names:
-            # (B, C, h, w) each, unit length along channels
-            yield name, F.normalize(t[name].float(), dim=1), F.normalize(s[name].float(), dim=1)
+        s = self.student(self.teacher.normalize(batch.image))  # conv layout follows the weights
+        return pyramid_maps(t, s, self.teacher.layer_names)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        total = 0.0
-        for _, t, s in self._pairs(batch):
-            h, w = t.shape[-2:]
-            # Eq. 1: 0.5 / (h w) * sum over positions and channels, then mean over the batch
-            total = total + 0.5 * (t - s).pow(2).sum(dim=(1, 2, 3)).mean() / (h * w)
-        return total
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One term per level: Eq. 1, 0.5 / (h w) * sum over positions and channels, mean over the batch --
+        the mean of the level's map."""
+        return {name: m.mean() for name, m in self.level_maps(batch).items()}
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return {name: 0.5 * (t - s).pow(2).sum(dim=1, keepdim=True) for name, t, s in self._pairs(batch)}
+        return self.level_maps(batch)

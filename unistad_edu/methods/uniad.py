@@ -53,7 +53,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import PositionEmbedding2D, clip_neighbor_size, neighbor_mask
+from ..layers import (Attention, FeedForward, PositionEmbedding2D, TransformerLayer, clip_neighbor_size,
+                      levels_to_grid, neighbor_mask, to_grid, to_tokens, xavier_init_)
 from ..scoring import ScoringConfig
 from .base import Batch, Method, TransformerTrainingConfig
 
@@ -105,70 +106,26 @@ class UniADConfig(TransformerTrainingConfig):
     layerwise_query: bool = True
     jitter: bool = True
     neighbor_size: int = 7  # k of the k x k hidden window (clipped on small grids)
-    jitter_scale: float = 20.0  # alpha: sigma_token = alpha * ||f_token||_2 / C
+    jitter_rule: str = "norm"  # norm: the paper's alpha ||f|| / C per token; spread: a fraction of each channel's std
+    jitter_scale: float = 20.0  # alpha of the "norm" rule: sigma_token = alpha * ||f_token||_2 / C
+    jitter_spread: float = 1.0  # the "spread" rule: sigma_c = jitter_spread * std_c
     jitter_prob: float = 1.0  # p: probability that an image is jittered
     feature_stride: int = 16  # MFCN: every teacher level is resized to the grid of this stride
+    neck: str = "official"  # official: align_corners=True, no antialias; antialias: average the cells covered
+
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=0.0,
                                                                          image_score="avgpool_max",
                                                                          pool_size=16))
 
-
-# ---- building blocks -----------------------------------------------------------------------------------
-class Attention(nn.Module):
-    """Multi-head attention, batch first. ``mask`` is (Lq, Lk) bool with True = hidden (layers.py)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"hidden_dim {dim} must be divisible by num_heads {heads}")
-        self.heads, self.dropout = heads, dropout
-        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, Lq, D = q.shape
-        Lk, H = k.shape[1], self.heads
-        q = self.q_proj(q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
-        k = self.k_proj(k).view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        v = self.v_proj(v).view(B, Lk, H, D // H).transpose(1, 2)  # (B, H, Lk, D/H)
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # written out: under CPU bf16 autocast (the engine's default) this measured ~2x faster than
-            # SDPA's CPU flash kernel at 256 tokens (fwd + bwd 34 vs 63 ms); both give the same attention
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // H))  # (B, H, Lq, Lk)
-            if mask is not None:
-                att = att.masked_fill(mask, float("-inf"))  # hidden keys get zero weight
-            att = F.dropout(att.softmax(dim=-1), self.dropout, self.training)  # (B, H, Lq, Lk)
-            y = att @ v  # (B, H, Lq, D/H)
-        else:
-            allowed = None if mask is None else ~mask  # SDPA's bool mask means "may attend"
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                               dropout_p=self.dropout if self.training else 0.0)  # (B, H, Lq, D/H)
-        y = y.transpose(1, 2).reshape(B, Lq, D)  # (B, Lq, D)
-        return self.out_proj(y)
+    def __post_init__(self):
+        if self.jitter_rule not in ("norm", "spread"):
+            raise ValueError(f"jitter_rule must be 'norm' or 'spread', got {self.jitter_rule!r}")
+        if self.neck not in ("official", "antialias"):
+            raise ValueError(f"neck must be 'official' or 'antialias', got {self.neck!r}")
 
 
-class FeedForward(nn.Sequential):
-    def __init__(self, dim: int, hidden: int, dropout: float):
-        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
-
-
-class EncoderLayer(nn.Module):
-    """DETR post-norm encoder layer: q = k = src + pos, v = src."""
-
-    def __init__(self, dim: int, heads: int, ffn: int, dropout: float):
-        super().__init__()
-        self.attn = Attention(dim, heads, dropout)
-        self.ffn = FeedForward(dim, ffn, dropout)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
-
-    def forward(self, src, pos, mask=None):  # src (B, L, D), pos (L, D)
-        qk = src + pos  # (B, L, D): position on queries and keys only
-        src = self.norm1(src + self.drop1(self.attn(qk, qk, src, mask)))
-        return self.norm2(src + self.drop2(self.ffn(src)))
-
-
+# ---- UniAD's own layer (the shared ones are in layers.py) ----------------------------------------------
 class DecoderLayer(nn.Module):
     """UniAD's decoder layer (official ``TransformerDecoderLayer.forward_post``).
 
@@ -228,30 +185,37 @@ class UniAD(Method):
             torch.manual_seed(cfg.init_seed)
             self.input_proj = nn.Linear(self.in_channels, D)
             self.pos_embed = PositionEmbedding2D(h, w, D)
-            self.encoder = nn.ModuleList(EncoderLayer(D, cfg.num_heads, cfg.ffn_dim, cfg.dropout)
+            # DETR post-norm encoder layers: q = k = src + pos, v = src
+            self.encoder = nn.ModuleList(TransformerLayer(D, cfg.num_heads, cfg.ffn_dim, cfg.dropout, norm="post")
                                          for _ in range(cfg.enc_layers))
             self.decoder = nn.ModuleList(
                 DecoderLayer(D, cfg.num_heads, cfg.ffn_dim, cfg.dropout, L if cfg.layerwise_query else None)
                 for _ in range(cfg.dec_layers))
             self.decoder_norm = nn.LayerNorm(D)
             self.output_proj = nn.Linear(D, self.in_channels)
-            for m in self.modules():  # official `initializer: xavier_uniform` on the reconstruction module
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
+            xavier_init_(self)  # official `initializer: xavier_uniform` on the reconstruction module
 
     # ---- pieces, each usable on its own (lessons and tests call them) ----------------------------------
     def neck(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """MFCN: every level bilinearly resized (align_corners=True, as the official UpsamplingBilinear2d)
-        to the stride-16 grid and concatenated: {(B, C_l, h_l, w_l)} -> (B, C, h, w)."""
-        maps = [F.interpolate(features[lv.name].float(), size=self.grid, mode="bilinear", align_corners=True)
-                for lv in self.teacher.feature_info]  # each (B, C_l, h, w)
+        """MFCN: every level bilinearly resized to the stride-16 grid and concatenated:
+        {(B, C_l, h_l, w_l)} -> (B, C, h, w). ``neck="official"``: align_corners=True without antialiasing,
+        as the official UpsamplingBilinear2d (a stride-4 level is sampled at every fourth cell);
+        ``"antialias"``: each coarse cell is the average of the fine cells it covers."""
+        names = [lv.name for lv in self.teacher.feature_info]
+        official = self.cfg.neck == "official"
+        maps = levels_to_grid(features, names, self.grid, antialias=not official, align_corners=official)
         return torch.cat(maps, dim=1)  # (B, C, h, w)
 
     def add_jitter(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feature jitter: f + N(0, 1) * alpha * ||f||_2 / C per token, each image with probability p."""
+        """Feature jitter, each image with probability p: f + N(0, 1) * sigma, where
+        ``jitter_rule="norm"`` (the paper): sigma = alpha * ||f||_2 / C per token (one sigma for every channel);
+        ``"spread"``: sigma_c = jitter_spread * std_c, std_c = channel c's spread over the batch's tokens
+        (detached), so every channel is disturbed in proportion to how much it varies on normal data."""
         B, L, C = tokens.shape
-        sigma = tokens.norm(dim=-1, keepdim=True) / C * self.cfg.jitter_scale  # (B, L, 1)
+        if self.cfg.jitter_rule == "spread":
+            sigma = tokens.detach().float().std(dim=(0, 1), keepdim=True).to(tokens.dtype) * self.cfg.jitter_spread  # (1, 1, C)
+        else:
+            sigma = tokens.norm(dim=-1, keepdim=True) / C * self.cfg.jitter_scale  # (B, L, 1)
         hit = (torch.rand(B, 1, 1, device=tokens.device) < self.cfg.jitter_prob).to(tokens.dtype)  # (B, 1, 1)
         # a contiguous draw: randn_like would copy the strides of the transposed tokens view, and filling a
         # strided tensor takes torch's slow scalar path (measured 6x slower, a third of a small model's step)
@@ -262,7 +226,7 @@ class UniAD(Method):
         """(B, L, D) projected tokens -> encoder memory (B, L, D)."""
         pos = self.pos_embed()  # (L, D)
         for layer in self.encoder:
-            src = layer(src, pos, self.attn_mask)
+            src = layer(src, pos=pos, mask=self.attn_mask)
         return src
 
     def decode(self, memory: torch.Tensor) -> torch.Tensor:
@@ -282,20 +246,19 @@ class UniAD(Method):
                              f"embedding and queries are {self.grid}); got {tuple(batch.image.shape[-2:])}")
         target = self.neck(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
-        tokens = target.flatten(2).transpose(1, 2)  # (B, L, C), L = h w, row-major
+        tokens = to_tokens(target)  # (B, L, C), L = h w, row-major
         if self.training and self.cfg.jitter:
             tokens = self.add_jitter(tokens)  # (B, L, C); the target stays clean
         x = self.input_proj(tokens)  # (B, L, D)
         x = self.decode(self.encode(x))  # (B, L, D)
-        rec = self.output_proj(x).float()  # (B, L, C)
-        rec = rec.transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
-        inp = tokens.transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
+        rec = to_grid(self.output_proj(x).float(), h, w)  # (B, L, C) -> (B, C, h, w)
+        inp = to_grid(tokens, h, w)  # (B, C, h, w)
         return {"target": target, "input": inp, "rec": rec}
 
     # ---- the contract ----------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)
-        return F.mse_loss(out["rec"], out["target"])  # mean over B * C * h * w, as nn.MSELoss()
+        return {"mse": F.mse_loss(out["rec"], out["target"])}  # mean over B * C * h * w, as nn.MSELoss()
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)

@@ -52,17 +52,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..layers import PositionEmbedding2D, clip_neighbor_size, local_mask, neighbor_mask
+from ..layers import (PositionEmbedding2D, TransformerLayer, clip_neighbor_size, level_cosine_distance,
+                      levels_to_grid, local_mask, neighbor_mask, to_grid, to_tokens, xavier_init_)
 from ..refine import AffinityRefiner
 from ..scoring import ScoringConfig
 from .base import Batch, Method, TransformerTrainingConfig
-from .uniad import Attention, FeedForward
 
 MAP_NAMES = ("teacher_global", "teacher_local", "global_local")
 
@@ -115,44 +113,7 @@ class UniSTADConfig(TransformerTrainingConfig):
                              f"got {self.local_window}")
 
 
-# ---- shared with the dual-student model ------------------------------------------------------------------
-def align_levels(features: dict[str, torch.Tensor], names: Sequence[str], grid: tuple[int, int]) -> list[torch.Tensor]:
-    """Each named level resized to ``grid``: bilinear, anti-aliased when shrinking (a stride-4 level becomes
-    the average of its 4 x 4 cells, not every fourth cell). Returns [(B, C_l, h, w)] in ``names`` order."""
-    out = []
-    for name in names:
-        f = features[name].float()  # (B, C_l, h_l, w_l)
-        if tuple(f.shape[-2:]) != tuple(grid):
-            f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False, antialias=True)
-        out.append(f)  # (B, C_l, h, w)
-    return out
-
-
-def level_cosine_distance(a: torch.Tensor, b: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
-    """Mean over levels of 1 - cos(a_l, b_l) at each token. a, b: (B, L, C) with the levels' channels
-    concatenated in ``channels`` order -> (B, L)."""
-    parts = [1 - F.cosine_similarity(x.float(), y.float(), dim=-1)  # (B, L) per level
-             for x, y in zip(a.split(list(channels), dim=-1), b.split(list(channels), dim=-1))]
-    return torch.stack(parts).mean(dim=0)  # (B, L)
-
-
 # ---- the students ------------------------------------------------------------------------------------------
-class ContextLayer(nn.Module):
-    """Pre-norm: the query stream reads the (fixed) context through masked cross-attention, then an FFN.
-    Queries never attend to each other, so query i's output depends only on what its mask row shows."""
-
-    def __init__(self, dim: int, heads: int, ffn: int, dropout: float):
-        super().__init__()
-        self.norm_q, self.norm_f = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
-        self.ffn = FeedForward(dim, ffn, dropout)
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
-
-    def forward(self, q, context, pos, mask):  # q, context (B, L, D), pos (L, D), mask (L, L) True = hidden
-        q = q + self.drop1(self.attn(self.norm_q(q) + pos, context + pos, context, mask))  # (B, L, D)
-        return q + self.drop2(self.ffn(self.norm_f(q)))  # (B, L, D)
-
-
 class ContextStudent(nn.Module):
     """Predicts every teacher token from the context tokens its mask shows: (B, L, C) -> (B, L, C).
 
@@ -171,7 +132,9 @@ class ContextStudent(nn.Module):
         self.context_norm = nn.LayerNorm(dim)
         self.pos_embed = PositionEmbedding2D(h, w, dim)
         self.query = nn.Embedding(h * w, dim)  # one learned query per grid position (as UniAD's decoder)
-        self.layers = nn.ModuleList(ContextLayer(dim, heads, ffn, dropout) for _ in range(layers))
+        # pre-norm cross-attention layers: the query stream reads the (fixed) context, queries never attend to
+        # each other, so query i's output depends only on what its mask row shows
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads, ffn, dropout, norm="pre") for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.output_proj = nn.Linear(dim, channels)
 
@@ -181,7 +144,7 @@ class ContextStudent(nn.Module):
         pos = self.pos_embed()  # (L, D)
         q = self.query.weight.expand(B, -1, -1)  # (B, L, D)
         for layer in self.layers:
-            q = layer(q, context, pos, self.mask)  # (B, L, D)
+            q = layer(q, context, pos=pos, mask=self.mask)  # (B, L, D)
         return self.output_proj(self.norm(q))  # (B, L, C)
 
 
@@ -189,6 +152,8 @@ class ContextStudent(nn.Module):
 class UniSTAD(Method):
     name = "unistad"
     Config = UniSTADConfig
+    # runs saved before the shared TransformerLayer: its norms were called norm_q / norm_f
+    renamed_state = ((r"\.norm_q\.", ".norm1."), (r"\.norm_f\.", ".norm2."))
     needs_images = False  # loss() reads teacher features only: trains from the cache without images
     presets = {
         "cpu": {},
@@ -223,10 +188,7 @@ class UniSTAD(Method):
             args = (self.in_channels, cfg.hidden_dim, cfg.num_heads, cfg.ffn_dim, cfg.layers, cfg.dropout, self.grid)
             self.global_student = ContextStudent(*args, mask=global_mask)
             self.local_student = ContextStudent(*args, mask=lmask)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
+            xavier_init_(self)
 
     # ---- pieces ------------------------------------------------------------------------------------------
     @property
@@ -239,7 +201,7 @@ class UniSTAD(Method):
 
     def tokens(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher levels -> one grid, concatenated: (B, C, h, w)."""
-        return torch.cat(align_levels(features, self.level_names, self.grid), dim=1)  # (B, C, h, w)
+        return torch.cat(levels_to_grid(features, self.level_names, self.grid), dim=1)  # (B, C, h, w)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``target`` (teacher), ``global`` and ``local`` (the students' predictions), each (B, C, h, w)."""
@@ -248,30 +210,29 @@ class UniSTAD(Method):
                              f"a {self.grid} grid); got {tuple(batch.image.shape[-2:])}")
         target = self.tokens(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
-        t = target.flatten(2).transpose(1, 2)  # (B, L, C), row-major tokens
+        t = to_tokens(target)  # (B, L, C), row-major tokens
         g = self.global_student(t).float()  # (B, L, C)
         loc = self.local_student(t).float()  # (B, L, C)
-        as_map = lambda x: x.transpose(1, 2).reshape(B, C, h, w)  # (B, L, C) -> (B, C, h, w)  # noqa: E731
-        return {"target": target, "global": as_map(g), "local": as_map(loc)}
+        return {"target": target, "global": to_grid(g, h, w), "local": to_grid(loc, h, w)}
 
-    def loss_terms(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The three loss terms (unweighted), each a scalar."""
-        t, g, loc = (out[k].flatten(2).transpose(1, 2) for k in ("target", "global", "local"))  # (B, L, C)
+    def terms_from(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The three loss terms of a :meth:`forward` output, each a scalar times its weight."""
+        t, g, loc = (to_tokens(out[k]) for k in ("target", "global", "local"))  # (B, L, C)
         dist = lambda a, b: level_cosine_distance(a, b, self.level_channels).mean()  # noqa: E731
         energy = t.pow(2).sum(dim=(1, 2)).clamp_min(1e-12)  # (B,)
         nse = lambda s: ((s - t).pow(2).sum(dim=(1, 2)) / energy).mean()  # noqa: E731
-        return {"distill": dist(g, t) + dist(loc, t), "rec": nse(g) + nse(loc), "consistency": dist(g, loc)}
+        c = self.cfg
+        return {"distill": c.w_distill * (dist(g, t) + dist(loc, t)), "rec": c.w_rec * (nse(g) + nse(loc)),
+                "consistency": c.w_consistency * dist(g, loc)}
 
     # ---- the contract ------------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
-        terms = self.loss_terms(self.forward(batch))
-        cfg = self.cfg
-        return cfg.w_distill * terms["distill"] + cfg.w_rec * terms["rec"] + cfg.w_consistency * terms["consistency"]
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.terms_from(self.forward(batch))
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)
         B, C, h, w = out["target"].shape
-        t, g, loc = (out[k].flatten(2).transpose(1, 2) for k in ("target", "global", "local"))  # (B, L, C)
+        t, g, loc = (to_tokens(out[k]) for k in ("target", "global", "local"))  # (B, L, C)
         pairs = {"teacher_global": (t, g), "teacher_local": (t, loc), "global_local": (g, loc)}
         maps = {name: level_cosine_distance(*pairs[name], self.level_channels).reshape(B, 1, h, w)
                 for name in self.cfg.maps}  # each (B, 1, h, w)
