@@ -153,6 +153,26 @@ def test_cnn_class_token_is_the_pooled_deepest_level(lite0_teacher):
     assert model.ee.head.out_features == 112
 
 
+def test_imagenet_semantic_target_is_the_whole_networks_embedding(lite0_teacher):
+    """semantic_target="imagenet": the target is the pre-logit embedding of the full ImageNet network the teacher
+    was cut from -- checked against the offline classifier (its logits = its head applied to that embedding)."""
+    from unistad_edu.teacher import load_teacher
+    model = _small(lite0_teacher, semantic_target="imagenet", semantic_image_size=96).eval()
+    assert model.semantic_dim == 1280 and model.ee.head.out_features == 1280
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    emb = model.teacher_embedding(Batch(image=x), {})  # (2, 1280)
+    classifier = load_teacher("tf_efficientnet_lite0", classifier=True)
+    mean, std = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
+    xs = F.interpolate((x - mean) / std, size=(96, 96), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.classifier(emb), classifier(xs), rtol=1e-4, atol=1e-4)
+    assert not any(k.startswith("semantic_net.") for k in model.state_for_checkpoint())  # frozen, not saved
+    assert all(not p.requires_grad for p in model.semantic_net.parameters())
+    assert not any(p is q for p in model.trainable_parameters() for q in model.semantic_net.parameters())
+    model.train()
+    assert not model.semantic_net.training and model.ee.training
+
+
 def test_vit_teacher_groups_are_averaged_and_its_cls_is_the_target():
     from unistad_edu import load_teacher
     teacher = load_teacher("vit_small_patch14_dinov2", weights=None, layers=(2, 3, 4, 5, 11))

@@ -12,7 +12,8 @@ from unistad_edu.data import MVTecDataset
 from unistad_edu.engine import TrainConfig, evaluate, fit, score_dataset
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
-from unistad_edu.methods.rd import RD, Bottleneck, Decoder, cosine_distance, position_cosine_distance
+from unistad_edu.layers import Bottleneck, Decoder, cosine_distance
+from unistad_edu.methods.rd import RD, position_cosine_distance
 from unistad_edu.methods.snl import (CRAM, SNL, channel_cosine_distance, cross_level_affinity,
                                      inter_affinity_loss, intra_affinity_loss, position_affinity)
 

@@ -267,3 +267,133 @@ def pyramid_maps(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tens
         s = F.normalize(student[name].float(), dim=1)  # (B, C, h, w)
         out[name] = 0.5 * (t - s).pow(2).sum(dim=1, keepdim=True)  # (B, 1, h, w)
     return out
+
+
+# ---- the reverse-distillation student (RD and SNL) ---------------------------------------------------
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class ResBlock(nn.Module):
+    """Residual bottleneck block that keeps (``same``), halves (``down``: stride-2 3x3) or doubles (``up``: 2x2
+    transposed conv, as RD4AD's decoder) the grid: 1x1 -> 3x3 / 2x2T -> 1x1, BN after each, ReLU.
+    ``relu_out=False`` leaves the sum linear (a decoder stage's last block with ``linear_outputs``)."""
+
+    def __init__(self, cin: int, cout: int, width: int, mode: str = "same", relu_out: bool = True):
+        super().__init__()
+        if mode not in ("same", "down", "up"):
+            raise ValueError(f"mode must be same | down | up, not {mode!r}")
+        if mode == "up":
+            mid = nn.ConvTranspose2d(width, width, 2, stride=2, bias=False)
+            short = nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False)
+        else:
+            stride = 2 if mode == "down" else 1
+            mid = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+            short = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            mid, nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Identity() if short is None else nn.Sequential(short, nn.BatchNorm2d(cout))
+        self.relu_out = relu_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x) + self.shortcut(x)
+        return F.relu(y) if self.relu_out else y
+
+
+def _width(cout: int, ratio: float) -> int:
+    return max(1, int(round(cout * ratio)))
+
+
+class MultiScaleFusion(nn.Module):
+    """MFF: bring every teacher level to the coarsest level's grid with stride-2 3x3 convs (BN, ReLU), each
+    doubling the channels, the last one landing on C_L; concatenate -> (B, L * C_L, h_L, w_L)."""
+
+    def __init__(self, channels: list[int], strides: list[int]):
+        super().__init__()
+        c_top, s_top = channels[-1], strides[-1]
+        self.branches = nn.ModuleList()
+        for c, s in zip(channels, strides):
+            steps = math.log2(s_top / s)
+            if steps != int(steps):
+                raise ValueError(f"teacher strides {strides}: each must be the coarsest one over a power of 2")
+            layers, cin = [], c
+            for k in range(int(steps)):
+                cout = c_top if k == int(steps) - 1 else min(2 * cin, c_top)
+                layers.append(conv_bn_relu(cin, cout, stride=2))
+                cin = cout
+            self.branches.append(nn.Sequential(*layers))  # empty for the coarsest level: identity
+        self.out_channels = c_top * len(channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        grid = feats[-1].shape[-2:]
+        outs = []
+        for branch, f in zip(self.branches, feats):
+            y = branch(f)  # (B, C_L, ~h_L, ~w_L)
+            if y.shape[-2:] != grid:  # odd grids: ceil-division sizes can differ by one
+                y = F.interpolate(y, size=grid, mode="bilinear", align_corners=False)
+            outs.append(y)
+        return torch.cat(outs, dim=1)  # (B, L * C_L, h_L, w_L)
+
+
+class Bottleneck(nn.Module):
+    """OCBE = MFF + OCE: teacher levels -> one-class embedding (B, D, h_L / 2, w_L / 2)."""
+
+    def __init__(self, channels: list[int], strides: list[int], embed: int, blocks: int, width: float):
+        super().__init__()
+        self.mff = MultiScaleFusion(channels, strides)
+        cin = self.mff.out_channels
+        oce = [ResBlock(cin, embed, _width(embed, width), mode="down")]
+        oce += [ResBlock(embed, embed, _width(embed, width)) for _ in range(blocks - 1)]
+        self.oce = nn.Sequential(*oce)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.oce(self.mff(feats))  # (B, D, h_L/2, w_L/2)
+
+
+class Decoder(nn.Module):
+    """The student: one stage per teacher level, coarse to fine; a stage doubles the grid (transposed conv)
+    and outputs that level's channels. ``forward(z, sizes)`` returns the levels fine -> coarse, like the
+    teacher, each resized to the teacher's grid in ``sizes`` if the doubling missed it by a cell."""
+
+    def __init__(self, embed: int, channels: list[int], blocks: list[int], width: float, linear_outputs: bool):
+        super().__init__()
+        stages, cin = [], embed
+        for c, n in zip(reversed(channels), reversed(blocks)):  # coarse -> fine
+            n = max(1, int(n))
+            layers = [ResBlock(cin, c, _width(c, width), mode="up", relu_out=not (linear_outputs and n == 1))]
+            layers += [ResBlock(c, c, _width(c, width), relu_out=not (linear_outputs and i == n - 2))
+                       for i in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = c
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, z: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        outs = []
+        x = z  # (B, D, h_L/2, w_L/2)
+        for stage, size in zip(self.stages, reversed(sizes)):
+            x = stage(x)  # (B, C_l, 2 h, 2 w)
+            if tuple(x.shape[-2:]) != tuple(size):
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            outs.append(x)
+        return outs[::-1]  # fine -> coarse, as the teacher's levels
+
+
+def reverse_student(levels, cfg) -> tuple[nn.Module, nn.Module, int]:
+    """RD's trainable network for a teacher's levels (``feature_info``) and a config with RD's network fields
+    (``methods.base.ReverseDistillationConfig``): ``(bottleneck, decoder, embed_channels)``, initialised
+    from ``cfg.init_seed`` whatever the global RNG holds."""
+    channels = [lv.channels for lv in levels]
+    strides = [lv.stride for lv in levels]
+    embed = cfg.embed_channels or 2 * channels[-1]
+    blocks = cfg.decoder_blocks
+    blocks = [blocks] * len(channels) if isinstance(blocks, int) else list(blocks)
+    if len(blocks) != len(channels):
+        raise ValueError(f"decoder_blocks has {len(blocks)} entries for {len(channels)} teacher levels")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        bottleneck = Bottleneck(channels, strides, embed, cfg.oce_blocks, cfg.block_width)
+        decoder = Decoder(embed, channels, blocks, cfg.block_width, cfg.linear_outputs)
+    return bottleneck, decoder, embed

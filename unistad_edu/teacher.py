@@ -348,6 +348,7 @@ class Teacher(nn.Module):
                  strides: Sequence[int] = DEFAULT_STRIDES, precision="auto", embedding: bool | None = None):
         super().__init__()
         model, self.weights_source = create_backbone(backbone, weights)
+        self._weights = weights  # how the weights were asked for (full_network() resolves them the same way)
         self.backbone_name = backbone
         self.weights_hash = state_hash(model)
         cfg = model.pretrained_cfg
@@ -393,6 +394,16 @@ class Teacher(nn.Module):
     def embedding_dim(self) -> int:
         """Channels of the ``"cls"`` embedding: the ViT width, or the deepest kept CNN level's channels."""
         return self.levels[-1].channels
+
+    def full_network(self) -> nn.Module:
+        """The whole timm network this teacher was cut from -- every stage and the ImageNet head -- with the
+        same weights (checked by their hash), frozen and in eval mode. ``model.forward_head(
+        model.forward_features(normalised x), pre_logits=True)`` is its ImageNet embedding (B, num_features)."""
+        model, _ = create_backbone(self.backbone_name, self._weights)
+        if state_hash(model) != self.weights_hash:
+            raise TeacherWeightsError(f"the full {self.backbone_name} network resolved to other weights than this "
+                                      f"teacher ({self.weights_source}); build the teacher from a weights file")
+        return model.eval().requires_grad_(False)
 
     def embedding_of(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The (B, C) image embedding from a feature dict: its ``"cls"`` entry, or -- for a CNN teacher whose

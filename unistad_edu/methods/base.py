@@ -88,6 +88,34 @@ class TransformerTrainingConfig(MethodConfig):
     grad_clip: float | None = 1.0
 
 
+@dataclass
+class ReverseDistillationConfig(MethodConfig):
+    """The student network and optimisation defaults RD and SNL share (``layers.reverse_student``): OCBE
+    bottleneck + decoder sized from the teacher's levels, Adam 0.005 (0.5, 0.999) as RD4AD, 30 epochs."""
+
+    embed_channels: int | None = None  # OCE output D; None = 2 * C_L (RD4AD: 2048 for WideResNet-50)
+    oce_blocks: int = 1  # residual blocks in the one-class embedding (RD4AD: 3)
+    decoder_blocks: tuple | int = 1  # blocks per decoder stage, in teacher-level order (fine -> coarse)
+    block_width: float = 0.5  # inner width of a residual block = block_width * its output channels
+    linear_outputs: bool = True  # no ReLU on the decoder's per-level outputs (rd.py's paper card)
+    init_seed: int = 0  # the bottleneck's and decoder's initial weights, reproducible
+    epochs: int = 30
+    batch_size: int = 16
+    optimizer: str = "adam"
+    lr: float = 0.005
+    betas: tuple = (0.5, 0.999)
+    weight_decay: float = 0.0
+    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0,
+                                                                         image_score="max"))
+    # RD4AD's recipe (the ``paper`` preset of RD, and of SNL, whose own is not public): WideResNet-50 layers
+    # 1-3 (256/512/1024 ch, strides 4/8/16), OCE 3 blocks -> 2048 ch at 8 x 8, decoder [3, 4, 6] blocks coarse
+    # -> fine [recalled], Adam 0.005 (0.5, 0.999), batch 16, 200 epochs
+    rd4ad_recipe: ClassVar[dict] = dict(
+        teacher="wide_resnet50_2", teacher_layers=None, image_size=256, embed_channels=2048, oce_blocks=3,
+        decoder_blocks=(6, 4, 3), block_width=0.5, linear_outputs=False, optimizer="adam", lr=0.005,
+        betas=(0.5, 0.999), weight_decay=0.0, epochs=200, batch_size=16, schedule="constant")
+
+
 class Method(nn.Module):
     """Base class: subclasses set ``name``, ``Config``, ``presets`` and implement ``loss``/``anomaly_maps``."""
 

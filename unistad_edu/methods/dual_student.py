@@ -100,6 +100,11 @@ class DualStudentConfig(TransformerTrainingConfig):
     # EE student
     ee_backbone: str = "resnet10t"  # any timm model, random init; pooled output
     ee_image_size: int | None = 128  # resize the image for the EE student; None: as given
+    # what the EE student predicts: "embedding" = the teacher's own (a ViT's class token; a CNN's global
+    # average pool of its deepest kept level), "imagenet" = a CNN teacher's ImageNet embedding: the whole
+    # network it was cut from (all stages, head conv, pool; Lite0: 1280 channels) at semantic_image_size
+    semantic_target: str = "embedding"
+    semantic_image_size: int = 224
     # how the two branches combine
     combine: str = "noisy_or"  # image score: noisy_or | sum | local | semantic
     w_local: float = 1.0  # ED loss weight
@@ -115,6 +120,8 @@ class DualStudentConfig(TransformerTrainingConfig):
             self.ed_groups = tuple(tuple(int(i) for i in g) for g in self.ed_groups)
             if not self.ed_groups or any(not g for g in self.ed_groups):
                 raise ValueError(f"ed_groups must be non-empty groups of level positions, got {self.ed_groups}")
+        if self.semantic_target not in ("embedding", "imagenet"):
+            raise ValueError(f"semantic_target must be 'embedding' or 'imagenet', not {self.semantic_target!r}")
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"combine must be one of {tuple(COMBINE_RULES)}, not {self.combine!r}")
         if not 0 <= self.hm_quantile < 1:
@@ -209,6 +216,7 @@ def _is_vit_name(name: str) -> bool:
 class DualStudent(Method):
     name = "dual_student"
     Config = DualStudentConfig
+    frozen_prefixes = ("teacher.", "semantic_net.")  # the teacher and the ImageNet network it was cut from
     # runs saved before the shared TransformerLayer: the ED blocks' feed-forward was ``mlp`` (Linear, GELU, Linear)
     renamed_state = ((r"^(ed\.blocks\.\d+\.)mlp\.0\.", r"\1ffn.0."), (r"^(ed\.blocks\.\d+\.)mlp\.2\.", r"\1ffn.3."))
     needs_images = True  # the EE student looks at the image
@@ -243,11 +251,20 @@ class DualStudent(Method):
                              f"multiple of it; got {cfg.image_size}")
         side = math.ceil(cfg.image_size / stride)
         self.grid = (side, side)
+        if cfg.semantic_target == "imagenet":
+            if teacher.is_vit:
+                raise ValueError("semantic_target='imagenet' is for CNN teachers; a ViT teacher's class token is "
+                                 "its embedding (semantic_target='embedding')")
+            self.semantic_net = teacher.full_network()  # frozen, never saved (frozen_prefixes)
+            self.semantic_dim = self.semantic_net.num_features  # e.g. 1280 for Lite0
+        else:
+            self.semantic_net = None
+            self.semantic_dim = teacher.embedding_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
             self.ed = EncoderDecoderStudent(self.input_channels, self.group_channels, cfg.hidden_dim, cfg.num_heads,
                                             cfg.ffn_dim, cfg.dec_layers, cfg.bottleneck_dropout)
-            self.ee = EncoderEncoderStudent(cfg.ee_backbone, teacher.embedding_dim, cfg.ee_image_size)
+            self.ee = EncoderEncoderStudent(cfg.ee_backbone, self.semantic_dim, cfg.ee_image_size)
         # running statistics of the two per-image scores on normal training images (checkpointed)
         for k in ("loc", "sem"):
             self.register_buffer(f"{k}_mean", torch.zeros(()))
@@ -257,6 +274,12 @@ class DualStudent(Method):
     @staticmethod
     def _fused_channels(channels: list[int]) -> int:
         return channels[0] if len(set(channels)) == 1 else sum(channels)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.semantic_net is not None:
+            self.semantic_net.train(False)  # frozen, BatchNorm in eval mode
+        return self
 
     @staticmethod
     def _fuse(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -302,7 +325,16 @@ class DualStudent(Method):
         self.calib_steps.add_(1)
 
     def teacher_embedding(self, batch: Batch, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, C_emb): the teacher's "cls" (ViT class token, or a CNN's pooled deepest level)."""
+        """(B, C_emb): the target of the EE student -- the teacher's "cls" (ViT class token, or a CNN's pooled
+        deepest level), or with ``semantic_target="imagenet"`` the whole network's ImageNet embedding."""
+        if self.semantic_net is not None:
+            size = self.cfg.semantic_image_size
+            x = self.teacher.normalize(batch.image)  # (B, 3, S, S)
+            if tuple(x.shape[-2:]) != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            with torch.no_grad():
+                net = self.semantic_net
+                return net.forward_head(net.forward_features(x), pre_logits=True).float()  # (B, C_emb)
         if "cls" in features or not self.teacher.is_vit:
             return self.teacher.embedding_of(features).float()
         with torch.no_grad():  # ViT features without "cls" (e.g. from a levels-only cache): run the teacher

@@ -63,13 +63,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Batch
-from .rd import RD, RDConfig, cosine_distance
+from ..layers import cosine_distance, reverse_student
+from .base import Batch, Method, ReverseDistillationConfig
 
 
 @dataclass
-class SNLConfig(RDConfig):
-    """SNL = RD + four switches. Defaults = the ``cpu`` preset: RD's cpu student (Lite0, 256 px) with all
+class SNLConfig(ReverseDistillationConfig):
+    """SNL = RD's student + four switches. Defaults = the ``cpu`` preset: RD's cpu student (Lite0, 256 px,
+    the network and optimisation of ``ReverseDistillationConfig``) with all
     four terms on, weight 1 each except CRAM's compactness (0.1), 16 centres. Measured here (batch 16,
     256 px, bf16, one thread): ~0.28 s per training step against RD's ~0.17 s."""
 
@@ -170,35 +171,49 @@ class CRAM(nn.Module):
 
 
 # ---- the method ----------------------------------------------------------------------------------------
-class SNL(RD):
+class SNL(Method):
     name = "snl"
     Config = SNLConfig
     needs_images = False  # like RD: the loss reads teacher features only
     presets = {
         "cpu": {},
         # RD4AD's recipe for the RD student [inference: the paper's own training details are not public]
-        "paper": {**RD.presets["paper"], "cram_centres": 64, "affinity_positions": 1024},
+        "paper": {**ReverseDistillationConfig.rd4ad_recipe, "cram_centres": 64, "affinity_positions": 1024},
     }
 
     def __init__(self, teacher, cfg: SNLConfig):
-        super().__init__(teacher, cfg)  # RD's bottleneck and decoder, from cfg.init_seed as in RD
+        super().__init__(teacher, cfg)
+        self.channels = [lv.channels for lv in teacher.feature_info]
+        # RD's bottleneck and decoder (layers.reverse_student), from cfg.init_seed exactly as in RD
+        self.bottleneck, self.decoder, self.embed_channels = reverse_student(teacher.feature_info, cfg)
         self.cram = None
         if cfg.cram:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.init_seed + 1)  # after RD's modules: RD's weights do not depend on cram
                 self.cram = CRAM(self.embed_channels, cfg.cram_centres, cfg.cram_alpha, cfg.cram_skip)
 
-    def embed(self, t: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        z = self.bottleneck(t)  # (B, D, h_L/2, w_L/2)
-        if self.cram is None:
-            return z, {}
-        z, compact, assign = self.cram(z)  # (B, D, h_L/2, w_L/2), scalar, (B, K, h_L/2, w_L/2)
-        return z, {"cram_compactness": compact, "cram_assignment": assign}
+    # ---- pieces -----------------------------------------------------------------------------------------
+    def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
+        feats = self.teacher_features(batch)
+        return [feats[name].float() for name in self.teacher.layer_names]  # fine -> coarse, (B, C_l, h_l, w_l)
+
+    def forward(self, batch: Batch) -> dict:
+        """As RD's forward (``teacher``, ``student``, ``embedding``), with CRAM between the bottleneck and the
+        decoder when it is on (adding ``cram_compactness`` and ``cram_assignment``)."""
+        t = self.teacher_levels(batch)
+        z, extras = self.bottleneck(t), {}  # (B, D, h_L/2, w_L/2)
+        if self.cram is not None:
+            z, compact, assign = self.cram(z)  # (B, D, h_L/2, w_L/2), scalar, (B, K, h_L/2, w_L/2)
+            extras = {"cram_compactness": compact, "cram_assignment": assign}
+        s = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # each (B, C_l, h_l, w_l)
+        return {"teacher": t, "student": [x.float() for x in s], "embedding": z, **extras}
 
     def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
+        """The named, weighted loss terms of a forward output -- RD's, SNL's or any with ``teacher`` and
+        ``student`` level lists (lesson 05 applies them to a trained RD's outputs)."""
         cfg = self.cfg
-        terms = super().terms_from(out)  # RD's per-position cosine distance
         t, s = out["teacher"], out["student"]
+        terms = {"position_cosine": sum(cosine_distance(a, b, dim=1).mean() for a, b in zip(t, s))}  # RD's loss
         if cfg.spatial_channel:
             terms["channel_cosine"] = cfg.spatial_channel_weight * sum(
                 channel_cosine_distance(a, b).mean() for a, b in zip(t, s))
@@ -215,3 +230,13 @@ class SNL(RD):
         """Each term's value for one batch (lessons plot these)."""
         with torch.no_grad():
             return {k: float(v) for k, v in self.loss_terms(batch).items()}
+
+    # ---- the contract ----------------------------------------------------------------------------------
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.terms_from(self.forward(batch))
+
+    def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """RD's map: per level the cosine distance at every position, (B, 1, h_l, w_l)."""
+        out = self.forward(batch)
+        return {name: cosine_distance(t, s, dim=1)
+                for name, t, s in zip(self.teacher.layer_names, out["teacher"], out["student"])}
