@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, evaluate, fit, score_dataset
+from unistad_edu.engine import TrainConfig, evaluate, fit
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.dual_student import DualStudent, global_cosine_distance, scale_easy_gradients
@@ -231,8 +231,7 @@ def test_fit_evaluate_every_combine_rule_and_checkpoint(lite0_teacher, tmp_path)
     loaded = load_checkpoint(tmp_path / "run", teacher=lite0_teacher)
     for k in ("loc_mean", "loc_sq", "sem_mean", "sem_sq"):
         torch.testing.assert_close(getattr(loaded, k), getattr(model, k))
-    np.testing.assert_allclose(score_dataset(model, test, keep_maps=False)["scores"],
-                               score_dataset(loaded, test, keep_maps=False)["scores"], rtol=1e-4, atol=1e-6)
+    # equal scores after the round trip, for every method: tests/test_contract.py
 
 
 def test_engine_calibrates_on_heldout_normals_in_eval_mode(lite0_teacher, tmp_path):

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, evaluate, fit, score_dataset
+from unistad_edu.engine import TrainConfig, evaluate, fit
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.enhanced_stpm import CBAM, EnhancedSTPM, NonLocal, load_teacher2
@@ -241,12 +241,7 @@ def test_fit_evaluate_checkpoint(lite0_teacher, lite1_teacher, tiny_set, tmp_pat
     # round trip: the second teacher is rebuilt from its name, the normal scales come from the file
     loaded = load_checkpoint(tmp_path / "run", teacher=lite0_teacher)
     assert loaded.cfg == model.cfg and torch.equal(loaded.pair_scale, model.pair_scale)
-    a = score_dataset(model.eval(), test, keep_maps=False)["scores"]
-    b = score_dataset(loaded, test, keep_maps=False)["scores"]
-    np.testing.assert_allclose(a, b, rtol=1e-3)  # bf16 convolutions: channels_last (trained) vs not
-    fresh = score_dataset(build_model("enhanced_stpm", lite0_teacher, image_size=64, combine="pair_sum"), test,
-                          keep_maps=False)["scores"]
-    assert np.abs(fresh - a).max() > 1e-2 * np.abs(a).max()
+    # equal scores after the round trip (and trained != fresh), for every method: tests/test_contract.py
     # a checkpoint refuses a different second teacher (same architecture, other weights)
     other = EnhancedSTPM(lite0_teacher, model.cfg, teacher2=load_teacher("tf_efficientnet_lite1", weights=None))
     with pytest.raises(ValueError, match="second teacher"):

@@ -34,6 +34,11 @@ class Batch:
     features: dict[str, torch.Tensor] | None = None
 
 
+def _as_tuple(value):
+    """Lists (nested too) -> tuples, the form the configs' tuple fields hold."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
+
+
 @dataclass
 class MethodConfig:
     """Fields every method has; a method's own config adds its knobs."""
@@ -67,9 +72,9 @@ class MethodConfig:
             raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
         if isinstance(d.get("scoring"), dict):
             d["scoring"] = ScoringConfig(**d["scoring"])
-        for k in ("betas", "teacher_layers"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
+        for f in dataclasses.fields(cls):  # JSON has no tuples: a tuple-typed field comes back as a list
+            if isinstance(d.get(f.name), list) and "tuple" in str(f.type):
+                d[f.name] = _as_tuple(d[f.name])
         return cls(**d)
 
 
