@@ -187,7 +187,7 @@ CASES = [
              (cat / "train" / "good" / "001.png").read_bytes()[:200]))), r"001\.png is corrupt or truncated .*re-export or remove it"),
     Case("text file named .png", "image file",
          _data_case(_broken_category(lambda cat: (cat / "train" / "good" / "002.png").write_text("hello"))),
-         r"002\.png is not a readable image: re-save it as PNG/JPEG, or remove it"),
+         r"002\.png is not a readable image \(it holds text\): re-save it as PNG/JPEG, or remove it"),
     Case("1x1 image", "image file",
          _data_case(_broken_category(lambda cat: write_image(cat / "train" / "good" / "000.png", (1, 1)))),
          r"000\.png is only 1x1 pixels: too small"),
@@ -247,7 +247,7 @@ CASES = [
     Case("predict on a file that is not an image", "config/CLI",
          lambda tmp, d, run: ("cli", ["predict", "--run", str(run), str(Path(tmp / "notes.png").write_text("hi")
                                                                        and tmp / "notes.png")]),
-         r"notes\.png is not a readable image: re-save it"),
+         r"notes\.png is not a readable image \(it holds text\): re-save it"),
     # -- uploads (the demo)
     Case("upload: text file", "upload", _upload(lambda tmp: Path(tmp / "a.png").write_text("hello") and tmp / "a.png"),
          r"a\.png is a text file, not an image .*upload a PNG"),

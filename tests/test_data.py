@@ -214,3 +214,45 @@ def test_predict_scores_the_same_picture_as_the_demo_upload(tmp_path):
     from_upload = predict(model, [decode_upload(path).array])[0]
     assert np.array_equal(from_file["image"], from_upload["image"])
     assert from_file["score"] == from_upload["score"]
+
+
+# ---- one decoder, typed reasons -------------------------------------------------------------------------------
+def test_decode_image_refuses_with_a_typed_reason_and_the_demo_words_every_reason(tmp_path):
+    """``data.decode_image`` is the one decoder (datasets, CLI, demo); each refusal carries a reason word, and the
+    demo has its own page text for every reason there is."""
+    from PIL import Image as PILImage
+
+    from unistad_edu import demo_support as ds
+    from unistad_edu.data import IMAGE_REJECTIONS, ImageRejected, PixelBudget, decode_image
+
+    assert set(ds.UPLOAD_TEXT) == set(IMAGE_REJECTIONS)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("hello, not pixels")
+    (tmp_path / "noise.png").write_bytes(bytes(range(256)) * 4)
+    PILImage.new("RGB", (1, 5)).save(tmp_path / "thin.png")
+    PILImage.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    PILImage.new("RGB", (40, 40)).save(tmp_path / "ok.gif")
+    good = tmp_path / "good.png"
+    PILImage.new("RGB", (64, 48), (10, 20, 30)).save(good)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
+    cases = {"missing.png": "unreadable", "empty.png": "empty", "notes.png": "text", "noise.png": "not_image",
+             "thin.png": "too_small", "cut.png": "corrupt"}
+    for name, reason in cases.items():
+        with pytest.raises(ImageRejected) as err:
+            decode_image(tmp_path / name)
+        assert err.value.reason == reason and name in str(err.value), (name, err.value.reason, str(err.value))
+        with pytest.raises(ds.UploadError) as up:
+            ds.decode_upload(tmp_path / name)
+        assert up.value.reason == reason and name in str(up.value)
+    with pytest.raises(ImageRejected) as err:
+        decode_image(tmp_path / "big.png", max_pixels=300 * 199)
+    assert err.value.reason == "too_many_pixels" and err.value.facts["width"] == 300
+    with pytest.raises(ImageRejected) as err:
+        decode_image(tmp_path / "ok.gif", formats=("PNG",))
+    assert err.value.reason == "format" and err.value.facts["format"] == "GIF"
+    budget = PixelBudget(64 * 48 + 10)
+    arr, mode = decode_image(good, size=32, budget=budget)
+    assert arr.shape == (32, 32, 3) and mode == "RGB"
+    with pytest.raises(ImageRejected) as err:
+        decode_image(good, budget=budget)
+    assert err.value.reason == "budget"

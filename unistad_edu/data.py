@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_IMAGE_PIXELS = 64_000_000  # refuse larger images (decompression-bomb guard); MVTec's largest is 1 MP
@@ -57,32 +57,165 @@ class Record:
 # --------------------------------------------------------------------------------------------------------
 # image decoding
 # --------------------------------------------------------------------------------------------------------
-def _open_checked(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an image header, refusing non-images and oversized images with a clear error."""
+class ImageRejected(DataError):
+    """An image file that cannot be used. ``reason`` says why, in one word of :data:`IMAGE_REJECTIONS`;
+    ``name`` is the file as its user knows it; ``facts`` hold the numbers (width, height, limits, ...). The
+    message is written for a dataset file; the demo turns the same reason into text for an upload
+    (``demo_support.upload_message``)."""
+
+    def __init__(self, reason: str, name: str, message: str, **facts):
+        super().__init__(message)
+        self.reason, self.name, self.facts = reason, name, facts
+
+
+#: every reason an image file is refused, with the message given for a file of a dataset or of the CLI
+IMAGE_REJECTIONS = {
+    "unreadable": "cannot read {name}: {error}",
+    "empty": "{name} is an empty (0-byte) file, not an image: delete or replace it",
+    "bomb": "{name} is too large to open safely ({error}): downscale it first (the model works at a few hundred "
+            "pixels anyway)",
+    "text": "{name} is not a readable image (it holds text): re-save it as PNG/JPEG, or remove it (from the "
+            "dataset folder, or from the files given)",
+    "not_image": "{name} is not a readable image: re-save it as PNG/JPEG, or remove it (from the dataset folder, "
+                 "or from the files given)",
+    "format": "{name} is a {format} file, which is not decoded here: convert it to PNG or JPEG",
+    "too_many_pixels": "{name} has {width}x{height} = {megapixels:.0f} MP, more than the {limit_mp:.0f} MP limit: "
+                       "downscale it first (the model works at a few hundred pixels anyway)",
+    "too_small": "{name} is only {width}x{height} pixels: too small to be an inspection image",
+    "budget": "{name}: with it the images of this request would add up to {megapixels:.0f} megapixels, more "
+              "than the budget of {limit_mp:.0f}",
+    "memory": "{name} is too large to decode on this machine: downscale it first",
+    "corrupt": "{name} is corrupt or truncated ({error}): re-export or remove it",
+    "not_rgb": "{name}: its {mode} pixels could not be converted to RGB",
+}
+
+
+def _rejected(reason: str, name, **facts) -> ImageRejected:
+    return ImageRejected(reason, str(name), IMAGE_REJECTIONS[reason].format(name=name, **facts), **facts)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class PixelBudget:
+    """The pixels one request may still decode: ``total`` (width x height as the files' headers say, summed
+    over the request's files). :func:`decode_image` takes each file's share before decoding it, so a request of
+    many large files is bounded as a whole, not only file by file."""
+
+    def __init__(self, total: int):
+        self.total, self.used = int(total), 0
+
+    def take(self, pixels: int, name: str) -> None:
+        if self.used + pixels > self.total:
+            raise _rejected("budget", name, megapixels=(self.used + pixels) / 1e6, limit_mp=self.total / 1e6)
+        self.used += pixels
+
+
+def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+               formats: Sequence[str] | None = None) -> Image.Image:
+    """Open an image's header -- no pixel data is decoded yet -- refusing (:class:`ImageRejected`) a missing or
+    empty file, text or other non-images, a format not in ``formats`` (None: any Pillow reads), more than
+    ``max_pixels`` pixels (and Pillow's own decompression-bomb guard) and images under 2 x 2."""
     path = Path(path)
+    name = name or str(path)
     try:
         if path.stat().st_size == 0:
-            raise DataError(f"{path} is an empty (0-byte) file, not an image: delete or replace it")
+            raise _rejected("empty", name)
         with warnings.catch_warnings():  # opening reads the header only; our own size limit follows below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except DataError:
+    except ImageRejected:
         raise
     except Image.DecompressionBombError as err:
-        raise DataError(f"{path} is too large to open safely ({err}): downscale it first (the model works at a "
-                        f"few hundred pixels anyway)") from err
+        raise _rejected("bomb", name, error=err, limit_mp=max_pixels / 1e6) from err
     except UnidentifiedImageError as err:
-        raise DataError(f"{path} is not a readable image: re-save it as PNG/JPEG, or remove it (from the "
-                        f"dataset folder, or from the files given)") from err
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err}") from err
+        try:
+            with open(path, "rb") as f:
+                head = f.read(512)
+        except OSError:
+            head = b""
+        raise _rejected("text" if _looks_like_text(head) else "not_image", name) from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise _rejected("unreadable", name, error=getattr(err, "strerror", None) or err) from err
+    if formats is not None and img.format not in formats:
+        img.close()
+        raise _rejected("format", name, format=img.format or "unknown-format")
     w, h = img.size
     if w * h > max_pixels:
-        raise DataError(f"{path} has {w}x{h} = {w * h / 1e6:.0f} MP, more than the {max_pixels / 1e6:.0f} MP "
-                        f"limit: downscale it first (the model works at a few hundred pixels anyway)")
+        img.close()
+        raise _rejected("too_many_pixels", name, width=w, height=h, megapixels=w * h / 1e6,
+                        limit_mp=max_pixels / 1e6)
     if w < 2 or h < 2:
-        raise DataError(f"{path} is only {w}x{h} pixels: too small to be an inspection image")
+        img.close()
+        raise _rejected("too_small", name, width=w, height=h)
     return img
+
+
+def decode_image(path, name: str | None = None, size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+                 formats: Sequence[str] | None = None, exif_orientation: bool = False,
+                 budget: PixelBudget | None = None) -> tuple[np.ndarray, str]:
+    """The one image decoder (datasets, the CLI, the demo): ``(pixels, mode)`` -- (H, W, 3) uint8 RGB, or
+    (size, size, 3) with ``size``, and the file's original Pillow mode (what was converted).
+
+    Checks in order, each before any pixel is decoded (so a bomb is never decoded): :func:`open_image`'s, then
+    the request's ``budget``; then the pixels are decoded (truncated or corrupt data fails here), turned upright
+    if ``exif_orientation`` (phone photos; off for datasets, whose masks are drawn on the stored pixels),
+    converted to RGB in bands (:func:`to_rgb_image`) and, with ``size``, reduced at once (the bilinear resize
+    everything uses) -- one full-size image is held at a time. Thread-safe: no global warning filter changes."""
+    name = name or str(path)
+    img = open_image(path, name, max_pixels, formats)
+    with img:
+        if budget is not None:
+            budget.take(img.size[0] * img.size[1], name)
+        mode = img.mode
+        try:
+            img.load()
+            if exif_orientation:
+                try:  # in place: without an orientation tag exif_transpose would return a full-size copy
+                    ImageOps.exif_transpose(img, in_place=True)
+                except Exception:  # odd EXIF: keep the stored orientation
+                    pass
+            rgb = to_rgb_image(img)  # converted in bands: no second full-size copy
+            arr = resize_image(rgb, size) if size is not None else np.asarray(rgb)
+            if rgb is not img:
+                rgb.close()  # the full-size decoded pixels go now; only the (reduced) array stays
+            del rgb
+        except MemoryError as err:
+            raise _rejected("memory", name) from err
+        except Exception as err:  # truncated or corrupt data after a valid header
+            raise _rejected("corrupt", name, error=err) from err
+    release_freed_memory()
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise _rejected("not_rgb", name, mode=mode)
+    return arr, mode
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by a large decode back to the system now (glibc ``malloc_trim``). Pillow allocates a big
+    image in 16 MB blocks, which glibc serves from per-thread heaps and keeps after they are freed, so without
+    this every server thread that once decoded a 40-megapixel upload would hold its peak. No-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None  # ctypes handle of glibc, once looked up (False: not glibc)
+_open_checked = open_image  # the dataset loaders' name for it
 
 
 def to_rgb_image(img: Image.Image) -> Image.Image:
@@ -124,22 +257,11 @@ _ROWS = 256  # rows converted at a time by to_rgb_image
 
 
 def load_image(path, size: int | None = None, exif_orientation: bool = False) -> np.ndarray:
-    """Decode an image file to (size, size, 3) uint8 RGB (or its own size if ``size`` is None).
+    """Decode an image file to (size, size, 3) uint8 RGB (or its own size if ``size`` is None): :func:`decode_image`.
 
     ``exif_orientation``: turn the pixels upright as the EXIF orientation tag says (phone photos), as the demo
     does with uploads. Off for datasets: their masks are drawn on the stored pixels."""
-    img = _open_checked(Path(path))
-    try:
-        img.load()
-        if exif_orientation:
-            from PIL import ImageOps
-            ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy when nothing turns
-        arr = to_rgb_array(img)
-    except DataError:
-        raise
-    except Exception as err:  # truncated or corrupt data after a valid header
-        raise DataError(f"{path} is corrupt or truncated ({err}): re-export or remove it") from err
-    return arr if size is None else resize_rgb(arr, size)
+    return decode_image(path, size=size, exif_orientation=exif_orientation)[0]
 
 
 def resize_image(img: Image.Image, size: int) -> np.ndarray:

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .data import MAX_IMAGE_PIXELS, DataError, cache_root, resize_image, to_rgb_image
+from .data import MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, cache_root, decode_image
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
@@ -49,9 +49,14 @@ DEFAULT_MARKER = "DEMO_DEFAULT.json"
 
 
 
-# ---- safe decoding --------------------------------------------------------------------------------------
+# ---- safe decoding ----------------------------------------------------------------------------------------
 class UploadError(ValueError):
-    """An uploaded file cannot be scored; ``str(err)`` is a message for the page (it names the file)."""
+    """An uploaded file cannot be scored; ``str(err)`` is a message for the page (it names the file), ``reason``
+    the word of ``data.IMAGE_REJECTIONS`` it comes from."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -70,121 +75,48 @@ _MODE_NOTES = {
     "1": "1-bit image expanded to RGB", "CMYK": "CMYK converted to RGB", "YCbCr": "YCbCr converted to RGB",
 }
 
+#: the page's words for each reason ``data.decode_image`` refuses a file for (written for the person uploading)
+UPLOAD_TEXT = {
+    "unreadable": "{name}: the upload could not be read ({error}); please try again",
+    "empty": "{name} is an empty (0-byte) file, not an image: upload a " + FORMAT_HINT + " file",
+    "bomb": "{name} is refused: its dimensions are so large that decoding it could exhaust memory "
+            "(decompression-bomb guard). Downscale it below {limit_mp:.0f} megapixels",
+    "text": "{name} is a text file, not an image Pillow can read (whatever its extension says): upload a "
+            + FORMAT_HINT + " file",
+    "not_image": "{name} is not an image file Pillow can read (whatever its extension says): upload a "
+                 + FORMAT_HINT + " file",
+    "format": "{name} is a {format} file, which the demo does not decode: convert it to " + FORMAT_HINT,
+    "too_many_pixels": "{name} is {width} x {height} = {megapixels:.1f} megapixels, more than the demo's limit of "
+                       "{limit_mp:.0f} megapixels (pixel cap): downscale it first - the model looks at a few "
+                       "hundred pixels anyway",
+    "too_small": "{name} is only {width} x {height} pixels: too small to inspect",
+    "budget": "{name} is refused: with it this request's images would add up to {megapixels:.0f} megapixels, more "
+              "than the per-request budget of {limit_mp:.0f} (request pixel budget): send it in a request of its "
+              "own, or downscale it",
+    "memory": "{name} is too large to decode on this machine: downscale it first",
+    "corrupt": "{name} is corrupt or truncated ({error}): re-export it as " + FORMAT_HINT,
+    "not_rgb": "{name}: could not convert its {mode} pixels to RGB",
+}
 
-def _looks_like_text(head: bytes) -> bool:
-    if not head:
-        return False
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
-
-class PixelBudget:
-    """The pixels one request may still decode: ``total`` (width x height as the files' headers say, summed
-    over the request's files). :func:`decode_upload` takes each file's share before decoding it, so a request
-    of many large files is bounded as a whole, not only file by file."""
-
-    def __init__(self, total: int = DEFAULT_MAX_REQUEST_PIXELS):
-        self.total, self.used = int(total), 0
-
-    def take(self, pixels: int, name: str) -> None:
-        if self.used + pixels > self.total:
-            raise UploadError(f"{name} is refused: with it this request's images would add up to "
-                              f"{(self.used + pixels) / 1e6:.0f} megapixels, more than the per-request budget of "
-                              f"{self.total / 1e6:.0f} (request pixel budget): send it in a request of its own, "
-                              f"or downscale it")
-        self.used += pixels
+def upload_message(err: ImageRejected) -> str:
+    """The page text for a refused upload."""
+    return UPLOAD_TEXT[err.reason].format(name=err.name, **err.facts)
 
 
 def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, size: int | None = None,
                   budget: PixelBudget | None = None) -> Decoded:
-    """Decode one uploaded file to an (H, W, 3) uint8 RGB array, or raise :class:`UploadError`.
-
-    Order of checks (each before any pixel data is decoded, so a bomb never gets decoded): the file exists
-    and is not empty; Pillow recognises it; its format is one of :data:`SUPPORTED_FORMATS`; width x height
-    is at most ``max_pixels`` (Pillow's own decompression-bomb guard also applies) and fits what is left of
-    the request's ``budget``; then the pixels are decoded (a truncated or corrupt file fails here), converted
-    to RGB and, with ``size``, reduced at once to the model's (size, size) with the same resize
-    ``engine.predict`` uses -- so a request holds one full-size image at a time, never all of them.
-    Thread-safe: no global warning filters are changed."""
-    path = Path(path)
-    name = name or path.name
+    """One uploaded file through the package's one decoder (``data.decode_image``: every check before any pixel
+    is decoded, EXIF orientation applied, RGB in bands, reduced at once to the model's ``size`` with the resize
+    ``engine.predict`` uses), formats limited to :data:`SUPPORTED_FORMATS`; a refusal becomes an
+    :class:`UploadError` with the page's words for its reason (:data:`UPLOAD_TEXT`)."""
+    name = name or Path(path).name
     try:
-        nbytes = path.stat().st_size
-    except OSError as err:
-        raise UploadError(f"{name}: the upload could not be read ({err.strerror or err}); please try again") from err
-    if nbytes == 0:
-        raise UploadError(f"{name} is an empty (0-byte) file, not an image: upload a {FORMAT_HINT} file")
-    try:
-        img = Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise UploadError(f"{name} is refused: its dimensions are so large that decoding it could exhaust memory "
-                          f"(decompression-bomb guard). Downscale it below {max_pixels / 1e6:.0f} megapixels") from err
-    except UnidentifiedImageError as err:
-        with open(path, "rb") as f:
-            head = f.read(512)
-        what = "a text file" if _looks_like_text(head) else "not an image file"
-        raise UploadError(f"{name} is {what}, not an image Pillow can read (whatever its extension says): "
-                          f"upload a {FORMAT_HINT} file") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UploadError(f"{name} could not be opened as an image ({err}): upload a {FORMAT_HINT} file") from err
-    with img:
-        if img.format not in SUPPORTED_FORMATS:
-            raise UploadError(f"{name} is a {img.format or 'unknown-format'} file, which the demo does not decode: "
-                              f"convert it to {FORMAT_HINT}")
-        w, h = img.size
-        if w * h > max_pixels:
-            raise UploadError(f"{name} is {w} x {h} = {w * h / 1e6:.1f} megapixels, more than the demo's limit of "
-                              f"{max_pixels / 1e6:.0f} megapixels (pixel cap): downscale it first - the model "
-                              f"looks at a few hundred pixels anyway")
-        if w < 2 or h < 2:
-            raise UploadError(f"{name} is only {w} x {h} pixels: too small to inspect")
-        if budget is not None:
-            budget.take(w * h, name)
-        mode = img.mode
-        try:
-            img.load()
-            try:  # in place: without an orientation tag exif_transpose would return a full-size copy
-                ImageOps.exif_transpose(img, in_place=True)
-            except Exception:  # odd EXIF: keep the stored orientation
-                pass
-            rgb = to_rgb_image(img)  # converted in bands: no second full-size copy
-            arr = resize_image(rgb, size) if size is not None else np.asarray(rgb)
-            rgb.close()  # the full-size decoded pixels go now; only the (reduced) array stays
-            img.close()
-            del rgb
-            release_freed_memory()
-        except MemoryError as err:
-            raise UploadError(f"{name} is too large to decode on this machine: downscale it first") from err
-        except Exception as err:  # truncated / corrupt data after a valid header
-            raise UploadError(f"{name} is corrupt or truncated ({err}): re-export it as {FORMAT_HINT}") from err
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise UploadError(f"{name}: could not convert its {mode} pixels to RGB")
+        arr, mode = decode_image(path, name=name, size=size, max_pixels=max_pixels, formats=SUPPORTED_FORMATS,
+                                 exif_orientation=True, budget=budget)
+    except ImageRejected as err:
+        raise UploadError(upload_message(err), err.reason) from err
     return Decoded(name=name, array=arr, note=_MODE_NOTES.get(mode, ""))
-
-
-def release_freed_memory() -> None:
-    """Give memory freed by a large decode back to the system now (glibc ``malloc_trim``). Pillow allocates a big
-    image in 16 MB blocks, which glibc serves from per-thread heaps and keeps after they are freed, so without
-    this every server thread that once decoded a 40-megapixel upload would hold its peak. No-op elsewhere."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None  # ctypes handle of glibc, once looked up (False: not glibc)
 
 
 def request_folder(cache_dir) -> Path:

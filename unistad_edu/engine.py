@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import math
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -286,8 +287,7 @@ def _prepare(model, train_data, cfg, run, resume, cache, extra_config) -> _Fit:
     if len(train_set) < ddp.world_size:
         raise ValueError(f"{len(train_set)} training images cannot be shared by {ddp.world_size} processes")
     if cfg.min_steps and gradient:  # e.g. per-class models trained as many steps as one unified model
-        steps_per_epoch = max(1, len(train_set) // (batch_size * ddp.world_size))
-        epochs = max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+        epochs = max(epochs, math.ceil(cfg.min_steps / _steps_per_epoch(len(train_set), batch_size, ddp.world_size)))
     model.to(ddp.device)
     # a resumed run keeps the precision it started with (auto could measure differently today)
     saved = _saved_precision(run, ddp.device) if resume and run is not None and cfg.precision == "auto" else None
@@ -563,6 +563,74 @@ def calibrate_threshold(model: Method, held: MVTecDataset, cache, device, cfg: T
         stats["per_class"][cat] = {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
                                    "max": float(v.max())}
     return float(np.quantile(s, cfg.threshold_quantile)), stats
+
+
+# ---- helpers for lessons and scripts: the engine's own rules, public ------------------------------------------
+def recalibrate(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None, cache=None, device=None):
+    """The threshold ``fit`` would store, computed again for ``model`` as it is now (e.g. after a test-time
+    switch such as another combine rule): the same held-out normal images of ``train_data`` (``held_out``),
+    the same quantile. Returns ``(threshold, per-class stats)``."""
+    cfg = cfg or TrainConfig(progress=False)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    return calibrate_threshold(model, held_out(train_data, cfg)[1], cache, device, cfg)
+
+
+def held_out(train_data: MVTecDataset, cfg: TrainConfig | None = None) -> tuple[MVTecDataset, MVTecDataset]:
+    """``(training part, held-out normal images)`` exactly as ``fit`` splits ``train_data`` with ``cfg``
+    (``holdout_fraction`` of each category, seeded by ``cfg.seed``): the images the threshold comes from."""
+    cfg = cfg or TrainConfig()
+    return holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
+
+
+def _steps_per_epoch(n_images: int, batch_size: int, world_size: int = 1) -> int:
+    return max(1, n_images // (batch_size * world_size))  # full batches only (fit drops the last partial one)
+
+
+def steps_per_epoch(train_data: MVTecDataset, batch_size: int, cfg: TrainConfig | None = None) -> int:
+    """Optimiser steps ``fit`` takes per epoch on ``train_data``: its training part (after the held-out
+    split) in full batches of ``batch_size``."""
+    return _steps_per_epoch(len(held_out(train_data, cfg)[0]), batch_size)
+
+
+def batch_of(dataset, indices: Sequence[int], cache: FeatureCache | None = None, device="cpu") -> Batch:
+    """The :class:`Batch` of ``dataset[i] for i in indices``: images (B, 3, S, S) on ``device`` and, with a
+    feature cache, the teacher's features for them (read from the cache, computed once)."""
+    items = [dataset[i] for i in indices]
+    x = torch.stack([it["image"] for it in items]).to(device)  # (B, 3, S, S)
+    feats = cache.features(x, [it["path"] for it in items]) if cache is not None else None
+    return Batch(image=x, features=feats)
+
+
+def batches(dataset, indices: Sequence[int] | None = None, batch_size: int = 16, cache: FeatureCache | None = None,
+            device="cpu"):
+    """:func:`batch_of` over ``indices`` (default: every image, in order) in chunks of ``batch_size``."""
+    ids = list(range(len(dataset))) if indices is None else list(indices)
+    for k in range(0, len(ids), batch_size):
+        yield batch_of(dataset, ids[k:k + batch_size], cache, device)
+
+
+def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, cfg: TrainConfig | None = None,
+                  cache=None, equal_steps: bool = True, out=None) -> dict[str, tuple[Method, FitResult]]:
+    """One model per category of ``train_data``, each from ``build()`` (the same initial weights if ``build``
+    seeds them), trained and calibrated on its own category only -- the per-class protocol.
+
+    ``equal_steps`` (default): every per-class model trains **at least as many optimiser steps as one unified
+    model** with ``cfg`` would (its epochs x its steps per epoch on the whole set), so a small category is not
+    handicapped by taking fewer steps; False: the same number of epochs each (the unfair protocol lesson 03
+    shows). ``out``: a folder for one run per category. Returns {category: (model, FitResult)}."""
+    cfg = cfg or TrainConfig(progress=False)
+    results = {}
+    probe = build()
+    steps = None
+    if equal_steps and probe.trains_by_gradient:
+        epochs = cfg.epochs if cfg.epochs is not None else probe.cfg.epochs
+        steps = max(cfg.min_steps or 0, epochs * steps_per_epoch(train_data, cfg.batch_size or probe.cfg.batch_size, cfg))
+    for i, (cat, ds) in enumerate(train_data.by_category().items()):
+        model = probe if i == 0 else build()
+        run_cfg = dataclasses.replace(cfg, min_steps=steps) if steps else cfg
+        res = fit(model, ds, run_cfg, out=None if out is None else Path(out) / cat, cache=cache)
+        results[cat] = (model, res)
+    return results
 
 
 FAR_FACTOR = 10.0  # "unlike anything trained on": this many normal spreads above every category's highest normal

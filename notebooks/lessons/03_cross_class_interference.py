@@ -27,10 +27,9 @@ import ipywidgets as W
 import numpy as np
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, engine, evaluate, fit, viz
 from unistad_edu.cache import FeatureCache
 from unistad_edu.course import method_and_teacher, setup
-from unistad_edu.data import holdout_split
 from unistad_edu.metrics import auroc, format_table, metrics_table
 from unistad_edu.synthetic import MANIFEST_NAME
 
@@ -89,8 +88,8 @@ calibrate the threshold and drops the last incomplete batch of an epoch).
 """),
     code(r"""
 def steps_per_epoch(dataset):
-    # what fit() does: hold 10 % out (seeded), then full batches only
-    return max(1, len(holdout_split(dataset, 0.1, seed=SEED)[0]) // BATCH)
+    # what fit() does: hold 10 % out (seeded), then full batches only (engine.steps_per_epoch)
+    return engine.steps_per_epoch(dataset, BATCH, TrainConfig(seed=SEED))
 
 
 UNI_EPOCHS = -(-STEPS // steps_per_epoch(train)) if STEPS else cfg.epochs   # ceil, as fit's min_steps does
@@ -143,12 +142,15 @@ on its own category only. First the fair protocol (at least `unified_steps` step
 `EQUAL_EPOCHS_TOO` — the unfair one (the unified model's number of epochs).
 """),
     code(r"""
-def train_per_class(**budget):
-    # one fresh student per category; returns (metrics table, outputs per category, thresholds, steps)
+def train_per_class(equal_steps):
+    # one fresh student per category (engine.fit_per_class: at least the unified model's steps each, or its
+    # epochs); returns (metrics table, outputs per category, thresholds, steps)
     rows, outs, thresholds, steps = {}, {}, {}, {}
-    for cat, ds in train_by_cat.items():
-        model = build_model("stpm", teacher, cfg=cfg)
-        res = fit(model, ds, TrainConfig(progress=False, **budget, **tcfg), cache=cache)
+    fits = engine.fit_per_class(lambda: build_model("stpm", teacher, cfg=cfg), train,
+                                TrainConfig(epochs=UNI_EPOCHS, progress=False, **tcfg), cache=cache,
+                                equal_steps=equal_steps)
+    for cat, (model, res) in fits.items():
+        ds = train_by_cat[cat]
         table, outs[cat] = evaluate(model, test_by_cat[cat], cache=cache, progress=False, return_outputs=True)
         rows[cat], thresholds[cat] = table["categories"][cat], res.threshold
         steps[cat] = res.epochs_done * steps_per_epoch(ds)
@@ -158,11 +160,11 @@ def train_per_class(**budget):
 
 
 print(f"per-class, equal steps (at least {unified_steps} each):")
-table_per, out_per, thr_per, steps_per = train_per_class(epochs=1, min_steps=unified_steps)
+table_per, out_per, thr_per, steps_per = train_per_class(equal_steps=True)
 assert min(steps_per.values()) >= unified_steps, "a per-class model trained fewer steps than the unified one"
 if EQUAL_EPOCHS_TOO:
     print(f"per-class, equal epochs ({UNI_EPOCHS} each):")
-    table_ep, _, _, steps_ep = train_per_class(epochs=UNI_EPOCHS)
+    table_ep, _, _, steps_ep = train_per_class(equal_steps=False)
 print(f"teacher computations in total: {cache.misses}, for {len(train) + len(test)} images and "
       f"{1 + len(CATEGORIES) * (1 + EQUAL_EPOCHS_TOO)} students")
 

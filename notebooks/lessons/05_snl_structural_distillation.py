@@ -36,10 +36,9 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods import make_config
-from unistad_edu.methods.base import Batch
 from unistad_edu.methods.snl import cross_level_affinity, intra_affinity_loss, position_affinity
 from unistad_edu.metrics import format_table
 
@@ -92,9 +91,8 @@ for k, v in snl.state_for_checkpoint().items():
         torch.testing.assert_close(v, rd_state[k])
 
 
-def batch_of(indices):
-    x = torch.stack([test[i]["image"] for i in indices]).to(device)
-    return Batch(image=x, features=cache.features(x, [test[i]["path"] for i in indices]))
+def batch_of(indices):  # these test images (B, 3, S, S) with their cached teacher features (engine.batch_of)
+    return engine.batch_of(test, indices, cache, device)
 
 
 probe = batch_of(range(min(8, len(test))))

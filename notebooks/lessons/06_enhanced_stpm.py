@@ -38,12 +38,9 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
-from unistad_edu.data import holdout_split
-from unistad_edu.engine import calibrate_threshold
 from unistad_edu.methods import make_config
-from unistad_edu.methods.base import Batch
 from unistad_edu.scoring import score
 
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-05
@@ -111,9 +108,8 @@ STPM. Its three maps should be plain STPM's maps, to the last digit. If they are
 two models comes from pair 2 and from the combination — nothing else.
 """),
     code(r"""
-def batch_of(indices):
-    x = torch.stack([test[i]["image"] for i in indices]).to(device)
-    return Batch(image=x, features=cache.features(x, [test[i]["path"] for i in indices]))
+def batch_of(indices):  # these test images (B, 3, S, S) with their cached teacher features (engine.batch_of)
+    return engine.batch_of(test, indices, cache, device)
 
 
 probe = batch_of(range(min(8, len(test))))
@@ -192,7 +188,6 @@ training images — the same images `fit` used), shared colour scale 0 … 2: ye
 """),
     code(r"""
 RULES = ("product", "pair_sum", "mean")
-held = holdout_split(train, tcfg.holdout_fraction, seed=tcfg.seed)[1]     # fit's held-out normal images
 
 
 def set_rule(rule):
@@ -206,7 +201,7 @@ thresholds["STPM"] = fits["STPM"].threshold
 for rule in RULES:
     set_rule(rule)
     tables[rule], outputs[rule] = evaluate(enhanced, test, cache=cache, progress=False, return_outputs=True)
-    thresholds[rule] = calibrate_threshold(enhanced, held, cache, torch.device(device), tcfg)[0]
+    thresholds[rule] = engine.recalibrate(enhanced, train, tcfg, cache)[0]  # fit's held-out images, this rule
 set_rule("product")
 
 columns = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")

@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
-from unistad_edu.methods.base import Batch
 from unistad_edu.methods.unistad import MAP_NAMES
 
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-06
@@ -116,9 +115,8 @@ print(f"{res.epochs_done} epochs in {res.seconds:.0f} s, loss {res.history[0]['l
 viz.loss_curve(res.history, title="UniSTAD training loss (distillation + reconstruction + consistency)").show()
 
 
-def batch_of(indices):
-    x = torch.stack([test[i]["image"] for i in indices]).to(device)
-    return Batch(image=x, features=cache.features(x, [test[i]["path"] for i in indices]))
+def batch_of(indices):  # these test images (B, 3, S, S) with their cached teacher features (engine.batch_of)
+    return engine.batch_of(test, indices, cache, device)
 
 
 def chunks(ids, n=16):

@@ -39,9 +39,8 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
-from unistad_edu.methods.base import Batch
 from unistad_edu.scoring import noisy_or, noisy_or_nll, standardize
 
 # real data: two categories with local defects, and juice_bottle (MVTec LOCO), whose test defects are *logical*
@@ -104,9 +103,8 @@ image score, and, for `noisy_or`, the probability `P`. We recompute `z`, `p` and
 with the functions of `unistad_edu.scoring` and the model's calibration, and check them against the library.
 """),
     code(r"""
-def batch_of(indices):
-    x = torch.stack([test[i]["image"] for i in indices]).to(device)
-    return Batch(image=x, features=cache.features(x, [test[i]["path"] for i in indices]))
+def batch_of(indices):  # these test images (B, 3, S, S) with their cached teacher features (engine.batch_of)
+    return engine.batch_of(test, indices, cache, device)
 
 
 ids = list(range(len(test)))

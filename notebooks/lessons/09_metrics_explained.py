@@ -35,7 +35,6 @@ from sklearn.metrics import roc_curve
 from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu import metrics
-from unistad_edu.data import holdout_split
 
 lesson = setup(None)   # every category (the unified setting); quick/full switch, device, data, preset
 QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
@@ -266,7 +265,7 @@ of their scores — "flag about 1 % of normal images". Below we rebuild the same
 `calibrate_threshold` ourselves, and verify it against the threshold `fit` stored.
 """),
     code(r"""
-_, held = holdout_split(train, train_cfg.holdout_fraction, seed=train_cfg.seed)
+_, held = engine.held_out(train, train_cfg)  # the held-out normal images fit used
 threshold, stats = engine.calibrate_threshold(model, held, cache, torch.device(device), train_cfg)
 assert np.isclose(threshold, result.threshold), (threshold, result.threshold)
 held_scores = engine.score_dataset(model, held, cache, keep_maps=False)["scores"]

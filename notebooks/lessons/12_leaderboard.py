@@ -187,21 +187,16 @@ entry come from? (The bank does not store categories; we label each entry by the
 finding it by a nearest-neighbour search among the labelled training patches.)
 """),
     code(r"""
-from unistad_edu.engine import method_batch
-from unistad_edu.data import collate
+from unistad_edu.engine import batches
 
 
 def patches_of(model, dataset):
-    # (N * h * w, D) patch features of every image and the category of each patch
-    feats, cats = [], []
-    for i in range(0, len(dataset), 8):
-        items = [dataset[j] for j in range(i, min(i + 8, len(dataset)))]
-        b = collate(items)
-        with torch.no_grad():
-            emb = model.embed(method_batch(b, cache, torch.device(device)))      # (b, D, h, w)
-        feats.append(emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1]).float().cpu())
-        cats += [c for c in b["category"] for _ in range(emb.shape[2] * emb.shape[3])]
-    return torch.cat(feats), np.array(cats)
+    # (N * h * w, D) patch features of every image (the bank's own, MemoryBank.patch_features) and each one's category
+    feats = torch.cat([model.patch_features(b).float().cpu() for b in batches(dataset, batch_size=8, cache=cache,
+                                                                               device=device)])
+    per_image = feats.shape[0] // len(dataset)  # h * w patches per image
+    cats = np.repeat([r.category for r in dataset.records], per_image)
+    return feats, cats
 
 
 bank_model = banks[RATIOS[0]]

@@ -178,6 +178,12 @@ class MemoryBank(Method):
     def _patches(emb: torch.Tensor) -> torch.Tensor:
         return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])  # (B*h*w, D)
 
+    @torch.no_grad()
+    def patch_features(self, batch: Batch) -> torch.Tensor:
+        """The patch features the bank is built from and queried with: (B * h * w, D), image by image,
+        row-major within an image (lessons label them by category)."""
+        return self._patches(self.embed(batch))
+
     # ---- building the bank -----------------------------------------------------------------------------
     @torch.no_grad()
     def build(self, batches) -> dict:
