@@ -302,12 +302,8 @@ def cmd_eval(args) -> int:
     else:
         cfg = read_config(run)
         model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
-        root = Path(args.data or cfg.get("data_root") or _data_root(None))
-        cats = cfg.get("train_categories")
-        from .data import discover_categories
-        available = discover_categories(root)
-        cats = [c for c in cats if c in available] if cats else None
-        test = MVTecDataset(root, "test", categories=cats or None, image_size=model.cfg.image_size)
+        from .runs import test_set
+        test = test_set(cfg, model.cfg.image_size, data=args.data or (None if cfg.get("data_root") else _data_root(None)))
         table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
                          precision=args.precision)
     out = Path(args.json) if args.json else run / "metrics.json"

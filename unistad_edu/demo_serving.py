@@ -31,7 +31,8 @@ import numpy as np
 
 from . import demo_support as ds
 from .demo_app import build_app, launch
-from .demo_support import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port, resolve_run
+from .demo_support import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port
+from .runs import resolve_run
 
 log = logging.getLogger("unistad_edu.demo")
 
@@ -268,7 +269,7 @@ def run(args) -> int:
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    run_dir = ds.resolve_run(args.run)
+    run_dir = resolve_run(args.run)
     model = load_checkpoint(run_dir)
     model.teacher.precision = getattr(args, "precision", "auto")  # demo/app.py has no --precision: auto
     max_pixels = int(args.max_megapixels * 1e6)

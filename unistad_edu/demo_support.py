@@ -4,8 +4,8 @@
   with a message written for the person who uploaded it (empty file, text renamed ``.png``, truncated PNG,
   unsupported format, too many pixels / decompression bomb). 16-bit, RGBA, grayscale and palette images are
   converted (``data.to_rgb_image``), and the note says what was converted.
-* :func:`resolve_run` / :func:`ensure_default_run`: with no ``--run``, a small STPM model is trained once on the
-  synthetic set into ``$UNISTAD_CACHE/demo_run`` (default ``~/.cache/unistad_edu/demo_run``) and reused after.
+* which run the demo serves: ``runs.resolve_run`` (with no ``--run``, a small STPM model trained once on the
+  synthetic set into ``$UNISTAD_CACHE/demo_run`` and reused after).
 * :func:`model_card`, :func:`example_images`, :func:`render_overlay`: the texts and pictures the page shows.
 * :func:`bench_demo`: a load test of the running app over loopback with ``gradio_client`` against the bare
   :func:`~unistad_edu.engine.predict` path (same images, same model, same run).
@@ -15,20 +15,18 @@ Gradio, gradio_client and playwright are imported inside the functions that need
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from .data import MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, cache_root, decode_image
+from .data import MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, decode_image
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
@@ -43,9 +41,6 @@ MAX_FILES_PER_REQUEST = 16
 SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
 FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
 
-#: the default model the demo trains when no --run is given
-DEFAULT_RUN_SPEC = {"method": "stpm", "image_size": 128, "epochs": 5, "max_minutes": 8.0, "seed": 0}
-DEFAULT_MARKER = "DEMO_DEFAULT.json"
 
 
 
@@ -138,103 +133,6 @@ def write_view(image: np.ndarray, folder: Path, name: str) -> str:
 def display_name(path) -> str:
     """The file name a user gave an upload (Gradio keeps it as the last path component)."""
     return Path(str(path)).name or str(path)
-
-
-# ---- run folders ----------------------------------------------------------------------------------------
-
-
-def default_run_dir() -> Path:
-    return cache_root() / "demo_run"
-
-
-def _is_usable_run(run: Path, spec: dict | None = None) -> bool:
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not (run / "model.safetensors").is_file() or cfg.get("threshold") is None or not cfg.get("epochs_done"):
-        return False
-    if spec is not None:
-        try:
-            marker = json.loads((run / DEFAULT_MARKER).read_text())
-        except (OSError, ValueError):
-            return False
-        return marker.get("spec") == spec
-    return True
-
-
-def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
-                       log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """The demo's default model: reuse ``run_dir`` (default :func:`default_run_dir`) if it holds a finished run
-    of ``spec`` (default :data:`DEFAULT_RUN_SPEC`), else train it on the synthetic set (``data_root``: another
-    MVTec-layout folder instead), evaluate it (``metrics.json``) and move it into place atomically."""
-    from .data import MVTecDataset, default_data_root
-    from .engine import TrainConfig, evaluate, fit
-    from .methods import build_model
-    from .metrics import save_metrics
-    from .teacher import load_teacher
-
-    spec = dict(spec or DEFAULT_RUN_SPEC)
-    run = Path(run_dir) if run_dir is not None else default_run_dir()
-    if _is_usable_run(run, spec):
-        log(f"using the demo's default model in {run} (delete that folder to retrain it)")
-        return run
-    root = Path(data_root) if data_root is not None else default_data_root()
-    log(f"no --run given and no default model yet: training a small {spec['method'].upper()} model "
-        f"({spec['image_size']} px, {spec['epochs']} epochs, at most {spec['max_minutes']:g} min) on "
-        f"{'the synthetic multi-class set' if data_root is None else root} at {root}.\n"
-        f"This happens once; the model is kept in {run} and reused. Pass --run RUN to use your own run.")
-    run.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run.parent / f".{run.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    train = MVTecDataset(root, "train", image_size=spec["image_size"])
-    model = build_model(spec["method"], load_teacher(), image_size=spec["image_size"])
-    res = fit(model, train, TrainConfig(epochs=spec["epochs"], max_minutes=spec["max_minutes"], seed=spec["seed"],
-                                        progress=progress),
-              out=tmp, extra_config={"data_root": str(root.resolve()), "preset": "cpu", "setting": "unified",
-                                     "trained_by": "python -m unistad_edu demo (default model)"})
-    log(f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {_fmt(res.threshold)}); "
-        f"evaluating on the test images for the model card ...")
-    test = MVTecDataset(root, "test", image_size=spec["image_size"])
-    save_metrics(evaluate(model, test, progress=progress), tmp / "metrics.json")
-    (tmp / DEFAULT_MARKER).write_text(json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2))
-    for stale in tmp.glob("train_state.safetensors"):  # resume state is not needed by the demo
-        stale.unlink()
-    if run.exists():  # an older/incomplete default run: move it aside, then replace it
-        if _is_usable_run(run, spec):  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return run
-        old = run.parent / f".{run.name}.old-{os.getpid()}"
-        os.replace(run, old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.replace(tmp, run)
-    except OSError:  # a concurrent process put its run in place between the check and the rename
-        shutil.rmtree(tmp, ignore_errors=True)
-    log(f"default model ready in {run}")
-    return run
-
-
-def resolve_run(run=None, log: Callable[[str], None] = print) -> Path:
-    """``--run`` if given (checked to be a run folder), else the default model (trained on first use)."""
-    from .checkpoint import read_config
-    if run is None:
-        return ensure_default_run(log=log)
-    run = Path(run)
-    read_config(run)  # raises CheckpointError with a clear message for a wrong folder
-    return run
-
-
-def load_run_metrics(run_dir) -> dict | None:
-    from .metrics import load_metrics
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return load_metrics(path)
-    except (OSError, ValueError):
-        return None
 
 
 # ---- examples -------------------------------------------------------------------------------------------

@@ -69,15 +69,15 @@ def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
     """Defective test images of every category the run was trained on, with the anomaly map over them."""
     plt = _plt()
     from .checkpoint import load_checkpoint, read_config
-    from .data import MVTecDataset, discover_categories, load_mask
+    from .data import load_mask
+    from .runs import test_set
     from .engine import predict
     from .viz import mask_boundary, overlay
 
     cfg = read_config(run)
     model = load_checkpoint(run).eval()
-    root = Path(data or cfg.get("data_root"))
-    cats = [c for c in (cfg.get("train_categories") or discover_categories(root)) if c in discover_categories(root)]
-    test = MVTecDataset(root, "test", categories=cats, image_size=model.cfg.image_size)
+    test = test_set(cfg, model.cfg.image_size, data=data)
+    root, cats = test.root, test.categories
     picks = []
     for cat in cats:
         ids = [i for i, r in enumerate(test.records) if r.category == cat and r.label == 1]
@@ -147,7 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    from .demo_support import resolve_run
+    from .runs import resolve_run
 
     out = Path(args.out)
     jobs = {

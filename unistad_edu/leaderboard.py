@@ -41,6 +41,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     from .data import MVTecDataset, discover_categories
     from .engine import evaluate, score_dataset
     from .metrics import load_metrics, save_metrics
+    from .runs import test_set
     from .teacher import load_teacher
 
     rows, models = [], {}
@@ -48,10 +49,8 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
         cfg = read_config(e["run"])
         model = load_checkpoint(e["run"]).eval()
         model.teacher.precision = precision
-        root = Path(data or cfg.get("data_root"))
         if not e["metrics"].is_file():   # not evaluated yet: the same evaluation as `eval --run`
-            cats = [c for c in cfg.get("train_categories") or [] if c in discover_categories(root)] or None
-            test = MVTecDataset(root, "test", categories=cats, image_size=model.cfg.image_size)
+            test = test_set(cfg, model.cfg.image_size, data=data)
             save_metrics(evaluate(model, test, progress=progress), e["metrics"])
         metrics = load_metrics(e["metrics"])
         state = e["run"] / "model.safetensors"
