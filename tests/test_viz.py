@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from unistad_edu import viz
+from unistad_edu import report, viz
 
 
 def _square_mask(size=16, lo=4, hi=10):
@@ -38,11 +38,11 @@ def test_mask_overlay_tints_only_the_mask_and_resizes_it():
 
 
 def test_markdown_table():
-    text = viz.markdown_table([{"a": "x", "b": 0.12345}, {"a": "y", "b": float("nan"), "c": 3}], digits=2)
+    text = report.markdown_table([{"a": "x", "b": 0.12345}, {"a": "y", "b": float("nan"), "c": 3}], digits=2)
     lines = text.splitlines()
     assert lines[0] == "| a | b | c |" and lines[1] == "|---|---|---|"
     assert lines[2] == "| x | 0.12 |  |" and lines[3] == "| y | n/a | 3 |"
-    assert viz.markdown_table([{"a": 1, "b": 2}], columns=["b"]).splitlines()[2] == "| 2 |"
+    assert report.markdown_table([{"a": 1, "b": 2}], columns=["b"]).splitlines()[2] == "| 2 |"
 
 
 def test_loss_curve():

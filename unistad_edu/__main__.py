@@ -279,7 +279,8 @@ def cmd_eval(args) -> int:
     from .checkpoint import read_config
     from .data import MVTecDataset
     from .engine import evaluate
-    from .metrics import format_table, metrics_table, save_metrics
+    from .metrics import metrics_table, save_metrics
+    from .report import format_table
     from .checkpoint import load_checkpoint
 
     run = Path(args.run)
@@ -313,7 +314,7 @@ def cmd_eval(args) -> int:
     print(format_table(table))
     far = table.get("false_alarms")
     if far:
-        from .metrics import format_false_alarms
+        from .report import format_false_alarms
         print(format_false_alarms(far))
     print(f"metrics written to {out}")
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .report import HEADLINE
 from .timing import interleaved
 
 
@@ -326,7 +327,7 @@ def _setting_result(run: Path, configs: list[dict], train_s: float | None, comma
     }
 
 
-def accuracy_markdown(result: dict, columns=("I-AUROC", "P-AUROC", "AUPRO", "mAD")) -> str:
+def accuracy_markdown(result: dict, columns=HEADLINE) -> str:
     """Per-category tables of each setting side by side, plus unified - per-class gaps (x100)."""
     st = result["settings"]
     names = list(st)

@@ -293,7 +293,7 @@ def _fmt(v, digits=4) -> str:
 
 def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bool = True) -> str:
     """A Markdown model card from config.json (and metrics.json if present)."""
-    from .metrics import format_table
+    from .report import format_table
 
     teacher = cfg.get("teacher") or {}
     cats = cfg.get("train_categories") or []

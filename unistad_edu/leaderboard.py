@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-COLUMNS = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")
+from .report import HEADLINE as COLUMNS  # the headline metrics: one list for every table
 
 
 def parse_entry(items: Sequence[str]) -> dict:
@@ -126,7 +126,7 @@ def per_category(result: dict, column: str = "I-AUROC") -> tuple[list[str], dict
 
 
 def markdown(result: dict, command: str = "") -> str:
-    from .viz import markdown_table
+    from .report import markdown_table
     head = [f"- timed: {result['timed_images']} test images, batches of {result['timing_batch_size']}, "
             f"teacher-only forward {result['teacher_only_img_s']:.1f} img/s in the same run; data {result['data']}"]
     if command:

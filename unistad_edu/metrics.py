@@ -85,7 +85,7 @@ from scipy import ndimage
 __all__ = [
     "METRIC_NAMES", "IMAGE_METRICS", "PIXEL_METRICS", "ALL_KEYS", "SETTINGS",
     "auroc", "average_precision", "f1_max", "binary_metrics", "pixel_metrics", "pro_curve", "aupro",
-    "compute_metrics", "undefined_reason", "metrics_table", "format_table", "save_metrics", "load_metrics",
+    "compute_metrics", "undefined_reason", "metrics_table", "save_metrics", "load_metrics",
 ]
 
 IMAGE_METRICS = ("I-AUROC", "I-AP", "I-F1max")
@@ -380,17 +380,6 @@ def combine_false_alarms(per_category: Mapping[str, Mapping], threshold: float |
             "all": sum(v["alarms"] for v in per_category.values()) / n_normal if n_normal else NAN}
 
 
-def format_false_alarms(far: Mapping) -> str:
-    """One line: the share of normal test images flagged at the threshold, over all and per category."""
-    def pct(v) -> str:
-        return "n/a" if v is None or math.isnan(_num(v)) else f"{100.0 * _num(v):.1f} %"
-    per = ", ".join(f"{c} {pct(v['rate'])}" for c, v in far["categories"].items())
-    n = sum(v["normal"] for v in far["categories"].values())
-    at = ("each category's own threshold" if far.get("threshold") is None
-          else f"the calibrated threshold {far['threshold']:.4g}")
-    return f"false alarms at {at}: {pct(far['all'])} of {n} normal test images ({per})"
-
-
 def undefined_reason(labels, masks=None) -> str | None:
     """Why some of a category's metrics are ``NaN`` (e.g. ``"no anomalous test images"``), or ``None``.
 
@@ -477,21 +466,6 @@ def metrics_table(per_category: Mapping[str, Mapping[str, float]], setting: str,
             "warnings": warnings}
 
 
-def format_table(table: Mapping, columns: Sequence[str] = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")) -> str:
-    """A Markdown table: one row per category and a final **mean** row, values x 100 with one decimal,
-    undefined values as ``n/a``."""
-    def cell(v) -> str:
-        v = _num(v)
-        return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
-
-    lines = ["| category | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
-    for cat, row in table["categories"].items():
-        lines.append(f"| {cat} | " + " | ".join(cell(row.get(c)) for c in columns) + " |")
-    lines.append("| **mean** | " + " | ".join(cell(table["mean"].get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
 def _jsonable(obj):
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -520,3 +494,5 @@ def load_metrics(path) -> dict:
     if "mean" in table:
         table["mean"] = {k: _num(v) for k, v in table["mean"].items()}
     return table
+
+

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .files import atomic_write
+from .report import HEADLINE
 
 # a perceptually ordered blue -> green -> yellow -> red ramp (anchor colours; linear in between)
 _RAMP = np.array([[48, 18, 59], [70, 107, 227], [41, 187, 236], [58, 242, 148], [164, 252, 60],
@@ -405,22 +406,6 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    """A Markdown table from a list of dicts (one per row); floats rounded to ``digits``. Show it in a notebook
-    with ``IPython.display.Markdown``."""
-    rows = list(rows)
-    columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "n/a" if np.isnan(v) else f"{float(v):.{digits}f}"
-        return "" if v is None else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 # ---- training -------------------------------------------------------------------------------------------
 def loss_curve(history: Sequence[dict], key: str = "loss", title: str | None = None):
     """Line plot of ``key`` per epoch from a ``FitResult.history`` (list of {"epoch", "loss", ...})."""
@@ -865,7 +850,7 @@ def results_rows(tables: dict[str, dict], metric: str = "I-AUROC", sort_by: str 
     return sorted(rows, key=lambda r: (np.isnan(r[sort_by]), -np.nan_to_num(r[sort_by], nan=0.0)))
 
 
-def results_explorer(tables: dict[str, dict], metrics: Sequence[str] = ("I-AUROC", "P-AUROC", "AUPRO", "mAD"),
+def results_explorer(tables: dict[str, dict], metrics: Sequence[str] = HEADLINE,
                      digits: int = 1):
     """An ipywidgets per-category results table: pick the metric and the column to rank by; the best value of
     each column is bold. Returns an ``ipywidgets.VBox`` with ``.metric``, ``.sort_by`` (dropdowns), ``.table``

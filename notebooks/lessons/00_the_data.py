@@ -25,7 +25,7 @@ import numpy as np
 import plotly.express as px
 from IPython.display import Markdown, display
 
-from unistad_edu import viz
+from unistad_edu import report, viz
 from unistad_edu.course import setup
 from unistad_edu.data import MVTecDataset, discover_categories, load_mask
 
@@ -74,7 +74,7 @@ for cat in categories:
                  "defect types": ", ".join(f"{k} ({v})" for k, v in defects.items())})
 rows.append({"category": "**total**", "train/good": len(train),
              "test/good": sum(r["test/good"] for r in rows), "test defects": sum(r["test defects"] for r in rows)})
-display(Markdown(viz.markdown_table(rows)))
+display(Markdown(report.markdown_table(rows)))
 """),
     md(r"""
 Things to notice: the categories are **unequal** (some have ten times more training images than others),
@@ -146,7 +146,7 @@ stats = [{"category": c, "defect images": int((frac_category == c).sum()),
           "mean %": 100 * fraction[frac_category == c].mean(), "median %": 100 * np.median(fraction[frac_category == c]),
           "smallest %": 100 * fraction[frac_category == c].min(), "largest %": 100 * fraction[frac_category == c].max()}
          for c in categories]
-display(Markdown(viz.markdown_table(stats, digits=2)))
+display(Markdown(report.markdown_table(stats, digits=2)))
 
 # all test pixels, normal images included: what share is defect?
 n_test_pixels = len(test) * SIZE * SIZE

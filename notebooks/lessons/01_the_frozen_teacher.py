@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import load_teacher, viz
+from unistad_edu import load_teacher, report, viz
 from unistad_edu.course import setup
 from unistad_edu.data import MVTecDataset, collate
 
@@ -44,7 +44,7 @@ position steps over). Stride 4 at 128 px gives a 32 × 32 grid of feature vector
 teacher = load_teacher().to(device)
 print(f"{teacher.backbone_name}: weights from {teacher.weights_source} (hash {teacher.weights_hash})")
 print("trainable parameters:", sum(p.numel() for p in teacher.parameters() if p.requires_grad))
-display(Markdown(viz.markdown_table(
+display(Markdown(report.markdown_table(
     [{"level (timm module)": lv.name, "timm index": lv.index, "channels": lv.channels, "stride": lv.stride,
       f"grid at {SIZE} px": f"{SIZE // lv.stride} x {SIZE // lv.stride}"} for lv in teacher.feature_info])))
 """),
@@ -181,7 +181,7 @@ def accuracies(feats, draws=50, seed=0):
 
 results = {"mean colour": colour, "random teacher": random_feats, "pretrained teacher": pretrained}
 acc = {name: accuracies(f) for name, f in results.items()}
-display(Markdown(viz.markdown_table(
+display(Markdown(report.markdown_table(
     [{"features": name, "numbers per image": results[name]["train normal"].shape[1],
       "accuracy, centroid of all training images": a[0], "accuracy, one-shot centroid": a[1]}
      for name, a in acc.items()])))

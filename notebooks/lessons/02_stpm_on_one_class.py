@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, report, viz
 from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.methods.base import Batch
-from unistad_edu.metrics import format_table
+from unistad_edu.report import format_table
 from unistad_edu.scoring import score
 
 lesson = setup(["bottle"], min_categories=1, fallback=1)   # one category; quick/full switch, device, data
@@ -125,7 +125,7 @@ print("per-level maps and max image score re-derived: OK", {k: tuple(v.shape) fo
 trained_table, outputs = evaluate(model, test, progress=False, return_outputs=True)
 display(Markdown(format_table(trained_table, columns=("I-AUROC", "I-AP", "P-AUROC", "AUPRO"))))
 cols = ("I-AUROC", "P-AUROC", "AUPRO")
-display(Markdown(viz.markdown_table(
+display(Markdown(report.markdown_table(
     [{"student": "epoch 0 (untrained)", **{c: untrained_table["mean"][c] for c in cols}},
      {"student": f"after {result.epochs_done} epochs", **{c: trained_table["mean"][c] for c in cols}}])))
 """),

@@ -27,10 +27,11 @@ import ipywidgets as W
 import numpy as np
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, engine, evaluate, fit, report, viz
 from unistad_edu.cache import FeatureCache
 from unistad_edu.course import method_and_teacher, setup
-from unistad_edu.metrics import auroc, format_table, metrics_table
+from unistad_edu.metrics import auroc, metrics_table
+from unistad_edu.report import format_table
 from unistad_edu.synthetic import MANIFEST_NAME
 
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: two small categories and a capped big one
@@ -104,7 +105,7 @@ for cat, ds in train_by_cat.items():
 rows.append({"model": "**unified**", "train images": len(train), "steps per epoch": steps_per_epoch(train),
              f"equal epochs ({UNI_EPOCHS}): steps": unified_steps, "equal steps: epochs": UNI_EPOCHS,
              "equal steps: steps": unified_steps})
-display(Markdown(viz.markdown_table(rows)))
+display(Markdown(report.markdown_table(rows)))
 """),
     md(r"""
 How much this matters, measured on the real categories (128 px, CPU preset, unified model trained 8
@@ -185,7 +186,7 @@ Metrics × 100. I-AUROC: are the *images* ranked right; P-AUROC: are the *pixels
 every defect region found, however small; mAD: the mean of all seven metrics.
 """),
     code(r"""
-columns = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")
+columns = report.HEADLINE
 tables = {"per-class, equal steps": table_per, "unified": table_uni}
 if EQUAL_EPOCHS_TOO:
     tables["per-class, equal epochs"] = table_ep
@@ -199,7 +200,7 @@ gaps = [{"category": c, **{f"{m}: per-class - unified": table_per["categories"][
 gaps.append({"category": "**mean**", **{f"{m}: per-class - unified": table_per["mean"][m] - table_uni["mean"][m]
                                         for m in metrics}})
 display(Markdown("**the interference gap** (equal steps; positive = sharing one student costs accuracy)\n\n"
-                 + viz.markdown_table(gaps)))
+                 + report.markdown_table(gaps)))
 """),
     md(r"""
 Read the gap row by row, not only the mean. Interference is uneven: a category that is easy, or that
@@ -251,7 +252,7 @@ for c in CATEGORIES:
                  "per-class: false alarms": flag_p[y == 0].mean(), "per-class: defects found": flag_p[y == 1].mean(),
                  "unified: false alarms": flag_u[y == 0].mean(), "unified: defects found": flag_u[y == 1].mean()})
 display(Markdown("**at the calibrated thresholds** (share of the category's normal / defective test images flagged)\n\n"
-                 + viz.markdown_table(rows, digits=2)))
+                 + report.markdown_table(rows, digits=2)))
 """),
     md(r"""
 The thresholds were calibrated from held-out *normal training* images only (0.99 quantile of their

@@ -37,11 +37,11 @@ import torch
 from IPython.display import Markdown, display
 from tqdm.auto import tqdm
 
-from unistad_edu import TrainConfig, build_model, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, evaluate, fit, report, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods import make_config
 from unistad_edu.methods.base import Batch
-from unistad_edu.metrics import format_table
+from unistad_edu.report import format_table
 
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lesson 03
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
@@ -100,7 +100,7 @@ def on(switches, key):
     return "✓" if switches.get(key, True) else "–"
 
 
-display(Markdown(viz.markdown_table([{"variant": n, "neighbour mask": on(s, "neighbor_mask"),
+display(Markdown(report.markdown_table([{"variant": n, "neighbour mask": on(s, "neighbor_mask"),
                                       "layer-wise query": on(s, "layerwise_query"), "jitter": on(s, "jitter")}
                                      for n, s in VARIANTS.items()])))
 
@@ -205,7 +205,7 @@ with torch.no_grad():
                         "error contrast": float(error[block].mean() / error[~block].mean()),
                         "maps": error.cpu().numpy(), "moved": change_out.cpu().numpy(),
                         "background": error[~block].view(len(pairs), -1).mean(1)}
-display(Markdown(f"**{len(pairs)} pasted images, {K} x {K} tokens each**\n\n" + viz.markdown_table(
+display(Markdown(f"**{len(pairs)} pasted images, {K} x {K} tokens each**\n\n" + report.markdown_table(
     [{"variant": n, "copied": p["copied"], "error contrast": p["error contrast"]} for n, p in probes.items()])))
 """),
     md(r"""
@@ -290,7 +290,7 @@ numbers.
 rows = [{"variant": n, "copied": probes[n]["copied"], "error contrast": probes[n]["error contrast"],
          "final loss": fits[n].history[-1]["loss"],
          **{m: tables[n]["mean"][m] for m in ("I-AUROC", "P-AUROC", "AUPRO")}} for n in VARIANTS]
-display(Markdown("**mean over categories**\n\n" + viz.markdown_table(rows)))
+display(Markdown("**mean over categories**\n\n" + report.markdown_table(rows)))
 for name in ("all on", "all off"):
     display(Markdown(f"**{name}**, per category\n\n" + format_table(tables[name], ("I-AUROC", "P-AUROC", "AUPRO"))))
 viz.bar_per_class(tables, "I-AUROC", title="image-level AUROC per category and variant").show()

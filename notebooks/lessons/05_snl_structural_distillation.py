@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, report, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods import make_config
 from unistad_edu.methods.snl import cross_level_affinity, intra_affinity_loss, position_affinity
-from unistad_edu.metrics import format_table
+from unistad_edu.report import format_table
 
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-04
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
@@ -157,7 +157,7 @@ with torch.no_grad():
              "RD, trained (measured only)": mean_terms(lambda b: snl.terms_from(rd.forward(b)), normal_ids)}
 names = list(terms["SNL, untrained"])
 display(Markdown(f"**loss terms on the {len(normal_ids)} normal test images** (weighted as in training)\n\n"
-                 + viz.markdown_table([{"student": s, **{k: t.get(k, float("nan")) for k in names}}
+                 + report.markdown_table([{"student": s, **{k: t.get(k, float("nan")) for k in names}}
                                        for s, t in terms.items()], digits=4)))
 """),
     md(r"""
@@ -295,7 +295,7 @@ for name, model in (("SNL, untrained", snl_untrained), ("SNL, trained", snl), ("
     rows.append({"student": name, "images": len(ins), "mean e inside defects": ins.mean(),
                  "mean e outside": outs.mean(), "ratio": ins.mean() / outs.mean(),
                  "images with inside > outside": f"{(ins > outs).mean():.0%}"})
-display(Markdown(viz.markdown_table(rows, digits=4)))
+display(Markdown(report.markdown_table(rows, digits=4)))
 """),
     md(r"""
 The untrained student's affinity errors are large everywhere (and, if anything, *smaller* inside defects:
@@ -343,7 +343,7 @@ colour scale (0 … 2) is the threshold for both models.
 table_rd, out_rd = evaluate(rd, test, cache=cache, progress=False, return_outputs=True)
 table_snl, out_snl = evaluate(snl, test, cache=cache, progress=False, return_outputs=True)
 for name, table in (("RD", table_rd), ("SNL", table_snl)):
-    display(Markdown(f"**{name}**\n\n" + format_table(table, ("I-AUROC", "P-AUROC", "AUPRO", "mAD"))))
+    display(Markdown(f"**{name}**\n\n" + format_table(table, report.HEADLINE)))
 
 cats = out_rd["categories"]
 show = []

@@ -38,7 +38,7 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, report, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods import make_config
 from unistad_edu.scoring import score
@@ -204,8 +204,8 @@ for rule in RULES:
     thresholds[rule] = engine.recalibrate(enhanced, train, tcfg, cache)[0]  # fit's held-out images, this rule
 set_rule("product")
 
-columns = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")
-display(Markdown(viz.markdown_table([{"model": ("plain " if n == "STPM" else "enhanced, ") + n,
+columns = report.HEADLINE
+display(Markdown(report.markdown_table([{"model": ("plain " if n == "STPM" else "enhanced, ") + n,
                                       **{c: tables[n]["mean"][c] for c in columns}} for n in tables])))
 viz.bar_per_class({n: tables[n] for n in tables}, "P-AUROC", title="pixel AUROC per category").show()
 

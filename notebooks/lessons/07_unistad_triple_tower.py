@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, report, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods.unistad import MAP_NAMES
 
@@ -132,7 +132,7 @@ with torch.no_grad():
         sizes = [len(p) for p in chunks(ids)]
         rows.append({"test images": f"{label} ({len(ids)})",
                      **{k: sum(float(t[k]) * n for t, n in zip(parts, sizes)) / len(ids) for k in parts[0]}})
-display(Markdown("**loss terms on the test images** (unweighted)\n\n" + viz.markdown_table(rows, digits=4)))
+display(Markdown("**loss terms on the test images** (unweighted)\n\n" + report.markdown_table(rows, digits=4)))
 """),
     md(r"""
 Every term is higher on the defective test images: a defect breaks the students' predictions of the teacher
@@ -214,7 +214,7 @@ table_all = evaluate(model, test, cache=cache, progress=False)
 with_cfg()
 rows.append({"map": "all three (mean)", "I-AUROC (this map alone)": table_all["mean"]["I-AUROC"],
              "P-AUROC": table_all["mean"]["P-AUROC"]})
-display(Markdown(viz.markdown_table(rows, digits=3)))
+display(Markdown(report.markdown_table(rows, digits=3)))
 """),
     md(r"""
 The teacher–student maps localise best. The students' mutual disagreement (`global_local`) is much weaker
@@ -316,7 +316,7 @@ with torch.no_grad():
 with_cfg()
 spike_keep = {n: np.array(v) for n, v in spike_keep.items()}
 defect_keep = {n: np.array(v) for n, v in defect_keep.items()}
-display(Markdown(viz.markdown_table([
+display(Markdown(report.markdown_table([
     {"setting": n, "spike left (mean)": spike_keep[n].mean(), "spike left (largest)": spike_keep[n].max(),
      "defect value left (mean)": defect_keep[n].mean(), "images": f"{len(spike_keep[n])} normal / {len(defect_keep[n])} defective"}
     for n in spike_keep], digits=3)))
@@ -333,7 +333,7 @@ for name, s in SETTINGS.items():
     with_cfg(**s)
     tables[name], outputs[name] = evaluate(model, test, cache=cache, progress=False, return_outputs=True)
 with_cfg()
-display(Markdown(viz.markdown_table([{"refinement": n, **{c: tables[n]["mean"][c] for c in ("I-AUROC", "P-AUROC", "AUPRO")}}
+display(Markdown(report.markdown_table([{"refinement": n, **{c: tables[n]["mean"][c] for c in ("I-AUROC", "P-AUROC", "AUPRO")}}
                                      for n in tables], digits=4)))
 """),
     md(r"""

@@ -39,7 +39,7 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, report, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.scoring import noisy_or, noisy_or_nll, standardize
 
@@ -235,7 +235,7 @@ model.cfg = TRAINED
 rows = [{"combine": rule, **{f"I-AUROC {c}": tables[rule]["categories"][c]["I-AUROC"] for c in CATEGORIES},
          "I-AUROC mean": tables[rule]["mean"]["I-AUROC"], "P-AUROC mean": tables[rule]["mean"]["P-AUROC"],
          "AUPRO mean": tables[rule]["mean"]["AUPRO"]} for rule in RULES]
-display(Markdown(viz.markdown_table(rows)))
+display(Markdown(report.markdown_table(rows)))
 viz.bar_per_class(tables, "I-AUROC", title="image AUROC per category, by combine rule").show()
 """),
     md(r"""

@@ -32,7 +32,7 @@ from IPython.display import Markdown, display
 from scipy import ndimage
 from sklearn.metrics import roc_curve
 
-from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, report, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu import metrics
 
@@ -71,7 +71,7 @@ maps, masks = out["maps"], out["masks"]
 print(f"trained {result.epochs_done} epochs in {result.seconds:.0f} s on {len(train)} normal images; "
       f"test: {len(test)} images, {int(labels.sum())} defective")
 ALL = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO")
-display(Markdown(metrics.format_table(table, ALL)))
+display(Markdown(report.format_table(table, ALL)))
 """),
     md(r"""
 ## 2. Same model, different orderings
@@ -82,7 +82,7 @@ thing, every column would give the same order.
     code(r"""
 per_cat = table["categories"]
 rank = {m: {c: r + 1 for r, c in enumerate(sorted(CATEGORIES, key=lambda c: -per_cat[c][m]))} for m in ALL}
-display(Markdown(viz.markdown_table([{"category": c, **{m: rank[m][c] for m in ALL}} for c in CATEGORIES])))
+display(Markdown(report.markdown_table([{"category": c, **{m: rank[m][c] for m in ALL}} for c in CATEGORIES])))
 pairs = [(a, b) for i, a in enumerate(ALL) for b in ALL[i + 1:]]
 differ = [(a, b) for a, b in pairs if [rank[a][c] for c in CATEGORIES] != [rank[b][c] for c in CATEGORIES]]
 print(f"{len(differ)} of {len(pairs)} pairs of metrics order the {len(CATEGORIES)} categories differently, e.g.:",
@@ -125,7 +125,7 @@ for c in CATEGORIES:
                  "I-F1max": metrics.f1_max(s, y), "flag-all F1 = 2P/(2P+N)": 2 * P / (2 * P + N),
                  "F1max above flag-all": metrics.f1_max(s, y) - 2 * P / (2 * P + N)})
 print("F1-max re-derived for every category: OK (same values as metrics.f1_max)")
-display(Markdown(viz.markdown_table(rows)))
+display(Markdown(report.markdown_table(rows)))
 worst = min(rows, key=lambda r: r["I-AUROC"])
 print(f"lowest I-AUROC: {worst['category']} ({worst['I-AUROC']:.3f}) -- yet its I-F1max is {worst['I-F1max']:.3f}, "
       f"against a flag-everything level of {worst['flag-all F1 = 2P/(2P+N)']:.3f}")
@@ -182,7 +182,7 @@ for c in CATEGORIES:
                         "defect pixels": float((masks[cats == c] > 0).mean()),
                         "P-AUROC": per_cat[c]["P-AUROC"], "P-AP": per_cat[c]["P-AP"], "AUPRO": per_cat[c]["AUPRO"]})
 display(Markdown(f"region sizes at {SIZE} x {SIZE} px (defect pixels = share of all test pixels)\n\n"
-                 + viz.markdown_table(region_rows)))
+                 + report.markdown_table(region_rows)))
 """),
     md(r"""
 The ROC curves of the pixels next to the PRO curves. On the ROC plot only the far left matters in
@@ -238,7 +238,7 @@ for c in CATEGORIES:
                         "small: pixels": budget, "ΔP-AUROC large": repairs[c]["dPA_large"],
                         "ΔP-AUROC small": repairs[c]["dPA_small"], "ΔAUPRO large": repairs[c]["dPRO_large"],
                         "ΔAUPRO small": repairs[c]["dPRO_small"]})
-display(Markdown(viz.markdown_table(repair_rows)))
+display(Markdown(report.markdown_table(repair_rows)))
 fig = go.Figure()
 for key, name in (("dPA_large", "ΔP-AUROC, large repaired"), ("dPA_small", "ΔP-AUROC, small repaired"),
                   ("dPRO_large", "ΔAUPRO, large repaired"), ("dPRO_small", "ΔAUPRO, small repaired")):
@@ -271,7 +271,7 @@ assert np.isclose(threshold, result.threshold), (threshold, result.threshold)
 held_scores = engine.score_dataset(model, held, cache, keep_maps=False)["scores"]
 assert np.isclose(np.quantile(held_scores, train_cfg.threshold_quantile), threshold)
 print(f"{stats['rule']}: threshold {threshold:.4g} (same as fit's)")
-display(Markdown("held-out normal scores per category\n\n" + viz.markdown_table(
+display(Markdown("held-out normal scores per category\n\n" + report.markdown_table(
     [{"category": c, **v, "max / threshold": v["max"] / threshold} for c, v in stats["per_class"].items()])))
 """),
     md(r"""
@@ -326,7 +326,7 @@ for c in CATEGORIES:
     assert np.isclose(f1_own[c], per_cat[c]["I-F1max"]), "the oracle threshold does not reproduce I-F1max"
 cost_rows.append({"category": "mean", **{k: float(np.mean([r[k] for r in cost_rows])) for k in cost_rows[0]
                                         if k != "category"}})
-display(Markdown(viz.markdown_table(cost_rows, digits=2)))
+display(Markdown(report.markdown_table(cost_rows, digits=2)))
 print(f"mean F1 over categories: calibrated {mean_f1(threshold):.3f} | best shared threshold {mean_f1(shared_thr):.3f} "
       f"| each category's own oracle {np.mean(list(f1_own.values())):.3f}")
 """),
@@ -349,7 +349,7 @@ for q in (0.8, 0.9, 0.95, 0.99, 1.0):
     q_rows.append({"threshold_quantile": q, "threshold": t, "held-out normals flagged": float((held_scores > t).mean()),
                    "test recall (all)": r["recall"], "test false alarms (all)": r["false alarms"],
                    "mean F1 over categories": mean_f1(t)})
-display(Markdown(viz.markdown_table(q_rows, digits=3)))
+display(Markdown(report.markdown_table(q_rows, digits=3)))
 """),
     md(r"""
 ## 7. Explore the threshold

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, explain, fit, scoring, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, explain, fit, report, scoring, viz
 from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.methods.base import Batch
-from unistad_edu.metrics import format_table
+from unistad_edu.report import format_table
 
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: three visually different products
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
@@ -141,7 +141,7 @@ candidates = {
 with torch.no_grad():
     base_rows = [{"baseline": k, "image score": float(image_score(v)), "score / threshold": float(image_score(v)) / result.threshold,
                   "mean |x - x'|": float((x - v).abs().mean())} for k, v in candidates.items()]
-display(Markdown(viz.markdown_table(base_rows)))
+display(Markdown(report.markdown_table(base_rows)))
 """),
     md(r"""
 A black image is itself an anomaly to this model — typically as anomalous as a real defect; explaining
@@ -178,7 +178,7 @@ for i in chosen:
                       "score": s_x, "baseline score": s_ref, "sum IG": float(attr_ig.sum()), "delta": float(delta[0]),
                       "ig": attr_ig[0], "occ": attr_occ[0],
                       "ref": viz.as_uint8(ref[0])})
-display(Markdown("**completeness**: Σ IG vs score(x) − score(x')\n\n" + viz.markdown_table(
+display(Markdown("**completeness**: Σ IG vs score(x) − score(x')\n\n" + report.markdown_table(
     [{"category": e["category"], "defect": e["defect"], "score(x)": e["score"], "score(x')": e["baseline score"],
       "score(x) − score(x')": e["score"] - e["baseline score"], "Σ IG": e["sum IG"],
       "relative gap": abs(e["sum IG"] - (e["score"] - e["baseline score"])) / abs(e["score"] - e["baseline score"])}
@@ -232,7 +232,7 @@ for e in explained:
     for k in ("map", "IG (+)", "Occlusion (+)"):
         row[f"{k} / area"] = row[k] / area
     share_rows.append(row)
-display(Markdown(viz.markdown_table(share_rows, digits=3)))
+display(Markdown(report.markdown_table(share_rows, digits=3)))
 for k in ("map", "IG (+)", "Occlusion (+)"):
     ratios = [r[f"{k} / area"] for r in share_rows]
     print(f"{k:14s} median concentration on the defect: {np.median(ratios):5.1f}x its area share "

@@ -39,7 +39,7 @@ from gradio_client import Client, handle_file
 from IPython.display import Markdown, display
 from PIL import Image
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, load_checkpoint, predict, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, load_checkpoint, predict, report, viz
 from unistad_edu import demo_support as ds
 from unistad_edu import demo_serving as serving
 from unistad_edu.course import method_and_teacher, setup
@@ -244,7 +244,7 @@ for e, d in zip(examples, direct):
                    "served anomalous": rows[0]["anomalous"],
                    "direct verdict": ds.verdict(d["score"], THRESHOLD), "heat": heat, "levels": levels})
 rel_gap = [abs(s["served score"] - s["direct score"]) / abs(s["direct score"]) for s in served]
-display(Markdown(viz.markdown_table([{k: v for k, v in s.items() if k not in ("heat", "levels")} | {"relative gap": g}
+display(Markdown(report.markdown_table([{k: v for k, v in s.items() if k not in ("heat", "levels")} | {"relative gap": g}
                                      for s, g in zip(served, rel_gap)], digits=5)))
 print(f"largest relative gap served vs direct: {max(rel_gap):.1e}")
 """),

@@ -31,7 +31,7 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, leaderboard, viz
+from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, leaderboard, report, viz
 from unistad_edu.cache import FeatureCache
 from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.engine import score_dataset
@@ -171,7 +171,7 @@ for ratio in RATIOS:
                   "bank MiB": round(model.bank_mib(), 3), "build s": round(build_s, 1),
                   "ms/img (cached teacher)": round(1000 * float(np.median(times)) / len(test_q), 2),
                   "I-AUROC": round(100 * table["mean"]["I-AUROC"], 1), "P-AUROC": round(100 * table["mean"]["P-AUROC"], 1)})
-display(Markdown(viz.markdown_table(costs, digits=2)))
+display(Markdown(report.markdown_table(costs, digits=2)))
 """),
     md(r"""
 Ten times the bank is ten times the memory, and the search grows with it. What it buys in accuracy is the
@@ -207,7 +207,7 @@ normal_test = test_q.subset([i for i, r in enumerate(test_q.records) if r.label 
 test_patches, test_cat = patches_of(bank_model, normal_test)
 nn_cat = bank_cat[torch.cdist(test_patches, bank).argmin(dim=1).numpy()]
 same = {c: float(np.mean(nn_cat[test_cat == c] == c)) for c in CATEGORIES}
-display(Markdown(viz.markdown_table([{"category": c, "normal test patches": int((test_cat == c).sum()),
+display(Markdown(report.markdown_table([{"category": c, "normal test patches": int((test_cat == c).sum()),
                                       "nearest bank entry from the same category": f"{100 * same[c]:.1f} %"}
                                      for c in CATEGORIES])))
 print("bank entries per category:", {c: int((bank_cat == c).sum()) for c in CATEGORIES})

@@ -1,0 +1,63 @@
+"""Tables for people: one list of headline metrics, and the Markdown the CLI, ``bench``, the leaderboard,
+``figures`` and the lessons print.
+
+* :data:`HEADLINE` -- the metrics every summary shows, in this order (``metrics.py`` computes them all).
+* :func:`format_table` -- a metrics table (``engine.evaluate``'s) as Markdown, one row per category, x100.
+* :func:`markdown_table` -- any list of row dicts as Markdown.
+* :func:`format_false_alarms` -- the false-alarm rates at the calibrated threshold, in one line.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+#: the headline metrics, in the order every table shows them
+HEADLINE = ("I-AUROC", "P-AUROC", "AUPRO", "mAD")
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def format_table(table: Mapping, columns: Sequence[str] = HEADLINE) -> str:
+    """A Markdown table: one row per category and a final **mean** row, values x 100 with one decimal,
+    undefined values as ``n/a``."""
+    def cell(v) -> str:
+        v = _num(v)
+        return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
+
+    lines = ["| category | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for cat, row in table["categories"].items():
+        lines.append(f"| {cat} | " + " | ".join(cell(row.get(c)) for c in columns) + " |")
+    lines.append("| **mean** | " + " | ".join(cell(table["mean"].get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """A Markdown table from a list of dicts (one per row); floats rounded to ``digits``. Show it in a notebook
+    with ``IPython.display.Markdown``."""
+    rows = list(rows)
+    columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "n/a" if np.isnan(v) else f"{float(v):.{digits}f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_false_alarms(far: Mapping) -> str:
+    """One line: the share of normal test images flagged at the threshold, over all and per category."""
+    def pct(v) -> str:
+        return "n/a" if v is None or math.isnan(_num(v)) else f"{100.0 * _num(v):.1f} %"
+    per = ", ".join(f"{c} {pct(v['rate'])}" for c, v in far["categories"].items())
+    n = sum(v["normal"] for v in far["categories"].values())
+    at = ("each category's own threshold" if far.get("threshold") is None
+          else f"the calibrated threshold {far['threshold']:.4g}")
+    return f"false alarms at {at}: {pct(far['all'])} of {n} normal test images ({per})"
