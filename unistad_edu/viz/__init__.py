@@ -1,0 +1,26 @@
+"""Figures, split by what they need: :mod:`.render` (numpy + PIL: overlays, masks, the prediction picture the
+CLI and the demo write), :mod:`.plots` (plotly figures for the lessons) and :mod:`.widgets` (ipywidgets
+explorers). Everything is importable from ``unistad_edu.viz`` as before; plotly and ipywidgets are imported
+inside the functions that need them, so the CLI stays light."""
+from __future__ import annotations
+
+from .render import (  # noqa: F401
+    PREDICTION_ALPHA, as_uint8, colorbar, colorize, mask_boundary, mask_overlay, overlay, prediction_figure,
+    save_overlay, save_prediction
+)
+from .plots import (  # noqa: F401
+    bar_per_class, embed_2d, embedding_scatter, feature_map_grid, image_grid, loss_curve, loss_curves,
+    matrix_grid, rate_curves, score_histogram, scores_by_category
+)
+from .widgets import (  # noqa: F401
+    browse_indices, image_browser, results_explorer, results_rows, run_switcher, threshold_explorer,
+    threshold_rows
+)
+
+__all__ = [
+    "PREDICTION_ALPHA", "as_uint8", "colorbar", "colorize", "mask_boundary", "mask_overlay", "overlay",
+    "prediction_figure", "save_overlay", "save_prediction", "bar_per_class", "embed_2d", "embedding_scatter",
+    "feature_map_grid", "image_grid", "loss_curve", "loss_curves", "matrix_grid", "rate_curves",
+    "score_histogram", "scores_by_category", "browse_indices", "image_browser", "results_explorer",
+    "results_rows", "run_switcher", "threshold_explorer", "threshold_rows"
+]
