@@ -91,11 +91,11 @@ def demo_run(demo_data, tmp_path_factory) -> Path:
     """The demo's default-run machinery with a tiny spec (trains, evaluates, moves into place), once per session."""
     import torch
 
-    from unistad_edu import runs
+    from unistad_edu import resolve
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run = tmp_path_factory.mktemp("cache") / "demo_run"
-        return runs.ensure_default_run(run, spec=DEMO_SPEC, data_root=demo_data, progress=False, log=lambda m: None)
+        return resolve.ensure_default_run(run, spec=DEMO_SPEC, data_root=demo_data, progress=False, log=lambda m: None)
     finally:
         torch.set_num_threads(n)

@@ -9,6 +9,7 @@ names the problem and what to do (matched by text), and no traceback reaches the
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -258,8 +259,35 @@ CASES = [
 ]
 
 
+TABLE_ENV = "UNISTAD_BAD_INPUTS_TABLE"  # set to a file path: the catalogue is written there as Markdown
+_ROWS: dict[int, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def catalogue_table(tmp_path_factory):
+    """With ``UNISTAD_BAD_INPUTS_TABLE=FILE``, write what the user is told in every case as the Markdown table of
+    docs/reliability.md (``python scripts/bad_inputs_table.py`` runs this module so)."""
+    yield
+    target = os.environ.get(TABLE_ENV)
+    if target and _ROWS:
+        lines = ["| # | area | bad input | where | what the user is told |", "|---|---|---|---|---|"]
+        lines += [_ROWS[n] for n in sorted(_ROWS)]
+        Path(target).write_text("\n".join(lines) + "\n")
+
+
+def _record(case, kind, what, message, base) -> None:
+    if not os.environ.get(TABLE_ENV):
+        return
+    where = (f"`python -m unistad_edu {what[0]}`" if kind == "cli"
+             else "demo upload decoder" if case.area == "upload" else "`load_checkpoint`")
+    message = re.sub(r"note: this machine is already busy[^\n]*\n", "", message)  # the load, not the case
+    message = message.replace(str(base), "…").replace("\n", " ").replace("|", "/").strip()
+    n = CASES.index(case) + 1
+    _ROWS[n] = f"| {n} | {case.area} | {case.id} | {where} | {message} |"
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_gets_a_specific_message(case, tmp_path, good_data, good_run, capsys):
+def test_bad_input_gets_a_specific_message(case, tmp_path, good_data, good_run, capsys, tmp_path_factory):
     kind, what = case.run(tmp_path, good_data, good_run)
     if kind == "cli":
         try:
@@ -270,16 +298,18 @@ def test_bad_input_gets_a_specific_message(case, tmp_path, good_data, good_run, 
         text = out.err + out.out
         if case.message == r"__trains__":  # symlink loops must simply not hang or crash: training works
             assert rc == 0, text
+            _record(case, kind, what, f"(exit {rc}) trains normally", tmp_path_factory.getbasetemp())
             return
         assert rc == 2, f"exit code {rc}, output:\n{text}"
         message = out.err
     else:
         with pytest.raises((CheckpointError, UploadError, ValueError)) as err:
             what()
-        message = str(err.value)
-        text = message
+        message = f"{type(err.value).__name__}: {err.value}"
+        text = str(err.value)
     assert "Traceback" not in text
     assert re.search(case.message, message, flags=re.IGNORECASE | re.DOTALL), message
+    _record(case, kind, what, message, tmp_path_factory.getbasetemp())
 
 
 def test_catalogue_is_large_and_covers_every_area():

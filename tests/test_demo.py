@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from unistad_edu import demo_support as ds
-from unistad_edu import runs
+from unistad_edu import resolve
 from unistad_edu import demo_serving as serving
 
 from .conftest import DEMO_SPEC as TINY_SPEC
@@ -151,7 +151,7 @@ def test_demo_cli_refuses_a_wrong_run_folder(tmp_path):
 
 def test_default_run_dir_honours_unistad_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("UNISTAD_CACHE", str(tmp_path))
-    assert runs.default_run_dir() == tmp_path / "demo_run"
+    assert resolve.default_run_dir() == tmp_path / "demo_run"
 
 
 # ---- model card, examples, default run ------------------------------------------------------------------
@@ -190,13 +190,13 @@ def tiny_run(demo_run) -> Path:
 
 
 def test_default_run_is_trained_once_then_reused(tiny_run, tiny_data):
-    for name in ("model.safetensors", "config.json", "metrics.json", runs.DEFAULT_MARKER):
+    for name in ("model.safetensors", "config.json", "metrics.json", resolve.DEFAULT_MARKER):
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.parent.glob(".demo_run.tmp-*"))  # moved into place, nothing left behind
     cfg = json.loads((tiny_run / "config.json").read_text())
     assert cfg["threshold"] is not None and Path(cfg["data_root"]) == tiny_data.resolve()
     said = []
-    again = runs.ensure_default_run(tiny_run, spec=TINY_SPEC, data_root=tiny_data, log=said.append)
+    again = resolve.ensure_default_run(tiny_run, spec=TINY_SPEC, data_root=tiny_data, log=said.append)
     assert again == tiny_run and "using" in said[0]
 
 

@@ -303,7 +303,7 @@ def cmd_eval(args) -> int:
     else:
         cfg = read_config(run)
         model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
-        from .runs import test_set
+        from .resolve import test_set
         test = test_set(cfg, model.cfg.image_size, data=args.data or (None if cfg.get("data_root") else _data_root(None)))
         table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
                          precision=args.precision)

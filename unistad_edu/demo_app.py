@@ -19,7 +19,7 @@ import gradio as gr
 import numpy as np
 
 from . import demo_support as ds
-from . import runs
+from . import resolve
 
 log = logging.getLogger("unistad_edu.demo")
 
@@ -70,7 +70,7 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
     calibrated = getattr(model, "threshold", None)
     size = int(cfg.get("image_size") or model.cfg.image_size)
     examples = ds.example_images(cfg)
-    metrics = runs.load_run_metrics(run)
+    metrics = resolve.load_run_metrics(run)
     s_max, s_step, s_value = ds.slider_range({**cfg, "threshold": calibrated})
 
     model_lock = threading.Lock()  # one model call at a time: safe for any method; decoding and rendering overlap

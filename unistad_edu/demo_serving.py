@@ -32,7 +32,7 @@ import numpy as np
 from . import demo_support as ds
 from .demo_app import build_app, launch
 from .demo_support import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port
-from .runs import resolve_run
+from .resolve import resolve_run
 
 log = logging.getLogger("unistad_edu.demo")
 

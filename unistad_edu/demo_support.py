@@ -4,7 +4,7 @@
   with a message written for the person who uploaded it (empty file, text renamed ``.png``, truncated PNG,
   unsupported format, too many pixels / decompression bomb). 16-bit, RGBA, grayscale and palette images are
   converted (``data.to_rgb_image``), and the note says what was converted.
-* which run the demo serves: ``runs.resolve_run`` (with no ``--run``, a small STPM model trained once on the
+* which run the demo serves: ``resolve.resolve_run`` (with no ``--run``, a small STPM model trained once on the
   synthetic set into ``$UNISTAD_CACHE/demo_run`` and reused after).
 * :func:`model_card`, :func:`example_images`, :func:`render_overlay`: the texts and pictures the page shows.
 * :func:`bench_demo`: a load test of the running app over loopback with ``gradio_client`` against the bare

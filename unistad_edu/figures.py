@@ -70,7 +70,7 @@ def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
     plt = _plt()
     from .checkpoint import load_checkpoint, read_config
     from .data import load_mask
-    from .runs import test_set
+    from .resolve import test_set
     from .engine import predict
     from .viz import mask_boundary, overlay
 
@@ -147,7 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    from .runs import resolve_run
+    from .resolve import resolve_run
 
     out = Path(args.out)
     jobs = {

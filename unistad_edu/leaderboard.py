@@ -41,7 +41,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     from .data import MVTecDataset, discover_categories
     from .engine import evaluate, score_dataset
     from .metrics import load_metrics, save_metrics
-    from .runs import test_set
+    from .resolve import test_set
     from .teacher import load_teacher
 
     rows, models = [], {}

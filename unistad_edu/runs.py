@@ -7,17 +7,13 @@
   folder and categories, precision) and refuses a mismatch, naming each difference; a resumed run that will
   train further drops its old metrics and predictions (they describe weights that are about to change).
 * One writer per run folder: :func:`~unistad_edu.files.folder_lock` (see :func:`engine.fit`).
-* Which run, which test set, which metrics: :func:`resolve_run` (``--run`` checked, or the demo's default model,
-  trained once by :func:`ensure_default_run`), :func:`test_set`, :func:`load_run_metrics` -- used by the CLI,
-  ``figures``, ``leaderboard`` and the demo.
+* Which run, which test set, which metrics: :mod:`unistad_edu.resolve` (above the engine; this module is below it).
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Callable
 
 from .checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE
 
@@ -160,115 +156,3 @@ def prepare(run, now: dict | None, resume: bool = False, overwrite: bool = False
                              f"another --out")
     gone = clear_run(run)
     say(f"--overwrite: deleted the old run in {run} ({', '.join(gone)})")
-
-
-# ---- which run, which test set, which metrics (the CLI, figures, leaderboard and demo ask here) --------------
-#: the default model the demo trains when no --run is given
-DEFAULT_RUN_SPEC = {"method": "stpm", "image_size": 128, "epochs": 5, "max_minutes": 8.0, "seed": 0}
-DEFAULT_MARKER = "DEMO_DEFAULT.json"
-
-
-def default_run_dir() -> Path:
-    from .data import cache_root
-    return cache_root() / "demo_run"
-
-
-def _is_usable_run(run: Path, spec: dict | None = None) -> bool:
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not (run / "model.safetensors").is_file() or cfg.get("threshold") is None or not cfg.get("epochs_done"):
-        return False
-    if spec is not None:
-        try:
-            marker = json.loads((run / DEFAULT_MARKER).read_text())
-        except (OSError, ValueError):
-            return False
-        return marker.get("spec") == spec
-    return True
-
-
-def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
-                       log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """The demo's default model: reuse ``run_dir`` (default :func:`default_run_dir`) if it holds a finished run
-    of ``spec`` (default :data:`DEFAULT_RUN_SPEC`), else train it on the synthetic set (``data_root``: another
-    MVTec-layout folder instead), evaluate it (``metrics.json``) and move it into place atomically."""
-    from .data import MVTecDataset, default_data_root
-    from .engine import TrainConfig, evaluate, fit
-    from .methods import build_model
-    from .metrics import save_metrics
-    from .teacher import load_teacher
-
-    spec = dict(spec or DEFAULT_RUN_SPEC)
-    run = Path(run_dir) if run_dir is not None else default_run_dir()
-    if _is_usable_run(run, spec):
-        log(f"using the demo's default model in {run} (delete that folder to retrain it)")
-        return run
-    root = Path(data_root) if data_root is not None else default_data_root()
-    log(f"no --run given and no default model yet: training a small {spec['method'].upper()} model "
-        f"({spec['image_size']} px, {spec['epochs']} epochs, at most {spec['max_minutes']:g} min) on "
-        f"{'the synthetic multi-class set' if data_root is None else root} at {root}.\n"
-        f"This happens once; the model is kept in {run} and reused. Pass --run RUN to use your own run.")
-    run.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run.parent / f".{run.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    train = MVTecDataset(root, "train", image_size=spec["image_size"])
-    model = build_model(spec["method"], load_teacher(), image_size=spec["image_size"])
-    res = fit(model, train, TrainConfig(epochs=spec["epochs"], max_minutes=spec["max_minutes"], seed=spec["seed"],
-                                        progress=progress),
-              out=tmp, extra_config={"data_root": str(root.resolve()), "preset": "cpu", "setting": "unified",
-                                     "trained_by": "python -m unistad_edu demo (default model)"})
-    log(f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {res.threshold:.4g}); "
-        f"evaluating on the test images for the model card ...")
-    test = MVTecDataset(root, "test", image_size=spec["image_size"])
-    save_metrics(evaluate(model, test, progress=progress), tmp / "metrics.json")
-    (tmp / DEFAULT_MARKER).write_text(json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2))
-    for stale in tmp.glob("train_state.safetensors"):  # resume state is not needed by the demo
-        stale.unlink()
-    if run.exists():  # an older/incomplete default run: move it aside, then replace it
-        if _is_usable_run(run, spec):  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return run
-        old = run.parent / f".{run.name}.old-{os.getpid()}"
-        os.replace(run, old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.replace(tmp, run)
-    except OSError:  # a concurrent process put its run in place between the check and the rename
-        shutil.rmtree(tmp, ignore_errors=True)
-    log(f"default model ready in {run}")
-    return run
-
-
-def resolve_run(run=None, log: Callable[[str], None] = print) -> Path:
-    """``--run`` if given (checked to be a run folder), else the default model (trained on first use)."""
-    from .checkpoint import read_config
-    if run is None:
-        return ensure_default_run(log=log)
-    run = Path(run)
-    read_config(run)  # raises CheckpointError with a clear message for a wrong folder
-    return run
-
-
-def load_run_metrics(run_dir) -> dict | None:
-    from .metrics import load_metrics
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return load_metrics(path)
-    except (OSError, ValueError):
-        return None
-
-
-def test_set(cfg: dict, image_size: int, data=None):
-    """The test images a run is evaluated on: the categories it was trained on (those present) under ``data``
-    (default: the folder it was trained from), at ``image_size``. ``cfg``: the run's config.json."""
-    from .data import MVTecDataset, default_data_root, discover_categories
-
-    root = Path(data or cfg.get("data_root") or default_data_root())
-    available = discover_categories(root)
-    cats = [c for c in (cfg.get("train_categories") or []) if c in available] or None
-    return MVTecDataset(root, "test", categories=cats, image_size=image_size)
