@@ -99,3 +99,15 @@ def demo_run(demo_data, tmp_path_factory) -> Path:
         return resolve.ensure_default_run(run, spec=DEMO_SPEC, data_root=demo_data, progress=False, log=lambda m: None)
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The synthetic set, every category, 64 px, 10 training and 3 + 1 test images each (tests that read it only)."""
+    return tiny_synthetic(tmp_path_factory, 64, n_test_good=3, categories=None)
+
+
+@pytest.fixture(scope="session")
+def train_set(tiny_data):
+    from unistad_edu.data import MVTecDataset
+    return MVTecDataset(tiny_data, "train", image_size=64)

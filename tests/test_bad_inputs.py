@@ -147,6 +147,11 @@ def _pickle_only(run_dir: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, run_dir / "model.pt")  # what other tools leave behind
 
 
+def _train_with(*args: str) -> Callable:
+    """A case that runs ``train ARGS --data GOOD --out TMP/o`` on the good data."""
+    return lambda tmp, d, r: ("cli", ["train", *args, "--data", str(d), "--out", str(tmp / "o")])
+
+
 def _upload(make: Callable[[Path], Path]) -> Callable:
     def run(tmp, good_data, good_run):
         path = make(tmp)
@@ -228,20 +233,15 @@ CASES = [
          r"expects 3: the files are from different runs"),
     # -- configs and CLI arguments
     Case("unknown method name", "config/CLI",
-         lambda tmp, d, r: ("cli", ["train", "--method", "patchcorex", "--data", str(d), "--out", str(tmp / "o")]),
+         _train_with("--method", "patchcorex"),
          r"unknown method 'patchcorex'; available"),
-    Case("unknown preset", "config/CLI",
-         lambda tmp, d, r: ("cli", ["train", "--preset", "gpu9000", "--data", str(d), "--out", str(tmp / "o")]),
-         r"unknown preset 'gpu9000'"),
+    Case("unknown preset", "config/CLI", _train_with("--preset", "gpu9000"), r"unknown preset 'gpu9000'"),
     Case("--set of an unknown field", "config/CLI",
-         lambda tmp, d, r: ("cli", ["train", "--set", "hiden_dim=3", "--data", str(d), "--out", str(tmp / "o")]),
+         _train_with("--set", "hiden_dim=3"),
          r"unknown STPMConfig fields \['hiden_dim'\]"),
-    Case("--set without '='", "config/CLI",
-         lambda tmp, d, r: ("cli", ["train", "--set", "jitter", "--data", str(d), "--out", str(tmp / "o")]),
-         r"--set takes FIELD=VALUE"),
+    Case("--set without '='", "config/CLI", _train_with("--set", "jitter"), r"--set takes FIELD=VALUE"),
     Case("invalid scoring rule", "config/CLI",
-         lambda tmp, d, r: ("cli", ["train", "--set", 'scoring={"fuse": "median"}', "--data", str(d),
-                                    "--out", str(tmp / "o")]), r"fuse must be one of"),
+         _train_with("--set", 'scoring={"fuse": "median"}'), r"fuse must be one of"),
     Case("eval --set of an unknown field", "config/CLI",
          lambda tmp, d, run: ("cli", ["eval", "--run", str(run), "--set", "no_such=1", "--no-progress"]),
          r"cannot apply \{'no_such': 1\}"),

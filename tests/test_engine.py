@@ -20,19 +20,10 @@ from unistad_edu.engine import TrainConfig, fit, method_batch, predict, score_da
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
 
-from .conftest import tiny_synthetic
-
 SIZE = 64
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory, SIZE, n_test_good=3, categories=None)
-
-
-@pytest.fixture(scope="session")
-def train_set(tiny_data):
-    return MVTecDataset(tiny_data, "train", image_size=SIZE)
+# tiny_data / train_set: conftest's synthetic set of every category at 64 px
 
 
 def _stpm(teacher):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,20 +16,11 @@ from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.memory_bank import greedy_coreset, nearest_distance
 
-from .conftest import tiny_synthetic
-
 SIZE = 64
 QUIET = dict(progress=False)
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory, SIZE, n_test_good=3, categories=None)
-
-
-@pytest.fixture(scope="module")
-def train_set(tiny_data):
-    return MVTecDataset(tiny_data, "train", image_size=SIZE)
+# tiny_data / train_set: conftest's synthetic set of every category at 64 px
 
 
 def _bank(teacher, **kw):

@@ -260,3 +260,24 @@ def test_browse_indices_take_defective_then_normal_per_category():
     assert browse_indices(cats, labels, 2, order=["a", "b"]) == [2, 1, 0, 3]
     assert browse_indices(cats, labels, None) == [2, 4, 7, 1, 5, 0, 6, 3]
     assert browse_indices(cats, labels, 4, order=["b"]) == [0, 6, 3]
+
+
+def test_pick_defects_and_threshold_unit_grid(tmp_path):
+    from unistad_edu.data import MVTecDataset
+    from unistad_edu.synthetic import make_synthetic
+    data = make_synthetic(tmp_path / "syn", size=32, n_train=2, n_test_good=1, n_test_defect=3, categories=("weave", "bolt"))
+    test = MVTecDataset(data, "test", image_size=32)
+    n = len(test)
+    labels = np.array([r.label for r in test.records])
+    cats = np.array([r.category for r in test.records])
+    out = {"categories": cats, "labels": labels, "scores": np.arange(n, dtype=float) + 1,
+           "maps": np.ones((n, 32, 32)), "masks": np.zeros((n, 32, 32))}
+    show = viz.pick_defects(out, 2, ["weave", "bolt"])
+    assert len(show) == 4 and all(labels[i] == 1 for i in show)
+    assert [cats[i] for i in show] == ["weave", "weave", "bolt", "bolt"]
+    per_image = {k: v for k, v in out.items() if k != "masks"}  # a model whose threshold differs per image
+    fig = viz.threshold_unit_grid(test, show, {"a": (out, 2.0), "b": (per_image, np.full(n, 4.0))}, title="t")
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == 12  # 3 rows x 4 images
+    assert titles[4] == f"a: {out['scores'][show[0]] / 2.0:.2f} x thr"
+    assert titles[8] == f"b: {out['scores'][show[0]] / 4.0:.2f} x thr"

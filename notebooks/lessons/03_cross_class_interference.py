@@ -271,27 +271,10 @@ its own.
 """),
     code(r"""
 N_PER_CAT = 2
-green = (40, 220, 40)
-show = []
-for c in CATEGORIES:
-    ids = np.flatnonzero((cat_of == c) & (out_uni["labels"] == 1))
-    show += ids[np.linspace(0, len(ids) - 1, N_PER_CAT).astype(int)].tolist()
-
-
-def tile(i, relative_map=None):
-    img = viz.as_uint8(test[i]["image"])
-    shown = img if relative_map is None else viz.overlay(img, relative_map, vmin=0, vmax=2)
-    return viz.mask_overlay(shown, out_uni["masks"][i], color=green, alpha=0.0)
-
-
-images = [tile(i) for i in show]
-images += [tile(i, pc["maps"][i] / pc["threshold"][i]) for i in show]
-images += [tile(i, out_uni["maps"][i] / res_uni.threshold) for i in show]
-titles = [f"{test.records[i].category}: {test.records[i].defect}" for i in show]
-titles += [f"per-class: score {pc['scores'][i] / pc['threshold'][i]:.2f} x thr" for i in show]
-titles += [f"unified: score {out_uni['scores'][i] / res_uni.threshold:.2f} x thr" for i in show]
-viz.image_grid(images, titles, cols=len(show), title="defects (row 1), per-class maps (row 2), unified maps (row 3); "
-                                                     "maps in units of the threshold").show()
+show = viz.pick_defects(out_uni, N_PER_CAT, CATEGORIES)   # the same defective test images for both settings
+viz.threshold_unit_grid(test, show, {"per-class": (pc, pc["threshold"]), "unified": (out_uni, res_uni.threshold)},
+                        title="defects (row 1), per-class maps (row 2), unified maps (row 3); "
+                              "maps in units of the threshold").show()
 """),
     md(r"""
 Two things to look for. Where both models light up the defect, the unified map is often weaker or more

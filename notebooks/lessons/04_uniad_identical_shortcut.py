@@ -333,25 +333,11 @@ threshold.
     code(r"""
 out_on, out_off = outputs["all on"], outputs["all off"]
 cat_of, labels = out_on["categories"], out_on["labels"]
-show = []
-for c in CATEGORIES:
-    ids = np.flatnonzero((cat_of == c) & (labels == 1))
-    show += ids[np.linspace(0, len(ids) - 1, 2).astype(int)].tolist()
-
-
-def tile(i, name=None):
-    img = viz.as_uint8(test[i]["image"])
-    if name is not None:
-        img = viz.overlay(img, outputs[name]["maps"][i] / fits[name].threshold, vmin=0, vmax=2)
-    return viz.mask_overlay(img, out_on["masks"][i], color=(40, 220, 40), alpha=0.0)
-
-
-tiles = [tile(i) for i in show] + [tile(i, "all off") for i in show] + [tile(i, "all on") for i in show]
-titles = [f"{test.records[i].category}: {test.records[i].defect}" for i in show]
-titles += [f"all off: {out_off['scores'][i] / fits['all off'].threshold:.2f} x thr" for i in show]
-titles += [f"all on: {out_on['scores'][i] / fits['all on'].threshold:.2f} x thr" for i in show]
-viz.image_grid(tiles, titles, cols=len(show), title="real defects (row 1), plain autoencoder (row 2), UniAD (row 3); "
-                                                    "maps in units of the threshold").show()
+show = viz.pick_defects(out_on, 2, CATEGORIES)
+viz.threshold_unit_grid(test, show, {"all off": (out_off, fits["all off"].threshold),
+                                     "all on": (out_on, fits["all on"].threshold)},
+                        title="real defects (row 1), plain autoencoder (row 2), UniAD (row 3); "
+                              "maps in units of the threshold").show()
 """),
     md(r"""
 ## 6. Explore the five variants

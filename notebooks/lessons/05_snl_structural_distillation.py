@@ -345,27 +345,10 @@ table_snl, out_snl = evaluate(snl, test, cache=cache, progress=False, return_out
 for name, table in (("RD", table_rd), ("SNL", table_snl)):
     display(Markdown(f"**{name}**\n\n" + format_table(table, report.HEADLINE)))
 
-cats = out_rd["categories"]
-show = []
-for c in CATEGORIES:
-    ids = np.flatnonzero((cats == c) & (out_rd["labels"] == 1))
-    show += ids[np.linspace(0, len(ids) - 1, 2).astype(int)].tolist() if len(ids) else []
-
-
-def tile(i, relative_map=None):
-    img = viz.as_uint8(test[i]["image"])
-    shown = img if relative_map is None else viz.overlay(img, relative_map, vmin=0, vmax=2)
-    return viz.mask_overlay(shown, out_rd["masks"][i], color=green, alpha=0.0)
-
-
-images = [tile(i) for i in show]
-images += [tile(i, out_rd["maps"][i] / fit_rd.threshold) for i in show]
-images += [tile(i, out_snl["maps"][i] / fit_snl.threshold) for i in show]
-titles = [f"{test.records[i].category}: {test.records[i].defect}" for i in show]
-titles += [f"RD: {out_rd['scores'][i] / fit_rd.threshold:.2f} x thr" for i in show]
-titles += [f"SNL: {out_snl['scores'][i] / fit_snl.threshold:.2f} x thr" for i in show]
-viz.image_grid(images, titles, cols=len(show), title="defects (row 1), RD maps (row 2), SNL maps (row 3), "
-                                                     "in units of each model's threshold").show()
+show = viz.pick_defects(out_rd, 2, CATEGORIES)
+viz.threshold_unit_grid(test, show, {"RD": (out_rd, fit_rd.threshold), "SNL": (out_snl, fit_snl.threshold)},
+                        title="defects (row 1), RD maps (row 2), SNL maps (row 3), "
+                              "in units of each model's threshold").show()
 """),
     md(r"""
 Do not read a winner off this table. In quick mode both students train for a couple of hundred steps on a

@@ -9,7 +9,7 @@ from .render import (  # noqa: F401
     save_overlay, save_prediction
 )
 from .plots import (  # noqa: F401
-    bar_per_class, embed_2d, embedding_scatter, feature_map_grid, image_grid, loss_curve, loss_curves,
+    pick_defects, threshold_unit_grid, bar_per_class, embed_2d, embedding_scatter, feature_map_grid, image_grid, loss_curve, loss_curves,
     matrix_grid, rate_curves, score_histogram, scores_by_category
 )
 from .widgets import (  # noqa: F401
@@ -18,6 +18,7 @@ from .widgets import (  # noqa: F401
 )
 
 __all__ = [
+    "pick_defects", "threshold_unit_grid",
     "PREDICTION_ALPHA", "as_uint8", "colorbar", "colorize", "mask_boundary", "mask_overlay", "overlay",
     "prediction_figure", "save_overlay", "save_prediction", "bar_per_class", "embed_2d", "embedding_scatter",
     "feature_map_grid", "image_grid", "loss_curve", "loss_curves", "matrix_grid", "rate_curves",

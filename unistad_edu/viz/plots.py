@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .render import colorize, overlay
+from .render import as_uint8, colorize, mask_overlay, overlay
 
 # ---- training -------------------------------------------------------------------------------------------
 def loss_curve(history: Sequence[dict], key: str = "loss", title: str | None = None):
@@ -320,3 +320,38 @@ def rate_curves(curves: dict, x_title: str = "false positive rate", y_title: str
     return fig
 
 
+
+
+# ---- defects and maps, in units of each model's threshold --------------------------------------------------
+def pick_defects(outputs: dict, per_category: int = 2, categories: Sequence[str] | None = None) -> list[int]:
+    """Indices of ``per_category`` defective test images of every category, evenly spread over each category's
+    defects. ``outputs``: what ``evaluate(..., return_outputs=True)`` returns (its ``categories`` and ``labels``)."""
+    cats, labels = np.asarray(outputs["categories"]), np.asarray(outputs["labels"])
+    picked = []
+    for c in (categories if categories is not None else list(dict.fromkeys(cats.tolist()))):
+        ids = np.flatnonzero((cats == c) & (labels == 1))
+        if len(ids):
+            picked += ids[np.linspace(0, len(ids) - 1, min(per_category, len(ids))).astype(int)].tolist()
+    return picked
+
+
+def threshold_unit_grid(dataset, show: Sequence[int], models: dict[str, tuple[dict, object]], title: str,
+                        outline=(40, 220, 40)):
+    """Row 1: the test images ``show`` of ``dataset`` with their defect outlined; then one row per model
+    ``{label: (outputs, threshold)}`` -- its anomaly map divided by its threshold (a number, or one per test
+    image), on one colour scale 0 .. 2 (yellow-green = at the threshold), titled with the image score in units
+    of the threshold. ``outputs``: ``evaluate(..., return_outputs=True)``'s, in the dataset's order."""
+    masks = next(out["masks"] for out, _ in models.values() if "masks" in out)  # (N, H, W), the same test set
+
+    def tile(i, relative_map=None):
+        img = as_uint8(dataset[i]["image"])
+        shown = img if relative_map is None else overlay(img, relative_map, vmin=0, vmax=2)
+        return mask_overlay(shown, masks[i], color=outline, alpha=0.0)
+
+    images = [tile(i) for i in show]
+    titles = [f"{dataset.records[i].category}: {dataset.records[i].defect}" for i in show]
+    for label, (out, threshold) in models.items():
+        thr = np.broadcast_to(np.asarray(threshold, dtype=float), (len(out["scores"]),))
+        images += [tile(i, out["maps"][i] / thr[i]) for i in show]
+        titles += [f"{label}: {out['scores'][i] / thr[i]:.2f} x thr" for i in show]
+    return image_grid(images, titles, cols=len(show), title=title)
