@@ -215,7 +215,6 @@ def release_freed_memory() -> None:
 
 
 _LIBC = None  # ctypes handle of glibc, once looked up (False: not glibc)
-_open_checked = open_image  # the dataset loaders' name for it
 
 
 def to_rgb_image(img: Image.Image) -> Image.Image:
@@ -353,7 +352,7 @@ def load_mask(path, size: int | None = None) -> np.ndarray:
     leaves around edges and in black areas is not counted as defect (with ``> 0`` it was); a JPEG or lossy
     WebP mask is said once per process (:func:`warnings.warn`)."""
     path = Path(path)
-    img = _open_checked(path)
+    img = open_image(path)
     try:
         img.load()
         arr, full = _mask_values(img)
@@ -609,9 +608,9 @@ class MVTecDataset(torch.utils.data.Dataset):
     @staticmethod
     def _check_headers(records: Iterable[Record]) -> None:
         for r in records:
-            img = _open_checked(r.path)
+            img = open_image(r.path)
             if r.mask_path is not None:
-                mask = _open_checked(r.mask_path)
+                mask = open_image(r.mask_path)
                 if mask.size != img.size:
                     raise DataError(f"mask {r.mask_path} is {mask.size[0]}x{mask.size[1]} but its image {r.path} "
                                     f"is {img.size[0]}x{img.size[1]}: masks must have the image's size")

@@ -282,7 +282,8 @@ viz.image_grid([theirs[i].astype(np.uint8) for i in show] + [mine[i].astype(np.u
 ## 4. A bad upload
 
 Anyone can upload anything: an empty file, a PDF, a screenshot of 100 megapixels, a text file renamed
-`.png`. The server decodes every upload with `demo_support.decode_upload`, which checks before decoding
+`.png`. The server decodes every upload with the package's one decoder, `data.decode_image` (through
+`demo_support.decode_upload`), which checks before decoding
 (size, format, pixel count) and turns every failure into a sentence for the person who uploaded it — and
 keeps serving. We send a text file named `notes.png`, then a batch of a good image and the bad file, then a
 good image alone.
