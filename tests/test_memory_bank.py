@@ -238,3 +238,37 @@ def test_a_run_saved_before_the_border_option_loads_as_it_was_built(train_set, l
     del cfg["method_config"]["border"]  # as written before the field existed
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert load_checkpoint(tmp_path, teacher=lite0_teacher).cfg.border == "valid"
+
+
+def test_patchcore_reweighted_image_score_against_eq7_by_hand():
+    """PatchCore Eq. 7 on a hand-made bank: s = (1 - e^{|m_test - m*|} / sum_{m in N_b(m*)} e^{|m_test - m|}) s*."""
+    from unistad_edu.methods.memory_bank import nearest, reweighted_score
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0]])  # (4, 2)
+    patches = torch.tensor([[[0.1, 0.0], [0.0, -3.0]]])  # (1, 2, 2): the second patch is the far one
+    d, k = nearest(patches[0], bank)
+    assert torch.allclose(d, torch.tensor([0.1, 3.0])) and k.tolist() == [0, 0]
+    got = reweighted_score(patches, d[None], k[None], bank, b=3)
+    # s* = 3 (patch (0, -3), nearest m* = (0, 0)); N_3(m*) = (0,0), (1,0), (0,2)
+    dists = np.array([3.0, np.hypot(1.0, 3.0), 5.0])
+    expect = (1 - np.exp(dists[0]) / np.exp(dists).sum()) * 3.0
+    assert got.item() == pytest.approx(expect, rel=1e-6)
+    assert reweighted_score(patches, d[None], k[None], bank, b=1).item() == pytest.approx(0.0, abs=1e-7)  # b = 1: 1 - 1
+    # chunked search gives the same nearest rows as one block
+    q = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    d1, k1 = nearest(q, bank, chunk_elements=3)
+    d2, k2 = nearest(q, bank)
+    assert torch.equal(k1, k2) and torch.allclose(d1, d2)
+
+
+def test_reweighted_rule_is_the_image_score_of_the_shared_path(train_set, lite0_teacher):
+    model = _bank(lite0_teacher, image_score_rule="reweighted")
+    b = [train_set[i] for i in range(4)]
+    x = torch.stack([it["image"] for it in b])
+    with torch.no_grad():
+        model.eval().build([Batch(image=x, features=lite0_teacher(x))])
+        out = model.score(Batch(image=x))
+        maps, terms = model.score_inputs(Batch(image=x))
+    torch.testing.assert_close(out.pred_score, terms["reweighted"])
+    assert (terms["reweighted"] <= maps["nn"].flatten(1).amax(dim=1) + 1e-6).all()  # a weight in [0, 1) times s*
+    with pytest.raises(ValueError, match="image_score_rule"):
+        make_config("memory_bank", image_score_rule="weighted")

@@ -78,6 +78,17 @@ class MemoryBankConfig(MethodConfig):
     projection_dim: int | None = 64  # random projection for the coreset's distances; None = none
     coreset_seed: int = 0  # projection matrix and first centre
     chunk_elements: int = 2**22  # largest distance block (queries x bank rows) computed at once (16 MiB)
+    # image score: "map" = the shared scoring path's (max of the blurred map); "reweighted" = PatchCore's Eq. 7,
+    # the largest patch distance s* times 1 - softmax of the distances from that patch to its nearest bank
+    # patch m* and m*'s reweight_neighbours - 1 nearest bank neighbours (a patch in a sparse region counts more)
+    image_score_rule: str = "map"
+    reweight_neighbours: int = 9  # b of Eq. 7 (anomalib: 9), m* included
+
+    def __post_init__(self):
+        if self.image_score_rule not in ("map", "reweighted"):
+            raise ValueError(f"image_score_rule must be 'map' or 'reweighted', not {self.image_score_rule!r}")
+        if self.reweight_neighbours < 1:
+            raise ValueError(f"reweight_neighbours must be >= 1, got {self.reweight_neighbours}")
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
                                                                          image_score="max"))
 
@@ -111,20 +122,49 @@ def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int | None = None, s
     return chosen
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22) -> torch.Tensor:
-    """Euclidean distance (Q,) from each query (Q, D) to its nearest bank row (M, D), in blocks of at most
-    ``chunk_elements`` distances, so memory stays bounded whatever the bank's size."""
+def nearest(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distance (Q,) from each query (Q, D) to its nearest bank row (M, D), and that row's index (Q,),
+    in blocks of at most ``chunk_elements`` distances, so memory stays bounded whatever the bank's size."""
     Q, M = queries.shape[0], bank.shape[0]
     rows = max(1, min(M, chunk_elements))  # bank rows per block
     cols = max(1, chunk_elements // rows)  # queries per block
     out = torch.empty(Q, device=queries.device)
+    where = torch.empty(Q, dtype=torch.long, device=queries.device)
     for i in range(0, Q, cols):
         q = queries[i:i + cols]
         best = torch.full((q.shape[0],), float("inf"), device=queries.device)
+        arg = torch.zeros(q.shape[0], dtype=torch.long, device=queries.device)
         for j in range(0, M, rows):
-            best = torch.minimum(best, torch.cdist(q, bank[j:j + rows]).amin(dim=1))  # (q, rows) -> (q,)
-        out[i:i + cols] = best
-    return out
+            d, k = torch.cdist(q, bank[j:j + rows]).min(dim=1)  # (q, rows) -> (q,), (q,)
+            better = d < best
+            best = torch.where(better, d, best)
+            arg = torch.where(better, k + j, arg)
+        out[i:i + cols], where[i:i + cols] = best, arg
+    return out, where
+
+
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22) -> torch.Tensor:
+    """Distance (Q,) from each query to its nearest bank row (:func:`nearest` without the index)."""
+    return nearest(queries, bank, chunk_elements)[0]
+
+
+def reweighted_score(patches: torch.Tensor, dist: torch.Tensor, where: torch.Tensor, bank: torch.Tensor,
+                     b: int) -> torch.Tensor:
+    """PatchCore's image score (Eq. 7) per image. ``patches`` (B, N, D), their nearest-bank distances ``dist``
+    (B, N) and bank indices ``where`` (B, N). With m_test the patch of largest distance s*, m* its nearest bank
+    patch and N_b(m*) the ``b`` bank patches nearest to m* (m* first):
+    ``s = (1 - exp|m_test - m*| / sum_{m in N_b(m*)} exp|m_test - m|) * s*`` -> (B,)."""
+    B = patches.shape[0]
+    rows = torch.arange(B, device=patches.device)
+    j = dist.argmax(dim=1)  # (B,) the most anomalous patch of each image
+    s_star = dist[rows, j]  # (B,)
+    m_test = patches[rows, j]  # (B, D)
+    m_star = bank[where[rows, j]]  # (B, D)
+    b = min(b, bank.shape[0])
+    support = torch.cdist(m_star, bank).topk(b, dim=1, largest=False).indices  # (B, b), m* itself first
+    d = torch.cdist(m_test[:, None], bank[support]).squeeze(1)  # (B, b): |m_test - m| over N_b(m*)
+    d[:, 0] = (m_test - m_star).norm(dim=1)  # the first is m* exactly (ties in topk cannot reorder it)
+    return (1 - torch.softmax(d, dim=1)[:, 0]) * s_star  # (B,)
 
 
 class MemoryBank(Method):
@@ -214,16 +254,36 @@ class MemoryBank(Method):
         contract for code that asks every method for a loss."""
         return {"none": torch.zeros((), device=batch.image.device if batch.image is not None else self.bank.device)}
 
-    def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def _search(self, batch: Batch):
+        """Patches (B, h*w, D), their nearest-bank distances and indices (B, h*w) and the grid (h, w)."""
         emb = self.embed(batch)  # (B, D, h, w)
-        B, _, h, w = emb.shape
+        B, D, h, w = emb.shape
+        patches = self._patches(emb)  # (B*h*w, D)
         if self.bank.shape[0] == 0:
             warnings.warn("memory_bank: the bank is empty (build it with engine.fit first); returning zero maps",
-                          RuntimeWarning, stacklevel=2)
-            return {"nn": emb.new_zeros(B, 1, h, w)}
+                          RuntimeWarning, stacklevel=3)
+            zeros = patches.new_zeros(B, h * w)
+            return patches.view(B, h * w, D), zeros, zeros.long(), (h, w)
         with torch.autocast(emb.device.type, enabled=False):
-            d = nearest_distance(self._patches(emb), self.bank.float(), self.cfg.chunk_elements)  # (B*h*w,)
-        return {"nn": d.view(B, 1, h, w)}
+            d, k = nearest(patches, self.bank.float(), self.cfg.chunk_elements)  # (B*h*w,) each
+        return patches.view(B, h * w, D), d.view(B, h * w), k.view(B, h * w), (h, w)
+
+    def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
+        _, d, _, (h, w) = self._search(batch)
+        return {"nn": d.view(-1, 1, h, w)}  # (B, 1, h, w)
+
+    def score_inputs(self, batch: Batch):
+        """The map and, with ``image_score_rule="reweighted"``, PatchCore's Eq. 7 image score as the image term."""
+        patches, d, k, (h, w) = self._search(batch)
+        maps = {"nn": d.view(-1, 1, h, w)}
+        if self.cfg.image_score_rule != "reweighted" or self.bank.shape[0] == 0:
+            return maps, {}
+        with torch.autocast(d.device.type, enabled=False):
+            s = reweighted_score(patches.float(), d, k, self.bank.float(), self.cfg.reweight_neighbours)
+        return maps, {"reweighted": s}
+
+    def combine_rule(self) -> str:
+        return "terms"  # only asked when there is a term: the reweighted score alone is the image score
 
 
 def batch_device(feats: dict[str, torch.Tensor]) -> torch.device:
