@@ -247,3 +247,15 @@ def test_fit_evaluate_checkpoint(lite0_teacher, lite1_teacher, tiny_set, tmp_pat
     with pytest.raises(ValueError, match="second teacher"):
         other.load_from_checkpoint(model.state_for_checkpoint())
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_both_teachers_run_at_the_precision_asked(lite0_teacher, lite1_teacher):
+    """``--precision`` reaches the second teacher too (it once kept measuring "auto" on its own)."""
+    from unistad_edu.engine import precision_of
+    model = _model(lite0_teacher, lite1_teacher)
+    before = (lite0_teacher.precision, lite1_teacher.precision)
+    try:
+        prec = precision_of(model, "fp32", "cpu")
+        assert model.teacher.precision is prec and model.teacher2.precision is prec and prec.name == "fp32"
+    finally:
+        lite0_teacher.precision, lite1_teacher.precision = before

@@ -271,7 +271,7 @@ def run(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     run_dir = resolve_run(args.run)
     model = load_checkpoint(run_dir)
-    model.teacher.precision = getattr(args, "precision", "auto")  # demo/app.py has no --precision: auto
+    model.set_teacher_precision(getattr(args, "precision", "auto"))  # demo/app.py has no --precision: auto
     max_pixels = int(args.max_megapixels * 1e6)
     if args.bench:
         res = bench_demo(run_dir, n_requests=args.bench_requests, concurrency=args.bench_concurrency,

@@ -90,7 +90,7 @@ def precision_of(model: Method, precision=None, device=None):
     if precision is None:
         precision = model.teacher.precision
     prec = resolve(precision, device, model.teacher, model.cfg.image_size)
-    model.teacher.precision = prec
+    model.set_teacher_precision(prec)  # every teacher (the enhanced STPM's second one too) at the same precision
     model.to(memory_format=prec.memory_format)
     return prec
 

@@ -48,7 +48,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     for e in entries:
         cfg = read_config(e["run"])
         model = load_checkpoint(e["run"]).eval()
-        model.teacher.precision = precision
+        model.set_teacher_precision(precision)
         if not e["metrics"].is_file():   # not evaluated yet: the same evaluation as `eval --run`
             test = test_set(cfg, model.cfg.image_size, data=data)
             save_metrics(evaluate(model, test, progress=progress), e["metrics"])

@@ -154,6 +154,13 @@ class Method(nn.Module):
         with torch.no_grad():
             return self.teacher(batch.image)
 
+    def set_teacher_precision(self, precision) -> None:
+        """Every frozen teacher of the model (the enhanced STPM has two) runs at ``precision``."""
+        from ..teacher import Teacher
+        for m in self.modules():
+            if isinstance(m, Teacher):
+                m.precision = precision
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith(self.frozen_prefixes) and p.requires_grad]
 
