@@ -164,8 +164,16 @@ def test_jitter_only_in_training(lite0_teacher):
     for o in (o1, o2):
         torch.testing.assert_close(o["target"], clean)  # the target is the clean feature
         assert not torch.allclose(o["input"], o["target"])
-    # the noise has the paper's scale: sigma_token = alpha * ||f||_2 / C
-    noise = (o1["input"] - clean).flatten(2)  # (B, C, L)
+    # the default rule: per channel, sigma_c = jitter_spread * the channel's std over the batch's tokens
+    noise = (o1["input"] - clean).transpose(0, 1).flatten(1)  # (C, B * L)
+    spread = clean.transpose(0, 1).flatten(1).std(dim=1)  # (C,)
+    ratio = noise.std(dim=1) / (model.cfg.jitter_spread * spread)
+    assert model.cfg.jitter_rule == "spread" and 0.85 < ratio.median().item() < 1.15
+    # the paper's rule: sigma_token = alpha * ||f||_2 / C
+    paper = _uniad(lite0_teacher, jitter_rule="norm").train()
+    with torch.no_grad():
+        o = paper(batch)
+    noise = (o["input"] - clean).flatten(2)  # (B, C, L)
     C = clean.shape[1]
     sigma = 20.0 * clean.flatten(2).norm(dim=1) / C  # (B, L)
     ratio = noise.std(dim=1) / sigma
@@ -250,3 +258,22 @@ def test_fit_and_evaluate_on_tiny_synthetic_set(lite0_teacher, tmp_path):
     assert table["method"] == "uniad" and set(table["categories"]) == set(test.categories)
     assert all(0 <= v <= 1 for v in table["mean"].values() if v is not None and np.isfinite(v))
     # the checkpoint round trip of every method: tests/test_contract.py
+
+
+def test_neck_official_and_antialiased(lite0_teacher):
+    """``neck="official"`` is the official MFCN (bilinear, align_corners=True, every level straight to the grid);
+    ``"antialias"`` low-pass filters a shrinking level first -- both against torch's interpolate directly."""
+    import torch.nn.functional as F
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(7))
+    feats = lite0_teacher(x)
+    for neck, kw in (("official", dict(align_corners=True)), ("antialias", dict(align_corners=False, antialias=True))):
+        model = _uniad(lite0_teacher, neck=neck)
+        expect = torch.cat([F.interpolate(feats[n].float(), size=model.grid, mode="bilinear", **kw)
+                            if feats[n].shape[-2:] != model.grid else feats[n].float()
+                            for n in lite0_teacher.layer_names], dim=1)
+        torch.testing.assert_close(model.neck(feats), expect)
+    a = _uniad(lite0_teacher, neck="official").neck(feats)
+    b = _uniad(lite0_teacher, neck="antialias").neck(feats)
+    assert not torch.allclose(a[:, :24], b[:, :24])  # the stride-4 level differs
+    with pytest.raises(ValueError, match="neck"):
+        _uniad(lite0_teacher, neck="box")

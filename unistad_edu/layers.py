@@ -231,8 +231,8 @@ def levels_to_grid(features: dict[str, torch.Tensor], names: Sequence[str], grid
                    antialias: bool = True, align_corners: bool = False) -> list[torch.Tensor]:
     """Each named level bilinearly resized to ``grid`` (float32), in ``names`` order: [(B, C_l, h, w)].
 
-    ``antialias=True`` (default): a level that shrinks is averaged over the cells it covers (a stride-4
-    level becomes the mean of its 4 x 4 cells), not sampled at every fourth cell. ``antialias=False,
+    ``antialias=True`` (default): a level that shrinks is low-pass filtered first (a stride-4 level becomes a
+    triangle-weighted average of the fine cells around each coarse cell), not sampled at every fourth cell. ``antialias=False,
     align_corners=True`` is UniAD's official neck (``UpsamplingBilinear2d``); a level already on the grid is
     returned as it is either way."""
     out = []
