@@ -130,6 +130,8 @@ def test_load_time_overrides_change_scoring_not_weights(trained_run, lite0_teach
     from unistad_edu.scoring import ScoringConfig
     changed = load_checkpoint(run, teacher=lite0_teacher, overrides={"scoring": {"image_score": "topk_mean"}})
     assert changed.cfg.scoring.image_score == "topk_mean" and model.cfg.scoring.image_score == "max"
+    # the saved threshold belongs to the saved scoring: with an override there is none (no false-alarm rate)
+    assert load_checkpoint(run, teacher=lite0_teacher).threshold is not None and changed.threshold is None
     for k, v in model.state_for_checkpoint().items():
         assert torch.equal(v, changed.state_for_checkpoint()[k]), k
     with pytest.raises(CheckpointError, match="no_such_field"):

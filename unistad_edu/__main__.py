@@ -307,6 +307,9 @@ def cmd_eval(args) -> int:
         test = test_set(cfg, model.cfg.image_size, data=args.data or (None if cfg.get("data_root") else _data_root(None)))
         table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
                          precision=args.precision)
+    if args.overrides:
+        print(f"note: --set {' '.join(args.overrides)} changes the scores, and the run's threshold was calibrated "
+              f"without it: no false-alarm rate is reported", file=sys.stderr)
     out = Path(args.json) if args.json else run / "metrics.json"
     if out.is_dir():  # --json onto a folder: the usual file name inside it
         out = out / "metrics.json"

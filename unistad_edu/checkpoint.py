@@ -263,7 +263,8 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     except (ValueError, RuntimeError) as err:
         raise CheckpointError(f"{run / MODEL_FILE} does not fit a {cfg['method']!r} model with this config: {err}") from err
     model.run_config = cfg
-    model.threshold = cfg.get("threshold")
+    # the threshold was calibrated for the saved settings: a load-time override changes the scores, so there is none
+    model.threshold = None if overrides else cfg.get("threshold")
     return model.eval()
 
 
