@@ -288,3 +288,37 @@ def test_cli_set_overrides_parse_and_reach_the_config():
         _parse_overrides(["jitter"])
     with pytest.raises(ValueError, match="unknown UniADConfig fields"):
         make_config("uniad", "cpu", nosuch=1)
+
+
+def test_public_helpers_follow_the_engines_own_rules(train_set, lite0_teacher, tmp_path, monkeypatch):
+    """batch_of / batches, held_out, steps_per_epoch and fit_per_class (equal steps) -- the helpers lessons use
+    instead of copies -- agree with what fit itself does (its optimiser steps counted, its split read back)."""
+    from unistad_edu import engine
+    from unistad_edu.cache import FeatureCache
+    cache = FeatureCache(lite0_teacher, SIZE)
+    ids = [0, 3, 5, 6, 7]
+    chunks = list(engine.batches(train_set, ids, 2, cache, with_indices=True))
+    assert [p for p, _ in chunks] == [[0, 3], [5, 6], [7]]
+    b = engine.batch_of(train_set, [5, 6], cache)
+    torch.testing.assert_close(b.image, torch.stack([train_set[5]["image"], train_set[6]["image"]]))
+    torch.testing.assert_close(b.features[lite0_teacher.layer_names[0]],
+                               lite0_teacher(b.image)[lite0_teacher.layer_names[0]])
+    cfg = TrainConfig(epochs=1, progress=False)
+    train_part, held = engine.held_out(train_set, cfg)
+    assert len(train_part) + len(held) == len(train_set) and len(held) > 0
+    steps = []
+    real_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k))[1])
+    fit(_stpm(lite0_teacher), train_set, cfg, out=tmp_path / "run")
+    assert len(steps) == engine.steps_per_epoch(train_set, 8, cfg)  # fit's own steps in one epoch, batches of 8
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["heldout_images"] == len(held)
+    # per class, equal steps: every category's model takes at least the unified model's steps
+    steps.clear()
+    fits = engine.fit_per_class(lambda: _stpm(lite0_teacher), train_set, cfg)
+    unified = engine.steps_per_epoch(train_set, 8, cfg)
+    assert set(fits) == set(train_set.categories)
+    for cat, (model, res) in fits.items():
+        per_cat = res.epochs_done * engine.steps_per_epoch(train_set.by_category()[cat], 8, cfg)
+        assert per_cat >= unified and res.threshold is not None
+    assert len(steps) == sum(r.epochs_done * engine.steps_per_epoch(train_set.by_category()[c], 8, cfg)
+                             for c, (_, r) in fits.items())

@@ -602,11 +602,14 @@ def batch_of(dataset, indices: Sequence[int], cache: FeatureCache | None = None,
 
 
 def batches(dataset, indices: Sequence[int] | None = None, batch_size: int = 16, cache: FeatureCache | None = None,
-            device="cpu"):
-    """:func:`batch_of` over ``indices`` (default: every image, in order) in chunks of ``batch_size``."""
+            device="cpu", with_indices: bool = False):
+    """:func:`batch_of` over ``indices`` (default: every image, in order) in chunks of ``batch_size``;
+    ``with_indices``: yield ``(the chunk's indices, Batch)`` pairs instead."""
     ids = list(range(len(dataset))) if indices is None else list(indices)
     for k in range(0, len(ids), batch_size):
-        yield batch_of(dataset, ids[k:k + batch_size], cache, device)
+        part = ids[k:k + batch_size]
+        batch = batch_of(dataset, part, cache, device)
+        yield (part, batch) if with_indices else batch
 
 
 def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, cfg: TrainConfig | None = None,

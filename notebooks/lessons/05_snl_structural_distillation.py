@@ -137,16 +137,12 @@ normal_ids = [i for i, r in enumerate(test.records) if r.label == 0]
 defect_ids = [i for i, r in enumerate(test.records) if r.label == 1]
 
 
-def chunks(ids, n=16):
-    return [ids[k:k + n] for k in range(0, len(ids), n)]
-
-
 def mean_terms(terms_of, ids):
     # average of each term over batches of the given test images (same sampled positions for every student)
     total = {}
-    for part in chunks(ids):
+    for part, b in engine.batches(test, ids, 16, cache, device, with_indices=True):
         torch.manual_seed(SEED)
-        for k, v in terms_of(batch_of(part)).items():
+        for k, v in terms_of(b).items():
             total[k] = total.get(k, 0.0) + float(v) * len(part) / len(ids)
     return total
 
@@ -276,8 +272,7 @@ affinity error inside the defect with the mean outside it — for the trained an
 def inside_outside(model, ids):
     # mean affinity error e_i inside / outside the defect (mask at the affinity grid), per defective image
     ins, outs = [], []
-    for part in chunks(ids):
-        b = batch_of(part)
+    for part, b in engine.batches(test, ids, 16, cache, device, with_indices=True):
         with torch.no_grad():
             e = affinity_error_map(model.forward(b))                      # (B, 1, h, w)
         m = torch.stack([test[i]["mask"] for i in part]).float().to(e.device)

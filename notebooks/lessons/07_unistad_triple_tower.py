@@ -119,17 +119,14 @@ def batch_of(indices):  # these test images (B, 3, S, S) with their cached teach
     return engine.batch_of(test, indices, cache, device)
 
 
-def chunks(ids, n=16):
-    return [ids[k:k + n] for k in range(0, len(ids), n)]
-
-
 normal_ids = [i for i, r in enumerate(test.records) if r.label == 0]
 defect_ids = [i for i, r in enumerate(test.records) if r.label == 1]
 rows = []
 with torch.no_grad():
     for label, ids in (("normal", normal_ids), ("defective", defect_ids)):
-        parts = [model.terms_from(model.forward(batch_of(p))) for p in chunks(ids)]
-        sizes = [len(p) for p in chunks(ids)]
+        chunked = list(engine.batches(test, ids, 16, cache, device, with_indices=True))
+        parts = [model.terms_from(model.forward(b)) for _, b in chunked]
+        sizes = [len(p) for p, _ in chunked]
         rows.append({"test images": f"{label} ({len(ids)})",
                      **{k: sum(float(t[k]) * n for t, n in zip(parts, sizes)) / len(ids) for k in parts[0]}})
 display(Markdown("**loss terms on the test images** (unweighted)\n\n" + report.markdown_table(rows, digits=4)))
@@ -199,7 +196,8 @@ def inside_outside(maps_by_name, ids):
             for name, m in maps_by_name.items()}
 
 
-all_raw = {k: np.concatenate([token_maps(p)[k] for p in chunks(defect_ids)]) for k in MAP_NAMES}
+all_raw = {k: np.concatenate([token_maps(defect_ids[j:j + 16])[k] for j in range(0, len(defect_ids), 16)])
+           for k in MAP_NAMES}
 io_raw = inside_outside(all_raw, defect_ids)
 rows = []
 for k in MAP_NAMES:
@@ -289,8 +287,7 @@ def refine_with(maps, feats, name):
 spike_keep = {n: [] for n in ("default", "strong")}
 defect_keep = {n: [] for n in ("default", "strong")}
 with torch.no_grad():
-    for part in chunks(normal_ids):
-        b = batch_of(part)
+    for part, b in engine.batches(test, normal_ids, 16, cache, device, with_indices=True):
         feats = model.forward(b)["target"]                                  # the teacher tokens (B, C, h, w)
         with_cfg(refine=False)
         m = model.anomaly_maps(b)[K]                                        # (B, 1, h, w), unrefined
@@ -302,8 +299,7 @@ with torch.no_grad():
         for n in spike_keep:
             gain = (refine_with(spiked, feats, n) - refine_with(m, feats, n)).flatten(1)
             spike_keep[n] += gain[torch.arange(len(part)), spot].tolist()   # what is left of the +1
-    for part in chunks(defect_ids):
-        b = batch_of(part)
+    for part, b in engine.batches(test, defect_ids, 16, cache, device, with_indices=True):
         feats = model.forward(b)["target"]
         with_cfg(refine=False)
         m = model.anomaly_maps(b)[K]
