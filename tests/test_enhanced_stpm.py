@@ -121,7 +121,7 @@ def test_reconstruction_pair_sees_anomalies_and_matches_the_clean_teacher(lite0_
         assert h * w <= 0.10 * 64 * 64 * 1.25 and 2 <= h and 2 <= w
         assert not changed[:rows[0]].any() and not changed[rows[-1] + 1:].any()
     # in training, pair 2's student gets the pasted image, its teacher the clean one; pair 1 is untouched
-    model = _model(lite0_teacher, lite1_teacher, anomaly_prob=1.0).train()
+    model = _model(lite0_teacher, lite1_teacher, pair2_input="anomalous", anomaly_prob=1.0).train()
     clean = _model(lite0_teacher, lite1_teacher, pair2_input="clean").train()
     with torch.no_grad():
         got = model.loss_terms(batch64)
