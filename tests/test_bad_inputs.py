@@ -275,13 +275,13 @@ def catalogue_table(tmp_path_factory):
         Path(target).write_text("\n".join(lines) + "\n")
 
 
-def _record(case, kind, what, message, base) -> None:
+def _record(case, kind, what, message, tmp, base) -> None:
     if not os.environ.get(TABLE_ENV):
         return
     where = (f"`python -m unistad_edu {what[0]}`" if kind == "cli"
              else "demo upload decoder" if case.area == "upload" else "`load_checkpoint`")
     message = re.sub(r"note: this machine is already busy[^\n]*\n", "", message)  # the load, not the case
-    message = message.replace(str(base), "…").replace("\n", " ").replace("|", "/").strip()
+    message = message.replace(str(tmp), "…").replace(str(base), "…").replace("\n", " ").replace("|", "/").strip()
     n = CASES.index(case) + 1
     _ROWS[n] = f"| {n} | {case.area} | {case.id} | {where} | {message} |"
 
@@ -298,7 +298,7 @@ def test_bad_input_gets_a_specific_message(case, tmp_path, good_data, good_run, 
         text = out.err + out.out
         if case.message == r"__trains__":  # symlink loops must simply not hang or crash: training works
             assert rc == 0, text
-            _record(case, kind, what, f"(exit {rc}) trains normally", tmp_path_factory.getbasetemp())
+            _record(case, kind, what, f"(exit {rc}) trains normally", tmp_path, tmp_path_factory.getbasetemp())
             return
         assert rc == 2, f"exit code {rc}, output:\n{text}"
         message = out.err
@@ -309,7 +309,7 @@ def test_bad_input_gets_a_specific_message(case, tmp_path, good_data, good_run, 
         text = str(err.value)
     assert "Traceback" not in text
     assert re.search(case.message, message, flags=re.IGNORECASE | re.DOTALL), message
-    _record(case, kind, what, message, tmp_path_factory.getbasetemp())
+    _record(case, kind, what, message, tmp_path, tmp_path_factory.getbasetemp())
 
 
 def test_catalogue_is_large_and_covers_every_area():
