@@ -234,7 +234,7 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     except ValueError as err:
         raise CheckpointError(f"{run}: {err}") from err
     try:
-        legacy = getattr(method_class(cfg["method"]).Config, "missing_in_old_checkpoints", {})
+        legacy = method_class(cfg["method"]).Config.missing_in_old_checkpoints
         saved = {**{k: v for k, v in legacy.items() if k not in cfg["method_config"]}, **cfg["method_config"]}
         mcfg = make_config(cfg["method"], preset="cpu", **{**saved, **(overrides or {})})
     except (TypeError, ValueError) as err:

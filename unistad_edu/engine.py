@@ -16,10 +16,10 @@ then per process: the global batch is ``batch_size * world_size``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence

@@ -73,7 +73,8 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
                                         progress=progress),
               out=tmp, extra_config={"data_root": str(root.resolve()), "preset": "cpu", "setting": "unified",
                                      "trained_by": "python -m unistad_edu demo (default model)"})
-    log(f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {res.threshold:.4g}); "
+    threshold = "none" if res.threshold is None else f"{res.threshold:.4g}"
+    log(f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {threshold}); "
         f"evaluating on the test images for the model card ...")
     test = MVTecDataset(root, "test", image_size=spec["image_size"])
     save_metrics(evaluate(model, test, progress=progress), tmp / "metrics.json")

@@ -58,14 +58,17 @@ class MethodConfig:
     gamma: float = 0.1
     grad_clip: float | None = None
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    # older runs: fields a run saved before they existed, with the value it was trained with (applied when a
+    # checkpoint is loaded), and fields older versions saved that mean nothing now (dropped on load)
+    missing_in_old_checkpoints: ClassVar[dict] = {}
+    retired_fields: ClassVar[frozenset] = frozenset()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodConfig":
-        retired = getattr(cls, "retired_fields", frozenset())  # fields older versions saved, meaningless now
-        d = {k: v for k, v in d.items() if k not in retired}
+        d = {k: v for k, v in d.items() if k not in cls.retired_fields}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class MemoryBankConfig(MethodConfig):
     ``epochs`` and the optimiser fields are unused: the bank is built in one pass over the training images.
     ``projection_dim=None`` gives the exact greedy coreset (distances in all D dimensions)."""
 
-    missing_in_old_checkpoints = {"border": "valid"}  # a run saved before the field existed was built this way
+    missing_in_old_checkpoints: ClassVar[dict] = {"border": "valid"}  # a run saved before the field existed was built this way
 
     teacher_layers: tuple | None = (2, 3)  # Lite0 / WideResNet-50: the stride-8 and stride-16 levels
     epochs: int = 1
@@ -162,8 +163,7 @@ def reweighted_score(patches: torch.Tensor, dist: torch.Tensor, where: torch.Ten
     m_star = bank[where[rows, j]]  # (B, D)
     b = min(b, bank.shape[0])
     support = torch.cdist(m_star, bank).topk(b, dim=1, largest=False).indices  # (B, b), m* itself first
-    d = torch.cdist(m_test[:, None], bank[support]).squeeze(1)  # (B, b): |m_test - m| over N_b(m*)
-    d[:, 0] = (m_test - m_star).norm(dim=1)  # the first is m* exactly (ties in topk cannot reorder it)
+    d = torch.cdist(m_test[:, None], bank[support]).squeeze(1)  # (B, b): |m_test - m| over N_b(m*), m* first
     return (1 - torch.softmax(d, dim=1)[:, 0]) * s_star  # (B,)
 
 
