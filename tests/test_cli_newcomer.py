@@ -99,7 +99,7 @@ def test_time_left_covers_the_whole_run():
 
 
 def test_unlike_training_against_hand_made_statistics():
-    from unistad_edu.engine import unlike_training
+    from unistad_edu.report import unlike_training
     stats = {"per_class": {"a": {"n": 5, "mean": 1.0, "std": 0.1, "max": 1.2},
                            "b": {"n": 5, "mean": 3.0, "std": 0.5, "max": 4.0}}}
     # a: spread 0.2, b: spread 1.0 -> far needs > 1.2 + 10*0.2 = 3.2 and > 4.0 + 10*1.0 = 14.0

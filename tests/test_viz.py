@@ -281,3 +281,39 @@ def test_pick_defects_and_threshold_unit_grid(tmp_path):
     assert len(titles) == 12  # 3 rows x 4 images
     assert titles[4] == f"a: {out['scores'][show[0]] / 2.0:.2f} x thr"
     assert titles[8] == f"b: {out['scores'][show[0]] / 4.0:.2f} x thr"
+
+
+# ---- the demo's picture: outline of the predicted region, heatmap with its colour bar ---------------------------
+def test_outline_region_draws_the_border_of_the_map_above_the_threshold():
+    from unistad_edu.viz import OUTLINE_COLOUR, outline_region, predicted_region
+    image = np.full((32, 32, 3), 100, np.uint8)
+    amap = np.zeros((32, 32), np.float32)
+    amap[8:16, 10:20] = 2.0  # a rectangle above the threshold 1.0
+    region = predicted_region(amap, 1.0, (32, 32))
+    assert region.sum() == 8 * 10
+    out = outline_region(image, amap, 1.0, width=1)
+    cyan = np.all(out == OUTLINE_COLOUR, axis=-1)
+    border = np.zeros((32, 32), bool)
+    border[8:16, 10:20] = True
+    border[9:15, 11:19] = False  # the rectangle's one-pixel frame
+    assert np.array_equal(cyan, border)
+    assert np.array_equal(out[~border], image[~border])  # nothing else changed
+    assert np.array_equal(outline_region(image, amap, 5.0), image)   # nothing above the threshold
+    assert np.array_equal(outline_region(image, amap, None), image)  # no threshold, no outline
+    small = np.zeros((8, 8), np.float32)
+    small[2:4, 2:4] = 2.0  # a coarse map is resized to the image first
+    assert predicted_region(small, 1.0, (32, 32)).any()
+
+
+def test_heatmap_with_colorbar_holds_the_overlay_and_the_bar():
+    from unistad_edu.viz import colorbar, heatmap_with_colorbar, overlay
+    image = np.full((48, 48, 3), 80, np.uint8)
+    amap = np.linspace(0, 2, 48 * 48, dtype=np.float32).reshape(48, 48)
+    pic = heatmap_with_colorbar(image, amap, 1.0)
+    assert pic.shape[0] >= 48 and pic.shape[1] > 48 + 14  # overlay, then the bar and its labels to the right
+    np.testing.assert_array_equal(pic[:48, :48], overlay(image, amap, alpha=0.5, vmin=0.0, vmax=1.0))
+    ramp = colorbar(10)
+    top, bottom = ramp[0, 0], ramp[-1, 0]  # the colours of the threshold and of 0
+    cols = [x for x in range(48, pic.shape[1]) if np.array_equal(pic[0, x], top)
+            and any(np.array_equal(pic[y, x], bottom) for y in range(pic.shape[0]))]
+    assert cols, "no colour-bar column (threshold colour on top, 0's colour below) right of the overlay"

@@ -1,8 +1,8 @@
 """unistad-edu's command line: ``python -m unistad_edu COMMAND`` (or the ``unistad-edu`` console script).
 
-Commands: data (make the synthetic set, download MVTec AD / VisA), train, eval, predict, bench (speed and
-accuracy benchmarks), figures (the README figures), demo (the Gradio app). ``COMMAND --help`` shows each
-command's options with their defaults. Documents: README.md, docs/benchmarks.md, docs/reliability.md.
+Commands: data (make the synthetic set, download MVTec AD / VisA), train, eval, predict, export (ONNX /
+OpenVINO), bench (speed and accuracy benchmarks), figures (the README figures), demo (the Gradio app).
+``COMMAND --help`` shows each command's options with their defaults. Documents: README.md, docs/benchmarks.md, docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def _compute_options(p: argparse.ArgumentParser) -> None:
 
 
 def _method_listing() -> str:
-    from .methods import METHODS
+    try:
+        from .methods import METHODS
+    except ImportError:  # no PyTorch (serving an export): nothing to train with
+        return "(PyTorch is not installed: install unistad-edu with it to train)"
     return "; ".join(f"{name} (presets: {', '.join(sorted(cls.presets))})" for name, cls in sorted(METHODS.items()))
 
 
@@ -113,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     _compute_options(e)
 
     pr = sub.add_parser("predict", help="score images: score, verdict and heatmap PNGs", formatter_class=_Help,
-                        epilog="example:\n  python -m unistad_edu predict --run runs/quickstart a.png b.png")
-    pr.add_argument("--run", required=True)
+                        epilog="example:\n  python -m unistad_edu predict --run runs/quickstart a.png b.png\n"
+                               "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png")
+    pr.add_argument("--run", required=True, help="a run folder, or an export folder (served without PyTorch)")
+    pr.add_argument("--backend", choices=["auto", "onnxruntime", "openvino"], default="auto",
+                    help="for an export folder: its runtime (auto: onnxruntime for ONNX, OpenVINO for OpenVINO IR)")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", default=None, help="folder for heatmap PNGs (default: RUN/predictions)")
     pr.add_argument("--threshold", type=finite_float, default=None, help="override the calibrated threshold")
@@ -171,6 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "missing)")
     bl.add_argument("--data", default=None)
     bl.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 32)")
+
+    ex = sub.add_parser("export", help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
+                                       "parity-checked against the PyTorch model", formatter_class=_Help,
+                        epilog="example:\n  python -m unistad_edu export --run runs/quickstart --format onnx\n"
+                               "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png")
+    ex.add_argument("--run", required=True)
+    ex.add_argument("--format", dest="fmt", choices=["onnx", "openvino"], default="onnx")
+    ex.add_argument("--out", default=None, help="export folder (default: RUN/export-FORMAT)")
+    ex.add_argument("--opset", type=positive_int, default=18, help="ONNX opset")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    ex.add_argument("--threads", type=positive_int, default=None, help="torch threads")
+
+    bx = bench_parser("export", "export runs to ONNX; parity on real test images and batch-1 / batch-8 speed of "
+                                "PyTorch eager, onnxruntime and OpenVINO", image_size=False)
+    bx.set_defaults(batch_size=8)
+    bx.add_argument("--entry", action="append", nargs="+", default=[], metavar="LABEL RUN",
+                    help="a trained run (repeat per method)")
+    bx.add_argument("--data", default=None, help="default: each run's own data folder")
+    bx.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 16)")
+    bx.add_argument("--out-dir", default=None, help="where the exports go (default: a temporary folder)")
 
     from .figures import add_arguments as add_figure_arguments
     add_figure_arguments(sub.add_parser("figures", help="render the README figures (interference, heatmap grid, "
@@ -324,14 +350,21 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .engine import predict, unlike_training
+    from .export_runtime import ExportedModel, is_export
+    from .report import unlike_training
     from .viz import save_prediction
 
-    model = load_checkpoint(args.run)
+    if is_export(args.run):  # onnxruntime / OpenVINO: no PyTorch in the loop
+        model = ExportedModel(args.run, backend=args.backend, threads=args.threads)
+        results = model.predict(args.images, threshold=args.threshold)
+        print(f"served by {model.backend}", file=sys.stderr)
+    else:
+        from .checkpoint import load_checkpoint
+        from .engine import predict
+        model = load_checkpoint(args.run)
+        results = predict(model, args.images, threshold=args.threshold, precision=args.precision)
     out = Path(args.out) if args.out else Path(args.run) / "predictions"
     out.mkdir(parents=True, exist_ok=True)
-    results = predict(model, args.images, threshold=args.threshold, precision=args.precision)
     thr = args.threshold if args.threshold is not None else getattr(model, "threshold", None)
     validation = model.run_config.get("validation") or {}
     for i, (path, r) in enumerate(zip(args.images, results)):
@@ -344,6 +377,12 @@ def cmd_predict(args) -> int:
         if far:
             record["notice"] = far
         print(json.dumps(record))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+    export_run(args.run, args.fmt, out=args.out, opset=args.opset, overwrite=args.overwrite)
     return 0
 
 
@@ -363,21 +402,22 @@ def cmd_figures(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .checkpoint import CheckpointError
-    from .data import DataError
+    from .data import DataError  # these four import no torch: serving an export runs without it
+    from .errors import CheckpointError, TeacherWeightsError
+    from .export_runtime import is_export
     from .files import FolderBusy
-    from .teacher import TeacherWeightsError
 
     args = build_parser().parse_args(argv)
-    if hasattr(args, "threads"):  # a command that computes: threads first (inter-op threads only settable early)
+    serving_export = args.command in ("predict", "demo") and args.run is not None and is_export(args.run)
+    if hasattr(args, "threads") and not serving_export:  # threads first (inter-op threads only settable early)
         from .precision import configure_threads
         try:
             configure_threads(args.threads)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    handlers = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench,
-                "demo": cmd_demo, "figures": cmd_figures}
+    handlers = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+                "bench": cmd_bench, "demo": cmd_demo, "figures": cmd_figures}
     try:
         return handlers[args.command](args)
     except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError, ValueError,

@@ -8,6 +8,8 @@ repeats is reported.
   each method family, and what ``precision="auto"`` decides on this machine.
 * ``train``: engine ``fit`` images/s vs a bare loop doing the same step, for one method.
 * ``infer``: engine scoring images/s (teacher + method + shared scoring path) vs a teacher-only forward.
+* ``export``: each run exported to ONNX; parity on real test images and batch-1 / batch-8 speed of PyTorch eager,
+  onnxruntime and OpenVINO, side by side.
 * ``accuracy``: train a method unified and per-class on the same data (each in its own process, so wall
   time and peak memory are its own), evaluate both, and report the per-category tables side by side with
   the unified-minus-per-class gap: cross-class interference, measured.
@@ -20,6 +22,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .report import HEADLINE
@@ -358,6 +361,136 @@ def accuracy_markdown(result: dict, columns=HEADLINE) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, repeats: int = 3,
+                 precision="auto", threads: int | None = None, out_dir=None, log=print) -> dict:
+    """Export each run (``entries``: ``[{"label", "run"}]``) to ONNX and compare, on the real test images of the
+    categories it was trained on, the PyTorch model with the ONNX graph served by onnxruntime and by OpenVINO
+    (which reads the same ONNX file; its IR, ``export --format openvino``, is converted from it).
+
+    Parity: every test image, maps and scores, max |Δ| relative to the threshold and verdicts that differ, per
+    category. Speed, interleaved on ``n_images`` of those images (evenly spread): batch-1 latency (ms/image, one
+    image per call) and batch-``batch_size`` throughput (images/s) of PyTorch eager in fp32 (the exported
+    precision), PyTorch eager at ``precision`` (what ``predict`` uses; only if it resolves to another precision),
+    onnxruntime and OpenVINO, all at the same thread count; ratios against PyTorch fp32 and against PyTorch at
+    ``precision``."""
+    from .checkpoint import load_checkpoint
+    from .data import load_image
+    from .engine import precision_of
+    from .export import PARITY_TOLERANCE, ScoreGraph, compare, export_run, torch_scores
+    from .export_runtime import ExportedModel
+    from .methods.base import Batch
+    from .resolve import test_set
+
+    threads = threads or torch.get_num_threads()
+    out_root = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="bench_export_"))
+    rows = []
+    for entry in entries:
+        label, run = entry["label"], Path(entry["run"])
+        model = load_checkpoint(run)
+        model.set_teacher_precision("fp32")
+        size = int(model.cfg.image_size)
+        thr = model.threshold
+        test = test_set(model.run_config, size, data)
+        arrays = np.stack([load_image(r.path, size, exif_orientation=True) for r in test.records])  # (N, S, S, 3)
+        cats = np.array([r.category for r in test.records])
+        t0 = time.perf_counter()
+        folder = export_run(run, "onnx", out=out_root / label, overwrite=True, images=arrays[:8], log=log)
+        export_s = time.perf_counter() - t0
+        backends = {"onnxruntime": ExportedModel(folder, "onnxruntime", threads=threads),
+                    "openvino": ExportedModel(folder, "openvino", threads=threads)}
+        ref = torch_scores(model, arrays, batch_size=batch_size)
+        parity = {}
+        for name, served in backends.items():
+            got = [served.score_arrays(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
+            got = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
+            per_cat = {c: compare((ref[0][cats == c], ref[1][cats == c]), (got[0][cats == c], got[1][cats == c]), thr)
+                       for c in dict.fromkeys(cats)}
+            parity[name] = {**compare(ref, got, thr), "categories": per_cat,
+                            "within_tolerance": compare(ref, got, thr)["max_rel"] <= PARITY_TOLERANCE}
+        # speed: the same images through every path, interleaved
+        pick = arrays[np.linspace(0, len(arrays) - 1, min(n_images, len(arrays))).astype(int)]
+        xs = torch.from_numpy(pick).permute(0, 3, 1, 2).float() / 255.0  # (n, 3, S, S)
+        graph = ScoreGraph(model).eval()
+        auto = load_checkpoint(run)
+        auto.set_teacher_precision(precision)
+        prec = precision_of(auto, precision, "cpu")
+
+        def eager_fp32(b):
+            def fn():
+                with torch.inference_mode():
+                    for i in range(0, len(xs), b):
+                        graph(xs[i:i + b])
+            return fn
+
+        def eager_auto(b):
+            def fn():
+                with torch.inference_mode(), prec.autocast(torch.device("cpu")):
+                    for i in range(0, len(xs), b):
+                        auto.score(Batch(image=xs[i:i + b]))
+            return fn
+
+        def served(m, b):
+            def fn():
+                for i in range(0, len(pick), b):
+                    m.score_arrays(pick[i:i + b])
+            return fn
+
+        timings = {}
+        for b, key in ((1, "batch1"), (batch_size, f"batch{batch_size}")):
+            fns = {"pytorch_fp32": eager_fp32(b)}
+            if prec.name != "fp32":
+                fns[f"pytorch_{prec.name}"] = eager_auto(b)
+            fns.update({name: served(m, b) for name, m in backends.items()})
+            timings[key] = interleaved(fns, len(pick), repeats)  # images/s
+        b1 = timings["batch1"]
+        fastest = max(backends, key=lambda k: b1[k])
+        eager_best = max((k for k in b1 if k.startswith("pytorch")), key=lambda k: b1[k])
+        rows.append({
+            "label": label, "run": str(run), "method": model.run_config["method"], "image_size": size,
+            "test_images": int(len(arrays)), "threshold": thr, "export_s": round(export_s, 1),
+            "parity": parity,
+            "batch1_ms_per_image": {k: 1000.0 / v for k, v in b1.items()},
+            f"batch{batch_size}_images_per_s": timings[f"batch{batch_size}"],
+            "ratios": {"fastest_export_vs_pytorch_fp32_batch1": b1[fastest] / b1["pytorch_fp32"],
+                       "fastest_export_vs_fastest_pytorch_batch1": b1[fastest] / b1[eager_best],
+                       "fastest_export": fastest, "fastest_pytorch": eager_best,
+                       **{f"{k}_vs_pytorch_fp32_batch{batch_size}": v / timings[f"batch{batch_size}"]["pytorch_fp32"]
+                          for k, v in timings[f"batch{batch_size}"].items() if k != "pytorch_fp32"}},
+        })
+        log(f"{label}: parity onnxruntime {parity['onnxruntime']['max_rel']:.2g} / OpenVINO "
+            f"{parity['openvino']['max_rel']:.2g} of the threshold; batch-1 {fastest} "
+            f"{rows[-1]['ratios']['fastest_export_vs_pytorch_fp32_batch1']:.2f}x PyTorch fp32")
+    return {"rows": rows, "setup": {"n_images_timed": n_images, "batch_size": batch_size, "repeats": repeats,
+                                    "threads": threads, "precision": precision, "tolerance": PARITY_TOLERANCE,
+                                    "data": str(data) if data else "each run's own data_root"}}
+
+
+def export_markdown(result: dict) -> list[str]:
+    st = result["setup"]
+    bs = st["batch_size"]
+    lines = [f"Parity on every test image of each run's categories (max |Δ| of map pixels and scores, as a "
+             f"fraction of the run's threshold; tolerance {st['tolerance']:g}; verdicts = score > threshold):", "",
+             "| run | method | test images | onnxruntime max rel. Δ | OpenVINO max rel. Δ | verdicts differ (ORT / OV) |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        o, v = r["parity"]["onnxruntime"], r["parity"]["openvino"]
+        lines.append(f"| {r['label']} | {r['method']} | {r['test_images']} | {o['max_rel']:.2g} | {v['max_rel']:.2g} | "
+                     f"{o['verdicts_differ']} / {v['verdicts_differ']} |")
+    keys = list(result["rows"][0]["batch1_ms_per_image"]) if result["rows"] else []
+    lines += ["", f"Speed on {st['n_images_timed']} of those images, {st['threads']} threads, interleaved, median of "
+                  f"{st['repeats']}: batch-1 latency (ms/image) and batch-{bs} throughput (images/s):", "",
+              "| run | " + " | ".join(f"{k} b1 ms" for k in keys) + " | " + " | ".join(f"{k} b{bs} img/s" for k in keys)
+              + " | fastest export vs PyTorch fp32, b1 | vs fastest PyTorch, b1 |",
+              "|---|" + "---:|" * (2 * len(keys) + 2)]
+    for r in result["rows"]:
+        b1, bn, ra = r["batch1_ms_per_image"], r[f"batch{bs}_images_per_s"], r["ratios"]
+        lines.append(f"| {r['label']} | " + " | ".join(f"{b1[k]:.1f}" for k in keys) + " | "
+                     + " | ".join(f"{bn[k]:.1f}" for k in keys)
+                     + f" | {ra['fastest_export_vs_pytorch_fp32_batch1']:.2f}x ({ra['fastest_export']}) | "
+                       f"{ra['fastest_export_vs_fastest_pytorch_batch1']:.2f}x ({ra['fastest_pytorch']}) |")
+    return lines
+
+
 def to_markdown(what: str, result: dict, command: str) -> str:
     if what == "leaderboard":
         from .leaderboard import markdown
@@ -368,6 +501,8 @@ def to_markdown(what: str, result: dict, command: str) -> str:
                 + accuracy_markdown(result))
     lines = [f"### bench {what} — {date.today().isoformat()}", "", f"- machine: {result['machine']}",
              f"- command: `{command}`", ""]
+    if what == "export":
+        return "\n".join(lines + export_markdown(result)) + "\n"
     if what == "precision":
         lines += [f"- native bf16: {result['native_bf16']} ({result['native_reason']})",
                   f"- `precision=auto` decides: **{result['auto']['name']}**"
@@ -419,6 +554,14 @@ def main(args) -> int:
         result = leaderboard.collect(entries, args.data, batch_size=args.batch_size, repeats=args.repeats,
                                      precision=args.precision,
                                      **({"n_images": args.n_images} if args.n_images else {}))
+    elif args.what == "export":
+        from . import leaderboard
+        if not args.entry:
+            raise SystemExit("bench export needs at least one --entry LABEL RUN")
+        entries = [leaderboard.parse_entry(e) for e in args.entry]
+        result = bench_export(entries, args.data, batch_size=args.batch_size, repeats=args.repeats,
+                              precision=args.precision, threads=args.threads, out_dir=args.out_dir,
+                              **({"n_images": args.n_images} if args.n_images else {}))
     else:
         result = bench_infer(args.method, args.data, precision=args.precision, **kw,
                              **({"n_images": args.n_images} if args.n_images else {}))

@@ -34,14 +34,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import files
+from .errors import CheckpointError  # noqa: F401  (defined torch-free; raised here)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A run folder or checkpoint cannot be used; the message says what does not match."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:

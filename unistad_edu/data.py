@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -574,8 +573,10 @@ def scan_category(name: str, folder: Path, split: str, check_masks: bool = True)
 # --------------------------------------------------------------------------------------------------------
 # the dataset
 # --------------------------------------------------------------------------------------------------------
-class MVTecDataset(torch.utils.data.Dataset):
-    """One split over one or many categories of an MVTec-layout folder tree.
+class MVTecDataset:
+    """One split over one or many categories of an MVTec-layout folder tree (a map-style dataset: ``len`` and
+    ``[i]``, which is all ``torch.utils.data.DataLoader`` asks; torch is imported only when an item is built, so
+    code that only decodes images -- serving an exported model -- runs without it).
 
     Args:
         root: folder holding categories at any depth.
@@ -661,6 +662,8 @@ class MVTecDataset(torch.utils.data.Dataset):
         return image, mask
 
     def __getitem__(self, i: int) -> dict:
+        import torch
+
         r = self.records[i]
         image, mask = self._decode(i)
         img_t = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)  # (3, S, S)
@@ -694,6 +697,8 @@ def holdout_split(dataset: MVTecDataset, fraction: float = 0.1, seed: int = 0,
 
 def collate(samples: list[dict]) -> dict:
     """Stack tensors, keep strings as lists (DataLoader collate_fn)."""
+    import torch
+
     out = {}
     for key in samples[0]:
         vals = [s[key] for s in samples]

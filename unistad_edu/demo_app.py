@@ -1,7 +1,9 @@
 """The Gradio demo: upload images (or click an example), get anomaly score, verdict and heatmap.
 
-One unified model serves every category (no category picker). It works with a run folder of any method: it
-only uses ``load_checkpoint``, ``engine.predict``, the run's ``config.json`` and, if present, ``metrics.json``.
+One unified model serves every category (no category picker). It works with a run folder of any method (it
+only uses ``load_checkpoint``, ``engine.predict``, the run's ``config.json`` and, if present, ``metrics.json``)
+and with an export folder (``python -m unistad_edu export``), served by onnxruntime or OpenVINO without PyTorch;
+the model card says which backend serves it.
 Non-UI logic (safe decoding, default run, model card, load test) lives in :mod:`unistad_edu.demo_support`.
 
 Run it with ``python -m unistad_edu demo [--run RUN]`` or ``python demo/app.py [--run RUN]``; it binds
@@ -59,16 +61,14 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
     file another request is being sent), inside Gradio's cache. Launch it with :func:`launch`, which also
     applies the upload size limit ``max_upload_mb``. Uploads and rendered images are deleted once older than
     ``keep_files_minutes`` and when the server stops (0: kept, Gradio's default) -- they are other people's data."""
-    import torch
-
-    from .checkpoint import load_checkpoint
-    from .engine import predict, unlike_training
+    from .report import unlike_training
 
     run = Path(run_dir)
-    model = model if model is not None else load_checkpoint(run)
+    model = model if model is not None else ds.load_served_model(run)
+    infer, backend = ds.predictor(model)  # PyTorch, or onnxruntime / OpenVINO for an export folder
     cfg = dict(getattr(model, "run_config", None) or {})
     calibrated = getattr(model, "threshold", None)
-    size = int(cfg.get("image_size") or model.cfg.image_size)
+    size = int(cfg.get("image_size") or ds.served_image_size(model))
     examples = ds.example_images(cfg)
     metrics = resolve.load_run_metrics(run)
     s_max, s_step, s_value = ds.slider_range({**cfg, "threshold": calibrated})
@@ -76,8 +76,8 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
     model_lock = threading.Lock()  # one model call at a time: safe for any method; decoding and rendering overlap
 
     def score_arrays(decoded: Sequence[ds.Decoded]) -> list[dict]:
-        with model_lock, torch.inference_mode():
-            res = predict(model, [d.array for d in decoded])
+        with model_lock:
+            res = infer([d.array for d in decoded])
         return [{"name": d.name, "score": float(r["score"]), "image": r["image"], "map": r["anomaly_map"],
                  "levels": r.get("level_maps") or {}} for d, r in zip(decoded, res)]
 
@@ -87,7 +87,8 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
         folder = ds.request_folder(heat_gallery.GRADIO_CACHE)  # this request's own files
         heat = []
         for i, r in enumerate(rows):
-            heat += [(ds.write_view(r["image"], folder, f"{i}-input.png"), f"{r['name']} (as the model sees it)"),
+            heat += [(ds.write_view(ds.render_input(r["image"], r["map"], threshold), folder, f"{i}-input.png"),
+                      f"{r['name']} (as the model sees it; outline: map > threshold)"),
                      (ds.write_view(ds.render_overlay(r["image"], r["map"], threshold, scale), folder,
                                     f"{i}-overlay.png"),
                       f"score {r['score']:.4g} · {ds.verdict(r['score'], threshold)}")]
@@ -194,7 +195,8 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
                                         elem_id="levels",
                                         interactive=False)
         with gr.Accordion("Model card", open=True, elem_id="model-card-accordion"):
-            gr.Markdown(ds.model_card(cfg, metrics, run_dir=run, heading=False), elem_id="model-card")
+            gr.Markdown(ds.model_card(cfg, metrics, run_dir=run, heading=False, backend=backend),
+                        elem_id="model-card")
         state = gr.State([])
         record = gr.JSON(visible=False, label="result")   # for API clients: exact scores and verdicts
 

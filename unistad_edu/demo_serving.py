@@ -79,10 +79,11 @@ def _timed_pool(fn, items, concurrency: int) -> tuple[list[float], list[str], fl
 @contextlib.contextmanager
 def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = 180.0,
                         log: Callable[[str], None] = print, extra_args: Sequence[str] = (),
-                        started: list | None = None):
+                        started: list | None = None, env: dict | None = None):
     """Start ``python -m unistad_edu demo --run RUN [extra_args]`` on a free loopback port in a child process,
     wait until it answers, yield its URL, and stop it (that child only) afterwards. ``started``: a list the
-    child's ``Popen`` is appended to (e.g. to watch its memory)."""
+    child's ``Popen`` is appended to (e.g. to watch its memory); ``env``: the child's environment (default:
+    this process's)."""
     import subprocess
     import sys
     import urllib.request
@@ -92,7 +93,7 @@ def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout
            "--port", str(port), "--concurrency", str(concurrency), *map(str, extra_args)]
     logf = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+                            env={**(os.environ if env is None else env), "GRADIO_ANALYTICS_ENABLED": "False"})
     if started is not None:
         started.append(proc)
     url = f"http://{DEFAULT_HOST}:{port}/"
@@ -144,14 +145,11 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     and throughput (requests/s) of each."""
     import platform
 
-    import torch
     from gradio_client import Client, handle_file
 
-    from .checkpoint import load_checkpoint
-    from .engine import predict
-
     run = resolve_run(run_dir, log=log)
-    model = model if model is not None else load_checkpoint(run)
+    model = model if model is not None else ds.load_served_model(run)
+    infer, backend = ds.predictor(model)
     if images is None:
         images = [e.path for e in example_images(model.run_config)]
     if not images:
@@ -189,8 +187,7 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
         lat, errors, wall = _timed_pool(call, seq, concurrency)
 
     def bare(path):
-        with torch.inference_mode():
-            return predict(model, [str(path)])
+        return infer([str(path)])
 
     for p in seq[:warmup]:
         bare(p)
@@ -202,7 +199,7 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
         "run": str(run), "method": cfg.get("method"), "image_size": cfg.get("image_size"),
         "n_requests": n_requests, "client_concurrency": concurrency, "app_concurrency_limit": app_concurrency,
         "app": "in this process" if in_process else "child process (python -m unistad_edu demo)",
-        "images": len(images), "torch_threads": torch.get_num_threads(),
+        "images": len(images), "backend": backend,
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "demo": {"ok": len(lat), "failed": len(errors), "errors": errors[:5], **_percentiles(lat),
@@ -221,18 +218,14 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
 def screenshot(run_dir, out, model=None, width: int = 1280, timeout_s: float = 120.0) -> Path:
     """Render the page in headless Chromium after clicking an example and save a full-page PNG. The example
     is the defective one the model scores highest (an illustration; the model card shows the honest numbers)."""
-    import torch
     from playwright.sync_api import sync_playwright
 
-    from .checkpoint import load_checkpoint
-    from .engine import predict
-
-    model = model if model is not None else load_checkpoint(run_dir)
+    model = model if model is not None else ds.load_served_model(run_dir)
     examples = ds.example_images(model.run_config)
     pick = 0
     if examples:
-        with torch.inference_mode():
-            scores = [r["score"] for r in predict(model, [e.path for e in examples])]
+        infer, _ = ds.predictor(model)
+        scores = [r["score"] for r in infer([e.path for e in examples])]
         defects = [i for i, e in enumerate(examples) if e.defect != "good"] or list(range(len(examples)))
         pick = max(defects, key=lambda i: scores[i])
     demo = build_app(run_dir, model=model)
@@ -263,15 +256,13 @@ def run(args) -> int:
     """The ``demo`` command: resolve the run, then serve, or render a screenshot, or load-test."""
     import json
 
-    from .checkpoint import load_checkpoint
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     run_dir = resolve_run(args.run)
-    model = load_checkpoint(run_dir)
-    model.set_teacher_precision(getattr(args, "precision", "auto"))  # demo/app.py has no --precision: auto
+    model = ds.load_served_model(run_dir, backend=args.backend, threads=getattr(args, "threads", None),
+                                 precision=getattr(args, "precision", "auto"))  # demo/app.py has no --precision
     max_pixels = int(args.max_megapixels * 1e6)
     if args.bench:
         res = bench_demo(run_dir, n_requests=args.bench_requests, concurrency=args.bench_concurrency,
@@ -302,8 +293,8 @@ def run(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"demo of {run_dir} ({model.run_config.get('method')}) at http://{args.host}:{args.port}/  "
-          f"(Ctrl+C to stop)", flush=True)
+    print(f"demo of {run_dir} ({model.run_config.get('method')}, served by {ds.predictor(model)[1]}) at "
+          f"http://{args.host}:{args.port}/  (Ctrl+C to stop)", flush=True)
     try:
         launch(demo, args.host, args.port, block=True)
     finally:

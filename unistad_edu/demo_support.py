@@ -44,6 +44,42 @@ FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
 
 
 
+# ---- the model the demo serves ----------------------------------------------------------------------------
+def load_served_model(run_dir, backend: str = "auto", threads: int | None = None, precision: str = "auto"):
+    """The model of a run folder (PyTorch, teacher at ``precision``) or of an export folder (onnxruntime or
+    OpenVINO, ``backend``; no PyTorch imported)."""
+    from .export_runtime import ExportedModel, is_export
+    if is_export(run_dir):
+        return ExportedModel(run_dir, backend=backend, threads=threads)
+    from .checkpoint import load_checkpoint
+    model = load_checkpoint(run_dir)
+    model.set_teacher_precision(precision)
+    return model
+
+
+def predictor(model):
+    """``(predict(images) -> engine.predict's per-image dicts, backend description)`` for a PyTorch model or an
+    :class:`~unistad_edu.export_runtime.ExportedModel`: the one call the demo, its load test and its screenshot
+    make, whatever serves the model."""
+    from .export_runtime import ExportedModel
+    if isinstance(model, ExportedModel):
+        return model.predict, model.backend
+    import torch
+
+    from .engine import predict
+
+    def run(images):
+        with torch.inference_mode():
+            return predict(model, images)
+    device = next(model.parameters()).device
+    return run, f"PyTorch {torch.__version__} ({device.type}, {torch.get_num_threads()} threads)"
+
+
+def served_image_size(model) -> int:
+    size = getattr(model, "image_size", None)
+    return int(size if size is not None else model.cfg.image_size)
+
+
 # ---- safe decoding ----------------------------------------------------------------------------------------
 class UploadError(ValueError):
     """An uploaded file cannot be scored; ``str(err)`` is a message for the page (it names the file), ``reason``
@@ -215,12 +251,18 @@ def thumbnail(path, size: int = 112) -> np.ndarray:
 
 def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
                    scale: str = "fixed") -> np.ndarray:
-    """The heatmap overlay (uint8). ``scale="fixed"``: colours from 0 to the threshold, so red means "at or
-    above the threshold" and normal images stay cold; ``"image"``: each map's own min -> max."""
-    from .viz import overlay
-    if scale == "fixed" and threshold is not None and threshold > 0:
-        return overlay(image, anomaly_map, alpha=0.5, vmin=0.0, vmax=float(threshold))
-    return overlay(image, anomaly_map, alpha=0.5)
+    """The heatmap overlay with its colour bar and labelled ticks (uint8). ``scale="fixed"``: colours from 0 to
+    the threshold, so red means "at or above the threshold" and normal images stay cold; ``"image"``: each map's
+    own min -> max (the bar says which)."""
+    from .viz import heatmap_with_colorbar
+    return heatmap_with_colorbar(image, anomaly_map, threshold, "fixed" if scale == "fixed" else "image")
+
+
+def render_input(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The image as the model sees it, with the predicted region (map > threshold) outlined in cyan -- what
+    anomalib's inferencer shows as the predicted mask."""
+    from .viz import outline_region
+    return outline_region(image, anomaly_map, threshold)
 
 
 def render_levels(level_maps: dict, size: int) -> list[tuple[np.ndarray, str]]:
@@ -291,8 +333,9 @@ def _fmt(v, digits=4) -> str:
     return str(v)
 
 
-def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bool = True) -> str:
-    """A Markdown model card from config.json (and metrics.json if present)."""
+def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bool = True,
+               backend: str | None = None) -> str:
+    """A Markdown model card from config.json (and metrics.json if present); ``backend``: what serves it."""
     from .report import format_table
 
     teacher = cfg.get("teacher") or {}
@@ -315,6 +358,8 @@ def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bo
         f"- **Package:** unistad-edu {cfg.get('package_version', '?')}"
         + (f"; run folder `{short_path(run_dir)}`" if run_dir else "") + ".",
     ]
+    if backend:
+        lines.append(f"- **Served by:** {backend}.")
     per = (cfg.get("validation") or {}).get("per_class") or {}
     if per:
         lines += ["", "**Held-out normal scores per category** (what one shared threshold has to fit):", "",
@@ -354,8 +399,12 @@ def is_loopback(host: str) -> bool:
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``python -m unistad_edu demo`` and ``python demo/app.py`` (values checked as parsed)."""
     from . import options
-    p.add_argument("--run", default=None, help="run folder (model.safetensors + config.json). Default: a small "
+    p.add_argument("--run", default=None, help="run folder (model.safetensors + config.json) or export folder "
+                   "(export.json). Default: a small "
                    "STPM model trained once on the synthetic set into $UNISTAD_CACHE/demo_run")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino"], default="auto",
+                   help="for an export folder (python -m unistad_edu export): its runtime (auto: onnxruntime for "
+                        "ONNX, OpenVINO for OpenVINO IR); PyTorch is not used")
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1, this machine only; "
                    "0.0.0.0 exposes the demo to your network)")
     p.add_argument("--port", type=options.port, default=DEFAULT_PORT)

@@ -636,31 +636,6 @@ def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, cfg: Tr
     return results
 
 
-FAR_FACTOR = 10.0  # "unlike anything trained on": this many normal spreads above every category's highest normal
-
-
-def unlike_training(score: float, validation: dict, factor: float = FAR_FACTOR) -> str | None:
-    """A notice when ``score`` lies far outside the normal score range of **every** training category, else None.
-
-    ``validation``: config.json's per-category statistics of held-out normal scores (``calibrate_threshold``).
-    Far means: for every category c, ``score > max_c + factor * (max_c - mean_c)`` -- the category's highest
-    normal score plus ``factor`` times how far its highest lies above its mean. A defect on a trained product
-    usually scores within a few such spreads; a photo of something else (a cat, a screen, a blank page) lands
-    far beyond every category, which "ANOMALOUS" alone would not tell."""
-    per = (validation or {}).get("per_class") or {}
-    if not per or not math.isfinite(score):
-        return None
-    margins = []
-    for stats in per.values():
-        top, mean = float(stats["max"]), float(stats["mean"])
-        spread = max(top - mean, 1e-12)
-        margins.append((score - top) / spread)
-    if min(margins) <= factor:
-        return None
-    return (f"unlike anything this model was trained on: the score lies {min(margins):.0f} normal spreads above "
-            f"the highest normal score of every training category ({len(per)}); is this one of the trained products?")
-
-
 # ---- evaluate ------------------------------------------------------------------------------------------
 def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None = None, batch_size: int = 16,
              progress: bool = True, setting: str = "unified", return_outputs: bool = False, precision=None):

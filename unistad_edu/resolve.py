@@ -97,11 +97,16 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
 
 
 def resolve_run(run=None, log: Callable[[str], None] = print) -> Path:
-    """``--run`` if given (checked to be a run folder), else the default model (trained on first use)."""
-    from .checkpoint import read_config
+    """``--run`` if given (checked to be a run folder or an export folder), else the default model (trained on
+    first use)."""
+    from .export_runtime import is_export, read_card
     if run is None:
         return ensure_default_run(log=log)
     run = Path(run)
+    if is_export(run):  # an export folder: its card checked (version, files), no PyTorch needed
+        read_card(run)
+        return run
+    from .checkpoint import read_config
     read_config(run)  # raises CheckpointError with a clear message for a wrong folder
     return run
 

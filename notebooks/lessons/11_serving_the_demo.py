@@ -18,7 +18,9 @@ In this lesson we go through the whole path, and we check each step against the 
 2. **launch** the demo from the notebook, bound to **127.0.0.1** (loopback) on a free port;
 3. **query** it with `gradio_client`: normal and defective images, a bad upload, a few timings — and compare
    what comes back with `engine.predict` on the same images in the notebook;
-4. **stop** it, and show that it is really gone.
+4. **stop** it, and show that it is really gone;
+5. **export** the same run to ONNX, serve it with onnxruntime and OpenVINO — no PyTorch — check that it gives
+   the same answers, and time the three backends.
 """),
     code(r"""
 import atexit
@@ -358,8 +360,65 @@ kept = sorted(p for p in SERVER_FILES.rglob("*") if p.is_file())
 kept_uploads = sorted({p.name for p in kept if p.suffix == ".png"})
 print(f"\nleft in the server's file cache after the stop: {len(kept)} files, "
       f"{sum(p.stat().st_size for p in kept) / 1024:.0f} KiB, uploads among them: {kept_uploads[:4]}")
-shutil.rmtree(WORK, ignore_errors=True)
 os.environ.pop("GRADIO_TEMP_DIR")
+"""),
+    md(r"""
+## 7. Export: the same model without PyTorch
+
+A run folder needs this package and PyTorch to be served. `python -m unistad_edu export --run RUN --format
+onnx` (here: `export.export_run`) turns it into **one graph** in the [ONNX](https://onnx.ai) format: from the
+image tensor — the teacher's normalisation inside — through the student, the shared scoring path (upsampling,
+blur, image score) to the anomaly map and the score. Any ONNX runtime can then serve it: `onnxruntime`, or
+Intel's [OpenVINO](https://docs.openvino.ai) (which also has its own format, `--format openvino`). The batch size
+stays free; the image size is the run's, fixed, and written into the folder's card (`export.json`) with the
+threshold, the method, the teacher and the run's `save_id`.
+
+An export is only useful if it gives **the same answers**. `export_run` checks that before it writes
+anything; here we check it again ourselves, on the example images, against `predict` in fp32 (the graph's
+precision): the largest difference of any map pixel or score, as a fraction of the threshold, and the verdicts.
+"""),
+    code(r"""
+from unistad_edu.export import PARITY_TOLERANCE, export_run
+from unistad_edu.export_runtime import ExportedModel
+
+EXPORT = export_run(RUN, "onnx", out=WORK / "export-onnx", log=lambda m: None)
+card = json.loads((EXPORT / "export.json").read_text())
+print(f"{EXPORT.name}: {', '.join(f'{p.name} ({p.stat().st_size / 1e6:.1f} MB)' for p in sorted(EXPORT.iterdir()))}")
+print(f"card: method {card['method']}, image size {card['image_size']}, threshold {card['threshold']:.4g}, "
+      f"precision {card['precision']}, save_id {card['save_id'][:8]}... (the run's: {run_config['save_id'][:8]}...)")
+
+reference = predict(served_model, paths, precision="fp32")      # PyTorch, the graph's precision
+backends = {name: ExportedModel(EXPORT, backend=name) for name in ("onnxruntime", "openvino")}
+parity = {}
+for name, exported in backends.items():
+    got = exported.predict(paths)
+    d = max(max(abs(a["score"] - b["score"]), float(np.abs(a["anomaly_map"] - b["anomaly_map"]).max()))
+            for a, b in zip(reference, got))
+    parity[name] = {"max |Δ| / threshold": d / THRESHOLD,
+                    "verdicts differ": sum(a["anomalous"] != b["anomalous"] for a, b in zip(reference, got))}
+    print(f"{exported.backend:45s} max |Δ| = {d / THRESHOLD:.1e} of the threshold, "
+          f"{parity[name]['verdicts differ']} of {len(paths)} verdicts differ")
+"""),
+    md(r"""
+And what it buys: the same images scored one at a time (batch 1, what a demo request is) by PyTorch — in fp32
+and at the precision `predict` chooses on this CPU — and by the two runtimes. Interleaved, median of three
+rounds, on *this* machine; the speed-up depends on the CPU, so we print it rather than assert it
+(`python -m unistad_edu bench export` measures every method, in `docs/benchmarks.md`).
+"""),
+    code(r"""
+from unistad_edu.precision import resolve as resolve_precision
+from unistad_edu.timing import interleaved
+
+arrays = [r["image"] for r in reference]                         # the decoded (S, S, 3) images
+auto_prec = resolve_precision("auto", "cpu", served_model.teacher, SIZE).name  # what predict() uses on this CPU
+fns = {"PyTorch fp32": lambda: [predict(served_model, [a], precision="fp32") for a in arrays]}
+if auto_prec != "fp32":
+    fns[f"PyTorch {auto_prec}"] = lambda: [predict(served_model, [a], precision=auto_prec) for a in arrays]
+fns.update({name: (lambda m=m: [m.predict([a]) for a in arrays]) for name, m in backends.items()})
+speed = interleaved(fns, len(arrays), repeats=3)                   # images/s
+display(Markdown("| backend | batch-1 ms / image | vs PyTorch fp32 |\n|---|---:|---:|\n" + "\n".join(
+    f"| {k} | {1e3 / v:.1f} | {v / speed['PyTorch fp32']:.2f}x |" for k, v in speed.items())))
+shutil.rmtree(WORK, ignore_errors=True)
 """),
     md(r"""
 ## Check yourself
@@ -382,7 +441,10 @@ The cell checks the lesson's claims on this run's numbers:
    and refused the bad one, and the server **still answered** afterwards with the right score;
 4. after the stop, the process had **exited**, the port **refused** connections and the client got an
    **error**, with no server process left behind, and the uploads that were in the server's file cache while it
-   served were deleted.
+   served were deleted;
+5. the **export** reproduces the run: with onnxruntime and with OpenVINO every map pixel and score is within
+   `PARITY_TOLERANCE` of the threshold of `predict` in fp32, no verdict differs, and the card names the run's
+   `save_id` and threshold.
 """),
     code(r"""
 print(f"1. listening on {[a.ip for a in listening]}; other addresses refused: {other_refused}")
@@ -409,5 +471,10 @@ print(f"4. process running: {stopped_running}; port refuses: {stopped_refuses}; 
 assert not stopped_running and stopped_refuses and client_error is not None and not leftover
 assert "notes.png" in serving_uploads and "notes.png" not in kept_uploads and not kept_uploads, \
     f"uploads: {serving_uploads} while serving, {kept_uploads} after the stop"
+
+print(f"5. export parity: {parity}")
+assert all(p["max |Δ| / threshold"] <= PARITY_TOLERANCE for p in parity.values()), "the export drifted"
+assert all(p["verdicts differ"] == 0 for p in parity.values()), "an exported verdict differs from the run's"
+assert card["save_id"] == run_config["save_id"] and card["threshold"] == THRESHOLD
 """),
 ]

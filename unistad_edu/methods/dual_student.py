@@ -66,9 +66,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..layers import TransformerLayer, cosine_distance, levels_to_grid, to_tokens
+from ..layers import TransformerLayer, cosine_distance, levels_to_grid, resize_bilinear, to_tokens
 from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
 from .base import Batch, Method, TransformerTrainingConfig
 
@@ -227,8 +226,7 @@ class EncoderEncoderStudent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)  # (B, 3, s, s)
+            x = resize_bilinear(x, (self.image_size, self.image_size), antialias=True)  # (B, 3, s, s)
         return self.head(self.encoder(x))  # (B, C_emb)
 
 
@@ -357,7 +355,7 @@ class DualStudent(Method):
             size = self.cfg.semantic_image_size
             x = self.teacher.normalize(batch.image)  # (B, 3, S, S)
             if tuple(x.shape[-2:]) != (size, size):
-                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                x = resize_bilinear(x, (size, size), antialias=True)  # (B, 3, size, size)
             with torch.no_grad():
                 net = self.semantic_net
                 return net.forward_head(net.forward_features(x), pre_logits=True).float()  # (B, C_emb)

@@ -49,6 +49,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..layers import exporting
 from ..scoring import ScoringConfig
 from .base import Batch, Method, MethodConfig
 
@@ -127,6 +128,8 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**
     """Euclidean distance (Q,) from each query (Q, D) to its nearest bank row (M, D), and that row's index (Q,),
     in blocks of at most ``chunk_elements`` distances, so memory stays bounded whatever the bank's size."""
     Q, M = queries.shape[0], bank.shape[0]
+    if exporting():  # a graph (``export``): no loop over the queries, whose number grows with the batch
+        return _nearest_graph(queries, bank)
     rows = max(1, min(M, chunk_elements))  # bank rows per block
     cols = max(1, chunk_elements // rows)  # queries per block
     out = torch.empty(Q, device=queries.device)
@@ -142,6 +145,20 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**
             arg = torch.where(better, k + j, arg)
         out[i:i + cols], where[i:i + cols] = best, arg
     return out, where
+
+
+def _nearest_graph(queries: torch.Tensor, bank: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest` as a graph of fixed shape in the bank: every query at once against blocks of ``rows`` bank
+    rows (the bank's size is fixed at export, the batch is not), so memory is Q x rows distances per block."""
+    best = arg = None
+    for j in range(0, bank.shape[0], rows):
+        d, k = torch.cdist(queries, bank[j:j + rows]).min(dim=1)  # (Q, rows) -> (Q,), (Q,)
+        if best is None:
+            best, arg = d, k
+        else:
+            better = d < best
+            best, arg = torch.where(better, d, best), torch.where(better, k + j, arg)
+    return best, arg
 
 
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22) -> torch.Tensor:

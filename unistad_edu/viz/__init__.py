@@ -5,8 +5,8 @@ inside the functions that need them, so the CLI stays light."""
 from __future__ import annotations
 
 from .render import (  # noqa: F401
-    PREDICTION_ALPHA, as_uint8, colorbar, colorize, mask_boundary, mask_overlay, overlay, prediction_figure,
-    save_overlay, save_prediction
+    OUTLINE_COLOUR, PREDICTION_ALPHA, as_uint8, colorbar, colorize, heatmap_with_colorbar, mask_boundary,
+    mask_overlay, outline_region, overlay, predicted_region, prediction_figure, save_overlay, save_prediction
 )
 from .plots import (  # noqa: F401
     pick_defects, threshold_unit_grid, bar_per_class, embed_2d, embedding_scatter, feature_map_grid, image_grid, loss_curve, loss_curves,
@@ -19,7 +19,8 @@ from .widgets import (  # noqa: F401
 
 __all__ = [
     "pick_defects", "threshold_unit_grid",
-    "PREDICTION_ALPHA", "as_uint8", "colorbar", "colorize", "mask_boundary", "mask_overlay", "overlay",
+    "OUTLINE_COLOUR", "PREDICTION_ALPHA", "as_uint8", "colorbar", "colorize", "heatmap_with_colorbar",
+    "mask_boundary", "mask_overlay", "outline_region", "overlay", "predicted_region",
     "prediction_figure", "save_overlay", "save_prediction", "bar_per_class", "embed_2d", "embedding_scatter",
     "feature_map_grid", "image_grid", "loss_curve", "loss_curves", "matrix_grid", "rate_curves",
     "score_histogram", "scores_by_category", "browse_indices", "image_browser", "results_explorer",

@@ -191,6 +191,46 @@ def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, 
     return arr, layout
 
 
+def heatmap_with_colorbar(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
+                          scale: str = "fixed") -> np.ndarray:
+    """The heatmap overlay with its colour bar and tick labels beside it (uint8), the middle and right panels of
+    :func:`prediction_figure` (same scale rules: ``fixed`` = 0 to the threshold, ``image`` = the map's range)."""
+    arr, lay = prediction_figure(image, anomaly_map, 0.0, threshold, scale=scale, return_layout=True)
+    x0, y0 = lay["overlay"][0], lay["overlay"][1]
+    x1 = min(arr.shape[1], lay["labels"][2] + _MARGIN)
+    y1 = max(lay["overlay"][3], lay["colorbar"][3] + 1)
+    return np.ascontiguousarray(arr[y0:y1, x0:x1])
+
+
+#: the predicted region's outline: cyan, distinct from every colour of the heatmap ramp and from most products
+OUTLINE_COLOUR = (0, 255, 255)
+
+
+def predicted_region(anomaly_map: np.ndarray, threshold: float | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """(H, W) bool at ``shape``: where the anomaly map (bilinearly resized if needed) is above the threshold --
+    the predicted defect mask. None without a usable threshold."""
+    thr = _valid_threshold(threshold)
+    if thr is None:
+        return None
+    amap = np.asarray(anomaly_map, dtype=np.float32)
+    while amap.ndim > 2 and amap.shape[0] == 1:
+        amap = amap[0]
+    if amap.shape != tuple(shape):
+        amap = np.asarray(Image.fromarray(amap, mode="F").resize(tuple(shape)[::-1], Image.BILINEAR))
+    return amap > thr
+
+
+def outline_region(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
+                   color=OUTLINE_COLOUR, width: int = 2) -> np.ndarray:
+    """The image with the predicted region (:func:`predicted_region`) drawn as an outline, ``width`` px; the image
+    unchanged (a copy) if nothing is above the threshold or there is no threshold."""
+    img = as_uint8(np.asarray(image))[..., :3]
+    region = predicted_region(anomaly_map, threshold, img.shape[:2])
+    if region is None or not region.any():
+        return img.copy()
+    return mask_overlay(img, region, color=color, alpha=0.0, outline=True, width=width)
+
+
 def save_prediction(image: np.ndarray, anomaly_map: np.ndarray, path, score: float, threshold: float | None, *,
                     verdict: str | None = None, scale: str = "fixed", title: str | None = None) -> Path:
     """Write the prediction picture (:func:`prediction_figure`: image | overlay at a fixed 0 -> threshold colour

@@ -1,0 +1,241 @@
+"""Export a trained run to ONNX or OpenVINO: one graph from the image to the anomaly map and the image score.
+
+What it exports (:class:`ScoreGraph`): images (B, 3, S, S) float32 in [0, 1] -> the teacher's normalisation ->
+the method's :meth:`~unistad_edu.methods.base.Method.score_inputs` -> the shared scoring path
+(:meth:`~unistad_edu.methods.base.Method.score_from`: upsampling, blur, image score, combine rule) ->
+``anomaly_map`` (B, 1, S, S) and ``score`` (B,). Exactly what :meth:`Method.score` computes, so a served export
+and the run give the same answers; every registered method exports (the memory bank's nearest-neighbour search
+becomes a fixed loop over blocks of the bank, see :func:`unistad_edu.methods.memory_bank.nearest`; an
+antialiased resize becomes two matrix products, see :func:`unistad_edu.layers.resize_bilinear`).
+
+How: PyTorch's ``torch.export``-based ONNX exporter (``torch.onnx.export(..., dynamo=True)``, which needs
+``onnxscript``), in fp32 whatever precision the run trained in, with a dynamic batch dimension and the run's
+image size fixed. The older TorchScript exporter cannot: it has no antialiased resize (UniAD's neck, UniSTAD)
+and no ``round`` of a tensor (the dual students). OpenVINO converts the checked ONNX file (``openvino.convert_model``)
+into its IR (``model.xml`` + ``model.bin``), weights kept in fp32.
+
+Parity is checked before anything is written: the exported graph runs in every runtime that can serve it
+(onnxruntime and OpenVINO for ONNX) on a batch of a size other than the export's, and its maps and scores are
+compared with the PyTorch model's; more than
+:data:`PARITY_TOLERANCE` of the threshold apart, or one verdict different, and the export fails. The folder
+(model file(s), ``export.json``: method, teacher, image size, threshold and its rule, precision, the run's
+``save_id`` and config, package version, SHA-256 of each file, the parity measured) is written beside its
+destination and renamed into place, so a killed export leaves nothing half-written.
+
+Serving needs no PyTorch: :mod:`unistad_edu.export_runtime`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .export_runtime import (CARD_FILE, EXPORT_FORMAT_VERSION, FORMATS, INPUT_NAME, OUTPUT_NAMES, ExportedModel,
+                             sha256)
+from .methods.base import Batch
+
+#: largest |export - PyTorch| of any map pixel or score, as a fraction of the threshold (of the largest |score|
+#: when the run has no threshold), that an export may differ by; measured: <= 5e-5 on every method (tests)
+PARITY_TOLERANCE = 1e-3
+#: the batch sizes a graph accepts (dynamic between these)
+MAX_BATCH = 64
+DEFAULT_OPSET = 18
+
+
+class ExportError(CheckpointError):
+    """The run cannot be exported, or its export does not reproduce the PyTorch model."""
+
+
+class ScoreGraph(nn.Module):
+    """A trained method as one function of the image: ``(B, 3, S, S) in [0, 1] -> (map (B, 1, S, S), score (B,))``,
+    the exact path of :meth:`Method.score`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, terms = self.model.score_inputs(Batch(image=image))
+        out = self.model.score_from(maps, terms, image.shape[-2:])
+        return out.anomaly_map.float(), out.pred_score.float()  # (B, 1, S, S), (B,)
+
+
+def parity_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, S, S, 3) uint8 test pictures for the parity check when no real images are given: smooth random
+    fields with a bright blob (so maps are not flat), deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    out = []
+    for _ in range(n):
+        base = rng.uniform(40, 200, size=3)
+        grad = rng.uniform(-60, 60, size=(2, 3))
+        img = base + xx[..., None] * grad[0] + yy[..., None] * grad[1]
+        cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.15)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
+        img = img + blob * rng.uniform(-120, 120, size=3) + rng.normal(0, 6, size=img.shape)
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def torch_scores(model, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The PyTorch model's (maps (B, S, S), scores (B,)) on (B, S, S, 3) uint8 images, in fp32."""
+    maps, scores = [], []
+    graph = ScoreGraph(model).eval()
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
+            m, s = graph(x)
+            maps.append(m[:, 0].numpy())
+            scores.append(s.numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def compare(reference: tuple[np.ndarray, np.ndarray], exported: tuple[np.ndarray, np.ndarray],
+            threshold: float | None) -> dict:
+    """Parity of two (maps, scores) results: max |Δ| of maps and scores, both relative to the threshold (or to
+    the largest |score| without one), and how many verdicts (score > threshold) differ."""
+    (rm, rs), (em, es) = reference, exported
+    scale = abs(float(threshold)) if threshold else float(np.abs(rs).max()) or 1.0
+    d_map = float(np.abs(rm.astype(np.float64) - em).max())
+    d_score = float(np.abs(rs.astype(np.float64) - es).max())
+    flipped = int(np.sum((rs > threshold) != (es > threshold))) if threshold is not None else 0
+    return {"images": int(len(rs)), "max_abs_map": d_map, "max_abs_score": d_score,
+            "relative_to": "threshold" if threshold else "max |score|", "scale": scale,
+            "max_rel": max(d_map, d_score) / scale, "verdicts_differ": flipped}
+
+
+def _export_onnx(model, size: int, path: Path, opset: int) -> None:
+    """The dynamo exporter, dynamic batch, one self-contained .onnx file."""
+    import importlib.util
+    try:
+        import onnx
+    except ImportError as err:
+        raise ExportError("export needs onnx and onnxscript: pip install 'unistad-edu[export]'") from err
+    if importlib.util.find_spec("onnxscript") is None:  # the dynamo exporter builds its graph with it
+        raise ExportError("export needs onnxscript: pip install 'unistad-edu[export]'")
+    graph = ScoreGraph(model).eval()
+    example = torch.from_numpy(parity_images(2, size, seed=1)).permute(0, 3, 1, 2).float() / 255.0  # (2, 3, S, S)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    import warnings
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's own chatter (deprecations, fallbacks) is not for users
+        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=list(OUTPUT_NAMES), dynamic_shapes={"image": {0: batch}},
+                                    opset_version=opset, verbose=False)
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise ExportError("OpenVINO export needs openvino: pip install 'unistad-edu[export]'") from err
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)  # weights stay fp32
+
+
+def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, overwrite: bool = False,
+               images: np.ndarray | None = None, log=print) -> Path:
+    """Export the run folder ``run`` as ``fmt`` (``onnx`` or ``openvino``) into ``out`` (default
+    ``RUN/export-FMT``) and return it. ``images``: (N, S, S, 3) uint8 pictures for the parity check (default:
+    :func:`parity_images`; real test images are better, :func:`unistad_edu.bench.bench_export` uses them).
+    Raises :class:`ExportError` if the graph does not reproduce the model within :data:`PARITY_TOLERANCE`."""
+    from . import __version__
+    from .checkpoint import load_checkpoint
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    run = Path(run)
+    out = Path(out) if out is not None else run / f"export-{fmt}"
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: choose another --out, or --overwrite to replace it")
+    t0 = time.perf_counter()
+    model = load_checkpoint(run)
+    model.set_teacher_precision("fp32")  # exported graphs are fp32, whatever the run trained in
+    model = model.float().eval()
+    cfg = model.run_config
+    size = int(model.cfg.image_size)
+    threshold = getattr(model, "threshold", None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        onnx_path = tmp / "model.onnx"
+        log(f"exporting {cfg['method']} ({run}) to ONNX, image size {size}, dynamic batch 1..{MAX_BATCH} ...")
+        _export_onnx(model, size, onnx_path, opset)
+        if fmt == "openvino":
+            _to_openvino(onnx_path, tmp / "model.xml")
+            onnx_path.unlink()
+            files = ["model.xml", "model.bin"]
+        else:
+            files = ["model.onnx"]
+        card = {
+            "export_format_version": EXPORT_FORMAT_VERSION,
+            "package_version": __version__,
+            "format": fmt,
+            "model_file": files[0],
+            "files": {name: sha256(tmp / name) for name in files},
+            "inputs": {INPUT_NAME: f"(batch, 3, {size}, {size}) float32 RGB in [0, 1]; batch 1..{MAX_BATCH}"},
+            "outputs": {OUTPUT_NAMES[0]: f"(batch, 1, {size}, {size}) float32", OUTPUT_NAMES[1]: "(batch,) float32"},
+            "method": cfg["method"],
+            "teacher": cfg.get("teacher"),
+            "image_size": size,
+            "normalization": cfg.get("normalization"),
+            "threshold": threshold,
+            "threshold_rule": cfg.get("threshold_rule"),
+            "precision": "fp32",
+            "opset": opset,
+            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True)",
+            "source_run": str(run),
+            "save_id": cfg.get("save_id"),
+            "run_config": cfg,
+        }
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+        # parity: every runtime that can serve it (onnxruntime and OpenVINO for ONNX, OpenVINO for its IR), at a
+        # batch size the export never saw (3, not 2)
+        check = images if images is not None else parity_images(3, size, seed=2)
+        ref = torch_scores(model, check)
+        card["parity"] = {}
+        for backend in (("onnxruntime", "openvino") if fmt == "onnx" else ("openvino",)):
+            try:
+                served = ExportedModel(tmp, backend=backend)
+            except CheckpointError:  # that runtime is not installed: the other one is checked
+                continue
+            parity = {**compare(ref, served.score_arrays(check), threshold), "backend": served.backend}
+            if parity["max_rel"] > PARITY_TOLERANCE or parity["verdicts_differ"]:
+                raise ExportError(f"the {fmt} export of {run} served by {served.backend} does not reproduce the "
+                                  f"PyTorch model: max |Δ| {max(parity['max_abs_map'], parity['max_abs_score']):.3g} = "
+                                  f"{parity['max_rel']:.2g} of the {parity['relative_to']} (tolerance "
+                                  f"{PARITY_TOLERANCE:g}), {parity['verdicts_differ']} verdict(s) differ")
+            card["parity"][backend] = parity
+        if not card["parity"]:
+            raise ExportError("no runtime to check the export with: pip install 'unistad-edu[export]'")
+        card["export_seconds"] = round(time.perf_counter() - t0, 1)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+        metrics = run / "metrics.json"
+        if metrics.is_file():  # the demo's model card shows the run's test metrics
+            shutil.copyfile(metrics, tmp / "metrics.json")
+        if out.exists():  # --overwrite: the old folder goes only once the new one is complete
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    said = "; ".join(f"{p['backend']}: max |Δ| {max(p['max_abs_map'], p['max_abs_score']):.2g} = {p['max_rel']:.2g} "
+                     f"of the {p['relative_to']}, {p['verdicts_differ']} verdicts differ" for p in card["parity"].values())
+    log(f"{fmt} export written to {out} in {card['export_seconds']} s; parity on {len(check)} images: {said}")
+    return out

@@ -1,0 +1,170 @@
+"""Serving an exported model: onnxruntime or OpenVINO, with no PyTorch in the loop.
+
+An export folder (written by :func:`unistad_edu.export.export_run`, ``python -m unistad_edu export``) holds
+one graph -- images (B, 3, S, S) float32 in [0, 1], the teacher's normalisation inside -- that returns the
+anomaly map (B, 1, S, S) and the image score (B,), and ``export.json``, the card: method, teacher, image size,
+threshold and its rule, precision, the source run's ``save_id`` and config, the package version, each file's
+SHA-256. This module reads it with nothing but numpy, Pillow and the runtime: it never imports torch (a test
+runs ``predict`` on an export with torch made unimportable).
+
+:class:`ExportedModel` offers what the CLI's ``predict`` and the demo ask of a model: ``predict(images)``
+with the same per-image results as :func:`unistad_edu.engine.predict`, ``threshold``, ``run_config`` and
+``backend`` (which runtime serves it, for the demo's model card).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import CheckpointError
+
+CARD_FILE = "export.json"
+#: the card layout this version writes and reads; a card with a larger number was written by a newer version
+EXPORT_FORMAT_VERSION = 1
+FORMATS = ("onnx", "openvino")
+BACKENDS = ("auto", "onnxruntime", "openvino")
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("anomaly_map", "score")
+
+
+def is_export(folder) -> bool:
+    """True if ``folder`` is an export folder (has ``export.json``)."""
+    return (Path(folder) / CARD_FILE).is_file()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_card(folder) -> dict:
+    """The checked card of an export folder: a clear :class:`CheckpointError` for a missing or damaged card, a
+    card written by a newer version, or a missing / changed model file."""
+    folder = Path(folder)
+    path = folder / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not an export folder (no {CARD_FILE}): make one with "
+                              f"python -m unistad_edu export --run RUN --out {folder}")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+    version = card.get("export_format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} has no export_format_version: not a unistad-edu export card")
+    if version > EXPORT_FORMAT_VERSION:
+        raise CheckpointError(f"{folder} was exported by unistad-edu {card.get('package_version', '?')} (export "
+                              f"format {version}); this version reads format {EXPORT_FORMAT_VERSION} and older: "
+                              f"upgrade unistad-edu, or export the run again with this version")
+    for key in ("format", "files", "image_size", "method"):
+        if key not in card:
+            raise CheckpointError(f"{path} lacks {key!r}: the card is damaged; export the run again")
+    for name, digest in card["files"].items():
+        f = folder / name
+        if not f.is_file():
+            raise CheckpointError(f"{folder} is missing {name} (listed in {CARD_FILE}): copy the whole export "
+                                  f"folder, or export the run again")
+        if digest and sha256(f) != digest:
+            raise CheckpointError(f"{f} is not the file that was exported (its SHA-256 differs from {CARD_FILE}): "
+                                  f"the folder was changed or copied incompletely; export the run again")
+    return card
+
+
+def _onnxruntime_session(path: Path, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise CheckpointError("serving an ONNX export needs onnxruntime: pip install 'unistad-edu[export]'") from err
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray):
+        maps, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        return maps, scores
+    return run, f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
+
+
+def _openvino_model(path: Path, threads: int | None):
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise CheckpointError("serving through OpenVINO needs openvino: pip install 'unistad-edu[export]'") from err
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}  # as exported: no silent bf16/fp16 on CPUs that have it
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    outputs = [compiled.output(n) for n in OUTPUT_NAMES]
+
+    def run(x: np.ndarray):
+        request = compiled.create_infer_request()  # one per call: safe from several threads
+        res = request.infer({INPUT_NAME: x})
+        return res[outputs[0]], res[outputs[1]]
+    return run, f"OpenVINO {ov.__version__} (CPU, f32)"
+
+
+class ExportedModel:
+    """An export folder, ready to score. ``backend``: ``auto`` (the format's own runtime: onnxruntime for
+    ``onnx``, OpenVINO for ``openvino``), ``onnxruntime`` or ``openvino`` (OpenVINO also reads an ONNX file).
+    ``threads``: runtime threads (default: the runtime's own choice)."""
+
+    def __init__(self, folder, backend: str = "auto", threads: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.folder = Path(folder)
+        self.card = read_card(self.folder)
+        fmt = self.card["format"]
+        if fmt not in FORMATS:
+            raise CheckpointError(f"{self.folder}: unknown export format {fmt!r} (known: {FORMATS})")
+        if backend == "auto":
+            backend = "onnxruntime" if fmt == "onnx" else "openvino"
+        if backend == "onnxruntime" and fmt != "onnx":
+            raise CheckpointError(f"{self.folder} holds an OpenVINO model: serve it with backend 'openvino'")
+        model_file = self.folder / self.card["model_file"]
+        self._run, self.backend = (_onnxruntime_session if backend == "onnxruntime" else _openvino_model)(
+            model_file, threads)
+        self.backend_name = backend
+        self.image_size = int(self.card["image_size"])
+        self.threshold = self.card.get("threshold")
+        self.run_config = dict(self.card.get("run_config") or {})
+
+    @property
+    def method(self) -> str:
+        return self.card["method"]
+
+    def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, S, S, 3) uint8 -> (anomaly maps (B, S, S) float32, scores (B,) float32)."""
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)  # (B,3,S,S)
+        maps, scores = self._run(x)
+        return np.asarray(maps)[:, 0], np.asarray(scores).reshape(-1)
+
+    def predict(self, images: Sequence, threshold: float | None = None, batch_size: int = 8) -> list[dict]:
+        """Score file paths or (H, W, 3) uint8 arrays: the same per-image dicts as ``engine.predict`` (``score``,
+        ``anomalous``, ``anomaly_map`` (S, S), ``image`` (S, S, 3) uint8, ``level_maps`` -- empty: the graph
+        returns the fused map only)."""
+        from .data import load_image, resize_rgb
+
+        size = self.image_size
+        threshold = threshold if threshold is not None else self.threshold
+        arrays = [load_image(im, size, exif_orientation=True) if isinstance(im, (str, os.PathLike))
+                  else resize_rgb(np.asarray(im, dtype=np.uint8), size) for im in images]
+        results = []
+        for i in range(0, len(arrays), batch_size):
+            chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
+            maps, scores = self.score_arrays(chunk)
+            for j in range(chunk.shape[0]):
+                s = float(scores[j])
+                results.append({"score": s, "anomalous": None if threshold is None else bool(s > threshold),
+                                "anomaly_map": maps[j], "level_maps": {}, "image": chunk[j]})
+        return results
