@@ -1,9 +1,13 @@
-"""Write the lesson notebooks from their Python sources (run: ``python notebooks/_build.py [NN ...]``).
+"""Write the lesson notebooks and their exercise twins from their Python sources (run:
+``python notebooks/_build.py [NN ...]``).
 
 Each lesson is one file ``notebooks/lessons/NN_name.py`` defining ``CELLS``, a list of ("md" | "code", source)
-pairs made with ``md(...)`` / ``code(...)`` from ``lessons/_cells.py``. Editing a lesson = editing that file and
-re-running this script, which writes ``notebooks/NN_name.ipynb``. Notebooks are written without outputs and
-without execution counts, which is how they are committed; nbmake executes them in CI.
+pairs made with ``md(...)`` / ``code(...)`` from ``lessons/_cells.py``, and ``exercise(...)`` entries. Editing a
+lesson = editing that file and re-running this script, which writes ``notebooks/NN_name.ipynb`` (the lesson:
+each exercise's solution and its check) and ``notebooks/exercises/NN_name.ipynb`` (the same notebook with each
+solution replaced by a stub: the check cells fail with their hints until the learner's code is right).
+Notebooks are written without outputs and without execution counts, which is how they are committed; nbmake
+executes the lessons in CI, ``tests/test_exercises.py`` the exercise cells of both.
 """
 from __future__ import annotations
 
@@ -34,20 +38,55 @@ def lesson_cells(path: Path) -> list[tuple[str, str]]:
     return module.CELLS
 
 
-def build(source: Path) -> Path:
+EXERCISES = HERE / "exercises"
+TAGS = {"solution": "exercise-solution", "stub": "exercise-stub", "check": "exercise-check"}
+
+
+def _tagged(cell, tag: str, number: int):
+    cell.metadata["tags"] = [tag]
+    cell.metadata["exercise"] = number
+    return cell
+
+
+def notebook(source: Path, twin: bool = False):
+    """The lesson (``twin=False``) or its exercise twin as an nbformat notebook."""
     nb = new_notebook(metadata=dict(KERNEL))
+    number = 0
     for kind, src in lesson_cells(source):
-        nb.cells.append(new_markdown_cell(src) if kind == "md" else new_code_cell(src))
+        if kind == "exercise":
+            number += 1
+            head = f"### Exercise {number}: {src['title']}\n\n{src['task']}"
+            if not twin:
+                head += ("\n\n*(In the exercise notebook, `notebooks/exercises/`, the next cell is yours to write; "
+                         "here is a solution, and the check after it.)*")
+            nb.cells.append(new_markdown_cell(head))
+            body = ("stub", src["stub"]) if twin else ("solution", src["solution"])
+            nb.cells.append(_tagged(new_code_cell(body[1]), TAGS[body[0]], number))
+            nb.cells.append(_tagged(new_code_cell(src["check"]), TAGS["check"], number))
+        else:
+            nb.cells.append(new_markdown_cell(src) if kind == "md" else new_code_cell(src))
+    if twin:
+        nb.cells[0].source = (f"*Exercise notebook: {number} tasks. Write each marked cell, then run the check "
+                              f"after it.*\n\n" + nb.cells[0].source)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{source.stem[:2]}-{i:02d}"  # stable ids: rebuilding does not change the files
     nbformat.validate(nb)
-    path = HERE / f"{source.stem}.ipynb"
-    path.write_text(nbformat.writes(nb) + "\n")
-    return path
+    return nb
+
+
+def build(source: Path) -> list[Path]:
+    """Write the lesson and its exercise twin; returns both paths."""
+    paths = []
+    for twin, folder in ((False, HERE), (True, EXERCISES)):
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{source.stem}.ipynb"
+        path.write_text(nbformat.writes(notebook(source, twin)) + "\n")
+        paths.append(path)
+    return paths
 
 
 if __name__ == "__main__":
     wanted = set(sys.argv[1:])
     for source in sorted(SOURCES.glob("[0-9][0-9]_*.py")):
         if not wanted or source.stem[:2] in wanted:
-            print("wrote", build(source).relative_to(HERE.parent))
+            print("wrote", ", ".join(str(p.relative_to(HERE.parent)) for p in build(source)))

@@ -120,3 +120,69 @@ def lesson_data(lesson: Lesson, image_size: int, n_train: int | None = None, n_t
         cache.warm(train)
         cache.warm(test)
     return train, test, cache
+
+
+# ---- exercise checks ------------------------------------------------------------------------------------------
+class ExerciseNotDone(AssertionError):
+    """What a check cell of an exercise notebook raises until the learner's code does what the task asks; the
+    message ends with the task's hint."""
+
+
+def _to_numpy(value):
+    if hasattr(value, "detach"):  # a torch tensor (no torch import needed here)
+        return value.detach().float().cpu().numpy()
+    return value
+
+
+def _compare(got, want, rtol: float, atol: float, where: str = "the result") -> str | None:
+    """None if ``got`` equals ``want`` (numbers, arrays, tensors, tuples / lists / dicts of them, to tolerance),
+    else what differs, in words."""
+    import numpy as np
+
+    got, want = _to_numpy(got), _to_numpy(want)
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or set(got) != set(want):
+            return f"{where} should be a dict with keys {sorted(want)}, not {type(got).__name__} " \
+                   f"{sorted(got) if isinstance(got, dict) else ''}"
+        for k in want:
+            why = _compare(got[k], want[k], rtol, atol, f"{where}[{k!r}]")
+            if why:
+                return why
+        return None
+    if isinstance(want, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(want):
+            return f"{where} should be a sequence of {len(want)} items"
+        for i, (g, w) in enumerate(zip(got, want)):
+            why = _compare(g, w, rtol, atol, f"{where}[{i}]")
+            if why:
+                return why
+        return None
+    if isinstance(want, (bool, str)) or want is None:
+        return None if got == want else f"{where} is {got!r}, expected {want!r}"
+    if got is None:
+        return f"{where} is None (did the function return its value?)"
+    g, w = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if g.shape != w.shape:
+        return f"{where} has shape {g.shape}, expected {w.shape}"
+    if not np.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
+        worst = float(np.nanmax(np.abs(g - w))) if g.size else 0.0
+        return f"{where} differs from the expected value (largest difference {worst:.3g})"
+    return None
+
+
+def check(task: str, mine, reference, hint: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """The check cell of an exercise: call ``mine()`` (the learner's code on small inputs) and ``reference()``
+    (the package's own function on the same inputs) and compare the results (numbers, arrays, tensors and
+    containers of them, to ``rtol`` / ``atol``). Prints a tick when they agree; else raises
+    :class:`ExerciseNotDone` saying what differs, then ``hint``. A stub that raises ``NotImplementedError`` gets
+    "not done yet" and the hint."""
+    try:
+        got = mine()
+    except NotImplementedError:
+        raise ExerciseNotDone(f"{task}: not done yet. Hint: {hint}") from None
+    except Exception as err:  # the learner's code failed: say how, then the hint
+        raise ExerciseNotDone(f"{task}: your code raised {type(err).__name__}: {err}. Hint: {hint}") from None
+    why = _compare(got, reference(), rtol, atol)
+    if why:
+        raise ExerciseNotDone(f"{task}: {why}. Hint: {hint}")
+    print(f"✓ {task}: matches the package's own function")

@@ -1,5 +1,5 @@
 """Lesson 00 -- the data. Cells for ``notebooks/00_the_data.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -180,6 +180,88 @@ viz.image_browser([viz.as_uint8(s["image"]) for s in samples], masks=[s["mask"] 
                   titles=[f"{s['category']} / {test.records[i].defect} / {os.path.basename(s['path'])}"
                           for i, s in zip(browse, samples)])
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/00_the_data.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'binarise and resize a mask',
+        task=r"""
+A ground-truth mask PNG is 8-bit grey: write `my_load_mask(path, size)` that returns a (size, size) uint8
+array of 0 and 1 the way the package reads masks (`data.load_mask`): a pixel is **defect** when its value is at
+least 128 (half of the 8-bit range), and the binary mask is then resized with **nearest-neighbour** (Pillow's
+`Image.NEAREST`), never bilinear — a mask has no "half defect".
+""",
+        solution=r"""
+import numpy as np
+from PIL import Image
+
+
+def my_load_mask(path, size):
+    grey = np.asarray(Image.open(path).convert("L"))             # (H, W) uint8
+    binary = (grey >= 128).astype(np.uint8) * 255                # defect = at least half of the range
+    small = Image.fromarray(binary).resize((size, size), Image.NEAREST)
+    return (np.asarray(small) > 0).astype(np.uint8)              # (size, size) in {0, 1}
+""",
+        stub=r"""
+import numpy as np
+from PIL import Image
+
+
+def my_load_mask(path, size):
+    # your code: read the PNG as grey, defect = value >= 128, resize with Image.NEAREST, return 0/1 uint8
+    raise NotImplementedError
+""",
+        check=r"""
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from unistad_edu.course import check
+from unistad_edu.data import load_mask
+
+_mask_png = Path(tempfile.mkdtemp()) / "mask.png"
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 31), dtype=np.uint8)).save(_mask_png)
+check("Exercise 1 (mask)", lambda: my_load_mask(_mask_png, 16), lambda: load_mask(_mask_png, 16), hint={hint})
+""",
+        hint='threshold with >= 128 *before* resizing, and resize with Image.NEAREST to (size, size)'),
+    exercise(
+        'the one resize every loader uses',
+        task=r"""
+Every loader, `engine.predict` and the demo resize images with the same function, `data.resize_rgb`, so they
+all score the same pixels. Write `my_resize(arr, size)`: an (H, W, 3) uint8 array to (size, size, 3) uint8 with
+Pillow's **bilinear** filter.
+""",
+        solution=r"""
+import numpy as np
+from PIL import Image
+
+
+def my_resize(arr, size):
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))  # (size, size, 3) uint8
+""",
+        stub=r"""
+import numpy as np
+from PIL import Image
+
+
+def my_resize(arr, size):
+    # your code: Pillow image from the array, resize to (size, size) with Image.BILINEAR, back to an array
+    raise NotImplementedError
+""",
+        check=r"""
+import numpy as np
+
+from unistad_edu.course import check
+from unistad_edu.data import resize_rgb
+
+_rgb = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+check("Exercise 2 (resize)", lambda: my_resize(_rgb, 24), lambda: resize_rgb(_rgb, 24), hint={hint}, atol=0.5)
+""",
+        hint='Image.fromarray(arr).resize((size, size), Image.BILINEAR) -- note Pillow takes (width, height)'),
     md(r"""
 ## Check yourself
 

@@ -1,5 +1,5 @@
 """Lesson 01 -- the frozen teacher. Cells for ``notebooks/01_the_frozen_teacher.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -187,6 +187,75 @@ display(Markdown(report.markdown_table(
      for name, a in acc.items()])))
 print(f"evaluated on {len(x_eval_cat)} held-out test images, {len(sets['test defect'])} of them defective")
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/01_the_frozen_teacher.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'normalise like the teacher',
+        task=r"""
+The teacher sees images in [0, 1] normalised per colour channel: `(x - mean) / std` with the mean and std of
+its pretraining (`teacher.normalization`). Write `my_normalize(x, mean, std)` for a batch x (B, 3, H, W); mean
+and std are lists of three numbers.
+""",
+        solution=r"""
+import torch
+
+
+def my_normalize(x, mean, std):
+    m = torch.tensor(mean).view(1, 3, 1, 1)   # (1, 3, 1, 1): broadcast over batch and positions
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+""",
+        stub=r"""
+import torch
+
+
+def my_normalize(x, mean, std):
+    # your code: mean and std as (1, 3, 1, 1) tensors, then (x - mean) / std
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu import load_teacher
+from unistad_edu.course import check
+
+_t = load_teacher()
+_x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+_n = _t.normalization
+check("Exercise 1 (normalise)", lambda: my_normalize(_x, _n["mean"], _n["std"]), lambda: _t.normalize(_x),
+      hint={hint})
+""",
+        hint='reshape mean and std to (1, 3, 1, 1) so they broadcast over the batch and the pixels'),
+    exercise(
+        'one vector per image',
+        task=r"""
+Section 3 gave every image one vector: the **global average pool** of the teacher's deepest level. Write
+`my_embedding(feature_map)`: (B, C, h, w) -> (B, C), the mean over all positions.
+""",
+        solution=r"""
+def my_embedding(feature_map):
+    return feature_map.float().mean(dim=(2, 3))  # (B, C)
+""",
+        stub=r"""
+def my_embedding(feature_map):
+    # your code: average over the two spatial dimensions
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu import load_teacher
+from unistad_edu.course import check
+
+_te = load_teacher(embedding=True)
+with torch.no_grad():
+    _f = _te(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+check("Exercise 2 (embedding)", lambda: my_embedding(_f[_te.layer_names[-1]]), lambda: _f["cls"], hint={hint})
+""",
+        hint='mean over dim=(2, 3): the height and width of the deepest level'),
     md(r"""
 How to read the table honestly: the products in this data set look very different (a grey commutator, a
 brown cookie, a green juice bottle…), so even the **mean colour** classifies most images correctly — the

@@ -1,5 +1,5 @@
 """Lesson 02 -- STPM on one class. Cells for ``notebooks/02_stpm_on_one_class.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -177,6 +177,90 @@ viz.image_browser(images, maps=list(maps), masks=list(masks), scores=scores, lab
                   titles=[f"{r.defect} / {os.path.basename(r.path)}" for r in test.records],
                   threshold=result.threshold, vmax=vmax)
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/02_stpm_on_one_class.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        "STPM's per-level anomaly map",
+        task=r"""
+Write `my_level_map(t, s)`: teacher and student features (B, C, h, w) -> (B, 1, h, w), the map
+`0.5 * || t/|t| - s/|s| ||^2` (each position's channel vector made unit length first, the squared distance
+summed over channels). Its mean is STPM's loss of that level.
+""",
+        solution=r"""
+import torch.nn.functional as F
+
+
+def my_level_map(t, s):
+    tn, sn = F.normalize(t.float(), dim=1), F.normalize(s.float(), dim=1)  # unit length along channels
+    return 0.5 * (tn - sn).pow(2).sum(dim=1, keepdim=True)                 # (B, 1, h, w)
+""",
+        stub=r"""
+import torch.nn.functional as F
+
+
+def my_level_map(t, s):
+    # your code: F.normalize along the channel dimension, then half the squared distance summed over channels
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.layers import pyramid_maps
+
+_g = torch.Generator().manual_seed(0)
+_t, _s = torch.randn(2, 8, 5, 5, generator=_g), torch.randn(2, 8, 5, 5, generator=_g)
+check("Exercise 1 (level map)", lambda: my_level_map(_t, _s),
+      lambda: pyramid_maps({"l": _t}, {"l": _s}, ["l"])["l"], hint={hint})
+""",
+        hint='normalise along dim=1 (channels), and keep that dimension: sum(dim=1, keepdim=True)'),
+    exercise(
+        'from level maps to an image score',
+        task=r"""
+The shared scoring path turns per-level maps into one map and one number: upsample every level to the image
+size (bilinear, `align_corners=False`), **multiply** them, blur with a Gaussian of sigma 4 px
+(`scoring.gaussian_blur(x, 4.0)`, given), and take the **maximum** as the image score. Write
+`my_image_score(maps, size)` returning the (B,) scores.
+""",
+        solution=r"""
+import torch
+import torch.nn.functional as F
+
+from unistad_edu.scoring import gaussian_blur
+
+
+def my_image_score(maps, size):
+    up = [F.interpolate(m.float(), size=(size, size), mode="bilinear", align_corners=False) for m in maps.values()]
+    fused = torch.stack(up).prod(dim=0)        # (B, 1, S, S): the product of the levels
+    fused = gaussian_blur(fused, 4.0)
+    return fused.flatten(1).max(dim=1).values  # (B,)
+""",
+        stub=r"""
+import torch
+import torch.nn.functional as F
+
+from unistad_edu.scoring import gaussian_blur
+
+
+def my_image_score(maps, size):
+    # your code: upsample each map to (size, size), multiply them, gaussian_blur(..., 4.0), max per image
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.scoring import ScoringConfig, score
+
+_g = torch.Generator().manual_seed(1)
+_maps = {"a": torch.rand(2, 1, 8, 8, generator=_g), "b": torch.rand(2, 1, 4, 4, generator=_g)}
+check("Exercise 2 (image score)", lambda: my_image_score(_maps, 32),
+      lambda: score(_maps, 32, ScoringConfig()).pred_score, hint={hint})
+""",
+        hint='torch.stack(upsampled).prod(dim=0), then gaussian_blur, then .flatten(1).max(dim=1).values'),
     md(r"""
 ## Check yourself
 

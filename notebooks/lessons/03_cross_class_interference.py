@@ -1,5 +1,5 @@
 """Lesson 03 -- cross-class interference. Cells for ``notebooks/03_cross_class_interference.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -314,6 +314,91 @@ explorer = W.VBox([setting, browsers["per-class"]])
 setting.observe(lambda change: setattr(explorer, "children", (setting, browsers[change["new"]])), "value")
 explorer
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/03_cross_class_interference.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'one threshold, many products: the false-alarm rate',
+        task=r"""
+A unified model has **one** threshold for every category. Write `my_false_alarms(scores, labels, categories,
+threshold)` -> `{category: rate}`: for each category, the fraction of its **normal** images (label 0) whose
+score is **above** the threshold.
+""",
+        solution=r"""
+import numpy as np
+
+
+def my_false_alarms(scores, labels, categories, threshold):
+    scores, labels, categories = map(np.asarray, (scores, labels, categories))
+    out = {}
+    for cat in sorted(set(categories.tolist())):
+        normal = scores[(categories == cat) & (labels == 0)]
+        out[cat] = float((normal > threshold).mean())
+    return out
+""",
+        stub=r"""
+import numpy as np
+
+
+def my_false_alarms(scores, labels, categories, threshold):
+    # your code: per category, the share of normal images (label 0) with score > threshold
+    raise NotImplementedError
+""",
+        check=r"""
+import numpy as np
+
+from unistad_edu.course import check
+from unistad_edu.metrics import false_alarm_rates
+
+_rng = np.random.default_rng(0)
+_s, _y = _rng.random(40), _rng.integers(0, 2, 40)
+_c = np.array(["bottle", "cookie"] * 20)
+check("Exercise 1 (false alarms)", lambda: my_false_alarms(_s, _y, _c, 0.7),
+      lambda: {k: v["rate"] for k, v in false_alarm_rates(_s, _y, _c, 0.7)["categories"].items()}, hint={hint})
+""",
+        hint='mask with (categories == cat) & (labels == 0), then the mean of (score > threshold)'),
+    exercise(
+        'the per-category table from one list of scores',
+        task=r"""
+The unified model scores all test images in one list. Write `my_auroc_per_category(scores, labels,
+categories)` -> `{category: I-AUROC}`, each category's AUROC computed on its own images only (use
+`sklearn.metrics.roc_auc_score`).
+""",
+        solution=r"""
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def my_auroc_per_category(scores, labels, categories):
+    scores, labels, categories = map(np.asarray, (scores, labels, categories))
+    return {c: float(roc_auc_score(labels[categories == c], scores[categories == c]))
+            for c in sorted(set(categories.tolist()))}
+""",
+        stub=r"""
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def my_auroc_per_category(scores, labels, categories):
+    # your code: one roc_auc_score per category, on that category's images only
+    raise NotImplementedError
+""",
+        check=r"""
+import numpy as np
+
+from unistad_edu.course import check
+from unistad_edu.metrics import auroc
+
+_rng = np.random.default_rng(1)
+_y = np.array([0, 1] * 15)
+_s = _rng.random(30) + 0.5 * _y
+_c = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 10)
+check("Exercise 2 (AUROC per category)", lambda: my_auroc_per_category(_s, _y, _c),
+      lambda: {k: auroc(_s[_c == k], _y[_c == k]) for k in ("a", "b", "c")}, hint={hint})
+""",
+        hint='roc_auc_score(labels[mask], scores[mask]) with mask = categories == c -- labels first'),
     md(r"""
 ## Check yourself
 

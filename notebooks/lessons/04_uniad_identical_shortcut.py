@@ -1,6 +1,6 @@
 """Lesson 04 -- the identical shortcut and UniAD's three remedies. Cells for
 ``notebooks/04_uniad_identical_shortcut.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -361,6 +361,74 @@ explorer = viz.run_switcher(
     threshold=1.0, vmax=2.0, description="variant")
 explorer
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/04_uniad_identical_shortcut.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        "UniAD's neighbour mask",
+        task=r"""
+UniAD hides from each query token its k x k neighbourhood, so it cannot copy its own input. Write
+`my_neighbor_mask(h, w, k)` -> (h w, h w) bool, True (hidden) where token j lies in the k x k window centred
+on token i (tokens row-major; |row_i - row_j| <= k // 2 and |col_i - col_j| <= k // 2; k odd).
+""",
+        solution=r"""
+import torch
+
+
+def my_neighbor_mask(h, w, k):
+    rows = torch.arange(h).repeat_interleave(w)   # (L,) row of each token, row-major
+    cols = torch.arange(w).repeat(h)              # (L,) column of each token
+    r = k // 2
+    return ((rows[:, None] - rows[None, :]).abs() <= r) & ((cols[:, None] - cols[None, :]).abs() <= r)
+""",
+        stub=r"""
+import torch
+
+
+def my_neighbor_mask(h, w, k):
+    # your code: the row and column of every token, then |drow| <= k // 2 and |dcol| <= k // 2
+    raise NotImplementedError
+""",
+        check=r"""
+from unistad_edu.course import check
+from unistad_edu.layers import neighbor_mask
+
+check("Exercise 1 (neighbour mask)", lambda: my_neighbor_mask(5, 6, 3), lambda: neighbor_mask(5, 6, 3), hint={hint})
+""",
+        hint='rows = arange(h).repeat_interleave(w), cols = arange(w).repeat(h); compare every pair with [:, None] - [None, :]'),
+    exercise(
+        'from a boolean mask to an attention mask',
+        task=r"""
+Attention adds the mask to its logits before the softmax. Write `my_additive_mask(mask)`: a bool mask
+(True = hidden) -> float32 with `-inf` where hidden and `0` elsewhere.
+""",
+        solution=r"""
+import torch
+
+
+def my_additive_mask(mask):
+    return torch.zeros(mask.shape).masked_fill(mask, float("-inf"))
+""",
+        stub=r"""
+import torch
+
+
+def my_additive_mask(mask):
+    # your code: zeros of the mask's shape, -inf where the mask is True
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.layers import additive_mask, neighbor_mask
+
+_m = neighbor_mask(4, 4, 3)
+check("Exercise 2 (additive mask)", lambda: my_additive_mask(_m), lambda: additive_mask(_m), hint={hint})
+""",
+        hint="torch.zeros(mask.shape).masked_fill(mask, float('-inf'))"),
     md(r"""
 ## Check yourself
 

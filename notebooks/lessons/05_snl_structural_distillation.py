@@ -1,6 +1,6 @@
 """Lesson 05 -- SNL: structural distillation on top of reverse distillation. Cells for
 ``notebooks/05_snl_structural_distillation.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -345,6 +345,115 @@ viz.threshold_unit_grid(test, show, {"RD": (out_rd, fit_rd.threshold), "SNL": (o
                         title="defects (row 1), RD maps (row 2), SNL maps (row 3), "
                               "in units of each model's threshold").show()
 """),
+    md(r"""
+## Your turn
+
+3 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/05_snl_structural_distillation.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'the intra-affinity matrix',
+        task=r"""
+SNL's intra-affinity term compares, within one level, how similar every pair of **positions** is. Write
+`my_position_affinity(f)`: (B, C, h, w) -> (B, N, N), N = h w, the cosine similarity of the channel vectors of
+every pair of positions.
+""",
+        solution=r"""
+import torch.nn.functional as F
+
+
+def my_position_affinity(f):
+    x = F.normalize(f.float().flatten(2), dim=1)  # (B, C, N): unit length along channels
+    return x.transpose(1, 2) @ x                  # (B, N, N)
+""",
+        stub=r"""
+import torch.nn.functional as F
+
+
+def my_position_affinity(f):
+    # your code: flatten the positions, make each position's channel vector unit length, all dot products
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.methods.snl import position_affinity
+
+_f = torch.randn(2, 6, 3, 4, generator=torch.Generator().manual_seed(0))
+check("Exercise 1 (intra-affinity)", lambda: my_position_affinity(_f), lambda: position_affinity(_f), hint={hint})
+""",
+        hint='x = F.normalize(f.flatten(2), dim=1) is (B, C, N); the affinity is x.transpose(1, 2) @ x'),
+    exercise(
+        'the spatial half of spatial-channel distillation',
+        task=r"""
+Write `my_channel_distance(t, s)`: (B, C, h, w) x 2 -> (B, C), for each channel the cosine **distance**
+(1 - cosine similarity) between the teacher's and the student's map of that channel, each map taken as one
+vector over the h w positions.
+""",
+        solution=r"""
+import torch.nn.functional as F
+
+
+def my_channel_distance(t, s):
+    return 1 - F.cosine_similarity(t.float().flatten(2), s.float().flatten(2), dim=2)  # (B, C)
+""",
+        stub=r"""
+import torch.nn.functional as F
+
+
+def my_channel_distance(t, s):
+    # your code: flatten the positions, cosine similarity along them, 1 minus it
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.methods.snl import channel_cosine_distance
+
+_g = torch.Generator().manual_seed(1)
+_t, _s = torch.randn(2, 5, 4, 4, generator=_g), torch.randn(2, 5, 4, 4, generator=_g)
+check("Exercise 2 (channel distance)", lambda: my_channel_distance(_t, _s),
+      lambda: channel_cosine_distance(_t, _s), hint={hint})
+""",
+        hint='flatten(2) gives (B, C, hw); the cosine is taken along dim=2, the positions'),
+    exercise(
+        'channels across scales: the inter-affinity',
+        task=r"""
+Write `my_cross_level(fine, coarse)`: (B, Ca, ha, wa), (B, Cb, hb, wb) -> (B, Ca, Cb). Average-pool the
+finer level onto the coarser grid (`F.adaptive_avg_pool2d`), then the cosine similarity of every channel map of
+one level with every channel map of the other (each map a vector over the common positions).
+""",
+        solution=r"""
+import torch.nn.functional as F
+
+
+def my_cross_level(fine, coarse):
+    fine = F.adaptive_avg_pool2d(fine.float(), coarse.shape[-2:])   # (B, Ca, hb, wb)
+    a = F.normalize(fine.flatten(2), dim=2)                         # (B, Ca, N), unit length over positions
+    b = F.normalize(coarse.float().flatten(2), dim=2)               # (B, Cb, N)
+    return a @ b.transpose(1, 2)                                    # (B, Ca, Cb)
+""",
+        stub=r"""
+import torch.nn.functional as F
+
+
+def my_cross_level(fine, coarse):
+    # your code: pool fine onto coarse's grid, normalise each channel map over positions, all dot products
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.methods.snl import cross_level_affinity
+
+_g = torch.Generator().manual_seed(2)
+_fine, _coarse = torch.randn(2, 4, 8, 8, generator=_g), torch.randn(2, 6, 4, 4, generator=_g)
+check("Exercise 3 (inter-affinity)", lambda: my_cross_level(_fine, _coarse),
+      lambda: cross_level_affinity(_fine, _coarse), hint={hint})
+""",
+        hint='normalise along dim=2 (positions) this time, not channels; the result is a @ b.transpose(1, 2)'),
     md(r"""
 Do not read a winner off this table. In quick mode both students train for a couple of hundred steps on a
 few dozen images per category, SNL's capacity is split over five terms, and with ~40 test images per

@@ -1,6 +1,6 @@
 """Lesson 06 -- the enhanced STPM: a second teacher-student pair and six anomaly maps. Cells for
 ``notebooks/06_enhanced_stpm.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -325,6 +325,88 @@ viz.run_switcher({n: [outputs[n]["maps"][i] / thresholds[n] for i in browse] for
                  titles=[f"{r.category} / {r.defect} / {os.path.basename(r.path)}" for r in records],
                  threshold=1.0, vmax=2.0, description="map")
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/06_enhanced_stpm.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        "one pair's map: the product of its levels",
+        task=r"""
+Within one teacher-student pair, STPM multiplies its per-level maps. Write `my_pair_product(maps)`: a list of
+(B, 1, h_l, w_l) maps -> (B, 1, h, w) on the **finest** of their grids (bilinear, `align_corners=False`), the
+product of all of them.
+""",
+        solution=r"""
+import torch.nn.functional as F
+
+
+def my_pair_product(maps):
+    size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])  # the finest grid
+    out = None
+    for m in maps:
+        up = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
+        out = up if out is None else out * up
+    return out
+""",
+        stub=r"""
+import torch.nn.functional as F
+
+
+def my_pair_product(maps):
+    # your code: find the largest (h, w), upsample every map to it, multiply
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.methods.enhanced_stpm import EnhancedSTPM
+
+_g = torch.Generator().manual_seed(0)
+_maps = [torch.rand(2, 1, 16, 16, generator=_g), torch.rand(2, 1, 8, 8, generator=_g), torch.rand(2, 1, 4, 4, generator=_g)]
+check("Exercise 1 (pair product)", lambda: my_pair_product(_maps), lambda: EnhancedSTPM.pair_product(_maps), hint={hint})
+""",
+        hint='the finest grid is the largest h * w; F.interpolate every map to it, then multiply'),
+    exercise(
+        'a combination rule',
+        task=r"""
+Section 5 switched how the six maps become one. Write `my_fuse(maps, size, rule)` for `rule` "sum" or
+"mean": upsample every map of the dict to (size, size) (bilinear, `align_corners=False`) and add them, or
+average them (no blur).
+""",
+        solution=r"""
+import torch
+import torch.nn.functional as F
+
+
+def my_fuse(maps, size, rule):
+    up = torch.stack([F.interpolate(m.float(), size=(size, size), mode="bilinear", align_corners=False)
+                      for m in maps.values()])  # (L, B, 1, S, S)
+    return up.sum(dim=0) if rule == "sum" else up.mean(dim=0)
+""",
+        stub=r"""
+import torch
+import torch.nn.functional as F
+
+
+def my_fuse(maps, size, rule):
+    # your code: upsample each map to (size, size), stack, then sum or mean over the maps
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.scoring import ScoringConfig, score
+
+_g = torch.Generator().manual_seed(1)
+_maps = {f"m{i}": torch.rand(2, 1, 8 // (i + 1), 8 // (i + 1), generator=_g) for i in range(3)}
+check("Exercise 2 (fuse)", lambda: (my_fuse(_maps, 16, "sum"), my_fuse(_maps, 16, "mean")),
+      lambda: tuple(score(_maps, 16, ScoringConfig(fuse=r, blur_sigma=0)).anomaly_map for r in ("sum", "mean")),
+      hint={hint})
+""",
+        hint='torch.stack of the upsampled maps, then .sum(dim=0) or .mean(dim=0)'),
     md(r"""
 ## Check yourself
 

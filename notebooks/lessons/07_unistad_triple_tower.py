@@ -1,6 +1,6 @@
 """Lesson 07 -- UniSTAD: a teacher and two context students; anomalies are broken consistencies. Cells for
 ``notebooks/07_unistad_triple_tower.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -359,6 +359,75 @@ viz.run_switcher({n: [outputs[n]["maps"][i] for i in browse] for n in outputs},
                  threshold=res.threshold, vmax=float(np.quantile(outputs["off"]["scores"], 0.99)),
                  description="refine")
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/07_unistad_triple_tower.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'what the local student may see',
+        task=r"""
+UniSTAD's local student attends **only** inside a k x k window around each token, and not to the token
+itself. Write `my_local_mask(h, w, k)` -> (h w, h w) bool, True (hidden) everywhere except the window around
+token i (row-major tokens, |drow| <= k // 2 and |dcol| <= k // 2), and token i itself hidden too.
+""",
+        solution=r"""
+import torch
+
+
+def my_local_mask(h, w, k):
+    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    near = ((rows[:, None] - rows[None, :]).abs() <= k // 2) & ((cols[:, None] - cols[None, :]).abs() <= k // 2)
+    return ~near | torch.eye(h * w, dtype=torch.bool)
+""",
+        stub=r"""
+import torch
+
+
+def my_local_mask(h, w, k):
+    # your code: the k x k window of every token (as in lesson 04), inverted, with the diagonal hidden too
+    raise NotImplementedError
+""",
+        check=r"""
+from unistad_edu.course import check
+from unistad_edu.layers import local_mask
+
+check("Exercise 1 (local mask)", lambda: my_local_mask(4, 5, 3), lambda: local_mask(4, 5, 3), hint={hint})
+""",
+        hint='hidden = NOT in the window, OR on the diagonal: ~near | torch.eye(h * w, dtype=torch.bool)'),
+    exercise(
+        'the refinement: a random walk',
+        task=r"""
+The untrained refinement spreads scores along a row-stochastic matrix P: `m <- alpha P m + (1 - alpha) m0`,
+`steps` times, from the map m0. Write `my_propagate(score_map, P, steps, alpha)`: score_map (B, 1, h, w),
+P (B, h w, h w) -> (B, 1, h, w).
+""",
+        solution=r"""
+def my_propagate(score_map, P, steps, alpha):
+    B, _, h, w = score_map.shape
+    m0 = score_map.float().reshape(B, h * w, 1)  # (B, L, 1)
+    m = m0
+    for _ in range(steps):
+        m = alpha * (P @ m) + (1 - alpha) * m0
+    return m.reshape(B, 1, h, w)
+""",
+        stub=r"""
+def my_propagate(score_map, P, steps, alpha):
+    # your code: flatten the map to (B, L, 1), iterate m = alpha * P @ m + (1 - alpha) * m0, reshape back
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.refine import propagate
+
+_g = torch.Generator().manual_seed(0)
+_m = torch.rand(2, 1, 3, 4, generator=_g)
+_P = torch.rand(2, 12, 12, generator=_g).softmax(dim=-1)   # rows sum to 1
+check("Exercise 2 (propagate)", lambda: my_propagate(_m, _P, 3, 0.5), lambda: propagate(_m, _P, 3, 0.5), hint={hint})
+""",
+        hint='keep m0 fixed: every step mixes the propagated map with the *original* map, not the previous one'),
     md(r"""
 ## Check yourself
 

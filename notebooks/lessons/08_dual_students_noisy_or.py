@@ -1,6 +1,6 @@
 """Lesson 08 -- two heterogeneous students joined by a Noisy-OR. Cells for
 ``notebooks/08_dual_students_noisy_or.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -272,6 +272,102 @@ titles = [f"{test.records[i].category}/{test.records[i].defect}: z_loc {z['map']
 viz.image_grid(tiles, titles, cols=3, title="top row: the semantic student's catches; bottom row: the local "
                                             "student's (ED map, green: true defect)").show()
 """),
+    md(r"""
+## Your turn
+
+3 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/08_dual_students_noisy_or.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'Noisy-OR',
+        task=r"""
+Two detectors fire independently with probabilities p1 and p2; the image is anomalous if **any** fires.
+Write `my_noisy_or(p1, p2)` -> P(anomaly).
+""",
+        solution=r"""
+def my_noisy_or(p1, p2):
+    return 1 - (1 - p1) * (1 - p2)
+""",
+        stub=r"""
+def my_noisy_or(p1, p2):
+    # your code: P(anomaly) = 1 - P(neither fires)
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.scoring import noisy_or
+
+_g = torch.Generator().manual_seed(0)
+_p1, _p2 = torch.rand(10, generator=_g), torch.rand(10, generator=_g)
+check("Exercise 1 (Noisy-OR)", lambda: my_noisy_or(_p1, _p2), lambda: noisy_or(_p1, _p2), hint={hint})
+""",
+        hint='P(neither fires) = (1 - p1) * (1 - p2)'),
+    exercise(
+        'scores on a common scale',
+        task=r"""
+Before two scores can be combined they are standardised by the mean and std of **normal** images. Write
+`my_standardize(scores, calibration)`: `scores` {name: (B,)}, `calibration` {name: (mean, std)} ->
+{name: (s - mean) / std}; a score without calibration stays as it is.
+""",
+        solution=r"""
+def my_standardize(scores, calibration):
+    out = {}
+    for name, s in scores.items():
+        mean, std = calibration.get(name, (0.0, 1.0))
+        out[name] = (s - mean) / std
+    return out
+""",
+        stub=r"""
+def my_standardize(scores, calibration):
+    # your code: for every name, (s - mean) / std, with (0, 1) for a name not in calibration
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.scoring import standardize
+
+_g = torch.Generator().manual_seed(1)
+_sc = {"map": torch.rand(6, generator=_g), "semantic": torch.rand(6, generator=_g), "other": torch.rand(6, generator=_g)}
+_cal = {"map": (0.4, 0.1), "semantic": (0.2, 0.05)}
+check("Exercise 2 (standardise)", lambda: my_standardize(_sc, _cal), lambda: standardize(_sc, _cal), hint={hint})
+""",
+        hint='calibration.get(name, (0.0, 1.0)) leaves an uncalibrated score unchanged'),
+    exercise(
+        "the semantic student's distance",
+        task=r"""
+The semantic student is judged on the whole image at once: write `my_global_distance(t, s)`: (B, ...) x 2 ->
+(B,), 1 - cosine similarity of the two tensors of each image, each flattened to one vector.
+""",
+        solution=r"""
+import torch.nn.functional as F
+
+
+def my_global_distance(t, s):
+    return 1 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)
+""",
+        stub=r"""
+import torch.nn.functional as F
+
+
+def my_global_distance(t, s):
+    # your code: flatten each image to a vector, 1 - cosine similarity
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.methods.dual_student import global_cosine_distance
+
+_g = torch.Generator().manual_seed(2)
+_t, _s = torch.randn(3, 4, 5, 5, generator=_g), torch.randn(3, 4, 5, 5, generator=_g)
+check("Exercise 3 (global distance)", lambda: my_global_distance(_t, _s), lambda: global_cosine_distance(_t, _s),
+      hint={hint})
+""",
+        hint='flatten(1) keeps the batch dimension; the cosine is taken along dim=1'),
     md(r"""
 ## Check yourself
 

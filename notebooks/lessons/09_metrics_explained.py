@@ -1,6 +1,6 @@
 """Lesson 09 -- the metrics explained, and a threshold from normal images only. Cells for
 ``notebooks/09_metrics_explained.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -362,6 +362,89 @@ compare the calibrated threshold with the best shared one — which categories p
 viz.threshold_explorer(scores, labels, cats, threshold=threshold,
                        marks={"calibrated (normal only)": threshold, "best shared (oracle)": shared_thr})
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/09_metrics_explained.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'I-AUROC by counting pairs',
+        task=r"""
+AUROC is the probability that a random anomalous image scores higher than a random normal one (ties count
+half). Write `my_auroc(scores, labels)` by comparing **every** (anomalous, normal) pair — no sklearn.
+""",
+        solution=r"""
+import numpy as np
+
+
+def my_auroc(scores, labels):
+    s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    pos, neg = s[y][:, None], s[~y][None, :]                  # (P, 1), (1, N): every pair
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+""",
+        stub=r"""
+import numpy as np
+
+
+def my_auroc(scores, labels):
+    # your code: for every anomalous score a and normal score n, count a > n (and half of a == n)
+    raise NotImplementedError
+""",
+        check=r"""
+import numpy as np
+
+from unistad_edu.course import check
+from unistad_edu.metrics import auroc
+
+_rng = np.random.default_rng(0)
+_y = _rng.integers(0, 2, 50)
+_s = np.round(_rng.random(50) + 0.4 * _y, 1)   # rounded: there are ties
+check("Exercise 1 (AUROC)", lambda: my_auroc(_s, _y), lambda: auroc(_s, _y), hint={hint})
+""",
+        hint='broadcast: positives as a column, negatives as a row; ties count 0.5'),
+    exercise(
+        'the best F1 over all thresholds',
+        task=r"""
+I-F1max is the F1 score at the **best** threshold. Write `my_f1_max(scores, labels)`: try every score as a
+threshold (anomalous = score >= threshold), compute precision, recall and F1 = 2PR / (P + R), return the
+largest F1.
+""",
+        solution=r"""
+import numpy as np
+
+
+def my_f1_max(scores, labels):
+    s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    best = 0.0
+    for thr in np.unique(s):
+        flagged = s >= thr
+        tp = (flagged & y).sum()
+        if tp == 0:
+            continue
+        precision, recall = tp / flagged.sum(), tp / y.sum()
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return float(best)
+""",
+        stub=r"""
+import numpy as np
+
+
+def my_f1_max(scores, labels):
+    # your code: for each distinct score as threshold (>=), precision, recall, F1; keep the best
+    raise NotImplementedError
+""",
+        check=r"""
+import numpy as np
+
+from unistad_edu.course import check
+from unistad_edu.metrics import f1_max
+
+_rng = np.random.default_rng(1)
+_y = _rng.integers(0, 2, 60)
+_s = _rng.random(60) + 0.3 * _y
+check("Exercise 2 (F1-max)", lambda: my_f1_max(_s, _y), lambda: f1_max(_s, _y), hint={hint})
+""",
+        hint='flag score >= threshold; precision = TP / flagged, recall = TP / anomalous; skip thresholds with no TP'),
     md(r"""
 ## Check yourself
 

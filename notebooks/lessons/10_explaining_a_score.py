@@ -1,6 +1,6 @@
 """Lesson 10 -- explaining an image score with captum. Cells for ``notebooks/10_explaining_a_score.ipynb``
 (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -238,6 +238,82 @@ for k in ("map", "IG (+)", "Occlusion (+)"):
     print(f"{k:14s} median concentration on the defect: {np.median(ratios):5.1f}x its area share "
           f"(above 1 on {sum(r > 1 for r in ratios)} of {len(ratios)} defects)")
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/10_explaining_a_score.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'how much of an explanation lies on the defect',
+        task=r"""
+Write `my_share_inside(values, mask)`: the fraction of the **positive** part of an attribution map (H, W)
+that lies inside the defect mask (nonzero = defect); NaN when nothing is positive.
+""",
+        solution=r"""
+import numpy as np
+
+
+def my_share_inside(values, mask):
+    v = np.clip(np.asarray(values, float), 0, None)   # only the positive part counts
+    total = v.sum()
+    return float(v[np.asarray(mask) > 0].sum() / total) if total > 0 else float("nan")
+""",
+        stub=r"""
+import numpy as np
+
+
+def my_share_inside(values, mask):
+    # your code: clip negatives to 0, then (sum inside the mask) / (sum everywhere)
+    raise NotImplementedError
+""",
+        check=r"""
+import numpy as np
+
+from unistad_edu.course import check
+from unistad_edu.explain import share_inside
+
+_rng = np.random.default_rng(0)
+_v = _rng.normal(size=(16, 16))
+_mask = np.zeros((16, 16), np.uint8)
+_mask[4:9, 3:12] = 1
+check("Exercise 1 (share inside)", lambda: my_share_inside(_v, _mask), lambda: share_inside(_v, _mask), hint={hint})
+""",
+        hint='negative attributions are clipped to 0 before both sums'),
+    exercise(
+        'a baseline the model finds normal',
+        task=r"""
+Integrated Gradients needs a baseline. Write `my_nearest_normal(x, normals)`: for each image of x
+(B, 3, S, S), the image of `normals` (N, 3, S, S) closest to it in pixel space (Euclidean distance of the
+flattened images).
+""",
+        solution=r"""
+import torch
+
+
+def my_nearest_normal(x, normals):
+    d = torch.cdist(x.flatten(1).float(), normals.flatten(1).float())   # (B, N)
+    return normals[d.argmin(dim=1)]                                      # (B, 3, S, S)
+""",
+        stub=r"""
+import torch
+
+
+def my_nearest_normal(x, normals):
+    # your code: pairwise distances of the flattened images, then the closest normal image for each x
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.explain import nearest_normal
+
+_g = torch.Generator().manual_seed(0)
+_x, _normals = torch.rand(3, 3, 8, 8, generator=_g), torch.rand(7, 3, 8, 8, generator=_g)
+check("Exercise 2 (nearest normal)", lambda: my_nearest_normal(_x, _normals), lambda: nearest_normal(_x, _normals),
+      hint={hint})
+""",
+        hint='torch.cdist(x.flatten(1), normals.flatten(1)) is (B, N); argmin over dim=1 picks the image'),
     md(r"""
 Read the table with the pictures next to it:
 

@@ -1,6 +1,6 @@
 """Lesson 11 -- serving the demo: a run folder behind Gradio on loopback, queried with gradio_client. Cells for
 ``notebooks/11_serving_the_demo.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -420,6 +420,74 @@ display(Markdown("| backend | batch-1 ms / image | vs PyTorch fp32 |\n|---|---:|
     f"| {k} | {1e3 / v:.1f} | {v / speed['PyTorch fp32']:.2f}x |" for k, v in speed.items())))
 shutil.rmtree(WORK, ignore_errors=True)
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/11_serving_the_demo.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        'the verdict',
+        task=r"""
+Write `my_verdict(score, threshold)`: the text the demo shows: "ANOMALOUS" if the score is **above** the
+threshold, "normal" otherwise, and "no threshold" when the threshold is None.
+""",
+        solution=r"""
+def my_verdict(score, threshold):
+    if threshold is None:
+        return "no threshold"
+    return "ANOMALOUS" if score > threshold else "normal"
+""",
+        stub=r"""
+def my_verdict(score, threshold):
+    # your code: three cases
+    raise NotImplementedError
+""",
+        check=r"""
+from unistad_edu import demo_support as ds
+from unistad_edu.course import check
+
+_cases = [(0.5, 0.4), (0.4, 0.4), (0.1, 0.4), (2.0, None)]
+check("Exercise 1 (verdict)", lambda: [my_verdict(s, t) for s, t in _cases],
+      lambda: [ds.verdict(s, t) for s, t in _cases], hint={hint})
+""",
+        hint='a score equal to the threshold is normal: the rule is score > threshold'),
+    exercise(
+        'is the export the same model?',
+        task=r"""
+Write `my_parity(ref_maps, ref_scores, maps, scores, threshold)` -> `(max_rel, verdicts_differ)`: the largest
+|difference| of any map pixel or score, divided by the threshold, and how many verdicts (score > threshold)
+differ between the reference (PyTorch) and the export.
+""",
+        solution=r"""
+import numpy as np
+
+
+def my_parity(ref_maps, ref_scores, maps, scores, threshold):
+    worst = max(np.abs(ref_maps - maps).max(), np.abs(ref_scores - scores).max())
+    return float(worst / abs(threshold)), int(((ref_scores > threshold) != (scores > threshold)).sum())
+""",
+        stub=r"""
+import numpy as np
+
+
+def my_parity(ref_maps, ref_scores, maps, scores, threshold):
+    # your code: the largest |difference| over maps and scores / threshold, and the number of flipped verdicts
+    raise NotImplementedError
+""",
+        check=r"""
+import numpy as np
+
+from unistad_edu.course import check
+from unistad_edu.export import compare
+
+_rng = np.random.default_rng(0)
+_rm, _rs = _rng.random((4, 8, 8)), np.array([0.2, 0.49, 0.51, 0.9])
+_m, _s = _rm + _rng.normal(0, 1e-3, _rm.shape), _rs + np.array([0, 0.02, 0, 0])
+_res = compare((_rm, _rs), (_m, _s), 0.5)
+check("Exercise 2 (parity)", lambda: my_parity(_rm, _rs, _m, _s, 0.5),
+      lambda: (_res["max_rel"], _res["verdicts_differ"]), hint={hint})
+""",
+        hint='np.abs(ref - export).max() for maps and for scores, the larger of the two over the threshold'),
     md(r"""
 ## Check yourself
 

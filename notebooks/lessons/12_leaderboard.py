@@ -1,5 +1,5 @@
 """Lesson 12 -- the leaderboard. Cells for ``notebooks/12_leaderboard.ipynb`` (built by ``notebooks/_build.py``)."""
-from _cells import code, md
+from _cells import code, exercise, md
 
 CELLS = [
     md(r"""
@@ -212,6 +212,85 @@ display(Markdown(report.markdown_table([{"category": c, "normal test patches": i
                                      for c in CATEGORIES])))
 print("bank entries per category:", {c: int((bank_cat == c).sum()) for c in CATEGORIES})
 """),
+    md(r"""
+## Your turn
+
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/12_leaderboard.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+"""),
+    exercise(
+        "the memory bank's score: distance to the nearest normal patch",
+        task=r"""
+Write `my_nearest_distance(queries, bank)`: (Q, D), (M, D) -> (Q,), the Euclidean distance from each query
+patch to its nearest row of the bank.
+""",
+        solution=r"""
+import torch
+
+
+def my_nearest_distance(queries, bank):
+    return torch.cdist(queries.float(), bank.float()).min(dim=1).values   # (Q,)
+""",
+        stub=r"""
+import torch
+
+
+def my_nearest_distance(queries, bank):
+    # your code: all pairwise distances, the smallest per query
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.methods.memory_bank import nearest_distance
+
+_g = torch.Generator().manual_seed(0)
+_q, _bank = torch.randn(20, 8, generator=_g), torch.randn(50, 8, generator=_g)
+check("Exercise 1 (nearest distance)", lambda: my_nearest_distance(_q, _bank), lambda: nearest_distance(_q, _bank),
+      hint={hint}, atol=1e-4)
+""",
+        hint='torch.cdist(queries, bank) is (Q, M); take .min(dim=1).values'),
+    exercise(
+        'a coreset: cover the bank with few points',
+        task=r"""
+PatchCore keeps a **greedy coreset**: start from one random point, then repeatedly add the point farthest
+from everything chosen so far. Write `my_coreset(x, n, seed)` -> the (n,) indices, the first one drawn as
+`int(torch.randint(len(x), (1,), generator=torch.Generator().manual_seed(seed)))`.
+""",
+        solution=r"""
+import torch
+
+
+def my_coreset(x, n, seed):
+    first = int(torch.randint(len(x), (1,), generator=torch.Generator().manual_seed(seed)))
+    chosen = [first]
+    nearest = torch.cdist(x, x[first:first + 1])[:, 0]   # (N,) distance to the nearest chosen point
+    for _ in range(n - 1):
+        nearest[chosen] = -1.0                            # never pick a chosen point again
+        nxt = int(nearest.argmax())
+        chosen.append(nxt)
+        nearest = torch.minimum(nearest, torch.cdist(x, x[nxt:nxt + 1])[:, 0])
+    return torch.tensor(chosen)
+""",
+        stub=r"""
+import torch
+
+
+def my_coreset(x, n, seed):
+    # your code: the seeded first index, then n - 1 times the point with the largest distance to its nearest
+    # chosen point
+    raise NotImplementedError
+""",
+        check=r"""
+import torch
+
+from unistad_edu.course import check
+from unistad_edu.methods.memory_bank import greedy_coreset
+
+_x = torch.randn(60, 5, generator=torch.Generator().manual_seed(3))
+check("Exercise 2 (coreset)", lambda: my_coreset(_x, 8, 0), lambda: greedy_coreset(_x, 8, seed=0), hint={hint})
+""",
+        hint='keep, for every point, its distance to the nearest chosen point; update it with torch.minimum after each pick'),
     md(r"""
 ## 6. Check
 

@@ -1,0 +1,81 @@
+"""The exercise twins (``notebooks/exercises/NN_*.ipynb``), built by ``notebooks/_build.py`` from the lesson sources.
+
+Every lesson has 2-4 exercises. A twin is its lesson with each exercise's solution cell replaced by a stub (and
+the task said once more on top): every other cell is the lesson's own, which nbmake runs. Here the exercise
+cells of both notebooks are run as a learner would, in order, in one namespace per notebook: in the twin each
+check cell must fail -- ``ExerciseNotDone`` with its task's hint, nothing else -- and in the lesson each check
+must pass after its solution. The checks compare with the package's own functions on small inputs, so they
+need none of the lesson's earlier cells. The committed notebooks must be what the build writes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from unistad_edu.course import ExerciseNotDone
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = sorted((REPO / "notebooks" / "lessons").glob("[0-9][0-9]_*.py"))
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("notebooks_build", REPO / "notebooks" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BUILD = _build_module()
+
+
+def _cells(nb, tag):
+    return [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+
+
+def _hints(source: Path) -> list[str]:
+    return [src["hint"] for kind, src in BUILD.lesson_cells(source) if kind == "exercise"]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_the_committed_lesson_and_twin_are_what_the_build_writes(source):
+    for twin, folder in ((False, REPO / "notebooks"), (True, REPO / "notebooks" / "exercises")):
+        committed = folder / f"{source.stem}.ipynb"
+        assert committed.is_file(), f"{committed} missing: run python notebooks/_build.py"
+        assert committed.read_text() == nbformat.writes(BUILD.notebook(source, twin)) + "\n", \
+            f"{committed} is not what notebooks/_build.py writes from {source.name}: run it"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_twin_is_the_lesson_with_stubs_and_each_check_fails_with_its_hint_until_solved(source, tmp_path,
+                                                                                         monkeypatch, capsys):
+    lesson, twin = BUILD.notebook(source), BUILD.notebook(source, twin=True)
+    hints = _hints(source)
+    assert 2 <= len(hints) <= 4, f"{source.name} has {len(hints)} exercises (2-4 wanted)"
+    assert len(lesson.cells) == len(twin.cells)
+    tags = set(BUILD.TAGS.values())
+    for i, (a, b) in enumerate(zip(lesson.cells, twin.cells)):
+        tagged = set(a.metadata.get("tags", [])) & tags
+        if i == 0 or tagged or a.source.startswith("### Exercise"):
+            continue  # the twin's own header, stubs and task notes
+        assert a.source == b.source, f"cell {i} of the twin differs from the lesson's"
+
+    monkeypatch.chdir(tmp_path)  # checks may write small files
+    stubs, checks = _cells(twin, BUILD.TAGS["stub"]), _cells(twin, BUILD.TAGS["check"])
+    assert len(stubs) == len(checks) == len(hints)
+    ns: dict = {}
+    for stub, check, hint in zip(stubs, checks, hints):
+        exec(compile(stub.source, f"{source.stem} stub {stub.metadata['exercise']}", "exec"), ns)
+        with pytest.raises(ExerciseNotDone) as info:
+            exec(compile(check.source, f"{source.stem} check {check.metadata['exercise']}", "exec"), ns)
+        assert hint in str(info.value), f"exercise {check.metadata['exercise']}: the hint is not in {info.value}"
+
+    solutions, checks = _cells(lesson, BUILD.TAGS["solution"]), _cells(lesson, BUILD.TAGS["check"])
+    ns = {}
+    for solution, check in zip(solutions, checks):
+        exec(compile(solution.source, f"{source.stem} solution", "exec"), ns)
+        exec(compile(check.source, f"{source.stem} check", "exec"), ns)  # passes: no ExerciseNotDone
+    assert capsys.readouterr().out.count("✓") == len(hints)
