@@ -135,3 +135,10 @@ def test_leaderboard_reports_the_false_alarm_rate_at_the_threshold(board, runs):
     by_label = {r["label"]: r for r in result["rows"]}
     for row in leaderboard.table(result):  # the table's "method" column is the entry's label
         assert row["false alarms %"] == round(100 * by_label[row["method"]]["false_alarm_rate"], 1)
+
+
+def test_figures_take_error_bars_from_a_results_spread_over_seeds():
+    from unistad_edu.figures import _spread
+    metrics = {"std": {"categories": {"a": {"I-AUROC": 0.02}, "b": {"I-AUROC": 0.0}}, "mean": {"I-AUROC": 0.01}}}
+    assert _spread(metrics, ["a", "b"], "I-AUROC") == [2.0, 0.0, 1.0]  # x100, categories then the mean
+    assert _spread({"categories": {}}, ["a"], "I-AUROC") is None         # one seed: no error bars drawn

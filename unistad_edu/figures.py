@@ -47,22 +47,39 @@ def interference_figure(acc_json, out) -> Path:
     if not {"unified", "per-class"} <= set(st):
         raise ValueError(f"{acc_json}: needs a bench accuracy result with both settings (unified and per-class)")
     cats = sorted(st["unified"]["metrics"]["categories"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     x = np.arange(len(cats) + 1)
+    seeds = max(len(st[s].get("seeds") or [0]) for s in ("unified", "per-class"))
     for ax, col in zip(axes, ("I-AUROC", "P-AUROC")):
         for k, (setting, colour) in enumerate((("per-class", "#4C78A8"), ("unified", "#F58518"))):
             m = st[setting]["metrics"]
             vals = [100 * (m["categories"][c].get(col) or np.nan) for c in cats] + [100 * (m["mean"].get(col) or np.nan)]
-            ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=setting, color=colour)
+            err = _spread(m, cats, col)  # over seeds, when the result has several
+            ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=setting, color=colour, yerr=err,
+                   capsize=3 if err is not None else 0)
         ax.set_xticks(x, cats + ["mean"], rotation=25, ha="right")
         ax.set_title(col)
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 105)  # from 0: bar lengths are comparable
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("x100")
-    axes[0].legend(loc="lower left")
+    axes[0].set_ylabel("x100 (axis from 0)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False, bbox_to_anchor=(0.99, 1.0))
     fig.suptitle(f"{result.get('method', 'stpm').upper()}: one model per category vs one for all "
-                 f"({result.get('protocol', '?')} protocol)")
+                 f"({result.get('protocol', '?')} protocol; "
+                 f"{'mean ± std of %d seeds' % seeds if seeds > 1 else 'one seed: no error bars'})",
+                 x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title and the legend above the axes, off the bars
     return _save(fig, out)
+
+
+def _spread(metrics: dict, cats, col: str, scale: float = 100.0):
+    """Per-category then mean standard deviations (x scale) of ``col`` if the result holds them
+    (``metrics["std"]``: {"categories": {cat: {col: std}}, "mean": {col: std}}), else None."""
+    std = metrics.get("std")
+    if not std:
+        return None
+    return [scale * ((std.get("categories", {}).get(c) or {}).get(col) or 0.0) for c in cats] + \
+        [scale * ((std.get("mean") or {}).get(col) or 0.0)]
 
 
 def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
@@ -113,25 +130,36 @@ def leaderboard_figure(lb_json, out) -> Path:
     from .leaderboard import load, per_category
     result = load(lb_json)
     cats, values = per_category(result, "I-AUROC")
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    rows = {r["label"]: r for r in result["rows"]}
+    seeds = max(len(r.get("seeds") or [0]) for r in result["rows"])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.6, 1]})
     width = 0.8 / max(1, len(values))
     x = np.arange(len(cats))
     for k, (label, vals) in enumerate(values.items()):
-        ax.bar(x + (k - (len(values) - 1) / 2) * width, vals, width, label=label)
+        err = _spread(rows[label], cats, "I-AUROC")
+        ax.bar(x + (k - (len(values) - 1) / 2) * width, vals, width, label=label,
+               yerr=None if err is None else err[:-1], capsize=2 if err is not None else 0)
     ax.set_xticks(x, cats, rotation=20, ha="right")
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("I-AUROC x100")
+    ax.set_ylim(0, 105)  # from 0: bar lengths are comparable
+    ax.set_ylabel("I-AUROC x100 (axis from 0)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
-    ax.set_title("per category, one unified model each")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # below: off the bars
+    ax.set_title("per category, one unified model each" + (f" (mean ± std of {seeds} seeds)" if seeds > 1
+                                                           else " (one seed: no error bars)"))
+    lo = min(100 * r["mean"]["I-AUROC"] for r in result["rows"])
     for r in result["rows"]:
-        ax2.scatter(r["infer_ms_per_img"], 100 * r["mean"]["I-AUROC"], s=30 + 40 * r["state_mib"], alpha=0.6)
-        ax2.annotate(f"{r['label']} ({r['state_mib']:.1f} MiB)", (r["infer_ms_per_img"], 100 * r["mean"]["I-AUROC"]),
+        y = 100 * r["mean"]["I-AUROC"]
+        err = _spread(r, [], "I-AUROC")
+        ax2.errorbar(r["infer_ms_per_img"], y, yerr=None if err is None else [err[-1]], fmt="none", ecolor="grey",
+                     capsize=3)
+        ax2.scatter(r["infer_ms_per_img"], y, s=30 + 40 * r["state_mib"], alpha=0.6)
+        ax2.annotate(f"{r['label']} ({r['state_mib']:.1f} MiB)", (r["infer_ms_per_img"], y),
                      fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax2.set_xlabel(f"inference ms/img (CPU, same run; teacher alone {1000 / result['teacher_only_img_s']:.1f})")
-    ax2.set_ylabel("mean I-AUROC x100")
+    ax2.set_ylabel(f"mean I-AUROC x100 (axis starts near {lo:.0f}, not 0)")
     ax2.grid(alpha=0.3)
     ax2.set_title("accuracy vs cost (marker area ~ stored state)")
+    fig.tight_layout()
     return _save(fig, out)
 
 
