@@ -142,3 +142,32 @@ def test_figures_take_error_bars_from_a_results_spread_over_seeds():
     metrics = {"std": {"categories": {"a": {"I-AUROC": 0.02}, "b": {"I-AUROC": 0.0}}, "mean": {"I-AUROC": 0.01}}}
     assert _spread(metrics, ["a", "b"], "I-AUROC") == [2.0, 0.0, 1.0]  # x100, categories then the mean
     assert _spread({"categories": {}}, ["a"], "I-AUROC") is None         # one seed: no error bars drawn
+
+
+def test_seeds_of_one_label_become_one_row_with_mean_and_sample_std():
+    from unistad_edu.leaderboard import aggregate, table
+    def row(run, i_auroc, cookie, train_s):
+        return {"label": "STPM", "run": run, "method": "stpm", "mean": {"I-AUROC": i_auroc, "P-AUROC": 0.9},
+                "categories": {"cookie": {"I-AUROC": cookie}}, "train_s": train_s, "peak_rss_mb": 100.0 + train_s,
+                "state_mib": 2.0, "false_alarm_rate": 0.01, "infer_ms_per_img": 10.0, "infer_vs_teacher_only": 0.5}
+    rows = [row("s0", 0.80, 0.70, 10.0), row("s1", 0.90, 0.75, 20.0), row("s2", 0.85, 0.95, 30.0),
+            {**row("b", 0.97, 0.99, 5.0), "label": "bank"}]
+    (stpm, bank) = aggregate(rows)
+    assert stpm["seeds"] == ["s0", "s1", "s2"] and bank["seeds"] == ["b"] and "std" not in bank
+    assert stpm["mean"]["I-AUROC"] == pytest.approx(0.85)
+    assert stpm["std"]["mean"]["I-AUROC"] == pytest.approx(np.std([0.80, 0.90, 0.85], ddof=1))
+    assert stpm["categories"]["cookie"]["I-AUROC"] == pytest.approx(np.mean([0.70, 0.75, 0.95]))
+    assert stpm["std"]["categories"]["cookie"]["I-AUROC"] == pytest.approx(np.std([0.70, 0.75, 0.95], ddof=1))
+    assert stpm["train_s"] == pytest.approx(20.0) and stpm["peak_rss_mb"] == 130.0
+    shown = {r["method"]: r for r in table({"rows": [stpm, bank]})}
+    assert shown["STPM"]["seeds"] == 3 and shown["STPM"]["I-AUROC ±"] == round(100 * np.std([0.8, 0.9, 0.85], ddof=1), 1)
+    assert shown["bank"]["seeds"] == 1 and shown["bank"]["I-AUROC ±"] is None
+
+
+def test_a_label_given_twice_is_timed_once_and_reported_as_two_seeds(runs, tiny_data, tmp_path):
+    path = tmp_path / "lb.json"
+    assert cli(["bench", "leaderboard", "--entry", "STPM", str(runs["stpm"]), "--entry", "STPM", str(runs["stpm"]),
+                "--data", str(tiny_data), "--n-images", "4", "--batch-size", "4", "--repeats", "1",
+                "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["rows"]
+    assert len(row["seeds"]) == 2 and row["std"]["mean"]["I-AUROC"] == 0.0  # the same run twice: no spread

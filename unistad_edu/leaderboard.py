@@ -7,6 +7,11 @@ through the one scoring path, timed in the same process against a teacher-only f
 (a ratio, because this machine is shared and noisy). ``python -m unistad_edu bench leaderboard`` writes it
 as JSON (``docs/results/leaderboard.json``); lesson 12 and ``python -m unistad_edu figures`` read that file
 instead of retraining every method.
+
+Several runs under one label (``--entry UniSTAD RUN_seed0 --entry UniSTAD RUN_seed1 ...``) are the seeds of one
+method: :func:`aggregate` turns them into one row -- every metric the mean over the seeds, its sample standard
+deviation under ``std``, the runs under ``seeds`` -- and the speed is timed once per label (the seeds are the same
+network).
 """
 from __future__ import annotations
 
@@ -61,7 +66,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
                      "mean": metrics["mean"], "categories": metrics["categories"],
                      "false_alarm_rate": (metrics.get("false_alarms") or {}).get("all"),
                      "false_alarm_target": cfg.get("false_alarm_target")})
-        models[e["label"]] = model
+        models.setdefault(e["label"], model)  # seeds of one method: the same network, timed once
 
     # inference: the same test images for every method, teacher-only forward as the baseline of this run
     root = Path(data or read_config(entries[0]["run"]).get("data_root"))
@@ -90,8 +95,48 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
         row["infer_img_s"] = speeds[row["label"]]
         row["infer_ms_per_img"] = 1000.0 / speeds[row["label"]]
         row["infer_vs_teacher_only"] = speeds[row["label"]] / speeds["teacher_only"]
-    return {"rows": rows, "teacher_only_img_s": speeds["teacher_only"], "timed_images": n,
+    return {"rows": aggregate(rows), "teacher_only_img_s": speeds["teacher_only"], "timed_images": n,
             "timing_batch_size": batch_size, "data": str(root)}
+
+
+def _mean_std(values) -> tuple[float | None, float | None]:
+    from .report import mean_std
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and np.isnan(x))]
+    return mean_std(v) if v else (None, None)
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """Rows that share a label (one per seed) -> one row each, in first-seen order: ``mean`` and ``categories``
+    hold the mean over the seeds of every metric, ``std`` = {"mean": {metric: std}, "categories": {cat: {metric:
+    std}}} their sample standard deviations, ``seeds`` the runs; train time, stored state and false-alarm rate are
+    means, peak RSS the largest. A label with one run keeps its numbers, with ``seeds`` = [its run] and no ``std``."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["label"], []).append(r)
+    out = []
+    for label, group in groups.items():
+        first = group[0]
+        if len(group) == 1:
+            out.append({**first, "seeds": [first["run"]]})
+            continue
+        cols = sorted({c for g in group for c in g["mean"]})
+        cats = sorted({c for g in group for c in g["categories"]})
+        mean, std = {}, {"mean": {}, "categories": {c: {} for c in cats}}
+        for col in cols:
+            mean[col], std["mean"][col] = _mean_std(g["mean"].get(col) for g in group)
+        categories = {c: {} for c in cats}
+        for c in cats:
+            for col in sorted({k for g in group for k in g["categories"].get(c, {})}):
+                categories[c][col], std["categories"][c][col] = _mean_std(
+                    g["categories"].get(c, {}).get(col) for g in group)
+        rss = [g.get("peak_rss_mb") for g in group if g.get("peak_rss_mb") is not None]
+        out.append({**first, "run": first["run"], "mean": mean, "categories": categories, "std": std,
+                    "seeds": [g["run"] for g in group],
+                    "train_s": _mean_std(g.get("train_s") for g in group)[0],
+                    "peak_rss_mb": max(rss) if rss else None,
+                    "state_mib": _mean_std(g["state_mib"] for g in group)[0],
+                    "false_alarm_rate": _mean_std(g.get("false_alarm_rate") for g in group)[0]})
+    return out
 
 
 def load(path) -> dict:
@@ -106,9 +151,18 @@ def load(path) -> dict:
 def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
     """One row per method, best mean I-AUROC first: metrics x100 and the costs."""
     rows = []
+    several = any(len(r.get("seeds") or []) > 1 for r in result["rows"])
     for r in sorted(result["rows"], key=lambda r: -r["mean"]["I-AUROC"]):
         row = {"method": r["label"]}
-        row.update({c: round(100 * r["mean"][c], 1) for c in columns if r["mean"].get(c) is not None})
+        if several:  # seeds: the count, and each metric's std beside it
+            row["seeds"] = len(r.get("seeds") or [r["run"]])
+        for c in columns:
+            if r["mean"].get(c) is None:
+                continue
+            row[c] = round(100 * r["mean"][c], 1)
+            if several:
+                sd = (r.get("std") or {}).get("mean", {}).get(c)
+                row[f"{c} ±"] = None if sd is None else round(100 * sd, 1)
         far = r.get("false_alarm_rate")
         row.update({"train s": r.get("train_s"), "state MiB": round(r["state_mib"], 2),
                     "false alarms %": None if far is None else round(100 * far, 1),

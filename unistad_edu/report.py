@@ -86,3 +86,22 @@ def unlike_training(score: float, validation: dict, factor: float = FAR_FACTOR) 
         return None
     return (f"unlike anything this model was trained on: the score lies {min(margins):.0f} normal spreads above "
             f"the highest normal score of every training category ({len(per)}); is this one of the trained products?")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1) of repeated measurements, e.g. one per seed; the std of a
+    single measurement is 0 (there is no spread to report, and the tables say "1 seed")."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def trend(x: Sequence[float], y: Sequence[float]) -> float:
+    """The least-squares slope of y against x (change of y per unit of x), e.g. of an AUROC against the number
+    of categories trained together: negative = it falls as categories are added."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size != y.size or x.size < 2 or np.ptp(x) == 0:
+        raise ValueError("trend needs at least two points at two different x")
+    dx = x - x.mean()
+    return float((dx * (y - y.mean())).sum() / (dx * dx).sum())

@@ -10,7 +10,7 @@ from .render import (  # noqa: F401
 )
 from .plots import (  # noqa: F401
     pick_defects, threshold_unit_grid, bar_per_class, embed_2d, embedding_scatter, feature_map_grid, image_grid, loss_curve, loss_curves,
-    matrix_grid, rate_curves, score_histogram, scores_by_category
+    matrix_grid, rate_curves, score_histogram, scores_by_category, spread_curves
 )
 from .widgets import (  # noqa: F401
     browse_indices, image_browser, results_explorer, results_rows, run_switcher, threshold_explorer,
@@ -23,6 +23,6 @@ __all__ = [
     "mask_boundary", "mask_overlay", "outline_region", "overlay", "predicted_region",
     "prediction_figure", "save_overlay", "save_prediction", "bar_per_class", "embed_2d", "embedding_scatter",
     "feature_map_grid", "image_grid", "loss_curve", "loss_curves", "matrix_grid", "rate_curves",
-    "score_histogram", "scores_by_category", "browse_indices", "image_browser", "results_explorer",
+    "score_histogram", "scores_by_category", "spread_curves", "browse_indices", "image_browser", "results_explorer",
     "results_rows", "run_switcher", "threshold_explorer", "threshold_rows"
 ]

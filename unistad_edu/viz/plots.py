@@ -355,3 +355,23 @@ def threshold_unit_grid(dataset, show: Sequence[int], models: dict[str, tuple[di
         images += [tile(i, out["maps"][i] / thr[i]) for i in show]
         titles += [f"{label}: {out['scores'][i] / thr[i]:.2f} x thr" for i in show]
     return image_grid(images, titles, cols=len(show), title=title)
+
+
+def spread_curves(curves: dict, x_title: str, y_title: str, title: str | None = None,
+                  y_range: tuple[float, float] | None = None):
+    """Lines with error bars: ``curves`` = {name: {x: (mean, std)}} (e.g. an AUROC per number of categories,
+    mean and std over seeds; std 0 draws no bar). ``y_range``: the axis range (default: from the data); a range
+    that does not start at 0 is said in the axis title by the caller."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, points in curves.items():
+        xs = sorted(points)
+        fig.add_trace(go.Scatter(x=xs, y=[points[k][0] for k in xs], mode="lines+markers", name=str(name),
+                                 error_y=dict(type="data", array=[points[k][1] for k in xs], visible=True)))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=400,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))  # above the plot, off the lines
+    fig.update_xaxes(tickmode="array", tickvals=sorted({k for p in curves.values() for k in p}))
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range))
+    return fig
