@@ -150,3 +150,17 @@ def test_fit_checkpoint_round_trip_and_trained_differs_from_fresh(name, lite0_te
     if not fresh.trains_by_gradient:  # an empty bank cannot score: the fresh one is built from other images
         _ready(fresh, _images(4, seed=5))
     assert not np.allclose(score_dataset(fresh.eval(), test, keep_maps=False)["scores"], trained, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_training_seed_reaches_the_models_own_randomness(name, lite0_teacher):
+    """`train --seed S` sets the method's seed fields (seed_overrides): every method has one, and for a
+    student another seed gives other initial weights."""
+    from unistad_edu.methods import seed_overrides
+    assert seed_overrides(name, 1), f"{name} has no seed field: its randomness cannot be varied by --seed"
+    a, b = _build(name, lite0_teacher, **seed_overrides(name, 0)), _build(name, lite0_teacher, **seed_overrides(name, 1))
+    if a.trains_by_gradient:
+        pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+        assert any(not torch.equal(pa[k], pb[k]) for k in pa if not k.startswith(a.frozen_prefixes))
+    else:
+        assert all(getattr(b.cfg, f) == 1 for f in seed_overrides(name, 1))

@@ -172,8 +172,11 @@ def test_twenty_identical_concurrent_requests_are_all_answered(demo_run, demo_da
     for status, table, heat, levels, record in answers:
         assert "anomaly score" in status and record["errors"] == []
         scores.add(record["results"][0]["score"])
+        sizes = []
         for item in heat:
             with Image.open(item["image"]) as im:
                 im.load()
-                assert im.size == (64, 64)
+                sizes.append(im.size)
+        (w_in, h_in), (w_heat, h_heat) = sizes  # the input, then the heatmap with its colour bar beside it
+        assert (w_in, h_in) == (64, 64) and w_heat > 64 and h_heat >= 64, sizes
     assert len(scores) == 1

@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="any field of the method's config, e.g. --set jitter=false --set hidden_dim=256")
     t.add_argument("--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)")
-    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seeds the data order, the held-out split and the model's own randomness (initial weights, "
+                        "coreset)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--cache-dir", default=None, help="disk feature cache (default: in memory)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (refused if its "
@@ -257,8 +259,9 @@ def cmd_train(args) -> int:
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("image_size", args.image_size), ("teacher", args.teacher)) if v is not None}
-    overrides.update(_parse_overrides(args.overrides))
-    from .methods import method_class
+    from .methods import method_class, seed_overrides
+    # --seed seeds the model too (its initial weights / coreset), unless --set names a seed field itself
+    overrides = {**seed_overrides(args.method, args.seed), **overrides, **_parse_overrides(args.overrides)}
     from .options import check_device, check_overrides
     check_overrides(method_class(args.method).Config, overrides)  # unknown method: refused here, before data work
     mcfg = make_config(args.method, args.preset, **overrides)  # unknown preset / field: refused before data work

@@ -42,3 +42,15 @@ def build_model(name: str, teacher=None, preset: str = "cpu", cfg: MethodConfig 
 
 
 __all__ = ["Batch", "METHODS", "Method", "MethodConfig", "build_model", "make_config", "method_class"]
+
+
+#: the config fields that seed a method's randomness (a student's initial weights, a coreset's first centre)
+SEED_FIELDS = ("student_seed", "init_seed", "coreset_seed")
+
+
+def seed_overrides(name: str, seed: int) -> dict:
+    """{field: seed} for every seed field of method ``name``'s config: what ``train --seed S`` sets besides the
+    data order and the held-out split, so one seed number reproduces, and varies, the whole run."""
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(method_class(name).Config)}
+    return {f: int(seed) for f in SEED_FIELDS if f in fields}
