@@ -10,7 +10,6 @@ need none of the lesson's earlier cells. The committed notebooks must be what th
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import nbformat
