@@ -184,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "parity-checked against the PyTorch model", formatter_class=_Help,
                         epilog="example:\n  python -m unistad_edu export --run runs/quickstart --format onnx\n"
                                "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png")
-    ex.add_argument("--run", required=True)
-    ex.add_argument("--format", dest="fmt", choices=["onnx", "openvino"], default="onnx")
+    ex.add_argument("--run", required=True, help="a trained run folder")
+    ex.add_argument("--format", dest="fmt", choices=["onnx", "openvino"], default="onnx",
+                    help="onnx: one .onnx file (served by onnxruntime or OpenVINO); openvino: OpenVINO IR "
+                         "(model.xml + model.bin)")
     ex.add_argument("--out", default=None, help="export folder (default: RUN/export-FORMAT)")
     ex.add_argument("--opset", type=positive_int, default=18, help="ONNX opset")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
