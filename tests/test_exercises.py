@@ -5,10 +5,13 @@ the task said once more on top): every other cell is the lesson's own, which nbm
 cells of both notebooks are run as a learner would, in order, in one namespace per notebook: in the twin each
 check cell must fail -- ``ExerciseNotDone`` with its task's hint, nothing else -- and in the lesson each check
 must pass after its solution. The checks compare with the package's own functions on small inputs, so they
-need none of the lesson's earlier cells. The committed notebooks must be what the build writes.
+need none of the lesson's earlier cells, and no lesson cell uses a name that only an exercise cell defines -- so
+in a whole twin exactly the check cells fail, which is what running only its exercise cells shows (the twins'
+other cells are the lessons' own, and nbmake runs those). The committed notebooks must be what the build writes.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -78,3 +81,34 @@ def test_twin_is_the_lesson_with_stubs_and_each_check_fails_with_its_hint_until_
         exec(compile(solution.source, f"{source.stem} solution", "exec"), ns)
         exec(compile(check.source, f"{source.stem} check", "exec"), ns)  # passes: no ExerciseNotDone
     assert capsys.readouterr().out.count("✓") == len(hints)
+
+
+def _defined(source: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def _loaded(source: str) -> set[str]:
+    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_no_lesson_cell_needs_an_exercise_cell(source):
+    """What makes running only the exercise cells enough: a name that only an exercise cell defines (a solution's
+    function, a check's inputs) is used by no other cell of the lesson, so in the twin -- where the stubs define
+    nothing useful -- every other cell runs exactly as in the lesson, and only the check cells fail."""
+    nb = BUILD.notebook(source)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tags = set(BUILD.TAGS.values())
+    ex = [c for c in code if set(c.metadata.get("tags", [])) & tags]
+    rest = [c for c in code if c not in ex]
+    only_exercise = set().union(*(_defined(c.source) for c in ex)) - set().union(*(_defined(c.source) for c in rest))
+    used = set().union(*(_loaded(c.source) for c in rest))
+    assert not only_exercise & used, f"lesson cells use names only an exercise cell defines: {only_exercise & used}"
