@@ -405,8 +405,8 @@ def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, re
             got = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
             per_cat = {c: compare((ref[0][cats == c], ref[1][cats == c]), (got[0][cats == c], got[1][cats == c]), thr)
                        for c in dict.fromkeys(cats)}
-            parity[name] = {**compare(ref, got, thr), "categories": per_cat,
-                            "within_tolerance": compare(ref, got, thr)["max_rel"] <= PARITY_TOLERANCE}
+            whole = compare(ref, got, thr)
+            parity[name] = {**whole, "categories": per_cat, "within_tolerance": whole["max_rel"] <= PARITY_TOLERANCE}
         # speed: the same images through every path, interleaved
         pick = arrays[np.linspace(0, len(arrays) - 1, min(n_images, len(arrays))).astype(int)]
         xs = torch.from_numpy(pick).permute(0, 3, 1, 2).float() / 255.0  # (n, 3, S, S)

@@ -278,6 +278,14 @@ def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size, size), Image.BILINEAR))
 
 
+def model_inputs(images: Sequence, size: int) -> list[np.ndarray]:
+    """File paths or (H, W, 3) / (H, W) uint8 arrays -> (size, size, 3) uint8 arrays, the pixels every scoring
+    path sees (``engine.predict``, a served export): a file is turned upright by its EXIF orientation first, as
+    the demo does with an upload, then resized by :func:`resize_rgb`."""
+    return [load_image(im, size, exif_orientation=True) if isinstance(im, (str, os.PathLike))
+            else resize_rgb(np.asarray(im, dtype=np.uint8), size) for im in images]
+
+
 _LOSSY_MASK_WARNED = False  # the lossy-mask warning is given once per process (tests reset it)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 

@@ -31,7 +31,7 @@ from . import distributed, files, runs
 from .cache import FeatureCache
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, read_tensors,
                          save_checkpoint, save_train_state)
-from .data import MVTecDataset, collate, holdout_split, load_image, resize_rgb
+from .data import MVTecDataset, collate, holdout_split, model_inputs
 from .methods.base import Batch, Method
 
 
@@ -668,15 +668,8 @@ def predict(model: Method, images: Sequence, threshold: float | None = None, bat
     device = next(model.parameters()).device
     model.eval()
     prec = precision_of(model, precision, device)
-    arrays = []
-    for im in images:
-        if isinstance(im, (str, Path)):
-            arrays.append(load_image(im, size, exif_orientation=True))  # upright, as the demo sees uploads
-        elif isinstance(im, torch.Tensor):
-            arr = (im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
-            arrays.append(resize_rgb(arr, size))
-        else:
-            arrays.append(resize_rgb(np.asarray(im, dtype=np.uint8), size))
+    arrays = model_inputs([(im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()  # (3,H,W) -> uint8
+                           if isinstance(im, torch.Tensor) else im for im in images], size)
     results = []
     for i in range(0, len(arrays), batch_size):
         chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)

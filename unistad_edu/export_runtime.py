@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -153,12 +152,10 @@ class ExportedModel:
         """Score file paths or (H, W, 3) uint8 arrays: the same per-image dicts as ``engine.predict`` (``score``,
         ``anomalous``, ``anomaly_map`` (S, S), ``image`` (S, S, 3) uint8, ``level_maps`` -- empty: the graph
         returns the fused map only)."""
-        from .data import load_image, resize_rgb
+        from .data import model_inputs
 
-        size = self.image_size
         threshold = threshold if threshold is not None else self.threshold
-        arrays = [load_image(im, size, exif_orientation=True) if isinstance(im, (str, os.PathLike))
-                  else resize_rgb(np.asarray(im, dtype=np.uint8), size) for im in images]
+        arrays = model_inputs(images, self.image_size)  # the same pixels engine.predict scores
         results = []
         for i in range(0, len(arrays), batch_size):
             chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)

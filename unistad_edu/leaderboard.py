@@ -130,7 +130,7 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
                 categories[c][col], std["categories"][c][col] = _mean_std(
                     g["categories"].get(c, {}).get(col) for g in group)
         rss = [g.get("peak_rss_mb") for g in group if g.get("peak_rss_mb") is not None]
-        out.append({**first, "run": first["run"], "mean": mean, "categories": categories, "std": std,
+        out.append({**first, "mean": mean, "categories": categories, "std": std,
                     "seeds": [g["run"] for g in group],
                     "train_s": _mean_std(g.get("train_s") for g in group)[0],
                     "peak_rss_mb": max(rss) if rss else None,
