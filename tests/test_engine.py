@@ -322,3 +322,50 @@ def test_public_helpers_follow_the_engines_own_rules(train_set, lite0_teacher, t
         assert per_cat >= unified and res.threshold is not None
     assert len(steps) == sum(r.epochs_done * engine.steps_per_epoch(train_set.by_category()[c], 8, cfg)
                              for c, (_, r) in fits.items())
+
+
+def test_balanced_epoch_order_gives_every_category_the_same_share():
+    """sampling="balanced": an epoch of n draws where each of K categories fills n / K places (the first n mod K
+    one more), each drawn from its own images only, small categories repeating and large ones subsampled."""
+    from unistad_edu.engine import epoch_order
+    groups = ["a"] * 2 + ["b"] * 3 + ["c"] * 12  # n = 17, K = 3 -> quotas 6, 6, 5 (sorted names)
+    order = epoch_order(len(groups), seed=5, groups=groups).tolist()
+    assert len(order) == 17 and all(0 <= i < 17 for i in order)
+    drawn = {c: [i for i in order if groups[i] == c] for c in "abc"}
+    assert [len(drawn[c]) for c in "abc"] == [6, 6, 5]
+    assert sorted(drawn["a"]) == [0, 0, 0, 1, 1, 1]  # 2 images x 3 full cycles: each exactly as often
+    assert sorted(drawn["b"]) == [2, 2, 3, 3, 4, 4]
+    assert len(set(drawn["c"])) == 5  # 5 distinct of the 12: no repeats before a cycle ends
+    assert epoch_order(17, 5, groups).tolist() == order  # fixed by the seed
+    assert epoch_order(17, 6, groups).tolist() != order
+    assert sorted(epoch_order(17, 5).tolist()) == list(range(17))  # uniform: a permutation, as before
+    with pytest.raises(ValueError, match="category of each"):
+        epoch_order(17, 5, groups[:-1])
+
+
+def test_fit_with_balanced_sampling_feeds_the_small_category_as_often(tiny_data, lite0_teacher):
+    """The engine hands the method a class-balanced stream when the config says so (counted through loss())."""
+    from unistad_edu.engine import sampling_groups
+    full = MVTecDataset(tiny_data, "train", image_size=SIZE)
+    cats = full.categories
+    # drop all but 2 images of the first category: an unbalanced set
+    keep = [i for i, r in enumerate(full.records) if r.category != cats[0]]
+    keep += [i for i, r in enumerate(full.records) if r.category == cats[0]][:2]
+    data = full.subset(sorted(keep))
+    counts = {}
+    for sampling in ("uniform", "balanced"):
+        model = build_model("stpm", lite0_teacher, image_size=SIZE, batch_size=1, epochs=1, sampling=sampling)
+        groups = [r.category for r in data.records]
+        assert (sampling_groups(model, data) is None) == (sampling == "uniform")
+        seen = []
+        loss = model.loss
+        # each batch of 1 image: match its features back to the image's category by the image itself
+        images = torch.stack([data[i]["image"] for i in range(len(data))])
+        model.loss = lambda b: (seen.append(groups[int((images - b.image[0]).abs().flatten(1).sum(1).argmin())]),
+                                loss(b))[1]
+        fit(model, data, TrainConfig(holdout_fraction=0.0, cache=False, **QUIET))
+        counts[sampling] = seen.count(cats[0])
+    assert counts["uniform"] == 2  # once each
+    assert counts["balanced"] == len(data) // len(cats) + (0 < len(data) % len(cats))  # its share of the epoch
+    with pytest.raises(ValueError, match="sampling must be"):
+        sampling_groups(build_model("stpm", lite0_teacher, image_size=SIZE, sampling="weighted"), data)

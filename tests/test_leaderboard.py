@@ -162,6 +162,7 @@ def test_seeds_of_one_label_become_one_row_with_mean_and_sample_std():
     shown = {r["method"]: r for r in table({"rows": [stpm, bank]})}
     assert shown["STPM"]["seeds"] == 3 and shown["STPM"]["I-AUROC ±"] == round(100 * np.std([0.8, 0.9, 0.85], ddof=1), 1)
     assert shown["bank"]["seeds"] == 1 and shown["bank"]["I-AUROC ±"] is None
+    assert shown["STPM"]["peak RSS MiB"] == 130 and shown["bank"]["peak RSS MiB"] == 105  # the largest seed's
 
 
 def test_a_label_given_twice_is_timed_once_and_reported_as_two_seeds(runs, tiny_data, tmp_path):
@@ -171,3 +172,28 @@ def test_a_label_given_twice_is_timed_once_and_reported_as_two_seeds(runs, tiny_
                 "--json", str(path)]) == 0
     (row,) = json.loads(path.read_text())["rows"]
     assert len(row["seeds"]) == 2 and row["std"]["mean"]["I-AUROC"] == 0.0  # the same run twice: no spread
+
+
+def test_an_outside_reference_row_is_averaged_by_hand_and_shown_first(board, tmp_path):
+    """--reference FILE: an outside row (metrics only), its mean over its categories, above the methods."""
+    from unistad_edu import leaderboard
+    ref_file = tmp_path / "ref.json"
+    ref_file.write_text(json.dumps({"label": "PatchCore elsewhere", "source": "somebody's run",
+                                    "categories": {"a": {"I-AUROC": 1.0, "P-AUROC": 0.9},
+                                                   "b": {"I-AUROC": 0.8, "P-AUROC": 0.7}}}))
+    ref = leaderboard.load_reference(ref_file)
+    assert ref["mean"] == pytest.approx({"I-AUROC": 0.9, "P-AUROC": 0.8})
+    result = {**leaderboard.load(board), "references": [ref]}
+    rows = leaderboard.table(result)
+    assert rows[0] == {"method": "PatchCore elsewhere", "I-AUROC": 90.0, "P-AUROC": 80.0}
+    assert [r["method"] for r in rows[1:]] == [r["method"] for r in leaderboard.table(leaderboard.load(board))]
+    md = leaderboard.markdown(result)
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| method | ") and "train s" in lines[0]  # the methods' columns
+    assert lines[1].startswith("| PatchCore elsewhere | 90.0 |") and "somebody's run" in md
+    shipped = leaderboard.load_reference(Path(__file__).parents[1] / "docs/results/reference_anomalib27_patchcore.json")
+    assert round(100 * shipped["mean"]["I-AUROC"], 1) == 96.7  # issue 16's table: 100, 96.2, 87.3, 100, 100
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"label": "x"}))
+    with pytest.raises(ValueError, match="not a reference file"):
+        leaderboard.load_reference(bad)

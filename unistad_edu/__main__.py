@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "missing)")
     bl.add_argument("--data", default=None)
     bl.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 32)")
+    bl.add_argument("--reference", action="append", default=[], metavar="JSON",
+                    help="an outside reference row shown above the table (metrics only), e.g. "
+                         "docs/results/reference_anomalib27_patchcore.json")
 
     ex = sub.add_parser("export", help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
                                        "parity-checked against the PyTorch model", formatter_class=_Help,

@@ -551,9 +551,11 @@ def main(args) -> int:
         if not args.entry:
             raise SystemExit("bench leaderboard needs at least one --entry LABEL RUN [METRICS_JSON]")
         entries = [leaderboard.parse_entry(e) for e in args.entry]
+        references = [leaderboard.load_reference(p) for p in args.reference]  # refused before any timing
         result = leaderboard.collect(entries, args.data, batch_size=args.batch_size, repeats=args.repeats,
                                      precision=args.precision,
                                      **({"n_images": args.n_images} if args.n_images else {}))
+        result["references"] = references
     elif args.what == "export":
         from . import leaderboard
         if not args.entry:

@@ -125,9 +125,29 @@ def method_batch(batch: dict, cache: FeatureCache | None, device: torch.device) 
     return Batch(image=images, features=features)
 
 
-def epoch_order(n: int, seed: int) -> torch.Tensor:
-    """The shuffled order of an epoch's ``n`` training images: a permutation fixed by ``seed``."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+def epoch_order(n: int, seed: int, groups: Sequence[str] | None = None) -> torch.Tensor:
+    """The shuffled order of an epoch's ``n`` training images, fixed by ``seed``.
+
+    ``groups`` None: a permutation of ``range(n)``. ``groups`` (the category of each image, length ``n``): a
+    **class-balanced** epoch of the same length -- each of the K categories fills n / K places (+1 for the first
+    n mod K), cycling through its own images in fresh shuffles, so a category with 31 images is seen as often as
+    one with 245 (the small ones repeat within an epoch, the large ones are subsampled afresh each epoch). The
+    number of steps per epoch is unchanged.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if groups is None:
+        return torch.randperm(n, generator=g)
+    if len(groups) != n:
+        raise ValueError(f"groups must name the category of each of the {n} images, got {len(groups)}")
+    names = sorted(set(groups))
+    members = [torch.tensor([i for i, c in enumerate(groups) if c == name]) for name in names]
+    quota = [n // len(names) + (k < n % len(names)) for k in range(len(names))]
+    picks = []
+    for idx, q in zip(members, quota):
+        cycles = -(-q // len(idx))  # ceil: enough shuffles of this category to fill its quota
+        picks.append(torch.cat([idx[torch.randperm(len(idx), generator=g)] for _ in range(cycles)])[:q])
+    order = torch.cat(picks)  # (n,) category blocks
+    return order[torch.randperm(n, generator=g)]  # (n,) mixed
 
 
 class TrainStore:
@@ -158,8 +178,8 @@ class TrainStore:
         return len(dataset) * per / 2**20
 
     def batches(self, batch_size: int, seed: int, drop_last: bool, device: torch.device, rank: int = 0,
-                world_size: int = 1):
-        order = distributed.shard(epoch_order(self.n, seed), rank, world_size)  # the whole order in one process
+                world_size: int = 1, groups: Sequence[str] | None = None):
+        order = distributed.shard(epoch_order(self.n, seed, groups), rank, world_size)  # whole order in one process
         n = len(order)
         stop = n - n % batch_size if drop_last else n
         for i in range(0, stop, batch_size):
@@ -169,9 +189,18 @@ class TrainStore:
             yield Batch(image=image, features=feats)
 
 
+def sampling_groups(model: Method, train_set: MVTecDataset) -> list[str] | None:
+    """The category of each training image when the method's config asks for class-balanced epochs, else None."""
+    sampling = getattr(model.cfg, "sampling", "uniform")
+    if sampling not in ("uniform", "balanced"):
+        raise ValueError(f"sampling must be 'uniform' or 'balanced', got {sampling!r}")
+    return [r.category for r in train_set.records] if sampling == "balanced" else None
+
+
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, rank: int = 0,
-            world_size: int = 1):
-    order = distributed.shard(epoch_order(len(dataset), seed), rank, world_size).tolist() if shuffle else None
+            world_size: int = 1, groups: Sequence[str] | None = None):
+    order = (distributed.shard(epoch_order(len(dataset), seed, groups), rank, world_size).tolist()
+             if shuffle else None)
     # its own generator: the loader draws a base seed from it, and must not touch the global RNG (jitter's)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
                                        drop_last=drop_last, num_workers=0,
@@ -242,6 +271,7 @@ class _Fit:
     result: FitResult
     extra_config: dict
     t_start: float
+    groups: list[str] | None = None  # each training image's category when epochs are class-balanced
     start_epoch: int = 0
 
     @property
@@ -304,7 +334,8 @@ def _prepare(model, train_data, cfg, run, resume, cache, extra_config) -> _Fit:
     return _Fit(model=model, cfg=cfg, run=run, ddp=ddp, train_set=train_set, held=held, epochs=epochs,
                 batch_size=batch_size, prec=prec, cache=cache, store=store,
                 optimizer=make_optimizer(model) if gradient else None, result=FitResult(run_dir=run),
-                extra_config={**(extra_config or {}), "precision": prec.record()}, t_start=t_start)
+                extra_config={**(extra_config or {}), "precision": prec.record()}, t_start=t_start,
+                groups=sampling_groups(model, train_set))
 
 
 def _resume(f: _Fit, resume: bool) -> bool:
@@ -364,7 +395,7 @@ def _train_epochs(f: _Fit) -> None:
         losses, t_epoch = [], time.perf_counter()
         n_local = len(f.train_set) // ddp.world_size  # images per rank (all of them in one process)
         shuffle_seed, drop_last = cfg.seed * 100_003 + epoch, n_local > batch_size
-        shard = dict(rank=ddp.rank, world_size=ddp.world_size)
+        shard = dict(rank=ddp.rank, world_size=ddp.world_size, groups=f.groups)
         if f.store is not None:
             batches = f.store.batches(batch_size, shuffle_seed, drop_last, device, **shard)
             n_batches = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)

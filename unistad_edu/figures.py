@@ -155,6 +155,12 @@ def leaderboard_figure(lb_json, out) -> Path:
         ax2.scatter(r["infer_ms_per_img"], y, s=30 + 40 * r["state_mib"], alpha=0.6)
         ax2.annotate(f"{r['label']} ({r['state_mib']:.1f} MiB)", (r["infer_ms_per_img"], y),
                      fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for ref in result.get("references", []):  # an outside figure: no cost of ours to place it at, so a line
+        y = 100 * ref["mean"]["I-AUROC"]
+        ax2.axhline(y, ls="--", color="black", lw=0.8)
+        ax2.annotate(f"{ref['label']}: {y:.1f}", (0.01, y), xycoords=("axes fraction", "data"), fontsize=7,
+                     xytext=(0, 3), textcoords="offset points")
+        lo = min(lo, y)
     ax2.set_xlabel(f"inference ms/img (CPU, same run; teacher alone {1000 / result['teacher_only_img_s']:.1f})")
     ax2.set_ylabel(f"mean I-AUROC x100 (axis starts near {lo:.0f}, not 0)")
     ax2.grid(alpha=0.3)

@@ -148,8 +148,26 @@ def load(path) -> dict:
     return result
 
 
+def load_reference(path) -> dict:
+    """An outside reference row (``docs/results/reference_*.json``: ``label``, ``source``, ``categories`` =
+    {category: {metric: value in [0, 1]}}), its ``mean`` computed here over its categories. It has no run, no
+    cost and no seeds: figures someone measured elsewhere, shown above the table for comparison."""
+    path = Path(path)
+    ref = json.loads(path.read_text())
+    cats = ref.get("categories")
+    if not isinstance(cats, dict) or not cats or "label" not in ref:
+        raise ValueError(f"{path} is not a reference file (needs 'label' and 'categories': {{category: "
+                         f"{{metric: value}}}})")
+    cols = sorted({c for m in cats.values() for c in m})
+    mean = {c: float(np.mean([m[c] for m in cats.values() if c in m])) for c in cols}
+    return {**ref, "mean": mean}
+
+
 def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
-    """One row per method, best mean I-AUROC first: metrics x100 and the costs."""
+    """One row per method, best mean I-AUROC first: metrics x100 and the costs; outside references
+    (``result["references"]``) first, with their metrics only."""
+    refs = [{"method": ref["label"], **{c: round(100 * ref["mean"][c], 1) for c in columns
+                                         if ref["mean"].get(c) is not None}} for ref in result.get("references", [])]
     rows = []
     several = any(len(r.get("seeds") or []) > 1 for r in result["rows"])
     for r in sorted(result["rows"], key=lambda r: -r["mean"]["I-AUROC"]):
@@ -164,12 +182,14 @@ def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
                 sd = (r.get("std") or {}).get("mean", {}).get(c)
                 row[f"{c} ±"] = None if sd is None else round(100 * sd, 1)
         far = r.get("false_alarm_rate")
-        row.update({"train s": r.get("train_s"), "state MiB": round(r["state_mib"], 2),
+        rss = r.get("peak_rss_mb")
+        row.update({"train s": r.get("train_s"), "peak RSS MiB": None if rss is None else round(rss),
+                    "state MiB": round(r["state_mib"], 2),
                     "false alarms %": None if far is None else round(100 * far, 1),
                     "ms/img": round(r["infer_ms_per_img"], 1),
                     "speed vs teacher": round(r["infer_vs_teacher_only"], 2)})
         rows.append(row)
-    return rows
+    return refs + rows
 
 
 def per_category(result: dict, column: str = "I-AUROC") -> tuple[list[str], dict[str, list[float]]]:
@@ -185,10 +205,14 @@ def markdown(result: dict, command: str = "") -> str:
             f"teacher-only forward {result['teacher_only_img_s']:.1f} img/s in the same run; data {result['data']}"]
     if command:
         head.append(f"- command: `{command}`")
-    fmt = {"train s": "{:.0f}", "state MiB": "{:.2f}", "ms/img": "{:.1f}", "speed vs teacher": "{:.2f}x"}
+    fmt = {"train s": "{:.0f}", "peak RSS MiB": "{:.0f}", "state MiB": "{:.2f}", "ms/img": "{:.1f}", "speed vs teacher": "{:.2f}x"}
     rows = [{k: (fmt.get(k, "{:.1f}").format(v) if isinstance(v, float) else v) for k, v in r.items()}
             for r in table(result)]
-    return "\n".join(head) + "\n\n" + markdown_table(rows) + "\n"
+    for ref in result.get("references", []):
+        head.append(f"- reference row *{ref['label']}*: {ref.get('source', 'outside figures')}")
+    methods = rows[len(result.get("references", [])):]  # the columns in the methods' order
+    columns = list(dict.fromkeys(k for r in methods or rows for k in r))
+    return "\n".join(head) + "\n\n" + markdown_table(rows, columns) + "\n"
 
 
 def find_results(name: str = "leaderboard.json") -> Path | None:

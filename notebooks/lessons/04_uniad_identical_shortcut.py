@@ -83,8 +83,9 @@ print(f"token grid {h} x {w}, {probe_model.in_channels} channels per token (the 
 
 Every variant has the same size, the same initial weights (`init_seed`), the same data order and the same
 number of epochs; only the switches differ. `evaluate` scores the test set through the shared scoring path
-(the map is the L2 reconstruction error per token, upsampled; the image score is the maximum of the
-average-pooled map, as in UniAD's code).
+(the map is the L2 reconstruction error per token, upsampled; the image score is the `cpu` preset's, the mean
+of the top 1 % of the map after a Gaussian blur -- UniAD's code takes the maximum of a 16 x 16 average-pooled
+map, which the `paper` preset keeps).
 """),
     code(r"""
 VARIANTS = {   # name -> switches (everything not named stays on)

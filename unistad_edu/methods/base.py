@@ -57,6 +57,9 @@ class MethodConfig:
     step_epochs: int = 0  # step: multiply lr by gamma every step_epochs (0 = never)
     gamma: float = 0.1
     grad_clip: float | None = None
+    # the order of an epoch's images (engine.epoch_order): "uniform" = a shuffle, every image once; "balanced" =
+    # every category fills the same share of the epoch's steps (a 31-image category as often as a 245-image one)
+    sampling: str = "uniform"
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     # older runs: fields a run saved before they existed, with the value it was trained with (applied when a
     # checkpoint is loaded), and fields older versions saved that mean nothing now (dropped on load)
