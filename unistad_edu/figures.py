@@ -131,7 +131,8 @@ def leaderboard_figure(lb_json, out) -> Path:
     result = load(lb_json)
     cats, values = per_category(result, "I-AUROC")
     rows = {r["label"]: r for r in result["rows"]}
-    seeds = max(len(r.get("seeds") or [0]) for r in result["rows"])
+    counts = sorted({len(r.get("seeds") or [0]) for r in result["rows"]})
+    seeds = counts[-1]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.6, 1]})
     width = 0.8 / max(1, len(values))
     x = np.arange(len(cats))
@@ -144,8 +145,10 @@ def leaderboard_figure(lb_json, out) -> Path:
     ax.set_ylabel("I-AUROC x100 (axis from 0)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # below: off the bars
-    ax.set_title("per category, one unified model each" + (f" (mean ± std of {seeds} seeds)" if seeds > 1
-                                                           else " (one seed: no error bars)"))
+    span = f"{seeds}" if len(counts) == 1 else f"{counts[0]}-{seeds}"  # methods measured with unequal seeds say so
+    ax.set_title("per category, one unified model each" + (f" (mean ± std of {span} seeds; one seed: no bar)"
+                                                           if seeds > 1 else " (one seed: no error bars)"),
+                 fontsize=10)
     lo = min(100 * r["mean"]["I-AUROC"] for r in result["rows"])
     for r in result["rows"]:
         y = 100 * r["mean"]["I-AUROC"]

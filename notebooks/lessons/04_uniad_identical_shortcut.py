@@ -314,7 +314,7 @@ this lesson (three categories, a one-layer transformer, 30 epochs) the plain aut
 top: in our runs it did, mostly because of metal_plate (see the bars), where UniAD stayed near chance — as it
 did in the five-category benchmark (48.5). (Today's `cpu` preset -- an antialiased neck, jitter scaled to each
 channel's spread, class-balanced batches, 60 epochs -- reaches 91.2 ± 1.1 over three seeds, metal_plate 77 ± 5,
-just above unified STPM's 90.5 ± 2.2 at the same 10-minute budget: `docs/benchmarks.md`.) Three reasons, all
+just above unified STPM's 90.4 ± 2.2 at the same 10-minute budget: `docs/benchmarks.md`.) Three reasons, all
 visible above:
 
 * the remedies make the task harder — rebuild a token without seeing it — and the loss curves show that
