@@ -191,7 +191,7 @@ class TrainStore:
 
 def sampling_groups(model: Method, train_set: MVTecDataset) -> list[str] | None:
     """The category of each training image when the method's config asks for class-balanced epochs, else None."""
-    sampling = getattr(model.cfg, "sampling", "uniform")
+    sampling = model.cfg.sampling  # a MethodConfig field: every config has it
     if sampling not in ("uniform", "balanced"):
         raise ValueError(f"sampling must be 'uniform' or 'balanced', got {sampling!r}")
     return [r.category for r in train_set.records] if sampling == "balanced" else None
