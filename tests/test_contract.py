@@ -124,6 +124,17 @@ def test_same_seed_same_model_and_same_training_step(name, lite0_teacher):
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("field,value", [("sampling", "weighted"), ("optimizer", "lbfgs"), ("schedule", "poly"),
+                                         ("epochs", 0), ("batch_size", -2)])
+def test_every_config_refuses_a_bad_shared_choice_when_built(name, field, value):
+    """The fields every method shares are checked by MethodConfig itself, so a method's own ``__post_init__``
+    cannot skip them: the error names the field at config time, before any data or teacher is touched."""
+    from unistad_edu.methods import make_config
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        make_config(name, **{field: value})
+
+
 def test_a_batch_carries_no_category():
     assert [f.name for f in dataclasses.fields(Batch)] == ["image", "features"]
 
@@ -154,13 +165,16 @@ def test_fit_checkpoint_round_trip_and_trained_differs_from_fresh(name, lite0_te
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_training_seed_reaches_the_models_own_randomness(name, lite0_teacher):
-    """`train --seed S` sets the method's seed fields (seed_overrides): every method has one, and for a
-    student another seed gives other initial weights."""
-    from unistad_edu.methods import seed_overrides
+    """`train --seed S` sets the method's seed fields (seed_overrides): every method has one, every field of its
+    config named ``*_seed`` is one of them (a second student's too), and for a student another seed gives other
+    initial weights."""
+    from unistad_edu.methods import METHODS, seed_overrides
     assert seed_overrides(name, 1), f"{name} has no seed field: its randomness cannot be varied by --seed"
+    seeds = {f.name for f in dataclasses.fields(METHODS[name].Config) if f.name.endswith("_seed")}
+    assert seeds == set(seed_overrides(name, 1)), f"--seed leaves {seeds - set(seed_overrides(name, 1))} fixed"
     a, b = _build(name, lite0_teacher, **seed_overrides(name, 0)), _build(name, lite0_teacher, **seed_overrides(name, 1))
     if a.trains_by_gradient:
         pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
         assert any(not torch.equal(pa[k], pb[k]) for k in pa if not k.startswith(a.frozen_prefixes))
     else:
-        assert all(getattr(b.cfg, f) == 1 for f in seed_overrides(name, 1))
+        assert all(getattr(b.cfg, f) == v for f, v in seed_overrides(name, 1).items())

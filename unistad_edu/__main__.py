@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive_float, default=None, help="default: the preset's")
     t.add_argument("--image-size", type=image_size_type, default=None, help="default: the preset's")
     t.add_argument("--max-minutes", type=positive_float, default=None,
-                   help="time budget per run (per category in per-class)")
+                   help="time budget per run (per category in per-class): the run stops after the epoch in "
+                        "which the budget runs out")
+    t.add_argument("--plan", dest="plan_to_budget", action="store_true",
+                   help="with --max-minutes: after every epoch count the epochs that fit the budget and train "
+                        "only those, the learning-rate schedule ending there (measured no better on UniAD)")
     t.add_argument("--min-steps", type=positive_int, default=None,
                    help="train each model at least this many optimiser steps (adds epochs on small categories)")
     t.add_argument("--teacher", default=None, help="timm backbone name (default: the preset's)")
@@ -274,7 +278,8 @@ def cmd_train(args) -> int:
     root = _data_root(args.data)
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
     teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
-    tcfg = TrainConfig(max_minutes=args.max_minutes, min_steps=args.min_steps, seed=args.seed, device=args.device,
+    tcfg = TrainConfig(max_minutes=args.max_minutes, plan_to_budget=args.plan_to_budget, min_steps=args.min_steps,
+                       seed=args.seed, device=args.device,
                        cache_dir=args.cache_dir, progress=not args.no_progress, precision=args.precision,
                        refit=args.refit)
     out = Path(args.out)
@@ -302,7 +307,8 @@ def cmd_train(args) -> int:
         if res.already_complete:
             say(f"{run} is already complete ({res.epochs_done} epochs): nothing to do", flush=True)
         else:
-            state = "stopped early (budget)" if res.stopped_early else "done"
+            state = ("stopped early (budget)" if res.stopped_early else
+                     "done (planned to the time budget)" if res.planned_epochs else "done")
             say(f"{state}: {res.epochs_done} epochs in {res.seconds:.0f} s, threshold {res.threshold}; "
                   f"checkpoint in {run}", flush=True)
     say(f"next: python -m unistad_edu eval --run {out}", flush=True)

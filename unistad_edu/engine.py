@@ -6,7 +6,9 @@ and memory layout are a measured choice (``precision="auto"``: bf16 + channels_l
 measures faster, see :mod:`unistad_edu.precision`), fp16 AMP on CUDA; a checkpoint every epoch, written atomically; ``resume=True``
 continues exactly where a run stopped (the data order and random draws of epoch e depend only on the seed
 and e, and the optimiser state is saved with the weights); ``max_minutes`` stops cleanly after the epoch
-in which the budget runs out. At the end, the anomaly threshold is calibrated from held-out **normal**
+in which the budget runs out -- or, with ``plan_to_budget``, plans the run to fit: after every epoch the
+engine counts the epochs that fit the rest of the budget at the mean epoch time so far and, if fewer than
+asked, trains that many with the schedule ending there (:func:`budget_epochs`). At the end, the anomaly threshold is calibrated from held-out **normal**
 training images only (see :func:`calibrate_threshold`), so no defective image is needed to deploy.
 
 Under ``torchrun`` the same ``fit`` trains data-parallel, one process per GPU (or CPU processes with
@@ -40,6 +42,10 @@ class TrainConfig:
     epochs: int | None = None  # None: the method config's epochs
     batch_size: int | None = None  # None: the method config's batch size
     max_minutes: float | None = None  # stop after the epoch in which this budget runs out
+    # with max_minutes: after every epoch, count the epochs that fit the rest of the budget and train only
+    # those, the learning-rate schedule ending with them (a cosine decays fully). Off by default: measured on
+    # UniAD (docs/benchmarks.md, issue 16 part 4) stopping mid-schedule scored higher than a planned schedule
+    plan_to_budget: bool = False
     min_steps: int | None = None  # train at least this many optimiser steps (more epochs on small data sets)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -65,6 +71,7 @@ class FitResult:
     stopped_early: bool = False
     already_complete: bool = False  # resume=True on a finished run: nothing was trained
     seconds: float = 0.0
+    planned_epochs: int | None = None  # the epochs max_minutes left room for, when fewer than asked
 
 
 def peak_rss_mb() -> float:
@@ -368,9 +375,10 @@ def _resume(f: _Fit, resume: bool) -> bool:
                 log_path.unlink()
     if gradient:  # (a method without gradients has nothing to share yet: each rank builds)
         ddp.broadcast_state(model)  # all ranks start from rank 0's weights (fresh or resumed)
-    if f.start_epoch >= f.epochs and run is not None and (run / CONFIG_FILE).is_file():
+    if f.start_epoch > 0 and run is not None and (run / CONFIG_FILE).is_file():
         cfg_json = json.loads((run / CONFIG_FILE).read_text())
-        if cfg_json.get("complete"):
+        # a run planned to its time budget is complete at its planned epochs
+        if cfg_json.get("complete") and f.start_epoch >= min(f.epochs, cfg_json.get("planned_epochs") or f.epochs):
             f.result.already_complete = True
             f.result.epochs_done = f.start_epoch
             f.result.threshold = model.threshold = cfg_json.get("threshold")
@@ -385,8 +393,10 @@ def _train_epochs(f: _Fit) -> None:
     device, batch_size, epochs = f.device, f.batch_size, f.epochs
     meta = {"epochs": epochs, "seed": cfg.seed, "train_config": asdict(cfg)}
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+    planning = budget is not None and cfg.plan_to_budget  # re-count the epochs that fit after every epoch
+    asked, session_seconds = epochs, []
     epoch = f.start_epoch
-    for epoch in range(f.start_epoch, epochs):
+    while epoch < epochs:
         torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
         lr = lr_at(model.cfg, epoch, epochs)
         for group in optimizer.param_groups:
@@ -437,8 +447,18 @@ def _train_epochs(f: _Fit) -> None:
                       f"(resume with --resume)", flush=True)
             epoch += 1
             break
-    else:
-        epoch = epochs
+        epoch += 1
+        session_seconds.append(ddp.mean(record["seconds"]))
+        if planning:  # train only what fits the rest of the budget at this session's mean epoch time
+            per_epoch = float(np.mean(session_seconds))
+            fit_epochs = budget_epochs(epoch, asked, per_epoch, budget - ddp.mean(time.perf_counter() - f.t_start))
+            if fit_epochs != epochs:  # the same on every rank (means over ranks)
+                if ddp.master and (cfg.progress or run is not None):
+                    print(f"planning to the {cfg.max_minutes:g} min budget: an epoch takes {per_epoch:.1f} s, so "
+                          f"{fit_epochs} of the {asked} epochs fit; training {fit_epochs}, the learning-rate "
+                          f"schedule ending there", flush=True)
+                epochs = meta["epochs"] = fit_epochs
+                result.planned_epochs = fit_epochs if fit_epochs < asked else None
     result.epochs_done = epoch
 
 
@@ -467,6 +487,7 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
                                        "train_images": train_images, "heldout_images": len(held), "refit": refit,
                                        "false_alarm_target": round(1.0 - cfg.threshold_quantile, 6),
                                        "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
+                                       **({"planned_epochs": result.planned_epochs} if result.planned_epochs else {}),
                                        **f.extra_config})
     ddp.barrier()  # no rank returns before the run folder is complete
 
@@ -478,6 +499,15 @@ def _refits(model: Method, cfg: TrainConfig) -> bool:
         raise ValueError("refit=True for a method trained by gradient would train it twice; it is offered for "
                          "methods without gradients (a memory bank), where rebuilding costs one pass")
     return (not model.trains_by_gradient) if cfg.refit is None else bool(cfg.refit)
+
+
+def budget_epochs(done: int, epochs: int, epoch_seconds: float, seconds_left: float) -> int:
+    """How many epochs a run can have when ``done`` are trained, one takes ``epoch_seconds`` and
+    ``seconds_left`` of the budget remain: ``done`` + the whole epochs that fit, at least ``done`` (never more
+    than ``epochs``)."""
+    if epoch_seconds <= 0:
+        return epochs
+    return max(done, min(epochs, done + int(max(0.0, seconds_left) // epoch_seconds)))
 
 
 def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None, elapsed_s: float) -> str:

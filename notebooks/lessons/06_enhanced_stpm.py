@@ -22,12 +22,13 @@ and wider than pair 1's Lite0; its weights ship offline), whose random-init stud
 
 | rule | the final map | why |
 |---|---|---|
-| `product` (default) | all six maps multiplied | STPM's own rule, extended; insensitive to the scale of any one map |
+| `product` | all six maps multiplied | STPM's own rule, extended; insensitive to the scale of any one map |
 | `pair_sum` | each pair's product, divided by its normal scale; the two pairs **added** | an OR: either pair can flag a defect |
-| `mean` | each of the six maps divided by its normal scale; averaged | every map one equal vote |
+| `mean` (default) | each of the six maps divided by its normal scale; averaged | every map one equal vote |
 
-The "normal scale" of a map is a running mean of its values over the training batches (normal images),
-kept in the model. The paper is one-class; training it unified, as here, is our extension.
+The "normal scale" of a map is its mean over the held-out normal training images (`calibrate`, the pass the
+threshold comes from), kept in the model. `mean` became the preset's rule by measurement: on the five real
+categories, three seeds, it scored above `product` on every seed and every metric (the config's docstring). The paper is one-class; training it unified, as here, is our extension.
 """),
     code(r"""
 import dataclasses
@@ -188,6 +189,7 @@ training images — the same images `fit` used), shared colour scale 0 … 2: ye
 """),
     code(r"""
 RULES = ("product", "pair_sum", "mean")
+PRESET_RULE = enhanced.cfg.combine   # restored after each switch
 
 
 def set_rule(rule):
@@ -202,7 +204,7 @@ for rule in RULES:
     set_rule(rule)
     tables[rule], outputs[rule] = evaluate(enhanced, test, cache=cache, progress=False, return_outputs=True)
     thresholds[rule] = engine.recalibrate(enhanced, train, tcfg, cache)[0]  # fit's held-out images, this rule
-set_rule("product")
+set_rule(PRESET_RULE)
 
 columns = report.HEADLINE
 display(Markdown(report.markdown_table([{"model": ("plain " if n == "STPM" else "enhanced, ") + n,
@@ -247,7 +249,7 @@ with torch.no_grad():
         maps = enhanced.anomaly_maps(b)                           # {"p1", "p2"}: normalised pair products
         or_scores.append(score(maps, SIZE, enhanced.cfg.scoring).pred_score)
         pair_scores.append(torch.stack([score({n: m}, SIZE, enhanced.cfg.scoring).pred_score for n, m in maps.items()]))
-set_rule("product")
+set_rule(PRESET_RULE)
 or_scores, pair_scores = torch.cat(or_scores), torch.cat(pair_scores, dim=1)   # (N,), (2, N)
 or_margin = float((or_scores - pair_scores.max(dim=0).values).min())
 print(f"pair_sum score - max(pair 1 alone, pair 2 alone), smallest over {len(ids)} test images: {or_margin:.3g}")

@@ -44,8 +44,9 @@ def build_model(name: str, teacher=None, preset: str = "cpu", cfg: MethodConfig 
 __all__ = ["Batch", "METHODS", "Method", "MethodConfig", "build_model", "make_config", "method_class"]
 
 
-#: the config fields that seed a method's randomness (a student's initial weights, a coreset's first centre)
-SEED_FIELDS = ("student_seed", "init_seed", "coreset_seed")
+#: the config fields that seed a method's randomness (a student's initial weights, a coreset's first centre),
+#: each with its offset from ``--seed``: the enhanced STPM's second student takes seed + 1, its default at seed 0
+SEED_FIELDS = {"student_seed": 0, "init_seed": 0, "coreset_seed": 0, "student2_seed": 1}
 
 
 def seed_overrides(name: str, seed: int) -> dict:
@@ -53,4 +54,4 @@ def seed_overrides(name: str, seed: int) -> dict:
     data order and the held-out split, so one seed number reproduces, and varies, the whole run."""
     import dataclasses
     fields = {f.name for f in dataclasses.fields(method_class(name).Config)}
-    return {f: int(seed) for f in SEED_FIELDS if f in fields}
+    return {f: int(seed) + offset for f, offset in SEED_FIELDS.items() if f in fields}

@@ -39,6 +39,11 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+SAMPLINGS = ("uniform", "balanced")  # engine.epoch_order
+
+
 @dataclass
 class MethodConfig:
     """Fields every method has; a method's own config adds its knobs."""
@@ -65,6 +70,18 @@ class MethodConfig:
     # checkpoint is loaded), and fields older versions saved that mean nothing now (dropped on load)
     missing_in_old_checkpoints: ClassVar[dict] = {}
     retired_fields: ClassVar[frozenset] = frozenset()
+
+    def __post_init__(self):
+        """The choices every method shares, checked when the config is built (a method's own config checks its
+        own fields after calling this)."""
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("sampling", SAMPLINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        for name in ("epochs", "batch_size", "image_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -140,6 +140,7 @@ class DualStudentConfig(TransformerTrainingConfig):
     missing_in_old_checkpoints: ClassVar[dict] = {"semantic_target": "embedding"}
 
     def __post_init__(self):
+        super().__post_init__()
         if self.ed_groups is not None:  # JSON gives lists of lists
             self.ed_groups = tuple(tuple(int(i) for i in g) for g in self.ed_groups)
             if not self.ed_groups or any(not g for g in self.ed_groups):

@@ -87,6 +87,7 @@ class MemoryBankConfig(MethodConfig):
     reweight_neighbours: int = 9  # b of Eq. 7 (anomalib: 9), m* included
 
     def __post_init__(self):
+        super().__post_init__()
         if self.image_score_rule not in ("map", "reweighted"):
             raise ValueError(f"image_score_rule must be 'map' or 'reweighted', not {self.image_score_rule!r}")
         if self.reweight_neighbours < 1:
