@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ def test_bench_teacher_small():
 
 def test_bench_train_and_infer_cli(tmp_path):
     from unistad_edu.synthetic import make_synthetic
-    data = make_synthetic(tmp_path / "syn", size=64, n_train=6, n_test_good=1, n_test_defect=1)
+    data = make_synthetic(tmp_path / "syn set", size=64, n_train=6, n_test_good=1, n_test_defect=1)  # a space
     for what, key in (("train", "engine_vs_bare"), ("infer", "engine_vs_teacher_only")):
         out = tmp_path / f"{what}.json"
         md = tmp_path / "bench.md"
@@ -27,6 +28,8 @@ def test_bench_train_and_infer_cli(tmp_path):
         result = json.loads(out.read_text())
         assert result["ratios"][key] > 0 and result["machine"]
         assert f"bench {what}" in md.read_text()
+        # the recorded command can be pasted into a shell: the path with a space stays one argument
+        assert f"--data {shlex.quote(str(data))}" in md.read_text()
 
 
 def test_bench_accuracy_side_by_side(tmp_path):

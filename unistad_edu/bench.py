@@ -17,6 +17,7 @@ repeats is reported.
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 import time
 from datetime import date
@@ -575,7 +576,9 @@ def main(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.json), text)
     if args.markdown:
-        command = "python -m unistad_edu " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else f"bench {args.what}"
+        # quoted as a shell would need it (a label such as "memory bank (faithful)" stays one argument)
+        command = ("python -m unistad_edu " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
+                   else f"bench {args.what}")
         with open(args.markdown, "a") as f:
             f.write("\n" + to_markdown(args.what, result, command))
     return 0

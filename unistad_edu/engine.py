@@ -8,8 +8,9 @@ continues exactly where a run stopped (the data order and random draws of epoch 
 and e, and the optimiser state is saved with the weights); ``max_minutes`` stops cleanly after the epoch
 in which the budget runs out -- or, with ``plan_to_budget``, plans the run to fit: after every epoch the
 engine counts the epochs that fit the rest of the budget at the mean epoch time so far and, if fewer than
-asked, trains that many with the schedule ending there (:func:`budget_epochs`). At the end, the anomaly threshold is calibrated from held-out **normal**
-training images only (see :func:`calibrate_threshold`), so no defective image is needed to deploy.
+asked, trains that many with the schedule ending there (:func:`budget_epochs`). At the end, the anomaly
+threshold is calibrated from held-out **normal** training images only (see :func:`calibrate_threshold`), so
+no defective image is needed to deploy.
 
 Under ``torchrun`` the same ``fit`` trains data-parallel, one process per GPU (or CPU processes with
 ``gloo``): each process takes a shard of every epoch, gradients are averaged over processes after each

@@ -116,11 +116,11 @@ class EnhancedSTPMConfig(MethodConfig):
     pair 2's student after 4 epochs; the product lets it pull pair 1 down. (Before 2026-12-03 ``--seed`` left
     ``student2_seed`` fixed; it is now seed + 1.)
 
-    The combine rule, the same three models scored each way (``eval --set combine=...``; I-AUROC / P-AUROC /
-    AUPRO, seeds 0 / 1 / 2): ``product`` 78.2 / 88.3 / 82.1 (82.9 mean), 90.0 P, 66.5 AUPRO; ``mean`` 80.6 /
-    89.2 / 82.4 (84.1), 91.0 P, 69.6 AUPRO; ``pair_sum`` 78.2 / 88.7 / 82.4 (83.1), 90.1 P, 66.6 AUPRO. ``mean`` -- each map divided by its
-    normal scale from the held-out normal images -- is higher on every seed and every metric: it is the default
-    now (runs saved before keep the rule they were calibrated with)."""
+    The combine rule, the same three models scored each way (``eval --set combine=...``; I-AUROC of seeds
+    0 / 1 / 2, then the means of I-AUROC, P-AUROC, AUPRO): ``product`` 78.2 / 88.3 / 82.1 -> 82.9, 90.0, 66.5;
+    ``pair_sum`` 78.2 / 88.7 / 82.4 -> 83.1, 90.1, 66.6; ``mean`` 80.6 / 89.2 / 82.4 -> 84.1, 91.0, 69.6.
+    ``mean`` -- each map divided by its normal scale from the held-out normal images -- is higher on every seed
+    and every metric: it is the default now (runs saved before keep the rule they were calibrated with)."""
 
     # optimisation: STPM's cpu preset but 4 epochs (the 10-minute budget: see above)
     epochs: int = 4
