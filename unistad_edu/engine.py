@@ -35,7 +35,7 @@ from .cache import FeatureCache
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, read_tensors,
                          save_checkpoint, save_train_state)
 from .data import MVTecDataset, collate, holdout_split, model_inputs
-from .methods.base import Batch, Method
+from .methods.base import SAMPLINGS, Batch, Method
 
 
 @dataclass
@@ -199,9 +199,9 @@ class TrainStore:
 
 def sampling_groups(model: Method, train_set: MVTecDataset) -> list[str] | None:
     """The category of each training image when the method's config asks for class-balanced epochs, else None."""
-    sampling = model.cfg.sampling  # a MethodConfig field: every config has it
-    if sampling not in ("uniform", "balanced"):
-        raise ValueError(f"sampling must be 'uniform' or 'balanced', got {sampling!r}")
+    sampling = model.cfg.sampling  # checked when the config was built; again here for a field set afterwards
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     return [r.category for r in train_set.records] if sampling == "balanced" else None
 
 
@@ -395,7 +395,7 @@ def _train_epochs(f: _Fit) -> None:
     meta = {"epochs": epochs, "seed": cfg.seed, "train_config": asdict(cfg)}
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     planning = budget is not None and cfg.plan_to_budget  # re-count the epochs that fit after every epoch
-    asked, session_seconds = epochs, []
+    asked = epochs
     epoch = f.start_epoch
     while epoch < epochs:
         torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
@@ -449,9 +449,8 @@ def _train_epochs(f: _Fit) -> None:
             epoch += 1
             break
         epoch += 1
-        session_seconds.append(ddp.mean(record["seconds"]))
         if planning:  # train only what fits the rest of the budget at this session's mean epoch time
-            per_epoch = float(np.mean(session_seconds))
+            per_epoch = ddp.mean(float(np.mean([r["seconds"] for r in result.history[-(epoch - f.start_epoch):]])))
             fit_epochs = budget_epochs(epoch, asked, per_epoch, budget - ddp.mean(time.perf_counter() - f.t_start))
             if fit_epochs != epochs:  # the same on every rank (means over ranks)
                 if ddp.master and (cfg.progress or run is not None):
