@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from unistad_edu.checkpoint import (CheckpointError, json_safe, load_checkpoint, load_train_state,
                                     save_checkpoint)
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, fit, make_optimizer, score_dataset
+from unistad_edu.engine import TrainConfig, fit, make_optimizer
+from unistad_edu.inference import score_dataset
 from unistad_edu.methods import build_model
 
 from .conftest import tiny_synthetic

@@ -165,16 +165,24 @@ def test_predict_and_demo_record_say_when_an_image_is_unlike_the_training_data(t
     data, run = tiny_run
     image = sorted(data.glob("*/test/good/*.png"))[0]
     (plain,) = _predict(run, [image], tmp_path / "a")
-    assert "notice" not in plain                                   # a trained product's normal image
-    # the same run with every category's normal range shrunk far below this image's score
+    assert "notice" not in plain and plain["category"] == image.parts[-4]  # a trained product, routed to it
+    # a flat grey frame: its teacher embedding is far from every training category
+    from PIL import Image
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(grey)
+    (odd,) = _predict(run, [grey], tmp_path / "g")
+    assert odd["notice"].startswith("unlike anything this model was trained on")
+    # a run with one global threshold (saved before routing) says it from the score: every category's normal
+    # range shrunk far below this image's score
     far = tmp_path / "far"
     shutil.copytree(run, far)
     cfg = json.loads((far / "config.json").read_text())
+    del cfg["calibration"]
     for stats in cfg["validation"]["per_class"].values():
         stats.update(mean=plain["score"] / 100, max=plain["score"] / 50)
     (far / "config.json").write_text(json.dumps(cfg))
     (rec,) = _predict(far, [image], tmp_path / "b")
-    assert rec["notice"].startswith("unlike anything this model was trained on")
+    assert rec["notice"].startswith("unlike anything this model was trained on") and rec["category"] is None
     from unistad_edu.demo_support import result_record
     out = result_record([{"name": "x.png", "score": 1.0, "notice": rec["notice"]}], [], 0.5)
     assert out["results"][0]["notice"] == rec["notice"]

@@ -17,7 +17,8 @@ import torch
 from unistad_edu import explain
 from unistad_edu.checkpoint import load_checkpoint
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, fit, score_dataset
+from unistad_edu.engine import TrainConfig, fit
+from unistad_edu.inference import score_dataset
 from unistad_edu.methods import METHODS, build_model
 from unistad_edu.methods.base import Batch
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, evaluate, fit
+from unistad_edu.engine import TrainConfig, fit
+from unistad_edu.inference import evaluate
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.dual_student import DualStudent, global_cosine_distance, scale_easy_gradients
@@ -238,7 +239,7 @@ def test_fit_evaluate_every_combine_rule_and_checkpoint(lite0_teacher, tmp_path)
 def test_engine_calibrates_on_heldout_normals_in_eval_mode(lite0_teacher, tmp_path):
     """After fit, the statistics are those of the held-out normal images scored in eval mode (recomputed
     here image by image), not the training batches' running average."""
-    from unistad_edu.data import holdout_split
+    from unistad_edu.engine import held_out
     from unistad_edu.synthetic import make_synthetic
 
     data = make_synthetic(tmp_path / "syn", size=64, n_train=10, n_test_good=1, n_test_defect=1)
@@ -246,7 +247,7 @@ def test_engine_calibrates_on_heldout_normals_in_eval_mode(lite0_teacher, tmp_pa
     model = _small(lite0_teacher)
     cfg = TrainConfig(epochs=1, progress=False, holdout_fraction=0.3, precision="fp32")
     fit(model, train, cfg)
-    _, held = holdout_split(train, cfg.holdout_fraction, seed=cfg.seed)
+    _, held = held_out(train, cfg)
     assert len(held) >= 2
     model.eval()
     loc, sem = [], []

@@ -17,7 +17,8 @@ import torch
 
 from unistad_edu.checkpoint import CheckpointError, load_checkpoint
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, fit, method_batch, predict, score_dataset
+from unistad_edu.engine import TrainConfig, fit
+from unistad_edu.inference import method_batch, predict, score_dataset
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
 
@@ -139,8 +140,8 @@ def test_budget_plans_the_epochs_and_the_schedule_ends_with_them(train_set, lite
     model = build_model("stpm", lite0_teacher, image_size=SIZE, batch_size=8, schedule="cosine", lr=0.01)
     loss = model.loss
     model.loss = lambda b: (clock.__setitem__(0, clock[0] + 10.0), loss(b))[1]
-    from unistad_edu.data import holdout_split
-    n_train = len(holdout_split(train_set, TrainConfig().holdout_fraction, seed=0)[0])  # the engine's split
+    from unistad_edu.engine import held_out
+    n_train = len(held_out(train_set)[0])  # the engine's split
     steps = n_train // 8 if n_train > 8 else 1  # batches of 8, the last partial one dropped
     budget_min = 3.5 * 10.0 * steps / 60
     cfg = TrainConfig(epochs=10, max_minutes=budget_min, plan_to_budget=plan, **QUIET)
@@ -211,8 +212,8 @@ def test_threshold_comes_from_heldout_normal_images(trained_run, train_set):
     run, model = trained_run
     cfg = json.loads((run / "config.json").read_text())
     assert "held-out normal train images" in cfg["threshold_rule"]
-    from unistad_edu.data import holdout_split
-    _, held = holdout_split(train_set, 0.1, seed=0)
+    from unistad_edu.engine import held_out
+    _, held = held_out(train_set)
     assert all(r.label == 0 and "train" in r.path.parts for r in held.records)
     scores = [r["score"] for r in predict(model, [r.path for r in held.records])]
     assert cfg["threshold"] == pytest.approx(float(np.quantile(scores, 0.99)), rel=1e-3)

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, evaluate, fit
+from unistad_edu.engine import TrainConfig, fit
+from unistad_edu.inference import evaluate
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.enhanced_stpm import CBAM, EnhancedSTPM, NonLocal, load_teacher2
@@ -251,7 +252,7 @@ def test_fit_evaluate_checkpoint(lite0_teacher, lite1_teacher, tiny_set, tmp_pat
 
 def test_both_teachers_run_at_the_precision_asked(lite0_teacher, lite1_teacher):
     """``--precision`` reaches the second teacher too (it once kept measuring "auto" on its own)."""
-    from unistad_edu.engine import precision_of
+    from unistad_edu.inference import precision_of
     model = _model(lite0_teacher, lite1_teacher)
     before = (lite0_teacher.precision, lite1_teacher.precision)
     try:

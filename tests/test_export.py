@@ -21,7 +21,8 @@ import pytest
 from unistad_edu import __version__
 from unistad_edu.checkpoint import load_checkpoint
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, fit, predict
+from unistad_edu.engine import TrainConfig, fit
+from unistad_edu.inference import predict
 from unistad_edu.errors import CheckpointError
 from unistad_edu.export import PARITY_TOLERANCE, export_run
 from unistad_edu.export_runtime import CARD_FILE, EXPORT_FORMAT_VERSION, ExportedModel, read_card
@@ -88,6 +89,10 @@ def _assert_parity(ref: list[dict], got: list[dict], threshold: float):
     assert max(d_map, d_score) <= PARITY_TOLERANCE * threshold, (
         d_map, d_score, threshold, [round(r["score"], 4) for r in ref], [round(g["score"], 4) for g in got])
     assert [r["anomalous"] for r in ref] == [g["anomalous"] for g in got]
+    # routing travels with the export: the same category and its threshold for every image
+    assert [r["category"] for r in ref] == [g["category"] for g in got]
+    assert [r["threshold"] for r in ref] == pytest.approx([g["threshold"] for g in got])
+    assert all(r["category"] is not None for r in ref)
     for r, g in zip(ref, got):
         np.testing.assert_array_equal(r["image"], g["image"])  # the same decoded, resized picture went in
 
@@ -103,6 +108,8 @@ def test_every_method_exports_to_onnx_and_both_runtimes_reproduce_it(name, train
     assert card["threshold"] == cfg["threshold"] and card["save_id"] == cfg["save_id"]
     assert card["teacher"] == cfg["teacher"] and card["package_version"] == __version__
     assert card["threshold_rule"] == cfg.get("threshold_rule")
+    assert card["calibration"] == cfg["calibration"] and "embedding" in card["outputs"]
+    assert all(p["routes_differ"] == 0 for p in card["parity"].values())
     assert card["export_format_version"] == EXPORT_FORMAT_VERSION and set(card["files"]) == {"model.onnx"}
     assert set(card["parity"]) == {"onnxruntime", "openvino"}  # export_run's own check, both runtimes
     assert not list(tmp_path.glob(".exp.tmp-*"))  # written beside, then renamed into place
@@ -173,6 +180,7 @@ def test_predict_serves_an_export_without_torch_with_the_runs_verdicts(trained, 
     assert "served by onnxruntime" in res.stderr
     served = _records(res.stdout)
     assert [r["verdict"] for r in served] == [r["verdict"] for r in source]
+    assert [r["category"] for r in served] == [r["category"] for r in source]
     thr = source[0]["threshold"]
     assert served[0]["threshold"] == thr
     assert max(abs(a["score"] - b["score"]) for a, b in zip(served, source)) <= PARITY_TOLERANCE * thr

@@ -78,7 +78,7 @@ def _install_fault(spec: str) -> None:
             write_text(path, text)
         checkpoint.atomic_write_text = slow_config
     elif kind == "calibrate":
-        engine.calibrate_threshold = lambda *a, **k: _stop_here("calibration")
+        engine.calibrate = lambda *a, **k: _stop_here("calibration")
     elif kind == "cache":
         save_file, count = cache.save_file, [0]
 
@@ -253,7 +253,7 @@ def test_kill_during_feature_caching_leaves_only_complete_entries(data, lite0_te
     """SIGKILL while the disk feature cache is being filled: a fresh cache over the same folder serves only
     whole entries, equal to recomputed ones, and fills in the rest."""
     from unistad_edu.cache import FeatureCache
-    from unistad_edu.data import holdout_split
+    from unistad_edu.engine import held_out
 
     root, n_done = tmp_path / "cache", 9
     r = run_and_kill(_cli_args(data, tmp_path / "run", False, "--cache-dir", str(root)), fault=f"cache:{n_done}")
@@ -261,7 +261,7 @@ def test_kill_during_feature_caching_leaves_only_complete_entries(data, lite0_te
     temps = list(root.glob("*/.*.tmp"))
     assert len(temps) == 1  # the entry being written when the process died, never renamed into place
 
-    train, _ = holdout_split(MVTecDataset(data, "train", image_size=SIZE), 0.1, seed=0)  # what fit caches
+    train, _ = held_out(MVTecDataset(data, "train", image_size=SIZE))  # what fit caches
     lite0_teacher.precision = "fp32"  # what the killed child ran with (--precision fp32 --threads 1)
     fresh = FeatureCache(lite0_teacher, SIZE, root=root)
     assert len(fresh) == n_done - 1  # complete entries only; the temp file is not one

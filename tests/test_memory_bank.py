@@ -11,7 +11,8 @@ import torch
 
 from unistad_edu.checkpoint import STATE_FILE, load_checkpoint
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, evaluate, fit, score_dataset
+from unistad_edu.engine import TrainConfig, fit
+from unistad_edu.inference import evaluate, score_dataset
 from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.memory_bank import greedy_coreset, nearest_distance
@@ -210,9 +211,10 @@ def test_zero_padded_aggregation_equals_a_hand_computed_3x3_average(lite0_teache
 
 def test_refit_builds_the_final_bank_from_every_training_image(train_set, lite0_teacher, tmp_path):
     """The threshold comes from the held-out 10 % (scored by a bank built without them); the final bank is then
-    rebuilt from all of train/good: every training image's patches are counted in it."""
+    rebuilt from all of train/good: every training image's patches are counted in it. The default for a bank
+    calibrated with one global threshold; per-category calibration keeps the bank its thresholds came from."""
     model = _bank(lite0_teacher, coreset_ratio=1.0)
-    res = fit(model, train_set, TrainConfig(**QUIET), out=tmp_path)  # refit: the default for a memory bank
+    res = fit(model, train_set, TrainConfig(calibration="global", **QUIET), out=tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     n_held = cfg["heldout_images"]
     assert n_held > 0 and cfg["refit"] is True and cfg["train_images"] == len(train_set)
@@ -223,6 +225,14 @@ def test_refit_builds_the_final_bank_from_every_training_image(train_set, lite0_
     # every training image, the held-out ones included, is in the bank: each at distance ~0 from it
     scores = score_dataset(model.eval(), train_set, keep_maps=False)["scores"]
     assert scores.max() < 0.05 * res.threshold
+
+
+def test_per_category_calibration_keeps_the_bank_its_thresholds_came_from(train_set, lite0_teacher, tmp_path):
+    model = _bank(lite0_teacher, coreset_ratio=1.0)
+    res = fit(model, train_set, TrainConfig(**QUIET), out=tmp_path)  # calibration auto: per category
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["refit"] is False and cfg["calibration"]["kind"] == "per-category" and len(res.history) == 1
+    assert model.bank.shape[0] == (len(train_set) - cfg["heldout_images"]) * (SIZE // 8) ** 2
 
 
 def test_refit_is_refused_for_a_method_trained_by_gradient(train_set, lite0_teacher):

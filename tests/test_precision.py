@@ -157,7 +157,8 @@ def test_teacher_follows_its_precision(one_thread):
 def test_every_method_trains_and_scores_under_fp32_and_bf16(method, tmp_path_factory, lite0_teacher, one_thread):
     from .conftest import tiny_synthetic
     from unistad_edu.data import MVTecDataset
-    from unistad_edu.engine import TrainConfig, fit, score_dataset
+    from unistad_edu.engine import TrainConfig, fit
+    from unistad_edu.inference import score_dataset
     from unistad_edu.methods import build_model
 
     data = tiny_synthetic(tmp_path_factory, size=64, n_train=6, n_test_good=1, n_test_defect=1)

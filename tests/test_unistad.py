@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from unistad_edu.data import MVTecDataset
-from unistad_edu.engine import TrainConfig, evaluate, fit
+from unistad_edu.engine import TrainConfig, fit
+from unistad_edu.inference import evaluate
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.unistad import UniSTAD

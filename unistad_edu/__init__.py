@@ -4,7 +4,8 @@ Public API (imported lazily, so ``import unistad_edu`` stays fast)::
 
     load_teacher(name="tf_efficientnet_lite0", weights="auto", classifier=False)
     build_model(name, teacher, **cfg)
-    fit(model, train_data, cfg) / evaluate(model, test_data) / predict(model, images)
+    fit(model, train_data, cfg)                                  # engine: training
+    evaluate(model, test_data) / predict(model, images)           # inference: using a model
     load_checkpoint(run_dir)
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ _API = {
     "compute_metrics": "metrics",
     "build_model": "methods", "METHODS": "methods",
     "score": "scoring", "ScoringConfig": "scoring",
-    "fit": "engine", "evaluate": "engine", "predict": "engine", "TrainConfig": "engine",
+    "fit": "engine", "TrainConfig": "engine",
+    "evaluate": "inference", "predict": "inference", "Calibration": "calibration",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
 }
 

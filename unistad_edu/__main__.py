@@ -108,7 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="after calibrating the threshold on the held-out normal images, rebuild from all training "
-                        "images (default: yes for a memory bank, where it costs one pass; no for gradient training)")
+                        "images (default: only for a memory bank calibrated with --calibration global: per-category "
+                        "thresholds must come from the bank that is served; never for gradient training)")
+    t.add_argument("--calibration", choices=["auto", "per-category", "clusters", "global"], default="auto",
+                   help="verdicts: route each image by its teacher embedding to its category (per-category; for "
+                        "one folder of mixed products: clusters) and use that category's threshold; global = one "
+                        "threshold for all; auto = per-category for several category folders, else clusters")
+    t.add_argument("--tail", choices=["lognormal", "normal", "empirical", "gpd", "shared"], default="lognormal",
+                   help="the model of each category's held-out normal scores its threshold comes from")
     t.add_argument("--out", required=True, help="run folder")
     _compute_options(t)
 
@@ -118,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="where to write metrics.json (default: RUN/metrics.json)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="test-time config change, e.g. --set refine=false or --set combine=sum")
+    e.add_argument("--image-only", action="store_true",
+                   help="image-level metrics only: for a test set whose defect images have no pixel masks")
     e.add_argument("--no-progress", action="store_true")
     _compute_options(e)
 
@@ -186,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--reference", action="append", default=[], metavar="JSON",
                     help="an outside reference row shown above the table (metrics only), e.g. "
                          "docs/results/reference_anomalib27_patchcore.json")
+
+    bc = bench_parser("calibration", "which tail model sets each category's threshold: leave-one-out on runs' "
+                                     "held-out normal scores, and on known score shapes", image_size=False,
+                      speed=False)
+    bc.add_argument("--run", action="append", required=True, help="a trained run (repeat)")
+    bc.add_argument("--quantile", type=float, default=0.99)
+    bc.add_argument("--trials", type=positive_int, default=1000, help="simulated calibration sets per cell")
+    bc.add_argument("--test", action="store_true",
+                    help="then score each run's test set once and judge it by every rule (to report, not to choose)")
+    bc.add_argument("--data", default=None, help="the test data (default: the data each run was trained on)")
 
     ex = sub.add_parser("export", help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
                                        "parity-checked against the PyTorch model", formatter_class=_Help,
@@ -281,7 +300,7 @@ def cmd_train(args) -> int:
     tcfg = TrainConfig(max_minutes=args.max_minutes, plan_to_budget=args.plan_to_budget, min_steps=args.min_steps,
                        seed=args.seed, device=args.device,
                        cache_dir=args.cache_dir, progress=not args.no_progress, precision=args.precision,
-                       refit=args.refit)
+                       refit=args.refit, calibration=args.calibration, tail=args.tail)
     out = Path(args.out)
     extra = {"data_root": str(root.resolve()), "preset": args.preset}
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)  # torchrun: rank 0 talks
@@ -301,6 +320,7 @@ def cmd_train(args) -> int:
     for run, ds in jobs:
         if len(jobs) > 1:
             say(f"--- {run.name}: {len(ds)} images", flush=True)
+            tcfg.calibration = "per-category"  # one product per sub-run: nothing to cluster
         model = build_model(args.method, teacher, cfg=mcfg)
         res = fit(model, ds, tcfg, out=run, resume=args.resume, overwrite=args.overwrite and len(jobs) == 1,
                   extra_config={**extra, "setting": args.setting})
@@ -318,7 +338,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .checkpoint import read_config
     from .data import MVTecDataset
-    from .engine import evaluate
+    from .inference import evaluate
     from .metrics import metrics_table, save_metrics
     from .report import format_table
     from .checkpoint import load_checkpoint
@@ -331,8 +351,10 @@ def cmd_eval(args) -> int:
         per_cat, method, alarms = {}, setting["method"], {}
         for cat in setting["categories"]:
             model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
-            test = MVTecDataset(root, "test", categories=[cat], image_size=model.cfg.image_size)
-            one = evaluate(model, test, progress=not args.no_progress, precision=args.precision)
+            test = MVTecDataset(root, "test", categories=[cat], image_size=model.cfg.image_size,
+                                check_masks=not args.image_only)
+            one = evaluate(model, test, progress=not args.no_progress, precision=args.precision,
+                           pixel=not args.image_only)
             per_cat[cat] = one["categories"][cat]
             if "false_alarms" in one:  # each category at its own model's threshold
                 alarms[cat] = one["false_alarms"]["categories"][cat]
@@ -344,9 +366,10 @@ def cmd_eval(args) -> int:
         cfg = read_config(run)
         model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
         from .resolve import test_set
-        test = test_set(cfg, model.cfg.image_size, data=args.data or (None if cfg.get("data_root") else _data_root(None)))
+        test = test_set(cfg, model.cfg.image_size, data=args.data or (None if cfg.get("data_root") else _data_root(None)),
+                        check_masks=not args.image_only)
         table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
-                         precision=args.precision)
+                         precision=args.precision, pixel=not args.image_only)
     if args.overrides:
         print(f"note: --set {' '.join(args.overrides)} changes the scores, and the run's threshold was calibrated "
               f"without it: no false-alarm rate is reported", file=sys.stderr)
@@ -355,10 +378,9 @@ def cmd_eval(args) -> int:
         out = out / "metrics.json"
     save_metrics(table, out)
     print(format_table(table))
-    far = table.get("false_alarms")
-    if far:
-        from .report import format_false_alarms
-        print(format_false_alarms(far))
+    from .report import format_verdicts
+    for line in format_verdicts(table):
+        print(line)
     print(f"metrics written to {out}")
     return 0
 
@@ -374,20 +396,22 @@ def cmd_predict(args) -> int:
         print(f"served by {model.backend}", file=sys.stderr)
     else:
         from .checkpoint import load_checkpoint
-        from .engine import predict
+        from .inference import predict
         model = load_checkpoint(args.run)
         results = predict(model, args.images, threshold=args.threshold, precision=args.precision)
     out = Path(args.out) if args.out else Path(args.run) / "predictions"
     out.mkdir(parents=True, exist_ok=True)
-    thr = args.threshold if args.threshold is not None else getattr(model, "threshold", None)
     validation = model.run_config.get("validation") or {}
     for i, (path, r) in enumerate(zip(args.images, results)):
         png = out / f"{i:03d}_{Path(path).stem}_heatmap.png"
         verdict = "no threshold" if r["anomalous"] is None else ("ANOMALOUS" if r["anomalous"] else "normal")
-        far = unlike_training(r["score"], validation)
-        save_prediction(r["image"], r["anomaly_map"], png, r["score"], thr, verdict=verdict, scale=args.scale,
+        # routed runs say it from the embedding; a run with one global threshold from the score alone
+        far = r.get("notice") if r.get("category") is not None else unlike_training(r["score"], validation)
+        save_prediction(r["image"], r["anomaly_map"], png, r["score"], r["threshold"], verdict=verdict,
+                        scale=args.scale,
                         title=Path(path).name + (" - unlike anything this model was trained on" if far else ""))
-        record = {"image": str(path), "score": r["score"], "threshold": thr, "verdict": verdict, "heatmap": str(png)}
+        record = {"image": str(path), "category": r.get("category"), "score": r["score"], "z": r.get("z"),
+                  "threshold": r["threshold"], "verdict": verdict, "heatmap": str(png)}
         if far:
             record["notice"] = far
         print(json.dumps(record))

@@ -89,7 +89,8 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
     256 images per epoch keeps that share close to a real epoch (672 images on the five real categories).
     ``compare="cache"``: instead, engine fit with the feature cache vs engine fit running the teacher on
     every step (what the cache buys a method that only needs teacher features)."""
-    from .engine import TrainConfig, fit, make_optimizer, precision_of
+    from .engine import TrainConfig, fit, make_optimizer
+    from .inference import precision_of
     from .cache import FeatureCache
     from .data import collate
     from .methods import build_model
@@ -148,7 +149,7 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
     not train by gradient (``memory_bank``) is first built, untimed, from all training images of ``data``, so
     its bank has its real size (recorded under ``setup.built_from``)."""
     from .data import collate
-    from .engine import precision_of, score_dataset
+    from .inference import precision_of, score_dataset
     from .methods import build_model
     from .methods.base import Batch
     from .teacher import load_teacher
@@ -199,7 +200,8 @@ def precision_agreement(data=None, method="stpm", image_size=128, epochs=3, n_tr
     from scipy.stats import spearmanr
 
     from .data import MVTecDataset, find_data
-    from .engine import TrainConfig, fit, score_dataset
+    from .engine import TrainConfig, fit
+    from .inference import score_dataset
     from .methods import build_model
     from .teacher import load_teacher
 
@@ -376,7 +378,7 @@ def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, re
     ``precision``."""
     from .checkpoint import load_checkpoint
     from .data import load_image
-    from .engine import precision_of
+    from .inference import precision_of
     from .export import PARITY_TOLERANCE, ScoreGraph, compare, export_run, torch_scores
     from .export_runtime import ExportedModel
     from .methods.base import Batch
@@ -492,6 +494,98 @@ def export_markdown(result: dict) -> list[str]:
     return lines
 
 
+def bench_calibration(runs, quantile: float = 0.99, sizes=(10, 20), trials: int = 1000, test: bool = False,
+                      data=None) -> dict:
+    """Which tail model to fit to a category's held-out normal scores, measured without the test set: (1) on
+    the runs' own held-out scores (config.json's calibration groups), leave-one-out -- the share of left-out
+    normals above the threshold fitted to the rest, per tail; (2) on known score shapes (``SHAPES``) at the
+    calibration sizes a category gets (``sizes``), the false-alarm rate each tail delivers. Target: 1 - quantile.
+    ``test``: then, once, each run's test set judged by every tail (:func:`calibration_on_test`) -- to report,
+    not to choose by."""
+    from .calibration import SHAPES, TAILS, loo_groups, simulate_tail
+
+    loo = {t: {"hits": 0, "n": 0, "per_run": {}} for t in TAILS}
+    for run in runs:
+        cfg = json.loads((Path(run) / "config.json").read_text())
+        groups = (cfg.get("calibration") or {}).get("groups") or {}
+        if not any(g.get("scores") for g in groups.values()):
+            raise ValueError(f"{run}: config.json keeps no held-out scores per category (trained before they "
+                             f"were stored): retrain it")
+        for t in TAILS:
+            per = {k: list(v) for k, v in loo_groups({k: g.get("scores") or [] for k, g in groups.items()},
+                                                      quantile, t).items()}
+            for h, n in per.values():
+                loo[t]["hits"] += h
+                loo[t]["n"] += n
+            loo[t]["per_run"][str(run)] = per
+    for t in TAILS:
+        loo[t]["rate"] = loo[t]["hits"] / loo[t]["n"] if loo[t]["n"] else float("nan")
+    sim = {t: {shape: {str(n): round(simulate_tail(t, shape, n, quantile, trials), 4) for n in sizes}
+               for shape in SHAPES} for t in TAILS}
+    out = {"quantile": quantile, "target": round(1 - quantile, 6), "runs": [str(r) for r in runs],
+           "leave_one_out": loo, "simulated": sim, "trials": trials}
+    if test:
+        out["test"] = {str(run): calibration_on_test(run, quantile, data) for run in runs}
+    return out
+
+
+def calibration_on_test(run, quantile: float = 0.99, data=None) -> dict:
+    """The test set, scored once, judged by every tail model's thresholds (refitted from the held-out scores the
+    run keeps) and by one pooled threshold: per tail, the verdict figures of ``metrics.verdict_metrics``."""
+    from .calibration import MIN_TAIL, TAILS, shared_thresholds, tail_threshold
+    from .checkpoint import load_checkpoint, read_config
+    from .inference import score_dataset
+    from .metrics import verdict_metrics
+    from .resolve import test_set
+
+    cfg = read_config(Path(run))
+    model = load_checkpoint(Path(run))
+    cal = model.calibration
+    res = score_dataset(model, test_set(cfg, model.cfg.image_size, data=data), keep_maps=False)
+    routed = [d["category"] for d in cal.decide(res["scores"], res["embeddings"])]
+    n_cal = {name: g["n"] for name, g in cal.groups.items()}
+    out = {"global": verdict_metrics(res["scores"], res["labels"], res["categories"], cal.global_threshold)}
+    for t in TAILS:
+        fitted = {name: g["scores"] for name, g in cal.groups.items() if len(g.get("scores") or []) >= MIN_TAIL}
+        thr = (shared_thresholds(fitted, quantile) if t == "shared" else
+               {name: tail_threshold(v, quantile, t)[0] for name, v in fitted.items()})
+        thr = {name: thr.get(name, cal.global_threshold) for name in cal.groups}
+        out[t] = verdict_metrics(res["scores"], res["labels"], res["categories"], [thr[r] for r in routed],
+                                 routed=routed, calibration_n=n_cal)
+    return out
+
+
+def calibration_markdown(result: dict) -> list[str]:
+    from .calibration import TAILS
+    target = result["target"]
+    lines = [f"Target false-alarm rate {100 * target:g} %. Leave-one-out on the runs' held-out normal scores "
+             f"(each left out in turn, the threshold fitted to the rest of its category):", "",
+             "| tail | left-out normals above their threshold | rate |", "|---|---|---|"]
+    for t in TAILS:
+        v = result["leave_one_out"][t]
+        lines.append(f"| {t} | {v['hits']} / {v['n']} | {100 * v['rate']:.1f} % |")
+    sizes = list(next(iter(next(iter(result["simulated"].values())).values())))
+    lines += ["", f"False-alarm rate each tail delivers on known score shapes ({result['trials']} calibration sets "
+                  f"of n scores each, checked on fresh scores):", "",
+              "| tail | " + " | ".join(f"{shape}, n={n}" for shape in result["simulated"][TAILS[0]] for n in sizes)
+              + " |", "|---|" + "---|" * (len(sizes) * len(result["simulated"][TAILS[0]]))]
+    for t in TAILS:
+        lines.append(f"| {t} | " + " | ".join(f"{100 * v:.1f} %" for shape in result["simulated"][t].values()
+                                              for v in shape.values()) + " |")
+    for run, per in (result.get("test") or {}).items():
+        lines += ["", f"Test set of `{run}`, scored once, judged by each rule (false alarms among `test/good`, "
+                      f"pooled and in the worst category; recall; F1):", "",
+                  "| rule | pooled false alarms | worst category | mean recall | min recall | mean F1 |",
+                  "|---|---|---|---|---|---|"]
+        for rule, v in per.items():
+            worst = max(v["categories"].items(), key=lambda kv: kv[1]["rate"])
+            recalls = [c["recall"] for c in v["categories"].values()]
+            lines.append(f"| {rule} | {100 * v['all']:.1f} % | {worst[0]} {100 * worst[1]['rate']:.1f} % | "
+                         f"{100 * np.mean(recalls):.1f} % | {100 * min(recalls):.1f} % | "
+                         f"{100 * v['mean_f1']:.1f} % |")
+    return lines
+
+
 def to_markdown(what: str, result: dict, command: str) -> str:
     if what == "leaderboard":
         from .leaderboard import markdown
@@ -504,6 +598,8 @@ def to_markdown(what: str, result: dict, command: str) -> str:
              f"- command: `{command}`", ""]
     if what == "export":
         return "\n".join(lines + export_markdown(result)) + "\n"
+    if what == "calibration":
+        return "\n".join(lines + calibration_markdown(result)) + "\n"
     if what == "precision":
         lines += [f"- native bf16: {result['native_bf16']} ({result['native_reason']})",
                   f"- `precision=auto` decides: **{result['auto']['name']}**"
@@ -557,6 +653,9 @@ def main(args) -> int:
                                      precision=args.precision,
                                      **({"n_images": args.n_images} if args.n_images else {}))
         result["references"] = references
+    elif args.what == "calibration":
+        result = bench_calibration(args.run, quantile=args.quantile, trials=args.trials, test=args.test,
+                                   data=args.data)
     elif args.what == "export":
         from . import leaderboard
         if not args.entry:

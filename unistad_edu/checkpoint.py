@@ -148,6 +148,12 @@ def check_config_values(cfg: dict, path: Path) -> None:
                 for key, value in stats.items():
                     if not _is_number(value) or not math.isfinite(value):
                         refuse(f"validation.per_class.{cat}.{key}", value, "a finite number")
+    if cfg.get("calibration") is not None:
+        from .calibration import check_calibration
+        try:
+            check_calibration(cfg["calibration"])
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}: {ALTERED}") from err
     sizes = [("image_size", cfg.get("image_size"))]
     mc = cfg.get("method_config")
     if not isinstance(mc, dict):
@@ -262,7 +268,16 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     model.run_config = cfg
     # the threshold was calibrated for the saved settings: a load-time override changes the scores, so there is none
     model.threshold = None if overrides else cfg.get("threshold")
+    from .calibration import Calibration
+    model.calibration = None if overrides else Calibration.from_json(cfg.get("calibration"), model.threshold,
+                                                                     _quantile(cfg))
     return model.eval()
+
+
+def _quantile(cfg: dict) -> float:
+    """The quantile a run's threshold was calibrated at (1 - its false-alarm target; 0.99 if not recorded)."""
+    target = cfg.get("false_alarm_target")
+    return 1.0 - float(target) if isinstance(target, (int, float)) and 0 < target < 1 else 0.99
 
 
 # ---- resume state --------------------------------------------------------------------------------------

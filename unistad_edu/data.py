@@ -269,7 +269,7 @@ def resize_image(img: Image.Image, size: int) -> np.ndarray:
 
 def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) or (H, W) uint8 -> (size, size, 3) uint8, bilinear (Pillow): the one resize every loader,
-    ``engine.predict`` and the demo's upload decoding use, so all of them score the same pixels."""
+    ``inference.predict`` and the demo's upload decoding use, so all of them score the same pixels."""
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     arr = arr[..., :3]
@@ -280,7 +280,7 @@ def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
 
 def model_inputs(images: Sequence, size: int) -> list[np.ndarray]:
     """File paths or (H, W, 3) / (H, W) uint8 arrays -> (size, size, 3) uint8 arrays, the pixels every scoring
-    path sees (``engine.predict``, a served export): a file is turned upright by its EXIF orientation first, as
+    path sees (``inference.predict``, a served export): a file is turned upright by its EXIF orientation first, as
     the demo does with an upload, then resized by :func:`resize_rgb`."""
     return [load_image(im, size, exif_orientation=True) if isinstance(im, (str, os.PathLike))
             else resize_rgb(np.asarray(im, dtype=np.uint8), size) for im in images]
@@ -571,7 +571,8 @@ def scan_category(name: str, folder: Path, split: str, check_masks: bool = True)
             if mask is None and check_masks:
                 raise DataError(
                     f"defect image {p} has no mask: expected {folder / 'ground_truth' / sub.name / (p.stem + '_mask.png')}"
-                    f". Add the mask (white = defect), or pass check_masks=False to evaluate image scores only")
+                    f". Add the mask (white = defect), or evaluate image scores only: python -m unistad_edu eval "
+                    f"--image-only (in Python: check_masks=False, evaluate(..., pixel=False))")
             records.append(Record(p, name, 1, sub.name, mask))
     if not records:
         raise DataError(f"{test} holds no images: add test/good and test/<defect> images of category {name!r}")
@@ -684,12 +685,14 @@ class MVTecDataset:
 
 
 def holdout_split(dataset: MVTecDataset, fraction: float = 0.1, seed: int = 0,
-                  min_per_category: int = 2) -> tuple[MVTecDataset, MVTecDataset]:
+                  min_per_category: int = 2, min_tail: int = 0) -> tuple[MVTecDataset, MVTecDataset]:
     """Split normal training images into (train, held-out) per category, reproducibly.
 
-    The held-out normal images calibrate the anomaly threshold, so a user needs no defective images for it.
-    Each category keeps at least one training image; categories with fewer than ``min_per_category + 1``
-    images give none to the held-out part.
+    The held-out normal images calibrate the anomaly thresholds, so a user needs no defective images for them.
+    A category of n images gives ``round(fraction * n)``, but at least ``min(min_tail, n // 3)`` (enough to
+    fit its score tail without taking more than a third of its images: 31 images give 10) and at least
+    ``min_per_category``; it keeps at least one training image; categories with fewer than
+    ``min_per_category + 1`` images give none to the held-out part.
     """
     rng = np.random.default_rng(seed)
     train_idx, held_idx = [], []
@@ -697,7 +700,8 @@ def holdout_split(dataset: MVTecDataset, fraction: float = 0.1, seed: int = 0,
         idx = np.array([i for i, r in enumerate(dataset.records) if r.category == cat])
         rng.shuffle(idx)
         n = len(idx)
-        n_held = 0 if fraction <= 0 or n <= min_per_category else min(n - 1, max(min_per_category, round(n * fraction)))
+        n_held = 0 if fraction <= 0 or n <= min_per_category else min(
+            n - 1, max(min_per_category, round(n * fraction), min(min_tail, n // 3)))
         held_idx += sorted(idx[:n_held].tolist())
         train_idx += sorted(idx[n_held:].tolist())
     return dataset.subset(sorted(train_idx)), dataset.subset(sorted(held_idx))

@@ -1,7 +1,7 @@
 """The Gradio demo: upload images (or click an example), get anomaly score, verdict and heatmap.
 
 One unified model serves every category (no category picker). It works with a run folder of any method (it
-only uses ``load_checkpoint``, ``engine.predict``, the run's ``config.json`` and, if present, ``metrics.json``)
+only uses ``load_checkpoint``, ``inference.predict``, the run's ``config.json`` and, if present, ``metrics.json``)
 and with an export folder (``python -m unistad_edu export``), served by onnxruntime or OpenVINO without PyTorch;
 the model card says which backend serves it.
 Non-UI logic (safe decoding, default run, model card, load test) lives in :mod:`unistad_edu.demo_support`.
@@ -79,19 +79,29 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
         with model_lock:
             res = infer([d.array for d in decoded])
         return [{"name": d.name, "score": float(r["score"]), "image": r["image"], "map": r["anomaly_map"],
-                 "levels": r.get("level_maps") or {}} for d, r in zip(decoded, res)]
+                 "levels": r.get("level_maps") or {}, "category": r.get("category"), "z": r.get("z"),
+                 "calibrated": r.get("threshold"), "notice": r.get("notice")} for d, r in zip(decoded, res)]
 
-    def views(rows, threshold, scale):
+    def judged(rows, threshold):
+        """Each row with the threshold its verdict uses: its routed category's calibrated one, or the slider's
+        value for every image once the slider was moved from its start."""
+        moved = threshold is not None and s_value is not None and abs(threshold - s_value) > s_step / 2
+        return [{**r, "threshold": threshold if moved or r.get("calibrated") is None else r["calibrated"]}
+                for r in rows]
+
+    def views(rows, scale):
         if not rows:
             return [], []
         folder = ds.request_folder(heat_gallery.GRADIO_CACHE)  # this request's own files
         heat = []
         for i, r in enumerate(rows):
-            heat += [(ds.write_view(ds.render_input(r["image"], r["map"], threshold), folder, f"{i}-input.png"),
+            thr = r["threshold"]
+            heat += [(ds.write_view(ds.render_input(r["image"], r["map"], thr), folder, f"{i}-input.png"),
                       f"{r['name']} (as the model sees it; outline: map > threshold)"),
-                     (ds.write_view(ds.render_overlay(r["image"], r["map"], threshold, scale), folder,
+                     (ds.write_view(ds.render_overlay(r["image"], r["map"], thr, scale), folder,
                                     f"{i}-overlay.png"),
-                      f"score {r['score']:.4g} · {ds.verdict(r['score'], threshold)}")]
+                      f"score {r['score']:.4g}" + (f" · {r['category']}" if r.get("category") else "")
+                      + f" · {ds.verdict(r['score'], thr)}")]
         levels = [(ds.write_view(img, folder, f"{i}-level-{k}.png"), f"{r['name']} · {cap}")
                   for i, r in enumerate(rows) for k, (img, cap) in enumerate(ds.render_levels(r["levels"], size))]
         return heat, levels
@@ -99,8 +109,10 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
     def respond(rows, errors, notes, threshold, scale, extra=""):
         for e in errors:
             gr.Warning(e)
-        heat, levels = views(rows, threshold, scale)
-        state = [{k: r[k] for k in ("name", "score", "image", "map")} for r in rows]
+        rows = judged(rows, threshold)
+        heat, levels = views(rows, scale)
+        state = [{k: r.get(k) for k in ("name", "score", "image", "map", "category", "z", "calibrated")}
+                 for r in rows]
         return (ds.status_markdown(rows, errors, threshold, notes, extra), ds.results_markdown(rows, threshold),
                 heat, levels, state, ds.result_record(rows, errors, threshold))
 
@@ -132,8 +144,9 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
             except Exception as err:  # keep serving; say what happened
                 log.exception("scoring failed")
                 errors.append(f"scoring failed ({type(err).__name__}: {err}); the demo keeps running")
-        for r in rows:  # far beyond every category's normal range: say so, not only "ANOMALOUS"
-            r["notice"] = unlike_training(r["score"], cfg.get("validation") or {})
+        for r in rows:  # unlike every trained category: say so, not only "ANOMALOUS"
+            if r.get("category") is None:  # one global threshold: judged from the score alone
+                r["notice"] = unlike_training(r["score"], cfg.get("validation") or {})
             if r["notice"]:
                 notes.append(f"{r['name']}: {r['notice']}")
         log.info("scored %d image(s), refused %d, in %.2f s", len(rows), len(errors), time.perf_counter() - t0)
@@ -158,10 +171,14 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
     def on_threshold(threshold, scale, state):
         rows = state or []
         threshold = _to_float(threshold, calibrated)
-        heat, _ = views([{**r, "levels": {}} for r in rows], threshold, scale)
+        rows = judged(rows, threshold)
+        heat, _ = views([{**r, "levels": {}} for r in rows], scale)
         return ds.status_markdown(rows, [], threshold), ds.results_markdown(rows, threshold), heat
 
-    thr_info = ("calibrated on held-out normal images: "
+    routed = getattr(model, "calibration", None) is not None and model.calibration.routed
+    thr_info = ("each image is routed to its category and judged at that category's calibrated threshold; moving "
+                "the slider sets one threshold for every image" if routed else
+                "calibrated on held-out normal images: "
                 f"{calibrated:.4g}" if calibrated is not None else "this run has no calibrated threshold: choose one")
     with gr.Blocks(title="unistad-edu demo", analytics_enabled=False,
                    delete_cache=ds.delete_cache_setting(keep_files_minutes)) as demo:

@@ -9,7 +9,7 @@ both, and neither imports it.
   ``--bench``.
 * :func:`serve_in_subprocess`: the demo as deployed, a child process on a free loopback port, stopped after.
 * :func:`bench_demo`: a load test of the running app with ``gradio_client`` against the bare
-  :func:`~unistad_edu.engine.predict` path (same images, same model, same run).
+  :func:`~unistad_edu.inference.predict` path (same images, same model, same run).
 
 Gradio's client and playwright are imported inside the functions that need them.
 """
@@ -140,7 +140,7 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     (``python -m unistad_edu demo --run RUN``), or in this process with ``in_process=True``. ``n_requests``
     uploads are sent from ``concurrency`` client threads with ``gradio_client`` to the endpoint the page uses
     (``/predict``); each is timed end to end (upload, queue, safe decoding, model, heatmap images, download).
-    Then the bare path is timed on the same images with the same run's model: ``engine.predict`` on the file,
+    Then the bare path is timed on the same images with the same run's model: ``inference.predict`` on the file,
     one call at a time and from ``concurrency`` threads. Returns counts, failures, p50/p95/mean latency (ms)
     and throughput (requests/s) of each."""
     import platform
@@ -195,7 +195,7 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     bc_lat, bc_err, bc_wall = _timed_pool(bare, seq, concurrency)
     cfg = model.run_config
     result = {
-        "what": "demo load test: gradio_client over loopback vs bare engine.predict (same images, model, run)",
+        "what": "demo load test: gradio_client over loopback vs bare inference.predict (same images, model, run)",
         "run": str(run), "method": cfg.get("method"), "image_size": cfg.get("image_size"),
         "n_requests": n_requests, "client_concurrency": concurrency, "app_concurrency_limit": app_concurrency,
         "app": "in this process" if in_process else "child process (python -m unistad_edu demo)",

@@ -8,7 +8,7 @@
   synthetic set into ``$UNISTAD_CACHE/demo_run`` and reused after).
 * :func:`model_card`, :func:`example_images`, :func:`render_overlay`: the texts and pictures the page shows.
 * :func:`bench_demo`: a load test of the running app over loopback with ``gradio_client`` against the bare
-  :func:`~unistad_edu.engine.predict` path (same images, same model, same run).
+  :func:`~unistad_edu.inference.predict` path (same images, same model, same run).
 
 Gradio, gradio_client and playwright are imported inside the functions that need them.
 """
@@ -58,7 +58,7 @@ def load_served_model(run_dir, backend: str = "auto", threads: int | None = None
 
 
 def predictor(model):
-    """``(predict(images) -> engine.predict's per-image dicts, backend description)`` for a PyTorch model or an
+    """``(predict(images) -> inference.predict's per-image dicts, backend description)`` for a PyTorch model or an
     :class:`~unistad_edu.export_runtime.ExportedModel`: the one call the demo, its load test and its screenshot
     make, whatever serves the model."""
     from .export_runtime import ExportedModel
@@ -66,7 +66,7 @@ def predictor(model):
         return model.predict, model.backend
     import torch
 
-    from .engine import predict
+    from .inference import predict
 
     def run(images):
         with torch.inference_mode():
@@ -139,7 +139,7 @@ def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_P
                   budget: PixelBudget | None = None) -> Decoded:
     """One uploaded file through the package's one decoder (``data.decode_image``: every check before any pixel
     is decoded, EXIF orientation applied, RGB in bands, reduced at once to the model's ``size`` with the resize
-    ``engine.predict`` uses), formats limited to :data:`SUPPORTED_FORMATS`; a refusal becomes an
+    ``inference.predict`` uses), formats limited to :data:`SUPPORTED_FORMATS`; a refusal becomes an
     :class:`UploadError` with the page's words for its reason (:data:`UPLOAD_TEXT`)."""
     name = name or Path(path).name
     try:
@@ -214,19 +214,30 @@ def example_images(cfg: dict, per_category_defects: int = 2, limit: int = 18) ->
 
 # ---- what the page shows --------------------------------------------------------------------------------
 def verdict(score: float, threshold: float | None) -> str:
-    if threshold is None:
-        return "no threshold"
-    return "ANOMALOUS" if score > threshold else "normal"
+    """The verdict's word: the one rule of :func:`unistad_edu.calibration.verdict`."""
+    from .calibration import verdict as rule
+    judged = rule(score, threshold)
+    return "no threshold" if judged is None else "ANOMALOUS" if judged else "normal"
+
+
+def _thr(row: dict, threshold: float | None) -> float | None:
+    """The threshold a row is judged at: its own (routed category's) when it has one."""
+    t = row.get("threshold", threshold)
+    return None if t is None else float(t)
 
 
 def result_record(rows: Sequence[dict], errors: Sequence[str], threshold: float | None) -> dict:
     """What the ``/predict`` API returns for programs (last output): exact scores, not the page's rounded text.
-    ``{"threshold": t, "results": [{"name", "score", "anomalous"}], "errors": [...]}``; ``anomalous`` is
-    ``score > threshold`` (None without a threshold)."""
+    ``{"threshold": t, "results": [{"name", "category", "score", "z", "threshold", "anomalous", "notice"}],
+    "errors": [...]}``: each image's routed ``category`` (None for a run with one global threshold), the
+    ``threshold`` it was judged at, its standardised score ``z``; ``anomalous`` is ``score > threshold`` (None
+    without a threshold)."""
+    from .calibration import verdict as rule
     thr = None if threshold is None else float(threshold)
     return {"threshold": thr,
-            "results": [{"name": r["name"], "score": float(r["score"]),
-                         "anomalous": None if thr is None else bool(float(r["score"]) > thr),
+            "results": [{"name": r["name"], "category": r.get("category"), "score": float(r["score"]),
+                         "z": r.get("z"), "threshold": _thr(r, thr),
+                         "anomalous": rule(float(r["score"]), _thr(r, thr)),
                          "notice": r.get("notice")} for r in rows],
             "errors": [str(e) for e in errors]}
 
@@ -280,12 +291,16 @@ def results_markdown(rows: Sequence[dict], threshold: float | None) -> str:
     """A Markdown table of scored images: name, score, threshold, verdict."""
     if not rows:
         return ""
-    thr = "n/a" if threshold is None else f"{threshold:.4g}"
-    lines = ["| image | anomaly score | threshold | verdict |", "|---|---:|---:|---|"]
+    routed = any(r.get("category") for r in rows)
+    lines = (["| image | routed category | anomaly score | threshold | verdict |", "|---|---|---:|---:|---|"]
+             if routed else ["| image | anomaly score | threshold | verdict |", "|---|---:|---:|---|"])
     for r in rows:
-        v = verdict(r["score"], threshold)
+        t = _thr(r, threshold)
+        v = verdict(r["score"], t)
         shown = f"**{v}**" if v == "ANOMALOUS" else v
-        lines.append(f"| {_md_escape(r['name'])} | {r['score']:.4g} | {thr} | {shown} |")
+        cat = f" {_md_escape(r.get('category') or 'n/a')} |" if routed else ""
+        lines.append(f"| {_md_escape(r['name'])} |{cat} {r['score']:.4g} | {'n/a' if t is None else f'{t:.4g}'} "
+                     f"| {shown} |")
     return "\n".join(lines)
 
 
@@ -294,14 +309,18 @@ def status_markdown(rows: Sequence[dict], errors: Sequence[str], threshold: floa
     """The status line(s): a summary of the verdicts, then one line per refused upload."""
     parts = []
     if rows:
-        n_bad = sum(1 for r in rows if threshold is not None and r["score"] > threshold)
+        n_bad = sum(1 for r in rows if verdict(r["score"], _thr(r, threshold)) == "ANOMALOUS")
         if len(rows) == 1:
             r = rows[0]
-            parts.append(f"**{_md_escape(r['name'])}: {verdict(r['score'], threshold)}** - anomaly score "
-                         f"{r['score']:.4g} vs threshold {'n/a' if threshold is None else f'{threshold:.4g}'}.")
+            t = _thr(r, threshold)
+            cat = f" (routed to **{_md_escape(r['category'])}**)" if r.get("category") else ""
+            parts.append(f"**{_md_escape(r['name'])}: {verdict(r['score'], t)}**{cat} - anomaly score "
+                         f"{r['score']:.4g} vs threshold {'n/a' if t is None else f'{t:.4g}'}.")
         else:
+            per = len({_thr(r, threshold) for r in rows}) > 1
             parts.append(f"**{len(rows)} images scored: {n_bad} anomalous, {len(rows) - n_bad} normal** "
-                         f"(threshold {'n/a' if threshold is None else f'{threshold:.4g}'}).")
+                         + ("(each at its routed category's threshold)." if per else
+                            f"(threshold {'n/a' if threshold is None else f'{threshold:.4g}'})."))
     for e in errors:
         parts.append(f"⚠️ **Upload refused:** {_md_escape(e)}")
     for n in notes:
@@ -333,6 +352,18 @@ def _fmt(v, digits=4) -> str:
     return str(v)
 
 
+def _threshold_line(cfg: dict) -> str:
+    """The model card's threshold line: how the run was calibrated."""
+    cal = cfg.get("calibration") or {}
+    if cal.get("kind") in ("per-category", "clusters"):
+        groups = cal.get("groups") or {}
+        return (f"- **Thresholds:** one per {'training category' if cal['kind'] == 'per-category' else 'pseudo-category'}"
+                f" ({len(groups)}), the image routed to it by the teacher's embedding (no category is given); "
+                f"pooled threshold {_fmt(cal.get('global_threshold'))} for comparison.")
+    return (f"- **Threshold:** {_fmt(cfg.get('threshold'))} - {cfg.get('threshold_rule', 'no rule recorded')}; "
+            f"one threshold for all categories.")
+
+
 def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bool = True,
                backend: str | None = None) -> str:
     """A Markdown model card from config.json (and metrics.json if present); ``backend``: what serves it."""
@@ -352,16 +383,24 @@ def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bo
         + (f" ({cfg.get('train_seconds'):.0f} s)" if isinstance(cfg.get("train_seconds"), (int, float)) else "")
         + ".",
         f"- **Image size:** {cfg.get('image_size', '?')} x {cfg.get('image_size', '?')} px (uploads are resized to it).",
-        f"- **Threshold:** {_fmt(cfg.get('threshold'))} - {cfg.get('threshold_rule', 'no rule recorded')}. "
-        f"Image score = {((mc.get('scoring') or {}).get('image_score') or 'max')} of the anomaly map; "
+        _threshold_line(cfg)
+        + f" Image score = {((mc.get('scoring') or {}).get('image_score') or 'max')} of the anomaly map; "
         f"verdict = score > threshold.",
         f"- **Package:** unistad-edu {cfg.get('package_version', '?')}"
         + (f"; run folder `{short_path(run_dir)}`" if run_dir else "") + ".",
     ]
     if backend:
         lines.append(f"- **Served by:** {backend}.")
+    cal = cfg.get("calibration") or {}
     per = (cfg.get("validation") or {}).get("per_class") or {}
-    if per:
+    if cal.get("kind") in ("per-category", "clusters"):
+        lines += ["", f"**Thresholds per {'category' if cal['kind'] == 'per-category' else 'pseudo-category'}** "
+                      f"(each image is routed to the nearest by its teacher embedding; a {cal.get('tail')} tail of "
+                      f"each group's held-out normal scores, quantile {cal.get('quantile')}):", "",
+                  "| category | held-out n | mean | threshold |", "|---|---:|---:|---:|"]
+        lines += [f"| {c} | {g.get('n', '?')} | {_fmt(g.get('mean'))} | {_fmt(g.get('threshold'))} |"
+                  for c, g in (cal.get("groups") or {}).items()]
+    elif per:
         lines += ["", "**Held-out normal scores per category** (what one shared threshold has to fit):", "",
                   "| category | n | mean | max |", "|---|---:|---:|---:|"]
         lines += [f"| {c} | {s.get('n', '?')} | {_fmt(s.get('mean'))} | {_fmt(s.get('max'))} |"

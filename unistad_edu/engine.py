@@ -34,7 +34,9 @@ from . import distributed, files, runs
 from .cache import FeatureCache
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, read_tensors,
                          save_checkpoint, save_train_state)
-from .data import MVTecDataset, collate, holdout_split, model_inputs
+from .calibration import DEFAULT_TAIL
+from .data import MVTecDataset, collate, holdout_split
+from .inference import calibrate, calibrate_threshold, method_batch, precision_of, progress_bar, score_dataset
 from .methods.base import SAMPLINGS, Batch, Method
 
 
@@ -55,9 +57,19 @@ class TrainConfig:
     cache_fp16: bool = False
     preload: bool = True  # with the cache: keep the training set in memory as tensors (see TrainStore)
     preload_max_mb: float = 4096  # ... unless that would take more than this; then stream batches instead
-    holdout_fraction: float = 0.1  # normal train images kept aside to calibrate the threshold
-    refit: bool | None = None  # after calibrating, rebuild / retrain on all images; None: when cheap (no gradients)
+    holdout_fraction: float = 0.1  # normal train images kept aside to calibrate the thresholds
+    # ... but at least this many per category (never more than a third of it), so each category's score tail
+    # can be estimated (a category of 31 images gives 10, not 3); see data.holdout_split
+    holdout_min: int = 10
+    # after calibrating, rebuild on all images; None: only for a method without gradients (one pass) calibrated
+    # with one global threshold -- per-category thresholds must come from the model that is served, and a refit
+    # would grow the bank by the very images whose scores set them
+    refit: bool | None = None
     threshold_quantile: float = 0.99  # threshold = this quantile of held-out normal scores
+    # how verdicts are calibrated (unistad_edu.calibration): auto = per-category routing for two or more
+    # category folders, clusters of the teacher embedding for one folder; per-category | clusters | global
+    calibration: str = "auto"
+    tail: str = DEFAULT_TAIL  # tail model of each category's held-out scores: lognormal | normal | empirical | gpd
     precision: str = "auto"  # auto | fp32 | bf16 (see unistad_edu.precision); CUDA: fp16 autocast for auto
     progress: bool = True
     num_threads: int | None = None  # torch threads (None: leave as set, e.g. by the CLI's --threads)
@@ -73,6 +85,7 @@ class FitResult:
     already_complete: bool = False  # resume=True on a finished run: nothing was trained
     seconds: float = 0.0
     planned_epochs: int | None = None  # the epochs max_minutes left room for, when fewer than asked
+    calibration: object = None  # the run's calibration.Calibration (routing + per-category thresholds)
 
 
 def peak_rss_mb() -> float:
@@ -87,20 +100,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def precision_of(model: Method, precision=None, device=None):
-    """Resolve ``precision`` (``None``: the teacher's own setting, ``"auto"`` unless changed) for ``model`` on
-    ``device`` (measured with the model's own teacher at its image size), make the teacher use it, and put the
-    model in the chosen memory layout. Returns the :class:`~unistad_edu.precision.Precision`."""
-    from .precision import resolve
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    if precision is None:
-        precision = model.teacher.precision
-    prec = resolve(precision, device, model.teacher, model.cfg.image_size)
-    model.set_teacher_precision(prec)  # every teacher (the enhanced STPM's second one too) at the same precision
-    model.to(memory_format=prec.memory_format)
-    return prec
 
 
 def make_optimizer(model: Method) -> torch.optim.Optimizer:
@@ -124,13 +123,6 @@ def lr_at(cfg, epoch: int, epochs: int) -> float:
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
     raise ValueError(f"unknown schedule {cfg.schedule!r}: constant | step | cosine")
-
-
-def method_batch(batch: dict, cache: FeatureCache | None, device: torch.device) -> Batch:
-    """A data batch -> what a method may see: images (and cached features). The category is dropped here."""
-    images = batch["image"].to(device)
-    features = cache.features(images, batch["path"]) if cache is not None else None
-    return Batch(image=images, features=features)
 
 
 def epoch_order(n: int, seed: int, groups: Sequence[str] | None = None) -> torch.Tensor:
@@ -213,11 +205,6 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: b
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
                                        drop_last=drop_last, num_workers=0,
                                        generator=torch.Generator().manual_seed(seed))
-
-
-def _progress(iterable, desc: str, enabled: bool, total=None):
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, disable=not enabled, leave=False, total=total)
 
 
 def make_cache(model: Method, cfg: TrainConfig) -> FeatureCache | None:
@@ -319,7 +306,7 @@ def _prepare(model, train_data, cfg, run, resume, cache, extra_config) -> _Fit:
     gradient = model.trains_by_gradient
     epochs = (cfg.epochs if cfg.epochs is not None else model.cfg.epochs) if gradient else 1  # build: one pass
     batch_size = cfg.batch_size or model.cfg.batch_size
-    train_set, held = holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
+    train_set, held = held_out(train_data, cfg)
     if len(train_set) == 0:
         raise ValueError("no training images left after the held-out split")
     if len(train_set) < ddp.world_size:
@@ -413,7 +400,7 @@ def _train_epochs(f: _Fit) -> None:
         else:
             loader = _loader(f.train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard)
             batches, n_batches = (method_batch(b, f.cache, device) for b in loader), len(loader)
-        for mb in _progress(batches, f"epoch {epoch + 1}/{epochs}", f.progress, total=n_batches):
+        for mb in progress_bar(batches, f"epoch {epoch + 1}/{epochs}", f.progress, total=n_batches):
             with f.prec.autocast(device):
                 loss = model.loss(mb)
             if not torch.isfinite(loss):
@@ -471,8 +458,11 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
         model.eval()
         with torch.no_grad(), f.prec.autocast(f.device):
             model.calibrate(method_batch(b, f.cache, f.device) for b in _loader(held, f.batch_size, shuffle=False))
-    threshold, stats = calibrate_threshold(model, held, f.cache, f.device, cfg)
+    cal, stats = calibrate(model, train_data, held, f.cache, f.device, cfg.threshold_quantile, cfg.tail,
+                           cfg.calibration, cfg.seed)
+    threshold = cal.global_threshold
     result.threshold = model.threshold = threshold
+    result.calibration = model.calibration = cal
     refit = _refits(model, cfg) and len(held) > 0
     train_images = len(f.train_set)
     if refit:  # no training image wasted: the final state is built from every image
@@ -483,6 +473,7 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
     if f.run is not None and ddp.master:
         save_checkpoint(f.run, model, {"complete": not result.stopped_early, "epochs_done": result.epochs_done,
                                        "threshold": threshold, "threshold_rule": stats.pop("rule"),
+                                       "calibration": cal.to_json(),
                                        "validation": stats, "train_categories": train_data.categories,
                                        "train_images": train_images, "heldout_images": len(held), "refit": refit,
                                        "false_alarm_target": round(1.0 - cfg.threshold_quantile, 6),
@@ -498,7 +489,9 @@ def _refits(model: Method, cfg: TrainConfig) -> bool:
     if cfg.refit and model.trains_by_gradient:
         raise ValueError("refit=True for a method trained by gradient would train it twice; it is offered for "
                          "methods without gradients (a memory bank), where rebuilding costs one pass")
-    return (not model.trains_by_gradient) if cfg.refit is None else bool(cfg.refit)
+    if cfg.refit is None:
+        return not model.trains_by_gradient and cfg.calibration == "global"
+    return bool(cfg.refit)
 
 
 def budget_epochs(done: int, epochs: int, epoch_seconds: float, seconds_left: float) -> int:
@@ -566,7 +559,7 @@ def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> No
                    for b in _loader(dataset, f.batch_size, shuffle=True, seed=seed))
     model.eval()
     with torch.no_grad(), f.prec.autocast(device):
-        info = model.build(_progress(batches, "building", f.progress, total=math.ceil(len(dataset) / f.batch_size)))
+        info = model.build(progress_bar(batches, "building", f.progress, total=math.ceil(len(dataset) / f.batch_size)))
     ddp.broadcast_state(model)  # the same shapes on every rank: each built from the same images
     record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(dataset), **(info or {}),
               **({"refit": True} if refit else {})}
@@ -579,68 +572,27 @@ def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> No
             fh.write(json.dumps(record) + "\n")
 
 
-# ---- scoring many images ------------------------------------------------------------------------------
-@torch.no_grad()
-def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, device=None, batch_size: int = 16,
-                  keep_maps: bool = True, progress: bool = False, precision=None, desc: str = "scoring"):
-    """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
-    categories, paths, and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device  # "cpu" works too
-    model.eval()
-    prec = precision_of(model, precision, device)
-    out = {"scores": [], "labels": [], "categories": [], "paths": [], "maps": [], "masks": []}
-    for batch in _progress(_loader(dataset, batch_size, shuffle=False), desc, progress):
-        mb = method_batch(batch, cache, device)
-        with prec.autocast(device):
-            res = model.score(mb)
-        out["scores"].append(res.pred_score.float().cpu().numpy())
-        out["labels"].append(batch["label"].numpy())
-        out["categories"] += batch["category"]
-        out["paths"] += batch["path"]
-        if keep_maps:
-            out["maps"].append(res.anomaly_map[:, 0].float().cpu().numpy())
-            out["masks"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
-    result = {"scores": np.concatenate(out["scores"]) if out["scores"] else np.zeros(0),
-              "labels": np.concatenate(out["labels"]) if out["labels"] else np.zeros(0, int),
-              "categories": np.array(out["categories"]), "paths": out["paths"]}
-    if keep_maps and out["maps"]:
-        result["maps"] = np.concatenate(out["maps"])
-        result["masks"] = np.concatenate(out["masks"])
-    return result
-
-
-def calibrate_threshold(model: Method, held: MVTecDataset, cache, device, cfg: TrainConfig):
-    """Threshold from held-out **normal** images only: the ``threshold_quantile`` of their image scores
-    (so about 1 - q of normal images would be flagged). Also returns per-class stats of those scores, which
-    show how far apart the categories' normal score ranges are in a unified model."""
-    rule = f"quantile {cfg.threshold_quantile} of image scores of {len(held)} held-out normal train images"
-    if len(held) == 0:
-        return None, {"rule": "no held-out images (holdout_fraction=0): no threshold"}
-    res = score_dataset(model, held, cache, device, keep_maps=False)  # the teacher runs at fit's precision
-    s = res["scores"]
-    stats = {"rule": rule, "per_class": {}}
-    for cat in sorted(set(res["categories"])):
-        v = s[res["categories"] == cat]
-        stats["per_class"][cat] = {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
-                                   "max": float(v.max())}
-    return float(np.quantile(s, cfg.threshold_quantile)), stats
-
-
 # ---- helpers for lessons and scripts: the engine's own rules, public ------------------------------------------
 def recalibrate(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None, cache=None, device=None):
     """The threshold ``fit`` would store, computed again for ``model`` as it is now (e.g. after a test-time
     switch such as another combine rule): the same held-out normal images of ``train_data`` (``held_out``),
-    the same quantile. Returns ``(threshold, per-class stats)``."""
+    the same quantile. Returns ``(threshold, per-class stats)``; the model's per-category calibration, when it
+    has one, is refitted too (``model.calibration``)."""
     cfg = cfg or TrainConfig(progress=False)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return calibrate_threshold(model, held_out(train_data, cfg)[1], cache, device, cfg)
+    cal, stats = calibrate(model, train_data, held_out(train_data, cfg)[1], cache, device, cfg.threshold_quantile,
+                           cfg.tail, cfg.calibration, cfg.seed)
+    model.calibration = cal
+    return cal.global_threshold, stats
 
 
 def held_out(train_data: MVTecDataset, cfg: TrainConfig | None = None) -> tuple[MVTecDataset, MVTecDataset]:
     """``(training part, held-out normal images)`` exactly as ``fit`` splits ``train_data`` with ``cfg``
-    (``holdout_fraction`` of each category, seeded by ``cfg.seed``): the images the threshold comes from."""
+    (``holdout_fraction`` of each category, at least ``holdout_min`` where the category has three times that,
+    seeded by ``cfg.seed``): the images the thresholds come from."""
     cfg = cfg or TrainConfig()
-    return holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed)
+    return holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed,
+                         min_tail=cfg.holdout_min if cfg.holdout_fraction > 0 else 0)
 
 
 def _steps_per_epoch(n_images: int, batch_size: int, world_size: int = 1) -> int:
@@ -694,53 +646,4 @@ def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, cfg: Tr
         run_cfg = dataclasses.replace(cfg, min_steps=steps) if steps else cfg
         res = fit(model, ds, run_cfg, out=None if out is None else Path(out) / cat, cache=cache)
         results[cat] = (model, res)
-    return results
-
-
-# ---- evaluate ------------------------------------------------------------------------------------------
-def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None = None, batch_size: int = 16,
-             progress: bool = True, setting: str = "unified", return_outputs: bool = False, precision=None):
-    """Per-category metrics table (and mean) of ``model`` on ``test_data``, in the metrics.json format."""
-    from .metrics import compute_metrics, false_alarm_rates, metrics_table
-
-    res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating",
-                        precision=precision)
-    per_cat = {}
-    for cat in sorted(set(res["categories"])):
-        idx = res["categories"] == cat
-        per_cat[cat] = compute_metrics(res["scores"][idx], res["labels"][idx], res["maps"][idx], res["masks"][idx])
-    table = metrics_table(per_cat, setting=setting, method=model.name)
-    far = false_alarm_rates(res["scores"], res["labels"], res["categories"], getattr(model, "threshold", None))
-    if far is not None:  # how often test/good is flagged at the calibrated threshold (target: 1 - quantile)
-        table["false_alarms"] = far
-    return (table, res) if return_outputs else table
-
-
-# ---- predict -------------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict(model: Method, images: Sequence, threshold: float | None = None, batch_size: int = 8,
-            precision=None) -> list[dict]:
-    """Score images given as file paths, (H, W, 3) uint8 arrays or (3, H, W) float tensors in [0, 1].
-    Returns per image: ``score``, ``anomalous`` (score > threshold, or None without a threshold),
-    ``anomaly_map`` (S, S) float32, and the resized ``image`` (S, S, 3) uint8. A file is turned upright by its
-    EXIF orientation first, as the demo does with an upload, so both score the same picture."""
-    size = model.cfg.image_size
-    threshold = threshold if threshold is not None else getattr(model, "threshold", None)
-    device = next(model.parameters()).device
-    model.eval()
-    prec = precision_of(model, precision, device)
-    arrays = model_inputs([(im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()  # (3,H,W) -> uint8
-                           if isinstance(im, torch.Tensor) else im for im in images], size)
-    results = []
-    for i in range(0, len(arrays), batch_size):
-        chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
-        x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float().div(255).to(device)
-        with prec.autocast(device):
-            res = model.score(Batch(image=x))
-        for j in range(x.shape[0]):
-            s = float(res.pred_score[j])
-            results.append({"score": s, "anomalous": None if threshold is None else bool(s > threshold),
-                            "anomaly_map": res.anomaly_map[j, 0].float().cpu().numpy(),
-                            "level_maps": {k: v[j, 0].float().cpu().numpy() for k, v in res.level_maps.items()},
-                            "image": chunk[j]})
     return results

@@ -39,6 +39,7 @@ from torch import nn
 from .errors import CheckpointError
 from .export_runtime import (CARD_FILE, EXPORT_FORMAT_VERSION, FORMATS, INPUT_NAME, OUTPUT_NAMES, ExportedModel,
                              sha256)
+from .calibration import verdict
 from .methods.base import Batch
 
 #: largest |export - PyTorch| of any map pixel or score, as a fraction of the threshold (of the largest |score|
@@ -54,17 +55,20 @@ class ExportError(CheckpointError):
 
 
 class ScoreGraph(nn.Module):
-    """A trained method as one function of the image: ``(B, 3, S, S) in [0, 1] -> (map (B, 1, S, S), score (B,))``,
-    the exact path of :meth:`Method.score`."""
+    """A trained method as one function of the image: ``(B, 3, S, S) in [0, 1] -> (map (B, 1, S, S), score (B,),
+    embedding (B, D))``, the exact path of :meth:`Method.score` plus the teacher's image embedding that routes
+    the image to its category's threshold (:mod:`unistad_edu.calibration`)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, terms = self.model.score_inputs(Batch(image=image))
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.model.teacher(image)  # once: the method's features and the routing embedding
+        maps, terms = self.model.score_inputs(Batch(image=image, features=feats))
         out = self.model.score_from(maps, terms, image.shape[-2:])
-        return out.anomaly_map.float(), out.pred_score.float()  # (B, 1, S, S), (B,)
+        emb = self.model.teacher.embedding_of(feats).float()  # (B, D)
+        return out.anomaly_map.float(), out.pred_score.float(), emb  # (B, 1, S, S), (B,), (B, D)
 
 
 def parity_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -84,31 +88,46 @@ def parity_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-def torch_scores(model, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """The PyTorch model's (maps (B, S, S), scores (B,)) on (B, S, S, 3) uint8 images, in fp32."""
-    maps, scores = [], []
+def torch_outputs(model, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The PyTorch model's (maps (B, S, S), scores (B,), embeddings (B, D)) on (B, S, S, 3) uint8 images, fp32."""
+    maps, scores, embs = [], [], []
     graph = ScoreGraph(model).eval()
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
-            m, s = graph(x)
+            m, s, e = graph(x)
             maps.append(m[:, 0].numpy())
             scores.append(s.numpy())
-    return np.concatenate(maps), np.concatenate(scores)
+            embs.append(e.numpy())
+    return np.concatenate(maps), np.concatenate(scores), np.concatenate(embs)
 
 
-def compare(reference: tuple[np.ndarray, np.ndarray], exported: tuple[np.ndarray, np.ndarray],
-            threshold: float | None) -> dict:
-    """Parity of two (maps, scores) results: max |Δ| of maps and scores, both relative to the threshold (or to
-    the largest |score| without one), and how many verdicts (score > threshold) differ."""
-    (rm, rs), (em, es) = reference, exported
+def torch_scores(model, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The PyTorch model's (maps (B, S, S), scores (B,)) on (B, S, S, 3) uint8 images, in fp32."""
+    return torch_outputs(model, images, batch_size)[:2]
+
+
+def compare(reference: tuple, exported: tuple, threshold: float | None, calibration=None) -> dict:
+    """Parity of two (maps, scores[, embeddings]) results: max |Δ| of maps and scores, both relative to the
+    threshold (or to the largest |score| without one), and how many verdicts differ -- at ``threshold``, or, with
+    a routed ``calibration`` and embeddings on both sides, at each image's routed threshold (then also how many
+    images are routed differently)."""
+    (rm, rs), (em, es) = reference[:2], exported[:2]
     scale = abs(float(threshold)) if threshold else float(np.abs(rs).max()) or 1.0
     d_map = float(np.abs(rm.astype(np.float64) - em).max())
     d_score = float(np.abs(rs.astype(np.float64) - es).max())
-    flipped = int(np.sum((rs > threshold) != (es > threshold))) if threshold is not None else 0
-    return {"images": int(len(rs)), "max_abs_map": d_map, "max_abs_score": d_score,
-            "relative_to": "threshold" if threshold else "max |score|", "scale": scale,
-            "max_rel": max(d_map, d_score) / scale, "verdicts_differ": flipped}
+    out = {"images": int(len(rs)), "max_abs_map": d_map, "max_abs_score": d_score,
+           "relative_to": "threshold" if threshold else "max |score|", "scale": scale,
+           "max_rel": max(d_map, d_score) / scale}
+    if calibration is not None and calibration.routed and len(reference) > 2 and len(exported) > 2:
+        ref_d, exp_d = calibration.decide(rs, reference[2]), calibration.decide(es, exported[2])
+        out["routes_differ"] = int(sum(a["category"] != b["category"] for a, b in zip(ref_d, exp_d)))
+        out["verdicts_differ"] = int(sum(a["anomalous"] != b["anomalous"] for a, b in zip(ref_d, exp_d)))
+        out["max_abs_embedding"] = float(np.abs(reference[2].astype(np.float64) - exported[2]).max())
+    else:
+        out["verdicts_differ"] = int(np.sum(verdict(rs, threshold) != verdict(es, threshold))) \
+            if threshold is not None else 0
+    return out
 
 
 def _export_onnx(model, size: int, path: Path, opset: int) -> None:
@@ -186,13 +205,15 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
             "model_file": files[0],
             "files": {name: sha256(tmp / name) for name in files},
             "inputs": {INPUT_NAME: f"(batch, 3, {size}, {size}) float32 RGB in [0, 1]; batch 1..{MAX_BATCH}"},
-            "outputs": {OUTPUT_NAMES[0]: f"(batch, 1, {size}, {size}) float32", OUTPUT_NAMES[1]: "(batch,) float32"},
+            "outputs": {OUTPUT_NAMES[0]: f"(batch, 1, {size}, {size}) float32", OUTPUT_NAMES[1]: "(batch,) float32",
+                        OUTPUT_NAMES[2]: "(batch, D) float32: the teacher's image embedding, for routing"},
             "method": cfg["method"],
             "teacher": cfg.get("teacher"),
             "image_size": size,
             "normalization": cfg.get("normalization"),
             "threshold": threshold,
             "threshold_rule": cfg.get("threshold_rule"),
+            "calibration": cfg.get("calibration"),
             "precision": "fp32",
             "opset": opset,
             "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True)",
@@ -204,19 +225,21 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
         # parity: every runtime that can serve it (onnxruntime and OpenVINO for ONNX, OpenVINO for its IR), at a
         # batch size the export never saw (3, not 2)
         check = images if images is not None else parity_images(3, size, seed=2)
-        ref = torch_scores(model, check)
+        ref = torch_outputs(model, check)
+        calibration = getattr(model, "calibration", None)
         card["parity"] = {}
         for backend in (("onnxruntime", "openvino") if fmt == "onnx" else ("openvino",)):
             try:
                 served = ExportedModel(tmp, backend=backend)
             except CheckpointError:  # that runtime is not installed: the other one is checked
                 continue
-            parity = {**compare(ref, served.score_arrays(check), threshold), "backend": served.backend}
-            if parity["max_rel"] > PARITY_TOLERANCE or parity["verdicts_differ"]:
+            parity = {**compare(ref, served.outputs(check), threshold, calibration), "backend": served.backend}
+            if parity["max_rel"] > PARITY_TOLERANCE or parity["verdicts_differ"] or parity.get("routes_differ"):
                 raise ExportError(f"the {fmt} export of {run} served by {served.backend} does not reproduce the "
                                   f"PyTorch model: max |Δ| {max(parity['max_abs_map'], parity['max_abs_score']):.3g} = "
                                   f"{parity['max_rel']:.2g} of the {parity['relative_to']} (tolerance "
-                                  f"{PARITY_TOLERANCE:g}), {parity['verdicts_differ']} verdict(s) differ")
+                                  f"{PARITY_TOLERANCE:g}), {parity['verdicts_differ']} verdict(s) and "
+                                  f"{parity.get('routes_differ', 0)} route(s) differ")
             card["parity"][backend] = parity
         if not card["parity"]:
             raise ExportError("no runtime to check the export with: pip install 'unistad-edu[export]'")

@@ -8,7 +8,7 @@ SHA-256. This module reads it with nothing but numpy, Pillow and the runtime: it
 runs ``predict`` on an export with torch made unimportable).
 
 :class:`ExportedModel` offers what the CLI's ``predict`` and the demo ask of a model: ``predict(images)``
-with the same per-image results as :func:`unistad_edu.engine.predict`, ``threshold``, ``run_config`` and
+with the same per-image results as :func:`unistad_edu.inference.predict`, ``threshold``, ``run_config`` and
 ``backend`` (which runtime serves it, for the demo's model card).
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ from .errors import CheckpointError
 
 CARD_FILE = "export.json"
 #: the card layout this version writes and reads; a card with a larger number was written by a newer version
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: the routing embedding as a third output, the run's calibration on the card
 FORMATS = ("onnx", "openvino")
 BACKENDS = ("auto", "onnxruntime", "openvino")
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("anomaly_map", "score")
+OUTPUT_NAMES = ("anomaly_map", "score", "embedding")  # format 1 exports have the first two
 
 
 def is_export(folder) -> bool:
@@ -66,6 +66,12 @@ def read_card(folder) -> dict:
     for key in ("format", "files", "image_size", "method"):
         if key not in card:
             raise CheckpointError(f"{path} lacks {key!r}: the card is damaged; export the run again")
+    if card.get("calibration") is not None:
+        from .calibration import check_calibration
+        try:
+            check_calibration(card["calibration"])
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}: the card was altered; export the run again") from err
     for name, digest in card["files"].items():
         f = folder / name
         if not f.is_file():
@@ -77,7 +83,7 @@ def read_card(folder) -> dict:
     return card
 
 
-def _onnxruntime_session(path: Path, threads: int | None):
+def _onnxruntime_session(path: Path, threads: int | None, names: Sequence[str]):
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -89,12 +95,11 @@ def _onnxruntime_session(path: Path, threads: int | None):
     session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray):
-        maps, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-        return maps, scores
+        return session.run(list(names), {INPUT_NAME: x})
     return run, f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
 
 
-def _openvino_model(path: Path, threads: int | None):
+def _openvino_model(path: Path, threads: int | None, names: Sequence[str]):
     try:
         import openvino as ov
     except ImportError as err:
@@ -104,12 +109,12 @@ def _openvino_model(path: Path, threads: int | None):
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-    outputs = [compiled.output(n) for n in OUTPUT_NAMES]
+    outputs = [compiled.output(n) for n in names]
 
     def run(x: np.ndarray):
         request = compiled.create_infer_request()  # one per call: safe from several threads
         res = request.infer({INPUT_NAME: x})
-        return res[outputs[0]], res[outputs[1]]
+        return [res[o] for o in outputs]
     return run, f"OpenVINO {ov.__version__} (CPU, f32)"
 
 
@@ -131,37 +136,44 @@ class ExportedModel:
         if backend == "onnxruntime" and fmt != "onnx":
             raise CheckpointError(f"{self.folder} holds an OpenVINO model: serve it with backend 'openvino'")
         model_file = self.folder / self.card["model_file"]
+        # format 1 exports have no embedding output: they serve one global threshold
+        names = [n for n in OUTPUT_NAMES if n in (self.card.get("outputs") or OUTPUT_NAMES[:2])]
         self._run, self.backend = (_onnxruntime_session if backend == "onnxruntime" else _openvino_model)(
-            model_file, threads)
+            model_file, threads, names)
         self.backend_name = backend
         self.image_size = int(self.card["image_size"])
         self.threshold = self.card.get("threshold")
         self.run_config = dict(self.card.get("run_config") or {})
+        from .calibration import Calibration
+        cal = self.card.get("calibration") if len(names) > 2 else None
+        self.calibration = Calibration.from_json(cal, self.threshold)
 
     @property
     def method(self) -> str:
         return self.card["method"]
 
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(B, S, S, 3) uint8 -> (anomaly maps (B, S, S) float32, scores (B,) float32[, embeddings (B, D)])."""
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)  # (B,3,S,S)
+        maps, scores, *rest = self._run(x)
+        return (np.asarray(maps)[:, 0], np.asarray(scores).reshape(-1), *[np.asarray(r) for r in rest])
+
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, S, S, 3) uint8 -> (anomaly maps (B, S, S) float32, scores (B,) float32)."""
-        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)  # (B,3,S,S)
-        maps, scores = self._run(x)
-        return np.asarray(maps)[:, 0], np.asarray(scores).reshape(-1)
+        return self.outputs(images)[:2]
 
     def predict(self, images: Sequence, threshold: float | None = None, batch_size: int = 8) -> list[dict]:
-        """Score file paths or (H, W, 3) uint8 arrays: the same per-image dicts as ``engine.predict`` (``score``,
-        ``anomalous``, ``anomaly_map`` (S, S), ``image`` (S, S, 3) uint8, ``level_maps`` -- empty: the graph
-        returns the fused map only)."""
+        """Score file paths or (H, W, 3) uint8 arrays: the same per-image dicts as ``inference.predict`` (``score``,
+        the routed ``category`` and its ``threshold``, ``z``, ``anomalous``, ``notice``, ``anomaly_map`` (S, S),
+        ``image`` (S, S, 3) uint8, ``level_maps`` -- empty: the graph returns the fused map only)."""
         from .data import model_inputs
 
-        threshold = threshold if threshold is not None else self.threshold
-        arrays = model_inputs(images, self.image_size)  # the same pixels engine.predict scores
+        arrays = model_inputs(images, self.image_size)  # the same pixels inference.predict scores
         results = []
         for i in range(0, len(arrays), batch_size):
             chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
-            maps, scores = self.score_arrays(chunk)
+            maps, scores, *emb = self.outputs(chunk)
+            decisions = self.calibration.decide(scores, emb[0] if emb else None, threshold)
             for j in range(chunk.shape[0]):
-                s = float(scores[j])
-                results.append({"score": s, "anomalous": None if threshold is None else bool(s > threshold),
-                                "anomaly_map": maps[j], "level_maps": {}, "image": chunk[j]})
+                results.append({**decisions[j], "anomaly_map": maps[j], "level_maps": {}, "image": chunk[j]})
         return results

@@ -88,7 +88,7 @@ def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
     from .checkpoint import load_checkpoint, read_config
     from .data import load_mask
     from .resolve import test_set
-    from .engine import predict
+    from .inference import predict
     from .viz import mask_boundary, overlay
 
     cfg = read_config(run)

@@ -44,7 +44,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     from .timing import interleaved
     from .checkpoint import load_checkpoint, read_config
     from .data import MVTecDataset, discover_categories
-    from .engine import evaluate, score_dataset
+    from .inference import evaluate, score_dataset
     from .metrics import load_metrics, save_metrics
     from .resolve import test_set
     from .teacher import load_teacher

@@ -380,6 +380,45 @@ def combine_false_alarms(per_category: Mapping[str, Mapping], threshold: float |
             "all": sum(v["alarms"] for v in per_category.values()) / n_normal if n_normal else NAN}
 
 
+def verdict_metrics(scores, labels, categories, thresholds, routed=None, calibration_n=None) -> dict:
+    """What a user asks of verdicts at per-image ``thresholds`` (one per image: its routed category's, or the
+    same number for all), per true category: ``normal``, ``alarms``, ``rate`` (normal test images flagged),
+    ``ci95`` (Clopper-Pearson), ``floor`` (1 / (n + 1) for the category's ``calibration_n`` held-out images, when
+    given), ``defects``, ``caught``, ``recall``, ``f1``; over all images: ``all`` (pooled false-alarm rate) with
+    its ``ci95``, ``mean`` (over categories), ``mean_f1``, ``mean_recall``, and ``routing_accuracy`` (share of
+    images whose ``routed`` name is their category; None without routing). The same layout as
+    :func:`false_alarm_rates`, so every reader of that keeps working."""
+    from .calibration import clopper_pearson, floor_rate, verdict
+
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = _as_labels(labels, s.size)
+    cats = np.asarray(categories)
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), s.shape)
+    flagged = verdict(s, thr)  # the one rule, per image: score > its threshold
+    per = {}
+    for cat in sorted(set(cats.tolist())):
+        m = cats == cat
+        normal, defect = m & ~y, m & y
+        n, d = int(normal.sum()), int(defect.sum())
+        alarms, caught = int((flagged & normal).sum()), int((flagged & defect).sum())
+        fn = d - caught
+        row = {"rate": alarms / n if n else NAN, "alarms": alarms, "normal": n,
+               "ci95": list(clopper_pearson(alarms, n)) if n else None,
+               "defects": d, "caught": caught, "recall": caught / d if d else NAN,
+               "f1": 2 * caught / (2 * caught + alarms + fn) if (caught + alarms + fn) else NAN}
+        if calibration_n is not None and cat in calibration_n:
+            row["calibration_n"] = int(calibration_n[cat])
+            row["floor"] = floor_rate(int(calibration_n[cat]))
+        per[str(cat)] = row
+    out = combine_false_alarms(per, float(thr.flat[0]) if thr.size and np.all(thr == thr.flat[0]) else None)
+    n_all = int((~y).sum())
+    out["ci95"] = list(clopper_pearson(int((flagged & ~y).sum()), n_all)) if n_all else None
+    out["mean_f1"] = _nanmean([v["f1"] for v in per.values()])
+    out["mean_recall"] = _nanmean([v["recall"] for v in per.values()])
+    out["routing_accuracy"] = (float(np.mean(np.asarray(routed) == cats)) if routed is not None else None)
+    return out
+
+
 def undefined_reason(labels, masks=None) -> str | None:
     """Why some of a category's metrics are ``NaN`` (e.g. ``"no anomalous test images"``), or ``None``.
 

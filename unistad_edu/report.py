@@ -63,6 +63,40 @@ def format_false_alarms(far: Mapping) -> str:
     return f"false alarms at {at}: {pct(far['all'])} of {n} normal test images ({per})"
 
 
+def format_verdicts(table: Mapping) -> list[str]:
+    """What ``eval`` prints under the metrics table: the pooled I-AUROC, and the verdicts at the run's
+    calibration (per category: false alarms with their 95 % interval and floor, recall, F1; routing accuracy),
+    then at one global threshold for comparison."""
+    def pct(v) -> str:
+        return "n/a" if v is None or math.isnan(_num(v)) else f"{100.0 * _num(v):.1f} %"
+
+    lines = []
+    pooled = table.get("pooled")
+    if pooled:
+        lines.append(f"pooled I-AUROC over all {pooled['images']} test images mixed: {pct(pooled['I-AUROC'])} "
+                     f"(per-category mean: {pct(table.get('mean', {}).get('I-AUROC'))})")
+    for key in ("false_alarms", "false_alarms_global"):
+        far = table.get(key)
+        if not far:
+            continue
+        routed = far.get("kind") not in (None, "global")
+        head = (f"verdicts at each routed category's threshold ({far['kind']}, {far.get('tail')} tail)" if routed
+                else f"verdicts at one threshold for all ({far['threshold']:.4g})" if far.get("threshold") is not None
+                else "verdicts at each category's own threshold")
+        ci = far.get("ci95")
+        lines.append(f"{head}: false alarms {pct(far['all'])}" + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
+                     + (f", mean F1 {pct(far.get('mean_f1'))}" if "mean_f1" in far else "")
+                     + (f", routing accuracy {pct(far['routing_accuracy'])}"
+                        if far.get("routing_accuracy") is not None else ""))
+        for cat, v in far["categories"].items():
+            ci = v.get("ci95")
+            lines.append(f"  {cat}: false alarms {v['alarms']}/{v['normal']} = {pct(v['rate'])}"
+                         + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
+                         + (f" (floor {pct(v['floor'])} from {v['calibration_n']} held-out)" if "floor" in v else "")
+                         + (f", recall {pct(v['recall'])}, F1 {pct(v['f1'])}" if "recall" in v else ""))
+    return lines
+
+
 FAR_FACTOR = 10.0  # "unlike anything trained on": this many normal spreads above every category's highest normal
 
 

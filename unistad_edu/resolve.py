@@ -48,7 +48,8 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
     of ``spec`` (default :data:`DEFAULT_RUN_SPEC`), else train it on the synthetic set (``data_root``: another
     MVTec-layout folder instead), evaluate it (``metrics.json``) and move it into place atomically."""
     from .data import MVTecDataset, default_data_root
-    from .engine import TrainConfig, evaluate, fit
+    from .engine import TrainConfig, fit
+    from .inference import evaluate
     from .methods import build_model
     from .metrics import save_metrics
     from .teacher import load_teacher
@@ -122,7 +123,7 @@ def load_run_metrics(run_dir) -> dict | None:
         return None
 
 
-def test_set(cfg: dict, image_size: int, data=None):
+def test_set(cfg: dict, image_size: int, data=None, check_masks: bool = True):
     """The test images a run is evaluated on: the categories it was trained on (those present) under ``data``
     (default: the folder it was trained from), at ``image_size``. ``cfg``: the run's config.json."""
     from .data import MVTecDataset, default_data_root, discover_categories
@@ -130,4 +131,4 @@ def test_set(cfg: dict, image_size: int, data=None):
     root = Path(data or cfg.get("data_root") or default_data_root())
     available = discover_categories(root)
     cats = [c for c in (cfg.get("train_categories") or []) if c in available] or None
-    return MVTecDataset(root, "test", categories=cats, image_size=image_size)
+    return MVTecDataset(root, "test", categories=cats, image_size=image_size, check_masks=check_masks)

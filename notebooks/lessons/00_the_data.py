@@ -231,7 +231,7 @@ check("Exercise 1 (mask)", lambda: my_load_mask(_mask_png, 16), lambda: load_mas
     exercise(
         'the one resize every loader uses',
         task=r"""
-Every loader, `engine.predict` and the demo resize images with the same function, `data.resize_rgb`, so they
+Every loader, `inference.predict` and the demo resize images with the same function, `data.resize_rgb`, so they
 all score the same pixels. Write `my_resize(arr, size)`: an (H, W, 3) uint8 array to (size, size, 3) uint8 with
 Pillow's **bilinear** filter.
 """,

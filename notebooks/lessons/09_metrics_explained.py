@@ -32,7 +32,7 @@ from IPython.display import Markdown, display
 from scipy import ndimage
 from sklearn.metrics import roc_curve
 
-from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, report, viz
+from unistad_edu import TrainConfig, build_model, engine, evaluate, fit, inference, report, viz
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu import metrics
 
@@ -259,16 +259,18 @@ true negatives and is far less flattering.
 
 Every metric above either avoids a threshold (AUROC, AUPRO) or cheats to get one (F1-max). A deployed
 detector needs one number, chosen **before** any defect is seen. The engine's rule
-(`engine.calibrate_threshold`): keep 10 % of the normal training images out of training
-(`TrainConfig.holdout_fraction`), score them, and take the `TrainConfig.threshold_quantile` (0.99) quantile
-of their scores — "flag about 1 % of normal images". Below we rebuild the same held-out split, call
-`calibrate_threshold` ourselves, and verify it against the threshold `fit` stored.
+(`inference.calibrate_threshold`): keep 10 % of each category's normal training images out of training, at
+least 10 where the category has 30 or more (`TrainConfig.holdout_fraction`, `holdout_min`), score them, and take
+the `TrainConfig.threshold_quantile` (0.99) quantile of their pooled scores — "flag about 1 % of normal
+images". Below we rebuild the same held-out split, call `calibrate_threshold` ourselves, and verify it against
+the pooled threshold `fit` stored. (`fit` also stores one threshold per category, each image routed to its
+category by the teacher's embedding: lesson 14 compares the two.)
 """),
     code(r"""
 _, held = engine.held_out(train, train_cfg)  # the held-out normal images fit used
-threshold, stats = engine.calibrate_threshold(model, held, cache, torch.device(device), train_cfg)
+threshold, stats = inference.calibrate_threshold(model, held, cache, torch.device(device), train_cfg)
 assert np.isclose(threshold, result.threshold), (threshold, result.threshold)
-held_scores = engine.score_dataset(model, held, cache, keep_maps=False)["scores"]
+held_scores = inference.score_dataset(model, held, cache, keep_maps=False)["scores"]
 assert np.isclose(np.quantile(held_scores, train_cfg.threshold_quantile), threshold)
 print(f"{stats['rule']}: threshold {threshold:.4g} (same as fit's)")
 display(Markdown("held-out normal scores per category\n\n" + report.markdown_table(

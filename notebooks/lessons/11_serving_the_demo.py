@@ -17,7 +17,7 @@ In this lesson we go through the whole path, and we check each step against the 
 1. **train** a small unified model and save it as a run folder (weights + `config.json`) — what gets served;
 2. **launch** the demo from the notebook, bound to **127.0.0.1** (loopback) on a free port;
 3. **query** it with `gradio_client`: normal and defective images, a bad upload, a few timings — and compare
-   what comes back with `engine.predict` on the same images in the notebook;
+   what comes back with `inference.predict` on the same images in the notebook;
 4. **stop** it, and show that it is really gone;
 5. **export** the same run to ONNX, serve it with onnxruntime and OpenVINO — no PyTorch — check that it gives
    the same answers, and time the three backends.
@@ -251,7 +251,7 @@ display(Markdown(report.markdown_table([{k: v for k, v in s.items() if k not in 
 print(f"largest relative gap served vs direct: {max(rel_gap):.1e}")
 """),
     md(r"""
-Same scores (to float precision), same verdicts — the server computes what `engine.predict` computes, on
+Same scores (to float precision), same verdicts — the server computes what `inference.predict` computes, on
 the same run folder. (Is
 the model any good? The model card's metrics say that; the verdict column compared with the `defect` column
 shows it image by image.)
@@ -308,7 +308,7 @@ print("afterwards  ->", after_status, f"(direct: {direct[-1]['score']:.4g})")
 
 A served request does far more than the model call: upload over HTTP, a place in the queue, safe decoding,
 the model, rendering and PNG-encoding five pictures, and the client downloading them. We time a few
-single-image requests, one after the other, against `engine.predict` on the same files in the notebook.
+single-image requests, one after the other, against `inference.predict` on the same files in the notebook.
 This is a ratio on *this* machine, with nothing else being served — not a target. (`python -m unistad_edu
 demo --bench OUT.json` runs a real load test: many requests from several client threads.)
 """),

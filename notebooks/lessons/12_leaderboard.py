@@ -34,7 +34,7 @@ from IPython.display import Markdown, display
 from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, leaderboard, report, viz
 from unistad_edu.cache import FeatureCache
 from unistad_edu.course import method_and_teacher, setup
-from unistad_edu.engine import score_dataset
+from unistad_edu.inference import score_dataset
 from unistad_edu.methods import METHODS, make_config
 from unistad_edu.metrics import save_metrics
 
