@@ -237,6 +237,13 @@ def test_app_over_loopback_scores_refuses_and_keeps_serving(tiny_run, tiny_data,
         (res,) = record["results"]
         assert res["name"] == defect.name and record["threshold"] == 0.1 and record["errors"] == []
         assert res["score"] == pytest.approx(direct, rel=1e-5) and res["anomalous"] == (direct > 0.1)
+        # the slider at its start: each image judged at its routed category's threshold, as predict does
+        model = load_checkpoint(tiny_run)
+        *_, record = client.predict([handle_file(str(defect))], model.threshold, "fixed", api_name="/predict")
+        (res,) = record["results"]
+        want = predict(model, [str(defect)])[0]
+        assert res["category"] == want["category"] == "bolt"
+        assert res["threshold"] == pytest.approx(want["threshold"]) and res["anomalous"] == want["anomalous"]
         bad = tmp_path / "notes.png"
         bad.write_text("not an image\n")
         status, table, heat, _, record = client.predict([handle_file(str(bad))], 0.1, "fixed", api_name="/predict")

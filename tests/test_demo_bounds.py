@@ -34,7 +34,7 @@ def _png(path: Path, w: int, h: int, mode: str = "RGB", seed: int = 0) -> Path:
 
 
 def test_upload_is_reduced_at_once_to_exactly_what_predict_scores(tmp_path):
-    """decode_upload(size=S) returns the (S, S, 3) pixels engine.predict feeds the model for the same file."""
+    """decode_upload(size=S) returns the (S, S, 3) pixels inference.predict feeds the model for the same file."""
     for mode in ("RGB", "RGBA"):
         p = _png(tmp_path / f"x-{mode}.png", 301, 203, mode)
         d = ds.decode_upload(p, size=64)

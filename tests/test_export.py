@@ -1,7 +1,7 @@
 """Export (``python -m unistad_edu export``): every registered method becomes one ONNX graph (and OpenVINO IR)
 from the image to the anomaly map and the image score, and the served export gives the PyTorch model's answers.
 
-The reference is the run itself, scored by ``engine.predict`` in fp32 on the test images (at batch sizes the
+The reference is the run itself, scored by ``inference.predict`` in fp32 on the test images (at batch sizes the
 export never saw); the tolerance is :data:`unistad_edu.export.PARITY_TOLERANCE` of the threshold, for every map
 pixel and score, and every verdict identical. ``predict`` and the demo serve an export in a child process in
 which ``import torch`` fails, so nothing in the serving path can lean on PyTorch.

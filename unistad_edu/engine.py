@@ -8,9 +8,10 @@ continues exactly where a run stopped (the data order and random draws of epoch 
 and e, and the optimiser state is saved with the weights); ``max_minutes`` stops cleanly after the epoch
 in which the budget runs out -- or, with ``plan_to_budget``, plans the run to fit: after every epoch the
 engine counts the epochs that fit the rest of the budget at the mean epoch time so far and, if fewer than
-asked, trains that many with the schedule ending there (:func:`budget_epochs`). At the end, the anomaly
-threshold is calibrated from held-out **normal** training images only (see :func:`calibrate_threshold`), so
-no defective image is needed to deploy.
+asked, trains that many with the schedule ending there (:func:`budget_epochs`). At the end, the verdicts are
+calibrated from held-out **normal** training images only -- routing by the teacher's embedding and a threshold
+per category (:func:`unistad_edu.inference.calibrate`) -- so no defective image is needed to deploy. Using a
+trained model (scoring, evaluation, prediction) lives in :mod:`unistad_edu.inference`.
 
 Under ``torchrun`` the same ``fit`` trains data-parallel, one process per GPU (or CPU processes with
 ``gloo``): each process takes a shard of every epoch, gradients are averaged over processes after each
@@ -36,7 +37,7 @@ from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text,
                          save_checkpoint, save_train_state)
 from .calibration import DEFAULT_TAIL
 from .data import MVTecDataset, collate, holdout_split
-from .inference import calibrate, calibrate_threshold, method_batch, precision_of, progress_bar, score_dataset
+from .inference import calibrate, method_batch, precision_of, progress_bar
 from .methods.base import SAMPLINGS, Batch, Method
 
 

@@ -178,7 +178,7 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
     images flagged with a 95 % interval and the floor of its calibration size, recall, F1, routing accuracy)
     and ``false_alarms_global`` (the same at one pooled threshold, for comparison). ``pixel=False``: image
     metrics only (a test set without masks)."""
-    from .metrics import auroc, compute_metrics, metrics_table, verdict_metrics
+    from .metrics import auroc, compute_metrics, metrics_table
 
     res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating",
                         precision=precision, keep_maps=pixel)

@@ -2,7 +2,7 @@
 ``figures`` and the lessons print.
 
 * :data:`HEADLINE` -- the metrics every summary shows, in this order (``metrics.py`` computes them all).
-* :func:`format_table` -- a metrics table (``engine.evaluate``'s) as Markdown, one row per category, x100.
+* :func:`format_table` -- a metrics table (``inference.evaluate``'s) as Markdown, one row per category, x100.
 * :func:`markdown_table` -- any list of row dicts as Markdown.
 * :func:`format_false_alarms` -- the false-alarm rates at the calibrated threshold, in one line.
 """

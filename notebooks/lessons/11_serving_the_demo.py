@@ -113,7 +113,7 @@ match. First, a sanity check that the folder reproduces the model we just traine
 served_model = load_checkpoint(RUN)          # what the demo process loads, loaded here
 examples = ds.example_images(run_config)     # the page's example images: per category a normal one and defects
 paths = [e.path for e in examples]
-direct = predict(served_model, paths)        # engine.predict: the package's own scoring path
+direct = predict(served_model, paths)        # inference.predict: the package's own scoring path
 in_memory = predict(model, paths)
 gap = max(abs(a["score"] - b["score"]) / abs(b["score"]) for a, b in zip(direct, in_memory))
 print(f"{len(examples)} example images ({sum(e.defect == 'good' for e in examples)} normal); scores of the "

@@ -32,7 +32,7 @@ from unistad_edu.metrics import auroc
 
 lesson = setup(None)   # quick/full switch (UNISTAD_QUICK), device, data; every category present
 QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
-SIZE = 128 if QUICK else 256
+SIZE = 96 if QUICK else 256
 print(lesson.describe(image_size=SIZE))
 """),
     md(r"""
