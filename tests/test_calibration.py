@@ -182,7 +182,7 @@ def test_routing_on_synthetic_categories(routed_run):
     from unistad_edu.data import MVTecDataset
     from unistad_edu.inference import evaluate, predict
     data, run, model = routed_run
-    cal = model.calibration
+    cal = model.verdict_calibration
     assert cal.kind == "per-category" and len(cal.groups) == 6
     assert all(g["n"] == 10 for g in cal.groups.values())  # 30 images each: at least 10 held out
     test = MVTecDataset(data, "test", image_size=64)
@@ -209,7 +209,7 @@ def test_old_run_with_one_threshold_loads_and_says_so(routed_run, tmp_path):
     del cfg["calibration"]  # as saved before per-category calibration
     (old / "config.json").write_text(json.dumps(cfg))
     model = load_checkpoint(old)
-    assert model.calibration.kind == "global" and model.calibration.global_threshold == cfg["threshold"]
+    assert model.verdict_calibration.kind == "global" and model.verdict_calibration.global_threshold == cfg["threshold"]
     r = predict(model, [np.zeros((64, 64, 3), np.uint8)])[0]
     assert r["category"] is None and r["threshold"] == cfg["threshold"]
     assert "one threshold for all categories" in model_card(cfg)
@@ -244,7 +244,7 @@ def test_bench_calibration_reads_the_runs_held_out_scores(routed_run):
     from unistad_edu.bench import bench_calibration, calibration_markdown
     data, run, model = routed_run
     r = bench_calibration([run], trials=20, test=True, data=data)
-    n = sum(g["n"] for g in model.calibration.groups.values())
+    n = sum(g["n"] for g in model.verdict_calibration.groups.values())
     assert all(v["n"] == n for v in r["leave_one_out"].values())
     assert r["leave_one_out"]["empirical"]["hits"] <= n
     per = r["test"][str(run)]

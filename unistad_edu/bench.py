@@ -540,7 +540,7 @@ def calibration_on_test(run, quantile: float = 0.99, data=None) -> dict:
 
     cfg = read_config(Path(run))
     model = load_checkpoint(Path(run))
-    cal = model.calibration
+    cal = model.verdict_calibration
     res = score_dataset(model, test_set(cfg, model.cfg.image_size, data=data), keep_maps=False)
     routed = [d["category"] for d in cal.decide(res["scores"], res["embeddings"])]
     n_cal = {name: g["n"] for name, g in cal.groups.items()}

@@ -269,7 +269,7 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     # the threshold was calibrated for the saved settings: a load-time override changes the scores, so there is none
     model.threshold = None if overrides else cfg.get("threshold")
     from .calibration import Calibration
-    model.calibration = None if overrides else Calibration.from_json(cfg.get("calibration"), model.threshold,
+    model.verdict_calibration = None if overrides else Calibration.from_json(cfg.get("calibration"), model.threshold,
                                                                      _quantile(cfg))
     return model.eval()
 

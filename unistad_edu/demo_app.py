@@ -175,7 +175,7 @@ def build_app(run_dir, model=None, concurrency: int = ds.DEFAULT_CONCURRENCY,
         heat, _ = views([{**r, "levels": {}} for r in rows], scale)
         return ds.status_markdown(rows, [], threshold), ds.results_markdown(rows, threshold), heat
 
-    routed = getattr(model, "calibration", None) is not None and model.calibration.routed
+    routed = getattr(model, "verdict_calibration", None) is not None and model.verdict_calibration.routed
     thr_info = ("each image is routed to its category and judged at that category's calibrated threshold; moving "
                 "the slider sets one threshold for every image" if routed else
                 "calibrated on held-out normal images: "

@@ -35,7 +35,7 @@ from . import distributed, files, runs
 from .cache import FeatureCache
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, read_tensors,
                          save_checkpoint, save_train_state)
-from .calibration import DEFAULT_TAIL
+from .calibration import DEFAULT_TAIL, Calibration
 from .data import MVTecDataset, collate, holdout_split
 from .inference import calibrate, method_batch, precision_of, progress_bar
 from .methods.base import SAMPLINGS, Batch, Method
@@ -371,6 +371,8 @@ def _resume(f: _Fit, resume: bool) -> bool:
             f.result.already_complete = True
             f.result.epochs_done = f.start_epoch
             f.result.threshold = model.threshold = cfg_json.get("threshold")
+            f.result.calibration = model.verdict_calibration = Calibration.from_json(
+                cfg_json.get("calibration"), model.threshold, f.cfg.threshold_quantile)
             return True
     return False
 
@@ -463,7 +465,7 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
                            cfg.calibration, cfg.seed)
     threshold = cal.global_threshold
     result.threshold = model.threshold = threshold
-    result.calibration = model.calibration = cal
+    result.calibration = model.verdict_calibration = cal
     refit = _refits(model, cfg) and len(held) > 0
     train_images = len(f.train_set)
     if refit:  # no training image wasted: the final state is built from every image
@@ -578,12 +580,12 @@ def recalibrate(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None
     """The threshold ``fit`` would store, computed again for ``model`` as it is now (e.g. after a test-time
     switch such as another combine rule): the same held-out normal images of ``train_data`` (``held_out``),
     the same quantile. Returns ``(threshold, per-class stats)``; the model's per-category calibration, when it
-    has one, is refitted too (``model.calibration``)."""
+    has one, is refitted too (``model.verdict_calibration``)."""
     cfg = cfg or TrainConfig(progress=False)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     cal, stats = calibrate(model, train_data, held_out(train_data, cfg)[1], cache, device, cfg.threshold_quantile,
                            cfg.tail, cfg.calibration, cfg.seed)
-    model.calibration = cal
+    model.verdict_calibration = cal
     return cal.global_threshold, stats
 
 

@@ -226,7 +226,7 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
         # batch size the export never saw (3, not 2)
         check = images if images is not None else parity_images(3, size, seed=2)
         ref = torch_outputs(model, check)
-        calibration = getattr(model, "calibration", None)
+        calibration = getattr(model, "verdict_calibration", None)
         card["parity"] = {}
         for backend in (("onnxruntime", "openvino") if fmt == "onnx" else ("openvino",)):
             try:

@@ -146,7 +146,7 @@ class ExportedModel:
         self.run_config = dict(self.card.get("run_config") or {})
         from .calibration import Calibration
         cal = self.card.get("calibration") if len(names) > 2 else None
-        self.calibration = Calibration.from_json(cal, self.threshold)
+        self.verdict_calibration = Calibration.from_json(cal, self.threshold)
 
     @property
     def method(self) -> str:
@@ -173,7 +173,7 @@ class ExportedModel:
         for i in range(0, len(arrays), batch_size):
             chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
             maps, scores, *emb = self.outputs(chunk)
-            decisions = self.calibration.decide(scores, emb[0] if emb else None, threshold)
+            decisions = self.verdict_calibration.decide(scores, emb[0] if emb else None, threshold)
             for j in range(chunk.shape[0]):
                 results.append({**decisions[j], "anomaly_map": maps[j], "level_maps": {}, "image": chunk[j]})
         return results

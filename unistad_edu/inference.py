@@ -164,7 +164,7 @@ def calibrate(model: Method, train_data: MVTecDataset, held: MVTecDataset, cache
 
 def calibration_of(model) -> Calibration:
     """The model's calibration (a run saved before routing: kind ``global`` with its one threshold)."""
-    cal = getattr(model, "calibration", None)
+    cal = getattr(model, "verdict_calibration", None)
     return cal if cal is not None else Calibration.from_json(None, getattr(model, "threshold", None))
 
 

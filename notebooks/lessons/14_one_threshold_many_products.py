@@ -57,7 +57,7 @@ cache = FeatureCache(teacher, SIZE)
 model = build_model("memory_bank", teacher, cfg=cfg)
 fit(model, train, TrainConfig(progress=False, refit=False, seed=0, device=device), cache=cache)
 table, res = evaluate(model, test, cache, progress=False, return_outputs=True)
-cal = model.calibration
+cal = model.verdict_calibration
 glob, per = table["false_alarms_global"], table["false_alarms"]
 print(f"calibration: {cal.describe()}")
 print(f"pooled threshold {cal.global_threshold:.4g}; held-out normals per category:",
