@@ -243,7 +243,7 @@ for e, d in zip(examples, direct):
     assert len(rows) == 1, status
     served.append({"category": e.category, "defect": e.defect, "served score": rows[0]["score"],
                    "direct score": d["score"], "served verdict": ds.verdict(rows[0]["score"], THRESHOLD),
-                   "served anomalous": rows[0]["anomalous"],
+                   "served anomalous": rows[0]["anomalous"], "direct anomalous": d["anomalous"],
                    "direct verdict": ds.verdict(d["score"], THRESHOLD), "heat": heat, "levels": levels})
 rel_gap = [abs(s["served score"] - s["direct score"]) / abs(s["direct score"]) for s in served]
 display(Markdown(report.markdown_table([{k: v for k, v in s.items() if k not in ("heat", "levels")} | {"relative gap": g}
@@ -524,7 +524,7 @@ print(f"2. {len(served)} images, largest relative score gap {max(rel_gap):.1e}; 
 assert {s["defect"] == "good" for s in served} == {True, False}, "need both normal and defective images"
 assert max(rel_gap) <= 1e-5, "served scores differ from predict() on the same run folder"
 assert all(s["served verdict"] == s["direct verdict"] for s in served)
-assert all(s["served anomalous"] == (s["direct score"] > THRESHOLD) for s in served)
+assert all(s["served anomalous"] == s["direct anomalous"] for s in served)  # each at its routed category's threshold
 assert np.all(own < others), "a served heatmap is not closest to its own image's overlay"
 assert own.max() < 0.5, "the served heatmap is not the overlay predict() gives (lossless PNG expected)"
 
