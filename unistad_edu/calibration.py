@@ -253,11 +253,6 @@ class Calibration:
                                    if self.routed and unlike[i] else None)})
         return out
 
-    def thresholds_of(self, names) -> np.ndarray:
-        """The threshold for each group name (the global threshold for kind global or an unknown name)."""
-        return np.asarray([self.groups.get(n, {}).get("threshold", self.global_threshold)
-                           if self.routed else self.global_threshold for n in names], dtype=np.float64)
-
     def to_json(self) -> dict:
         d = {"kind": self.kind, "quantile": self.quantile, "tail": self.tail, "embedding": EMBEDDING,
              "global_threshold": self.global_threshold, "groups": self.groups, **self.info}
