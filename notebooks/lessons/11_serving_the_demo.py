@@ -258,7 +258,7 @@ shows it image by image.)
 
 The **heatmaps** come back as image files. The demo asks its gallery for PNG (Gradio's default is lossy
 WebP), so each served overlay should match the overlay the notebook draws with `demo_support.render_overlay`
-from `predict`'s anomaly map, up to rounding — and be far from any other image's. Still, never read numbers off
+from `predict`'s anomaly map at its routed threshold (the colour bar ends there), up to rounding — and be far from any other image's. Still, never read numbers off
 a picture: the exact score is in the JSON record.
 """),
     code(r"""
@@ -266,7 +266,7 @@ def load_rgb(item):
     return np.asarray(Image.open(item["image"]).convert("RGB"), dtype=np.float32)
 
 
-mine = [ds.render_overlay(d["image"], d["anomaly_map"], THRESHOLD, "fixed").astype(np.float32) for d in direct]
+mine = [ds.render_overlay(d["image"], d["anomaly_map"], d["threshold"], "fixed").astype(np.float32) for d in direct]
 theirs = [load_rgb(s["heat"][1]) for s in served]          # gallery item 1 = the overlay (item 0 = the input)
 diff = np.array([[np.abs(t - m).mean() for m in mine] for t in theirs])   # served i vs direct j, mean |Δ| in 0..255
 own = np.diag(diff)
