@@ -230,6 +230,11 @@ def test_eval_image_only_on_a_folder_without_masks(routed_run, tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["mean"]["I-AUROC"] is not None and metrics["mean"]["P-AUROC"] is None
     assert "routing accuracy" in done.stdout and "pooled I-AUROC" in done.stdout
+    # the objects' logical defects (a part missing or added) are a row of their own; textures have none
+    by = metrics["by_defect"]
+    assert {"missing", "extra"} <= set(by["bolt"]["kinds"]) and "logical" in by["bolt"]
+    assert "logical" not in by["weave"] and set(by["weave"]["kinds"]) == {"scratch", "hole", "stain"}
+    assert "| bolt |" in done.stdout.split("I-AUROC by defect kind")[1]
 
 
 def test_leave_one_out_by_hand():

@@ -373,3 +373,37 @@ def test_false_alarm_rate_of_a_hand_made_case():
     assert false_alarm_rates(scores, labels, cats, None) is None
     only_bad = false_alarm_rates([1.0], [1], ["d"], 0.5)
     assert np.isnan(only_bad["categories"]["d"]["rate"]) and np.isnan(only_bad["all"])
+
+
+def test_defect_aurocs_against_sklearn_per_group():
+    """Each group's AUROC is sklearn's on that category's normals plus that group's defects only; a category
+    without logical defects has no 'logical' entry."""
+    from unistad_edu.metrics import defect_aurocs
+
+    rng = np.random.default_rng(3)
+    cats = np.array(["a"] * 20 + ["b"] * 14)
+    kinds = np.array(["good"] * 8 + ["hole"] * 4 + ["scratch"] * 4 + ["missing"] * 4
+                     + ["good"] * 6 + ["stain"] * 8)
+    labels = (kinds != "good").astype(int)
+    scores = rng.normal(size=kinds.size) + labels * np.where(kinds == "missing", 0.0, 1.5)
+    out = defect_aurocs(scores, labels, cats, kinds)
+
+    def ref(mask):
+        return roc_auc_score(labels[mask], scores[mask])
+
+    a_good = (cats == "a") & (kinds == "good")
+    assert out["a"]["structural"] == pytest.approx(ref(a_good | np.isin(kinds, ["hole", "scratch"])))
+    assert out["a"]["logical"] == pytest.approx(ref(a_good | (kinds == "missing")))
+    assert out["a"]["kinds"]["hole"] == pytest.approx(ref(a_good | (kinds == "hole")))
+    assert set(out["a"]["kinds"]) == {"hole", "scratch", "missing"}
+    assert "logical" not in out["b"]
+    assert out["b"]["structural"] == pytest.approx(ref(cats == "b"))
+
+
+def test_defect_aurocs_hand_case():
+    """Normals 0.1, 0.4; a defect at 0.3 beats one of two normals (AUROC 1/2), one at 0.5 beats both (1)."""
+    from unistad_edu.metrics import defect_aurocs
+
+    out = defect_aurocs([0.1, 0.4, 0.3, 0.5], [0, 0, 1, 1], ["c"] * 4, ["good", "good", "extra", "hole"])
+    assert out["c"]["logical"] == pytest.approx(0.5)
+    assert out["c"]["structural"] == pytest.approx(1.0)

@@ -378,9 +378,13 @@ def cmd_eval(args) -> int:
         out = out / "metrics.json"
     save_metrics(table, out)
     print(format_table(table))
-    from .report import format_verdicts
+    from .report import format_by_defect, format_verdicts
     for line in format_verdicts(table):
         print(line)
+    if any("logical" in row or len(row["kinds"]) > 1 for row in table.get("by_defect", {}).values()):
+        print("I-AUROC by defect kind (logical: a part missing or added, which local methods are not expected "
+              "to catch):")
+        print(format_by_defect(table))
     print(f"metrics written to {out}")
     return 0
 

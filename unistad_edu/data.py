@@ -681,7 +681,7 @@ class MVTecDataset:
         else:
             mask_t = torch.from_numpy(mask.astype(np.float32, copy=True))[None]  # (1, S, S)
         return {"image": img_t, "mask": mask_t, "label": r.label, "category": r.category,
-                "path": str(r.path), "index": i}
+                "defect": r.defect, "path": str(r.path), "index": i}
 
 
 def holdout_split(dataset: MVTecDataset, fraction: float = 0.1, seed: int = 0,

@@ -4,8 +4,8 @@
   with a message written for the person who uploaded it (empty file, text renamed ``.png``, truncated PNG,
   unsupported format, too many pixels / decompression bomb). 16-bit, RGBA, grayscale and palette images are
   converted (``data.to_rgb_image``), and the note says what was converted.
-* which run the demo serves: ``resolve.resolve_run`` (with no ``--run``, a small STPM model trained once on the
-  synthetic set into ``$UNISTAD_CACHE/demo_run`` and reused after).
+* which run the demo serves: ``resolve.resolve_run`` (with no ``--run``, the README's main job -- a memory bank
+  -- built once on the synthetic set into ``$UNISTAD_CACHE/demo_run`` and reused after).
 * :func:`model_card`, :func:`example_images`, :func:`render_overlay`: the texts and pictures the page shows.
 * :func:`bench_demo`: a load test of the running app over loopback with ``gradio_client`` against the bare
   :func:`~unistad_edu.inference.predict` path (same images, same model, same run).
@@ -439,8 +439,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``python -m unistad_edu demo`` and ``python demo/app.py`` (values checked as parsed)."""
     from . import options
     p.add_argument("--run", default=None, help="run folder (model.safetensors + config.json) or export folder "
-                   "(export.json). Default: a small "
-                   "STPM model trained once on the synthetic set into $UNISTAD_CACHE/demo_run")
+                   "(export.json). Default: the README's main job (a memory bank, 256 px) built once on the "
+                   "synthetic set into $UNISTAD_CACHE/demo_run")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino"], default="auto",
                    help="for an export folder (python -m unistad_edu export): its runtime (auto: onnxruntime for "
                         "ONNX, OpenVINO for OpenVINO IR); PyTorch is not used")

@@ -68,12 +68,13 @@ def in_order(dataset, batch_size: int):
 def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, device=None, batch_size: int = 16,
                   keep_maps: bool = True, progress: bool = False, precision=None, desc: str = "scoring"):
     """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
-    categories, paths, embeddings (N, D) (the teacher's image embedding, for routing) and (if keep_maps) maps
-    (N, H, W) float32 and masks (N, H, W) uint8."""
+    categories, defects (each image's folder name, "good" for a normal one), paths, embeddings (N, D) (the
+    teacher's image embedding, for routing) and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
     device = torch.device(device) if device is not None else next(model.parameters()).device  # "cpu" works too
     model.eval()
     prec = precision_of(model, precision, device)
-    out = {"scores": [], "labels": [], "categories": [], "paths": [], "maps": [], "masks": [], "embeddings": []}
+    out = {"scores": [], "labels": [], "categories": [], "defects": [], "paths": [], "maps": [], "masks": [],
+           "embeddings": []}
     for batch in progress_bar(in_order(dataset, batch_size), desc, progress):
         mb = method_batch(batch, cache, device)
         with prec.autocast(device):
@@ -83,13 +84,14 @@ def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, dev
         out["scores"].append(res.pred_score.float().cpu().numpy())
         out["labels"].append(batch["label"].numpy())
         out["categories"] += batch["category"]
+        out["defects"] += batch.get("defect", ["good" if v == 0 else "defect" for v in batch["label"].tolist()])
         out["paths"] += batch["path"]
         if keep_maps:
             out["maps"].append(res.anomaly_map[:, 0].float().cpu().numpy())
             out["masks"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
     result = {"scores": np.concatenate(out["scores"]) if out["scores"] else np.zeros(0),
               "labels": np.concatenate(out["labels"]) if out["labels"] else np.zeros(0, int),
-              "categories": np.array(out["categories"]), "paths": out["paths"],
+              "categories": np.array(out["categories"]), "defects": np.array(out["defects"]), "paths": out["paths"],
               "embeddings": np.concatenate(out["embeddings"]) if out["embeddings"] else np.zeros((0, 0))}
     if keep_maps and out["maps"]:
         result["maps"] = np.concatenate(out["maps"])
@@ -174,11 +176,12 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
              pixel: bool = True):
     """Per-category metrics table (and mean) of ``model`` on ``test_data``, in the metrics.json format, plus:
     ``pooled`` (I-AUROC over all test images mixed -- one production line's view, not the mean of the
-    per-category AUROCs), ``false_alarms`` (the verdicts at the run's calibration: per category the normal test
+    per-category AUROCs), ``by_defect`` (per category: I-AUROC against its structural and its logical defects and
+    against each defect kind, :func:`metrics.defect_aurocs`), ``false_alarms`` (the verdicts at the run's calibration: per category the normal test
     images flagged with a 95 % interval and the floor of its calibration size, recall, F1, routing accuracy)
     and ``false_alarms_global`` (the same at one pooled threshold, for comparison). ``pixel=False``: image
     metrics only (a test set without masks)."""
-    from .metrics import auroc, compute_metrics, metrics_table
+    from .metrics import auroc, compute_metrics, defect_aurocs, metrics_table
 
     res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating",
                         precision=precision, keep_maps=pixel)
@@ -189,6 +192,7 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
         per_cat[cat] = compute_metrics(res["scores"][idx], res["labels"][idx], *maps)
     table = metrics_table(per_cat, setting=setting, method=model.name)
     table["pooled"] = {"I-AUROC": auroc(res["scores"], res["labels"]), "images": int(len(res["scores"]))}
+    table["by_defect"] = defect_aurocs(res["scores"], res["labels"], res["categories"], res["defects"])
     table.update(verdict_report(calibration_of(model), res))
     return (table, res) if return_outputs else table
 

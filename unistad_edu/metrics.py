@@ -85,7 +85,7 @@ from scipy import ndimage
 __all__ = [
     "METRIC_NAMES", "IMAGE_METRICS", "PIXEL_METRICS", "ALL_KEYS", "SETTINGS",
     "auroc", "average_precision", "f1_max", "binary_metrics", "pixel_metrics", "pro_curve", "aupro",
-    "compute_metrics", "undefined_reason", "metrics_table", "save_metrics", "load_metrics",
+    "compute_metrics", "defect_aurocs", "LOGICAL_DEFECTS", "undefined_reason", "metrics_table", "save_metrics", "load_metrics",
 ]
 
 IMAGE_METRICS = ("I-AUROC", "I-AP", "I-F1max")
@@ -94,6 +94,10 @@ METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
 ALL_KEYS = METRIC_NAMES + ("mAD",)
 SETTINGS = ("unified", "per-class")
 NAN = float("nan")
+#: defect folder names counted as *logical* defects (a part missing or added, not a local flaw): the synthetic
+#: set's ``missing`` / ``extra`` and MVTec LOCO's ``logical_anomalies``. Local methods are not expected to catch
+#: them, so :func:`defect_aurocs` reports them apart from the structural ones.
+LOGICAL_DEFECTS = ("missing", "extra", "logical_anomalies")
 
 # 8-connectivity inside one image, never across images of the stack (N, H, W)
 _STRUCTURE_2D = np.ones((3, 3), dtype=bool)
@@ -416,6 +420,32 @@ def verdict_metrics(scores, labels, categories, thresholds, routed=None, calibra
     out["mean_f1"] = _nanmean([v["f1"] for v in per.values()])
     out["mean_recall"] = _nanmean([v["recall"] for v in per.values()])
     out["routing_accuracy"] = (float(np.mean(np.asarray(routed) == cats)) if routed is not None else None)
+    return out
+
+
+def defect_aurocs(scores, labels, categories, defects, logical: Sequence[str] = LOGICAL_DEFECTS) -> dict:
+    """I-AUROC of each category's normal test images against each of its defect kinds alone, and against
+    all its ``structural`` defects (every kind not in ``logical``) and all its ``logical`` ones together:
+    ``{cat: {"structural": a, "logical": a, "kinds": {kind: a}}}`` (a group the category has no images of
+    is left out). ``defects``: per image, its folder name ("good" for a normal one)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = _as_labels(labels, s.size)
+    cats, kinds = np.asarray(categories), np.asarray(defects)
+    out = {}
+    for cat in sorted(set(cats.tolist())):
+        m = cats == cat
+        normal = m & ~y
+        if not normal.any():
+            continue
+        row: dict = {"kinds": {}}
+        is_logical = np.isin(kinds, list(logical))
+        for name, sel in (("structural", m & y & ~is_logical), ("logical", m & y & is_logical)):
+            if sel.any():
+                row[name] = auroc(s[normal | sel], y[normal | sel])
+        for kind in sorted(set(kinds[m & y].tolist())):
+            sel = m & y & (kinds == kind)
+            row["kinds"][str(kind)] = auroc(s[normal | sel], y[normal | sel])
+        out[str(cat)] = row
     return out
 
 

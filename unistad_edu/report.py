@@ -5,6 +5,8 @@
 * :func:`format_table` -- a metrics table (``inference.evaluate``'s) as Markdown, one row per category, x100.
 * :func:`markdown_table` -- any list of row dicts as Markdown.
 * :func:`format_false_alarms` -- the false-alarm rates at the calibrated threshold, in one line.
+* :func:`format_verdicts` -- the pooled I-AUROC and the verdicts per category, as ``eval`` prints them.
+* :func:`format_by_defect` -- the I-AUROC per category against its structural and its logical defects.
 """
 from __future__ import annotations
 
@@ -95,6 +97,24 @@ def format_verdicts(table: Mapping) -> list[str]:
                          + (f" (floor {pct(v['floor'])} from {v['calibration_n']} held-out)" if "floor" in v else "")
                          + (f", recall {pct(v['recall'])}, F1 {pct(v['f1'])}" if "recall" in v else ""))
     return lines
+
+
+def format_by_defect(table: Mapping) -> str:
+    """A Markdown table of ``evaluate``'s ``by_defect``: per category the I-AUROC (x100) against its structural
+    defects, its logical ones (a part missing or added; ``n/a`` where it has none) and each defect kind."""
+    by = table.get("by_defect") or {}
+    if not by:
+        return ""
+
+    def cell(v) -> str:
+        v = _num(v)
+        return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
+
+    lines = ["| category | structural | logical | by kind |", "|---|---:|---:|---|"]
+    for cat, row in by.items():
+        kinds = ", ".join(f"{k} {cell(v)}" for k, v in row["kinds"].items())
+        lines.append(f"| {cat} | {cell(row.get('structural'))} | {cell(row.get('logical'))} | {kinds} |")
+    return "\n".join(lines)
 
 
 FAR_FACTOR = 10.0  # "unlike anything trained on": this many normal spreads above every category's highest normal
