@@ -179,3 +179,40 @@ def test_the_training_seed_reaches_the_models_own_randomness(name, lite0_teacher
         assert any(not torch.equal(pa[k], pb[k]) for k in pa if not k.startswith(a.frozen_prefixes))
     else:
         assert all(getattr(b.cfg, f) == v for f, v in seed_overrides(name, 1).items())
+
+
+# ---- the teacher stays the teacher ------------------------------------------------------------------------------
+VIT = "vit_tiny_patch16_224"  # random weights: a ViT is full of nn.Linear layers, which a student's init could hit
+ON_VIT = {"memory_bank": dict(strides=(16,))}  # a ViT has one stride (16): the bank aggregates that level
+
+
+@pytest.fixture(scope="module")
+def vit_teacher():
+    from unistad_edu.teacher import Teacher
+    return Teacher(VIT, weights=None, precision="fp32")
+
+
+def _frozen_state(model) -> dict[str, torch.Tensor]:
+    """Every tensor of every frozen module (the teacher, a second teacher, an ImageNet network), copied."""
+    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(model.frozen_modules())
+            for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+@pytest.mark.parametrize("name", NAMES)
+def test_building_and_training_leave_the_teacher_bit_identical(name, kind, lite0_teacher, vit_teacher, tiny_sets):
+    """Building a method (its seeded initialisers) and training it one epoch through the engine leave every
+    frozen weight bit-identical -- with Lite0 and with a ViT, whose linear layers a student's init reached."""
+    teacher = lite0_teacher if kind == "cnn" else vit_teacher
+    before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    model = _build(name, teacher, batch_size=4, **(ON_VIT.get(name, {}) if kind == "vit" else {}))
+    frozen = _frozen_state(model)
+    assert frozen and model.frozen_modules()[0] is teacher
+    after_build = teacher.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after_build[k])]
+    assert not changed, f"building {name} changed the teacher: {changed[:3]}"
+    fit(model, tiny_sets[0], TrainConfig(epochs=1, progress=False, precision="fp32", holdout_fraction=0.0))
+    now = _frozen_state(model)
+    assert now.keys() == frozen.keys()
+    changed = [k for k in frozen if not torch.equal(frozen[k], now[k])]
+    assert not changed, f"training {name} changed a frozen module: {changed[:3]}"

@@ -23,7 +23,8 @@ Tokens are numbered row-major: token ``i`` sits at row ``i // w``, column ``i % 
   level of concatenated channels, averaged.
 * :func:`levels_to_grid`, :func:`to_tokens`, :func:`to_grid` -- teacher levels resized onto one grid;
   (B, C, h, w) <-> (B, L, C) row-major tokens.
-* :func:`xavier_init_` -- Xavier-uniform weights and zero biases on every linear layer of a module.
+* :func:`xavier_init_` -- Xavier-uniform weights and zero biases on every linear layer of a module (frozen
+  sub-modules skipped).
 """
 from __future__ import annotations
 
@@ -201,10 +202,13 @@ class TransformerLayer(nn.Module):
         return self.norm2(x + self.drop2(self.ffn(x)))
 
 
-def xavier_init_(module: nn.Module) -> None:
-    """Xavier-uniform weights, zero biases on every ``nn.Linear`` inside ``module`` (UniAD's initializer)."""
+def xavier_init_(module: nn.Module, skip: Sequence[nn.Module] = ()) -> None:
+    """Xavier-uniform weights, zero biases on every ``nn.Linear`` inside ``module`` (UniAD's initializer),
+    except inside the modules of ``skip`` (a method passes its frozen teacher: a ViT teacher is full of
+    ``nn.Linear`` layers whose pretrained weights must stay)."""
+    frozen = {id(m) for s in skip for m in s.modules()}
     for m in module.modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and id(m) not in frozen:
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -182,6 +182,18 @@ class Method(nn.Module):
             if isinstance(m, Teacher):
                 m.precision = precision
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The frozen sub-modules named by ``frozen_prefixes`` (the teacher, ...) that this model has: a method's
+        initialiser skips them (``layers.xavier_init_(self, skip=self.frozen_modules())``), so building a method
+        never touches pretrained weights."""
+        out = []
+        for prefix in self.frozen_prefixes:
+            try:
+                out.append(self.get_submodule(prefix.rstrip(".")))
+            except AttributeError:  # e.g. a second teacher this configuration does not build
+                pass
+        return out
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith(self.frozen_prefixes) and p.requires_grad]
 

@@ -282,7 +282,8 @@ class UniAD(Method):
                 for _ in range(cfg.dec_layers))
             self.decoder_norm = nn.LayerNorm(D)
             self.output_proj = nn.Linear(D, self.in_channels)
-            xavier_init_(self)  # official `initializer: xavier_uniform` on the reconstruction module
+            # official `initializer: xavier_uniform` on the reconstruction module; the teacher keeps its weights
+            xavier_init_(self, skip=self.frozen_modules())
 
     # ---- pieces, each usable on its own (lessons and tests call them) ----------------------------------
     def neck(self, features: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -202,7 +202,7 @@ class UniSTAD(Method):
             args = (self.in_channels, cfg.hidden_dim, cfg.num_heads, cfg.ffn_dim, cfg.layers, cfg.dropout, self.grid)
             self.global_student = ContextStudent(*args, mask=global_mask)
             self.local_student = ContextStudent(*args, mask=lmask)
-            xavier_init_(self)
+            xavier_init_(self, skip=self.frozen_modules())  # the teacher keeps its weights
 
     # ---- pieces ------------------------------------------------------------------------------------------
     @property
