@@ -176,6 +176,17 @@ def test_null_threshold_means_none_but_a_nonfinite_one_is_refused(stpm_run, lite
         load_checkpoint(run, teacher=lite0_teacher)
 
 
+def test_an_old_run_balanced_by_folder_loads_under_the_name_that_says_so(stpm_run, lite0_teacher, tmp_path):
+    """Runs saved with sampling "balanced" (which read the category folders) load as "balanced-labels"; a new
+    config refuses the old name."""
+    from unistad_edu.methods import make_config
+    run = _copy(stpm_run, tmp_path)
+    _edit_config(run, lambda cfg: cfg["method_config"].update(sampling="balanced"))
+    assert load_checkpoint(run, teacher=lite0_teacher).cfg.sampling == "balanced-labels"
+    with pytest.raises(ValueError, match="balanced-labels"):
+        make_config("stpm", sampling="balanced")
+
+
 @pytest.mark.parametrize("stat,value", [("max", float("nan")), ("mean", float("inf")), ("std", "x"), ("n", None)])
 def test_bad_per_class_statistics_are_refused(stpm_run, lite0_teacher, tmp_path, stat, value):
     run = _copy(stpm_run, tmp_path)

@@ -369,7 +369,7 @@ def test_public_helpers_follow_the_engines_own_rules(train_set, lite0_teacher, t
 
 
 def test_balanced_epoch_order_gives_every_category_the_same_share():
-    """sampling="balanced": an epoch of n draws where each of K categories fills n / K places (the first n mod K
+    """A balanced epoch (sampling "balanced-labels" / "balanced-clusters"): an epoch of n draws where each of K categories fills n / K places (the first n mod K
     one more), each drawn from its own images only, small categories repeating and large ones subsampled."""
     from unistad_edu.engine import epoch_order
     groups = ["a"] * 2 + ["b"] * 3 + ["c"] * 12  # n = 17, K = 3 -> quotas 6, 6, 5 (sorted names)
@@ -397,7 +397,7 @@ def test_fit_with_balanced_sampling_feeds_the_small_category_as_often(tiny_data,
     keep += [i for i, r in enumerate(full.records) if r.category == cats[0]][:2]
     data = full.subset(sorted(keep))
     counts = {}
-    for sampling in ("uniform", "balanced"):
+    for sampling in ("uniform", "balanced-labels"):
         model = build_model("stpm", lite0_teacher, image_size=SIZE, batch_size=1, epochs=1, sampling=sampling)
         groups = [r.category for r in data.records]
         assert (sampling_groups(model, data) is None) == (sampling == "uniform")
@@ -410,6 +410,30 @@ def test_fit_with_balanced_sampling_feeds_the_small_category_as_often(tiny_data,
         fit(model, data, TrainConfig(holdout_fraction=0.0, cache=False, **QUIET))
         counts[sampling] = seen.count(cats[0])
     assert counts["uniform"] == 2  # once each
-    assert counts["balanced"] == len(data) // len(cats) + (0 < len(data) % len(cats))  # its share of the epoch
+    assert counts["balanced-labels"] == len(data) // len(cats) + (0 < len(data) % len(cats))  # its share of the epoch
     with pytest.raises(ValueError, match="sampling must be"):
         sampling_groups(build_model("stpm", lite0_teacher, image_size=SIZE, sampling="weighted"), data)
+    with pytest.raises(ValueError, match="balanced-labels"):  # the old name, which hid that it reads the folders
+        build_model("stpm", lite0_teacher, image_size=SIZE, sampling="balanced")
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "balanced-clusters", "balanced-labels"])
+def test_unified_training_reads_no_category_unless_asked_by_name(sampling, tiny_data, lite0_teacher):
+    """The engine and its sampler, not only the method files: training on the same images with every category
+    folder renamed to one name gives bit-identical weights -- except with "balanced-labels", which reads the
+    folders by design (so this test can tell a reader of labels from a non-reader)."""
+    import dataclasses
+    from unistad_edu.engine import sampling_groups
+    folders = MVTecDataset(tiny_data, "train", image_size=SIZE)
+    one = MVTecDataset(tiny_data, "train", image_size=SIZE,
+                       records=[dataclasses.replace(r, category="mixed") for r in folders.records])
+    weights = []
+    for data in (folders, one):
+        model = build_model("stpm", lite0_teacher, image_size=SIZE, batch_size=2, epochs=1, sampling=sampling)
+        fit(model, data, TrainConfig(holdout_fraction=0.0, **QUIET))
+        weights.append(model.state_for_checkpoint())
+    same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert same == (sampling != "balanced-labels")
+    if sampling == "balanced-clusters":  # the clusters do find the products (here: 2+ groups), from pixels alone
+        model = build_model("stpm", lite0_teacher, image_size=SIZE, sampling=sampling)
+        assert len(set(sampling_groups(model, one))) >= 2

@@ -237,8 +237,11 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     except ValueError as err:
         raise CheckpointError(f"{run}: {err}") from err
     try:
-        legacy = method_class(cfg["method"]).Config.missing_in_old_checkpoints
+        config_class = method_class(cfg["method"]).Config
+        legacy = config_class.missing_in_old_checkpoints
         saved = {**{k: v for k, v in legacy.items() if k not in cfg["method_config"]}, **cfg["method_config"]}
+        saved = {k: config_class.renamed_values.get(k, {}).get(v, v) if isinstance(v, str) else v
+                 for k, v in saved.items()}
         mcfg = make_config(cfg["method"], preset="cpu", **{**saved, **(overrides or {})})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run}: cannot apply {overrides}: {err}") from err

@@ -190,12 +190,28 @@ class TrainStore:
             yield Batch(image=image, features=feats)
 
 
-def sampling_groups(model: Method, train_set: MVTecDataset) -> list[str] | None:
-    """The category of each training image when the method's config asks for class-balanced epochs, else None."""
+def sampling_groups(model: Method, train_set: MVTecDataset, cache: FeatureCache | None = None,
+                    precision=None, log: bool = False) -> list[str] | None:
+    """The group of each training image that a balanced epoch gives equal shares (:func:`epoch_order`), or None
+    for a plain shuffle. ``balanced-clusters``: pseudo-products, k-means clusters of the teacher's image embedding
+    (``calibration.cluster``: k by silhouette, at most 8; one group -- a plain shuffle -- when no k separates
+    the images), computed once from the training images: no label is read. ``balanced-labels``: the category
+    folders, read because the user asked for it by that name."""
     sampling = model.cfg.sampling  # checked when the config was built; again here for a field set afterwards
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    return [r.category for r in train_set.records] if sampling == "balanced" else None
+    if sampling == "balanced-labels":
+        return [r.category for r in train_set.records]
+    if sampling != "balanced-clusters":
+        return None
+    from .calibration import cluster
+    from .inference import embeddings
+    names, info = cluster(embeddings(model, train_set, cache, precision=precision))
+    if log:
+        sizes = np.unique(names, return_counts=True)[1]
+        print(f"balanced epochs over {info['k']} clusters of the teacher's embedding (sizes {sorted(sizes.tolist())}; "
+              f"no category read)", flush=True)
+    return names.tolist()
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, rank: int = 0,
@@ -331,7 +347,7 @@ def _prepare(model, train_data, cfg, run, resume, cache, extra_config) -> _Fit:
                 batch_size=batch_size, prec=prec, cache=cache, store=store,
                 optimizer=make_optimizer(model) if gradient else None, result=FitResult(run_dir=run),
                 extra_config={**(extra_config or {}), "precision": prec.record()}, t_start=t_start,
-                groups=sampling_groups(model, train_set))
+                groups=sampling_groups(model, train_set, cache, prec, log=cfg.progress and ddp.master))
 
 
 def _resume(f: _Fit, resume: bool) -> bool:

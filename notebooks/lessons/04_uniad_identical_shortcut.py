@@ -312,10 +312,12 @@ the mean I-AUROC was:
 — the plain autoencoder last, but each remedy removed *alone* scoring higher than UniAD. In the quick run of
 this lesson (three categories, a one-layer transformer, 30 epochs) the plain autoencoder may even come out on
 top: in our runs it did, mostly because of metal_plate (see the bars), where UniAD stayed near chance — as it
-did in the five-category benchmark (48.5). (Today's `cpu` preset -- an antialiased neck, jitter scaled to each
-channel's spread, class-balanced batches, 60 epochs -- reaches 91.2 ± 1.1 over three seeds, metal_plate 77 ± 5,
-just above unified STPM's 90.4 ± 2.2 at the same 10-minute budget: `docs/benchmarks.md`.) Three reasons, all
-visible above:
+did in the five-category benchmark (48.5). (The `cpu` preset -- an antialiased neck, jitter scaled to each
+channel's spread, 60 epochs -- reached 91.2 ± 1.1 over three seeds, metal_plate 77 ± 5, against unified STPM's
+90.4 ± 2.2 at the same 10-minute budget; but its batches were balanced by the category *folders*, a label that
+unified STPM never got and that unified training no longer reads. Today's preset balances clusters of the
+teacher's embedding instead; until it is measured again, that comparison is not a fair one:
+`docs/benchmarks.md`.) Three reasons, all visible above:
 
 * the remedies make the task harder — rebuild a token without seeing it — and the loss curves show that
   after a short schedule UniAD's reconstruction of *normal* tokens is still rough; that background error is

@@ -41,7 +41,7 @@ def _as_tuple(value):
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
-SAMPLINGS = ("uniform", "balanced")  # engine.epoch_order
+SAMPLINGS = ("uniform", "balanced-clusters", "balanced-labels")  # engine.epoch_order / engine.sampling_groups
 
 
 @dataclass
@@ -62,18 +62,27 @@ class MethodConfig:
     step_epochs: int = 0  # step: multiply lr by gamma every step_epochs (0 = never)
     gamma: float = 0.1
     grad_clip: float | None = None
-    # the order of an epoch's images (engine.epoch_order): "uniform" = a shuffle, every image once; "balanced" =
-    # every category fills the same share of the epoch's steps (a 31-image category as often as a 245-image one)
+    # the order of an epoch's images (engine.epoch_order): "uniform" = a shuffle, every image once;
+    # "balanced-clusters" = every pseudo-product (k-means clusters of the teacher's image embedding, no label read)
+    # fills the same share of the epoch's steps; "balanced-labels" = the same by the category folders -- the one
+    # choice with which unified training reads a label, so it says so in its name
     sampling: str = "uniform"
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     # older runs: fields a run saved before they existed, with the value it was trained with (applied when a
     # checkpoint is loaded), and fields older versions saved that mean nothing now (dropped on load)
     missing_in_old_checkpoints: ClassVar[dict] = {}
+    # values older runs saved under another name: {field: {old: new}} (applied when a checkpoint is loaded);
+    # "balanced" sampling read the category folders, which its new name says
+    renamed_values: ClassVar[dict] = {"sampling": {"balanced": "balanced-labels"}}
     retired_fields: ClassVar[frozenset] = frozenset()
 
     def __post_init__(self):
         """The choices every method shares, checked when the config is built (a method's own config checks its
         own fields after calling this)."""
+        if self.sampling == "balanced":
+            raise ValueError("sampling 'balanced' read the category folders, which unified training should not: "
+                             "say 'balanced-labels' to balance by folder anyway, or 'balanced-clusters' to balance "
+                             "by clusters of the teacher's embedding (no labels)")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("sampling", SAMPLINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -66,7 +66,9 @@ class UniADConfig(TransformerTrainingConfig):
     16 x 16 grid at 256 px, the neck **antialiased**), a small 2 + 2-layer transformer (hidden 128, 4 heads,
     FFN 256, no dropout), the paper's 7 x 7 neighbour mask, feature jitter **scaled to each channel's spread**
     (sigma_c = 1.0 x std_c, p = 1), AdamW 1e-3 (wd 1e-4) with cosine decay over **60 epochs** of
-    **class-balanced** batches (``sampling="balanced"``: every category fills the same share of an epoch), batch
+    **balanced** batches (``sampling="balanced-clusters"``: every cluster of the teacher's image embedding -- a
+    pseudo-product, found without reading a label -- fills the same share of an epoch; the table below was
+    measured with the category folders, ``balanced-labels``, before unified training stopped reading them), batch
     8, grad clip 1.0; image score = the mean of the top 1 % of the map after a Gaussian sigma 4.
 
     The cpu preset as measured, part 2 (issue 16, 2026-12-03; 2-core AMD EPYC, AVX512 with native bf16, bf16
@@ -184,9 +186,9 @@ class UniADConfig(TransformerTrainingConfig):
     standardize: str = "none"
 
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, init_seed 0), 60 epochs of
-    # class-balanced batches (every category the same share of the steps)
+    # balanced batches: every pseudo-product (a cluster of the teacher's embedding, no label read) the same share
     epochs: int = 60
-    sampling: str = "balanced"
+    sampling: str = "balanced-clusters"
     # image score: the mean of the top 1 % of the map after a Gaussian sigma 4 (the paper: max of a 16 x 16
     # average-pooled map, the paper preset's)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0,
