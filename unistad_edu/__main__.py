@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--size", type=image_size_type, default=None, help="image side in pixels (default: the set's)")
     syn.add_argument("--n-train", type=positive_int, default=None, help="normal training images per category")
     syn.add_argument("--force", action="store_true", help="regenerate an existing folder")
+    val = dsub.add_parser("validation", formatter_class=_Help,
+                          help="a validation set from training images only: held-out normals and the same images "
+                               "with synthetic defects (exact masks), to choose presets without the test set")
+    val.add_argument("--data", required=True, help="an MVTec-layout folder (only its train/good images are read)")
+    val.add_argument("--out", required=True)
+    val.add_argument("--size", type=image_size_type, default=256, help="image side in pixels")
+    val.add_argument("--seed", type=nonnegative_int, default=0, help="the held-out split and the defects")
+    val.add_argument("--force", action="store_true", help="replace an existing folder made another way")
     from .download import add_arguments as add_download_arguments
     add_download_arguments(dsub.add_parser("mvtec", help="download MVTec AD (checksums, resume, atomic install)",
                                            formatter_class=_Help), "mvtec")
@@ -272,6 +280,14 @@ def cmd_data(args) -> int:
     if args.dataset in ("mvtec", "visa"):
         from .download import run
         return run(args, args.dataset)
+    if args.dataset == "validation":
+        from .validation import make_validation
+        out = make_validation(args.data, args.out, size=args.size, seed=args.seed, force=args.force)
+        counts = json.loads((out / "VALIDATION.json").read_text())["counts"]
+        print(f"validation set ready at {out}: " + ", ".join(
+            f"{c} {v['train']} train / {v['held_out']} held out" for c, v in counts.items())
+            + f"\nnext: python -m unistad_edu train --data {out} ... && python -m unistad_edu eval --run RUN")
+        return 0
     from .synthetic import make_synthetic
     overrides = {k: v for k, v in (("size", args.size), ("n_train", args.n_train)) if v is not None}
     out = make_synthetic(Path(args.out), seed=args.seed, force=args.force, **overrides)

@@ -114,6 +114,7 @@ __all__ = [
     "SyntheticDatasetError",
     "make_synthetic",
     "render_sample",
+    "draw_structural",
     "sample_rng",
     "trivial_baseline",
 ]
@@ -709,6 +710,15 @@ def _defect_scratch(rng, img, fg, S):
 
 
 _STRUCTURAL = {"hole": _defect_hole, "stain": _defect_stain, "scratch": _defect_scratch}
+
+
+def draw_structural(kind: str, rng: np.random.Generator, img: np.ndarray, fg: np.ndarray | None = None) -> np.ndarray:
+    """One structural defect (``hole`` | ``stain`` | ``scratch``) drawn on ``img`` (S, S, 3) float32 in [0, 1],
+    inside the foreground weights ``fg`` (S, S) (None: anywhere). Returns the new float image."""
+    S = img.shape[0]
+    if img.shape[:2] != (S, S):
+        raise ValueError(f"draw_structural needs a square image, got {img.shape}")
+    return _STRUCTURAL[kind](rng, img.astype(F32), np.ones((S, S), F32) if fg is None else fg.astype(F32), S)
 
 
 # ----------------------------------------------------------------------------
