@@ -177,9 +177,9 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
     """Per-category metrics table (and mean) of ``model`` on ``test_data``, in the metrics.json format, plus:
     ``pooled`` (I-AUROC over all test images mixed -- one production line's view, not the mean of the
     per-category AUROCs), ``by_defect`` (per category: I-AUROC against its structural and its logical defects and
-    against each defect kind, :func:`metrics.defect_aurocs`), ``false_alarms`` (the verdicts at the run's calibration: per category the normal test
-    images flagged with a 95 % interval and the floor of its calibration size, recall, F1, routing accuracy)
-    and ``false_alarms_global`` (the same at one pooled threshold, for comparison). ``pixel=False``: image
+    against each defect kind, :func:`metrics.defect_aurocs`), ``false_alarms`` (the verdicts at the run's
+    calibration: per category the normal test images flagged with a 95 % interval and the floor of its
+    calibration size, recall, F1, routing accuracy) and ``false_alarms_global`` (the same at one pooled threshold, for comparison). ``pixel=False``: image
     metrics only (a test set without masks)."""
     from .metrics import auroc, compute_metrics, defect_aurocs, metrics_table
 

@@ -85,7 +85,8 @@ from scipy import ndimage
 __all__ = [
     "METRIC_NAMES", "IMAGE_METRICS", "PIXEL_METRICS", "ALL_KEYS", "SETTINGS",
     "auroc", "average_precision", "f1_max", "binary_metrics", "pixel_metrics", "pro_curve", "aupro",
-    "compute_metrics", "defect_aurocs", "LOGICAL_DEFECTS", "undefined_reason", "metrics_table", "save_metrics", "load_metrics",
+    "compute_metrics", "defect_aurocs", "LOGICAL_DEFECTS", "undefined_reason", "metrics_table", "save_metrics",
+    "load_metrics",
 ]
 
 IMAGE_METRICS = ("I-AUROC", "I-AP", "I-F1max")
@@ -431,6 +432,7 @@ def defect_aurocs(scores, labels, categories, defects, logical: Sequence[str] = 
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = _as_labels(labels, s.size)
     cats, kinds = np.asarray(categories), np.asarray(defects)
+    is_logical = np.isin(kinds, list(logical))
     out = {}
     for cat in sorted(set(cats.tolist())):
         m = cats == cat
@@ -438,7 +440,6 @@ def defect_aurocs(scores, labels, categories, defects, logical: Sequence[str] = 
         if not normal.any():
             continue
         row: dict = {"kinds": {}}
-        is_logical = np.isin(kinds, list(logical))
         for name, sel in (("structural", m & y & ~is_logical), ("logical", m & y & is_logical)):
             if sel.any():
                 row[name] = auroc(s[normal | sel], y[normal | sel])

@@ -23,18 +23,20 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
+def _cell(v) -> str:
+    """A metric in [0, 1] as x100 with one decimal; undefined (None / NaN) as ``n/a``."""
+    v = _num(v)
+    return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
+
+
 def format_table(table: Mapping, columns: Sequence[str] = HEADLINE) -> str:
     """A Markdown table: one row per category and a final **mean** row, values x 100 with one decimal,
     undefined values as ``n/a``."""
-    def cell(v) -> str:
-        v = _num(v)
-        return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
-
     lines = ["| category | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for cat, row in table["categories"].items():
-        lines.append(f"| {cat} | " + " | ".join(cell(row.get(c)) for c in columns) + " |")
-    lines.append("| **mean** | " + " | ".join(cell(table["mean"].get(c)) for c in columns) + " |")
+        lines.append(f"| {cat} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    lines.append("| **mean** | " + " | ".join(_cell(table["mean"].get(c)) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -105,15 +107,10 @@ def format_by_defect(table: Mapping) -> str:
     by = table.get("by_defect") or {}
     if not by:
         return ""
-
-    def cell(v) -> str:
-        v = _num(v)
-        return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
-
     lines = ["| category | structural | logical | by kind |", "|---|---:|---:|---|"]
     for cat, row in by.items():
-        kinds = ", ".join(f"{k} {cell(v)}" for k, v in row["kinds"].items())
-        lines.append(f"| {cat} | {cell(row.get('structural'))} | {cell(row.get('logical'))} | {kinds} |")
+        kinds = ", ".join(f"{k} {_cell(v)}" for k, v in row["kinds"].items())
+        lines.append(f"| {cat} | {_cell(row.get('structural'))} | {_cell(row.get('logical'))} | {kinds} |")
     return "\n".join(lines)
 
 

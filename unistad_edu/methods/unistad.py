@@ -81,9 +81,9 @@ class UniSTADConfig(TransformerTrainingConfig):
 
     Measured against this preset (issue 16, 2026-12-03, that AMD EPYC; unified on the five real categories of
     ``../shared/datasets``, seed 0; mean I-AUROC / P-AUROC / AUPRO x100; the preset itself: 92.3 / 93.8 / 76.0,
-    mean of 3 seeds): class-balanced batches (then ``--set sampling=balanced``, today ``balanced-labels``: UniAD's gain) 90.8 / 93.3 / 74.4
-    (metal_plate 93.9 -> 86.7); 80 epochs instead of 20 (the whole 10-minute budget) 91.9 / 93.6 / 76.6. Neither
-    beats the preset's image-level score, so it stays at 20 uniform epochs. The image score, scored both ways on
+    mean of 3 seeds): class-balanced batches (then ``--set sampling=balanced``, today ``balanced-labels``:
+    UniAD's gain) 90.8 / 93.3 / 74.4 (metal_plate 93.9 -> 86.7); 80 epochs instead of 20 (the whole 10-minute
+    budget) 91.9 / 93.6 / 76.6. Neither beats the preset's image-level score, so it stays at 20 uniform epochs. The image score, scored both ways on
     the same 3 seeds (``eval --set scoring=...``): max of the blurred map 92.4 / 92.6 / 91.8 (92.3 +- 0.4), mean of
     its top 1 % 93.3 / 93.3 / 92.9 (93.2 +- 0.2), pixel metrics unchanged -- the preset now takes the top-1 %
     mean, the rule UniAD's and the dual students' presets already use (one rule for one question, not tuned per
