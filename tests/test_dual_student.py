@@ -116,8 +116,44 @@ def test_running_score_statistics_are_buffers(lite0_teacher):
     model._update_calibration(torch.tensor([2.0, 2.0]), torch.tensor([0.2, 0.2]))  # EMA: E[s] and E[s^2]
     m_mean, m_std = model.calibration()["map"]
     assert m_mean.item() == pytest.approx(2.0) and m_std.item() == pytest.approx(math.sqrt(0.5))  # 4.5 - 4
+    # before calibrate, the Noisy-OR's anchors come from mean and std as if Gaussian: p = 0.5 at mean +
+    # 1.6449 std (the 95 % point), p = 0.01 at the mean
+    offset, temp = model.or_calibration()["map"]
+    assert offset.item() == pytest.approx(2.0 + 1.644854 * math.sqrt(0.5), rel=1e-5)
+    assert temp.item() == pytest.approx(1.644854 * math.sqrt(0.5) / math.log(99), rel=1e-5)
     state = model.state_for_checkpoint()
-    assert {"loc_mean", "loc_sq", "sem_mean", "sem_sq", "calib_steps"} <= set(state)
+    assert {"loc_mean", "loc_sq", "sem_mean", "sem_sq", "calib_steps", "loc_median", "loc_upper", "sem_median",
+            "sem_upper", "quantiles_known"} <= set(state)
+
+
+def test_noisy_or_branches_sit_near_zero_on_normal_scores_and_either_one_fires(lite0_teacher):
+    """Hand-set normal quantiles (median 1, 95 % point 2 for the map score; 0.3 / 0.5 for the semantic one):
+    p = 0.01 at the median, 0.5 at the 95 % point, sigmoid(ln 99) = 0.99 one more spread above; P of two
+    typical branches is 1 - 0.99^2, and one branch firing is enough for P >= its own p (an OR, not a sum)."""
+    model = _small(lite0_teacher)
+    for k, (med, up) in {"loc": (1.0, 2.0), "sem": (0.3, 0.5)}.items():
+        getattr(model, f"{k}_median").fill_(med)
+        getattr(model, f"{k}_upper").fill_(up)
+    model.quantiles_known.fill_(True)
+    model.cfg.combine = "noisy_or"
+    calib = model.score_calibration()
+
+    def P(s_loc, s_sem):
+        return combine_scores({"map": torch.tensor([s_loc]), "semantic": torch.tensor([s_sem])}, "noisy_or",
+                              calib)[1].item()
+
+    def p(s, name):  # one branch alone: the other far below its normal range (p ~ 0)
+        return P(s, -1e3) if name == "map" else P(-1e3, s)
+
+    assert p(1.0, "map") == pytest.approx(0.01, rel=1e-4) and p(0.3, "semantic") == pytest.approx(0.01, rel=1e-4)
+    assert p(2.0, "map") == pytest.approx(0.5, rel=1e-5) and p(0.5, "semantic") == pytest.approx(0.5, rel=1e-5)
+    assert p(3.0, "map") == pytest.approx(0.99, rel=1e-5)
+    assert P(1.0, 0.3) == pytest.approx(1 - 0.99 ** 2, rel=1e-4)  # a typical normal image: P ~ 0.02
+    assert P(3.0, 0.3) == pytest.approx(1 - 0.01 * 0.99, rel=1e-4)  # the local branch fires alone
+    assert P(1.0, 0.7) == pytest.approx(1 - 0.99 * 0.01, rel=1e-4)  # the semantic branch fires alone
+    # the sum rule keeps plain z-scores (mean / std), untouched by the Noisy-OR's anchors
+    model.cfg.combine = "sum"
+    assert model.score_calibration() is not calib and set(model.score_calibration()) == {"map", "semantic"}
 
 
 def test_ee_student_never_sees_the_teachers_patch_tokens(lite0_teacher):
@@ -222,8 +258,8 @@ def test_fit_evaluate_every_combine_rule_and_checkpoint(lite0_teacher, tmp_path)
     with torch.no_grad():
         out = model(batch)
         s_loc = score(out["maps"], 64, model.cfg.scoring).pred_score
-    (mu_l, sd_l), (mu_s, sd_s) = model.calibration()["map"], model.calibration()["semantic"]
-    z_l, z_s = (s_loc - mu_l) / sd_l, (out["semantic"] - mu_s) / sd_s
+    (off_l, t_l), (off_s, t_s) = model.or_calibration()["map"], model.or_calibration()["semantic"]
+    z_l, z_s = (s_loc - off_l) / t_l, (out["semantic"] - off_s) / t_s
     model.cfg.combine = "noisy_or"
     o = model.score(batch)
     torch.testing.assert_close(o.probability, 1 - (1 - torch.sigmoid(z_l)) * (1 - torch.sigmoid(z_s)))
@@ -231,7 +267,8 @@ def test_fit_evaluate_every_combine_rule_and_checkpoint(lite0_teacher, tmp_path)
     torch.testing.assert_close(model.score(batch).pred_score, s_loc)
     model.cfg.combine = "noisy_or"
     loaded = load_checkpoint(tmp_path / "run", teacher=lite0_teacher)
-    for k in ("loc_mean", "loc_sq", "sem_mean", "sem_sq"):
+    for k in ("loc_mean", "loc_sq", "sem_mean", "sem_sq", "loc_median", "loc_upper", "sem_median", "sem_upper",
+              "quantiles_known"):
         torch.testing.assert_close(getattr(loaded, k), getattr(model, k))
     # equal scores after the round trip, for every method: tests/test_contract.py
 
@@ -260,3 +297,10 @@ def test_engine_calibrates_on_heldout_normals_in_eval_mode(lite0_teacher, tmp_pa
     (mu_l, sd_l), (mu_s, sd_s) = model.calibration()["map"], model.calibration()["semantic"]
     np.testing.assert_allclose([float(mu_l), float(sd_l)], [np.mean(loc), np.std(loc)], rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose([float(mu_s), float(sd_s)], [np.mean(sem), np.std(sem)], rtol=1e-3, atol=1e-5)
+    # the Noisy-OR's anchors: numpy's quantiles of the same scores (linear interpolation, torch's default)
+    assert bool(model.quantiles_known)
+    for name, s in (("map", loc), ("semantic", sem)):
+        q50, q95 = np.quantile(s, [0.5, 0.95])
+        offset, temp = model.or_calibration()[name]
+        np.testing.assert_allclose([float(offset), float(temp)], [q95, max((q95 - q50) / math.log(99), 1e-6)],
+                                   rtol=1e-3, atol=1e-6)

@@ -95,7 +95,7 @@ def test_pair1_is_stpm_and_pair2_loss_adds(lite0_teacher, lite1_teacher, batch64
     for n in lite0_teacher.layer_names:
         torch.testing.assert_close(maps[f"p1.{n}"], p1[n])
     # pair 2's term is STPM's Eq. 1 on teacher 2 (its own features, never the cached teacher-1 ones), written out
-    full = _model(lite0_teacher, lite1_teacher, pair2_weight=1.0).eval()
+    full = _model(lite0_teacher, lite1_teacher, pair2_weight=1.0, pair2_student="forward").eval()
     cached = Batch(image=batch64.image, features=lite0_teacher(batch64.image))
     x = batch64.image
 
@@ -122,8 +122,9 @@ def test_reconstruction_pair_sees_anomalies_and_matches_the_clean_teacher(lite0_
         assert h * w <= 0.10 * 64 * 64 * 1.25 and 2 <= h and 2 <= w
         assert not changed[:rows[0]].any() and not changed[rows[-1] + 1:].any()
     # in training, pair 2's student gets the pasted image, its teacher the clean one; pair 1 is untouched
-    model = _model(lite0_teacher, lite1_teacher, pair2_input="anomalous", anomaly_prob=1.0).train()
-    clean = _model(lite0_teacher, lite1_teacher, pair2_input="clean").train()
+    model = _model(lite0_teacher, lite1_teacher, pair2_input="anomalous", anomaly_prob=1.0,
+                   pair2_student="forward").train()
+    clean = _model(lite0_teacher, lite1_teacher, pair2_input="clean", pair2_student="forward").train()
     with torch.no_grad():
         got = model.loss_terms(batch64)
         x2 = paste_anomalies(batch64.image, 1.0, model.cfg.anomaly_area, torch.Generator().manual_seed(1))
@@ -135,13 +136,51 @@ def test_reconstruction_pair_sees_anomalies_and_matches_the_clean_teacher(lite0_
     assert not torch.allclose(got["pair2"], plain["pair2"])  # the pasted patches changed pair 2's task
 
 
+def test_reconstruction_decoder_rebuilds_the_second_teacher_from_its_own_features(lite0_teacher, lite1_teacher,
+                                                                                 batch64):
+    """The default pair 2 (``pair2_student="decoder"``): its student reads only the second teacher's features of
+    the clean image (normal images in training) and rebuilds every level; its loss term is STPM's Eq. 1 between
+    the teacher and that rebuild, written out here."""
+    from unistad_edu.methods.enhanced_stpm import AttentionDecoder
+    model = _model(lite0_teacher, lite1_teacher).eval()
+    assert model.cfg.pair2_student == "decoder" and model.cfg.pair2_input == "clean"
+    assert isinstance(model.pair2.student, AttentionDecoder) and len(model.pair2.student.attention) == 2
+    x = batch64.image
+    with torch.no_grad():
+        t2 = lite1_teacher(x)
+        rebuilt = model.pair2.student(t2)
+        terms = model.loss_terms(batch64)
+    assert [tuple(rebuilt[n].shape) for n in lite1_teacher.layer_names] == \
+        [tuple(t2[n].shape) for n in lite1_teacher.layer_names]
+    torch.testing.assert_close(terms["pair2"], _eq1(t2, rebuilt, lite1_teacher.layer_names), rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_attention_fills_a_position_in_from_far_away():
+    """At 256 px (embedding 8 x 8) the convolutions alone never carry a change in the bottom-right corner of
+    the input levels to the top-left output position; one self-attention layer at the bottleneck does."""
+    from types import SimpleNamespace
+
+    from unistad_edu.methods.enhanced_stpm import AttentionDecoder
+    levels = [SimpleNamespace(name=n, channels=c, stride=s) for n, c, s in (("a", 8, 4), ("b", 16, 8), ("c", 32, 16))]
+    g = torch.Generator().manual_seed(0)
+    feats = {lv.name: torch.randn(1, lv.channels, 256 // lv.stride, 256 // lv.stride, generator=g) for lv in levels}
+    moved = {k: v.clone() for k, v in feats.items()}
+    for k in moved:
+        moved[k][..., -4:, -4:] += 5.0  # the bottom-right corner of every level
+    for layers, reaches in ((0, False), (1, True)):
+        dec = AttentionDecoder(levels, seed=0, attn_layers=layers, heads=4).eval()
+        with torch.no_grad():
+            a, b = dec(feats)["a"][..., :4, :4], dec(moved)["a"][..., :4, :4]  # top-left of the finest level
+        assert (not torch.allclose(a, b, atol=1e-6)) == reaches, layers
+
+
 def test_attention_student(lite0_teacher, lite1_teacher):
-    model = _model(lite0_teacher, lite1_teacher)
+    model = _model(lite0_teacher, lite1_teacher, pair2_student="forward")
     for lv in lite1_teacher.feature_info:
         stage = model.pair2.student.model.get_submodule(lv.name)
         assert isinstance(stage, nn.Sequential) and isinstance(stage[1], CBAM)
     assert not any(isinstance(m, CBAM) for m in model.student.modules())  # pair 1 stays a plain STPM student
-    plain = _model(lite0_teacher, lite1_teacher, attention="none")
+    plain = _model(lite0_teacher, lite1_teacher, attention="none", pair2_student="forward")
     assert not any(isinstance(m, (CBAM, NonLocal)) for m in plain.modules())
     # CBAM with zeroed weights gates by sigmoid(0) twice: x * 0.5 * 0.5
     cbam = CBAM(8)
@@ -162,7 +201,8 @@ def test_attention_student(lite0_teacher, lite1_teacher):
 def test_paper_preset_on_random_resnets():
     from unistad_edu import load_teacher
     r18, r34 = load_teacher("resnet18", weights=None), load_teacher("resnet34", weights=None)
-    model = EnhancedSTPM(r18, make_config("enhanced_stpm", "paper", image_size=64), teacher2=r34)
+    model = EnhancedSTPM(r18, make_config("enhanced_stpm", "paper", image_size=64, pair2_student="forward"),
+                         teacher2=r34)
     assert [lv.name for lv in r34.feature_info] == ["layer1", "layer2", "layer3"]
     for lv in r34.feature_info:  # CBAM after each of ResNet-34's stages 1-3, sized from feature_info
         stage = model.pair2.student.model.get_submodule(lv.name)

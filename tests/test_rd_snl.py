@@ -130,26 +130,55 @@ def test_cram_shapes_assignment_and_gradients():
     assert cram.centres.grad.abs().sum() > 0
 
 
-def test_cram_pulls_to_centres():
-    cram = CRAM(dim=4, centres=2, alpha=200.0)
+def test_cram_matches_a_brute_force_netvlad_rebuild():
+    """z_i = sum_k a_ik (c_k + beta V_k), V_k = sum_j a_jk (x_j - c_k) / sum_j a_jk, a = softmax_k(alpha cos),
+    computed position by position and centre by centre in float64."""
+    torch.manual_seed(0)
+    x = _rand(2, 6, 3, 3, seed=15)
+    for beta in (0.0, 0.3, 1.0):
+        cram = CRAM(dim=6, centres=4, alpha=5.0, residual=beta)
+        z, compact, a = cram(x)
+        c = F.normalize(cram.centres.detach().double(), dim=1).numpy()  # (K, D)
+        for b in range(2):
+            xs = F.normalize(x[b].double().flatten(1), dim=0).numpy().T  # (N, D)
+            logits = 5.0 * xs @ c.T  # (N, K)
+            A = np.exp(logits - logits.max(1, keepdims=True))
+            A /= A.sum(1, keepdims=True)
+            V = [sum(A[i, k] * (xs[i] - c[k]) for i in range(9)) / A[:, k].sum() for k in range(4)]
+            ref = np.stack([sum(A[i, k] * (c[k] + beta * V[k]) for k in range(4)) for i in range(9)])  # (N, D)
+            np.testing.assert_allclose(z[b].detach().flatten(1).T.numpy(), ref, atol=1e-5)
+            np.testing.assert_allclose(a[b].detach().flatten(1).T.numpy(), A, atol=1e-6)
+
+
+def test_cram_pulls_an_off_centre_input_towards_its_centre():
+    """Centres e1, e2 in 4-d, hard assignment. An image whose every position is u = (e1 + e3) / sqrt(2), off
+    both centres (cos 0.707 to e1): with beta = 0.5 its code is 0.5 e1 + 0.5 u (hand-computed), cos 0.924 to
+    e1 -- pulled half-way to the centre; with beta = 1 (our first version) the centres cancel and u passes
+    on unchanged. And the code moves with the centre (weight 1 - beta) while the assignment stays."""
+    e = torch.eye(4)
+    u = F.normalize(e[0] + e[2], dim=0)
+    x = u.view(1, 4, 1, 1).expand(1, 4, 2, 2)
+    cram = CRAM(dim=4, centres=2, alpha=200.0, residual=0.5)
     with torch.no_grad():
-        cram.centres.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
-    # every position on centre 0: assigned to it, no residual, rebuilt exactly as the centre, compact
-    x = torch.tensor([2.0, 0, 0, 0]).view(1, 4, 1, 1).expand(1, 4, 2, 2)
+        cram.centres.copy_(e[:2])
     z, compact, a = cram(x)
-    assert a[:, 0].min() > 0.999 and compact < 1e-3
-    torch.testing.assert_close(z, torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1).expand(1, 4, 2, 2), atol=1e-4,
-                               rtol=0)
-    # hard assignment of every position to centre 0: V_0 = mean_i x_i - c_0, so every rebuilt position is
-    # c_0 + V_0 = the image's mean (normalised) vector of that cluster -- the aggregated residual at work
-    x = torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1) + 0.2 * _rand(1, 4, 3, 3, seed=14).abs()
-    z, _, a = cram(x)
-    assert a[:, 0].min() > 0.999
-    mean = F.normalize(x, dim=1).mean(dim=(2, 3), keepdim=True)  # (1, 4, 1, 1)
-    torch.testing.assert_close(z, mean.expand_as(z), atol=1e-4, rtol=0)
-    # a vector orthogonal to both centres is far from them (1 - cos = 1)
-    far = torch.tensor([0, 0, 1.0, 0]).view(1, 4, 1, 1)
-    assert cram(far)[1].item() == pytest.approx(1.0, abs=1e-4)
+    assert a[:, 0].min() > 0.999 and compact.item() == pytest.approx(1 - 0.5 ** 0.5, abs=1e-4)
+    want = torch.tensor([0.5 + 0.5 * 0.5 ** 0.5, 0.0, 0.5 * 0.5 ** 0.5, 0.0])  # (0.854, 0, 0.354, 0)
+    torch.testing.assert_close(z[0, :, 0, 0], want, atol=1e-4, rtol=0)
+    assert F.cosine_similarity(z[0, :, 0, 0], e[0], dim=0).item() == pytest.approx(0.9239, abs=1e-4)
+    cram.residual = 1.0
+    torch.testing.assert_close(cram(x)[0][0, :, 0, 0], u, atol=1e-4, rtol=0)  # nothing pulled
+    # one anomalous position among normal ones (3 on e1, 1 at u): its code keeps 1/8 of u's e3 part, not all
+    cram.residual = 0.5
+    mixed = torch.stack([e[0], e[0], e[0], u], dim=1).view(1, 4, 2, 2)
+    z = cram(mixed)[0][0].flatten(1)  # (4, N)
+    assert z[2, 3].item() == pytest.approx(0.5 * 0.25 * 0.5 ** 0.5, abs=1e-4)  # beta * (1/4) * u's e3 part
+    # the centre's role: rotate centre 0 a little towards e2 (u still assigned to it): the code follows
+    with torch.no_grad():
+        cram.centres.copy_(torch.stack([F.normalize(e[0] + 0.1 * e[1], dim=0), e[1]]))
+    c0 = F.normalize(e[0] + 0.1 * e[1], dim=0)
+    m0 = u  # the image's cluster mean (every position at u)
+    torch.testing.assert_close(cram(x)[0][0, :, 0, 0], c0 + 0.5 * (m0 - c0), atol=1e-4, rtol=0)
 
 
 # ---- the models -------------------------------------------------------------------------------------------
@@ -186,6 +215,33 @@ def test_rd_loss_and_maps_are_one_minus_cos(feats64, lite0_teacher):
     assert model.cfg.scoring.fuse == "sum" and model.cfg.scoring.blur_sigma == 4.0
     res = model.score(Batch(image=torch.zeros(2, 3, 64, 64), features=feats))
     assert res.anomaly_map.shape == (2, 1, 64, 64)
+
+
+def test_rd_flattened_loss_is_the_official_per_image_cosine(feats64, lite0_teacher):
+    """rd_loss="flattened": per level, 1 - cos of the whole level flattened per image (RD4AD's loss_fucntion,
+    written here with torch's CosineSimilarity on .view(B, -1)), the mean over images, summed over levels;
+    the map stays the per-position one. SNL's base term follows the same switch."""
+    _, feats = feats64
+    batch = Batch(image=None, features=feats)
+    model = build_model("rd", lite0_teacher, image_size=64, rd_loss="flattened").eval()
+    with torch.no_grad():
+        out = model(batch)
+    cos = torch.nn.CosineSimilarity()
+    want = sum(torch.mean(1 - cos(feats[n].view(feats[n].shape[0], -1), s.view(s.shape[0], -1)))
+               for n, s in zip(lite0_teacher.layer_names, out["student"]))
+    terms = model.loss_terms(batch)
+    assert list(terms) == ["flattened_cosine"]
+    torch.testing.assert_close(terms["flattened_cosine"], want, atol=1e-5, rtol=1e-4)
+    position = build_model("rd", lite0_teacher, image_size=64).eval()  # same weights (init_seed), Eq. 2
+    with torch.no_grad():
+        assert abs(position.loss(batch).item() - want.item()) > 1e-3  # a different quantity, the same outputs
+    torch.testing.assert_close(model.anomaly_maps(batch)[lite0_teacher.layer_names[0]],
+                               position.anomaly_maps(batch)[lite0_teacher.layer_names[0]])
+    snl = build_model("snl", lite0_teacher, image_size=64, rd_loss="flattened", **ALL_OFF).eval()
+    torch.testing.assert_close(snl.loss(batch), want, atol=1e-5, rtol=1e-4)
+    assert make_config("rd", "paper").rd_loss == "flattened" and make_config("rd", "cpu").rd_loss == "position"
+    with pytest.raises(ValueError, match="rd_loss"):
+        make_config("rd", "cpu", rd_loss="per-image")
 
 
 def test_rd4ad_paper_shapes():

@@ -222,6 +222,12 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor, dim: int, keepdim: bool = 
     return 0.5 * (a - b).pow(2).sum(dim=dim, keepdim=keepdim)
 
 
+def global_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """1 - cos(vec t, vec s) per image, each (B, ...) flattened to one vector: (B,). RD4AD's official training
+    loss per level and Dinomaly's "loose" loss."""
+    return cosine_distance(t.flatten(1), s.flatten(1), dim=1, keepdim=False)
+
+
 def level_cosine_distance(a: torch.Tensor, b: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
     """Mean over levels of 1 - cos(a_l, b_l) at each token. a, b: (B, L, C) with the levels' channels
     concatenated in ``channels`` order -> (B, L)."""

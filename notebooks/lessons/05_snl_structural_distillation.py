@@ -22,7 +22,7 @@ abstract's remedy is to match not only each feature vector but **how features re
 | spatial-channel distillation | besides RD's per-position cosine, a **per-channel** cosine: each channel's map, as a vector over positions |
 | intra-affinity distillation | within a level, the **position × position** cosine affinity `A[i, j] = cos(f_i, f_j)` of teacher and student must agree |
 | inter-affinity distillation | across adjacent levels, the **channel × channel** affinity `G[c, d]` (how much channel *c* of one level and channel *d* of the next fire at the same places) must agree |
-| central residual aggregation (CRAM) | a NetVLAD-style module between bottleneck and decoder: the embedding is rebuilt from *K* learned "normal" centres plus per-image residuals |
+| central residual aggregation (CRAM) | a NetVLAD-style module between bottleneck and decoder: every position is rebuilt from its *K* learned "normal" centres plus a share β (0.5) of the image's residuals to them, aggregated over the whole image — so a patch off the centres is pulled towards them |
 
 **Read this with care:** only SNL's abstract is public and there is no code. Every formula in the right
 column is *our* reading, documented in the module's paper card; do not quote the paper's numbers as this

@@ -22,9 +22,11 @@ fires", assuming the two fire independently:
 $$P(\text{anomaly}) = 1 - (1 - p_{loc})(1 - p_{sem}).$$
 
 The paper uses the Noisy-OR both as the image score and as a joint training objective. There is no public
-code; **our reading** (`unistad_edu/methods/dual_student.py`): `p = sigmoid(z)` with `z = (s − mean) / std`
-standardised by each score's statistics on **normal** images (measured on the held-out normal training
-images after training); the joint objective is `−log(1 − P)` on normal images; the teacher is our Lite0 (a
+code; **our reading** (`unistad_edu/methods/dual_student.py`): each branch is a detector that should be near 0 on a
+normal image, so `p = sigmoid((s − offset) / T)` with the offset at the **95 % point** of the branch's scores on
+**normal** images (`p = 0.5` there) and the temperature `T` set so that the normal **median** gets `p = 0.01`
+(both measured on the held-out normal training images after training); the joint objective is `−log(1 − P)`
+on normal images; the teacher is our Lite0 (a
 CNN has no class token, so its "embedding" is the global average of its deepest level). Every formula choice
 is documented in the module's paper card. The `combine` switch picks the image score: `noisy_or`, `sum`
 (`z_loc + z_sem`), `local` or `semantic` — one trained model, four ways to score it, all through the shared
@@ -81,17 +83,19 @@ print(f"ED student {n_ed:,} parameters (groups {model.groups} on a {model.grid[0
 
 The loss is the ED student's global-cosine loss + the EE student's cosine distance + 0.1 × the joint
 Noisy-OR term `−log(1 − P)` on the (normal) training images. After the last epoch, `fit` hands the held-out
-normal images to the model's `calibrate`: the mean and standard deviation of both scores on them become the
-`z`-standardisation used at test time.
+normal images to the model's `calibrate`: the median and the 95 % point of both scores on them become each
+branch's offset and temperature (`model.or_calibration()`), used at test time. (While training, the same
+anchors come from a running mean and std of the scores.)
 """),
     code(r"""
 tcfg = TrainConfig(seed=SEED, device=device, progress=False)
 res = fit(model, train, tcfg, cache=cache)
 model.eval()
-calib = model.calibration()
+calib = model.or_calibration()                                     # {branch: (offset, temperature)}
 print(f"{res.epochs_done} epochs in {res.seconds:.0f} s, loss {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}")
-for name, (mean, std) in calib.items():
-    print(f"normal statistics of the {name!r} score (held-out normal images): mean {float(mean):.4g}, std {float(std):.4g}")
+for name, (offset, temp) in calib.items():
+    print(f"{name!r} branch (held-out normal images): p = 0.5 at s = {float(offset):.4g} (their 95 % point), "
+          f"temperature {float(temp):.4g}")
 viz.loss_curve(res.history, title="dual-student training loss").show()
 """),
     md(r"""
@@ -99,8 +103,9 @@ viz.loss_curve(res.history, title="dual-student training loss").show()
 
 `model.score(batch)` returns the shared scoring path's `AnomalyOutput`: the pixel map (from the ED student
 only), the two raw per-image scores in `image_scores` (`"map"` = `s_loc`, `"semantic"` = `s_sem`), the
-image score, and, for `noisy_or`, the probability `P`. We recompute `z`, `p` and `P` from the raw scores
-with the functions of `unistad_edu.scoring` and the model's calibration, and check them against the library.
+image score, and, for `noisy_or`, the probability `P`. We recompute `z = (s − offset) / T`, `p` and `P` from
+the raw scores with the functions of `unistad_edu.scoring` and the model's calibration, and check them against
+the library.
 """),
     code(r"""
 def batch_of(indices):  # these test images (B, 3, S, S) with their cached teacher features (engine.batch_of)
@@ -118,7 +123,7 @@ with torch.no_grad():
         score_lib.append(out.pred_score)
 s_loc, s_sem, P_lib, score_lib = (torch.cat(v).float().cpu() for v in (s_loc, s_sem, P_lib, score_lib))
 calib_cpu = {k: (float(m), float(s)) for k, (m, s) in calib.items()}
-z = standardize({"map": s_loc, "semantic": s_sem}, calib_cpu)       # z = (s - mean) / std of normal images
+z = standardize({"map": s_loc, "semantic": s_sem}, calib_cpu)       # z = (s - offset) / temperature
 p_loc, p_sem = torch.sigmoid(z["map"]), torch.sigmoid(z["semantic"])
 P = noisy_or(p_loc, p_sem)                                          # 1 - (1 - p_loc)(1 - p_sem)
 torch.testing.assert_close(P, 1 - (1 - p_loc) * (1 - p_sem))
@@ -132,9 +137,9 @@ cats = np.array([r.category for r in test.records])
     md(r"""
 ## 4. Two students, two opinions
 
-Each test image is a point: its standardised local score `z_loc` (ED student) against its standardised
-semantic score `z_sem` (EE student). `z = 0` is a typical normal image, `z = 2` is two normal standard
-deviations above it. Hover for the file and defect type. If the two students were redundant, the points
+Each test image is a point: its local logit `z_loc` (ED student) against its semantic logit `z_sem` (EE
+student). `z = 0` is the 95 % point of normal images (`p = 0.5`), a typical normal image sits near
+`z = −4.6` (`p = 0.01`), and `z > 0` means the branch fires. Hover for the file and defect type. If the two students were redundant, the points
 would lie along a line; where the defects leave the normal cloud *along one axis only*, that student saw
 something the other did not.
 """),
@@ -156,7 +161,7 @@ for c in CATEGORIES:
                                  hovertemplate="%{text}<br>z_loc %{x:.2f}, z_sem %{y:.2f}<extra></extra>"))
 fig.add_hline(y=0, line=dict(dash="dot", color="gray"))
 fig.add_vline(x=0, line=dict(dash="dot", color="gray"))
-fig.update_layout(title="local vs semantic score of every test image (standardised by normal images)",
+fig.update_layout(title="local vs semantic logit of every test image (0 = the normal images' 95 % point)",
                   xaxis_title="z_loc  (ED student: map score)", yaxis_title="z_sem  (EE student: embedding distance)",
                   height=520)
 fig.show()
@@ -172,7 +177,7 @@ print(f"rank correlation of the two scores over the test images: {spearman:.2f}"
     md(r"""
 ## 5. The Noisy-OR surface
 
-Each score becomes a probability, `p = sigmoid(z)`, and the two are joined by
+Each logit becomes a probability, `p = sigmoid(z)`, and the two are joined by
 `P = 1 − (1 − p_loc)(1 − p_sem)`. Below, that surface over the unit square, and every test image placed on
 it at its `(p_loc, p_sem)`. Rotate it: `P` is 0 only in the corner where *both* students are sure the image
 is normal, and climbs to 1 along *both* far edges — one confident student is enough. The second figure shows
@@ -207,16 +212,28 @@ for value, label, colour in ((0, "normal", "#2e86c1"), (1, "defect", "#c0392b"))
 fig2d.update_layout(title="the same surface from above: contour lines of P", xaxis_title="p_loc", yaxis_title="p_sem",
                     height=520, width=640)
 fig2d.show()
-normal_P = P[torch.from_numpy(labels == 0)]
-print(f"median P of the normal test images: {float(normal_P.median()):.2f}")
+normal = torch.from_numpy(labels == 0)
+print(f"normal test images (never used for the calibration): median p_loc {float(p_loc[normal].median()):.3f}, "
+      f"median p_sem {float(p_sem[normal].median()):.3f}, median P {float(P[normal].median()):.3f}")
+fires_loc, fires_sem = p_loc > 0.5, p_sem > 0.5
+for name, sel in (("only the local branch fires", fires_loc & ~fires_sem),
+                  ("only the semantic branch fires", fires_sem & ~fires_loc),
+                  ("both fire", fires_loc & fires_sem), ("neither fires", ~fires_loc & ~fires_sem)):
+    n_def = int((sel & ~normal).sum())
+    print(f"{name:32s}: {int(sel.sum()):3d} test images ({n_def} defective), "
+          + (f"median P {float(P[sel].median()):.2f}" if sel.any() else "none"))
 """),
     md(r"""
-Look at where the **normal** images sit: around the middle of the square, not in the `P = 0` corner, and their
-`P` is far from 0 (the median is printed above). That is not a bug but a property of our reading: a typical normal image has
-`z = 0` in both branches, so `p = sigmoid(0) = 0.5` each and `P = 1 − 0.5 · 0.5 = 0.75`. `P` here is a
-**ranking** of images, not a calibrated probability; a threshold still has to come from normal images (as
-`fit` does). The Noisy-OR's independence assumption is also only an assumption — section 4's rank
-correlation tells you how far from independent the two students are on these images.
+Look at where the **normal** images sit: in the corner near `P = 0`, because each branch's probability is
+anchored on normal images (median `p` = 0.01 on the held-out ones by construction; the printout above
+measures it on the normal *test* images, which the calibration never saw). An image leaves the corner
+only if *at least one* branch leaves its normal range, and then `P` is at least that branch's `p`: the table of
+"only one fires" rows is the OR at work — one confident student is enough, the other may stay silent.
+Compare the `sum` rule, which adds the two z-scores: there a moderately high score in *both* branches counts
+as much as one clear detection. `P` is still not a calibrated probability of a defect (the anchors are
+quantiles of normal scores, not of defects); the verdict's threshold still comes from normal images (as `fit`
+does). The Noisy-OR's independence assumption is also only an assumption — section 4's rank correlation
+tells you how far from independent the two students are on these images.
 
 ## 6. Four ways to score one model
 
@@ -306,9 +323,10 @@ check("Exercise 1 (Noisy-OR)", lambda: my_noisy_or(_p1, _p2), lambda: noisy_or(_
     exercise(
         'scores on a common scale',
         task=r"""
-Before two scores can be combined they are standardised by the mean and std of **normal** images. Write
-`my_standardize(scores, calibration)`: `scores` {name: (B,)}, `calibration` {name: (mean, std)} ->
-{name: (s - mean) / std}; a score without calibration stays as it is.
+Before two scores can be combined each is put on a common scale by a location and a scale measured on
+**normal** images (for `sum`: their mean and std; for the Noisy-OR: the offset and temperature of section 2).
+Write `my_standardize(scores, calibration)`: `scores` {name: (B,)}, `calibration` {name: (location, scale)}
+-> {name: (s - location) / scale}; a score without calibration stays as it is.
 """,
         solution=r"""
 def my_standardize(scores, calibration):
@@ -374,11 +392,12 @@ check("Exercise 3 (global distance)", lambda: my_global_distance(_t, _s), lambda
 **Exercise.** (1) In section 5, move one image's `p_loc` from 0.5 to 0.9 by hand: how much does its `P`
 change if `p_sem = 0.1`? And if `p_sem = 0.9`? Why does the Noisy-OR care less about the second detector once
 the first is confident? (2) Train with `joint_weight=0` (no joint objective) and compare section 6's table.
-(3) `sum` adds the z-scores, `noisy_or` adds `softplus(z)`. For which images do the two rules disagree most —
-look at where `softplus` is flat.
+(3) `sum` adds the z-scores, `noisy_or` adds `softplus(z)` of the anchored logits. For which images do the two
+rules disagree most — look at where `softplus` is flat (every typical normal image sits there).
 
 The cell checks the lesson's claims on this run's numbers: (a) the Noisy-OR is an OR — for every test image,
-`P` is at least each branch's own probability, and at most 1; (b) `combine` changes only the image score —
+`P` is at least each branch's own probability, and at most 1, and both branches sit low on the normal test
+images (median `p` at most 0.1); (b) `combine` changes only the image score —
 the pixel metrics are identical under all four rules; (c) the two students are not redundant: their scores
 rank the test images differently (rank correlation below 0.95).
 """),
@@ -386,6 +405,9 @@ rank the test images differently (rank correlation below 0.95).
 slack = float((P - torch.maximum(p_loc, p_sem)).min())
 print(f"(a) smallest P - max(p_loc, p_sem) over {len(ids)} test images: {slack:.3g}; largest P {float(P.max()):.6f}")
 assert slack >= -1e-6 and float(P.max()) <= 1.0, "P fell below a branch's own probability"
+med = (float(p_loc[normal].median()), float(p_sem[normal].median()))
+print(f"    median p_loc, p_sem of the normal test images: {med[0]:.3f}, {med[1]:.3f}")
+assert max(med) <= 0.1, "a branch does not sit near 0 on normal images: it is not an OR of detectors"
 pixel = {rule: (tables[rule]["mean"]["P-AUROC"], tables[rule]["mean"]["AUPRO"]) for rule in RULES}
 print(f"(b) (P-AUROC, AUPRO) per rule: {pixel}")
 assert all(np.allclose(v, pixel["noisy_or"], rtol=0, atol=1e-9) for v in pixel.values()), \

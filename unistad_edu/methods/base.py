@@ -133,6 +133,10 @@ class ReverseDistillationConfig(MethodConfig):
     decoder_blocks: tuple | int = 1  # blocks per decoder stage, in teacher-level order (fine -> coarse)
     block_width: float = 0.5  # inner width of a residual block = block_width * its output channels
     linear_outputs: bool = True  # no ReLU on the decoder's per-level outputs (rd.py's paper card)
+    # the distillation loss per level: "position" = mean over positions of 1 - cos along channels (the paper's
+    # Eq. 2, the same quantity as the anomaly map); "flattened" = 1 - cos of the whole level flattened to one
+    # vector per image (the official training script's loss_fucntion)
+    rd_loss: str = "position"
     init_seed: int = 0  # the bottleneck's and decoder's initial weights, reproducible
     epochs: int = 30
     batch_size: int = 16
@@ -144,11 +148,17 @@ class ReverseDistillationConfig(MethodConfig):
                                                                          image_score="max"))
     # RD4AD's recipe (the ``paper`` preset of RD, and of SNL, whose own is not public): WideResNet-50 layers
     # 1-3 (256/512/1024 ch, strides 4/8/16), OCE 3 blocks -> 2048 ch at 8 x 8, decoder [3, 4, 6] blocks coarse
-    # -> fine [recalled], Adam 0.005 (0.5, 0.999), batch 16, 200 epochs
+    # -> fine [recalled], the flattened per-image cosine loss of the official main.py, Adam 0.005 (0.5, 0.999),
+    # batch 16, 200 epochs
     rd4ad_recipe: ClassVar[dict] = dict(
         teacher="wide_resnet50_2", teacher_layers=None, image_size=256, embed_channels=2048, oce_blocks=3,
-        decoder_blocks=(6, 4, 3), block_width=0.5, linear_outputs=False, optimizer="adam", lr=0.005,
-        betas=(0.5, 0.999), weight_decay=0.0, epochs=200, batch_size=16, schedule="constant")
+        decoder_blocks=(6, 4, 3), block_width=0.5, linear_outputs=False, rd_loss="flattened", optimizer="adam",
+        lr=0.005, betas=(0.5, 0.999), weight_decay=0.0, epochs=200, batch_size=16, schedule="constant")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rd_loss not in ("position", "flattened"):
+            raise ValueError(f"rd_loss must be 'position' or 'flattened', not {self.rd_loss!r}")
 
 
 class Method(nn.Module):

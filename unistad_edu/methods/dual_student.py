@@ -31,14 +31,21 @@ Paper card
         tokens (a test checks it). "Class token": a ViT teacher's CLS (``Teacher`` docstring); a CNN teacher
         has none, and we use the **global average pool of its deepest kept level** (Lite0: 112 channels at
         stride 16) -- computed here if the teacher was built without ``embedding=True``.
-      * Probabilities: p = sigmoid(z), z = (s - mean) / std, with mean/std running statistics (EMA,
-        ``calib_momentum``) of each score on the normal training batches while training (dropout on), kept
-        as buffers (they checkpoint and resume); after training the engine's ``calibrate`` call replaces
-        them by the exact statistics of the held-out normal images in eval mode, the state of scoring.
+      * Probabilities: each branch is a detector that should sit near 0 on a normal image and fire above its
+        normal range, so p = sigmoid((s - offset) / temperature) with the offset at the ``or_quantile``
+        (0.95) of the branch's normal scores (p = 0.5 there) and the temperature such that the normal
+        median gets p = ``or_normal_p`` (0.01). The quantiles are those of the held-out normal images in
+        eval mode (the engine's ``calibrate`` call after training, the state of scoring); while training
+        they come from running statistics of the normal training batches (EMA, ``calib_momentum``) as if the
+        scores were Gaussian. A normal image then has P = 1 - (1 - p_loc)(1 - p_sem) near 0 and P rises when
+        *either* branch leaves its normal range -- an OR. (Our first reading, p = sigmoid((s - mean) / std),
+        gave every average normal image p = 0.5 per branch and P = 0.75, and -log(1 - P) added the branches
+        like a sum.)
       * Joint objective: on normal images the Noisy-OR's negative log-likelihood of "normal",
         -log(1 - P) = softplus(z_loc) + softplus(z_sem), added with weight ``joint_weight`` to the two
-        students' own losses. Its gradient pushes each score down in proportion to p: the images that
-        currently look most anomalous to a branch weigh most (mean/std are detached). In training, s_loc
+        students' own losses. Its gradient pushes a branch's score down in proportion to its p: the normal
+        images that make a branch fire weigh most, the typical ones (p ~ 0.01) hardly at all (offset and
+        temperature are detached). In training, s_loc
         takes its value from the shared scoring path and its gradient from the same rule on the token-grid
         map (straight-through; ``map_score_for_training``), since the blur's backward pass is costly.
       * ``combine`` = ``noisy_or`` | ``sum`` | ``local`` | ``semantic`` chooses only the *image score*
@@ -67,7 +74,8 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from ..layers import TransformerLayer, cosine_distance, levels_to_grid, resize_bilinear, to_tokens
+from ..layers import (TransformerLayer, cosine_distance, global_cosine_distance, levels_to_grid, resize_bilinear,
+                      to_tokens)
 from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
 from .base import Batch, Method, TransformerTrainingConfig
 
@@ -131,7 +139,12 @@ class DualStudentConfig(TransformerTrainingConfig):
     w_local: float = 1.0  # ED loss weight
     w_semantic: float = 1.0  # EE loss weight
     joint_weight: float = 0.1  # weight of -log(1 - P) on normal images
-    calib_momentum: float = 0.05  # EMA of the score statistics used for p = sigmoid((s - mean) / std)
+    calib_momentum: float = 0.05  # EMA of each score's mean and E[s^2] on the normal training batches
+    # each branch's probability p = sigmoid((s - offset) / temperature), both from normal scores: p = 0.5 at
+    # the ``or_quantile`` of normal scores (offset), p = ``or_normal_p`` at their median (temperature), so a
+    # branch sits near 0 on a normal image and "fires" above its normal range
+    or_quantile: float = 0.95
+    or_normal_p: float = 0.01
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
                                                                          image_score="topk_mean", topk=0.01))
@@ -151,6 +164,10 @@ class DualStudentConfig(TransformerTrainingConfig):
             raise ValueError(f"combine must be one of {tuple(COMBINE_RULES)}, not {self.combine!r}")
         if not 0 <= self.hm_quantile < 1:
             raise ValueError(f"hm_quantile must be in [0, 1), got {self.hm_quantile}")
+        if not 0.5 < self.or_quantile < 1:
+            raise ValueError(f"or_quantile must be in (0.5, 1): p = 0.5 above the normal median; got {self.or_quantile}")
+        if not 0 < self.or_normal_p < 0.5:
+            raise ValueError(f"or_normal_p must be in (0, 0.5): a normal image's p below 0.5; got {self.or_normal_p}")
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------
@@ -165,11 +182,6 @@ def scale_easy_gradients(s: torch.Tensor, point_distance: torch.Tensor, quantile
     s = s.view_as(s)  # an alias: the hook then scales only the gradient that flows through this use of s
     s.register_hook(lambda grad: grad * scale)
     return s
-
-
-def global_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """1 - cos(vec t, vec s) per image over the whole flattened map (Dinomaly's "loose" loss): (B,)."""
-    return cosine_distance(t.flatten(1), s.flatten(1), dim=1, keepdim=False)
 
 
 class EncoderDecoderStudent(nn.Module):
@@ -294,7 +306,11 @@ class DualStudent(Method):
         for k in ("loc", "sem"):
             self.register_buffer(f"{k}_mean", torch.zeros(()))
             self.register_buffer(f"{k}_sq", torch.ones(()))  # E[s^2]
+            # the held-out normal images' median and or_quantile of the score (set by calibrate)
+            self.register_buffer(f"{k}_median", torch.zeros(()))
+            self.register_buffer(f"{k}_upper", torch.zeros(()))
         self.register_buffer("calib_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("quantiles_known", torch.zeros((), dtype=torch.bool))
 
     @staticmethod
     def _fused_channels(channels: list[int]) -> int:
@@ -323,6 +339,24 @@ class DualStudent(Method):
             out[name] = (mean, std)
         return out
 
+    def or_calibration(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{"map": (offset, temperature), "semantic": (...)}: p = sigmoid((s - offset) / temperature) is 0.5 at
+        the ``or_quantile`` of normal scores and ``or_normal_p`` at their median. From the held-out normal
+        images' quantiles once ``calibrate`` has run; while training, from the running mean and std as if the
+        scores were Gaussian (median = mean, quantile = mean + z_q std)."""
+        c = self.cfg
+        z_q = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(2 * c.or_quantile - 1.0)).item()
+        logit = math.log((1 - c.or_normal_p) / c.or_normal_p)  # -logit(or_normal_p) > 0
+        out = {}
+        for key, name in (("loc", "map"), ("sem", "semantic")):
+            if bool(self.quantiles_known):
+                median, upper = getattr(self, f"{key}_median"), getattr(self, f"{key}_upper")
+            else:
+                mean, std = self.calibration()[name]
+                median, upper = mean, mean + z_q * std
+            out[name] = (upper, ((upper - median) / logit).clamp_min(1e-6))
+        return out
+
     @torch.no_grad()
     def _update_calibration(self, s_loc: torch.Tensor, s_sem: torch.Tensor) -> None:
         m = 1.0 if int(self.calib_steps) == 0 else self.cfg.calib_momentum  # first batch: take it as is
@@ -347,7 +381,20 @@ class DualStudent(Method):
         for key, s in (("loc", torch.cat(loc)), ("sem", torch.cat(sem))):
             getattr(self, f"{key}_mean").copy_(s.mean())
             getattr(self, f"{key}_sq").copy_(s.pow(2).mean())
+            getattr(self, f"{key}_median").copy_(s.quantile(0.5))
+            getattr(self, f"{key}_upper").copy_(s.quantile(self.cfg.or_quantile))
+        self.quantiles_known.fill_(True)
         self.calib_steps.add_(1)
+
+    def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
+        """Runs saved before the Noisy-OR's quantiles existed load with ``quantiles_known`` False: their
+        branches' probabilities then come from the saved mean and std (``or_calibration``)."""
+        state = dict(state)
+        for key in ("loc", "sem"):
+            for part in ("median", "upper"):
+                state.setdefault(f"{key}_{part}", torch.zeros(()))
+        state.setdefault("quantiles_known", torch.zeros((), dtype=torch.bool))
+        super().load_from_checkpoint(state)
 
     def teacher_embedding(self, batch: Batch, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, C_emb): the target of the EE student -- the teacher's "cls" (ViT class token, or a CNN's pooled
@@ -402,7 +449,7 @@ class DualStudent(Method):
         s_sem = out["semantic"]  # (B,)
         if self.training:
             self._update_calibration(s_loc, s_sem)
-        z = standardize({"map": s_loc, "semantic": s_sem}, self.calibration())
+        z = standardize({"map": s_loc, "semantic": s_sem}, self.or_calibration())  # detached: buffers
         c = self.cfg
         return {"local": c.w_local * local.mean(), "semantic": c.w_semantic * s_sem.mean(),
                 "joint": c.joint_weight * noisy_or_nll(z["map"], z["semantic"]).mean()}  # -log(1 - P) on normal images
@@ -435,4 +482,6 @@ class DualStudent(Method):
         return COMBINE_RULES[self.cfg.combine]
 
     def score_calibration(self) -> dict:
-        return self.calibration()
+        """Noisy-OR: each branch's (offset, temperature) (``or_calibration``); ``sum`` / ``semantic``: the
+        normal mean and std of each score (z-scores)."""
+        return self.or_calibration() if self.cfg.combine == "noisy_or" else self.calibration()

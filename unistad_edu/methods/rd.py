@@ -25,8 +25,11 @@ Paper card
       * ``linear_outputs=True`` drops the final ReLU of each decoder stage, so the student can match
         teachers whose features are signed (an EfficientNet block ends in a linear projection); RD4AD's
         decoder ends in a ReLU, which fits post-ReLU ResNet features -- the ``paper`` preset sets False;
-      * the official training script flattens each level and takes one cosine per image [recalled]; we use
-        the paper's per-position cosine, the same quantity as the anomaly map;
+      * the loss is a switch (``rd_loss``): the paper's Eq. 2 takes the cosine per position and averages it
+        (``position``, the same quantity as the anomaly map); the official training script's
+        ``loss_fucntion`` flattens each level of an image into one vector and takes one cosine per image
+        (``flattened``, the ``paper`` preset's). The flattened loss weighs a position by its feature norm
+        and lets a few badly rebuilt positions cost little against a well-rebuilt image;
       * a decoder output whose grid differs from the teacher's (odd grids, e.g. 13 x 13) is resized
         bilinearly to the teacher's grid; the 1 - cos is written as ``0.5 * ||t/|t| - s/|s| ||^2`` (equal to
         1 - cos for non-zero vectors, and 0 for two all-zero vectors instead of 1).
@@ -39,7 +42,8 @@ Data flow (shapes for the ``cpu`` preset: Lite0 levels 24/40/112 channels at str
               concat                                                   -> (B, 336, 16, 16)
       -> OCE: residual block, stride 2 (+ more blocks)                 -> embedding (B, 224, 8, 8)
       -> decoder: up-block -> (B, 112, 16, 16) -> up-block -> (B, 40, 32, 32) -> up-block -> (B, 24, 64, 64)
-    loss = sum_l mean_{b,h,w} (1 - cos_c(t_l, s_l));   maps {level: (B, 1, h_l, w_l)} = 1 - cos_c(t_l, s_l)
+    loss = sum_l mean_{b,h,w} (1 - cos_c(t_l, s_l))   (position; flattened: sum_l mean_b (1 - cos(vec t_l, vec s_l)))
+    maps {level: (B, 1, h_l, w_l)} = 1 - cos_c(t_l, s_l)
 
 The student consumes only teacher features, never the image: ``needs_images = False`` (the engine trains it
 from the feature cache). SNL (``snl.py``) is this student plus extra distillation terms and a CRAM block (the network is
@@ -51,7 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layers import cosine_distance, reverse_student
+from ..layers import cosine_distance, global_cosine_distance, reverse_student
 from .base import Batch, Method, ReverseDistillationConfig
 
 
@@ -71,6 +75,15 @@ class RDConfig(ReverseDistillationConfig):
 def position_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) x 2 -> (B, 1, h, w): the cosine distance of the channel vectors at every position."""
     return cosine_distance(t, s, dim=1)
+
+
+def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor], rule: str = "position") -> torch.Tensor:
+    """RD's loss summed over levels (each (B, C_l, h_l, w_l)): ``position`` = mean over images and positions
+    of the per-position cosine distance (Eq. 2); ``flattened`` = mean over images of the cosine distance of
+    the whole level flattened to one vector (the official training code)."""
+    if rule == "flattened":
+        return sum(global_cosine_distance(t, s).mean() for t, s in zip(teacher, student))
+    return sum(position_cosine_distance(t, s).mean() for t, s in zip(teacher, student))
 
 
 # ---- the method ----------------------------------------------------------------------------------------
@@ -103,8 +116,8 @@ class RD(Method):
 
     def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
         """The named, weighted loss terms of a :meth:`forward` output (lessons apply SNL's to RD's outputs)."""
-        d = sum(position_cosine_distance(t, s).mean() for t, s in zip(out["teacher"], out["student"]))
-        return {"position_cosine": d}
+        return {"position_cosine" if self.cfg.rd_loss == "position" else "flattened_cosine":
+                distillation_loss(out["teacher"], out["student"], self.cfg.rd_loss)}
 
     # ---- the contract ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:

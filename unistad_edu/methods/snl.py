@@ -20,7 +20,8 @@ Paper card
       forward (STPM-like) and reverse (RD4AD-like) ones [summary]. We build it on our RD (``rd.py``).
     Our reading (every formula below is ours, not the paper's; each term is a switch with its weight, so
     the ablation table measures what it buys). Per level l, t = teacher, s = student, (B, C, h, w):
-      * **base** (RD's own loss, always on): ``mean_{b,i} (1 - cos_c(t_i, s_i))`` over positions i.
+      * **base** (RD's own loss, always on, ``rd_loss`` as in RD): ``mean_{b,i} (1 - cos_c(t_i, s_i))`` over
+        positions i, or the flattened per-image cosine of the ``paper`` preset.
       * **spatial-channel** (``spatial_channel``): adds ``mean_{b,c} (1 - cos_pos(t_c, s_c))``, the cosine
         distance of each channel's map flattened over the h*w positions.
       * **intra-affinity** (``intra_affinity``): the position-position cosine affinity within a level,
@@ -40,12 +41,16 @@ Paper card
         levels because the student's multi-scale structure is what a decoder gets wrong.)
       * **CRAM** (``cram``): NetVLAD-style, between the bottleneck and the decoder. The embedding's
         vectors x_i (channel-normalised) are soft-assigned to K learned centres c_k (normalised),
-        ``a_ik = softmax_k(alpha * x_i . c_k)``; the residuals are aggregated per centre over the image,
-        ``V_k = sum_i a_ik (x_i - c_k) / sum_i a_ik``; and every position is rebuilt from its centres plus
-        the image's aggregated residuals, ``z_i = sum_k a_ik (c_k + V_k)`` (+ ``cram_skip * x_i``). So the
-        decoder sees a point in a space spanned by K normal centres, adapted per image by K residual
-        vectors -- the "compact normal representation space"; an anomalous vector is pulled towards the
-        centres before the decoder rebuilds the teacher from it. The CRAM loss (``cram_weight``) is the
+        ``a_ik = softmax_k(alpha * x_i . c_k)``; the residuals to the centres are aggregated per centre over
+        the image as NetVLAD does, ``V_k = sum_i a_ik (x_i - c_k) / sum_i a_ik``; and every position is
+        rebuilt from its centres plus a share ``beta`` (``cram_residual``, 0.5) of the image's aggregated
+        residuals, ``z_i = sum_k a_ik (c_k + beta V_k)`` (+ ``cram_skip * x_i``). So the decoder sees a point
+        between the K normal centres (beta = 0: soft vector quantisation) and the image's own cluster means
+        (beta = 1) -- the "compact normal representation space". A vector off the centres is not passed on:
+        its code is its centres' plus residuals averaged over the whole image, which one anomalous patch
+        hardly moves; the centres themselves stay in the code with weight 1 - beta. (Our first version had
+        beta = 1, where ``c_k + V_k`` is the image's soft cluster mean and the centres cancelled out of the
+        code; runs saved then load with ``cram_residual=1``.) The CRAM loss (``cram_weight``) is the
         soft k-means compactness ``mean_i sum_k a_ik (1 - cos(x_i, c_k))``, pulling the embedding to its
         centres (scale-free, so it cannot be minimised by shrinking the features).
       * the anomaly map is RD's (per-level 1 - cos, summed, Gaussian sigma = 4, max) [inference]; the
@@ -58,6 +63,7 @@ Paper card
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -65,6 +71,7 @@ import torch.nn.functional as F
 
 from ..layers import cosine_distance, reverse_student
 from .base import Batch, Method, ReverseDistillationConfig
+from .rd import distillation_loss
 
 
 @dataclass
@@ -85,7 +92,17 @@ class SNLConfig(ReverseDistillationConfig):
     cram_weight: float = 0.1  # weight of the compactness loss (the module itself is switched by ``cram``)
     cram_centres: int = 16  # K
     cram_alpha: float = 10.0  # sharpness of the soft assignment (NetVLAD's alpha), on cosines in [-1, 1]
+    cram_residual: float = 0.5  # beta: z_i = sum_k a_ik (c_k + beta V_k); 0 = centres only, 1 = cluster means
     cram_skip: float = 0.0  # z = CRAM(x) + cram_skip * x_normalised; 0 = the decoder sees only the CRAM code
+
+    # runs saved before the field existed rebuilt every position from c_k + V_k (the image's cluster means)
+    missing_in_old_checkpoints: ClassVar[dict] = {"cram_residual": 1.0}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.cram_residual <= 1.0:
+            raise ValueError(f"cram_residual must be in [0, 1] (0: centres only, 1: cluster means), "
+                             f"got {self.cram_residual}")
 
 
 # ---- the structural losses, each usable on its own -------------------------------------------------------
@@ -146,13 +163,13 @@ class CRAM(nn.Module):
     """Central residual aggregation (our NetVLAD-style reading, see the paper card).
 
     ``forward(x)`` with x (B, D, h, w) returns ``z`` (B, D, h, w), the rebuilt embedding the decoder starts
-    from; ``compactness`` (scalar), the soft k-means loss ``mean_i sum_k a_ik (1 - cos(x_i, c_k))``; and the
-    soft assignment (B, K, h, w), for lessons and plots."""
+    from, ``z_i = sum_k a_ik (c_k + residual * V_k)``; ``compactness`` (scalar), the soft k-means loss
+    ``mean_i sum_k a_ik (1 - cos(x_i, c_k))``; and the soft assignment (B, K, h, w), for lessons and plots."""
 
-    def __init__(self, dim: int, centres: int, alpha: float = 10.0, skip: float = 0.0):
+    def __init__(self, dim: int, centres: int, alpha: float = 10.0, skip: float = 0.0, residual: float = 0.5):
         super().__init__()
         self.centres = nn.Parameter(torch.randn(centres, dim))  # (K, D), normalised in forward
-        self.alpha, self.skip = alpha, skip
+        self.alpha, self.skip, self.residual = alpha, skip, residual
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, D, h, w = x.shape
@@ -163,7 +180,7 @@ class CRAM(nn.Module):
         mass = a.sum(dim=2, keepdim=True)  # (B, K, 1)
         # V_k = sum_i a_ik (x_i - c_k) / sum_i a_ik = (sum_i a_ik x_i) / mass_k - c_k
         v = torch.einsum("bkn,bdn->bkd", a, xn) / mass.clamp_min(1e-6) - c  # (B, K, D)
-        z = torch.einsum("bkn,bkd->bdn", a, c.unsqueeze(0) + v)  # (B, D, N): sum_k a_ik (c_k + V_k)
+        z = torch.einsum("bkn,bkd->bdn", a, c.unsqueeze(0) + self.residual * v)  # sum_k a_ik (c_k + beta V_k)
         if self.skip:
             z = z + self.skip * xn
         compact = (a * (1 - cos)).sum(dim=1).mean()  # mean_{b,i} sum_k a_ik (1 - cos(x_i, c_k))
@@ -190,7 +207,8 @@ class SNL(Method):
         if cfg.cram:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.init_seed + 1)  # after RD's modules: RD's weights do not depend on cram
-                self.cram = CRAM(self.embed_channels, cfg.cram_centres, cfg.cram_alpha, cfg.cram_skip)
+                self.cram = CRAM(self.embed_channels, cfg.cram_centres, cfg.cram_alpha, cfg.cram_skip,
+                                 cfg.cram_residual)
 
     # ---- pieces -----------------------------------------------------------------------------------------
     def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
@@ -213,7 +231,8 @@ class SNL(Method):
         ``student`` level lists (lesson 05 applies them to a trained RD's outputs)."""
         cfg = self.cfg
         t, s = out["teacher"], out["student"]
-        terms = {"position_cosine": sum(cosine_distance(a, b, dim=1).mean() for a, b in zip(t, s))}  # RD's loss
+        base = "position_cosine" if cfg.rd_loss == "position" else "flattened_cosine"
+        terms = {base: distillation_loss(t, s, cfg.rd_loss)}  # RD's own loss, always on
         if cfg.spatial_channel:
             terms["channel_cosine"] = cfg.spatial_channel_weight * sum(
                 channel_cosine_distance(a, b).mean() for a, b in zip(t, s))
