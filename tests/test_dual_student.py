@@ -253,6 +253,25 @@ def test_fit_evaluate_every_combine_rule_and_checkpoint(lite0_teacher, tmp_path)
         assert all(np.isfinite(v) and 0 <= v <= 1 for v in table["mean"].values() if v is not None), rule
         scores[rule] = res_["scores"]
     assert not np.allclose(scores["local"], scores["semantic"])
+    # evaluate's Noisy-OR report: each branch's median p on the normal test images, recomputed image by image
+    model.cfg.combine = "noisy_or"
+    table = evaluate(model, test, progress=False)
+    calib = {k: (float(o), float(t)) for k, (o, t) in model.or_calibration().items()}
+    p = {"map": [], "semantic": []}
+    for i in range(len(test)):
+        if test.records[i].label:
+            continue
+        with torch.no_grad():
+            o = model(Batch(image=test[i]["image"][None]))
+            s_loc = float(score(o["maps"], 64, model.cfg.scoring).pred_score)
+        for name, s in (("map", s_loc), ("semantic", float(o["semantic"]))):
+            p[name].append(1 / (1 + math.exp(-(s - calib[name][0]) / calib[name][1])))
+    got = table["noisy_or"]["median_p_normal"]
+    assert table["noisy_or"]["normal_images"] == len(p["map"]) > 0
+    for name in p:
+        assert got[name] == pytest.approx(float(np.median(p[name])), rel=1e-3, abs=1e-6)
+    model.cfg.combine = "sum"
+    assert "noisy_or" not in evaluate(model, test, progress=False)
     # the rules, recomputed by hand from the components
     batch = Batch(image=torch.stack([test[i]["image"] for i in range(4)]))
     with torch.no_grad():

@@ -397,6 +397,12 @@ def cmd_eval(args) -> int:
     from .report import format_by_defect, format_verdicts
     for line in format_verdicts(table):
         print(line)
+    if "noisy_or" in table:
+        nor = table["noisy_or"]
+        print(f"Noisy-OR branches, median probability on the {nor['normal_images']} normal test images: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in nor["median_p_normal"].items() if v is not None)
+              + " (an OR of detectors: each near 0 on normal images); on the defective ones: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in nor["median_p_defect"].items() if v is not None))
     if any("logical" in row or len(row["kinds"]) > 1 for row in table.get("by_defect", {}).values()):
         print("I-AUROC by defect kind (logical: a part missing or added, which local methods are not expected "
               "to catch):")

@@ -74,7 +74,7 @@ def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, dev
     model.eval()
     prec = precision_of(model, precision, device)
     out = {"scores": [], "labels": [], "categories": [], "defects": [], "paths": [], "maps": [], "masks": [],
-           "embeddings": []}
+           "embeddings": [], "terms": []}
     for batch in progress_bar(in_order(dataset, batch_size), desc, progress):
         mb = method_batch(batch, cache, device)
         with prec.autocast(device):
@@ -82,6 +82,8 @@ def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, dev
             res = model.score(mb)
         out["embeddings"].append(model.teacher.embedding_of(mb.features).float().cpu().numpy())
         out["scores"].append(res.pred_score.float().cpu().numpy())
+        if res.image_scores:  # every raw per-image score that was combined ({"map": (B,), term: (B,)})
+            out["terms"].append({k: v.float().cpu().numpy() for k, v in res.image_scores.items()})
         out["labels"].append(batch["label"].numpy())
         out["categories"] += batch["category"]
         out["defects"] += batch.get("defect", ["good" if v == 0 else "defect" for v in batch["label"].tolist()])
@@ -93,6 +95,8 @@ def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, dev
               "labels": np.concatenate(out["labels"]) if out["labels"] else np.zeros(0, int),
               "categories": np.array(out["categories"]), "defects": np.array(out["defects"]), "paths": out["paths"],
               "embeddings": np.concatenate(out["embeddings"]) if out["embeddings"] else np.zeros((0, 0))}
+    if out["terms"]:
+        result["terms"] = {k: np.concatenate([t[k] for t in out["terms"]]) for k in out["terms"][0]}
     if keep_maps and out["maps"]:
         result["maps"] = np.concatenate(out["maps"])
         result["masks"] = np.concatenate(out["masks"])
@@ -194,7 +198,30 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
     table["pooled"] = {"I-AUROC": auroc(res["scores"], res["labels"]), "images": int(len(res["scores"]))}
     table["by_defect"] = defect_aurocs(res["scores"], res["labels"], res["categories"], res["defects"])
     table.update(verdict_report(calibration_of(model), res))
+    if "terms" in res and model.combine_rule() == "noisy_or":
+        table["noisy_or"] = branch_report(res, model.score_calibration())
     return (table, res) if return_outputs else table
+
+
+def branch_report(res: dict, calibration: dict) -> dict:
+    """A Noisy-OR's branches on the test set: each branch's probability p = sigmoid((s - offset) / temperature)
+    (the model's calibration), its median over the normal test images -- near 0 if the branch is a detector
+    that stays quiet on normal images -- and over the defective ones, overall and per category."""
+    normal = res["labels"] == 0
+    p = {}
+    for name, s in res["terms"].items():
+        offset, temp = (float(v) for v in calibration[name])
+        p[name] = 1.0 / (1.0 + np.exp(-(s.astype(np.float64) - offset) / temp))
+
+    def medians(sel):
+        return {name: float(np.median(v[sel])) if sel.any() else None for name, v in p.items()}
+
+    out = {"median_p_normal": medians(normal), "median_p_defect": medians(~normal),
+           "normal_images": int(normal.sum()), "by_category": {}}
+    for cat in sorted(set(res["categories"])):
+        in_cat = res["categories"] == cat
+        out["by_category"][cat] = {"median_p_normal": medians(in_cat & normal)}
+    return out
 
 
 def verdict_report(cal: Calibration, res: dict) -> dict:

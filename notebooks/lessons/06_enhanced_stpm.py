@@ -15,10 +15,16 @@ arXiv 2111.15376) adds a **second teacher–student pair**:
   input (attention can fill a position in from its context);
 * 3 levels × 2 pairs = **six anomaly maps**, combined into the final one.
 
-That is all the public summary says; there is no code. **Our reading** (`unistad_edu/methods/enhanced_stpm.py`):
-pair 1 *is* our STPM; pair 2 is an STPM on a second teacher, EfficientNet-Lite1 (separately trained, deeper
-and wider than pair 1's Lite0; its weights ship offline), whose random-init student gets a **CBAM** block
-(channel then spatial attention) after every tapped stage. The combination is a switch, `combine`:
+That is all the public summary says; there is no code. Later papers describe the second student as a
+**decoder** that reconstructs the teacher's features (a reversed student, as in RD4AD), trained on normal
+images only. **Our reading** (`unistad_edu/methods/enhanced_stpm.py`): pair 1 *is* our STPM; pair 2's teacher
+is EfficientNet-Lite1 (separately trained, deeper and wider than pair 1's Lite0; its weights ship offline),
+and its student is a **reconstruction decoder**: RD's bottleneck squeezes the teacher's three levels into an
+8 × 8 embedding (at 256 px), two **self-attention** layers let every position of it be rebuilt from the
+whole image's context, and RD's decoder rebuilds the three levels — trained on normal images, so it rebuilds
+*normal* features and a defect's come back wrong. (Our first version, `pair2_student="forward"`, gave pair 2
+a student that sees the image with a CBAM block after each stage; CBAM gates channels and positions but
+cannot fill a region in from its context.) The combination is a switch, `combine`:
 
 | rule | the final map | why |
 |---|---|---|
@@ -27,8 +33,9 @@ and wider than pair 1's Lite0; its weights ship offline), whose random-init stud
 | `mean` (default) | each of the six maps divided by its normal scale; averaged | every map one equal vote |
 
 The "normal scale" of a map is its mean over the held-out normal training images (`calibrate`, the pass the
-threshold comes from), kept in the model. `mean` became the preset's rule by measurement: on the five real
-categories, three seeds, it scored above `product` on every seed and every metric (the config's docstring). The paper is one-class; training it unified, as here, is our extension.
+threshold comes from), kept in the model. `mean` is the preset's rule; `docs/benchmarks.md` ("Enhanced STPM")
+shows what it was compared against, and on which data. The paper is one-class; training it unified, as here,
+is our extension.
 """),
     code(r"""
 import dataclasses
@@ -71,8 +78,10 @@ train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capp
 for name, t in (("pair 1", teacher), ("pair 2", enhanced.teacher2)):
     print(f"{name} teacher {t.backbone_name}: " + ", ".join(f"{lv.name} ({lv.channels} ch, stride {lv.stride})"
                                                            for lv in t.feature_info))
-attention = [type(m).__name__ for m in enhanced.pair2.student.modules() if type(m).__name__ in ("CBAM", "NonLocal")]
-print(f"pair 2's student carries {len(attention)} attention modules ({', '.join(attention)}); "
+student2 = enhanced.pair2.student
+n2 = sum(p.numel() for p in student2.parameters())
+print(f"pair 2's student: {type(student2).__name__} ({cfg.pair2_student}), {n2:,} parameters, "
+      f"{cfg.decoder_attention_layers} self-attention layers at its bottleneck; "
       f"train: {len(train)} normal images, test: {len(test)} images")
 """),
     md(r"""
@@ -127,10 +136,10 @@ print(f"pair 1's three maps = plain STPM's (largest difference {pair1_gap:.2e}):
 ## 4. Six maps for one defect
 
 One defective test image, its six per-level maps, and each pair's product. Every map is divided by its
-**normal scale** (the model's running mean of that map on normal training images), so `1` means "as high as
+**normal scale** (its mean over the held-out normal training images, set by `calibrate`), so `1` means "as high as
 a normal image, on average", and all panels share one colour scale, from 0 to the largest value of the six
 level maps (the products, which multiply three such values, may saturate it). Top row pair 1 (Lite0
-teacher), bottom row pair 2 (Lite1 teacher, attention student); green outline: the true defect.
+teacher), bottom row pair 2 (Lite1 teacher, reconstruction decoder); green outline: the true defect.
 """),
     code(r"""
 def mask_fraction(i):
@@ -412,8 +421,9 @@ check("Exercise 2 (fuse)", lambda: (my_fuse(_maps, 16, "sum"), my_fuse(_maps, 16
     md(r"""
 ## Check yourself
 
-**Exercise.** (1) Build the model with `attention="none"` (a plain second STPM pair on Lite1) and repeat
-section 6: does the attention student change how differently pair 2 looks? (2) Build it with
+**Exercise.** (1) Build the model with `decoder_attention_layers=0` (the decoder without attention) and
+with `pair2_student="forward"` (the first version: a student that sees the image, with CBAM) and repeat
+section 6: does the kind of student change how differently pair 2 looks? (2) Build it with
 `teacher2="tf_efficientnet_lite0", teacher2_layers=(2, 3, 4)` — the *same* teacher weights at coarser
 levels. Predict where its points land in the section 6 scatter. (3) Why does the `mean` rule need the
 normal scales while `product` does not? Multiply one of the six maps by 10 and work out what each rule does.
