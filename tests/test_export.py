@@ -142,8 +142,13 @@ def test_export_refuses_to_overwrite_and_replaces_with_overwrite(trained, tmp_pa
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_run(run, "onnx", out=out, **QUIET)
     assert (out / "mine.txt").is_file()  # refused: nothing touched
+    with pytest.raises(CheckpointError, match="also holds mine.txt"):  # --overwrite deletes only an export's files
+        export_run(run, "onnx", out=out, overwrite=True, **QUIET)
+    assert (out / "mine.txt").is_file()
+    (out / "mine.txt").unlink()
+    old_folder = out.stat().st_ino
     export_run(run, "onnx", out=out, overwrite=True, **QUIET)
-    assert not (out / "mine.txt").exists() and read_card(out)["format"] == "onnx"  # replaced as a whole
+    assert read_card(out)["format"] == "onnx" and out.stat().st_ino != old_folder  # replaced as a whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # no temporary or old folder left
 
 

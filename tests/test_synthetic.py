@@ -166,10 +166,14 @@ def test_reuse_and_incomplete(tmp_path):
     with pytest.raises(SyntheticDatasetError, match="expected"):
         make_synthetic(out2, **cfg)
 
-    # force=True regenerates
-    again = make_synthetic(tmp_path / "set", force=True, **cfg)
+    # force=True regenerates a set the generator wrote (here: one with an image missing) ...
+    again = make_synthetic(out2, force=True, **cfg)
     assert (again / MANIFEST_NAME).is_file()
     assert len(list(again.rglob("*.png"))) == len(pngs)
+    # ... but never a folder without its marker (tests/test_ownership.py has the other cases)
+    with pytest.raises(SyntheticDatasetError, match=f"--force refused: .*with no {MANIFEST_NAME}"):
+        make_synthetic(tmp_path / "set", force=True, **cfg)
+    assert len(list(out.rglob("*.png"))) == len(pngs)
 
 
 def test_hardness(tmp_path):

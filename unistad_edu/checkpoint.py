@@ -34,6 +34,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import files
+from .cards import ALTERED, check_config_values  # torch-free: the export card's check uses them too
+from .cards import is_int as _is_int
 from .errors import CheckpointError  # noqa: F401  (defined torch-free; raised here)
 
 MODEL_FILE = "model.safetensors"
@@ -81,7 +83,6 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
                               f"and retrain")
 
 
-ALTERED = "the file was altered or comes from another version/configuration"
 
 
 def _describe(t: torch.Tensor, growing: bool = False) -> str:
@@ -109,66 +110,6 @@ def check_tensors_fit(found: dict[str, torch.Tensor], model, path: Path, context
             raise CheckpointError(f"{path}: tensor {name!r} is {_describe(t)} but a {model.name!r} model with this "
                                   f"config holds {_describe(want, grows)}{context}: {ALTERED}; "
                                   f"retrain, or load it with the version/config that wrote it")
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def check_config_values(cfg: dict, path: Path) -> None:
-    """Refuse a config.json whose numbers that loading and scoring use are not finite numbers of the right
-    kind: ``threshold`` (a finite number, or ``null`` = no threshold), ``validation.per_class`` statistics,
-    ``image_size`` (an integer in 1..4096, also in ``method_config``), ``epochs_done`` and ``n_tensors``
-    (non-negative integers)."""
-    def refuse(field: str, value, want: str):
-        raise CheckpointError(f"{path}: {field} is {value!r}, expected {want}: {ALTERED}")
-
-    th = cfg.get("threshold")
-    if th is None:
-        if cfg.get("threshold_nonfinite") is not None:
-            raise CheckpointError(f"{path}: threshold was {cfg['threshold_nonfinite']} when the run was saved (the "
-                                  f"held-out scores were not finite): retrain; the model has no usable threshold")
-    elif not _is_number(th) or not math.isfinite(th):
-        refuse("threshold", th, "a finite number (or null for no threshold)")
-    validation = cfg.get("validation")
-    if validation is not None:
-        if not isinstance(validation, dict):
-            refuse("validation", validation, "an object")
-        per = validation.get("per_class")
-        if per is not None:
-            if not isinstance(per, dict):
-                refuse("validation.per_class", per, "an object of per-category statistics")
-            for cat, stats in per.items():
-                if not isinstance(stats, dict):
-                    refuse(f"validation.per_class.{cat}", stats, "an object of statistics")
-                for key, value in stats.items():
-                    if not _is_number(value) or not math.isfinite(value):
-                        refuse(f"validation.per_class.{cat}.{key}", value, "a finite number")
-    if cfg.get("calibration") is not None:
-        from .calibration import check_calibration
-        try:
-            check_calibration(cfg["calibration"])
-        except ValueError as err:
-            raise CheckpointError(f"{path}: {err}: {ALTERED}") from err
-    sizes = [("image_size", cfg.get("image_size"))]
-    mc = cfg.get("method_config")
-    if not isinstance(mc, dict):
-        refuse("method_config", mc, "an object")
-    if "image_size" in mc:
-        sizes.append(("method_config.image_size", mc["image_size"]))
-    for field, size in sizes:
-        if not _is_int(size) or not 1 <= size <= 4096:
-            refuse(field, size, "an integer image side in pixels, 1..4096")
-    if len(sizes) == 2 and sizes[0][1] != sizes[1][1]:
-        raise CheckpointError(f"{path}: image_size {sizes[0][1]} differs from method_config.image_size "
-                              f"{sizes[1][1]}: {ALTERED}")
-    for field in ("epochs_done", "n_tensors"):
-        if field in cfg and (not _is_int(cfg[field]) or cfg[field] < 0):
-            refuse(field, cfg[field], "a non-negative integer")
 
 
 # ---- model checkpoint -----------------------------------------------------------------------------------

@@ -32,9 +32,11 @@ Design, one step per function:
    records link, checksum and licence. On any error the staging folder is removed; only a resumable
    ``.part`` is kept, and ``OUT`` itself is removed again if this run created it and it is empty.
 
-Categories already present in ``OUT`` are skipped (``--force`` replaces them), so re-running a finished
-command does nothing. Errors are :class:`DownloadError` (a :class:`~unistad_edu.data.DataError`), whose
-message names the problem and the fix; the CLI prints it without a traceback.
+Categories already present in ``OUT`` are skipped (``--force`` replaces them -- only folders a download
+installed, i.e. recorded in ``OUT/DOWNLOADS.json``; a user's folder or a file of that name is refused, never
+deleted), so re-running a finished command does nothing. Errors are :class:`DownloadError` (a
+:class:`~unistad_edu.data.DataError`), whose message names the problem and the fix; the CLI prints it without a
+traceback.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from . import ownership
 from .data import DataError
 
 CHUNK = 1 << 20  # bytes per read/write
@@ -593,10 +596,25 @@ def _write_manifest(out: Path, data: dict) -> None:
     os.replace(tmp, out / MANIFEST_NAME)
 
 
+def check_replaceable(out: Path, name: str) -> None:
+    """Refuse (:class:`DownloadError`) to replace ``OUT/name`` for ``--force`` unless a download installed it: a
+    folder (not a file or link) whose category ``OUT/DOWNLOADS.json`` records."""
+    dst = Path(out) / name
+    fix = "move it away, or choose another --out; --force replaces only a category a download installed"
+    if dst.is_symlink() or not dst.is_dir():
+        raise DownloadError(f"--force refused: {dst} is {ownership.describe(dst)}, not a downloaded category "
+                            f"folder: {fix}")
+    if name not in read_manifest(out)["categories"]:
+        raise DownloadError(f"--force refused: {dst} was not installed by a download ({name!r} is not recorded in "
+                            f"{Path(out) / MANIFEST_NAME}; it is {ownership.describe(dst)}), and --force never "
+                            f"deletes other data: {fix}")
+
+
 def _install(stage_dir: Path, out: Path, name: str) -> Path:
     """Move a finished category folder into ``OUT`` with one rename (replacing an old one under --force)."""
     dst = out / name
-    if dst.exists():
+    if dst.exists() or dst.is_symlink():
+        check_replaceable(out, name)  # again: it may have changed while the archive came
         old = out / f"{STAGING_PREFIX}{os.getpid()}-old-{name}"
         os.replace(dst, old)
         os.replace(stage_dir, dst)
@@ -617,7 +635,12 @@ def _categories(requested: Sequence[str] | None, known: Iterable[str], dataset: 
 
 
 def _pending(out: Path, cats: list[str], force: bool) -> list[str]:
+    """The categories to fetch: those not in ``out`` yet, and with ``force`` the downloaded ones too (a folder
+    of that name that no download installed is refused before anything is fetched)."""
     todo = [c for c in cats if force or not (out / c).exists()]
+    for c in todo:
+        if (out / c).exists() or (out / c).is_symlink():
+            check_replaceable(out, c)
     for c in cats:
         if c not in todo:
             _say(f"{out / c} is already there: skipped (--force downloads it again)")

@@ -20,7 +20,9 @@ compared with the PyTorch model's; more than
 :data:`PARITY_TOLERANCE` of the threshold apart, or one verdict different, and the export fails. The folder
 (model file(s), ``export.json``: method, teacher, image size, threshold and its rule, precision, the run's
 ``save_id`` and config, package version, SHA-256 of each file, the parity measured) is written beside its
-destination and renamed into place, so a killed export leaves nothing half-written.
+destination and renamed into place, so a killed export leaves nothing half-written. ``--overwrite`` replaces
+only an export folder holding nothing but what an export writes (:func:`check_replaceable`): never the run
+folder itself, a folder of another kind, a user's folder or a file.
 
 Serving needs no PyTorch: :mod:`unistad_edu.export_runtime`.
 """
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from . import ownership
 from .export_runtime import (CARD_FILE, EXPORT_FORMAT_VERSION, FORMATS, INPUT_NAME, OUTPUT_NAMES, ExportedModel,
                              sha256)
 from .calibration import verdict
@@ -162,6 +165,41 @@ def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)  # weights stay fp32
 
 
+def _contains(outer: Path, inner: Path) -> bool:
+    """True if ``inner`` is ``outer`` or lies inside it (both resolved)."""
+    outer, inner = outer.resolve(), inner.resolve()
+    return inner == outer or outer in inner.parents
+
+
+def check_replaceable(out: Path, run: Path) -> None:
+    """Refuse (:class:`ExportError`) to replace ``out`` by a new export unless it is an empty folder or an export
+    folder (a valid-looking ``export.json``) holding only what an export writes: the card, the files it lists and
+    the copied ``metrics.json``. The run folder itself (or a folder holding it), another kind of folder, a user's
+    files, a file or a symbolic link in place of the folder are never deleted."""
+    out, run = Path(out), Path(run)
+    fix = "choose another --out (the default is RUN/export-FORMAT)"
+    if out.is_symlink() or not out.is_dir():
+        raise ExportError(f"--overwrite refused: --out {out} is {ownership.describe(out)}, not an export folder; "
+                          f"--overwrite replaces only an export folder: move it away, or {fix}")
+    if _contains(out, run):
+        what = ("is the run folder being exported" if out.resolve() == run.resolve() else
+                f"holds the run folder being exported ({run})")
+        raise ExportError(f"--overwrite refused: --out {out} {what}; replacing it would delete the run's model and "
+                          f"state: {fix}")
+    if not any(out.iterdir()):
+        return  # an empty folder: nothing in it to lose
+    card = ownership.read_json(out / CARD_FILE)
+    if not ownership.is_export_card(card):
+        raise ExportError(f"--overwrite refused: --out {out} is {ownership.describe(out)}, not an export folder "
+                          f"(no unistad-edu {CARD_FILE}); --overwrite replaces only an export folder: {fix}")
+    written = {CARD_FILE, "metrics.json", *(n for n in card["files"] if isinstance(n, str))}
+    other = ownership.foreign_entries(out, lambda rel, is_dir: rel in written and not is_dir
+                                      and not (out / rel).is_symlink())
+    if other:
+        raise ExportError(f"--overwrite refused: the export folder {out} also holds {ownership.listing(other)}, "
+                          f"which no export wrote; replacing the folder would delete them: move them away, or {fix}")
+
+
 def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                images: np.ndarray | None = None, log=print) -> Path:
     """Export the run folder ``run`` as ``fmt`` (``onnx`` or ``openvino``) into ``out`` (default
@@ -175,8 +213,11 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
     run = Path(run)
     out = Path(out) if out is not None else run / f"export-{fmt}"
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: choose another --out, or --overwrite to replace it")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{out} exists ({ownership.describe(out)}): choose another --out, or --overwrite to "
+                              f"replace it (an export folder or an empty one only)")
+    if out.exists() or out.is_symlink():
+        check_replaceable(out, run)  # before any work: a refusal costs nothing
     t0 = time.perf_counter()
     model = load_checkpoint(run)
     model.set_teacher_precision("fp32")  # exported graphs are fp32, whatever the run trained in
@@ -248,7 +289,8 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
         metrics = run / "metrics.json"
         if metrics.is_file():  # the demo's model card shows the run's test metrics
             shutil.copyfile(metrics, tmp / "metrics.json")
-        if out.exists():  # --overwrite: the old folder goes only once the new one is complete
+        if out.exists() or out.is_symlink():  # --overwrite: the old folder goes only once the new one is complete
+            check_replaceable(out, run)  # again: it may have changed while the export ran
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)
             tmp.rename(out)

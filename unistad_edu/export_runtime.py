@@ -46,7 +46,11 @@ def sha256(path: Path) -> str:
 
 def read_card(folder) -> dict:
     """The checked card of an export folder: a clear :class:`CheckpointError` for a missing or damaged card, a
-    card written by a newer version, or a missing / changed model file."""
+    card written by a newer version, a field an export could not have written (unknown fields, a threshold that
+    is not a finite number, a file name leading out of the folder, a missing digest:
+    :func:`unistad_edu.cards.check_export_card`), or a missing / changed file (every file's SHA-256 is checked)."""
+    from .cards import check_export_card, is_int
+
     folder = Path(folder)
     path = folder / CARD_FILE
     if not path.is_file():
@@ -56,28 +60,21 @@ def read_card(folder) -> dict:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from err
-    version = card.get("export_format_version")
-    if not isinstance(version, int):
-        raise CheckpointError(f"{path} has no export_format_version: not a unistad-edu export card")
+    version = card.get("export_format_version") if isinstance(card, dict) else None
+    if not is_int(version) or version < 1:
+        raise CheckpointError(f"{path} has no export_format_version (a whole number >= 1; found {version!r}): not "
+                              f"a unistad-edu export card")
     if version > EXPORT_FORMAT_VERSION:
         raise CheckpointError(f"{folder} was exported by unistad-edu {card.get('package_version', '?')} (export "
                               f"format {version}); this version reads format {EXPORT_FORMAT_VERSION} and older: "
                               f"upgrade unistad-edu, or export the run again with this version")
-    for key in ("format", "files", "image_size", "method"):
-        if key not in card:
-            raise CheckpointError(f"{path} lacks {key!r}: the card is damaged; export the run again")
-    if card.get("calibration") is not None:
-        from .calibration import check_calibration
-        try:
-            check_calibration(card["calibration"])
-        except ValueError as err:
-            raise CheckpointError(f"{path}: {err}: the card was altered; export the run again") from err
+    check_export_card(card, folder, FORMATS, OUTPUT_NAMES)
     for name, digest in card["files"].items():
         f = folder / name
         if not f.is_file():
             raise CheckpointError(f"{folder} is missing {name} (listed in {CARD_FILE}): copy the whole export "
                                   f"folder, or export the run again")
-        if digest and sha256(f) != digest:
+        if sha256(f) != digest:
             raise CheckpointError(f"{f} is not the file that was exported (its SHA-256 differs from {CARD_FILE}): "
                                   f"the folder was changed or copied incompletely; export the run again")
     return card
@@ -127,10 +124,8 @@ class ExportedModel:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.folder = Path(folder)
-        self.card = read_card(self.folder)
+        self.card = read_card(self.folder)  # checked: format, file names inside the folder, digests, threshold
         fmt = self.card["format"]
-        if fmt not in FORMATS:
-            raise CheckpointError(f"{self.folder}: unknown export format {fmt!r} (known: {FORMATS})")
         if backend == "auto":
             backend = "onnxruntime" if fmt == "onnx" else "openvino"
         if backend == "onnxruntime" and fmt != "onnx":

@@ -3,6 +3,12 @@
 * A new training into a folder that already holds a run is refused, unless ``overwrite`` -- which first
   deletes everything of the old run: its model, state, log, config, and what was derived from it (metrics,
   predictions, per-class sub-runs). Files the package did not write are left alone.
+* Own what you delete (issue 32): before a run folder is overwritten or resumed, every file in it that bears
+  a name the package writes must carry the package's marker (:func:`foreign`: ``config.json``'s ``format``,
+  the safetensors metadata, the log's epoch lines, ``metrics.json``'s table, heatmap names in
+  ``predictions/``); another tool's ``config.json`` or a user's file in ``predictions/`` refuses the
+  training, naming them. A folder that is an export, a synthetic or validation set or a download is never
+  trained into (:mod:`unistad_edu.ownership`).
 * ``resume`` compares the saved settings with the new ones (method, teacher, image size, training data
   folder and categories, precision) and refuses a mismatch, naming each difference; a resumed run that will
   train further drops its old metrics and predictions (they describe weights that are about to change).
@@ -15,6 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
+from . import ownership
 from .checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE
 
 LOG_FILE = "train_log.jsonl"
@@ -62,8 +69,102 @@ def saved_identity(cfg: dict) -> dict:
 
 
 def holds_run(run: Path) -> bool:
+    """True if ``run`` is a folder holding any of the files a training writes (whoever wrote them)."""
     run = Path(run)
     return run.is_dir() and any((run / f).exists() for f in RUN_FILES)
+
+
+def _log_row(line: str) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and "epoch" in row
+
+
+def _log_is_ours(path: Path) -> bool:
+    """Every line of ``train_log.jsonl`` is a JSON object with an ``epoch`` (what the engine appends); the last
+    may be torn by a kill mid-append if a whole line comes before it."""
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    whole = lines[:-1] if len(lines) > 1 and not _log_row(lines[-1]) else lines
+    return all(_log_row(ln) for ln in whole)
+
+
+def _state_is_ours(path: Path) -> bool:
+    """``train_state.safetensors`` carries the engine's resume info (a JSON object with the epoch)."""
+    info = (ownership.safetensors_metadata(path) or {}).get("info")
+    try:
+        info = json.loads(info) if isinstance(info, str) else None
+    except ValueError:
+        return False
+    return isinstance(info, dict) and "epoch" in info
+
+
+def _file_problems(run: Path, cfg_ours: bool) -> list[str]:
+    """The run files of ``run`` that are not the package's (see :func:`foreign`)."""
+    checks = {
+        CONFIG_FILE: (lambda p: ownership.is_run_config(ownership.read_json(p)),
+                      f'not a unistad-edu run config: no "format": "{ownership.RUN_FORMAT} v1"'),
+        SETTING_FILE: (lambda p: ownership.is_per_class_setting(ownership.read_json(p)),
+                       'not a unistad-edu per-class setting: no "setting": "per-class" with method and categories'),
+        MODEL_FILE: (lambda p: cfg_ours or "save_id" in (ownership.safetensors_metadata(p) or {}),
+                     "weights without a unistad-edu config.json or save_id"),
+        STATE_FILE: (_state_is_ours, "no unistad-edu resume info in its metadata"),
+        LOG_FILE: (_log_is_ours, "not a unistad-edu training log (one JSON object with an epoch per line)"),
+        "metrics.json": (lambda p: ownership.is_metrics(ownership.read_json(p)),
+                         "not a unistad-edu metrics table (setting, categories, mean)"),
+    }
+    out = []
+    for name, (ours, why) in checks.items():
+        path = run / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            out.append(f"{name} (not a plain file)")
+        elif path.is_file() and not ours(path):
+            out.append(f"{name} ({why})")
+    return out
+
+
+def _predictions_problems(run: Path) -> list[str]:
+    """``predictions/`` must hold only heatmaps as ``predict`` names them (``[NNN_]<image>_heatmap.png``)."""
+    folder = run / "predictions"
+    if folder.is_symlink():
+        return ["predictions (a symbolic link)"]
+    if not folder.is_dir():
+        return []
+    other = ownership.foreign_entries(folder, lambda rel, is_dir: not is_dir and "/" not in rel
+                                      and rel.endswith("_heatmap.png") and not (folder / rel).is_symlink())
+    return [f"predictions/ (holds {ownership.listing(other)}, which predict did not write)"] if other else []
+
+
+def foreign(run: Path) -> list[str]:
+    """What in ``run`` bears a name a training or ``eval``/``predict`` writes -- and that ``--overwrite`` or
+    ``--resume`` would delete -- but was not written by unistad-edu, each with why ('config.json (not a
+    unistad-edu run config ...)'); per-class sub-runs are checked too. ``[]``: everything is the package's."""
+    run = Path(run)
+    cfg_ours = ownership.is_run_config(ownership.read_json(run / CONFIG_FILE))
+    out = _file_problems(run, cfg_ours) + _predictions_problems(run)
+    if (run / SETTING_FILE).is_file():
+        for sub in sorted(p for p in run.iterdir() if p.is_dir() and not p.is_symlink() and holds_run(p)):
+            out += [f"{sub.name}/{item}" for item in foreign(sub)]
+    return out
+
+
+def check_destination(run: Path) -> None:
+    """Refuse to train into ``run`` when it is a folder of another kind (export, data set, download) or
+    holds run files the package did not write (:func:`foreign`); nothing is deleted then."""
+    run = Path(run)
+    other = ownership.kind(run)
+    if other not in (None, "run", "per-class run"):
+        raise RunFolderError(f"--out {run} is {ownership.describe(run)}, not a run folder: training there would "
+                             f"mix a run into it (and --overwrite would delete its files): choose another --out")
+    bad = foreign(run) if run.is_dir() else []
+    if bad:
+        raise RunFolderError(f"--out {run} holds files unistad-edu did not write: {'; '.join(bad)}. A training "
+                             f"replaces (--overwrite) or continues (--resume) only a run this package wrote: move "
+                             f"those files away, or choose another --out")
 
 
 def _saved_config(run: Path) -> dict | None:
@@ -97,9 +198,13 @@ def differences(saved_cfg: dict, now: dict) -> list[str]:
 def clear_run(run: Path) -> list[str]:
     """Delete the run in ``run`` and everything derived from it; returns what was deleted (names)."""
     run, gone = Path(run), []
-    if (run / SETTING_FILE).is_file():  # per-class: the sub-runs are part of it
-        for sub in sorted(p for p in run.iterdir() if p.is_dir() and holds_run(p)):
-            shutil.rmtree(sub)
+    if (run / SETTING_FILE).is_file():  # per-class: the sub-runs are part of it (their own files only)
+        for sub in sorted(p for p in run.iterdir() if p.is_dir() and not p.is_symlink() and holds_run(p)):
+            clear_run(sub)
+            try:
+                sub.rmdir()  # empty unless it holds files of the user's, which stay
+            except OSError:
+                pass
             gone.append(sub.name + "/")
     for name in RUN_FILES:
         if (run / name).is_file():
@@ -126,11 +231,13 @@ def prepare(run, now: dict | None, resume: bool = False, overwrite: bool = False
             say=print) -> None:
     """Make ``run`` ready for a training with settings ``now`` (see :func:`identity`; ``per_class``: ``run`` is
     the outer folder of a per-class training, whose sub-runs :func:`engine.fit` checks one by one), or raise
-    :class:`RunFolderError`. Call it while holding the folder's writer lock."""
+    :class:`RunFolderError`. Call it while holding the folder's writer lock. A folder of another kind, or run
+    files the package did not write, are refused whatever the flags (:func:`check_destination`)."""
     run = Path(run)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: --resume continues the run in the "
                              "folder, --overwrite deletes it and trains anew; choose one")
+    check_destination(run)
     if not holds_run(run):
         return
     cfg = _saved_config(run)

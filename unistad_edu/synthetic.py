@@ -103,6 +103,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import ownership
 from .files import pid_alive
 
 __all__ = [
@@ -863,8 +864,54 @@ def _count_on_disk(root: Path, cat: str, rel: str) -> int:
     return sum(1 for _ in d.glob("*.png")) if d.is_dir() else -1
 
 
+def _generated_paths(cfg: SyntheticConfig) -> set[str]:
+    """Every folder and file (relative POSIX paths) the generator writes for ``cfg``, the manifest included."""
+    paths = {MANIFEST_NAME}
+    for cat in cfg.categories:
+        paths |= {cat, f"{cat}/train", f"{cat}/test", f"{cat}/ground_truth"}
+        for split, n in (("train", cfg.n_train), ("test", cfg.n_test_good)):
+            paths |= {f"{cat}/{split}/good"} | {f"{cat}/{split}/good/{_name(i, n)}.png" for i in range(n)}
+        for kind in DEFECTS[cat]:
+            n = cfg.n_test_defect
+            paths |= {f"{cat}/test/{kind}", f"{cat}/ground_truth/{kind}"}
+            paths |= {f"{cat}/test/{kind}/{_name(i, n)}.png" for i in range(n)}
+            paths |= {f"{cat}/ground_truth/{kind}/{_name(i, n)}_mask.png" for i in range(n)}
+    return paths
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (:class:`SyntheticDatasetError`) to delete ``out`` for ``--force`` unless it is a set this generator
+    wrote: a folder (not a link) whose ``SYNTHETIC.json`` carries the generator's format, holding only files the
+    generator writes for the settings that manifest records (a set with an image missing is fine; a user's
+    file, folder or data set is never deleted)."""
+    out = Path(out)
+    fix = "move it away or choose another --out; --force replaces only a synthetic set"
+    if out.is_symlink() or not out.is_dir():
+        raise SyntheticDatasetError(f"--force refused: {out} is {ownership.describe(out)}, not a synthetic data "
+                                    f"set: {fix}")
+    man = ownership.read_json(out / MANIFEST_NAME)
+    if not ownership.is_synthetic_manifest(man):
+        raise SyntheticDatasetError(f"--force refused: {out} is {ownership.describe(out)}, with no {MANIFEST_NAME} "
+                                    f"written by this generator (its marker): it is not a synthetic set, and "
+                                    f"--force never deletes other data: {fix}")
+    try:
+        made = SyntheticConfig(**man["config"])
+    except (TypeError, ValueError) as err:
+        raise SyntheticDatasetError(f"--force refused: {out / MANIFEST_NAME} records unreadable settings ({err}), "
+                                    f"so the generator's files cannot be told from others: {fix}") from None
+    allowed = _generated_paths(made)
+    other = ownership.foreign_entries(out, lambda rel, is_dir: rel in allowed
+                                      and is_dir != rel.endswith((".png", ".json")))
+    if other:
+        raise SyntheticDatasetError(f"--force refused: the synthetic set {out} also holds "
+                                    f"{ownership.listing(other)}, which the generator did not write; replacing "
+                                    f"the set would delete them: move them away, or choose another --out")
+
+
 def _check_existing(out: Path, cfg: SyntheticConfig) -> str | None:
     """None if ``out`` is a complete set for ``cfg``, else the reason it is not."""
+    if not out.is_dir():
+        return f"it is {ownership.describe(out)}, not a folder"
     man_path = out / MANIFEST_NAME
     if not man_path.is_file():
         return f"it has no {MANIFEST_NAME} manifest, so it is incomplete (an interrupted run?) or not a synthetic set"
@@ -897,7 +944,8 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
     * ``out`` exists and is a complete set for this config -> returned as is.
     * ``out`` exists but is incomplete / from another config -> raises
       :class:`SyntheticDatasetError`, or with ``force=True`` deletes and
-      regenerates it.
+      regenerates it -- only if it is a set this generator wrote
+      (:func:`check_replaceable`); anything else is refused, never deleted.
     * ``workers`` threads render/encode in parallel (default: up to 4, one per
       CPU core); the output does not depend on it.
     * Generation goes to ``out.parent/.<out.name>.tmp-<pid>`` and is renamed to
@@ -906,7 +954,7 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
     """
     cfg = dataclasses.replace(cfg or SyntheticConfig(), **overrides)
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         problem = _check_existing(out, cfg)
         if problem is None:
             return out
@@ -914,7 +962,8 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
             raise SyntheticDatasetError(
                 f"synthetic data folder {out} already exists but cannot be reused: {problem}. "
                 f"Use another --out, or regenerate it with --force (make_synthetic(..., force=True)), which "
-                f"replaces the folder")
+                f"replaces the folder (a synthetic set only)")
+        check_replaceable(out)  # before generating: a refusal costs nothing
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # staging folders of killed runs (their pid is gone)
         pid = stale.name.rsplit("-", 1)[-1]
@@ -927,7 +976,7 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
     try:
         _generate(tmp, cfg, workers if workers is not None else min(4, os.cpu_count() or 1))
         manifest = {
-            "format": "unistad_edu.synthetic (MVTec AD layout)",
+            "format": ownership.SYNTHETIC_FORMAT,
             "generator_version": GENERATOR_VERSION,
             "config": cfg.to_json(),
             "kinds": {c: CATEGORIES[c] for c in cfg.categories},
@@ -935,7 +984,8 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
             "counts": _expected_counts(cfg),
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():  # only reached with force=True
+        if out.exists() or out.is_symlink():  # only reached with force=True
+            check_replaceable(out)  # again: it may have changed while this set was drawn
             shutil.rmtree(out)
         try:
             os.replace(tmp, out)

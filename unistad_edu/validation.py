@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import ownership
 from .data import MVTecDataset, holdout_split, load_image
 from .files import atomic_write_text
 
@@ -85,6 +86,52 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
 
+#: what each split of a category holds: its sub-folders, and the suffix of the files in them
+_LAYOUT = {"train": (("good",), ".png"), "test": (("good", *KINDS), ".png"), "ground_truth": (KINDS, "_mask.png")}
+
+
+def _in_category(rel: str, is_dir: bool) -> bool:
+    """True for a path inside a category that :func:`make_validation` writes (``train/good/x.png``,
+    ``test/<good|kind>/x.png``, ``ground_truth/<kind>/x_mask.png`` and those folders)."""
+    parts = rel.split("/")
+    if parts[0] not in _LAYOUT:
+        return False
+    subs, suffix = _LAYOUT[parts[0]]
+    if len(parts) == 1 or (len(parts) == 2 and parts[1] in subs):
+        return is_dir
+    return len(parts) == 3 and parts[1] in subs and not is_dir and parts[2].endswith(suffix)
+
+
+def _written(rel: str, is_dir: bool, categories) -> bool:
+    """True for a path (relative to the set) that :func:`make_validation` writes for ``categories`` (names may
+    hold '/' when two categories share a folder name): the manifest, the category folders and what is in them."""
+    if rel == MANIFEST:
+        return not is_dir
+    for cat in categories:
+        if rel == cat or cat.startswith(rel + "/"):
+            return is_dir  # the category's folder, or a folder above it
+        if rel.startswith(cat + "/"):
+            return _in_category(rel[len(cat) + 1:], is_dir)
+    return False
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (``FileExistsError``) to delete ``out`` for ``--force`` unless it is a validation set this package
+    built: a folder (not a link) with its ``VALIDATION.json`` marker, holding only what :func:`make_validation`
+    writes for the categories that manifest counts."""
+    out = Path(out)
+    fix = "move it away or choose another --out; --force replaces only a validation set"
+    man = ownership.read_json(out / MANIFEST) if out.is_dir() and not out.is_symlink() else None
+    if not ownership.is_validation_manifest(man):
+        raise FileExistsError(f"--force refused: {out} is {ownership.describe(out)}, not a validation set (no "
+                              f"{MANIFEST} written by this package): {fix}")
+    cats = [str(c) for c in man["counts"]]
+    other = ownership.foreign_entries(out, lambda rel, is_dir: _written(rel, is_dir, cats))
+    if other:
+        raise FileExistsError(f"--force refused: the validation set {out} also holds {ownership.listing(other)}, "
+                              f"which this package did not write; replacing it would delete them: {fix}")
+
+
 def make_validation(data_root, out, size: int = 256, seed: int = 0, kinds=KINDS, fraction: float = 0.1,
                     min_tail: int = 10, categories=None, force: bool = False) -> Path:
     """Build the validation set of ``data_root`` (any MVTec-layout folder; only ``train/good`` is read) into
@@ -103,10 +150,11 @@ def make_validation(data_root, out, size: int = 256, seed: int = 0, kinds=KINDS,
             made = None
         if made and made.get("spec") == spec:
             return out
-    if out.exists() and any(out.iterdir()):
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         if not force:
             raise FileExistsError(f"{out} exists and is not this validation set: pass force=True (--force) to "
                                   f"replace it, or choose another --out")
+        check_replaceable(out)
         shutil.rmtree(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,15 @@ grows with the training data) and in **inference time** (every test patch is com
 Training eight methods on five categories at 256 px takes hours on this CPU, so the lesson reads the results
 of `python -m unistad_edu bench leaderboard` from `docs/results/leaderboard.json` when the file is there, and
 only trains (a small quick version) when it is not.
+
+**How to read the saved table.** It is the leaderboard of 2026-12-03. Several of its presets' choices (UniAD's
+batch balancing, schedule and score rule, UniSTAD's score rule, the enhanced STPM's combine rule, the dual
+students' target) were made by looking at this same test set, and UniAD's batches were balanced by the
+category folders — a label. Differences of two or three points between the teacher–student methods are not
+robust to that. The choices are being re-made on a validation set built from training images only
+(`python -m unistad_edu data validation`, README "Choose on validation, report on test"), and three
+components have changed since (the dual students' Noisy-OR, SNL's CRAM, the enhanced STPM's second pair);
+`docs/benchmarks.md` says which figures are from which protocol.
 """),
     code(r"""
 import os
