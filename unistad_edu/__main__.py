@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .options import finite_float, nonnegative_int, positive_float, positive_int
+from .options import finite_float, nonnegative_int, positive_float, positive_int, thread_count
 from .options import image_size as image_size_type
 
 
@@ -31,7 +31,7 @@ def _csv(value: str) -> list[str]:
 
 def _compute_options(p: argparse.ArgumentParser) -> None:
     """``--threads`` and ``--precision``: on every subcommand that computes."""
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="torch threads (default: the cores this process may use); give each of two jobs side by "
                         "side its share, e.g. --threads 1 on a 2-core machine")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default=None, help="export folder (default: RUN/export-FORMAT)")
     ex.add_argument("--opset", type=positive_int, default=18, help="ONNX opset")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-    ex.add_argument("--threads", type=positive_int, default=None, help="torch threads")
+    ex.add_argument("--threads", type=thread_count, default=None, help="torch threads")
 
     bx = bench_parser("export", "export runs to ONNX; parity on real test images and batch-1 / batch-8 speed of "
                                 "PyTorch eager, onnxruntime and OpenVINO", image_size=False)

@@ -433,6 +433,10 @@ def _train_epochs(f: _Fit) -> None:
             optimizer.step()
             losses.append(loss.item())
         ddp.broadcast_state(model)  # rank 0's BatchNorm statistics everywhere (weights are equal already)
+        bad = non_finite_state(model)
+        if bad:  # a step can blow the weights up without a NaN loss first (e.g. a huge --lr on the last step)
+            raise FloatingPointError(f"the weights became non-finite in epoch {epoch + 1} ({bad}): nothing of this "
+                                     f"epoch is saved; lower the learning rate (--lr) or enable grad clipping")
         record = {"epoch": epoch + 1, "loss": ddp.mean(float(np.mean(losses))), "lr": lr,
                   "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(f.train_set)}
         result.history.append(record)
@@ -468,6 +472,15 @@ def _train_epochs(f: _Fit) -> None:
     result.epochs_done = epoch
 
 
+def non_finite_state(model) -> str:
+    """The first saved tensor of ``model`` (trainable weights and buffers, not the frozen teacher) holding a
+    NaN or an infinity, by name, or '' if all are finite."""
+    for name, t in model.state_for_checkpoint().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return ""
+
+
 def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
     """Normal statistics and the threshold from the held-out images; the refit on every image (methods without
     gradients); the final checkpoint. Every rank calibrates (same weights, same images, so the same
@@ -480,6 +493,9 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
     cal, stats = calibrate(model, train_data, held, f.cache, f.device, cfg.threshold_quantile, cfg.tail,
                            cfg.calibration, cfg.seed)
     threshold = cal.global_threshold
+    if threshold is not None and not math.isfinite(threshold):
+        raise FloatingPointError(f"the calibrated threshold is {threshold}: the held-out normal images scored "
+                                 f"non-finite; the run is not saved as complete")
     result.threshold = model.threshold = threshold
     result.calibration = model.verdict_calibration = cal
     refit = _refits(model, cfg) and len(held) > 0

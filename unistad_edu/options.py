@@ -42,6 +42,18 @@ def nonnegative_int(text: str) -> int:
     return _int(text, 0, None, "a whole number >= 0")
 
 
+THREADS_PER_CORE = 4  # more threads than this per core only spin: --threads 999 once drove the load to 55
+
+
+def thread_count(text: str) -> int:
+    """``--threads``: 1 to ``THREADS_PER_CORE`` x the cores this machine has."""
+    import os
+    cores = os.cpu_count() or 1
+    return _int(text, 1, THREADS_PER_CORE * cores,
+                f"a whole number from 1 to {THREADS_PER_CORE * cores} ({THREADS_PER_CORE} per core; this machine "
+                f"has {cores})")
+
+
 def image_size(text: str) -> int:
     return _int(text, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE,
                 f"a whole number of pixels from {MIN_IMAGE_SIZE} (the teacher's coarsest grid needs it) to "

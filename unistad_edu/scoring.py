@@ -49,6 +49,12 @@ class ScoringConfig:
             raise ValueError(f"fuse must be one of {FUSE}, not {self.fuse!r}")
         if self.image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {IMAGE_SCORES}, not {self.image_score!r}")
+        if not isinstance(self.blur_sigma, (int, float)) or not math.isfinite(self.blur_sigma) or self.blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be a finite number >= 0 (0 = no blur), got {self.blur_sigma!r}")
+        if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or self.pool_size < 1:
+            raise ValueError(f"pool_size must be a whole number >= 1, got {self.pool_size!r}")
+        if not isinstance(self.topk, (int, float)) or not 0 < self.topk <= 1:
+            raise ValueError(f"topk must be the fraction of pixels averaged, in (0, 1], got {self.topk!r}")
 
 
 @dataclass

@@ -89,6 +89,7 @@ class MethodConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_ranges(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,6 +107,82 @@ class MethodConfig:
             if isinstance(d.get(f.name), list) and "tuple" in str(f.type):
                 d[f.name] = _as_tuple(d[f.name])
         return cls(**d)
+
+
+# ---- ranges every config's numbers must lie in ------------------------------------------------------------
+def _in(lo, hi, lo_open=False, hi_open=False):
+    """A check ``value -> bool`` and its wording, for a closed or open interval (None: unbounded)."""
+    def ok(v):
+        return ((lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi)))
+    lo_s = "-inf" if lo is None else f"{lo:g}"
+    hi_s = "inf" if hi is None else f"{hi:g}"
+    return ok, f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
+
+
+# by field name: the shared optimisation fields, then any method's fields by the ending of their name
+RANGES = {
+    "lr": _in(0, 10, lo_open=True),  # larger than 10 only ever diverges (a NaN run "complete")
+    "weight_decay": _in(0, 1),
+    "momentum": _in(0, 1, hi_open=True),
+    "gamma": _in(0, 1, lo_open=True),  # the step schedule's decay factor: the rate never grows or turns negative
+    "step_epochs": _in(0, None),
+    "grad_clip": _in(0, None, lo_open=True),
+    "init_seed": _in(0, None),
+}
+SUFFIX_RANGES = (
+    ("_weight", _in(0, None)),  # a loss term's weight: 0 switches it off, negative would reward the error
+    ("dropout", _in(0, 1, hi_open=True)),
+    ("_prob", _in(0, 1)),
+    ("_momentum", _in(0, 1, lo_open=True)),
+    ("_seed", _in(0, None)),
+    ("_dim", _in(1, None)),
+    ("_layers", _in(0, None)),
+    ("_heads", _in(1, None)),
+    ("num_heads", _in(1, None)),
+    ("_size", _in(1, None)),
+    ("_window", _in(1, None)),
+    ("_stride", _in(1, None)),
+    ("_grid", _in(1, None)),
+    ("_reduction", _in(1, None)),
+    ("_blocks", _in(1, None)),
+    ("_centres", _in(1, None)),
+    ("_positions", _in(1, None)),
+    ("_knn", _in(1, None)),
+    ("_neighbours", _in(1, None)),
+    ("_elements", _in(1, None)),
+    ("neighbourhood", _in(1, None)),
+    ("_steps", _in(0, None)),
+    ("_radius", _in(0, None)),
+    ("_ratio", _in(0, 1, lo_open=True)),
+    ("_quantile", _in(0, 1, lo_open=True, hi_open=True)),
+    ("_temperature", _in(0, None, lo_open=True)),
+    ("_width", _in(0, None, lo_open=True)),
+    ("_alpha", _in(0, None)),
+    ("_scale", _in(0, None)),
+    ("_spread", _in(0, None)),
+)
+PREFIX_RANGES = (("w_", _in(0, None)),)  # a loss term's weight, named w_<term>
+
+
+def check_ranges(cfg) -> None:
+    """Every number of a config must be finite, and in its field's range (:data:`RANGES` by name, else
+    :data:`SUFFIX_RANGES` / :data:`PREFIX_RANGES` by the name's ending or start; ``betas`` each in [0, 1));
+    ValueError naming the field, its value and the range otherwise. Runs before a method's own checks, so a
+    ``--set`` value is refused where it enters."""
+    import math
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v):
+            raise ValueError(f"{f.name} must be a finite number, got {v!r}")
+        rule = (RANGES.get(f.name) or next((r for end, r in SUFFIX_RANGES if f.name.endswith(end)), None)
+                or next((r for start, r in PREFIX_RANGES if f.name.startswith(start)), None))
+        if rule is not None and not rule[0](v):
+            raise ValueError(f"{f.name} must be in {rule[1]}, got {v!r}")
+    betas = getattr(cfg, "betas", None)
+    if betas is not None and (len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
 
 
 @dataclass
