@@ -68,6 +68,7 @@ Data flow (``cpu`` preset: Lite0 at 256 px, groups (stride 4 + 8) and (stride 16
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -345,15 +346,14 @@ class DualStudent(Method):
         images' quantiles once ``calibrate`` has run; while training, from the running mean and std as if the
         scores were Gaussian (median = mean, quantile = mean + z_q std)."""
         c = self.cfg
-        z_q = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(2 * c.or_quantile - 1.0)).item()
+        z_q = NormalDist().inv_cdf(c.or_quantile)  # e.g. 1.645 for the 95 % point
         logit = math.log((1 - c.or_normal_p) / c.or_normal_p)  # -logit(or_normal_p) > 0
         out = {}
         for key, name in (("loc", "map"), ("sem", "semantic")):
-            if bool(self.quantiles_known):
-                median, upper = getattr(self, f"{key}_median"), getattr(self, f"{key}_upper")
-            else:
-                mean, std = self.calibration()[name]
-                median, upper = mean, mean + z_q * std
+            mean, std = self.calibration()[name]
+            # a select, not an if: the exported graph holds both branches (no branch on a buffer's value)
+            median = torch.where(self.quantiles_known, getattr(self, f"{key}_median"), mean)
+            upper = torch.where(self.quantiles_known, getattr(self, f"{key}_upper"), mean + z_q * std)
             out[name] = (upper, ((upper - median) / logit).clamp_min(1e-6))
         return out
 
