@@ -315,9 +315,10 @@ top: in our runs it did, mostly because of metal_plate (see the bars), where Uni
 did in the five-category benchmark (48.5). (The `cpu` preset -- an antialiased neck, jitter scaled to each
 channel's spread, 60 epochs -- reached 91.2 ± 1.1 over three seeds, metal_plate 77 ± 5, against unified STPM's
 90.4 ± 2.2 at the same 10-minute budget; but its batches were balanced by the category *folders*, a label that
-unified STPM never got and that unified training no longer reads. Today's preset balances clusters of the
-teacher's embedding instead; until it is measured again, that comparison is not a fair one:
-`docs/benchmarks.md`.) Three reasons, all visible above:
+unified STPM never got and that unified training no longer reads, so that comparison is not a fair one.
+Chosen on a validation set built from training images only, today's preset trains on plain shuffled batches:
+balancing by clusters of the teacher's embedding did not help there. `docs/benchmarks.md`, "Choose on
+validation, report on test", has those figures and, once measured, UniAD against STPM on equal terms.) Three reasons, all visible above:
 
 * the remedies make the task harder — rebuild a token without seeing it — and the loss curves show that
   after a short schedule UniAD's reconstruction of *normal* tokens is still rough; that background error is

@@ -212,8 +212,8 @@ class ReverseDistillationConfig(MethodConfig):
     linear_outputs: bool = True  # no ReLU on the decoder's per-level outputs (rd.py's paper card)
     # the distillation loss per level: "position" = mean over positions of 1 - cos along channels (the paper's
     # Eq. 2, the same quantity as the anomaly map); "flattened" = 1 - cos of the whole level flattened to one
-    # vector per image (the official training script's loss_fucntion)
-    rd_loss: str = "position"
+    # vector per image (the official training script's loss_fucntion; chosen on validation for RD)
+    rd_loss: str = "flattened"
     init_seed: int = 0  # the bottleneck's and decoder's initial weights, reproducible
     epochs: int = 30
     batch_size: int = 16
@@ -231,6 +231,9 @@ class ReverseDistillationConfig(MethodConfig):
         teacher="wide_resnet50_2", teacher_layers=None, image_size=256, embed_channels=2048, oce_blocks=3,
         decoder_blocks=(6, 4, 3), block_width=0.5, linear_outputs=False, rd_loss="flattened", optimizer="adam",
         lr=0.005, betas=(0.5, 0.999), weight_decay=0.0, epochs=200, batch_size=16, schedule="constant")
+
+    # runs saved before the field existed were trained with the per-position loss
+    missing_in_old_checkpoints: ClassVar[dict] = {"rd_loss": "position"}
 
     def __post_init__(self):
         super().__post_init__()

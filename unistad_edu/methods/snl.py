@@ -96,7 +96,7 @@ class SNLConfig(ReverseDistillationConfig):
     cram_skip: float = 0.0  # z = CRAM(x) + cram_skip * x_normalised; 0 = the decoder sees only the CRAM code
 
     # runs saved before the field existed rebuilt every position from c_k + V_k (the image's cluster means)
-    missing_in_old_checkpoints: ClassVar[dict] = {"cram_residual": 1.0}
+    missing_in_old_checkpoints: ClassVar[dict] = {"rd_loss": "position", "cram_residual": 1.0}
 
     def __post_init__(self):
         super().__post_init__()

@@ -62,104 +62,16 @@ from .base import Batch, Method, TransformerTrainingConfig
 
 @dataclass
 class UniADConfig(TransformerTrainingConfig):
-    """UniAD. Defaults = the ``cpu`` preset: Lite0 teacher (strides 4/8/16 -> 24+40+112 = 176 channels on a
-    16 x 16 grid at 256 px, the neck **antialiased**), a small 2 + 2-layer transformer (hidden 128, 4 heads,
-    FFN 256, no dropout), the paper's 7 x 7 neighbour mask, feature jitter **scaled to each channel's spread**
-    (sigma_c = 1.0 x std_c, p = 1), AdamW 1e-3 (wd 1e-4) with cosine decay over **60 epochs** of
-    **balanced** batches (``sampling="balanced-clusters"``: every cluster of the teacher's image embedding -- a
-    pseudo-product, found without reading a label -- fills the same share of an epoch; the table below was
-    measured with the category folders, ``balanced-labels``, before unified training stopped reading them), batch
-    8, grad clip 1.0; image score = the mean of the top 1 % of the map after a Gaussian sigma 4.
+    """UniAD. Defaults = the ``cpu`` preset: Lite0 teacher (strides 4/8/16 -> 176 channels on a 16 x 16 grid at
+    256 px, the neck antialiased), a 2 + 2-layer transformer (hidden 128, 4 heads, FFN 256, no dropout), the
+    paper's 7 x 7 neighbour mask, feature jitter scaled to each channel's spread (1.0 x std, p = 1), AdamW 1e-3
+    (wd 1e-4), cosine over 60 epochs of uniform batches (one shuffle, no balancing), batch 8, clip 1.0; image
+    score = the mean of the top 1 % of the map after a Gaussian sigma 4.
 
-    The cpu preset as measured, part 2 (issue 16, 2026-12-03; 2-core AMD EPYC, AVX512 with native bf16, bf16
-    autocast picked by ``precision=auto``, both threads, one job at a time; seed 0; unified on the five real
-    categories of ``../shared/datasets``; ``python -m unistad_edu train --method uniad --data
-    ../shared/datasets --out RUN [--epochs E] [--set sampling=...]`` then ``eval --run RUN [--set scoring=...]``;
-    mean I-AUROC / P-AUROC / AUPRO x100, metal_plate's I-AUROC in brackets; time = the whole ``train`` command):
-
-    ===============================================================  ======  ==================================
-    run (antialiased neck, jitter 1.0 x std throughout)               time    I / P / AUPRO (metal_plate)
-    ===============================================================  ======  ==================================
-    uniform batches, 30 epochs, average-pool max (part 1's preset)            86.1 / 91.1 / 71.4 (58.4) [Xeon]
-    balanced batches, 30 epochs, average-pool max                     233 s   89.1 / 91.8 / 73.8 (74.7)
-    balanced, 60 epochs, average-pool max                             383 s   91.0 / 92.5 / 75.8 (78.2)
-    same model, top-1 % mean after Gaussian sigma 4                           92.3 / 92.5 / 75.8
-    balanced, 60 epochs, channels z-scored (``standardize``), avgpool 430 s   89.8 / 92.7 / 76.2 (72.6)
-    same model, top-1 % mean after Gaussian sigma 4                           90.8 / 92.7 / 76.2
-    ===============================================================  ======  ==================================
-
-    * Balanced batches: the two small categories (cookie 31 and metal_plate 41 training images, against
-      209-245 for the others) got ~5 % of the steps each; with every category at 20 % metal_plate went from
-      58 to 75 and the mean from 86.1 to 89.1 at the same 30 epochs. (UniSTAD, measured the same way, lost
-      1.5 points with balanced batches -- it stays uniform.)
-    * 60 epochs instead of 30 (~6 s an epoch on this CPU) added 1.9; the loss was still falling. The top-1 %
-      mean after a blur scored +1.3 over the paper's average-pool max on this model (+0.9 on part 1's model),
-      so the preset uses it (the paper preset keeps the paper's rule).
-    * Stronger jitter for the pose-varied metal_plate (1.5 x std instead of 1.0, seed 1, 60 epochs, top-1 %
-      score): 90.4 against 91.2 (metal_plate 75.4 against 77.0) -- 1.0 stays.
-    * Z-scoring the channels (so the 24 stride-4 channels count as much per channel as the 112 stride-16
-      ones) helped the pixel metrics a little and cost 1.2-1.5 image-level points: off by default.
-    * 60 epochs: 5.5-6.5 s an epoch on this CPU when quiet (6.5 minutes for the run), up to ~9 s while the
-      shared host was busy -- 60 rather than 70 keeps even that inside 10 minutes. UniAD's bf16 steps are 1.8x
-      its fp32 steps here; on the 2-core Xeon of part 1 they measured 0.77x and the epochs ~2-3x slower, so
-      there ``--max-minutes 10`` (or fewer epochs) keeps the budget. The 3-seed figures of this preset are in
-      docs/benchmarks.md.
-    * Stopping early costs little (seed 0, this CPU, issue 16 part 4): capped by ``--max-minutes 2`` the run
-      stopped after 12 of its 60 epochs, the cosine barely begun, at 85.8; planning the schedule to the budget
-      instead (``--plan``: train only the epochs that fit, the cosine ending there) also gave 12 epochs and
-      scored 83.6. At 4 minutes: stopped after 47 epochs 92.1 (the full run: 92.3), planned 91.5 (40 epochs)
-      and 91.2 (28, the host busier). So a slower CPU is served by the plain cap, the default.
-
-    Part 1 (issue 16, 2026-12-02; 2-core Intel Xeon with AVX512 and native bf16, bf16 autocast; one
-    seed; uniform batches, 30 epochs unless said; runs in parallel pairs at one thread each, so only the first
-    row's time is a budget figure):
-
-    ===========================================================  ======  =====================================
-    neck, jitter, epochs                                          time    I / P / AUPRO (metal_plate I-AUROC)
-    ===========================================================  ======  =====================================
-    official (align_corners, no antialias), paper alpha 20, 20    548 s   75.8 / 88.1 / 63.8 (45.3)
-    antialias, no jitter, 30                                              85.4 / 91.1 / 71.8 (52.1)
-    antialias, spread 0.5, 30                                             84.5 / 91.0 / 71.3 (47.2)
-    antialias, spread 1.0, 30 (chosen)                                    86.1 / 91.1 / 71.4 (58.4)
-    ===========================================================  ======  =====================================
-
-    * The antialiased neck and the longer schedule gave most of the gain (a stride-4 level sampled at every
-      fourth cell is a noisy, aliased target; the old 20 epochs ended with the loss still falling). Jitter
-      scaled to the spread helped the hardest category, metal_plate, most; half of it did worse than none.
-    * Scored the same model with a Gaussian sigma 4 and the max (85.5) or the top-1 % mean (87.0) instead of
-      the 16 x 16 average-pool max (86.1).
-
-    Earlier measurements (2-core AMD EPYC shared with other jobs, load 2-5; features cached; bf16 autocast
-    as the engine trains; ONE thread -- two OpenMP threads on the busy machine ran at 1.5-4 img/s), which
-    chose the transformer's size:
-
-    How it was chosen (2-core AMD EPYC shared with other jobs, load 2-5; features cached; bf16 autocast
-    as the engine trains; ONE thread -- two OpenMP threads on the busy machine ran at 1.5-4 img/s):
-
-    =====================================  =========  =================================================
-    transformer hidden/heads/FFN, layers   img/s      on the real unified set (671 train images)
-    =====================================  =========  =================================================
-    256/8/1024, 4 + 4 (paper size)         9          75 s/epoch: ~8 epochs in 10 min
-    256/4/512,  3 + 3                      16
-    256/4/512,  2 + 2                      20-25      10 epochs (508 s): mean I/P-AUROC 0.687 / 0.876
-    128/4/256,  2 + 2 (chosen)             39-50      20 epochs (568 s): mean I/P-AUROC 0.731 / 0.879
-    =====================================  =========  =================================================
-
-    * img/s: batch 8, load 2-3. The two training runs ran under load 4-5 at 13-15 and 21-31 img/s (SDPA).
-    * The loss is still falling when training stops, so at a fixed budget more epochs of the small model
-      beat fewer epochs of a wider one. Under the engine's bf16 the written-out attention made a whole
-      training step ~1.1-1.6x faster than SDPA's CPU kernel; dropout 0.1 on the attention weights cost
-      ~2.3x (hidden 256, 2 + 2: 8.5 vs 19.7 img/s), hence ``dropout=0`` here (the paper preset keeps 0.1).
-    * AUROCs above: one seed, means over the 5 real test sets of ``../shared/datasets``, scored by the shared
-      scoring path -- a quick proxy, not the benchmark.
-    * Loss after 3 epochs (batch 8): lr 1e-4 (the paper's, meant for 1000 epochs) 27.0, lr 1e-3 19.3
-      (the loss of always predicting the mean feature of each position is 23.5); 3e-3 made this post-norm
-      transformer stall (loss stuck near 26; the engine has no warm-up). 1e-3 + cosine: 27 -> 10.7 in 20.
-      Clip 0.1 vs 1.0 made no measurable difference (loss 19.6 vs 19.3 after 3 epochs).
-    * Neighbour size 3 / 5 / 7 at 12 epochs gave the same scores (I-AUROC 0.662 / 0.658 / 0.658), so the
-      paper's 7 stays. Jitter off scored higher at 12 epochs (0.702 / 0.878): jitter is a regulariser for
-      long schedules; it stays on because it is part of UniAD -- turn it off with ``jitter=False``.
-    """
+    Chosen on the validation set (``data validation``: held-out training images with synthetic defects):
+    uniform vs cluster-balanced batches, and the top-1 % score vs the paper's 16 x 16 average-pool max. The
+    transformer's size, the neck, the jitter and the 60 epochs were chosen earlier on the test set and are
+    not re-decided yet. Figures: ``docs/benchmarks.md``, "Choose on validation, report on test" and "UniAD"."""
 
     # transformer
     hidden_dim: int = 128
@@ -186,9 +98,9 @@ class UniADConfig(TransformerTrainingConfig):
     standardize: str = "none"
 
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, init_seed 0), 60 epochs of
-    # balanced batches: every pseudo-product (a cluster of the teacher's embedding, no label read) the same share
+    # uniform batches (cluster-balanced ones were no better on validation)
     epochs: int = 60
-    sampling: str = "balanced-clusters"
+    sampling: str = "uniform"
     # image score: the mean of the top 1 % of the map after a Gaussian sigma 4 (the paper: max of a 16 x 16
     # average-pooled map, the paper preset's)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0,
