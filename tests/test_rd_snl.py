@@ -202,7 +202,7 @@ def test_rd_channels_follow_the_teacher(feats64, lite0_teacher):
 
 def test_rd_loss_and_maps_are_one_minus_cos(feats64, lite0_teacher):
     _, feats = feats64
-    model = build_model("rd", lite0_teacher, image_size=64, rd_loss="position").eval()
+    model = build_model("rd", lite0_teacher, image_size=64).eval()
     batch = Batch(image=None, features=feats)
     out = model(batch)
     maps = model.anomaly_maps(batch)
@@ -232,14 +232,14 @@ def test_rd_flattened_loss_is_the_official_per_image_cosine(feats64, lite0_teach
     terms = model.loss_terms(batch)
     assert list(terms) == ["flattened_cosine"]
     torch.testing.assert_close(terms["flattened_cosine"], want, atol=1e-5, rtol=1e-4)
-    position = build_model("rd", lite0_teacher, image_size=64, rd_loss="position").eval()  # same weights, Eq. 2
+    position = build_model("rd", lite0_teacher, image_size=64).eval()  # same weights (init_seed), Eq. 2
     with torch.no_grad():
         assert abs(position.loss(batch).item() - want.item()) > 1e-3  # a different quantity, the same outputs
     torch.testing.assert_close(model.anomaly_maps(batch)[lite0_teacher.layer_names[0]],
                                position.anomaly_maps(batch)[lite0_teacher.layer_names[0]])
     snl = build_model("snl", lite0_teacher, image_size=64, rd_loss="flattened", **ALL_OFF).eval()
     torch.testing.assert_close(snl.loss(batch), want, atol=1e-5, rtol=1e-4)
-    assert make_config("rd", "paper").rd_loss == "flattened" and make_config("rd", "cpu").rd_loss == "flattened"
+    assert make_config("rd", "paper").rd_loss == "flattened" and make_config("rd", "cpu").rd_loss == "position"
     with pytest.raises(ValueError, match="rd_loss"):
         make_config("rd", "cpu", rd_loss="per-image")
 
@@ -270,7 +270,7 @@ def test_snl_all_switches_off_is_rd(feats64, lite0_teacher):
     a, b = rd.state_dict(), snl.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     torch.testing.assert_close(snl.loss(batch), rd.loss(batch))
-    assert list(snl.terms_from(snl(batch))) == ["flattened_cosine"]  # RD's loss (rd_loss, the cpu preset's)
+    assert list(snl.terms_from(snl(batch))) == ["position_cosine"]
     # SNL with everything on keeps RD's weights too (CRAM is drawn after them)
     full = build_model("snl", lite0_teacher, image_size=64)
     c = full.state_dict()
@@ -287,14 +287,14 @@ def test_each_switch_adds_its_term_with_its_weight(feats64, lite0_teacher, switc
     on = build_model("snl", lite0_teacher, image_size=64, **{**ALL_OFF, switch: True}).eval()
     on2 = build_model("snl", lite0_teacher, image_size=64, **{**ALL_OFF, switch: True, f"{switch}_weight": 2.0}).eval()
     t1, t2 = on.terms_from(on(batch)), on2.terms_from(on2(batch))
-    assert set(t1) == {"flattened_cosine", term}
+    assert set(t1) == {"position_cosine", term}
     assert t1[term] > 0
     w1 = getattr(on.cfg, f"{switch}_weight")  # the default weight (CRAM's is 0.1)
     torch.testing.assert_close(t2[term], (2.0 / w1) * t1[term])  # the weight scales exactly its term
     if switch == "cram":  # the module changes what the decoder sees, so the base term changes too
         assert any(n.startswith("cram.") for n, _ in on.named_parameters())
         assert not any(n.startswith("cram.") for n, _ in base.named_parameters())
-        assert not torch.allclose(t1["flattened_cosine"], base.loss(batch))
+        assert not torch.allclose(t1["position_cosine"], base.loss(batch))
     else:  # a loss term only: the model is the same, the loss grows by exactly the term
         torch.testing.assert_close(on.loss(batch), base.loss(batch) + t1[term])
     # and the term's value is the standalone loss on the same teacher/student levels

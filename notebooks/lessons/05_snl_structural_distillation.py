@@ -9,10 +9,9 @@ CELLS = [
 Lessons 02–03 used **forward** distillation (STPM): the student sees the image and imitates the teacher.
 **Reverse distillation** (RD4AD, Deng & Li, CVPR 2022; `unistad_edu/methods/rd.py`) makes the student's
 job harder to cheat at: a trainable *bottleneck* squeezes the teacher's pyramid into a small embedding, and
-the student is a **decoder** that must rebuild every teacher level from it. Its anomaly map is the
-per-position cosine distance `1 − cos(t_i, s_i)` between the teacher's and the student's feature vectors at
-each position *i* of each level; its training loss (the official code's, chosen on validation over the
-paper's per-position form) is the cosine distance of each *whole level*, flattened to one vector per image.
+the student is a **decoder** that must rebuild every teacher level from it. Its loss, and its anomaly map, is
+the per-position cosine distance `1 − cos(t_i, s_i)` between the teacher's and the student's feature vectors
+at each position *i* of each level.
 
 **SNL** (*Structural Teacher-Student Normality Learning*, Deng & Li, CVPR 2024) targets the problem of lesson
 03 — cross-class interference: trained on many products at once, a student becomes over-tolerant. The
@@ -161,13 +160,13 @@ display(Markdown(f"**loss terms on the {len(normal_ids)} normal test images** (w
 How to read it:
 
 * Training lowers **every** term of SNL — they are what it optimises.
-* `flattened_cosine` is RD's own loss (each level flattened to one vector per image). RD, which spends its
-  whole budget on it, usually gets it lower than SNL does: SNL shares its capacity and steps between five terms.
-* The terms RD never saw tell the interesting story. Matching each level's feature *direction* leaves the
+* `position_cosine` is RD's own loss. RD, which spends its whole budget on it, usually gets it lower than
+  SNL does: SNL shares its capacity and steps between five terms.
+* The terms RD never saw tell the interesting story. Matching each position's feature *direction* leaves the
   **per-channel** maps (`channel_cosine`) and the **cross-level channel affinity** (`inter_affinity`) far
-  from the teacher's: a channel that is weak everywhere barely moves RD's cosine, but it counts as much as
-  any other channel in those two terms. The position × position affinity (`intra_affinity`) follows largely
-  from rebuilding the level's features well, so RD may get it about as low as SNL does.
+  from the teacher's: a channel that is weak everywhere barely moves a position's cosine, but it counts as
+  much as any other channel in those two terms. The position × position affinity (`intra_affinity`) is
+  largely implied by matching every position's direction, so RD gets it about as low as SNL does.
 
 ## 5. Re-derive, then verify: the intra-affinity term
 
