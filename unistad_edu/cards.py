@@ -1,6 +1,5 @@
 """The JSON cards the package reads -- a run's ``config.json`` and an export's ``export.json`` -- checked field by
-field before anything in them is used (issue 18 for config.json, issue 32 for export.json). Torch-free: serving
-an export imports it without PyTorch.
+field before anything in them is used. Torch-free: serving an export imports it without PyTorch.
 
 * :func:`check_config_values` -- the numbers of ``config.json`` that loading and scoring use.
 * :func:`check_export_card` -- every field of ``export.json``: its known fields only, their types, a finite

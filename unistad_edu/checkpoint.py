@@ -76,8 +76,13 @@ def _metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(tensors)
     if bad:
         raise CheckpointError(f"{path} holds NaN/inf in {bad[:3]}: training diverged; lower the learning rate "
                               f"and retrain")

@@ -33,8 +33,8 @@ import torch
 
 from . import distributed, files, runs
 from .cache import FeatureCache
-from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, read_tensors,
-                         save_checkpoint, save_train_state)
+from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, non_finite,
+                         read_tensors, save_checkpoint, save_train_state)
 from .calibration import DEFAULT_TAIL, Calibration
 from .data import MVTecDataset, collate, holdout_split
 from .inference import calibrate, method_batch, precision_of, progress_bar
@@ -433,9 +433,9 @@ def _train_epochs(f: _Fit) -> None:
             optimizer.step()
             losses.append(loss.item())
         ddp.broadcast_state(model)  # rank 0's BatchNorm statistics everywhere (weights are equal already)
-        bad = non_finite_state(model)
+        bad = non_finite(model.state_for_checkpoint())  # trainable weights and buffers, not the frozen teacher
         if bad:  # a step can blow the weights up without a NaN loss first (e.g. a huge --lr on the last step)
-            raise FloatingPointError(f"the weights became non-finite in epoch {epoch + 1} ({bad}): nothing of this "
+            raise FloatingPointError(f"the weights became non-finite in epoch {epoch + 1} ({bad[:3]}): nothing of this "
                                      f"epoch is saved; lower the learning rate (--lr) or enable grad clipping")
         record = {"epoch": epoch + 1, "loss": ddp.mean(float(np.mean(losses))), "lr": lr,
                   "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(f.train_set)}
@@ -470,15 +470,6 @@ def _train_epochs(f: _Fit) -> None:
                 epochs = meta["epochs"] = fit_epochs
                 result.planned_epochs = fit_epochs if fit_epochs < asked else None
     result.epochs_done = epoch
-
-
-def non_finite_state(model) -> str:
-    """The first saved tensor of ``model`` (trainable weights and buffers, not the frozen teacher) holding a
-    NaN or an infinity, by name, or '' if all are finite."""
-    for name, t in model.state_for_checkpoint().items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            return name
-    return ""
 
 
 def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:

@@ -1,4 +1,4 @@
-"""Own what you delete (issue 32): every folder the package writes carries a marker of what wrote it, and
+"""Own what you delete: every folder the package writes carries a marker of what wrote it, and
 ``--overwrite`` / ``--force`` replace a folder only when its marker says it is what is about to be written.
 
 A marker is a field only the package's own writer puts there, not just a file name (another tool may well

@@ -3,7 +3,7 @@
 * A new training into a folder that already holds a run is refused, unless ``overwrite`` -- which first
   deletes everything of the old run: its model, state, log, config, and what was derived from it (metrics,
   predictions, per-class sub-runs). Files the package did not write are left alone.
-* Own what you delete (issue 32): before a run folder is overwritten or resumed, every file in it that bears
+* Own what you delete: before a run folder is overwritten or resumed, every file in it that bears
   a name the package writes must carry the package's marker (:func:`foreign`: ``config.json``'s ``format``,
   the safetensors metadata, the log's epoch lines, ``metrics.json``'s table, heatmap names in
   ``predictions/``); another tool's ``config.json`` or a user's file in ``predictions/`` refuses the
