@@ -348,9 +348,9 @@ class DualStudent(Method):
         c = self.cfg
         z_q = NormalDist().inv_cdf(c.or_quantile)  # e.g. 1.645 for the 95 % point
         logit = math.log((1 - c.or_normal_p) / c.or_normal_p)  # -logit(or_normal_p) > 0
-        out = {}
+        out, stats = {}, self.calibration()
         for key, name in (("loc", "map"), ("sem", "semantic")):
-            mean, std = self.calibration()[name]
+            mean, std = stats[name]
             # a select, not an if: the exported graph holds both branches (no branch on a buffer's value)
             median = torch.where(self.quantiles_known, getattr(self, f"{key}_median"), mean)
             upper = torch.where(self.quantiles_known, getattr(self, f"{key}_upper"), mean + z_q * std)
