@@ -35,6 +35,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+#: the formats decoded anywhere (datasets, masks, ``predict``, the demo), as Pillow names what a file *contains*;
+#: anything else (PostScript, PDF, ICO, ...) is refused before Pillow loads a pixel, whatever its file name says
+DECODE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
 MAX_IMAGE_PIXELS = 64_000_000  # refuse larger images (decompression-bomb guard); MVTec's largest is 1 MP
 
 
@@ -77,7 +80,8 @@ IMAGE_REJECTIONS = {
             "dataset folder, or from the files given)",
     "not_image": "{name} is not a readable image: re-save it as PNG/JPEG, or remove it (from the dataset folder, "
                  "or from the files given)",
-    "format": "{name} is a {format} file, which is not decoded here: convert it to PNG or JPEG",
+    "format": "{name} holds a {format} file (whatever its name says), which is not decoded here: convert it to "
+              "PNG or JPEG (decoded: PNG, JPEG, BMP, TIFF, WebP, GIF)",
     "too_many_pixels": "{name} has {width}x{height} = {megapixels:.0f} MP, more than the {limit_mp:.0f} MP limit: "
                        "downscale it first (the model works at a few hundred pixels anyway)",
     "too_small": "{name} is only {width}x{height} pixels: too small to be an inspection image",
@@ -118,10 +122,11 @@ class PixelBudget:
 
 
 def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
-               formats: Sequence[str] | None = None) -> Image.Image:
+               formats: Sequence[str] = DECODE_FORMATS) -> Image.Image:
     """Open an image's header -- no pixel data is decoded yet -- refusing (:class:`ImageRejected`) a missing or
-    empty file, text or other non-images, a format not in ``formats`` (None: any Pillow reads), more than
-    ``max_pixels`` pixels (and Pillow's own decompression-bomb guard) and images under 2 x 2."""
+    empty file, text or other non-images, content in a format not in ``formats`` (:data:`DECODE_FORMATS`; the
+    file's name does not count), more than ``max_pixels`` pixels (and Pillow's own decompression-bomb guard) and
+    images under 2 x 2."""
     path = Path(path)
     name = name or str(path)
     try:
@@ -158,7 +163,7 @@ def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
 
 
 def decode_image(path, name: str | None = None, size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
-                 formats: Sequence[str] | None = None, exif_orientation: bool = False,
+                 formats: Sequence[str] = DECODE_FORMATS, exif_orientation: bool = False,
                  budget: PixelBudget | None = None) -> tuple[np.ndarray, str]:
     """The one image decoder (datasets, the CLI, the demo): ``(pixels, mode)`` -- (H, W, 3) uint8 RGB, or
     (size, size, 3) with ``size``, and the file's original Pillow mode (what was converted).
@@ -217,18 +222,19 @@ _LIBC = None  # ctypes handle of glibc, once looked up (False: not glibc)
 
 
 def to_rgb_image(img: Image.Image) -> Image.Image:
-    """Any PIL image -> an RGB PIL image (``img`` itself if it is RGB already). 16-bit and float images are
-    rescaled by their dtype range (16-bit: /257), alpha is composited on black, palette and grayscale are
-    expanded. Converted in bands of rows, so a 40-megapixel upload never gets a float (or a second uint8) copy."""
+    """Any PIL image -> an RGB PIL image (``img`` itself if it is RGB already). 16-bit and integer images are
+    rescaled by the real range of their values (:func:`real_range`: a 16-bit file of a 12-bit camera by 4095,
+    not 65535, and said once per process), float images by 1 or 255, alpha is composited on black, palette and
+    grayscale are expanded. Converted in bands of rows, so a 40-megapixel upload never gets a float (or a second uint8) copy."""
     w, h = img.size
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         try:
             peak = float(img.getextrema()[1])
         except (TypeError, ValueError, IndexError):  # a mode Pillow gives no extrema for
             peak = float(np.asarray(img).max(initial=0))
-        scale = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
-        if img.mode == "F" and peak <= 1.0:
-            scale = 1.0
+        scale = 1.0 if img.mode == "F" and peak <= 1.0 else float(real_range(peak))
+        if img.mode.startswith("I;16") and scale < 65535:
+            _warn_bit_depth(getattr(img, "filename", "") or "an image", peak, scale)
         out = Image.new("RGB", (w, h))
         for r in range(0, h, _ROWS):
             band = np.asarray(img.crop((0, r, w, min(h, r + _ROWS)))).astype(np.float64)  # (rows, W)
@@ -252,6 +258,19 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 _ROWS = 256  # rows converted at a time by to_rgb_image
+_BIT_DEPTH_WARNED = False  # the bit-depth warning is given once per process (tests reset it)
+
+
+def _warn_bit_depth(name: str, peak: float, scale: float) -> None:
+    global _BIT_DEPTH_WARNED
+    if _BIT_DEPTH_WARNED:
+        return
+    _BIT_DEPTH_WARNED = True
+    bits = int(np.log2(scale + 1))
+    warnings.warn(f"{name} is stored with 16 bits per pixel but its values reach only {peak:.0f} (a {bits}-bit "
+                  f"image): scaled by {scale:.0f}, its real range, not 65535, so it is not decoded nearly black. "
+                  f"Each image is scaled by its own range: if some images of a set are much darker than others, "
+                  f"convert them all to 8 bits yourself. (Said once, for the first such image.)", stacklevel=4)
 
 
 def load_image(path, size: int | None = None, exif_orientation: bool = False) -> np.ndarray:
@@ -287,7 +306,6 @@ def model_inputs(images: Sequence, size: int) -> list[np.ndarray]:
 
 
 _LOSSY_MASK_WARNED = False  # the lossy-mask warning is given once per process (tests reset it)
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _webp_is_lossy(path: Path) -> bool:
@@ -331,46 +349,100 @@ def _warn_lossy_mask(path: Path, kind: str) -> None:
                   f"the first such mask.)", stacklevel=3)
 
 
-def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
-    """A mask's values as a 2-D array, and the full scale of their encoding (defect = above half of it)."""
+LABEL_MAP_MAX = 31  # a lossless mask whose values all stay at or below this holds class ids: non-zero = defect
+_BIT_RANGES = (255, 1023, 4095, 16383, 65535)  # 8, 10, 12, 14 and 16 bits
+
+
+def real_range(peak: float) -> int:
+    """The full scale of integer pixels whose largest value is ``peak``: the smallest of 8, 10, 12, 14 or 16 bits
+    (``2**b - 1``) that holds it. A 12-bit camera's image stored in a 16-bit file has range 4095, not 65535."""
+    return next((r for r in _BIT_RANGES if peak <= r), _BIT_RANGES[-1])
+
+
+def _binarise(values: np.ndarray, lossless: bool) -> np.ndarray:
+    """The mask rule for one channel (or the colour channels together): defect where a value is above half of
+    the values' real range (:func:`real_range`; ``> 0.5`` for floats up to 1); a lossless mask whose values all
+    stay <= :data:`LABEL_MAP_MAX` is a label map (0/1, class ids 0..K), defect where non-zero."""
+    peak = float(values.max(initial=0))
+    if values.dtype.kind == "f" and peak <= 1.0:
+        return values > 0.5
+    if lossless and peak <= LABEL_MAP_MAX:
+        return values > 0
+    return values > real_range(peak) / 2
+
+
+def _mask_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """A mask's colour values, (H, W) or (H, W, C), and its alpha channel (None without one)."""
     if img.mode == "1":
-        return np.asarray(img).astype(np.uint8), 1.0
-    if img.mode in _SIXTEEN_BIT:
-        return np.asarray(img), 65535.0
-    if img.mode == "I":  # 32-bit integers: a 16-bit file, unless the values stay in 8-bit range (as images do)
+        return np.asarray(img).astype(np.uint8), None
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F", "L"):
+        return np.asarray(img), None
+    if img.mode == "P":  # a palette: the colours it stands for
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        img = img.convert("LA" if img.mode in ("LA", "La") else "RGBA")
         arr = np.asarray(img)
-        return arr, 65535.0 if arr.max(initial=0) > 255 else 255.0
-    if img.mode == "F":
-        arr = np.asarray(img)
-        return arr, 1.0 if arr.max(initial=0) <= 1.0 else 255.0
-    if img.mode in ("L", "LA"):
-        return np.asarray(img.convert("L")), 255.0
-    # colour and palette masks: the brightest channel, so a pure red or blue outline counts as defect
-    return np.asarray(img.convert("RGB")).max(axis=2), 255.0
+        return arr[..., :-1].squeeze(-1) if arr.shape[-1] == 2 else arr[..., :3], arr[..., -1]
+    return np.asarray(img.convert("RGB")), None
+
+
+def _colour_defect(colour: np.ndarray, lossless: bool, path: Path) -> np.ndarray:
+    """Defect pixels of a colour mask: any channel set, as long as the mask marks its defects in one colour
+    (white, or a red outline on black). Two colours that mark different pixels (a class-coloured label map) are
+    refused; a lossy (JPEG) mask takes its brightest channel, since compression noise tints the edges."""
+    if colour.ndim == 2:
+        return _binarise(colour, lossless)
+    if not lossless:
+        return _binarise(colour.max(axis=2), lossless=False)
+    on = _binarise(colour, lossless)  # (H, W, C): each channel by the same rule
+    marked = on.any(axis=2)
+    kinds = np.unique(on[marked].reshape(-1, on.shape[2]), axis=0) if marked.any() else np.zeros((0, 3))
+    if len(kinds) > 1:
+        raise DataError(f"mask {path} marks defects in {len(kinds)} different colours (its channels disagree "
+                        f"about which pixels are defect): a mask holds one defect region per image; save it "
+                        f"as a grey image, white (or any non-zero value) = defect, black = normal")
+    return marked
+
+
+def mask_defect(img: Image.Image, path: Path, lossless: bool = True) -> np.ndarray:
+    """The binarisation rule for masks, (H, W) bool. Grey masks (8/16-bit, float, mode ``"1"``):
+    :func:`_binarise`. Colour masks: :func:`_colour_defect`. An alpha channel that varies is read as the mask
+    when the colour is the same everywhere (a defect drawn only into transparency); when both vary they must
+    agree, otherwise the mask is refused (:class:`DataError`) -- never read as 100 % or 0 % defect."""
+    colour, alpha = _mask_channels(img)
+    colour_varies = bool((colour != colour[0, 0]).any())  # colour[0, 0]: one pixel (a value, or its channels)
+    if alpha is None or alpha.min() == alpha.max():
+        return _colour_defect(colour, lossless, path)
+    alpha_on = alpha >= 128
+    if not colour_varies:
+        return alpha_on
+    defect = _colour_defect(colour, lossless, path)
+    if (defect != alpha_on).any():
+        raise DataError(f"mask {path} has a transparency (alpha) channel that marks other pixels than its colour "
+                        f"channels do: save it without transparency, white (or any non-zero value) = defect, "
+                        f"black = normal")
+    return defect
 
 
 def load_mask(path, size: int | None = None) -> np.ndarray:
-    """Decode a mask to (size, size) uint8 in {0, 1}: binarised at half of its range, then nearest-neighbour
+    """Decode a mask to (size, size) uint8 in {0, 1} by :func:`mask_defect`'s rule, then nearest-neighbour
     resize.
 
-    Defect = a value above half of the full scale of the mask's encoding: ``>= 128`` for 8-bit masks (colour
-    and palette masks: their brightest channel), ``>= 32768`` for 16-bit ones, mode ``"1"`` as it is; a
-    losslessly stored mask holding only 0 and 1 is a label map (1 = defect). So the faint noise that JPEG
-    leaves around edges and in black areas is not counted as defect (with ``> 0`` it was); a JPEG or lossy
-    WebP mask is said once per process (:func:`warnings.warn`)."""
+    Defect = a value above half of the real range of the mask's values (8-bit: ``>= 128``; a 16-bit file: half
+    of 65535, or of 255 / 4095 when its values stay within 8 / 12 bits); a lossless mask whose values stay
+    <= :data:`LABEL_MAP_MAX` is a label map (non-zero = defect). So the faint noise that JPEG leaves around edges
+    and in black areas is not counted as defect; a JPEG or lossy WebP mask is said once per process
+    (:func:`warnings.warn`)."""
     path = Path(path)
     img = open_image(path)
+    lossy = _lossy_kind(path, img)
     try:
         img.load()
-        arr, full = _mask_values(img)
     except Exception as err:
         raise DataError(f"mask {path} is corrupt or truncated ({err}): re-export it") from err
-    lossy = _lossy_kind(path, img)
     if lossy is not None:
         _warn_lossy_mask(path, lossy)
-    elif full > 1 and arr.max(initial=0) == 1:  # a 0/1 label map, not a dark 8- or 16-bit mask
-        full = 1.0
-    arr = (arr > full / 2).astype(np.uint8)
+    arr = mask_defect(img, path, lossless=lossy is None).astype(np.uint8)
     if size is not None and arr.shape != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.NEAREST))
     return arr

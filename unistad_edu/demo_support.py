@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .data import MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, decode_image
+from .data import DECODE_FORMATS, MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, decode_image
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
@@ -38,7 +38,7 @@ DEFAULT_QUEUE_SIZE = 64  # waiting requests beyond this are refused with "queue 
 DEFAULT_MAX_PIXELS = min(MAX_IMAGE_PIXELS, 40_000_000)  # per file; the model works at a few hundred pixels anyway
 DEFAULT_MAX_REQUEST_PIXELS = 100_000_000  # per request, summed over its files (headers, before any decoding)
 MAX_FILES_PER_REQUEST = 16
-SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
+SUPPORTED_FORMATS = DECODE_FORMATS  # the package's one allow-list
 FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
 
 
