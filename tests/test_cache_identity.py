@@ -48,6 +48,16 @@ def _differ(a: dict, b: dict) -> bool:
     return any(not torch.allclose(a[k], b[k], atol=1e-3) for k in a)
 
 
+def _resave(f: Path, entry: dict) -> None:
+    """Rewrite a disk entry with other tensors, signed as the cache would sign them (so what rejects it is the
+    check under test, not the signature)."""
+    from safetensors import safe_open
+    with safe_open(str(f), framework="pt") as st:
+        meta = dict(st.metadata())
+    meta["signature"] = cache_mod.entry_signature(meta["made_from"], {k: v.contiguous() for k, v in entry.items()})
+    save_file(entry, str(f), metadata=meta)
+
+
 def _past_racy_window() -> None:
     """Let the files just written age beyond the window in which the cache does not trust their stat."""
     time.sleep(cache_mod.RACY_NS / 1e9 + 0.05)
@@ -157,11 +167,11 @@ def test_bad_disk_entry_is_dropped_and_recomputed(teacher, pair, tmp_path, how):
     root = tmp_path / "cache"
     FeatureCache(teacher, SIZE, root=root).features(_image(a), [str(a)])
     (f,) = root.rglob("*.safetensors")
-    save_file(_spoil(load_file(str(f)), how), str(f))
+    _resave(f, _spoil(load_file(str(f)), how))
 
     cache = FeatureCache(teacher, SIZE, root=root)
     got = cache.features(_image(a), [str(a)])
-    assert (cache.misses, cache.hits, cache.rejected) == (1, 0, 1)
+    assert (cache.misses, cache.hits, cache.rejected, cache.unsigned) == (1, 0, 1, 0)
     _assert_features(got, _direct(teacher, a))
     (f2,) = root.rglob("*.safetensors")  # rewritten whole: a later process is served the right entry
     assert f2 == f and cache._read(f.stem) is not None
@@ -188,10 +198,10 @@ def test_fp16_cache_rejects_an_fp32_entry(teacher, pair, tmp_path):
     cache = FeatureCache(teacher, SIZE, root=root, fp16=True)
     cache.features(_image(a), [str(a)])
     (f,) = root.rglob("*.safetensors")
-    save_file({k: v.float() for k, v in load_file(str(f)).items()}, str(f))
+    _resave(f, {k: v.float() for k, v in load_file(str(f)).items()})
     again = FeatureCache(teacher, SIZE, root=root, fp16=True)
     got = again.features(_image(a), [str(a)])
-    assert again.rejected == 1
+    assert again.rejected == 1 and again.unsigned == 0
     want = {k: v.half().float() for k, v in _direct(teacher, a).items()}  # what an fp16 cache serves
     assert set(got) == set(want)
     for name in want:  # batch size may move a value across an fp16 rounding step: one fp16 step of slack
@@ -221,10 +231,10 @@ def test_vit_class_token_entry_is_checked(tmp_path):
     (f,) = root.rglob("*.safetensors")
     entry = load_file(str(f))
     entry["cls"] = entry["cls"][None].contiguous()  # (1, C): a batched class token
-    save_file(entry, str(f))
+    _resave(f, entry)
     again = FeatureCache(vit, size, root=root)
     _assert_features(again.features(x, [str(img)]), want)
-    assert again.rejected == 1
+    assert again.rejected == 1 and again.unsigned == 0
 
 
 # ---- (c) the same bytes at two paths -------------------------------------------------------------------------

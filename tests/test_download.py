@@ -363,6 +363,42 @@ def test_links_inside_are_kept_and_never_written_through(tmp_path):
     assert (dest / "cat" / "ln").read_bytes() == b"A" and (dest / "cat" / "hard").read_bytes() == b"A"
 
 
+@pytest.mark.parametrize("link, target", [
+    ("mvtec/bottle/train/good/002.png", "../../../../x.png"),      # inside the staging area, above OUT once moved
+    ("mvtec/bottle/train/good/002.png", "../../../../../x.png"),
+    ("mvtec/bottle/evil", "../.."),                                 # a folder link, above OUT once moved
+    ("mvtec/bottle/test/good/001.png", "../../../license.txt"),     # the archive's licence, outside the category
+])
+def test_a_link_that_would_leave_out_once_moved_is_refused(server, tmp_path, link, target):
+    base = {f"mvtec/{k}": v for k, v in dl_tar_files().items()}
+    body = make_tar({**base, "mvtec/license.txt": b"L", "mvtec/x.png": _noise(9)}, mode="w",
+                    extra=[_link(link, target)])
+    url, sha = serve(server, "/full.tar", body)
+    out = tmp_path / "data" / "mvtec"
+    with pytest.raises(dl.UnsafeArchiveError, match="outside"):  # at unpacking, or before installing
+        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    assert not (out / "bottle").exists() and not leftovers(out)
+
+
+def test_links_inside_the_category_are_installed(server, tmp_path):
+    base = {f"mvtec/{k}": v for k, v in dl_tar_files().items()}
+    body = make_tar(base, mode="w", extra=[_link("mvtec/bottle/train/good/002.png", "000.png"),
+                                           _link("mvtec/bottle/train/extra", "good")])
+    url, sha = serve(server, "/full.tar", body)
+    out = tmp_path / "mvtec"
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    assert (out / "bottle/train/good/002.png").read_bytes() == (out / "bottle/train/good/000.png").read_bytes()
+    assert dl.links_leaving(out / "bottle") == []
+
+
+def dl_tar_files() -> dict[str, bytes]:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:20] = 255
+    return {"bottle/train/good/000.png": _noise(1), "bottle/train/good/001.png": _noise(2),
+            "bottle/test/good/000.png": _noise(3), "bottle/test/broken_large/000.png": _noise(4),
+            "bottle/ground_truth/broken_large/000_mask.png": _png(mask)}
+
+
 # --------------------------------------------------------------------------------------------------------
 # VisA: split csv -> MVTec layout
 # --------------------------------------------------------------------------------------------------------

@@ -23,21 +23,28 @@ bad entry is dropped (its file deleted) and recomputed, never served.
 
 Entries live in memory (``root=None``) or on disk as one safetensors file per image
 (``root/ab/abcdef....safetensors``), optionally fp16, written to a temporary file and renamed into place
-so a killed process never leaves a half-written entry that could be read.
+so a killed process never leaves a half-written entry that could be read. A disk entry carries what made it
+(teacher, weights, precision, the image's content hash: the text its key is the SHA-256 of) and a keyed
+BLAKE2b signature of that text and its tensors, made with a secret only this user can read
+(:func:`cache_secret`). An entry planted in a shared cache, copied under another image's key or written by
+an older version has no valid signature: it is not served, but recomputed, and said once per cache.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .files import atomic_write, remove_stale_temp_files
 
@@ -52,6 +59,49 @@ def content_hash(path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+    return h.hexdigest()
+
+
+ENTRY_FORMAT = "unistad-edu features v2"  # v1 entries (no signature) are recomputed once
+
+
+def cache_secret() -> bytes:
+    """This user's 32-byte key for signing cache entries: ``$UNISTAD_CACHE_SECRET`` (a file), else
+    ``~/.config/unistad_edu/cache-secret``, created once with permissions 0600 -- outside the cache folder, so a
+    cache shared with others does not share its key. If it cannot be written, a key for this process only."""
+    global _SECRET
+    if _SECRET is not None:
+        return _SECRET
+    path = Path(os.environ.get("UNISTAD_CACHE_SECRET") or Path.home() / ".config" / "unistad_edu" / "cache-secret")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32))
+        secret = path.read_bytes()
+        if len(secret) != 32:
+            raise OSError(f"{path} does not hold 32 bytes")
+    except OSError:
+        secret = os.urandom(32)  # entries written by this process only are trusted
+    _SECRET = secret
+    return secret
+
+
+_SECRET: bytes | None = None
+
+
+def entry_signature(made_from: str, entry: dict[str, torch.Tensor]) -> str:
+    """The keyed BLAKE2b-256 of an entry: what made it, and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.blake2b(key=cache_secret(), digest_size=32)
+    h.update(made_from.encode())
+    for name in sorted(entry):
+        t = entry[name].contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -86,7 +136,8 @@ class FeatureCache:
         self._digests: dict[str, tuple[tuple[int, ...], str]] = {}  # resolved path -> (stat signature, hash)
         self.hits = 0
         self.misses = 0
-        self.rejected = 0  # entries found but not served (unreadable, wrong names, shapes or dtype)
+        self.rejected = 0  # entries found but not served (unreadable, unsigned, wrong names, shapes or dtype)
+        self.unsigned = 0  # of those: entries without a valid signature (not written by this user's cache)
         self.names = list(getattr(teacher, "output_names", teacher.layer_names))  # what forward() returns
         ident = {"teacher": teacher.backbone_name, "weights": teacher.weights_hash, "outputs": self.names,
                  "size": self.image_size, "norm": teacher.normalization, "dtype": str(self.dtype),
@@ -123,10 +174,15 @@ class FeatureCache:
             return str(getattr(self.teacher, "precision", "fp32"))
         return resolve(torch.device("cpu") if device is None else torch.device(device), self.image_size).name
 
+    def made_from(self, path, device=None) -> str:
+        """What an entry of the image file ``path`` is made from on ``device`` (default CPU): the teacher's
+        identity, its resolved precision and the file's content hash, as one text."""
+        return f"{self._prefix}|{self.precision_name(device)}|{self.digest(path)}"
+
     def key(self, path, device=None) -> str:
-        """The entry key of the image file ``path`` for features computed on ``device`` (default CPU)."""
-        raw = f"{self._prefix}|{self.precision_name(device)}|{self.digest(path)}"
-        return hashlib.sha256(raw.encode()).hexdigest()
+        """The entry key of the image file ``path`` for features computed on ``device``: SHA-256 of
+        :meth:`made_from`."""
+        return hashlib.sha256(self.made_from(path, device).encode()).hexdigest()
 
     def _file(self, key: str) -> Path:
         assert self.root is not None
@@ -220,25 +276,44 @@ class FeatureCache:
         if not f.is_file():
             return None
         try:
-            entry = load_file(str(f))
+            with safe_open(str(f), framework="pt") as st:
+                meta = st.metadata() or {}
+                entry = {name: st.get_tensor(name) for name in st.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError):
-            entry = None  # unreadable entry: drop it and recompute
+            meta, entry = {}, None  # unreadable entry: drop it and recompute
+        if entry is not None and not self._signed(key, meta, entry):
+            self.unsigned += 1
+            if self.unsigned == 1:
+                warnings.warn(f"feature cache {self.root}: an entry this user's cache did not write (no valid "
+                              f"signature: planted, copied under another image's key, or from an older "
+                              f"version) was not used, its features recomputed; the count is in "
+                              f"`FeatureCache.unsigned`. (Said once per cache.)", stacklevel=3)
+            entry = None
         if entry is None or not self.valid(entry):
             self.rejected += 1
             f.unlink(missing_ok=True)
             return None
         return entry
 
+    @staticmethod
+    def _signed(key: str, meta: dict, entry: dict[str, torch.Tensor]) -> bool:
+        """True if ``meta`` says what made the entry, that text hashes to ``key``, and the signature matches."""
+        made_from, sig = meta.get("made_from", ""), meta.get("signature", "")
+        if meta.get("format") != ENTRY_FORMAT or hashlib.sha256(made_from.encode()).hexdigest() != key:
+            return False
+        return hmac.compare_digest(sig, entry_signature(made_from, entry))
+
     def _has(self, key: str) -> bool:
         return key in self._memory if self.root is None else self._file(key).is_file()
 
-    def _write(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+    def _write(self, key: str, entry: dict[str, torch.Tensor], made_from: str = "") -> None:
         entry = {k: v.to(self.dtype).contiguous() for k, v in entry.items()}
         if self.root is None:
             self._memory[key] = entry
             return
+        meta = {"format": ENTRY_FORMAT, "made_from": made_from, "signature": entry_signature(made_from, entry)}
         # atomic: readers see the old state or the whole new file (no fsync: an entry can be recomputed)
-        atomic_write(self._file(key), lambda tmp: save_file(entry, str(tmp)), fsync=False)
+        atomic_write(self._file(key), lambda tmp: save_file(entry, str(tmp), metadata=meta), fsync=False)
 
     def __len__(self) -> int:
         if self.root is None:
@@ -253,7 +328,8 @@ class FeatureCache:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(f"cache built for {self.image_size}px images, got {tuple(images.shape[-2:])}")
         device = images.device
-        keys = [self.key(p, device) for p in paths]
+        made = [self.made_from(p, device) for p in paths]
+        keys = [hashlib.sha256(m.encode()).hexdigest() for m in made]
         entries = [self._read(k) for k in keys]
         missing = [i for i, e in enumerate(entries) if e is None]
         self.hits += len(keys) - len(missing)
@@ -265,7 +341,7 @@ class FeatureCache:
             self._learn_shapes(fresh)  # what the teacher really returns is what later reads are checked against
             for j, i in enumerate(missing):
                 entry = {name: f[j] for name, f in fresh.items()}
-                self._write(keys[i], entry)
+                self._write(keys[i], entry, made[i])
                 entries[i] = {k: v.to(self.dtype) for k, v in entry.items()}  # serve what a later hit will serve
         # stack per level: (B, C_l, h_l, w_l), float32
         return {name: torch.stack([e[name] for e in entries]).to(device=device, dtype=torch.float32)

@@ -80,7 +80,7 @@ IMAGE_REJECTIONS = {
             "dataset folder, or from the files given)",
     "not_image": "{name} is not a readable image: re-save it as PNG/JPEG, or remove it (from the dataset folder, "
                  "or from the files given)",
-    "format": "{name} holds a {format} file (whatever its name says), which is not decoded here: convert it to "
+    "format": "{name} holds {format} content (whatever its name says), which is not decoded here: convert it to "
               "PNG or JPEG (decoded: PNG, JPEG, BMP, TIFF, WebP, GIF)",
     "too_many_pixels": "{name} has {width}x{height} = {megapixels:.0f} MP, more than the {limit_mp:.0f} MP limit: "
                        "downscale it first (the model works at a few hundred pixels anyway)",

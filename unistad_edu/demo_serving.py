@@ -33,6 +33,7 @@ from . import demo_support as ds
 from .demo_app import build_app, launch
 from .demo_support import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port
 from .resolve import resolve_run
+from .files import atomic_write_text
 
 log = logging.getLogger("unistad_edu.demo")
 
@@ -268,7 +269,7 @@ def run(args) -> int:
         res = bench_demo(run_dir, n_requests=args.bench_requests, concurrency=args.bench_concurrency,
                             app_concurrency=args.concurrency, model=model)
         Path(args.bench).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.bench).write_text(json.dumps(res, indent=2))
+        atomic_write_text(Path(args.bench), json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
         print(f"written to {args.bench}")
         return 0 if res["demo"]["failed"] == 0 else 1

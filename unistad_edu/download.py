@@ -610,9 +610,31 @@ def check_replaceable(out: Path, name: str) -> None:
                             f"deletes other data: {fix}")
 
 
+def links_leaving(folder: Path) -> list[str]:
+    """The symbolic links under ``folder`` whose target is absolute or leads outside ``folder`` -- judged from
+    ``folder`` itself, not from where it lies now, so a link that stays inside the staging area but would point
+    above ``OUT`` once the category is moved into place is found. Returned as ``'rel -> target'``."""
+    bad = []
+    for here, dirs, files in os.walk(folder):
+        for entry in dirs + files:
+            p = Path(here) / entry
+            if not p.is_symlink():
+                continue
+            rel = p.relative_to(folder)
+            target = os.readlink(p)
+            joined = posixpath.normpath(posixpath.join(rel.parent.as_posix(), target.replace("\\", "/")))
+            if os.path.isabs(target) or joined == ".." or joined.startswith("../"):
+                bad.append(f"{rel.as_posix()} -> {target}")
+    return bad
+
+
 def _install(stage_dir: Path, out: Path, name: str) -> Path:
-    """Move a finished category folder into ``OUT`` with one rename (replacing an old one under --force)."""
+    """Move a finished category folder into ``OUT`` with one rename (replacing an old one under --force); its
+    links are checked against the folder itself before, and resolved against ``OUT`` after the move."""
     dst = out / name
+    if leaving := links_leaving(stage_dir):
+        raise UnsafeArchiveError(f"category {name}: {len(leaving)} link(s) would lead outside {dst} once installed "
+                                 f"({', '.join(leaving[:3])}): refusing to install it (path traversal)")
     if dst.exists() or dst.is_symlink():
         check_replaceable(out, name)  # again: it may have changed while the archive came
         old = out / f"{STAGING_PREFIX}{os.getpid()}-old-{name}"
@@ -621,6 +643,14 @@ def _install(stage_dir: Path, out: Path, name: str) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(stage_dir, dst)
+    root = os.path.realpath(dst)
+    for here, dirs, files in os.walk(dst):  # resolved where they now are: none may leave the category
+        for entry in dirs + files:
+            p = Path(here) / entry
+            if p.is_symlink() and not _inside(root, p):
+                shutil.rmtree(dst, ignore_errors=True)
+                raise UnsafeArchiveError(f"category {name}: the link {p.relative_to(dst)} resolves outside {dst} "
+                                         f"after installing: removed it again (path traversal)")
     return dst
 
 

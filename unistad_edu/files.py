@@ -36,8 +36,13 @@ def temp_path(path: Path) -> Path:
 
 def atomic_write(path, write: Callable[[Path], None], fsync: bool = True) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which then replaces
-    ``path`` in one step. The temporary file is removed if ``write`` fails. The folder is created."""
+    ``path`` in one step. The temporary file is removed if ``write`` fails. The folder is created.
+
+    Only a regular file (or nothing) is replaced: a symbolic link there (``--json /dev/stdout``, a link into
+    another folder) or a device, pipe or folder is refused (:class:`NotAFileError`) before anything is written,
+    so neither the link nor what it points to is touched."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
@@ -50,6 +55,25 @@ def atomic_write(path, write: Callable[[Path], None], fsync: bool = True) -> Pat
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+class NotAFileError(ValueError):
+    """A path to be written holds a symbolic link, a device, a pipe or a folder; the message names it."""
+
+
+def check_replaceable(path) -> None:
+    """Refuse (:class:`NotAFileError`) writing over ``path`` unless it is a regular file or absent."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise NotAFileError(f"{path} is a symbolic link (to {target}): nothing is written through a link; name "
+                            f"the file itself, or remove the link")
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise NotAFileError(f"{path} is {kind}: name a file to write")
 
 
 def atomic_write_text(path, text: str, fsync: bool = True) -> Path:
