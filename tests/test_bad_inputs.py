@@ -244,7 +244,7 @@ CASES = [
          _train_with("--set", 'scoring={"fuse": "median"}'), r"fuse must be one of"),
     Case("eval --set of an unknown field", "config/CLI",
          lambda tmp, d, run: ("cli", ["eval", "--run", str(run), "--set", "no_such=1", "--no-progress"]),
-         r"cannot apply \{'no_such': 1\}"),
+         r"cannot apply --set \{'no_such': 1\}"),
     Case("predict on a file that is not an image", "config/CLI",
          lambda tmp, d, run: ("cli", ["predict", "--run", str(run), str(Path(tmp / "notes.png").write_text("hi")
                                                                        and tmp / "notes.png")]),

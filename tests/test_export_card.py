@@ -299,3 +299,20 @@ def test_eval_never_scores_an_export_folder(export, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "has no config.json" in err and "Traceback" not in err, err
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("where", ["map", "score"])
+def test_parity_with_a_nan_output_is_not_within_tolerance(where):
+    """A graph that outputs NaN must fail the parity check (a NaN difference used to compare as 'not above')."""
+    import numpy as np
+
+    from unistad_edu.export import PARITY_TOLERANCE, compare
+    maps, scores = np.zeros((3, 8, 8), np.float32), np.array([0.1, 0.2, 0.3], np.float32)
+    em, es = maps.copy(), scores.copy()
+    if where == "map":
+        em[1, 2, 3] = np.nan
+    else:
+        es[2] = np.nan
+    parity = compare((maps, scores), (em, es), threshold=0.5)
+    assert not parity["max_rel"] <= PARITY_TOLERANCE
+    assert compare((maps, scores), (maps.copy(), scores.copy()), threshold=0.5)["max_rel"] == 0.0

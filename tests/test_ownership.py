@@ -527,3 +527,60 @@ def test_data_mvtec_force_replaces_a_downloaded_category(server, tmp_path):  # n
     dl.download_mvtec(out, ["bottle"], url=url2, sha256=sha2, force=True, progress=False, retries=0)
     assert (out / "bottle" / "train" / "good" / "000.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.iterdir()) == ["DOWNLOADS.json", "bottle"]
+
+
+@pytest.mark.parametrize("extra", ["train/good/my_photo.png", "notes.txt", "ground_truth/new_defect/000_mask.png"])
+def test_data_mvtec_force_keeps_files_a_user_added_to_a_downloaded_category(server, tmp_path, extra):  # noqa: F811
+    url, sha = serve(server, "/bottle.tar.xz", mvtec_category())
+    out = tmp_path / "mvtec"
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    listed = json.loads((out / "DOWNLOADS.json").read_text())["categories"]["bottle"]["files"]
+    assert listed == sorted(p.relative_to(out / "bottle").as_posix() for p in (out / "bottle").rglob("*")
+                            if p.is_file())
+    mine = out / "bottle" / extra
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_bytes(b"mine")
+    url2, sha2 = serve(server, "/bottle2.tar.xz", mvtec_category(seed=5))
+    with pytest.raises(dl.DownloadError, match="no download installed"):
+        dl.download_mvtec(out, ["bottle"], url=url2, sha256=sha2, force=True, progress=False, retries=0)
+    assert mine.read_bytes() == b"mine"
+
+
+# ---- the demo's default model folder ----------------------------------------------------------------------
+@pytest.mark.parametrize("what", ["photos", "a_file", "another_run", "default_plus_user_file", "link"])
+def test_the_demos_default_model_folder_is_replaced_only_when_the_demo_wrote_it(tmp_path, demo_run, what):
+    from unistad_edu import resolve, runs
+    from .conftest import DEMO_SPEC
+    run = tmp_path / "demo_run"
+    if what == "photos":
+        run.mkdir()
+        (run / "holiday.png").write_bytes(b"not really")
+    elif what == "a_file":
+        run.write_text("mine")
+    elif what == "another_run":  # a run folder, but not one the demo wrote (no marker)
+        shutil.copytree(demo_run, run)
+        (run / resolve.DEFAULT_MARKER).unlink()
+    elif what == "default_plus_user_file":
+        shutil.copytree(demo_run, run)
+        (run / "notes.txt").write_text("mine")
+    else:
+        run.symlink_to(demo_run)
+    before = sorted(p.name for p in run.iterdir()) if run.is_dir() else run.read_text()
+    other_spec = {**DEMO_SPEC, "seed": DEMO_SPEC["seed"] + 1}  # so the folder is not reused as it is
+    with pytest.raises(runs.RunFolderError, match="never replaced"):
+        resolve.ensure_default_run(run, spec=other_spec, data_root=tmp_path / "unused", progress=False,
+                                   log=lambda m: None)
+    assert (sorted(p.name for p in run.iterdir()) if run.is_dir() else run.read_text()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo_run")]
+
+
+def test_an_earlier_default_model_is_replaceable():
+    from unistad_edu import resolve
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        run = Path(d) / "demo_run"
+        resolve.check_default_replaceable(run)  # absent
+        run.mkdir()
+        resolve.check_default_replaceable(run)  # empty
+        (run / resolve.DEFAULT_MARKER).write_text("{}")
+        resolve.check_default_replaceable(run)  # a marker (an interrupted earlier default model)

@@ -352,17 +352,47 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import read_config
-    from .data import MVTecDataset
-    from .inference import evaluate
-    from .metrics import metrics_table, save_metrics
+    import contextlib
+
+    from . import files, runs
+    from .metrics import save_metrics
     from .report import format_table
-    from .checkpoint import load_checkpoint
 
     run = Path(args.run)
+    out = Path(args.json) if args.json else run / "metrics.json"
+    if out.is_dir() and not out.is_symlink():  # --json onto a folder: the usual file name inside it
+        out = out / "metrics.json"
+    files.check_replaceable(out)
+    inside = run.is_dir() and run.resolve() in out.resolve().parents
+    # writing into the run folder: its one-writer lock, so no training replaces the model meanwhile
+    with files.folder_lock(run, "run folder") if inside else contextlib.nullcontext():
+        before = runs.save_ids(run)
+        table = _evaluate_run(args, run)
+        if runs.save_ids(run) != before:
+            raise runs.StaleMetrics(f"the run in {run} was replaced while it was evaluated: nothing written; run "
+                                    f"eval again")
+        table["save_id"] = before  # which save these metrics describe (readers compare it)
+        save_metrics(table, out)
+    if args.overrides:
+        print(f"note: --set {' '.join(args.overrides)} changes the scores, and the run's threshold was calibrated "
+              f"without it: no false-alarm rate is reported", file=sys.stderr)
+    print(format_table(table))
+    _print_eval_details(table, out)
+    return 0
+
+
+def _evaluate_run(args, run: Path) -> dict:
+    """The metrics table of the run folder ``run`` (unified, or per-class sub-run by sub-run) on its test set."""
+    from .checkpoint import load_checkpoint, read_config
+    from .data import MVTecDataset
+    from .inference import evaluate
+    from .metrics import metrics_table
+
+    from .runs import read_setting
+
     setting_file = run / "setting.json"
     if setting_file.is_file():  # per-class: each sub-run on its own category
-        setting = json.loads(setting_file.read_text())
+        setting = read_setting(run)
         root = Path(args.data or setting["data_root"])
         per_cat, method, alarms = {}, setting["method"], {}
         for cat in setting["categories"]:
@@ -386,14 +416,10 @@ def cmd_eval(args) -> int:
                         check_masks=not args.image_only)
         table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
                          precision=args.precision, pixel=not args.image_only)
-    if args.overrides:
-        print(f"note: --set {' '.join(args.overrides)} changes the scores, and the run's threshold was calibrated "
-              f"without it: no false-alarm rate is reported", file=sys.stderr)
-    out = Path(args.json) if args.json else run / "metrics.json"
-    if out.is_dir():  # --json onto a folder: the usual file name inside it
-        out = out / "metrics.json"
-    save_metrics(table, out)
-    print(format_table(table))
+    return table
+
+
+def _print_eval_details(table: dict, out: Path) -> None:
     from .report import format_by_defect, format_verdicts
     for line in format_verdicts(table):
         print(line)
@@ -408,10 +434,23 @@ def cmd_eval(args) -> int:
               "to catch):")
         print(format_by_defect(table))
     print(f"metrics written to {out}")
-    return 0
 
 
 def cmd_predict(args) -> int:
+    import contextlib
+
+    from . import files
+    from .export_runtime import is_export
+
+    run, out = Path(args.run), Path(args.out) if args.out else Path(args.run) / "predictions"
+    inside = run.is_dir() and not is_export(run) and (out.resolve() == run.resolve()
+                                                      or run.resolve() in out.resolve().parents)
+    # writing into the run folder: its one-writer lock, so no training replaces the model meanwhile
+    with files.folder_lock(run, "run folder") if inside else contextlib.nullcontext():
+        return _predict(args, out)
+
+
+def _predict(args, out: Path) -> int:
     from .export_runtime import ExportedModel, is_export
     from .report import unlike_training
     from .viz import save_prediction
@@ -425,7 +464,8 @@ def cmd_predict(args) -> int:
         from .inference import predict
         model = load_checkpoint(args.run)
         results = predict(model, args.images, threshold=args.threshold, precision=args.precision)
-    out = Path(args.out) if args.out else Path(args.run) / "predictions"
+    if os.path.lexists(out) and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file: choose a folder for the heatmaps")
     out.mkdir(parents=True, exist_ok=True)
     validation = model.run_config.get("validation") or {}
     for i, (path, r) in enumerate(zip(args.images, results)):

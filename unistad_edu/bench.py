@@ -320,13 +320,21 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
     return result
 
 
-def _setting_result(run: Path, configs: list[dict], train_s: float | None, command: str) -> dict:
+def _checked_metrics(run: Path) -> dict:
+    """``run``'s ``metrics.json``, refused if it describes another save of the run."""
     from .metrics import load_metrics
+    from .runs import check_metrics_save
+    table = load_metrics(run / "metrics.json")
+    check_metrics_save(table, run, run / "metrics.json")
+    return table
+
+
+def _setting_result(run: Path, configs: list[dict], train_s: float | None, command: str) -> dict:
     return {
         # wall time of the train command; for a reused run, the sum of its recorded training times
         "train_wall_s": round(train_s if train_s is not None else sum(c.get("train_seconds", 0) for c in configs), 1),
         "peak_rss_mb": max(c.get("peak_rss_mb") or 0 for c in configs),
-        "metrics": load_metrics(run / "metrics.json"),
+        "metrics": _checked_metrics(run),
         "command": command,
         "optimizer_steps": sum(c["epochs_done"] * max(1, c["train_images"] // c["method_config"]["batch_size"])
                                for c in configs),

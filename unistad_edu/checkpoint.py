@@ -23,6 +23,7 @@ ever written into JSON: :func:`json_safe` replaces a non-finite float by ``null`
 from __future__ import annotations
 
 import json
+import os
 import math
 import numbers
 import uuid
@@ -146,6 +147,9 @@ def save_checkpoint(run_dir, model, extra: dict | None = None) -> Path:
 def read_config(run_dir) -> dict:
     run = Path(run_dir)
     if not run.is_dir():
+        if os.path.lexists(run):
+            raise CheckpointError(f"{run} is {'a broken symbolic link' if not run.exists() else 'a file'}, not a "
+                                  f"run folder: give the folder `train --out` wrote")
         raise CheckpointError(f"run folder {run} does not exist: train first (python -m unistad_edu train --out {run})")
     path = run / CONFIG_FILE
     if not path.is_file():
@@ -157,10 +161,33 @@ def read_config(run_dir) -> dict:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object: not a unistad-edu "
+                              f"checkpoint config")
     for key in ("method", "method_config", "teacher", "image_size"):
         if key not in cfg:
             raise CheckpointError(f"{path} lacks {key!r}: not a unistad-edu checkpoint config")
+    check_config_kinds(cfg, path)
     return cfg
+
+
+#: the texts and lists of config.json that commands read before the model is built, with what each must be
+_CONFIG_KINDS = {"method": (str,), "teacher": (dict,), "method_config": (dict,), "data_root": (str, type(None)),
+                 "train_root": (str, type(None)), "setting": (str, type(None)), "preset": (str, type(None)),
+                 "save_id": (str, type(None)), "train_categories": (list, type(None))}
+
+
+def check_config_kinds(cfg: dict, path) -> None:
+    """Refuse (:class:`CheckpointError`) a config.json whose fields that commands read first are of the wrong
+    kind (a number for the data folder, a text for the categories, ...), naming the field."""
+    for key, kinds in _CONFIG_KINDS.items():
+        if key in cfg and not isinstance(cfg[key], kinds):
+            want = " or ".join("null" if k is type(None) else {"str": "a text", "dict": "an object",
+                                                               "list": "a list"}[k.__name__] for k in kinds)
+            raise CheckpointError(f"{path}: {key} is {cfg[key]!r}, expected {want}: {ALTERED}")
+    cats = cfg.get("train_categories")
+    if cats is not None and not all(isinstance(c, str) for c in cats):
+        raise CheckpointError(f"{path}: train_categories holds {cats!r}, expected category names: {ALTERED}")
 
 
 def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_weights="auto",
@@ -188,9 +215,13 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
         saved = {**{k: v for k, v in legacy.items() if k not in cfg["method_config"]}, **cfg["method_config"]}
         saved = {k: config_class.renamed_values.get(k, {}).get(v, v) if isinstance(v, str) else v
                  for k, v in saved.items()}
+        make_config(cfg["method"], preset="cpu", **saved)  # the saved config alone: its own errors named so
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{run / CONFIG_FILE}: method_config: {err}: {ALTERED}") from err
+    try:
         mcfg = make_config(cfg["method"], preset="cpu", **{**saved, **(overrides or {})})
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{run}: cannot apply {overrides}: {err}") from err
+        raise CheckpointError(f"{run}: cannot apply --set {overrides}: {err}") from err
     want = cfg["teacher"]
     if teacher is None:
         teacher = load_teacher(want["name"], weights=teacher_weights, layers=want.get("layers"))

@@ -66,6 +66,7 @@ import numpy as np
 from PIL import Image
 
 from . import ownership
+from .files import BadJSONFile, read_json_object
 from .data import DataError
 
 CHUNK = 1 << 20  # bytes per read/write
@@ -582,11 +583,13 @@ def read_manifest(out) -> dict:
     if not path.is_file():
         return {"archives": {}, "categories": {}}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DownloadError(f"{path} is unreadable ({err}): delete it (it only records what was downloaded)")
-    data.setdefault("archives", {})
-    data.setdefault("categories", {})
+        data = read_json_object(path, "the record of downloads", "delete it (it only records what was downloaded)")
+    except BadJSONFile as err:
+        raise DownloadError(str(err)) from None
+    for key in ("archives", "categories"):
+        if not isinstance(data.setdefault(key, {}), dict):
+            raise DownloadError(f"{path}: {key} is {data[key]!r}, expected an object: delete the file (it only "
+                                f"records what was downloaded)")
     return data
 
 
@@ -604,10 +607,18 @@ def check_replaceable(out: Path, name: str) -> None:
     if dst.is_symlink() or not dst.is_dir():
         raise DownloadError(f"--force refused: {dst} is {ownership.describe(dst)}, not a downloaded category "
                             f"folder: {fix}")
-    if name not in read_manifest(out)["categories"]:
+    record = read_manifest(out)["categories"].get(name)
+    if record is None:
         raise DownloadError(f"--force refused: {dst} was not installed by a download ({name!r} is not recorded in "
                             f"{Path(out) / MANIFEST_NAME}; it is {ownership.describe(dst)}), and --force never "
                             f"deletes other data: {fix}")
+    listed = record.get("files") if isinstance(record, dict) else None
+    if isinstance(listed, list):  # recorded since downloads list their files: nothing else may be there
+        extra = sorted(set(installed_files(dst)) - set(listed))
+        if extra:
+            raise DownloadError(f"--force refused: {dst} also holds {len(extra)} file(s) no download installed "
+                                f"({', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}), and --force never "
+                                f"deletes other data: {fix}")
 
 
 def links_leaving(folder: Path) -> list[str]:
@@ -717,8 +728,20 @@ def _record(ws: _Workspace, manifest: dict, archive: Archive, digest: str, sourc
                                           "bytes": path.stat().st_size, "downloaded": now}
     for c in cats:
         manifest["categories"][c] = {"dataset": dataset, "archive": archive.name, "license": archive.license,
-                                     "source": archive.page, "installed": now}
+                                     "source": archive.page, "installed": now,
+                                     "files": installed_files(ws.out / c)}
     _write_manifest(ws.out, manifest)
+
+
+def installed_files(folder: Path) -> list[str]:
+    """Every file and link under ``folder``, relative, sorted: what ``--force`` may later delete there."""
+    folder = Path(folder)
+    out = []
+    for here, dirs, files in os.walk(folder):
+        rel = Path(here).relative_to(folder)
+        out += [(rel / f).as_posix() for f in files]
+        out += [(rel / d).as_posix() for d in dirs if (Path(here) / d).is_symlink()]
+    return sorted(out)
 
 
 def _find_category(root: Path, name: str) -> Path:

@@ -121,7 +121,7 @@ def compare(reference: tuple, exported: tuple, threshold: float | None, calibrat
     d_score = float(np.abs(rs.astype(np.float64) - es).max())
     out = {"images": int(len(rs)), "max_abs_map": d_map, "max_abs_score": d_score,
            "relative_to": "threshold" if threshold else "max |score|", "scale": scale,
-           "max_rel": max(d_map, d_score) / scale}
+           "max_rel": float(np.max([d_map, d_score])) / scale}  # np.max: a NaN difference stays NaN
     if calibration is not None and calibration.routed and len(reference) > 2 and len(exported) > 2:
         ref_d, exp_d = calibration.decide(rs, reference[2]), calibration.decide(es, exported[2])
         out["routes_differ"] = int(sum(a["category"] != b["category"] for a, b in zip(ref_d, exp_d)))
@@ -208,6 +208,7 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
     Raises :class:`ExportError` if the graph does not reproduce the model within :data:`PARITY_TOLERANCE`."""
     from . import __version__
     from .checkpoint import load_checkpoint
+    from .resolve import load_run_metrics
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -275,7 +276,7 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
             except CheckpointError:  # that runtime is not installed: the other one is checked
                 continue
             parity = {**compare(ref, served.outputs(check), threshold, calibration), "backend": served.backend}
-            if parity["max_rel"] > PARITY_TOLERANCE or parity["verdicts_differ"] or parity.get("routes_differ"):
+            if not parity["max_rel"] <= PARITY_TOLERANCE or parity["verdicts_differ"] or parity.get("routes_differ"):
                 raise ExportError(f"the {fmt} export of {run} served by {served.backend} does not reproduce the "
                                   f"PyTorch model: max |Δ| {max(parity['max_abs_map'], parity['max_abs_score']):.3g} = "
                                   f"{parity['max_rel']:.2g} of the {parity['relative_to']} (tolerance "
@@ -286,9 +287,8 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
             raise ExportError("no runtime to check the export with: pip install 'unistad-edu[export]'")
         card["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-        metrics = run / "metrics.json"
-        if metrics.is_file():  # the demo's model card shows the run's test metrics
-            shutil.copyfile(metrics, tmp / "metrics.json")
+        if load_run_metrics(run) is not None:  # the demo's card shows the run's test metrics (of this save)
+            shutil.copyfile(run / "metrics.json", tmp / "metrics.json")
         if out.exists() or out.is_symlink():  # --overwrite: the old folder goes only once the new one is complete
             check_replaceable(out, run)  # again: it may have changed while the export ran
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"

@@ -57,6 +57,23 @@ def atomic_write(path, write: Callable[[Path], None], fsync: bool = True) -> Pat
     return path
 
 
+class BadJSONFile(ValueError):
+    """A JSON file the package reads is unreadable or not the object it should be; the message names it."""
+
+
+def read_json_object(path, what: str, fix: str) -> dict:
+    """The JSON object in ``path`` (``what`` it should be, e.g. "a leaderboard file"), or :class:`BadJSONFile`
+    naming the file, what is wrong and ``fix`` (what to do)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadJSONFile(f"{path} cannot be read as {what} ({err}): {fix}") from err
+    if not isinstance(data, dict):
+        raise BadJSONFile(f"{path} holds a JSON {type(data).__name__}, not {what} (a JSON object): {fix}")
+    return data
+
+
 class NotAFileError(ValueError):
     """A path to be written holds a symbolic link, a device, a pipe or a folder; the message names it."""
 

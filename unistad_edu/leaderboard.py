@@ -15,12 +15,12 @@ network).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .files import read_json_object
 from .report import HEADLINE as COLUMNS  # the headline metrics: one list for every table
 
 
@@ -47,6 +47,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     from .inference import evaluate, score_dataset
     from .metrics import load_metrics, save_metrics
     from .resolve import test_set
+    from .runs import check_metrics_save
     from .teacher import load_teacher
 
     rows, models = [], {}
@@ -58,6 +59,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
             test = test_set(cfg, model.cfg.image_size, data=data)
             save_metrics(evaluate(model, test, progress=progress), e["metrics"])
         metrics = load_metrics(e["metrics"])
+        check_metrics_save(metrics, e["run"], e["metrics"])
         state = e["run"] / "model.safetensors"
         rows.append({"label": e["label"], "method": cfg["method"], "run": str(e["run"]),
                      "preset": cfg.get("preset"), "image_size": cfg["image_size"], "epochs": cfg.get("epochs_done"),
@@ -142,8 +144,10 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
 def load(path) -> dict:
     """A leaderboard JSON written by ``bench leaderboard``, with a clear error if it is something else."""
     path = Path(path)
-    result = json.loads(path.read_text())
-    if "rows" not in result or not all("mean" in r and "categories" in r for r in result["rows"]):
+    fix = "give a file written by `python -m unistad_edu bench leaderboard --json`"
+    result = read_json_object(path, "a leaderboard file", fix)
+    rows = result.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "mean" in r and "categories" in r for r in rows):
         raise ValueError(f"{path} is not a leaderboard file (written by `python -m unistad_edu bench leaderboard`)")
     return result
 
@@ -153,9 +157,11 @@ def load_reference(path) -> dict:
     {category: {metric: value in [0, 1]}}), its ``mean`` computed here over its categories. It has no run, no
     cost and no seeds: figures someone measured elsewhere, shown above the table for comparison."""
     path = Path(path)
-    ref = json.loads(path.read_text())
+    ref = read_json_object(path, "a reference file", "see docs/results/reference_*.json for the layout")
     cats = ref.get("categories")
-    if not isinstance(cats, dict) or not cats or "label" not in ref:
+    if (not isinstance(cats, dict) or not cats or "label" not in ref
+            or not all(isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values())
+                       for m in cats.values())):
         raise ValueError(f"{path} is not a reference file (needs 'label' and 'categories': {{category: "
                          f"{{metric: value}}}})")
     cols = sorted({c for m in cats.values() for c in m})

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -557,8 +556,12 @@ def save_metrics(table: Mapping, path) -> None:
 
 def load_metrics(path) -> dict:
     """Read a ``metrics.json``; the ``null`` metric values come back as ``float('nan')``."""
-    with open(os.fspath(path), encoding="utf-8") as fh:
-        table = json.load(fh)
+    from .files import read_json_object
+    from .ownership import is_metrics
+    table = read_json_object(path, "a metrics table", "evaluate the run again (python -m unistad_edu eval --run RUN)")
+    if not is_metrics(table):
+        raise ValueError(f"{path} is not a metrics table as `eval` writes it (an object with 'setting', "
+                         f"'categories' and 'mean'): evaluate the run again (python -m unistad_edu eval --run RUN)")
     for cat, row in table.get("categories", {}).items():
         table["categories"][cat] = {k: _num(v) for k, v in row.items()}
     if "mean" in table:

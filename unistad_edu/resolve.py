@@ -45,6 +45,27 @@ def _is_usable_run(run: Path, spec: dict | None = None) -> bool:
     return True
 
 
+def check_default_replaceable(run: Path) -> None:
+    """Refuse (:class:`~unistad_edu.runs.RunFolderError`) to replace the default model's folder ``run`` unless
+    it is absent, empty, or an earlier default model the demo wrote (its marker, a run's files, its derived
+    files and nothing else, none of them another tool's)."""
+    from . import ownership, runs
+    if not (run.exists() or run.is_symlink()):
+        return
+    own = {*runs.RUN_FILES, *runs.DERIVED_FILES, *runs.DERIVED_FOLDERS, DEFAULT_MARKER}
+    if run.is_dir() and not run.is_symlink() and not any(run.iterdir()):
+        return
+    others = sorted(p.name for p in run.iterdir() if p.name not in own) if run.is_dir() and not run.is_symlink() else []
+    ours = (run.is_dir() and not run.is_symlink() and (run / DEFAULT_MARKER).is_file() and not others
+            and not runs.foreign(run))
+    if not ours:
+        raise runs.RunFolderError(f"the demo's default model folder {run} is {ownership.describe(run)}, not a default "
+                                  f"model the demo wrote"
+                                  + (f" (it holds {', '.join(others[:5])})" if others else "")
+                                  + ": it is never replaced; move it away, set UNISTAD_CACHE elsewhere, or pass "
+                                    "--run RUN")
+
+
 def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
                        log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """The demo's default model: reuse ``run_dir`` (default :func:`default_run_dir`) if it holds a finished run
@@ -62,6 +83,7 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
     if _is_usable_run(run, spec):
         log(f"using the demo's default model in {run} (delete that folder to retrain it)")
         return run
+    check_default_replaceable(run)  # before training: a folder the demo did not write is never replaced
     root = Path(data_root) if data_root is not None else default_data_root()
     settings = "".join(f", {k}={v}" for k, v in spec.get("set", {}).items())
     log(f"no --run given and no default model yet: training a small {spec['method']} model "
@@ -86,10 +108,15 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
     (tmp / DEFAULT_MARKER).write_text(json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2))
     for stale in tmp.glob("train_state.safetensors"):  # resume state is not needed by the demo
         stale.unlink()
-    if run.exists():  # an older/incomplete default run: move it aside, then replace it
+    if run.exists() or run.is_symlink():  # an older/incomplete default run: move it aside, then replace it
         if _is_usable_run(run, spec):  # another process finished first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
             return run
+        try:
+            check_default_replaceable(run)  # again: it may have changed while the model trained
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         old = run.parent / f".{run.name}.old-{os.getpid()}"
         os.replace(run, old)
         shutil.rmtree(old, ignore_errors=True)
@@ -121,10 +148,13 @@ def load_run_metrics(run_dir) -> dict | None:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         return None
+    from .runs import check_metrics_save
     try:
-        return load_metrics(path)
+        table = load_metrics(path)
+        check_metrics_save(table, run_dir)  # metrics of an earlier save describe another model
     except (OSError, ValueError):
         return None
+    return table
 
 
 def test_set(cfg: dict, image_size: int, data=None, check_masks: bool = True):

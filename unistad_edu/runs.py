@@ -263,3 +263,54 @@ def prepare(run, now: dict | None, resume: bool = False, overwrite: bool = False
                              f"another --out")
     gone = clear_run(run)
     say(f"--overwrite: deleted the old run in {run} ({', '.join(gone)})")
+
+
+class StaleMetrics(ValueError):
+    """A ``metrics.json`` that describes another save of the run than the one in its folder."""
+
+
+def read_setting(run) -> dict:
+    """A per-class run's ``setting.json``, checked: an object with the method (a text), the categories (a
+    non-empty list of names) and the data folder (a text); refused (:class:`RunFolderError`) naming the field."""
+    path = Path(run) / SETTING_FILE
+    try:
+        setting = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunFolderError(f"{path} cannot be read as JSON ({err}): it was altered; train the per-class run "
+                             f"again (--overwrite)") from err
+    if not isinstance(setting, dict):
+        raise RunFolderError(f"{path} holds a JSON {type(setting).__name__}, not the per-class run's settings: "
+                             f"it was altered; train the per-class run again (--overwrite)")
+    cats = setting.get("categories")
+    for key, ok, want in (("method", isinstance(setting.get("method"), str), "a method name"),
+                          ("categories", isinstance(cats, list) and cats and all(isinstance(c, str) for c in cats),
+                           "a non-empty list of category names"),
+                          ("data_root", isinstance(setting.get("data_root"), str), "the data folder (a text)")):
+        if not ok:
+            raise RunFolderError(f"{path}: {key} is {setting.get(key)!r}, expected {want}: it was altered; train "
+                                 f"the per-class run again (--overwrite)")
+    return setting
+
+
+def save_ids(run) -> str | dict | None:
+    """Which save of the model a run folder holds: its ``config.json``'s ``save_id`` (tied to the weights file),
+    or for a per-class run ``{category: save_id}``; None for a run written before saves had ids."""
+    run = Path(run)
+    setting = run / SETTING_FILE
+    if setting.is_file():
+        return {c: (_saved_config(run / c) or {}).get("save_id") for c in read_setting(run)["categories"]}
+    return (_saved_config(run) or {}).get("save_id")
+
+
+def check_metrics_save(table: dict, run, source="metrics.json") -> None:
+    """Refuse (:class:`StaleMetrics`) a metrics table whose recorded ``save_id`` is not the save ``run`` holds
+    now (the run was retrained or replaced after it was evaluated). A table without one (written before
+    metrics recorded it) is taken as it is."""
+    recorded = table.get("save_id")
+    if recorded is None:
+        return
+    now = save_ids(run)
+    if recorded != now:
+        raise StaleMetrics(f"{source} describes another save of the run in {run} (save_id {recorded!r}; the "
+                           f"folder now holds {now!r}): the run was retrained or replaced after it was "
+                           f"evaluated; run `python -m unistad_edu eval --run {run}` again")

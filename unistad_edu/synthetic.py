@@ -919,6 +919,8 @@ def _check_existing(out: Path, cfg: SyntheticConfig) -> str | None:
         man = json.loads(man_path.read_text())
     except (OSError, ValueError) as e:
         return f"its {MANIFEST_NAME} is unreadable ({e})"
+    if not isinstance(man, dict):
+        return f"its {MANIFEST_NAME} holds a JSON {type(man).__name__}, not the generator's manifest"
     if man.get("generator_version") != GENERATOR_VERSION:
         return (f"it was made by generator version {man.get('generator_version')}, "
                 f"this is version {GENERATOR_VERSION}")

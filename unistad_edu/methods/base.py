@@ -101,12 +101,41 @@ class MethodConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                _check_type(f"{cls.__name__}.{f.name}", str(f.type), d[f.name])
         if isinstance(d.get("scoring"), dict):
+            unknown = set(d["scoring"]) - {f.name for f in dataclasses.fields(ScoringConfig)}
+            if unknown:
+                raise ValueError(f"unknown scoring fields {sorted(unknown)}; known: "
+                                 f"{sorted(f.name for f in dataclasses.fields(ScoringConfig))}")
             d["scoring"] = ScoringConfig(**d["scoring"])
         for f in dataclasses.fields(cls):  # JSON has no tuples: a tuple-typed field comes back as a list
             if isinstance(d.get(f.name), list) and "tuple" in str(f.type):
                 d[f.name] = _as_tuple(d[f.name])
         return cls(**d)
+
+
+def _check_type(name: str, annotation: str, value) -> None:
+    """Refuse (ValueError) a config value of the wrong kind for its annotation, naming the field: a text for a
+    number (``--set lr=fast``), a number for a switch, a text for the scoring object (``--set scoring={bad``)."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str),
+          "tuple": lambda v: isinstance(v, (list, tuple)),
+          "ScoringConfig": lambda v: isinstance(v, (dict, ScoringConfig))}
+    if not any(ok.get(k, lambda v: True)(value) for k in kinds if k != "None"):
+        want = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text",
+                "tuple": "a list", "ScoringConfig": 'an object such as {"topk": 0.01}'}
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{name} is {shown}, expected "
+                         + " or ".join(want.get(k, k) for k in kinds if k != "None")
+                         + (" (or null)" if "None" in kinds else "")
+                         + (" -- a --set value is read as JSON, else as text" if isinstance(value, str) else ""))
 
 
 # ---- ranges every config's numbers must lie in ------------------------------------------------------------
