@@ -48,7 +48,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after the epoch in which this budget runs out
     # with max_minutes: after every epoch, count the epochs that fit the rest of the budget and train only
     # those, the learning-rate schedule ending with them (a cosine decays fully). Off by default: measured on
-    # UniAD (docs/benchmarks.md, issue 16 part 4) stopping mid-schedule scored higher than a planned schedule
+    # UniAD (docs/benchmarks.md, "every method with three seeds") stopping mid-schedule scored higher than a planned schedule
     plan_to_budget: bool = False
     min_steps: int | None = None  # train at least this many optimiser steps (more epochs on small data sets)
     seed: int = 0

@@ -1,4 +1,4 @@
-"""Run folders stay consistent (issue 18): a run folder holds one model and only what was derived from it.
+"""Run folders stay consistent: a run folder holds one model and only what was derived from it.
 
 * A new training into a folder that already holds a run is refused, unless ``overwrite`` -- which first
   deletes everything of the old run: its model, state, log, config, and what was derived from it (metrics,

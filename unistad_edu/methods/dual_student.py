@@ -87,34 +87,13 @@ COMBINE_RULES = {"noisy_or": "noisy_or", "sum": "sum", "local": "map", "semantic
 class DualStudentConfig(TransformerTrainingConfig):
     """Dual heterogeneous students. Defaults = the ``cpu`` preset: Lite0 teacher at 256 px, tokens on the
     stride-16 grid (16 x 16); ED groups (levels 0 + 1) and (level 2); bottleneck dropout 0.2; decoder 4 blocks
-    of width 128, 4 heads, FFN 256; hard mining 0.9 / 0.1; EE student ResNet-10-T from scratch at 128 px;
-    joint Noisy-OR weight 0.1; AdamW 1e-3 (wd 1e-4), cosine, 20 epochs, batch 8, grad clip 1.0.
+    of width 128, 4 heads, FFN 256; hard mining 0.9 / 0.1; EE student ResNet-10-T from scratch at 128 px,
+    regressing Lite0's ImageNet embedding (``semantic_target="imagenet"``, 1280-d, 224 px, frozen and not
+    saved); joint Noisy-OR weight 0.1; AdamW 1e-3 (wd 1e-4), cosine, 20 epochs, batch 8, grad clip 1.0.
 
-    Speed (one thread, bf16 autocast, features given, machine load ~4): a whole training step ran at
-    13-16 img/s, i.e. ~45 s per epoch over the 671 real training images, ~15 min for 20 epochs. The EE
-    student alone runs ~50 img/s at 128 px (ResNet-10-T; ~18 img/s at 256 px, Lite0 from scratch ~9);
-    the shared scoring path's Gaussian blur at 256 px is the other large cost (no backward through it:
-    ``map_score_for_training``).
-
-    Semantic target and combine rule, measured (issue 16; unified on the five real categories, 20 epochs,
-    one seed; mean I-AUROC x100 by image-score rule, one trained model scored four ways; P-AUROC 92.5 for
-    all -- the rules change only the image score):
-
-    ==============================================  ========  =====  =====  ========
-    EE student's target                              Noisy-OR  sum    local  semantic
-    ==============================================  ========  =====  =====  ========
-    pooled stride-16 level (old default) [a]          89.4      89.7   93.6   82.4
-    Lite0's ImageNet embedding, 224 px (chosen) [b]   92.4      92.6   93.4   87.9
-    ==============================================  ========  =====  =====  ========
-
-    [a] 2-core AMD EPYC, 2026-11-24 (docs/benchmarks.md); [b] 2-core Intel Xeon (AVX512, native bf16),
-    2026-12-02 -- same recipe and data, other machine. The ImageNet embedding (``semantic_target="imagenet"``:
-    the whole network the teacher was cut from, pooled before its classifier, 1280 channels) is a target with
-    meaning; the pooled stride-16 level is not: the semantic score alone rises by 5.5 and the Noisy-OR by 3.0.
-    The Noisy-OR stays the default rule: it is within 1.0 of the local branch alone on the mean and +4.7 on
-    the category with logical anomalies (juice_bottle: wrong fill level, missing label -- 97.2 vs 92.5), at a
-    cost on commutator (70.2 vs 79.4); a rule chosen for kinds of product, not for these five. Extra cost: the
-    ImageNet network runs on every training image at 224 px (frozen, not saved)."""
+    The combine rule (Noisy-OR, sum, one branch) is compared on the validation set (``data validation``); the
+    semantic target and the rest were chosen earlier on the test set. Figures and speed: ``docs/benchmarks.md``,
+    "Choose on validation, report on test" and "Dual students and enhanced STPM"."""
 
     # ED student (Dinomaly-like)
     ed_groups: tuple | None = ((0, 1), (2,))  # positions in teacher.feature_info; None: two halves

@@ -36,7 +36,7 @@ Paper card
         teacher (clean image) and pair 2's student;
       * **combination of the six maps** (``combine``; it sets ``scoring.fuse``, the rest of the shared
         scoring path -- upsampling, Gaussian sigma = 4, max -- is unchanged):
-          - ``"mean"`` (default since issue 16): each of the six maps divided by its normal scale, then
+          - ``"mean"`` (the default): each of the six maps divided by its normal scale, then
             averaged -- a rule whose scales are chosen on normal data only; measured above ``product`` on each
             of 3 seeds (config docstring);
           - ``"product"`` (the default before): all six maps multiplied = STPM's product within each pair,

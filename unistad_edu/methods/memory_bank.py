@@ -14,8 +14,8 @@ Paper card
     upsampled and Gaussian-smoothed with sigma = 4).
     Simplified / our choices: the neighbourhood aggregation is a 3 x 3 average pool of each level with the
     cells outside the grid counted as zeros (``border="zeros"``, what the paper code's zero-padded unfold and
-    anomalib do) instead of the paper code's adaptive pooling of the flattened neighbourhood. (Until issue 16
-    the border cells were averaged over the 4-6 cells inside the grid, ``border="valid"``: noisier border
+    anomalib do) instead of the paper code's adaptive pooling of the flattened neighbourhood. (Earlier versions
+    averaged the border cells over the 4-6 cells inside the grid, ``border="valid"``: noisier border
     patches, poorly covered by the coreset -- on commutator 98 % of normal test images had their highest patch
     on the outer ring; checkpoints made then still load with ``valid``);
     the optional channel reduction (``embed_dim``, the ``paper`` preset's 1024) is one adaptive average pool over

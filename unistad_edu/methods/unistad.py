@@ -70,24 +70,13 @@ class UniSTADConfig(TransformerTrainingConfig):
     """UniSTAD. Defaults = the ``cpu`` preset: Lite0 teacher (strides 4/8/16 -> 176 channels on a 16 x 16
     grid at 256 px); each student 2 pre-norm cross-attention layers, hidden 128, 4 heads, FFN 256, no
     dropout; the global student hides a 7 x 7 window (UniAD's), the local one sees a 3 x 3 window minus the
-    token (8 neighbours); loss weights 1 / 1 / 1; refinement on, mild (1 step, 8 neighbours, temperature
-    0.05, alpha 0.5 -- refine.py says why);
-    AdamW 1e-3 (wd 1e-4), cosine over 20 epochs, batch 8, grad clip 1.0 -- sized like UniAD's cpu preset.
+    token; loss weights 1 / 1 / 1; refinement on, mild (1 step, 8 neighbours, temperature 0.05, alpha 0.5);
+    AdamW 1e-3 (wd 1e-4), cosine over 20 uniform epochs, batch 8, grad clip 1.0; image score = the mean of
+    the top 1 % of the blurred map (runs saved earlier keep the max they were calibrated with).
 
-    Speed (one thread, bf16 autocast, cached features, machine load ~4): 30-40 img/s per training step,
-    i.e. ~20 s per epoch over the 671 real training images, ~7 min for 20 epochs; on a quiet 2-core AMD EPYC
-    with native bf16 (both threads) ~5.5 s an epoch, ~2.3 minutes for the whole run. The loss weights, windows
-    and refinement settings are reasoned defaults (see the module docstring).
-
-    Measured against this preset (issue 16, 2026-12-03, that AMD EPYC; unified on the five real categories of
-    ``../shared/datasets``, seed 0; mean I-AUROC / P-AUROC / AUPRO x100; the preset itself: 92.3 / 93.8 / 76.0,
-    mean of 3 seeds): class-balanced batches (then ``--set sampling=balanced``, today ``balanced-labels``:
-    UniAD's gain) 90.8 / 93.3 / 74.4 (metal_plate 93.9 -> 86.7); 80 epochs instead of 20 (the whole 10-minute
-    budget) 91.9 / 93.6 / 76.6. Neither beats the preset's image-level score, so it stays at 20 uniform epochs. The image score, scored both ways on
-    the same 3 seeds (``eval --set scoring=...``): max of the blurred map 92.4 / 92.6 / 91.8 (92.3 +- 0.4), mean of
-    its top 1 % 93.3 / 93.3 / 92.9 (93.2 +- 0.2), pixel metrics unchanged -- the preset now takes the top-1 %
-    mean, the rule UniAD's and the dual students' presets already use (one rule for one question, not tuned per
-    category); runs saved earlier keep the max they were trained and calibrated with."""
+    Balanced batches, 80 epochs and the image score were compared on the test set (``docs/benchmarks.md``,
+    "UniSTAD (the best teacher-student method): two more ideas" and "UniSTAD: the top-1 % image score"); they
+    are to be re-decided on the validation set like UniAD's."""
 
     # the two students (same architecture, different masks)
     hidden_dim: int = 128
