@@ -77,3 +77,21 @@ def test_paired_comparison_matches_scipy_and_a_hand_enumerated_sign_flip(a, b):
 def test_three_seeds_cannot_settle_a_difference_by_sign_flips():
     got = paired_seeds([95.0, 96.0, 97.0], [90.0, 90.5, 91.0])  # A better on every seed, by 5-6 points
     assert got.p_sign_flip == pytest.approx(0.25) and got.p_t < 0.05 and got.low > 0
+
+
+def test_eval_reports_an_interval_around_each_categorys_auroc(demo_run, demo_data):
+    from unistad_edu.checkpoint import load_checkpoint
+    from unistad_edu.data import MVTecDataset
+    from unistad_edu.inference import evaluate
+    model = load_checkpoint(demo_run)
+    test = MVTecDataset(demo_data, "test", image_size=model.cfg.image_size)
+    table, res = evaluate(model, test, progress=False, pixel=False, return_outputs=True)
+    for cat, row in table["categories"].items():
+        idx = res["categories"] == cat
+        lo, hi = table["intervals"][cat]["I-AUROC"]
+        assert row["I-AUROC"] == pytest.approx(roc_auc_score(res["labels"][idx], res["scores"][idx]))
+        assert lo <= row["I-AUROC"] <= hi and 0 <= lo <= hi <= 1
+    assert table["intervals"]["level"] == 0.95
+    from unistad_edu.report import format_intervals
+    line = format_intervals(table)
+    assert "bootstrap" in line and all(cat in line for cat in table["categories"])

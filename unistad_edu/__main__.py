@@ -394,7 +394,7 @@ def _evaluate_run(args, run: Path) -> dict:
     if setting_file.is_file():  # per-class: each sub-run on its own category
         setting = read_setting(run)
         root = Path(args.data or setting["data_root"])
-        per_cat, method, alarms = {}, setting["method"], {}
+        per_cat, method, alarms, intervals = {}, setting["method"], {}, {"level": 0.95, "resamples": 2000}
         for cat in setting["categories"]:
             model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
             test = MVTecDataset(root, "test", categories=[cat], image_size=model.cfg.image_size,
@@ -402,9 +402,11 @@ def _evaluate_run(args, run: Path) -> dict:
             one = evaluate(model, test, progress=not args.no_progress, precision=args.precision,
                            pixel=not args.image_only)
             per_cat[cat] = one["categories"][cat]
+            intervals.update({k: v for k, v in one.get("intervals", {}).items() if k == cat})
             if "false_alarms" in one:  # each category at its own model's threshold
                 alarms[cat] = one["false_alarms"]["categories"][cat]
         table = metrics_table(per_cat, setting="per-class", method=method)
+        table["intervals"] = intervals
         if alarms:
             from .metrics import combine_false_alarms
             table["false_alarms"] = combine_false_alarms(alarms)
@@ -420,7 +422,9 @@ def _evaluate_run(args, run: Path) -> dict:
 
 
 def _print_eval_details(table: dict, out: Path) -> None:
-    from .report import format_by_defect, format_verdicts
+    from .report import format_by_defect, format_intervals, format_verdicts
+    if line := format_intervals(table):
+        print(line)
     for line in format_verdicts(table):
         print(line)
     if "noisy_or" in table:

@@ -197,10 +197,27 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
     table = metrics_table(per_cat, setting=setting, method=model.name)
     table["pooled"] = {"I-AUROC": auroc(res["scores"], res["labels"]), "images": int(len(res["scores"]))}
     table["by_defect"] = defect_aurocs(res["scores"], res["labels"], res["categories"], res["defects"])
+    table["intervals"] = auroc_intervals(res)
     table.update(verdict_report(calibration_of(model), res))
     if "terms" in res and model.combine_rule() == "noisy_or":
         table["noisy_or"] = branch_report(res, model.score_calibration())
     return (table, res) if return_outputs else table
+
+
+def auroc_intervals(res: dict, n_boot: int = 2000, level: float = 0.95) -> dict:
+    """Per category, the image AUROC's stratified bootstrap interval over its test images
+    (:func:`uncertainty.bootstrap_auroc`, seeded): ``{cat: {"I-AUROC": [low, high]}, "level": 0.95}``;
+    categories without both normal and defective images are left out."""
+    from .uncertainty import bootstrap_auroc
+    out: dict = {"level": level, "resamples": n_boot}
+    for cat in sorted(set(res["categories"])):
+        idx = res["categories"] == cat
+        labels = res["labels"][idx]
+        if labels.min() == labels.max():
+            continue
+        iv = bootstrap_auroc(labels, res["scores"][idx], n_boot=n_boot, level=level, seed=0)
+        out[str(cat)] = {"I-AUROC": [iv.low, iv.high]}
+    return out
 
 
 def branch_report(res: dict, calibration: dict) -> dict:

@@ -40,6 +40,18 @@ def format_table(table: Mapping, columns: Sequence[str] = HEADLINE) -> str:
     return "\n".join(lines)
 
 
+def format_intervals(table: Mapping) -> str:
+    """One line: each category's I-AUROC with its bootstrap interval (``table["intervals"]``), or ``""``."""
+    iv = table.get("intervals") or {}
+    cells = [f"{cat} {_cell(table['categories'][cat].get('I-AUROC'))} [{100 * lo:.1f}, {100 * hi:.1f}]"
+             for cat, v in iv.items() if isinstance(v, dict) and cat in table.get("categories", {})
+             for lo, hi in [v["I-AUROC"]]]
+    if not cells:
+        return ""
+    return (f"I-AUROC with {100 * iv.get('level', 0.95):.0f} % bootstrap intervals (the test images resampled; "
+            f"how much the figure would move with other images of the same kind): " + ", ".join(cells))
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:
     """A Markdown table from a list of dicts (one per row); floats rounded to ``digits``. Show it in a notebook
     with ``IPython.display.Markdown``."""
