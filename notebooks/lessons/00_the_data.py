@@ -59,7 +59,10 @@ for name, folder in categories.items():
 ## 2. How many images?
 
 `MVTecDataset` reads one split over all categories. Every sample carries its category, but only so that
-results can be *reported* per category: a unified model never gets to read it.
+results can be *reported* per category: no method and no `cpu` preset reads it while training. (One switch
+does, and says so by its name: `sampling="balanced-labels"` groups each epoch's batches by the category
+folder. The label-free alternative, `"balanced-clusters"`, balances clusters of the teacher's image
+embedding instead; the presets use plain uniform batches.)
 """),
     code(r"""
 train = MVTecDataset(root, "train", image_size=SIZE)
@@ -189,8 +192,9 @@ viz.image_browser([viz.as_uint8(s["image"]) for s in samples], masks=[s["mask"] 
         'binarise and resize a mask',
         task=r"""
 A ground-truth mask PNG is 8-bit grey: write `my_load_mask(path, size)` that returns a (size, size) uint8
-array of 0 and 1 the way the package reads masks (`data.load_mask`): a pixel is **defect** when its value is at
-least 128 (half of the 8-bit range), and the binary mask is then resized with **nearest-neighbour** (Pillow's
+array of 0 and 1 the way the package reads such masks (`data.load_mask`, which also reads label maps and
+16-bit masks by one documented rule): a pixel is **defect** when its value is at least 128 (half of the
+8-bit range), and the binary mask is then resized with **nearest-neighbour** (Pillow's
 `Image.NEAREST`), never bilinear — a mask has no "half defect".
 """,
         solution=r"""

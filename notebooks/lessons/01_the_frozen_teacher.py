@@ -232,8 +232,10 @@ check("Exercise 1 (normalise)", lambda: my_normalize(_x, _n["mean"], _n["std"]),
     exercise(
         'one vector per image',
         task=r"""
-Section 3 gave every image one vector: the **global average pool** of the teacher's deepest level. Write
-`my_embedding(feature_map)`: (B, C, h, w) -> (B, C), the mean over all positions.
+Section 3 gave every image one vector by averaging **every** level over its positions and concatenating
+them. The teacher's own image embedding (`load_teacher(embedding=True)`, its `"cls"` output) is simpler: the
+global average pool of the **deepest** level alone. Write `my_embedding(feature_map)`: (B, C, h, w) -> (B, C),
+the mean over all positions, and compare it with the teacher's.
 """,
         solution=r"""
 def my_embedding(feature_map):

@@ -24,7 +24,8 @@ abstract's remedy is to match not only each feature vector but **how features re
 | inter-affinity distillation | across adjacent levels, the **channel × channel** affinity `G[c, d]` (how much channel *c* of one level and channel *d* of the next fire at the same places) must agree |
 | central residual aggregation (CRAM) | a NetVLAD-style module between bottleneck and decoder: every position is rebuilt from its *K* learned "normal" centres plus a share β (0.5) of the image's residuals to them, aggregated over the whole image — so a patch off the centres is pulled towards them |
 
-**Read this with care:** only SNL's abstract is public and there is no code. Every formula in the right
+**Read this with care:** the full SNL paper is on arXiv, but it could not be retrieved where this package
+was written, and there is no public code: we worked from the abstract alone. Every formula in the right
 column is *our* reading, documented in the module's paper card; do not quote the paper's numbers as this
 implementation's. This lesson trains RD and SNL from the same starting weights and looks at what the
 structural terms actually measure — the affinity matrices — on a normal and a defective image.

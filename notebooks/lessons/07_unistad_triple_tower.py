@@ -80,7 +80,9 @@ print(f"token grid {h} x {w}, {model.in_channels} channels per token (levels {mo
 Each student is a small transformer: a learned query per grid position reads the context tokens through
 masked cross-attention. The mask decides everything. Below, for a token in the middle and one in a corner:
 the tokens the **global** student may read when it predicts that token (yellow = visible), and the tokens
-the **local** student may read. The two are complementary apart from the token itself, which neither sees.
+the **local** student may read. The two never read the same token, and neither reads the token it predicts;
+but they are **not complementary**: the tokens inside the global student's hidden window and outside the
+local one's 3 × 3 neighbourhood are read by **neither** (for a middle token, 7 × 7 − 3 × 3 = 40 of them).
 """),
     code(r"""
 def visible(student, r, c):
@@ -99,6 +101,11 @@ for r, c in spots:
     seen_by_both = visible(model.global_student, r, c) * visible(model.local_student, r, c)
     assert seen_by_both.sum() == 0 and visible(model.global_student, r, c)[r, c] == 0
 print("no token is visible to both students, and neither sees the token it predicts: OK")
+r, c = spots[0]
+neither = (1 - visible(model.global_student, r, c)) * (1 - visible(model.local_student, r, c))
+neither[r, c] = 0                                                # the token itself aside
+print(f"middle token ({r}, {c}): {int(neither.sum())} other tokens are read by neither student")
+assert neither.sum() > 0                                          # a blind ring: not complementary
 """),
     md(r"""
 ## 3. Train

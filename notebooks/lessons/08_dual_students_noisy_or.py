@@ -26,8 +26,12 @@ code; **our reading** (`unistad_edu/methods/dual_student.py`): each branch is a 
 normal image, so `p = sigmoid((s − offset) / T)` with the offset at the **95 % point** of the branch's scores on
 **normal** images (`p = 0.5` there) and the temperature `T` set so that the normal **median** gets `p = 0.01`
 (both measured on the held-out normal training images after training); the joint objective is `−log(1 − P)`
-on normal images; the teacher is our Lite0 (a
-CNN has no class token, so its "embedding" is the global average of its deepest level). Every formula choice
+on normal images; the teacher is our Lite0. A CNN has no class token, so the EE student's target is the
+**ImageNet embedding of the whole network Lite0 was cut from** (all its stages, head and pooling: 1280
+numbers per image at 224 px, frozen, `semantic_target="imagenet"`); with a ViT teacher it is the class token.
+(An earlier version regressed the pooled deepest *teacher* level, 112 numbers with little meaning: the
+semantic branch alone scored 5.5 points lower with it -- `docs/benchmarks.md`, "Dual students and enhanced
+STPM".) Every formula choice
 is documented in the module's paper card. The `combine` switch picks the image score: `noisy_or`, `sum`
 (`z_loc + z_sem`), `local` or `semantic` — one trained model, four ways to score it, all through the shared
 scoring path (`unistad_edu.scoring`).
@@ -76,7 +80,8 @@ print(f"train: {len(train)} normal images; test: {len(test)} images, by category
       + ", ".join(f"{c} {v}" for c, v in test.counts().items()))
 print(f"ED student {n_ed:,} parameters (groups {model.groups} on a {model.grid[0]} x {model.grid[1]} grid); "
       f"EE student ({cfg.ee_backbone}, from scratch) {n_ee:,} parameters, predicting a "
-      f"{teacher.embedding_dim}-d teacher embedding")
+      f"{model.semantic_dim}-d image embedding"
+      + (" (the ImageNet network Lite0 was cut from)" if model.semantic_net is not None else " (the class token)"))
 """),
     md(r"""
 ## 2. Train

@@ -6,10 +6,9 @@ CELLS = [
     md(r"""
 # Lesson 13 — Interference as a curve: what each added product costs one category
 
-Lesson 03 compared two points: one student per category against one student for three categories. Our own
-measurements say the cost is not fixed — it grows with the number of products trained together: adding a sixth
-category to SNL's unified training cost one of the other five **16 points** of image AUROC. This lesson draws
-that as a **curve**:
+Lesson 03 compared two points: one student per category against one student for three categories. Is the
+cost fixed, or does it grow with the number of products trained together? This lesson draws it as a
+**curve**:
 
 * fix one category (the *probe*) and always test on its test images only;
 * train on the probe alone, then on the probe and one more category, two more, four more, … — the real
