@@ -48,6 +48,22 @@ def _tagged(cell, tag: str, number: int):
     return cell
 
 
+TEACHING = HERE.parent / "docs" / "teaching.md"
+
+
+def learning_goals(number: str) -> str:
+    """The lesson's goals and prerequisites as a Markdown cell, from its row of the table in
+    ``docs/teaching.md`` (the one place they are written; a lesson without a row is an error)."""
+    for line in TEACHING.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0].split(" ")[0] == number and len(cells) >= 4:
+            goals = [g.strip() for g in cells[1].split(";") if g.strip()]
+            after = "\n".join(f"- {g}" for g in goals)
+            builds = "" if cells[2] in ("—", "-", "") else f"\n\n*Builds on:* lessons {cells[2]}."
+            return f"**After this lesson you can:**\n\n{after}{builds}"
+    raise SystemExit(f"docs/teaching.md has no row for lesson {number}: add its learning goals there first")
+
+
 def notebook(source: Path, twin: bool = False):
     """The lesson (``twin=False``) or its exercise twin as an nbformat notebook."""
     nb = new_notebook(metadata=dict(KERNEL))
@@ -65,6 +81,8 @@ def notebook(source: Path, twin: bool = False):
             nb.cells.append(_tagged(new_code_cell(src["check"]), TAGS["check"], number))
         else:
             nb.cells.append(new_markdown_cell(src) if kind == "md" else new_code_cell(src))
+        if len(nb.cells) == 1:  # right after the title cell: what the learner will be able to do
+            nb.cells.append(new_markdown_cell(learning_goals(source.stem[:2])))
     if twin:
         nb.cells[0].source = (f"*Exercise notebook: {number} tasks. Write each marked cell, then run the check "
                               f"after it.*\n\n" + nb.cells[0].source)
