@@ -165,6 +165,27 @@ def test_seeds_of_one_label_become_one_row_with_mean_and_sample_std():
     assert shown["STPM"]["peak RSS MiB"] == 130 and shown["bank"]["peak RSS MiB"] == 105  # the largest seed's
 
 
+def test_methods_are_compared_with_the_best_paired_by_seed():
+    from scipy import stats
+
+    from unistad_edu.leaderboard import aggregate, markdown, paired
+
+    def row(label, run, i_auroc):
+        return {"label": label, "run": run, "method": "m", "mean": {"I-AUROC": i_auroc}, "categories": {},
+                "train_s": 1.0, "peak_rss_mb": 1.0, "state_mib": 1.0, "infer_ms_per_img": 1.0,
+                "infer_vs_teacher_only": 1.0}
+    bank, ts, one = [0.97, 0.96, 0.965], [0.93, 0.92, 0.935], [0.90]
+    rows = aggregate([row("bank", f"b{i}", v) for i, v in enumerate(bank)]
+                     + [row("TS", f"t{i}", v) for i, v in enumerate(ts)] + [row("single", "s", one[0])])
+    result = {"rows": rows, "timed_images": 1, "timing_batch_size": 1, "teacher_only_img_s": 1.0, "data": "d"}
+    (label, cmp_), = paired(result, "bank")  # the one-seed row cannot be paired
+    ref = stats.ttest_rel(np.multiply(ts, 100), np.multiply(bank, 100))
+    assert label == "TS" and cmp_.mean == pytest.approx(100 * (np.mean(ts) - np.mean(bank)))
+    assert cmp_.p_t == pytest.approx(ref.pvalue) and cmp_.p_sign_flip == pytest.approx(0.25)
+    text = markdown(result)
+    assert "against the best, *bank*" in text and "- TS: -3.7 [" in text and "single:" not in text
+
+
 def test_a_label_given_twice_is_timed_once_and_reported_as_two_seeds(runs, tiny_data, tmp_path):
     path = tmp_path / "lb.json"
     assert cli(["bench", "leaderboard", "--entry", "STPM", str(runs["stpm"]), "--entry", "STPM", str(runs["stpm"]),

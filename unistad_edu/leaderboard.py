@@ -134,10 +134,32 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         rss = [g.get("peak_rss_mb") for g in group if g.get("peak_rss_mb") is not None]
         out.append({**first, "mean": mean, "categories": categories, "std": std,
                     "seeds": [g["run"] for g in group],
+                    "per_seed": {col: [g["mean"].get(col) for g in group] for col in cols},
                     "train_s": _mean_std(g.get("train_s") for g in group)[0],
                     "peak_rss_mb": max(rss) if rss else None,
                     "state_mib": _mean_std(g["state_mib"] for g in group)[0],
                     "false_alarm_rate": _mean_std(g.get("false_alarm_rate") for g in group)[0]})
+    return out
+
+
+def paired(result: dict, against: str, column: str = "I-AUROC") -> list[tuple[str, object]]:
+    """Every other method's paired comparison with the row labelled ``against`` over seeds, on the mean
+    ``column`` (:func:`uncertainty.paired_seeds`, method minus ``against``): the seeds are paired in the order
+    their ``--entry`` options were given (give them in seed order). Rows with another number of seeds, or one
+    seed, are left out."""
+    from .uncertainty import paired_seeds
+    rows = {r["label"]: r for r in result["rows"]}
+    if against not in rows or column not in (rows[against].get("per_seed") or {}):
+        return []
+    base = rows[against]["per_seed"][column]
+    out = []
+    for label, r in rows.items():
+        mine = (r.get("per_seed") or {}).get(column)
+        if label == against or mine is None or len(mine) != len(base) or len(base) < 2:
+            continue
+        if any(v is None for v in mine + base):
+            continue
+        out.append((label, paired_seeds([100 * v for v in mine], [100 * v for v in base])))
     return out
 
 
@@ -218,7 +240,15 @@ def markdown(result: dict, command: str = "") -> str:
         head.append(f"- reference row *{ref['label']}*: {ref.get('source', 'outside figures')}")
     methods = rows[len(result.get("references", [])):]  # the columns in the methods' order
     columns = list(dict.fromkeys(k for r in methods or rows for k in r))
-    return "\n".join(head) + "\n\n" + markdown_table(rows, columns) + "\n"
+    text = "\n".join(head) + "\n\n" + markdown_table(rows, columns) + "\n"
+    best = max(result["rows"], key=lambda r: r["mean"]["I-AUROC"])["label"]
+    if pairs := paired(result, best):
+        text += (f"\nEach method against the best, *{best}*, paired by seed (mean I-AUROC x100, method minus "
+                 f"{best}; 95 % t interval of the mean difference; paired t-test and exact sign-flip p-values -- "
+                 f"with three seeds the sign-flip p cannot go below 0.25):\n\n"
+                 + "\n".join(f"- {label}: {c.mean:+.1f} [{c.low:+.1f}, {c.high:+.1f}], p = {c.p_t:.3f} (t), "
+                              f"{c.p_sign_flip:.2f} (sign flip)" for label, c in pairs) + "\n")
+    return text
 
 
 def find_results(name: str = "leaderboard.json") -> Path | None:
