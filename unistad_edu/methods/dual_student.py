@@ -91,9 +91,10 @@ class DualStudentConfig(TransformerTrainingConfig):
     regressing Lite0's ImageNet embedding (``semantic_target="imagenet"``, 1280-d, 224 px, frozen and not
     saved); joint Noisy-OR weight 0.1; AdamW 1e-3 (wd 1e-4), cosine, 20 epochs, batch 8, grad clip 1.0.
 
-    The combine rule (Noisy-OR, sum, one branch) is compared on the validation set (``data validation``); the
-    semantic target and the rest were chosen earlier on the test set. Figures and speed: ``docs/benchmarks.md``,
-    "Choose on validation, report on test" and "Dual students and enhanced STPM"."""
+    The combine rule was chosen on the validation set (``data validation``): the Noisy-OR against the sum and
+    each branch alone (kept: the local branch alone within 0.5); the semantic target and the rest were chosen
+    earlier on the test set. Figures and speed: ``docs/benchmarks.md``, "Choose on validation, report on
+    test" and "Dual students and enhanced STPM"."""
 
     # ED student (Dinomaly-like)
     ed_groups: tuple | None = ((0, 1), (2,))  # positions in teacher.feature_info; None: two halves
