@@ -236,6 +236,19 @@ def level_cosine_distance(a: torch.Tensor, b: torch.Tensor, channels: Sequence[i
     return torch.stack(parts).mean(dim=0)  # (B, L)
 
 
+def scale_easy_gradients(s: torch.Tensor, point_distance: torch.Tensor, quantile: float, factor: float) -> torch.Tensor:
+    """Hard-point mining: identity forward; backward multiplies the gradient of the points whose distance is
+    below the ``quantile`` of all points of the batch by ``factor``. s (B, C, h, w), point_distance (B, h, w)."""
+    if not s.requires_grad or factor == 1.0 or quantile <= 0:
+        return s
+    d = point_distance.detach().float()
+    thresh = torch.quantile(d.flatten(), quantile)  # a scalar
+    scale = torch.where(d < thresh, factor, 1.0).to(s.dtype)[:, None]  # (B, 1, h, w)
+    s = s.view_as(s)  # an alias: the hook then scales only the gradient that flows through this use of s
+    s.register_hook(lambda grad: grad * scale)
+    return s
+
+
 # ---- resizing that exports -----------------------------------------------------------------------------------
 def exporting() -> bool:
     """True while torch traces a model into a graph (``torch.onnx.export``, either exporter, or ``torch.export``)."""

@@ -157,6 +157,8 @@ RANGES = {
     "step_epochs": _in(0, None),
     "grad_clip": _in(0, None, lo_open=True),
     "init_seed": _in(0, None),
+    "hm_quantile": _in(0, 1, hi_open=True),  # hard-point mining's share of easy points; 0 = off
+    "hm_factor": _in(0, 1),  # their gradient's factor; 1 = no mining
 }
 SUFFIX_RANGES = (
     ("_weight", _in(0, None)),  # a loss term's weight: 0 switches it off, negative would reward the error
@@ -244,6 +246,13 @@ class ReverseDistillationConfig(MethodConfig):
     # vector per image (the official training script's loss_fucntion; the paper preset's). Flattened scored
     # higher for RD on validation but is not the cpu default yet (docs/benchmarks.md, "Choose on validation")
     rd_loss: str = "position"
+    # two ideas of the unified reconstruction literature, off until measured on the validation set: a noisy
+    # bottleneck -- dropout on the teacher levels entering the student, while training only, so copying them
+    # is never exact (Dinomaly) -- and hard-point mining: the gradient of the best-reconstructed hm_quantile
+    # of positions scaled by hm_factor (Dinomaly's loose loss; 0 = off)
+    bottleneck_dropout: float = 0.0
+    hm_quantile: float = 0.0
+    hm_factor: float = 0.1
     init_seed: int = 0  # the bottleneck's and decoder's initial weights, reproducible
     epochs: int = 30
     batch_size: int = 16

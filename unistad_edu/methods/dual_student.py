@@ -76,7 +76,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import (TransformerLayer, cosine_distance, global_cosine_distance, levels_to_grid, resize_bilinear,
-                      to_tokens)
+                      scale_easy_gradients, to_tokens)
 from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
 from .base import Batch, Method, TransformerTrainingConfig
 
@@ -152,19 +152,6 @@ class DualStudentConfig(TransformerTrainingConfig):
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------
-def scale_easy_gradients(s: torch.Tensor, point_distance: torch.Tensor, quantile: float, factor: float) -> torch.Tensor:
-    """Hard-point mining: identity forward; backward multiplies the gradient of the points whose distance is
-    below the ``quantile`` of all points of the batch by ``factor``. s (B, C, h, w), point_distance (B, h, w)."""
-    if not s.requires_grad or factor == 1.0 or quantile <= 0:
-        return s
-    d = point_distance.detach().float()
-    thresh = torch.quantile(d.flatten(), quantile)  # a scalar
-    scale = torch.where(d < thresh, factor, 1.0).to(s.dtype)[:, None]  # (B, 1, h, w)
-    s = s.view_as(s)  # an alias: the hook then scales only the gradient that flows through this use of s
-    s.register_hook(lambda grad: grad * scale)
-    return s
-
-
 class EncoderDecoderStudent(nn.Module):
     """ED student: tokens (B, L, C_in) -> one prediction per group [(B, L, C_g)]."""
 

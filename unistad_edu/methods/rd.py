@@ -54,8 +54,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from ..layers import cosine_distance, global_cosine_distance, reverse_student
+from ..layers import cosine_distance, global_cosine_distance, reverse_student, scale_easy_gradients
 from .base import Batch, Method, ReverseDistillationConfig
 
 
@@ -72,15 +73,27 @@ class RDConfig(ReverseDistillationConfig):
     markedly slower on the Lite0 teacher (2.14 vs 1.47 after 6 steps on random images)."""
 
 
+def noisy_levels(levels: list[torch.Tensor], p: float, training: bool) -> list[torch.Tensor]:
+    """The teacher levels as the student's bottleneck reads them: with dropout ``p`` while training (a noisy
+    bottleneck, so copying them is never exact), unchanged otherwise. The loss's targets stay the clean levels."""
+    return [F.dropout(x, p, training=True) for x in levels] if training and p > 0 else levels
+
+
 def position_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) x 2 -> (B, 1, h, w): the cosine distance of the channel vectors at every position."""
     return cosine_distance(t, s, dim=1)
 
 
-def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor], rule: str = "position") -> torch.Tensor:
+def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor], rule: str = "position",
+                      hm_quantile: float = 0.0, hm_factor: float = 0.1) -> torch.Tensor:
     """RD's loss summed over levels (each (B, C_l, h_l, w_l)): ``position`` = mean over images and positions
     of the per-position cosine distance (Eq. 2); ``flattened`` = mean over images of the cosine distance of
-    the whole level flattened to one vector (the official training code)."""
+    the whole level flattened to one vector (the official training code). ``hm_quantile`` > 0: hard-point
+    mining -- the gradient of each level's positions below that quantile of their distance is scaled by
+    ``hm_factor`` (``layers.scale_easy_gradients``; the value of the loss is unchanged)."""
+    if hm_quantile > 0:
+        student = [scale_easy_gradients(s, position_cosine_distance(t, s)[:, 0], hm_quantile, hm_factor)
+                   for t, s in zip(teacher, student)]
     if rule == "flattened":
         return sum(global_cosine_distance(t, s).mean() for t, s in zip(teacher, student))
     return sum(position_cosine_distance(t, s).mean() for t, s in zip(teacher, student))
@@ -110,14 +123,15 @@ class RD(Method):
     def forward(self, batch: Batch) -> dict:
         """``teacher`` and ``student`` level lists (fine -> coarse, float32) and the ``embedding``."""
         t = self.teacher_levels(batch)
-        z = self.bottleneck(t)  # (B, D, h_L/2, w_L/2)
+        z = self.bottleneck(noisy_levels(t, self.cfg.bottleneck_dropout, self.training))  # (B, D, h_L/2, w_L/2)
         s = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # each (B, C_l, h_l, w_l)
         return {"teacher": t, "student": [x.float() for x in s], "embedding": z}
 
     def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
         """The named, weighted loss terms of a :meth:`forward` output (lessons apply SNL's to RD's outputs)."""
         return {"position_cosine" if self.cfg.rd_loss == "position" else "flattened_cosine":
-                distillation_loss(out["teacher"], out["student"], self.cfg.rd_loss)}
+                distillation_loss(out["teacher"], out["student"], self.cfg.rd_loss, self.cfg.hm_quantile,
+                                  self.cfg.hm_factor)}
 
     # ---- the contract ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:

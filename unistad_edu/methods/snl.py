@@ -71,7 +71,7 @@ import torch.nn.functional as F
 
 from ..layers import cosine_distance, reverse_student
 from .base import Batch, Method, ReverseDistillationConfig
-from .rd import distillation_loss
+from .rd import distillation_loss, noisy_levels
 
 
 @dataclass
@@ -219,7 +219,8 @@ class SNL(Method):
         """As RD's forward (``teacher``, ``student``, ``embedding``), with CRAM between the bottleneck and the
         decoder when it is on (adding ``cram_compactness`` and ``cram_assignment``)."""
         t = self.teacher_levels(batch)
-        z, extras = self.bottleneck(t), {}  # (B, D, h_L/2, w_L/2)
+        z = self.bottleneck(noisy_levels(t, self.cfg.bottleneck_dropout, self.training))  # (B, D, h_L/2, w_L/2)
+        extras = {}
         if self.cram is not None:
             z, compact, assign = self.cram(z)  # (B, D, h_L/2, w_L/2), scalar, (B, K, h_L/2, w_L/2)
             extras = {"cram_compactness": compact, "cram_assignment": assign}
@@ -232,7 +233,7 @@ class SNL(Method):
         cfg = self.cfg
         t, s = out["teacher"], out["student"]
         base = "position_cosine" if cfg.rd_loss == "position" else "flattened_cosine"
-        terms = {base: distillation_loss(t, s, cfg.rd_loss)}  # RD's own loss, always on
+        terms = {base: distillation_loss(t, s, cfg.rd_loss, cfg.hm_quantile, cfg.hm_factor)}  # RD's, always on
         if cfg.spatial_channel:
             terms["channel_cosine"] = cfg.spatial_channel_weight * sum(
                 channel_cosine_distance(a, b).mean() for a, b in zip(t, s))
