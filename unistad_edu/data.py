@@ -410,11 +410,10 @@ def mask_defect(img: Image.Image, path: Path, lossless: bool = True) -> np.ndarr
     when the colour is the same everywhere (a defect drawn only into transparency); when both vary they must
     agree, otherwise the mask is refused (:class:`DataError`) -- never read as 100 % or 0 % defect."""
     colour, alpha = _mask_channels(img)
-    colour_varies = bool((colour != colour[0, 0]).any())  # colour[0, 0]: one pixel (a value, or its channels)
     if alpha is None or alpha.min() == alpha.max():
         return _colour_defect(colour, lossless, path)
     alpha_on = alpha >= 128
-    if not colour_varies:
+    if not (colour != colour[0, 0]).any():  # the colour is uniform (colour[0, 0]: one pixel's value or channels)
         return alpha_on
     defect = _colour_defect(colour, lossless, path)
     if (defect != alpha_on).any():

@@ -24,6 +24,8 @@ import numbers
 import os
 from pathlib import Path
 
+from .files import BadJSONFile, read_json_object
+
 RUN_FORMAT = "unistad-edu checkpoint"  # config.json's "format" starts with it ("... v1")
 SYNTHETIC_FORMAT = "unistad_edu.synthetic (MVTec AD layout)"
 #: kind -> (marker file, what to call it)
@@ -39,10 +41,9 @@ SHOWN = 5  # names listed in a message before "... (N in all)"
 def read_json(path) -> dict | None:
     """The JSON object in ``path``, or None (missing, unreadable, not JSON, not an object)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        return read_json_object(path, "a JSON object", "")
+    except BadJSONFile:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _is_int(x) -> bool:
