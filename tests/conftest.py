@@ -9,6 +9,29 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``-n N``) each worker -- and every notebook kernel or child process it starts, which
+    inherit ``OMP_NUM_THREADS`` -- gets its share of the cores: N processes each using every core wait on
+    each other at every op. A user's ``OMP_NUM_THREADS`` is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        import torch
+        torch.set_num_threads(share)
+
+
+_share_the_cores()
+
+
+def pytest_collection_modifyitems(items):
+    """Every lesson (an nbmake item) trains models: it is ``slow``, as are the tests marked so by hand;
+    ``pytest -m "not slow"`` runs the rest in a few minutes."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)
 SHARED_DATA = Path(os.environ.get("UNISTAD_SHARED_DATA", REPO.parent / "shared" / "datasets"))
 
 needs_real_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),

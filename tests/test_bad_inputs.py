@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from .conftest import make_category, write_image
 from unistad_edu.__main__ import main
 from unistad_edu.checkpoint import CheckpointError, load_checkpoint
-from unistad_edu.demo_support import UploadError, decode_upload
+from unistad_edu.demo.logic import UploadError, decode_upload
 
 SIZE = 64
 
@@ -328,6 +328,6 @@ def test_checkpoint_loader_refuses_anything_but_safetensors(good_run, tmp_path):
 
 def test_servers_bind_loopback_by_default():
     from unistad_edu.__main__ import build_parser
-    from unistad_edu.demo_support import DEFAULT_HOST
+    from unistad_edu.demo.logic import DEFAULT_HOST
     args = build_parser().parse_args(["demo"])
     assert DEFAULT_HOST == "127.0.0.1" and getattr(args, "host", DEFAULT_HOST) == "127.0.0.1"

@@ -200,7 +200,7 @@ def test_routing_on_synthetic_categories(routed_run):
 
 def test_old_run_with_one_threshold_loads_and_says_so(routed_run, tmp_path):
     from unistad_edu.checkpoint import load_checkpoint
-    from unistad_edu.demo_support import model_card
+    from unistad_edu.demo.logic import model_card
     from unistad_edu.inference import predict
     data, run, _ = routed_run
     old = tmp_path / "old"

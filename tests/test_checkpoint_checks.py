@@ -176,13 +176,48 @@ def test_null_threshold_means_none_but_a_nonfinite_one_is_refused(stpm_run, lite
         load_checkpoint(run, teacher=lite0_teacher)
 
 
-def test_an_old_run_balanced_by_folder_loads_under_the_name_that_says_so(stpm_run, lite0_teacher, tmp_path):
-    """Runs saved with sampling "balanced" (which read the category folders) load as "balanced-labels"; a new
-    config refuses the old name."""
-    from unistad_edu.methods import make_config
+# ---- (d) the checkpoint format: this version's only, no migration ----------------------------------------------
+def test_a_run_is_saved_as_format_v2_with_every_config_field(stpm_run):
+    from dataclasses import fields
+
+    from unistad_edu.methods import method_class
+    cfg = json.loads((stpm_run / "config.json").read_text())
+    assert cfg["format"] == "unistad-edu checkpoint v2"
+    assert {f.name for f in fields(method_class("stpm").Config)} == set(cfg["method_config"])
+
+
+@pytest.mark.parametrize("fmt,words", [
+    ("unistad-edu checkpoint v1", r"older unistad-edu \(checkpoint format v1\).*retrain it \(python -m unistad_edu "
+                                  r"train --method stpm"),
+    ("unistad-edu checkpoint v3", r"newer unistad-edu \(checkpoint format v3.*upgrade unistad-edu"),
+    ("unistad-edu checkpoint", r"has no checkpoint format"),
+    (None, r"has no checkpoint format")])
+def test_a_run_of_another_format_is_refused_saying_what_to_do(stpm_run, lite0_teacher, tmp_path, fmt, words):
     run = _copy(stpm_run, tmp_path)
-    _edit_config(run, lambda cfg: cfg["method_config"].update(sampling="balanced"))
-    assert load_checkpoint(run, teacher=lite0_teacher).cfg.sampling == "balanced-labels"
+    _edit_config(run, lambda cfg: cfg.update(format=fmt) if fmt else cfg.pop("format"))
+    with pytest.raises(CheckpointError, match=words):
+        load_checkpoint(run, teacher=lite0_teacher)
+
+
+def test_a_missing_config_field_is_not_filled_with_a_default(stpm_run, lite0_teacher, tmp_path):
+    """Every field is saved; one missing is refused by name (an older run used to get today's default)."""
+    run = _copy(stpm_run, tmp_path)
+    _edit_config(run, lambda cfg: cfg["method_config"].pop("sampling"))
+    with pytest.raises(CheckpointError, match=r"method_config lacks \['sampling'\]: " + ALTERED):
+        load_checkpoint(run, teacher=lite0_teacher)
+
+
+def test_resuming_a_run_of_an_older_format_is_refused(stpm_run, data, lite0_teacher, tmp_path):
+    from unistad_edu.runs import RunFolderError
+    run = _copy(stpm_run, tmp_path)
+    _edit_config(run, lambda cfg: cfg.update(format="unistad-edu checkpoint v1", complete=False))
+    model = build_model("stpm", lite0_teacher, image_size=SIZE, epochs=2, batch_size=4)
+    with pytest.raises(RunFolderError, match=r"saved in checkpoint format v1.*--overwrite"):
+        fit(model, MVTecDataset(data, "train", image_size=SIZE), TrainConfig(**TRAIN), out=run, resume=True)
+
+
+def test_the_old_sampling_name_is_refused_in_a_new_config():
+    from unistad_edu.methods import make_config
     with pytest.raises(ValueError, match="balanced-labels"):
         make_config("stpm", sampling="balanced")
 

@@ -183,6 +183,6 @@ def test_predict_and_demo_record_say_when_an_image_is_unlike_the_training_data(t
     (far / "config.json").write_text(json.dumps(cfg))
     (rec,) = _predict(far, [image], tmp_path / "b")
     assert rec["notice"].startswith("unlike anything this model was trained on") and rec["category"] is None
-    from unistad_edu.demo_support import result_record
+    from unistad_edu.demo.logic import result_record
     out = result_record([{"name": "x.png", "score": 1.0, "notice": rec["notice"]}], [], 0.5)
     assert out["results"][0]["notice"] == rec["notice"]

@@ -202,7 +202,7 @@ def test_predict_scores_the_same_picture_as_the_demo_upload(tmp_path):
     from PIL import Image
 
     from unistad_edu import build_model, load_teacher, predict
-    from unistad_edu.demo_support import decode_upload
+    from unistad_edu.demo.logic import decode_upload
     rng = np.random.default_rng(1)
     stored = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     exif = Image.Exif()
@@ -222,10 +222,10 @@ def test_decode_image_refuses_with_a_typed_reason_and_the_demo_words_every_reaso
     demo has its own page text for every reason there is."""
     from PIL import Image as PILImage
 
-    from unistad_edu import demo_support as ds
+    from unistad_edu.demo import logic
     from unistad_edu.data import IMAGE_REJECTIONS, ImageRejected, PixelBudget, decode_image
 
-    assert set(ds.UPLOAD_TEXT) == set(IMAGE_REJECTIONS)
+    assert set(logic.UPLOAD_TEXT) == set(IMAGE_REJECTIONS)
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.png").write_text("hello, not pixels")
     (tmp_path / "noise.png").write_bytes(bytes(range(256)) * 4)
@@ -241,8 +241,8 @@ def test_decode_image_refuses_with_a_typed_reason_and_the_demo_words_every_reaso
         with pytest.raises(ImageRejected) as err:
             decode_image(tmp_path / name)
         assert err.value.reason == reason and name in str(err.value), (name, err.value.reason, str(err.value))
-        with pytest.raises(ds.UploadError) as up:
-            ds.decode_upload(tmp_path / name)
+        with pytest.raises(logic.UploadError) as up:
+            logic.decode_upload(tmp_path / name)
         assert up.value.reason == reason and name in str(up.value)
     with pytest.raises(ImageRejected) as err:
         decode_image(tmp_path / "big.png", max_pixels=300 * 199)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unistad_edu import demo_support as ds
+from unistad_edu.demo import logic
 from unistad_edu import resolve
-from unistad_edu import demo_serving as serving
+from unistad_edu.demo import serving
 
 from .conftest import DEMO_SPEC as TINY_SPEC
 
@@ -35,8 +35,8 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
 
 def _refused(path, **kw) -> str:
-    with pytest.raises(ds.UploadError) as info:
-        ds.decode_upload(path, **kw)
+    with pytest.raises(logic.UploadError) as info:
+        logic.decode_upload(path, **kw)
     return str(info.value)
 
 
@@ -116,7 +116,7 @@ def test_image_modes_decode_to_rgb_uint8(tmp_path, kind):
         p = tmp_path / "photo.jpg"
         img = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
     img.save(p)
-    d = ds.decode_upload(p)
+    d = logic.decode_upload(p)
     assert d.array.shape == (20, 30, 3) and d.array.dtype == np.uint8
     if kind == "gray16":
         assert Image.open(p).mode.startswith("I")
@@ -133,9 +133,9 @@ def test_image_modes_decode_to_rgb_uint8(tmp_path, kind):
 def test_demo_binds_loopback_by_default():
     from unistad_edu.__main__ import build_parser
     args = build_parser().parse_args(["demo"])
-    assert args.host == "127.0.0.1" == ds.DEFAULT_HOST and args.port == 7860 and args.run is None
+    assert args.host == "127.0.0.1" == logic.DEFAULT_HOST and args.port == 7860 and args.run is None
     assert args.concurrency >= 1 and args.max_upload_mb > 0
-    assert ds.is_loopback(args.host) and not ds.is_loopback("0.0.0.0")
+    assert logic.is_loopback(args.host) and not logic.is_loopback("0.0.0.0")
     import importlib.util
     spec = importlib.util.spec_from_file_location("demo_app_script", REPO / "demo" / "app.py")
     mod = importlib.util.module_from_spec(spec)
@@ -165,17 +165,17 @@ def test_model_card_lists_what_a_user_needs():
     metrics = {"setting": "unified", "categories": {"bolt": {"I-AUROC": 0.9, "P-AUROC": 0.95},
                                                     "weave": {"I-AUROC": 0.8, "P-AUROC": 0.85}},
                "mean": {"I-AUROC": 0.85, "P-AUROC": 0.9}}
-    card = ds.model_card(cfg, metrics)
+    card = logic.model_card(cfg, metrics)
     for text in ("UNIAD", "tf_efficientnet_lite0", "bolt, weave", "128 x 128", "0.25", "quantile 0.99",
                  "| bolt | 90.0 | 95.0 |", "| **mean** | 85.0 | 90.0 |"):
         assert text in card, text
-    assert "eval --run" in ds.model_card(cfg, None)  # says how to get metrics when there are none
+    assert "eval --run" in logic.model_card(cfg, None)  # says how to get metrics when there are none
 
 
 def test_verdict_and_slider():
-    assert ds.verdict(0.3, 0.2) == "ANOMALOUS" and ds.verdict(0.1, 0.2) == "normal"
-    assert ds.verdict(0.1, None) == "no threshold"
-    top, step, value = ds.slider_range({"threshold": 0.2, "validation": {"per_class": {"a": {"max": 0.3}}}})
+    assert logic.verdict(0.3, 0.2) == "ANOMALOUS" and logic.verdict(0.1, 0.2) == "normal"
+    assert logic.verdict(0.1, None) == "no threshold"
+    top, step, value = logic.slider_range({"threshold": 0.2, "validation": {"per_class": {"a": {"max": 0.3}}}})
     assert value == 0.2 and top >= 0.9 and 0 < step < top
 
 
@@ -192,7 +192,7 @@ def tiny_run(demo_run) -> Path:
 def test_default_run_is_trained_once_then_reused(tiny_run, tiny_data):
     for name in ("model.safetensors", "config.json", "metrics.json", resolve.DEFAULT_MARKER):
         assert (tiny_run / name).is_file(), name
-    assert not list(tiny_run.parent.glob(".demo_run.tmp-*"))  # moved into place, nothing left behind
+    assert not list(tiny_run.parent.glob(".demo_run.build-*"))  # moved into place, nothing left behind
     cfg = json.loads((tiny_run / "config.json").read_text())
     assert cfg["threshold"] is not None and Path(cfg["data_root"]) == tiny_data.resolve()
     said = []
@@ -202,16 +202,16 @@ def test_default_run_is_trained_once_then_reused(tiny_run, tiny_data):
 
 def test_examples_hold_normal_and_defective_images(tiny_run):
     cfg = json.loads((tiny_run / "config.json").read_text())
-    ex = ds.example_images(cfg)
+    ex = logic.example_images(cfg)
     assert {e.category for e in ex} == {"weave", "bolt"}
     assert any(e.defect == "good" for e in ex) and any(e.defect != "good" for e in ex)
     assert all(e.path.is_file() for e in ex)
-    assert ds.example_images({**cfg, "data_root": "/does/not/exist"}) == []
+    assert logic.example_images({**cfg, "data_root": "/does/not/exist"}) == []
 
 
 def test_app_builds_with_queue_and_upload_limit(tiny_run):
     import gradio as gr
-    from unistad_edu.demo_app import build_app
+    from unistad_edu.demo.page import build_app
     demo = build_app(tiny_run, concurrency=3, max_upload_mb=5)
     assert isinstance(demo, gr.Blocks)
     assert demo._queue.default_concurrency_limit == 3
@@ -221,10 +221,10 @@ def test_app_builds_with_queue_and_upload_limit(tiny_run):
 def test_app_over_loopback_scores_refuses_and_keeps_serving(tiny_run, tiny_data, tmp_path):
     """gradio_client against the running app: good image, bad upload (clear message), good image again."""
     from gradio_client import Client, handle_file
-    from unistad_edu.demo_app import build_app, launch
+    from unistad_edu.demo.page import build_app, launch
 
     demo = build_app(tiny_run)
-    port = ds.free_port()
+    port = logic.free_port()
     launch(demo, "127.0.0.1", port, block=False, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
@@ -285,6 +285,6 @@ def test_stopping_the_demo_deletes_the_uploads(tiny_run, tiny_data, tmp_path, mo
 
 
 def test_delete_cache_setting():
-    assert ds.delete_cache_setting(0) is None and ds.delete_cache_setting(-1) is None
-    assert ds.delete_cache_setting(60) == (1800, 3600)
-    assert ds.delete_cache_setting(0.01) == (1, 1)
+    assert logic.delete_cache_setting(0) is None and logic.delete_cache_setting(-1) is None
+    assert logic.delete_cache_setting(60) == (1800, 3600)
+    assert logic.delete_cache_setting(0.01) == (1, 1)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unistad_edu import demo_support as ds
-from unistad_edu import demo_serving as serving
+from unistad_edu.demo import logic
+from unistad_edu.demo import serving
 from unistad_edu.data import load_image
 
 BLANK_SIDE = 6300  # 6300 x 6300 = 39.7 megapixels: just under the per-file cap of 40
@@ -37,7 +37,7 @@ def test_upload_is_reduced_at_once_to_exactly_what_predict_scores(tmp_path):
     """decode_upload(size=S) returns the (S, S, 3) pixels inference.predict feeds the model for the same file."""
     for mode in ("RGB", "RGBA"):
         p = _png(tmp_path / f"x-{mode}.png", 301, 203, mode)
-        d = ds.decode_upload(p, size=64)
+        d = logic.decode_upload(p, size=64)
         assert d.array.shape == (64, 64, 3) and d.array.dtype == np.uint8
         np.testing.assert_array_equal(d.array, load_image(p, 64, exif_orientation=True))
 
@@ -56,12 +56,12 @@ def test_rgba_conversion_in_bands_equals_the_whole_image_formula(tmp_path):
 
 
 def test_request_pixel_budget_refuses_what_exceeds_it(tmp_path):
-    budget = ds.PixelBudget(total=2 * 100 * 100)
+    budget = logic.PixelBudget(total=2 * 100 * 100)
     files = [_png(tmp_path / f"{i}.png", 100, 100, seed=i) for i in range(3)]
-    ds.decode_upload(files[0], size=32, budget=budget)
-    ds.decode_upload(files[1], size=32, budget=budget)
-    with pytest.raises(ds.UploadError, match="request pixel budget") as err:
-        ds.decode_upload(files[2], size=32, budget=budget)
+    logic.decode_upload(files[0], size=32, budget=budget)
+    logic.decode_upload(files[1], size=32, budget=budget)
+    with pytest.raises(logic.UploadError, match="request pixel budget") as err:
+        logic.decode_upload(files[2], size=32, budget=budget)
     assert "2.png" in str(err.value) and "a request of its own" in str(err.value)
     assert budget.used == 2 * 100 * 100  # the refused file took nothing
 
@@ -69,13 +69,13 @@ def test_request_pixel_budget_refuses_what_exceeds_it(tmp_path):
 def test_request_folders_are_unique():
     import tempfile
     base = Path(tempfile.mkdtemp())
-    a, b = ds.request_folder(base), ds.request_folder(base)
+    a, b = logic.request_folder(base), logic.request_folder(base)
     assert a != b and a.parent == b.parent == base / "unistad-views"
 
 
 def test_demo_options_for_request_limits_are_checked():
     import argparse
-    p = ds.add_demo_arguments(argparse.ArgumentParser())
+    p = logic.add_demo_arguments(argparse.ArgumentParser())
     args = p.parse_args(["--max-request-megapixels", "50", "--max-files", "4"])
     assert args.max_request_megapixels == 50 and args.max_files == 4
     for bad in (["--max-files", "0"], ["--max-request-megapixels", "-1"], ["--max-request-megapixels", "nan"]):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from unistad_edu import demo_support as ds
-from unistad_edu import demo_serving as serving
+from unistad_edu.demo import logic
+from unistad_edu.demo import serving
 
 from .conftest import tiny_synthetic
 
@@ -50,9 +50,9 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(tiny_run):
-    from unistad_edu.demo_app import build_app, launch
+    from unistad_edu.demo.page import build_app, launch
     demo = build_app(tiny_run)
-    port = ds.free_port()
+    port = logic.free_port()
     launch(demo, "127.0.0.1", port, block=False, quiet=True)  # serves from a thread of this process
     yield f"http://127.0.0.1:{port}/"
     demo.close()
@@ -156,9 +156,9 @@ def test_level_maps_and_example_click(page):
 
 def test_too_large_upload_gets_a_visible_message(tiny_run, tiny_data, browser):
     """A second app with a tiny upload limit: Gradio refuses the upload and says so in the page."""
-    from unistad_edu.demo_app import build_app, launch
+    from unistad_edu.demo.page import build_app, launch
     demo = build_app(tiny_run, max_upload_mb=0.002)  # about 2 KB; the 64 px test PNGs are larger
-    port = ds.free_port()
+    port = logic.free_port()
     launch(demo, "127.0.0.1", port, block=False, quiet=True)
     image = sorted((tiny_data / "bolt" / "test" / "good").glob("*.png"))[0]
     assert image.stat().st_size > 0.002 * 1024 * 1024

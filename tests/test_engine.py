@@ -119,21 +119,10 @@ def test_budget_stops_cleanly_and_resume_finishes(train_set, lite0_teacher, tmp_
     assert res3.already_complete and res3.epochs_done == 3  # finished run: nothing to do
 
 
-def test_budget_epochs_counts_whole_epochs_that_fit():
-    from unistad_edu.engine import budget_epochs
-    assert budget_epochs(1, 60, 10.0, 95.0) == 10  # 1 done + 9 whole epochs of 10 s in 95 s
-    assert budget_epochs(1, 5, 10.0, 95.0) == 5  # never more than asked
-    assert budget_epochs(2, 60, 10.0, -3.0) == 2  # budget gone: what is done
-    assert budget_epochs(1, 60, 0.0, 5.0) == 60  # no measurable epoch time: no plan
-
-
-@pytest.mark.parametrize("plan", [True, False])
-def test_budget_plans_the_epochs_and_the_schedule_ends_with_them(train_set, lite0_teacher, tmp_path, monkeypatch,
-                                                                  plan):
+def test_the_budget_stops_the_run_after_the_epoch_it_runs_out_in(train_set, lite0_teacher, tmp_path, monkeypatch):
     """A fake clock that advances 10 s per training step: an epoch of k steps takes 10 k s. With a budget of
-    3.5 epochs and 10 epochs asked, planning trains 1 + 2 = 3 epochs (2.5 left after the first, whole epochs
-    only), complete, with the cosine reaching its last step at epoch 3; without planning the run is stopped
-    after epoch 4, the epoch in which the budget ran out, mid-schedule."""
+    3.5 epochs and 10 asked, the run stops after epoch 4 (the one in which the budget ran out), not complete,
+    its cosine schedule that of 10 epochs (mid-schedule); --resume goes on from epoch 4."""
     import unistad_edu.engine as engine
     clock = [0.0]
     monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
@@ -144,21 +133,11 @@ def test_budget_plans_the_epochs_and_the_schedule_ends_with_them(train_set, lite
     n_train = len(held_out(train_set)[0])  # the engine's split
     steps = n_train // 8 if n_train > 8 else 1  # batches of 8, the last partial one dropped
     budget_min = 3.5 * 10.0 * steps / 60
-    cfg = TrainConfig(epochs=10, max_minutes=budget_min, plan_to_budget=plan, **QUIET)
-    res = fit(model, train_set, cfg, out=tmp_path)
+    res = fit(model, train_set, TrainConfig(epochs=10, max_minutes=budget_min, **QUIET), out=tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    if plan:
-        assert (res.epochs_done, res.planned_epochs, res.stopped_early) == (3, 3, False)
-        assert saved["complete"] is True and saved["planned_epochs"] == 3
-        assert lrs == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)])
-        again = fit(build_model("stpm", lite0_teacher, image_size=SIZE, batch_size=8, schedule="cosine", lr=0.01),
-                    train_set, cfg, out=tmp_path, resume=True)
-        assert again.already_complete and again.epochs_done == 3  # complete at its planned epochs
-    else:
-        assert (res.epochs_done, res.planned_epochs, res.stopped_early) == (4, None, True)
-        assert saved["complete"] is False and "planned_epochs" not in saved
-        assert lrs == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * e / 10)) for e in range(4)])
+    assert (res.epochs_done, res.stopped_early) == (4, True) and saved["complete"] is False
+    assert lrs == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * e / 10)) for e in range(4)])
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_every_method_exports_to_onnx_and_both_runtimes_reproduce_it(name, train
     assert all(p["routes_differ"] == 0 for p in card["parity"].values())
     assert card["export_format_version"] == EXPORT_FORMAT_VERSION and set(card["files"]) == {"model.onnx"}
     assert set(card["parity"]) == {"onnxruntime", "openvino"}  # export_run's own check, both runtimes
-    assert not list(tmp_path.glob(".exp.tmp-*"))  # written beside, then renamed into place
+    assert not list(tmp_path.glob(".exp.build-*"))  # written beside, then renamed into place
     ref = _reference(run, test_paths, lite0_teacher)
     thr = cfg["threshold"]
     for backend in ("onnxruntime", "openvino"):  # OpenVINO reads the ONNX file too
@@ -197,7 +197,7 @@ def test_demo_serves_an_export_without_torch(trained, test_paths, lite0_teacher,
 
     from gradio_client import Client, handle_file
 
-    from unistad_edu import demo_serving as serving
+    from unistad_edu.demo import serving
     run = trained("stpm")
     out = export_run(run, "onnx", out=tmp_path / "exp", **QUIET)
     uploads = []  # unique file names (000.png repeats across categories and defect folders)

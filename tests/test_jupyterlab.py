@@ -79,5 +79,5 @@ def test_jupyter_lab_serves_the_course_on_loopback(tmp_path):
         with pytest.raises(OSError):          # no token, no access
             urllib.request.urlopen(f"{base}/api/contents", timeout=10)
     finally:
-        from unistad_edu.demo_serving import stop_process
+        from unistad_edu.demo.serving import stop_process
         stop_process(proc, timeout_s=30.0)

@@ -414,7 +414,7 @@ def test_data_synthetic_force_refuses_what_the_generator_did_not_write(trained, 
     before = snapshot(target)
     refused(_syn_args(target), capsys, "--force refused", *words)
     assert snapshot(target) == before
-    assert not list(tmp_path.glob(".target.tmp-*"))  # no staging folder left
+    assert not list(tmp_path.glob(".target.build-*"))  # no staging folder left
 
 
 @pytest.mark.parametrize("damage", [lambda root: None,

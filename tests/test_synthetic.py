@@ -147,7 +147,7 @@ def test_reuse_and_incomplete(tmp_path):
     assert again == out
     assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*.png"))} == before
     assert (out / MANIFEST_NAME).stat().st_mtime_ns == man_before
-    assert not list(tmp_path.glob(".set.tmp-*")), "temporary folder left behind"
+    assert not list(tmp_path.glob(".set.build-*")), "temporary folder left behind"
 
     # another config -> clear error
     with pytest.raises(SyntheticDatasetError, match="other settings"):
@@ -197,7 +197,23 @@ def test_cli_over_a_set_made_with_other_settings_is_a_message(tmp_path, capsys):
 
 def test_staging_folders_of_killed_runs_are_removed(tmp_path):
     from unistad_edu.synthetic import make_synthetic
-    dead = tmp_path / f".syn.tmp-{2 ** 22 + 4321}"
+    dead = tmp_path / f".syn.build-{2 ** 22 + 4321}-0123abcd"  # above the kernel's largest pid: nobody runs it
     (dead / "weave").mkdir(parents=True)
     make_synthetic(tmp_path / "syn", size=32, n_train=2, n_test_good=1, n_test_defect=1, categories=("weave",))
     assert not dead.exists()
+
+
+def test_the_cli_makes_chosen_products_and_prints_the_trivial_baseline(tmp_path, capsys):
+    from unistad_edu import __main__ as cli
+    from unistad_edu.synthetic import trivial_baseline
+    out = tmp_path / "syn"
+    argv = ["data", "synthetic", "--out", str(out), "--size", "32", "--n-train", "3", "--n-test-good", "2",
+            "--n-test-defect", "1", "--categories", "weave", "bolt", "--baseline"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bolt", "weave"]
+    assert len(list((out / "weave" / "test" / "good").glob("*.png"))) == 2
+    for cat, auroc in trivial_baseline(out).items():  # the numbers printed are the library's
+        assert f"{cat:10s} {auroc:.3f}" in printed
+    assert cli.main(["data", "synthetic", "--out", str(tmp_path / "x"), "--categories", "nosuch"]) == 2
+    assert "unknown synthetic products ['nosuch']" in capsys.readouterr().err

@@ -278,31 +278,3 @@ def test_neck_official_and_antialiased(lite0_teacher):
     assert not torch.allclose(a[:, :24], b[:, :24])  # the stride-4 level differs
     with pytest.raises(ValueError, match="neck"):
         _uniad(lite0_teacher, neck="box")
-
-
-def test_channel_standardisation_uses_every_training_token(lite0_teacher):
-    """standardize="channel": the statistics are the running mean/std of every token seen in training (checked
-    against numpy over the same tokens); eval uses them unchanged; an untrained model is the identity."""
-    model = _uniad(lite0_teacher, standardize="channel", jitter=False)
-    g = torch.Generator().manual_seed(0)
-    raw = [torch.randn(2, 64, model.in_channels, generator=g) * torch.linspace(0.1, 5, model.in_channels) + 3
-           for _ in range(3)]  # three batches of (B, L, C) tokens with very different channel scales
-    model.eval()
-    assert torch.equal(model.standardized(raw[0]), raw[0])  # nothing seen yet: mean 0, std 1
-    model.train()
-    for t in raw:
-        model.standardized(t)
-    allt = torch.cat(raw).reshape(-1, model.in_channels).double().numpy()  # (3 B L, C)
-    model.eval()
-    z = model.standardized(raw[1]).double().numpy().reshape(-1, model.in_channels)
-    expect = (raw[1].double().numpy().reshape(-1, model.in_channels) - allt.mean(0)) / (allt.std(0) + 1e-6)
-    np.testing.assert_allclose(z, expect, rtol=1e-4, atol=1e-4)
-    assert int(model.token_count) == allt.shape[0]
-    model.standardized(raw[2])  # eval: the statistics do not move
-    assert int(model.token_count) == allt.shape[0]
-    # the buffers are saved; a model without the option has none, and old runs load without it
-    assert {"token_count", "token_sum", "token_sumsq"} <= set(model.state_for_checkpoint())
-    assert "token_sum" not in _uniad(lite0_teacher).state_for_checkpoint()
-    assert make_config("uniad").missing_in_old_checkpoints["standardize"] == "none"
-    with pytest.raises(ValueError, match="standardize must be"):
-        _uniad(lite0_teacher, standardize="batch")

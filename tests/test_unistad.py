@@ -181,7 +181,7 @@ def test_refinement_drops_an_unsupported_spike_and_keeps_a_supported_region():
     assert kept >= 0.5
     # UniSTAD's (mild) defaults do the same, less strongly: the spike loses a quarter, the region nothing
     c = make_config("unistad")
-    mild = AffinityRefiner(c.refine_steps, c.refine_knn, c.refine_temperature, c.refine_alpha, radius=c.refine_radius)
+    mild = AffinityRefiner(c.refine_steps, c.refine_knn, c.refine_temperature, c.refine_alpha)
     out = mild(m, feats)
     assert out[0, 0, spike[0], spike[1]] < 0.8 and out[0, 0, region[0], region[1]].mean() > 0.95
 

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from .layout import METRICS_FILE, PREDICTIONS_DIR, SETTING_FILE
 from .options import finite_float, nonnegative_int, positive_float, positive_int, thread_count
 from .options import image_size as image_size_type
 
@@ -53,7 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m unistad_edu", description=__doc__, formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"unistad-edu {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_data_parser, _train_parser, _eval_parser, _predict_parser):
+        add(sub)
+    bench = _bench_parser(sub)
+    _export_parser(sub)
+    _bench_export_parser(bench)
+    from .figures import add_arguments as add_figure_arguments
+    add_figure_arguments(sub.add_parser("figures", help="render the README figures (interference, heatmap grid, "
+                                                        "leaderboard) into docs/ from benchmark results",
+                                        formatter_class=_Help))
 
+    from .demo.logic import add_demo_arguments
+    dm = sub.add_parser("demo", help="Gradio demo over a run (default: a small model trained once on the synthetic "
+                                     "set); binds 127.0.0.1", formatter_class=_Help)
+    add_demo_arguments(dm)
+    _compute_options(dm)
+    return p
+
+
+def _data_parser(sub) -> None:
+    """``data``: the synthetic set, a validation set, MVTec AD and VisA downloads."""
     d = sub.add_parser("data", help="make or fetch datasets", formatter_class=_Help)
     dsub = d.add_subparsers(dest="dataset", required=True)
     syn = dsub.add_parser("synthetic", help="write the offline synthetic multi-class set (MVTec layout)",
@@ -62,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=nonnegative_int, default=0)
     syn.add_argument("--size", type=image_size_type, default=None, help="image side in pixels (default: the set's)")
     syn.add_argument("--n-train", type=positive_int, default=None, help="normal training images per category")
+    syn.add_argument("--n-test-good", type=positive_int, default=None, help="normal test images per category")
+    syn.add_argument("--n-test-defect", type=positive_int, default=None,
+                     help="defective test images per category and defect kind")
+    syn.add_argument("--categories", nargs="+", default=None, help="which products (default: all of them)")
     syn.add_argument("--force", action="store_true", help="regenerate an existing folder")
+    syn.add_argument("--baseline", action="store_true",
+                     help="also print each category's I-AUROC of a trivial baseline (distance to the mean image)")
     val = dsub.add_parser("validation", formatter_class=_Help,
                           help="a validation set from training images only: held-out normals and the same images "
                                "with synthetic defects (exact masks), to choose presets without the test set")
@@ -77,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_download_arguments(dsub.add_parser("visa", help="download VisA and convert it to MVTec layout",
                                            formatter_class=_Help), "visa")
 
+
+def _train_parser(sub) -> None:
+    """``train``: one model for every category (or one per category)."""
     t = sub.add_parser(
         "train", help="train a method (unified: one model for all categories)", formatter_class=_Help,
         description="Train one model on the normal images of every category (or one per category).\n\n"
@@ -95,9 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=positive_float, default=None,
                    help="time budget per run (per category in per-class): the run stops after the epoch in "
                         "which the budget runs out")
-    t.add_argument("--plan", dest="plan_to_budget", action="store_true",
-                   help="with --max-minutes: after every epoch count the epochs that fit the budget and train "
-                        "only those, the learning-rate schedule ending there (measured no better on UniAD)")
     t.add_argument("--min-steps", type=positive_int, default=None,
                    help="train each model at least this many optimiser steps (adds epochs on small categories)")
     t.add_argument("--teacher", default=None, help="timm backbone name (default: the preset's)")
@@ -127,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder")
     _compute_options(t)
 
+
+def _eval_parser(sub) -> None:
+    """``eval``: per-category metrics of a trained run."""
     e = sub.add_parser("eval", help="per-category metrics of a trained run", formatter_class=_Help)
     e.add_argument("--run", required=True)
     e.add_argument("--data", default=None, help="default: the data the run was trained on")
@@ -138,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     _compute_options(e)
 
+
+def _predict_parser(sub) -> None:
+    """``predict``: scores, verdicts and heatmap PNGs for images."""
     pr = sub.add_parser("predict", help="score images: score, verdict and heatmap PNGs", formatter_class=_Help,
                         epilog="example:\n  python -m unistad_edu predict --run runs/quickstart a.png b.png\n"
                                "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png")
@@ -151,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="heatmap colours: fixed = 0 to the threshold (as the demo); image = each map's own range")
     _compute_options(pr)
 
+
+def _bench_parser(sub):
+    """``bench``: one subcommand per benchmark; returns the function that adds one (``bench export`` is added after the ``export`` command, whose help it follows)."""
     b = sub.add_parser("bench", help="speed and accuracy benchmarks (ratios against a baseline measured in the "
                                      "same run)", formatter_class=_Help)
     bsub = b.add_subparsers(dest="what", required=True, metavar="BENCH")
@@ -213,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--test", action="store_true",
                     help="then score each run's test set once and judge it by every rule (to report, not to choose)")
     bc.add_argument("--data", default=None, help="the test data (default: the data each run was trained on)")
+    return bench_parser
 
+
+def _export_parser(sub) -> None:
+    """``export``: ONNX / OpenVINO, parity-checked against the PyTorch model."""
     ex = sub.add_parser("export", help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
                                        "parity-checked against the PyTorch model", formatter_class=_Help,
                         epilog="example:\n  python -m unistad_edu export --run runs/quickstart --format onnx\n"
@@ -227,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     ex.add_argument("--threads", type=thread_count, default=None, help="torch threads")
 
+
+def _bench_export_parser(bench_parser) -> None:
+    """``bench export``: parity and speed of the exported graphs."""
     bx = bench_parser("export", "export runs to ONNX; parity on real test images and batch-1 / batch-8 speed of "
                                 "PyTorch eager, onnxruntime and OpenVINO", image_size=False)
     bx.set_defaults(batch_size=8)
@@ -235,18 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     bx.add_argument("--data", default=None, help="default: each run's own data folder")
     bx.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 16)")
     bx.add_argument("--out-dir", default=None, help="where the exports go (default: a temporary folder)")
-
-    from .figures import add_arguments as add_figure_arguments
-    add_figure_arguments(sub.add_parser("figures", help="render the README figures (interference, heatmap grid, "
-                                                        "leaderboard) into docs/ from benchmark results",
-                                        formatter_class=_Help))
-
-    from .demo_support import add_demo_arguments
-    dm = sub.add_parser("demo", help="Gradio demo over a run (default: a small model trained once on the synthetic "
-                                     "set); binds 127.0.0.1", formatter_class=_Help)
-    add_demo_arguments(dm)
-    _compute_options(dm)
-    return p
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -288,16 +318,27 @@ def cmd_data(args) -> int:
             f"{c} {v['train']} train / {v['held_out']} held out" for c, v in counts.items())
             + f"\nnext: python -m unistad_edu train --data {out} ... && python -m unistad_edu eval --run RUN")
         return 0
-    from .synthetic import make_synthetic
-    overrides = {k: v for k, v in (("size", args.size), ("n_train", args.n_train)) if v is not None}
+    from .synthetic import CATEGORIES, make_synthetic, trivial_baseline
+    unknown = sorted(set(args.categories or ()) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"--categories: unknown synthetic products {unknown}; choose from {', '.join(CATEGORIES)}")
+    fields = ("size", "n_train", "n_test_good", "n_test_defect")
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    if args.categories:
+        overrides["categories"] = tuple(args.categories)
     out = make_synthetic(Path(args.out), seed=args.seed, force=args.force, **overrides)
     print(f"synthetic set ready at {out}")
+    if args.baseline:
+        aurocs = trivial_baseline(out)
+        for cat, auroc in aurocs.items():
+            print(f"{cat:10s} {auroc:.3f}  (I-AUROC, trivial baseline)")
+        print(f"{'mean':10s} {sum(aurocs.values()) / len(aurocs):.3f}")
     return 0
 
 
 def cmd_train(args) -> int:
     from .data import MVTecDataset
-    from .engine import TrainConfig, fit
+    from .engine import TrainConfig, fit, fit_per_class, result_line
     from .methods import build_model, make_config
     from .teacher import load_teacher
 
@@ -313,7 +354,7 @@ def cmd_train(args) -> int:
     root = _data_root(args.data)
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
     teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
-    tcfg = TrainConfig(max_minutes=args.max_minutes, plan_to_budget=args.plan_to_budget, min_steps=args.min_steps,
+    tcfg = TrainConfig(max_minutes=args.max_minutes, min_steps=args.min_steps,
                        seed=args.seed, device=args.device,
                        cache_dir=args.cache_dir, progress=not args.no_progress, precision=args.precision,
                        refit=args.refit, calibration=args.calibration, tail=args.tail)
@@ -322,31 +363,16 @@ def cmd_train(args) -> int:
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)  # torchrun: rank 0 talks
     say(f"training {args.method} ({args.preset} preset, {args.setting}) on {len(train)} normal images of "
           f"{len(train.categories)} categories: {', '.join(train.categories)}", flush=True)
+    def build():
+        return build_model(args.method, teacher, cfg=mcfg)
+
     if args.setting == "unified":
-        jobs = [(out, train)]
-    else:
-        from . import files, runs
-        jobs = [(out / cat, ds) for cat, ds in train.by_category().items()]
-        if out.exists() and not out.is_dir():
-            raise runs.RunFolderError(f"--out {out} is a file, not a folder: choose a folder for the run")
-        with files.folder_lock(out, "run folder"):
-            runs.prepare(out, None, resume=args.resume, overwrite=args.overwrite, per_class=True, say=say)
-            files.atomic_write_text(out / runs.SETTING_FILE, json.dumps(
-                {"setting": "per-class", "method": args.method, "categories": train.categories, **extra}, indent=2))
-    for run, ds in jobs:
-        if len(jobs) > 1:
-            say(f"--- {run.name}: {len(ds)} images", flush=True)
-            tcfg.calibration = "per-category"  # one product per sub-run: nothing to cluster
-        model = build_model(args.method, teacher, cfg=mcfg)
-        res = fit(model, ds, tcfg, out=run, resume=args.resume, overwrite=args.overwrite and len(jobs) == 1,
-                  extra_config={**extra, "setting": args.setting})
-        if res.already_complete:
-            say(f"{run} is already complete ({res.epochs_done} epochs): nothing to do", flush=True)
-        else:
-            state = ("stopped early (budget)" if res.stopped_early else
-                     "done (planned to the time budget)" if res.planned_epochs else "done")
-            say(f"{state}: {res.epochs_done} epochs in {res.seconds:.0f} s, threshold {res.threshold}; "
-                  f"checkpoint in {run}", flush=True)
+        res = fit(build(), train, tcfg, out=out, resume=args.resume, overwrite=args.overwrite,
+                  extra_config={**extra, "setting": "unified"})
+        say(result_line(res, out), flush=True)
+    else:  # one model per category, each with --min-steps / the preset's epochs (no equal-steps rule here)
+        fit_per_class(build, train, tcfg, equal_steps=False, out=out, resume=args.resume, overwrite=args.overwrite,
+                      extra_config=extra, log=lambda line: say(line, flush=True))
     say(f"next: python -m unistad_edu eval --run {out}", flush=True)
     return 0
 
@@ -359,9 +385,9 @@ def cmd_eval(args) -> int:
     from .report import format_table
 
     run = Path(args.run)
-    out = Path(args.json) if args.json else run / "metrics.json"
+    out = Path(args.json) if args.json else run / METRICS_FILE
     if out.is_dir() and not out.is_symlink():  # --json onto a folder: the usual file name inside it
-        out = out / "metrics.json"
+        out = out / METRICS_FILE
     files.check_replaceable(out)
     inside = run.is_dir() and run.resolve() in out.resolve().parents
     # writing into the run folder: its one-writer lock, so no training replaces the model meanwhile
@@ -390,7 +416,7 @@ def _evaluate_run(args, run: Path) -> dict:
 
     from .runs import read_setting
 
-    setting_file = run / "setting.json"
+    setting_file = run / SETTING_FILE
     if setting_file.is_file():  # per-class: each sub-run on its own category
         setting = read_setting(run)
         root = Path(args.data or setting["data_root"])
@@ -446,7 +472,7 @@ def cmd_predict(args) -> int:
     from . import files
     from .export_runtime import is_export
 
-    run, out = Path(args.run), Path(args.out) if args.out else Path(args.run) / "predictions"
+    run, out = Path(args.run), Path(args.out) if args.out else Path(args.run) / PREDICTIONS_DIR
     inside = run.is_dir() and not is_export(run) and (out.resolve() == run.resolve()
                                                       or run.resolve() in out.resolve().parents)
     # writing into the run folder: its one-writer lock, so no training replaces the model meanwhile
@@ -500,7 +526,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo_serving import run
+    from .demo.serving import run
     return run(args)
 
 
@@ -553,7 +579,7 @@ def _crash_log(err: BaseException) -> Path | None:
     """Write the traceback of an unexpected error to ``$UNISTAD_CACHE/logs/`` and return the file."""
     import time
     import traceback
-    from .data import cache_root
+    from .files import cache_root
     root = cache_root() / "logs"
     try:
         root.mkdir(parents=True, exist_ok=True)

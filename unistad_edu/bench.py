@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .layout import CONFIG_FILE, METRICS_FILE
 from .report import HEADLINE
 from .timing import interleaved
 
@@ -89,7 +90,7 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
     256 images per epoch keeps that share close to a real epoch (672 images on the five real categories).
     ``compare="cache"``: instead, engine fit with the feature cache vs engine fit running the teacher on
     every step (what the cache buys a method that only needs teacher features)."""
-    from .engine import TrainConfig, fit, make_optimizer
+    from .engine import TrainConfig, fit, make_optimizer, train_step
     from .inference import precision_of
     from .cache import FeatureCache
     from .data import collate
@@ -105,19 +106,13 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
     cache.warm(ds, progress=False)
     [ds[i] for i in range(len(ds))]  # decode once: both loops read images from memory
     opt = make_optimizer(model)
-    device = torch.device("cpu")
     batches = [collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))]) for i in range(0, len(ds), batch_size)]
     n_steps_images = sum(b["image"].shape[0] for b in batches[:-1]) if len(batches) > 1 else len(ds)
 
     def bare():
         model.train()
         for b in batches[:-1] if len(batches) > 1 else batches:  # the engine drops the last partial batch
-            mb = Batch(b["image"], cache.features(b["image"], b["path"]))
-            with prec.autocast(device):
-                loss = model.loss(mb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, Batch(b["image"], cache.features(b["image"], b["path"])), opt, prec)
 
     tmp = tempfile.mkdtemp()
 
@@ -234,7 +229,7 @@ def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECI
     """fp32 vs bf16 on this CPU, in one run: the teacher's forward (plain fp32, fp32 channels_last, bf16
     channels_last) and one training step (forward + backward + optimiser step, teacher features given) of each
     method family, interleaved; plus the capability check and what ``precision="auto"`` decides."""
-    from .engine import make_optimizer
+    from .engine import make_optimizer, train_step
     from .methods import build_model
     from .methods.base import Batch
     from .precision import Precision, cpu_capability, measure, native_bf16, resolve
@@ -257,11 +252,7 @@ def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECI
             def run():
                 model.to(memory_format=prec.memory_format)
                 model.train()
-                with prec.autocast("cpu"):
-                    loss = model.loss(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(model, batch, opt, prec)
             return run
 
         rates = interleaved({"fp32": step(fp32), "bf16": step(bf16)}, batch_size, repeats)
@@ -301,8 +292,8 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
               "protocol": "equal-steps" if equal_steps else "equal-epochs", "settings": {}}
     for setting in settings:
         run = out_dir / f"{method}_{setting}"
-        if reuse and (run / "metrics.json").is_file():
-            configs = [json.loads(p.read_text()) for p in sorted(run.rglob("config.json"))]
+        if reuse and (run / METRICS_FILE).is_file():
+            configs = [json.loads(p.read_text()) for p in sorted(run.rglob(CONFIG_FILE))]
             result["settings"][setting] = _setting_result(run, configs, None, "(reused run)")
             continue
         cmd = [sys.executable, "-m", "unistad_edu", "train", "--method", method, "--data", str(root),
@@ -315,7 +306,7 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
         subprocess.run(cmd, check=True)
         train_s = time.perf_counter() - t0
         subprocess.run([sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--no-progress"], check=True)
-        configs = [json.loads(p.read_text()) for p in sorted(run.rglob("config.json"))]
+        configs = [json.loads(p.read_text()) for p in sorted(run.rglob(CONFIG_FILE))]
         result["settings"][setting] = _setting_result(run, configs, train_s, " ".join(["python -m unistad_edu", *cmd[3:]]))
     return result
 
@@ -324,8 +315,8 @@ def _checked_metrics(run: Path) -> dict:
     """``run``'s ``metrics.json``, refused if it describes another save of the run."""
     from .metrics import load_metrics
     from .runs import check_metrics_save
-    table = load_metrics(run / "metrics.json")
-    check_metrics_save(table, run, run / "metrics.json")
+    table = load_metrics(run / METRICS_FILE)
+    check_metrics_save(table, run, run / METRICS_FILE)
     return table
 
 
@@ -386,10 +377,8 @@ def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, re
     ``precision``."""
     from .checkpoint import load_checkpoint
     from .data import load_image
-    from .inference import precision_of
-    from .export import PARITY_TOLERANCE, ScoreGraph, compare, export_run, torch_scores
+    from .export import PARITY_TOLERANCE, export_run
     from .export_runtime import ExportedModel
-    from .methods.base import Batch
     from .resolve import test_set
 
     threads = threads or torch.get_num_threads()
@@ -409,50 +398,9 @@ def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, re
         export_s = time.perf_counter() - t0
         backends = {"onnxruntime": ExportedModel(folder, "onnxruntime", threads=threads),
                     "openvino": ExportedModel(folder, "openvino", threads=threads)}
-        ref = torch_scores(model, arrays, batch_size=batch_size)
-        parity = {}
-        for name, served in backends.items():
-            got = [served.score_arrays(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
-            got = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
-            per_cat = {c: compare((ref[0][cats == c], ref[1][cats == c]), (got[0][cats == c], got[1][cats == c]), thr)
-                       for c in dict.fromkeys(cats)}
-            whole = compare(ref, got, thr)
-            parity[name] = {**whole, "categories": per_cat, "within_tolerance": whole["max_rel"] <= PARITY_TOLERANCE}
-        # speed: the same images through every path, interleaved
+        parity = _export_parity(model, backends, arrays, cats, batch_size)
         pick = arrays[np.linspace(0, len(arrays) - 1, min(n_images, len(arrays))).astype(int)]
-        xs = torch.from_numpy(pick).permute(0, 3, 1, 2).float() / 255.0  # (n, 3, S, S)
-        graph = ScoreGraph(model).eval()
-        auto = load_checkpoint(run)
-        auto.set_teacher_precision(precision)
-        prec = precision_of(auto, precision, "cpu")
-
-        def eager_fp32(b):
-            def fn():
-                with torch.inference_mode():
-                    for i in range(0, len(xs), b):
-                        graph(xs[i:i + b])
-            return fn
-
-        def eager_auto(b):
-            def fn():
-                with torch.inference_mode(), prec.autocast(torch.device("cpu")):
-                    for i in range(0, len(xs), b):
-                        auto.score(Batch(image=xs[i:i + b]))
-            return fn
-
-        def served(m, b):
-            def fn():
-                for i in range(0, len(pick), b):
-                    m.score_arrays(pick[i:i + b])
-            return fn
-
-        timings = {}
-        for b, key in ((1, "batch1"), (batch_size, f"batch{batch_size}")):
-            fns = {"pytorch_fp32": eager_fp32(b)}
-            if prec.name != "fp32":
-                fns[f"pytorch_{prec.name}"] = eager_auto(b)
-            fns.update({name: served(m, b) for name, m in backends.items()})
-            timings[key] = interleaved(fns, len(pick), repeats)  # images/s
+        timings = _export_timings(model, run, backends, pick, batch_size, repeats, precision)
         b1 = timings["batch1"]
         fastest = max(backends, key=lambda k: b1[k])
         eager_best = max((k for k in b1 if k.startswith("pytorch")), key=lambda k: b1[k])
@@ -474,6 +422,68 @@ def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, re
     return {"rows": rows, "setup": {"n_images_timed": n_images, "batch_size": batch_size, "repeats": repeats,
                                     "threads": threads, "precision": precision, "tolerance": PARITY_TOLERANCE,
                                     "data": str(data) if data else "each run's own data_root"}}
+
+
+def _export_parity(model, backends: dict, arrays: np.ndarray, cats: np.ndarray, batch_size: int) -> dict:
+    """{backend: parity on every image, per category too} of the served exports against the PyTorch model."""
+    from .export import PARITY_TOLERANCE, compare, torch_scores
+
+    thr = model.threshold
+    ref = torch_scores(model, arrays, batch_size=batch_size)
+    parity = {}
+    for name, served in backends.items():
+        got = [served.score_arrays(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
+        got = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
+        per_cat = {c: compare((ref[0][cats == c], ref[1][cats == c]), (got[0][cats == c], got[1][cats == c]), thr)
+                   for c in dict.fromkeys(cats)}
+        whole = compare(ref, got, thr)
+        parity[name] = {**whole, "categories": per_cat, "within_tolerance": whole["max_rel"] <= PARITY_TOLERANCE}
+    return parity
+
+
+def _export_timings(model, run, backends: dict, pick: np.ndarray, batch_size: int, repeats: int,
+                    precision) -> dict:
+    """{"batch1" | "batchN": {path: images/s}}: the same images through PyTorch fp32 (the exported graph's
+    precision), PyTorch at ``precision`` (when it is another one) and every served export, interleaved."""
+    from .checkpoint import load_checkpoint
+    from .export import ScoreGraph
+    from .inference import precision_of
+    from .methods.base import Batch
+
+    xs = torch.from_numpy(pick).permute(0, 3, 1, 2).float() / 255.0  # (n, 3, S, S)
+    graph = ScoreGraph(model).eval()
+    auto = load_checkpoint(run)
+    auto.set_teacher_precision(precision)
+    prec = precision_of(auto, precision, "cpu")
+
+    def eager_fp32(b):
+        def fn():
+            with torch.inference_mode():
+                for i in range(0, len(xs), b):
+                    graph(xs[i:i + b])
+        return fn
+
+    def eager_auto(b):
+        def fn():
+            with torch.inference_mode(), prec.autocast(torch.device("cpu")):
+                for i in range(0, len(xs), b):
+                    auto.score(Batch(image=xs[i:i + b]))
+        return fn
+
+    def served(m, b):
+        def fn():
+            for i in range(0, len(pick), b):
+                m.score_arrays(pick[i:i + b])
+        return fn
+
+    timings = {}
+    for b, key in ((1, "batch1"), (batch_size, f"batch{batch_size}")):
+        fns = {"pytorch_fp32": eager_fp32(b)}
+        if prec.name != "fp32":
+            fns[f"pytorch_{prec.name}"] = eager_auto(b)
+        fns.update({name: served(m, b) for name, m in backends.items()})
+        timings[key] = interleaved(fns, len(pick), repeats)  # images/s
+    return timings
 
 
 def export_markdown(result: dict) -> list[str]:
@@ -514,7 +524,7 @@ def bench_calibration(runs, quantile: float = 0.99, sizes=(10, 20), trials: int 
 
     loo = {t: {"hits": 0, "n": 0, "per_run": {}} for t in TAILS}
     for run in runs:
-        cfg = json.loads((Path(run) / "config.json").read_text())
+        cfg = json.loads((Path(run) / CONFIG_FILE).read_text())
         groups = (cfg.get("calibration") or {}).get("groups") or {}
         if not any(g.get("scores") for g in groups.values()):
             raise ValueError(f"{run}: config.json keeps no held-out scores per category (trained before they "

@@ -22,26 +22,27 @@ ever written into JSON: :func:`json_safe` replaces a non-finite float by ``null`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import math
-import numbers
 import uuid
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .layout import CONFIG_FILE, MODEL_FILE, STATE_FILE  # noqa: F401  (re-exported: engine, runs, tests)
 from . import files
+from .files import dumps_json, json_safe  # noqa: F401  (the checkpoint's JSON writer; tests import it here)
 from .cards import ALTERED, check_config_values  # torch-free: the export card's check uses them too
 from .cards import is_int as _is_int
 from .errors import CheckpointError  # noqa: F401  (defined torch-free; raised here)
+from .ownership import RUN_FORMAT
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-STATE_FILE = "train_state.safetensors"
+#: config.json's ``"format"``: this version writes and reads v2 only (v2: every method-config field saved, tensors
+#: under today's names); a run of another format is refused with what to do (:func:`check_format`)
+FORMAT_VERSION = 2
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -128,8 +129,8 @@ def save_checkpoint(run_dir, model, extra: dict | None = None) -> Path:
     tensors = model.state_for_checkpoint()
     save_id = uuid.uuid4().hex  # ties this config.json to this model.safetensors
     atomic_save_tensors(tensors, run / MODEL_FILE, metadata={"save_id": save_id})
-    cfg = {
-        "format": "unistad-edu checkpoint v1",
+    run_config = {
+        "format": f"{RUN_FORMAT} v{FORMAT_VERSION}",
         "package_version": __version__,
         "method": model.name,
         "method_config": model.cfg.to_dict(),
@@ -140,7 +141,7 @@ def save_checkpoint(run_dir, model, extra: dict | None = None) -> Path:
         **(extra or {}),
         "save_id": save_id,
     }
-    atomic_write_text(run / CONFIG_FILE, dumps_json(cfg, indent=2))
+    atomic_write_text(run / CONFIG_FILE, dumps_json(run_config, indent=2))
     return run
 
 
@@ -158,17 +159,44 @@ def read_config(run_dir) -> dict:
                                   f"e.g. {next(p for p in run.iterdir() if (p / CONFIG_FILE).is_file())}")
         raise CheckpointError(f"{run} has no {CONFIG_FILE}: not a finished run folder (train, or --resume it)")
     try:
-        cfg = json.loads(path.read_text())
+        run_config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object: not a unistad-edu "
+    if not isinstance(run_config, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(run_config).__name__}, not an object: not a unistad-edu "
                               f"checkpoint config")
     for key in ("method", "method_config", "teacher", "image_size"):
-        if key not in cfg:
+        if key not in run_config:
             raise CheckpointError(f"{path} lacks {key!r}: not a unistad-edu checkpoint config")
-    check_config_kinds(cfg, path)
-    return cfg
+    check_config_kinds(run_config, path)
+    check_format(run_config, path)
+    return run_config
+
+
+def format_version(run_config: dict) -> int | None:
+    """The checkpoint format a config.json says it has (``"unistad-edu checkpoint v2"`` -> 2), None if none."""
+    fmt = run_config.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith(RUN_FORMAT + " v"):
+        return None
+    tail = fmt[len(RUN_FORMAT) + 2:]
+    return int(tail) if tail.isdigit() else None
+
+
+def check_format(run_config: dict, path) -> None:
+    """Refuse (:class:`CheckpointError`) a run saved in another checkpoint format, saying what to do."""
+    version = format_version(run_config)
+    if version == FORMAT_VERSION:
+        return
+    if version is None:
+        raise CheckpointError(f"{path} has no checkpoint format (\"format\": \"{RUN_FORMAT} v{FORMAT_VERSION}\"; "
+                              f"found {run_config.get('format')!r}): {ALTERED}")
+    retrain = f"python -m unistad_edu train --method {run_config.get('method')} --out <folder>"
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"{path} was saved by an older unistad-edu (checkpoint format v{version}); this "
+                              f"version reads v{FORMAT_VERSION} only: retrain it ({retrain}), or load it with "
+                              f"the unistad-edu {run_config.get('package_version', '')} that wrote it")
+    raise CheckpointError(f"{path} was saved by a newer unistad-edu (checkpoint format v{version}, package "
+                          f"{run_config.get('package_version')}); this version reads v{FORMAT_VERSION}: upgrade unistad-edu")
 
 
 #: the texts and lists of config.json that commands read before the model is built, with what each must be
@@ -177,15 +205,15 @@ _CONFIG_KINDS = {"method": (str,), "teacher": (dict,), "method_config": (dict,),
                  "save_id": (str, type(None)), "train_categories": (list, type(None))}
 
 
-def check_config_kinds(cfg: dict, path) -> None:
+def check_config_kinds(run_config: dict, path) -> None:
     """Refuse (:class:`CheckpointError`) a config.json whose fields that commands read first are of the wrong
     kind (a number for the data folder, a text for the categories, ...), naming the field."""
     for key, kinds in _CONFIG_KINDS.items():
-        if key in cfg and not isinstance(cfg[key], kinds):
+        if key in run_config and not isinstance(run_config[key], kinds):
             want = " or ".join("null" if k is type(None) else {"str": "a text", "dict": "an object",
                                                                "list": "a list"}[k.__name__] for k in kinds)
-            raise CheckpointError(f"{path}: {key} is {cfg[key]!r}, expected {want}: {ALTERED}")
-    cats = cfg.get("train_categories")
+            raise CheckpointError(f"{path}: {key} is {run_config[key]!r}, expected {want}: {ALTERED}")
+    cats = run_config.get("train_categories")
     if cats is not None and not all(isinstance(c, str) for c in cats):
         raise CheckpointError(f"{path}: train_categories holds {cats!r}, expected category names: {ALTERED}")
 
@@ -201,28 +229,27 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     from .teacher import load_teacher
 
     run = Path(run_dir)
-    cfg = read_config(run)
-    check_config_values(cfg, run / CONFIG_FILE)
-    if method is not None and cfg["method"] != method:
-        raise CheckpointError(f"{run} holds a {cfg['method']!r} model, not {method!r}")
+    run_config = read_config(run)
+    check_config_values(run_config, run / CONFIG_FILE)
+    if method is not None and run_config["method"] != method:
+        raise CheckpointError(f"{run} holds a {run_config['method']!r} model, not {method!r}")
     try:
-        method_class(cfg["method"])
+        config_class = method_class(run_config["method"]).Config
     except ValueError as err:
         raise CheckpointError(f"{run}: {err}") from err
+    saved = run_config["method_config"]
+    missing = sorted(f.name for f in dataclasses.fields(config_class) if f.name not in saved)
+    if missing:  # every field is saved: none is filled in with today's default
+        raise CheckpointError(f"{run / CONFIG_FILE}: method_config lacks {missing}: {ALTERED}")
     try:
-        config_class = method_class(cfg["method"]).Config
-        legacy = config_class.missing_in_old_checkpoints
-        saved = {**{k: v for k, v in legacy.items() if k not in cfg["method_config"]}, **cfg["method_config"]}
-        saved = {k: config_class.renamed_values.get(k, {}).get(v, v) if isinstance(v, str) else v
-                 for k, v in saved.items()}
-        make_config(cfg["method"], preset="cpu", **saved)  # the saved config alone: its own errors named so
+        make_config(run_config["method"], preset="cpu", **saved)  # the saved config alone: its own errors named so
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run / CONFIG_FILE}: method_config: {err}: {ALTERED}") from err
     try:
-        mcfg = make_config(cfg["method"], preset="cpu", **{**saved, **(overrides or {})})
+        method_cfg = make_config(run_config["method"], preset="cpu", **{**saved, **(overrides or {})})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run}: cannot apply --set {overrides}: {err}") from err
-    want = cfg["teacher"]
+    want = run_config["teacher"]
     if teacher is None:
         teacher = load_teacher(want["name"], weights=teacher_weights, layers=want.get("layers"))
     have = teacher.describe()
@@ -231,32 +258,31 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
             raise CheckpointError(f"{run} was trained with {label} {want.get(key)!r} but the given teacher has "
                                   f"{have.get(key)!r}: use the same teacher (weights source: {want.get('weights_source')})")
     tensors = read_tensors(run / MODEL_FILE)
-    if "n_tensors" in cfg and len(tensors) != cfg["n_tensors"]:
+    if "n_tensors" in run_config and len(tensors) != run_config["n_tensors"]:
         raise CheckpointError(f"{run / MODEL_FILE} has {len(tensors)} tensors, config.json expects "
-                              f"{cfg['n_tensors']}: the files are from different runs")
+                              f"{run_config['n_tensors']}: the files are from different runs")
     _check_finite(tensors, run / MODEL_FILE)
-    if "save_id" in cfg and _metadata(run / MODEL_FILE).get("save_id") != cfg["save_id"]:
+    if "save_id" in run_config and _metadata(run / MODEL_FILE).get("save_id") != run_config["save_id"]:
         raise CheckpointError(f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
                               f"while writing its checkpoint?): --resume the run to rewrite both, or retrain")
-    model = build_model(cfg["method"], teacher, cfg=mcfg)
-    tensors = model.upgrade_state(tensors)
+    model = build_model(run_config["method"], teacher, run_config=method_cfg)
     check_tensors_fit(tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else "")
     try:
         model.load_from_checkpoint(tensors)
     except (ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{run / MODEL_FILE} does not fit a {cfg['method']!r} model with this config: {err}") from err
-    model.run_config = cfg
+        raise CheckpointError(f"{run / MODEL_FILE} does not fit a {run_config['method']!r} model with this config: {err}") from err
+    model.run_config = run_config
     # the threshold was calibrated for the saved settings: a load-time override changes the scores, so there is none
-    model.threshold = None if overrides else cfg.get("threshold")
+    model.threshold = None if overrides else run_config.get("threshold")
     from .calibration import Calibration
-    model.verdict_calibration = None if overrides else Calibration.from_json(cfg.get("calibration"), model.threshold,
-                                                                     _quantile(cfg))
+    model.verdict_calibration = None if overrides else Calibration.from_json(run_config.get("calibration"), model.threshold,
+                                                                     _quantile(run_config))
     return model.eval()
 
 
-def _quantile(cfg: dict) -> float:
+def _quantile(run_config: dict) -> float:
     """The quantile a run's threshold was calibrated at (1 - its false-alarm target; 0.99 if not recorded)."""
-    target = cfg.get("false_alarm_target")
+    target = run_config.get("false_alarm_target")
     return 1.0 - float(target) if isinstance(target, (int, float)) and 0 < target < 1 else 0.99
 
 
@@ -289,7 +315,7 @@ def load_train_state(run_dir, model, optimizer) -> dict:
     if not _is_int(epoch) or epoch < 0 or not isinstance(info.get("param_groups"), list):
         raise CheckpointError(f"{path}: resume info epoch {epoch!r} is not a non-negative integer (or its "
                               f"param_groups are missing): {ALTERED}; retrain")
-    own = model.upgrade_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    own = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     check_tensors_fit(own, model, path)
     try:
         model.load_from_checkpoint(own)
@@ -302,47 +328,3 @@ def load_train_state(run_dir, model, optimizer) -> dict:
             state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
     return info
-
-
-def json_safe(obj):
-    """``obj`` made JSON-safe without NaN/inf: dict keys become strings, tensors and arrays lists, numpy
-    scalars Python numbers, and a non-finite float becomes ``None`` with a sibling flag in its dict saying what
-    it was: ``{"threshold": nan}`` -> ``{"threshold": None, "threshold_nonfinite": "nan"}`` (``"inf"`` /
-    ``"-inf"``). A list holding non-finite floats gets a parallel flag list (``None`` where the value was
-    finite). The result always passes ``json.dumps(..., allow_nan=False)`` (if its leaves are JSON types)."""
-    return _safe(obj)[0]
-
-
-def _nonfinite_name(x: float) -> str:
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-
-
-def _safe(x):
-    """(safe value, flag or None) -- the flag says which non-finite value(s) the safe value replaced."""
-    if isinstance(x, dict):
-        out = {}
-        for k, v in x.items():
-            value, flag = _safe(v)
-            out[str(k)] = value
-            if flag is not None:
-                out[f"{k}_nonfinite"] = flag
-        return out, None
-    if isinstance(x, (torch.Tensor, np.ndarray)):
-        x = x.tolist()
-    if isinstance(x, (list, tuple)):
-        pairs = [_safe(v) for v in x]
-        flags = [f for _, f in pairs]
-        return [v for v, _ in pairs], (flags if any(f is not None for f in flags) else None)
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x), None
-    if isinstance(x, numbers.Integral):
-        return int(x), None
-    if isinstance(x, numbers.Real):
-        x = float(x)
-        return (x, None) if math.isfinite(x) else (None, _nonfinite_name(x))
-    return x, None
-
-
-def dumps_json(obj, **kwargs) -> str:
-    """``json.dumps`` of :func:`json_safe` (obj) with ``allow_nan=False``: never writes NaN/Infinity."""
-    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)

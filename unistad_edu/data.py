@@ -63,7 +63,7 @@ class ImageRejected(DataError):
     """An image file that cannot be used. ``reason`` says why, in one word of :data:`IMAGE_REJECTIONS`;
     ``name`` is the file as its user knows it; ``facts`` hold the numbers (width, height, limits, ...). The
     message is written for a dataset file; the demo turns the same reason into text for an upload
-    (``demo_support.upload_message``)."""
+    (``demo.logic.upload_message``)."""
 
     def __init__(self, reason: str, name: str, message: str, **facts):
         super().__init__(message)
@@ -497,11 +497,6 @@ def _name_list(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def cache_root() -> Path:
-    """The package's cache folder: ``$UNISTAD_CACHE``, else ``~/.cache/unistad_edu``."""
-    return Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser()
-
-
 def discover_categories(root) -> dict[str, Path]:
     """All categories under ``root`` (any depth; a category is a folder with ``train/good``), by name.
 
@@ -524,66 +519,8 @@ def discover_categories(root) -> dict[str, Path]:
     if not root.is_dir():
         raise DataError(f"--data {root} is a file, not a folder of categories")
 
-    def rel(p: str) -> str:
-        return Path(p).relative_to(root).as_posix()
-
-    found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    broken: list[str] = []      # links whose target does not exist
-    looping: list[str] = []     # links back into a folder already searched, or to an ancestor
-    to_files: list[str] = []    # links to something that is not a folder
-    level: list[Path] = [root]  # folders to search, all reached through the same number of links
-    while level:
-        next_level: list[Path] = []
-        for start in sorted(level):
-            ident = _dir_identity(start)
-            if ident is None:
-                continue
-            if ident in seen:
-                if start != root:
-                    looping.append(rel(str(start)))
-                continue
-            stack = [start]
-            while stack:
-                here = stack.pop()
-                ident = _dir_identity(here)
-                if ident is None or (ident in seen and here != start):
-                    continue
-                seen.add(ident)
-                if (here / "train" / "good").is_dir():
-                    found.append(here)
-                    continue  # a category does not contain further categories
-                try:
-                    with os.scandir(here) as it:
-                        entries = sorted(it, key=lambda e: e.name)
-                except OSError:
-                    continue  # unreadable folder: skipped, as os.walk does
-                real_here = None
-                subdirs = []
-                for e in entries:
-                    if e.name.startswith("."):
-                        continue
-                    try:
-                        is_link = e.is_symlink()
-                        is_dir = e.is_dir(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if not is_link:
-                        if is_dir:
-                            subdirs.append(Path(e.path))
-                        continue
-                    if not os.path.exists(e.path):
-                        broken.append(rel(e.path))
-                    elif not os.path.isdir(e.path):
-                        to_files.append(rel(e.path))
-                    else:
-                        real_here = real_here or os.path.realpath(here)
-                        if _is_within(real_here, os.path.realpath(e.path)):
-                            looping.append(rel(e.path))  # a link to this folder or one of its ancestors
-                        else:
-                            next_level.append(Path(e.path))  # searched after all folders reached with fewer links
-                stack.extend(reversed(subdirs))
-        level = next_level
+    search = _CategorySearch(root).run()
+    found, broken, looping, to_files = search.found, search.broken, search.looping, search.to_files
     if not found:
         hints = [f"{what}: {_name_list(sorted(names))}" for what, names in (
             ("broken symbolic links", broken),
@@ -600,6 +537,83 @@ def discover_categories(root) -> dict[str, Path]:
         name = p.name if names.count(p.name) == 1 else p.relative_to(root).as_posix()
         out[name] = p
     return out
+
+
+class _CategorySearch:
+    """The search behind :func:`discover_categories`: depth-first through real folders, and the folders reached
+    through one more symbolic link only after all those reached with fewer; every folder once, by identity."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.found: list[Path] = []
+        self.seen: set[tuple[int, int]] = set()
+        self.broken: list[str] = []  # links whose target does not exist
+        self.looping: list[str] = []  # links back into a folder already searched, or to an ancestor
+        self.to_files: list[str] = []  # links to something that is not a folder
+
+    def rel(self, p: str) -> str:
+        return Path(p).relative_to(self.root).as_posix()
+
+    def run(self) -> "_CategorySearch":
+        level = [self.root]  # folders to search, all reached through the same number of links
+        while level:
+            level = [link for start in sorted(level) for link in self.search_from(start)]
+        return self
+
+    def search_from(self, start: Path) -> list[Path]:
+        """Depth-first through the real folders under ``start``; returns the links to folders to follow next."""
+        ident = _dir_identity(start)
+        if ident is None:
+            return []
+        if ident in self.seen:
+            if start != self.root:
+                self.looping.append(self.rel(str(start)))
+            return []
+        links, stack = [], [start]
+        while stack:
+            here = stack.pop()
+            ident = _dir_identity(here)
+            if ident is None or (ident in self.seen and here != start):
+                continue
+            self.seen.add(ident)
+            if (here / "train" / "good").is_dir():
+                self.found.append(here)
+                continue  # a category does not contain further categories
+            subdirs, more = self.entries(here)
+            links += more
+            stack.extend(reversed(subdirs))
+        return links
+
+    def entries(self, here: Path) -> tuple[list[Path], list[Path]]:
+        """(real sub-folders, links to folders to follow) of ``here``, by name; hidden entries skipped;
+        broken links, links to files and links to ``here`` or an ancestor noted."""
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return [], []  # unreadable folder: skipped, as os.walk does
+        subdirs, links, real_here = [], [], None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_link, is_dir = e.is_symlink(), e.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if not is_link:
+                if is_dir:
+                    subdirs.append(Path(e.path))
+            elif not os.path.exists(e.path):
+                self.broken.append(self.rel(e.path))
+            elif not os.path.isdir(e.path):
+                self.to_files.append(self.rel(e.path))
+            else:
+                real_here = real_here or os.path.realpath(here)
+                if _is_within(real_here, os.path.realpath(e.path)):
+                    self.looping.append(self.rel(e.path))  # a link to this folder or one of its ancestors
+                else:
+                    links.append(Path(e.path))  # searched after all folders reached with fewer links
+        return subdirs, links
 
 
 def _mask_for(category_dir: Path, defect: str, image: Path) -> Path | None:
@@ -796,10 +810,10 @@ def collate(samples: list[dict]) -> dict:
 
 def default_data_root(cache_dir=None) -> Path:
     """The embedded default: the synthetic multi-class set, generated once into a cache folder."""
+    from .files import cache_root
     from .synthetic import make_synthetic
 
-    cache = Path(cache_dir or os.environ.get("UNISTAD_CACHE", Path.home() / ".cache" / "unistad_edu"))
-    return make_synthetic(cache / "synthetic")
+    return make_synthetic(Path(cache_dir or cache_root()) / "synthetic")
 
 
 def find_data(prefer_real: bool = True) -> tuple[Path, str]:

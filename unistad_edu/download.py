@@ -44,7 +44,6 @@ import argparse
 import csv
 import datetime as _dt
 import errno
-import hashlib
 import http.client
 import json
 import lzma
@@ -66,7 +65,8 @@ import numpy as np
 from PIL import Image
 
 from . import ownership
-from .files import BadJSONFile, read_json_object
+from .files import BadJSONFile, install_folder, pid_alive, read_json_object
+from .files import sha256_file as _sha256
 from .data import DataError
 
 CHUNK = 1 << 20  # bytes per read/write
@@ -178,12 +178,8 @@ def _bar(total=None, initial=0, desc="", unit="B", enabled=True):
 def sha256_file(path, progress: bool = False) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     path = Path(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f, _bar(path.stat().st_size, desc=f"verifying {path.name}", enabled=progress) as bar:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-            bar.update(len(block))
-    return h.hexdigest()
+    with _bar(path.stat().st_size, desc=f"verifying {path.name}", enabled=progress) as bar:
+        return _sha256(path, on_block=bar.update)
 
 
 def _check_sha256(value: str | None) -> str | None:
@@ -534,16 +530,6 @@ def _corrupt_archive(archive: Path, err: BaseException) -> DownloadError:
 # --------------------------------------------------------------------------------------------------------
 # the output folder: staging, atomic install, manifest
 # --------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 class _Workspace:
     """``OUT/.downloads`` (kept for resuming) and ``OUT/.staging-PID`` (always removed); on error, ``OUT``
     is removed again if this run created it and nothing else is in it."""
@@ -560,7 +546,7 @@ class _Workspace:
         self.out.mkdir(parents=True, exist_ok=True)
         for old in self.out.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
             pid = old.name[len(STAGING_PREFIX):]
-            if not (pid.isdigit() and _pid_alive(int(pid))) or old == self.stage:
+            if not (pid.isdigit() and pid_alive(int(pid))) or old == self.stage:
                 shutil.rmtree(old, ignore_errors=True)
         self.stage.mkdir()
         self.downloads.mkdir(exist_ok=True)
@@ -646,14 +632,9 @@ def _install(stage_dir: Path, out: Path, name: str) -> Path:
     if leaving := links_leaving(stage_dir):
         raise UnsafeArchiveError(f"category {name}: {len(leaving)} link(s) would lead outside {dst} once installed "
                                  f"({', '.join(leaving[:3])}): refusing to install it (path traversal)")
-    if dst.exists() or dst.is_symlink():
-        check_replaceable(out, name)  # again: it may have changed while the archive came
-        old = out / f"{STAGING_PREFIX}{os.getpid()}-old-{name}"
-        os.replace(dst, old)
-        os.replace(stage_dir, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage_dir, dst)
+    # an old category is replaced (--force) only once the new one is complete, checked again: it may have changed
+    # while the archive came
+    install_folder(stage_dir, dst, replace=lambda old: check_replaceable(out, name) is None)
     root = os.path.realpath(dst)
     for here, dirs, files in os.walk(dst):  # resolved where they now are: none may leave the category
         for entry in dirs + files:

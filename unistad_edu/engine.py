@@ -6,9 +6,7 @@ and memory layout are a measured choice (``precision="auto"``: bf16 + channels_l
 measures faster, see :mod:`unistad_edu.precision`), fp16 AMP on CUDA; a checkpoint every epoch, written atomically; ``resume=True``
 continues exactly where a run stopped (the data order and random draws of epoch e depend only on the seed
 and e, and the optimiser state is saved with the weights); ``max_minutes`` stops cleanly after the epoch
-in which the budget runs out -- or, with ``plan_to_budget``, plans the run to fit: after every epoch the
-engine counts the epochs that fit the rest of the budget at the mean epoch time so far and, if fewer than
-asked, trains that many with the schedule ending there (:func:`budget_epochs`). At the end, the verdicts are
+in which the budget runs out. At the end, the verdicts are
 calibrated from held-out **normal** training images only -- routing by the teacher's embedding and a threshold
 per category (:func:`unistad_edu.inference.calibrate`) -- so no defective image is needed to deploy. Using a
 trained model (scoring, evaluation, prediction) lives in :mod:`unistad_edu.inference`.
@@ -31,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .layout import LOG_FILE, SETTING_FILE
 from . import distributed, files, runs
 from .cache import FeatureCache
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, non_finite,
@@ -40,24 +39,22 @@ from .data import MVTecDataset, collate, holdout_split
 from .inference import calibrate, method_batch, precision_of, progress_bar
 from .methods.base import SAMPLINGS, Batch, Method
 
+PRELOAD_MAX_MB = 4096  # a training set larger than this in memory is streamed from the feature cache instead
+
 
 @dataclass
 class TrainConfig:
     epochs: int | None = None  # None: the method config's epochs
     batch_size: int | None = None  # None: the method config's batch size
     max_minutes: float | None = None  # stop after the epoch in which this budget runs out
-    # with max_minutes: after every epoch, count the epochs that fit the rest of the budget and train only
-    # those, the learning-rate schedule ending with them (a cosine decays fully). Off by default: measured on
-    # UniAD (docs/benchmarks.md, "every method with three seeds") stopping mid-schedule scored higher than a planned schedule
-    plan_to_budget: bool = False
     min_steps: int | None = None  # train at least this many optimiser steps (more epochs on small data sets)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache: bool = True  # serve teacher features from a FeatureCache
     cache_dir: str | None = None  # disk cache folder; None = in memory
-    cache_fp16: bool = False
-    preload: bool = True  # with the cache: keep the training set in memory as tensors (see TrainStore)
-    preload_max_mb: float = 4096  # ... unless that would take more than this; then stream batches instead
+    # with the cache: keep the training set in memory as tensors (TrainStore), unless that would take more than
+    # PRELOAD_MAX_MB; then batches are streamed from the cache
+    preload: bool = True
     holdout_fraction: float = 0.1  # normal train images kept aside to calibrate the thresholds
     # ... but at least this many per category (never more than a third of it), so each category's score tail
     # can be estimated (a category of 31 images gives 10, not 3); see data.holdout_split
@@ -73,7 +70,6 @@ class TrainConfig:
     tail: str = DEFAULT_TAIL  # tail model of each category's held-out scores: lognormal | normal | empirical | gpd
     precision: str = "auto"  # auto | fp32 | bf16 (see unistad_edu.precision); CUDA: fp16 autocast for auto
     progress: bool = True
-    num_threads: int | None = None  # torch threads (None: leave as set, e.g. by the CLI's --threads)
 
 
 @dataclass
@@ -85,7 +81,6 @@ class FitResult:
     stopped_early: bool = False
     already_complete: bool = False  # resume=True on a finished run: nothing was trained
     seconds: float = 0.0
-    planned_epochs: int | None = None  # the epochs max_minutes left room for, when fewer than asked
     calibration: object = None  # the run's calibration.Calibration (routing + per-category thresholds)
 
 
@@ -104,26 +99,26 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def make_optimizer(model: Method) -> torch.optim.Optimizer:
-    cfg = model.cfg
+    method_cfg = model.cfg
     params = model.trainable_parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}: sgd | adam | adamw")
+    if method_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=method_cfg.lr, momentum=method_cfg.momentum, weight_decay=method_cfg.weight_decay)
+    if method_cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=method_cfg.lr, betas=tuple(method_cfg.betas), weight_decay=method_cfg.weight_decay)
+    if method_cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=method_cfg.lr, betas=tuple(method_cfg.betas), weight_decay=method_cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {method_cfg.optimizer!r}: sgd | adam | adamw")
 
 
-def lr_at(cfg, epoch: int, epochs: int) -> float:
+def lr_at(method_cfg, epoch: int, epochs: int) -> float:
     """Learning rate of (0-based) ``epoch``: constant, step (x gamma every step_epochs) or cosine to 0."""
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "step":
-        return cfg.lr * (cfg.gamma ** (epoch // cfg.step_epochs) if cfg.step_epochs else 1.0)
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: constant | step | cosine")
+    if method_cfg.schedule == "constant":
+        return method_cfg.lr
+    if method_cfg.schedule == "step":
+        return method_cfg.lr * (method_cfg.gamma ** (epoch // method_cfg.step_epochs) if method_cfg.step_epochs else 1.0)
+    if method_cfg.schedule == "cosine":
+        return method_cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+    raise ValueError(f"unknown schedule {method_cfg.schedule!r}: constant | step | cosine")
 
 
 def epoch_order(n: int, seed: int, groups: Sequence[str] | None = None) -> torch.Tensor:
@@ -224,14 +219,14 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: b
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def make_cache(model: Method, cfg: TrainConfig) -> FeatureCache | None:
-    if not cfg.cache:
+def make_cache(model: Method, train_cfg: TrainConfig) -> FeatureCache | None:
+    if not train_cfg.cache:
         return None
-    return FeatureCache(model.teacher, model.cfg.image_size, root=cfg.cache_dir, fp16=cfg.cache_fp16)
+    return FeatureCache(model.teacher, model.cfg.image_size, root=train_cfg.cache_dir)
 
 
 # ---- fit -------------------------------------------------------------------------------------------------
-def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None, out=None,
+def fit(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig | None = None, out=None,
         resume: bool = False, cache: FeatureCache | None = None, extra_config: dict | None = None,
         overwrite: bool = False) -> FitResult:
     """Train ``model`` on the normal images of ``train_data`` (one or many categories).
@@ -248,28 +243,28 @@ def fit(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None,
     the log then holds one line, ``epoch`` 1 (a second one for the refit). It writes no resume state -- there is no mid-way point to
     resume from -- so ``resume=True`` reuses a finished run's ``model.safetensors`` and rebuilds otherwise.
     """
-    cfg = cfg or TrainConfig()
-    _refits(model, cfg)  # refit=True for gradient training: refused before any work
+    train_cfg = train_cfg or TrainConfig()
+    _refits(model, train_cfg)  # refit=True for gradient training: refused before any work
     if out is None:
-        return _train(model, train_data, cfg, None, resume, cache, extra_config)
+        return _train(model, train_data, train_cfg, None, resume, cache, extra_config)
     run = Path(out)
-    now = runs.identity(model, train_data, cfg.precision)
+    now = runs.identity(model, train_data, train_cfg.precision)
     extra_config = {**(extra_config or {}), **{k: now[k] for k in ("train_root", "train_categories") if k in now}}
     if not distributed.is_master():  # torchrun: rank 0 checks, locks and writes the folder
-        return _train(model, train_data, cfg, run, resume, cache, extra_config)
+        return _train(model, train_data, train_cfg, run, resume, cache, extra_config)
     if run.exists() and not run.is_dir():
         raise runs.RunFolderError(f"--out {run} is a file, not a folder: choose a folder for the run")
     with files.folder_lock(run, "run folder"):
         runs.prepare(run, now, resume=resume, overwrite=overwrite, say=lambda m: print(m, flush=True))
         files.remove_stale_temp_files(run)  # this process holds the lock: every temp file here is a dead write
-        return _train(model, train_data, cfg, run, resume, cache, extra_config)
+        return _train(model, train_data, train_cfg, run, resume, cache, extra_config)
 
 
 @dataclass
 class _Fit:
     """One ``fit`` call's working state, handed from step to step (see :func:`_train`)."""
     model: Method
-    cfg: TrainConfig
+    train_cfg: TrainConfig
     run: Path | None
     ddp: distributed.DistInfo
     train_set: MVTecDataset
@@ -296,13 +291,13 @@ class _Fit:
 
     @property
     def log_path(self) -> Path | None:
-        return self.run / "train_log.jsonl" if self.run is not None else None
+        return self.run / LOG_FILE if self.run is not None else None
 
 
-def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path | None, resume: bool,
+def _train(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig, run: Path | None, resume: bool,
            cache: FeatureCache | None, extra_config: dict | None) -> FitResult:
     """The training itself (see :func:`fit`), as named steps."""
-    f = _prepare(model, train_data, cfg, run, resume, cache, extra_config)  # split, precision, cache, optimiser
+    f = _prepare(model, train_data, train_cfg, run, resume, cache, extra_config)  # split, precision, cache, optimiser
     if _resume(f, resume):  # a finished run: nothing to do
         return f.result
     if model.trains_by_gradient:
@@ -314,40 +309,39 @@ def _train(model: Method, train_data: MVTecDataset, cfg: TrainConfig, run: Path 
     return f.result
 
 
-def _prepare(model, train_data, cfg, run, resume, cache, extra_config) -> _Fit:
+def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> _Fit:
     """Device and processes, the held-out split, the epoch count, precision, feature cache, in-memory store."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     t_start = time.perf_counter()
-    ddp = distributed.setup(resolve_device(cfg.device))  # one process: rank 0 of 1, and nothing else changes
+    ddp = distributed.setup(resolve_device(train_cfg.device))  # one process: rank 0 of 1, and nothing else changes
     gradient = model.trains_by_gradient
-    epochs = (cfg.epochs if cfg.epochs is not None else model.cfg.epochs) if gradient else 1  # build: one pass
-    batch_size = cfg.batch_size or model.cfg.batch_size
-    train_set, held = held_out(train_data, cfg)
+    epochs = (train_cfg.epochs if train_cfg.epochs is not None else model.cfg.epochs) if gradient else 1  # build: one pass
+    batch_size = train_cfg.batch_size or model.cfg.batch_size
+    train_set, held = held_out(train_data, train_cfg)
     if len(train_set) == 0:
         raise ValueError("no training images left after the held-out split")
     if len(train_set) < ddp.world_size:
         raise ValueError(f"{len(train_set)} training images cannot be shared by {ddp.world_size} processes")
-    if cfg.min_steps and gradient:  # e.g. per-class models trained as many steps as one unified model
-        epochs = max(epochs, math.ceil(cfg.min_steps / _steps_per_epoch(len(train_set), batch_size, ddp.world_size)))
+    if train_cfg.min_steps and gradient:  # e.g. per-class models trained as many steps as one unified model
+        epochs = max(epochs, math.ceil(train_cfg.min_steps / _steps_per_epoch(len(train_set), batch_size, ddp.world_size)))
     model.to(ddp.device)
     # a resumed run keeps the precision it started with (auto could measure differently today)
-    saved = _saved_precision(run, ddp.device) if resume and run is not None and cfg.precision == "auto" else None
-    prec = precision_of(model, saved or cfg.precision, ddp.device)
-    cache = cache if cache is not None else make_cache(model, cfg)
+    saved = _saved_precision(run, ddp.device) if resume and run is not None and train_cfg.precision == "auto" else None
+    prec = precision_of(model, saved or train_cfg.precision, ddp.device)
+    cache = cache if cache is not None else make_cache(model, train_cfg)
     store = None
-    if cache is not None and cfg.preload:
-        need_mb = TrainStore.estimate_mb(train_set, model.teacher, model.needs_images, cfg.cache_fp16)
-        if need_mb <= cfg.preload_max_mb:
-            store = TrainStore(train_set, cache, images=model.needs_images, progress=cfg.progress and ddp.master)
+    if cache is not None and train_cfg.preload:
+        need_mb = TrainStore.estimate_mb(train_set, model.teacher, model.needs_images,
+                                         cache.dtype == torch.float16)
+        if need_mb <= PRELOAD_MAX_MB:
+            store = TrainStore(train_set, cache, images=model.needs_images, progress=train_cfg.progress and ddp.master)
         elif ddp.master:
-            print(f"training set would take {need_mb:.0f} MiB in memory (preload_max_mb={cfg.preload_max_mb:.0f}): "
+            print(f"training set would take {need_mb:.0f} MiB in memory (more than {PRELOAD_MAX_MB} MiB): "
                   f"streaming batches from the cache instead", flush=True)
-    return _Fit(model=model, cfg=cfg, run=run, ddp=ddp, train_set=train_set, held=held, epochs=epochs,
+    return _Fit(model=model, train_cfg=train_cfg, run=run, ddp=ddp, train_set=train_set, held=held, epochs=epochs,
                 batch_size=batch_size, prec=prec, cache=cache, store=store,
                 optimizer=make_optimizer(model) if gradient else None, result=FitResult(run_dir=run),
                 extra_config={**(extra_config or {}), "precision": prec.record()}, t_start=t_start,
-                groups=sampling_groups(model, train_set, cache, prec, log=cfg.progress and ddp.master))
+                groups=sampling_groups(model, train_set, cache, prec, log=train_cfg.progress and ddp.master))
 
 
 def _resume(f: _Fit, resume: bool) -> bool:
@@ -381,37 +375,54 @@ def _resume(f: _Fit, resume: bool) -> bool:
     if gradient:  # (a method without gradients has nothing to share yet: each rank builds)
         ddp.broadcast_state(model)  # all ranks start from rank 0's weights (fresh or resumed)
     if f.start_epoch > 0 and run is not None and (run / CONFIG_FILE).is_file():
-        cfg_json = json.loads((run / CONFIG_FILE).read_text())
-        # a run planned to its time budget is complete at its planned epochs
-        if cfg_json.get("complete") and f.start_epoch >= min(f.epochs, cfg_json.get("planned_epochs") or f.epochs):
+        run_config = json.loads((run / CONFIG_FILE).read_text())
+        if run_config.get("complete") and f.start_epoch >= f.epochs:
             f.result.already_complete = True
             f.result.epochs_done = f.start_epoch
-            f.result.threshold = model.threshold = cfg_json.get("threshold")
+            f.result.threshold = model.threshold = run_config.get("threshold")
             f.result.calibration = model.verdict_calibration = Calibration.from_json(
-                cfg_json.get("calibration"), model.threshold, f.cfg.threshold_quantile)
+                run_config.get("calibration"), model.threshold, f.train_cfg.threshold_quantile)
             return True
     return False
+
+
+def train_step(model: Method, batch: Batch, optimizer, prec, ddp=None) -> float:
+    """One optimiser step on one batch: the loss under the chosen precision, backward, the gradients averaged
+    over processes (``ddp``), clipped (``grad_clip``), the step. Returns the loss; a non-finite loss raises
+    :class:`FloatingPointError` before any weight changes."""
+    device = batch.image.device if batch.image is not None else next(iter(batch.features.values())).device
+    with prec.autocast(device):
+        loss = model.loss(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = model.trainable_parameters()
+    if ddp is not None:
+        ddp.average_gradients(params)  # several processes: the global batch's gradient
+    if model.cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, model.cfg.grad_clip)
+    optimizer.step()
+    return loss.item()
 
 
 def _train_epochs(f: _Fit) -> None:
     """The optimiser loop from ``f.start_epoch``: per epoch a state + checkpoint (rank 0), the log line, and the
     ``max_minutes`` budget checked after it."""
-    model, cfg, ddp, optimizer, result, run = f.model, f.cfg, f.ddp, f.optimizer, f.result, f.run
+    model, train_cfg, ddp, optimizer, result, run = f.model, f.train_cfg, f.ddp, f.optimizer, f.result, f.run
     device, batch_size, epochs = f.device, f.batch_size, f.epochs
-    meta = {"epochs": epochs, "seed": cfg.seed, "train_config": asdict(cfg)}
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-    planning = budget is not None and cfg.plan_to_budget  # re-count the epochs that fit after every epoch
-    asked = epochs
+    meta = {"epochs": epochs, "seed": train_cfg.seed, "train_config": asdict(train_cfg)}
+    budget = train_cfg.max_minutes * 60 if train_cfg.max_minutes else None
     epoch = f.start_epoch
     while epoch < epochs:
-        torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
+        torch.manual_seed(train_cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
         lr = lr_at(model.cfg, epoch, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
         losses, t_epoch = [], time.perf_counter()
         n_local = len(f.train_set) // ddp.world_size  # images per rank (all of them in one process)
-        shuffle_seed, drop_last = cfg.seed * 100_003 + epoch, n_local > batch_size
+        shuffle_seed, drop_last = train_cfg.seed * 100_003 + epoch, n_local > batch_size
         shard = dict(rank=ddp.rank, world_size=ddp.world_size, groups=f.groups)
         if f.store is not None:
             batches = f.store.batches(batch_size, shuffle_seed, drop_last, device, **shard)
@@ -420,18 +431,11 @@ def _train_epochs(f: _Fit) -> None:
             loader = _loader(f.train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard)
             batches, n_batches = (method_batch(b, f.cache, device) for b in loader), len(loader)
         for mb in progress_bar(batches, f"epoch {epoch + 1}/{epochs}", f.progress, total=n_batches):
-            with f.prec.autocast(device):
-                loss = model.loss(mb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch + 1}: lower the learning rate "
-                                         f"(--lr) or enable grad clipping")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            ddp.average_gradients(model.trainable_parameters())  # several processes: the global batch's gradient
-            if model.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), model.cfg.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
+            try:
+                losses.append(train_step(model, mb, optimizer, f.prec, ddp))
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} in epoch {epoch + 1}: lower the learning rate (--lr) or enable "
+                                         f"grad clipping") from None
         ddp.broadcast_state(model)  # rank 0's BatchNorm statistics everywhere (weights are equal already)
         bad = non_finite(model.state_for_checkpoint())  # trainable weights and buffers, not the frozen teacher
         if bad:  # a step can blow the weights up without a NaN loss first (e.g. a huge --lr on the last step)
@@ -440,7 +444,7 @@ def _train_epochs(f: _Fit) -> None:
         record = {"epoch": epoch + 1, "loss": ddp.mean(float(np.mean(losses))), "lr": lr,
                   "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(f.train_set)}
         result.history.append(record)
-        if ddp.master and (cfg.progress or run is not None):
+        if ddp.master and (train_cfg.progress or run is not None):
             left = run_time_left(result.history[-(epoch + 1 - f.start_epoch):], epochs - epoch - 1, budget,
                                  time.perf_counter() - f.t_start)
             print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
@@ -454,21 +458,11 @@ def _train_epochs(f: _Fit) -> None:
         if ddp.decide(budget is not None and time.perf_counter() - f.t_start > budget and epoch + 1 < epochs):
             result.stopped_early = True
             if ddp.master:
-                print(f"stopping after epoch {epoch + 1}: the {cfg.max_minutes} min budget is used "
+                print(f"stopping after epoch {epoch + 1}: the {train_cfg.max_minutes} min budget is used "
                       f"(resume with --resume)", flush=True)
             epoch += 1
             break
         epoch += 1
-        if planning:  # train only what fits the rest of the budget at this session's mean epoch time
-            per_epoch = ddp.mean(float(np.mean([r["seconds"] for r in result.history[-(epoch - f.start_epoch):]])))
-            fit_epochs = budget_epochs(epoch, asked, per_epoch, budget - ddp.mean(time.perf_counter() - f.t_start))
-            if fit_epochs != epochs:  # the same on every rank (means over ranks)
-                if ddp.master and (cfg.progress or run is not None):
-                    print(f"planning to the {cfg.max_minutes:g} min budget: an epoch takes {per_epoch:.1f} s, so "
-                          f"{fit_epochs} of the {asked} epochs fit; training {fit_epochs}, the learning-rate "
-                          f"schedule ending there", flush=True)
-                epochs = meta["epochs"] = fit_epochs
-                result.planned_epochs = fit_epochs if fit_epochs < asked else None
     result.epochs_done = epoch
 
 
@@ -476,20 +470,20 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
     """Normal statistics and the threshold from the held-out images; the refit on every image (methods without
     gradients); the final checkpoint. Every rank calibrates (same weights, same images, so the same
     threshold); rank 0 writes it."""
-    model, cfg, ddp, held, result = f.model, f.cfg, f.ddp, f.held, f.result
+    model, train_cfg, ddp, held, result = f.model, f.train_cfg, f.ddp, f.held, f.result
     if len(held):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
         model.eval()
         with torch.no_grad(), f.prec.autocast(f.device):
             model.calibrate(method_batch(b, f.cache, f.device) for b in _loader(held, f.batch_size, shuffle=False))
-    cal, stats = calibrate(model, train_data, held, f.cache, f.device, cfg.threshold_quantile, cfg.tail,
-                           cfg.calibration, cfg.seed)
+    cal, stats = calibrate(model, train_data, held, f.cache, f.device, train_cfg.threshold_quantile, train_cfg.tail,
+                           train_cfg.calibration, train_cfg.seed)
     threshold = cal.global_threshold
     if threshold is not None and not math.isfinite(threshold):
         raise FloatingPointError(f"the calibrated threshold is {threshold}: the held-out normal images scored "
                                  f"non-finite; the run is not saved as complete")
     result.threshold = model.threshold = threshold
     result.calibration = model.verdict_calibration = cal
-    refit = _refits(model, cfg) and len(held) > 0
+    refit = _refits(model, train_cfg) and len(held) > 0
     train_images = len(f.train_set)
     if refit:  # no training image wasted: the final state is built from every image
         _build_without_gradients(f, train_data, None, refit=True)
@@ -502,31 +496,21 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
                                        "calibration": cal.to_json(),
                                        "validation": stats, "train_categories": train_data.categories,
                                        "train_images": train_images, "heldout_images": len(held), "refit": refit,
-                                       "false_alarm_target": round(1.0 - cfg.threshold_quantile, 6),
+                                       "false_alarm_target": round(1.0 - train_cfg.threshold_quantile, 6),
                                        "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
-                                       **({"planned_epochs": result.planned_epochs} if result.planned_epochs else {}),
                                        **f.extra_config})
     ddp.barrier()  # no rank returns before the run folder is complete
 
 
-def _refits(model: Method, cfg: TrainConfig) -> bool:
-    """Whether the final state is rebuilt from every training image after calibration (``cfg.refit``; None: for
+def _refits(model: Method, train_cfg: TrainConfig) -> bool:
+    """Whether the final state is rebuilt from every training image after calibration (``train_cfg.refit``; None: for
     methods without gradients, where that costs one pass). Refused for gradient training: it would train twice."""
-    if cfg.refit and model.trains_by_gradient:
+    if train_cfg.refit and model.trains_by_gradient:
         raise ValueError("refit=True for a method trained by gradient would train it twice; it is offered for "
                          "methods without gradients (a memory bank), where rebuilding costs one pass")
-    if cfg.refit is None:
-        return not model.trains_by_gradient and cfg.calibration == "global"
-    return bool(cfg.refit)
-
-
-def budget_epochs(done: int, epochs: int, epoch_seconds: float, seconds_left: float) -> int:
-    """How many epochs a run can have when ``done`` are trained, one takes ``epoch_seconds`` and
-    ``seconds_left`` of the budget remain: ``done`` + the whole epochs that fit, at least ``done`` (never more
-    than ``epochs``)."""
-    if epoch_seconds <= 0:
-        return epochs
-    return max(done, min(epochs, done + int(max(0.0, seconds_left) // epoch_seconds)))
+    if train_cfg.refit is None:
+        return not model.trains_by_gradient and train_cfg.calibration == "global"
+    return bool(train_cfg.refit)
 
 
 def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None, elapsed_s: float) -> str:
@@ -576,8 +560,8 @@ def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> No
     ranks hold it bit for bit. That repeats the build on every rank -- simple, and a memory bank's build is
     one pass over cached features plus the coreset search."""
     t0 = time.perf_counter()
-    model, cfg, ddp, device = f.model, f.cfg, f.ddp, f.device
-    seed = cfg.seed * 100_003  # epoch 0's order
+    model, train_cfg, ddp, device = f.model, f.train_cfg, f.ddp, f.device
+    seed = train_cfg.seed * 100_003  # epoch 0's order
     if store is not None:
         batches = store.batches(f.batch_size, seed, drop_last=False, device=device)
     else:
@@ -590,7 +574,7 @@ def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> No
     record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(dataset), **(info or {}),
               **({"refit": True} if refit else {})}
     f.result.history.append(record)
-    if ddp.master and (cfg.progress or f.run is not None):
+    if ddp.master and (train_cfg.progress or f.run is not None):
         print(f"built from {len(dataset)} images ({record['seconds']:.1f} s): "
               + ", ".join(f"{k} {v}" for k, v in (info or {}).items()), flush=True)
     if f.run is not None and ddp.master:
@@ -599,36 +583,36 @@ def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> No
 
 
 # ---- helpers for lessons and scripts: the engine's own rules, public ------------------------------------------
-def recalibrate(model: Method, train_data: MVTecDataset, cfg: TrainConfig | None = None, cache=None, device=None):
+def recalibrate(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig | None = None, cache=None, device=None):
     """The threshold ``fit`` would store, computed again for ``model`` as it is now (e.g. after a test-time
     switch such as another combine rule): the same held-out normal images of ``train_data`` (``held_out``),
     the same quantile. Returns ``(threshold, per-class stats)``; the model's per-category calibration, when it
     has one, is refitted too (``model.verdict_calibration``)."""
-    cfg = cfg or TrainConfig(progress=False)
+    train_cfg = train_cfg or TrainConfig(progress=False)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    cal, stats = calibrate(model, train_data, held_out(train_data, cfg)[1], cache, device, cfg.threshold_quantile,
-                           cfg.tail, cfg.calibration, cfg.seed)
+    cal, stats = calibrate(model, train_data, held_out(train_data, train_cfg)[1], cache, device, train_cfg.threshold_quantile,
+                           train_cfg.tail, train_cfg.calibration, train_cfg.seed)
     model.verdict_calibration = cal
     return cal.global_threshold, stats
 
 
-def held_out(train_data: MVTecDataset, cfg: TrainConfig | None = None) -> tuple[MVTecDataset, MVTecDataset]:
-    """``(training part, held-out normal images)`` exactly as ``fit`` splits ``train_data`` with ``cfg``
+def held_out(train_data: MVTecDataset, train_cfg: TrainConfig | None = None) -> tuple[MVTecDataset, MVTecDataset]:
+    """``(training part, held-out normal images)`` exactly as ``fit`` splits ``train_data`` with ``train_cfg``
     (``holdout_fraction`` of each category, at least ``holdout_min`` where the category has three times that,
-    seeded by ``cfg.seed``): the images the thresholds come from."""
-    cfg = cfg or TrainConfig()
-    return holdout_split(train_data, cfg.holdout_fraction, seed=cfg.seed,
-                         min_tail=cfg.holdout_min if cfg.holdout_fraction > 0 else 0)
+    seeded by ``train_cfg.seed``): the images the thresholds come from."""
+    train_cfg = train_cfg or TrainConfig()
+    return holdout_split(train_data, train_cfg.holdout_fraction, seed=train_cfg.seed,
+                         min_tail=train_cfg.holdout_min if train_cfg.holdout_fraction > 0 else 0)
 
 
 def _steps_per_epoch(n_images: int, batch_size: int, world_size: int = 1) -> int:
     return max(1, n_images // (batch_size * world_size))  # full batches only (fit drops the last partial one)
 
 
-def steps_per_epoch(train_data: MVTecDataset, batch_size: int, cfg: TrainConfig | None = None) -> int:
+def steps_per_epoch(train_data: MVTecDataset, batch_size: int, train_cfg: TrainConfig | None = None) -> int:
     """Optimiser steps ``fit`` takes per epoch on ``train_data``: its training part (after the held-out
     split) in full batches of ``batch_size``."""
-    return _steps_per_epoch(len(held_out(train_data, cfg)[0]), batch_size)
+    return _steps_per_epoch(len(held_out(train_data, train_cfg)[0]), batch_size)
 
 
 def batch_of(dataset, indices: Sequence[int], cache: FeatureCache | None = None, device="cpu") -> Batch:
@@ -651,25 +635,53 @@ def batches(dataset, indices: Sequence[int] | None = None, batch_size: int = 16,
         yield (part, batch) if with_indices else batch
 
 
-def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, cfg: TrainConfig | None = None,
-                  cache=None, equal_steps: bool = True, out=None) -> dict[str, tuple[Method, FitResult]]:
+def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, train_cfg: TrainConfig | None = None,
+                  cache=None, equal_steps: bool = True, out=None, resume: bool = False, overwrite: bool = False,
+                  extra_config: dict | None = None, log=None) -> dict[str, tuple[Method, FitResult]]:
     """One model per category of ``train_data``, each from ``build()`` (the same initial weights if ``build``
-    seeds them), trained and calibrated on its own category only -- the per-class protocol.
+    seeds them), trained and calibrated on its own category only -- the per-class protocol. With
+    ``calibration="auto"`` each model gets one threshold for its one product (``per-category``).
 
     ``equal_steps`` (default): every per-class model trains **at least as many optimiser steps as one unified
-    model** with ``cfg`` would (its epochs x its steps per epoch on the whole set), so a small category is not
+    model** with ``train_cfg`` would (its epochs x its steps per epoch on the whole set), so a small category is not
     handicapped by taking fewer steps; False: the same number of epochs each (the unfair protocol lesson 03
-    shows). ``out``: a folder for one run per category. Returns {category: (model, FitResult)}."""
-    cfg = cfg or TrainConfig(progress=False)
-    results = {}
+    shows), or ``train_cfg.min_steps``. ``out``: the outer folder of a per-class run -- ``setting.json`` and one run
+    folder per category; ``resume`` / ``overwrite`` as for :func:`fit` (``overwrite`` replaces the whole
+    per-class run). ``log``: called with a line per category. Returns {category: (model, FitResult)}."""
+    train_cfg = train_cfg or TrainConfig(progress=False)
+    if train_cfg.calibration == "auto":
+        train_cfg = dataclasses.replace(train_cfg, calibration="per-category")  # one product per model: nothing to route
     probe = build()
-    steps = None
     if equal_steps and probe.trains_by_gradient:
-        epochs = cfg.epochs if cfg.epochs is not None else probe.cfg.epochs
-        steps = max(cfg.min_steps or 0, epochs * steps_per_epoch(train_data, cfg.batch_size or probe.cfg.batch_size, cfg))
+        epochs = train_cfg.epochs if train_cfg.epochs is not None else probe.cfg.epochs
+        unified = epochs * steps_per_epoch(train_data, train_cfg.batch_size or probe.cfg.batch_size, train_cfg)
+        train_cfg = dataclasses.replace(train_cfg, min_steps=max(train_cfg.min_steps or 0, unified))
+    extra = {**(extra_config or {}), "setting": "per-class"}
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise runs.RunFolderError(f"--out {out} is a file, not a folder: choose a folder for the run")
+        with files.folder_lock(out, "run folder"):
+            runs.prepare(out, None, resume=resume, overwrite=overwrite, per_class=True, say=log or print)
+            files.atomic_write_text(out / SETTING_FILE, json.dumps(
+                {"setting": "per-class", "method": probe.name, "categories": train_data.categories,
+                 **(extra_config or {})}, indent=2))
+    results = {}
     for i, (cat, ds) in enumerate(train_data.by_category().items()):
+        if log:
+            log(f"--- {cat}: {len(ds)} images")
         model = probe if i == 0 else build()
-        run_cfg = dataclasses.replace(cfg, min_steps=steps) if steps else cfg
-        res = fit(model, ds, run_cfg, out=None if out is None else Path(out) / cat, cache=cache)
-        results[cat] = (model, res)
+        run = None if out is None else out / cat
+        results[cat] = (model, fit(model, ds, train_cfg, out=run, cache=cache, resume=resume, extra_config=extra))
+        if log:
+            log(result_line(results[cat][1], run))
     return results
+
+
+def result_line(res: FitResult, run=None) -> str:
+    """What a finished :func:`fit` did, in one line (the CLI prints it per run)."""
+    if res.already_complete:
+        return f"{run} is already complete ({res.epochs_done} epochs): nothing to do"
+    state = "stopped early (budget)" if res.stopped_early else "done"
+    where = f"; checkpoint in {run}" if run is not None else ""
+    return f"{state}: {res.epochs_done} epochs in {res.seconds:.0f} s, threshold {res.threshold}{where}"

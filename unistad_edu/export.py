@@ -31,17 +31,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .layout import METRICS_FILE
 from .errors import CheckpointError
 from . import ownership
-from .export_runtime import (CARD_FILE, EXPORT_FORMAT_VERSION, FORMATS, INPUT_NAME, OUTPUT_NAMES, ExportedModel,
-                             sha256)
+from .export_runtime import CARD_FILE, EXPORT_FORMAT_VERSION, FORMATS, INPUT_NAME, OUTPUT_NAMES, ExportedModel
+from .files import install_folder, sha256_file, staging_folder
 from .calibration import verdict
 from .methods.base import Batch
 
@@ -192,7 +192,7 @@ def check_replaceable(out: Path, run: Path) -> None:
     if not ownership.is_export_card(card):
         raise ExportError(f"--overwrite refused: --out {out} is {ownership.describe(out)}, not an export folder "
                           f"(no unistad-edu {CARD_FILE}); --overwrite replaces only an export folder: {fix}")
-    written = {CARD_FILE, "metrics.json", *(n for n in card["files"] if isinstance(n, str))}
+    written = {CARD_FILE, METRICS_FILE, *(n for n in card["files"] if isinstance(n, str))}
     other = ownership.foreign_entries(out, lambda rel, is_dir: rel in written and not is_dir
                                       and not (out / rel).is_symlink())
     if other:
@@ -206,7 +206,6 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
     ``RUN/export-FMT``) and return it. ``images``: (N, S, S, 3) uint8 pictures for the parity check (default:
     :func:`parity_images`; real test images are better, :func:`unistad_edu.bench.bench_export` uses them).
     Raises :class:`ExportError` if the graph does not reproduce the model within :data:`PARITY_TOLERANCE`."""
-    from . import __version__
     from .checkpoint import load_checkpoint
     from .resolve import load_run_metrics
 
@@ -223,84 +222,89 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
     model = load_checkpoint(run)
     model.set_teacher_precision("fp32")  # exported graphs are fp32, whatever the run trained in
     model = model.float().eval()
-    cfg = model.run_config
     size = int(model.cfg.image_size)
-    threshold = getattr(model, "threshold", None)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        onnx_path = tmp / "model.onnx"
-        log(f"exporting {cfg['method']} ({run}) to ONNX, image size {size}, dynamic batch 1..{MAX_BATCH} ...")
-        _export_onnx(model, size, onnx_path, opset)
-        if fmt == "openvino":
-            _to_openvino(onnx_path, tmp / "model.xml")
-            onnx_path.unlink()
-            files = ["model.xml", "model.bin"]
-        else:
-            files = ["model.onnx"]
-        card = {
-            "export_format_version": EXPORT_FORMAT_VERSION,
-            "package_version": __version__,
-            "format": fmt,
-            "model_file": files[0],
-            "files": {name: sha256(tmp / name) for name in files},
-            "inputs": {INPUT_NAME: f"(batch, 3, {size}, {size}) float32 RGB in [0, 1]; batch 1..{MAX_BATCH}"},
-            "outputs": {OUTPUT_NAMES[0]: f"(batch, 1, {size}, {size}) float32", OUTPUT_NAMES[1]: "(batch,) float32",
-                        OUTPUT_NAMES[2]: "(batch, D) float32: the teacher's image embedding, for routing"},
-            "method": cfg["method"],
-            "teacher": cfg.get("teacher"),
-            "image_size": size,
-            "normalization": cfg.get("normalization"),
-            "threshold": threshold,
-            "threshold_rule": cfg.get("threshold_rule"),
-            "calibration": cfg.get("calibration"),
-            "precision": "fp32",
-            "opset": opset,
-            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True)",
-            "source_run": str(run),
-            "save_id": cfg.get("save_id"),
-            "run_config": cfg,
-        }
+    with staging_folder(out) as tmp:
+        log(f"exporting {model.name} ({run}) to ONNX, image size {size}, dynamic batch 1..{MAX_BATCH} ...")
+        card = _write_graph(model, tmp, fmt, opset, run)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-        # parity: every runtime that can serve it (onnxruntime and OpenVINO for ONNX, OpenVINO for its IR), at a
-        # batch size the export never saw (3, not 2)
-        check = images if images is not None else parity_images(3, size, seed=2)
-        ref = torch_outputs(model, check)
-        calibration = getattr(model, "verdict_calibration", None)
-        card["parity"] = {}
-        for backend in (("onnxruntime", "openvino") if fmt == "onnx" else ("openvino",)):
-            try:
-                served = ExportedModel(tmp, backend=backend)
-            except CheckpointError:  # that runtime is not installed: the other one is checked
-                continue
-            parity = {**compare(ref, served.outputs(check), threshold, calibration), "backend": served.backend}
-            if not parity["max_rel"] <= PARITY_TOLERANCE or parity["verdicts_differ"] or parity.get("routes_differ"):
-                raise ExportError(f"the {fmt} export of {run} served by {served.backend} does not reproduce the "
-                                  f"PyTorch model: max |Δ| {max(parity['max_abs_map'], parity['max_abs_score']):.3g} = "
-                                  f"{parity['max_rel']:.2g} of the {parity['relative_to']} (tolerance "
-                                  f"{PARITY_TOLERANCE:g}), {parity['verdicts_differ']} verdict(s) and "
-                                  f"{parity.get('routes_differ', 0)} route(s) differ")
-            card["parity"][backend] = parity
-        if not card["parity"]:
-            raise ExportError("no runtime to check the export with: pip install 'unistad-edu[export]'")
+        check = images if images is not None else parity_images(3, size, seed=2)  # a batch size never seen (3)
+        card["parity"] = check_parity(model, tmp, fmt, check, run)
         card["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
         if load_run_metrics(run) is not None:  # the demo's card shows the run's test metrics (of this save)
-            shutil.copyfile(run / "metrics.json", tmp / "metrics.json")
-        if out.exists() or out.is_symlink():  # --overwrite: the old folder goes only once the new one is complete
-            check_replaceable(out, run)  # again: it may have changed while the export ran
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.copyfile(run / METRICS_FILE, tmp / METRICS_FILE)
+        # --overwrite: the old folder goes only once the new one is complete, checked again (it may have changed
+        # while the export ran); without it, a folder another process put there meanwhile is refused
+        if not install_folder(tmp, out, replace=lambda old: overwrite and check_replaceable(old, run) is None):
+            raise FileExistsError(f"{out} appeared while exporting ({ownership.describe(out)}): choose another "
+                                  f"--out, or --overwrite to replace it")
     said = "; ".join(f"{p['backend']}: max |Δ| {max(p['max_abs_map'], p['max_abs_score']):.2g} = {p['max_rel']:.2g} "
                      f"of the {p['relative_to']}, {p['verdicts_differ']} verdicts differ" for p in card["parity"].values())
     log(f"{fmt} export written to {out} in {card['export_seconds']} s; parity on {len(check)} images: {said}")
+    return out
+
+
+def _write_graph(model, folder: Path, fmt: str, opset: int, run: Path) -> dict:
+    """The graph of ``model`` in ``folder`` (``model.onnx``, or OpenVINO's ``model.xml`` + ``model.bin``) and
+    its card (without the parity yet): what goes in and out, the run's calibration and configuration, and
+    every file's SHA-256."""
+    from . import __version__
+
+    size, run_config = int(model.cfg.image_size), model.run_config
+    onnx_path = folder / "model.onnx"
+    _export_onnx(model, size, onnx_path, opset)
+    files = ["model.onnx"]
+    if fmt == "openvino":
+        _to_openvino(onnx_path, folder / "model.xml")
+        onnx_path.unlink()
+        files = ["model.xml", "model.bin"]
+    return {
+        "export_format_version": EXPORT_FORMAT_VERSION,
+        "package_version": __version__,
+        "format": fmt,
+        "model_file": files[0],
+        "files": {name: sha256_file(folder / name) for name in files},
+        "inputs": {INPUT_NAME: f"(batch, 3, {size}, {size}) float32 RGB in [0, 1]; batch 1..{MAX_BATCH}"},
+        "outputs": {OUTPUT_NAMES[0]: f"(batch, 1, {size}, {size}) float32", OUTPUT_NAMES[1]: "(batch,) float32",
+                    OUTPUT_NAMES[2]: "(batch, D) float32: the teacher's image embedding, for routing"},
+        "method": run_config["method"],
+        "teacher": run_config.get("teacher"),
+        "image_size": size,
+        "normalization": run_config.get("normalization"),
+        "threshold": getattr(model, "threshold", None),
+        "threshold_rule": run_config.get("threshold_rule"),
+        "calibration": run_config.get("calibration"),
+        "precision": "fp32",
+        "opset": opset,
+        "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True)",
+        "source_run": str(run),
+        "save_id": run_config.get("save_id"),
+        "run_config": run_config,
+    }
+
+
+def check_parity(model, folder: Path, fmt: str, images: np.ndarray, run) -> dict:
+    """{backend: parity} of the export in ``folder`` against the PyTorch ``model`` on ``images``, for every
+    runtime that can serve it (onnxruntime and OpenVINO for ONNX, OpenVINO for its IR); raises
+    :class:`ExportError` beyond :data:`PARITY_TOLERANCE`, for a verdict or route that differs, or when no
+    runtime is installed."""
+    ref = torch_outputs(model, images)
+    threshold, calibration = getattr(model, "threshold", None), getattr(model, "verdict_calibration", None)
+    out = {}
+    for backend in (("onnxruntime", "openvino") if fmt == "onnx" else ("openvino",)):
+        try:
+            served = ExportedModel(folder, backend=backend)
+        except CheckpointError:  # that runtime is not installed: the other one is checked
+            continue
+        parity = {**compare(ref, served.outputs(images), threshold, calibration), "backend": served.backend}
+        if not parity["max_rel"] <= PARITY_TOLERANCE or parity["verdicts_differ"] or parity.get("routes_differ"):
+            worst = max(parity["max_abs_map"], parity["max_abs_score"])
+            raise ExportError(f"the {fmt} export of {run} served by {served.backend} does not reproduce the "
+                              f"PyTorch model: max |Δ| {worst:.3g} = {parity['max_rel']:.2g} of the "
+                              f"{parity['relative_to']} (tolerance {PARITY_TOLERANCE:g}), "
+                              f"{parity['verdicts_differ']} verdict(s) and {parity.get('routes_differ', 0)} "
+                              f"route(s) differ")
+        out[backend] = parity
+    if not out:
+        raise ExportError("no runtime to check the export with: pip install 'unistad-edu[export]'")
     return out

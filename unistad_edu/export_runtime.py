@@ -13,7 +13,6 @@ with the same per-image results as :func:`unistad_edu.inference.predict`, ``thre
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import CheckpointError
+from .files import sha256_file
 
 CARD_FILE = "export.json"
 #: the card layout this version writes and reads; a card with a larger number was written by a newer version
@@ -34,14 +34,6 @@ OUTPUT_NAMES = ("anomaly_map", "score", "embedding")  # format 1 exports have th
 def is_export(folder) -> bool:
     """True if ``folder`` is an export folder (has ``export.json``)."""
     return (Path(folder) / CARD_FILE).is_file()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_card(folder) -> dict:
@@ -74,7 +66,7 @@ def read_card(folder) -> dict:
         if not f.is_file():
             raise CheckpointError(f"{folder} is missing {name} (listed in {CARD_FILE}): copy the whole export "
                                   f"folder, or export the run again")
-        if sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(f"{f} is not the file that was exported (its SHA-256 differs from {CARD_FILE}): "
                                   f"the folder was changed or copied incompletely; export the run again")
     return card

@@ -14,19 +14,29 @@ of temporary files a killed process left behind, and the one-writer lock of a fo
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
+import math
+import numbers
 import os
 import re
+import shutil
 import socket
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 _TMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 STALE_AFTER_S = 24 * 3600  # a temp file this old is stale whatever its pid says (pids are reused)
 LOCK_NAME = ".lock"
+
+
+def cache_root() -> Path:
+    """The package's cache folder: ``$UNISTAD_CACHE``, else ``~/.cache/unistad_edu``."""
+    return Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser()
 
 
 def temp_path(path: Path) -> Path:
@@ -103,9 +113,20 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except OSError:  # PermissionError: exists, owned by someone else; anything else: assume it runs
         return True
     return True
+
+
+def sha256_file(path, on_block: Callable[[int], object] | None = None) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks; ``on_block(n)`` after each (a progress bar)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            if on_block is not None:
+                on_block(len(block))
+    return h.hexdigest()
 
 
 def remove_stale_temp_files(folder, recursive: bool = False) -> int:
@@ -175,3 +196,98 @@ def folder_lock(folder, what: str = "folder") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             path.unlink()  # while still holding it: a waiting process then finds no file, or a new one
         os.close(fd)  # releases the lock (when the process is killed the kernel closes it; the file stays, unlocked)
+
+
+
+# ---- folders built whole ---------------------------------------------------------------------------------------
+_BUILD = re.compile(r"^\..+\.build-(\d+)-[0-9a-f]{8}$")
+
+
+@contextlib.contextmanager
+def staging_folder(dest) -> Iterator[Path]:
+    """An empty folder beside ``dest`` to build it in (``.<name>.build-<pid>-<random>``), deleted when the
+    block ends unless :func:`install_folder` moved it into place. Staging folders left by processes that no
+    longer run are deleted first."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.build-*"):
+        m = _BUILD.match(stale.name)
+        if m and not pid_alive(int(m.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+    stage = dest.parent / f".{dest.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # nothing left once installed
+
+
+def install_folder(stage, dest, replace: Callable[[Path], bool] | None = None) -> bool:
+    """Move the finished folder ``stage`` to ``dest`` in one rename; returns whether it was installed. When
+    ``dest`` exists (or appears meanwhile: another process built it), ``replace(dest)`` decides -- True: the old
+    folder is renamed aside, the new one moved in, then the old one deleted, so a reader sees the old folder or
+    the new one, never a mix; False: the existing ``dest`` is kept; it may raise to refuse. ``replace`` None
+    keeps an existing ``dest``."""
+    stage, dest = Path(stage), Path(dest)
+    for _ in range(2):  # a second try only if another process put its folder in place after the check
+        if dest.exists() or dest.is_symlink():
+            if replace is None or not replace(dest):
+                return False
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(dest, old)
+            os.replace(stage, dest)
+            old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
+            return True
+        try:
+            os.replace(stage, dest)
+            return True
+        except OSError:
+            if not dest.exists():
+                raise
+    return False
+
+
+# ---- JSON without NaN ----------------------------------------------------------------------------------------
+def json_safe(obj, flags: bool = True):
+    """``obj`` made JSON-safe without NaN/inf: dict keys become strings, tensors and arrays lists, numpy
+    scalars Python numbers, and a non-finite float becomes ``None``. With ``flags`` a sibling entry in its dict
+    says what it was: ``{"threshold": nan}`` -> ``{"threshold": None, "threshold_nonfinite": "nan"}``
+    (``"inf"`` / ``"-inf"``); a list holding non-finite floats gets a parallel flag list (``None`` where the
+    value was finite). The result always passes ``json.dumps(..., allow_nan=False)`` (if its leaves are JSON
+    types)."""
+    return _safe(obj, flags)[0]
+
+
+def dumps_json(obj, flags: bool = True, **kwargs) -> str:
+    """``json.dumps`` of :func:`json_safe` (obj) with ``allow_nan=False``: never writes NaN/Infinity."""
+    return json.dumps(json_safe(obj, flags), allow_nan=False, **kwargs)
+
+
+def _nonfinite_name(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _safe(x, flags: bool):
+    """(safe value, flag or None) -- the flag says which non-finite value(s) the safe value replaced."""
+    if isinstance(x, Mapping):
+        out = {}
+        for k, v in x.items():
+            value, flag = _safe(v, flags)
+            out[str(k)] = value
+            if flag is not None and flags:
+                out[f"{k}_nonfinite"] = flag
+        return out, None
+    if not isinstance(x, (str, bytes, numbers.Number, list, tuple)) and hasattr(x, "tolist"):
+        x = x.tolist()  # a torch tensor or numpy array (a numpy scalar becomes a Python number)
+    if isinstance(x, (list, tuple)):
+        pairs = [_safe(v, flags) for v in x]
+        marks = [m for _, m in pairs]
+        return [v for v, _ in pairs], (marks if any(m is not None for m in marks) else None)
+    if isinstance(x, bool) or type(x).__name__ == "bool_":
+        return bool(x), None
+    if isinstance(x, numbers.Integral):
+        return int(x), None
+    if isinstance(x, numbers.Real):
+        x = float(x)
+        return (x, None) if math.isfinite(x) else (None, _nonfinite_name(x))
+    return x, None

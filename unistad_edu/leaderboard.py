@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .layout import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 from .files import read_json_object
 from .report import HEADLINE as COLUMNS  # the headline metrics: one list for every table
 
@@ -29,9 +30,9 @@ def parse_entry(items: Sequence[str]) -> dict:
     if len(items) not in (2, 3):
         raise ValueError(f"--entry takes LABEL RUN [METRICS_JSON], not {list(items)}")
     run = Path(items[1])
-    if not (run / "config.json").is_file():
+    if not (run / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--entry {items[0]}: {run} is not a run folder (no config.json)")
-    metrics = Path(items[2]) if len(items) == 3 else run / "metrics.json"
+    metrics = Path(items[2]) if len(items) == 3 else run / METRICS_FILE
     return {"label": items[0], "run": run, "metrics": metrics}
 
 
@@ -39,48 +40,67 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
             progress: bool = True, precision="auto") -> dict:
     """Measure every entry (see the module docstring). ``n_images``: test images timed (evenly over the
     categories); the same images for every method."""
-    import torch
-
-    from .timing import interleaved
     from .checkpoint import load_checkpoint, read_config
-    from .data import MVTecDataset, discover_categories
-    from .inference import evaluate, score_dataset
-    from .metrics import load_metrics, save_metrics
-    from .resolve import test_set
-    from .runs import check_metrics_save
-    from .teacher import load_teacher
 
     rows, models = [], {}
     for e in entries:
-        cfg = read_config(e["run"])
         model = load_checkpoint(e["run"]).eval()
         model.set_teacher_precision(precision)
-        if not e["metrics"].is_file():   # not evaluated yet: the same evaluation as `eval --run`
-            test = test_set(cfg, model.cfg.image_size, data=data)
-            save_metrics(evaluate(model, test, progress=progress), e["metrics"])
-        metrics = load_metrics(e["metrics"])
-        check_metrics_save(metrics, e["run"], e["metrics"])
-        state = e["run"] / "model.safetensors"
-        rows.append({"label": e["label"], "method": cfg["method"], "run": str(e["run"]),
-                     "preset": cfg.get("preset"), "image_size": cfg["image_size"], "epochs": cfg.get("epochs_done"),
-                     "train_images": cfg.get("train_images"), "train_s": cfg.get("train_seconds"),
-                     "peak_rss_mb": cfg.get("peak_rss_mb"), "state_mib": state.stat().st_size / 2**20,
-                     "mean": metrics["mean"], "categories": metrics["categories"],
-                     "false_alarm_rate": (metrics.get("false_alarms") or {}).get("all"),
-                     "false_alarm_target": cfg.get("false_alarm_target")})
+        rows.append(_row(e, model, data, progress))
         models.setdefault(e["label"], model)  # seeds of one method: the same network, timed once
-
-    # inference: the same test images for every method, teacher-only forward as the baseline of this run
     root = Path(data or read_config(entries[0]["run"]).get("data_root"))
+    speeds, n = _inference_speeds(models, root, n_images, batch_size, repeats)
+    for row in rows:
+        row["infer_img_s"] = speeds[row["label"]]
+        row["infer_ms_per_img"] = 1000.0 / speeds[row["label"]]
+        row["infer_vs_teacher_only"] = speeds[row["label"]] / speeds["teacher_only"]
+    return {"rows": aggregate(rows), "teacher_only_img_s": speeds["teacher_only"], "timed_images": n,
+            "timing_batch_size": batch_size, "data": str(root)}
+
+
+def _row(entry: dict, model, data, progress: bool) -> dict:
+    """One entry's row: its metrics (evaluated first, as ``eval --run`` does, when it has none), training time,
+    memory and stored state."""
+    from .inference import evaluate
+    from .metrics import load_metrics, save_metrics
+    from .resolve import test_set
+    from .runs import check_metrics_save
+
+    run_config = model.run_config
+    if not entry["metrics"].is_file():
+        test = test_set(run_config, model.cfg.image_size, data=data)
+        save_metrics(evaluate(model, test, progress=progress), entry["metrics"])
+    metrics = load_metrics(entry["metrics"])
+    check_metrics_save(metrics, entry["run"], entry["metrics"])
+    return {"label": entry["label"], "method": run_config["method"], "run": str(entry["run"]),
+            "preset": run_config.get("preset"), "image_size": run_config["image_size"],
+            "epochs": run_config.get("epochs_done"), "train_images": run_config.get("train_images"),
+            "train_s": run_config.get("train_seconds"), "peak_rss_mb": run_config.get("peak_rss_mb"),
+            "state_mib": (entry["run"] / MODEL_FILE).stat().st_size / 2**20,
+            "mean": metrics["mean"], "categories": metrics["categories"],
+            "false_alarm_rate": (metrics.get("false_alarms") or {}).get("all"),
+            "false_alarm_target": run_config.get("false_alarm_target")}
+
+
+def _inference_speeds(models: dict, root: Path, n_images: int, batch_size: int, repeats: int):
+    """({label: images/s, "teacher_only": images/s}, images timed): the same test images for every model,
+    interleaved, with a teacher-only forward as the baseline of this run."""
+    import torch
+
+    from .data import MVTecDataset, discover_categories
+    from .inference import score_dataset
+    from .teacher import load_teacher
+    from .timing import interleaved
+
     sizes = {m.cfg.image_size for m in models.values()}
     per_cat = max(1, n_images // len(discover_categories(root)))
     timed = {s: MVTecDataset(root, "test", image_size=s).evenly(per_cat) for s in sizes}
     for ds in timed.values():
         [ds[i] for i in range(len(ds))]   # decode once: every loop reads the images from memory
-    ref_size = max(sizes)
+    ref = timed[max(sizes)]
     teacher = load_teacher()
-    ref_batches = [torch.stack([timed[ref_size][j]["image"] for j in range(i, min(i + batch_size, len(timed[ref_size])))])
-                   for i in range(0, len(timed[ref_size]), batch_size)]
+    ref_batches = [torch.stack([ref[j]["image"] for j in range(i, min(i + batch_size, len(ref)))])
+                   for i in range(0, len(ref), batch_size)]
 
     def teacher_only():
         with torch.no_grad():
@@ -91,14 +111,7 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
     for label, model in models.items():
         ds = timed[model.cfg.image_size]
         fns[label] = (lambda m=model, d=ds: score_dataset(m, d, cache=None, batch_size=batch_size, keep_maps=False))
-    n = len(timed[ref_size])
-    speeds = interleaved(fns, n, repeats)
-    for row in rows:
-        row["infer_img_s"] = speeds[row["label"]]
-        row["infer_ms_per_img"] = 1000.0 / speeds[row["label"]]
-        row["infer_vs_teacher_only"] = speeds[row["label"]] / speeds["teacher_only"]
-    return {"rows": aggregate(rows), "teacher_only_img_s": speeds["teacher_only"], "timed_images": n,
-            "timing_batch_size": batch_size, "data": str(root)}
+    return interleaved(fns, len(ref), repeats), len(ref)
 
 
 def _mean_std(values) -> tuple[float | None, float | None]:

@@ -74,7 +74,6 @@ second. NaN scores raise ``ValueError``. Torch tensors are accepted (converted t
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Mapping, Sequence
 
@@ -535,23 +534,11 @@ def metrics_table(per_category: Mapping[str, Mapping[str, float]], setting: str,
             "warnings": warnings}
 
 
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return None if math.isnan(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def save_metrics(table: Mapping, path) -> None:
     """Write ``table`` as JSON (NaN as ``null``) atomically: a temporary file in the same folder, then
     ``os.replace``, so a crash never leaves a half-written ``metrics.json``."""
-    from .files import atomic_write_text
-    atomic_write_text(path, json.dumps(_jsonable(table), indent=2, allow_nan=False) + "\n")
+    from .files import atomic_write_text, dumps_json
+    atomic_write_text(path, dumps_json(table, flags=False, indent=2) + "\n")
 
 
 def load_metrics(path) -> dict:

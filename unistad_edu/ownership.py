@@ -4,7 +4,8 @@
 A marker is a field only the package's own writer puts there, not just a file name (another tool may well
 write a ``config.json``):
 
-* **run folder** -- ``config.json`` with ``"format": "unistad-edu checkpoint v1"`` (every version writes it);
+* **run folder** -- ``config.json`` whose ``"format"`` starts ``"unistad-edu checkpoint v"`` (every version
+  writes it; :mod:`unistad_edu.checkpoint` reads only its own format);
   the outer folder of a per-class run -- ``setting.json`` with ``"setting": "per-class"``, a method and its
   categories;
 * **export folder** -- ``export.json`` with an integer ``export_format_version`` and a ``files`` table;
@@ -24,13 +25,14 @@ import numbers
 import os
 from pathlib import Path
 
+from .layout import CONFIG_FILE, SETTING_FILE
 from .files import BadJSONFile, read_json_object
 
-RUN_FORMAT = "unistad-edu checkpoint"  # config.json's "format" starts with it ("... v1")
+RUN_FORMAT = "unistad-edu checkpoint"  # config.json's "format" starts with it ("... v2")
 SYNTHETIC_FORMAT = "unistad_edu.synthetic (MVTec AD layout)"
 #: kind -> (marker file, what to call it)
-KINDS = {"run": ("config.json", "a unistad-edu run folder"),
-         "per-class run": ("setting.json", "a unistad-edu per-class run folder"),
+KINDS = {"run": (CONFIG_FILE, "a unistad-edu run folder"),
+         "per-class run": (SETTING_FILE, "a unistad-edu per-class run folder"),
          "export": ("export.json", "a unistad-edu export folder"),
          "synthetic": ("SYNTHETIC.json", "a unistad-edu synthetic data set"),
          "validation": ("VALIDATION.json", "a unistad-edu validation set"),

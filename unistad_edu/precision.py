@@ -236,7 +236,7 @@ def decide(native: bool, why_native: str, rates: dict[str, float]) -> Precision:
 
 # ---- the cached decision ------------------------------------------------------------------------------------
 def cache_path() -> Path:
-    from .data import cache_root
+    from .files import cache_root
     return cache_root() / CACHE_FILE
 
 

@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Callable
+
+from .layout import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE
 
 
 #: the default model the demo trains when no --run is given: the README's main job (a memory bank at 256 px
@@ -25,16 +25,16 @@ DEFAULT_MARKER = "DEMO_DEFAULT.json"
 
 
 def default_run_dir() -> Path:
-    from .data import cache_root
+    from .files import cache_root
     return cache_root() / "demo_run"
 
 
 def _is_usable_run(run: Path, spec: dict | None = None) -> bool:
     try:
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = json.loads((run / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return False
-    if not (run / "model.safetensors").is_file() or cfg.get("threshold") is None or not cfg.get("epochs_done"):
+    if not (run / MODEL_FILE).is_file() or cfg.get("threshold") is None or not cfg.get("epochs_done"):
         return False
     if spec is not None:
         try:
@@ -76,6 +76,7 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
     from .inference import evaluate
     from .methods import build_model
     from .metrics import save_metrics
+    from .files import install_folder, staging_folder
     from .teacher import load_teacher
 
     spec = dict(spec or DEFAULT_RUN_SPEC)
@@ -90,40 +91,30 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
         f"({spec['image_size']} px{settings}, {spec['epochs']} epoch(s), at most {spec['max_minutes']:g} min) on "
         f"{'the synthetic multi-class set' if data_root is None else root} at {root}.\n"
         f"This happens once; the model is kept in {run} and reused. Pass --run RUN to use your own run.")
-    run.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run.parent / f".{run.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    train = MVTecDataset(root, "train", image_size=spec["image_size"])
-    model = build_model(spec["method"], load_teacher(), image_size=spec["image_size"], **spec.get("set", {}))
-    res = fit(model, train, TrainConfig(epochs=spec["epochs"], max_minutes=spec["max_minutes"], seed=spec["seed"],
-                                        progress=progress),
-              out=tmp, extra_config={"data_root": str(root.resolve()), "preset": "cpu", "setting": "unified",
-                                     "trained_by": "python -m unistad_edu demo (default model)"})
-    threshold = "none" if res.threshold is None else f"{res.threshold:.4g}"
-    log(f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {threshold}); "
-        f"evaluating on the test images for the model card ...")
-    test = MVTecDataset(root, "test", image_size=spec["image_size"])
-    save_metrics(evaluate(model, test, progress=progress), tmp / "metrics.json")
-    (tmp / DEFAULT_MARKER).write_text(json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2))
-    for stale in tmp.glob("train_state.safetensors"):  # resume state is not needed by the demo
-        stale.unlink()
-    if run.exists() or run.is_symlink():  # an older/incomplete default run: move it aside, then replace it
-        if _is_usable_run(run, spec):  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return run
-        try:
-            check_default_replaceable(run)  # again: it may have changed while the model trained
-        except Exception:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = run.parent / f".{run.name}.old-{os.getpid()}"
-        os.replace(run, old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.replace(tmp, run)
-    except OSError:  # a concurrent process put its run in place between the check and the rename
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staging_folder(run) as tmp:
+        train = MVTecDataset(root, "train", image_size=spec["image_size"])
+        model = build_model(spec["method"], load_teacher(), image_size=spec["image_size"], **spec.get("set", {}))
+        res = fit(model, train, TrainConfig(epochs=spec["epochs"], max_minutes=spec["max_minutes"],
+                                            seed=spec["seed"], progress=progress),
+                  out=tmp, extra_config={"data_root": str(root.resolve()), "preset": "cpu", "setting": "unified",
+                                         "trained_by": "python -m unistad_edu demo (default model)"})
+        threshold = "none" if res.threshold is None else f"{res.threshold:.4g}"
+        log(f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {threshold}); "
+            f"evaluating on the test images for the model card ...")
+        test = MVTecDataset(root, "test", image_size=spec["image_size"])
+        save_metrics(evaluate(model, test, progress=progress), tmp / METRICS_FILE)
+        (tmp / DEFAULT_MARKER).write_text(json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2))
+        (tmp / STATE_FILE).unlink(missing_ok=True)  # resume state is not needed by the demo
+
+        def replace(old: Path) -> bool:
+            """An older/incomplete default run is replaced (checked again: it may have changed while the model
+            trained); one that another process finished meanwhile is kept."""
+            if _is_usable_run(old, spec):
+                return False
+            check_default_replaceable(old)
+            return True
+
+        install_folder(tmp, run, replace)
     log(f"default model ready in {run}")
     return run
 

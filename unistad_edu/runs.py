@@ -21,14 +21,13 @@ import json
 import shutil
 from pathlib import Path
 
+from .layout import LOG_FILE, METRICS_FILE, PREDICTIONS_DIR, SETTING_FILE
 from . import ownership
-from .checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE
+from .checkpoint import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, STATE_FILE, format_version
 
-LOG_FILE = "train_log.jsonl"
-SETTING_FILE = "setting.json"  # a per-class run: one sub-run per category folder
 RUN_FILES = (MODEL_FILE, CONFIG_FILE, STATE_FILE, LOG_FILE, SETTING_FILE)
-DERIVED_FILES = ("metrics.json",)
-DERIVED_FOLDERS = ("predictions",)
+DERIVED_FILES = (METRICS_FILE,)
+DERIVED_FOLDERS = (PREDICTIONS_DIR,)
 #: the saved settings --resume compares: (key in config.json, what to call it)
 COMPARED = (("method", "method"), ("teacher_name", "teacher"), ("image_size", "image size"),
             ("train_root", "training data folder"), ("train_categories", "categories"),
@@ -107,14 +106,14 @@ def _file_problems(run: Path, cfg_ours: bool) -> list[str]:
     """The run files of ``run`` that are not the package's (see :func:`foreign`)."""
     checks = {
         CONFIG_FILE: (lambda p: ownership.is_run_config(ownership.read_json(p)),
-                      f'not a unistad-edu run config: no "format": "{ownership.RUN_FORMAT} v1"'),
+                      f'not a unistad-edu run config: no "format": "{ownership.RUN_FORMAT} vN"'),
         SETTING_FILE: (lambda p: ownership.is_per_class_setting(ownership.read_json(p)),
                        'not a unistad-edu per-class setting: no "setting": "per-class" with method and categories'),
         MODEL_FILE: (lambda p: cfg_ours or "save_id" in (ownership.safetensors_metadata(p) or {}),
                      "weights without a unistad-edu config.json or save_id"),
         STATE_FILE: (_state_is_ours, "no unistad-edu resume info in its metadata"),
         LOG_FILE: (_log_is_ours, "not a unistad-edu training log (one JSON object with an epoch per line)"),
-        "metrics.json": (lambda p: ownership.is_metrics(ownership.read_json(p)),
+        METRICS_FILE: (lambda p: ownership.is_metrics(ownership.read_json(p)),
                          "not a unistad-edu metrics table (setting, categories, mean)"),
     }
     out = []
@@ -129,7 +128,7 @@ def _file_problems(run: Path, cfg_ours: bool) -> list[str]:
 
 def _predictions_problems(run: Path) -> list[str]:
     """``predictions/`` must hold only heatmaps as ``predict`` names them (``[NNN_]<image>_heatmap.png``)."""
-    folder = run / "predictions"
+    folder = run / PREDICTIONS_DIR
     if folder.is_symlink():
         return ["predictions (a symbolic link)"]
     if not folder.is_dir():
@@ -181,7 +180,7 @@ def _describe(run: Path, cfg: dict | None) -> str:
     if not cfg:
         return "an interrupted run"
     state = "complete" if cfg.get("complete") else "interrupted"
-    evaluated = ", evaluated" if (run / "metrics.json").is_file() else ""
+    evaluated = ", evaluated" if (run / METRICS_FILE).is_file() else ""
     return f"a {state} {cfg.get('method', '?')} run ({cfg.get('epochs_done', '?')} epochs{evaluated})"
 
 
@@ -247,6 +246,10 @@ def prepare(run, now: dict | None, resume: bool = False, overwrite: bool = False
             raise RunFolderError(f"--resume refused: {run} holds {_describe(run, cfg)}, not a "
                                  f"{'per-class' if per_class else 'unified'} run: resume it with --setting "
                                  f"{'per-class' if here else 'unified'}, or train anew with --overwrite")
+        version = format_version(cfg) if cfg else FORMAT_VERSION
+        if not per_class and version != FORMAT_VERSION:
+            raise RunFolderError(f"--resume refused: {run} was saved in checkpoint format v{version} (this version "
+                                 f"writes v{FORMAT_VERSION}): train anew with --overwrite or into another --out")
         diff = differences(cfg or {}, now or {})
         if diff:
             raise RunFolderError(f"--resume refused: {run} was trained with other settings ({'; '.join(diff)}). "
@@ -302,7 +305,7 @@ def save_ids(run) -> str | dict | None:
     return (_saved_config(run) or {}).get("save_id")
 
 
-def check_metrics_save(table: dict, run, source="metrics.json") -> None:
+def check_metrics_save(table: dict, run, source=METRICS_FILE) -> None:
     """Refuse (:class:`StaleMetrics`) a metrics table whose recorded ``save_id`` is not the save ``run`` holds
     now (the run was retrained or replaced after it was evaluated). A table without one (written before
     metrics recorded it) is taken as it is."""

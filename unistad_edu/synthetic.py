@@ -83,18 +83,16 @@ Typical use::
     root = make_synthetic("data/synthetic")          # ~ a few seconds
     print(trivial_baseline(root))
 
-or ``python -m unistad_edu.synthetic OUT [--size 128] [--seed 0] [--force]``.
+or ``python -m unistad_edu data synthetic --out OUT [--size 128] [--seed 0] [--force] [--baseline]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import dataclasses
 import json
 import math
 import os
-import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +102,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import ownership
-from .files import pid_alive
+from .files import install_folder, staging_folder
 
 __all__ = [
     "CATEGORIES",
@@ -481,93 +479,119 @@ def _obj_bolt(rng: np.random.Generator, S: int) -> _Scene:
     return _Scene(bg, parts, [[1], [3]], extras)
 
 
-def _obj_pcb(rng: np.random.Generator, S: int) -> _Scene:
-    bg = _background(rng, S, (0.22, 0.22, 0.24), illum=0.3)
-    ang = math.radians(rng.uniform(-3, 3))
-    bx = S / 2 + rng.uniform(-0.035, 0.035) * S
-    by = S / 2 + rng.uniform(-0.035, 0.035) * S
-    sc = S * rng.uniform(0.95, 1.03)
-    ca, sa = math.cos(ang), math.sin(ang)
-    j = lambda s: rng.uniform(-s, s)  # noqa: E731
+class _Board:
+    """A printed circuit board drawn from ``rng``: its pose, colours and part builders (board coordinates in
+    units of the board's scale). The draws happen in the order the methods are called."""
 
-    def at(u, v):
-        return bx + (ca * u - sa * v) * sc, by + (sa * u + ca * v) * sc
+    def __init__(self, rng: np.random.Generator, S: int):
+        self.rng, self.S = rng, S
+        self.bg = _background(rng, S, (0.22, 0.22, 0.24), illum=0.3)
+        self.ang = math.radians(rng.uniform(-3, 3))
+        self.bx = S / 2 + rng.uniform(-0.035, 0.035) * S
+        self.by = S / 2 + rng.uniform(-0.035, 0.035) * S
+        self.sc = S * rng.uniform(0.95, 1.03)
+        self.green = np.array(_hsv(0.36 + self.j(0.03), 0.7 + self.j(0.08), 0.42 + self.j(0.05)), F32)
+        self.gold = np.array([0.80, 0.66, 0.32], F32) * F32(rng.uniform(0.92, 1.05))
+        self.silk = np.array([0.88, 0.9, 0.86], F32)
 
-    def box(u, v, hw, hh, color, shade="flat", r=0.0, rot=0.0, fg=True, **extra):
-        px, py = at(u, v)
-        return _Part("box", px, py, ang + rot, hw * sc, hh * sc, r * sc, tuple(color), shade, extra, fg)
+    def j(self, s):
+        return self.rng.uniform(-s, s)
 
-    def circ(u, v, rad, color, shade="flat", inner=0.0):
-        px, py = at(u, v)
-        return _Part("circle", px, py, ang, rad * sc, 0.0, inner * sc, tuple(color), shade)
+    def at(self, u, v):
+        ca, sa = math.cos(self.ang), math.sin(self.ang)
+        return self.bx + (ca * u - sa * v) * self.sc, self.by + (sa * u + ca * v) * self.sc
 
-    green = np.array(_hsv(0.36 + j(0.03), 0.7 + j(0.08), 0.42 + j(0.05)), F32)
-    trace = green * F32(1.35)
-    gold = np.array([0.80, 0.66, 0.32], F32) * F32(rng.uniform(0.92, 1.05))
-    silk = np.array([0.88, 0.9, 0.86], F32)
-    parts: list[_Part] = [box(0, 0, 0.44, 0.43, green, r=0.03)]
-    # traces (board coordinates, units of the board scale)
-    w = 0.008
-    for (u0, v0, u1, v1) in [(-0.30, -0.30, 0.30, -0.30), (0.30, -0.30, 0.30, 0.10), (-0.36, 0.05, -0.30, 0.05),
-                             (-0.30, 0.05, -0.30, 0.30), (-0.30, 0.30, 0.02, 0.30), (0.02, 0.30, 0.02, 0.24),
-                             (0.12, -0.20, 0.12, 0.16), (0.12, 0.16, 0.22, 0.16), (-0.12, 0.04, -0.12, 0.20),
-                             (-0.12, 0.20, -0.15, 0.20), (0.20, -0.08, 0.34, -0.08)]:
-        parts.append(box((u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2 + w, abs(v1 - v0) / 2 + w, trace))
-    # mounting holes
-    for (u, v) in [(-0.37, -0.36), (0.37, -0.36), (-0.37, 0.36), (0.37, 0.36)]:
-        parts.append(circ(u, v, 0.032, gold))
-        parts.append(circ(u, v, 0.017, bg[int(np.clip(at(u, v)[1], 0, S - 1)), int(np.clip(at(u, v)[0], 0, S - 1))]))
+    def box(self, u, v, hw, hh, color, shade="flat", r=0.0, rot=0.0, fg=True, **extra):
+        px, py = self.at(u, v)
+        sc = self.sc
+        return _Part("box", px, py, self.ang + rot, hw * sc, hh * sc, r * sc, tuple(color), shade, extra, fg)
 
-    removable: list[list[int]] = []
+    def circ(self, u, v, rad, color, shade="flat", inner=0.0):
+        px, py = self.at(u, v)
+        return _Part("circle", px, py, self.ang, rad * self.sc, 0.0, inner * self.sc, tuple(color), shade)
 
-    def resistor(u, v, vertical, bands=None, where=None):
-        rot = math.pi / 2 if vertical else 0.0
+    def bare(self) -> list[_Part]:
+        """The board, its traces and its four mounting holes."""
+        parts = [self.box(0, 0, 0.44, 0.43, self.green, r=0.03)]
+        trace, w = self.green * F32(1.35), 0.008
+        for (u0, v0, u1, v1) in [(-0.30, -0.30, 0.30, -0.30), (0.30, -0.30, 0.30, 0.10), (-0.36, 0.05, -0.30, 0.05),
+                                 (-0.30, 0.05, -0.30, 0.30), (-0.30, 0.30, 0.02, 0.30), (0.02, 0.30, 0.02, 0.24),
+                                 (0.12, -0.20, 0.12, 0.16), (0.12, 0.16, 0.22, 0.16), (-0.12, 0.04, -0.12, 0.20),
+                                 (-0.12, 0.20, -0.15, 0.20), (0.20, -0.08, 0.34, -0.08)]:
+            parts.append(self.box((u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2 + w, abs(v1 - v0) / 2 + w, trace))
+        S = self.S
+        for (u, v) in [(-0.37, -0.36), (0.37, -0.36), (-0.37, 0.36), (0.37, 0.36)]:
+            parts.append(self.circ(u, v, 0.032, self.gold))
+            x, y = self.at(u, v)
+            parts.append(self.circ(u, v, 0.017, self.bg[int(np.clip(y, 0, S - 1)), int(np.clip(x, 0, S - 1))]))
+        return parts
+
+    def resistor(self, u, v, vertical):
+        """(footprint, body) of a banded resistor."""
+        rot, sc, gold = (math.pi / 2 if vertical else 0.0), self.sc, self.gold
         du, dv = (0.0, 0.052) if vertical else (0.052, 0.0)
-        pads = [box(u - du, v - dv, 0.016, 0.02, gold, rot=rot), box(u + du, v + dv, 0.016, 0.02, gold, rot=rot)]
-        body_col = np.array([0.80, 0.70, 0.50], F32) * F32(rng.uniform(0.93, 1.05))
-        band_cols = bands or [tuple(rng.choice([(0.5, 0.1, 0.1), (0.1, 0.1, 0.1), (0.85, 0.45, 0.1), (0.2, 0.2, 0.6)]))
-                              for _ in range(3)]
-        body = box(u, v, 0.05, 0.02, body_col, "bands", r=0.012, rot=rot,
-                   bands=[(-0.022 * sc, 0.005 * sc, band_cols[0]), (-0.004 * sc, 0.005 * sc, band_cols[1]),
-                          (0.016 * sc, 0.005 * sc, band_cols[2])])
+        pads = [self.box(u - du, v - dv, 0.016, 0.02, gold, rot=rot),
+                self.box(u + du, v + dv, 0.016, 0.02, gold, rot=rot)]
+        body_col = np.array([0.80, 0.70, 0.50], F32) * F32(self.rng.uniform(0.93, 1.05))
+        band_cols = [tuple(self.rng.choice([(0.5, 0.1, 0.1), (0.1, 0.1, 0.1), (0.85, 0.45, 0.1), (0.2, 0.2, 0.6)]))
+                     for _ in range(3)]
+        body = self.box(u, v, 0.05, 0.02, body_col, "bands", r=0.012, rot=rot,
+                        bands=[(-0.022 * sc, 0.005 * sc, band_cols[0]), (-0.004 * sc, 0.005 * sc, band_cols[1]),
+                               (0.016 * sc, 0.005 * sc, band_cols[2])])
         return pads, [body]
 
-    def capacitor(u, v, rad):
-        ring = circ(u, v, rad + 0.01, silk, inner=rad + 0.002)
-        cap_col = np.array(_hsv(0.62 + j(0.03), 0.6, 0.45 + j(0.05)), F32)
-        body = [circ(u, v, rad, cap_col, "dome"), box(u - rad * 0.55, v, rad * 0.22, rad * 0.75, cap_col * F32(1.8), r=rad * 0.2),
-                circ(u, v, rad * 0.45, cap_col * F32(0.8), inner=rad * 0.38)]
-        return [ring, box(u, v - rad * 0.5, 0.01, 0.01, gold), box(u, v + rad * 0.5, 0.01, 0.01, gold)], body
+    def capacitor(self, u, v, rad):
+        """(footprint, body) of an electrolytic capacitor seen from above."""
+        ring = self.circ(u, v, rad + 0.01, self.silk, inner=rad + 0.002)
+        cap_col = np.array(_hsv(0.62 + self.j(0.03), 0.6, 0.45 + self.j(0.05)), F32)
+        body = [self.circ(u, v, rad, cap_col, "dome"),
+                self.box(u - rad * 0.55, v, rad * 0.22, rad * 0.75, cap_col * F32(1.8), r=rad * 0.2),
+                self.circ(u, v, rad * 0.45, cap_col * F32(0.8), inner=rad * 0.38)]
+        pads = [self.box(u, v - rad * 0.5, 0.01, 0.01, self.gold), self.box(u, v + rad * 0.5, 0.01, 0.01, self.gold)]
+        return [ring, *pads], body
 
-    def led(u, v):
-        red = np.array([0.85, 0.12 + j(0.04), 0.1], F32)
-        return [circ(u, v, 0.034, silk, inner=0.028)], [circ(u, v, 0.026, red, "dome")]
+    def led(self, u, v):
+        """(footprint, body) of a red LED."""
+        red = np.array([0.85, 0.12 + self.j(0.04), 0.1], F32)
+        return [self.circ(u, v, 0.034, self.silk, inner=0.028)], [self.circ(u, v, 0.026, red, "dome")]
 
-    # the IC
-    icu, icv = -0.12 + j(0.008), -0.08 + j(0.008)
-    for k in range(6):
-        for s_ in (-1, 1):
-            parts.append(box(icu - 0.1 + k * 0.04, icv + s_ * 0.105, 0.009, 0.022, (0.72, 0.72, 0.74)))
-    parts.append(box(icu, icv, 0.14, 0.09, (0.12, 0.12, 0.13), "flat", r=0.008))
-    parts.append(circ(icu - 0.11, icv + 0.055, 0.01, (0.3, 0.3, 0.32)))
+    def ic(self) -> list[_Part]:
+        """A 12-pin chip: its pins, body and pin-1 dot."""
+        icu, icv = -0.12 + self.j(0.008), -0.08 + self.j(0.008)
+        parts = [self.box(icu - 0.1 + k * 0.04, icv + s_ * 0.105, 0.009, 0.022, (0.72, 0.72, 0.74))
+                 for k in range(6) for s_ in (-1, 1)]
+        parts.append(self.box(icu, icv, 0.14, 0.09, (0.12, 0.12, 0.13), "flat", r=0.008))
+        parts.append(self.circ(icu - 0.11, icv + 0.055, 0.01, (0.3, 0.3, 0.32)))
+        return parts
 
-    comps = [resistor(0.21 + j(0.006), -0.20 + j(0.006), False), resistor(0.21 + j(0.006), -0.02 + j(0.006), False),
-             resistor(-0.19 + j(0.006), 0.20 + j(0.006), True), capacitor(0.24 + j(0.006), 0.18 + j(0.006), 0.06),
-             capacitor(0.02 + j(0.006), 0.14 + j(0.006), 0.05), led(-0.30 + j(0.006), -0.12 + j(0.006))]
+
+def _obj_pcb(rng: np.random.Generator, S: int) -> _Scene:
+    """A circuit board: a chip, three resistors, two capacitors and an LED, any of whose bodies may go
+    missing; four more parts that may be added."""
+    board = _Board(rng, S)
+    parts = board.bare() + board.ic()
+    j = board.j
+    comps = [board.resistor(0.21 + j(0.006), -0.20 + j(0.006), False),
+             board.resistor(0.21 + j(0.006), -0.02 + j(0.006), False),
+             board.resistor(-0.19 + j(0.006), 0.20 + j(0.006), True),
+             board.capacitor(0.24 + j(0.006), 0.18 + j(0.006), 0.06),
+             board.capacitor(0.02 + j(0.006), 0.14 + j(0.006), 0.05),
+             board.led(-0.30 + j(0.006), -0.12 + j(0.006))]
     for footprint, body in comps:
         parts.extend(footprint)
+    removable = []
     for footprint, body in comps:
         removable.append(list(range(len(parts), len(parts) + len(body))))
         parts.extend(body)
     extras = []
     for (u, v) in [(-0.05, 0.30), (0.30, 0.33), (-0.02, -0.31)]:
-        fp, body = resistor(u + j(0.01), v + j(0.01), False)
+        fp, body = board.resistor(u + j(0.01), v + j(0.01), False)
         extras.append(fp + body)
-    fp, body = capacitor(-0.09 + j(0.008), 0.245 + j(0.008), 0.042)
+    fp, body = board.capacitor(-0.09 + j(0.008), 0.245 + j(0.008), 0.042)
     extras.append(fp + body)
-    fp, body = led(0.05 + j(0.01), 0.25 + j(0.01))
+    fp, body = board.led(0.05 + j(0.01), 0.25 + j(0.01))
     extras.append(body)
-    return _Scene(bg, parts, removable, extras)
+    return _Scene(board.bg, parts, removable, extras)
 
 
 def _obj_capsule(rng: np.random.Generator, S: int) -> _Scene:
@@ -751,7 +775,17 @@ def render_sample(category: str, rng: np.random.Generator, size: int = 256, defe
     else:
         scene = _OBJECTS[category](rng, S)
         clean, fg = _draw_scene(scene)
-    # global photometric jitter (applied identically to the defective twin)
+    finish = _photometric(rng, S)  # applied identically to the defective twin
+    normal = finish(clean)
+    if defect is None:
+        return normal, None, None
+    out, mask = _defective_twin(rng, category, defect, scene, clean, fg, normal, finish, S)
+    return normal, out, mask
+
+
+def _photometric(rng: np.random.Generator, S: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A global gain per channel, an offset and sensor noise drawn from ``rng``: the function that turns a
+    clean float image into the uint8 photograph (the same draw for an image and its defective twin)."""
     gain = F32(rng.uniform(0.9, 1.1))
     cgain = rng.uniform(0.96, 1.04, 3).astype(F32)
     offset = F32(rng.uniform(-0.03, 0.03))
@@ -767,9 +801,12 @@ def render_sample(category: str, rng: np.random.Generator, size: int = 256, defe
         np.clip(y, 0, 255, out=y)
         return y.astype(np.uint8)
 
-    normal = finish(clean)
-    if defect is None:
-        return normal, None, None
+    return finish
+
+
+def _defective_twin(rng, category, defect, scene, clean, fg, normal, finish, S):
+    """(defective image, mask): ``defect`` drawn on the clean image (or a part dropped / added to the scene)
+    until it changes at least ``max(4, 0.06 % of the pixels)`` of the photograph; 30 tries."""
     min_area = max(4, int(0.0006 * S * S))
     for _ in range(30):
         if defect in _STRUCTURAL:
@@ -780,12 +817,12 @@ def render_sample(category: str, rng: np.random.Generator, size: int = 256, defe
         elif defect == "extra":
             add = scene.extras[int(rng.integers(0, len(scene.extras)))]
             bad, _ = _draw_scene(scene, add=add)
-        else:  # pragma: no cover - guarded above
+        else:  # pragma: no cover - guarded by render_sample
             raise ValueError(defect)
         out = finish(bad)
         mask = (out != normal).any(-1)
         if mask.sum() >= min_area:
-            return normal, out, mask
+            return out, mask
     raise RuntimeError(f"could not place a visible {defect!r} defect on {category!r} (size {S})")
 
 
@@ -966,16 +1003,7 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
                 f"Use another --out, or regenerate it with --force (make_synthetic(..., force=True)), which "
                 f"replaces the folder (a synthetic set only)")
         check_replaceable(out)  # before generating: a refusal costs nothing
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # staging folders of killed runs (their pid is gone)
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with staging_folder(out) as tmp:
         _generate(tmp, cfg, workers if workers is not None else min(4, os.cpu_count() or 1))
         manifest = {
             "format": ownership.SYNTHETIC_FORMAT,
@@ -986,20 +1014,20 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
             "counts": _expected_counts(cfg),
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists() or out.is_symlink():  # only reached with force=True
-            check_replaceable(out)  # again: it may have changed while this set was drawn
-            shutil.rmtree(out)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            # another process finished the same folder in the meantime
-            if out.exists() and _check_existing(out, cfg) is None:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+        def replace(old: Path) -> bool:
+            """With force: replace the set (checked again, it may have changed while this one was drawn);
+            without: another process finished the same set meanwhile -- keep it -- or something else is there."""
+            if force:
+                check_replaceable(old)
+                return True
+            problem = _check_existing(old, cfg)
+            if problem is None:
+                return False
+            raise SyntheticDatasetError(f"synthetic data folder {old} appeared while this set was drawn and cannot "
+                                        f"be reused: {problem}. Use another --out, or --force")
+
+        install_folder(tmp, out, replace)
     return out
 
 
@@ -1035,30 +1063,3 @@ def trivial_baseline(root) -> dict[str, float]:
         if len(set(labels)) == 2:
             res[cat_dir.name] = float(roc_auc_score(labels, scores))
     return res
-
-
-def _main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Write the procedural anomaly-detection set (MVTec AD layout).")
-    ap.add_argument("out")
-    d = SyntheticConfig()
-    ap.add_argument("--size", type=int, default=d.size)
-    ap.add_argument("--n-train", type=int, default=d.n_train)
-    ap.add_argument("--n-test-good", type=int, default=d.n_test_good)
-    ap.add_argument("--n-test-defect", type=int, default=d.n_test_defect)
-    ap.add_argument("--categories", nargs="+", default=list(d.categories), choices=sorted(CATEGORIES))
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--force", action="store_true")
-    ap.add_argument("--baseline", action="store_true", help="also print the trivial-baseline I-AUROC")
-    a = ap.parse_args(argv)
-    cfg = SyntheticConfig(a.size, a.n_train, a.n_test_good, a.n_test_defect, tuple(a.categories), a.seed)
-    root = make_synthetic(a.out, cfg, force=a.force)
-    print(root)
-    if a.baseline:
-        res = trivial_baseline(root)
-        for k, v in res.items():
-            print(f"{k:10s} {v:.3f}")
-        print(f"{'mean':10s} {np.mean(list(res.values())):.3f}")
-
-
-if __name__ == "__main__":
-    _main()

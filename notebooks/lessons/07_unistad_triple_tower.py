@@ -439,8 +439,8 @@ check("Exercise 2 (propagate)", lambda: my_propagate(_m, _P, 3, 0.5), lambda: pr
 ## Check yourself
 
 **Exercise.** (1) Set `global_window=3` (and retrain): what should happen to the `teacher_global` map on large
-defects, and why? (2) With `refine_radius=2` the walk may only move values between tokens at most two rows and
-columns apart. Predict the spike and defect numbers of section 5 for the strong setting, then measure them.
+defects, and why? (2) With `AffinityRefiner(..., radius=2)` (`unistad_edu.refine`) the walk may only move values between
+tokens at most two rows and columns apart. Predict the spike and defect numbers of section 5 for the strong setting, then measure them.
 (3) Why does the largest remaining spike stay far above the mean? Find such a token (hint: which tokens of an
 image have no look-alike?).
 

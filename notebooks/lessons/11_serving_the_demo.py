@@ -42,8 +42,8 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, load_checkpoint, predict, report, viz
-from unistad_edu import demo_support as ds
-from unistad_edu import demo_serving as serving
+from unistad_edu.demo import logic
+from unistad_edu.demo import serving
 from unistad_edu.course import method_and_teacher, setup
 from unistad_edu.metrics import load_metrics, save_metrics
 
@@ -96,13 +96,13 @@ What the server needs is `model.safetensors` + `config.json` (and `metrics.json`
 `safetensors` holds tensors and nothing else — unlike a pickled `.pt` file, loading it cannot run code, which
 matters the moment a run folder comes from someone else.
 
-The **model card** below is what the page shows under the results: built by `demo_support.model_card` from
+The **model card** below is what the page shows under the results: built by `logic.model_card` from
 `config.json` and `metrics.json` alone. It states what a user must know before trusting a verdict: which
 categories the model was trained on, at what image size, and how the threshold was chosen.
 """),
     code(r"""
 run_config = json.loads((RUN / "config.json").read_text())
-display(Markdown(ds.model_card(run_config, load_metrics(RUN / "metrics.json"), run_dir=RUN)))
+display(Markdown(logic.model_card(run_config, load_metrics(RUN / "metrics.json"), run_dir=RUN)))
 """),
     md(r"""
 The notebook loads the run folder exactly as the server will (`load_checkpoint`, which also checks that the
@@ -111,7 +111,7 @@ match. First, a sanity check that the folder reproduces the model we just traine
 """),
     code(r"""
 served_model = load_checkpoint(RUN)          # what the demo process loads, loaded here
-examples = ds.example_images(run_config)     # the page's example images: per category a normal one and defects
+examples = logic.example_images(run_config)     # the page's example images: per category a normal one and defects
 paths = [e.path for e in examples]
 direct = predict(served_model, paths)        # inference.predict: the package's own scoring path
 in_memory = predict(model, paths)
@@ -136,8 +136,8 @@ To let someone in **deliberately**, keep the server on loopback and open one doo
 * or, on a network you trust, `python -m unistad_edu demo --host 0.0.0.0` — the command warns that there is no
   login.
 
-**How: a child process.** Two ways exist: `demo_app.launch(build_app(RUN), block=False)` runs the server on
-threads *inside* the notebook's kernel; `demo_support.serve_in_subprocess(RUN)` starts the deployment command
+**How: a child process.** Two ways exist: `page.launch(build_app(RUN), block=False)` runs the server on
+threads *inside* the notebook's kernel; `logic.serve_in_subprocess(RUN)` starts the deployment command
 `python -m unistad_edu demo --run RUN --host 127.0.0.1 --port PORT` as a **child process**, waits until it
 answers, and terminates it when the `with` block ends. We use the child process:
 
@@ -193,7 +193,7 @@ def refuses(host, port, timeout=2.0):
 
 
 other_addresses = sorted({a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-                          if a.family == socket.AF_INET and not ds.is_loopback(a.address)})
+                          if a.family == socket.AF_INET and not logic.is_loopback(a.address)})
 print(f"127.0.0.1:{PORT} accepts connections: {not refuses('127.0.0.1', PORT)}")
 other_refused = {addr: refuses(addr, PORT) for addr in other_addresses}
 for addr, refused in other_refused.items():
@@ -242,9 +242,9 @@ for e, d in zip(examples, direct):
     status, rows, heat, levels = ask([e.path])
     assert len(rows) == 1, status
     served.append({"category": e.category, "defect": e.defect, "served score": rows[0]["score"],
-                   "direct score": d["score"], "served verdict": ds.verdict(rows[0]["score"], THRESHOLD),
+                   "direct score": d["score"], "served verdict": logic.verdict(rows[0]["score"], THRESHOLD),
                    "served anomalous": rows[0]["anomalous"], "direct anomalous": d["anomalous"],
-                   "direct verdict": ds.verdict(d["score"], THRESHOLD), "heat": heat, "levels": levels})
+                   "direct verdict": logic.verdict(d["score"], THRESHOLD), "heat": heat, "levels": levels})
 rel_gap = [abs(s["served score"] - s["direct score"]) / abs(s["direct score"]) for s in served]
 display(Markdown(report.markdown_table([{k: v for k, v in s.items() if k not in ("heat", "levels")} | {"relative gap": g}
                                      for s, g in zip(served, rel_gap)], digits=5)))
@@ -257,7 +257,7 @@ the model any good? The model card's metrics say that; the verdict column compar
 shows it image by image.)
 
 The **heatmaps** come back as image files. The demo asks its gallery for PNG (Gradio's default is lossy
-WebP), so each served overlay should match the overlay the notebook draws with `demo_support.render_overlay`
+WebP), so each served overlay should match the overlay the notebook draws with `logic.render_overlay`
 from `predict`'s anomaly map at its routed threshold (the colour bar ends there), up to rounding — and be far from any other image's. Still, never read numbers off
 a picture: the exact score is in the JSON record.
 """),
@@ -266,7 +266,7 @@ def load_rgb(item):
     return np.asarray(Image.open(item["image"]).convert("RGB"), dtype=np.float32)
 
 
-mine = [ds.render_overlay(d["image"], d["anomaly_map"], d["threshold"], "fixed").astype(np.float32) for d in direct]
+mine = [logic.render_overlay(d["image"], d["anomaly_map"], d["threshold"], "fixed").astype(np.float32) for d in direct]
 theirs = [load_rgb(s["heat"][1]) for s in served]          # gallery item 1 = the overlay (item 0 = the input)
 diff = np.array([[np.abs(t - m).mean() for m in mine] for t in theirs])   # served i vs direct j, mean |Δ| in 0..255
 own = np.diag(diff)
@@ -285,7 +285,7 @@ viz.image_grid([theirs[i].astype(np.uint8) for i in show] + [mine[i].astype(np.u
 
 Anyone can upload anything: an empty file, a PDF, a screenshot of 100 megapixels, a text file renamed
 `.png`. The server decodes every upload with the package's one decoder, `data.decode_image` (through
-`demo_support.decode_upload`), which checks before decoding
+`logic.decode_upload`), which checks before decoding
 (size, format, pixel count) and turns every failure into a sentence for the person who uploaded it — and
 keeps serving. We send a text file named `notes.png`, then a batch of a good image and the bad file, then a
 good image alone.
@@ -443,12 +443,12 @@ def my_verdict(score, threshold):
     raise NotImplementedError
 """,
         check=r"""
-from unistad_edu import demo_support as ds
+from unistad_edu.demo import logic
 from unistad_edu.course import check
 
 _cases = [(0.5, 0.4), (0.4, 0.4), (0.1, 0.4), (2.0, None)]
 check("Exercise 1 (verdict)", lambda: [my_verdict(s, t) for s, t in _cases],
-      lambda: [ds.verdict(s, t) for s, t in _cases], hint={hint})
+      lambda: [logic.verdict(s, t) for s, t in _cases], hint={hint})
 """,
         hint='a score equal to the threshold is normal: the rule is score > threshold'),
     exercise(
@@ -516,7 +516,7 @@ The cell checks the lesson's claims on this run's numbers:
 """),
     code(r"""
 print(f"1. listening on {[a.ip for a in listening]}; other addresses refused: {other_refused}")
-assert ds.is_loopback(HOST) and listening and all(ds.is_loopback(a.ip) for a in listening)
+assert logic.is_loopback(HOST) and listening and all(logic.is_loopback(a.ip) for a in listening)
 assert all(other_refused.values()), "the server was reachable from a non-loopback address"
 
 print(f"2. {len(served)} images, largest relative score gap {max(rel_gap):.1e}; "

@@ -16,7 +16,6 @@ trains well in minutes on a 2-core laptop, with the Lite0 teacher) and ``paper``
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -68,13 +67,6 @@ class MethodConfig:
     # choice with which unified training reads a label, so it says so in its name
     sampling: str = "uniform"
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    # older runs: fields a run saved before they existed, with the value it was trained with (applied when a
-    # checkpoint is loaded), and fields older versions saved that mean nothing now (dropped on load)
-    missing_in_old_checkpoints: ClassVar[dict] = {}
-    # values older runs saved under another name: {field: {old: new}} (applied when a checkpoint is loaded);
-    # "balanced" sampling read the category folders, which its new name says
-    renamed_values: ClassVar[dict] = {"sampling": {"balanced": "balanced-labels"}}
-    retired_fields: ClassVar[frozenset] = frozenset()
 
     def __post_init__(self):
         """The choices every method shares, checked when the config is built (a method's own config checks its
@@ -96,7 +88,6 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodConfig":
-        d = {k: v for k, v in d.items() if k not in cls.retired_fields}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -271,9 +262,6 @@ class ReverseDistillationConfig(MethodConfig):
         decoder_blocks=(6, 4, 3), block_width=0.5, linear_outputs=False, rd_loss="flattened", optimizer="adam",
         lr=0.005, betas=(0.5, 0.999), weight_decay=0.0, epochs=200, batch_size=16, schedule="constant")
 
-    # runs saved before the field existed were trained with the per-position loss
-    missing_in_old_checkpoints: ClassVar[dict] = {"rd_loss": "position"}
-
     def __post_init__(self):
         super().__post_init__()
         if self.rd_loss not in ("position", "flattened"):
@@ -297,8 +285,6 @@ class Method(nn.Module):
     # state_dict prefixes of frozen modules: never trained, never saved (a checkpoint records the teacher's
     # name and weights hash instead)
     frozen_prefixes: ClassVar[tuple[str, ...]] = ("teacher.",)
-    # (regex, replacement) pairs that turn tensor names of runs saved by an older version into today's names
-    renamed_state: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, teacher, cfg: MethodConfig):
         super().__init__()
@@ -338,18 +324,6 @@ class Method(nn.Module):
     def state_for_checkpoint(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen modules (``frozen_prefixes``)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefixes)}
-
-    @classmethod
-    def upgrade_state(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Saved tensors under today's names (``renamed_state`` applied); the checkpoint loaders call it."""
-        if not cls.renamed_state:
-            return state
-        out = {}
-        for k, v in state.items():
-            for old, new in cls.renamed_state:
-                k = re.sub(old, new, k)
-            out[k] = v
-        return out
 
     def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)

@@ -70,7 +70,6 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -130,8 +129,6 @@ class DualStudentConfig(TransformerTrainingConfig):
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
                                                                          image_score="topk_mean", topk=0.01))
 
-    # runs saved before the field existed regressed the pooled deepest level
-    missing_in_old_checkpoints: ClassVar[dict] = {"semantic_target": "embedding"}
 
     def __post_init__(self):
         super().__post_init__()
@@ -221,8 +218,6 @@ class DualStudent(Method):
     name = "dual_student"
     Config = DualStudentConfig
     frozen_prefixes = ("teacher.", "semantic_net.")  # the teacher and the ImageNet network it was cut from
-    # runs saved before the shared TransformerLayer: the ED blocks' feed-forward was ``mlp`` (Linear, GELU, Linear)
-    renamed_state = ((r"^(ed\.blocks\.\d+\.)mlp\.0\.", r"\1ffn.0."), (r"^(ed\.blocks\.\d+\.)mlp\.2\.", r"\1ffn.3."))
     needs_images = True  # the EE student looks at the image
     presets = {
         "cpu": {},
@@ -352,16 +347,6 @@ class DualStudent(Method):
             getattr(self, f"{key}_upper").copy_(s.quantile(self.cfg.or_quantile))
         self.quantiles_known.fill_(True)
         self.calib_steps.add_(1)
-
-    def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
-        """Runs saved before the Noisy-OR's quantiles existed load with ``quantiles_known`` False: their
-        branches' probabilities then come from the saved mean and std (``or_calibration``)."""
-        state = dict(state)
-        for key in ("loc", "sem"):
-            for part in ("median", "upper"):
-                state.setdefault(f"{key}_{part}", torch.zeros(()))
-        state.setdefault("quantiles_known", torch.zeros((), dtype=torch.bool))
-        super().load_from_checkpoint(state)
 
     def teacher_embedding(self, batch: Batch, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, C_emb): the target of the EE student -- the teacher's "cls" (ViT class token, or a CNN's pooled

@@ -70,7 +70,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -137,10 +136,7 @@ class EnhancedSTPMConfig(MethodConfig):
     combine: str = "mean"  # mean | product | pair_sum (sets scoring.fuse; measured: see above)
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
                                                                          image_score="max"))
-    # runs saved before these fields existed were trained this way
-    missing_in_old_checkpoints: ClassVar[dict] = {"pair2_input": "clean", "pair2_student": "forward"}
     # fields of older versions that no longer mean anything (the normal scales now come from calibrate())
-    retired_fields: ClassVar[frozenset] = frozenset({"stats_momentum"})
 
     def __post_init__(self):
         super().__post_init__()

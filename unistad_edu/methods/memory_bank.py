@@ -44,7 +44,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +66,6 @@ class MemoryBankConfig(MethodConfig):
     ``epochs`` and the optimiser fields are unused: the bank is built in one pass over the training images.
     ``projection_dim=None`` gives the exact greedy coreset (distances in all D dimensions)."""
 
-    missing_in_old_checkpoints: ClassVar[dict] = {"border": "valid"}  # a run saved before the field existed was built this way
 
     teacher_layers: tuple | None = (2, 3)  # Lite0 / WideResNet-50: the stride-8 and stride-16 levels
     epochs: int = 1

@@ -63,7 +63,6 @@ Paper card
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -95,8 +94,6 @@ class SNLConfig(ReverseDistillationConfig):
     cram_residual: float = 0.5  # beta: z_i = sum_k a_ik (c_k + beta V_k); 0 = centres only, 1 = cluster means
     cram_skip: float = 0.0  # z = CRAM(x) + cram_skip * x_normalised; 0 = the decoder sees only the CRAM code
 
-    # runs saved before the field existed rebuilt every position from c_k + V_k (the image's cluster means)
-    missing_in_old_checkpoints: ClassVar[dict] = {"rd_loss": "position", "cram_residual": 1.0}
 
     def __post_init__(self):
         super().__post_init__()

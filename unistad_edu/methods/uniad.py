@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -91,11 +90,6 @@ class UniADConfig(TransformerTrainingConfig):
     jitter_prob: float = 1.0  # p: probability that an image is jittered
     feature_stride: int = 16  # MFCN: every teacher level is resized to the grid of this stride
     neck: str = "antialias"  # antialias: low-pass, then resize; official: align_corners=True, no antialias
-    # "channel": every channel of the neck's output z-scored by its mean and std over the training tokens (a
-    # running average over every training batch, saved with the weights) before the transformer, in the loss
-    # and in the map -- so the 24 channels of the stride-4 level weigh as much per channel as the 112 of the
-    # stride-16 one, and the map is a distance in units of normal spread; "none": raw features (the paper)
-    standardize: str = "none"
 
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, init_seed 0), 60 epochs of
     # uniform batches (cluster-balanced ones were no better on validation)
@@ -106,19 +100,12 @@ class UniADConfig(TransformerTrainingConfig):
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0,
                                                                          image_score="topk_mean"))
 
-    # runs saved before these fields existed were trained with the official neck, the paper's jitter, raw
-    # features and uniform batches
-    missing_in_old_checkpoints: ClassVar[dict] = {"neck": "official", "jitter_rule": "norm", "standardize": "none",
-                                                  "sampling": "uniform"}
-
     def __post_init__(self):
         super().__post_init__()
         if self.jitter_rule not in ("norm", "spread"):
             raise ValueError(f"jitter_rule must be 'norm' or 'spread', got {self.jitter_rule!r}")
         if self.neck not in ("official", "antialias"):
             raise ValueError(f"neck must be 'official' or 'antialias', got {self.neck!r}")
-        if self.standardize not in ("none", "channel"):
-            raise ValueError(f"standardize must be 'none' or 'channel', got {self.standardize!r}")
 
 
 # ---- UniAD's own layer (the shared ones are in layers.py) ----------------------------------------------
@@ -179,10 +166,6 @@ class UniAD(Method):
         # (L, L) bool, True = hidden; built once, follows .to(device), not saved in checkpoints
         self.register_buffer("attn_mask", neighbor_mask(h, w, self.neighbor_size) if use_mask else None,
                              persistent=False)
-        if cfg.standardize == "channel":  # running sums over every training token, float64; saved with the model
-            self.register_buffer("token_count", torch.zeros((), dtype=torch.float64))
-            self.register_buffer("token_sum", torch.zeros(self.in_channels, dtype=torch.float64))
-            self.register_buffer("token_sumsq", torch.zeros(self.in_channels, dtype=torch.float64))
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
@@ -209,24 +192,6 @@ class UniAD(Method):
         official = self.cfg.neck == "official"
         maps = levels_to_grid(features, names, self.grid, antialias=not official, align_corners=official)
         return torch.cat(maps, dim=1)  # (B, C, h, w)
-
-    def standardized(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``standardize="channel"``: (B, L, C) -> (B, L, C) z-scored per channel. In training the batch's
-        tokens are first added to the running sums, so the statistics are those of every token seen so far
-        (after the first epoch: of the whole training set); in eval the saved statistics are used as they are."""
-        if self.cfg.standardize == "none":
-            return tokens
-        if self.training:
-            with torch.no_grad():
-                flat = tokens.detach().double().reshape(-1, tokens.shape[-1])  # (B L, C)
-                self.token_count += flat.shape[0]
-                self.token_sum += flat.sum(0)
-                self.token_sumsq += flat.pow(2).sum(0)
-        n = self.token_count.clamp_min(1)
-        mean = self.token_sum / n  # (C,)
-        std = (self.token_sumsq / n - mean.pow(2)).clamp_min(0).sqrt() + 1e-6  # (C,)
-        std = torch.where(self.token_count >= 2, std, torch.ones_like(std))  # an untrained model: mean 0, std 1
-        return (tokens - mean.to(tokens.dtype)) / std.to(tokens.dtype)  # (B, L, C)
 
     def add_jitter(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feature jitter, each image with probability p: f + N(0, 1) * sigma, where
@@ -269,9 +234,6 @@ class UniAD(Method):
         target = self.neck(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
         tokens = to_tokens(target)  # (B, L, C), L = h w, row-major
-        if self.cfg.standardize != "none":
-            tokens = self.standardized(tokens)  # (B, L, C) z-scored
-            target = to_grid(tokens, h, w)  # (B, C, h, w): the z-scored features are what is reconstructed
         if self.training and self.cfg.jitter:
             tokens = self.add_jitter(tokens)  # (B, L, C); the target stays clean
         x = self.input_proj(tokens)  # (B, L, D)

@@ -98,7 +98,6 @@ class UniSTADConfig(TransformerTrainingConfig):
     refine_knn: int = 8
     refine_temperature: float = 0.05
     refine_alpha: float = 0.5  # keep half of the unrefined map (refine.py: stronger settings hurt here)
-    refine_radius: int = 0  # > 0: only tokens within this many rows/columns (0 = the whole image)
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
     # image score: the mean of the top 1 % of the blurred map (as UniAD's and the dual students' cpu presets), not
     # its max -- measured +0.9 mean I-AUROC over 3 seeds (see above)
@@ -155,8 +154,6 @@ class ContextStudent(nn.Module):
 class UniSTAD(Method):
     name = "unistad"
     Config = UniSTADConfig
-    # runs saved before the shared TransformerLayer: its norms were called norm_q / norm_f
-    renamed_state = ((r"\.norm_q\.", ".norm1."), (r"\.norm_f\.", ".norm2."))
     needs_images = False  # loss() reads teacher features only: trains from the cache without images
     presets = {
         "cpu": {},
@@ -200,7 +197,7 @@ class UniSTAD(Method):
         ``cfg.refine*`` on a trained model takes effect at once and never changes a checkpoint)."""
         c = self.cfg
         return AffinityRefiner(c.refine_steps, c.refine_knn, c.refine_temperature, c.refine_alpha,
-                               level_channels=self.level_channels, radius=c.refine_radius)
+                               level_channels=self.level_channels)
 
     def tokens(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher levels -> one grid, concatenated: (B, C, h, w)."""

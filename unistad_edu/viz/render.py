@@ -113,16 +113,7 @@ def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, 
     (the scale used), "vmin"/"vmax" (the values at the bar's bottom and top) and "verdict_text"."""
     if scale not in ("fixed", "image"):
         raise ValueError(f"scale must be 'fixed' or 'image', not {scale!r}")
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    img = as_uint8(img)[..., :3]
-    amap = np.asarray(anomaly_map.detach().float().cpu() if hasattr(anomaly_map, "detach") else anomaly_map,
-                      dtype=np.float32)
-    while amap.ndim > 2 and amap.shape[0] == 1:
-        amap = amap[0]
-    if amap.ndim != 2:
-        raise ValueError(f"anomaly_map must be 2-D (H, W), got shape {amap.shape}")
+    img, amap = _rgb_and_map(image, anomaly_map)
     thr = _valid_threshold(threshold)
     used = scale if thr is not None else "image"
     if used == "fixed":
@@ -138,20 +129,40 @@ def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, 
     head = f"score {float(score):.4g}   " + (f"threshold {thr:.4g}   " if thr is not None else "")
     if thr is None and verdict != "no threshold":
         head += "no threshold   "
+    arr, layout = _draw_prediction(img, over, ticks, head, verdict, title)
+    if not return_layout:
+        return arr
+    return arr, {**layout, "scale": used, "vmin": lo, "vmax": hi, "verdict_text": verdict}
 
+
+def _rgb_and_map(image, anomaly_map) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 image and (h, w) float32 map from what callers pass (grey images, tensors, (1, h, w))."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = as_uint8(img)[..., :3]
+    amap = np.asarray(anomaly_map.detach().float().cpu() if hasattr(anomaly_map, "detach") else anomaly_map,
+                      dtype=np.float32)
+    while amap.ndim > 2 and amap.shape[0] == 1:
+        amap = amap[0]
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly_map must be 2-D (H, W), got shape {amap.shape}")
+    return img, amap
+
+
+def _draw_prediction(img: np.ndarray, over: np.ndarray, ticks, head: str, verdict: str, title: str | None):
+    """The canvas of :func:`prediction_figure` and its boxes: title, caption + coloured verdict, then
+    image | overlay | colour bar with its tick labels."""
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def text_w(t: str) -> int:
         return int(math.ceil(probe.textlength(t, font=font))) if t else 0
 
-    asc = font.getbbox("Ag")
-    line_h = max(int(asc[3]) + 3, 12)
+    line_h = max(int(font.getbbox("Ag")[3]) + 3, 12)
     h, w = img.shape[:2]
     bar_h = max(h, 4 * line_h)
-    n_lines = 2 if title else 1
-    cap_h = _MARGIN + n_lines * line_h
-    row_y = cap_h + _GAP
+    row_y = _MARGIN + (2 if title else 1) * line_h + _GAP
     img_x = _MARGIN
     over_x = img_x + w + _GAP
     bar_x = over_x + w + _GAP
@@ -159,9 +170,7 @@ def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, 
     lab_w = max(text_w(t) for _, t in ticks)
     cap_w = max(text_w(head) + text_w(verdict), text_w(title or ""))
     width = max(lab_x + lab_w + _MARGIN, _MARGIN + cap_w + _MARGIN)
-    height = row_y + max(h, bar_h) + _MARGIN
-
-    canvas = Image.new("RGB", (width, height), "white")
+    canvas = Image.new("RGB", (width, row_y + max(h, bar_h) + _MARGIN), "white")
     canvas.paste(Image.fromarray(img), (img_x, row_y))
     canvas.paste(Image.fromarray(over), (over_x, row_y))
     canvas.paste(Image.fromarray(colorbar(bar_h, _BAR_W)), (bar_x, row_y))
@@ -179,16 +188,12 @@ def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, 
         draw.line([bar_x + _BAR_W + 1, y, bar_x + _BAR_W + _TICK, y], fill="black")
         ly = min(max(y - line_h // 2, row_y), row_y + bar_h - line_h)  # centred on the tick, kept by the bar
         draw.text((lab_x, ly), label, fill="black", font=font)
-    arr = np.asarray(canvas).copy()
-    if not return_layout:
-        return arr
     layout = {"image": (img_x, row_y, img_x + w, row_y + h), "overlay": (over_x, row_y, over_x + w, row_y + h),
               "colorbar": (bar_x, row_y, bar_x + _BAR_W, row_y + bar_h),
               "labels": (lab_x, row_y, lab_x + lab_w, row_y + bar_h),
               "caption": (_MARGIN, ty, _MARGIN + text_w(head) + text_w(verdict), ty + line_h),
-              "verdict": (vx, ty, vx + text_w(verdict), ty + line_h),
-              "scale": used, "vmin": lo, "vmax": hi, "verdict_text": verdict}
-    return arr, layout
+              "verdict": (vx, ty, vx + text_w(verdict), ty + line_h)}
+    return np.asarray(canvas).copy(), layout
 
 
 def heatmap_with_colorbar(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,

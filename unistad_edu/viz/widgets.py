@@ -30,6 +30,59 @@ def browse_indices(categories, labels, per_category: int | None = None, order: S
     return out
 
 
+def _check_lengths(images, **per_image) -> int:
+    """The number of images; every given per-image sequence must have that many entries."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("image_browser needs at least one image")
+    for name, seq in per_image.items():
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} images")
+    return n
+
+
+def _threshold_slider(maps: Sequence[np.ndarray], threshold: float | None):
+    """The browser's threshold slider over the values of ``maps``; it starts at ``threshold``, else at the
+    99th percentile of (a sample of) all map values."""
+    import ipywidgets as W
+
+    top, lo = float(max(m.max() for m in maps)), float(min(m.min() for m in maps))
+    start = float(threshold) if threshold is not None else float(np.quantile(np.concatenate(
+        [m.ravel()[:: max(1, m.size // 4096)] for m in maps]), 0.99))
+    hi = max(top, start) * 1.05
+    return W.FloatSlider(value=start, min=min(lo, start), max=hi if hi > lo else lo + 1.0,
+                         step=(hi - lo) / 500 if hi > lo else 0.01, description="threshold",
+                         readout_format=".4g", continuous_update=False, layout=W.Layout(width="480px"))
+
+
+def _browse_one(i: int, images, maps, masks, scores, labels, thr: float | None, vmax: float | None):
+    """(PNG bytes of the browser's panels, HTML facts) for image ``i``: the image with its mask outline, the
+    heatmap and the pixels above ``thr``; its label, the share of pixels above, its score and verdict."""
+    green = (40, 220, 40)
+    img = np.asarray(images[i], dtype=np.uint8)
+    mask = masks[i] if masks is not None else None
+    pngs = [_png(mask_overlay(img, mask, color=green, alpha=0.0, width=2) if mask is not None else img)]
+    parts = []
+    if labels is not None:
+        parts.append("label: <b>" + ("defect" if int(labels[i]) == 1 else "normal") + "</b>")
+    if maps is not None:
+        heat = overlay(img, maps[i], alpha=0.55, vmin=0.0, vmax=vmax)
+        above = _fit_mask(maps[i] > thr, img.shape[:2])
+        pred = mask_overlay(img, above, color=(255, 40, 40), alpha=0.5, outline=False)
+        if mask is not None:
+            heat = mask_overlay(heat, mask, color=green, alpha=0.0)
+            pred = mask_overlay(pred, mask, color=green, alpha=0.0, width=2)
+        pngs += [_png(heat), _png(pred)]
+        parts.append(f"pixels above threshold: {above.mean():.2%}")
+    if scores is not None:
+        s = float(scores[i])
+        parts.append(f"score: {s:.4g}")
+        if thr is not None:
+            verdict, colour = ("ANOMALOUS", "#c0392b") if s > thr else ("normal", "#1e8449")
+            parts.append(f"verdict at threshold {thr:.4g}: <b style='color:{colour}'>{verdict}</b>")
+    return pngs, parts
+
+
 def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None = None,
                   masks: Sequence[np.ndarray] | None = None, scores: Sequence[float] | None = None,
                   labels: Sequence[int] | None = None, titles: Sequence[str] | None = None,
@@ -51,92 +104,69 @@ def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | Non
     (indices the index slider walks through)."""
     import ipywidgets as W
 
-    n = len(images)
-    if n == 0:
-        raise ValueError("image_browser needs at least one image")
-    for name, seq in (("maps", maps), ("masks", masks), ("scores", scores), ("labels", labels), ("titles", titles),
-                      ("categories", categories)):
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{name} has {len(seq)} entries for {n} images")
+    n = _check_lengths(images, maps=maps, masks=masks, scores=scores, labels=labels, titles=titles,
+                       categories=categories)
+    thr = None
     if maps is not None:
         maps = [np.asarray(m, dtype=np.float32) for m in maps]
-        top = float(max(m.max() for m in maps))
-        vmax = float(vmax) if vmax is not None else top
-        lo = float(min(m.min() for m in maps))
-        start = float(threshold) if threshold is not None else float(np.quantile(np.concatenate(
-            [m.ravel()[:: max(1, m.size // 4096)] for m in maps]), 0.99))
-        hi = max(top, start) * 1.05
-        thr = W.FloatSlider(value=start, min=min(lo, start), max=hi if hi > lo else lo + 1.0,
-                            step=(hi - lo) / 500 if hi > lo else 0.01, description="threshold",
-                            readout_format=".4g", continuous_update=False, layout=W.Layout(width="480px"))
-    else:
-        thr = None
+        vmax = float(vmax) if vmax is not None else float(max(m.max() for m in maps))
+        thr = _threshold_slider(maps, threshold)
     cat_dd = None
     if categories is not None:
         cat_dd = W.Dropdown(options=["all"] + sorted(set(map(str, categories))), value="all", description="category")
     idx = W.IntSlider(value=0, min=0, max=n - 1, description="image", continuous_update=False,
                       layout=W.Layout(width="480px"))
-    n_panels = 1 + (maps is not None) + (maps is not None)
-    panels = [W.Image(format="png", width=display_size, height=display_size) for _ in range(n_panels)]
     captions = ["image" + (" + defect mask (green)" if masks is not None else "")]
     if maps is not None:
         captions += ["anomaly map", "pixels above threshold (red)" + (" vs mask" if masks is not None else "")]
+    panels = [W.Image(format="png", width=display_size, height=display_size) for _ in captions]
     info = W.HTML()
-    state = {"selection": list(range(n))}
-
-    def render(*_):
-        sel = state["selection"]
-        if not sel:
-            info.value = "<b>no image in this category</b>"
-            return
-        i = sel[min(idx.value, len(sel) - 1)]
-        img = np.asarray(images[i], dtype=np.uint8)
-        mask = masks[i] if masks is not None else None
-        green = (40, 220, 40)
-        shown = mask_overlay(img, mask, color=green, alpha=0.0, width=2) if mask is not None else img
-        panels[0].value = _png(shown)
-        parts = [f"<b>{titles[i] if titles is not None else f'image {i}'}</b> ({idx.value + 1} of {len(sel)})"]
-        if labels is not None:
-            parts.append("label: <b>" + ("defect" if int(labels[i]) == 1 else "normal") + "</b>")
-        if maps is not None:
-            heat = overlay(img, maps[i], alpha=0.55, vmin=0.0, vmax=vmax)
-            above = _fit_mask(maps[i] > thr.value, img.shape[:2])
-            pred = mask_overlay(img, above, color=(255, 40, 40), alpha=0.5, outline=False)
-            if mask is not None:
-                heat = mask_overlay(heat, mask, color=green, alpha=0.0)
-                pred = mask_overlay(pred, mask, color=green, alpha=0.0, width=2)
-            panels[1].value, panels[2].value = _png(heat), _png(pred)
-            parts.append(f"pixels above threshold: {above.mean():.2%}")
-        if scores is not None:
-            s = float(scores[i])
-            parts.append(f"score: {s:.4g}")
-            if thr is not None:
-                verdict = "ANOMALOUS" if s > thr.value else "normal"
-                colour = "#c0392b" if s > thr.value else "#1e8449"
-                parts.append(f"verdict at threshold {thr.value:.4g}: <b style='color:{colour}'>{verdict}</b>")
-        info.value = " &nbsp;|&nbsp; ".join(parts)
-
-    def on_category(change):
-        c = change["new"]
-        state["selection"] = [i for i in range(n) if c == "all" or str(categories[i]) == c]
-        box.selection = state["selection"]
-        idx.max = max(0, len(state["selection"]) - 1)
-        idx.value = 0
-        render()
-
-    idx.observe(render, "value")
-    if thr is not None:
-        thr.observe(render, "value")
-    if cat_dd is not None:
-        cat_dd.observe(on_category, "value")
+    view = _BrowserView(images, maps, masks, scores, labels, titles, categories, vmax, idx, thr, info, panels)
+    for widget, handler in ((idx, view.render), (thr, view.render), (cat_dd, view.on_category)):
+        if widget is not None:
+            widget.observe(handler, "value")
     controls = [w for w in (cat_dd, idx, thr) if w is not None]
     row = W.HBox([W.VBox([W.HTML(f"<small>{cap}</small>"), p]) for cap, p in zip(captions, panels)])
-    box = W.VBox([*controls, info, row])
+    box = view.box = W.VBox([*controls, info, row])
     box.index, box.threshold, box.category, box.panels, box.info = idx, thr, cat_dd, panels, info
-    box.selection = state["selection"]
-    box.render = render
-    render()
+    box.selection = view.selection
+    box.render = view.render
+    view.render()
     return box
+
+
+class _BrowserView:
+    """What :func:`image_browser` shows for its sliders and category filter: the selection the index slider
+    walks through, and the panels and facts of the image it points at."""
+
+    def __init__(self, images, maps, masks, scores, labels, titles, categories, vmax, idx, thr, info, panels):
+        self.images, self.maps, self.masks, self.scores, self.labels = images, maps, masks, scores, labels
+        self.titles, self.categories, self.vmax = titles, categories, vmax
+        self.idx, self.thr, self.info, self.panels = idx, thr, info, panels
+        self.selection = list(range(len(images)))
+        self.box = None
+
+    def render(self, *_):
+        sel = self.selection
+        if not sel:
+            self.info.value = "<b>no image in this category</b>"
+            return
+        i = sel[min(self.idx.value, len(sel) - 1)]
+        thr = None if self.thr is None else self.thr.value
+        pngs, parts = _browse_one(i, self.images, self.maps, self.masks, self.scores, self.labels, thr, self.vmax)
+        for panel, png in zip(self.panels, pngs):
+            panel.value = png
+        title = self.titles[i] if self.titles is not None else f"image {i}"
+        self.info.value = " &nbsp;|&nbsp; ".join([f"<b>{title}</b> ({self.idx.value + 1} of {len(sel)})", *parts])
+
+    def on_category(self, change):
+        c = change["new"]
+        self.selection = [i for i in range(len(self.images)) if c == "all" or str(self.categories[i]) == c]
+        if self.box is not None:
+            self.box.selection = self.selection
+        self.idx.max = max(0, len(self.selection) - 1)
+        self.idx.value = 0
+        self.render()
 
 
 def run_switcher(maps: dict[str, Sequence[np.ndarray]], scores: dict[str, Sequence[float]] | None = None,

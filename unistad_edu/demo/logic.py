@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .data import DECODE_FORMATS, MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, decode_image
+from ..data import DECODE_FORMATS, MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, decode_image
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
@@ -48,10 +48,10 @@ FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
 def load_served_model(run_dir, backend: str = "auto", threads: int | None = None, precision: str = "auto"):
     """The model of a run folder (PyTorch, teacher at ``precision``) or of an export folder (onnxruntime or
     OpenVINO, ``backend``; no PyTorch imported)."""
-    from .export_runtime import ExportedModel, is_export
+    from ..export_runtime import ExportedModel, is_export
     if is_export(run_dir):
         return ExportedModel(run_dir, backend=backend, threads=threads)
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
     model = load_checkpoint(run_dir)
     model.set_teacher_precision(precision)
     return model
@@ -61,12 +61,12 @@ def predictor(model):
     """``(predict(images) -> inference.predict's per-image dicts, backend description)`` for a PyTorch model or an
     :class:`~unistad_edu.export_runtime.ExportedModel`: the one call the demo, its load test and its screenshot
     make, whatever serves the model."""
-    from .export_runtime import ExportedModel
+    from ..export_runtime import ExportedModel
     if isinstance(model, ExportedModel):
         return model.predict, model.backend
     import torch
 
-    from .inference import predict
+    from ..inference import predict
 
     def run(images):
         with torch.inference_mode():
@@ -186,7 +186,7 @@ class Example:
 def example_images(cfg: dict, per_category_defects: int = 2, limit: int = 18) -> list[Example]:
     """Test images from the run's ``data_root`` (config.json): per category one ``test/good`` image and up to
     ``per_category_defects`` defective ones of different kinds. Empty if the data folder is not available."""
-    from .data import discover_categories, scan_category
+    from ..data import discover_categories, scan_category
 
     root = cfg.get("data_root")
     if not root or not Path(root).is_dir():
@@ -215,7 +215,7 @@ def example_images(cfg: dict, per_category_defects: int = 2, limit: int = 18) ->
 # ---- what the page shows --------------------------------------------------------------------------------
 def verdict(score: float, threshold: float | None) -> str:
     """The verdict's word: the one rule of :func:`unistad_edu.calibration.verdict`."""
-    from .calibration import verdict as rule
+    from ..calibration import verdict as rule
     judged = rule(score, threshold)
     return "no threshold" if judged is None else "ANOMALOUS" if judged else "normal"
 
@@ -232,7 +232,7 @@ def result_record(rows: Sequence[dict], errors: Sequence[str], threshold: float 
     "errors": [...]}``: each image's routed ``category`` (None for a run with one global threshold), the
     ``threshold`` it was judged at, its standardised score ``z``; ``anomalous`` is ``score > threshold`` (None
     without a threshold)."""
-    from .calibration import verdict as rule
+    from ..calibration import verdict as rule
     thr = None if threshold is None else float(threshold)
     return {"threshold": thr,
             "results": [{"name": r["name"], "category": r.get("category"), "score": float(r["score"]),
@@ -256,7 +256,7 @@ def slider_range(cfg: dict) -> tuple[float, float, float]:
 
 def thumbnail(path, size: int = 112) -> np.ndarray:
     """A small RGB preview of a (trusted) dataset image."""
-    from .data import load_image
+    from ..data import load_image
     return load_image(path, size)
 
 
@@ -265,20 +265,20 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float 
     """The heatmap overlay with its colour bar and labelled ticks (uint8). ``scale="fixed"``: colours from 0 to
     the threshold, so red means "at or above the threshold" and normal images stay cold; ``"image"``: each map's
     own min -> max (the bar says which)."""
-    from .viz import heatmap_with_colorbar
+    from ..viz import heatmap_with_colorbar
     return heatmap_with_colorbar(image, anomaly_map, threshold, "fixed" if scale == "fixed" else "image")
 
 
 def render_input(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None) -> np.ndarray:
     """The image as the model sees it, with the predicted region (map > threshold) outlined in cyan -- what
     anomalib's inferencer shows as the predicted mask."""
-    from .viz import outline_region
+    from ..viz import outline_region
     return outline_region(image, anomaly_map, threshold)
 
 
 def render_levels(level_maps: dict, size: int) -> list[tuple[np.ndarray, str]]:
     """Each per-level map coloured on its own scale and enlarged to ``size`` (nearest), with a caption."""
-    from .viz import colorize
+    from ..viz import colorize
     out = []
     for name, m in level_maps.items():
         m = np.asarray(m, dtype=np.float32)
@@ -367,7 +367,7 @@ def _threshold_line(cfg: dict) -> str:
 def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bool = True,
                backend: str | None = None) -> str:
     """A Markdown model card from config.json (and metrics.json if present); ``backend``: what serves it."""
-    from .report import format_table
+    from ..report import format_table
 
     teacher = cfg.get("teacher") or {}
     cats = cfg.get("train_categories") or []
@@ -437,7 +437,7 @@ def is_loopback(host: str) -> bool:
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``python -m unistad_edu demo`` and ``python demo/app.py`` (values checked as parsed)."""
-    from . import options
+    from .. import options
     p.add_argument("--run", default=None, help="run folder (model.safetensors + config.json) or export folder "
                    "(export.json). Default: the README's main job (a memory bank, 256 px) built once on the "
                    "synthetic set into $UNISTAD_CACHE/demo_run")

@@ -1,8 +1,8 @@
 """The demo as a process: serve a run (``python -m unistad_edu demo`` / ``python demo/app.py``), render a
 screenshot of the page with headless Chromium, and load-test the running app over loopback.
 
-Apart from the page (:mod:`unistad_edu.demo_app`, which builds and launches the Gradio Blocks) and from the
-page's non-UI logic (:mod:`unistad_edu.demo_support`: decoding, default run, model card): this module imports
+Apart from the page (:mod:`unistad_edu.demo.page`, which builds and launches the Gradio Blocks) and from the
+page's non-UI logic (:mod:`unistad_edu.demo.logic`: decoding, default run, model card): this module imports
 both, and neither imports it.
 
 * :func:`run` / :func:`main`: the ``demo`` command -- resolve the run, then serve, or ``--screenshot``, or
@@ -29,11 +29,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import demo_support as ds
-from .demo_app import build_app, launch
-from .demo_support import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port
-from .resolve import resolve_run
-from .files import atomic_write_text
+from . import logic
+from .page import build_app, launch
+from .logic import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port
+from ..resolve import resolve_run
+from ..files import atomic_write_text
 
 log = logging.getLogger("unistad_edu.demo")
 
@@ -132,6 +132,37 @@ def stop_process(proc, timeout_s: float = 20.0) -> int:
         return proc.wait()
 
 
+@contextlib.contextmanager
+def _in_process(run, model, app_concurrency: int):
+    """The demo served by this process on a free loopback port; yields its URL, closes it after."""
+    demo = build_app(run, model=model, concurrency=app_concurrency)
+    port = free_port()
+    launch(demo, DEFAULT_HOST, port, block=False, quiet=True)
+    try:
+        yield f"http://{DEFAULT_HOST}:{port}/"
+    finally:
+        demo.close()
+
+
+def _load_test(url: str, seq: Sequence[Path], thr, concurrency: int, warmup: int):
+    """(latencies, errors, wall seconds) of ``seq`` uploaded to the page's ``/predict`` from ``concurrency``
+    client threads, after ``warmup`` calls; a reply that is not a score counts as an error."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+
+    def call(path):
+        out = client.predict([handle_file(str(path))], thr, "fixed", api_name="/predict")
+        status = out[0]
+        if "refused" in status.lower() or "failed" in status.lower() or "anomaly score" not in status:
+            raise RuntimeError(status)
+        return out
+
+    for p in seq[:warmup]:
+        call(p)
+    return _timed_pool(call, seq, concurrency)
+
+
 def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_concurrency: int = DEFAULT_CONCURRENCY,
                images: Sequence | None = None, warmup: int = 2, model=None, in_process: bool = False,
                log: Callable[[str], None] = print) -> dict:
@@ -146,11 +177,9 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     and throughput (requests/s) of each."""
     import platform
 
-    from gradio_client import Client, handle_file
-
     run = resolve_run(run_dir, log=log)
-    model = model if model is not None else ds.load_served_model(run)
-    infer, backend = ds.predictor(model)
+    model = model if model is not None else logic.load_served_model(run)
+    infer, backend = logic.predictor(model)
     if images is None:
         images = [e.path for e in example_images(model.run_config)]
     if not images:
@@ -158,34 +187,10 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     seq = [Path(images[i % len(images)]) for i in range(n_requests)]
     thr = model.threshold
 
-    if in_process:
-
-        @contextlib.contextmanager
-        def serving():
-            demo = build_app(run, model=model, concurrency=app_concurrency)
-            port = free_port()
-            launch(demo, DEFAULT_HOST, port, block=False, quiet=True)
-            try:
-                yield f"http://{DEFAULT_HOST}:{port}/"
-            finally:
-                demo.close()
-        server = serving()
-    else:
-        server = serve_in_subprocess(run, concurrency=app_concurrency, log=log)
-
+    server = (_in_process(run, model, app_concurrency) if in_process else
+              serve_in_subprocess(run, concurrency=app_concurrency, log=log))
     with server as url:
-        client = Client(url, verbose=False)
-
-        def call(path):
-            out = client.predict([handle_file(str(path))], thr, "fixed", api_name="/predict")
-            status = out[0]
-            if "refused" in status.lower() or "failed" in status.lower() or "anomaly score" not in status:
-                raise RuntimeError(status)
-            return out
-
-        for p in seq[:warmup]:
-            call(p)
-        lat, errors, wall = _timed_pool(call, seq, concurrency)
+        lat, errors, wall = _load_test(url, seq, thr, concurrency, warmup)
 
     def bare(path):
         return infer([str(path)])
@@ -195,6 +200,11 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     b_lat, b_err, b_wall = _timed_pool(bare, seq, 1)
     bc_lat, bc_err, bc_wall = _timed_pool(bare, seq, concurrency)
     cfg = model.run_config
+
+    def timing(lat_, err_, wall_, errors_shown=False):
+        return {"ok": len(lat_), "failed": len(err_), **({"errors": err_[:5]} if errors_shown else {}),
+                **_percentiles(lat_), "throughput_rps": round(len(lat_) / wall_, 2), "wall_s": round(wall_, 2)}
+
     result = {
         "what": "demo load test: gradio_client over loopback vs bare inference.predict (same images, model, run)",
         "run": str(run), "method": cfg.get("method"), "image_size": cfg.get("image_size"),
@@ -203,13 +213,9 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
         "images": len(images), "backend": backend,
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "demo": {"ok": len(lat), "failed": len(errors), "errors": errors[:5], **_percentiles(lat),
-                 "throughput_rps": round(len(lat) / wall, 2), "wall_s": round(wall, 2)},
-        "bare_predict_sequential": {"ok": len(b_lat), "failed": len(b_err), **_percentiles(b_lat),
-                                    "throughput_rps": round(len(b_lat) / b_wall, 2), "wall_s": round(b_wall, 2)},
-        f"bare_predict_{concurrency}_threads": {"ok": len(bc_lat), "failed": len(bc_err), **_percentiles(bc_lat),
-                                                "throughput_rps": round(len(bc_lat) / bc_wall, 2),
-                                                "wall_s": round(bc_wall, 2)},
+        "demo": timing(lat, errors, wall, errors_shown=True),
+        "bare_predict_sequential": timing(b_lat, b_err, b_wall),
+        f"bare_predict_{concurrency}_threads": timing(bc_lat, bc_err, bc_wall),
     }
     seq_tp = result["bare_predict_sequential"]["throughput_rps"]
     result["demo_throughput_vs_bare_sequential"] = round(result["demo"]["throughput_rps"] / seq_tp, 3) if seq_tp else None
@@ -221,17 +227,17 @@ def screenshot(run_dir, out, model=None, width: int = 1280, timeout_s: float = 1
     is the defective one the model scores highest (an illustration; the model card shows the honest numbers)."""
     from playwright.sync_api import sync_playwright
 
-    model = model if model is not None else ds.load_served_model(run_dir)
-    examples = ds.example_images(model.run_config)
+    model = model if model is not None else logic.load_served_model(run_dir)
+    examples = logic.example_images(model.run_config)
     pick = 0
     if examples:
-        infer, _ = ds.predictor(model)
+        infer, _ = logic.predictor(model)
         scores = [r["score"] for r in infer([e.path for e in examples])]
         defects = [i for i, e in enumerate(examples) if e.defect != "good"] or list(range(len(examples)))
         pick = max(defects, key=lambda i: scores[i])
     demo = build_app(run_dir, model=model)
-    port = ds.free_port()
-    launch(demo, ds.DEFAULT_HOST, port, block=False, quiet=True)
+    port = logic.free_port()
+    launch(demo, logic.DEFAULT_HOST, port, block=False, quiet=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -239,7 +245,7 @@ def screenshot(run_dir, out, model=None, width: int = 1280, timeout_s: float = 1
             browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": width, "height": 900})
             page.set_default_timeout(timeout_s * 1000)
-            page.goto(f"http://{ds.DEFAULT_HOST}:{port}/")
+            page.goto(f"http://{logic.DEFAULT_HOST}:{port}/")
             page.locator("#status").wait_for()
             if examples:
                 page.locator("#examples button.thumbnail-item").nth(pick).click()
@@ -262,7 +268,7 @@ def run(args) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     run_dir = resolve_run(args.run)
-    model = ds.load_served_model(run_dir, backend=args.backend, threads=getattr(args, "threads", None),
+    model = logic.load_served_model(run_dir, backend=args.backend, threads=getattr(args, "threads", None),
                                  precision=getattr(args, "precision", "auto"))  # demo/app.py has no --precision
     max_pixels = int(args.max_megapixels * 1e6)
     if args.bench:
@@ -277,7 +283,7 @@ def run(args) -> int:
         out = screenshot(run_dir, args.screenshot, model=model)
         print(f"screenshot written to {out}")
         return 0
-    if not ds.is_loopback(args.host):
+    if not logic.is_loopback(args.host):
         print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} can use the "
               f"demo (there is no login). Use the default --host 127.0.0.1 to keep it local.", file=sys.stderr)
     own_files = None
@@ -294,7 +300,7 @@ def run(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"demo of {run_dir} ({model.run_config.get('method')}, served by {ds.predictor(model)[1]}) at "
+    print(f"demo of {run_dir} ({model.run_config.get('method')}, served by {logic.predictor(model)[1]}) at "
           f"http://{args.host}:{args.port}/  (Ctrl+C to stop)", flush=True)
     try:
         launch(demo, args.host, args.port, block=True)
@@ -306,7 +312,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = ds.add_demo_arguments(argparse.ArgumentParser(prog="demo/app.py", description=__doc__))
+    parser = logic.add_demo_arguments(argparse.ArgumentParser(prog="demo/app.py", description=__doc__))
     return run(parser.parse_args(argv))
 
 
