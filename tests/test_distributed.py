@@ -112,8 +112,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data, lite0_tea
     assert loaded.run_config["complete"] and loaded.run_config["epochs_done"] == EPOCHS
     # weights: the DDP-vs-one-process difference, relative to how far training moved them (Adam turns rounding
     # differences of near-zero gradients into steps of about lr, so an element-wise bound would be loose)
-    flat = lambda m: torch.cat([v.float().flatten() for v in m.state_for_checkpoint().values()
-                                if v.is_floating_point()])
+    def flat(m):
+        return torch.cat([v.float().flatten() for v in m.state_for_checkpoint().values() if v.is_floating_point()])
+
     w_ddp, w_one, w_init = flat(loaded), flat(model), flat(uniad(lite0_teacher))
     moved = ((w_ddp - w_one).norm() / (w_one - w_init).norm()).item()
     print(f"|w_ddp - w_one| / |w_one - w_init| = {moved:.2e}")

@@ -87,6 +87,17 @@ The loss (Eq. 1 of the paper): at each level, L2-normalise teacher and student v
 and average `0.5 * ||t - s||²` over positions, then sum over levels. `fit` handles the rest: the teacher's
 features are computed once per image and cached, and 10 % of the training images are **held out** to
 calibrate a decision threshold from normal images only.
+
+For every batch `fit` calls one function, `engine.train_step` -- the whole optimisation step, short enough to
+read here (`prec` is the precision `fit` chose by measuring this machine; `ddp` averages the gradients when
+several processes train together):
+"""),
+    code(r"""
+import inspect
+
+from unistad_edu import engine
+
+print(inspect.getsource(engine.train_step))
 """),
     code(r"""
 result = fit(model, train, TrainConfig(epochs=EPOCHS, batch_size=cfg.batch_size, device=device, progress=True))

@@ -149,9 +149,9 @@ def cross_level_affinity(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tens
 def inter_affinity_loss(t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:
     """Sum over adjacent level pairs of mean (G_T - G_S)^2 (levels fine -> coarse)."""
     total = t[0].new_zeros(())
-    for l in range(len(t) - 1):
-        g_t = cross_level_affinity(t[l], t[l + 1])  # (B, C_l, C_{l+1})
-        g_s = cross_level_affinity(s[l], s[l + 1])
+    for k in range(len(t) - 1):
+        g_t = cross_level_affinity(t[k], t[k + 1])  # (B, C_k, C_{k+1})
+        g_s = cross_level_affinity(s[k], s[k + 1])
         total = total + (g_t - g_s).pow(2).mean()
     return total
 
