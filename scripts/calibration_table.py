@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 
-
 from unistad_edu.report import mean_std
 
 

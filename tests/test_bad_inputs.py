@@ -22,10 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .conftest import make_category, write_image
 from unistad_edu.__main__ import main
 from unistad_edu.checkpoint import CheckpointError, load_checkpoint
 from unistad_edu.demo.logic import UploadError, decode_upload
+
+from .conftest import make_category, write_image
 
 SIZE = 64
 

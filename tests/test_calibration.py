@@ -15,8 +15,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from unistad_edu.calibration import (Calibration, Router, check_calibration, clopper_pearson, cluster,
-                                     fit_calibration, floor_rate, tail_threshold, verdict)
+from unistad_edu.calibration import (
+    Calibration,
+    Router,
+    check_calibration,
+    clopper_pearson,
+    cluster,
+    fit_calibration,
+    floor_rate,
+    tail_threshold,
+    verdict,
+)
 from unistad_edu.metrics import verdict_metrics
 
 

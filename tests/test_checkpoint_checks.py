@@ -13,8 +13,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from unistad_edu.checkpoint import (CheckpointError, json_safe, load_checkpoint, load_train_state,
-                                    save_checkpoint)
+from unistad_edu.checkpoint import (
+    CheckpointError,
+    json_safe,
+    load_checkpoint,
+    load_train_state,
+    save_checkpoint,
+)
 from unistad_edu.data import MVTecDataset
 from unistad_edu.engine import TrainConfig, fit, make_optimizer
 from unistad_edu.inference import score_dataset

@@ -8,8 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from unistad_edu.data import (DataError, MVTecDataset, collate, discover_categories, holdout_split, load_image,
-                              scan_category)
+from unistad_edu.data import (
+    DataError,
+    MVTecDataset,
+    collate,
+    discover_categories,
+    holdout_split,
+    load_image,
+    scan_category,
+)
 
 from .conftest import make_category, needs_real_data, write_image
 
@@ -222,8 +229,8 @@ def test_decode_image_refuses_with_a_typed_reason_and_the_demo_words_every_reaso
     demo has its own page text for every reason there is."""
     from PIL import Image as PILImage
 
-    from unistad_edu.demo import logic
     from unistad_edu.data import IMAGE_REJECTIONS, ImageRejected, PixelBudget, decode_image
+    from unistad_edu.demo import logic
 
     assert set(logic.UPLOAD_TEXT) == set(IMAGE_REJECTIONS)
     (tmp_path / "empty.png").write_bytes(b"")

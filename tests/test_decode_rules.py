@@ -9,8 +9,15 @@ import pytest
 from PIL import EpsImagePlugin, Image
 
 from unistad_edu import data as data_mod
-from unistad_edu.data import (DataError, ImageRejected, MVTecDataset, decode_image, load_image, load_mask,
-                              model_inputs)
+from unistad_edu.data import (
+    DataError,
+    ImageRejected,
+    MVTecDataset,
+    decode_image,
+    load_image,
+    load_mask,
+    model_inputs,
+)
 
 from .conftest import make_category
 

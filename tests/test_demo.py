@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unistad_edu.demo import logic
 from unistad_edu import resolve
-from unistad_edu.demo import serving
+from unistad_edu.demo import logic, serving
 
 from .conftest import DEMO_SPEC as TINY_SPEC
 
@@ -211,6 +210,7 @@ def test_examples_hold_normal_and_defective_images(tiny_run):
 
 def test_app_builds_with_queue_and_upload_limit(tiny_run):
     import gradio as gr
+
     from unistad_edu.demo.page import build_app
     demo = build_app(tiny_run, concurrency=3, max_upload_mb=5)
     assert isinstance(demo, gr.Blocks)
@@ -221,6 +221,7 @@ def test_app_builds_with_queue_and_upload_limit(tiny_run):
 def test_app_over_loopback_scores_refuses_and_keeps_serving(tiny_run, tiny_data, tmp_path):
     """gradio_client against the running app: good image, bad upload (clear message), good image again."""
     from gradio_client import Client, handle_file
+
     from unistad_edu.demo.page import build_app, launch
 
     demo = build_app(tiny_run)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unistad_edu.demo import logic
-from unistad_edu.demo import serving
 from unistad_edu.data import load_image
+from unistad_edu.demo import logic, serving
 
 BLANK_SIDE = 6300  # 6300 x 6300 = 39.7 megapixels: just under the per-file cap of 40
 N_CONCURRENT = 4  # worst-case requests sent at once (the app processes 2, the others wait in its queue)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unistad_edu.demo import logic
-from unistad_edu.demo import serving
+from unistad_edu.demo import logic, serving
 
 from .conftest import tiny_synthetic
 

@@ -15,9 +15,12 @@ from unistad_edu.engine import TrainConfig, fit
 from unistad_edu.inference import evaluate
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
-from unistad_edu.methods.dual_student import DualStudent, global_cosine_distance, scale_easy_gradients
+from unistad_edu.methods.dual_student import (
+    DualStudent,
+    global_cosine_distance,
+    scale_easy_gradients,
+)
 from unistad_edu.scoring import ScoringConfig, combine_scores, noisy_or, noisy_or_nll, score
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 

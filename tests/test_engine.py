@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import re
 import inspect
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +200,7 @@ def test_threshold_comes_from_heldout_normal_images(trained_run, train_set):
 
 def test_checkpoint_mismatches_say_what(trained_run, tmp_path):
     import shutil
+
     from unistad_edu.teacher import Teacher
     run, _ = trained_run
     with pytest.raises(CheckpointError, match="holds a 'stpm' model, not 'uniad'"):
@@ -225,6 +226,7 @@ def test_checkpoint_mismatches_say_what(trained_run, tmp_path):
 
 def test_nan_weights_refused(trained_run, tmp_path):
     import shutil
+
     from safetensors.torch import load_file, save_file
     run, _ = trained_run
     bad = tmp_path / "nan"
@@ -402,6 +404,7 @@ def test_unified_training_reads_no_category_unless_asked_by_name(sampling, tiny_
     folder renamed to one name gives bit-identical weights -- except with "balanced-labels", which reads the
     folders by design (so this test can tell a reader of labels from a non-reader)."""
     import dataclasses
+
     from unistad_edu.engine import sampling_groups
     folders = MVTecDataset(tiny_data, "train", image_size=SIZE)
     one = MVTecDataset(tiny_data, "train", image_size=SIZE,

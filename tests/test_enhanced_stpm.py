@@ -19,7 +19,6 @@ from unistad_edu.methods.enhanced_stpm import CBAM, EnhancedSTPM, NonLocal, load
 from unistad_edu.methods.stpm import STPM
 from unistad_edu.scoring import ScoringConfig, score
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 

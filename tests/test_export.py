@@ -22,10 +22,10 @@ from unistad_edu import __version__
 from unistad_edu.checkpoint import load_checkpoint
 from unistad_edu.data import MVTecDataset
 from unistad_edu.engine import TrainConfig, fit
-from unistad_edu.inference import predict
 from unistad_edu.errors import CheckpointError
 from unistad_edu.export import PARITY_TOLERANCE, export_run
 from unistad_edu.export_runtime import CARD_FILE, EXPORT_FORMAT_VERSION, ExportedModel, read_card
+from unistad_edu.inference import predict
 from unistad_edu.methods import METHODS, build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module

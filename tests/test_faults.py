@@ -99,10 +99,11 @@ if __name__ == "__main__":
 
 
 # ---- the tests -------------------------------------------------------------------------------------------
+from safetensors.torch import load_file as safetensors_load  # noqa: E402
+
 from unistad_edu.checkpoint import CheckpointError, load_checkpoint, load_train_state  # noqa: E402
 from unistad_edu.data import MVTecDataset  # noqa: E402
 from unistad_edu.methods import build_model, make_config  # noqa: E402
-from safetensors.torch import load_file as safetensors_load  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,22 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
+from unistad_edu.metrics import (
+    ALL_KEYS,
+    METRIC_NAMES,
+    aupro,
+    auroc,
+    average_precision,
+    compute_metrics,
+    f1_max,
+    load_metrics,
+    metrics_table,
+    pixel_metrics,
+    pro_curve,
+    save_metrics,
+    undefined_reason,
+)
 from unistad_edu.report import format_table
-from unistad_edu.metrics import (ALL_KEYS, METRIC_NAMES, aupro, auroc, average_precision, compute_metrics,
-                                 f1_max, load_metrics, metrics_table, pixel_metrics, pro_curve,
-                                 save_metrics, undefined_reason)
 
 
 # ------------------------------------------------------------------------------------------------ references

@@ -550,6 +550,7 @@ def test_data_mvtec_force_keeps_files_a_user_added_to_a_downloaded_category(serv
 @pytest.mark.parametrize("what", ["photos", "a_file", "another_run", "default_plus_user_file", "link"])
 def test_the_demos_default_model_folder_is_replaced_only_when_the_demo_wrote_it(tmp_path, demo_run, what):
     from unistad_edu import resolve, runs
+
     from .conftest import DEMO_SPEC
     run = tmp_path / "demo_run"
     if what == "photos":
@@ -575,8 +576,9 @@ def test_the_demos_default_model_folder_is_replaced_only_when_the_demo_wrote_it(
 
 
 def test_an_earlier_default_model_is_replaceable():
-    from unistad_edu import resolve
     import tempfile
+
+    from unistad_edu import resolve
     with tempfile.TemporaryDirectory() as d:
         run = Path(d) / "demo_run"
         resolve.check_default_replaceable(run)  # absent

@@ -155,11 +155,12 @@ def test_teacher_follows_its_precision(one_thread):
 @pytest.mark.parametrize("method", ["stpm", "uniad", "rd", "snl", "enhanced_stpm", "unistad", "dual_student",
                                     "memory_bank"])
 def test_every_method_trains_and_scores_under_fp32_and_bf16(method, tmp_path_factory, lite0_teacher, one_thread):
-    from .conftest import tiny_synthetic
     from unistad_edu.data import MVTecDataset
     from unistad_edu.engine import TrainConfig, fit
     from unistad_edu.inference import score_dataset
     from unistad_edu.methods import build_model
+
+    from .conftest import tiny_synthetic
 
     data = tiny_synthetic(tmp_path_factory, size=64, n_train=6, n_test_good=1, n_test_defect=1)
     train = MVTecDataset(data, "train", image_size=64)
@@ -175,10 +176,11 @@ def test_every_method_trains_and_scores_under_fp32_and_bf16(method, tmp_path_fac
 
 
 def test_run_config_records_the_precision(tmp_path_factory, tmp_path, lite0_teacher, one_thread):
-    from .conftest import tiny_synthetic
     from unistad_edu.data import MVTecDataset
     from unistad_edu.engine import TrainConfig, fit
     from unistad_edu.methods import build_model
+
+    from .conftest import tiny_synthetic
 
     data = tiny_synthetic(tmp_path_factory, size=64, n_train=4, n_test_good=1, n_test_defect=1)
     model = build_model("stpm", lite0_teacher, image_size=64, batch_size=4, epochs=1)
@@ -199,10 +201,11 @@ def test_a_decision_measured_on_a_busy_machine_is_used_but_not_cached(fresh, mon
 
 
 def test_resume_keeps_the_precision_the_run_started_with(tmp_path_factory, tmp_path, lite0_teacher, one_thread):
-    from .conftest import tiny_synthetic
     from unistad_edu.data import MVTecDataset
     from unistad_edu.engine import TrainConfig, fit
     from unistad_edu.methods import build_model
+
+    from .conftest import tiny_synthetic
 
     data = tiny_synthetic(tmp_path_factory, size=64, n_train=4, n_test_good=1, n_test_defect=1)
     train = MVTecDataset(data, "train", image_size=64)

@@ -11,12 +11,19 @@ import torch.nn.functional as F
 from unistad_edu.data import MVTecDataset
 from unistad_edu.engine import TrainConfig, fit
 from unistad_edu.inference import evaluate
+from unistad_edu.layers import Bottleneck, Decoder, cosine_distance
 from unistad_edu.methods import METHODS, build_model, make_config
 from unistad_edu.methods.base import Batch
-from unistad_edu.layers import Bottleneck, Decoder, cosine_distance
 from unistad_edu.methods.rd import RD, position_cosine_distance
-from unistad_edu.methods.snl import (CRAM, SNL, channel_cosine_distance, cross_level_affinity,
-                                     inter_affinity_loss, intra_affinity_loss, position_affinity)
+from unistad_edu.methods.snl import (
+    CRAM,
+    SNL,
+    channel_cosine_distance,
+    cross_level_affinity,
+    inter_affinity_loss,
+    intra_affinity_loss,
+    position_affinity,
+)
 
 ALL_OFF = dict(spatial_channel=False, intra_affinity=False, inter_affinity=False, cram=False)
 

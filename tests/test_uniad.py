@@ -11,10 +11,15 @@ import torch
 from unistad_edu.data import MVTecDataset
 from unistad_edu.engine import TrainConfig, fit
 from unistad_edu.inference import evaluate
-from unistad_edu.layers import PositionEmbedding2D, additive_mask, clip_neighbor_size, local_mask, neighbor_mask
+from unistad_edu.layers import (
+    PositionEmbedding2D,
+    additive_mask,
+    clip_neighbor_size,
+    local_mask,
+    neighbor_mask,
+)
 from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 

@@ -17,7 +17,6 @@ from unistad_edu.methods.base import Batch
 from unistad_edu.methods.unistad import UniSTAD
 from unistad_edu.refine import AffinityRefiner, affinity
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
 
 

@@ -413,7 +413,6 @@ def _evaluate_run(args, run: Path) -> dict:
     from .data import MVTecDataset
     from .inference import evaluate
     from .metrics import metrics_table
-
     from .runs import read_setting
 
     setting_file = run / SETTING_FILE
@@ -579,6 +578,7 @@ def _crash_log(err: BaseException) -> Path | None:
     """Write the traceback of an unexpected error to ``$UNISTAD_CACHE/logs/`` and return the file."""
     import time
     import traceback
+
     from .files import cache_root
     root = cache_root() / "logs"
     try:

@@ -90,10 +90,10 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
     256 images per epoch keeps that share close to a real epoch (672 images on the five real categories).
     ``compare="cache"``: instead, engine fit with the feature cache vs engine fit running the teacher on
     every step (what the cache buys a method that only needs teacher features)."""
-    from .engine import TrainConfig, fit, make_optimizer, train_step
-    from .inference import precision_of
     from .cache import FeatureCache
     from .data import collate
+    from .engine import TrainConfig, fit, make_optimizer, train_step
+    from .inference import precision_of
     from .methods import build_model
     from .methods.base import Batch
     from .teacher import load_teacher

@@ -32,12 +32,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .layout import CONFIG_FILE, MODEL_FILE, STATE_FILE  # noqa: F401  (re-exported: engine, runs, tests)
 from . import files
-from .files import dumps_json, json_safe  # noqa: F401  (the checkpoint's JSON writer; tests import it here)
 from .cards import ALTERED, check_config_values  # torch-free: the export card's check uses them too
 from .cards import is_int as _is_int
 from .errors import CheckpointError  # noqa: F401  (defined torch-free; raised here)
+from .files import dumps_json, json_safe  # noqa: F401  (the checkpoint's JSON writer; tests import it here)
+from .layout import CONFIG_FILE, MODEL_FILE, STATE_FILE  # noqa: F401  (re-exported: engine, runs, tests)
 from .ownership import RUN_FORMAT
 
 #: config.json's ``"format"``: this version writes and reads v2 only (v2: every method-config field saved, tensors

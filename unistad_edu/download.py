@@ -65,9 +65,9 @@ import numpy as np
 from PIL import Image
 
 from . import ownership
+from .data import DataError
 from .files import BadJSONFile, install_folder, pid_alive, read_json_object
 from .files import sha256_file as _sha256
-from .data import DataError
 
 CHUNK = 1 << 20  # bytes per read/write
 MANIFEST_NAME = "DOWNLOADS.json"

@@ -29,14 +29,23 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .layout import LOG_FILE, SETTING_FILE
 from . import distributed, files, runs
 from .cache import FeatureCache
-from .checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, atomic_write_text, load_train_state, non_finite,
-                         read_tensors, save_checkpoint, save_train_state)
 from .calibration import DEFAULT_TAIL, Calibration
+from .checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    atomic_write_text,
+    load_train_state,
+    non_finite,
+    read_tensors,
+    save_checkpoint,
+    save_train_state,
+)
 from .data import MVTecDataset, collate, holdout_split
 from .inference import calibrate, method_batch, precision_of, progress_bar
+from .layout import LOG_FILE, SETTING_FILE
 from .methods.base import SAMPLINGS, Batch, Method
 
 PRELOAD_MAX_MB = 4096  # a training set larger than this in memory is streamed from the feature cache instead

@@ -37,12 +37,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layout import METRICS_FILE
-from .errors import CheckpointError
 from . import ownership
-from .export_runtime import CARD_FILE, EXPORT_FORMAT_VERSION, FORMATS, INPUT_NAME, OUTPUT_NAMES, ExportedModel
-from .files import install_folder, sha256_file, staging_folder
 from .calibration import verdict
+from .errors import CheckpointError
+from .export_runtime import (
+    CARD_FILE,
+    EXPORT_FORMAT_VERSION,
+    FORMATS,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    ExportedModel,
+)
+from .files import install_folder, sha256_file, staging_folder
+from .layout import METRICS_FILE
 from .methods.base import Batch
 
 #: largest |export - PyTorch| of any map pixel or score, as a fraction of the threshold (of the largest |score|

@@ -87,8 +87,8 @@ def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
     plt = _plt()
     from .checkpoint import load_checkpoint, read_config
     from .data import load_mask
-    from .resolve import test_set
     from .inference import predict
+    from .resolve import test_set
     from .viz import mask_boundary, overlay
 
     cfg = read_config(run)

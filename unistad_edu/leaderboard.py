@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .layout import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 from .files import read_json_object
+from .layout import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 from .report import HEADLINE as COLUMNS  # the headline metrics: one list for every table
 
 

@@ -25,8 +25,8 @@ import numbers
 import os
 from pathlib import Path
 
-from .layout import CONFIG_FILE, SETTING_FILE
 from .files import BadJSONFile, read_json_object
+from .layout import CONFIG_FILE, SETTING_FILE
 
 RUN_FORMAT = "unistad-edu checkpoint"  # config.json's "format" starts with it ("... v2")
 SYNTHETIC_FORMAT = "unistad_edu.synthetic (MVTec AD layout)"

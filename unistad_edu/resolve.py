@@ -15,7 +15,6 @@ from typing import Callable
 
 from .layout import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE
 
-
 #: the default model the demo trains when no --run is given: the README's main job (a memory bank at 256 px
 #: with a 5 % coreset, chosen on a second synthetic set drawn with another seed -- docs/benchmarks.md, "The
 #: first verdicts"). ``set``: method settings (``train --set``).
@@ -73,10 +72,10 @@ def ensure_default_run(run_dir=None, spec: dict | None = None, data_root=None,
     MVTec-layout folder instead), evaluate it (``metrics.json``) and move it into place atomically."""
     from .data import MVTecDataset, default_data_root
     from .engine import TrainConfig, fit
+    from .files import install_folder, staging_folder
     from .inference import evaluate
     from .methods import build_model
     from .metrics import save_metrics
-    from .files import install_folder, staging_folder
     from .teacher import load_teacher
 
     spec = dict(spec or DEFAULT_RUN_SPEC)

@@ -21,9 +21,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .layout import LOG_FILE, METRICS_FILE, PREDICTIONS_DIR, SETTING_FILE
 from . import ownership
 from .checkpoint import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, STATE_FILE, format_version
+from .layout import LOG_FILE, METRICS_FILE, PREDICTIONS_DIR, SETTING_FILE
 
 RUN_FILES = (MODEL_FILE, CONFIG_FILE, STATE_FILE, LOG_FILE, SETTING_FILE)
 DERIVED_FILES = (METRICS_FILE,)

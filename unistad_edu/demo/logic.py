@@ -26,7 +26,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..data import DECODE_FORMATS, MAX_IMAGE_PIXELS, DataError, ImageRejected, PixelBudget, decode_image
+from ..data import (
+    DECODE_FORMATS,
+    MAX_IMAGE_PIXELS,
+    DataError,
+    ImageRejected,
+    PixelBudget,
+    decode_image,
+)
 
 # ---- settings -------------------------------------------------------------------------------------------
 DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately

@@ -20,8 +20,8 @@ from typing import Sequence
 import gradio as gr
 import numpy as np
 
-from . import logic
 from .. import resolve
+from . import logic
 
 log = logging.getLogger("unistad_edu.demo")
 

@@ -29,11 +29,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import logic
-from .page import build_app, launch
-from .logic import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port
-from ..resolve import resolve_run
 from ..files import atomic_write_text
+from ..resolve import resolve_run
+from . import logic
+from .logic import DEFAULT_CONCURRENCY, DEFAULT_HOST, example_images, free_port
+from .page import build_app, launch
 
 log = logging.getLogger("unistad_edu.demo")
 

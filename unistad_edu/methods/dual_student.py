@@ -68,14 +68,21 @@ Data flow (``cpu`` preset: Lite0 at 256 px, groups (stride 4 + 8) and (stride 16
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import torch
 import torch.nn as nn
 
-from ..layers import (TransformerLayer, cosine_distance, global_cosine_distance, levels_to_grid, resize_bilinear,
-                      scale_easy_gradients, to_tokens)
+from ..layers import (
+    TransformerLayer,
+    cosine_distance,
+    global_cosine_distance,
+    levels_to_grid,
+    resize_bilinear,
+    scale_easy_gradients,
+    to_tokens,
+)
 from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
 from .base import Batch, Method, TransformerTrainingConfig
 

@@ -53,8 +53,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import (Attention, FeedForward, PositionEmbedding2D, TransformerLayer, clip_neighbor_size,
-                      levels_to_grid, neighbor_mask, to_grid, to_tokens, xavier_init_)
+from ..layers import (
+    Attention,
+    FeedForward,
+    PositionEmbedding2D,
+    TransformerLayer,
+    clip_neighbor_size,
+    levels_to_grid,
+    neighbor_mask,
+    to_grid,
+    to_tokens,
+    xavier_init_,
+)
 from ..scoring import ScoringConfig
 from .base import Batch, Method, TransformerTrainingConfig
 

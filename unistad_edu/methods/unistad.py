@@ -56,8 +56,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..layers import (PositionEmbedding2D, TransformerLayer, clip_neighbor_size, level_cosine_distance,
-                      levels_to_grid, local_mask, neighbor_mask, to_grid, to_tokens, xavier_init_)
+from ..layers import (
+    PositionEmbedding2D,
+    TransformerLayer,
+    clip_neighbor_size,
+    level_cosine_distance,
+    levels_to_grid,
+    local_mask,
+    neighbor_mask,
+    to_grid,
+    to_tokens,
+    xavier_init_,
+)
 from ..refine import AffinityRefiner
 from ..scoring import ScoringConfig
 from .base import Batch, Method, TransformerTrainingConfig

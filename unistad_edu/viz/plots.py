@@ -9,6 +9,7 @@ from PIL import Image
 
 from .render import as_uint8, colorize, mask_overlay, overlay
 
+
 # ---- training -------------------------------------------------------------------------------------------
 def loss_curve(history: Sequence[dict], key: str = "loss", title: str | None = None):
     """Line plot of ``key`` per epoch from a ``FitResult.history`` (list of {"epoch", "loss", ...})."""

@@ -10,6 +10,7 @@ from PIL import Image
 from ..report import HEADLINE
 from .render import _fit_mask, mask_overlay, overlay
 
+
 # ---- explorer -------------------------------------------------------------------------------------------
 def _png(arr: np.ndarray) -> bytes:
     import io
