@@ -64,3 +64,80 @@ def test_the_switches_are_off_by_default_and_ranged(teacher):
     for bad in ({"hm_quantile": 1.0}, {"hm_factor": 1.5}, {"bottleneck_dropout": 1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_model("rd", teacher, image_size=64, **bad)
+
+
+def _leaf(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+
+
+@pytest.mark.parametrize("q, f", [(0.5, 0.1), (0.9, 0.0)])
+def test_uniad_loose_loss_scales_the_easy_positions_gradient(teacher, q, f):
+    """UniAD's hm_quantile / hm_factor against its plain MSE on the same reconstruction: the same value; at the
+    positions whose squared error (mean over channels) is below the quantile the gradient is f times the plain
+    one, elsewhere equal."""
+    target = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(1))
+    grads, values = {}, {}
+    for name, kw in (("plain", {}), ("mined", {"hm_quantile": q, "hm_factor": f})):
+        model = build_model("uniad", teacher, image_size=64, **kw)
+        rec = _leaf((2, 6, 4, 4), 2)
+        model.forward = lambda batch, rec=rec: {"rec": rec, "target": target}
+        loss = model.loss(Batch(image=None))
+        loss.backward()
+        grads[name], values[name] = rec.grad, loss.item()
+    assert values["mined"] == pytest.approx(values["plain"])
+    err = (_leaf((2, 6, 4, 4), 2).detach() - target).pow(2).mean(dim=1)  # (B, h, w)
+    easy = (err < torch.quantile(err.flatten(), q))[:, None].expand_as(target)
+    assert easy.any() and (~easy).any()
+    torch.testing.assert_close(grads["mined"][easy], f * grads["plain"][easy])
+    torch.testing.assert_close(grads["mined"][~easy], grads["plain"][~easy])
+
+
+def test_unistad_loose_loss_scales_each_students_easy_tokens(teacher):
+    """UniSTAD's mining on all three terms at once (distill, rec and the students' consistency): the loss value
+    is unchanged; each student's gradient at its own best-predicted half of the tokens (cosine distance to the
+    teacher, mean over levels) is 0.1 of the plain one, elsewhere equal."""
+    from unistad_edu.layers import level_cosine_distance, to_tokens
+
+    q, f = 0.5, 0.1
+    model0 = build_model("unistad", teacher, image_size=64)
+    C = sum(model0.level_channels)
+    target = torch.randn(2, C, 4, 4, generator=torch.Generator().manual_seed(1))
+    grads, values, preds = {}, {}, {}
+    for name, kw in (("plain", {}), ("mined", {"hm_quantile": q, "hm_factor": f})):
+        model = build_model("unistad", teacher, image_size=64, **kw)
+        g, loc = _leaf((2, C, 4, 4), 2), _leaf((2, C, 4, 4), 3)
+        model.forward = lambda batch, g=g, loc=loc: {"target": target, "global": g, "local": loc}
+        loss = model.loss(Batch(image=None))
+        loss.backward()
+        grads[name], values[name], preds = {"global": g.grad, "local": loc.grad}, loss.item(), {"global": g, "local": loc}
+    assert values["mined"] == pytest.approx(values["plain"])
+    for k in ("global", "local"):
+        d = level_cosine_distance(to_tokens(target), to_tokens(preds[k].detach()), model0.level_channels)
+        d = d.reshape(2, 4, 4)
+        easy = (d < torch.quantile(d.flatten(), q))[:, None].expand_as(target)
+        assert easy.any() and (~easy).any()
+        torch.testing.assert_close(grads["mined"][k][easy], f * grads["plain"][k][easy])
+        torch.testing.assert_close(grads["mined"][k][~easy], grads["plain"][k][~easy])
+
+
+def test_unistad_input_dropout_is_random_while_training_only(teacher):
+    x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    noisy = build_model("unistad", teacher, image_size=64, input_dropout=0.3)
+    noisy.train()
+    a, b = noisy(x), noisy(x)
+    assert not torch.equal(a["global"], b["global"]) and not torch.equal(a["local"], b["local"])
+    assert torch.equal(a["target"], b["target"])  # the teacher tokens are the clean target
+    noisy.eval()
+    a, b = noisy(x), noisy(x)
+    assert torch.equal(a["global"], b["global"]) and torch.equal(a["local"], b["local"])
+    clean = build_model("unistad", teacher, image_size=64).train()
+    assert torch.equal(clean(x)["global"], clean(x)["global"])  # p = 0 (and no student dropout): no noise
+
+
+@pytest.mark.parametrize("name, bad", [("uniad", {"hm_quantile": 1.0}), ("uniad", {"hm_factor": -0.1}),
+                                       ("unistad", {"hm_quantile": -0.5}), ("unistad", {"input_dropout": 1.0})])
+def test_the_new_switches_are_ranged(teacher, name, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        build_model(name, teacher, image_size=64, **bad)
+    cfg = build_model(name, teacher, image_size=64).cfg
+    assert cfg.hm_quantile == 0.0 and getattr(cfg, "input_dropout", 0.0) == 0.0  # off by default

@@ -61,6 +61,7 @@ from ..layers import (
     clip_neighbor_size,
     levels_to_grid,
     neighbor_mask,
+    scale_easy_gradients,
     to_grid,
     to_tokens,
     xavier_init_,
@@ -100,6 +101,10 @@ class UniADConfig(TransformerTrainingConfig):
     jitter_prob: float = 1.0  # p: probability that an image is jittered
     feature_stride: int = 16  # MFCN: every teacher level is resized to the grid of this stride
     neck: str = "antialias"  # antialias: low-pass, then resize; official: align_corners=True, no antialias
+    # loose loss (Dinomaly's hard-point mining): the gradient of the best-reconstructed hm_quantile of positions
+    # scaled by hm_factor; 0 = off (the paper's plain MSE). The jitter above is UniAD's own noise.
+    hm_quantile: float = 0.0
+    hm_factor: float = 0.1
 
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, init_seed 0), 60 epochs of
     # uniform batches (cluster-balanced ones were no better on validation)
@@ -255,7 +260,11 @@ class UniAD(Method):
     # ---- the contract ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)
-        return {"mse": F.mse_loss(out["rec"], out["target"])}  # mean over B * C * h * w, as nn.MSELoss()
+        rec = out["rec"]
+        if self.cfg.hm_quantile > 0:  # the value is unchanged; the easy positions' gradient shrinks
+            err = (rec - out["target"]).detach().pow(2).mean(dim=1)  # (B, h, w)
+            rec = scale_easy_gradients(rec, err, self.cfg.hm_quantile, self.cfg.hm_factor)
+        return {"mse": F.mse_loss(rec, out["target"])}  # mean over B * C * h * w, as nn.MSELoss()
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..layers import (
     PositionEmbedding2D,
@@ -64,6 +65,7 @@ from ..layers import (
     levels_to_grid,
     local_mask,
     neighbor_mask,
+    scale_easy_gradients,
     to_grid,
     to_tokens,
     xavier_init_,
@@ -97,6 +99,12 @@ class UniSTADConfig(TransformerTrainingConfig):
     global_window: int = 7  # k x k window around a token that the global student may NOT see (clipped)
     local_window: int = 3  # k x k window the local student sees, the token itself excluded
     feature_stride: int | None = None  # token grid = image_size / this; None: the deepest teacher level's
+    # Dinomaly's two remedies for the identical shortcut, off by default: dropout on the teacher tokens the
+    # students read (training only; their targets stay clean), and the loose loss -- the gradient of each
+    # student's best-predicted hm_quantile of tokens scaled by hm_factor
+    input_dropout: float = 0.0
+    hm_quantile: float = 0.0
+    hm_factor: float = 0.1
     # loss weights
     w_distill: float = 1.0  # per-level cosine distance of each student to the teacher
     w_rec: float = 1.0  # ||S - T||^2 / ||T||^2 of each student
@@ -221,12 +229,16 @@ class UniSTAD(Method):
         target = self.tokens(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
         t = to_tokens(target)  # (B, L, C), row-major tokens
+        if self.training and self.cfg.input_dropout > 0:
+            t = F.dropout(t, self.cfg.input_dropout, training=True)  # what the students read; target stays clean
         g = self.global_student(t).float()  # (B, L, C)
         loc = self.local_student(t).float()  # (B, L, C)
         return {"target": target, "global": to_grid(g, h, w), "local": to_grid(loc, h, w)}
 
     def terms_from(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The three loss terms of a :meth:`forward` output, each a scalar times its weight."""
+        if self.cfg.hm_quantile > 0:
+            out = self.mined(out)
         t, g, loc = (to_tokens(out[k]) for k in ("target", "global", "local"))  # (B, L, C)
         dist = lambda a, b: level_cosine_distance(a, b, self.level_channels).mean()  # noqa: E731
         energy = t.pow(2).sum(dim=(1, 2)).clamp_min(1e-12)  # (B,)
@@ -234,6 +246,17 @@ class UniSTAD(Method):
         c = self.cfg
         return {"distill": c.w_distill * (dist(g, t) + dist(loc, t)), "rec": c.w_rec * (nse(g) + nse(loc)),
                 "consistency": c.w_consistency * dist(g, loc)}
+
+    def mined(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hard-point mining: each student's prediction with the gradient of its best-predicted
+        ``hm_quantile`` of tokens (smallest cosine distance to the teacher) scaled by ``hm_factor``."""
+        B, C, h, w = out["target"].shape
+        t = to_tokens(out["target"])  # (B, L, C)
+        mined = dict(out)
+        for k in ("global", "local"):
+            d = level_cosine_distance(t, to_tokens(out[k]).detach(), self.level_channels).reshape(B, h, w)
+            mined[k] = scale_easy_gradients(out[k], d, self.cfg.hm_quantile, self.cfg.hm_factor)
+        return mined
 
     # ---- the contract ------------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
