@@ -112,3 +112,30 @@ def test_no_lesson_cell_needs_an_exercise_cell(source):
     only_exercise = set().union(*(_defined(c.source) for c in ex)) - set().union(*(_defined(c.source) for c in rest))
     used = set().union(*(_loaded(c.source) for c in rest))
     assert not only_exercise & used, f"lesson cells use names only an exercise cell defines: {only_exercise & used}"
+
+
+_TOKEN = __import__("re").compile(r"[A-Za-z_]\w*|\d+(?:\.\d+)?|==|!=|<=|>=|\*\*|//|[^\sA-Za-z_\d]")
+
+
+def _grams(text: str, n: int) -> set[tuple[str, ...]]:
+    """The runs of ``n`` consecutive Python-like tokens of ``text`` that hold at least one name or number."""
+    toks = _TOKEN.findall(text)
+    return {g for g in zip(*(toks[i:] for i in range(n))) if any(t[0].isalnum() or t[0] == "_" for t in g)}
+
+
+def test_the_token_runs_the_hint_check_looks_for():
+    """The rule below on hand-made cases: code copied from the solution is found, prose about it is not."""
+    solution = "return torch.zeros(mask.shape).masked_fill(mask, float('-inf'))"
+    assert _grams("use torch.zeros(mask.shape)", 4) & _grams(solution, 4)
+    assert not _grams("start from zeros of the mask's shape and fill the hidden places", 4) & _grams(solution, 4)
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_no_hint_gives_away_the_solutions_code(source):
+    """A hint points the way (a question, the idea, the function to read) and never contains a run of four
+    tokens of its solution's code."""
+    for kind, src in BUILD.lesson_cells(source):
+        if kind != "exercise":
+            continue
+        shared = _grams(src["hint"], 4) & _grams(src["solution"], 4)
+        assert not shared, f"{src['title']}: the hint {src['hint']!r} repeats the solution's code {sorted(shared)[:3]}"

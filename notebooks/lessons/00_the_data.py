@@ -231,7 +231,7 @@ _mask_png = Path(tempfile.mkdtemp()) / "mask.png"
 Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 31), dtype=np.uint8)).save(_mask_png)
 check("Exercise 1 (mask)", lambda: my_load_mask(_mask_png, 16), lambda: load_mask(_mask_png, 16), hint={hint})
 """,
-        hint='threshold with >= 128 *before* resizing, and resize with Image.NEAREST to (size, size)'),
+        hint='Which comes first, the threshold or the resize? And which resampling filter can never invent a grey value between 0 and 1?'),
     exercise(
         'the one resize every loader uses',
         task=r"""
@@ -265,7 +265,7 @@ from unistad_edu.data import resize_rgb
 _rgb = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
 check("Exercise 2 (resize)", lambda: my_resize(_rgb, 24), lambda: resize_rgb(_rgb, 24), hint={hint}, atol=0.5)
 """,
-        hint='Image.fromarray(arr).resize((size, size), Image.BILINEAR) -- note Pillow takes (width, height)'),
+        hint='Let Pillow do it: make an image from the array, resize it with the bilinear filter, and turn it back into an array. Mind the order Pillow wants the two sides in.'),
     md(r"""
 ## Check yourself
 

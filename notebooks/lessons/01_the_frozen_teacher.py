@@ -228,7 +228,7 @@ _n = _t.normalization
 check("Exercise 1 (normalise)", lambda: my_normalize(_x, _n["mean"], _n["std"]), lambda: _t.normalize(_x),
       hint={hint})
 """,
-        hint='reshape mean and std to (1, 3, 1, 1) so they broadcast over the batch and the pixels'),
+        hint='mean and std hold one number per colour channel: give them a shape that broadcasts over the batch and over every pixel'),
     exercise(
         'one vector per image',
         task=r"""
@@ -257,7 +257,7 @@ with torch.no_grad():
     _f = _te(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
 check("Exercise 2 (embedding)", lambda: my_embedding(_f[_te.layer_names[-1]]), lambda: _f["cls"], hint={hint})
 """,
-        hint='mean over dim=(2, 3): the height and width of the deepest level'),
+        hint='average the deepest level over its two spatial dimensions, keeping the batch and the channels'),
     md(r"""
 How to read the table honestly: the products in this data set look very different (a grey commutator, a
 brown cookie, a green juice bottle…), so even the **mean colour** classifies most images correctly — the

@@ -227,7 +227,7 @@ _t, _s = torch.randn(2, 8, 5, 5, generator=_g), torch.randn(2, 8, 5, 5, generato
 check("Exercise 1 (level map)", lambda: my_level_map(_t, _s),
       lambda: pyramid_maps({"l": _t}, {"l": _s}, ["l"])["l"], hint={hint})
 """,
-        hint='normalise along dim=1 (channels), and keep that dimension: sum(dim=1, keepdim=True)'),
+        hint='normalise each position\'s vector over the channels, then sum the squared difference over the channels without losing that dimension'),
     exercise(
         'from level maps to an image score',
         task=r"""
@@ -271,7 +271,7 @@ _maps = {"a": torch.rand(2, 1, 8, 8, generator=_g), "b": torch.rand(2, 1, 4, 4, 
 check("Exercise 2 (image score)", lambda: my_image_score(_maps, 32),
       lambda: score(_maps, 32, ScoringConfig()).pred_score, hint={hint})
 """,
-        hint='torch.stack(upsampled).prod(dim=0), then gaussian_blur, then .flatten(1).max(dim=1).values'),
+        hint='three steps: combine the upsampled levels by a product, blur, then take each image\'s largest value'),
     md(r"""
 ## Check yourself
 

@@ -357,7 +357,7 @@ _c = np.array(["bottle", "cookie"] * 20)
 check("Exercise 1 (false alarms)", lambda: my_false_alarms(_s, _y, _c, 0.7),
       lambda: {k: v["rate"] for k, v in false_alarm_rates(_s, _y, _c, 0.7)["categories"].items()}, hint={hint})
 """,
-        hint='mask with (categories == cat) & (labels == 0), then the mean of (score > threshold)'),
+        hint='a false alarm is a normal image of that product whose score is above the threshold: count those among its normal images'),
     exercise(
         'the per-category table from one list of scores',
         task=r"""
@@ -397,7 +397,7 @@ _c = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 10)
 check("Exercise 2 (AUROC per category)", lambda: my_auroc_per_category(_s, _y, _c),
       lambda: {k: auroc(_s[_c == k], _y[_c == k]) for k in ("a", "b", "c")}, hint={hint})
 """,
-        hint='roc_auc_score(labels[mask], scores[mask]) with mask = categories == c -- labels first'),
+        hint='select one category\'s images, then use scikit-learn\'s AUROC on them; read its signature for which argument comes first'),
     md(r"""
 ## Check yourself
 

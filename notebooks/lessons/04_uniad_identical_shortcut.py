@@ -405,7 +405,7 @@ from unistad_edu.layers import neighbor_mask
 
 check("Exercise 1 (neighbour mask)", lambda: my_neighbor_mask(5, 6, 3), lambda: neighbor_mask(5, 6, 3), hint={hint})
 """,
-        hint='rows = arange(h).repeat_interleave(w), cols = arange(w).repeat(h); compare every pair with [:, None] - [None, :]'),
+        hint='give every token its row and column (row-major order), then compare every pair of tokens at once by broadcasting'),
     exercise(
         'from a boolean mask to an attention mask',
         task=r"""
@@ -436,7 +436,7 @@ from unistad_edu.layers import additive_mask, neighbor_mask
 _m = neighbor_mask(4, 4, 3)
 check("Exercise 2 (additive mask)", lambda: my_additive_mask(_m), lambda: additive_mask(_m), hint={hint})
 """,
-        hint="torch.zeros(mask.shape).masked_fill(mask, float('-inf'))"),
+        hint='attention adds the mask to its scores before the softmax: what value makes a hidden place get exactly zero weight, and what value leaves a visible one alone?'),
     md(r"""
 ## Check yourself
 

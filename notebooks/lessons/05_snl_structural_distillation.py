@@ -383,7 +383,7 @@ from unistad_edu.methods.snl import position_affinity
 _f = torch.randn(2, 6, 3, 4, generator=torch.Generator().manual_seed(0))
 check("Exercise 1 (intra-affinity)", lambda: my_position_affinity(_f), lambda: position_affinity(_f), hint={hint})
 """,
-        hint='x = F.normalize(f.flatten(2), dim=1) is (B, C, N); the affinity is x.transpose(1, 2) @ x'),
+        hint='flatten the positions, make every position\'s channel vector unit length, then one batched matrix product gives every pair\'s cosine'),
     exercise(
         'the spatial half of spatial-channel distillation',
         task=r"""
@@ -417,7 +417,7 @@ _t, _s = torch.randn(2, 5, 4, 4, generator=_g), torch.randn(2, 5, 4, 4, generato
 check("Exercise 2 (channel distance)", lambda: my_channel_distance(_t, _s),
       lambda: channel_cosine_distance(_t, _s), hint={hint})
 """,
-        hint='flatten(2) gives (B, C, hw); the cosine is taken along dim=2, the positions'),
+        hint='this time each channel is a vector over the positions: compare teacher and student channel by channel'),
     exercise(
         'channels across scales: the inter-affinity',
         task=r"""
@@ -454,7 +454,7 @@ _fine, _coarse = torch.randn(2, 4, 8, 8, generator=_g), torch.randn(2, 6, 4, 4, 
 check("Exercise 3 (inter-affinity)", lambda: my_cross_level(_fine, _coarse),
       lambda: cross_level_affinity(_fine, _coarse), hint={hint})
 """,
-        hint='normalise along dim=2 (positions) this time, not channels; the result is a @ b.transpose(1, 2)'),
+        hint='each channel is a vector over positions: make those unit length, then one matrix product pairs every fine channel with every coarse one'),
     md(r"""
 Do not read a winner off this table. In quick mode both students train for a couple of hundred steps on a
 few dozen images per category, SNL's capacity is split over five terms, and with ~40 test images per

@@ -378,7 +378,7 @@ _g = torch.Generator().manual_seed(0)
 _maps = [torch.rand(2, 1, 16, 16, generator=_g), torch.rand(2, 1, 8, 8, generator=_g), torch.rand(2, 1, 4, 4, generator=_g)]
 check("Exercise 1 (pair product)", lambda: my_pair_product(_maps), lambda: EnhancedSTPM.pair_product(_maps), hint={hint})
 """,
-        hint='the finest grid is the largest h * w; F.interpolate every map to it, then multiply'),
+        hint='bring every map to the finest grid first: which of the maps has it?'),
     exercise(
         'a combination rule',
         task=r"""
@@ -417,7 +417,7 @@ check("Exercise 2 (fuse)", lambda: (my_fuse(_maps, 16, "sum"), my_fuse(_maps, 16
       lambda: tuple(score(_maps, 16, ScoringConfig(fuse=r, blur_sigma=0)).anomaly_map for r in ("sum", "mean")),
       hint={hint})
 """,
-        hint='torch.stack of the upsampled maps, then .sum(dim=0) or .mean(dim=0)'),
+        hint='upsample the maps to one grid, then combine them across maps the way the rule\'s name says'),
     md(r"""
 ## Check yourself
 

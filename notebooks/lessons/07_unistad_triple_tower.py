@@ -401,7 +401,7 @@ from unistad_edu.layers import local_mask
 
 check("Exercise 1 (local mask)", lambda: my_local_mask(4, 5, 3), lambda: local_mask(4, 5, 3), hint={hint})
 """,
-        hint='hidden = NOT in the window, OR on the diagonal: ~near | torch.eye(h * w, dtype=torch.bool)'),
+        hint='a token is hidden when it lies outside the window -- and the token itself is hidden too, even though it is inside'),
     exercise(
         'the refinement: a random walk',
         task=r"""

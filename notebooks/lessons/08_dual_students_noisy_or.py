@@ -324,7 +324,7 @@ _g = torch.Generator().manual_seed(0)
 _p1, _p2 = torch.rand(10, generator=_g), torch.rand(10, generator=_g)
 check("Exercise 1 (Noisy-OR)", lambda: my_noisy_or(_p1, _p2), lambda: noisy_or(_p1, _p2), hint={hint})
 """,
-        hint='P(neither fires) = (1 - p1) * (1 - p2)'),
+        hint='the alarm stays silent only if neither branch fires: what is the chance of that when they fire independently?'),
     exercise(
         'scores on a common scale',
         task=r"""
@@ -357,7 +357,7 @@ _sc = {"map": torch.rand(6, generator=_g), "semantic": torch.rand(6, generator=_
 _cal = {"map": (0.4, 0.1), "semantic": (0.2, 0.05)}
 check("Exercise 2 (standardise)", lambda: my_standardize(_sc, _cal), lambda: standardize(_sc, _cal), hint={hint})
 """,
-        hint='calibration.get(name, (0.0, 1.0)) leaves an uncalibrated score unchanged'),
+        hint='a score with no calibration entry must come out unchanged: which offset and temperature do nothing?'),
     exercise(
         "the semantic student's distance",
         task=r"""
@@ -390,7 +390,7 @@ _t, _s = torch.randn(3, 4, 5, 5, generator=_g), torch.randn(3, 4, 5, 5, generato
 check("Exercise 3 (global distance)", lambda: my_global_distance(_t, _s), lambda: global_cosine_distance(_t, _s),
       hint={hint})
 """,
-        hint='flatten(1) keeps the batch dimension; the cosine is taken along dim=1'),
+        hint='one vector per image: flatten everything but the batch, then compare teacher and student vectors image by image'),
     md(r"""
 ## Check yourself
 

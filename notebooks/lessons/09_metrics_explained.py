@@ -403,7 +403,7 @@ _y = _rng.integers(0, 2, 50)
 _s = np.round(_rng.random(50) + 0.4 * _y, 1)   # rounded: there are ties
 check("Exercise 1 (AUROC)", lambda: my_auroc(_s, _y), lambda: auroc(_s, _y), hint={hint})
 """,
-        hint='broadcast: positives as a column, negatives as a row; ties count 0.5'),
+        hint='compare every defective score with every normal score at once; a tie is worth half a win'),
     exercise(
         'the best F1 over all thresholds',
         task=r"""
@@ -446,7 +446,7 @@ _y = _rng.integers(0, 2, 60)
 _s = _rng.random(60) + 0.3 * _y
 check("Exercise 2 (F1-max)", lambda: my_f1_max(_s, _y), lambda: f1_max(_s, _y), hint={hint})
 """,
-        hint='flag score >= threshold; precision = TP / flagged, recall = TP / anomalous; skip thresholds with no TP'),
+        hint='try every score as the threshold; at each, count what is flagged and what of it is truly defective; a threshold that catches nothing has no F1'),
     md(r"""
 ## Check yourself
 

@@ -278,7 +278,7 @@ _mask = np.zeros((16, 16), np.uint8)
 _mask[4:9, 3:12] = 1
 check("Exercise 1 (share inside)", lambda: my_share_inside(_v, _mask), lambda: share_inside(_v, _mask), hint={hint})
 """,
-        hint='negative attributions are clipped to 0 before both sums'),
+        hint='negative attributions do not count as evidence: what do you do with them before adding anything up?'),
     exercise(
         'a baseline the model finds normal',
         task=r"""
@@ -313,7 +313,7 @@ _x, _normals = torch.rand(3, 3, 8, 8, generator=_g), torch.rand(7, 3, 8, 8, gene
 check("Exercise 2 (nearest normal)", lambda: my_nearest_normal(_x, _normals), lambda: nearest_normal(_x, _normals),
       hint={hint})
 """,
-        hint='torch.cdist(x.flatten(1), normals.flatten(1)) is (B, N); argmin over dim=1 picks the image'),
+        hint='measure the distance from every image to every normal image, each as one long vector, and keep the nearest'),
     md(r"""
 Read the table with the pictures next to it:
 

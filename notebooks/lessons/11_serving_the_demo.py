@@ -450,7 +450,7 @@ _cases = [(0.5, 0.4), (0.4, 0.4), (0.1, 0.4), (2.0, None)]
 check("Exercise 1 (verdict)", lambda: [my_verdict(s, t) for s, t in _cases],
       lambda: [logic.verdict(s, t) for s, t in _cases], hint={hint})
 """,
-        hint='a score equal to the threshold is normal: the rule is score > threshold'),
+        hint='look closely at the case where the score equals the threshold: which side does the package\'s rule put it on?'),
     exercise(
         'is the export the same model?',
         task=r"""
@@ -487,7 +487,7 @@ _res = compare((_rm, _rs), (_m, _s), 0.5)
 check("Exercise 2 (parity)", lambda: my_parity(_rm, _rs, _m, _s, 0.5),
       lambda: (_res["max_rel"], _res["verdicts_differ"]), hint={hint})
 """,
-        hint='np.abs(ref - export).max() for maps and for scores, the larger of the two over the threshold'),
+        hint='the worst absolute difference anywhere, maps and scores alike, measured in units of the threshold'),
     md(r"""
 ## Check yourself
 

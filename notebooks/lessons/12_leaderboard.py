@@ -258,7 +258,7 @@ _q, _bank = torch.randn(20, 8, generator=_g), torch.randn(50, 8, generator=_g)
 check("Exercise 1 (nearest distance)", lambda: my_nearest_distance(_q, _bank), lambda: nearest_distance(_q, _bank),
       hint={hint}, atol=1e-4)
 """,
-        hint='torch.cdist(queries, bank) is (Q, M); take .min(dim=1).values'),
+        hint='the distance from every query patch to every bank patch; a query is as anomalous as its nearest bank patch is far'),
     exercise(
         'a coreset: cover the bank with few points',
         task=r"""
@@ -299,7 +299,7 @@ from unistad_edu.methods.memory_bank import greedy_coreset
 _x = torch.randn(60, 5, generator=torch.Generator().manual_seed(3))
 check("Exercise 2 (coreset)", lambda: my_coreset(_x, 8, 0), lambda: greedy_coreset(_x, 8, seed=0), hint={hint})
 """,
-        hint='keep, for every point, its distance to the nearest chosen point; update it with torch.minimum after each pick'),
+        hint='remember, for every point, how far it is from the nearest point chosen so far; the next pick is the point farthest from them all'),
     md(r"""
 ## 6. Check
 

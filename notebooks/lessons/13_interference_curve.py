@@ -201,7 +201,7 @@ _cases = [[0.9, 0.8, 0.85], [0.7, 0.75], [0.6]]
 check("Exercise 1 (mean and std)", lambda: [my_mean_std(c) for c in _cases],
       lambda: [mean_std(c) for c in _cases], hint={hint})
 """,
-        hint="np.std(values, ddof=1) is the sample standard deviation; a single value has no spread: 0.0"),
+        hint='which standard deviation estimates a spread from a sample rather than describing a whole population? And what spread has a single value?'),
     exercise(
         "the slope of a curve",
         task=r"""
@@ -236,7 +236,7 @@ _x = [1, 1, 2, 2, 3, 3, 5, 5, 7, 7]
 _y = list(0.95 - 0.03 * np.array(_x) + np.random.default_rng(0).normal(0, 0.02, 10))
 check("Exercise 2 (trend)", lambda: my_trend(_x, _y), lambda: trend(_x, _y), hint={hint})
 """,
-        hint="centre both: dx = x - x.mean(); the slope is (dx * (y - y.mean())).sum() / (dx * dx).sum()"),
+        hint='least squares: centre x and y on their means; the slope is their covariance divided by the variance of x'),
     md(r"""
 ## Check yourself
 
