@@ -265,7 +265,7 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     if "save_id" in run_config and _metadata(run / MODEL_FILE).get("save_id") != run_config["save_id"]:
         raise CheckpointError(f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
                               f"while writing its checkpoint?): --resume the run to rewrite both, or retrain")
-    model = build_model(run_config["method"], teacher, run_config=method_cfg)
+    model = build_model(run_config["method"], teacher, cfg=method_cfg)
     check_tensors_fit(tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else "")
     try:
         model.load_from_checkpoint(tensors)

@@ -296,7 +296,7 @@ class _Fit:
 
     @property
     def progress(self) -> bool:
-        return self.cfg.progress and self.ddp.master
+        return self.train_cfg.progress and self.ddp.master
 
     @property
     def log_path(self) -> Path | None:
