@@ -74,6 +74,20 @@ def trained(data, lite0_teacher, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def stpm_export(trained, tmp_path_factory):
+    """(run, export folder, what the command printed): the STPM run exported once by the CLI, shared by the
+    tests below that only read an export (an export takes about 25 s of tracing)."""
+    import contextlib
+    import io
+
+    from unistad_edu.__main__ import main
+    run, out, said = trained("stpm"), tmp_path_factory.mktemp("stpm_export") / "exp", io.StringIO()
+    with contextlib.redirect_stdout(said):
+        assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    return run, out, said.getvalue()
+
+
 def _reference(run: Path, paths, lite0_teacher) -> list[dict]:
     before = lite0_teacher.precision
     try:
@@ -135,9 +149,10 @@ def test_openvino_format_export(name, trained, test_paths, lite0_teacher, tmp_pa
         ExportedModel(out, backend="onnxruntime")
 
 
-def test_export_refuses_to_overwrite_and_replaces_with_overwrite(trained, tmp_path):
-    run = trained("stpm")
-    out = export_run(run, "onnx", out=tmp_path / "e", **QUIET)
+def test_export_refuses_to_overwrite_and_replaces_with_overwrite(stpm_export, tmp_path):
+    run, shared, _ = stpm_export
+    out = tmp_path / "e"
+    shutil.copytree(shared, out)  # an export folder of this run, as export_run wrote it
     (out / "mine.txt").write_text("a file of the user's")
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_run(run, "onnx", out=out, **QUIET)
@@ -172,10 +187,9 @@ def _records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def test_predict_serves_an_export_without_torch_with_the_runs_verdicts(trained, test_paths, tmp_path, capsys):
+def test_predict_serves_an_export_without_torch_with_the_runs_verdicts(stpm_export, test_paths, tmp_path, capsys):
     from unistad_edu.__main__ import main
-    run = trained("stpm")
-    out = export_run(run, "onnx", out=tmp_path / "exp", **QUIET)
+    run, out, _ = stpm_export
     assert main(["predict", "--run", str(run), *test_paths, "--precision", "fp32", "--out", str(tmp_path / "a")]) == 0
     source = _records(capsys.readouterr().out)
     res = subprocess.run([sys.executable, "-m", "unistad_edu", "predict", "--run", str(out), *test_paths,
@@ -192,14 +206,13 @@ def test_predict_serves_an_export_without_torch_with_the_runs_verdicts(trained, 
     assert all(Path(r["heatmap"]).is_file() for r in served)
 
 
-def test_demo_serves_an_export_without_torch(trained, test_paths, lite0_teacher, tmp_path):
+def test_demo_serves_an_export_without_torch(stpm_export, test_paths, lite0_teacher, tmp_path):
     import urllib.request
 
     from gradio_client import Client, handle_file
 
     from unistad_edu.demo import serving
-    run = trained("stpm")
-    out = export_run(run, "onnx", out=tmp_path / "exp", **QUIET)
+    run, out, _ = stpm_export
     uploads = []  # unique file names (000.png repeats across categories and defect folders)
     for i, p in enumerate(test_paths[:8]):
         uploads.append(tmp_path / f"{i:02d}_{Path(p).parent.name}.png")
@@ -220,10 +233,9 @@ def test_demo_serves_an_export_without_torch(trained, test_paths, lite0_teacher,
 
 
 # ---- clear errors ------------------------------------------------------------------------------------------
-def test_an_export_from_a_newer_version_or_with_a_missing_file_is_refused(trained, tmp_path, test_paths):
+def test_an_export_from_a_newer_version_or_with_a_missing_file_is_refused(stpm_export, tmp_path, test_paths):
     from unistad_edu.__main__ import main
-    run = trained("stpm")
-    out = export_run(run, "onnx", out=tmp_path / "exp", **QUIET)
+    _, out, _ = stpm_export
     card = json.loads((out / CARD_FILE).read_text())
 
     newer = tmp_path / "newer"
@@ -249,12 +261,13 @@ def test_an_export_from_a_newer_version_or_with_a_missing_file_is_refused(traine
         ExportedModel(changed)
 
 
-def test_export_cli(trained, tmp_path, capsys):
+def test_export_cli(stpm_export, tmp_path, capsys):
     from unistad_edu.__main__ import main
-    run = trained("stpm")
-    assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(tmp_path / "cli")]) == 0
-    assert "parity" in capsys.readouterr().out and read_card(tmp_path / "cli")["format"] == "onnx"
-    assert main(["export", "--run", str(run), "--out", str(tmp_path / "cli")]) == 2  # exists, no --overwrite
+    run, out, said = stpm_export  # written by `export --run RUN --format onnx --out OUT`
+    assert "parity" in said and read_card(out)["format"] == "onnx"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 2  # exists, no --overwrite
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused: nothing touched
     assert "--overwrite" in capsys.readouterr().err
     assert main(["export", "--run", str(tmp_path / "nope")]) == 2
 

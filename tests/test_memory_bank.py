@@ -241,13 +241,18 @@ def test_refit_is_refused_for_a_method_trained_by_gradient(train_set, lite0_teac
         fit(model, train_set, TrainConfig(refit=True, **QUIET))
 
 
-def test_a_run_saved_before_the_border_option_loads_as_it_was_built(train_set, lite0_teacher, tmp_path):
+def test_a_config_without_the_border_option_is_refused_not_given_todays_default(train_set, lite0_teacher, tmp_path):
+    """A bank built with ``border="valid"`` whose config lost the field must not load as today's default
+    (another border, another bank): the checkpoint format wants every field."""
+    from unistad_edu.checkpoint import CheckpointError
     model = _bank(lite0_teacher, coreset_ratio=0.1, border="valid")
     fit(model, train_set, TrainConfig(holdout_fraction=0.0, **QUIET), out=tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    del cfg["method_config"]["border"]  # as written before the field existed
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert load_checkpoint(tmp_path, teacher=lite0_teacher).cfg.border == "valid"
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["method_config"]["border"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"method_config lacks \['border'\]"):
+        load_checkpoint(tmp_path, teacher=lite0_teacher)
 
 
 def test_patchcore_reweighted_image_score_against_eq7_by_hand():
