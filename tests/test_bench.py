@@ -6,6 +6,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from unistad_edu import bench
 
 
@@ -32,6 +34,7 @@ def test_bench_train_and_infer_cli(tmp_path):
         assert f"--data {shlex.quote(str(data))}" in md.read_text()
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_bench_accuracy_side_by_side(tmp_path):
     from unistad_edu.synthetic import make_synthetic
     data = make_synthetic(tmp_path / "syn", size=64, n_train=6, n_test_good=2, n_test_defect=1,

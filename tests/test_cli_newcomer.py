@@ -128,6 +128,7 @@ def _predict(run, images, out, *extra):
     return [json.loads(line) for line in r.stdout.strip().splitlines()]
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_predict_png_uses_the_fixed_scale_with_colour_bar_and_verdict(tiny_run, tmp_path):
     from unistad_edu.viz import colorize, prediction_figure
     data, run = tiny_run
@@ -161,6 +162,7 @@ def test_predict_png_uses_the_fixed_scale_with_colour_bar_and_verdict(tiny_run, 
     assert np.abs(colour2 - hot).sum(axis=-1).min() < 40
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_predict_and_demo_record_say_when_an_image_is_unlike_the_training_data(tiny_run, tmp_path):
     data, run = tiny_run
     image = sorted(data.glob("*/test/good/*.png"))[0]

@@ -257,6 +257,7 @@ def test_app_over_loopback_scores_refuses_and_keeps_serving(tiny_run, tiny_data,
         demo.close()
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_small_load_test_has_no_failures(tiny_run):
     """bench_demo as deployed: the app in a child process (python -m unistad_edu demo --run RUN), 10 requests
     from 4 client threads over loopback; none may fail."""

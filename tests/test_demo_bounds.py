@@ -108,6 +108,7 @@ def blank_bombs(tmp_path_factory) -> list[Path]:
     return out
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_concurrent_worst_case_requests_stay_under_the_memory_bound(demo_run, demo_data, blank_bombs):
     """4 requests at once, each of 16-20 blank 40-megapixel RGBA PNGs (2.5 MB per request): the server's RSS
     grows by less than the stated bound, every request is answered (scores for what fits the budget, a named
@@ -152,6 +153,7 @@ def test_concurrent_worst_case_requests_stay_under_the_memory_bound(demo_run, de
         assert "anomaly score" in status  # still serving
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_twenty_identical_concurrent_requests_are_all_answered(demo_run, demo_data):
     """20 simultaneous identical requests (the same picture renders to the same bytes): each gets its own
     output files, so none is rewritten while being sent; every request succeeds with readable PNGs."""

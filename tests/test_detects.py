@@ -45,6 +45,7 @@ def test_every_method_has_a_training_recipe_here():
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_method_detects_after_brief_training(name, textures, lite0_teacher):
     train, test = textures
     model = build_model(name, lite0_teacher, image_size=SIZE, **{**SMALL.get(name, {}), **TRAINING[name]})

@@ -75,6 +75,7 @@ def single_process(data: Path, teacher, batch_size: int):
     return model, res
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_two_processes_train_like_one_with_the_same_global_batch(data, lite0_teacher, tmp_path):
     run = tmp_path / "ddp"
     train = ("train", "--method", "uniad", "--set", "jitter=false", "--data", data, "--image-size", SIZE,

@@ -253,6 +253,7 @@ def _cli(*args, cwd=None):
                           cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_cli_train_eval_predict(tiny_data, tmp_path):
     run = tmp_path / "run"
     r = _cli("train", "--data", tiny_data, "--image-size", SIZE, "--epochs", 2, "--out", run, "--no-progress")

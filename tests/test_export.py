@@ -28,7 +28,7 @@ from unistad_edu.export_runtime import CARD_FILE, EXPORT_FORMAT_VERSION, Exporte
 from unistad_edu.inference import predict
 from unistad_edu.methods import METHODS, build_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # one torch thread; most tests export
 
 SIZE = 64
 SMALL = {  # as tests/test_contract.py: smaller networks than the cpu presets

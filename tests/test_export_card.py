@@ -20,7 +20,7 @@ from unistad_edu.export_runtime import CARD_FILE, ExportedModel, read_card
 
 from .conftest import tiny_synthetic
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # one torch thread; an export (~25 s)
 
 SIZE = 32
 

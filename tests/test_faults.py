@@ -209,6 +209,7 @@ def check_run_folder(run: Path, reference: dict, teacher) -> str:
     return "; ".join(outcome)
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_kill_anywhere_then_resume_finishes_exactly(data, reference, lite0_teacher, tmp_path):
     """A chain of SIGKILLs into one run, each resumed by the next process; the last one finishes."""
     run, rng = tmp_path / "run", random.Random(1)

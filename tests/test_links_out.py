@@ -87,6 +87,7 @@ def test_eval_and_predict_into_a_run_being_trained_are_refused(demo_run, demo_da
     capsys.readouterr()
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_metrics_record_their_save_and_readers_refuse_another(demo_run, tmp_path, capsys):
     import json
     import shutil

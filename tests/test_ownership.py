@@ -198,6 +198,7 @@ def test_overwrite_refuses_a_run_folder_holding_files_the_package_did_not_write(
     (lambda tmp, exp, data: exp, "a unistad-edu export folder (export.json)"),
     (lambda tmp, exp, data: data, "a unistad-edu synthetic data set (SYNTHETIC.json)"),
 ], ids=["export", "synthetic-set"])
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_train_into_a_folder_of_another_kind_is_refused(data, exported, tmp_path, capsys, make, words):
     target = make(tmp_path, exported, data)
     before = snapshot(target)
@@ -336,6 +337,7 @@ def test_export_overwrite_accepts_an_empty_folder_or_an_export(trained, exported
         check_replaceable(_file(tmp_path, exported), trained)
 
 
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_export_overwrite_replaces_another_export(trained, exported, tmp_path, capsys):
     target = shutil.copytree(exported, tmp_path / "exp")
     card = json.loads((target / "export.json").read_text())

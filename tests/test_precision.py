@@ -154,6 +154,7 @@ def test_teacher_follows_its_precision(one_thread):
 
 @pytest.mark.parametrize("method", ["stpm", "uniad", "rd", "snl", "enhanced_stpm", "unistad", "dual_student",
                                     "memory_bank"])
+@pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_every_method_trains_and_scores_under_fp32_and_bf16(method, tmp_path_factory, lite0_teacher, one_thread):
     from unistad_edu.data import MVTecDataset
     from unistad_edu.engine import TrainConfig, fit
