@@ -487,6 +487,7 @@ class _Board:
         self.rng, self.S = rng, S
         self.bg = _background(rng, S, (0.22, 0.22, 0.24), illum=0.3)
         self.ang = math.radians(rng.uniform(-3, 3))
+        self.cos, self.sin = math.cos(self.ang), math.sin(self.ang)
         self.bx = S / 2 + rng.uniform(-0.035, 0.035) * S
         self.by = S / 2 + rng.uniform(-0.035, 0.035) * S
         self.sc = S * rng.uniform(0.95, 1.03)
@@ -498,7 +499,7 @@ class _Board:
         return self.rng.uniform(-s, s)
 
     def at(self, u, v):
-        ca, sa = math.cos(self.ang), math.sin(self.ang)
+        ca, sa = self.cos, self.sin
         return self.bx + (ca * u - sa * v) * self.sc, self.by + (sa * u + ca * v) * self.sc
 
     def box(self, u, v, hw, hh, color, shade="flat", r=0.0, rot=0.0, fg=True, **extra):
