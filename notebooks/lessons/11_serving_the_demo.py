@@ -268,7 +268,17 @@ def load_rgb(item):
 
 mine = [logic.render_overlay(d["image"], d["anomaly_map"], d["threshold"], "fixed").astype(np.float32) for d in direct]
 theirs = [load_rgb(s["heat"][1]) for s in served]          # gallery item 1 = the overlay (item 0 = the input)
-diff = np.array([[np.abs(t - m).mean() for m in mine] for t in theirs])   # served i vs direct j, mean |Δ| in 0..255
+
+
+def mean_abs_diff(a, b):
+    # mean |a - b| in 0..255 over the part both pictures cover: the colour bar's tick labels are as wide as
+    # their text, so two images' overlays can differ in width by a few pixels
+    h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    return np.abs(a[:h, :w] - b[:h, :w]).mean()
+
+
+assert all(t.shape == m.shape for t, m in zip(theirs, mine)), "a served overlay has another size than its own"
+diff = np.array([[mean_abs_diff(t, m) for m in mine] for t in theirs])   # served i vs direct j
 own = np.diag(diff)
 others = np.where(np.eye(len(diff), dtype=bool), np.inf, diff).min(axis=1)
 print(f"mean |served - direct| per pixel, own overlay: at most {own.max():.2f} of 255; "
