@@ -6,10 +6,13 @@
 
 Same as ``python -m unistad_edu data visa ...``; the logic is in unistad_edu/download.py.
 """
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout without installing
 
 from unistad_edu.download import script_main  # noqa: E402
 

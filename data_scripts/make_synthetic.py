@@ -5,10 +5,13 @@
 
 ``python -m unistad_edu data synthetic --out DIR`` does the same with the default options.
 """
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout without installing
 
 from unistad_edu.synthetic import SyntheticDatasetError, _main  # noqa: E402
 

@@ -4,6 +4,7 @@ A thin wrapper: the page lives in the package (``unistad_edu.demo.page``, the pr
 ``unistad_edu.demo.serving``) so that ``python -m unistad_edu demo`` and this script serve the same page.
 Importable: ``build_app(run_dir, ...) -> gr.Blocks`` and ``main(argv)``.
 """
+
 from __future__ import annotations
 
 import sys

@@ -9,6 +9,7 @@ solution replaced by a stub: the check cells fail with their hints until the lea
 Notebooks are written without outputs and without execution counts, which is how they are committed; nbmake
 executes the lessons in CI, ``tests/test_exercises.py`` the exercise cells of both.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -61,7 +62,9 @@ def learning_goals(number: str) -> str:
             after = "\n".join(f"- {g}" for g in goals)
             builds = "" if cells[2] in ("—", "-", "") else f"\n\n*Builds on:* lessons {cells[2]}."
             return f"**After this lesson you can:**\n\n{after}{builds}"
-    raise SystemExit(f"docs/teaching.md has no row for lesson {number}: add its learning goals there first")
+    raise SystemExit(
+        f"docs/teaching.md has no row for lesson {number}: add its learning goals there first"
+    )
 
 
 def notebook(source: Path, twin: bool = False):
@@ -73,8 +76,10 @@ def notebook(source: Path, twin: bool = False):
             number += 1
             head = f"### Exercise {number}: {src['title']}\n\n{src['task']}"
             if not twin:
-                head += ("\n\n*(In the exercise notebook, `notebooks/exercises/`, the next cell is yours to write; "
-                         "here is a solution, and the check after it.)*")
+                head += (
+                    "\n\n*(In the exercise notebook, `notebooks/exercises/`, the next cell is yours to write; "
+                    "here is a solution, and the check after it.)*"
+                )
             nb.cells.append(new_markdown_cell(head))
             body = ("stub", src["stub"]) if twin else ("solution", src["solution"])
             nb.cells.append(_tagged(new_code_cell(body[1]), TAGS[body[0]], number))
@@ -84,10 +89,14 @@ def notebook(source: Path, twin: bool = False):
         if len(nb.cells) == 1:  # right after the title cell: what the learner will be able to do
             nb.cells.append(new_markdown_cell(learning_goals(source.stem[:2])))
     if twin:
-        nb.cells[0].source = (f"*Exercise notebook: {number} tasks. Write each marked cell, then run the check "
-                              f"after it.*\n\n" + nb.cells[0].source)
+        nb.cells[0].source = (
+            f"*Exercise notebook: {number} tasks. Write each marked cell, then run the check "
+            f"after it.*\n\n" + nb.cells[0].source
+        )
     for i, cell in enumerate(nb.cells):
-        cell["id"] = f"{source.stem[:2]}-{i:02d}"  # stable ids: rebuilding does not change the files
+        cell["id"] = (
+            f"{source.stem[:2]}-{i:02d}"  # stable ids: rebuilding does not change the files
+        )
     nbformat.validate(nb)
     return nb
 

@@ -5,6 +5,7 @@ global threshold, routing accuracy, the pooled and per-category-mean I-AUROC; on
     python scripts/calibration_table.py "bank, 5 categories" runs/b0/metrics.json runs/b1/metrics.json -- \
         "UniSTAD, 5 categories" runs/u0/metrics.json ...
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ from unistad_edu.report import mean_std
 def figures(far: dict, glob: dict | None) -> dict:
     cats = far["categories"]
     worst = max(cats, key=lambda c: cats[c]["rate"])
-    out = {"pooled FA": far["all"], "worst FA": cats[worst]["rate"], "worst": worst, "mean F1": far["mean_f1"],
-           "routing": far.get("routing_accuracy")}
+    out = {
+        "pooled FA": far["all"],
+        "worst FA": cats[worst]["rate"],
+        "worst": worst,
+        "mean F1": far["mean_f1"],
+        "routing": far.get("routing_accuracy"),
+    }
     if glob is not None:
         drops = {c: glob["categories"][c]["recall"] - cats[c]["recall"] for c in cats}
         out["largest recall drop"] = max(drops.values())
@@ -37,19 +43,23 @@ def rows(label: str, paths: list[str]) -> list[str]:
     auroc = pct([t["mean"]["I-AUROC"] for t in tables])
     pooled = pct([t["pooled"]["I-AUROC"] for t in tables])
     worst_names = lambda fs: ", ".join(sorted({f["worst"] for f in fs}))  # noqa: E731
-    out = [f"| {label} | {len(tables)} | one global threshold | {pct([f['pooled FA'] for f in glob])} | "
-           f"{pct([f['worst FA'] for f in glob])} ({worst_names(glob)}) | {pct([f['mean F1'] for f in glob])} | "
-           f" | | {pooled} | {auroc} |",
-           f"| {label} | {len(tables)} | routed, per category | {pct([f['pooled FA'] for f in per])} | "
-           f"{pct([f['worst FA'] for f in per])} ({worst_names(per)}) | {pct([f['mean F1'] for f in per])} | "
-           f"{pct([f['largest recall drop'] for f in per])} "
-           f"({', '.join(sorted({f['drop in'] for f in per}))}) | {pct([f['routing'] for f in per])} | | |"]
+    out = [
+        f"| {label} | {len(tables)} | one global threshold | {pct([f['pooled FA'] for f in glob])} | "
+        f"{pct([f['worst FA'] for f in glob])} ({worst_names(glob)}) | {pct([f['mean F1'] for f in glob])} | "
+        f" | | {pooled} | {auroc} |",
+        f"| {label} | {len(tables)} | routed, per category | {pct([f['pooled FA'] for f in per])} | "
+        f"{pct([f['worst FA'] for f in per])} ({worst_names(per)}) | {pct([f['mean F1'] for f in per])} | "
+        f"{pct([f['largest recall drop'] for f in per])} "
+        f"({', '.join(sorted({f['drop in'] for f in per}))}) | {pct([f['routing'] for f in per])} | | |",
+    ]
     return out
 
 
 def main(argv: list[str]) -> None:
-    print("| runs | seeds | calibration | pooled false alarms % | worst category's false alarms % | mean F1 % | "
-          "largest recall drop vs global, points | routing accuracy % | pooled I-AUROC | mean I-AUROC |")
+    print(
+        "| runs | seeds | calibration | pooled false alarms % | worst category's false alarms % | mean F1 % | "
+        "largest recall drop vs global, points | routing accuracy % | pooled I-AUROC | mean I-AUROC |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     groups, cur = [], []
     for a in argv + ["--"]:

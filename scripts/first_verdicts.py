@@ -7,6 +7,7 @@ Prints one JSON line per variant: build and eval seconds, and the I-AUROC (x100)
 structural defects (scratch, hole, stain), against its logical ones (missing / extra part) and per defect kind.
 docs/benchmarks.md, "The first verdicts", has the figures and how the choice was made.
 """
+
 import json
 import sys
 import time
@@ -39,15 +40,26 @@ def main(root: str, names: list[str]) -> None:
         model = build_model("memory_bank", load_teacher(), image_size=SIZE, **VARIANTS[name])
         fit(model, MVTecDataset(root, "train", image_size=SIZE), TrainConfig(progress=False))
         t1 = time.perf_counter()
-        table = evaluate(model, MVTecDataset(root, "test", image_size=SIZE), progress=False, pixel=False)
+        table = evaluate(
+            model, MVTecDataset(root, "test", image_size=SIZE), progress=False, pixel=False
+        )
         t2 = time.perf_counter()
         by = table["by_defect"]
         structural = {c: pct(r["structural"]) for c, r in by.items()}
-        print(json.dumps({"variant": name, "build_s": round(t1 - t0), "eval_s": round(t2 - t1),
-                          "structural": structural, "lowest": min(structural.values()),
-                          "logical": {c: pct(r["logical"]) for c, r in by.items() if "logical" in r},
-                          "kinds": {c: {k: pct(v) for k, v in r["kinds"].items()} for c, r in by.items()}}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "variant": name,
+                    "build_s": round(t1 - t0),
+                    "eval_s": round(t2 - t1),
+                    "structural": structural,
+                    "lowest": min(structural.values()),
+                    "logical": {c: pct(r["logical"]) for c, r in by.items() if "logical" in r},
+                    "kinds": {c: {k: pct(v) for k, v in r["kinds"].items()} for c, r in by.items()},
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

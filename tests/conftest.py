@@ -1,4 +1,5 @@
 """Shared fixtures: the real datasets beside the repo (skipped when absent) and small image folders."""
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ def _share_the_cores() -> None:
         share = max(1, len(os.sched_getaffinity(0)) // workers)
         os.environ["OMP_NUM_THREADS"] = str(share)
         import torch
+
         torch.set_num_threads(share)
 
 
@@ -32,10 +34,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.slow)
+
+
 SHARED_DATA = Path(os.environ.get("UNISTAD_SHARED_DATA", REPO.parent / "shared" / "datasets"))
 
-needs_real_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),
-                                     reason=f"real datasets not found at {SHARED_DATA} (../shared/datasets)")
+needs_real_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(),
+    reason=f"real datasets not found at {SHARED_DATA} (../shared/datasets)",
+)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +54,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def lite0_teacher():
     from unistad_edu import load_teacher
+
     return load_teacher()
 
 
@@ -56,14 +63,24 @@ def write_image(path: Path, size=(32, 32), value=None, mode="RGB", seed=0) -> Pa
     rng = np.random.default_rng(seed)
     w, h = size
     if mode == "RGB":
-        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if value is None else np.full((h, w, 3), value, np.uint8)
+        arr = (
+            rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            if value is None
+            else np.full((h, w, 3), value, np.uint8)
+        )
     else:
-        arr = rng.integers(0, 256, (h, w), dtype=np.uint8) if value is None else np.full((h, w), value, np.uint8)
+        arr = (
+            rng.integers(0, 256, (h, w), dtype=np.uint8)
+            if value is None
+            else np.full((h, w), value, np.uint8)
+        )
     Image.fromarray(arr, mode=mode if mode != "RGB" else None).save(path)
     return path
 
 
-def make_category(root: Path, name: str = "widget", n_train=3, n_good=2, n_defect=2, size=(32, 32)) -> Path:
+def make_category(
+    root: Path, name: str = "widget", n_train=3, n_good=2, n_defect=2, size=(32, 32)
+) -> Path:
     """A tiny, valid MVTec-layout category."""
     cat = root / name
     for i in range(n_train):
@@ -79,13 +96,26 @@ def make_category(root: Path, name: str = "widget", n_train=3, n_good=2, n_defec
     return cat
 
 
-def tiny_synthetic(tmp_path_factory, size: int, n_train: int = 10, n_test_good: int = 2, n_test_defect: int = 1,
-                   categories=("weave", "bolt")) -> Path:
+def tiny_synthetic(
+    tmp_path_factory,
+    size: int,
+    n_train: int = 10,
+    n_test_good: int = 2,
+    n_test_defect: int = 1,
+    categories=("weave", "bolt"),
+) -> Path:
     """A small synthetic multi-class set in a fresh temporary folder (``categories=None``: all of them)."""
     from unistad_edu.synthetic import make_synthetic
+
     extra = {} if categories is None else {"categories": tuple(categories)}
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=size, n_train=n_train,
-                          n_test_good=n_test_good, n_test_defect=n_test_defect, **extra)
+    return make_synthetic(
+        tmp_path_factory.mktemp("syn") / "tiny",
+        size=size,
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_test_defect=n_test_defect,
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +123,7 @@ def one_thread():
     """One torch thread for a module of many tiny ops: on a busy 2-core machine two OpenMP threads wait on each
     other at every op (measured 10x slower); the previous count is restored for the modules after it."""
     import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -115,11 +146,14 @@ def demo_run(demo_data, tmp_path_factory) -> Path:
     import torch
 
     from unistad_edu import resolve
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run = tmp_path_factory.mktemp("cache") / "demo_run"
-        return resolve.ensure_default_run(run, spec=DEMO_SPEC, data_root=demo_data, progress=False, log=lambda m: None)
+        return resolve.ensure_default_run(
+            run, spec=DEMO_SPEC, data_root=demo_data, progress=False, log=lambda m: None
+        )
     finally:
         torch.set_num_threads(n)
 
@@ -133,4 +167,5 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def train_set(tiny_data):
     from unistad_edu.data import MVTecDataset
+
     return MVTecDataset(tiny_data, "train", image_size=64)

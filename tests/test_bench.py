@@ -1,4 +1,5 @@
 """The benchmark commands run and report ratios (speed targets are checked in docs/benchmarks.md, not here)."""
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,47 @@ from unistad_edu import bench
 
 def test_bench_teacher_small():
     r = bench.bench_teacher(image_size=64, batch_size=2, repeats=1)
-    assert set(r["ratios"]) == {"channels_last_bf16_vs_fp32", "cache_hit_memory_vs_forward", "cache_hit_disk_vs_forward"}
+    assert set(r["ratios"]) == {
+        "channels_last_bf16_vs_fp32",
+        "cache_hit_memory_vs_forward",
+        "cache_hit_disk_vs_forward",
+    }
     assert all(v > 0 for v in r["images_per_s"].values())
 
 
 def test_bench_train_and_infer_cli(tmp_path):
     from unistad_edu.synthetic import make_synthetic
-    data = make_synthetic(tmp_path / "syn set", size=64, n_train=6, n_test_good=1, n_test_defect=1)  # a space
+
+    data = make_synthetic(
+        tmp_path / "syn set", size=64, n_train=6, n_test_good=1, n_test_defect=1
+    )  # a space
     for what, key in (("train", "engine_vs_bare"), ("infer", "engine_vs_teacher_only")):
         out = tmp_path / f"{what}.json"
         md = tmp_path / "bench.md"
-        r = subprocess.run([sys.executable, "-m", "unistad_edu", "bench", what, "--data", str(data), "--image-size", "64",
-                            "--batch-size", "4", "--repeats", "1", "--json", str(out), "--markdown", str(md)],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "unistad_edu",
+                "bench",
+                what,
+                "--data",
+                str(data),
+                "--image-size",
+                "64",
+                "--batch-size",
+                "4",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+                "--markdown",
+                str(md),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         result = json.loads(out.read_text())
         assert result["ratios"][key] > 0 and result["machine"]
@@ -37,9 +66,18 @@ def test_bench_train_and_infer_cli(tmp_path):
 @pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_bench_accuracy_side_by_side(tmp_path):
     from unistad_edu.synthetic import make_synthetic
-    data = make_synthetic(tmp_path / "syn", size=64, n_train=6, n_test_good=2, n_test_defect=1,
-                          categories=("weave", "bolt"))
-    r = bench.bench_accuracy("stpm", data, out_dir=tmp_path / "runs", epochs=1, extra_args=("--image-size", "64"))
+
+    data = make_synthetic(
+        tmp_path / "syn",
+        size=64,
+        n_train=6,
+        n_test_good=2,
+        n_test_defect=1,
+        categories=("weave", "bolt"),
+    )
+    r = bench.bench_accuracy(
+        "stpm", data, out_dir=tmp_path / "runs", epochs=1, extra_args=("--image-size", "64")
+    )
     assert set(r["settings"]) == {"per-class", "unified"}
     for s in r["settings"].values():
         assert s["peak_rss_mb"] > 0 and s["train_wall_s"] > 0
@@ -53,7 +91,12 @@ def test_bench_accuracy_side_by_side(tmp_path):
 
 def test_bench_train_cache_comparison(tmp_path):
     from unistad_edu.synthetic import make_synthetic
-    data = make_synthetic(tmp_path / "syn", size=64, n_train=6, n_test_good=1, n_test_defect=1, categories=("weave",))
-    r = bench.bench_train("uniad", data, image_size=64, batch_size=4, repeats=1, n_images=8, compare="cache")
+
+    data = make_synthetic(
+        tmp_path / "syn", size=64, n_train=6, n_test_good=1, n_test_defect=1, categories=("weave",)
+    )
+    r = bench.bench_train(
+        "uniad", data, image_size=64, batch_size=4, repeats=1, n_images=8, compare="cache"
+    )
     assert set(r["images_per_s"]) == {"teacher_every_step", "cached_features"}
     assert r["ratios"]["cached_vs_teacher_every_step"] > 0

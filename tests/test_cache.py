@@ -1,4 +1,5 @@
 """The feature cache serves exactly what the teacher computes, never a stale entry, and writes atomically."""
+
 from __future__ import annotations
 
 import os
@@ -63,6 +64,7 @@ def test_touch_hits_new_bytes_with_same_size_and_mtime_miss(dataset, lite0_teach
 
 def test_key_depends_on_teacher_and_size(dataset, lite0_teacher):
     from unistad_edu.teacher import Teacher
+
     p = dataset.records[0].path
     a = FeatureCache(lite0_teacher, 64).key(p)
     assert FeatureCache(lite0_teacher, 128).key(p) != a
@@ -79,7 +81,9 @@ def test_fp16_and_corrupt_entry(dataset, lite0_teacher, tmp_path):
     assert all(v.dtype == torch.float32 for v in f.values())
     entries = sorted((tmp_path / "c").rglob("*.safetensors"))
     assert len(entries) == 4
-    entries[0].write_bytes(entries[0].read_bytes()[:50])  # a torn file, e.g. from a crash in another tool
+    entries[0].write_bytes(
+        entries[0].read_bytes()[:50]
+    )  # a torn file, e.g. from a crash in another tool
     again = FeatureCache(lite0_teacher, 64, root=tmp_path / "c", fp16=True)
     g = again.features(b["image"], b["path"])
     assert again.misses == 1 and again.hits == 3

@@ -1,6 +1,7 @@
 """The feature cache knows its content: an entry belongs to the bytes of the image file (not to its path, size and
 mtime) and to the teacher's precision, and every entry is checked before it is served. Every feature served is
 compared with an independent forward of the teacher."""
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 @pytest.fixture(scope="module")
 def teacher():
     from unistad_edu.teacher import load_teacher
+
     return load_teacher(precision="fp32")
 
 
 def _image(path) -> torch.Tensor:
     """(1, 3, S, S) in [0, 1], decoded exactly as MVTecDataset does."""
-    return torch.from_numpy(load_image(path, SIZE).copy()).permute(2, 0, 1).float().div_(255.0)[None]
+    return (
+        torch.from_numpy(load_image(path, SIZE).copy()).permute(2, 0, 1).float().div_(255.0)[None]
+    )
 
 
 @torch.no_grad()
@@ -41,7 +45,9 @@ def _direct(teacher, path) -> dict[str, torch.Tensor]:
 def _assert_features(got: dict, want: dict) -> None:
     assert set(got) == set(want)
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4)  # batch size may change rounding
+        torch.testing.assert_close(
+            got[name], want[name], rtol=1e-4, atol=1e-4
+        )  # batch size may change rounding
 
 
 def _differ(a: dict, b: dict) -> bool:
@@ -52,9 +58,12 @@ def _resave(f: Path, entry: dict) -> None:
     """Rewrite a disk entry with other tensors, signed as the cache would sign them (so what rejects it is the
     check under test, not the signature)."""
     from safetensors import safe_open
+
     with safe_open(str(f), framework="pt") as st:
         meta = dict(st.metadata())
-    meta["signature"] = cache_mod.entry_signature(meta["made_from"], {k: v.contiguous() for k, v in entry.items()})
+    meta["signature"] = cache_mod.entry_signature(
+        meta["made_from"], {k: v.contiguous() for k, v in entry.items()}
+    )
     save_file(entry, str(f), metadata=meta)
 
 
@@ -84,7 +93,9 @@ def _overwrite_keeping_mtime(src: Path, dst: Path, how: str) -> None:
         os.replace(tmp, dst)
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     after = dst.stat()
-    assert after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns  # what the old key looked at
+    assert (
+        after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns
+    )  # what the old key looked at
 
 
 # ---- (a) a different image with the same size and the old mtime -------------------------------------------
@@ -130,7 +141,9 @@ def test_precision_is_part_of_the_identity(teacher, pair):
         teacher.precision = "bf16"
         assert cache.precision_name() == "bf16" and cache.key(a) != key_fp32
         low = cache.features(_image(a), [str(a)])
-        _assert_features(low, _direct(teacher, a))  # bf16 features, computed by the teacher under bf16
+        _assert_features(
+            low, _direct(teacher, a)
+        )  # bf16 features, computed by the teacher under bf16
     finally:
         teacher.precision = "fp32"
     assert cache.key(a) == key_fp32
@@ -161,7 +174,9 @@ def _spoil(entry: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
     return entry
 
 
-@pytest.mark.parametrize("how", ["shape", "channels", "batched", "dtype", "extra", "missing", "renamed"])
+@pytest.mark.parametrize(
+    "how", ["shape", "channels", "batched", "dtype", "extra", "missing", "renamed"]
+)
 def test_bad_disk_entry_is_dropped_and_recomputed(teacher, pair, tmp_path, how):
     a, _ = pair
     root = tmp_path / "cache"
@@ -173,7 +188,9 @@ def test_bad_disk_entry_is_dropped_and_recomputed(teacher, pair, tmp_path, how):
     got = cache.features(_image(a), [str(a)])
     assert (cache.misses, cache.hits, cache.rejected, cache.unsigned) == (1, 0, 1, 0)
     _assert_features(got, _direct(teacher, a))
-    (f2,) = root.rglob("*.safetensors")  # rewritten whole: a later process is served the right entry
+    (f2,) = root.rglob(
+        "*.safetensors"
+    )  # rewritten whole: a later process is served the right entry
     assert f2 == f and cache._read(f.stem) is not None
     again = FeatureCache(teacher, SIZE, root=root)
     _assert_features(again.features(_image(a), [str(a)]), _direct(teacher, a))
@@ -202,9 +219,13 @@ def test_fp16_cache_rejects_an_fp32_entry(teacher, pair, tmp_path):
     again = FeatureCache(teacher, SIZE, root=root, fp16=True)
     got = again.features(_image(a), [str(a)])
     assert again.rejected == 1 and again.unsigned == 0
-    want = {k: v.half().float() for k, v in _direct(teacher, a).items()}  # what an fp16 cache serves
+    want = {
+        k: v.half().float() for k, v in _direct(teacher, a).items()
+    }  # what an fp16 cache serves
     assert set(got) == set(want)
-    for name in want:  # batch size may move a value across an fp16 rounding step: one fp16 step of slack
+    for (
+        name
+    ) in want:  # batch size may move a value across an fp16 rounding step: one fp16 step of slack
         torch.testing.assert_close(got[name], want[name], rtol=2e-3, atol=1e-2)
 
 
@@ -218,6 +239,7 @@ def test_expected_shapes_are_what_the_teacher_returns(teacher, size):
 
 def test_vit_class_token_entry_is_checked(tmp_path):
     from unistad_edu.teacher import Teacher
+
     vit = Teacher("vit_small_patch14_dinov2", weights=None, layers=(2,), precision="fp32")
     size = 56  # 4 x 4 patches of 14 px
     img = write_image(tmp_path / "v.png", (size, size), seed=3)
@@ -268,6 +290,7 @@ def reads(monkeypatch):
     def counting(path):
         counter["n"] += 1
         return real(path)
+
     monkeypatch.setattr(cache_mod, "content_hash", counting)
     return counter
 
@@ -282,7 +305,9 @@ def test_hash_memo_reads_an_unchanged_file_once(teacher, pair, reads):
         assert cache.key(a) == k and cache.key(str(a)) == k
         cache.features(_image(a), [str(a)])
     assert reads["n"] == 1  # stat only, no re-read
-    assert FeatureCache(teacher, SIZE).key(a) == k and reads["n"] == 2  # the memo is per cache object
+    assert (
+        FeatureCache(teacher, SIZE).key(a) == k and reads["n"] == 2
+    )  # the memo is per cache object
 
     _overwrite_keeping_mtime(b, a, "inplace")
     _past_racy_window()
@@ -297,4 +322,6 @@ def test_recently_changed_file_is_rehashed_every_time(teacher, pair, reads, monk
     monkeypatch.setattr(cache_mod, "RACY_NS", 3_600 * 10**9)  # every file here "changed just now"
     cache = FeatureCache(teacher, SIZE)
     k = [cache.key(a) for _ in range(3)]
-    assert len(set(k)) == 1 and reads["n"] == 3  # a change within the same timestamp tick could hide otherwise
+    assert (
+        len(set(k)) == 1 and reads["n"] == 3
+    )  # a change within the same timestamp tick could hide otherwise

@@ -1,5 +1,6 @@
 """A disk cache entry says what made it and is signed with this user's secret: a planted, copied or edited
 entry is never served. Every feature served is compared with an independent forward of the teacher."""
+
 from __future__ import annotations
 
 import os
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def teacher():
     from unistad_edu.teacher import load_teacher
+
     return load_teacher(precision="fp32")
 
 
@@ -57,10 +59,16 @@ def test_an_entry_copied_under_another_images_key_is_not_served(teacher, images,
     shutil.copyfile(fa, planted)  # a's features, signature and all, where b's belong
     got, cache, said = _serve(teacher, root, b)
     _assert_features(got, _direct(teacher, b))
-    assert (cache.hits, cache.unsigned, cache.rejected) == (0, 1, 1) and len(said) == 1 and str(root) in said[0]
+    assert (
+        (cache.hits, cache.unsigned, cache.rejected) == (0, 1, 1)
+        and len(said) == 1
+        and str(root) in said[0]
+    )
 
 
-@pytest.mark.parametrize("how", ["no_signature", "other_secret", "edited_value", "edited_made_from", "old_format"])
+@pytest.mark.parametrize(
+    "how", ["no_signature", "other_secret", "edited_value", "edited_made_from", "old_format"]
+)
 def test_a_planted_or_edited_entry_is_not_served(teacher, images, tmp_path, how):
     a, _ = images
     root = tmp_path / "cache"
@@ -69,7 +77,9 @@ def test_a_planted_or_edited_entry_is_not_served(teacher, images, tmp_path, how)
     with safe_open(str(f), framework="pt") as st:
         meta = dict(st.metadata())
     entry = load_file(str(f))
-    planted = {k: torch.rand_like(v) for k, v in entry.items()}  # features of the planter's choosing
+    planted = {
+        k: torch.rand_like(v) for k, v in entry.items()
+    }  # features of the planter's choosing
     if how == "no_signature":
         save_file(planted, str(f))
     elif how == "other_secret":  # signed the same way, with a secret that is not this user's
@@ -89,7 +99,9 @@ def test_a_planted_or_edited_entry_is_not_served(teacher, images, tmp_path, how)
     got, cache, said = _serve(teacher, root, a)
     _assert_features(got, _direct(teacher, a))
     assert (cache.hits, cache.unsigned) == (0, 1) and len(said) == 1
-    again = FeatureCache(teacher, SIZE, root=root)  # rewritten, signed: the next process is served it
+    again = FeatureCache(
+        teacher, SIZE, root=root
+    )  # rewritten, signed: the next process is served it
     _assert_features(again.features(_image(a), [str(a)]), _direct(teacher, a))
     assert (again.hits, again.unsigned) == (1, 0)
 

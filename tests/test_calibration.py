@@ -3,6 +3,7 @@
 References are independent of the code: closed-form exceedance probabilities of known distributions, the
 Clopper-Pearson interval's closed form at k = 0 and k = n, hand-counted verdicts, and the synthetic set's
 category folders (which routing never reads at test time)."""
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,17 @@ def test_normal_prediction_bound_by_hand():
     assert thr == pytest.approx(3 + 3.7469 * 1.58114 * 1.09545, abs=2e-3)
 
 
-@pytest.mark.parametrize("tail,draw,exceed", [
-    ("normal", lambda rng, n: rng.normal(5.0, 2.0, n), lambda t: stats.norm.sf(t, 5.0, 2.0)),
-    ("lognormal", lambda rng, n: rng.lognormal(0.3, 0.5, n), lambda t: stats.lognorm.sf(t, 0.5, scale=math.exp(0.3))),
-])
+@pytest.mark.parametrize(
+    "tail,draw,exceed",
+    [
+        ("normal", lambda rng, n: rng.normal(5.0, 2.0, n), lambda t: stats.norm.sf(t, 5.0, 2.0)),
+        (
+            "lognormal",
+            lambda rng, n: rng.lognormal(0.3, 0.5, n),
+            lambda t: stats.lognorm.sf(t, 0.5, scale=math.exp(0.3)),
+        ),
+    ],
+)
 def test_tail_holds_its_false_alarm_rate_on_its_own_distribution(tail, draw, exceed):
     """Over many calibration sets of 12 normals, the true probability that a new normal exceeds the threshold
     averages 1 % (the prediction bound's promise); the order statistic of the same 12 images cannot (it is their
@@ -53,8 +61,12 @@ def test_tail_holds_its_false_alarm_rate_on_its_own_distribution(tail, draw, exc
 
 
 def test_tail_fallbacks_and_refusals():
-    assert tail_threshold([-1.0, 0.5, 1.0, 2.0], 0.99, "lognormal")[1] == "normal"  # a score <= 0: no log
-    assert tail_threshold(np.arange(6.0), 0.99, "gpd")[1] == "normal"  # too few exceedances for a Pareto fit
+    assert (
+        tail_threshold([-1.0, 0.5, 1.0, 2.0], 0.99, "lognormal")[1] == "normal"
+    )  # a score <= 0: no log
+    assert (
+        tail_threshold(np.arange(6.0), 0.99, "gpd")[1] == "normal"
+    )  # too few exceedances for a Pareto fit
     assert tail_threshold([3.0], 0.99, "normal") == (3.0, "empirical")
     rng = np.random.default_rng(1)
     g = stats.genpareto(0.1, scale=1.0)
@@ -95,7 +107,12 @@ def test_verdict_metrics_by_hand():
     assert (a["alarms"], a["normal"], a["caught"], a["defects"]) == (1, 3, 1, 2)
     assert a["rate"] == pytest.approx(1 / 3) and a["recall"] == 0.5
     assert a["f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
-    assert (b["alarms"], b["caught"], b["recall"], b["f1"]) == (0, 2, pytest.approx(2 / 3), pytest.approx(0.8))
+    assert (b["alarms"], b["caught"], b["recall"], b["f1"]) == (
+        0,
+        2,
+        pytest.approx(2 / 3),
+        pytest.approx(0.8),
+    )
     assert a["floor"] == 0.25 and b["floor"] == 0.1
     assert v["all"] == pytest.approx(1 / 5) and v["routing_accuracy"] == pytest.approx(0.9)
     assert v["mean_f1"] == pytest.approx((0.5 + 0.8) / 2)
@@ -126,7 +143,7 @@ def test_cluster_finds_the_groups_without_names():
     groups, info = cluster(_blobs(rng, centres, 15), seed=0)
     assert info["k"] == 4
     for i in range(4):  # each true group lands in one cluster
-        assert len(set(groups[i * 15:(i + 1) * 15])) == 1
+        assert len(set(groups[i * 15 : (i + 1) * 15])) == 1
     one, info1 = cluster(0.05 * rng.normal(size=(40, 8)) + np.eye(8)[0], seed=0)
     assert info1["k"] == 1 and len(set(one)) == 1
 
@@ -140,24 +157,37 @@ def test_calibration_per_category_json_round_trip_and_fallback():
     held_groups = ["low"] * 12 + ["high"] * 3
     cal = fit_calibration(held, held_groups, emb, groups, tail="lognormal", min_tail=5)
     assert cal.groups["low"]["rule"].startswith("lognormal") and cal.groups["low"]["n"] == 12
-    assert cal.groups["high"]["threshold"] == cal.global_threshold  # 3 < 5 held-out: the pooled threshold
+    assert (
+        cal.groups["high"]["threshold"] == cal.global_threshold
+    )  # 3 < 5 held-out: the pooled threshold
     assert "only 3 held-out" in cal.groups["high"]["rule"]
     d = json.loads(json.dumps(cal.to_json()))
     check_calibration(d)
     back = Calibration.from_json(d)
     probe = _blobs(rng, centres, 2)
     assert [r["category"] for r in back.decide([1.0] * 4, probe)] == ["low", "low", "high", "high"]
-    assert back.decide([1.0], probe[:1])[0]["threshold"] == pytest.approx(cal.groups["low"]["threshold"])
+    assert back.decide([1.0], probe[:1])[0]["threshold"] == pytest.approx(
+        cal.groups["low"]["threshold"]
+    )
     z = back.decide([cal.groups["low"]["mean"] + cal.groups["low"]["std"]], probe[:1])[0]["z"]
     assert z == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("kind", "per-class", "kind"), ("quantile", float("nan"), "quantile"), ("quantile", 1.5, "quantile"),
-    ("threshold", "high", "threshold"), ("centroid", [1.0, "x"], "centroid"), ("radius", None, "radius"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("kind", "per-class", "kind"),
+        ("quantile", float("nan"), "quantile"),
+        ("quantile", 1.5, "quantile"),
+        ("threshold", "high", "threshold"),
+        ("centroid", [1.0, "x"], "centroid"),
+        ("radius", None, "radius"),
+    ],
+)
 def test_altered_calibration_is_refused(field, value, match):
-    cal = fit_calibration([1.0, 1.1, 1.2, 0.9, 1.05], ["a"] * 5, np.eye(3)[[0, 0, 1, 1]], ["a", "a", "b", "b"])
+    cal = fit_calibration(
+        [1.0, 1.1, 1.2, 0.9, 1.05], ["a"] * 5, np.eye(3)[[0, 0, 1, 1]], ["a", "a", "b", "b"]
+    )
     d = json.loads(json.dumps(cal.to_json()))
     if field in ("kind", "quantile"):
         d[field] = value
@@ -179,8 +209,14 @@ def routed_run(tmp_path_factory, lite0_teacher):
     from unistad_edu.engine import TrainConfig, fit
     from unistad_edu.synthetic import CATEGORIES
 
-    data = tiny_synthetic(tmp_path_factory, 64, n_train=30, n_test_good=4, n_test_defect=2,
-                          categories=tuple(CATEGORIES))
+    data = tiny_synthetic(
+        tmp_path_factory,
+        64,
+        n_train=30,
+        n_test_good=4,
+        n_test_defect=2,
+        categories=tuple(CATEGORIES),
+    )
     run = tmp_path_factory.mktemp("routed") / "run"
     model = build_model("stpm", lite0_teacher, image_size=64, epochs=1)
     fit(model, MVTecDataset(data, "train", image_size=64), TrainConfig(progress=False), out=run)
@@ -190,6 +226,7 @@ def routed_run(tmp_path_factory, lite0_teacher):
 def test_routing_on_synthetic_categories(routed_run):
     from unistad_edu.data import MVTecDataset
     from unistad_edu.inference import evaluate, predict
+
     data, run, model = routed_run
     cal = model.verdict_calibration
     assert cal.kind == "per-category" and len(cal.groups) == 6
@@ -211,6 +248,7 @@ def test_old_run_with_one_threshold_loads_and_says_so(routed_run, tmp_path):
     from unistad_edu.checkpoint import load_checkpoint
     from unistad_edu.demo.logic import model_card
     from unistad_edu.inference import predict
+
     data, run, _ = routed_run
     old = tmp_path / "old"
     shutil.copytree(run, old)
@@ -218,7 +256,10 @@ def test_old_run_with_one_threshold_loads_and_says_so(routed_run, tmp_path):
     del cfg["calibration"]  # as saved before per-category calibration
     (old / "config.json").write_text(json.dumps(cfg))
     model = load_checkpoint(old)
-    assert model.verdict_calibration.kind == "global" and model.verdict_calibration.global_threshold == cfg["threshold"]
+    assert (
+        model.verdict_calibration.kind == "global"
+        and model.verdict_calibration.global_threshold == cfg["threshold"]
+    )
     r = predict(model, [np.zeros((64, 64, 3), np.uint8)])[0]
     assert r["category"] is None and r["threshold"] == cfg["threshold"]
     assert "one threshold for all categories" in model_card(cfg)
@@ -230,8 +271,19 @@ def test_eval_image_only_on_a_folder_without_masks(routed_run, tmp_path):
     shutil.copytree(data, bare)
     for gt in bare.rglob("ground_truth"):
         shutil.rmtree(gt)
-    cmd = [sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--data", str(bare), "--no-progress",
-           "--json", str(tmp_path / "m.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unistad_edu",
+        "eval",
+        "--run",
+        str(run),
+        "--data",
+        str(bare),
+        "--no-progress",
+        "--json",
+        str(tmp_path / "m.json"),
+    ]
     refused = subprocess.run(cmd, capture_output=True, text=True)
     assert refused.returncode != 0 and "--image-only" in refused.stderr
     done = subprocess.run(cmd + ["--image-only"], capture_output=True, text=True)
@@ -242,12 +294,17 @@ def test_eval_image_only_on_a_folder_without_masks(routed_run, tmp_path):
     # the objects' logical defects (a part missing or added) are a row of their own; textures have none
     by = metrics["by_defect"]
     assert {"missing", "extra"} <= set(by["bolt"]["kinds"]) and "logical" in by["bolt"]
-    assert "logical" not in by["weave"] and set(by["weave"]["kinds"]) == {"scratch", "hole", "stain"}
+    assert "logical" not in by["weave"] and set(by["weave"]["kinds"]) == {
+        "scratch",
+        "hole",
+        "stain",
+    }
     assert "| bolt |" in done.stdout.split("I-AUROC by defect kind")[1]
 
 
 def test_leave_one_out_by_hand():
     from unistad_edu.calibration import loo_exceedances
+
     # the empirical 0.99 quantile of the other n - 1 scores lies below only the largest score
     assert loo_exceedances([3.0, 1.0, 2.0, 5.0, 4.0], 0.99, "empirical") == (1, 5)
     # a far outlier exceeds any tail fitted to the rest
@@ -256,6 +313,7 @@ def test_leave_one_out_by_hand():
 
 def test_bench_calibration_reads_the_runs_held_out_scores(routed_run):
     from unistad_edu.bench import bench_calibration, calibration_markdown
+
     data, run, model = routed_run
     r = bench_calibration([run], trials=20, test=True, data=data)
     n = sum(g["n"] for g in model.verdict_calibration.groups.values())
@@ -266,6 +324,7 @@ def test_bench_calibration_reads_the_runs_held_out_scores(routed_run):
     # the lognormal rule refitted from the stored scores is the run's own calibration
     from unistad_edu.data import MVTecDataset
     from unistad_edu.inference import evaluate
+
     table = evaluate(model, MVTecDataset(data, "test", image_size=64), progress=False)
     assert per["lognormal"]["all"] == pytest.approx(table["false_alarms"]["all"])
     assert per["global"]["all"] == pytest.approx(table["false_alarms_global"]["all"])
@@ -274,6 +333,7 @@ def test_bench_calibration_reads_the_runs_held_out_scores(routed_run):
 
 def test_shared_tail_by_hand():
     from unistad_edu.calibration import robust_scale, shared_thresholds
+
     # MAD of [1, 2, 3, 4, 100] is 1 (median 3): an outlier does not move the scale
     assert robust_scale([1, 2, 3, 4, 100]) == pytest.approx(1.4826)
     a, b = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([10.0, 20.0, 30.0, 40.0, 50.0])

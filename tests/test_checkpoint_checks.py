@@ -1,5 +1,6 @@
 """Nothing loads silently wrong: checkpoint tensors are checked by dtype and shape against the method's own
 state, config.json's numbers must be finite and of the right kind, and no NaN/inf is ever written into JSON."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,11 @@ def _rewrite_tensors(path: Path, change) -> None:
 
 
 def _float_tensor(tensors: dict[str, torch.Tensor], prefix: str = "") -> str:
-    return next(k for k, v in sorted(tensors.items())
-                if k.startswith(prefix) and v.is_floating_point() and v.ndim >= 2 and v.numel() > 1)
+    return next(
+        k
+        for k, v in sorted(tensors.items())
+        if k.startswith(prefix) and v.is_floating_point() and v.ndim >= 2 and v.numel() > 1
+    )
 
 
 def _edit_config(run: Path, change) -> None:
@@ -86,11 +90,14 @@ def test_float_tensor_cast_to_int_is_refused(stpm_run, lite0_teacher, tmp_path):
 
     def cast(t):
         t[name] = t[name].round().to(torch.int32)
+
     _rewrite_tensors(run / "model.safetensors", cast)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(run, teacher=lite0_teacher)
     msg = str(err.value)
-    assert repr(name) in msg and "torch.int32" in msg and "torch.float32" in msg and ALTERED in msg, msg
+    assert (
+        repr(name) in msg and "torch.int32" in msg and "torch.float32" in msg and ALTERED in msg
+    ), msg
 
 
 def test_integer_buffer_of_another_dtype_is_refused(stpm_run, lite0_teacher, tmp_path):
@@ -104,8 +111,11 @@ def test_integer_buffer_of_another_dtype_is_refused(stpm_run, lite0_teacher, tmp
 
     def cast(t):
         t[name] = t[name].to(torch.int32 if want != torch.int32 else torch.int64)
+
     _rewrite_tensors(run / "model.safetensors", cast)
-    with pytest.raises(CheckpointError, match=re.escape(repr(name)) + f".*{re.escape(str(want))}.*{ALTERED}"):
+    with pytest.raises(
+        CheckpointError, match=re.escape(repr(name)) + f".*{re.escape(str(want))}.*{ALTERED}"
+    ):
         load_checkpoint(run, teacher=lite0_teacher)
 
 
@@ -114,10 +124,15 @@ def test_reshaped_tensor_is_refused(stpm_run, lite0_teacher, tmp_path):
     tensors = load_file(str(run / "model.safetensors"))
     name = _float_tensor(tensors)
     shape = tuple(tensors[name].shape)
-    new = (shape[1], shape[0], *shape[2:]) if shape[0] != shape[1] else (shape[0] * shape[1], *shape[2:])
+    new = (
+        (shape[1], shape[0], *shape[2:])
+        if shape[0] != shape[1]
+        else (shape[0] * shape[1], *shape[2:])
+    )
 
     def reshape(t):
         t[name] = t[name].reshape(new).contiguous()
+
     _rewrite_tensors(run / "model.safetensors", reshape)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(run, teacher=lite0_teacher)
@@ -132,16 +147,23 @@ def test_resume_state_with_a_cast_model_tensor_is_refused(stpm_run, lite0_teache
 
     def cast(t):
         t[name] = t[name].round().to(torch.int32)
+
     model = build_model("stpm", lite0_teacher, image_size=SIZE, epochs=1, batch_size=4)
-    assert load_train_state(run, model, make_optimizer(model))["epoch"] == 1  # the real state resumes
+    assert (
+        load_train_state(run, model, make_optimizer(model))["epoch"] == 1
+    )  # the real state resumes
     _rewrite_tensors(path, cast)
     model = build_model("stpm", lite0_teacher, image_size=SIZE, epochs=1, batch_size=4)
-    with pytest.raises(CheckpointError, match=re.escape(repr(name[len("model."):])) + ".*torch.int32.*" + ALTERED):
+    with pytest.raises(
+        CheckpointError, match=re.escape(repr(name[len("model.") :])) + ".*torch.int32.*" + ALTERED
+    ):
         load_train_state(run, model, make_optimizer(model))
 
 
 # ---- (b) the memory bank's grown state ----------------------------------------------------------------------
-def test_memory_bank_keeps_its_grown_bank_and_refuses_an_altered_one(bank_run, data, lite0_teacher, tmp_path):
+def test_memory_bank_keeps_its_grown_bank_and_refuses_an_altered_one(
+    bank_run, data, lite0_teacher, tmp_path
+):
     run, model = bank_run
     assert model.bank.shape[0] > 0
     loaded = load_checkpoint(run, teacher=lite0_teacher)
@@ -153,18 +175,29 @@ def test_memory_bank_keeps_its_grown_bank_and_refuses_an_altered_one(bank_run, d
 
     half = _copy(run, tmp_path / "half")
     _rewrite_tensors(half / "model.safetensors", lambda t: t.update(bank=t["bank"].half()))
-    with pytest.raises(CheckpointError, match=r"'bank' is torch\.float16.*torch\.float32 \(N, \d+\).*" + ALTERED):
+    with pytest.raises(
+        CheckpointError, match=r"'bank' is torch\.float16.*torch\.float32 \(N, \d+\).*" + ALTERED
+    ):
         load_checkpoint(half, teacher=lite0_teacher)
 
-    narrow = _copy(run, tmp_path / "narrow")  # another embedding width: the non-growing dimension differs
-    _rewrite_tensors(narrow / "model.safetensors", lambda t: t.update(bank=t["bank"][:, :-1].contiguous()))
-    with pytest.raises(CheckpointError, match=r"'bank' is torch\.float32 \(\d+, \d+\).*\(N, \d+\).*" + ALTERED):
+    narrow = _copy(
+        run, tmp_path / "narrow"
+    )  # another embedding width: the non-growing dimension differs
+    _rewrite_tensors(
+        narrow / "model.safetensors", lambda t: t.update(bank=t["bank"][:, :-1].contiguous())
+    )
+    with pytest.raises(
+        CheckpointError, match=r"'bank' is torch\.float32 \(\d+, \d+\).*\(N, \d+\).*" + ALTERED
+    ):
         load_checkpoint(narrow, teacher=lite0_teacher)
 
 
 # ---- (c) config.json numbers ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "abc", True, [0.5]],
-                         ids=["nan", "inf", "-inf", "string", "bool", "list"])
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), float("-inf"), "abc", True, [0.5]],
+    ids=["nan", "inf", "-inf", "string", "bool", "list"],
+)
 def test_bad_threshold_is_refused(stpm_run, lite0_teacher, tmp_path, value):
     run = _copy(stpm_run, tmp_path)
     _edit_config(run, lambda cfg: cfg.update(threshold=value))
@@ -172,11 +205,15 @@ def test_bad_threshold_is_refused(stpm_run, lite0_teacher, tmp_path, value):
         load_checkpoint(run, teacher=lite0_teacher)
 
 
-def test_null_threshold_means_none_but_a_nonfinite_one_is_refused(stpm_run, lite0_teacher, tmp_path):
+def test_null_threshold_means_none_but_a_nonfinite_one_is_refused(
+    stpm_run, lite0_teacher, tmp_path
+):
     run = _copy(stpm_run, tmp_path)
     _edit_config(run, lambda cfg: cfg.update(threshold=None))
     assert load_checkpoint(run, teacher=lite0_teacher).threshold is None
-    _edit_config(run, lambda cfg: cfg.update(threshold_nonfinite="nan"))  # what json_safe writes for a NaN
+    _edit_config(
+        run, lambda cfg: cfg.update(threshold_nonfinite="nan")
+    )  # what json_safe writes for a NaN
     with pytest.raises(CheckpointError, match="threshold was nan when the run was saved"):
         load_checkpoint(run, teacher=lite0_teacher)
 
@@ -186,18 +223,31 @@ def test_a_run_is_saved_as_format_v2_with_every_config_field(stpm_run):
     from dataclasses import fields
 
     from unistad_edu.methods import method_class
+
     cfg = json.loads((stpm_run / "config.json").read_text())
     assert cfg["format"] == "unistad-edu checkpoint v2"
     assert {f.name for f in fields(method_class("stpm").Config)} == set(cfg["method_config"])
 
 
-@pytest.mark.parametrize("fmt,words", [
-    ("unistad-edu checkpoint v1", r"older unistad-edu \(checkpoint format v1\).*retrain it \(python -m unistad_edu "
-                                  r"train --method stpm"),
-    ("unistad-edu checkpoint v3", r"newer unistad-edu \(checkpoint format v3.*upgrade unistad-edu"),
-    ("unistad-edu checkpoint", r"has no checkpoint format"),
-    (None, r"has no checkpoint format")])
-def test_a_run_of_another_format_is_refused_saying_what_to_do(stpm_run, lite0_teacher, tmp_path, fmt, words):
+@pytest.mark.parametrize(
+    "fmt,words",
+    [
+        (
+            "unistad-edu checkpoint v1",
+            r"older unistad-edu \(checkpoint format v1\).*retrain it \(python -m unistad_edu "
+            r"train --method stpm",
+        ),
+        (
+            "unistad-edu checkpoint v3",
+            r"newer unistad-edu \(checkpoint format v3.*upgrade unistad-edu",
+        ),
+        ("unistad-edu checkpoint", r"has no checkpoint format"),
+        (None, r"has no checkpoint format"),
+    ],
+)
+def test_a_run_of_another_format_is_refused_saying_what_to_do(
+    stpm_run, lite0_teacher, tmp_path, fmt, words
+):
     run = _copy(stpm_run, tmp_path)
     _edit_config(run, lambda cfg: cfg.update(format=fmt) if fmt else cfg.pop("format"))
     with pytest.raises(CheckpointError, match=words):
@@ -214,20 +264,30 @@ def test_a_missing_config_field_is_not_filled_with_a_default(stpm_run, lite0_tea
 
 def test_resuming_a_run_of_an_older_format_is_refused(stpm_run, data, lite0_teacher, tmp_path):
     from unistad_edu.runs import RunFolderError
+
     run = _copy(stpm_run, tmp_path)
     _edit_config(run, lambda cfg: cfg.update(format="unistad-edu checkpoint v1", complete=False))
     model = build_model("stpm", lite0_teacher, image_size=SIZE, epochs=2, batch_size=4)
     with pytest.raises(RunFolderError, match=r"saved in checkpoint format v1.*--overwrite"):
-        fit(model, MVTecDataset(data, "train", image_size=SIZE), TrainConfig(**TRAIN), out=run, resume=True)
+        fit(
+            model,
+            MVTecDataset(data, "train", image_size=SIZE),
+            TrainConfig(**TRAIN),
+            out=run,
+            resume=True,
+        )
 
 
 def test_the_old_sampling_name_is_refused_in_a_new_config():
     from unistad_edu.methods import make_config
+
     with pytest.raises(ValueError, match="balanced-labels"):
         make_config("stpm", sampling="balanced")
 
 
-@pytest.mark.parametrize("stat,value", [("max", float("nan")), ("mean", float("inf")), ("std", "x"), ("n", None)])
+@pytest.mark.parametrize(
+    "stat,value", [("max", float("nan")), ("mean", float("inf")), ("std", "x"), ("n", None)]
+)
 def test_bad_per_class_statistics_are_refused(stpm_run, lite0_teacher, tmp_path, stat, value):
     run = _copy(stpm_run, tmp_path)
     cfg = json.loads((run / "config.json").read_text())
@@ -237,13 +297,25 @@ def test_bad_per_class_statistics_are_refused(stpm_run, lite0_teacher, tmp_path,
         load_checkpoint(run, teacher=lite0_teacher)
 
 
-@pytest.mark.parametrize("field,value", [("image_size", 0), ("image_size", "big"), ("image_size", 5000),
-                                         ("image_size", 64.5), ("image_size", -64), ("epochs_done", "1"),
-                                         ("epochs_done", 1.5), ("n_tensors", "3")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("image_size", 0),
+        ("image_size", "big"),
+        ("image_size", 5000),
+        ("image_size", 64.5),
+        ("image_size", -64),
+        ("epochs_done", "1"),
+        ("epochs_done", 1.5),
+        ("n_tensors", "3"),
+    ],
+)
 def test_absurd_sizes_and_counts_are_refused(stpm_run, lite0_teacher, tmp_path, field, value):
     run = _copy(stpm_run, tmp_path)
     _edit_config(run, lambda cfg: cfg.update({field: value}))
-    with pytest.raises(CheckpointError, match=rf"config\.json: {field} is {re.escape(repr(value))}, expected"):
+    with pytest.raises(
+        CheckpointError, match=rf"config\.json: {field} is {re.escape(repr(value))}, expected"
+    ):
         load_checkpoint(run, teacher=lite0_teacher)
 
 
@@ -253,20 +325,41 @@ def test_image_size_must_agree_with_the_method_config(stpm_run, lite0_teacher, t
     with pytest.raises(CheckpointError, match=r"method_config\.image_size is 0"):
         load_checkpoint(run, teacher=lite0_teacher)
     _edit_config(run, lambda cfg: cfg["method_config"].update(image_size=128))
-    with pytest.raises(CheckpointError, match=r"image_size 64 differs from method_config\.image_size 128"):
+    with pytest.raises(
+        CheckpointError, match=r"image_size 64 differs from method_config\.image_size 128"
+    ):
         load_checkpoint(run, teacher=lite0_teacher)
 
 
 # ---- (d) no NaN in JSON ---------------------------------------------------------------------------------------
 def test_json_safe_replaces_nonfinite_floats_by_null_and_a_flag():
-    obj = {"threshold": float("nan"), "ok": 1.5, "n": np.int64(3), "flag": np.bool_(True),
-           "validation": {"per_class": {"a": {"max": float("inf"), "mean": np.float32(0.25), "std": float("-inf")}}},
-           "curve": [1.0, float("nan"), 2.0], "t": torch.tensor([0.5, float("inf")]), 7: "key"}
+    obj = {
+        "threshold": float("nan"),
+        "ok": 1.5,
+        "n": np.int64(3),
+        "flag": np.bool_(True),
+        "validation": {
+            "per_class": {
+                "a": {"max": float("inf"), "mean": np.float32(0.25), "std": float("-inf")}
+            }
+        },
+        "curve": [1.0, float("nan"), 2.0],
+        "t": torch.tensor([0.5, float("inf")]),
+        7: "key",
+    }
     safe = json_safe(obj)
     assert safe["threshold"] is None and safe["threshold_nonfinite"] == "nan"
-    assert safe["ok"] == 1.5 and safe["n"] == 3 and safe["flag"] is True and "ok_nonfinite" not in safe
+    assert (
+        safe["ok"] == 1.5 and safe["n"] == 3 and safe["flag"] is True and "ok_nonfinite" not in safe
+    )
     a = safe["validation"]["per_class"]["a"]
-    assert a == {"max": None, "max_nonfinite": "inf", "mean": 0.25, "std": None, "std_nonfinite": "-inf"}
+    assert a == {
+        "max": None,
+        "max_nonfinite": "inf",
+        "mean": 0.25,
+        "std": None,
+        "std_nonfinite": "-inf",
+    }
     assert safe["curve"] == [1.0, None, 2.0] and safe["curve_nonfinite"] == [None, "nan", None]
     assert safe["t"] == [0.5, None] and safe["t_nonfinite"] == [None, "inf"]
     assert safe["7"] == "key"
@@ -281,12 +374,21 @@ def test_save_checkpoint_never_writes_nan(stpm_run, lite0_teacher, tmp_path):
     model = load_checkpoint(stpm_run, teacher=lite0_teacher)
     model.threshold = float("nan")
     out = tmp_path / "nan_run"
-    save_checkpoint(out, model, {"threshold": model.threshold, "epochs_done": 1,
-                                 "validation": {"per_class": {"a": {"n": 2, "mean": float("nan"), "max": 1.0}}}})
+    save_checkpoint(
+        out,
+        model,
+        {
+            "threshold": model.threshold,
+            "epochs_done": 1,
+            "validation": {"per_class": {"a": {"n": 2, "mean": float("nan"), "max": 1.0}}},
+        },
+    )
     text = (out / "config.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     cfg = json.loads(text)
     assert cfg["threshold"] is None and cfg["threshold_nonfinite"] == "nan"
     assert cfg["validation"]["per_class"]["a"]["mean_nonfinite"] == "nan"
-    with pytest.raises(CheckpointError, match="threshold was nan"):  # and loading says so, never "no threshold"
+    with pytest.raises(
+        CheckpointError, match="threshold was nan"
+    ):  # and loading says so, never "no threshold"
         load_checkpoint(out, teacher=lite0_teacher)

@@ -1,4 +1,5 @@
 """The lessons' shared setup (unistad_edu.course) and the per-category cap every lesson uses."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,7 +17,9 @@ def three_cats(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("value, quick", [("1", True), ("0", False), ("true", True), ("no", False), (" 1 ", True)])
+@pytest.mark.parametrize(
+    "value, quick", [("1", True), ("0", False), ("true", True), ("no", False), (" 1 ", True)]
+)
 def test_quick_mode_reads_the_switch(monkeypatch, value, quick):
     monkeypatch.setenv("UNISTAD_QUICK", value)
     assert course.quick_mode() is quick
@@ -41,8 +44,13 @@ def test_setup_quick_picks_the_named_categories_present(monkeypatch, three_cats)
 
 def test_setup_falls_back_when_too_few_named_categories_exist(monkeypatch, three_cats):
     monkeypatch.setenv("UNISTAD_QUICK", "1")
-    lesson = course.setup(["bottle", "cookie", "alpha"], data=three_cats, fallback=2, quick_threads=None)
-    assert lesson.categories == ["alpha", "beta"]       # only one named category found: the first two instead
+    lesson = course.setup(
+        ["bottle", "cookie", "alpha"], data=three_cats, fallback=2, quick_threads=None
+    )
+    assert lesson.categories == [
+        "alpha",
+        "beta",
+    ]  # only one named category found: the first two instead
 
 
 def test_setup_full_mode_uses_every_category(monkeypatch, three_cats):
@@ -54,6 +62,7 @@ def test_setup_full_mode_uses_every_category(monkeypatch, three_cats):
 def test_setup_on_an_empty_folder_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("UNISTAD_QUICK", "1")
     from unistad_edu.data import DataError
+
     with pytest.raises(DataError, match="no categories found"):
         course.setup(None, data=tmp_path)
 
@@ -67,7 +76,9 @@ def test_method_and_teacher_falls_back_to_the_cpu_preset_offline(monkeypatch, th
     real = teacher_mod.load_teacher
     asked = []
 
-    def fake_load(name, **kw):   # the paper teacher is "not downloadable"; the cpu one loads for real
+    def fake_load(
+        name, **kw
+    ):  # the paper teacher is "not downloadable"; the cpu one loads for real
         asked.append(name)
         if len(asked) == 1:
             raise teacher_mod.TeacherWeightsError(f"no weights for {name} offline")
@@ -89,7 +100,7 @@ def test_evenly_caps_each_category_and_spreads_over_its_files(three_cats, n):
         assert len(kept) == min(n, sizes)
         assert kept[0] == files[0]
         if n > 1:
-            assert kept[-1] == files[-1]      # evenly spread: first and last file both kept
+            assert kept[-1] == files[-1]  # evenly spread: first and last file both kept
         assert len(set(kept)) == len(kept)
 
 
@@ -106,7 +117,14 @@ def test_lesson_data_caps_both_sets_and_warms_one_cache(monkeypatch, three_cats,
     train, test, cache = course.lesson_data(lesson, 32, n_train=2, n_test=3, teacher=lite0_teacher)
     assert train.categories == ["alpha", "gamma"] and len(train) == 4
     from unistad_edu.cache import content_hash
-    distinct = {content_hash(r.path) for r in train.records + test.records}  # entries belong to file contents
-    assert len(test) == 2 * 3 and cache.misses == len(train) + len(test) and len(cache) == len(distinct)
+
+    distinct = {
+        content_hash(r.path) for r in train.records + test.records
+    }  # entries belong to file contents
+    assert (
+        len(test) == 2 * 3
+        and cache.misses == len(train) + len(test)
+        and len(cache) == len(distinct)
+    )
     no_teacher = course.lesson_data(lesson, 32)
     assert no_teacher[2] is None and len(no_teacher[0]) == 7 + 5

@@ -1,4 +1,5 @@
 """MVTec-layout data: discovery at any depth, conversions, and a specific error for every bad layout."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ from unistad_edu.data import (
 from .conftest import make_category, needs_real_data, write_image
 
 REAL_COUNTS = {  # from each category's SOURCE.md
-    "bottle": (209, 20, 63), "juice_bottle": (220, 54, 142), "commutator": (245, 103, 52),
-    "metal_plate": (41, 39, 81), "cookie": (31, 14, 32),
+    "bottle": (209, 20, 63),
+    "juice_bottle": (220, 54, 142),
+    "commutator": (245, 103, 52),
+    "metal_plate": (41, 39, 81),
+    "cookie": (31, 14, 32),
 }
 
 
@@ -180,7 +184,9 @@ def test_holdout_is_per_category_and_disjoint(tmp_path):
     assert held.counts() == {"a": {"good": 4}, "b": {"good": 2}}
     assert not {r.path for r in tr.records} & {r.path for r in held.records}
     assert len(tr) + len(held) == len(ds)
-    assert [r.path for r in holdout_split(ds, 0.2, seed=1)[1].records] == [r.path for r in held.records]
+    assert [r.path for r in holdout_split(ds, 0.2, seed=1)[1].records] == [
+        r.path for r in held.records
+    ]
 
 
 def test_scan_reports_missing_test_folder(tmp_path):
@@ -194,14 +200,15 @@ def test_load_image_turns_exif_rotated_photos_upright_only_when_asked(tmp_path):
     from PIL import Image
 
     from unistad_edu.data import load_image
+
     rng = np.random.default_rng(0)
-    upright = rng.integers(0, 256, (40, 24, 3), dtype=np.uint8)          # (H, W): portrait
-    stored = np.ascontiguousarray(np.rot90(upright, k=1))                 # (24, 40): how a phone stores it
+    upright = rng.integers(0, 256, (40, 24, 3), dtype=np.uint8)  # (H, W): portrait
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # (24, 40): how a phone stores it
     exif = Image.Exif()
-    exif[0x0112] = 6                                                      # orientation: rotate 90 CW to view
+    exif[0x0112] = 6  # orientation: rotate 90 CW to view
     path = tmp_path / "phone.png"
     Image.fromarray(stored).save(path, exif=exif)
-    assert load_image(path).shape == (24, 40, 3)                          # datasets: the stored pixels
+    assert load_image(path).shape == (24, 40, 3)  # datasets: the stored pixels
     assert np.array_equal(load_image(path, exif_orientation=True), upright)
 
 
@@ -210,6 +217,7 @@ def test_predict_scores_the_same_picture_as_the_demo_upload(tmp_path):
 
     from unistad_edu import build_model, load_teacher, predict
     from unistad_edu.demo.logic import decode_upload
+
     rng = np.random.default_rng(1)
     stored = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     exif = Image.Exif()
@@ -242,12 +250,22 @@ def test_decode_image_refuses_with_a_typed_reason_and_the_demo_words_every_reaso
     good = tmp_path / "good.png"
     PILImage.new("RGB", (64, 48), (10, 20, 30)).save(good)
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
-    cases = {"missing.png": "unreadable", "empty.png": "empty", "notes.png": "text", "noise.png": "not_image",
-             "thin.png": "too_small", "cut.png": "corrupt"}
+    cases = {
+        "missing.png": "unreadable",
+        "empty.png": "empty",
+        "notes.png": "text",
+        "noise.png": "not_image",
+        "thin.png": "too_small",
+        "cut.png": "corrupt",
+    }
     for name, reason in cases.items():
         with pytest.raises(ImageRejected) as err:
             decode_image(tmp_path / name)
-        assert err.value.reason == reason and name in str(err.value), (name, err.value.reason, str(err.value))
+        assert err.value.reason == reason and name in str(err.value), (
+            name,
+            err.value.reason,
+            str(err.value),
+        )
         with pytest.raises(logic.UploadError) as up:
             logic.decode_upload(tmp_path / name)
         assert up.value.reason == reason and name in str(up.value)

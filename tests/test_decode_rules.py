@@ -1,5 +1,6 @@
 """What a file holds decides how it is read: formats from one allow-list (by content, not name), 16-bit files
 scaled by the real range of their values, masks binarised by one documented rule that refuses ambiguity."""
+
 from __future__ import annotations
 
 import warnings
@@ -21,8 +22,10 @@ from unistad_edu.data import (
 
 from .conftest import make_category
 
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
-       b"newpath 0 0 moveto 16 0 lineto 16 16 lineto closepath fill\nshowpage\n%%EOF\n")
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+    b"newpath 0 0 moveto 16 0 lineto 16 16 lineto closepath fill\nshowpage\n%%EOF\n"
+)
 
 
 def _write_foreign(path, kind: str) -> None:
@@ -37,18 +40,26 @@ def _write_foreign(path, kind: str) -> None:
 @pytest.fixture()
 def no_ghostscript(monkeypatch):
     """Fail the test if Pillow ever hands a file to Ghostscript."""
+
     def refuse(*a, **k):
         raise AssertionError("Ghostscript was called")
+
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", refuse)
 
 
 @pytest.mark.parametrize("kind", ["EPS", "PPM", "TGA", "PCX", "ICO", "SGI"])
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
-def test_a_format_outside_the_allow_list_is_refused_whatever_its_name(tmp_path, kind, suffix, no_ghostscript):
+def test_a_format_outside_the_allow_list_is_refused_whatever_its_name(
+    tmp_path, kind, suffix, no_ghostscript
+):
     p = tmp_path / f"photo{suffix}"
     _write_foreign(p, kind)
     assert Image.open(p).format == kind  # Pillow would read it by its content
-    for decode in (lambda: load_image(p), lambda: model_inputs([p], 32), lambda: decode_image(p, size=32)):
+    for decode in (
+        lambda: load_image(p),
+        lambda: model_inputs([p], 32),
+        lambda: decode_image(p, size=32),
+    ):
         with pytest.raises(ImageRejected) as err:
             decode()
         assert err.value.reason == "format" and kind in str(err.value) and str(p) in str(err.value)
@@ -105,13 +116,17 @@ def test_full_range_16bit_file_is_divided_by_65535_without_a_word(tmp_path, fres
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         out = load_image(p)
-    np.testing.assert_array_equal(out[..., 1], np.clip(g / 65535 * 255 + 0.5, 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        out[..., 1], np.clip(g / 65535 * 255 + 0.5, 0, 255).astype(np.uint8)
+    )
     assert not [w for w in record if "16 bits per pixel" in str(w.message)]
 
 
 # ---- masks ----------------------------------------------------------------------------------------------
 def _save(arr, path, mode=None):
-    Image.fromarray(arr, mode).save(path) if mode and mode != "I;16" else Image.fromarray(arr).save(path)
+    Image.fromarray(arr, mode).save(path) if mode and mode != "I;16" else Image.fromarray(arr).save(
+        path
+    )
     return path
 
 
@@ -126,8 +141,8 @@ def test_label_map_class_ids_are_defect(tmp_path, ids):
     want = np.zeros((16, 16), np.uint8)
     arr = np.zeros((16, 16), np.uint8)
     for i, cls in enumerate(ids):
-        arr[2 + 4 * i: 5 + 4 * i, 3:9] = cls
-        want[2 + 4 * i: 5 + 4 * i, 3:9] = 1
+        arr[2 + 4 * i : 5 + 4 * i, 3:9] = cls
+        want[2 + 4 * i : 5 + 4 * i, 3:9] = 1
     np.testing.assert_array_equal(load_mask(_save(arr, tmp_path / "m.png")), want)
 
 
@@ -135,7 +150,9 @@ def test_label_map_class_ids_are_defect(tmp_path, ids):
 def test_16bit_mask_by_the_real_range_of_its_values(tmp_path, value, bits):
     want = _region()
     arr = want.astype(np.uint16) * value
-    arr[12, 12] = value // 4  # a faint value: under half of the real range, not defect (label maps aside)
+    arr[12, 12] = (
+        value // 4
+    )  # a faint value: under half of the real range, not defect (label maps aside)
     if value == 2:
         want = want.copy()
         want[12, 12] = 0  # 2 // 4 == 0
@@ -174,12 +191,18 @@ def test_alpha_disagreeing_with_the_colour_is_refused(tmp_path, shift):
         load_mask(_save(rgba, tmp_path / "m.png", "RGBA"))
 
 
-@pytest.mark.parametrize("colours", [[(255, 0, 0), (0, 255, 0)], [(255, 255, 255), (0, 0, 255)],
-                                     [(255, 0, 0), (255, 255, 0), (0, 0, 255)]])
+@pytest.mark.parametrize(
+    "colours",
+    [
+        [(255, 0, 0), (0, 255, 0)],
+        [(255, 255, 255), (0, 0, 255)],
+        [(255, 0, 0), (255, 255, 0), (0, 0, 255)],
+    ],
+)
 def test_a_mask_in_several_colours_is_refused(tmp_path, colours):
     arr = np.zeros((16, 16, 3), np.uint8)
     for i, c in enumerate(colours):
-        arr[1 + 4 * i: 4 + 4 * i, 2:8] = c
+        arr[1 + 4 * i : 4 + 4 * i, 2:8] = c
     with pytest.raises(DataError, match="different colours"):
         load_mask(_save(arr, tmp_path / "m.png"))
 

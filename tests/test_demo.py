@@ -1,5 +1,6 @@
 """The demo's logic without a browser: safe upload decoding, default run, model card, CLI defaults, and a small
 load test of the running app over loopback with gradio_client (none of the requests may fail)."""
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,22 @@ REPO = Path(__file__).resolve().parents[1]
 # ---- safe decoding ----------------------------------------------------------------------------------------
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width x height but which holds (almost) no pixel data: a bomb's header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -62,7 +74,9 @@ def test_binary_junk_is_refused(tmp_path):
 
 def test_truncated_png_is_refused(tmp_path):
     good = tmp_path / "good.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        good
+    )
     data = good.read_bytes()
     cut = tmp_path / "cut.png"
     cut.write_bytes(data[: len(data) // 2])
@@ -80,7 +94,9 @@ def test_huge_dimensions_hit_the_pixel_cap_before_decoding(tmp_path):
 
 
 def test_decompression_bomb_is_refused(tmp_path):
-    p = _png_header_only(tmp_path / "bomb.png", 40000, 40000)  # 1600 MP: Pillow's own bomb guard fires
+    p = _png_header_only(
+        tmp_path / "bomb.png", 40000, 40000
+    )  # 1600 MP: Pillow's own bomb guard fires
     msg = _refused(p)
     assert "bomb" in msg or "pixel cap" in msg
 
@@ -120,10 +136,14 @@ def test_image_modes_decode_to_rgb_uint8(tmp_path, kind):
     if kind == "gray16":
         assert Image.open(p).mode.startswith("I")
         assert "16-bit" in d.note
-        np.testing.assert_array_equal(d.array[0, [0, 15, 25], 0], [0, 128, 255])  # rescaled, not clipped
+        np.testing.assert_array_equal(
+            d.array[0, [0, 15, 25], 0], [0, 128, 255]
+        )  # rescaled, not clipped
     if kind == "rgba":
         assert "alpha" in d.note
-        np.testing.assert_array_equal(d.array, np.asarray(img)[..., :3])  # opaque alpha: pixels unchanged
+        np.testing.assert_array_equal(
+            d.array, np.asarray(img)[..., :3]
+        )  # opaque alpha: pixels unchanged
     if kind == "gray":
         assert np.all(d.array[..., 0] == d.array[..., 2])
 
@@ -131,11 +151,13 @@ def test_image_modes_decode_to_rgb_uint8(tmp_path, kind):
 # ---- CLI defaults ---------------------------------------------------------------------------------------
 def test_demo_binds_loopback_by_default():
     from unistad_edu.__main__ import build_parser
+
     args = build_parser().parse_args(["demo"])
     assert args.host == "127.0.0.1" == logic.DEFAULT_HOST and args.port == 7860 and args.run is None
     assert args.concurrency >= 1 and args.max_upload_mb > 0
     assert logic.is_loopback(args.host) and not logic.is_loopback("0.0.0.0")
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("demo_app_script", REPO / "demo" / "app.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # demo/app.py is importable and exposes build_app / main
@@ -143,8 +165,12 @@ def test_demo_binds_loopback_by_default():
 
 
 def test_demo_cli_refuses_a_wrong_run_folder(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "unistad_edu", "demo", "--run", str(tmp_path / "nope")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unistad_edu", "demo", "--run", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
@@ -155,26 +181,57 @@ def test_default_run_dir_honours_unistad_cache(monkeypatch, tmp_path):
 
 # ---- model card, examples, default run ------------------------------------------------------------------
 def test_model_card_lists_what_a_user_needs():
-    cfg = {"method": "uniad", "teacher": {"name": "tf_efficientnet_lite0", "layers": ["blocks.1", "blocks.2"],
-                                          "weights_source": "package"},
-           "train_categories": ["bolt", "weave"], "train_images": 40, "data_root": "/data/x", "image_size": 128,
-           "threshold": 0.25, "threshold_rule": "quantile 0.99 of image scores of 4 held-out normal train images",
-           "validation": {"per_class": {"bolt": {"n": 2, "mean": 0.2, "max": 0.24},
-                                        "weave": {"n": 2, "mean": 0.05, "max": 0.06}}}}
-    metrics = {"setting": "unified", "categories": {"bolt": {"I-AUROC": 0.9, "P-AUROC": 0.95},
-                                                    "weave": {"I-AUROC": 0.8, "P-AUROC": 0.85}},
-               "mean": {"I-AUROC": 0.85, "P-AUROC": 0.9}}
+    cfg = {
+        "method": "uniad",
+        "teacher": {
+            "name": "tf_efficientnet_lite0",
+            "layers": ["blocks.1", "blocks.2"],
+            "weights_source": "package",
+        },
+        "train_categories": ["bolt", "weave"],
+        "train_images": 40,
+        "data_root": "/data/x",
+        "image_size": 128,
+        "threshold": 0.25,
+        "threshold_rule": "quantile 0.99 of image scores of 4 held-out normal train images",
+        "validation": {
+            "per_class": {
+                "bolt": {"n": 2, "mean": 0.2, "max": 0.24},
+                "weave": {"n": 2, "mean": 0.05, "max": 0.06},
+            }
+        },
+    }
+    metrics = {
+        "setting": "unified",
+        "categories": {
+            "bolt": {"I-AUROC": 0.9, "P-AUROC": 0.95},
+            "weave": {"I-AUROC": 0.8, "P-AUROC": 0.85},
+        },
+        "mean": {"I-AUROC": 0.85, "P-AUROC": 0.9},
+    }
     card = logic.model_card(cfg, metrics)
-    for text in ("UNIAD", "tf_efficientnet_lite0", "bolt, weave", "128 x 128", "0.25", "quantile 0.99",
-                 "| bolt | 90.0 | 95.0 |", "| **mean** | 85.0 | 90.0 |"):
+    for text in (
+        "UNIAD",
+        "tf_efficientnet_lite0",
+        "bolt, weave",
+        "128 x 128",
+        "0.25",
+        "quantile 0.99",
+        "| bolt | 90.0 | 95.0 |",
+        "| **mean** | 85.0 | 90.0 |",
+    ):
         assert text in card, text
-    assert "eval --run" in logic.model_card(cfg, None)  # says how to get metrics when there are none
+    assert "eval --run" in logic.model_card(
+        cfg, None
+    )  # says how to get metrics when there are none
 
 
 def test_verdict_and_slider():
     assert logic.verdict(0.3, 0.2) == "ANOMALOUS" and logic.verdict(0.1, 0.2) == "normal"
     assert logic.verdict(0.1, None) == "no threshold"
-    top, step, value = logic.slider_range({"threshold": 0.2, "validation": {"per_class": {"a": {"max": 0.3}}}})
+    top, step, value = logic.slider_range(
+        {"threshold": 0.2, "validation": {"per_class": {"a": {"max": 0.3}}}}
+    )
     assert value == 0.2 and top >= 0.9 and 0 < step < top
 
 
@@ -191,11 +248,15 @@ def tiny_run(demo_run) -> Path:
 def test_default_run_is_trained_once_then_reused(tiny_run, tiny_data):
     for name in ("model.safetensors", "config.json", "metrics.json", resolve.DEFAULT_MARKER):
         assert (tiny_run / name).is_file(), name
-    assert not list(tiny_run.parent.glob(".demo_run.build-*"))  # moved into place, nothing left behind
+    assert not list(
+        tiny_run.parent.glob(".demo_run.build-*")
+    )  # moved into place, nothing left behind
     cfg = json.loads((tiny_run / "config.json").read_text())
     assert cfg["threshold"] is not None and Path(cfg["data_root"]) == tiny_data.resolve()
     said = []
-    again = resolve.ensure_default_run(tiny_run, spec=TINY_SPEC, data_root=tiny_data, log=said.append)
+    again = resolve.ensure_default_run(
+        tiny_run, spec=TINY_SPEC, data_root=tiny_data, log=said.append
+    )
     assert again == tiny_run and "using" in said[0]
 
 
@@ -212,6 +273,7 @@ def test_app_builds_with_queue_and_upload_limit(tiny_run):
     import gradio as gr
 
     from unistad_edu.demo.page import build_app
+
     demo = build_app(tiny_run, concurrency=3, max_upload_mb=5)
     assert isinstance(demo, gr.Blocks)
     assert demo._queue.default_concurrency_limit == 3
@@ -230,29 +292,50 @@ def test_app_over_loopback_scores_refuses_and_keeps_serving(tiny_run, tiny_data,
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         defect = sorted((tiny_data / "bolt" / "test").glob("[!g]*/*.png"))[0]
-        status, table, heat, levels, record = client.predict([handle_file(str(defect))], 0.1, "fixed",
-                                                             api_name="/predict")
-        assert "anomaly score" in status and defect.name in table and len(heat) == 2 and len(levels) >= 1
+        status, table, heat, levels, record = client.predict(
+            [handle_file(str(defect))], 0.1, "fixed", api_name="/predict"
+        )
+        assert (
+            "anomaly score" in status
+            and defect.name in table
+            and len(heat) == 2
+            and len(levels) >= 1
+        )
         from unistad_edu import load_checkpoint, predict
+
         direct = predict(load_checkpoint(tiny_run), [str(defect)])[0]["score"]
         (res,) = record["results"]
         assert res["name"] == defect.name and record["threshold"] == 0.1 and record["errors"] == []
-        assert res["score"] == pytest.approx(direct, rel=1e-5) and res["anomalous"] == (direct > 0.1)
+        assert res["score"] == pytest.approx(direct, rel=1e-5) and res["anomalous"] == (
+            direct > 0.1
+        )
         # the slider at its start: each image judged at its routed category's threshold, as predict does
         model = load_checkpoint(tiny_run)
-        *_, record = client.predict([handle_file(str(defect))], model.threshold, "fixed", api_name="/predict")
+        *_, record = client.predict(
+            [handle_file(str(defect))], model.threshold, "fixed", api_name="/predict"
+        )
         (res,) = record["results"]
         want = predict(model, [str(defect)])[0]
         assert res["category"] == want["category"] == "bolt"
-        assert res["threshold"] == pytest.approx(want["threshold"]) and res["anomalous"] == want["anomalous"]
+        assert (
+            res["threshold"] == pytest.approx(want["threshold"])
+            and res["anomalous"] == want["anomalous"]
+        )
         bad = tmp_path / "notes.png"
         bad.write_text("not an image\n")
-        status, table, heat, _, record = client.predict([handle_file(str(bad))], 0.1, "fixed", api_name="/predict")
-        assert "refused" in status and "notes.png" in status and "text file" in status and heat == []
+        status, table, heat, _, record = client.predict(
+            [handle_file(str(bad))], 0.1, "fixed", api_name="/predict"
+        )
+        assert (
+            "refused" in status and "notes.png" in status and "text file" in status and heat == []
+        )
         assert record["results"] == [] and "notes.png" in record["errors"][0]
-        status, *_ = client.predict([handle_file(str(defect)), handle_file(str(bad))], 0.1, "fixed",
-                                    api_name="/predict")
-        assert "anomaly score" in status and "refused" in status  # one bad file does not spoil the batch
+        status, *_ = client.predict(
+            [handle_file(str(defect)), handle_file(str(bad))], 0.1, "fixed", api_name="/predict"
+        )
+        assert (
+            "anomaly score" in status and "refused" in status
+        )  # one bad file does not spoil the batch
     finally:
         demo.close()
 
@@ -262,6 +345,7 @@ def test_small_load_test_has_no_failures(tiny_run):
     """bench_demo as deployed: the app in a child process (python -m unistad_edu demo --run RUN), 10 requests
     from 4 client threads over loopback; none may fail."""
     import torch
+
     torch.set_num_threads(1)
     res = serving.bench_demo(tiny_run, n_requests=10, concurrency=4, warmup=1, log=lambda m: None)
     assert "child process" in res["app"]
@@ -273,15 +357,18 @@ def test_small_load_test_has_no_failures(tiny_run):
 def test_stopping_the_demo_deletes_the_uploads(tiny_run, tiny_data, tmp_path, monkeypatch):
     """SIGTERM stops the server cleanly, and a clean stop deletes the files it kept (uploads, rendered images)."""
     from gradio_client import Client, handle_file
+
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "server_files"))
     upload = tmp_path / "my_private_photo.png"
     shutil.copy(sorted((tiny_data / "bolt" / "test").glob("[!g]*/*.png"))[0], upload)
     with serving.serve_in_subprocess(tiny_run, log=lambda m: None) as url:
-        client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "client"))
+        client = Client(
+            url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "client")
+        )
         *_, record = client.predict([handle_file(str(upload))], 0.1, "fixed", api_name="/predict")
         assert record["results"][0]["name"] == upload.name
         kept = [p.name for p in (tmp_path / "server_files").rglob("*") if p.is_file()]
-        assert upload.name in kept                        # while serving, the upload is in the server's cache
+        assert upload.name in kept  # while serving, the upload is in the server's cache
     left = [p.name for p in (tmp_path / "server_files").rglob("*") if p.is_file()]
     assert upload.name not in left, left
 

@@ -5,6 +5,7 @@ Starts the app on a free loopback port over a tiny trained run, loads the page, 
 then uploads a good image (the app still answers), opens the per-level maps and clicks an example.
 Skipped, with the reason, when /usr/bin/chromium or playwright is missing (CI: apt-get install -y chromium).
 """
+
 from __future__ import annotations
 
 import re
@@ -20,9 +21,11 @@ from .conftest import tiny_synthetic
 SIZE = 64
 TIMEOUT_MS = 60_000
 
-pytestmark = pytest.mark.skipif(not Path(serving.CHROMIUM).is_file(),
-                                reason=f"{serving.CHROMIUM} not found: install Debian's Chromium "
-                                       f"(apt-get install -y chromium) to run the browser test")
+pytestmark = pytest.mark.skipif(
+    not Path(serving.CHROMIUM).is_file(),
+    reason=f"{serving.CHROMIUM} not found: install Debian's Chromium "
+    f"(apt-get install -y chromium) to run the browser test",
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +45,20 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("run")
     model = build_model("stpm", load_teacher(), image_size=SIZE, batch_size=8)
-    fit(model, MVTecDataset(tiny_data, "train", image_size=SIZE), TrainConfig(epochs=1, progress=False), out=run,
-        extra_config={"data_root": str(tiny_data)})
+    fit(
+        model,
+        MVTecDataset(tiny_data, "train", image_size=SIZE),
+        TrainConfig(epochs=1, progress=False),
+        out=run,
+        extra_config={"data_root": str(tiny_data)},
+    )
     return run
 
 
 @pytest.fixture(scope="module")
 def app_url(tiny_run):
     from unistad_edu.demo.page import build_app, launch
+
     demo = build_app(tiny_run)
     port = logic.free_port()
     launch(demo, "127.0.0.1", port, block=False, quiet=True)  # serves from a thread of this process
@@ -59,7 +68,9 @@ def app_url(tiny_run):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (Python) is not installed"
+    )
     with sync_api.sync_playwright() as p:
         b = serving.launch_chromium(p)  # /usr/bin/chromium, headless, fresh profile
         yield b
@@ -116,13 +127,17 @@ def test_defective_upload_gives_score_verdict_and_heatmap(page, tiny_data):
     assert time.perf_counter() - t0 < 30
 
 
-def test_text_file_renamed_png_gives_a_readable_error_and_the_app_keeps_serving(page, tiny_data, tmp_path):
+def test_text_file_renamed_png_gives_a_readable_error_and_the_app_keeps_serving(
+    page, tiny_data, tmp_path
+):
     bad = tmp_path / "notes.png"
     bad.write_text("meeting notes: this is not a picture\n")
     _upload(page, bad)
     status = _wait_status(page, r"refused")
     assert "notes.png" in status and "text file" in status and "PNG" in status
-    assert page.locator("#heatmaps img").count() == 0  # nothing stale is shown for the refused upload
+    assert (
+        page.locator("#heatmaps img").count() == 0
+    )  # nothing stale is shown for the refused upload
 
     good = sorted((tiny_data / "weave" / "test" / "good").glob("*.png"))[0]
     _upload(page, good)
@@ -156,6 +171,7 @@ def test_level_maps_and_example_click(page):
 def test_too_large_upload_gets_a_visible_message(tiny_run, tiny_data, browser):
     """A second app with a tiny upload limit: Gradio refuses the upload and says so in the page."""
     from unistad_edu.demo.page import build_app, launch
+
     demo = build_app(tiny_run, max_upload_mb=0.002)  # about 2 KB; the 64 px test PNGs are larger
     port = logic.free_port()
     launch(demo, "127.0.0.1", port, block=False, quiet=True)

@@ -8,6 +8,7 @@ fp32 figures the margins were set from (2026-12-04, AVX2, one thread): trained, 
 0.87-0.96 (pixel: STPM 0.87 the lowest; image: RD 0.65 the lowest), untrained pixel AUROC 0.26 (STPM) to 0.68
 (UniAD). It is a check that each method learns, not a benchmark (those are in docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 96
 # epochs (and batch) per method: enough for each to learn something at this size
 TRAINING = {
-    "stpm": dict(epochs=6), "rd": dict(epochs=6), "snl": dict(epochs=6), "unistad": dict(epochs=6),
-    "uniad": dict(epochs=30, batch_size=4), "dual_student": dict(epochs=3), "enhanced_stpm": dict(epochs=3),
+    "stpm": dict(epochs=6),
+    "rd": dict(epochs=6),
+    "snl": dict(epochs=6),
+    "unistad": dict(epochs=6),
+    "uniad": dict(epochs=30, batch_size=4),
+    "dual_student": dict(epochs=3),
+    "enhanced_stpm": dict(epochs=3),
     "memory_bank": {},
 }
 CHANCE_MARGIN = 0.25  # best of image / pixel AUROC at least 0.75
@@ -35,8 +41,15 @@ UNTRAINED_MARGIN = 0.15  # pixel AUROC at least this much above the same method 
 @pytest.fixture(scope="module")
 def textures(tmp_path_factory):
     from unistad_edu.synthetic import make_synthetic
-    root = make_synthetic(tmp_path_factory.mktemp("detect") / "set", size=SIZE, n_train=20, n_test_good=6,
-                          n_test_defect=4, categories=("weave", "grain"))
+
+    root = make_synthetic(
+        tmp_path_factory.mktemp("detect") / "set",
+        size=SIZE,
+        n_train=20,
+        n_test_good=6,
+        n_test_defect=4,
+        categories=("weave", "grain"),
+    )
     return MVTecDataset(root, "train", image_size=SIZE), MVTecDataset(root, "test", image_size=SIZE)
 
 
@@ -48,14 +61,21 @@ def test_every_method_has_a_training_recipe_here():
 @pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_method_detects_after_brief_training(name, textures, lite0_teacher):
     train, test = textures
-    model = build_model(name, lite0_teacher, image_size=SIZE, **{**SMALL.get(name, {}), **TRAINING[name]})
+    model = build_model(
+        name, lite0_teacher, image_size=SIZE, **{**SMALL.get(name, {}), **TRAINING[name]}
+    )
     before = None
-    if model.trains_by_gradient:  # an empty memory bank cannot score: only the trained one is compared
+    if (
+        model.trains_by_gradient
+    ):  # an empty memory bank cannot score: only the trained one is compared
         before = evaluate(model, test, progress=False, precision="fp32")["mean"]
     fit(model, train, TrainConfig(progress=False, holdout_fraction=0.0, precision="fp32"))
     after = evaluate(model, test, progress=False, precision="fp32")["mean"]
     best = max(after["I-AUROC"], after["P-AUROC"])
-    assert best >= 0.5 + CHANCE_MARGIN, f"{name}: I-AUROC {after['I-AUROC']:.3f}, P-AUROC {after['P-AUROC']:.3f}"
+    assert best >= 0.5 + CHANCE_MARGIN, (
+        f"{name}: I-AUROC {after['I-AUROC']:.3f}, P-AUROC {after['P-AUROC']:.3f}"
+    )
     if before is not None:
-        assert after["P-AUROC"] >= before["P-AUROC"] + UNTRAINED_MARGIN, \
+        assert after["P-AUROC"] >= before["P-AUROC"] + UNTRAINED_MARGIN, (
             f"{name}: pixel AUROC {before['P-AUROC']:.3f} untrained -> {after['P-AUROC']:.3f} trained"
+        )

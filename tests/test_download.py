@@ -1,5 +1,6 @@
 """Dataset downloads, entirely offline: a local HTTP server on 127.0.0.1 (with Range support, a mode that
 drops the connection mid-file and a mode that ignores Range) serves small archives the tests build."""
+
 from __future__ import annotations
 
 import errno
@@ -63,7 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        drop = srv.drop_after.pop(self.path, None)  # one-shot: announce everything, send `drop` bytes, hang up
+        drop = srv.drop_after.pop(
+            self.path, None
+        )  # one-shot: announce everything, send `drop` bytes, hang up
         sent = payload if drop is None else payload[:drop]
         self.wfile.write(sent)
         self.wfile.flush()
@@ -110,7 +113,9 @@ def _png(arr: np.ndarray) -> bytes:
 
 def _jpg(seed: int) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
+        buf, "JPEG"
+    )
     return buf.getvalue()
 
 
@@ -118,7 +123,9 @@ def _noise(seed: int, size: int = 32) -> bytes:
     return _png(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def make_tar(files: dict[str, bytes], mode: str = "w:xz", extra: list[tarfile.TarInfo] = ()) -> bytes:
+def make_tar(
+    files: dict[str, bytes], mode: str = "w:xz", extra: list[tarfile.TarInfo] = ()
+) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=mode) as tar:
         for name, data in files.items():
@@ -134,14 +141,16 @@ def mvtec_category(name: str = "bottle", seed: int = 0) -> bytes:
     """A category archive shaped like MVTec's: ``<name>/train|test|ground_truth`` and a top-level licence."""
     mask = np.zeros((32, 32), np.uint8)
     mask[8:16, 8:20] = 255
-    return make_tar({
-        "license.txt": b"CC BY-NC-SA 4.0",
-        f"{name}/train/good/000.png": _noise(seed + 1),
-        f"{name}/train/good/001.png": _noise(seed + 2),
-        f"{name}/test/good/000.png": _noise(seed + 3),
-        f"{name}/test/broken_large/000.png": _noise(seed + 4),
-        f"{name}/ground_truth/broken_large/000_mask.png": _png(mask),
-    })
+    return make_tar(
+        {
+            "license.txt": b"CC BY-NC-SA 4.0",
+            f"{name}/train/good/000.png": _noise(seed + 1),
+            f"{name}/train/good/001.png": _noise(seed + 2),
+            f"{name}/test/good/000.png": _noise(seed + 3),
+            f"{name}/test/broken_large/000.png": _noise(seed + 4),
+            f"{name}/ground_truth/broken_large/000_mask.png": _png(mask),
+        }
+    )
 
 
 def leftovers(out: Path) -> list[str]:
@@ -164,7 +173,10 @@ def test_mvtec_category_downloads_verifies_and_installs(server, tmp_path):
     defect = next(i for i, r in enumerate(ds.records) if r.label == 1)
     assert ds[defect]["mask"].sum() == 8 * 12
     assert len(MVTecDataset(out, "train", image_size=32)) == 2
-    assert sorted(p.name for p in out.iterdir()) == ["DOWNLOADS.json", "bottle"]  # archive, staging: gone
+    assert sorted(p.name for p in out.iterdir()) == [
+        "DOWNLOADS.json",
+        "bottle",
+    ]  # archive, staging: gone
     man = json.loads((out / "DOWNLOADS.json").read_text())
     assert man["archives"]["bottle.tar.xz"]["sha256"] == sha
     assert man["categories"]["bottle"]["dataset"] == "MVTec AD"
@@ -180,10 +192,14 @@ def test_checksum_recorded_on_first_download_then_enforced(server, tmp_path, cap
     dl.download_mvtec(out, ["cable"], url=url, progress=False, retries=0)  # no checksum known
     assert "recorded" in capsys.readouterr().out
     assert dl.read_manifest(out)["archives"]["cable.tar.xz"]["sha256"] == sha
-    server.files["/cable.tar.xz"] = mvtec_category("cable", seed=9)  # the file behind the link changes
+    server.files["/cable.tar.xz"] = mvtec_category(
+        "cable", seed=9
+    )  # the file behind the link changes
     with pytest.raises(dl.DownloadError, match="checksum mismatch"):
         dl.download_mvtec(out, ["cable"], url=url, force=True, progress=False, retries=0)
-    assert (out / "cable" / "train" / "good" / "000.png").is_file()  # the old, complete copy is untouched
+    assert (
+        out / "cable" / "train" / "good" / "000.png"
+    ).is_file()  # the old, complete copy is untouched
     assert leftovers(out) == [] and not any((out / ".downloads").glob("*"))
 
 
@@ -238,7 +254,9 @@ def test_complete_part_file_is_not_downloaded_again(server, tmp_path):
     body = b"y" * 2048
     url, sha = serve(server, "/f.bin", body)
     dest = tmp_path / "f.bin"
-    dest.with_name("f.bin.part").write_bytes(body)  # e.g. killed between the last byte and the rename
+    dest.with_name("f.bin.part").write_bytes(
+        body
+    )  # e.g. killed between the last byte and the rename
     dl.download_file(url, dest, sha, progress=False, retries=0)
     assert server.log == [{"path": "/f.bin", "range": "bytes=2048-", "status": 416, "sent": 0}]
     assert dest.read_bytes() == body
@@ -253,12 +271,16 @@ def test_wrong_checksum_is_rejected_and_nothing_is_left(server, tmp_path):
     with pytest.raises(dl.DownloadError, match="checksum mismatch") as err:
         dl.download_mvtec(out, ["bottle"], url=url, sha256="0" * 64, progress=False, retries=0)
     assert sha in str(err.value) and "deleted" in str(err.value)
-    assert not out.exists()  # no category, no .part, no staging, and the folder this run made is gone
+    assert (
+        not out.exists()
+    )  # no category, no .part, no staging, and the folder this run made is gone
 
 
 def test_corrupt_archive_is_rejected_and_nothing_is_left(server, tmp_path):
     body = mvtec_category()
-    url, _ = serve(server, "/bottle.tar.xz", body[: len(body) // 2])  # truncated, no checksum to catch it
+    url, _ = serve(
+        server, "/bottle.tar.xz", body[: len(body) // 2]
+    )  # truncated, no checksum to catch it
     out = tmp_path / "mvtec"
     with pytest.raises(dl.DownloadError, match="not a valid .*tar archive.*deleted"):
         dl.download_mvtec(out, ["bottle"], url=url, progress=False, retries=0)
@@ -275,7 +297,9 @@ def test_web_page_instead_of_archive(server, tmp_path):
 
 def test_http_404_message(server, tmp_path):
     with pytest.raises(dl.DownloadError) as err:
-        dl.download_mvtec(tmp_path / "m", ["bottle"], url=server.base + "/gone.tar.xz", progress=False)
+        dl.download_mvtec(
+            tmp_path / "m", ["bottle"], url=server.base + "/gone.tar.xz", progress=False
+        )
     msg = str(err.value)
     assert "HTTP 404" in msg and "--url" in msg and "mvtec.com" in msg
     assert not (tmp_path / "m").exists()
@@ -286,7 +310,9 @@ def test_connection_refused_message(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(dl.DownloadError, match="connection refused by 127.0.0.1") as err:
-        dl.download_file(f"http://127.0.0.1:{port}/x.tar", tmp_path / "x.tar", progress=False, retries=0)
+        dl.download_file(
+            f"http://127.0.0.1:{port}/x.tar", tmp_path / "x.tar", progress=False, retries=0
+        )
     assert "offline" in str(err.value)
 
 
@@ -294,8 +320,12 @@ def test_full_disk_is_refused_early_with_the_space_needed(server, tmp_path, monk
     body = mvtec_category()
     url, sha = serve(server, "/bottle.tar.xz", body)
     monkeypatch.setattr(dl, "_free_bytes", lambda folder: 100)
-    with pytest.raises(dl.DownloadError, match=r"not enough disk space .* needs about \d+\.\d KB") as err:
-        dl.download_mvtec(tmp_path / "m", ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    with pytest.raises(
+        dl.DownloadError, match=r"not enough disk space .* needs about \d+\.\d KB"
+    ) as err:
+        dl.download_mvtec(
+            tmp_path / "m", ["bottle"], url=url, sha256=sha, progress=False, retries=0
+        )
     assert "only 100 bytes is free" in str(err.value)
     assert not (tmp_path / "m").exists()
 
@@ -311,7 +341,9 @@ def test_disk_full_while_unpacking_keeps_the_archive(server, tmp_path, monkeypat
     with pytest.raises(dl.DiskFullError, match="disk is full .* unpacking .* needs at least"):
         dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
     assert not (out / "bottle").exists() and leftovers(out) == []
-    assert (out / ".downloads" / "bottle.tar.xz").is_file()  # verified archive kept for the next run
+    assert (
+        out / ".downloads" / "bottle.tar.xz"
+    ).is_file()  # verified archive kept for the next run
     monkeypatch.undo()
     dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
     assert len(server.log) == 1 and (out / "bottle" / "train" / "good").is_dir()
@@ -335,15 +367,22 @@ def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
     return info
 
 
-@pytest.mark.parametrize("files, extra, match", [
-    ({"/tmp/abs_evil.txt": b"x"}, [], "absolute path"),
-    ({"a/../../evil.txt": b"x"}, [], r"\.\."),
-    ({}, [_link("cat/link", "../../outside")], "outside the target folder"),
-    ({}, [_link("cat/link", "/etc")], "absolute path"),
-    ({}, [_link("s", "."), _link("t", "s/..")], "resolving outside"),  # only the real path shows it
-    ({}, [_link("cat/hard", "../../etc/passwd", tarfile.LNKTYPE)], "outside the target folder"),
-    ({}, [_link("cat/dev", "", tarfile.CHRTYPE)], "device or FIFO"),
-])
+@pytest.mark.parametrize(
+    "files, extra, match",
+    [
+        ({"/tmp/abs_evil.txt": b"x"}, [], "absolute path"),
+        ({"a/../../evil.txt": b"x"}, [], r"\.\."),
+        ({}, [_link("cat/link", "../../outside")], "outside the target folder"),
+        ({}, [_link("cat/link", "/etc")], "absolute path"),
+        (
+            {},
+            [_link("s", "."), _link("t", "s/..")],
+            "resolving outside",
+        ),  # only the real path shows it
+        ({}, [_link("cat/hard", "../../etc/passwd", tarfile.LNKTYPE)], "outside the target folder"),
+        ({}, [_link("cat/dev", "", tarfile.CHRTYPE)], "device or FIFO"),
+    ],
+)
 def test_unsafe_members_are_refused(tmp_path, files, extra, match):
     archive = tmp_path / "evil.tar"
     archive.write_bytes(make_tar({"cat/ok.txt": b"ok", **files}, mode="w", extra=extra))
@@ -356,47 +395,80 @@ def test_unsafe_members_are_refused(tmp_path, files, extra, match):
 
 def test_links_inside_are_kept_and_never_written_through(tmp_path):
     archive = tmp_path / "ok.tar"
-    archive.write_bytes(make_tar({"cat/a.txt": b"A", "cat/sub/b.txt": b"B"}, mode="w",
-                                 extra=[_link("cat/ln", "a.txt"), _link("cat/hard", "cat/a.txt", tarfile.LNKTYPE)]))
+    archive.write_bytes(
+        make_tar(
+            {"cat/a.txt": b"A", "cat/sub/b.txt": b"B"},
+            mode="w",
+            extra=[_link("cat/ln", "a.txt"), _link("cat/hard", "cat/a.txt", tarfile.LNKTYPE)],
+        )
+    )
     dest = tmp_path / "dest"
     dl.safe_extract(archive, dest, progress=False)
-    assert (dest / "cat" / "ln").read_bytes() == b"A" and (dest / "cat" / "hard").read_bytes() == b"A"
+    assert (dest / "cat" / "ln").read_bytes() == b"A" and (
+        dest / "cat" / "hard"
+    ).read_bytes() == b"A"
 
 
-@pytest.mark.parametrize("link, target", [
-    ("mvtec/bottle/train/good/002.png", "../../../../x.png"),      # inside the staging area, above OUT once moved
-    ("mvtec/bottle/train/good/002.png", "../../../../../x.png"),
-    ("mvtec/bottle/evil", "../.."),                                 # a folder link, above OUT once moved
-    ("mvtec/bottle/test/good/001.png", "../../../license.txt"),     # the archive's licence, outside the category
-])
+@pytest.mark.parametrize(
+    "link, target",
+    [
+        (
+            "mvtec/bottle/train/good/002.png",
+            "../../../../x.png",
+        ),  # inside the staging area, above OUT once moved
+        ("mvtec/bottle/train/good/002.png", "../../../../../x.png"),
+        ("mvtec/bottle/evil", "../.."),  # a folder link, above OUT once moved
+        (
+            "mvtec/bottle/test/good/001.png",
+            "../../../license.txt",
+        ),  # the archive's licence, outside the category
+    ],
+)
 def test_a_link_that_would_leave_out_once_moved_is_refused(server, tmp_path, link, target):
     base = {f"mvtec/{k}": v for k, v in dl_tar_files().items()}
-    body = make_tar({**base, "mvtec/license.txt": b"L", "mvtec/x.png": _noise(9)}, mode="w",
-                    extra=[_link(link, target)])
+    body = make_tar(
+        {**base, "mvtec/license.txt": b"L", "mvtec/x.png": _noise(9)},
+        mode="w",
+        extra=[_link(link, target)],
+    )
     url, sha = serve(server, "/full.tar", body)
     out = tmp_path / "data" / "mvtec"
-    with pytest.raises(dl.UnsafeArchiveError, match="outside"):  # at unpacking, or before installing
+    with pytest.raises(
+        dl.UnsafeArchiveError, match="outside"
+    ):  # at unpacking, or before installing
         dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
     assert not (out / "bottle").exists() and not leftovers(out)
 
 
 def test_links_inside_the_category_are_installed(server, tmp_path):
     base = {f"mvtec/{k}": v for k, v in dl_tar_files().items()}
-    body = make_tar(base, mode="w", extra=[_link("mvtec/bottle/train/good/002.png", "000.png"),
-                                           _link("mvtec/bottle/train/extra", "good")])
+    body = make_tar(
+        base,
+        mode="w",
+        extra=[
+            _link("mvtec/bottle/train/good/002.png", "000.png"),
+            _link("mvtec/bottle/train/extra", "good"),
+        ],
+    )
     url, sha = serve(server, "/full.tar", body)
     out = tmp_path / "mvtec"
     dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
-    assert (out / "bottle/train/good/002.png").read_bytes() == (out / "bottle/train/good/000.png").read_bytes()
+    assert (out / "bottle/train/good/002.png").read_bytes() == (
+        out / "bottle/train/good/000.png"
+    ).read_bytes()
     assert dl.links_leaving(out / "bottle") == []
 
 
 def dl_tar_files() -> dict[str, bytes]:
     mask = np.zeros((32, 32), np.uint8)
     mask[8:16, 8:20] = 255
-    return {"bottle/train/good/000.png": _noise(1), "bottle/train/good/001.png": _noise(2),
-            "bottle/test/good/000.png": _noise(3), "bottle/test/broken_large/000.png": _noise(4),
-            "bottle/ground_truth/broken_large/000_mask.png": _png(mask)}
+    return {
+        "bottle/train/good/000.png": _noise(1),
+        "bottle/train/good/001.png": _noise(2),
+        "bottle/test/good/000.png": _noise(3),
+        "bottle/test/broken_large/000.png": _noise(4),
+        "bottle/ground_truth/broken_large/000_mask.png": _png(mask),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -444,7 +516,9 @@ def test_visa_split_fetched_separately_when_the_tar_lacks_it(server, tmp_path):
     url, sha = serve(server, "/VisA.tar", body)
     split_url, _ = serve(server, "/1cls.csv", split)
     out = tmp_path / "visa"
-    dl.download_visa(out, ["pcb1"], url=url, sha256=sha, split_csv=split_url, progress=False, retries=0)
+    dl.download_visa(
+        out, ["pcb1"], url=url, sha256=sha, split_csv=split_url, progress=False, retries=0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["DOWNLOADS.json", "pcb1"]
     assert len(MVTecDataset(out, "train", image_size=32)) == 2
 
@@ -459,16 +533,31 @@ def test_unknown_category_lists_the_valid_ones(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 def test_cli_data_mvtec_and_its_errors(server, tmp_path, capsys):
     from unistad_edu.__main__ import main
+
     url, sha = serve(server, "/bottle.tar.xz", mvtec_category())
     out = tmp_path / "mvtec"
-    args = ["data", "mvtec", "--out", str(out), "--categories", "bottle", "--url", url, "--no-progress",
-            "--retries", "0"]
+    args = [
+        "data",
+        "mvtec",
+        "--out",
+        str(out),
+        "--categories",
+        "bottle",
+        "--url",
+        url,
+        "--no-progress",
+        "--retries",
+        "0",
+    ]
     assert main(args + ["--sha256", "f" * 64]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checksum mismatch") and "Traceback" not in err
     assert main(args + ["--sha256", sha]) == 0
     assert "1 categories ready" in capsys.readouterr().out
-    assert main(["data", "mvtec", "--out", str(out), "--categories", "bottle,cable", "--url", url]) == 2
+    assert (
+        main(["data", "mvtec", "--out", str(out), "--categories", "bottle,cable", "--url", url])
+        == 2
+    )
     assert "one archive" in capsys.readouterr().err
 
 
@@ -476,13 +565,41 @@ def test_scripts_wrap_the_package(server, tmp_path, monkeypatch, capsys):
     body, _ = visa_tar()
     url, sha = serve(server, "/VisA.tar", body)
     out = tmp_path / "visa"
-    monkeypatch.setattr(sys, "argv", ["download_visa.py", "--out", str(out), "--categories", "candle",
-                                      "--url", url, "--sha256", sha, "--no-progress"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "download_visa.py",
+            "--out",
+            str(out),
+            "--categories",
+            "candle",
+            "--url",
+            url,
+            "--sha256",
+            sha,
+            "--no-progress",
+        ],
+    )
     with pytest.raises(SystemExit) as ok:
         runpy.run_path(str(REPO / "data_scripts" / "download_visa.py"), run_name="__main__")
-    assert ok.value.code == 0 and (out / "candle" / "ground_truth" / "bad" / "000_mask.png").is_file()
-    monkeypatch.setattr(sys, "argv", ["download_mvtec.py", "--out", str(tmp_path / "m"), "--categories", "grid",
-                                      "--url", server.base + "/nope.tar.xz", "--no-progress"])
+    assert (
+        ok.value.code == 0 and (out / "candle" / "ground_truth" / "bad" / "000_mask.png").is_file()
+    )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "download_mvtec.py",
+            "--out",
+            str(tmp_path / "m"),
+            "--categories",
+            "grid",
+            "--url",
+            server.base + "/nope.tar.xz",
+            "--no-progress",
+        ],
+    )
     with pytest.raises(SystemExit) as bad:
         runpy.run_path(str(REPO / "data_scripts" / "download_mvtec.py"), run_name="__main__")
     assert bad.value.code == 2 and "HTTP 404" in capsys.readouterr().err

@@ -9,6 +9,7 @@ need none of the lesson's earlier cells, and no lesson cell uses a name that onl
 in a whole twin exactly the check cells fail, which is what running only its exercise cells shows (the twins'
 other cells are the lessons' own, and nbmake runs those). The committed notebooks must be what the build writes.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,7 +26,9 @@ SOURCES = sorted((REPO / "notebooks" / "lessons").glob("[0-9][0-9]_*.py"))
 
 
 def _build_module():
-    spec = importlib.util.spec_from_file_location("notebooks_build", REPO / "notebooks" / "_build.py")
+    spec = importlib.util.spec_from_file_location(
+        "notebooks_build", REPO / "notebooks" / "_build.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -47,13 +50,15 @@ def test_the_committed_lesson_and_twin_are_what_the_build_writes(source):
     for twin, folder in ((False, REPO / "notebooks"), (True, REPO / "notebooks" / "exercises")):
         committed = folder / f"{source.stem}.ipynb"
         assert committed.is_file(), f"{committed} missing: run python notebooks/_build.py"
-        assert committed.read_text() == nbformat.writes(BUILD.notebook(source, twin)) + "\n", \
+        assert committed.read_text() == nbformat.writes(BUILD.notebook(source, twin)) + "\n", (
             f"{committed} is not what notebooks/_build.py writes from {source.name}: run it"
+        )
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
-def test_twin_is_the_lesson_with_stubs_and_each_check_fails_with_its_hint_until_solved(source, tmp_path,
-                                                                                         monkeypatch, capsys):
+def test_twin_is_the_lesson_with_stubs_and_each_check_fails_with_its_hint_until_solved(
+    source, tmp_path, monkeypatch, capsys
+):
     lesson, twin = BUILD.notebook(source), BUILD.notebook(source, twin=True)
     hints = _hints(source)
     assert 2 <= len(hints) <= 4, f"{source.name} has {len(hints)} exercises (2-4 wanted)"
@@ -72,14 +77,21 @@ def test_twin_is_the_lesson_with_stubs_and_each_check_fails_with_its_hint_until_
     for stub, check, hint in zip(stubs, checks, hints):
         exec(compile(stub.source, f"{source.stem} stub {stub.metadata['exercise']}", "exec"), ns)
         with pytest.raises(ExerciseNotDone) as info:
-            exec(compile(check.source, f"{source.stem} check {check.metadata['exercise']}", "exec"), ns)
-        assert hint in str(info.value), f"exercise {check.metadata['exercise']}: the hint is not in {info.value}"
+            exec(
+                compile(check.source, f"{source.stem} check {check.metadata['exercise']}", "exec"),
+                ns,
+            )
+        assert hint in str(info.value), (
+            f"exercise {check.metadata['exercise']}: the hint is not in {info.value}"
+        )
 
     solutions, checks = _cells(lesson, BUILD.TAGS["solution"]), _cells(lesson, BUILD.TAGS["check"])
     ns = {}
     for solution, check in zip(solutions, checks):
         exec(compile(solution.source, f"{source.stem} solution", "exec"), ns)
-        exec(compile(check.source, f"{source.stem} check", "exec"), ns)  # passes: no ExerciseNotDone
+        exec(
+            compile(check.source, f"{source.stem} check", "exec"), ns
+        )  # passes: no ExerciseNotDone
     assert capsys.readouterr().out.count("✓") == len(hints)
 
 
@@ -96,7 +108,11 @@ def _defined(source: str) -> set[str]:
 
 
 def _loaded(source: str) -> set[str]:
-    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return {
+        n.id
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
@@ -109,9 +125,13 @@ def test_no_lesson_cell_needs_an_exercise_cell(source):
     tags = set(BUILD.TAGS.values())
     ex = [c for c in code if set(c.metadata.get("tags", [])) & tags]
     rest = [c for c in code if c not in ex]
-    only_exercise = set().union(*(_defined(c.source) for c in ex)) - set().union(*(_defined(c.source) for c in rest))
+    only_exercise = set().union(*(_defined(c.source) for c in ex)) - set().union(
+        *(_defined(c.source) for c in rest)
+    )
     used = set().union(*(_loaded(c.source) for c in rest))
-    assert not only_exercise & used, f"lesson cells use names only an exercise cell defines: {only_exercise & used}"
+    assert not only_exercise & used, (
+        f"lesson cells use names only an exercise cell defines: {only_exercise & used}"
+    )
 
 
 _TOKEN = __import__("re").compile(r"[A-Za-z_]\w*|\d+(?:\.\d+)?|==|!=|<=|>=|\*\*|//|[^\sA-Za-z_\d]")
@@ -120,14 +140,20 @@ _TOKEN = __import__("re").compile(r"[A-Za-z_]\w*|\d+(?:\.\d+)?|==|!=|<=|>=|\*\*|
 def _grams(text: str, n: int) -> set[tuple[str, ...]]:
     """The runs of ``n`` consecutive Python-like tokens of ``text`` that hold at least one name or number."""
     toks = _TOKEN.findall(text)
-    return {g for g in zip(*(toks[i:] for i in range(n))) if any(t[0].isalnum() or t[0] == "_" for t in g)}
+    return {
+        g
+        for g in zip(*(toks[i:] for i in range(n)))
+        if any(t[0].isalnum() or t[0] == "_" for t in g)
+    }
 
 
 def test_the_token_runs_the_hint_check_looks_for():
     """The rule below on hand-made cases: code copied from the solution is found, prose about it is not."""
     solution = "return torch.zeros(mask.shape).masked_fill(mask, float('-inf'))"
     assert _grams("use torch.zeros(mask.shape)", 4) & _grams(solution, 4)
-    assert not _grams("start from zeros of the mask's shape and fill the hidden places", 4) & _grams(solution, 4)
+    assert not _grams(
+        "start from zeros of the mask's shape and fill the hidden places", 4
+    ) & _grams(solution, 4)
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
@@ -138,4 +164,6 @@ def test_no_hint_gives_away_the_solutions_code(source):
         if kind != "exercise":
             continue
         shared = _grams(src["hint"], 4) & _grams(src["solution"], 4)
-        assert not shared, f"{src['title']}: the hint {src['hint']!r} repeats the solution's code {sorted(shared)[:3]}"
+        assert not shared, (
+            f"{src['title']}: the hint {src['hint']!r} repeats the solution's code {sorted(shared)[:3]}"
+        )

@@ -6,6 +6,7 @@ export never saw); the tolerance is :data:`unistad_edu.export.PARITY_TOLERANCE` 
 pixel and score, and every verdict identical. ``predict`` and the demo serve an export in a child process in
 which ``import torch`` fails, so nothing in the serving path can lean on PyTorch.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,10 @@ from unistad_edu.export_runtime import CARD_FILE, EXPORT_FORMAT_VERSION, Exporte
 from unistad_edu.inference import predict
 from unistad_edu.methods import METHODS, build_model
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # one torch thread; most tests export
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.slow,
+]  # one torch thread; most tests export
 
 SIZE = 64
 SMALL = {  # as tests/test_contract.py: smaller networks than the cpu presets
@@ -44,13 +48,22 @@ QUIET = dict(log=lambda m: None)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     from unistad_edu.synthetic import make_synthetic
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "tiny", size=SIZE, n_train=8, n_test_good=2,
-                          n_test_defect=2, categories=("weave", "bolt"))
+
+    return make_synthetic(
+        tmp_path_factory.mktemp("syn") / "tiny",
+        size=SIZE,
+        n_train=8,
+        n_test_good=2,
+        n_test_defect=2,
+        categories=("weave", "bolt"),
+    )
 
 
 @pytest.fixture(scope="module")
 def test_paths(data) -> list[str]:
-    return [str(p) for p in sorted(data.glob("*/test/*/*.png"))]  # good and defective, two categories
+    return [
+        str(p) for p in sorted(data.glob("*/test/*/*.png"))
+    ]  # good and defective, two categories
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +76,21 @@ def trained(data, lite0_teacher, tmp_path_factory):
             before = lite0_teacher.precision
             lite0_teacher.precision = "fp32"
             try:
-                model = build_model(name, lite0_teacher, image_size=SIZE, batch_size=4, **SMALL.get(name, {}))
+                model = build_model(
+                    name, lite0_teacher, image_size=SIZE, batch_size=4, **SMALL.get(name, {})
+                )
                 out = tmp_path_factory.mktemp(f"run_{name}")
-                fit(model, MVTecDataset(data, "train", image_size=SIZE),
-                    TrainConfig(epochs=1, progress=False, precision="fp32"), out=out)
+                fit(
+                    model,
+                    MVTecDataset(data, "train", image_size=SIZE),
+                    TrainConfig(epochs=1, progress=False, precision="fp32"),
+                    out=out,
+                )
             finally:
                 lite0_teacher.precision = before
             runs[name] = out
         return runs[name]
+
     return get
 
 
@@ -82,6 +102,7 @@ def stpm_export(trained, tmp_path_factory):
     import io
 
     from unistad_edu.__main__ import main
+
     run, out, said = trained("stpm"), tmp_path_factory.mktemp("stpm_export") / "exp", io.StringIO()
     with contextlib.redirect_stdout(said):
         assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(out)]) == 0
@@ -91,7 +112,9 @@ def stpm_export(trained, tmp_path_factory):
 def _reference(run: Path, paths, lite0_teacher) -> list[dict]:
     before = lite0_teacher.precision
     try:
-        return predict(load_checkpoint(run, teacher=lite0_teacher), paths, batch_size=8, precision="fp32")
+        return predict(
+            load_checkpoint(run, teacher=lite0_teacher), paths, batch_size=8, precision="fp32"
+        )
     finally:
         lite0_teacher.precision = before  # the session's teacher as the other modules expect it
 
@@ -101,19 +124,27 @@ def _assert_parity(ref: list[dict], got: list[dict], threshold: float):
     d_map = max(float(np.abs(r["anomaly_map"] - g["anomaly_map"]).max()) for r, g in zip(ref, got))
     d_score = max(abs(r["score"] - g["score"]) for r, g in zip(ref, got))
     assert max(d_map, d_score) <= PARITY_TOLERANCE * threshold, (
-        d_map, d_score, threshold, [round(r["score"], 4) for r in ref], [round(g["score"], 4) for g in got])
+        d_map,
+        d_score,
+        threshold,
+        [round(r["score"], 4) for r in ref],
+        [round(g["score"], 4) for g in got],
+    )
     assert [r["anomalous"] for r in ref] == [g["anomalous"] for g in got]
     # routing travels with the export: the same category and its threshold for every image
     assert [r["category"] for r in ref] == [g["category"] for g in got]
     assert [r["threshold"] for r in ref] == pytest.approx([g["threshold"] for g in got])
     assert all(r["category"] is not None for r in ref)
     for r, g in zip(ref, got):
-        np.testing.assert_array_equal(r["image"], g["image"])  # the same decoded, resized picture went in
+        np.testing.assert_array_equal(
+            r["image"], g["image"]
+        )  # the same decoded, resized picture went in
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_method_exports_to_onnx_and_both_runtimes_reproduce_it(name, trained, test_paths, lite0_teacher,
-                                                                     tmp_path):
+def test_every_method_exports_to_onnx_and_both_runtimes_reproduce_it(
+    name, trained, test_paths, lite0_teacher, tmp_path
+):
     run = trained(name)
     cfg = json.loads((run / "config.json").read_text())
     out = export_run(run, "onnx", out=tmp_path / "exp", **QUIET)
@@ -124,14 +155,21 @@ def test_every_method_exports_to_onnx_and_both_runtimes_reproduce_it(name, train
     assert card["threshold_rule"] == cfg.get("threshold_rule")
     assert card["calibration"] == cfg["calibration"] and "embedding" in card["outputs"]
     assert all(p["routes_differ"] == 0 for p in card["parity"].values())
-    assert card["export_format_version"] == EXPORT_FORMAT_VERSION and set(card["files"]) == {"model.onnx"}
-    assert set(card["parity"]) == {"onnxruntime", "openvino"}  # export_run's own check, both runtimes
+    assert card["export_format_version"] == EXPORT_FORMAT_VERSION and set(card["files"]) == {
+        "model.onnx"
+    }
+    assert set(card["parity"]) == {
+        "onnxruntime",
+        "openvino",
+    }  # export_run's own check, both runtimes
     assert not list(tmp_path.glob(".exp.build-*"))  # written beside, then renamed into place
     ref = _reference(run, test_paths, lite0_teacher)
     thr = cfg["threshold"]
     for backend in ("onnxruntime", "openvino"):  # OpenVINO reads the ONNX file too
         served = ExportedModel(out, backend=backend, threads=1)
-        _assert_parity(ref, served.predict(test_paths, batch_size=3), thr)  # batches of 3 (and a rest): dynamic
+        _assert_parity(
+            ref, served.predict(test_paths, batch_size=3), thr
+        )  # batches of 3 (and a rest): dynamic
         one = served.predict(test_paths[:1], batch_size=1)[0]
         assert abs(one["score"] - ref[0]["score"]) <= PARITY_TOLERANCE * thr
 
@@ -144,7 +182,9 @@ def test_openvino_format_export(name, trained, test_paths, lite0_teacher, tmp_pa
     assert card["format"] == "openvino" and set(card["files"]) == {"model.xml", "model.bin"}
     served = ExportedModel(out, threads=1)
     assert served.backend.startswith("OpenVINO")
-    _assert_parity(_reference(run, test_paths, lite0_teacher), served.predict(test_paths), card["threshold"])
+    _assert_parity(
+        _reference(run, test_paths, lite0_teacher), served.predict(test_paths), card["threshold"]
+    )
     with pytest.raises(CheckpointError, match="OpenVINO model"):
         ExportedModel(out, backend="onnxruntime")
 
@@ -157,13 +197,17 @@ def test_export_refuses_to_overwrite_and_replaces_with_overwrite(stpm_export, tm
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_run(run, "onnx", out=out, **QUIET)
     assert (out / "mine.txt").is_file()  # refused: nothing touched
-    with pytest.raises(CheckpointError, match="also holds mine.txt"):  # --overwrite deletes only an export's files
+    with pytest.raises(
+        CheckpointError, match="also holds mine.txt"
+    ):  # --overwrite deletes only an export's files
         export_run(run, "onnx", out=out, overwrite=True, **QUIET)
     assert (out / "mine.txt").is_file()
     (out / "mine.txt").unlink()
     old_folder = out.stat().st_ino
     export_run(run, "onnx", out=out, overwrite=True, **QUIET)
-    assert read_card(out)["format"] == "onnx" and out.stat().st_ino != old_folder  # replaced as a whole
+    assert (
+        read_card(out)["format"] == "onnx" and out.stat().st_ino != old_folder
+    )  # replaced as a whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # no temporary or old folder left
 
 
@@ -172,14 +216,20 @@ def _no_torch_env(tmp_path: Path) -> dict:
     """An environment in which ``import torch`` fails (a sitecustomize that blocks it)."""
     block = tmp_path / "no_torch"
     block.mkdir(exist_ok=True)
-    (block / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # import torch fails\n")
+    (block / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['torch'] = None  # import torch fails\n"
+    )
     path = os.pathsep.join([str(block), str(REPO), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def test_the_blocker_blocks_torch(tmp_path):
-    res = subprocess.run([sys.executable, "-c", "import torch"], env=_no_torch_env(tmp_path), capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", "import torch"],
+        env=_no_torch_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0 and "torch" in res.stderr
 
 
@@ -187,14 +237,45 @@ def _records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def test_predict_serves_an_export_without_torch_with_the_runs_verdicts(stpm_export, test_paths, tmp_path, capsys):
+def test_predict_serves_an_export_without_torch_with_the_runs_verdicts(
+    stpm_export, test_paths, tmp_path, capsys
+):
     from unistad_edu.__main__ import main
+
     run, out, _ = stpm_export
-    assert main(["predict", "--run", str(run), *test_paths, "--precision", "fp32", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                *test_paths,
+                "--precision",
+                "fp32",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     source = _records(capsys.readouterr().out)
-    res = subprocess.run([sys.executable, "-m", "unistad_edu", "predict", "--run", str(out), *test_paths,
-                          "--out", str(tmp_path / "b")], env=_no_torch_env(tmp_path), capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unistad_edu",
+            "predict",
+            "--run",
+            str(out),
+            *test_paths,
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        env=_no_torch_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "served by onnxruntime" in res.stderr
     served = _records(res.stdout)
@@ -202,7 +283,9 @@ def test_predict_serves_an_export_without_torch_with_the_runs_verdicts(stpm_expo
     assert [r["category"] for r in served] == [r["category"] for r in source]
     thr = source[0]["threshold"]
     assert served[0]["threshold"] == thr
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(served, source)) <= PARITY_TOLERANCE * thr
+    assert (
+        max(abs(a["score"] - b["score"]) for a, b in zip(served, source)) <= PARITY_TOLERANCE * thr
+    )
     assert all(Path(r["heatmap"]).is_file() for r in served)
 
 
@@ -212,6 +295,7 @@ def test_demo_serves_an_export_without_torch(stpm_export, test_paths, lite0_teac
     from gradio_client import Client, handle_file
 
     from unistad_edu.demo import serving
+
     run, out, _ = stpm_export
     uploads = []  # unique file names (000.png repeats across categories and defect folders)
     for i, p in enumerate(test_paths[:8]):
@@ -225,24 +309,35 @@ def test_demo_serves_an_export_without_torch(stpm_export, test_paths, lite0_teac
             page = r.read().decode()
         assert "Served by:** onnxruntime" in page
         client = Client(url, verbose=False)
-        *_, record = client.predict([handle_file(p) for p in uploads], thr, "fixed", api_name="/predict")
+        *_, record = client.predict(
+            [handle_file(p) for p in uploads], thr, "fixed", api_name="/predict"
+        )
     got = record["results"]  # in upload order
     assert [g["name"] for g in got] == [Path(p).name for p in uploads]
     for g, r in zip(got, ref):
-        assert abs(g["score"] - r["score"]) <= PARITY_TOLERANCE * thr and g["anomalous"] == r["anomalous"]
+        assert (
+            abs(g["score"] - r["score"]) <= PARITY_TOLERANCE * thr
+            and g["anomalous"] == r["anomalous"]
+        )
 
 
 # ---- clear errors ------------------------------------------------------------------------------------------
-def test_an_export_from_a_newer_version_or_with_a_missing_file_is_refused(stpm_export, tmp_path, test_paths):
+def test_an_export_from_a_newer_version_or_with_a_missing_file_is_refused(
+    stpm_export, tmp_path, test_paths
+):
     from unistad_edu.__main__ import main
+
     _, out, _ = stpm_export
     card = json.loads((out / CARD_FILE).read_text())
 
     newer = tmp_path / "newer"
     newer.mkdir()
     (newer / "model.onnx").write_bytes((out / "model.onnx").read_bytes())
-    (newer / CARD_FILE).write_text(json.dumps({**card, "export_format_version": EXPORT_FORMAT_VERSION + 1,
-                                               "package_version": "9.0.0"}))
+    (newer / CARD_FILE).write_text(
+        json.dumps(
+            {**card, "export_format_version": EXPORT_FORMAT_VERSION + 1, "package_version": "9.0.0"}
+        )
+    )
     with pytest.raises(CheckpointError, match=r"newer|9\.0\.0.*upgrade"):
         ExportedModel(newer)
 
@@ -263,6 +358,7 @@ def test_an_export_from_a_newer_version_or_with_a_missing_file_is_refused(stpm_e
 
 def test_export_cli(stpm_export, tmp_path, capsys):
     from unistad_edu.__main__ import main
+
     run, out, said = stpm_export  # written by `export --run RUN --format onnx --out OUT`
     assert "parity" in said and read_card(out)["format"] == "onnx"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -272,18 +368,52 @@ def test_export_cli(stpm_export, tmp_path, capsys):
     assert main(["export", "--run", str(tmp_path / "nope")]) == 2
 
 
-def test_bench_export_measures_parity_and_speed_of_every_backend(trained, data, test_paths, tmp_path):
+def test_bench_export_measures_parity_and_speed_of_every_backend(
+    trained, data, test_paths, tmp_path
+):
     from unistad_edu.__main__ import main
+
     run = trained("stpm")
     md = tmp_path / "bench.md"
-    assert main(["bench", "export", "--entry", "stpm", str(run), "--data", str(data), "--n-images", "4", "--repeats", "1",
-                 "--precision", "fp32", "--json", str(tmp_path / "b.json"), "--markdown", str(md),
-                 "--out-dir", str(tmp_path / "exports")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "export",
+                "--entry",
+                "stpm",
+                str(run),
+                "--data",
+                str(data),
+                "--n-images",
+                "4",
+                "--repeats",
+                "1",
+                "--precision",
+                "fp32",
+                "--json",
+                str(tmp_path / "b.json"),
+                "--markdown",
+                str(md),
+                "--out-dir",
+                str(tmp_path / "exports"),
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert row["test_images"] == len(test_paths) and set(row["batch1_ms_per_image"]) == {"pytorch_fp32", "onnxruntime", "openvino"}
+    assert row["test_images"] == len(test_paths) and set(row["batch1_ms_per_image"]) == {
+        "pytorch_fp32",
+        "onnxruntime",
+        "openvino",
+    }
     for backend in ("onnxruntime", "openvino"):
         p = row["parity"][backend]
-        assert p["within_tolerance"] and p["verdicts_differ"] == 0 and set(p["categories"]) == {"weave", "bolt"}
+        assert (
+            p["within_tolerance"]
+            and p["verdicts_differ"] == 0
+            and set(p["categories"]) == {"weave", "bolt"}
+        )
     text = md.read_text()
     assert "### bench export" in text and f"| stpm | stpm | {len(test_paths)} |" in text
 
@@ -295,8 +425,11 @@ def test_antialias_weights_are_torchs_antialiased_bilinear_resize(n_in, n_out):
     import torch.nn.functional as F
 
     from unistad_edu.layers import antialias_weights
+
     x = torch.rand(2, 3, n_in, n_in, generator=torch.Generator().manual_seed(0))
-    want = F.interpolate(x, size=(n_out, n_out), mode="bilinear", antialias=True, align_corners=False)
+    want = F.interpolate(
+        x, size=(n_out, n_out), mode="bilinear", antialias=True, align_corners=False
+    )
     w = antialias_weights(n_in, n_out)  # (n_out, n_in)
     assert w.shape == (n_out, n_in)
     torch.testing.assert_close(w @ x @ w.t(), want, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 """A folder built whole (files.staging_folder + files.install_folder): export, the demo's default model, the
 synthetic set and a downloaded category all use it. Checked here on plain folders against what a reader may
 see at each moment."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,11 @@ from unistad_edu.files import install_folder, staging_folder
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_text()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_the_folder_appears_only_when_complete(tmp_path):
@@ -90,11 +95,15 @@ def test_a_link_in_place_of_the_folder_is_replaced_as_a_link_not_followed(tmp_pa
 
 
 def test_staging_folders_of_dead_processes_are_removed_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)  # that process has exited
     stale = tmp_path / f".out.build-{dead_pid}-0123abcd"
     live = tmp_path / f".out.build-{os.getppid()}-89abcdef"  # our parent runs
-    other = tmp_path / f".other.build-{dead_pid}-0123abcd"  # another folder's: not this one's business
+    other = (
+        tmp_path / f".other.build-{dead_pid}-0123abcd"
+    )  # another folder's: not this one's business
     for folder in (stale, live, other):
         folder.mkdir()
     with staging_folder(tmp_path / "out") as stage:

@@ -1,5 +1,6 @@
 """`--json` and `--out` never write through a symbolic link, onto a device or pipe, or over a folder: the
 link and what it points to stay as they were, and the message names the path."""
+
 from __future__ import annotations
 
 import os
@@ -53,13 +54,18 @@ def test_a_regular_file_or_nothing_is_replaced(tmp_path):
 def test_eval_json_onto_a_link_is_refused(demo_run, tmp_path, victim, capsys):
     link = tmp_path / "m.json"
     link.symlink_to(victim)
-    assert main(["eval", "--run", str(demo_run), "--json", str(link), "--no-progress", "--image-only"]) == 2
+    assert (
+        main(["eval", "--run", str(demo_run), "--json", str(link), "--no-progress", "--image-only"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "symbolic link" in err and str(link) in err
     assert victim.read_text() == "keep me" and link.is_symlink()
 
 
-def test_predict_out_never_writes_through_a_link_inside_it(demo_run, demo_data, tmp_path, victim, capsys):
+def test_predict_out_never_writes_through_a_link_inside_it(
+    demo_run, demo_data, tmp_path, victim, capsys
+):
     img = sorted((demo_data).rglob("test/good/*.png"))[0]
     out = tmp_path / "pred"
     out.mkdir()
@@ -69,21 +75,38 @@ def test_predict_out_never_writes_through_a_link_inside_it(demo_run, demo_data, 
 
 
 # ---- one writer per run folder; metrics say which save they describe ----------------------------------------
-def test_eval_and_predict_into_a_run_being_trained_are_refused(demo_run, demo_data, tmp_path, capsys):
+def test_eval_and_predict_into_a_run_being_trained_are_refused(
+    demo_run, demo_data, tmp_path, capsys
+):
     import shutil
 
     from unistad_edu import files
+
     run = tmp_path / "run"
     shutil.copytree(demo_run, run)
     img = sorted(demo_data.rglob("test/good/*.png"))[0]
-    with files.folder_lock(run, "run folder"):  # what `train --overwrite` holds while it replaces the run
+    with files.folder_lock(
+        run, "run folder"
+    ):  # what `train --overwrite` holds while it replaces the run
         assert main(["eval", "--run", str(run), "--no-progress", "--image-only"]) == 2
         assert "being written by another process" in capsys.readouterr().err
         assert main(["predict", "--run", str(run), str(img)]) == 2
         assert "being written by another process" in capsys.readouterr().err
         # writing elsewhere reads the run without the lock
-        assert main(["eval", "--run", str(run), "--no-progress", "--image-only",
-                     "--json", str(tmp_path / "m.json")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--run",
+                    str(run),
+                    "--no-progress",
+                    "--image-only",
+                    "--json",
+                    str(tmp_path / "m.json"),
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
 
 
@@ -95,6 +118,7 @@ def test_metrics_record_their_save_and_readers_refuse_another(demo_run, tmp_path
     from unistad_edu import runs
     from unistad_edu.leaderboard import parse_entry
     from unistad_edu.resolve import load_run_metrics
+
     run = tmp_path / "run"
     shutil.copytree(demo_run, run)
     assert main(["eval", "--run", str(run), "--no-progress", "--image-only"]) == 0
@@ -106,6 +130,7 @@ def test_metrics_record_their_save_and_readers_refuse_another(demo_run, tmp_path
     # the run is saved again (what a retraining does: a new save_id for config and weights)
     from safetensors import safe_open
     from safetensors.torch import save_file
+
     with safe_open(str(run / "model.safetensors"), framework="pt") as st:
         tensors = {k: st.get_tensor(k) for k in st.keys()}
         meta = dict(st.metadata())
@@ -116,9 +141,11 @@ def test_metrics_record_their_save_and_readers_refuse_another(demo_run, tmp_path
     with pytest.raises(runs.StaleMetrics, match="another save"):
         runs.check_metrics_save(table, run)
     from unistad_edu.leaderboard import collect
+
     with pytest.raises(runs.StaleMetrics, match="eval --run"):
         collect([parse_entry(["x", str(run)])], n_images=2, progress=False)
     from unistad_edu.export import export_run
+
     try:
         ex = export_run(run, "onnx", out=tmp_path / "ex")
     except Exception as err:  # no ONNX runtime here: the copying rule is what is tested below

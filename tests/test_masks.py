@@ -1,5 +1,6 @@
 """Masks are binarised at half of their range, so lossy-compression noise is not defect; a lossy mask is said
 once per process."""
+
 from __future__ import annotations
 
 import shutil
@@ -87,7 +88,9 @@ def test_jpeg_mask_noise_is_not_defect_and_is_said_once(tmp_path, fresh_warning)
     said = _lossy_warnings(record)
     assert len(said) == 1 and str(p) in said[0] and "half the range" in said[0]
     assert abs(int(m.sum()) - area) <= 0.05 * area
-    above_zero = int((np.asarray(Image.open(p)) > 0).sum())  # what the old `> 0` rule counted as defect
+    above_zero = int(
+        (np.asarray(Image.open(p)) > 0).sum()
+    )  # what the old `> 0` rule counted as defect
     assert above_zero > 1.3 * area
     small = load_mask(p, 32)  # binarised, then nearest-neighbour: still {0, 1}
     assert set(np.unique(small).tolist()) == {0, 1}
@@ -132,8 +135,12 @@ def test_png_mask_does_not_warn(tmp_path, fresh_warning):
 def test_all_zero_mask_stays_empty(tmp_path, kind, fresh_warning):
     zeros = np.zeros((16, 16), np.uint8)
     p = tmp_path / ("m.jpg" if kind == "jpeg" else "m.png")
-    img = {"png8": Image.fromarray(zeros), "png16": Image.fromarray(zeros.astype(np.uint16)),
-           "jpeg": Image.fromarray(zeros), "mode1": Image.fromarray(zeros).convert("1")}[kind]
+    img = {
+        "png8": Image.fromarray(zeros),
+        "png16": Image.fromarray(zeros.astype(np.uint16)),
+        "jpeg": Image.fromarray(zeros),
+        "mode1": Image.fromarray(zeros).convert("1"),
+    }[kind]
     img.save(p)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,4 +1,5 @@
 """The nearest-neighbour memory bank (PatchCore-style): coreset, distances, and the engine's no-gradient path."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ def _brute_force_k_center(x: torch.Tensor, n: int, start: int) -> list[int]:
     """k-center greedy written the slow, obvious way: every step recomputes all distances to the chosen set."""
     chosen = [start]
     while len(chosen) < n:
-        d = torch.cdist(x.double(), x[chosen].double()).min(dim=1).values  # (N,) distance to the nearest chosen
+        d = (
+            torch.cdist(x.double(), x[chosen].double()).min(dim=1).values
+        )  # (N,) distance to the nearest chosen
         chosen.append(int(d.argmax()))
     return chosen
 
@@ -50,7 +53,9 @@ def test_coreset_on_a_line_goes_to_the_ends_first():
     got = greedy_coreset(x, 3, seed=0).tolist()
     start = got[0]
     assert got[1] == (0 if start > 5 else 10)  # the farthest point from the start
-    assert greedy_coreset(x, 11).tolist() == list(range(11)) and greedy_coreset(x, 50).tolist() == list(range(11))
+    assert greedy_coreset(x, 11).tolist() == list(range(11)) and greedy_coreset(
+        x, 50
+    ).tolist() == list(range(11))
 
 
 def test_coreset_with_projection_still_covers_the_set():
@@ -59,7 +64,9 @@ def test_coreset_with_projection_still_covers_the_set():
     g = torch.Generator().manual_seed(0)
     centres = 10 * torch.randn(30, 64, generator=g)
     sizes = [200] * 10 + [3] * 20
-    x = torch.cat([c + 0.3 * torch.randn(n, 64, generator=g) for c, n in zip(centres, sizes)])  # (2060, 64)
+    x = torch.cat(
+        [c + 0.3 * torch.randn(n, 64, generator=g) for c, n in zip(centres, sizes)]
+    )  # (2060, 64)
     radius = {}
     for p in (None, 16):
         idx = greedy_coreset(x, 60, projection_dim=p, seed=0)
@@ -80,7 +87,10 @@ def test_chunked_nearest_distance_equals_brute_force():
 
 def test_map_is_the_nearest_neighbour_distance(lite0_teacher):
     g = torch.Generator().manual_seed(0)
-    train, test = torch.rand(2, 3, SIZE, SIZE, generator=g), torch.rand(2, 3, SIZE, SIZE, generator=g)
+    train, test = (
+        torch.rand(2, 3, SIZE, SIZE, generator=g),
+        torch.rand(2, 3, SIZE, SIZE, generator=g),
+    )
     model = _bank(lite0_teacher, coreset_ratio=1.0).eval()
     info = model.build([Batch(train)])
     assert info["patches"] == info["bank_size"] == 2 * (SIZE // 8) ** 2
@@ -88,7 +98,14 @@ def test_map_is_the_nearest_neighbour_distance(lite0_teacher):
     assert emb_test.shape == (2, 40 + 112, SIZE // 8, SIZE // 8)
     bank = emb_train.permute(0, 2, 3, 1).reshape(-1, 152).double()
     patches = emb_test.permute(0, 2, 3, 1).reshape(-1, 152).double()
-    want = (patches[:, None] - bank[None]).pow(2).sum(-1).sqrt().min(dim=1).values.view(2, 1, SIZE // 8, SIZE // 8)
+    want = (
+        (patches[:, None] - bank[None])
+        .pow(2)
+        .sum(-1)
+        .sqrt()
+        .min(dim=1)
+        .values.view(2, 1, SIZE // 8, SIZE // 8)
+    )
     maps = model.anomaly_maps(Batch(test))
     assert set(maps) == {"nn"}
     torch.testing.assert_close(maps["nn"].double(), want, atol=2e-3, rtol=1e-4)
@@ -104,11 +121,15 @@ def test_a_training_image_is_at_distance_zero(lite0_teacher):
     assert seen.max() < 0.02 * unseen.min(), (seen, unseen)  # ~0 up to cdist's float rounding
 
 
-def test_engine_builds_without_gradients_checkpoints_and_resumes(train_set, tiny_data, lite0_teacher, tmp_path):
+def test_engine_builds_without_gradients_checkpoints_and_resumes(
+    train_set, tiny_data, lite0_teacher, tmp_path
+):
     model = _bank(lite0_teacher, coreset_ratio=0.2)
     assert not model.trainable_parameters()
     res = fit(model, train_set, TrainConfig(refit=False, **QUIET), out=tmp_path)
-    n_train = json.loads((tmp_path / "config.json").read_text())["train_images"]  # after the held-out split
+    n_train = json.loads((tmp_path / "config.json").read_text())[
+        "train_images"
+    ]  # after the held-out split
     assert 0 < n_train < len(train_set) and res.history[0]["images"] == n_train
     assert res.epochs_done == 1 and res.threshold is not None and not res.stopped_early
     assert model.bank.shape == (int(np.ceil(0.2 * n_train * (SIZE // 8) ** 2)), 152)
@@ -118,7 +139,9 @@ def test_engine_builds_without_gradients_checkpoints_and_resumes(train_set, tiny
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["bank_size"] == model.bank.shape[0]
 
-    loaded = load_checkpoint(tmp_path, teacher=lite0_teacher)  # a fresh model's bank is empty: resized on load
+    loaded = load_checkpoint(
+        tmp_path, teacher=lite0_teacher
+    )  # a fresh model's bank is empty: resized on load
     assert torch.equal(loaded.bank, model.bank) and loaded.threshold == res.threshold
     test = MVTecDataset(tiny_data, "test", image_size=SIZE)
     a = score_dataset(model.eval(), test, keep_maps=False)["scores"]
@@ -145,8 +168,21 @@ def test_in_memory_store_builds_the_same_bank_as_streaming(train_set, lite0_teac
 
 def test_cli_train_then_resume_says_complete(tiny_data, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "unistad_edu", "train", "--method", "memory_bank", "--data", str(tiny_data),
-           "--image-size", str(SIZE), "--out", str(run), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unistad_edu",
+        "train",
+        "--method",
+        "memory_bank",
+        "--data",
+        str(tiny_data),
+        "--image-size",
+        str(SIZE),
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (run / "model.safetensors").is_file()
@@ -156,16 +192,22 @@ def test_cli_train_then_resume_says_complete(tiny_data, tmp_path):
 
 def test_paper_preset_reduces_wide_resnet_features_to_1024():
     from unistad_edu.teacher import load_teacher
+
     cfg = make_config("memory_bank", "paper")
     assert cfg.teacher == "wide_resnet50_2" and cfg.coreset_ratio == 0.01 and cfg.embed_dim == 1024
-    teacher = load_teacher(cfg.teacher, weights=None, layers=cfg.teacher_layers)  # layer2 + layer3: 512 + 1024
-    model = build_model("memory_bank", teacher, cfg=make_config("memory_bank", "paper", image_size=SIZE)).eval()
+    teacher = load_teacher(
+        cfg.teacher, weights=None, layers=cfg.teacher_layers
+    )  # layer2 + layer3: 512 + 1024
+    model = build_model(
+        "memory_bank", teacher, cfg=make_config("memory_bank", "paper", image_size=SIZE)
+    ).eval()
     assert model.dim == 1024
     assert model.embed(Batch(torch.rand(1, 3, SIZE, SIZE))).shape == (1, 1024, SIZE // 8, SIZE // 8)
 
 
 def test_an_empty_bank_warns():
     from unistad_edu.teacher import load_teacher
+
     model = build_model("memory_bank", load_teacher(), image_size=SIZE).eval()
     with pytest.warns(RuntimeWarning, match="bank is empty"):
         maps = model.anomaly_maps(Batch(torch.rand(1, 3, SIZE, SIZE)))
@@ -196,7 +238,10 @@ def test_zero_padded_aggregation_equals_a_hand_computed_3x3_average(lite0_teache
     model = _bank(lite0_teacher).eval()
     fine, coarse = model.levels
     h = SIZE // 8
-    feats = {fine: torch.rand(1, 40, h, h, generator=g), coarse: torch.rand(1, 112, h // 2, h // 2, generator=g)}
+    feats = {
+        fine: torch.rand(1, 40, h, h, generator=g),
+        coarse: torch.rand(1, 112, h // 2, h // 2, generator=g),
+    }
     emb = model.embed(Batch(image=None, features=feats))  # (1, 152, h, h)
     want_fine = _hand_3x3_zero_padded(feats[fine][0].double().numpy())
     np.testing.assert_allclose(emb[0, :40].double().numpy(), want_fine, rtol=1e-5, atol=1e-6)
@@ -204,7 +249,9 @@ def test_zero_padded_aggregation_equals_a_hand_computed_3x3_average(lite0_teache
     torch.testing.assert_close(emb[0, :40, 0, 0], corner)
     valid = _bank(lite0_teacher, border="valid").eval().embed(Batch(image=None, features=feats))
     torch.testing.assert_close(valid[0, :40, 0, 0], feats[fine][0, :, :2, :2].mean(dim=(1, 2)))
-    torch.testing.assert_close(valid[0, :40, 1:-1, 1:-1], emb[0, :40, 1:-1, 1:-1])  # the inside is the same
+    torch.testing.assert_close(
+        valid[0, :40, 1:-1, 1:-1], emb[0, :40, 1:-1, 1:-1]
+    )  # the inside is the same
     with pytest.raises(ValueError, match="border"):
         _bank(lite0_teacher, border="reflect")
 
@@ -219,7 +266,11 @@ def test_refit_builds_the_final_bank_from_every_training_image(train_set, lite0_
     n_held = cfg["heldout_images"]
     assert n_held > 0 and cfg["refit"] is True and cfg["train_images"] == len(train_set)
     first, final = res.history
-    assert first["images"] == len(train_set) - n_held and final["images"] == len(train_set) and final["refit"]
+    assert (
+        first["images"] == len(train_set) - n_held
+        and final["images"] == len(train_set)
+        and final["refit"]
+    )
     assert final["patches"] == len(train_set) * (SIZE // 8) ** 2 == model.bank.shape[0]
     assert "rebuilt from all" in cfg["threshold_rule"] and res.threshold is not None
     # every training image, the held-out ones included, is in the bank: each at distance ~0 from it
@@ -227,11 +278,19 @@ def test_refit_builds_the_final_bank_from_every_training_image(train_set, lite0_
     assert scores.max() < 0.05 * res.threshold
 
 
-def test_per_category_calibration_keeps_the_bank_its_thresholds_came_from(train_set, lite0_teacher, tmp_path):
+def test_per_category_calibration_keeps_the_bank_its_thresholds_came_from(
+    train_set, lite0_teacher, tmp_path
+):
     model = _bank(lite0_teacher, coreset_ratio=1.0)
-    res = fit(model, train_set, TrainConfig(**QUIET), out=tmp_path)  # calibration auto: per category
+    res = fit(
+        model, train_set, TrainConfig(**QUIET), out=tmp_path
+    )  # calibration auto: per category
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["refit"] is False and cfg["calibration"]["kind"] == "per-category" and len(res.history) == 1
+    assert (
+        cfg["refit"] is False
+        and cfg["calibration"]["kind"] == "per-category"
+        and len(res.history) == 1
+    )
     assert model.bank.shape[0] == (len(train_set) - cfg["heldout_images"]) * (SIZE // 8) ** 2
 
 
@@ -241,10 +300,13 @@ def test_refit_is_refused_for_a_method_trained_by_gradient(train_set, lite0_teac
         fit(model, train_set, TrainConfig(refit=True, **QUIET))
 
 
-def test_a_config_without_the_border_option_is_refused_not_given_todays_default(train_set, lite0_teacher, tmp_path):
+def test_a_config_without_the_border_option_is_refused_not_given_todays_default(
+    train_set, lite0_teacher, tmp_path
+):
     """A bank built with ``border="valid"`` whose config lost the field must not load as today's default
     (another border, another bank): the checkpoint format wants every field."""
     from unistad_edu.checkpoint import CheckpointError
+
     model = _bank(lite0_teacher, coreset_ratio=0.1, border="valid")
     fit(model, train_set, TrainConfig(holdout_fraction=0.0, **QUIET), out=tmp_path)
     assert load_checkpoint(tmp_path, teacher=lite0_teacher).cfg.border == "valid"
@@ -258,8 +320,11 @@ def test_a_config_without_the_border_option_is_refused_not_given_todays_default(
 def test_patchcore_reweighted_image_score_against_eq7_by_hand():
     """PatchCore Eq. 7 on a hand-made bank: s = (1 - e^{|m_test - m*|} / sum_{m in N_b(m*)} e^{|m_test - m|}) s*."""
     from unistad_edu.methods.memory_bank import nearest, reweighted_score
+
     bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0]])  # (4, 2)
-    patches = torch.tensor([[[0.1, 0.0], [0.0, -3.0]]])  # (1, 2, 2): the second patch is the far one
+    patches = torch.tensor(
+        [[[0.1, 0.0], [0.0, -3.0]]]
+    )  # (1, 2, 2): the second patch is the far one
     d, k = nearest(patches[0], bank)
     assert torch.allclose(d, torch.tensor([0.1, 3.0])) and k.tolist() == [0, 0]
     got = reweighted_score(patches, d[None], k[None], bank, b=3)
@@ -267,7 +332,9 @@ def test_patchcore_reweighted_image_score_against_eq7_by_hand():
     dists = np.array([3.0, np.hypot(1.0, 3.0), 5.0])
     expect = (1 - np.exp(dists[0]) / np.exp(dists).sum()) * 3.0
     assert got.item() == pytest.approx(expect, rel=1e-6)
-    assert reweighted_score(patches, d[None], k[None], bank, b=1).item() == pytest.approx(0.0, abs=1e-7)  # b = 1: 1 - 1
+    assert reweighted_score(patches, d[None], k[None], bank, b=1).item() == pytest.approx(
+        0.0, abs=1e-7
+    )  # b = 1: 1 - 1
     # chunked search gives the same nearest rows as one block
     q = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
     d1, k1 = nearest(q, bank, chunk_elements=3)
@@ -284,6 +351,8 @@ def test_reweighted_rule_is_the_image_score_of_the_shared_path(train_set, lite0_
         out = model.score(Batch(image=x))
         maps, terms = model.score_inputs(Batch(image=x))
     torch.testing.assert_close(out.pred_score, terms["reweighted"])
-    assert (terms["reweighted"] <= maps["nn"].flatten(1).amax(dim=1) + 1e-6).all()  # a weight in [0, 1) times s*
+    assert (
+        terms["reweighted"] <= maps["nn"].flatten(1).amax(dim=1) + 1e-6
+    ).all()  # a weight in [0, 1) times s*
     with pytest.raises(ValueError, match="image_score_rule"):
         make_config("memory_bank", image_score_rule="weighted")

@@ -1,4 +1,5 @@
 """Metrics against independent references: scikit-learn, brute-force loops and hand-computed values."""
+
 from __future__ import annotations
 
 import json
@@ -79,10 +80,16 @@ def test_rank_metrics_match_sklearn_with_ties(seed):
     n = int(rng.integers(5, 300))
     labels = rng.integers(0, 2, n)
     labels[:2] = [0, 1]
-    scores = rng.integers(0, 6, n) + labels * rng.integers(0, 3, n)   # few distinct values: many ties
+    scores = rng.integers(0, 6, n) + labels * rng.integers(
+        0, 3, n
+    )  # few distinct values: many ties
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert average_precision(scores, labels) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
-    assert f1_max(scores, labels) == pytest.approx(brute_f1max(scores, labels, use_sklearn=True), abs=1e-12)
+    assert average_precision(scores, labels) == pytest.approx(
+        average_precision_score(labels, scores), abs=1e-12
+    )
+    assert f1_max(scores, labels) == pytest.approx(
+        brute_f1max(scores, labels, use_sklearn=True), abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -91,7 +98,9 @@ def test_rank_metrics_match_sklearn_without_ties(seed):
     labels = (rng.random(500) < 0.2).astype(int)
     scores = rng.normal(size=500) + labels
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert average_precision(scores, labels) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert average_precision(scores, labels) == pytest.approx(
+        average_precision_score(labels, scores), abs=1e-12
+    )
     assert f1_max(scores, labels) == pytest.approx(brute_f1max(scores, labels), abs=1e-12)
 
 
@@ -123,16 +132,16 @@ def test_huge_scores_perfect_separation_and_the_sigmoid_pitfall():
     assert average_precision(scores, labels) == 1.0
     assert f1_max(scores, labels) == 1.0
     with np.errstate(over="ignore"):
-        squashed = 1.0 / (1.0 + np.exp(-scores))      # what one must NOT do: every value becomes 1.0
+        squashed = 1.0 / (1.0 + np.exp(-scores))  # what one must NOT do: every value becomes 1.0
     assert auroc(squashed, labels) == 0.5
 
 
 def test_monotone_transforms_give_identical_metrics():
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 2, 300)
-    scores = rng.integers(1, 20, 300) + 0.5 * labels                   # positive, with ties
+    scores = rng.integers(1, 20, 300) + 0.5 * labels  # positive, with ties
     ref = compute_metrics(scores, labels)
-    for transformed in (3.0 * scores + 1e4, np.log(scores), scores ** 3, scores - 1e3):
+    for transformed in (3.0 * scores + 1e4, np.log(scores), scores**3, scores - 1e3):
         got = compute_metrics(transformed, labels)
         for k in ("I-AUROC", "I-AP", "I-F1max"):
             assert got[k] == pytest.approx(ref[k], abs=1e-12)
@@ -142,8 +151,8 @@ def test_constant_scores_reference_values():
     labels = np.array([0] * 6 + [1] * 2)
     scores = np.full(8, 0.3)
     assert auroc(scores, labels) == 0.5
-    assert average_precision(scores, labels) == pytest.approx(2 / 8)        # prevalence
-    assert f1_max(scores, labels) == pytest.approx(2 * 2 / (2 * 2 + 6))     # everything flagged
+    assert average_precision(scores, labels) == pytest.approx(2 / 8)  # prevalence
+    assert f1_max(scores, labels) == pytest.approx(2 * 2 / (2 * 2 + 6))  # everything flagged
 
 
 def test_one_class_gives_nan_not_error():
@@ -164,12 +173,15 @@ def test_input_validation():
 def test_torch_tensors_accepted():
     torch = pytest.importorskip("torch")
     scores, labels = [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]
-    assert auroc(torch.tensor(scores, requires_grad=True), torch.tensor(labels)) == roc_auc_score(labels, scores)
+    assert auroc(torch.tensor(scores, requires_grad=True), torch.tensor(labels)) == roc_auc_score(
+        labels, scores
+    )
     maps = torch.rand(2, 1, 8, 8)
     masks = torch.zeros(2, 1, 8, 8)
     masks[0, 0, 2:5, 2:5] = 1
     assert pixel_metrics(maps, masks)["P-AUROC"] == pytest.approx(
-        roc_auc_score(masks.numpy().ravel(), maps.numpy().ravel()), abs=1e-12)
+        roc_auc_score(masks.numpy().ravel(), maps.numpy().ravel()), abs=1e-12
+    )
 
 
 # ------------------------------------------------------------------------------------------------ pixel level
@@ -181,7 +193,7 @@ def test_pixel_metrics_match_sklearn_on_flattened_maps(seed):
     masks[2, 10:12, 1:20] = 1
     masks[3, 15:, 20:] = 1
     maps = rng.normal(size=masks.shape).astype(np.float32) + (masks > 0)
-    maps[1] = np.round(maps[1], 1)                                         # some ties
+    maps[1] = np.round(maps[1], 1)  # some ties
     y, s = (masks > 0).ravel(), maps.ravel()
     got = pixel_metrics(maps, masks)
     assert got["P-AUROC"] == pytest.approx(roc_auc_score(y, s), abs=1e-10)
@@ -199,7 +211,7 @@ def hand_cases():
     a1[0, 0:3, 0:3] = [[5, 4, 3], [2, 2, 1], [0, 0, 0]]
     a1[0, 5, 6] = 2
     a1[1, 1, 1], a1[1, 2, 2], a1[1, 3, 3] = 3, 1, 0.5
-    a1[0, 4, 0], a1[1, 0, 5], a1[1, 5, 0] = 2, 4, 1                        # some high normal pixels (ties)
+    a1[0, 4, 0], a1[1, 0, 5], a1[1, 5, 0] = 2, 4, 1  # some high normal pixels (ties)
     # three images, one without any defect, integer maps with many ties
     rng = np.random.default_rng(0)
     m2 = np.zeros((3, 8, 8), int)
@@ -220,7 +232,9 @@ def hand_cases():
 def test_aupro_matches_brute_force_on_hand_made_cases(case):
     maps, masks = hand_cases()[case]
     assert aupro(maps, masks) == pytest.approx(brute_aupro(maps, masks), abs=1e-9)
-    assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(brute_aupro(maps, masks, 1.0), abs=1e-9)
+    assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(
+        brute_aupro(maps, masks, 1.0), abs=1e-9
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -232,9 +246,11 @@ def test_aupro_matches_brute_force_on_random_cases(seed):
     masks.flat[-1] = False
     maps = rng.random(shape) + 0.5 * masks
     if seed % 2:
-        maps = np.round(maps * 5)                                           # many ties
+        maps = np.round(maps * 5)  # many ties
     for limit in (0.3, 0.05, 1.0):
-        assert aupro(maps, masks, fpr_limit=limit) == pytest.approx(brute_aupro(maps, masks, limit), abs=1e-9)
+        assert aupro(maps, masks, fpr_limit=limit) == pytest.approx(
+            brute_aupro(maps, masks, limit), abs=1e-9
+        )
 
 
 def test_aupro_perfect_and_constant_maps():
@@ -257,7 +273,7 @@ def test_aupro_regions_are_per_image_and_8_connected():
     masks[:, 2, 2] = 1
     masks[0, 3, 3] = 1
     maps = np.zeros(masks.shape)
-    maps[0, 2, 2] = maps[0, 3, 3] = 1.0        # image 0's region found, image 1's missed
+    maps[0, 2, 2] = maps[0, 3, 3] = 1.0  # image 0's region found, image 1's missed
     maps[1, 0, 0] = 0.5
     # thresholds: inf (0,0); 1.0 -> fpr 0, pro 1/2; 0.5 -> fpr 1/N, pro 1/2; 0 -> (1, 1)
     assert aupro(maps, masks) == pytest.approx(brute_aupro(maps, masks), abs=1e-12)
@@ -270,7 +286,7 @@ def test_aupro_regions_are_per_image_and_8_connected():
 def test_pro_curve_is_monotone_and_binned_version_approximates():
     rng = np.random.default_rng(11)
     masks = ndimage.gaussian_filter(rng.random((4, 40, 40)), (0, 3, 3)) > 0.55
-    maps = rng.integers(0, 10, masks.shape) + 2 * masks                     # integer values 0..11
+    maps = rng.integers(0, 10, masks.shape) + 2 * masks  # integer values 0..11
     fpr, pro = pro_curve(maps, masks)
     assert fpr[0] == 0 and pro[0] == 0 and fpr[-1] == 1 and pro[-1] == pytest.approx(1)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(pro) >= -1e-12)
@@ -278,7 +294,9 @@ def test_pro_curve_is_monotone_and_binned_version_approximates():
     # 12 evenly spaced thresholds from 0 to 11 are exactly the distinct values: binned == exact
     assert aupro(maps, masks, num_thresholds=12) == pytest.approx(exact, abs=1e-12)
     smooth = maps + rng.random(maps.shape)
-    assert aupro(smooth, masks, num_thresholds=2000) == pytest.approx(aupro(smooth, masks), abs=5e-3)
+    assert aupro(smooth, masks, num_thresholds=2000) == pytest.approx(
+        aupro(smooth, masks), abs=5e-3
+    )
 
 
 def test_pixel_metrics_without_defect_pixels_are_nan():
@@ -319,15 +337,20 @@ def test_category_without_anomalies_nan_warning_mean_and_json(tmp_path):
 
     masks = np.zeros((4, 8, 8))
     masks[2:, 1:4, 1:4] = 1
-    ok = compute_metrics([0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1], masks + 0.1 * rng.random(masks.shape), masks)
-    table = metrics_table({"bottle": ok, "cookie": good}, setting="unified", method="toy",
-                          reasons={"cookie": reason})
+    ok = compute_metrics(
+        [0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1], masks + 0.1 * rng.random(masks.shape), masks
+    )
+    table = metrics_table(
+        {"bottle": ok, "cookie": good}, setting="unified", method="toy", reasons={"cookie": reason}
+    )
     assert table["setting"] == "unified" and table["method"] == "toy"
     assert list(table["categories"]) == ["bottle", "cookie"]
-    assert any(w.startswith("cookie:") and "no anomalous test images" in w for w in table["warnings"])
+    assert any(
+        w.startswith("cookie:") and "no anomalous test images" in w for w in table["warnings"]
+    )
     assert not any("bottle" in w for w in table["warnings"])
     for k in ALL_KEYS:
-        assert table["mean"][k] == pytest.approx(ok[k])                    # cookie ignored, not counted as 0
+        assert table["mean"][k] == pytest.approx(ok[k])  # cookie ignored, not counted as 0
 
     # without explicit reasons the category is still named
     auto = metrics_table({"bottle": ok, "cookie": good}, setting="per-class", method="toy")
@@ -338,7 +361,7 @@ def test_category_without_anomalies_nan_warning_mean_and_json(tmp_path):
     raw = json.loads(path.read_text())
     assert raw["categories"]["cookie"]["I-AUROC"] is None
     assert raw["categories"]["bottle"]["I-AUROC"] == 1.0
-    assert list(path.parent.iterdir()) == [path]                          # no temp file left behind
+    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
     back = load_metrics(path)
     assert math.isnan(back["categories"]["cookie"]["AUPRO"])
     assert back["mean"] == pytest.approx(table["mean"])
@@ -363,15 +386,23 @@ def test_metrics_table_rejects_bad_input():
 
 
 def test_format_table_values():
-    table = metrics_table({"x": {**dict.fromkeys(METRIC_NAMES, 0.5), "I-AUROC": 0.98765}},
-                          setting="unified", method="m")
+    table = metrics_table(
+        {"x": {**dict.fromkeys(METRIC_NAMES, 0.5), "I-AUROC": 0.98765}},
+        setting="unified",
+        method="m",
+    )
     md = format_table(table, columns=("I-AUROC", "P-AP"))
-    assert md.splitlines() == ["| category | I-AUROC | P-AP |", "|---|---:|---:|",
-                               "| x | 98.8 | 50.0 |", "| **mean** | 98.8 | 50.0 |"]
+    assert md.splitlines() == [
+        "| category | I-AUROC | P-AP |",
+        "|---|---:|---:|",
+        "| x | 98.8 | 50.0 |",
+        "| **mean** | 98.8 | 50.0 |",
+    ]
 
 
 def test_false_alarm_rate_of_a_hand_made_case():
     from unistad_edu.metrics import false_alarm_rates
+
     scores = [0.1, 0.5, 0.9, 2.0, 0.2, 0.95, 3.0, 0.3]
     labels = [0, 0, 0, 1, 0, 0, 1, 0]
     cats = ["a", "a", "a", "a", "b", "b", "b", "c"]
@@ -381,7 +412,9 @@ def test_false_alarm_rate_of_a_hand_made_case():
     assert far["categories"]["b"] == {"rate": 0.5, "alarms": 1, "normal": 2}
     assert far["categories"]["c"] == {"rate": 0.0, "alarms": 0, "normal": 1}
     assert far["all"] == 2 / 6 and abs(far["mean"] - (1 / 3 + 0.5 + 0.0) / 3) < 1e-12
-    assert false_alarm_rates(scores, labels, cats, threshold=0.9)["categories"]["a"]["alarms"] == 0  # > not >=
+    assert (
+        false_alarm_rates(scores, labels, cats, threshold=0.9)["categories"]["a"]["alarms"] == 0
+    )  # > not >=
     assert false_alarm_rates(scores, labels, cats, None) is None
     only_bad = false_alarm_rates([1.0], [1], ["d"], 0.5)
     assert np.isnan(only_bad["categories"]["d"]["rate"]) and np.isnan(only_bad["all"])
@@ -394,8 +427,14 @@ def test_defect_aurocs_against_sklearn_per_group():
 
     rng = np.random.default_rng(3)
     cats = np.array(["a"] * 20 + ["b"] * 14)
-    kinds = np.array(["good"] * 8 + ["hole"] * 4 + ["scratch"] * 4 + ["missing"] * 4
-                     + ["good"] * 6 + ["stain"] * 8)
+    kinds = np.array(
+        ["good"] * 8
+        + ["hole"] * 4
+        + ["scratch"] * 4
+        + ["missing"] * 4
+        + ["good"] * 6
+        + ["stain"] * 8
+    )
     labels = (kinds != "good").astype(int)
     scores = rng.normal(size=kinds.size) + labels * np.where(kinds == "missing", 0.0, 1.5)
     out = defect_aurocs(scores, labels, cats, kinds)
@@ -404,7 +443,9 @@ def test_defect_aurocs_against_sklearn_per_group():
         return roc_auc_score(labels[mask], scores[mask])
 
     a_good = (cats == "a") & (kinds == "good")
-    assert out["a"]["structural"] == pytest.approx(ref(a_good | np.isin(kinds, ["hole", "scratch"])))
+    assert out["a"]["structural"] == pytest.approx(
+        ref(a_good | np.isin(kinds, ["hole", "scratch"]))
+    )
     assert out["a"]["logical"] == pytest.approx(ref(a_good | (kinds == "missing")))
     assert out["a"]["kinds"]["hole"] == pytest.approx(ref(a_good | (kinds == "hole")))
     assert set(out["a"]["kinds"]) == {"hole", "scratch", "missing"}
@@ -416,6 +457,8 @@ def test_defect_aurocs_hand_case():
     """Normals 0.1, 0.4; a defect at 0.3 beats one of two normals (AUROC 1/2), one at 0.5 beats both (1)."""
     from unistad_edu.metrics import defect_aurocs
 
-    out = defect_aurocs([0.1, 0.4, 0.3, 0.5], [0, 0, 1, 1], ["c"] * 4, ["good", "good", "extra", "hole"])
+    out = defect_aurocs(
+        [0.1, 0.4, 0.3, 0.5], [0, 0, 1, 1], ["c"] * 4, ["good", "good", "extra", "hole"]
+    )
     assert out["c"]["logical"] == pytest.approx(0.5)
     assert out["c"]["structural"] == pytest.approx(1.0)

@@ -1,6 +1,7 @@
 """viz.save_prediction / prediction_figure: the predict PNG (image | overlay at a fixed 0 -> threshold scale |
 colour bar, caption with score, threshold and coloured verdict). Colours are checked against ``colorize`` and a
 hand-computed blend, not against the function's own output (fast, no model)."""
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,9 @@ def _unblend(over: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 def _near_hot(heat: np.ndarray, tol=40.0) -> np.ndarray:
     """(H, W) bool: heat colours within ``tol`` of colorize's hot end (values 0.8 .. 1.0)."""
-    hot = viz.colorize(np.linspace(0.8, 1.0, 50, dtype=np.float32)[:, None], 0.0, 1.0)[:, 0].astype(float)
+    hot = viz.colorize(np.linspace(0.8, 1.0, 50, dtype=np.float32)[:, None], 0.0, 1.0)[:, 0].astype(
+        float
+    )
     d = np.linalg.norm(heat[:, :, None, :] - hot[None, None], axis=-1)
     return d.min(axis=-1) < tol
 
@@ -58,14 +61,18 @@ def test_layout_boxes_hold_the_image_and_overlay():
     assert (_crop(arr, lay["image"]) == img).all()  # the boxes say where things really are
     assert _crop(arr, lay["overlay"]).shape == img.shape
     ox0, _, ox1, _ = lay["overlay"]
-    assert lay["image"][2] <= ox0 and ox1 <= lay["colorbar"][0]  # image | overlay | colour bar, left to right
+    assert (
+        lay["image"][2] <= ox0 and ox1 <= lay["colorbar"][0]
+    )  # image | overlay | colour bar, left to right
     assert lay["caption"][3] <= lay["image"][1]  # the caption line above the row
     assert lay["scale"] == "fixed" and (lay["vmin"], lay["vmax"]) == (0.0, THR)
 
 
 def test_fixed_scale_keeps_a_low_map_cold_but_image_scale_paints_it_hot():
     img = _gray()
-    amap = np.random.default_rng(1).random((64, 64)).astype(np.float32) * (THR / 3)  # all <= threshold / 3
+    amap = np.random.default_rng(1).random((64, 64)).astype(np.float32) * (
+        THR / 3
+    )  # all <= threshold / 3
     fixed, lf = viz.prediction_figure(img, amap, 0.05, THR, return_layout=True)
     heat = _unblend(_crop(fixed, lf["overlay"]), img)
     assert not _near_hot(heat).any()
@@ -83,19 +90,27 @@ def test_values_at_or_above_the_threshold_saturate_at_the_top_colour():
     amap[20:30, 20:40] = 7 * THR  # far above it
     arr, lay = viz.prediction_figure(img, amap, 2.1, THR, return_layout=True)
     over = _crop(arr, lay["overlay"]).astype(int)
-    expected = np.floor(img.astype(float) * (1 - ALPHA) + _top() * ALPHA).astype(int)  # blend by hand
+    expected = np.floor(img.astype(float) * (1 - ALPHA) + _top() * ALPHA).astype(
+        int
+    )  # blend by hand
     hot = amap >= THR
     assert (over[hot] == expected[hot]).all()
-    assert not (over[~hot] == expected[~hot]).all(axis=-1).any()  # below the threshold: never the top colour
+    assert (
+        not (over[~hot] == expected[~hot]).all(axis=-1).any()
+    )  # below the threshold: never the top colour
 
 
 def test_colour_bar_runs_through_the_colormap_from_0_to_1():
     img = _gray(64)
-    arr, lay = viz.prediction_figure(img, np.zeros((64, 64), np.float32), 0.0, THR, return_layout=True)
+    arr, lay = viz.prediction_figure(
+        img, np.zeros((64, 64), np.float32), 0.0, THR, return_layout=True
+    )
     x0, y0, x1, y1 = lay["colorbar"]
     assert x1 - x0 >= 8 and y1 - y0 >= 64
     column = arr[y0:y1, (x0 + x1) // 2].astype(int)[::-1]  # bottom -> top
-    want = viz.colorize(np.linspace(0.0, 1.0, len(column), dtype=np.float32)[:, None], 0.0, 1.0)[:, 0].astype(int)
+    want = viz.colorize(np.linspace(0.0, 1.0, len(column), dtype=np.float32)[:, None], 0.0, 1.0)[
+        :, 0
+    ].astype(int)
     assert np.abs(column - want).max() <= 1
     assert (column[0] == want[0]).all() and (column[-1] == _top()).all()
     # every row of the bar is one colour, and the bar is not the overlay's region
@@ -103,10 +118,14 @@ def test_colour_bar_runs_through_the_colormap_from_0_to_1():
     assert (strip == strip[:, :1]).all()
     # tick labels: dark text pixels beside the bar, near its top, middle and bottom
     lx0, ly0, lx1, ly1 = lay["labels"]
-    dark = (arr[ly0:ly1, lx0:lx1].max(axis=-1) < 100)
+    dark = arr[ly0:ly1, lx0:lx1].max(axis=-1) < 100
     rows = np.nonzero(dark.any(axis=1))[0]
     n = ly1 - ly0
-    assert rows.min() < n * 0.25 and rows.max() > n * 0.75 and ((rows > n * 0.35) & (rows < n * 0.65)).any()
+    assert (
+        rows.min() < n * 0.25
+        and rows.max() > n * 0.75
+        and ((rows > n * 0.35) & (rows < n * 0.65)).any()
+    )
 
 
 @pytest.mark.parametrize("scale", ["fixed", "image"])
@@ -143,7 +162,9 @@ def test_without_a_threshold_the_scale_falls_back_to_the_image(threshold):
 
 def test_save_prediction_writes_a_readable_png_atomically(tmp_path):
     img = np.random.default_rng(4).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    amap = np.random.default_rng(5).random((16, 20)).astype(np.float32)  # coarser than the image: resized
+    amap = (
+        np.random.default_rng(5).random((16, 20)).astype(np.float32)
+    )  # coarser than the image: resized
     out = tmp_path / "preds" / "000_x_heatmap.png"
     got = viz.save_prediction(img, amap, out, 0.7, THR, title="widget/000.png")
     assert got == out and out.is_file()
@@ -151,8 +172,12 @@ def test_save_prediction_writes_a_readable_png_atomically(tmp_path):
         assert im.format == "PNG" and im.mode == "RGB"
         w, h = im.size
         pixels = np.asarray(im)
-    assert w >= 2 * 80 + 14 and h >= 64 + 2 * 10  # image, overlay, bar side by side; title + caption above
-    ref, lay = viz.prediction_figure(img, amap, 0.7, THR, title="widget/000.png", return_layout=True)
+    assert (
+        w >= 2 * 80 + 14 and h >= 64 + 2 * 10
+    )  # image, overlay, bar side by side; title + caption above
+    ref, lay = viz.prediction_figure(
+        img, amap, 0.7, THR, title="widget/000.png", return_layout=True
+    )
     assert pixels.shape == ref.shape and (pixels == ref).all()
     assert (_crop(pixels, lay["image"]) == img).all()
     assert sorted(os.listdir(out.parent)) == [out.name]  # no temp file left
@@ -169,6 +194,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     from unistad_edu import files
+
     monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError):
         viz.save_prediction(img, amap + 1, out, 1.0, THR)
@@ -177,7 +203,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
 
 def test_save_overlay_still_works(tmp_path):
     img = _gray(24)
-    out = viz.save_overlay(img, np.random.default_rng(6).random((24, 24)), tmp_path / "o.png", title="score 1")
+    out = viz.save_overlay(
+        img, np.random.default_rng(6).random((24, 24)), tmp_path / "o.png", title="score 1"
+    )
     with Image.open(out) as im:
         assert im.size == (48, 24 + 18)
         assert (np.asarray(im)[18:, :24] == img).all()

@@ -1,6 +1,7 @@
 """Values refused where they enter (issue 32 item 4): every number of every method config finite and in its
 field's range, the scoring config's too, --threads bounded by the machine; and a run whose weights or threshold
 became non-finite is not saved as complete."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,24 @@ BAD = [  # (method, field, value, words of the message)
 ]
 
 
-@pytest.mark.parametrize("method, field, value, words", BAD, ids=[f"{m}-{f}={v}" for m, f, v, _ in BAD])
+@pytest.mark.parametrize(
+    "method, field, value, words", BAD, ids=[f"{m}-{f}={v}" for m, f, v, _ in BAD]
+)
 def test_a_value_outside_its_range_is_refused_naming_the_field(method, field, value, words):
     with pytest.raises(ValueError) as err:
         make_config(method, "cpu", **{field: value})
     assert words in str(err.value) and field in str(err.value)
 
 
-GOOD = [("stpm", "gamma", 1.0), ("stpm", "momentum", 0.0), ("stpm", "lr", 10.0), ("uniad", "dropout", 0.0),
-        ("unistad", "w_rec", 0.0), ("memory_bank", "coreset_ratio", 1.0), ("uniad", "jitter_prob", 0.0)]
+GOOD = [
+    ("stpm", "gamma", 1.0),
+    ("stpm", "momentum", 0.0),
+    ("stpm", "lr", 10.0),
+    ("uniad", "dropout", 0.0),
+    ("unistad", "w_rec", 0.0),
+    ("memory_bank", "coreset_ratio", 1.0),
+    ("uniad", "jitter_prob", 0.0),
+]
 
 
 @pytest.mark.parametrize("method, field, value", GOOD, ids=[f"{m}-{f}={v}" for m, f, v in GOOD])
@@ -70,11 +80,18 @@ def test_every_preset_of_every_method_lies_in_its_ranges():
             make_config(name, preset)  # raises if a preset's own value were out of range
 
 
-@pytest.mark.parametrize("kw, words", [
-    ({"topk": 0}, "topk must be"), ({"topk": -1}, "topk must be"), ({"topk": 1.5}, "topk must be"),
-    ({"blur_sigma": -1.0}, "blur_sigma must be"), ({"blur_sigma": math.nan}, "blur_sigma must be"),
-    ({"pool_size": 0}, "pool_size must be"), ({"pool_size": 2.5}, "pool_size must be"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"topk": 0}, "topk must be"),
+        ({"topk": -1}, "topk must be"),
+        ({"topk": 1.5}, "topk must be"),
+        ({"blur_sigma": -1.0}, "blur_sigma must be"),
+        ({"blur_sigma": math.nan}, "blur_sigma must be"),
+        ({"pool_size": 0}, "pool_size must be"),
+        ({"pool_size": 2.5}, "pool_size must be"),
+    ],
+)
 def test_scoring_config_ranges(kw, words):
     with pytest.raises(ValueError, match=words):
         ScoringConfig(**kw)
@@ -83,7 +100,10 @@ def test_scoring_config_ranges(kw, words):
 
 def test_threads_are_bounded_by_the_machine():
     cores = os.cpu_count() or 1
-    assert thread_count("1") == 1 and thread_count(str(THREADS_PER_CORE * cores)) == THREADS_PER_CORE * cores
+    assert (
+        thread_count("1") == 1
+        and thread_count(str(THREADS_PER_CORE * cores)) == THREADS_PER_CORE * cores
+    )
     for bad in ("0", "-1", str(THREADS_PER_CORE * cores + 1), "999999", "two"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"this machine has {cores}"):
             thread_count(bad)

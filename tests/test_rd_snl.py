@@ -1,6 +1,7 @@
 """RD and SNL: the distances and structural losses against hand-worked cases, CRAM, the switches (all off =
 RD exactly), channels taken from the teacher, the RD4AD paper shapes, and train -> eval -> checkpoint
 through the engine."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ from unistad_edu.methods.snl import (
 ALL_OFF = dict(spatial_channel=False, intra_affinity=False, inter_affinity=False, cram=False)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 def _rand(*shape, seed=0):
@@ -48,7 +49,9 @@ def test_cosine_distance_is_one_minus_cos_and_safe_at_zero():
     expect = 1 - F.cosine_similarity(a, b, dim=1)
     torch.testing.assert_close(cosine_distance(a, b, dim=1).squeeze(1), expect)
     assert cosine_distance(a, 3 * a, dim=1).abs().max() < 1e-6  # scale does not matter
-    torch.testing.assert_close(cosine_distance(a, -a, dim=1), torch.full((5, 1), 2.0))  # opposite: 2
+    torch.testing.assert_close(
+        cosine_distance(a, -a, dim=1), torch.full((5, 1), 2.0)
+    )  # opposite: 2
     z = torch.zeros(1, 4)
     assert cosine_distance(z, z, dim=1).item() == 0  # two dead vectors agree (1 - cos would say 1)
     assert cosine_distance(z, torch.ones(1, 4), dim=1).item() == pytest.approx(0.5)
@@ -101,7 +104,9 @@ def test_intra_affinity_subsampling_is_unbiased():
     torch.manual_seed(0)
     draws = [intra_affinity_loss(t, s, max_positions=12).item() for _ in range(400)]
     assert len(set(draws)) > 10  # a fresh subset each call
-    assert np.mean(draws) == pytest.approx(full, rel=0.05)  # the mean over draws is the full-grid loss
+    assert np.mean(draws) == pytest.approx(
+        full, rel=0.05
+    )  # the mean over draws is the full-grid loss
     assert intra_affinity_loss(t, t, max_positions=12) == 0
 
 
@@ -128,7 +133,9 @@ def test_cram_shapes_assignment_and_gradients():
     x = _rand(3, 16, 4, 4, seed=13)
     z, compact, a = cram(x)
     assert z.shape == (3, 16, 4, 4) and a.shape == (3, 5, 4, 4) and compact.ndim == 0
-    torch.testing.assert_close(a.sum(1), torch.ones(3, 4, 4))  # a soft assignment over the K centres
+    torch.testing.assert_close(
+        a.sum(1), torch.ones(3, 4, 4)
+    )  # a soft assignment over the K centres
     # gradient reaches the centres through the rebuilt embedding and through the compactness loss
     z.pow(2).sum().backward()
     assert cram.centres.grad is not None and cram.centres.grad.abs().sum() > 0
@@ -152,7 +159,9 @@ def test_cram_matches_a_brute_force_netvlad_rebuild():
             A = np.exp(logits - logits.max(1, keepdims=True))
             A /= A.sum(1, keepdims=True)
             V = [sum(A[i, k] * (xs[i] - c[k]) for i in range(9)) / A[:, k].sum() for k in range(4)]
-            ref = np.stack([sum(A[i, k] * (c[k] + beta * V[k]) for k in range(4)) for i in range(9)])  # (N, D)
+            ref = np.stack(
+                [sum(A[i, k] * (c[k] + beta * V[k]) for k in range(4)) for i in range(9)]
+            )  # (N, D)
             np.testing.assert_allclose(z[b].detach().flatten(1).T.numpy(), ref, atol=1e-5)
             np.testing.assert_allclose(a[b].detach().flatten(1).T.numpy(), A, atol=1e-6)
 
@@ -169,8 +178,8 @@ def test_cram_pulls_an_off_centre_input_towards_its_centre():
     with torch.no_grad():
         cram.centres.copy_(e[:2])
     z, compact, a = cram(x)
-    assert a[:, 0].min() > 0.999 and compact.item() == pytest.approx(1 - 0.5 ** 0.5, abs=1e-4)
-    want = torch.tensor([0.5 + 0.5 * 0.5 ** 0.5, 0.0, 0.5 * 0.5 ** 0.5, 0.0])  # (0.854, 0, 0.354, 0)
+    assert a[:, 0].min() > 0.999 and compact.item() == pytest.approx(1 - 0.5**0.5, abs=1e-4)
+    want = torch.tensor([0.5 + 0.5 * 0.5**0.5, 0.0, 0.5 * 0.5**0.5, 0.0])  # (0.854, 0, 0.354, 0)
     torch.testing.assert_close(z[0, :, 0, 0], want, atol=1e-4, rtol=0)
     assert F.cosine_similarity(z[0, :, 0, 0], e[0], dim=0).item() == pytest.approx(0.9239, abs=1e-4)
     cram.residual = 1.0
@@ -179,7 +188,9 @@ def test_cram_pulls_an_off_centre_input_towards_its_centre():
     cram.residual = 0.5
     mixed = torch.stack([e[0], e[0], e[0], u], dim=1).view(1, 4, 2, 2)
     z = cram(mixed)[0][0].flatten(1)  # (4, N)
-    assert z[2, 3].item() == pytest.approx(0.5 * 0.25 * 0.5 ** 0.5, abs=1e-4)  # beta * (1/4) * u's e3 part
+    assert z[2, 3].item() == pytest.approx(
+        0.5 * 0.25 * 0.5**0.5, abs=1e-4
+    )  # beta * (1/4) * u's e3 part
     # the centre's role: rotate centre 0 a little towards e2 (u still assigned to it): the code follows
     with torch.no_grad():
         cram.centres.copy_(torch.stack([F.normalize(e[0] + 0.1 * e[1], dim=0), e[1]]))
@@ -195,10 +206,13 @@ def test_rd_channels_follow_the_teacher(feats64, lite0_teacher):
     assert model.channels == [lv.channels for lv in lite0_teacher.feature_info] == [24, 40, 112]
     assert model.embed_channels == 224
     out = model(Batch(image=None, features=feats))  # needs_images=False: the engine passes no image
-    assert [tuple(s.shape) for s in out["student"]] == [tuple(feats[n].shape) for n in lite0_teacher.layer_names]
+    assert [tuple(s.shape) for s in out["student"]] == [
+        tuple(feats[n].shape) for n in lite0_teacher.layer_names
+    ]
     assert out["embedding"].shape == (2, 224, 2, 2)
     # a different backbone: other channels, nothing hard-coded
     from unistad_edu import load_teacher
+
     r18 = load_teacher("resnet18", weights=None)
     m = build_model("rd", r18, image_size=64)
     out = m(Batch(image=images))
@@ -234,27 +248,45 @@ def test_rd_flattened_loss_is_the_official_per_image_cosine(feats64, lite0_teach
     with torch.no_grad():
         out = model(batch)
     cos = torch.nn.CosineSimilarity()
-    want = sum(torch.mean(1 - cos(feats[n].view(feats[n].shape[0], -1), s.view(s.shape[0], -1)))
-               for n, s in zip(lite0_teacher.layer_names, out["student"]))
+    want = sum(
+        torch.mean(1 - cos(feats[n].view(feats[n].shape[0], -1), s.view(s.shape[0], -1)))
+        for n, s in zip(lite0_teacher.layer_names, out["student"])
+    )
     terms = model.loss_terms(batch)
     assert list(terms) == ["flattened_cosine"]
     torch.testing.assert_close(terms["flattened_cosine"], want, atol=1e-5, rtol=1e-4)
-    position = build_model("rd", lite0_teacher, image_size=64).eval()  # same weights (init_seed), Eq. 2
+    position = build_model(
+        "rd", lite0_teacher, image_size=64
+    ).eval()  # same weights (init_seed), Eq. 2
     with torch.no_grad():
-        assert abs(position.loss(batch).item() - want.item()) > 1e-3  # a different quantity, the same outputs
-    torch.testing.assert_close(model.anomaly_maps(batch)[lite0_teacher.layer_names[0]],
-                               position.anomaly_maps(batch)[lite0_teacher.layer_names[0]])
+        assert (
+            abs(position.loss(batch).item() - want.item()) > 1e-3
+        )  # a different quantity, the same outputs
+    torch.testing.assert_close(
+        model.anomaly_maps(batch)[lite0_teacher.layer_names[0]],
+        position.anomaly_maps(batch)[lite0_teacher.layer_names[0]],
+    )
     snl = build_model("snl", lite0_teacher, image_size=64, rd_loss="flattened", **ALL_OFF).eval()
     torch.testing.assert_close(snl.loss(batch), want, atol=1e-5, rtol=1e-4)
-    assert make_config("rd", "paper").rd_loss == "flattened" and make_config("rd", "cpu").rd_loss == "position"
+    assert (
+        make_config("rd", "paper").rd_loss == "flattened"
+        and make_config("rd", "cpu").rd_loss == "position"
+    )
     with pytest.raises(ValueError, match="rd_loss"):
         make_config("rd", "cpu", rd_loss="per-image")
 
 
 def test_rd4ad_paper_shapes():
     cfg = make_config("rd", "paper")
-    assert (cfg.teacher, cfg.image_size, cfg.optimizer, cfg.lr, cfg.betas, cfg.batch_size, cfg.epochs) == (
-        "wide_resnet50_2", 256, "adam", 0.005, (0.5, 0.999), 16, 200)
+    assert (
+        cfg.teacher,
+        cfg.image_size,
+        cfg.optimizer,
+        cfg.lr,
+        cfg.betas,
+        cfg.batch_size,
+        cfg.epochs,
+    ) == ("wide_resnet50_2", 256, "adam", 0.005, (0.5, 0.999), 16, 200)
     # WideResNet-50 layers 1-3 (channels from its feature_info; not built here, 68 M parameters)
     ch, st = [256, 512, 1024], [4, 8, 16]
     bott = Bottleneck(ch, st, cfg.embed_channels, cfg.oce_blocks, cfg.block_width)
@@ -285,19 +317,30 @@ def test_snl_all_switches_off_is_rd(feats64, lite0_teacher):
     assert {k for k in c if k not in a} == {"cram.centres"}
 
 
-@pytest.mark.parametrize("switch,term", [("spatial_channel", "channel_cosine"), ("intra_affinity", "intra_affinity"),
-                                         ("inter_affinity", "inter_affinity"), ("cram", "cram")])
+@pytest.mark.parametrize(
+    "switch,term",
+    [
+        ("spatial_channel", "channel_cosine"),
+        ("intra_affinity", "intra_affinity"),
+        ("inter_affinity", "inter_affinity"),
+        ("cram", "cram"),
+    ],
+)
 def test_each_switch_adds_its_term_with_its_weight(feats64, lite0_teacher, switch, term):
     _, feats = feats64
     batch = Batch(image=None, features=feats)
     base = build_model("snl", lite0_teacher, image_size=64, **ALL_OFF).eval()
     on = build_model("snl", lite0_teacher, image_size=64, **{**ALL_OFF, switch: True}).eval()
-    on2 = build_model("snl", lite0_teacher, image_size=64, **{**ALL_OFF, switch: True, f"{switch}_weight": 2.0}).eval()
+    on2 = build_model(
+        "snl", lite0_teacher, image_size=64, **{**ALL_OFF, switch: True, f"{switch}_weight": 2.0}
+    ).eval()
     t1, t2 = on.terms_from(on(batch)), on2.terms_from(on2(batch))
     assert set(t1) == {"position_cosine", term}
     assert t1[term] > 0
     w1 = getattr(on.cfg, f"{switch}_weight")  # the default weight (CRAM's is 0.1)
-    torch.testing.assert_close(t2[term], (2.0 / w1) * t1[term])  # the weight scales exactly its term
+    torch.testing.assert_close(
+        t2[term], (2.0 / w1) * t1[term]
+    )  # the weight scales exactly its term
     if switch == "cram":  # the module changes what the decoder sees, so the base term changes too
         assert any(n.startswith("cram.") for n, _ in on.named_parameters())
         assert not any(n.startswith("cram.") for n, _ in base.named_parameters())
@@ -326,8 +369,10 @@ def test_snl_gradients_and_frozen_teacher(feats64, lite0_teacher):
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     from unistad_edu.synthetic import make_synthetic
-    data = make_synthetic(tmp_path_factory.mktemp("syn") / "syn", size=64, n_train=8, n_test_good=2,
-                          n_test_defect=2)
+
+    data = make_synthetic(
+        tmp_path_factory.mktemp("syn") / "syn", size=64, n_train=8, n_test_good=2, n_test_defect=2
+    )
     return MVTecDataset(data, "train", image_size=64), MVTecDataset(data, "test", image_size=64)
 
 

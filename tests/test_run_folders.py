@@ -1,6 +1,7 @@
 """Run folders stay consistent (issue 18): no training over another run without --overwrite (which deletes what
 was derived from the old model), --resume refuses other settings, one writer per folder, temporary files of
 killed writes are cleaned up on the next run, ``eval --json`` onto a folder, a full disk is a message."""
+
 from __future__ import annotations
 
 import json
@@ -31,12 +32,31 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _train(data, out, *extra) -> tuple[int, str, str]:
-    argv = ["train", "--method", "stpm", "--data", str(data), "--image-size", "32", "--epochs", "1",
-            "--no-progress", "--precision", "fp32", "--threads", "1", "--out", str(out), *extra]
+    argv = [
+        "train",
+        "--method",
+        "stpm",
+        "--data",
+        str(data),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--precision",
+        "fp32",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return cli.main(argv)
 
 
-def test_training_over_an_evaluated_run_is_refused_and_overwrite_clears_its_metrics(data, tmp_path, capsys):
+def test_training_over_an_evaluated_run_is_refused_and_overwrite_clears_its_metrics(
+    data, tmp_path, capsys
+):
     run = tmp_path / "run"
     assert _train(data, run) == 0
     assert cli.main(["eval", "--run", str(run), "--no-progress", "--precision", "fp32"]) == 0
@@ -54,19 +74,30 @@ def test_training_over_an_evaluated_run_is_refused_and_overwrite_clears_its_metr
     assert _train(data, run, "--overwrite") == 0
     out = capsys.readouterr().out
     assert "--overwrite: deleted the old run" in out and "metrics.json" in out
-    assert not (run / "metrics.json").exists() and not (run / "predictions").exists()  # another model's numbers
+    assert (
+        not (run / "metrics.json").exists() and not (run / "predictions").exists()
+    )  # another model's numbers
     assert (run / "notes.txt").read_text() == "mine"
     assert json.loads((run / "config.json").read_text())["save_id"] != old_id
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "model.safetensors", "notes.txt",
-                                                     "train_log.jsonl", "train_state.safetensors"]  # no .lock left
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "notes.txt",
+        "train_log.jsonl",
+        "train_state.safetensors",
+    ]  # no .lock left
 
 
-@pytest.mark.parametrize("change, words", [
-    (["--image-size", "48"], "image size: saved 32, now 48"),
-    (["--categories", "weave"], "categories: saved ['bolt', 'weave'], now ['weave']"),
-    (["--method", "rd"], "method: saved 'stpm', now 'rd'"),
-    (["--precision", "bf16"], "precision: saved 'fp32', now 'bf16'"),
-], ids=["image-size", "categories", "method", "precision"])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (["--image-size", "48"], "image size: saved 32, now 48"),
+        (["--categories", "weave"], "categories: saved ['bolt', 'weave'], now ['weave']"),
+        (["--method", "rd"], "method: saved 'stpm', now 'rd'"),
+        (["--precision", "bf16"], "precision: saved 'fp32', now 'bf16'"),
+    ],
+    ids=["image-size", "categories", "method", "precision"],
+)
 def test_resume_with_other_settings_is_refused_naming_them(data, tmp_path, capsys, change, words):
     run = tmp_path / "run"
     assert _train(data, run, "--max-minutes", "0.0001") == 0  # stops after epoch 1 of 1: complete
@@ -78,6 +109,7 @@ def test_resume_with_other_settings_is_refused_naming_them(data, tmp_path, capsy
 
 def test_resume_with_another_data_root_is_refused(data, tmp_path, capsys):
     import shutil
+
     run, other = tmp_path / "run", tmp_path / "copy"
     shutil.copytree(data, other)
     assert _train(data, run) == 0
@@ -96,10 +128,19 @@ def test_a_second_writer_is_refused_naming_the_first(data, tmp_path, capsys):
     """Another process holds the run folder (as a training does): a second training is refused at once with
     that process's pid, and nothing it would have written appears."""
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from unistad_edu.files import folder_lock\n"
-        f"with folder_lock({str(run)!r}, 'run folder'):\n"
-        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from unistad_edu.files import folder_lock\n"
+                f"with folder_lock({str(run)!r}, 'run folder'):\n"
+                "    print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert _train(data, run) == 2
@@ -117,7 +158,7 @@ def test_temp_files_of_killed_writes_are_removed_on_the_next_run(data, tmp_path)
     run, cache = tmp_path / "run", tmp_path / "fcache"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        dead_pid = 2 ** 22 + 12345  # above pid_max's default range: no such process
+        dead_pid = 2**22 + 12345  # above pid_max's default range: no such process
         run.mkdir()
         (cache / "ab").mkdir(parents=True)
         dead_run = run / f".model.safetensors.{dead_pid}.0123abcd.tmp"
@@ -186,17 +227,23 @@ def test_per_class_training_over_a_unified_run_needs_overwrite(data, tmp_path, c
     assert "already holds a complete stpm run" in capsys.readouterr().err
     assert _train(data, run, "--setting", "per-class", "--overwrite") == 0
     assert (run / "setting.json").is_file() and not (run / "model.safetensors").exists()
-    assert (run / "bolt" / "model.safetensors").is_file() and (run / "weave" / "model.safetensors").is_file()
+    assert (run / "bolt" / "model.safetensors").is_file() and (
+        run / "weave" / "model.safetensors"
+    ).is_file()
     capsys.readouterr()
     assert _train(data, run) == 2  # unified over the per-class run
     assert "already holds a per-class run" in capsys.readouterr().err
-    assert _train(data, run, "--setting", "per-class", "--resume") == 0  # each sub-run already complete
+    assert (
+        _train(data, run, "--setting", "per-class", "--resume") == 0
+    )  # each sub-run already complete
 
 
 def test_prepare_differences_skip_what_an_old_run_does_not_record():
     saved = {"method": "stpm", "image_size": 64}  # an old config without teacher/data/precision
     assert runs.differences(saved, {"method": "stpm", "image_size": 64, "train_root": "/x"}) == []
-    assert runs.differences(saved, {"method": "stpm", "image_size": 32}) == ["image size: saved 64, now 32"]
+    assert runs.differences(saved, {"method": "stpm", "image_size": 32}) == [
+        "image size: saved 64, now 32"
+    ]
 
 
 def test_out_under_a_file_is_a_message(data, tmp_path, capsys):

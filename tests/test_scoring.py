@@ -1,4 +1,5 @@
 """The shared scoring path against independent references (numpy / scipy)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,10 @@ def _maps(seed=0):
 def test_fuse_modes(fuse):
     maps = _maps()
     out = score(maps, 32, ScoringConfig(fuse=fuse, blur_sigma=0))
-    up = [F.interpolate(m, size=(32, 32), mode="bilinear", align_corners=False).numpy() for m in maps.values()]
+    up = [
+        F.interpolate(m, size=(32, 32), mode="bilinear", align_corners=False).numpy()
+        for m in maps.values()
+    ]
     ref = {"product": up[0] * up[1], "sum": up[0] + up[1], "mean": (up[0] + up[1]) / 2}[fuse]
     np.testing.assert_allclose(out.anomaly_map.numpy(), ref, rtol=1e-6)
     assert out.anomaly_map.shape == (2, 1, 32, 32) and out.pred_score.shape == (2,)
@@ -36,13 +40,21 @@ def test_gaussian_blur_matches_scipy():
 def test_image_score_rules():
     m = np.random.default_rng(1).random((3, 1, 20, 20)).astype(np.float32)
     t = {"x": torch.from_numpy(m)}
-    s_max = score(t, 20, ScoringConfig(fuse="sum", blur_sigma=0, image_score="max")).pred_score.numpy()
+    s_max = score(
+        t, 20, ScoringConfig(fuse="sum", blur_sigma=0, image_score="max")
+    ).pred_score.numpy()
     np.testing.assert_allclose(s_max, m.reshape(3, -1).max(1))
-    s_top = score(t, 20, ScoringConfig(fuse="sum", blur_sigma=0, image_score="topk_mean", topk=0.01)).pred_score
+    s_top = score(
+        t, 20, ScoringConfig(fuse="sum", blur_sigma=0, image_score="topk_mean", topk=0.01)
+    ).pred_score
     ref_top = np.sort(m.reshape(3, -1), axis=1)[:, -4:].mean(1)  # 1 % of 400 pixels
     np.testing.assert_allclose(s_top.numpy(), ref_top, rtol=1e-6)
-    s_pool = score(t, 20, ScoringConfig(fuse="sum", blur_sigma=0, image_score="avgpool_max", pool_size=5)).pred_score
-    windows = np.lib.stride_tricks.sliding_window_view(m[:, 0], (5, 5), axis=(1, 2)).mean(axis=(-1, -2))
+    s_pool = score(
+        t, 20, ScoringConfig(fuse="sum", blur_sigma=0, image_score="avgpool_max", pool_size=5)
+    ).pred_score
+    windows = np.lib.stride_tricks.sliding_window_view(m[:, 0], (5, 5), axis=(1, 2)).mean(
+        axis=(-1, -2)
+    )
     np.testing.assert_allclose(s_pool.numpy(), windows.reshape(3, -1).max(1), rtol=1e-5)
 
 

@@ -103,16 +103,28 @@ def test_subset_consistency(tmp_path, small_set):
     assert sub == full and len(sub) > 0
 
 
-@pytest.mark.parametrize("category,kind", [("weave", "stain"), ("bolt", "hole"), ("pcb", "missing"),
-                                           ("grain", "scratch"), ("capsule", "extra")])
+@pytest.mark.parametrize(
+    "category,kind",
+    [
+        ("weave", "stain"),
+        ("bolt", "hole"),
+        ("pcb", "missing"),
+        ("grain", "scratch"),
+        ("capsule", "extra"),
+    ],
+)
 def test_mask_exact_vs_rerendered_normal(tmp_path, category, kind):
-    cfg = SyntheticConfig(size=64, n_train=1, n_test_good=0, n_test_defect=2, categories=(category,), seed=3)
+    cfg = SyntheticConfig(
+        size=64, n_train=1, n_test_good=0, n_test_defect=2, categories=(category,), seed=3
+    )
     root = make_synthetic(tmp_path / "set", cfg)
     for i in range(cfg.n_test_defect):
         bad = _arr(root / category / "test" / kind / f"{i:03d}.png").astype(int)
         mask = _arr(root / category / "ground_truth" / kind / f"{i:03d}_mask.png") > 0
         # re-render the defect-free twin from the same random stream
-        normal, bad2, mask2 = render_sample(category, sample_rng(cfg.seed, category, "test", kind, i), cfg.size, kind)
+        normal, bad2, mask2 = render_sample(
+            category, sample_rng(cfg.seed, category, "test", kind, i), cfg.size, kind
+        )
         assert np.array_equal(bad2, bad) and np.array_equal(mask2, mask)
         diff = np.abs(bad - normal.astype(int)).max(-1)
         assert (diff[~mask] == 0).all(), "pixels outside the mask changed"
@@ -130,7 +142,9 @@ def test_render_sample_api():
 
 def test_normal_variation(small_set):
     for cat in DEFAULT_CATEGORIES:
-        imgs = [_arr(p).astype(int) for p in sorted((small_set / cat / "train" / "good").glob("*.png"))]
+        imgs = [
+            _arr(p).astype(int) for p in sorted((small_set / cat / "train" / "good").glob("*.png"))
+        ]
         for i in range(len(imgs)):
             for j in range(i + 1, len(imgs)):
                 d = np.abs(imgs[i] - imgs[j]).mean()
@@ -187,6 +201,7 @@ def test_hardness(tmp_path):
 
 def test_cli_over_a_set_made_with_other_settings_is_a_message(tmp_path, capsys):
     from unistad_edu import __main__ as cli
+
     out = tmp_path / "syn"
     assert cli.main(["data", "synthetic", "--out", str(out), "--size", "32", "--n-train", "2"]) == 0
     capsys.readouterr()
@@ -197,23 +212,47 @@ def test_cli_over_a_set_made_with_other_settings_is_a_message(tmp_path, capsys):
 
 def test_staging_folders_of_killed_runs_are_removed(tmp_path):
     from unistad_edu.synthetic import make_synthetic
-    dead = tmp_path / f".syn.build-{2 ** 22 + 4321}-0123abcd"  # above the kernel's largest pid: nobody runs it
+
+    dead = (
+        tmp_path / f".syn.build-{2**22 + 4321}-0123abcd"
+    )  # above the kernel's largest pid: nobody runs it
     (dead / "weave").mkdir(parents=True)
-    make_synthetic(tmp_path / "syn", size=32, n_train=2, n_test_good=1, n_test_defect=1, categories=("weave",))
+    make_synthetic(
+        tmp_path / "syn", size=32, n_train=2, n_test_good=1, n_test_defect=1, categories=("weave",)
+    )
     assert not dead.exists()
 
 
 def test_the_cli_makes_chosen_products_and_prints_the_trivial_baseline(tmp_path, capsys):
     from unistad_edu import __main__ as cli
     from unistad_edu.synthetic import trivial_baseline
+
     out = tmp_path / "syn"
-    argv = ["data", "synthetic", "--out", str(out), "--size", "32", "--n-train", "3", "--n-test-good", "2",
-            "--n-test-defect", "1", "--categories", "weave", "bolt", "--baseline"]
+    argv = [
+        "data",
+        "synthetic",
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--n-train",
+        "3",
+        "--n-test-good",
+        "2",
+        "--n-test-defect",
+        "1",
+        "--categories",
+        "weave",
+        "bolt",
+        "--baseline",
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bolt", "weave"]
     assert len(list((out / "weave" / "test" / "good").glob("*.png"))) == 2
     for cat, auroc in trivial_baseline(out).items():  # the numbers printed are the library's
         assert f"{cat:10s} {auroc:.3f}" in printed
-    assert cli.main(["data", "synthetic", "--out", str(tmp_path / "x"), "--categories", "nosuch"]) == 2
+    assert (
+        cli.main(["data", "synthetic", "--out", str(tmp_path / "x"), "--categories", "nosuch"]) == 2
+    )
     assert "unknown synthetic products ['nosuch']" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The teacher: offline Lite0 weights must be the real ImageNet weights (checked on real photos), the
 teacher is frozen and truncated, and the offline path never opens a network connection."""
+
 from __future__ import annotations
 
 import socket
@@ -80,7 +81,9 @@ def test_feature_pyramid_shapes_and_feature_info(lite0_teacher):
 def test_truncated_after_last_used_stage(lite0_teacher):
     # Lite0 has 7 stages; stride 16 ends at stage 4, so stages 5-6 and the head are gone
     assert len(lite0_teacher.model.blocks) == 5
-    assert not hasattr(lite0_teacher.model, "conv_head") or isinstance(lite0_teacher.model.conv_head, torch.nn.Identity)
+    assert not hasattr(lite0_teacher.model, "conv_head") or isinstance(
+        lite0_teacher.model.conv_head, torch.nn.Identity
+    )
 
 
 def test_frozen_always(lite0_teacher):
@@ -106,6 +109,7 @@ def test_bf16_path_matches_fp32():
 
 def test_explicit_file_and_hash(tmp_path, lite0_teacher):
     from safetensors.torch import save_file
+
     clf = load_teacher(classifier=True)
     f = tmp_path / "lite0.safetensors"
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(f))
@@ -116,6 +120,7 @@ def test_explicit_file_and_hash(tmp_path, lite0_teacher):
 
 def test_wrong_file_gives_clear_error(tmp_path):
     from safetensors.torch import save_file
+
     f = tmp_path / "bad.safetensors"
     save_file({"foo": torch.zeros(3)}, str(f))
     with pytest.raises(TeacherWeightsError, match="do not fit"):

@@ -1,6 +1,7 @@
 """Uncertainty tools against independent references: sklearn's AUROC, the exact bootstrap distribution of a
 tiny set (every resample enumerated), coverage on data with a known AUROC, scipy's paired t-test and a
 hand-enumerated sign-flip test."""
+
 from __future__ import annotations
 
 import itertools
@@ -30,11 +31,15 @@ def test_bootstrap_matches_the_exact_distribution_of_a_tiny_set():
     values = []
     for ip in itertools.product(range(3), repeat=3):
         for ineg in itertools.product(range(3), repeat=3):
-            values.append(roc_auc_score(np.r_[np.ones(3), np.zeros(3)], np.r_[pos[list(ip)], neg[list(ineg)]]))
+            values.append(
+                roc_auc_score(np.r_[np.ones(3), np.zeros(3)], np.r_[pos[list(ip)], neg[list(ineg)]])
+            )
     exact = np.quantile(values, [0.025, 0.975])
     got = bootstrap_auroc(labels, scores, n_boot=20000, seed=1)
     assert got.value == pytest.approx(roc_auc_score(labels, scores))
-    assert got.low == pytest.approx(exact[0], abs=0.06) and got.high == pytest.approx(exact[1], abs=0.06)
+    assert got.low == pytest.approx(exact[0], abs=0.06) and got.high == pytest.approx(
+        exact[1], abs=0.06
+    )
     assert not (got.low == got.high)  # a real spread, not a point
 
 
@@ -58,9 +63,14 @@ def test_bootstrap_refuses_what_it_cannot_do():
         bootstrap_auroc([0, 1], [0.1, 0.2], level=1.5)
 
 
-@pytest.mark.parametrize("a, b", [([93.1, 92.0, 94.5], [90.2, 91.9, 92.0]),
-                                  ([80.0, 85.0, 82.0, 81.0, 79.5], [81.0, 83.0, 82.5, 80.0, 80.0]),
-                                  ([1.0, 2.0], [0.5, 2.5])])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([93.1, 92.0, 94.5], [90.2, 91.9, 92.0]),
+        ([80.0, 85.0, 82.0, 81.0, 79.5], [81.0, 83.0, 82.5, 80.0, 80.0]),
+        ([1.0, 2.0], [0.5, 2.5]),
+    ],
+)
 def test_paired_comparison_matches_scipy_and_a_hand_enumerated_sign_flip(a, b):
     got = paired_seeds(a, b)
     ref = stats.ttest_rel(a, b)
@@ -69,13 +79,17 @@ def test_paired_comparison_matches_scipy_and_a_hand_enumerated_sign_flip(a, b):
     n = len(d)
     ci = stats.t.interval(0.95, n - 1, loc=d.mean(), scale=stats.sem(d))
     assert (got.low, got.high) == pytest.approx(ci)
-    count = sum(abs(np.mean([s * abs(x) for s, x in zip(signs, d)])) >= abs(d.mean()) - 1e-12
-                for signs in itertools.product((1, -1), repeat=n))
-    assert got.p_sign_flip == pytest.approx(count / 2 ** n)
+    count = sum(
+        abs(np.mean([s * abs(x) for s, x in zip(signs, d)])) >= abs(d.mean()) - 1e-12
+        for signs in itertools.product((1, -1), repeat=n)
+    )
+    assert got.p_sign_flip == pytest.approx(count / 2**n)
 
 
 def test_three_seeds_cannot_settle_a_difference_by_sign_flips():
-    got = paired_seeds([95.0, 96.0, 97.0], [90.0, 90.5, 91.0])  # A better on every seed, by 5-6 points
+    got = paired_seeds(
+        [95.0, 96.0, 97.0], [90.0, 90.5, 91.0]
+    )  # A better on every seed, by 5-6 points
     assert got.p_sign_flip == pytest.approx(0.25) and got.p_t < 0.05 and got.low > 0
 
 
@@ -83,15 +97,19 @@ def test_eval_reports_an_interval_around_each_categorys_auroc(demo_run, demo_dat
     from unistad_edu.checkpoint import load_checkpoint
     from unistad_edu.data import MVTecDataset
     from unistad_edu.inference import evaluate
+
     model = load_checkpoint(demo_run)
     test = MVTecDataset(demo_data, "test", image_size=model.cfg.image_size)
     table, res = evaluate(model, test, progress=False, pixel=False, return_outputs=True)
     for cat, row in table["categories"].items():
         idx = res["categories"] == cat
         lo, hi = table["intervals"][cat]["I-AUROC"]
-        assert row["I-AUROC"] == pytest.approx(roc_auc_score(res["labels"][idx], res["scores"][idx]))
+        assert row["I-AUROC"] == pytest.approx(
+            roc_auc_score(res["labels"][idx], res["scores"][idx])
+        )
         assert lo <= row["I-AUROC"] <= hi and 0 <= lo <= hi <= 1
     assert table["intervals"]["level"] == 0.95
     from unistad_edu.report import format_intervals
+
     line = format_intervals(table)
     assert "bootstrap" in line and all(cat in line for cat in table["categories"])

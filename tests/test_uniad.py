@@ -1,5 +1,6 @@
 """UniAD: the neighbour mask really hides the window, layer-wise queries, jitter only in training, the paper
 preset's shapes on EfficientNet-B4, every switch combination, and train -> eval through the engine."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,7 +22,7 @@ from unistad_edu.layers import (
 from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 def _uniad(teacher, size=128, **kw):
@@ -43,7 +44,9 @@ def test_neighbor_mask_window_and_clipping():
     assert m.sum(1)[0] == 16 and (~m).sum(1)[0] == 180  # corner: clipped 4 x 4 window
     assert m[_tok(7, 7, 14), _tok(10, 10, 14)] and not m[_tok(7, 7, 14), _tok(11, 7, 14)]
     assert torch.equal(m, m.T)
-    assert neighbor_mask(16, 16, 8).sum(1)[_tok(8, 8, 16)] == 81  # even k spans k + 1, as the official code
+    assert (
+        neighbor_mask(16, 16, 8).sum(1)[_tok(8, 8, 16)] == 81
+    )  # even k spans k + 1, as the official code
     assert not neighbor_mask(4, 4, 0).any()
     assert torch.equal(neighbor_mask(4, 4, 1), torch.eye(16, dtype=torch.bool))
     add = additive_mask(m)
@@ -52,7 +55,9 @@ def test_neighbor_mask_window_and_clipping():
     loc = local_mask(14, 14, 7)
     assert loc.diagonal().all()
     assert (~loc).sum(1)[_tok(7, 7, 14)] == 48 and (~loc).sum(1)[0] == 15
-    assert torch.equal(~loc, m & ~torch.eye(196, dtype=torch.bool))  # visible = the window minus self
+    assert torch.equal(
+        ~loc, m & ~torch.eye(196, dtype=torch.bool)
+    )  # visible = the window minus self
     # clipping: a window may never hide a whole grid
     assert clip_neighbor_size(14, 14, 7) == (7, 7) and clip_neighbor_size(16, 16, 8) == (8, 8)
     assert clip_neighbor_size(4, 4, 7) == (3, 3) and clip_neighbor_size(2, 2, 7) == (1, 1)
@@ -75,12 +80,20 @@ def test_position_embedding_rows_and_columns():
 # ---- the mask in the model --------------------------------------------------------------------------------
 @pytest.mark.parametrize("token", [(4, 4), (0, 0), (7, 6)])  # middle, corner, edge
 def test_encoder_mask_hides_the_window(lite0_teacher, token):
-    model = _uniad(lite0_teacher, neighbor_size=3).eval()  # one encoder layer, 8 x 8 grid, 3 x 3 window
+    model = _uniad(
+        lite0_teacher, neighbor_size=3
+    ).eval()  # one encoder layer, 8 x 8 grid, 3 x 3 window
     r, c = token
     i = _tok(r, c)
-    window = [_tok(rr, cc) for rr in range(max(0, r - 1), min(8, r + 2))
-              for cc in range(max(0, c - 1), min(8, c + 2)) if (rr, cc) != (r, c)]
-    assert len(window) == (8 if token == (4, 4) else 3 if token == (0, 0) else 5)  # clipped at borders
+    window = [
+        _tok(rr, cc)
+        for rr in range(max(0, r - 1), min(8, r + 2))
+        for cc in range(max(0, c - 1), min(8, c + 2))
+        if (rr, cc) != (r, c)
+    ]
+    assert len(window) == (
+        8 if token == (4, 4) else 3 if token == (0, 0) else 5
+    )  # clipped at borders
     outside = _tok(r, c + 2) if c + 2 < 8 else _tok(r, c - 2)
     g = torch.Generator().manual_seed(0)
     src = torch.randn(2, 64, 32, generator=g)
@@ -101,8 +114,11 @@ def test_encoder_mask_hides_the_window(lite0_teacher, token):
 def test_masked_attention_paths_agree(lite0_teacher):
     # CPU bf16 (the engine's autocast) takes the written-out attention; fp32 takes SDPA: same result
     from unistad_edu.layers import Attention
+
     att = Attention(32, 4, dropout=0.0).eval()
-    q, k, v = (torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3))
+    q, k, v = (
+        torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)
+    )
     mask = neighbor_mask(8, 8, 3)
     with torch.no_grad():
         ref = att(q, k, v, mask)
@@ -127,7 +143,9 @@ def test_layerwise_query_decoder_cannot_copy_its_own_token(lite0_teacher):
     changed = memory.clone()
     changed[:, window] += 5 * torch.randn(1, 9, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model.decode(changed)[:, i], model.decode(memory)[:, i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.decode(changed)[:, i], model.decode(memory)[:, i], rtol=1e-5, atol=1e-5
+        )
     # a standard decoder (query = previous output) carries token i through its residual: the shortcut
     plain = _uniad(lite0_teacher, neighbor_size=3, layerwise_query=False).eval()
     only_i = memory.clone()
@@ -196,20 +214,46 @@ def test_jitter_only_in_training(lite0_teacher):
 @pytest.fixture(scope="module")
 def b4_teacher():
     from unistad_edu import load_teacher
+
     return load_teacher("efficientnet_b4", weights=None, layers=(0, 1, 2, 3))
 
 
 def test_paper_preset_shapes_on_b4(b4_teacher):
     cfg = make_config("uniad", "paper")
-    assert (cfg.teacher, cfg.teacher_layers, cfg.image_size) == ("efficientnet_b4", (0, 1, 2, 3), 224)
-    assert (cfg.hidden_dim, cfg.num_heads, cfg.enc_layers, cfg.dec_layers, cfg.ffn_dim) == (256, 8, 4, 4, 1024)
+    assert (cfg.teacher, cfg.teacher_layers, cfg.image_size) == (
+        "efficientnet_b4",
+        (0, 1, 2, 3),
+        224,
+    )
+    assert (cfg.hidden_dim, cfg.num_heads, cfg.enc_layers, cfg.dec_layers, cfg.ffn_dim) == (
+        256,
+        8,
+        4,
+        4,
+        1024,
+    )
     assert (cfg.neighbor_size, cfg.jitter_scale, cfg.jitter_prob) == (7, 20.0, 1.0)
-    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.epochs, cfg.schedule, cfg.step_epochs, cfg.grad_clip,
-            cfg.batch_size) == ("adamw", 1e-4, 1e-4, 1000, "step", 800, 0.1, 64)
-    assert [(lv.channels, lv.stride) for lv in b4_teacher.feature_info] == [(24, 2), (32, 4), (56, 8), (160, 16)]
+    assert (
+        cfg.optimizer,
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.epochs,
+        cfg.schedule,
+        cfg.step_epochs,
+        cfg.grad_clip,
+        cfg.batch_size,
+    ) == ("adamw", 1e-4, 1e-4, 1000, "step", 800, 0.1, 64)
+    assert [(lv.channels, lv.stride) for lv in b4_teacher.feature_info] == [
+        (24, 2),
+        (32, 4),
+        (56, 8),
+        (160, 16),
+    ]
     model = build_model("uniad", b4_teacher, preset="paper")
     assert model.in_channels == 272 and model.grid == (14, 14) and model.neighbor_size == (7, 7)
-    assert model.attn_mask.shape == (196, 196) and model.attn_mask.sum(1).min() == 16  # corners: 4 x 4
+    assert (
+        model.attn_mask.shape == (196, 196) and model.attn_mask.sum(1).min() == 16
+    )  # corners: 4 x 4
     assert "attn_mask" not in model.state_for_checkpoint()  # rebuilt, never saved
     images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     batch = Batch(image=images)
@@ -218,7 +262,9 @@ def test_paper_preset_shapes_on_b4(b4_teacher):
     loss = model.loss(batch)
     loss.backward()
     assert torch.isfinite(loss)
-    assert model.decoder[0].query.weight.grad is not None and model.input_proj.weight.grad is not None
+    assert (
+        model.decoder[0].query.weight.grad is not None and model.input_proj.weight.grad is not None
+    )
     assert all(p.grad is None for p in b4_teacher.parameters())
     model.eval()
     maps = model.anomaly_maps(batch)
@@ -231,10 +277,21 @@ def test_paper_preset_shapes_on_b4(b4_teacher):
 
 # ---- switches --------------------------------------------------------------------------------------------
 def test_every_switch_combination_runs(lite0_teacher):
-    batch = Batch(image=torch.rand(2, 3, 64, 64))  # 4 x 4 grid: the 7 x 7 window is clipped to 3 x 3
+    batch = Batch(
+        image=torch.rand(2, 3, 64, 64)
+    )  # 4 x 4 grid: the 7 x 7 window is clipped to 3 x 3
     for mask, query, jitter in itertools.product([True, False], repeat=3):
-        model = build_model("uniad", lite0_teacher, image_size=64, neighbor_mask=mask, layerwise_query=query,
-                            jitter=jitter, hidden_dim=32, num_heads=2, ffn_dim=64)
+        model = build_model(
+            "uniad",
+            lite0_teacher,
+            image_size=64,
+            neighbor_mask=mask,
+            layerwise_query=query,
+            jitter=jitter,
+            hidden_dim=32,
+            num_heads=2,
+            ffn_dim=64,
+        )
         assert (model.attn_mask is not None) == mask
         assert any(n.endswith("query.weight") for n, _ in model.named_parameters()) == query
         if mask:
@@ -254,8 +311,9 @@ def test_fit_and_evaluate_on_tiny_synthetic_set(lite0_teacher, tmp_path):
     data = make_synthetic(tmp_path / "syn", size=64, n_train=10, n_test_good=3, n_test_defect=1)
     train = MVTecDataset(data, "train", image_size=64)
     test = MVTecDataset(data, "test", image_size=64)
-    model = build_model("uniad", lite0_teacher, image_size=64, batch_size=8, hidden_dim=64, num_heads=4,
-                        ffn_dim=128)
+    model = build_model(
+        "uniad", lite0_teacher, image_size=64, batch_size=8, hidden_dim=64, num_heads=4, ffn_dim=128
+    )
     res = fit(model, train, TrainConfig(epochs=3, progress=False), out=tmp_path / "run")
     losses = [h["loss"] for h in res.history]
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
@@ -270,13 +328,23 @@ def test_neck_official_and_antialiased(lite0_teacher):
     """``neck="official"`` is the official MFCN (bilinear, align_corners=True, every level straight to the grid);
     ``"antialias"`` low-pass filters a shrinking level first -- both against torch's interpolate directly."""
     import torch.nn.functional as F
+
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(7))
     feats = lite0_teacher(x)
-    for neck, kw in (("official", dict(align_corners=True)), ("antialias", dict(align_corners=False, antialias=True))):
+    for neck, kw in (
+        ("official", dict(align_corners=True)),
+        ("antialias", dict(align_corners=False, antialias=True)),
+    ):
         model = _uniad(lite0_teacher, neck=neck)
-        expect = torch.cat([F.interpolate(feats[n].float(), size=model.grid, mode="bilinear", **kw)
-                            if feats[n].shape[-2:] != model.grid else feats[n].float()
-                            for n in lite0_teacher.layer_names], dim=1)
+        expect = torch.cat(
+            [
+                F.interpolate(feats[n].float(), size=model.grid, mode="bilinear", **kw)
+                if feats[n].shape[-2:] != model.grid
+                else feats[n].float()
+                for n in lite0_teacher.layer_names
+            ],
+            dim=1,
+        )
         torch.testing.assert_close(model.neck(feats), expect)
     a = _uniad(lite0_teacher, neck="official").neck(feats)
     b = _uniad(lite0_teacher, neck="antialias").neck(feats)

@@ -2,6 +2,7 @@
 its target) random while training only; hard-point mining scales the gradient of the best-reconstructed
 positions by its factor and leaves the rest and the loss's value alone (checked against the plain loss's
 gradient, position by position)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def teacher():
     from unistad_edu.teacher import load_teacher
+
     return load_teacher(precision="fp32")
 
 
@@ -27,7 +29,9 @@ def test_a_noisy_bottleneck_is_random_while_training_only(teacher, name):
     clean = build_model(name, teacher, image_size=64)
     noisy.train()
     a, b = noisy(x), noisy(x)
-    assert any(not torch.equal(s1, s2) for s1, s2 in zip(a["student"], b["student"]))  # random input
+    assert any(
+        not torch.equal(s1, s2) for s1, s2 in zip(a["student"], b["student"])
+    )  # random input
     assert all(torch.equal(t1, t2) for t1, t2 in zip(a["teacher"], b["teacher"]))  # clean targets
     noisy.eval()
     a, b = noisy(x), noisy(x)
@@ -109,10 +113,16 @@ def test_unistad_loose_loss_scales_each_students_easy_tokens(teacher):
         model.forward = lambda batch, g=g, loc=loc: {"target": target, "global": g, "local": loc}
         loss = model.loss(Batch(image=None))
         loss.backward()
-        grads[name], values[name], preds = {"global": g.grad, "local": loc.grad}, loss.item(), {"global": g, "local": loc}
+        grads[name], values[name], preds = (
+            {"global": g.grad, "local": loc.grad},
+            loss.item(),
+            {"global": g, "local": loc},
+        )
     assert values["mined"] == pytest.approx(values["plain"])
     for k in ("global", "local"):
-        d = level_cosine_distance(to_tokens(target), to_tokens(preds[k].detach()), model0.level_channels)
+        d = level_cosine_distance(
+            to_tokens(target), to_tokens(preds[k].detach()), model0.level_channels
+        )
         d = d.reshape(2, 4, 4)
         easy = (d < torch.quantile(d.flatten(), q))[:, None].expand_as(target)
         assert easy.any() and (~easy).any()
@@ -131,11 +141,20 @@ def test_unistad_input_dropout_is_random_while_training_only(teacher):
     a, b = noisy(x), noisy(x)
     assert torch.equal(a["global"], b["global"]) and torch.equal(a["local"], b["local"])
     clean = build_model("unistad", teacher, image_size=64).train()
-    assert torch.equal(clean(x)["global"], clean(x)["global"])  # p = 0 (and no student dropout): no noise
+    assert torch.equal(
+        clean(x)["global"], clean(x)["global"]
+    )  # p = 0 (and no student dropout): no noise
 
 
-@pytest.mark.parametrize("name, bad", [("uniad", {"hm_quantile": 1.0}), ("uniad", {"hm_factor": -0.1}),
-                                       ("unistad", {"hm_quantile": -0.5}), ("unistad", {"input_dropout": 1.0})])
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("uniad", {"hm_quantile": 1.0}),
+        ("uniad", {"hm_factor": -0.1}),
+        ("unistad", {"hm_quantile": -0.5}),
+        ("unistad", {"input_dropout": 1.0}),
+    ],
+)
 def test_the_new_switches_are_ranged(teacher, name, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         build_model(name, teacher, image_size=64, **bad)

@@ -2,6 +2,7 @@
 itself); the loss terms and maps against hand-computed cases; the refinement is parameter-free, keeps
 shapes, drops an unsupported spike and keeps a feature-supported region; the paper preset on a ViT; and
 train -> evaluate -> checkpoint through the engine."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ from unistad_edu.methods.base import Batch
 from unistad_edu.methods.unistad import UniSTAD
 from unistad_edu.refine import AffinityRefiner, affinity
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 def _small(teacher, size=128, **kw):
@@ -43,7 +44,9 @@ def test_global_student_output_ignores_its_whole_window(lite0_teacher, token):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 64, model.in_channels, generator=g)
     inside = tokens.clone()
-    inside[:, window] = 10 * torch.randn(2, len(window), model.in_channels, generator=g)  # the token itself too
+    inside[:, window] = 10 * torch.randn(
+        2, len(window), model.in_channels, generator=g
+    )  # the token itself too
     outside = tokens.clone()
     j = next(t for t in range(64) if t not in window)
     outside[:, j] += 10 * torch.randn(model.in_channels, generator=g)
@@ -51,7 +54,9 @@ def test_global_student_output_ignores_its_whole_window(lite0_teacher, token):
         base = model.global_student(tokens)[:, i]
         # two layers deep and still blind: context tokens are never mixed, so nothing leaks back in two hops
         torch.testing.assert_close(model.global_student(inside)[:, i], base, rtol=1e-5, atol=1e-5)
-        assert (model.global_student(outside)[:, i] - base).abs().max() > 1e-3  # the rest of the image counts
+        assert (
+            model.global_student(outside)[:, i] - base
+        ).abs().max() > 1e-3  # the rest of the image counts
         # the window did change the other tokens' predictions (the change was real)
         assert (model.global_student(inside) - model.global_student(tokens)).abs().max() > 1e-2
 
@@ -101,15 +106,21 @@ def test_loss_terms_and_weights_against_hand_computed_values(lite0_teacher):
     terms = model.terms_from(model(batch))
     assert terms["distill"].item() == pytest.approx(0, abs=1e-5)  # cosine ignores the scale
     assert terms["consistency"].item() == pytest.approx(0, abs=1e-5)
-    assert terms["rec"].item() == pytest.approx(1.0, rel=1e-5)  # ||2t - t||^2 / ||t||^2 = 1, global adds 0
+    assert terms["rec"].item() == pytest.approx(
+        1.0, rel=1e-5
+    )  # ||2t - t||^2 / ||t||^2 = 1, global adds 0
     assert model.loss(batch).item() == pytest.approx(1.0, rel=1e-4)
     model.cfg.w_rec = 0.25
     assert model.loss(batch).item() == pytest.approx(0.25, rel=1e-4)
     # local = minus the teacher: cosine distance 2 at every token of every level
-    model = _with_students(_small(lite0_teacher, w_rec=0.0, w_consistency=0.5), lambda t: t, lambda t: -t)
+    model = _with_students(
+        _small(lite0_teacher, w_rec=0.0, w_consistency=0.5), lambda t: t, lambda t: -t
+    )
     terms = model.terms_from(model(batch))
     assert terms["distill"].item() == pytest.approx(2.0, rel=1e-5)  # 0 (global) + 2 (local)
-    assert terms["consistency"].item() == pytest.approx(0.5 * 2.0, rel=1e-5)  # weighted by w_consistency
+    assert terms["consistency"].item() == pytest.approx(
+        0.5 * 2.0, rel=1e-5
+    )  # weighted by w_consistency
     assert model.loss(batch).item() == pytest.approx(2.0 + 0.5 * 2.0, rel=1e-4)
 
 
@@ -131,7 +142,7 @@ def test_maps_are_the_three_broken_consistencies(lite0_teacher):
     for name in ("teacher_local", "global_local"):
         m = maps[name].flatten()
         assert m[bad].item() == pytest.approx(2.0, rel=1e-5)
-        assert torch.cat([m[:bad], m[bad + 1:]]).abs().max() < 1e-5
+        assert torch.cat([m[:bad], m[bad + 1 :]]).abs().max() < 1e-5
     out = model.score(batch)  # shared scoring: the mean of the three maps, at the image size
     assert out.anomaly_map.shape == (1, 1, 128, 128) and set(out.level_maps) == set(maps)
     # a subset of maps is a config choice
@@ -152,7 +163,9 @@ def _scene(seed=0, n=16, distinct_region=True):
     feats = normal[:, None, None].repeat(1, n, n) + 0.08 * torch.randn(C, n, n, generator=g)
     region = (slice(3, 7), slice(9, 13))
     if distinct_region:
-        feats[:, region[0], region[1]] = odd[:, None, None] + 0.08 * torch.randn(C, 4, 4, generator=g)
+        feats[:, region[0], region[1]] = odd[:, None, None] + 0.08 * torch.randn(
+            C, 4, 4, generator=g
+        )
     score_map = torch.zeros(1, 1, n, n)
     score_map[0, 0, region[0], region[1]] = 1.0  # a region of high score
     spike = (12, 3)
@@ -165,7 +178,9 @@ def test_refinement_drops_an_unsupported_spike_and_keeps_a_supported_region():
     refined = AffinityRefiner(steps=3, knn=8, temperature=0.1, alpha=1.0)(m, feats)
     assert refined.shape == m.shape
     assert refined[0, 0, spike[0], spike[1]] < 0.3  # the spike's feature twins elsewhere score 0
-    assert refined[0, 0, region[0], region[1]].mean() > 0.8  # its tokens' nearest features are each other
+    assert (
+        refined[0, 0, region[0], region[1]].mean() > 0.8
+    )  # its tokens' nearest features are each other
     # control 1: the same map with a region whose features look like the background fades as well --
     # it is the features, not the shape of the map, that keep the region
     feats_plain, _, _, _ = _scene(distinct_region=False)
@@ -176,7 +191,9 @@ def test_refinement_drops_an_unsupported_spike_and_keeps_a_supported_region():
     assert blurred[0, 0, region[0], region[1]].mean() < 0.8
     # steps = 0 is the identity; alpha < 1 keeps part of the original
     torch.testing.assert_close(AffinityRefiner(steps=0)(m, feats), m)
-    kept = AffinityRefiner(steps=3, knn=8, temperature=0.1, alpha=0.5)(m, feats)[0, 0, spike[0], spike[1]]
+    kept = AffinityRefiner(steps=3, knn=8, temperature=0.1, alpha=0.5)(m, feats)[
+        0, 0, spike[0], spike[1]
+    ]
     assert kept >= 0.5
     # UniSTAD's (mild) defaults do the same, less strongly: the spike loses a quarter, the region nothing
     c = make_config("unistad")
@@ -195,9 +212,13 @@ def test_refinement_is_untrained_and_a_random_walk():
     assert ((P > 0).sum(-1) <= 9).all()  # k neighbours (ties aside)
     assert (P.diagonal(dim1=1, dim2=2) > 0).all()  # a token is its own nearest neighbour
     # radius: nothing moves further than that many rows/columns in one step
-    P1 = affinity(feats, knn=8, temperature=0.1, radius=1).view(1, 16, 16, 16, 16)  # (B, r, c, r', c')
+    P1 = affinity(feats, knn=8, temperature=0.1, radius=1).view(
+        1, 16, 16, 16, 16
+    )  # (B, r, c, r', c')
     rr, cc = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
-    dist = torch.maximum((rr[:, :, None, None] - rr[None, None]).abs(), (cc[:, :, None, None] - cc[None, None]).abs())
+    dist = torch.maximum(
+        (rr[:, :, None, None] - rr[None, None]).abs(), (cc[:, :, None, None] - cc[None, None]).abs()
+    )
     assert (P1[0][dist > 1] == 0).all() and (P1[0][dist <= 1] > 0).any()
     # a constant map stays constant (averages of equal values)
     const = torch.full_like(m, 0.7)
@@ -210,7 +231,9 @@ def test_refinement_is_untrained_and_a_random_walk():
 def test_refine_switch_changes_no_parameter(lite0_teacher):
     on, off = _small(lite0_teacher, refine=True), _small(lite0_teacher, refine=False)
     assert on.state_for_checkpoint().keys() == off.state_for_checkpoint().keys()
-    assert sum(p.numel() for p in on.trainable_parameters()) == sum(p.numel() for p in off.trainable_parameters())
+    assert sum(p.numel() for p in on.trainable_parameters()) == sum(
+        p.numel() for p in off.trainable_parameters()
+    )
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(4))
     b = Batch(image=x)
     on.eval(), off.eval()
@@ -231,7 +254,11 @@ def test_presets_and_paper_preset_on_a_vit_teacher():
     cpu = make_config("unistad", "cpu")
     assert (cpu.teacher, cpu.image_size, cpu.refine) == ("tf_efficientnet_lite0", 256, True)
     cfg = make_config("unistad", "paper")
-    assert (cfg.teacher, cfg.teacher_layers, cfg.image_size) == ("vit_small_patch14_dinov2", (2, 5, 8), 224)
+    assert (cfg.teacher, cfg.teacher_layers, cfg.image_size) == (
+        "vit_small_patch14_dinov2",
+        (2, 5, 8),
+        224,
+    )
     teacher = load_teacher(cfg.teacher, weights=None, layers=cfg.teacher_layers)
     model = build_model("unistad", teacher, preset="paper")
     assert model.grid == (16, 16) and model.in_channels == 3 * 384
@@ -254,8 +281,13 @@ def test_fit_and_evaluate(lite0_teacher, tmp_path):
     data = make_synthetic(tmp_path / "syn", size=64, n_train=10, n_test_good=3, n_test_defect=1)
     train = MVTecDataset(data, "train", image_size=64)
     test = MVTecDataset(data, "test", image_size=64)
-    model = build_model("unistad", lite0_teacher, image_size=64, hidden_dim=32, num_heads=4, ffn_dim=64)
-    assert model.grid == (4, 4) and model.global_window == (3, 3)  # the 7 x 7 window clipped on 4 x 4
+    model = build_model(
+        "unistad", lite0_teacher, image_size=64, hidden_dim=32, num_heads=4, ffn_dim=64
+    )
+    assert model.grid == (4, 4) and model.global_window == (
+        3,
+        3,
+    )  # the 7 x 7 window clipped on 4 x 4
     res = fit(model, train, TrainConfig(epochs=2, progress=False), out=tmp_path / "run")
     assert len(res.history) == 2 and all(np.isfinite(h["loss"]) for h in res.history)
     table = evaluate(model, test, progress=False)

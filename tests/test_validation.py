@@ -1,4 +1,5 @@
 """The validation set: built from training images only, the engine's held-out rule, defects with exact masks."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ def _photo(seed=0, size=64):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / size
     base = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in (0.0, 1.0, 2.0)], axis=2)
-    return np.clip((base * 0.4 + 0.5) * 255 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+    return np.clip((base * 0.4 + 0.5) * 255 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(
+        np.uint8
+    )
 
 
 def test_cut_paste_moves_a_rectangle_of_the_same_image():
@@ -35,8 +38,12 @@ def test_cut_paste_moves_a_rectangle_of_the_same_image():
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         patch = out[y0:y1, x0:x1]
         h, w = patch.shape[:2]
-        found = [(a, b) for a in range(img.shape[0] - h + 1) for b in range(img.shape[1] - w + 1)
-                 if (a, b) != (y0, x0) and np.array_equal(img[a:a + h, b:b + w], patch)]
+        found = [
+            (a, b)
+            for a in range(img.shape[0] - h + 1)
+            for b in range(img.shape[1] - w + 1)
+            if (a, b) != (y0, x0) and np.array_equal(img[a : a + h, b : b + w], patch)
+        ]
         assert found, f"seed {seed}: the pasted region is not a copy of another part of the image"
         assert 0.005 <= changed.mean() <= 0.07
 
@@ -60,6 +67,7 @@ def test_unknown_kind_is_refused():
 def source(tmp_path_factory):
     """30 training images per category, and no test folder at all: the validation set must not need one."""
     from tests.conftest import tiny_synthetic
+
     root = tiny_synthetic(tmp_path_factory, 64, n_train=30, n_test_good=1, n_test_defect=1)
     for test in root.rglob("test"):
         shutil.rmtree(test)
@@ -80,8 +88,14 @@ def test_validation_set_layout_and_split(source, tmp_path):
         assert good == sorted(n.rsplit(".", 1)[0] + ".png" for n in names)
         for kind in KINDS:
             rows = [r for r in test.records if r.category == cat and r.defect == kind]
-            assert len(rows) == 10 and all(r.mask_path is not None and load_mask(r.mask_path, 64).any() for r in rows)
-        kept = {r.path.name for r in MVTecDataset(out, "train", image_size=64).records if r.category == cat}
+            assert len(rows) == 10 and all(
+                r.mask_path is not None and load_mask(r.mask_path, 64).any() for r in rows
+            )
+        kept = {
+            r.path.name
+            for r in MVTecDataset(out, "train", image_size=64).records
+            if r.category == cat
+        }
         assert len(kept) == 20 and not kept & set(good)  # held-out images never trained on
     # the defective image is its held-out normal image plus the defect: equal outside the mask
     r = next(r for r in test.records if r.defect == "scratch")
@@ -104,7 +118,22 @@ def test_reused_when_made_the_same_way_refused_otherwise(source, tmp_path):
 
 
 def test_cli_builds_it(source, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "unistad_edu", "data", "validation", "--data", str(source),
-                           "--out", str(tmp_path / "v"), "--size", "64"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unistad_edu",
+            "data",
+            "validation",
+            "--data",
+            str(source),
+            "--out",
+            str(tmp_path / "v"),
+            "--size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "validation set ready" in done.stdout and "10 held out" in done.stdout

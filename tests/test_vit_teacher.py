@@ -1,6 +1,7 @@
 """ViT teachers: patch tokens per block as (B, C, h, w) and the class token, checked against the ViT run by
 hand block by block; normalisation from timm's pretrained_cfg; frozen and truncated; offline the hub path
 fails fast with TeacherWeightsError. Plus the CNN teacher's optional pooled embedding."""
+
 from __future__ import annotations
 
 import socket
@@ -14,7 +15,7 @@ from unistad_edu.teacher import Teacher, TeacherWeightsError, create_backbone, l
 DINO = "vit_small_patch14_dinov2"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for this module
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +39,24 @@ def _by_hand(model, x, blocks):
 
 def test_vit_levels_and_class_token_match_the_vit_run_by_hand(dino):
     info = dino.feature_info
-    assert [(lv.name, lv.channels, lv.stride) for lv in info] == [("blocks.2", 384, 14), ("blocks.5", 384, 14),
-                                                                  ("blocks.11", 384, 14)]
+    assert [(lv.name, lv.channels, lv.stride) for lv in info] == [
+        ("blocks.2", 384, 14),
+        ("blocks.5", 384, 14),
+        ("blocks.11", 384, 14),
+    ]
     assert dino.output_names == ["blocks.2", "blocks.5", "blocks.11", "cls"] and dino.is_vit
-    x = torch.rand(2, 3, 112, 98, generator=torch.Generator().manual_seed(0))  # 8 x 7 patches of 14 px
+    x = torch.rand(
+        2, 3, 112, 98, generator=torch.Generator().manual_seed(0)
+    )  # 8 x 7 patches of 14 px
     with torch.no_grad():
         feats = dino(x)
-        full, _ = create_backbone(DINO, weights=None)  # same seed -> same random weights, not truncated
+        full, _ = create_backbone(
+            DINO, weights=None
+        )  # same seed -> same random weights, not truncated
         full.eval()
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # DINOv2 was trained on ImageNet stats
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(
+            1, 3, 1, 1
+        )  # DINOv2 was trained on ImageNet stats
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         tokens, cls = _by_hand(full, (x - mean) / std, {2, 5, 11})
     assert set(feats) == {"blocks.2", "blocks.5", "blocks.11", "cls"}
@@ -81,7 +91,9 @@ def test_vit_teacher_is_frozen_and_fast_path_agrees(dino):
     dino(x)["blocks.5"].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in dino.parameters())
-    fast = Teacher(DINO, weights=None, layers=(2, 5, 11), precision="bf16")  # bf16 autocast + channels_last
+    fast = Teacher(
+        DINO, weights=None, layers=(2, 5, 11), precision="bf16"
+    )  # bf16 autocast + channels_last
     assert fast.weights_hash == dino.weights_hash
     with torch.no_grad():
         a, b = fast(x.detach()), dino(x.detach())
@@ -92,6 +104,7 @@ def test_vit_teacher_is_frozen_and_fast_path_agrees(dino):
 
 def test_vit_hub_path_offline_fails_fast_with_clear_error(monkeypatch, tmp_path):
     from huggingface_hub import constants
+
     attempts = []
 
     def unreachable(*args, **kwargs):
@@ -100,12 +113,21 @@ def test_vit_hub_path_offline_fails_fast_with_clear_error(monkeypatch, tmp_path)
 
     monkeypatch.setattr(socket.socket, "connect", unreachable)
     monkeypatch.setattr(socket, "create_connection", unreachable)
-    for var in ("HF_HUB_OFFLINE", "UNISTAD_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for var in (
+        "HF_HUB_OFFLINE",
+        "UNISTAD_OFFLINE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty local cache
     start = time.perf_counter()
     with pytest.raises(TeacherWeightsError, match="weights=") as err:
-        Teacher("deit_small_patch16_224")  # weights="auto": no offline package for this one -> the hub
+        Teacher(
+            "deit_small_patch16_224"
+        )  # weights="auto": no offline package for this one -> the hub
     # huggingface_hub alone retries an unreachable hub with back-off for ~50 s; the probe makes it quick
     assert time.perf_counter() - start < 15
     assert attempts, "the hub was never tried"
@@ -127,7 +149,9 @@ def test_cnn_embedding_is_the_pooled_deepest_level(lite0_teacher):
     for name in lite0_teacher.layer_names:
         torch.testing.assert_close(feats[name], plain[name])
     # a method can get the same embedding from levels-only features
-    torch.testing.assert_close(lite0_teacher.embedding_of(plain), feats["cls"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        lite0_teacher.embedding_of(plain), feats["cls"], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_vit_features_without_cls_are_refused_not_guessed(dino):

@@ -8,6 +8,7 @@ Public API (imported lazily, so ``import unistad_edu`` stays fast)::
     evaluate(model, test_data) / predict(model, images)           # inference: using a model
     load_checkpoint(run_dir)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,16 +16,25 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {
-    "load_teacher": "teacher", "Teacher": "teacher",
-    "MVTecDataset": "data", "discover_categories": "data", "find_data": "data",
+    "load_teacher": "teacher",
+    "Teacher": "teacher",
+    "MVTecDataset": "data",
+    "discover_categories": "data",
+    "find_data": "data",
     "make_synthetic": "synthetic",
     "FeatureCache": "cache",
     "compute_metrics": "metrics",
-    "build_model": "methods", "METHODS": "methods",
-    "score": "scoring", "ScoringConfig": "scoring",
-    "fit": "engine", "TrainConfig": "engine",
-    "evaluate": "inference", "predict": "inference", "Calibration": "calibration",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "build_model": "methods",
+    "METHODS": "methods",
+    "score": "scoring",
+    "ScoringConfig": "scoring",
+    "fit": "engine",
+    "TrainConfig": "engine",
+    "evaluate": "inference",
+    "predict": "inference",
+    "Calibration": "calibration",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
 }
 
 __all__ = sorted(_API) + ["__version__"]

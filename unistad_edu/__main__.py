@@ -4,6 +4,7 @@ Commands: data (make the synthetic set, download MVTec AD / VisA), train, eval, 
 OpenVINO), bench (speed and accuracy benchmarks), figures (the README figures), demo (the Gradio app).
 ``COMMAND --help`` shows each command's options with their defaults. Documents: README.md, docs/benchmarks.md, docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,20 @@ def _csv(value: str) -> list[str]:
 
 def _compute_options(p: argparse.ArgumentParser) -> None:
     """``--threads`` and ``--precision``: on every subcommand that computes."""
-    p.add_argument("--threads", type=thread_count, default=None,
-                   help="torch threads (default: the cores this process may use); give each of two jobs side by "
-                        "side its share, e.g. --threads 1 on a 2-core machine")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 only on a CPU with native bf16 where a one-time micro-benchmark of the teacher "
-                        "shows it faster (cached per machine), else fp32; CUDA: fp16 autocast")
+    p.add_argument(
+        "--threads",
+        type=thread_count,
+        default=None,
+        help="torch threads (default: the cores this process may use); give each of two jobs side by "
+        "side its share, e.g. --threads 1 on a 2-core machine",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 only on a CPU with native bf16 where a one-time micro-benchmark of the teacher "
+        "shows it faster (cached per machine), else fp32; CUDA: fp16 autocast",
+    )
 
 
 def _method_listing() -> str:
@@ -45,13 +54,18 @@ def _method_listing() -> str:
         from .methods import METHODS
     except ImportError:  # no PyTorch (serving an export): nothing to train with
         return "(PyTorch is not installed: install unistad-edu with it to train)"
-    return "; ".join(f"{name} (presets: {', '.join(sorted(cls.presets))})" for name, cls in sorted(METHODS.items()))
+    return "; ".join(
+        f"{name} (presets: {', '.join(sorted(cls.presets))})"
+        for name, cls in sorted(METHODS.items())
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="python -m unistad_edu", description=__doc__, formatter_class=_Help)
+    p = argparse.ArgumentParser(
+        prog="python -m unistad_edu", description=__doc__, formatter_class=_Help
+    )
     p.add_argument("--version", action="version", version=f"unistad-edu {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_data_parser, _train_parser, _eval_parser, _predict_parser):
@@ -60,13 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _bench_export_parser(bench)
     from .figures import add_arguments as add_figure_arguments
-    add_figure_arguments(sub.add_parser("figures", help="render the README figures (interference, heatmap grid, "
-                                                        "leaderboard) into docs/ from benchmark results",
-                                        formatter_class=_Help))
+
+    add_figure_arguments(
+        sub.add_parser(
+            "figures",
+            help="render the README figures (interference, heatmap grid, "
+            "leaderboard) into docs/ from benchmark results",
+            formatter_class=_Help,
+        )
+    )
 
     from .demo.logic import add_demo_arguments
-    dm = sub.add_parser("demo", help="Gradio demo over a run (default: a small model trained once on the synthetic "
-                                     "set); binds 127.0.0.1", formatter_class=_Help)
+
+    dm = sub.add_parser(
+        "demo",
+        help="Gradio demo over a run (default: a small model trained once on the synthetic "
+        "set); binds 127.0.0.1",
+        formatter_class=_Help,
+    )
     add_demo_arguments(dm)
     _compute_options(dm)
     return p
@@ -76,80 +101,170 @@ def _data_parser(sub) -> None:
     """``data``: the synthetic set, a validation set, MVTec AD and VisA downloads."""
     d = sub.add_parser("data", help="make or fetch datasets", formatter_class=_Help)
     dsub = d.add_subparsers(dest="dataset", required=True)
-    syn = dsub.add_parser("synthetic", help="write the offline synthetic multi-class set (MVTec layout)",
-                          formatter_class=_Help)
+    syn = dsub.add_parser(
+        "synthetic",
+        help="write the offline synthetic multi-class set (MVTec layout)",
+        formatter_class=_Help,
+    )
     syn.add_argument("--out", required=True)
     syn.add_argument("--seed", type=nonnegative_int, default=0)
-    syn.add_argument("--size", type=image_size_type, default=None, help="image side in pixels (default: the set's)")
-    syn.add_argument("--n-train", type=positive_int, default=None, help="normal training images per category")
-    syn.add_argument("--n-test-good", type=positive_int, default=None, help="normal test images per category")
-    syn.add_argument("--n-test-defect", type=positive_int, default=None,
-                     help="defective test images per category and defect kind")
-    syn.add_argument("--categories", nargs="+", default=None, help="which products (default: all of them)")
+    syn.add_argument(
+        "--size",
+        type=image_size_type,
+        default=None,
+        help="image side in pixels (default: the set's)",
+    )
+    syn.add_argument(
+        "--n-train", type=positive_int, default=None, help="normal training images per category"
+    )
+    syn.add_argument(
+        "--n-test-good", type=positive_int, default=None, help="normal test images per category"
+    )
+    syn.add_argument(
+        "--n-test-defect",
+        type=positive_int,
+        default=None,
+        help="defective test images per category and defect kind",
+    )
+    syn.add_argument(
+        "--categories", nargs="+", default=None, help="which products (default: all of them)"
+    )
     syn.add_argument("--force", action="store_true", help="regenerate an existing folder")
-    syn.add_argument("--baseline", action="store_true",
-                     help="also print each category's I-AUROC of a trivial baseline (distance to the mean image)")
-    val = dsub.add_parser("validation", formatter_class=_Help,
-                          help="a validation set from training images only: held-out normals and the same images "
-                               "with synthetic defects (exact masks), to choose presets without the test set")
-    val.add_argument("--data", required=True, help="an MVTec-layout folder (only its train/good images are read)")
+    syn.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also print each category's I-AUROC of a trivial baseline (distance to the mean image)",
+    )
+    val = dsub.add_parser(
+        "validation",
+        formatter_class=_Help,
+        help="a validation set from training images only: held-out normals and the same images "
+        "with synthetic defects (exact masks), to choose presets without the test set",
+    )
+    val.add_argument(
+        "--data", required=True, help="an MVTec-layout folder (only its train/good images are read)"
+    )
     val.add_argument("--out", required=True)
     val.add_argument("--size", type=image_size_type, default=256, help="image side in pixels")
-    val.add_argument("--seed", type=nonnegative_int, default=0, help="the held-out split and the defects")
-    val.add_argument("--force", action="store_true", help="replace an existing folder made another way")
+    val.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="the held-out split and the defects"
+    )
+    val.add_argument(
+        "--force", action="store_true", help="replace an existing folder made another way"
+    )
     from .download import add_arguments as add_download_arguments
-    add_download_arguments(dsub.add_parser("mvtec", help="download MVTec AD (checksums, resume, atomic install)",
-                                           formatter_class=_Help), "mvtec")
-    add_download_arguments(dsub.add_parser("visa", help="download VisA and convert it to MVTec layout",
-                                           formatter_class=_Help), "visa")
+
+    add_download_arguments(
+        dsub.add_parser(
+            "mvtec",
+            help="download MVTec AD (checksums, resume, atomic install)",
+            formatter_class=_Help,
+        ),
+        "mvtec",
+    )
+    add_download_arguments(
+        dsub.add_parser(
+            "visa", help="download VisA and convert it to MVTec layout", formatter_class=_Help
+        ),
+        "visa",
+    )
 
 
 def _train_parser(sub) -> None:
     """``train``: one model for every category (or one per category)."""
     t = sub.add_parser(
-        "train", help="train a method (unified: one model for all categories)", formatter_class=_Help,
+        "train",
+        help="train a method (unified: one model for all categories)",
+        formatter_class=_Help,
         description="Train one model on the normal images of every category (or one per category).\n\n"
-                    "methods: " + _method_listing(),
+        "methods: " + _method_listing(),
         epilog="example:\n  python -m unistad_edu train --method stpm --data ../shared/datasets --out runs/stpm\n"
-               "  python -m unistad_edu eval --run runs/stpm")
+        "  python -m unistad_edu eval --run runs/stpm",
+    )
     t.add_argument("--method", default="stpm", help="which method (listed above)")
-    t.add_argument("--data", default=None, help="folder with categories at any depth (default: the synthetic set)")
-    t.add_argument("--categories", type=_csv, default=None, help="comma-separated subset (default: all)")
+    t.add_argument(
+        "--data",
+        default=None,
+        help="folder with categories at any depth (default: the synthetic set)",
+    )
+    t.add_argument(
+        "--categories", type=_csv, default=None, help="comma-separated subset (default: all)"
+    )
     t.add_argument("--setting", choices=["unified", "per-class"], default="unified")
     t.add_argument("--preset", default="cpu", help="the method's preset (listed above)")
     t.add_argument("--epochs", type=positive_int, default=None, help="default: the preset's")
     t.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's")
     t.add_argument("--lr", type=positive_float, default=None, help="default: the preset's")
     t.add_argument("--image-size", type=image_size_type, default=None, help="default: the preset's")
-    t.add_argument("--max-minutes", type=positive_float, default=None,
-                   help="time budget per run (per category in per-class): the run stops after the epoch in "
-                        "which the budget runs out")
-    t.add_argument("--min-steps", type=positive_int, default=None,
-                   help="train each model at least this many optimiser steps (adds epochs on small categories)")
+    t.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        default=None,
+        help="time budget per run (per category in per-class): the run stops after the epoch in "
+        "which the budget runs out",
+    )
+    t.add_argument(
+        "--min-steps",
+        type=positive_int,
+        default=None,
+        help="train each model at least this many optimiser steps (adds epochs on small categories)",
+    )
     t.add_argument("--teacher", default=None, help="timm backbone name (default: the preset's)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any field of the method's config, e.g. --set jitter=false --set hidden_dim=256")
-    t.add_argument("--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)")
-    t.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seeds the data order, the held-out split and the model's own randomness (initial weights, "
-                        "coreset)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any field of the method's config, e.g. --set jitter=false --set hidden_dim=256",
+    )
+    t.add_argument(
+        "--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)"
+    )
+    t.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seeds the data order, the held-out split and the model's own randomness (initial weights, "
+        "coreset)",
+    )
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--cache-dir", default=None, help="disk feature cache (default: in memory)")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (refused if its "
-                   "saved method, teacher, image size, data or precision differ)")
-    t.add_argument("--overwrite", action="store_true", help="replace the run --out holds (its model, metrics and "
-                   "predictions are deleted first); without it a folder holding a run is refused")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out (refused if its "
+        "saved method, teacher, image size, data or precision differ)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run --out holds (its model, metrics and "
+        "predictions are deleted first); without it a folder holding a run is refused",
+    )
     t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
-                   help="after calibrating the threshold on the held-out normal images, rebuild from all training "
-                        "images (default: only for a memory bank calibrated with --calibration global: per-category "
-                        "thresholds must come from the bank that is served; never for gradient training)")
-    t.add_argument("--calibration", choices=["auto", "per-category", "clusters", "global"], default="auto",
-                   help="verdicts: route each image by its teacher embedding to its category (per-category; for "
-                        "one folder of mixed products: clusters) and use that category's threshold; global = one "
-                        "threshold for all; auto = per-category for several category folders, else clusters")
-    t.add_argument("--tail", choices=["lognormal", "normal", "empirical", "gpd", "shared"], default="lognormal",
-                   help="the model of each category's held-out normal scores its threshold comes from")
+    t.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after calibrating the threshold on the held-out normal images, rebuild from all training "
+        "images (default: only for a memory bank calibrated with --calibration global: per-category "
+        "thresholds must come from the bank that is served; never for gradient training)",
+    )
+    t.add_argument(
+        "--calibration",
+        choices=["auto", "per-category", "clusters", "global"],
+        default="auto",
+        help="verdicts: route each image by its teacher embedding to its category (per-category; for "
+        "one folder of mixed products: clusters) and use that category's threshold; global = one "
+        "threshold for all; auto = per-category for several category folders, else clusters",
+    )
+    t.add_argument(
+        "--tail",
+        choices=["lognormal", "normal", "empirical", "gpd", "shared"],
+        default="lognormal",
+        help="the model of each category's held-out normal scores its threshold comes from",
+    )
     t.add_argument("--out", required=True, help="run folder")
     _compute_options(t)
 
@@ -159,108 +274,222 @@ def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="per-category metrics of a trained run", formatter_class=_Help)
     e.add_argument("--run", required=True)
     e.add_argument("--data", default=None, help="default: the data the run was trained on")
-    e.add_argument("--json", default=None, help="where to write metrics.json (default: RUN/metrics.json)")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="test-time config change, e.g. --set refine=false or --set combine=sum")
-    e.add_argument("--image-only", action="store_true",
-                   help="image-level metrics only: for a test set whose defect images have no pixel masks")
+    e.add_argument(
+        "--json", default=None, help="where to write metrics.json (default: RUN/metrics.json)"
+    )
+    e.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="test-time config change, e.g. --set refine=false or --set combine=sum",
+    )
+    e.add_argument(
+        "--image-only",
+        action="store_true",
+        help="image-level metrics only: for a test set whose defect images have no pixel masks",
+    )
     e.add_argument("--no-progress", action="store_true")
     _compute_options(e)
 
 
 def _predict_parser(sub) -> None:
     """``predict``: scores, verdicts and heatmap PNGs for images."""
-    pr = sub.add_parser("predict", help="score images: score, verdict and heatmap PNGs", formatter_class=_Help,
-                        epilog="example:\n  python -m unistad_edu predict --run runs/quickstart a.png b.png\n"
-                               "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png")
-    pr.add_argument("--run", required=True, help="a run folder, or an export folder (served without PyTorch)")
-    pr.add_argument("--backend", choices=["auto", "onnxruntime", "openvino"], default="auto",
-                    help="for an export folder: its runtime (auto: onnxruntime for ONNX, OpenVINO for OpenVINO IR)")
+    pr = sub.add_parser(
+        "predict",
+        help="score images: score, verdict and heatmap PNGs",
+        formatter_class=_Help,
+        epilog="example:\n  python -m unistad_edu predict --run runs/quickstart a.png b.png\n"
+        "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png",
+    )
+    pr.add_argument(
+        "--run", required=True, help="a run folder, or an export folder (served without PyTorch)"
+    )
+    pr.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "openvino"],
+        default="auto",
+        help="for an export folder: its runtime (auto: onnxruntime for ONNX, OpenVINO for OpenVINO IR)",
+    )
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--out", default=None, help="folder for heatmap PNGs (default: RUN/predictions)")
-    pr.add_argument("--threshold", type=finite_float, default=None, help="override the calibrated threshold")
-    pr.add_argument("--scale", choices=["fixed", "image"], default="fixed",
-                    help="heatmap colours: fixed = 0 to the threshold (as the demo); image = each map's own range")
+    pr.add_argument(
+        "--out", default=None, help="folder for heatmap PNGs (default: RUN/predictions)"
+    )
+    pr.add_argument(
+        "--threshold", type=finite_float, default=None, help="override the calibrated threshold"
+    )
+    pr.add_argument(
+        "--scale",
+        choices=["fixed", "image"],
+        default="fixed",
+        help="heatmap colours: fixed = 0 to the threshold (as the demo); image = each map's own range",
+    )
     _compute_options(pr)
 
 
 def _bench_parser(sub):
     """``bench``: one subcommand per benchmark; returns the function that adds one (``bench export`` is added after the ``export`` command, whose help it follows)."""
-    b = sub.add_parser("bench", help="speed and accuracy benchmarks (ratios against a baseline measured in the "
-                                     "same run)", formatter_class=_Help)
+    b = sub.add_parser(
+        "bench",
+        help="speed and accuracy benchmarks (ratios against a baseline measured in the same run)",
+        formatter_class=_Help,
+    )
     bsub = b.add_subparsers(dest="what", required=True, metavar="BENCH")
 
     def bench_parser(name, help_text, image_size=True, speed=True):
         q = bsub.add_parser(name, help=help_text, description=help_text, formatter_class=_Help)
         q.add_argument("--json", default=None, help="also write the result as JSON here")
-        q.add_argument("--markdown", default=None, help="append a section to this Markdown file (docs/benchmarks.md)")
+        q.add_argument(
+            "--markdown",
+            default=None,
+            help="append a section to this Markdown file (docs/benchmarks.md)",
+        )
         if image_size:
             q.add_argument("--image-size", type=image_size_type, default=256)
         if speed:
             q.add_argument("--batch-size", type=positive_int, default=16)
-            q.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing rounds (median reported)")
+            q.add_argument(
+                "--repeats",
+                type=positive_int,
+                default=3,
+                help="interleaved timing rounds (median reported)",
+            )
         _compute_options(q)
         return q
 
-    bench_parser("teacher", "teacher images/s, fp32 vs channels_last + bf16; feature-cache hits vs a forward")
-    bp = bench_parser("precision", "fp32 vs bf16 on this CPU: teacher forward and one training step per method "
-                                   "family, and what --precision auto decides")
+    bench_parser(
+        "teacher", "teacher images/s, fp32 vs channels_last + bf16; feature-cache hits vs a forward"
+    )
+    bp = bench_parser(
+        "precision",
+        "fp32 vs bf16 on this CPU: teacher forward and one training step per method "
+        "family, and what --precision auto decides",
+    )
     bp.set_defaults(batch_size=8)
-    bp.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: stpm,rd,uniad,dual_student)")
-    bp.add_argument("--data", default=None, help="also train a small STPM run here and compare fp32 with bf16 scores")
-    bt = bench_parser("train", "engine training images/s vs a bare loop (or cached features vs teacher every step)")
+    bp.add_argument(
+        "--methods",
+        type=_csv,
+        default=None,
+        help="comma-separated (default: stpm,rd,uniad,dual_student)",
+    )
+    bp.add_argument(
+        "--data",
+        default=None,
+        help="also train a small STPM run here and compare fp32 with bf16 scores",
+    )
+    bt = bench_parser(
+        "train",
+        "engine training images/s vs a bare loop (or cached features vs teacher every step)",
+    )
     bt.add_argument("--method", default="stpm")
     bt.add_argument("--data", default=None)
-    bt.add_argument("--compare", choices=["bare", "cache"], default="bare",
-                    help="engine vs a bare loop, or cached features vs the teacher on every step")
-    bi = bench_parser("infer", "engine scoring images/s vs a teacher-only forward and a bare model loop")
+    bt.add_argument(
+        "--compare",
+        choices=["bare", "cache"],
+        default="bare",
+        help="engine vs a bare loop, or cached features vs the teacher on every step",
+    )
+    bi = bench_parser(
+        "infer", "engine scoring images/s vs a teacher-only forward and a bare model loop"
+    )
     bi.add_argument("--method", default="stpm")
     bi.add_argument("--data", default=None)
-    bi.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 64)")
-    ba = bench_parser("accuracy", "train unified and per-class, evaluate both: cross-class interference",
-                      image_size=False, speed=False)
+    bi.add_argument(
+        "--n-images", type=positive_int, default=None, help="test images timed (default 64)"
+    )
+    ba = bench_parser(
+        "accuracy",
+        "train unified and per-class, evaluate both: cross-class interference",
+        image_size=False,
+        speed=False,
+    )
     ba.add_argument("--method", default="stpm")
     ba.add_argument("--data", default=None)
-    ba.add_argument("--epochs", type=positive_int, default=None, help="epochs per run (default: the preset's)")
+    ba.add_argument(
+        "--epochs", type=positive_int, default=None, help="epochs per run (default: the preset's)"
+    )
     ba.add_argument("--preset", default="cpu", help="method preset")
     ba.add_argument("--out-dir", default="runs/bench_accuracy", help="where the runs go")
-    ba.add_argument("--protocol", choices=["equal-steps", "equal-epochs"], default="equal-steps",
-                    help="per-class models get as many optimiser steps as the unified one, or as many epochs")
-    ba.add_argument("--reuse", action="store_true", help="reuse runs that already have metrics.json")
-    bl = bench_parser("leaderboard", "every method's accuracy, train time, stored state and inference speed",
-                      image_size=False)
+    ba.add_argument(
+        "--protocol",
+        choices=["equal-steps", "equal-epochs"],
+        default="equal-steps",
+        help="per-class models get as many optimiser steps as the unified one, or as many epochs",
+    )
+    ba.add_argument(
+        "--reuse", action="store_true", help="reuse runs that already have metrics.json"
+    )
+    bl = bench_parser(
+        "leaderboard",
+        "every method's accuracy, train time, stored state and inference speed",
+        image_size=False,
+    )
     bl.set_defaults(batch_size=8)
-    bl.add_argument("--entry", action="append", nargs="+", default=[], metavar="LABEL RUN [METRICS_JSON]",
-                    help="a trained run (repeat per method); its eval JSON, else RUN/metrics.json (evaluated when "
-                         "missing)")
+    bl.add_argument(
+        "--entry",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="LABEL RUN [METRICS_JSON]",
+        help="a trained run (repeat per method); its eval JSON, else RUN/metrics.json (evaluated when "
+        "missing)",
+    )
     bl.add_argument("--data", default=None)
-    bl.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 32)")
-    bl.add_argument("--reference", action="append", default=[], metavar="JSON",
-                    help="an outside reference row shown above the table (metrics only), e.g. "
-                         "docs/results/reference_anomalib27_patchcore.json")
+    bl.add_argument(
+        "--n-images", type=positive_int, default=None, help="test images timed (default 32)"
+    )
+    bl.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="an outside reference row shown above the table (metrics only), e.g. "
+        "docs/results/reference_anomalib27_patchcore.json",
+    )
 
-    bc = bench_parser("calibration", "which tail model sets each category's threshold: leave-one-out on runs' "
-                                     "held-out normal scores, and on known score shapes", image_size=False,
-                      speed=False)
+    bc = bench_parser(
+        "calibration",
+        "which tail model sets each category's threshold: leave-one-out on runs' "
+        "held-out normal scores, and on known score shapes",
+        image_size=False,
+        speed=False,
+    )
     bc.add_argument("--run", action="append", required=True, help="a trained run (repeat)")
     bc.add_argument("--quantile", type=float, default=0.99)
-    bc.add_argument("--trials", type=positive_int, default=1000, help="simulated calibration sets per cell")
-    bc.add_argument("--test", action="store_true",
-                    help="then score each run's test set once and judge it by every rule (to report, not to choose)")
-    bc.add_argument("--data", default=None, help="the test data (default: the data each run was trained on)")
+    bc.add_argument(
+        "--trials", type=positive_int, default=1000, help="simulated calibration sets per cell"
+    )
+    bc.add_argument(
+        "--test",
+        action="store_true",
+        help="then score each run's test set once and judge it by every rule (to report, not to choose)",
+    )
+    bc.add_argument(
+        "--data", default=None, help="the test data (default: the data each run was trained on)"
+    )
     return bench_parser
 
 
 def _export_parser(sub) -> None:
     """``export``: ONNX / OpenVINO, parity-checked against the PyTorch model."""
-    ex = sub.add_parser("export", help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
-                                       "parity-checked against the PyTorch model", formatter_class=_Help,
-                        epilog="example:\n  python -m unistad_edu export --run runs/quickstart --format onnx\n"
-                               "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png")
+    ex = sub.add_parser(
+        "export",
+        help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
+        "parity-checked against the PyTorch model",
+        formatter_class=_Help,
+        epilog="example:\n  python -m unistad_edu export --run runs/quickstart --format onnx\n"
+        "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png",
+    )
     ex.add_argument("--run", required=True, help="a trained run folder")
-    ex.add_argument("--format", dest="fmt", choices=["onnx", "openvino"], default="onnx",
-                    help="onnx: one .onnx file (served by onnxruntime or OpenVINO); openvino: OpenVINO IR "
-                         "(model.xml + model.bin)")
+    ex.add_argument(
+        "--format",
+        dest="fmt",
+        choices=["onnx", "openvino"],
+        default="onnx",
+        help="onnx: one .onnx file (served by onnxruntime or OpenVINO); openvino: OpenVINO IR "
+        "(model.xml + model.bin)",
+    )
     ex.add_argument("--out", default=None, help="export folder (default: RUN/export-FORMAT)")
     ex.add_argument("--opset", type=positive_int, default=18, help="ONNX opset")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
@@ -269,14 +498,28 @@ def _export_parser(sub) -> None:
 
 def _bench_export_parser(bench_parser) -> None:
     """``bench export``: parity and speed of the exported graphs."""
-    bx = bench_parser("export", "export runs to ONNX; parity on real test images and batch-1 / batch-8 speed of "
-                                "PyTorch eager, onnxruntime and OpenVINO", image_size=False)
+    bx = bench_parser(
+        "export",
+        "export runs to ONNX; parity on real test images and batch-1 / batch-8 speed of "
+        "PyTorch eager, onnxruntime and OpenVINO",
+        image_size=False,
+    )
     bx.set_defaults(batch_size=8)
-    bx.add_argument("--entry", action="append", nargs="+", default=[], metavar="LABEL RUN",
-                    help="a trained run (repeat per method)")
+    bx.add_argument(
+        "--entry",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="LABEL RUN",
+        help="a trained run (repeat per method)",
+    )
     bx.add_argument("--data", default=None, help="default: each run's own data folder")
-    bx.add_argument("--n-images", type=positive_int, default=None, help="test images timed (default 16)")
-    bx.add_argument("--out-dir", default=None, help="where the exports go (default: a temporary folder)")
+    bx.add_argument(
+        "--n-images", type=positive_int, default=None, help="test images timed (default 16)"
+    )
+    bx.add_argument(
+        "--out-dir", default=None, help="where the exports go (default: a temporary folder)"
+    )
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -299,6 +542,7 @@ def _teacher_weights(value: str):
 
 def _data_root(arg) -> Path:
     from .data import default_data_root
+
     if arg:
         return Path(arg)
     root = default_data_root()
@@ -309,19 +553,28 @@ def _data_root(arg) -> Path:
 def cmd_data(args) -> int:
     if args.dataset in ("mvtec", "visa"):
         from .download import run
+
         return run(args, args.dataset)
     if args.dataset == "validation":
         from .validation import make_validation
+
         out = make_validation(args.data, args.out, size=args.size, seed=args.seed, force=args.force)
         counts = json.loads((out / "VALIDATION.json").read_text())["counts"]
-        print(f"validation set ready at {out}: " + ", ".join(
-            f"{c} {v['train']} train / {v['held_out']} held out" for c, v in counts.items())
-            + f"\nnext: python -m unistad_edu train --data {out} ... && python -m unistad_edu eval --run RUN")
+        print(
+            f"validation set ready at {out}: "
+            + ", ".join(
+                f"{c} {v['train']} train / {v['held_out']} held out" for c, v in counts.items()
+            )
+            + f"\nnext: python -m unistad_edu train --data {out} ... && python -m unistad_edu eval --run RUN"
+        )
         return 0
     from .synthetic import CATEGORIES, make_synthetic, trivial_baseline
+
     unknown = sorted(set(args.categories or ()) - set(CATEGORIES))
     if unknown:
-        raise ValueError(f"--categories: unknown synthetic products {unknown}; choose from {', '.join(CATEGORIES)}")
+        raise ValueError(
+            f"--categories: unknown synthetic products {unknown}; choose from {', '.join(CATEGORIES)}"
+        )
     fields = ("size", "n_train", "n_test_good", "n_test_defect")
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     if args.categories:
@@ -342,37 +595,88 @@ def cmd_train(args) -> int:
     from .methods import build_model, make_config
     from .teacher import load_teacher
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("image_size", args.image_size), ("teacher", args.teacher)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("batch_size", args.batch_size),
+            ("lr", args.lr),
+            ("image_size", args.image_size),
+            ("teacher", args.teacher),
+        )
+        if v is not None
+    }
     from .methods import method_class, seed_overrides
+
     # --seed seeds the model too (its initial weights / coreset), unless --set names a seed field itself
-    overrides = {**seed_overrides(args.method, args.seed), **overrides, **_parse_overrides(args.overrides)}
+    overrides = {
+        **seed_overrides(args.method, args.seed),
+        **overrides,
+        **_parse_overrides(args.overrides),
+    }
     from .options import check_device, check_overrides
-    check_overrides(method_class(args.method).Config, overrides)  # unknown method: refused here, before data work
-    mcfg = make_config(args.method, args.preset, **overrides)  # unknown preset / field: refused before data work
+
+    check_overrides(
+        method_class(args.method).Config, overrides
+    )  # unknown method: refused here, before data work
+    mcfg = make_config(
+        args.method, args.preset, **overrides
+    )  # unknown preset / field: refused before data work
     check_device(args.device)
     root = _data_root(args.data)
     train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
-    teacher = load_teacher(mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers)
-    tcfg = TrainConfig(max_minutes=args.max_minutes, min_steps=args.min_steps,
-                       seed=args.seed, device=args.device,
-                       cache_dir=args.cache_dir, progress=not args.no_progress, precision=args.precision,
-                       refit=args.refit, calibration=args.calibration, tail=args.tail)
+    teacher = load_teacher(
+        mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers
+    )
+    tcfg = TrainConfig(
+        max_minutes=args.max_minutes,
+        min_steps=args.min_steps,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        precision=args.precision,
+        refit=args.refit,
+        calibration=args.calibration,
+        tail=args.tail,
+    )
     out = Path(args.out)
     extra = {"data_root": str(root.resolve()), "preset": args.preset}
-    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)  # torchrun: rank 0 talks
-    say(f"training {args.method} ({args.preset} preset, {args.setting}) on {len(train)} normal images of "
-          f"{len(train.categories)} categories: {', '.join(train.categories)}", flush=True)
+    say = (
+        print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
+    )  # torchrun: rank 0 talks
+    say(
+        f"training {args.method} ({args.preset} preset, {args.setting}) on {len(train)} normal images of "
+        f"{len(train.categories)} categories: {', '.join(train.categories)}",
+        flush=True,
+    )
+
     def build():
         return build_model(args.method, teacher, cfg=mcfg)
 
     if args.setting == "unified":
-        res = fit(build(), train, tcfg, out=out, resume=args.resume, overwrite=args.overwrite,
-                  extra_config={**extra, "setting": "unified"})
+        res = fit(
+            build(),
+            train,
+            tcfg,
+            out=out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            extra_config={**extra, "setting": "unified"},
+        )
         say(result_line(res, out), flush=True)
     else:  # one model per category, each with --min-steps / the preset's epochs (no equal-steps rule here)
-        fit_per_class(build, train, tcfg, equal_steps=False, out=out, resume=args.resume, overwrite=args.overwrite,
-                      extra_config=extra, log=lambda line: say(line, flush=True))
+        fit_per_class(
+            build,
+            train,
+            tcfg,
+            equal_steps=False,
+            out=out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            extra_config=extra,
+            log=lambda line: say(line, flush=True),
+        )
     say(f"next: python -m unistad_edu eval --run {out}", flush=True)
     return 0
 
@@ -395,13 +699,18 @@ def cmd_eval(args) -> int:
         before = runs.save_ids(run)
         table = _evaluate_run(args, run)
         if runs.save_ids(run) != before:
-            raise runs.StaleMetrics(f"the run in {run} was replaced while it was evaluated: nothing written; run "
-                                    f"eval again")
+            raise runs.StaleMetrics(
+                f"the run in {run} was replaced while it was evaluated: nothing written; run "
+                f"eval again"
+            )
         table["save_id"] = before  # which save these metrics describe (readers compare it)
         save_metrics(table, out)
     if args.overrides:
-        print(f"note: --set {' '.join(args.overrides)} changes the scores, and the run's threshold was calibrated "
-              f"without it: no false-alarm rate is reported", file=sys.stderr)
+        print(
+            f"note: --set {' '.join(args.overrides)} changes the scores, and the run's threshold was calibrated "
+            f"without it: no false-alarm rate is reported",
+            file=sys.stderr,
+        )
     print(format_table(table))
     _print_eval_details(table, out)
     return 0
@@ -419,13 +728,28 @@ def _evaluate_run(args, run: Path) -> dict:
     if setting_file.is_file():  # per-class: each sub-run on its own category
         setting = read_setting(run)
         root = Path(args.data or setting["data_root"])
-        per_cat, method, alarms, intervals = {}, setting["method"], {}, {"level": 0.95, "resamples": 2000}
+        per_cat, method, alarms, intervals = (
+            {},
+            setting["method"],
+            {},
+            {"level": 0.95, "resamples": 2000},
+        )
         for cat in setting["categories"]:
             model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
-            test = MVTecDataset(root, "test", categories=[cat], image_size=model.cfg.image_size,
-                                check_masks=not args.image_only)
-            one = evaluate(model, test, progress=not args.no_progress, precision=args.precision,
-                           pixel=not args.image_only)
+            test = MVTecDataset(
+                root,
+                "test",
+                categories=[cat],
+                image_size=model.cfg.image_size,
+                check_masks=not args.image_only,
+            )
+            one = evaluate(
+                model,
+                test,
+                progress=not args.no_progress,
+                precision=args.precision,
+                pixel=not args.image_only,
+            )
             per_cat[cat] = one["categories"][cat]
             intervals.update({k: v for k, v in one.get("intervals", {}).items() if k == cat})
             if "false_alarms" in one:  # each category at its own model's threshold
@@ -434,33 +758,52 @@ def _evaluate_run(args, run: Path) -> dict:
         table["intervals"] = intervals
         if alarms:
             from .metrics import combine_false_alarms
+
             table["false_alarms"] = combine_false_alarms(alarms)
     else:
         cfg = read_config(run)
         model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
         from .resolve import test_set
-        test = test_set(cfg, model.cfg.image_size, data=args.data or (None if cfg.get("data_root") else _data_root(None)),
-                        check_masks=not args.image_only)
-        table = evaluate(model, test, progress=not args.no_progress, setting=cfg.get("setting", "unified"),
-                         precision=args.precision, pixel=not args.image_only)
+
+        test = test_set(
+            cfg,
+            model.cfg.image_size,
+            data=args.data or (None if cfg.get("data_root") else _data_root(None)),
+            check_masks=not args.image_only,
+        )
+        table = evaluate(
+            model,
+            test,
+            progress=not args.no_progress,
+            setting=cfg.get("setting", "unified"),
+            precision=args.precision,
+            pixel=not args.image_only,
+        )
     return table
 
 
 def _print_eval_details(table: dict, out: Path) -> None:
     from .report import format_by_defect, format_intervals, format_verdicts
+
     if line := format_intervals(table):
         print(line)
     for line in format_verdicts(table):
         print(line)
     if "noisy_or" in table:
         nor = table["noisy_or"]
-        print(f"Noisy-OR branches, median probability on the {nor['normal_images']} normal test images: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in nor["median_p_normal"].items() if v is not None)
-              + " (an OR of detectors: each near 0 on normal images); on the defective ones: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in nor["median_p_defect"].items() if v is not None))
-    if any("logical" in row or len(row["kinds"]) > 1 for row in table.get("by_defect", {}).values()):
-        print("I-AUROC by defect kind (logical: a part missing or added, which local methods are not expected "
-              "to catch):")
+        print(
+            f"Noisy-OR branches, median probability on the {nor['normal_images']} normal test images: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in nor["median_p_normal"].items() if v is not None)
+            + " (an OR of detectors: each near 0 on normal images); on the defective ones: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in nor["median_p_defect"].items() if v is not None)
+        )
+    if any(
+        "logical" in row or len(row["kinds"]) > 1 for row in table.get("by_defect", {}).values()
+    ):
+        print(
+            "I-AUROC by defect kind (logical: a part missing or added, which local methods are not expected "
+            "to catch):"
+        )
         print(format_by_defect(table))
     print(f"metrics written to {out}")
 
@@ -472,8 +815,11 @@ def cmd_predict(args) -> int:
     from .export_runtime import is_export
 
     run, out = Path(args.run), Path(args.out) if args.out else Path(args.run) / PREDICTIONS_DIR
-    inside = run.is_dir() and not is_export(run) and (out.resolve() == run.resolve()
-                                                      or run.resolve() in out.resolve().parents)
+    inside = (
+        run.is_dir()
+        and not is_export(run)
+        and (out.resolve() == run.resolve() or run.resolve() in out.resolve().parents)
+    )
     # writing into the run folder: its one-writer lock, so no training replaces the model meanwhile
     with files.folder_lock(run, "run folder") if inside else contextlib.nullcontext():
         return _predict(args, out)
@@ -491,6 +837,7 @@ def _predict(args, out: Path) -> int:
     else:
         from .checkpoint import load_checkpoint
         from .inference import predict
+
         model = load_checkpoint(args.run)
         results = predict(model, args.images, threshold=args.threshold, precision=args.precision)
     if os.path.lexists(out) and not out.is_dir():
@@ -499,14 +846,36 @@ def _predict(args, out: Path) -> int:
     validation = model.run_config.get("validation") or {}
     for i, (path, r) in enumerate(zip(args.images, results)):
         png = out / f"{i:03d}_{Path(path).stem}_heatmap.png"
-        verdict = "no threshold" if r["anomalous"] is None else ("ANOMALOUS" if r["anomalous"] else "normal")
+        verdict = (
+            "no threshold"
+            if r["anomalous"] is None
+            else ("ANOMALOUS" if r["anomalous"] else "normal")
+        )
         # routed runs say it from the embedding; a run with one global threshold from the score alone
-        far = r.get("notice") if r.get("category") is not None else unlike_training(r["score"], validation)
-        save_prediction(r["image"], r["anomaly_map"], png, r["score"], r["threshold"], verdict=verdict,
-                        scale=args.scale,
-                        title=Path(path).name + (" - unlike anything this model was trained on" if far else ""))
-        record = {"image": str(path), "category": r.get("category"), "score": r["score"], "z": r.get("z"),
-                  "threshold": r["threshold"], "verdict": verdict, "heatmap": str(png)}
+        far = (
+            r.get("notice")
+            if r.get("category") is not None
+            else unlike_training(r["score"], validation)
+        )
+        save_prediction(
+            r["image"],
+            r["anomaly_map"],
+            png,
+            r["score"],
+            r["threshold"],
+            verdict=verdict,
+            scale=args.scale,
+            title=Path(path).name + (" - unlike anything this model was trained on" if far else ""),
+        )
+        record = {
+            "image": str(path),
+            "category": r.get("category"),
+            "score": r["score"],
+            "z": r.get("z"),
+            "threshold": r["threshold"],
+            "verdict": verdict,
+            "heatmap": str(png),
+        }
         if far:
             record["notice"] = far
         print(json.dumps(record))
@@ -515,22 +884,26 @@ def _predict(args, out: Path) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_run
+
     export_run(args.run, args.fmt, out=args.out, opset=args.opset, overwrite=args.overwrite)
     return 0
 
 
 def cmd_bench(args) -> int:
     from . import bench
+
     return bench.main(args)
 
 
 def cmd_demo(args) -> int:
     from .demo.serving import run
+
     return run(args)
 
 
 def cmd_figures(args) -> int:
     from .figures import main
+
     return main(args)
 
 
@@ -541,27 +914,50 @@ def main(argv=None) -> int:
     from .files import FolderBusy
 
     args = build_parser().parse_args(argv)
-    serving_export = args.command in ("predict", "demo") and args.run is not None and is_export(args.run)
-    if hasattr(args, "threads") and not serving_export:  # threads first (inter-op threads only settable early)
+    serving_export = (
+        args.command in ("predict", "demo") and args.run is not None and is_export(args.run)
+    )
+    if (
+        hasattr(args, "threads") and not serving_export
+    ):  # threads first (inter-op threads only settable early)
         from .precision import configure_threads
+
         try:
             configure_threads(args.threads)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    handlers = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-                "bench": cmd_bench, "demo": cmd_demo, "figures": cmd_figures}
+    handlers = {
+        "data": cmd_data,
+        "train": cmd_train,
+        "eval": cmd_eval,
+        "predict": cmd_predict,
+        "export": cmd_export,
+        "bench": cmd_bench,
+        "demo": cmd_demo,
+        "figures": cmd_figures,
+    }
     try:
         return handlers[args.command](args)
-    except (DataError, CheckpointError, TeacherWeightsError, FileExistsError, FloatingPointError, ValueError,
-            FolderBusy) as err:
+    except (
+        DataError,
+        CheckpointError,
+        TeacherWeightsError,
+        FileExistsError,
+        FloatingPointError,
+        ValueError,
+        FolderBusy,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)  # expected: bad data, checkpoint, option value, ...
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print("error: out of memory: try a smaller --batch-size or --image-size, or fewer images", file=sys.stderr)
+        print(
+            "error: out of memory: try a smaller --batch-size or --image-size, or fewer images",
+            file=sys.stderr,
+        )
         return 3
     except OSError as err:  # full disk, read-only folder, a file where a folder should be, ...
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
@@ -569,8 +965,11 @@ def main(argv=None) -> int:
         return 2
     except Exception as err:  # unexpected: a short message here, the traceback in a log file
         log = _crash_log(err)
-        print(f"error: unexpected {type(err).__name__}: {err}" + (f" (details in {log})" if log else ""),
-              file=sys.stderr)
+        print(
+            f"error: unexpected {type(err).__name__}: {err}"
+            + (f" (details in {log})" if log else ""),
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -580,12 +979,15 @@ def _crash_log(err: BaseException) -> Path | None:
     import traceback
 
     from .files import cache_root
+
     root = cache_root() / "logs"
     try:
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        path.write_text(f"python -m unistad_edu {' '.join(sys.argv[1:])}\n\n"
-                        + "".join(traceback.format_exception(err)))
+        path.write_text(
+            f"python -m unistad_edu {' '.join(sys.argv[1:])}\n\n"
+            + "".join(traceback.format_exception(err))
+        )
         return path
     except OSError:
         return None

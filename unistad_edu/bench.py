@@ -14,6 +14,7 @@ repeats is reported.
   time and peak memory are its own), evaluate both, and report the per-category tables side by side with
   the unified-minus-per-class gap: cross-class interference, measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,13 @@ def machine() -> str:
     import os
 
     from .precision import cpu_capability, cpu_model, native_bf16
+
     native, _ = native_bf16()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu_model()} (capability {cpu_capability()}, {'native' if native else 'no native'} bf16), "
-            f"{os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return (
+        f"{cpu_model()} (capability {cpu_capability()}, {'native' if native else 'no native'} bf16), "
+        f"{os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
@@ -50,10 +54,13 @@ def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
     plain = Teacher(weights=lite0_package_file(), precision="fp32")
     x = torch.rand(batch_size, 3, image_size, image_size)
     with torch.no_grad():
-        speeds = interleaved({"fp32": lambda: plain(x), "channels_last_bf16": lambda: fast(x)}, batch_size, repeats)
+        speeds = interleaved(
+            {"fp32": lambda: plain(x), "channels_last_bf16": lambda: fast(x)}, batch_size, repeats
+        )
     with tempfile.TemporaryDirectory() as tmp:
         # cache hits need real files: write the batch as PNGs
         from PIL import Image
+
         paths = []
         for i in range(batch_size):
             p = Path(tmp) / f"{i}.png"
@@ -64,27 +71,50 @@ def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
         mem.features(x, paths)
         disk.features(x, paths)
         with torch.no_grad():
-            hits = interleaved({"teacher_forward": lambda: fast(x), "cache_hit_memory": lambda: mem.features(x, paths),
-                                 "cache_hit_disk_fp16": lambda: disk.features(x, paths)}, batch_size, repeats)
+            hits = interleaved(
+                {
+                    "teacher_forward": lambda: fast(x),
+                    "cache_hit_memory": lambda: mem.features(x, paths),
+                    "cache_hit_disk_fp16": lambda: disk.features(x, paths),
+                },
+                batch_size,
+                repeats,
+            )
     return {
         "images_per_s": {**speeds, **hits},
-        "ratios": {"channels_last_bf16_vs_fp32": speeds["channels_last_bf16"] / speeds["fp32"],
-                   "cache_hit_memory_vs_forward": hits["cache_hit_memory"] / hits["teacher_forward"],
-                   "cache_hit_disk_vs_forward": hits["cache_hit_disk_fp16"] / hits["teacher_forward"]},
-        "setup": {"image_size": image_size, "batch_size": batch_size, "repeats": repeats, "teacher": fast.describe()},
+        "ratios": {
+            "channels_last_bf16_vs_fp32": speeds["channels_last_bf16"] / speeds["fp32"],
+            "cache_hit_memory_vs_forward": hits["cache_hit_memory"] / hits["teacher_forward"],
+            "cache_hit_disk_vs_forward": hits["cache_hit_disk_fp16"] / hits["teacher_forward"],
+        },
+        "setup": {
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "teacher": fast.describe(),
+        },
     }
 
 
 def _bench_data(data, image_size: int, n: int):
     from .data import MVTecDataset, find_data
+
     root = Path(data) if data else find_data()[0]
     ds = MVTecDataset(root, "train", image_size=image_size)
     step = max(1, len(ds) // n)
     return ds.subset(list(range(0, len(ds), step))[:n]), root
 
 
-def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=256,
-                compare: str = "bare", precision="auto") -> dict:
+def bench_train(
+    method="stpm",
+    data=None,
+    image_size=256,
+    batch_size=16,
+    repeats=3,
+    n_images=256,
+    compare: str = "bare",
+    precision="auto",
+) -> dict:
     """Engine fit (one epoch over n_images, cache warm, checkpointing on) vs a bare loop with the same step.
     The engine pays a fixed cost per epoch (checkpoint + resume state written with fsync, data loader set-up);
     256 images per epoch keeps that share close to a real epoch (672 images on the five real categories).
@@ -106,38 +136,78 @@ def bench_train(method="stpm", data=None, image_size=256, batch_size=16, repeats
     cache.warm(ds, progress=False)
     [ds[i] for i in range(len(ds))]  # decode once: both loops read images from memory
     opt = make_optimizer(model)
-    batches = [collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))]) for i in range(0, len(ds), batch_size)]
+    batches = [
+        collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
+        for i in range(0, len(ds), batch_size)
+    ]
     n_steps_images = sum(b["image"].shape[0] for b in batches[:-1]) if len(batches) > 1 else len(ds)
 
     def bare():
         model.train()
-        for b in batches[:-1] if len(batches) > 1 else batches:  # the engine drops the last partial batch
+        for b in (
+            batches[:-1] if len(batches) > 1 else batches
+        ):  # the engine drops the last partial batch
             train_step(model, Batch(b["image"], cache.features(b["image"], b["path"])), opt, prec)
 
     tmp = tempfile.mkdtemp()
 
     def engine():
-        fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, precision=prec), out=tmp,
-            cache=cache, overwrite=True)
+        fit(
+            model,
+            ds,
+            TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, precision=prec),
+            out=tmp,
+            cache=cache,
+            overwrite=True,
+        )
 
     if compare == "cache":
-        def uncached():
-            fit(model, ds, TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, cache=False,
-                                       precision=prec), out=tmp, overwrite=True)
 
-        speeds = interleaved({"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats)
-        ratios = {"cached_vs_teacher_every_step": speeds["cached_features"] / speeds["teacher_every_step"]}
+        def uncached():
+            fit(
+                model,
+                ds,
+                TrainConfig(
+                    epochs=1, holdout_fraction=0.0, progress=False, cache=False, precision=prec
+                ),
+                out=tmp,
+                overwrite=True,
+            )
+
+        speeds = interleaved(
+            {"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats
+        )
+        ratios = {
+            "cached_vs_teacher_every_step": speeds["cached_features"] / speeds["teacher_every_step"]
+        }
     else:
         speeds = interleaved({"bare_loop": bare, "engine_fit": engine}, n_steps_images, repeats)
         ratios = {"engine_vs_bare": speeds["engine_fit"] / speeds["bare_loop"]}
-    return {"images_per_s": speeds, "ratios": ratios,
-            "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
-                      "batch_size": batch_size, "repeats": repeats, "precision": prec.record(),
-                      "note": "engine includes per-epoch checkpoint + train_state writes and the log"}}
+    return {
+        "images_per_s": speeds,
+        "ratios": ratios,
+        "setup": {
+            "method": method,
+            "data": str(root),
+            "images": len(ds),
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "precision": prec.record(),
+            "note": "engine includes per-epoch checkpoint + train_state writes and the log",
+        },
+    }
 
 
-def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats=3, n_images=64,
-                precision="auto") -> dict:
+def bench_infer(
+    method="stpm",
+    data=None,
+    image_size=256,
+    batch_size=16,
+    repeats=3,
+    n_images=64,
+    precision="auto",
+) -> dict:
     """Engine scoring (no cache: teacher + method + scoring path) vs teacher-only forward on the same images,
     and vs the same model called in a bare loop (``method_bare``: no data loader, no numpy conversion), which
     separates what the engine costs from what the method itself costs on top of its teacher. A method that does
@@ -154,15 +224,24 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
     [ds[i] for i in range(len(ds))]  # decode once: every loop reads images from memory
     model = build_model(method, teacher, image_size=image_size).eval()
     built = {}
-    if not model.trains_by_gradient:  # e.g. memory_bank: an empty bank would time nothing -- build the real one
+    if (
+        not model.trains_by_gradient
+    ):  # e.g. memory_bank: an empty bank would time nothing -- build the real one
         from .data import MVTecDataset
         from .engine import TrainConfig, fit
-        res = fit(model, MVTecDataset(root, "train", image_size=image_size),
-                  TrainConfig(progress=False, precision=precision))
+
+        res = fit(
+            model,
+            MVTecDataset(root, "train", image_size=image_size),
+            TrainConfig(progress=False, precision=precision),
+        )
         built = {"built_from": res.history[0]}
         model.eval()
     prec = precision_of(model, precision, "cpu")
-    batches = [collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))]) for i in range(0, len(ds), batch_size)]
+    batches = [
+        collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
+        for i in range(0, len(ds), batch_size)
+    ]
     cpu = torch.device("cpu")
 
     def teacher_only():
@@ -178,17 +257,34 @@ def bench_infer(method="stpm", data=None, image_size=256, batch_size=16, repeats
     def engine():
         score_dataset(model, ds, cache=None, batch_size=batch_size, keep_maps=True, precision=prec)
 
-    speeds = interleaved({"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine},
-                          len(ds), repeats)
-    return {"images_per_s": speeds,
-            "ratios": {"engine_vs_teacher_only": speeds["engine_predict"] / speeds["teacher_only"],
-                       "method_bare_vs_teacher_only": speeds["method_bare"] / speeds["teacher_only"],
-                       "engine_vs_method_bare": speeds["engine_predict"] / speeds["method_bare"]},
-            "setup": {"method": method, "data": str(root), "images": len(ds), "image_size": image_size,
-                      "batch_size": batch_size, "repeats": repeats, "precision": prec.record(), **built}}
+    speeds = interleaved(
+        {"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine},
+        len(ds),
+        repeats,
+    )
+    return {
+        "images_per_s": speeds,
+        "ratios": {
+            "engine_vs_teacher_only": speeds["engine_predict"] / speeds["teacher_only"],
+            "method_bare_vs_teacher_only": speeds["method_bare"] / speeds["teacher_only"],
+            "engine_vs_method_bare": speeds["engine_predict"] / speeds["method_bare"],
+        },
+        "setup": {
+            "method": method,
+            "data": str(root),
+            "images": len(ds),
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "precision": prec.record(),
+            **built,
+        },
+    }
 
 
-def precision_agreement(data=None, method="stpm", image_size=128, epochs=3, n_train=40, categories=None) -> dict:
+def precision_agreement(
+    data=None, method="stpm", image_size=128, epochs=3, n_train=40, categories=None
+) -> dict:
     """Do fp32 and bf16 give the same answers? One small run (``n_train`` images per category, ``epochs``) trained
     in fp32 scores the test images in fp32 and in bf16 (Spearman rank correlation of the image scores, max
     relative difference); a second run trained in bf16 from the same seed is compared with the first too."""
@@ -201,31 +297,49 @@ def precision_agreement(data=None, method="stpm", image_size=128, epochs=3, n_tr
     from .teacher import load_teacher
 
     root = Path(data) if data else find_data()[0]
-    train = MVTecDataset(root, "train", categories=categories, image_size=image_size).evenly(n_train)
+    train = MVTecDataset(root, "train", categories=categories, image_size=image_size).evenly(
+        n_train
+    )
     test = MVTecDataset(root, "test", categories=categories, image_size=image_size)
     scores = {}
     for trained in ("fp32", "bf16"):
         model = build_model(method, load_teacher(), image_size=image_size, epochs=epochs)
         fit(model, train, TrainConfig(progress=False, precision=trained))
         for scored in ("fp32", "bf16") if trained == "fp32" else ("bf16",):
-            scores[f"trained_{trained}_scored_{scored}"] = score_dataset(model, test, precision=scored)["scores"]
+            scores[f"trained_{trained}_scored_{scored}"] = score_dataset(
+                model, test, precision=scored
+            )["scores"]
     ref = scores["trained_fp32_scored_fp32"]
     out = {}
     for k, v in scores.items():
         if k != "trained_fp32_scored_fp32":
-            out[k] = {"spearman_vs_fp32": float(spearmanr(ref, v).statistic),
-                      "max_rel_diff": float(abs(v - ref).max() / max(abs(ref).max(), 1e-12))}
-    return {"method": method, "data": str(root), "categories": train.categories, "image_size": image_size,
-            "epochs": epochs, "train_images": len(train), "test_images": len(test), "agreement": out}
+            out[k] = {
+                "spearman_vs_fp32": float(spearmanr(ref, v).statistic),
+                "max_rel_diff": float(abs(v - ref).max() / max(abs(ref).max(), 1e-12)),
+            }
+    return {
+        "method": method,
+        "data": str(root),
+        "categories": train.categories,
+        "image_size": image_size,
+        "epochs": epochs,
+        "train_images": len(train),
+        "test_images": len(test),
+        "agreement": out,
+    }
 
 
-PRECISION_FAMILIES = {"stpm": "feature-pyramid student (STPM)", "rd": "reverse-distillation decoder (RD / SNL)",
-                      "uniad": "transformer reconstruction (UniAD)",
-                      "dual_student": "two CNN students, one reading pixels (dual students)"}
+PRECISION_FAMILIES = {
+    "stpm": "feature-pyramid student (STPM)",
+    "rd": "reverse-distillation decoder (RD / SNL)",
+    "uniad": "transformer reconstruction (UniAD)",
+    "dual_student": "two CNN students, one reading pixels (dual students)",
+}
 
 
-def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECISION_FAMILIES),
-                    agreement_data=None) -> dict:
+def bench_precision(
+    image_size=256, batch_size=8, repeats=3, methods=tuple(PRECISION_FAMILIES), agreement_data=None
+) -> dict:
     """fp32 vs bf16 on this CPU, in one run: the teacher's forward (plain fp32, fp32 channels_last, bf16
     channels_last) and one training step (forward + backward + optimiser step, teacher features given) of each
     method family, interleaved; plus the capability check and what ``precision="auto"`` decides."""
@@ -253,27 +367,47 @@ def bench_precision(image_size=256, batch_size=8, repeats=3, methods=tuple(PRECI
                 model.to(memory_format=prec.memory_format)
                 model.train()
                 train_step(model, batch, opt, prec)
+
             return run
 
         rates = interleaved({"fp32": step(fp32), "bf16": step(bf16)}, batch_size, repeats)
-        steps[method] = {"family": PRECISION_FAMILIES.get(method, method), "images_per_s": rates,
-                         "bf16_vs_fp32": rates["bf16"] / rates["fp32"]}
+        steps[method] = {
+            "family": PRECISION_FAMILIES.get(method, method),
+            "images_per_s": rates,
+            "bf16_vs_fp32": rates["bf16"] / rates["fp32"],
+        }
     teacher.precision = "auto"
     auto = resolve("auto", "cpu", teacher, image_size, announce=False)
     best_fp32 = max(teacher_rates["fp32"], teacher_rates["fp32_channels_last"])
-    return {"capability": cpu_capability(), "native_bf16": native, "native_reason": why,
-            "teacher_images_per_s": teacher_rates, "train_step": steps,
-            "ratios": {"teacher_bf16_vs_best_fp32": teacher_rates["bf16_channels_last"] / best_fp32,
-                       "teacher_fp32_channels_last_vs_plain": teacher_rates["fp32_channels_last"] / teacher_rates["fp32"],
-                       **{f"{m}_step_bf16_vs_fp32": v["bf16_vs_fp32"] for m, v in steps.items()}},
-            "auto": auto.record(),
-            **({"agreement": precision_agreement(agreement_data)} if agreement_data else {}),
-            "setup": {"image_size": image_size, "batch_size": batch_size, "repeats": repeats}}
+    return {
+        "capability": cpu_capability(),
+        "native_bf16": native,
+        "native_reason": why,
+        "teacher_images_per_s": teacher_rates,
+        "train_step": steps,
+        "ratios": {
+            "teacher_bf16_vs_best_fp32": teacher_rates["bf16_channels_last"] / best_fp32,
+            "teacher_fp32_channels_last_vs_plain": teacher_rates["fp32_channels_last"]
+            / teacher_rates["fp32"],
+            **{f"{m}_step_bf16_vs_fp32": v["bf16_vs_fp32"] for m, v in steps.items()},
+        },
+        "auto": auto.record(),
+        **({"agreement": precision_agreement(agreement_data)} if agreement_data else {}),
+        "setup": {"image_size": image_size, "batch_size": batch_size, "repeats": repeats},
+    }
 
 
-def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epochs=None, preset="cpu",
-                   settings=("unified", "per-class"), extra_args=(), equal_steps: bool = True,
-                   reuse: bool = False) -> dict:
+def bench_accuracy(
+    method="stpm",
+    data=None,
+    out_dir="runs/bench_accuracy",
+    epochs=None,
+    preset="cpu",
+    settings=("unified", "per-class"),
+    extra_args=(),
+    equal_steps: bool = True,
+    reuse: bool = False,
+) -> dict:
     """Train + eval ``method`` in each setting via the CLI, each in a fresh process.
 
     ``equal_steps``: every per-class model trains at least as many optimiser steps as the unified model did
@@ -288,16 +422,38 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
 
     root = Path(data) if data else find_data()[0]
     out_dir = Path(out_dir)
-    result = {"method": method, "data": str(root), "preset": preset, "epochs": epochs,
-              "protocol": "equal-steps" if equal_steps else "equal-epochs", "settings": {}}
+    result = {
+        "method": method,
+        "data": str(root),
+        "preset": preset,
+        "epochs": epochs,
+        "protocol": "equal-steps" if equal_steps else "equal-epochs",
+        "settings": {},
+    }
     for setting in settings:
         run = out_dir / f"{method}_{setting}"
         if reuse and (run / METRICS_FILE).is_file():
             configs = [json.loads(p.read_text()) for p in sorted(run.rglob(CONFIG_FILE))]
             result["settings"][setting] = _setting_result(run, configs, None, "(reused run)")
             continue
-        cmd = [sys.executable, "-m", "unistad_edu", "train", "--method", method, "--data", str(root),
-               "--setting", setting, "--preset", preset, "--out", str(run), "--no-progress", *extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "unistad_edu",
+            "train",
+            "--method",
+            method,
+            "--data",
+            str(root),
+            "--setting",
+            setting,
+            "--preset",
+            preset,
+            "--out",
+            str(run),
+            "--no-progress",
+            *extra_args,
+        ]
         if epochs:
             cmd += ["--epochs", str(epochs)]
         if setting == "per-class" and equal_steps and "unified" in result["settings"]:
@@ -305,9 +461,14 @@ def bench_accuracy(method="stpm", data=None, out_dir="runs/bench_accuracy", epoc
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         train_s = time.perf_counter() - t0
-        subprocess.run([sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--no-progress"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--no-progress"],
+            check=True,
+        )
         configs = [json.loads(p.read_text()) for p in sorted(run.rglob(CONFIG_FILE))]
-        result["settings"][setting] = _setting_result(run, configs, train_s, " ".join(["python -m unistad_edu", *cmd[3:]]))
+        result["settings"][setting] = _setting_result(
+            run, configs, train_s, " ".join(["python -m unistad_edu", *cmd[3:]])
+        )
     return result
 
 
@@ -315,6 +476,7 @@ def _checked_metrics(run: Path) -> dict:
     """``run``'s ``metrics.json``, refused if it describes another save of the run."""
     from .metrics import load_metrics
     from .runs import check_metrics_save
+
     table = load_metrics(run / METRICS_FILE)
     check_metrics_save(table, run, run / METRICS_FILE)
     return table
@@ -323,12 +485,16 @@ def _checked_metrics(run: Path) -> dict:
 def _setting_result(run: Path, configs: list[dict], train_s: float | None, command: str) -> dict:
     return {
         # wall time of the train command; for a reused run, the sum of its recorded training times
-        "train_wall_s": round(train_s if train_s is not None else sum(c.get("train_seconds", 0) for c in configs), 1),
+        "train_wall_s": round(
+            train_s if train_s is not None else sum(c.get("train_seconds", 0) for c in configs), 1
+        ),
         "peak_rss_mb": max(c.get("peak_rss_mb") or 0 for c in configs),
         "metrics": _checked_metrics(run),
         "command": command,
-        "optimizer_steps": sum(c["epochs_done"] * max(1, c["train_images"] // c["method_config"]["batch_size"])
-                               for c in configs),
+        "optimizer_steps": sum(
+            c["epochs_done"] * max(1, c["train_images"] // c["method_config"]["batch_size"])
+            for c in configs
+        ),
     }
 
 
@@ -357,14 +523,25 @@ def accuracy_markdown(result: dict, columns=HEADLINE) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for n in names:
-        lines.append(f"- {n}: train wall time {st[n]['train_wall_s']:.0f} s, peak RSS {st[n]['peak_rss_mb']:.0f} MiB, "
-                     f"{st[n]['optimizer_steps']} optimiser steps in all; "
-                     f"`{st[n]['command']}`")
+        lines.append(
+            f"- {n}: train wall time {st[n]['train_wall_s']:.0f} s, peak RSS {st[n]['peak_rss_mb']:.0f} MiB, "
+            f"{st[n]['optimizer_steps']} optimiser steps in all; "
+            f"`{st[n]['command']}`"
+        )
     return "\n".join(lines) + "\n"
 
 
-def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, repeats: int = 3,
-                 precision="auto", threads: int | None = None, out_dir=None, log=print) -> dict:
+def bench_export(
+    entries,
+    data=None,
+    n_images: int = 16,
+    batch_size: int = 8,
+    repeats: int = 3,
+    precision="auto",
+    threads: int | None = None,
+    out_dir=None,
+    log=print,
+) -> dict:
     """Export each run (``entries``: ``[{"label", "run"}]``) to ONNX and compare, on the real test images of the
     categories it was trained on, the PyTorch model with the ONNX graph served by onnxruntime and by OpenVINO
     (which reads the same ONNX file; its IR, ``export --format openvino``, is converted from it).
@@ -391,40 +568,73 @@ def bench_export(entries, data=None, n_images: int = 16, batch_size: int = 8, re
         size = int(model.cfg.image_size)
         thr = model.threshold
         test = test_set(model.run_config, size, data)
-        arrays = np.stack([load_image(r.path, size, exif_orientation=True) for r in test.records])  # (N, S, S, 3)
+        arrays = np.stack(
+            [load_image(r.path, size, exif_orientation=True) for r in test.records]
+        )  # (N, S, S, 3)
         cats = np.array([r.category for r in test.records])
         t0 = time.perf_counter()
-        folder = export_run(run, "onnx", out=out_root / label, overwrite=True, images=arrays[:8], log=log)
+        folder = export_run(
+            run, "onnx", out=out_root / label, overwrite=True, images=arrays[:8], log=log
+        )
         export_s = time.perf_counter() - t0
-        backends = {"onnxruntime": ExportedModel(folder, "onnxruntime", threads=threads),
-                    "openvino": ExportedModel(folder, "openvino", threads=threads)}
+        backends = {
+            "onnxruntime": ExportedModel(folder, "onnxruntime", threads=threads),
+            "openvino": ExportedModel(folder, "openvino", threads=threads),
+        }
         parity = _export_parity(model, backends, arrays, cats, batch_size)
         pick = arrays[np.linspace(0, len(arrays) - 1, min(n_images, len(arrays))).astype(int)]
         timings = _export_timings(model, run, backends, pick, batch_size, repeats, precision)
         b1 = timings["batch1"]
         fastest = max(backends, key=lambda k: b1[k])
         eager_best = max((k for k in b1 if k.startswith("pytorch")), key=lambda k: b1[k])
-        rows.append({
-            "label": label, "run": str(run), "method": model.run_config["method"], "image_size": size,
-            "test_images": int(len(arrays)), "threshold": thr, "export_s": round(export_s, 1),
-            "parity": parity,
-            "batch1_ms_per_image": {k: 1000.0 / v for k, v in b1.items()},
-            f"batch{batch_size}_images_per_s": timings[f"batch{batch_size}"],
-            "ratios": {"fastest_export_vs_pytorch_fp32_batch1": b1[fastest] / b1["pytorch_fp32"],
-                       "fastest_export_vs_fastest_pytorch_batch1": b1[fastest] / b1[eager_best],
-                       "fastest_export": fastest, "fastest_pytorch": eager_best,
-                       **{f"{k}_vs_pytorch_fp32_batch{batch_size}": v / timings[f"batch{batch_size}"]["pytorch_fp32"]
-                          for k, v in timings[f"batch{batch_size}"].items() if k != "pytorch_fp32"}},
-        })
-        log(f"{label}: parity onnxruntime {parity['onnxruntime']['max_rel']:.2g} / OpenVINO "
+        rows.append(
+            {
+                "label": label,
+                "run": str(run),
+                "method": model.run_config["method"],
+                "image_size": size,
+                "test_images": int(len(arrays)),
+                "threshold": thr,
+                "export_s": round(export_s, 1),
+                "parity": parity,
+                "batch1_ms_per_image": {k: 1000.0 / v for k, v in b1.items()},
+                f"batch{batch_size}_images_per_s": timings[f"batch{batch_size}"],
+                "ratios": {
+                    "fastest_export_vs_pytorch_fp32_batch1": b1[fastest] / b1["pytorch_fp32"],
+                    "fastest_export_vs_fastest_pytorch_batch1": b1[fastest] / b1[eager_best],
+                    "fastest_export": fastest,
+                    "fastest_pytorch": eager_best,
+                    **{
+                        f"{k}_vs_pytorch_fp32_batch{batch_size}": v
+                        / timings[f"batch{batch_size}"]["pytorch_fp32"]
+                        for k, v in timings[f"batch{batch_size}"].items()
+                        if k != "pytorch_fp32"
+                    },
+                },
+            }
+        )
+        log(
+            f"{label}: parity onnxruntime {parity['onnxruntime']['max_rel']:.2g} / OpenVINO "
             f"{parity['openvino']['max_rel']:.2g} of the threshold; batch-1 {fastest} "
-            f"{rows[-1]['ratios']['fastest_export_vs_pytorch_fp32_batch1']:.2f}x PyTorch fp32")
-    return {"rows": rows, "setup": {"n_images_timed": n_images, "batch_size": batch_size, "repeats": repeats,
-                                    "threads": threads, "precision": precision, "tolerance": PARITY_TOLERANCE,
-                                    "data": str(data) if data else "each run's own data_root"}}
+            f"{rows[-1]['ratios']['fastest_export_vs_pytorch_fp32_batch1']:.2f}x PyTorch fp32"
+        )
+    return {
+        "rows": rows,
+        "setup": {
+            "n_images_timed": n_images,
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "threads": threads,
+            "precision": precision,
+            "tolerance": PARITY_TOLERANCE,
+            "data": str(data) if data else "each run's own data_root",
+        },
+    }
 
 
-def _export_parity(model, backends: dict, arrays: np.ndarray, cats: np.ndarray, batch_size: int) -> dict:
+def _export_parity(
+    model, backends: dict, arrays: np.ndarray, cats: np.ndarray, batch_size: int
+) -> dict:
     """{backend: parity on every image, per category too} of the served exports against the PyTorch model."""
     from .export import PARITY_TOLERANCE, compare, torch_scores
 
@@ -432,17 +642,29 @@ def _export_parity(model, backends: dict, arrays: np.ndarray, cats: np.ndarray, 
     ref = torch_scores(model, arrays, batch_size=batch_size)
     parity = {}
     for name, served in backends.items():
-        got = [served.score_arrays(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
+        got = [
+            served.score_arrays(arrays[i : i + batch_size])
+            for i in range(0, len(arrays), batch_size)
+        ]
         got = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
-        per_cat = {c: compare((ref[0][cats == c], ref[1][cats == c]), (got[0][cats == c], got[1][cats == c]), thr)
-                   for c in dict.fromkeys(cats)}
+        per_cat = {
+            c: compare(
+                (ref[0][cats == c], ref[1][cats == c]), (got[0][cats == c], got[1][cats == c]), thr
+            )
+            for c in dict.fromkeys(cats)
+        }
         whole = compare(ref, got, thr)
-        parity[name] = {**whole, "categories": per_cat, "within_tolerance": whole["max_rel"] <= PARITY_TOLERANCE}
+        parity[name] = {
+            **whole,
+            "categories": per_cat,
+            "within_tolerance": whole["max_rel"] <= PARITY_TOLERANCE,
+        }
     return parity
 
 
-def _export_timings(model, run, backends: dict, pick: np.ndarray, batch_size: int, repeats: int,
-                    precision) -> dict:
+def _export_timings(
+    model, run, backends: dict, pick: np.ndarray, batch_size: int, repeats: int, precision
+) -> dict:
     """{"batch1" | "batchN": {path: images/s}}: the same images through PyTorch fp32 (the exported graph's
     precision), PyTorch at ``precision`` (when it is another one) and every served export, interleaved."""
     from .checkpoint import load_checkpoint
@@ -460,20 +682,23 @@ def _export_timings(model, run, backends: dict, pick: np.ndarray, batch_size: in
         def fn():
             with torch.inference_mode():
                 for i in range(0, len(xs), b):
-                    graph(xs[i:i + b])
+                    graph(xs[i : i + b])
+
         return fn
 
     def eager_auto(b):
         def fn():
             with torch.inference_mode(), prec.autocast(torch.device("cpu")):
                 for i in range(0, len(xs), b):
-                    auto.score(Batch(image=xs[i:i + b]))
+                    auto.score(Batch(image=xs[i : i + b]))
+
         return fn
 
     def served(m, b):
         def fn():
             for i in range(0, len(pick), b):
-                m.score_arrays(pick[i:i + b])
+                m.score_arrays(pick[i : i + b])
+
         return fn
 
     timings = {}
@@ -489,31 +714,48 @@ def _export_timings(model, run, backends: dict, pick: np.ndarray, batch_size: in
 def export_markdown(result: dict) -> list[str]:
     st = result["setup"]
     bs = st["batch_size"]
-    lines = [f"Parity on every test image of each run's categories (max |Δ| of map pixels and scores, as a "
-             f"fraction of the run's threshold; tolerance {st['tolerance']:g}; verdicts = score > threshold):", "",
-             "| run | method | test images | onnxruntime max rel. Δ | OpenVINO max rel. Δ | verdicts differ (ORT / OV) |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = [
+        f"Parity on every test image of each run's categories (max |Δ| of map pixels and scores, as a "
+        f"fraction of the run's threshold; tolerance {st['tolerance']:g}; verdicts = score > threshold):",
+        "",
+        "| run | method | test images | onnxruntime max rel. Δ | OpenVINO max rel. Δ | verdicts differ (ORT / OV) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for r in result["rows"]:
         o, v = r["parity"]["onnxruntime"], r["parity"]["openvino"]
-        lines.append(f"| {r['label']} | {r['method']} | {r['test_images']} | {o['max_rel']:.2g} | {v['max_rel']:.2g} | "
-                     f"{o['verdicts_differ']} / {v['verdicts_differ']} |")
+        lines.append(
+            f"| {r['label']} | {r['method']} | {r['test_images']} | {o['max_rel']:.2g} | {v['max_rel']:.2g} | "
+            f"{o['verdicts_differ']} / {v['verdicts_differ']} |"
+        )
     keys = list(result["rows"][0]["batch1_ms_per_image"]) if result["rows"] else []
-    lines += ["", f"Speed on {st['n_images_timed']} of those images, {st['threads']} threads, interleaved, median of "
-                  f"{st['repeats']}: batch-1 latency (ms/image) and batch-{bs} throughput (images/s):", "",
-              "| run | " + " | ".join(f"{k} b1 ms" for k in keys) + " | " + " | ".join(f"{k} b{bs} img/s" for k in keys)
-              + " | fastest export vs PyTorch fp32, b1 | vs fastest PyTorch, b1 |",
-              "|---|" + "---:|" * (2 * len(keys) + 2)]
+    lines += [
+        "",
+        f"Speed on {st['n_images_timed']} of those images, {st['threads']} threads, interleaved, median of "
+        f"{st['repeats']}: batch-1 latency (ms/image) and batch-{bs} throughput (images/s):",
+        "",
+        "| run | "
+        + " | ".join(f"{k} b1 ms" for k in keys)
+        + " | "
+        + " | ".join(f"{k} b{bs} img/s" for k in keys)
+        + " | fastest export vs PyTorch fp32, b1 | vs fastest PyTorch, b1 |",
+        "|---|" + "---:|" * (2 * len(keys) + 2),
+    ]
     for r in result["rows"]:
         b1, bn, ra = r["batch1_ms_per_image"], r[f"batch{bs}_images_per_s"], r["ratios"]
-        lines.append(f"| {r['label']} | " + " | ".join(f"{b1[k]:.1f}" for k in keys) + " | "
-                     + " | ".join(f"{bn[k]:.1f}" for k in keys)
-                     + f" | {ra['fastest_export_vs_pytorch_fp32_batch1']:.2f}x ({ra['fastest_export']}) | "
-                       f"{ra['fastest_export_vs_fastest_pytorch_batch1']:.2f}x ({ra['fastest_pytorch']}) |")
+        lines.append(
+            f"| {r['label']} | "
+            + " | ".join(f"{b1[k]:.1f}" for k in keys)
+            + " | "
+            + " | ".join(f"{bn[k]:.1f}" for k in keys)
+            + f" | {ra['fastest_export_vs_pytorch_fp32_batch1']:.2f}x ({ra['fastest_export']}) | "
+            f"{ra['fastest_export_vs_fastest_pytorch_batch1']:.2f}x ({ra['fastest_pytorch']}) |"
+        )
     return lines
 
 
-def bench_calibration(runs, quantile: float = 0.99, sizes=(10, 20), trials: int = 1000, test: bool = False,
-                      data=None) -> dict:
+def bench_calibration(
+    runs, quantile: float = 0.99, sizes=(10, 20), trials: int = 1000, test: bool = False, data=None
+) -> dict:
     """Which tail model to fit to a category's held-out normal scores, measured without the test set: (1) on
     the runs' own held-out scores (config.json's calibration groups), leave-one-out -- the share of left-out
     normals above the threshold fitted to the rest, per tail; (2) on known score shapes (``SHAPES``) at the
@@ -527,21 +769,38 @@ def bench_calibration(runs, quantile: float = 0.99, sizes=(10, 20), trials: int 
         cfg = json.loads((Path(run) / CONFIG_FILE).read_text())
         groups = (cfg.get("calibration") or {}).get("groups") or {}
         if not any(g.get("scores") for g in groups.values()):
-            raise ValueError(f"{run}: config.json keeps no held-out scores per category (trained before they "
-                             f"were stored): retrain it")
+            raise ValueError(
+                f"{run}: config.json keeps no held-out scores per category (trained before they "
+                f"were stored): retrain it"
+            )
         for t in TAILS:
-            per = {k: list(v) for k, v in loo_groups({k: g.get("scores") or [] for k, g in groups.items()},
-                                                      quantile, t).items()}
+            per = {
+                k: list(v)
+                for k, v in loo_groups(
+                    {k: g.get("scores") or [] for k, g in groups.items()}, quantile, t
+                ).items()
+            }
             for h, n in per.values():
                 loo[t]["hits"] += h
                 loo[t]["n"] += n
             loo[t]["per_run"][str(run)] = per
     for t in TAILS:
         loo[t]["rate"] = loo[t]["hits"] / loo[t]["n"] if loo[t]["n"] else float("nan")
-    sim = {t: {shape: {str(n): round(simulate_tail(t, shape, n, quantile, trials), 4) for n in sizes}
-               for shape in SHAPES} for t in TAILS}
-    out = {"quantile": quantile, "target": round(1 - quantile, 6), "runs": [str(r) for r in runs],
-           "leave_one_out": loo, "simulated": sim, "trials": trials}
+    sim = {
+        t: {
+            shape: {str(n): round(simulate_tail(t, shape, n, quantile, trials), 4) for n in sizes}
+            for shape in SHAPES
+        }
+        for t in TAILS
+    }
+    out = {
+        "quantile": quantile,
+        "target": round(1 - quantile, 6),
+        "runs": [str(r) for r in runs],
+        "leave_one_out": loo,
+        "simulated": sim,
+        "trials": trials,
+    }
     if test:
         out["test"] = {str(run): calibration_on_test(run, quantile, data) for run in runs}
     return out
@@ -562,82 +821,148 @@ def calibration_on_test(run, quantile: float = 0.99, data=None) -> dict:
     res = score_dataset(model, test_set(cfg, model.cfg.image_size, data=data), keep_maps=False)
     routed = [d["category"] for d in cal.decide(res["scores"], res["embeddings"])]
     n_cal = {name: g["n"] for name, g in cal.groups.items()}
-    out = {"global": verdict_metrics(res["scores"], res["labels"], res["categories"], cal.global_threshold)}
+    out = {
+        "global": verdict_metrics(
+            res["scores"], res["labels"], res["categories"], cal.global_threshold
+        )
+    }
     for t in TAILS:
-        fitted = {name: g["scores"] for name, g in cal.groups.items() if len(g.get("scores") or []) >= MIN_TAIL}
-        thr = (shared_thresholds(fitted, quantile) if t == "shared" else
-               {name: tail_threshold(v, quantile, t)[0] for name, v in fitted.items()})
+        fitted = {
+            name: g["scores"]
+            for name, g in cal.groups.items()
+            if len(g.get("scores") or []) >= MIN_TAIL
+        }
+        thr = (
+            shared_thresholds(fitted, quantile)
+            if t == "shared"
+            else {name: tail_threshold(v, quantile, t)[0] for name, v in fitted.items()}
+        )
         thr = {name: thr.get(name, cal.global_threshold) for name in cal.groups}
-        out[t] = verdict_metrics(res["scores"], res["labels"], res["categories"], [thr[r] for r in routed],
-                                 routed=routed, calibration_n=n_cal)
+        out[t] = verdict_metrics(
+            res["scores"],
+            res["labels"],
+            res["categories"],
+            [thr[r] for r in routed],
+            routed=routed,
+            calibration_n=n_cal,
+        )
     return out
 
 
 def calibration_markdown(result: dict) -> list[str]:
     from .calibration import TAILS
+
     target = result["target"]
-    lines = [f"Target false-alarm rate {100 * target:g} %. Leave-one-out on the runs' held-out normal scores "
-             f"(each left out in turn, the threshold fitted to the rest of its category):", "",
-             "| tail | left-out normals above their threshold | rate |", "|---|---|---|"]
+    lines = [
+        f"Target false-alarm rate {100 * target:g} %. Leave-one-out on the runs' held-out normal scores "
+        f"(each left out in turn, the threshold fitted to the rest of its category):",
+        "",
+        "| tail | left-out normals above their threshold | rate |",
+        "|---|---|---|",
+    ]
     for t in TAILS:
         v = result["leave_one_out"][t]
         lines.append(f"| {t} | {v['hits']} / {v['n']} | {100 * v['rate']:.1f} % |")
     sizes = list(next(iter(next(iter(result["simulated"].values())).values())))
-    lines += ["", f"False-alarm rate each tail delivers on known score shapes ({result['trials']} calibration sets "
-                  f"of n scores each, checked on fresh scores):", "",
-              "| tail | " + " | ".join(f"{shape}, n={n}" for shape in result["simulated"][TAILS[0]] for n in sizes)
-              + " |", "|---|" + "---|" * (len(sizes) * len(result["simulated"][TAILS[0]]))]
+    lines += [
+        "",
+        f"False-alarm rate each tail delivers on known score shapes ({result['trials']} calibration sets "
+        f"of n scores each, checked on fresh scores):",
+        "",
+        "| tail | "
+        + " | ".join(f"{shape}, n={n}" for shape in result["simulated"][TAILS[0]] for n in sizes)
+        + " |",
+        "|---|" + "---|" * (len(sizes) * len(result["simulated"][TAILS[0]])),
+    ]
     for t in TAILS:
-        lines.append(f"| {t} | " + " | ".join(f"{100 * v:.1f} %" for shape in result["simulated"][t].values()
-                                              for v in shape.values()) + " |")
+        lines.append(
+            f"| {t} | "
+            + " | ".join(
+                f"{100 * v:.1f} %"
+                for shape in result["simulated"][t].values()
+                for v in shape.values()
+            )
+            + " |"
+        )
     for run, per in (result.get("test") or {}).items():
-        lines += ["", f"Test set of `{run}`, scored once, judged by each rule (false alarms among `test/good`, "
-                      f"pooled and in the worst category; recall; F1):", "",
-                  "| rule | pooled false alarms | worst category | mean recall | min recall | mean F1 |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Test set of `{run}`, scored once, judged by each rule (false alarms among `test/good`, "
+            f"pooled and in the worst category; recall; F1):",
+            "",
+            "| rule | pooled false alarms | worst category | mean recall | min recall | mean F1 |",
+            "|---|---|---|---|---|---|",
+        ]
         for rule, v in per.items():
             worst = max(v["categories"].items(), key=lambda kv: kv[1]["rate"])
             recalls = [c["recall"] for c in v["categories"].values()]
-            lines.append(f"| {rule} | {100 * v['all']:.1f} % | {worst[0]} {100 * worst[1]['rate']:.1f} % | "
-                         f"{100 * np.mean(recalls):.1f} % | {100 * min(recalls):.1f} % | "
-                         f"{100 * v['mean_f1']:.1f} % |")
+            lines.append(
+                f"| {rule} | {100 * v['all']:.1f} % | {worst[0]} {100 * worst[1]['rate']:.1f} % | "
+                f"{100 * np.mean(recalls):.1f} % | {100 * min(recalls):.1f} % | "
+                f"{100 * v['mean_f1']:.1f} % |"
+            )
     return lines
 
 
 def to_markdown(what: str, result: dict, command: str) -> str:
     if what == "leaderboard":
         from .leaderboard import markdown
-        return f"### bench leaderboard — {result['date']}\n\n- machine: {result['machine']}\n" + markdown(result, command)
+
+        return (
+            f"### bench leaderboard — {result['date']}\n\n- machine: {result['machine']}\n"
+            + markdown(result, command)
+        )
     if what == "accuracy":
-        return (f"### bench accuracy: {result['method']} — {result['date']}\n\n- machine: {result['machine']}\n"
-                f"- command: `{command}`\n- data: {result['data']}\n- protocol: {result.get('protocol')}\n\n"
-                + accuracy_markdown(result))
-    lines = [f"### bench {what} — {date.today().isoformat()}", "", f"- machine: {result['machine']}",
-             f"- command: `{command}`", ""]
+        return (
+            f"### bench accuracy: {result['method']} — {result['date']}\n\n- machine: {result['machine']}\n"
+            f"- command: `{command}`\n- data: {result['data']}\n- protocol: {result.get('protocol')}\n\n"
+            + accuracy_markdown(result)
+        )
+    lines = [
+        f"### bench {what} — {date.today().isoformat()}",
+        "",
+        f"- machine: {result['machine']}",
+        f"- command: `{command}`",
+        "",
+    ]
     if what == "export":
         return "\n".join(lines + export_markdown(result)) + "\n"
     if what == "calibration":
         return "\n".join(lines + calibration_markdown(result)) + "\n"
     if what == "precision":
-        lines += [f"- native bf16: {result['native_bf16']} ({result['native_reason']})",
-                  f"- `precision=auto` decides: **{result['auto']['name']}**"
-                  f"{' + channels_last' if result['auto']['channels_last'] else ''} ({result['auto']['reason']})", "",
-                  "| measure | fp32 img/s | bf16 img/s | bf16 / fp32 |", "|---|---|---|---|"]
+        lines += [
+            f"- native bf16: {result['native_bf16']} ({result['native_reason']})",
+            f"- `precision=auto` decides: **{result['auto']['name']}**"
+            f"{' + channels_last' if result['auto']['channels_last'] else ''} ({result['auto']['reason']})",
+            "",
+            "| measure | fp32 img/s | bf16 img/s | bf16 / fp32 |",
+            "|---|---|---|---|",
+        ]
         t = result["teacher_images_per_s"]
-        lines.append(f"| teacher forward (fp32 plain / channels_last) | {t['fp32']:.1f} / {t['fp32_channels_last']:.1f} "
-                     f"| {t['bf16_channels_last']:.1f} | {result['ratios']['teacher_bf16_vs_best_fp32']:.2f}x |")
+        lines.append(
+            f"| teacher forward (fp32 plain / channels_last) | {t['fp32']:.1f} / {t['fp32_channels_last']:.1f} "
+            f"| {t['bf16_channels_last']:.1f} | {result['ratios']['teacher_bf16_vs_best_fp32']:.2f}x |"
+        )
         for m, v in result["train_step"].items():
             r = v["images_per_s"]
-            lines.append(f"| train step: {v['family']} | {r['fp32']:.1f} | {r['bf16']:.1f} | {v['bf16_vs_fp32']:.2f}x |")
+            lines.append(
+                f"| train step: {v['family']} | {r['fp32']:.1f} | {r['bf16']:.1f} | {v['bf16_vs_fp32']:.2f}x |"
+            )
         if "agreement" in result:
             a = result["agreement"]
-            lines += ["", f"fp32 vs bf16 on a small real run ({a['method']}, {a['train_images']} training images of "
-                          f"{', '.join(a['categories'])}, {a['image_size']} px, {a['epochs']} epochs; "
-                          f"{a['test_images']} test images):", "",
-                      "| compared with trained fp32, scored fp32 | Spearman of image scores | max relative difference |",
-                      "|---|---|---|"]
-            lines += [f"| {k.replace('_', ' ')} | {v['spearman_vs_fp32']:.4f} | {v['max_rel_diff']:.3f} |"
-                      for k, v in a["agreement"].items()]
+            lines += [
+                "",
+                f"fp32 vs bf16 on a small real run ({a['method']}, {a['train_images']} training images of "
+                f"{', '.join(a['categories'])}, {a['image_size']} px, {a['epochs']} epochs; "
+                f"{a['test_images']} test images):",
+                "",
+                "| compared with trained fp32, scored fp32 | Spearman of image scores | max relative difference |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {k.replace('_', ' ')} | {v['spearman_vs_fp32']:.4f} | {v['max_rel_diff']:.3f} |"
+                for k, v in a["agreement"].items()
+            ]
         return "\n".join(lines) + "\n"
     lines += ["| measure | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in result["images_per_s"].items()]
@@ -648,54 +973,98 @@ def to_markdown(what: str, result: dict, command: str) -> str:
 
 def main(args) -> int:
     import sys
+
     kw = {k: getattr(args, k) for k in ("image_size", "batch_size", "repeats") if hasattr(args, k)}
     if args.what == "teacher":
         result = bench_teacher(**kw)
     elif args.what == "precision":
-        result = bench_precision(**kw, **({"methods": tuple(args.methods)} if args.methods else {}),
-                                 agreement_data=args.data)
+        result = bench_precision(
+            **kw,
+            **({"methods": tuple(args.methods)} if args.methods else {}),
+            agreement_data=args.data,
+        )
     elif args.what == "accuracy":
-        result = bench_accuracy(args.method, args.data, out_dir=args.out_dir, epochs=args.epochs, preset=args.preset,
-                                equal_steps=args.protocol == "equal-steps", reuse=args.reuse,
-                                extra_args=("--precision", args.precision,
-                                            *(("--threads", str(args.threads)) if args.threads else ())))
+        result = bench_accuracy(
+            args.method,
+            args.data,
+            out_dir=args.out_dir,
+            epochs=args.epochs,
+            preset=args.preset,
+            equal_steps=args.protocol == "equal-steps",
+            reuse=args.reuse,
+            extra_args=(
+                "--precision",
+                args.precision,
+                *(("--threads", str(args.threads)) if args.threads else ()),
+            ),
+        )
     elif args.what == "train":
-        result = bench_train(args.method, args.data, compare=args.compare, precision=args.precision, **kw)
+        result = bench_train(
+            args.method, args.data, compare=args.compare, precision=args.precision, **kw
+        )
     elif args.what == "leaderboard":
         from . import leaderboard
+
         if not args.entry:
-            raise SystemExit("bench leaderboard needs at least one --entry LABEL RUN [METRICS_JSON]")
+            raise SystemExit(
+                "bench leaderboard needs at least one --entry LABEL RUN [METRICS_JSON]"
+            )
         entries = [leaderboard.parse_entry(e) for e in args.entry]
-        references = [leaderboard.load_reference(p) for p in args.reference]  # refused before any timing
-        result = leaderboard.collect(entries, args.data, batch_size=args.batch_size, repeats=args.repeats,
-                                     precision=args.precision,
-                                     **({"n_images": args.n_images} if args.n_images else {}))
+        references = [
+            leaderboard.load_reference(p) for p in args.reference
+        ]  # refused before any timing
+        result = leaderboard.collect(
+            entries,
+            args.data,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            precision=args.precision,
+            **({"n_images": args.n_images} if args.n_images else {}),
+        )
         result["references"] = references
     elif args.what == "calibration":
-        result = bench_calibration(args.run, quantile=args.quantile, trials=args.trials, test=args.test,
-                                   data=args.data)
+        result = bench_calibration(
+            args.run, quantile=args.quantile, trials=args.trials, test=args.test, data=args.data
+        )
     elif args.what == "export":
         from . import leaderboard
+
         if not args.entry:
             raise SystemExit("bench export needs at least one --entry LABEL RUN")
         entries = [leaderboard.parse_entry(e) for e in args.entry]
-        result = bench_export(entries, args.data, batch_size=args.batch_size, repeats=args.repeats,
-                              precision=args.precision, threads=args.threads, out_dir=args.out_dir,
-                              **({"n_images": args.n_images} if args.n_images else {}))
+        result = bench_export(
+            entries,
+            args.data,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            precision=args.precision,
+            threads=args.threads,
+            out_dir=args.out_dir,
+            **({"n_images": args.n_images} if args.n_images else {}),
+        )
     else:
-        result = bench_infer(args.method, args.data, precision=args.precision, **kw,
-                             **({"n_images": args.n_images} if args.n_images else {}))
+        result = bench_infer(
+            args.method,
+            args.data,
+            precision=args.precision,
+            **kw,
+            **({"n_images": args.n_images} if args.n_images else {}),
+        )
     result = {"bench": args.what, "date": date.today().isoformat(), "machine": machine(), **result}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
         from .checkpoint import atomic_write_text
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.json), text)
     if args.markdown:
         # quoted as a shell would need it (a label such as "memory bank (faithful)" stays one argument)
-        command = ("python -m unistad_edu " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
-                   else f"bench {args.what}")
+        command = (
+            "python -m unistad_edu " + shlex.join(sys.argv[1:])
+            if sys.argv[0].endswith("__main__.py")
+            else f"bench {args.what}"
+        )
         with open(args.markdown, "a") as f:
             f.write("\n" + to_markdown(args.what, result, command))
     return 0

@@ -29,6 +29,7 @@ BLAKE2b signature of that text and its tensors, made with a secret only this use
 (:func:`cache_secret`). An entry planted in a shared cache, copied under another image's key or written by
 an older version has no valid signature: it is not served, but recomputed, and said once per cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,9 @@ from safetensors.torch import save_file
 from .files import atomic_write, remove_stale_temp_files
 
 RACY_NS = 100_000_000  # a file changed less than 0.1 s ago is re-hashed on every lookup (timestamp granularity)
-COARSE_RACY_NS = 2_000_000_000  # ... 2 s on a file system with whole-second timestamps (FAT, ext3, some NFS)
+COARSE_RACY_NS = (
+    2_000_000_000  # ... 2 s on a file system with whole-second timestamps (FAT, ext3, some NFS)
+)
 _CHUNK = 1 << 20
 
 
@@ -71,7 +74,10 @@ def cache_secret() -> bytes:
     global _SECRET
     if _SECRET is not None:
         return _SECRET
-    path = Path(os.environ.get("UNISTAD_CACHE_SECRET") or Path.home() / ".config" / "unistad_edu" / "cache-secret")
+    path = Path(
+        os.environ.get("UNISTAD_CACHE_SECRET")
+        or Path.home() / ".config" / "unistad_edu" / "cache-secret"
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -132,21 +138,39 @@ class FeatureCache:
         self.root = Path(root) if root is not None else None
         self.dtype = torch.float16 if fp16 else torch.float32
         self._memory: dict[str, dict[str, torch.Tensor]] = {}
-        self._digests: dict[str, tuple[tuple[int, ...], str]] = {}  # resolved path -> (stat signature, hash)
+        self._digests: dict[
+            str, tuple[tuple[int, ...], str]
+        ] = {}  # resolved path -> (stat signature, hash)
         self.hits = 0
         self.misses = 0
-        self.rejected = 0  # entries found but not served (unreadable, unsigned, wrong names, shapes or dtype)
-        self.unsigned = 0  # of those: entries without a valid signature (not written by this user's cache)
-        self.names = list(getattr(teacher, "output_names", teacher.layer_names))  # what forward() returns
-        ident = {"teacher": teacher.backbone_name, "weights": teacher.weights_hash, "outputs": self.names,
-                 "size": self.image_size, "norm": teacher.normalization, "dtype": str(self.dtype),
-                 "content": "blake2b-256"}
+        self.rejected = (
+            0  # entries found but not served (unreadable, unsigned, wrong names, shapes or dtype)
+        )
+        self.unsigned = (
+            0  # of those: entries without a valid signature (not written by this user's cache)
+        )
+        self.names = list(
+            getattr(teacher, "output_names", teacher.layer_names)
+        )  # what forward() returns
+        ident = {
+            "teacher": teacher.backbone_name,
+            "weights": teacher.weights_hash,
+            "outputs": self.names,
+            "size": self.image_size,
+            "norm": teacher.normalization,
+            "dtype": str(self.dtype),
+            "content": "blake2b-256",
+        }
         self._prefix = json.dumps(ident, sort_keys=True)
-        self._shapes = self._shapes_from_feature_info()  # {name: per-image shape}, None if not derivable
+        self._shapes = (
+            self._shapes_from_feature_info()
+        )  # {name: per-image shape}, None if not derivable
         self._shapes_seen = False  # True once confirmed by (or taken from) a real teacher output
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
-            remove_stale_temp_files(self.root, recursive=True)  # entries a killed process never finished
+            remove_stale_temp_files(
+                self.root, recursive=True
+            )  # entries a killed process never finished
 
     # ---- keys -------------------------------------------------------------------------------------------
     def digest(self, path) -> str:
@@ -160,7 +184,9 @@ class FeatureCache:
             return known[1]
         value = content_hash(p)
         after = p.stat()
-        if _signature(after) == sig and not _racy(after):  # unchanged while read, and not in the racy window
+        if _signature(after) == sig and not _racy(
+            after
+        ):  # unchanged while read, and not in the racy window
             self._digests[str(p)] = (sig, value)
         else:
             self._digests.pop(str(p), None)
@@ -169,9 +195,13 @@ class FeatureCache:
     def precision_name(self, device=None) -> str:
         """The teacher's resolved precision on ``device`` (default CPU) at this cache's image size."""
         resolve = getattr(self.teacher, "precision_for", None)
-        if resolve is None:  # a teacher-like object without precision handling runs in its own dtype
+        if (
+            resolve is None
+        ):  # a teacher-like object without precision handling runs in its own dtype
             return str(getattr(self.teacher, "precision", "fp32"))
-        return resolve(torch.device("cpu") if device is None else torch.device(device), self.image_size).name
+        return resolve(
+            torch.device("cpu") if device is None else torch.device(device), self.image_size
+        ).name
 
     def made_from(self, path, device=None) -> str:
         """What an entry of the image file ``path`` is made from on ``device`` (default CPU): the teacher's
@@ -193,10 +223,15 @@ class FeatureCache:
         if levels is None:
             return None
         s = self.image_size
-        shapes = {lv.name: (int(lv.channels), math.ceil(s / lv.stride), math.ceil(s / lv.stride)) for lv in levels}
+        shapes = {
+            lv.name: (int(lv.channels), math.ceil(s / lv.stride), math.ceil(s / lv.stride))
+            for lv in levels
+        }
         if "cls" in self.names and levels:
             shapes["cls"] = (int(getattr(self.teacher, "embedding_dim", levels[-1].channels)),)
-        return {name: shapes[name] for name in self.names} if set(self.names) <= set(shapes) else None
+        return (
+            {name: shapes[name] for name in self.names} if set(self.names) <= set(shapes) else None
+        )
 
     def _learn_shapes(self, fresh: dict[str, torch.Tensor]) -> None:
         """Take the per-image shapes from a real teacher output (batched ``fresh``); the teacher is the
@@ -212,7 +247,9 @@ class FeatureCache:
             device = next(self.teacher.buffers()).device
         except (AttributeError, StopIteration):
             device = torch.device("cpu")
-        self._learn_shapes(self.teacher(torch.zeros(1, 3, self.image_size, self.image_size, device=device)))
+        self._learn_shapes(
+            self.teacher(torch.zeros(1, 3, self.image_size, self.image_size, device=device))
+        )
 
     CHUNK = 8  # the teacher always sees batches of this size (see _teacher_in_chunks)
 
@@ -226,9 +263,11 @@ class FeatureCache:
         n = images.shape[0]
         parts: dict[str, list[torch.Tensor]] = {}
         for i in range(0, n, self.CHUNK):
-            chunk = images[i:i + self.CHUNK]
+            chunk = images[i : i + self.CHUNK]
             k = chunk.shape[0]
-            if k < self.CHUNK:  # (CHUNK, 3, S, S): pad with the last image, drop its copies afterwards
+            if (
+                k < self.CHUNK
+            ):  # (CHUNK, 3, S, S): pad with the last image, drop its copies afterwards
                 chunk = torch.cat([chunk, chunk[-1:].expand(self.CHUNK - k, *chunk.shape[1:])])
             for name, f in self.teacher(chunk).items():
                 parts.setdefault(name, []).append(f[:k])
@@ -254,7 +293,9 @@ class FeatureCache:
             self._check_shapes_with_teacher()
         if self._problem(entry) is None:
             return True
-        if not self._shapes_seen:  # maybe feature_info arithmetic is off for this backbone: ask the teacher
+        if (
+            not self._shapes_seen
+        ):  # maybe feature_info arithmetic is off for this backbone: ask the teacher
             self._check_shapes_with_teacher()
             return self._problem(entry) is None
         return False
@@ -283,10 +324,13 @@ class FeatureCache:
         if entry is not None and not self._signed(key, meta, entry):
             self.unsigned += 1
             if self.unsigned == 1:
-                warnings.warn(f"feature cache {self.root}: an entry this user's cache did not write (no valid "
-                              f"signature: planted, copied under another image's key, or from an older "
-                              f"version) was not used, its features recomputed; the count is in "
-                              f"`FeatureCache.unsigned`. (Said once per cache.)", stacklevel=3)
+                warnings.warn(
+                    f"feature cache {self.root}: an entry this user's cache did not write (no valid "
+                    f"signature: planted, copied under another image's key, or from an older "
+                    f"version) was not used, its features recomputed; the count is in "
+                    f"`FeatureCache.unsigned`. (Said once per cache.)",
+                    stacklevel=3,
+                )
             entry = None
         if entry is None or not self.valid(entry):
             self.rejected += 1
@@ -298,7 +342,10 @@ class FeatureCache:
     def _signed(key: str, meta: dict, entry: dict[str, torch.Tensor]) -> bool:
         """True if ``meta`` says what made the entry, that text hashes to ``key``, and the signature matches."""
         made_from, sig = meta.get("made_from", ""), meta.get("signature", "")
-        if meta.get("format") != ENTRY_FORMAT or hashlib.sha256(made_from.encode()).hexdigest() != key:
+        if (
+            meta.get("format") != ENTRY_FORMAT
+            or hashlib.sha256(made_from.encode()).hexdigest() != key
+        ):
             return False
         return hmac.compare_digest(sig, entry_signature(made_from, entry))
 
@@ -310,9 +357,15 @@ class FeatureCache:
         if self.root is None:
             self._memory[key] = entry
             return
-        meta = {"format": ENTRY_FORMAT, "made_from": made_from, "signature": entry_signature(made_from, entry)}
+        meta = {
+            "format": ENTRY_FORMAT,
+            "made_from": made_from,
+            "signature": entry_signature(made_from, entry),
+        }
         # atomic: readers see the old state or the whole new file (no fsync: an entry can be recomputed)
-        atomic_write(self._file(key), lambda tmp: save_file(entry, str(tmp), metadata=meta), fsync=False)
+        atomic_write(
+            self._file(key), lambda tmp: save_file(entry, str(tmp), metadata=meta), fsync=False
+        )
 
     def __len__(self) -> int:
         if self.root is None:
@@ -325,7 +378,9 @@ class FeatureCache:
         """Teacher features for a batch of un-augmented ``images`` (B, 3, S, S) read from ``paths``.
         Cached entries are served; missing ones are computed in one teacher call and stored."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            raise ValueError(f"cache built for {self.image_size}px images, got {tuple(images.shape[-2:])}")
+            raise ValueError(
+                f"cache built for {self.image_size}px images, got {tuple(images.shape[-2:])}"
+            )
         device = images.device
         made = [self.made_from(p, device) for p in paths]
         keys = [hashlib.sha256(m.encode()).hexdigest() for m in made]
@@ -336,24 +391,36 @@ class FeatureCache:
         if missing:
             fresh = self._teacher_in_chunks(images[missing])
             if set(fresh) != set(self.names):
-                raise RuntimeError(f"the teacher returned {sorted(fresh)}, the cache expects {sorted(self.names)}")
-            self._learn_shapes(fresh)  # what the teacher really returns is what later reads are checked against
+                raise RuntimeError(
+                    f"the teacher returned {sorted(fresh)}, the cache expects {sorted(self.names)}"
+                )
+            self._learn_shapes(
+                fresh
+            )  # what the teacher really returns is what later reads are checked against
             for j, i in enumerate(missing):
                 entry = {name: f[j] for name, f in fresh.items()}
                 self._write(keys[i], entry, made[i])
-                entries[i] = {k: v.to(self.dtype) for k, v in entry.items()}  # serve what a later hit will serve
+                entries[i] = {
+                    k: v.to(self.dtype) for k, v in entry.items()
+                }  # serve what a later hit will serve
         # stack per level: (B, C_l, h_l, w_l), float32
-        return {name: torch.stack([e[name] for e in entries]).to(device=device, dtype=torch.float32)
-                for name in self.names}
+        return {
+            name: torch.stack([e[name] for e in entries]).to(device=device, dtype=torch.float32)
+            for name in self.names
+        }
 
-    def stack(self, dataset, batch_size: int = 32, progress: bool = True) -> dict[str, torch.Tensor]:
+    def stack(
+        self, dataset, batch_size: int = 32, progress: bool = True
+    ) -> dict[str, torch.Tensor]:
         """All entries of ``dataset`` stacked per output, in dataset order: {name: (N, ...)} in the cache's
         dtype. Missing entries are computed first. A memory cache then serves its entries as views into the
         stacked tensors, so the features are held once, not twice."""
         self.warm(dataset, batch_size=batch_size, progress=progress)
         keys = [self.key(r.path) for r in dataset.records]
         entries = [self._read(k) for k in keys]
-        for i in [i for i, e in enumerate(entries) if e is None]:  # an entry dropped since warm(): recompute it
+        for i in [
+            i for i, e in enumerate(entries) if e is None
+        ]:  # an entry dropped since warm(): recompute it
             sample = dataset[i]
             self.features(sample["image"][None], [sample["path"]])
             entries[i] = self._read(keys[i])
@@ -372,7 +439,13 @@ class FeatureCache:
         todo = [i for i, r in enumerate(dataset.records) if not self._has(self.key(r.path))]
         if not todo:
             return
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=batch_size,
-                                             shuffle=False, collate_fn=collate)
-        for batch in tqdm(loader, desc="caching teacher features", disable=not progress, leave=False):
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, todo),
+            batch_size=batch_size,
+            shuffle=False,
+            collate_fn=collate,
+        )
+        for batch in tqdm(
+            loader, desc="caching teacher features", disable=not progress, leave=False
+        ):
             self.features(batch["image"], batch["path"])

@@ -22,6 +22,7 @@ The kind of calibration travels with the run (``config.json["calibration"]``) an
 before this module (one pooled threshold) loads as kind ``"global"``. Numpy and scipy only, no torch: served
 exports use it too. Measurements of the tail models and of routing: ``docs/benchmarks.md``, "Calibration".
 """
+
 from __future__ import annotations
 
 import math
@@ -94,7 +95,9 @@ def tail_threshold(scores, quantile: float = 0.99, tail: str = DEFAULT_TAIL) -> 
         if y.size >= 8:
             shape, _, scale = stats.genpareto.fit(y, floc=0.0)
             p_exceed = y.size / s.size  # P(S > u)
-            return float(u + stats.genpareto.ppf(1.0 - (1.0 - quantile) / p_exceed, shape, 0.0, scale)), "gpd"
+            return float(
+                u + stats.genpareto.ppf(1.0 - (1.0 - quantile) / p_exceed, shape, 0.0, scale)
+            ), "gpd"
     return float(_prediction_bound(s, quantile)), "normal"
 
 
@@ -112,8 +115,13 @@ def shared_thresholds(groups: dict, quantile: float = 0.99) -> dict:
     ``quantile`` of all standardised scores ``(s - median_g) / scale_g`` pooled. A group of 10 normals then
     needs only a location and a scale, while the rare tail is measured on all of them (80-odd images, not 10).
     Returns ``{group: median_g + z_q * scale_g}``."""
-    std = {k: (np.median(v), robust_scale(v)) for k, v in ((k, np.asarray(v, np.float64)) for k, v in groups.items())}
-    z = np.concatenate([(np.asarray(v, np.float64) - std[k][0]) / std[k][1] for k, v in groups.items()])
+    std = {
+        k: (np.median(v), robust_scale(v))
+        for k, v in ((k, np.asarray(v, np.float64)) for k, v in groups.items())
+    }
+    z = np.concatenate(
+        [(np.asarray(v, np.float64) - std[k][0]) / std[k][1] for k, v in groups.items()]
+    )
     zq = float(np.quantile(z, quantile))
     return {k: float(m + zq * sc) for k, (m, sc) in std.items()}
 
@@ -166,18 +174,24 @@ class Router:
         return idx, d[np.arange(len(d)), idx], unlike
 
     def to_json(self) -> dict:
-        return {name: {"centroid": [round(float(v), 7) for v in c], "radius": float(r)}
-                for name, c, r in zip(self.names, self.centroids, self.radius)}
+        return {
+            name: {"centroid": [round(float(v), 7) for v in c], "radius": float(r)}
+            for name, c, r in zip(self.names, self.centroids, self.radius)
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> "Router":
         names = list(d)
-        return cls(names, normalise([d[n]["centroid"] for n in names]), np.asarray([float(d[n]["radius"])
-                                                                                    for n in names]))
+        return cls(
+            names,
+            normalise([d[n]["centroid"] for n in names]),
+            np.asarray([float(d[n]["radius"]) for n in names]),
+        )
 
 
-def cluster(emb, max_groups: int = MAX_GROUPS, min_size: int = 5, seed: int = 0,
-            min_silhouette: float = 0.5) -> tuple[np.ndarray, dict]:
+def cluster(
+    emb, max_groups: int = MAX_GROUPS, min_size: int = 5, seed: int = 0, min_silhouette: float = 0.5
+) -> tuple[np.ndarray, dict]:
     """Pseudo-categories for a folder of mixed products: k-means on the unit embeddings for every k from 2 to
     ``max_groups`` (and no more than N / ``min_size``), keeping the k with the best silhouette; one group when
     no k reaches ``min_silhouette``. Returns ``(group name of each image, {"k", "silhouette": {k: value}})``."""
@@ -221,11 +235,20 @@ class Calibration:
 
     def describe(self) -> str:
         if not self.routed:
-            return ("one threshold for all categories" + (f" ({self.global_threshold:.4g})" if
-                                                          self.global_threshold is not None else " (none)"))
-        what = "its training category" if self.kind == "per-category" else "its pseudo-category (k-means)"
-        return (f"each image routed by its teacher embedding to {what}; that group's threshold = the "
-                f"{self.quantile:g} quantile of a {self.tail} tail fitted to its held-out normal scores")
+            return "one threshold for all categories" + (
+                f" ({self.global_threshold:.4g})"
+                if self.global_threshold is not None
+                else " (none)"
+            )
+        what = (
+            "its training category"
+            if self.kind == "per-category"
+            else "its pseudo-category (k-means)"
+        )
+        return (
+            f"each image routed by its teacher embedding to {what}; that group's threshold = the "
+            f"{self.quantile:g} quantile of a {self.tail} tail fitted to its held-out normal scores"
+        )
 
     def decide(self, scores, emb=None, threshold: float | None = None) -> list[dict]:
         """Per image: ``category`` (routed; None for kind global), ``threshold``, ``score``, ``z`` (standardised
@@ -235,52 +258,96 @@ class Calibration:
         n = len(scores)
         if self.routed and emb is None:
             raise ValueError("a routed calibration needs the images' embeddings")
-        idx, dist, unlike = (self.router.route(emb) if self.routed else
-                             (np.zeros(n, int), np.zeros(n), np.zeros(n, bool)))
+        idx, dist, unlike = (
+            self.router.route(emb)
+            if self.routed
+            else (np.zeros(n, int), np.zeros(n), np.zeros(n, bool))
+        )
         out = []
         for i in range(n):
             name = self.router.names[idx[i]] if self.routed else None
             g = self.groups.get(name, {}) if name is not None else {}
-            thr = threshold if threshold is not None else (g.get("threshold") if self.routed else
-                                                            self.global_threshold)
+            thr = (
+                threshold
+                if threshold is not None
+                else (g.get("threshold") if self.routed else self.global_threshold)
+            )
             z = (scores[i] - g["mean"]) / max(g["std"], 1e-12) if g.get("std") is not None else None
-            out.append({"category": name, "threshold": thr, "score": float(scores[i]),
-                        "z": None if z is None else float(z), "anomalous": verdict(scores[i], thr),
-                        "distance": float(dist[i]) if self.routed else None,
-                        "notice": (f"unlike anything this model was trained on: its embedding is "
-                                   f"{UNLIKE_FACTOR * dist[i] / self.router.radius[idx[i]]:.1f} x farther from the "
-                                   f"nearest category ({name}) than the training images of any category go"
-                                   if self.routed and unlike[i] else None)})
+            out.append(
+                {
+                    "category": name,
+                    "threshold": thr,
+                    "score": float(scores[i]),
+                    "z": None if z is None else float(z),
+                    "anomalous": verdict(scores[i], thr),
+                    "distance": float(dist[i]) if self.routed else None,
+                    "notice": (
+                        f"unlike anything this model was trained on: its embedding is "
+                        f"{UNLIKE_FACTOR * dist[i] / self.router.radius[idx[i]]:.1f} x farther from the "
+                        f"nearest category ({name}) than the training images of any category go"
+                        if self.routed and unlike[i]
+                        else None
+                    ),
+                }
+            )
         return out
 
     def to_json(self) -> dict:
-        d = {"kind": self.kind, "quantile": self.quantile, "tail": self.tail, "embedding": EMBEDDING,
-             "global_threshold": self.global_threshold, "groups": self.groups, **self.info}
+        d = {
+            "kind": self.kind,
+            "quantile": self.quantile,
+            "tail": self.tail,
+            "embedding": EMBEDDING,
+            "global_threshold": self.global_threshold,
+            "groups": self.groups,
+            **self.info,
+        }
         if self.router is not None:
             d["router"] = self.router.to_json()
         return d
 
     @classmethod
-    def from_json(cls, d: dict | None, threshold: float | None = None, quantile: float = 0.99) -> "Calibration":
+    def from_json(
+        cls, d: dict | None, threshold: float | None = None, quantile: float = 0.99
+    ) -> "Calibration":
         """From ``config.json["calibration"]``; ``d`` None (a run saved before per-category calibration): kind
         ``"global"`` with the run's one ``threshold``."""
         if not d:
-            return cls("global", quantile, threshold, info={"note": "saved before per-category calibration: "
-                                                                      "one threshold for all categories"})
+            return cls(
+                "global",
+                quantile,
+                threshold,
+                info={
+                    "note": "saved before per-category calibration: "
+                    "one threshold for all categories"
+                },
+            )
         kind = d.get("kind")
         if kind not in KINDS:
             raise ValueError(f"calibration kind must be one of {KINDS}, got {kind!r}")
-        info = {k: v for k, v in d.items() if k not in ("kind", "quantile", "tail", "global_threshold", "groups",
-                                                         "router", "embedding")}
+        info = {
+            k: v
+            for k, v in d.items()
+            if k
+            not in ("kind", "quantile", "tail", "global_threshold", "groups", "router", "embedding")
+        }
         router = Router.from_json(d["router"]) if d.get("router") else None
-        return cls(kind, float(d.get("quantile", quantile)), d.get("global_threshold", threshold), d.get("tail"),
-                   router, {str(k): dict(v) for k, v in (d.get("groups") or {}).items()}, info)
+        return cls(
+            kind,
+            float(d.get("quantile", quantile)),
+            d.get("global_threshold", threshold),
+            d.get("tail"),
+            router,
+            {str(k): dict(v) for k, v in (d.get("groups") or {}).items()},
+            info,
+        )
 
 
 def check_calibration(d) -> None:
     """Refuse a saved calibration block whose fields are not what :meth:`Calibration.from_json` reads: a known
     kind, finite numbers, centroids of one length, a threshold for every routed group. Raises ValueError naming
     the field."""
+
     def num(field, v, allow_none=False):
         if v is None and allow_none:
             return
@@ -302,7 +369,11 @@ def check_calibration(d) -> None:
         if not isinstance(g, dict):
             raise ValueError(f"calibration.groups.{name} is not an object")
         for key in ("mean", "std", "threshold"):
-            num(f"groups.{name}.{key}", g.get(key), allow_none=key != "threshold" or d["kind"] == "global")
+            num(
+                f"groups.{name}.{key}",
+                g.get(key),
+                allow_none=key != "threshold" or d["kind"] == "global",
+            )
         if not isinstance(g.get("scores", []), list):
             raise ValueError(f"calibration.groups.{name}.scores is not a list of numbers")
         for v in g.get("scores", []):
@@ -311,11 +382,15 @@ def check_calibration(d) -> None:
         return
     router = d.get("router")
     if not isinstance(router, dict) or not router:
-        raise ValueError(f"calibration.router is {router!r}, expected the routing centroids of kind {d['kind']}")
+        raise ValueError(
+            f"calibration.router is {router!r}, expected the routing centroids of kind {d['kind']}"
+        )
     dims = set()
     for name, r in router.items():
         if name not in groups:
-            raise ValueError(f"calibration.router.{name} has no group statistics (calibration.groups.{name})")
+            raise ValueError(
+                f"calibration.router.{name} has no group statistics (calibration.groups.{name})"
+            )
         c = r.get("centroid") if isinstance(r, dict) else None
         if not isinstance(c, list) or not c:
             raise ValueError(f"calibration.router.{name}.centroid is not a list of numbers")
@@ -327,9 +402,18 @@ def check_calibration(d) -> None:
         raise ValueError(f"calibration.router centroids have different lengths {sorted(dims)}")
 
 
-def fit_calibration(held_scores, held_groups, train_emb, train_groups, quantile: float = 0.99,
-                    tail: str = DEFAULT_TAIL, kind: str = "per-category", held_emb=None, seed: int = 0,
-                    min_tail: int = MIN_TAIL) -> Calibration:
+def fit_calibration(
+    held_scores,
+    held_groups,
+    train_emb,
+    train_groups,
+    quantile: float = 0.99,
+    tail: str = DEFAULT_TAIL,
+    kind: str = "per-category",
+    held_emb=None,
+    seed: int = 0,
+    min_tail: int = MIN_TAIL,
+) -> Calibration:
     """A run's :class:`Calibration` from its held-out normal scores and its training embeddings.
 
     ``kind``: ``"per-category"`` (``train_groups`` / ``held_groups`` are the category folders), ``"clusters"``
@@ -353,24 +437,34 @@ def fit_calibration(held_scores, held_groups, train_emb, train_groups, quantile:
     held_groups = np.asarray(held_groups)
     groups = {}
     fitted = {name: s[held_groups == name] for name in router.names}
-    shared = (shared_thresholds({k: v for k, v in fitted.items() if v.size >= min_tail}, quantile)
-              if tail == "shared" and any(v.size >= min_tail for v in fitted.values()) else {})
+    shared = (
+        shared_thresholds({k: v for k, v in fitted.items() if v.size >= min_tail}, quantile)
+        if tail == "shared" and any(v.size >= min_tail for v in fitted.values())
+        else {}
+    )
     for name in router.names:
         v = fitted[name]
-        g = {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
-             "std": float(v.std(ddof=1)) if v.size > 1 else None,
-             "scores": [round(float(x), 6) for x in np.sort(v)]}  # kept: another tail can be fitted later
+        g = {
+            "n": int(v.size),
+            "mean": float(v.mean()) if v.size else None,
+            "std": float(v.std(ddof=1)) if v.size > 1 else None,
+            "scores": [round(float(x), 6) for x in np.sort(v)],
+        }  # kept: another tail can be fitted later
         if v.size >= min_tail and tail == "shared":
             g["threshold"] = shared[name]
-            g["rule"] = (f"shared tail: median + z x scale of its {v.size} held-out normals, z = the {quantile:g} "
-                         f"quantile of the standardised held-out scores of {len(shared)} categories")
+            g["rule"] = (
+                f"shared tail: median + z x scale of its {v.size} held-out normals, z = the {quantile:g} "
+                f"quantile of the standardised held-out scores of {len(shared)} categories"
+            )
         elif v.size >= min_tail:
             g["threshold"], used = tail_threshold(v, quantile, tail)
             g["rule"] = f"{used} tail of {v.size} held-out normals, quantile {quantile:g}"
         else:
             g["threshold"] = pooled
-            g["rule"] = (f"only {v.size} held-out normal(s) (< {min_tail}): the pooled quantile {quantile:g} of "
-                         f"all {s.size} held-out images")
+            g["rule"] = (
+                f"only {v.size} held-out normal(s) (< {min_tail}): the pooled quantile {quantile:g} of "
+                f"all {s.size} held-out images"
+            )
         groups[name] = g
     return Calibration(kind, quantile, pooled, tail, router, groups, info)
 
@@ -395,7 +489,9 @@ def floor_rate(n: int) -> float:
 
 
 # ---- choosing a tail model on validation data -------------------------------------------------------------------
-def loo_groups(groups: dict, quantile: float = 0.99, tail: str = DEFAULT_TAIL, min_tail: int = MIN_TAIL) -> dict:
+def loo_groups(
+    groups: dict, quantile: float = 0.99, tail: str = DEFAULT_TAIL, min_tail: int = MIN_TAIL
+) -> dict:
     """:func:`loo_exceedances` for every group of held-out scores ``{name: scores}`` with at least ``min_tail``;
     for the ``shared`` tail each image is left out of its group *and* of the pool. ``{name: (hits, n)}``."""
     groups = {k: np.asarray(v, np.float64) for k, v in groups.items() if len(v) >= min_tail}
@@ -416,7 +512,9 @@ def loo_exceedances(scores, quantile: float = 0.99, tail: str = DEFAULT_TAIL) ->
     the threshold fitted to the others, and counted when it lies above. Returns ``(exceedances, n)``; for a tail
     that holds its promise, exceedances / n is about ``1 - quantile``."""
     s = np.asarray(scores, dtype=np.float64).ravel()
-    hits = sum(bool(s[i] > tail_threshold(np.delete(s, i), quantile, tail)[0]) for i in range(s.size))
+    hits = sum(
+        bool(s[i] > tail_threshold(np.delete(s, i), quantile, tail)[0]) for i in range(s.size)
+    )
     return int(hits), int(s.size)
 
 
@@ -426,24 +524,42 @@ SHAPES = {
     "lognormal (sd 0.3)": lambda rng, n: rng.lognormal(0.0, 0.3, n),
     "gamma (shape 4)": lambda rng, n: rng.gamma(4.0, 1.0, n),
     "heavy (1 + Pareto, a 4)": lambda rng, n: 1.0 + rng.pareto(4.0, n),
-    "outlier mix (10 % x 1.5)": lambda rng, n: rng.lognormal(0.0, 0.15, n) * np.where(rng.random(n) < 0.1, 1.5, 1.0),
+    "outlier mix (10 % x 1.5)": lambda rng, n: (
+        rng.lognormal(0.0, 0.15, n) * np.where(rng.random(n) < 0.1, 1.5, 1.0)
+    ),
 }
 
 
-def simulate_tail(tail: str, shape: str, n: int, quantile: float = 0.99, trials: int = 2000, seed: int = 0,
-                  fresh: int = 2000) -> float:
+def simulate_tail(
+    tail: str,
+    shape: str,
+    n: int,
+    quantile: float = 0.99,
+    trials: int = 2000,
+    seed: int = 0,
+    fresh: int = 2000,
+) -> float:
     """The false-alarm rate a tail model delivers when a group's normal scores follow ``shape``: ``trials``
     calibration sets of ``n`` scores, each threshold checked against ``fresh`` new normal scores of the same
     shape. Returns the mean rate (target: ``1 - quantile``)."""
     rng = np.random.default_rng(seed)
     draw = SHAPES[shape]
-    if tail == "shared":  # five groups of n, each its own location and scale, one shape: the model's premise
+    if (
+        tail == "shared"
+    ):  # five groups of n, each its own location and scale, one shape: the model's premise
         rates = []
         for _ in range(trials):
             shift = {k: (rng.uniform(0.5, 2.0), rng.uniform(-1.0, 1.0)) for k in range(5)}
-            thr = shared_thresholds({k: a * draw(rng, n) + b for k, (a, b) in shift.items()}, quantile)
-            rates += [float(np.mean(a * draw(rng, fresh // 5) + b > thr[k])) for k, (a, b) in shift.items()]
+            thr = shared_thresholds(
+                {k: a * draw(rng, n) + b for k, (a, b) in shift.items()}, quantile
+            )
+            rates += [
+                float(np.mean(a * draw(rng, fresh // 5) + b > thr[k]))
+                for k, (a, b) in shift.items()
+            ]
         return float(np.mean(rates))
-    rates = [float(np.mean(draw(rng, fresh) > tail_threshold(draw(rng, n), quantile, tail)[0]))
-             for _ in range(trials)]
+    rates = [
+        float(np.mean(draw(rng, fresh) > tail_threshold(draw(rng, n), quantile, tail)[0]))
+        for _ in range(trials)
+    ]
     return float(np.mean(rates))

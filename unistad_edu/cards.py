@@ -9,6 +9,7 @@ field before anything in them is used. Torch-free: serving an export imports it 
 
 Each refusal is a :class:`~unistad_edu.errors.CheckpointError` naming the file and the field.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,10 +21,32 @@ from .errors import CheckpointError
 
 ALTERED = "the file was altered or comes from another version/configuration"
 #: every field an export card has ever held (export formats 1 and 2)
-EXPORT_FIELDS = frozenset({
-    "export_format_version", "package_version", "format", "model_file", "files", "inputs", "outputs", "method",
-    "teacher", "image_size", "normalization", "threshold", "threshold_rule", "calibration", "precision", "opset",
-    "exporter", "source_run", "save_id", "run_config", "parity", "export_seconds"})
+EXPORT_FIELDS = frozenset(
+    {
+        "export_format_version",
+        "package_version",
+        "format",
+        "model_file",
+        "files",
+        "inputs",
+        "outputs",
+        "method",
+        "teacher",
+        "image_size",
+        "normalization",
+        "threshold",
+        "threshold_rule",
+        "calibration",
+        "precision",
+        "opset",
+        "exporter",
+        "source_run",
+        "save_id",
+        "run_config",
+        "parity",
+        "export_seconds",
+    }
+)
 EXPORT_REQUIRED = ("export_format_version", "format", "files", "model_file", "image_size", "method")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -43,14 +66,17 @@ def check_config_values(cfg: dict, path: Path) -> None:
     kind: ``threshold`` (a finite number, or ``null`` = no threshold), ``validation.per_class`` statistics,
     ``image_size`` (an integer in 1..4096, also in ``method_config``), ``epochs_done`` and ``n_tensors``
     (non-negative integers)."""
+
     def refuse(field: str, value, want: str):
         raise CheckpointError(f"{path}: {field} is {value!r}, expected {want}: {ALTERED}")
 
     th = cfg.get("threshold")
     if th is None:
         if cfg.get("threshold_nonfinite") is not None:
-            raise CheckpointError(f"{path}: threshold was {cfg['threshold_nonfinite']} when the run was saved (the "
-                                  f"held-out scores were not finite): retrain; the model has no usable threshold")
+            raise CheckpointError(
+                f"{path}: threshold was {cfg['threshold_nonfinite']} when the run was saved (the "
+                f"held-out scores were not finite): retrain; the model has no usable threshold"
+            )
     elif not is_number(th) or not math.isfinite(th):
         refuse("threshold", th, "a finite number (or null for no threshold)")
     validation = cfg.get("validation")
@@ -69,6 +95,7 @@ def check_config_values(cfg: dict, path: Path) -> None:
                         refuse(f"validation.per_class.{cat}.{key}", value, "a finite number")
     if cfg.get("calibration") is not None:
         from .calibration import check_calibration
+
         try:
             check_calibration(cfg["calibration"])
         except ValueError as err:
@@ -83,8 +110,10 @@ def check_config_values(cfg: dict, path: Path) -> None:
         if not is_int(size) or not 1 <= size <= 4096:
             refuse(field, size, "an integer image side in pixels, 1..4096")
     if len(sizes) == 2 and sizes[0][1] != sizes[1][1]:
-        raise CheckpointError(f"{path}: image_size {sizes[0][1]} differs from method_config.image_size "
-                              f"{sizes[1][1]}: {ALTERED}")
+        raise CheckpointError(
+            f"{path}: image_size {sizes[0][1]} differs from method_config.image_size "
+            f"{sizes[1][1]}: {ALTERED}"
+        )
     for field in ("epochs_done", "n_tensors"):
         if field in cfg and (not is_int(cfg[field]) or cfg[field] < 0):
             refuse(field, cfg[field], "a non-negative integer")
@@ -106,11 +135,16 @@ def _check_fields(card: dict, refuse: _Refuse) -> None:
     """Known fields only, the required ones present."""
     unknown = sorted(set(card) - EXPORT_FIELDS)
     if unknown:
-        refuse(f"field {unknown[0]!r}", card[unknown[0]], f"only the fields an export writes "
-               f"({', '.join(sorted(EXPORT_FIELDS))})")
+        refuse(
+            f"field {unknown[0]!r}",
+            card[unknown[0]],
+            f"only the fields an export writes ({', '.join(sorted(EXPORT_FIELDS))})",
+        )
     for key in EXPORT_REQUIRED:
         if key not in card:
-            raise CheckpointError(f"{refuse.path} lacks {key!r}: the card is damaged; export the run again")
+            raise CheckpointError(
+                f"{refuse.path} lacks {key!r}: the card is damaged; export the run again"
+            )
 
 
 def _check_scalars(card: dict, formats, refuse: _Refuse) -> None:
@@ -126,14 +160,22 @@ def _check_scalars(card: dict, formats, refuse: _Refuse) -> None:
         refuse("threshold", th, "a finite number (or null for no threshold)")
     if "opset" in card and not is_int(card["opset"]):
         refuse("opset", card["opset"], "an integer")
-    for key in ("package_version", "threshold_rule", "precision", "exporter", "source_run", "save_id"):
+    for key in (
+        "package_version",
+        "threshold_rule",
+        "precision",
+        "exporter",
+        "source_run",
+        "save_id",
+    ):
         if card.get(key) is not None and not isinstance(card[key], str):
             refuse(key, card[key], "text (or null)")
     for key in ("teacher", "normalization", "inputs", "parity", "run_config"):
         if card.get(key) is not None and not isinstance(card[key], dict):
             refuse(key, card[key], "an object (or null)")
-    if card.get("export_seconds") is not None and (not is_number(card["export_seconds"])
-                                                   or not math.isfinite(card["export_seconds"])):
+    if card.get("export_seconds") is not None and (
+        not is_number(card["export_seconds"]) or not math.isfinite(card["export_seconds"])
+    ):
         refuse("export_seconds", card["export_seconds"], "a finite number")
 
 
@@ -142,8 +184,16 @@ def _check_outputs(card: dict, names, refuse: _Refuse) -> None:
     outputs = card.get("outputs")
     if outputs is None:
         return
-    if not isinstance(outputs, dict) or not set(outputs) <= set(names) or not set(names[:2]) <= set(outputs):
-        refuse("outputs", outputs, f"an object naming {', '.join(names[:2])} (and {', '.join(names[2:])})")
+    if (
+        not isinstance(outputs, dict)
+        or not set(outputs) <= set(names)
+        or not set(names[:2]) <= set(outputs)
+    ):
+        refuse(
+            "outputs",
+            outputs,
+            f"an object naming {', '.join(names[:2])} (and {', '.join(names[2:])})",
+        )
 
 
 def check_file_name(folder: Path, name, field: str, refuse: _Refuse) -> Path:
@@ -157,7 +207,9 @@ def check_file_name(folder: Path, name, field: str, refuse: _Refuse) -> Path:
         refuse(field, name, want + " (no absolute path, no '..', no sub-folder)")
     path = folder / name
     if not path.resolve().is_relative_to(folder.resolve()):
-        refuse(field, name, want + f" (it is a symbolic link to {path.resolve()}, outside the folder)")
+        refuse(
+            field, name, want + f" (it is a symbolic link to {path.resolve()}, outside the folder)"
+        )
     return path
 
 
@@ -170,7 +222,9 @@ def _check_files(card: dict, folder: Path, refuse: _Refuse) -> None:
     for name, digest in files.items():
         check_file_name(folder, name, f"files[{name!r}]", refuse)
         if not isinstance(digest, str) or not SHA256.fullmatch(digest):
-            refuse(f"the SHA-256 of {name}", digest, "64 lowercase hex digits (every file is checked)")
+            refuse(
+                f"the SHA-256 of {name}", digest, "64 lowercase hex digits (every file is checked)"
+            )
     model = card["model_file"]
     check_file_name(folder, model, "model_file", refuse)
     if model not in files:
@@ -178,7 +232,11 @@ def _check_files(card: dict, folder: Path, refuse: _Refuse) -> None:
     if card["format"] == "openvino":
         weights = str(PurePosixPath(model).with_suffix(".bin"))
         if weights not in files:
-            refuse("files", sorted(files), f"{weights} (the OpenVINO weights read beside {model}) among them")
+            refuse(
+                "files",
+                sorted(files),
+                f"{weights} (the OpenVINO weights read beside {model}) among them",
+            )
 
 
 def check_export_card(card, folder: Path, formats, output_names) -> None:
@@ -188,13 +246,16 @@ def check_export_card(card, folder: Path, formats, output_names) -> None:
     path = Path(folder) / "export.json"
     refuse = _Refuse(path)
     if not isinstance(card, dict):
-        raise CheckpointError(f"{path} is not a JSON object: not a unistad-edu export card; export the run again")
+        raise CheckpointError(
+            f"{path} is not a JSON object: not a unistad-edu export card; export the run again"
+        )
     _check_fields(card, refuse)
     _check_scalars(card, formats, refuse)
     _check_outputs(card, output_names, refuse)
     _check_files(card, Path(folder), refuse)
     if card.get("calibration") is not None:
         from .calibration import check_calibration
+
         try:
             check_calibration(card["calibration"])
         except ValueError as err:

@@ -20,6 +20,7 @@ statistics, image size, epochs done, tensor count) must be a finite number of th
 ever written into JSON: :func:`json_safe` replaces a non-finite float by ``null`` plus a sibling flag
 (``"threshold": null, "threshold_nonfinite": "nan"``), and the writer uses ``allow_nan=False``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +50,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     files.atomic_write_text(path, text)
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+):
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     files.atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
@@ -57,23 +60,34 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        pickles = sorted(q.name for q in path.parent.glob("*") if q.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".bin"))
+        pickles = sorted(
+            q.name
+            for q in path.parent.glob("*")
+            if q.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+        )
         if pickles:
-            raise CheckpointError(f"{path} does not exist; {path.parent} holds {pickles}, which are pickle files and "
-                                  f"are never loaded (they can run code): retrain with unistad-edu, which writes "
-                                  f"safetensors + JSON")
-        raise CheckpointError(f"{path} does not exist: the run's weights are missing (an interrupted copy?); "
-                              f"retrain or --resume the run")
+            raise CheckpointError(
+                f"{path} does not exist; {path.parent} holds {pickles}, which are pickle files and "
+                f"are never loaded (they can run code): retrain with unistad-edu, which writes "
+                f"safetensors + JSON"
+            )
+        raise CheckpointError(
+            f"{path} does not exist: the run's weights are missing (an interrupted copy?); "
+            f"retrain or --resume the run"
+        )
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: only .safetensors checkpoints are loaded (no pickle)")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is corrupt or truncated ({err}); retrain, or resume from an earlier copy") from err
+        raise CheckpointError(
+            f"{path} is corrupt or truncated ({err}); retrain, or resume from an earlier copy"
+        ) from err
 
 
 def _metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
 
@@ -86,10 +100,10 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
 def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
     bad = non_finite(tensors)
     if bad:
-        raise CheckpointError(f"{path} holds NaN/inf in {bad[:3]}: training diverged; lower the learning rate "
-                              f"and retrain")
-
-
+        raise CheckpointError(
+            f"{path} holds NaN/inf in {bad[:3]}: training diverged; lower the learning rate "
+            f"and retrain"
+        )
 
 
 def _describe(t: torch.Tensor, growing: bool = False) -> str:
@@ -110,13 +124,17 @@ def check_tensors_fit(found: dict[str, torch.Tensor], model, path: Path, context
             continue
         grows = name in growing
         if grows:
-            fits = t.ndim == want.ndim and t.ndim >= 1 and tuple(t.shape[1:]) == tuple(want.shape[1:])
+            fits = (
+                t.ndim == want.ndim and t.ndim >= 1 and tuple(t.shape[1:]) == tuple(want.shape[1:])
+            )
         else:
             fits = tuple(t.shape) == tuple(want.shape)
         if t.dtype != want.dtype or not fits:
-            raise CheckpointError(f"{path}: tensor {name!r} is {_describe(t)} but a {model.name!r} model with this "
-                                  f"config holds {_describe(want, grows)}{context}: {ALTERED}; "
-                                  f"retrain, or load it with the version/config that wrote it")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is {_describe(t)} but a {model.name!r} model with this "
+                f"config holds {_describe(want, grows)}{context}: {ALTERED}; "
+                f"retrain, or load it with the version/config that wrote it"
+            )
 
 
 # ---- model checkpoint -----------------------------------------------------------------------------------
@@ -149,22 +167,32 @@ def read_config(run_dir) -> dict:
     run = Path(run_dir)
     if not run.is_dir():
         if os.path.lexists(run):
-            raise CheckpointError(f"{run} is {'a broken symbolic link' if not run.exists() else 'a file'}, not a "
-                                  f"run folder: give the folder `train --out` wrote")
-        raise CheckpointError(f"run folder {run} does not exist: train first (python -m unistad_edu train --out {run})")
+            raise CheckpointError(
+                f"{run} is {'a broken symbolic link' if not run.exists() else 'a file'}, not a "
+                f"run folder: give the folder `train --out` wrote"
+            )
+        raise CheckpointError(
+            f"run folder {run} does not exist: train first (python -m unistad_edu train --out {run})"
+        )
     path = run / CONFIG_FILE
     if not path.is_file():
         if any(p.is_dir() and (p / CONFIG_FILE).is_file() for p in run.iterdir()):
-            raise CheckpointError(f"{run} is a per-class run (one sub-run per category): load a sub-run, "
-                                  f"e.g. {next(p for p in run.iterdir() if (p / CONFIG_FILE).is_file())}")
-        raise CheckpointError(f"{run} has no {CONFIG_FILE}: not a finished run folder (train, or --resume it)")
+            raise CheckpointError(
+                f"{run} is a per-class run (one sub-run per category): load a sub-run, "
+                f"e.g. {next(p for p in run.iterdir() if (p / CONFIG_FILE).is_file())}"
+            )
+        raise CheckpointError(
+            f"{run} has no {CONFIG_FILE}: not a finished run folder (train, or --resume it)"
+        )
     try:
         run_config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from err
     if not isinstance(run_config, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(run_config).__name__}, not an object: not a unistad-edu "
-                              f"checkpoint config")
+        raise CheckpointError(
+            f"{path} holds a JSON {type(run_config).__name__}, not an object: not a unistad-edu "
+            f"checkpoint config"
+        )
     for key in ("method", "method_config", "teacher", "image_size"):
         if key not in run_config:
             raise CheckpointError(f"{path} lacks {key!r}: not a unistad-edu checkpoint config")
@@ -178,7 +206,7 @@ def format_version(run_config: dict) -> int | None:
     fmt = run_config.get("format")
     if not isinstance(fmt, str) or not fmt.startswith(RUN_FORMAT + " v"):
         return None
-    tail = fmt[len(RUN_FORMAT) + 2:]
+    tail = fmt[len(RUN_FORMAT) + 2 :]
     return int(tail) if tail.isdigit() else None
 
 
@@ -188,21 +216,35 @@ def check_format(run_config: dict, path) -> None:
     if version == FORMAT_VERSION:
         return
     if version is None:
-        raise CheckpointError(f"{path} has no checkpoint format (\"format\": \"{RUN_FORMAT} v{FORMAT_VERSION}\"; "
-                              f"found {run_config.get('format')!r}): {ALTERED}")
+        raise CheckpointError(
+            f'{path} has no checkpoint format ("format": "{RUN_FORMAT} v{FORMAT_VERSION}"; '
+            f"found {run_config.get('format')!r}): {ALTERED}"
+        )
     retrain = f"python -m unistad_edu train --method {run_config.get('method')} --out <folder>"
     if version < FORMAT_VERSION:
-        raise CheckpointError(f"{path} was saved by an older unistad-edu (checkpoint format v{version}); this "
-                              f"version reads v{FORMAT_VERSION} only: retrain it ({retrain}), or load it with "
-                              f"the unistad-edu {run_config.get('package_version', '')} that wrote it")
-    raise CheckpointError(f"{path} was saved by a newer unistad-edu (checkpoint format v{version}, package "
-                          f"{run_config.get('package_version')}); this version reads v{FORMAT_VERSION}: upgrade unistad-edu")
+        raise CheckpointError(
+            f"{path} was saved by an older unistad-edu (checkpoint format v{version}); this "
+            f"version reads v{FORMAT_VERSION} only: retrain it ({retrain}), or load it with "
+            f"the unistad-edu {run_config.get('package_version', '')} that wrote it"
+        )
+    raise CheckpointError(
+        f"{path} was saved by a newer unistad-edu (checkpoint format v{version}, package "
+        f"{run_config.get('package_version')}); this version reads v{FORMAT_VERSION}: upgrade unistad-edu"
+    )
 
 
 #: the texts and lists of config.json that commands read before the model is built, with what each must be
-_CONFIG_KINDS = {"method": (str,), "teacher": (dict,), "method_config": (dict,), "data_root": (str, type(None)),
-                 "train_root": (str, type(None)), "setting": (str, type(None)), "preset": (str, type(None)),
-                 "save_id": (str, type(None)), "train_categories": (list, type(None))}
+_CONFIG_KINDS = {
+    "method": (str,),
+    "teacher": (dict,),
+    "method_config": (dict,),
+    "data_root": (str, type(None)),
+    "train_root": (str, type(None)),
+    "setting": (str, type(None)),
+    "preset": (str, type(None)),
+    "save_id": (str, type(None)),
+    "train_categories": (list, type(None)),
+}
 
 
 def check_config_kinds(run_config: dict, path) -> None:
@@ -210,16 +252,29 @@ def check_config_kinds(run_config: dict, path) -> None:
     kind (a number for the data folder, a text for the categories, ...), naming the field."""
     for key, kinds in _CONFIG_KINDS.items():
         if key in run_config and not isinstance(run_config[key], kinds):
-            want = " or ".join("null" if k is type(None) else {"str": "a text", "dict": "an object",
-                                                               "list": "a list"}[k.__name__] for k in kinds)
-            raise CheckpointError(f"{path}: {key} is {run_config[key]!r}, expected {want}: {ALTERED}")
+            want = " or ".join(
+                "null"
+                if k is type(None)
+                else {"str": "a text", "dict": "an object", "list": "a list"}[k.__name__]
+                for k in kinds
+            )
+            raise CheckpointError(
+                f"{path}: {key} is {run_config[key]!r}, expected {want}: {ALTERED}"
+            )
     cats = run_config.get("train_categories")
     if cats is not None and not all(isinstance(c, str) for c in cats):
-        raise CheckpointError(f"{path}: train_categories holds {cats!r}, expected category names: {ALTERED}")
+        raise CheckpointError(
+            f"{path}: train_categories holds {cats!r}, expected category names: {ALTERED}"
+        )
 
 
-def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_weights="auto",
-                    overrides: dict | None = None):
+def load_checkpoint(
+    run_dir,
+    teacher=None,
+    method: str | None = None,
+    teacher_weights="auto",
+    overrides: dict | None = None,
+):
     """Rebuild a trained model from a run folder. Checks the method, the teacher (name, layers and weights
     hash), the tensors (complete, finite) and says exactly what does not match.
     ``overrides``: method-config fields to change at load time -- test-time switches such as UniSTAD's
@@ -242,41 +297,68 @@ def load_checkpoint(run_dir, teacher=None, method: str | None = None, teacher_we
     if missing:  # every field is saved: none is filled in with today's default
         raise CheckpointError(f"{run / CONFIG_FILE}: method_config lacks {missing}: {ALTERED}")
     try:
-        make_config(run_config["method"], preset="cpu", **saved)  # the saved config alone: its own errors named so
+        make_config(
+            run_config["method"], preset="cpu", **saved
+        )  # the saved config alone: its own errors named so
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run / CONFIG_FILE}: method_config: {err}: {ALTERED}") from err
     try:
-        method_cfg = make_config(run_config["method"], preset="cpu", **{**saved, **(overrides or {})})
+        method_cfg = make_config(
+            run_config["method"], preset="cpu", **{**saved, **(overrides or {})}
+        )
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run}: cannot apply --set {overrides}: {err}") from err
     want = run_config["teacher"]
     if teacher is None:
         teacher = load_teacher(want["name"], weights=teacher_weights, layers=want.get("layers"))
     have = teacher.describe()
-    for key, label in (("name", "teacher"), ("layers", "teacher layers"), ("weights_hash", "teacher weights")):
+    for key, label in (
+        ("name", "teacher"),
+        ("layers", "teacher layers"),
+        ("weights_hash", "teacher weights"),
+    ):
         if have.get(key) != want.get(key):
-            raise CheckpointError(f"{run} was trained with {label} {want.get(key)!r} but the given teacher has "
-                                  f"{have.get(key)!r}: use the same teacher (weights source: {want.get('weights_source')})")
+            raise CheckpointError(
+                f"{run} was trained with {label} {want.get(key)!r} but the given teacher has "
+                f"{have.get(key)!r}: use the same teacher (weights source: {want.get('weights_source')})"
+            )
     tensors = read_tensors(run / MODEL_FILE)
     if "n_tensors" in run_config and len(tensors) != run_config["n_tensors"]:
-        raise CheckpointError(f"{run / MODEL_FILE} has {len(tensors)} tensors, config.json expects "
-                              f"{run_config['n_tensors']}: the files are from different runs")
+        raise CheckpointError(
+            f"{run / MODEL_FILE} has {len(tensors)} tensors, config.json expects "
+            f"{run_config['n_tensors']}: the files are from different runs"
+        )
     _check_finite(tensors, run / MODEL_FILE)
-    if "save_id" in run_config and _metadata(run / MODEL_FILE).get("save_id") != run_config["save_id"]:
-        raise CheckpointError(f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
-                              f"while writing its checkpoint?): --resume the run to rewrite both, or retrain")
+    if (
+        "save_id" in run_config
+        and _metadata(run / MODEL_FILE).get("save_id") != run_config["save_id"]
+    ):
+        raise CheckpointError(
+            f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
+            f"while writing its checkpoint?): --resume the run to rewrite both, or retrain"
+        )
     model = build_model(run_config["method"], teacher, cfg=method_cfg)
-    check_tensors_fit(tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else "")
+    check_tensors_fit(
+        tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else ""
+    )
     try:
         model.load_from_checkpoint(tensors)
     except (ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{run / MODEL_FILE} does not fit a {run_config['method']!r} model with this config: {err}") from err
+        raise CheckpointError(
+            f"{run / MODEL_FILE} does not fit a {run_config['method']!r} model with this config: {err}"
+        ) from err
     model.run_config = run_config
     # the threshold was calibrated for the saved settings: a load-time override changes the scores, so there is none
     model.threshold = None if overrides else run_config.get("threshold")
     from .calibration import Calibration
-    model.verdict_calibration = None if overrides else Calibration.from_json(run_config.get("calibration"), model.threshold,
-                                                                     _quantile(run_config))
+
+    model.verdict_calibration = (
+        None
+        if overrides
+        else Calibration.from_json(
+            run_config.get("calibration"), model.threshold, _quantile(run_config)
+        )
+    )
     return model.eval()
 
 
@@ -310,11 +392,15 @@ def load_train_state(run_dir, model, optimizer) -> dict:
     try:
         info = json.loads(meta["info"])
     except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} has no readable resume info ({err!r}): {ALTERED}; retrain") from err
+        raise CheckpointError(
+            f"{path} has no readable resume info ({err!r}): {ALTERED}; retrain"
+        ) from err
     epoch = info.get("epoch") if isinstance(info, dict) else None
     if not _is_int(epoch) or epoch < 0 or not isinstance(info.get("param_groups"), list):
-        raise CheckpointError(f"{path}: resume info epoch {epoch!r} is not a non-negative integer (or its "
-                              f"param_groups are missing): {ALTERED}; retrain")
+        raise CheckpointError(
+            f"{path}: resume info epoch {epoch!r} is not a non-negative integer (or its "
+            f"param_groups are missing): {ALTERED}; retrain"
+        )
     own = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     check_tensors_fit(own, model, path)
     try:

@@ -10,6 +10,7 @@ decisions the same way for every lesson; ``method_and_teacher`` loads the config
     cfg, teacher = method_and_teacher(lesson, "stpm", image_size=128)
     train = MVTecDataset(lesson.root, "train", categories=lesson.categories, image_size=128).evenly(60)
 """
+
 from __future__ import annotations
 
 import os
@@ -32,13 +33,14 @@ def quick_mode() -> bool:
 @dataclass
 class Lesson:
     """The decisions a lesson runs with; printed by ``describe``."""
+
     quick: bool
     device: str
     root: Path
-    where: str                      # human description of the data source
+    where: str  # human description of the data source
     categories: list[str]
-    preset: str                     # "paper" at full scale on a GPU, else "cpu"
-    found: list[str] = field(default_factory=list)   # every category present in the data
+    preset: str  # "paper" at full scale on a GPU, else "cpu"
+    found: list[str] = field(default_factory=list)  # every category present in the data
 
     @property
     def mode(self) -> str:
@@ -46,12 +48,20 @@ class Lesson:
 
     def describe(self, **details) -> str:
         extra = "".join(f", {k} {v!r}" for k, v in details.items())
-        return (f"This lesson uses {self.where}: categories {self.categories}, preset {self.preset!r}{extra} "
-                f"({self.mode} mode, device {self.device}).")
+        return (
+            f"This lesson uses {self.where}: categories {self.categories}, preset {self.preset!r}{extra} "
+            f"({self.mode} mode, device {self.device})."
+        )
 
 
-def setup(quick_categories: Sequence[str] | None = None, *, min_categories: int = 2, fallback: int = 3,
-          quick_threads: int | None = None, data: str | Path | None = None) -> Lesson:
+def setup(
+    quick_categories: Sequence[str] | None = None,
+    *,
+    min_categories: int = 2,
+    fallback: int = 3,
+    quick_threads: int | None = None,
+    data: str | Path | None = None,
+) -> Lesson:
     """Decide the lesson's mode, device, data and categories.
 
     ``quick_categories``: the categories a quick run uses when the data has them (``None``: all); if fewer
@@ -72,7 +82,9 @@ def setup(quick_categories: Sequence[str] | None = None, *, min_categories: int 
         root, where = Path(data), f"the data in {data}"
     else:
         root, where = find_data()
-    found = sorted(discover_categories(root))   # DataError naming the expected layout if there is none
+    found = sorted(
+        discover_categories(root)
+    )  # DataError naming the expected layout if there is none
     if quick and quick_categories is not None:
         categories = [c for c in quick_categories if c in found]
         if len(categories) < min(min_categories, len(quick_categories)):
@@ -80,6 +92,7 @@ def setup(quick_categories: Sequence[str] | None = None, *, min_categories: int 
     else:
         categories = list(found)
     from .precision import configure_threads
+
     configure_threads(quick_threads if (quick and device == "cpu" and quick_threads) else None)
     preset = "paper" if (not quick and device == "cuda") else "cpu"
     return Lesson(quick, device, Path(root), where, categories, preset, found)
@@ -103,8 +116,13 @@ def method_and_teacher(lesson: Lesson, method: str, **overrides):
     return cfg, teacher.to(lesson.device)
 
 
-def lesson_data(lesson: Lesson, image_size: int, n_train: int | None = None, n_test: int | None = None,
-                teacher=None):
+def lesson_data(
+    lesson: Lesson,
+    image_size: int,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    teacher=None,
+):
     """``(train, test, cache)``: the lesson's categories at ``image_size``, at most ``n_train`` / ``n_test``
     images per category (evenly spread, ``None``: all), and -- given a ``teacher`` -- one ``FeatureCache``
     already holding the teacher's features of both sets (else ``None``), so every model of the lesson trains
@@ -112,8 +130,12 @@ def lesson_data(lesson: Lesson, image_size: int, n_train: int | None = None, n_t
     from .cache import FeatureCache
     from .data import MVTecDataset
 
-    train = MVTecDataset(lesson.root, "train", categories=lesson.categories, image_size=image_size).evenly(n_train)
-    test = MVTecDataset(lesson.root, "test", categories=lesson.categories, image_size=image_size).evenly(n_test)
+    train = MVTecDataset(
+        lesson.root, "train", categories=lesson.categories, image_size=image_size
+    ).evenly(n_train)
+    test = MVTecDataset(
+        lesson.root, "test", categories=lesson.categories, image_size=image_size
+    ).evenly(n_test)
     cache = None
     if teacher is not None:
         cache = FeatureCache(teacher, image_size)
@@ -142,8 +164,10 @@ def _compare(got, want, rtol: float, atol: float, where: str = "the result") -> 
     got, want = _to_numpy(got), _to_numpy(want)
     if isinstance(want, dict):
         if not isinstance(got, dict) or set(got) != set(want):
-            return f"{where} should be a dict with keys {sorted(want)}, not {type(got).__name__} " \
-                   f"{sorted(got) if isinstance(got, dict) else ''}"
+            return (
+                f"{where} should be a dict with keys {sorted(want)}, not {type(got).__name__} "
+                f"{sorted(got) if isinstance(got, dict) else ''}"
+            )
         for k in want:
             why = _compare(got[k], want[k], rtol, atol, f"{where}[{k!r}]")
             if why:
@@ -181,7 +205,9 @@ def check(task: str, mine, reference, hint: str, rtol: float = 1e-4, atol: float
     except NotImplementedError:
         raise ExerciseNotDone(f"{task}: not done yet. Hint: {hint}") from None
     except Exception as err:  # the learner's code failed: say how, then the hint
-        raise ExerciseNotDone(f"{task}: your code raised {type(err).__name__}: {err}. Hint: {hint}") from None
+        raise ExerciseNotDone(
+            f"{task}: your code raised {type(err).__name__}: {err}. Hint: {hint}"
+        ) from None
     why = _compare(got, reference(), rtol, atol)
     if why:
         raise ExerciseNotDone(f"{task}: {why}. Hint: {hint}")

@@ -22,6 +22,7 @@ reported per class: **no unified model may read it**.
 Layout problems are found when the dataset is built (image headers are read, not decoded) and raise a
 :class:`DataError` that names the folder or file, what is wrong, and how to fix it.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,9 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: the formats decoded anywhere (datasets, masks, ``predict``, the demo), as Pillow names what a file *contains*;
 #: anything else (PostScript, PDF, ICO, ...) is refused before Pillow loads a pixel, whatever its file name says
 DECODE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
-MAX_IMAGE_PIXELS = 64_000_000  # refuse larger images (decompression-bomb guard); MVTec's largest is 1 MP
+MAX_IMAGE_PIXELS = (
+    64_000_000  # refuse larger images (decompression-bomb guard); MVTec's largest is 1 MP
+)
 
 
 class DataError(ValueError):
@@ -75,18 +78,18 @@ IMAGE_REJECTIONS = {
     "unreadable": "cannot read {name}: {error}",
     "empty": "{name} is an empty (0-byte) file, not an image: delete or replace it",
     "bomb": "{name} is too large to open safely ({error}): downscale it first (the model works at a few hundred "
-            "pixels anyway)",
+    "pixels anyway)",
     "text": "{name} is not a readable image (it holds text): re-save it as PNG/JPEG, or remove it (from the "
-            "dataset folder, or from the files given)",
+    "dataset folder, or from the files given)",
     "not_image": "{name} is not a readable image: re-save it as PNG/JPEG, or remove it (from the dataset folder, "
-                 "or from the files given)",
+    "or from the files given)",
     "format": "{name} holds {format} content (whatever its name says), which is not decoded here: convert it to "
-              "PNG or JPEG (decoded: PNG, JPEG, BMP, TIFF, WebP, GIF)",
+    "PNG or JPEG (decoded: PNG, JPEG, BMP, TIFF, WebP, GIF)",
     "too_many_pixels": "{name} has {width}x{height} = {megapixels:.0f} MP, more than the {limit_mp:.0f} MP limit: "
-                       "downscale it first (the model works at a few hundred pixels anyway)",
+    "downscale it first (the model works at a few hundred pixels anyway)",
     "too_small": "{name} is only {width}x{height} pixels: too small to be an inspection image",
     "budget": "{name}: with it the images of this request would add up to {megapixels:.0f} megapixels, more "
-              "than the budget of {limit_mp:.0f}",
+    "than the budget of {limit_mp:.0f}",
     "memory": "{name} is too large to decode on this machine: downscale it first",
     "corrupt": "{name} is corrupt or truncated ({error}): re-export or remove it",
     "not_rgb": "{name}: its {mode} pixels could not be converted to RGB",
@@ -94,7 +97,9 @@ IMAGE_REJECTIONS = {
 
 
 def _rejected(reason: str, name, **facts) -> ImageRejected:
-    return ImageRejected(reason, str(name), IMAGE_REJECTIONS[reason].format(name=name, **facts), **facts)
+    return ImageRejected(
+        reason, str(name), IMAGE_REJECTIONS[reason].format(name=name, **facts), **facts
+    )
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -117,12 +122,18 @@ class PixelBudget:
 
     def take(self, pixels: int, name: str) -> None:
         if self.used + pixels > self.total:
-            raise _rejected("budget", name, megapixels=(self.used + pixels) / 1e6, limit_mp=self.total / 1e6)
+            raise _rejected(
+                "budget", name, megapixels=(self.used + pixels) / 1e6, limit_mp=self.total / 1e6
+            )
         self.used += pixels
 
 
-def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
-               formats: Sequence[str] = DECODE_FORMATS) -> Image.Image:
+def open_image(
+    path,
+    name: str | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    formats: Sequence[str] = DECODE_FORMATS,
+) -> Image.Image:
     """Open an image's header -- no pixel data is decoded yet -- refusing (:class:`ImageRejected`) a missing or
     empty file, text or other non-images, content in a format not in ``formats`` (:data:`DECODE_FORMATS`; the
     file's name does not count), more than ``max_pixels`` pixels (and Pillow's own decompression-bomb guard) and
@@ -132,7 +143,9 @@ def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
     try:
         if path.stat().st_size == 0:
             raise _rejected("empty", name)
-        with warnings.catch_warnings():  # opening reads the header only; our own size limit follows below
+        with (
+            warnings.catch_warnings()
+        ):  # opening reads the header only; our own size limit follows below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except ImageRejected:
@@ -154,17 +167,29 @@ def open_image(path, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
     w, h = img.size
     if w * h > max_pixels:
         img.close()
-        raise _rejected("too_many_pixels", name, width=w, height=h, megapixels=w * h / 1e6,
-                        limit_mp=max_pixels / 1e6)
+        raise _rejected(
+            "too_many_pixels",
+            name,
+            width=w,
+            height=h,
+            megapixels=w * h / 1e6,
+            limit_mp=max_pixels / 1e6,
+        )
     if w < 2 or h < 2:
         img.close()
         raise _rejected("too_small", name, width=w, height=h)
     return img
 
 
-def decode_image(path, name: str | None = None, size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
-                 formats: Sequence[str] = DECODE_FORMATS, exif_orientation: bool = False,
-                 budget: PixelBudget | None = None) -> tuple[np.ndarray, str]:
+def decode_image(
+    path,
+    name: str | None = None,
+    size: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    formats: Sequence[str] = DECODE_FORMATS,
+    exif_orientation: bool = False,
+    budget: PixelBudget | None = None,
+) -> tuple[np.ndarray, str]:
     """The one image decoder (datasets, the CLI, the demo): ``(pixels, mode)`` -- (H, W, 3) uint8 RGB, or
     (size, size, 3) with ``size``, and the file's original Pillow mode (what was converted).
 
@@ -210,6 +235,7 @@ def release_freed_memory() -> None:
     if _LIBC is None:
         try:
             import ctypes
+
             _LIBC = ctypes.CDLL("libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
         except (OSError, AttributeError):
@@ -237,7 +263,9 @@ def to_rgb_image(img: Image.Image) -> Image.Image:
             _warn_bit_depth(getattr(img, "filename", "") or "an image", peak, scale)
         out = Image.new("RGB", (w, h))
         for r in range(0, h, _ROWS):
-            band = np.asarray(img.crop((0, r, w, min(h, r + _ROWS)))).astype(np.float64)  # (rows, W)
+            band = np.asarray(img.crop((0, r, w, min(h, r + _ROWS)))).astype(
+                np.float64
+            )  # (rows, W)
             band = np.clip(band / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
             out.paste(Image.fromarray(np.repeat(band[..., None], 3, axis=2)), (0, r))
         return out
@@ -245,7 +273,9 @@ def to_rgb_image(img: Image.Image) -> Image.Image:
         src = img if img.mode == "RGBA" else img.convert("RGBA")
         out = Image.new("RGB", (w, h))
         for r in range(0, h, _ROWS):
-            band = np.asarray(src.crop((0, r, w, min(h, r + _ROWS)))).astype(np.float32)  # (rows, W, 4)
+            band = np.asarray(src.crop((0, r, w, min(h, r + _ROWS)))).astype(
+                np.float32
+            )  # (rows, W, 4)
             rgb = np.clip(band[..., :3] * (band[..., 3:4] / 255.0) + 0.5, 0, 255).astype(np.uint8)
             out.paste(Image.fromarray(rgb), (0, r))
         return out
@@ -267,10 +297,13 @@ def _warn_bit_depth(name: str, peak: float, scale: float) -> None:
         return
     _BIT_DEPTH_WARNED = True
     bits = int(np.log2(scale + 1))
-    warnings.warn(f"{name} is stored with 16 bits per pixel but its values reach only {peak:.0f} (a {bits}-bit "
-                  f"image): scaled by {scale:.0f}, its real range, not 65535, so it is not decoded nearly black. "
-                  f"Each image is scaled by its own range: if some images of a set are much darker than others, "
-                  f"convert them all to 8 bits yourself. (Said once, for the first such image.)", stacklevel=4)
+    warnings.warn(
+        f"{name} is stored with 16 bits per pixel but its values reach only {peak:.0f} (a {bits}-bit "
+        f"image): scaled by {scale:.0f}, its real range, not 65535, so it is not decoded nearly black. "
+        f"Each image is scaled by its own range: if some images of a set are much darker than others, "
+        f"convert them all to 8 bits yourself. (Said once, for the first such image.)",
+        stacklevel=4,
+    )
 
 
 def load_image(path, size: int | None = None, exif_orientation: bool = False) -> np.ndarray:
@@ -294,15 +327,21 @@ def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
     arr = arr[..., :3]
     if arr.shape[:2] == (size, size):
         return np.ascontiguousarray(arr)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size, size), Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(arr)).resize((size, size), Image.BILINEAR)
+    )
 
 
 def model_inputs(images: Sequence, size: int) -> list[np.ndarray]:
     """File paths or (H, W, 3) / (H, W) uint8 arrays -> (size, size, 3) uint8 arrays, the pixels every scoring
     path sees (``inference.predict``, a served export): a file is turned upright by its EXIF orientation first, as
     the demo does with an upload, then resized by :func:`resize_rgb`."""
-    return [load_image(im, size, exif_orientation=True) if isinstance(im, (str, os.PathLike))
-            else resize_rgb(np.asarray(im, dtype=np.uint8), size) for im in images]
+    return [
+        load_image(im, size, exif_orientation=True)
+        if isinstance(im, (str, os.PathLike))
+        else resize_rgb(np.asarray(im, dtype=np.uint8), size)
+        for im in images
+    ]
 
 
 _LOSSY_MASK_WARNED = False  # the lossy-mask warning is given once per process (tests reset it)
@@ -319,7 +358,9 @@ def _webp_is_lossy(path: Path) -> bool:
                 fourcc, n = chunk[:4], int.from_bytes(chunk[4:], "little")
                 if fourcc in (b"VP8 ", b"VP8L"):
                     return fourcc == b"VP8 "
-                if fourcc == b"ANMF":  # an animation frame: 16 bytes of frame header, then its own chunks
+                if (
+                    fourcc == b"ANMF"
+                ):  # an animation frame: 16 bytes of frame header, then its own chunks
                     f.seek(16, os.SEEK_CUR)
                     continue
                 f.seek(n + (n & 1), os.SEEK_CUR)
@@ -343,13 +384,18 @@ def _warn_lossy_mask(path: Path, kind: str) -> None:
     if _LOSSY_MASK_WARNED:
         return
     _LOSSY_MASK_WARNED = True
-    warnings.warn(f"mask {path} is stored as {kind}, a lossy format: its compression noise (faint grey pixels "
-                  f"around edges and in black areas) is removed by binarising at half the range (>= 128 of 255), "
-                  f"but edges may still shift by a pixel; store masks as PNG to keep them exact. (Said once, for "
-                  f"the first such mask.)", stacklevel=3)
+    warnings.warn(
+        f"mask {path} is stored as {kind}, a lossy format: its compression noise (faint grey pixels "
+        f"around edges and in black areas) is removed by binarising at half the range (>= 128 of 255), "
+        f"but edges may still shift by a pixel; store masks as PNG to keep them exact. (Said once, for "
+        f"the first such mask.)",
+        stacklevel=3,
+    )
 
 
-LABEL_MAP_MAX = 31  # a lossless mask whose values all stay at or below this holds class ids: non-zero = defect
+LABEL_MAP_MAX = (
+    31  # a lossless mask whose values all stay at or below this holds class ids: non-zero = defect
+)
 _BIT_RANGES = (255, 1023, 4095, 16383, 65535)  # 8, 10, 12, 14 and 16 bits
 
 
@@ -396,11 +442,15 @@ def _colour_defect(colour: np.ndarray, lossless: bool, path: Path) -> np.ndarray
         return _binarise(colour.max(axis=2), lossless=False)
     on = _binarise(colour, lossless)  # (H, W, C): each channel by the same rule
     marked = on.any(axis=2)
-    kinds = np.unique(on[marked].reshape(-1, on.shape[2]), axis=0) if marked.any() else np.zeros((0, 3))
+    kinds = (
+        np.unique(on[marked].reshape(-1, on.shape[2]), axis=0) if marked.any() else np.zeros((0, 3))
+    )
     if len(kinds) > 1:
-        raise DataError(f"mask {path} marks defects in {len(kinds)} different colours (its channels disagree "
-                        f"about which pixels are defect): a mask holds one defect region per image; save it "
-                        f"as a grey image, white (or any non-zero value) = defect, black = normal")
+        raise DataError(
+            f"mask {path} marks defects in {len(kinds)} different colours (its channels disagree "
+            f"about which pixels are defect): a mask holds one defect region per image; save it "
+            f"as a grey image, white (or any non-zero value) = defect, black = normal"
+        )
     return marked
 
 
@@ -413,13 +463,17 @@ def mask_defect(img: Image.Image, path: Path, lossless: bool = True) -> np.ndarr
     if alpha is None or alpha.min() == alpha.max():
         return _colour_defect(colour, lossless, path)
     alpha_on = alpha >= 128
-    if not (colour != colour[0, 0]).any():  # the colour is uniform (colour[0, 0]: one pixel's value or channels)
+    if not (
+        colour != colour[0, 0]
+    ).any():  # the colour is uniform (colour[0, 0]: one pixel's value or channels)
         return alpha_on
     defect = _colour_defect(colour, lossless, path)
     if (defect != alpha_on).any():
-        raise DataError(f"mask {path} has a transparency (alpha) channel that marks other pixels than its colour "
-                        f"channels do: save it without transparency, white (or any non-zero value) = defect, "
-                        f"black = normal")
+        raise DataError(
+            f"mask {path} has a transparency (alpha) channel that marks other pixels than its colour "
+            f"channels do: save it without transparency, white (or any non-zero value) = defect, "
+            f"black = normal"
+        )
     return defect
 
 
@@ -514,23 +568,31 @@ def discover_categories(root) -> dict[str, Path]:
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"data folder {root} does not exist{_broken_link_note(root)}: pass --data with a folder "
-                        f"of categories in MVTec layout, or omit --data to use the synthetic set")
+        raise DataError(
+            f"data folder {root} does not exist{_broken_link_note(root)}: pass --data with a folder "
+            f"of categories in MVTec layout, or omit --data to use the synthetic set"
+        )
     if not root.is_dir():
         raise DataError(f"--data {root} is a file, not a folder of categories")
 
     search = _CategorySearch(root).run()
     found, broken, looping, to_files = search.found, search.broken, search.looping, search.to_files
     if not found:
-        hints = [f"{what}: {_name_list(sorted(names))}" for what, names in (
-            ("broken symbolic links", broken),
-            ("symbolic links back into folders already searched", looping),
-            ("symbolic links to files, not folders", to_files)) if names]
+        hints = [
+            f"{what}: {_name_list(sorted(names))}"
+            for what, names in (
+                ("broken symbolic links", broken),
+                ("symbolic links back into folders already searched", looping),
+                ("symbolic links to files, not folders", to_files),
+            )
+            if names
+        ]
         hint = f" ({'; '.join(hints)})" if hints else ""
         raise DataError(
             f"no categories found under {root}: a category is a folder holding train/good/ with normal images "
             f"(MVTec AD layout: <category>/train/good, <category>/test/<defect>, <category>/ground_truth/<defect>)"
-            f"{hint}")
+            f"{hint}"
+        )
     names = [p.name for p in found]
     out = {}
     for p in sorted(found):
@@ -610,16 +672,24 @@ class _CategorySearch:
             else:
                 real_here = real_here or os.path.realpath(here)
                 if _is_within(real_here, os.path.realpath(e.path)):
-                    self.looping.append(self.rel(e.path))  # a link to this folder or one of its ancestors
+                    self.looping.append(
+                        self.rel(e.path)
+                    )  # a link to this folder or one of its ancestors
                 else:
-                    links.append(Path(e.path))  # searched after all folders reached with fewer links
+                    links.append(
+                        Path(e.path)
+                    )  # searched after all folders reached with fewer links
         return subdirs, links
 
 
 def _mask_for(category_dir: Path, defect: str, image: Path) -> Path | None:
     gt = category_dir / "ground_truth" / defect
-    for candidate in (gt / f"{image.stem}_mask.png", gt / f"{image.stem}.png", gt / f"{image.stem}_mask{image.suffix}",
-                      gt / image.stem / "000.png"):
+    for candidate in (
+        gt / f"{image.stem}_mask.png",
+        gt / f"{image.stem}.png",
+        gt / f"{image.stem}_mask{image.suffix}",
+        gt / image.stem / "000.png",
+    ):
         if candidate.is_file():
             return candidate
         if note := _broken_link(candidate):
@@ -634,15 +704,19 @@ def scan_category(name: str, folder: Path, split: str, check_masks: bool = True)
         train = folder / "train" / "good"
         files = _image_files(train)
         if not files:
-            raise DataError(f"{train} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): put the normal "
-                            f"training images of category {name!r} there")
+            raise DataError(
+                f"{train} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): put the normal "
+                f"training images of category {name!r} there"
+            )
         return [Record(p, name, 0, "good", None) for p in files]
     if split != "test":
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     test = folder / "test"
     if not test.is_dir():
-        raise DataError(f"category {name!r} has no test/ folder at {test}{_broken_link_note(test)}: add test/good "
-                        f"and test/<defect> folders, or train only")
+        raise DataError(
+            f"category {name!r} has no test/ folder at {test}{_broken_link_note(test)}: add test/good "
+            f"and test/<defect> folders, or train only"
+        )
     records: list[Record] = []
     for d in sorted(test.iterdir()):
         if not d.name.startswith(".") and (note := _broken_link(d)):
@@ -657,10 +731,13 @@ def scan_category(name: str, folder: Path, split: str, check_masks: bool = True)
                 raise DataError(
                     f"defect image {p} has no mask: expected {folder / 'ground_truth' / sub.name / (p.stem + '_mask.png')}"
                     f". Add the mask (white = defect), or evaluate image scores only: python -m unistad_edu eval "
-                    f"--image-only (in Python: check_masks=False, evaluate(..., pixel=False))")
+                    f"--image-only (in Python: check_masks=False, evaluate(..., pixel=False))"
+                )
             records.append(Record(p, name, 1, sub.name, mask))
     if not records:
-        raise DataError(f"{test} holds no images: add test/good and test/<defect> images of category {name!r}")
+        raise DataError(
+            f"{test} holds no images: add test/good and test/<defect> images of category {name!r}"
+        )
     return records
 
 
@@ -681,9 +758,16 @@ class MVTecDataset:
         check_masks: require a mask for every defect image (default True).
     """
 
-    def __init__(self, root, split: str = "train", categories: Sequence[str] | None = None,
-                 image_size: int = 256, keep_in_memory: bool = True, check_masks: bool = True,
-                 records: Sequence[Record] | None = None):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        categories: Sequence[str] | None = None,
+        image_size: int = 256,
+        keep_in_memory: bool = True,
+        check_masks: bool = True,
+        records: Sequence[Record] | None = None,
+    ):
         self.root = Path(root)
         self.split = split
         self.image_size = int(image_size)
@@ -693,9 +777,15 @@ class MVTecDataset:
             if categories:
                 missing = [c for c in categories if c not in found]
                 if missing:
-                    raise DataError(f"categories {missing} not found under {root}; found: {sorted(found)}")
+                    raise DataError(
+                        f"categories {missing} not found under {root}; found: {sorted(found)}"
+                    )
                 found = {c: found[c] for c in categories}
-            records = [r for name, folder in found.items() for r in scan_category(name, folder, split, check_masks)]
+            records = [
+                r
+                for name, folder in found.items()
+                for r in scan_category(name, folder, split, check_masks)
+            ]
             self._check_headers(records)
         self.records = list(records)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -707,8 +797,10 @@ class MVTecDataset:
             if r.mask_path is not None:
                 mask = open_image(r.mask_path)
                 if mask.size != img.size:
-                    raise DataError(f"mask {r.mask_path} is {mask.size[0]}x{mask.size[1]} but its image {r.path} "
-                                    f"is {img.size[0]}x{img.size[1]}: masks must have the image's size")
+                    raise DataError(
+                        f"mask {r.mask_path} is {mask.size[0]}x{mask.size[1]} but its image {r.path} "
+                        f"is {img.size[0]}x{img.size[1]}: masks must have the image's size"
+                    )
 
     @property
     def categories(self) -> list[str]:
@@ -716,8 +808,13 @@ class MVTecDataset:
 
     def subset(self, indices: Sequence[int]) -> "MVTecDataset":
         """A dataset over some of these records (shares nothing mutable)."""
-        return MVTecDataset(self.root, self.split, image_size=self.image_size, keep_in_memory=self.keep_in_memory,
-                            records=[self.records[i] for i in indices])
+        return MVTecDataset(
+            self.root,
+            self.split,
+            image_size=self.image_size,
+            keep_in_memory=self.keep_in_memory,
+            records=[self.records[i] for i in indices],
+        )
 
     def evenly(self, n: int | None) -> "MVTecDataset":
         """At most ``n`` images per category, evenly spread over each category's (sorted) files, so a capped
@@ -733,7 +830,10 @@ class MVTecDataset:
         return self.subset(keep)
 
     def by_category(self) -> dict[str, "MVTecDataset"]:
-        return {c: self.subset([i for i, r in enumerate(self.records) if r.category == c]) for c in self.categories}
+        return {
+            c: self.subset([i for i, r in enumerate(self.records) if r.category == c])
+            for c in self.categories
+        }
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -765,12 +865,24 @@ class MVTecDataset:
             mask_t = torch.zeros(1, self.image_size, self.image_size)
         else:
             mask_t = torch.from_numpy(mask.astype(np.float32, copy=True))[None]  # (1, S, S)
-        return {"image": img_t, "mask": mask_t, "label": r.label, "category": r.category,
-                "defect": r.defect, "path": str(r.path), "index": i}
+        return {
+            "image": img_t,
+            "mask": mask_t,
+            "label": r.label,
+            "category": r.category,
+            "defect": r.defect,
+            "path": str(r.path),
+            "index": i,
+        }
 
 
-def holdout_split(dataset: MVTecDataset, fraction: float = 0.1, seed: int = 0,
-                  min_per_category: int = 2, min_tail: int = 0) -> tuple[MVTecDataset, MVTecDataset]:
+def holdout_split(
+    dataset: MVTecDataset,
+    fraction: float = 0.1,
+    seed: int = 0,
+    min_per_category: int = 2,
+    min_tail: int = 0,
+) -> tuple[MVTecDataset, MVTecDataset]:
     """Split normal training images into (train, held-out) per category, reproducibly.
 
     The held-out normal images calibrate the anomaly thresholds, so a user needs no defective images for them.
@@ -785,8 +897,11 @@ def holdout_split(dataset: MVTecDataset, fraction: float = 0.1, seed: int = 0,
         idx = np.array([i for i, r in enumerate(dataset.records) if r.category == cat])
         rng.shuffle(idx)
         n = len(idx)
-        n_held = 0 if fraction <= 0 or n <= min_per_category else min(
-            n - 1, max(min_per_category, round(n * fraction), min(min_tail, n // 3)))
+        n_held = (
+            0
+            if fraction <= 0 or n <= min_per_category
+            else min(n - 1, max(min_per_category, round(n * fraction), min(min_tail, n // 3)))
+        )
         held_idx += sorted(idx[:n_held].tolist())
         train_idx += sorted(idx[n_held:].tolist())
     return dataset.subset(sorted(train_idx)), dataset.subset(sorted(held_idx))

@@ -29,6 +29,7 @@ How the engine uses it (see ``engine.fit``):
 The process group is destroyed when the process exits (:func:`cleanup`, registered with ``atexit``; call it
 yourself to end it earlier).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -70,13 +71,15 @@ class DistInfo:
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])  # reshape: channels_last grads are copied, not viewed
+        flat = torch.cat(
+            [g.reshape(-1) for g in grads]
+        )  # reshape: channels_last grads are copied, not viewed
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)  # gloo has no AVG
         flat /= self.world_size
         offset = 0
         for g in grads:
             n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))  # copy_ keeps g's memory format
+            g.copy_(flat[offset : offset + n].view_as(g))  # copy_ keeps g's memory format
             offset += n
 
     def broadcast_state(self, module) -> None:
@@ -85,7 +88,9 @@ class DistInfo:
             return
         with torch.no_grad():
             for t in module.state_for_checkpoint().values():  # detached views of the live tensors
-                buf = t.contiguous()  # collectives want dense tensors; channels_last ones get a copy
+                buf = (
+                    t.contiguous()
+                )  # collectives want dense tensors; channels_last ones get a copy
                 dist.broadcast(buf, src=0)
                 if buf.data_ptr() != t.data_ptr():
                     t.copy_(buf)
@@ -134,7 +139,9 @@ def setup(device: torch.device) -> DistInfo:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(cleanup)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+    return DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device
+    )
 
 
 def cleanup() -> None:

@@ -38,6 +38,7 @@ deleted), so re-running a finished command does nothing. Errors are :class:`Down
 :class:`~unistad_edu.data.DataError`), whose message names the problem and the fix; the CLI prints it without a
 traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,7 +102,9 @@ class Archive:
 
     name: str  # file name under OUT/.downloads
     url: str
-    sha256: str | None  # published / independently recorded SHA-256, or None (recorded on first download)
+    sha256: (
+        str | None
+    )  # published / independently recorded SHA-256, or None (recorded on first download)
     size: int | None  # bytes, when known (space checks before the server answers)
     page: str  # where a person finds the current link and the licence
     license: str
@@ -117,14 +120,27 @@ MVTEC_FULL = Archive(
     "mvtec_anomaly_detection.tar.xz",
     "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f283/download/420938113-1629960298/"
     "mvtec_anomaly_detection.tar.xz",
-    "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d", 5_264_982_680, MVTEC_PAGE, MVTEC_LICENSE)
+    "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+    5_264_982_680,
+    MVTEC_PAGE,
+    MVTEC_LICENSE,
+)
 
 _MVTEC_CATEGORY_IDS = {  # the per-category links MVTec published (2021); no checksums were published for them
-    "bottle": "420937370-1629951468", "cable": "420937413-1629951498", "capsule": "420937454-1629951595",
-    "carpet": "420937484-1629951672", "grid": "420937487-1629951814", "hazelnut": "420937545-1629951845",
-    "leather": "420937607-1629951964", "metal_nut": "420937637-1629952063", "screw": "420938130-1629953152",
-    "tile": "420938133-1629953189", "toothbrush": "420938134-1629953256", "transistor": "420938166-1629953277",
-    "wood": "420938383-1629953354", "zipper": "420938385-1629953449",
+    "bottle": "420937370-1629951468",
+    "cable": "420937413-1629951498",
+    "capsule": "420937454-1629951595",
+    "carpet": "420937484-1629951672",
+    "grid": "420937487-1629951814",
+    "hazelnut": "420937545-1629951845",
+    "leather": "420937607-1629951964",
+    "metal_nut": "420937637-1629952063",
+    "screw": "420938130-1629953152",
+    "tile": "420938133-1629953189",
+    "toothbrush": "420938134-1629953256",
+    "transistor": "420938166-1629953277",
+    "wood": "420938383-1629953354",
+    "zipper": "420938385-1629953449",
 }
 #: One archive per MVTec AD category (smaller downloads; checksum recorded on first download).
 MVTEC_CATEGORIES: dict[str, Archive] = {
@@ -132,22 +148,49 @@ MVTEC_CATEGORIES: dict[str, Archive] = {
     for c, i in _MVTEC_CATEGORY_IDS.items()
 }
 MVTEC_CATEGORIES["pill"] = Archive(  # published under another share
-    "pill.tar.xz", "https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download/"
-    "420938129-1629953099/pill.tar.xz", None, None, MVTEC_PAGE, MVTEC_LICENSE)
+    "pill.tar.xz",
+    "https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download/"
+    "420938129-1629953099/pill.tar.xz",
+    None,
+    None,
+    MVTEC_PAGE,
+    MVTEC_LICENSE,
+)
 MVTEC_CATEGORIES = dict(sorted(MVTEC_CATEGORIES.items()))
 
 VISA_PAGE = "https://github.com/amazon-science/spot-diff"
 VISA_LICENSE = "CC BY 4.0, Amazon"
 #: The single VisA tar on Amazon's public S3 bucket (1.9 GB) and its SHA-256.
-VISA = Archive("VisA_20220922.tar", "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
-               "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362", 1_929_840_640, VISA_PAGE,
-               VISA_LICENSE)
+VISA = Archive(
+    "VisA_20220922.tar",
+    "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
+    "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362",
+    1_929_840_640,
+    VISA_PAGE,
+    VISA_LICENSE,
+)
 #: The official one-class split, used only if the tar does not contain ``split_csv/1cls.csv``.
-VISA_SPLIT_URL = ("https://raw.githubusercontent.com/amazon-science/spot-diff/"
-                  "2a692ab575001cbde74d402d897a7286086c6199/split_csv/1cls.csv")
-VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-                   "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
-VISA_DEFECT = "bad"  # VisA's 1cls split has one anomaly label; the spot-diff conversion names it "bad"
+VISA_SPLIT_URL = (
+    "https://raw.githubusercontent.com/amazon-science/spot-diff/"
+    "2a692ab575001cbde74d402d897a7286086c6199/split_csv/1cls.csv"
+)
+VISA_CATEGORIES = (
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
+)
+VISA_DEFECT = (
+    "bad"  # VisA's 1cls split has one anomaly label; the spot-diff conversion names it "bad"
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -170,9 +213,18 @@ def human(n: float | None) -> str:
 
 def _bar(total=None, initial=0, desc="", unit="B", enabled=True):
     from tqdm.auto import tqdm
+
     scale = unit == "B"
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=scale,
-                unit_divisor=1024 if scale else 1000, disable=not enabled, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        unit_scale=scale,
+        unit_divisor=1024 if scale else 1000,
+        disable=not enabled,
+        leave=False,
+    )
 
 
 def sha256_file(path, progress: bool = False) -> str:
@@ -201,46 +253,73 @@ def _ensure_space(folder: Path, need: int | None, what: str) -> None:
         return
     free = _free_bytes(folder)
     if free < need:
-        raise DownloadError(f"not enough disk space in {folder}: {what} needs about {human(need)}, but only "
-                            f"{human(free)} is free. Free {human(need - free)} or choose another --out.")
+        raise DownloadError(
+            f"not enough disk space in {folder}: {what} needs about {human(need)}, but only "
+            f"{human(free)} is free. Free {human(need - free)} or choose another --out."
+        )
 
 
-def _disk_full(folder: Path, need: int | None, what: str, err: OSError, at_least: bool = False) -> DiskFullError:
-    amount = "more" if need is None else f"at least {human(need)}" if at_least else f"about {human(need)}"
-    return DiskFullError(f"the disk is full ({err.strerror}) while {what} in {folder}: this step needs {amount} "
-                         f"of free space, {human(_free_bytes(folder))} is free now. Free some space or choose "
-                         f"another --out, then run the same command again (finished downloads are kept).")
+def _disk_full(
+    folder: Path, need: int | None, what: str, err: OSError, at_least: bool = False
+) -> DiskFullError:
+    amount = (
+        "more"
+        if need is None
+        else f"at least {human(need)}"
+        if at_least
+        else f"about {human(need)}"
+    )
+    return DiskFullError(
+        f"the disk is full ({err.strerror}) while {what} in {folder}: this step needs {amount} "
+        f"of free space, {human(_free_bytes(folder))} is free now. Free some space or choose "
+        f"another --out, then run the same command again (finished downloads are kept)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
 # fetching: resume, verify, clear errors
 # --------------------------------------------------------------------------------------------------------
 def _http_error(url: str, err: urllib.error.HTTPError, page: str | None) -> DownloadError:
-    where = f" open {page}, copy the current link and pass it with --url (and --sha256 if one is given)." \
-        if page else " check the link."
+    where = (
+        f" open {page}, copy the current link and pass it with --url (and --sha256 if one is given)."
+        if page
+        else " check the link."
+    )
     if err.code in (404, 410):
-        return DownloadError(f"HTTP {err.code} {err.reason}: {url} does not exist (any more). Dataset hosts move "
-                             f"their download links from time to time:{where}")
+        return DownloadError(
+            f"HTTP {err.code} {err.reason}: {url} does not exist (any more). Dataset hosts move "
+            f"their download links from time to time:{where}"
+        )
     if err.code in (401, 403):
-        return DownloadError(f"HTTP {err.code} {err.reason}: access to {url} was refused; the link may have "
-                             f"expired or need the licence accepted on the dataset's page:{where}")
+        return DownloadError(
+            f"HTTP {err.code} {err.reason}: access to {url} was refused; the link may have "
+            f"expired or need the licence accepted on the dataset's page:{where}"
+        )
     if err.code >= 500:
-        return DownloadError(f"HTTP {err.code} {err.reason} from the server of {url}: a problem on their side; "
-                             f"try again later (the partial download, if any, is kept and will be resumed).")
+        return DownloadError(
+            f"HTTP {err.code} {err.reason} from the server of {url}: a problem on their side; "
+            f"try again later (the partial download, if any, is kept and will be resumed)."
+        )
     return DownloadError(f"HTTP {err.code} {err.reason} for {url}:{where}")
 
 
 def _network_error(url: str, err: BaseException) -> DownloadError:
     reason = getattr(err, "reason", err)
     host = urllib.request.urlparse(url).netloc
-    offline = ("If this machine is offline, copy the dataset from one that is online, or train on the "
-               "synthetic set: python -m unistad_edu data synthetic --out DIR")
+    offline = (
+        "If this machine is offline, copy the dataset from one that is online, or train on the "
+        "synthetic set: python -m unistad_edu data synthetic --out DIR"
+    )
     if isinstance(reason, ConnectionRefusedError):
-        what = f"connection refused by {host}: nothing accepts connections there (wrong host or port, or a " \
-               f"firewall/proxy in the way)."
+        what = (
+            f"connection refused by {host}: nothing accepts connections there (wrong host or port, or a "
+            f"firewall/proxy in the way)."
+        )
     elif isinstance(reason, socket.gaierror):
-        what = f"cannot resolve the host name {host!r}: no network connection, or DNS does not work " \
-               f"(behind a proxy? set HTTPS_PROXY)."
+        what = (
+            f"cannot resolve the host name {host!r}: no network connection, or DNS does not work "
+            f"(behind a proxy? set HTTPS_PROXY)."
+        )
     elif isinstance(reason, (TimeoutError, socket.timeout)):
         what = f"{host} did not answer in time (slow or no network); run the command again."
     else:
@@ -274,8 +353,16 @@ def _open(url: str, start: int, timeout: float, page: str | None):
         raise _network_error(url, err) from None
 
 
-def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool, page: str | None,
-                expect_size: int | None, unpack_factor: float) -> None:
+def _fetch_once(
+    url: str,
+    part: Path,
+    *,
+    timeout: float,
+    progress: bool,
+    page: str | None,
+    expect_size: int | None,
+    unpack_factor: float,
+) -> None:
     """One request: continue ``part`` (or start it) until the server's file is complete.
 
     Raises :class:`_Interrupted` when the connection ends early (``part`` then holds what arrived).
@@ -288,36 +375,60 @@ def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool, page: s
         if total is not None and total == have:
             return  # the part file is already complete
         part.unlink()  # larger than the file, or unknown: start over
-        return _fetch_once(url, part, timeout=timeout, progress=progress, page=page, expect_size=expect_size,
-                           unpack_factor=unpack_factor)
+        return _fetch_once(
+            url,
+            part,
+            timeout=timeout,
+            progress=progress,
+            page=page,
+            expect_size=expect_size,
+            unpack_factor=unpack_factor,
+        )
     with resp:
         if "text/html" in (resp.headers.get("Content-Type") or "").lower():
-            raise DownloadError(f"{url} returned a web page instead of the archive: the link has probably expired "
-                                f"or needs a licence click-through. Open {page or 'the dataset page'}, copy the "
-                                f"current direct link and pass it with --url.")
+            raise DownloadError(
+                f"{url} returned a web page instead of the archive: the link has probably expired "
+                f"or needs a licence click-through. Open {page or 'the dataset page'}, copy the "
+                f"current direct link and pass it with --url."
+            )
         if have and resp.status == 206:
             start, total = _content_range(resp.headers)
             if start != have:  # the server sent some other range: restart cleanly
                 part.unlink()
-                return _fetch_once(url, part, timeout=timeout, progress=progress, page=page,
-                                   expect_size=expect_size, unpack_factor=unpack_factor)
+                return _fetch_once(
+                    url,
+                    part,
+                    timeout=timeout,
+                    progress=progress,
+                    page=page,
+                    expect_size=expect_size,
+                    unpack_factor=unpack_factor,
+                )
             mode = "ab"
         else:  # 200: the whole file (fresh start, or a server that ignores Range)
             if have:
-                _say(f"the server of {url} does not resume downloads: starting {part.name} again from zero")
+                _say(
+                    f"the server of {url} does not resume downloads: starting {part.name} again from zero"
+                )
             have, mode = 0, "wb"
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
         total = total if total is not None else expect_size
         if total is not None:
-            _ensure_space(part.parent, int((total - have) + total * unpack_factor),
-                          f"downloading the rest of {part.name} ({human(total - have)}) and unpacking it")
+            _ensure_space(
+                part.parent,
+                int((total - have) + total * unpack_factor),
+                f"downloading the rest of {part.name} ({human(total - have)}) and unpacking it",
+            )
         _stream(resp, part, mode, have, total, progress)
 
 
 def _stream(resp, part: Path, mode: str, have: int, total: int | None, progress: bool) -> None:
     need = total - have if total is not None else None
-    with open(part, mode) as f, _bar(total, have, desc=part.name.removesuffix(".part"), enabled=progress) as bar:
+    with (
+        open(part, mode) as f,
+        _bar(total, have, desc=part.name.removesuffix(".part"), enabled=progress) as bar,
+    ):
         while True:
             try:
                 chunk = resp.read(CHUNK)
@@ -337,9 +448,19 @@ def _stream(resp, part: Path, mode: str, have: int, total: int | None, progress:
         raise _Interrupted(f"the connection closed after {human(have)} of {human(total)}")
 
 
-def download_file(url: str, dest, sha256: str | None = None, *, progress: bool = True, timeout: float = 60.0,
-                  retries: int = 3, retry_wait: float = 5.0, page: str | None = None,
-                  expect_size: int | None = None, unpack_factor: float = 0.0) -> str:
+def download_file(
+    url: str,
+    dest,
+    sha256: str | None = None,
+    *,
+    progress: bool = True,
+    timeout: float = 60.0,
+    retries: int = 3,
+    retry_wait: float = 5.0,
+    page: str | None = None,
+    expect_size: int | None = None,
+    unpack_factor: float = 0.0,
+) -> str:
     """Download ``url`` to ``dest``, resuming ``dest.part``, and return the file's SHA-256.
 
     * ``dest`` already there: verified and reused (deleted and fetched again if it does not match).
@@ -362,23 +483,36 @@ def download_file(url: str, dest, sha256: str | None = None, *, progress: bool =
     retries = max(0, int(retries))
     for attempt in range(retries + 1):
         try:
-            _fetch_once(url, part, timeout=timeout, progress=progress, page=page, expect_size=expect_size,
-                        unpack_factor=unpack_factor)
+            _fetch_once(
+                url,
+                part,
+                timeout=timeout,
+                progress=progress,
+                page=page,
+                expect_size=expect_size,
+                unpack_factor=unpack_factor,
+            )
             break
         except DiskFullError:
             raise
         except DownloadError as err:  # a refused connection, an HTTP error...: say what is kept
             if part.is_file() and part.stat().st_size:
-                raise type(err)(f"{err} ({human(part.stat().st_size)} downloaded so far are kept in {part}; the "
-                                f"same command resumes from there.)") from None
+                raise type(err)(
+                    f"{err} ({human(part.stat().st_size)} downloaded so far are kept in {part}; the "
+                    f"same command resumes from there.)"
+                ) from None
             raise
         except _Interrupted as err:
             have = part.stat().st_size if part.exists() else 0
             if attempt == retries:
-                raise DownloadError(f"the download of {url} was interrupted ({err}). {human(have)} are kept in "
-                                    f"{part}: run the same command again to resume from there.") from None
-            _say(f"download interrupted ({err}); resuming in {retry_wait:g} s "
-                 f"(attempt {attempt + 2} of {retries + 1})")
+                raise DownloadError(
+                    f"the download of {url} was interrupted ({err}). {human(have)} are kept in "
+                    f"{part}: run the same command again to resume from there."
+                ) from None
+            _say(
+                f"download interrupted ({err}); resuming in {retry_wait:g} s "
+                f"(attempt {attempt + 2} of {retries + 1})"
+            )
             time.sleep(retry_wait)
     digest = sha256_file(part, progress)
     if sha256 is not None and digest != sha256:
@@ -387,7 +521,8 @@ def download_file(url: str, dest, sha256: str | None = None, *, progress: bool =
             f"checksum mismatch for {dest.name} from {url}: expected SHA-256 {sha256}, got {digest}. The file is "
             f"corrupt or is not the expected archive (a changed link, or a proxy/captive-portal page); it was "
             f"deleted. Run the command again to download it afresh; if the publisher really changed the archive, "
-            f"check the new checksum on {page or 'their page'} and pass it with --sha256.")
+            f"check the new checksum on {page or 'their page'} and pass it with --sha256."
+        )
     os.replace(part, dest)
     return digest
 
@@ -401,15 +536,21 @@ _CORRUPT = (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error)
 def _member_path(name: str) -> PurePosixPath | None:
     """The member's relative path, or :class:`UnsafeArchiveError` if it is absolute or climbs with ``..``."""
     if "\x00" in name:
-        raise UnsafeArchiveError(f"archive member {name!r} has a NUL byte in its name: refusing to unpack")
+        raise UnsafeArchiveError(
+            f"archive member {name!r} has a NUL byte in its name: refusing to unpack"
+        )
     norm = name.replace("\\", "/")
     if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        raise UnsafeArchiveError(f"archive member {name!r} has an absolute path (path traversal): refusing to "
-                                 f"unpack this archive; it is corrupt or malicious")
+        raise UnsafeArchiveError(
+            f"archive member {name!r} has an absolute path (path traversal): refusing to "
+            f"unpack this archive; it is corrupt or malicious"
+        )
     parts = [p for p in norm.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchiveError(f"archive member {name!r} climbs out with '..' (path traversal): refusing to "
-                                 f"unpack this archive; it is corrupt or malicious")
+        raise UnsafeArchiveError(
+            f"archive member {name!r} climbs out with '..' (path traversal): refusing to "
+            f"unpack this archive; it is corrupt or malicious"
+        )
     return PurePosixPath(*parts) if parts else None
 
 
@@ -425,11 +566,15 @@ def _make_parents(dest: Path, root: str, rel: PurePosixPath) -> Path:
         cur = cur / part
         if os.path.lexists(cur):
             if not _inside(root, cur):
-                raise UnsafeArchiveError(f"archive member {rel} would be written through a link leading outside "
-                                         f"the target folder: refusing to unpack")
+                raise UnsafeArchiveError(
+                    f"archive member {rel} would be written through a link leading outside "
+                    f"the target folder: refusing to unpack"
+                )
             if not cur.is_dir():
-                raise DownloadError(f"archive member {rel} needs {cur.relative_to(dest)} to be a folder, but the "
-                                    f"archive made it a file: the archive is corrupt")
+                raise DownloadError(
+                    f"archive member {rel} needs {cur.relative_to(dest)} to be a folder, but the "
+                    f"archive made it a file: the archive is corrupt"
+                )
         else:
             cur.mkdir()
     target = cur / rel.parts[-1]
@@ -441,13 +586,17 @@ def _make_parents(dest: Path, root: str, rel: PurePosixPath) -> Path:
 def _link_target(member: tarfile.TarInfo, rel: PurePosixPath) -> PurePosixPath:
     link = member.linkname.replace("\\", "/")
     if link.startswith("/") or re.match(r"^[A-Za-z]:", link):
-        raise UnsafeArchiveError(f"archive member {rel} links to the absolute path {member.linkname!r}: refusing "
-                                 f"to unpack (path traversal)")
+        raise UnsafeArchiveError(
+            f"archive member {rel} links to the absolute path {member.linkname!r}: refusing "
+            f"to unpack (path traversal)"
+        )
     base = str(rel.parent) if member.issym() else ""
     joined = posixpath.normpath(posixpath.join(base, link))
     if joined == ".." or joined.startswith("../"):
-        raise UnsafeArchiveError(f"archive member {rel} links to {member.linkname!r}, outside the target folder: "
-                                 f"refusing to unpack (path traversal)")
+        raise UnsafeArchiveError(
+            f"archive member {rel} links to {member.linkname!r}, outside the target folder: "
+            f"refusing to unpack (path traversal)"
+        )
     return PurePosixPath(joined)
 
 
@@ -459,27 +608,35 @@ def _copy_stream(src, dst) -> int:
     return n
 
 
-def _extract_member(tar: tarfile.TarFile, m: tarfile.TarInfo, rel: PurePosixPath, dest: Path, root: str) -> int:
+def _extract_member(
+    tar: tarfile.TarFile, m: tarfile.TarInfo, rel: PurePosixPath, dest: Path, root: str
+) -> int:
     if m.isdir():
         target = _make_parents(dest, root, rel)
         if not target.is_dir():
             target.mkdir()
         return 0
     if not (m.isfile() or m.issym() or m.islnk()):
-        raise UnsafeArchiveError(f"archive member {rel} is a device or FIFO, not a file: refusing to unpack")
+        raise UnsafeArchiveError(
+            f"archive member {rel} is a device or FIFO, not a file: refusing to unpack"
+        )
     link = _link_target(m, rel) if (m.issym() or m.islnk()) else None
     target = _make_parents(dest, root, rel)
     if m.issym():
         if not _inside(root, target.parent / m.linkname):
-            raise UnsafeArchiveError(f"archive member {rel} is a link resolving outside the target folder "
-                                     f"({m.linkname!r}): refusing to unpack (path traversal)")
+            raise UnsafeArchiveError(
+                f"archive member {rel} is a link resolving outside the target folder "
+                f"({m.linkname!r}): refusing to unpack (path traversal)"
+            )
         os.symlink(m.linkname, target)
         return 0
     if m.islnk():  # hard link to an earlier member: a copy of it
         source = dest.joinpath(*link.parts)
         if not source.is_file() or not _inside(root, source):
-            raise DownloadError(f"archive member {rel} is a hard link to {m.linkname!r}, which is not an earlier "
-                                f"file of the archive: the archive is corrupt")
+            raise DownloadError(
+                f"archive member {rel} is a hard link to {m.linkname!r}, which is not an earlier "
+                f"file of the archive: the archive is corrupt"
+            )
         shutil.copyfile(source, target)
         return source.stat().st_size
     src = tar.extractfile(m)
@@ -487,8 +644,9 @@ def _extract_member(tar: tarfile.TarFile, m: tarfile.TarInfo, rel: PurePosixPath
         return _copy_stream(src, f)
 
 
-def safe_extract(archive, dest, *, wanted: Callable[[PurePosixPath], bool] | None = None,
-                 progress: bool = True) -> int:
+def safe_extract(
+    archive, dest, *, wanted: Callable[[PurePosixPath], bool] | None = None, progress: bool = True
+) -> int:
     """Unpack the tar ``archive`` (plain, .gz, .bz2, .xz) into ``dest`` and return the bytes written.
 
     Every member is checked (even those ``wanted`` skips): absolute paths, ``..``, links leading outside
@@ -500,8 +658,10 @@ def safe_extract(archive, dest, *, wanted: Callable[[PurePosixPath], bool] | Non
     root = os.path.realpath(dest)
     written = 0
     try:
-        with tarfile.open(archive, "r:*") as tar, _bar(None, desc=f"unpacking {archive.name}", unit=" files",
-                                                       enabled=progress) as bar:
+        with (
+            tarfile.open(archive, "r:*") as tar,
+            _bar(None, desc=f"unpacking {archive.name}", unit=" files", enabled=progress) as bar,
+        ):
             for m in tar:
                 rel = _member_path(m.name)
                 if m.issym() or m.islnk():
@@ -514,7 +674,9 @@ def safe_extract(archive, dest, *, wanted: Callable[[PurePosixPath], bool] | Non
         raise _corrupt_archive(archive, err) from None
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise _disk_full(dest, archive.stat().st_size, "unpacking", err, at_least=True) from None
+            raise _disk_full(
+                dest, archive.stat().st_size, "unpacking", err, at_least=True
+            ) from None
         raise DownloadError(f"cannot unpack {archive.name} into {dest}: {err}") from None
     return written
 
@@ -522,9 +684,17 @@ def safe_extract(archive, dest, *, wanted: Callable[[PurePosixPath], bool] | Non
 def _corrupt_archive(archive: Path, err: BaseException) -> DownloadError:
     with open(archive, "rb") as f:
         head = f.read(512).lstrip().lower()
-    hint = (" It is a web page, not an archive: the link has probably expired; get the current one from the "
-            "dataset's page and pass it with --url.") if head.startswith((b"<!doctype html", b"<html")) else ""
-    return DownloadError(f"{archive.name} is not a valid (or is a truncated) tar archive: {err}.{hint}")
+    hint = (
+        (
+            " It is a web page, not an archive: the link has probably expired; get the current one from the "
+            "dataset's page and pass it with --url."
+        )
+        if head.startswith((b"<!doctype html", b"<html"))
+        else ""
+    )
+    return DownloadError(
+        f"{archive.name} is not a valid (or is a truncated) tar archive: {err}.{hint}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -542,10 +712,12 @@ class _Workspace:
 
     def __enter__(self) -> "_Workspace":
         if self.out.exists() and not self.out.is_dir():
-            raise DownloadError(f"--out {self.out} is a file; give a folder (it will hold one folder per category)")
+            raise DownloadError(
+                f"--out {self.out} is a file; give a folder (it will hold one folder per category)"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
         for old in self.out.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
-            pid = old.name[len(STAGING_PREFIX):]
+            pid = old.name[len(STAGING_PREFIX) :]
             if not (pid.isdigit() and pid_alive(int(pid))) or old == self.stage:
                 shutil.rmtree(old, ignore_errors=True)
         self.stage.mkdir()
@@ -569,13 +741,17 @@ def read_manifest(out) -> dict:
     if not path.is_file():
         return {"archives": {}, "categories": {}}
     try:
-        data = read_json_object(path, "the record of downloads", "delete it (it only records what was downloaded)")
+        data = read_json_object(
+            path, "the record of downloads", "delete it (it only records what was downloaded)"
+        )
     except BadJSONFile as err:
         raise DownloadError(str(err)) from None
     for key in ("archives", "categories"):
         if not isinstance(data.setdefault(key, {}), dict):
-            raise DownloadError(f"{path}: {key} is {data[key]!r}, expected an object: delete the file (it only "
-                                f"records what was downloaded)")
+            raise DownloadError(
+                f"{path}: {key} is {data[key]!r}, expected an object: delete the file (it only "
+                f"records what was downloaded)"
+            )
     return data
 
 
@@ -591,20 +767,28 @@ def check_replaceable(out: Path, name: str) -> None:
     dst = Path(out) / name
     fix = "move it away, or choose another --out; --force replaces only a category a download installed"
     if dst.is_symlink() or not dst.is_dir():
-        raise DownloadError(f"--force refused: {dst} is {ownership.describe(dst)}, not a downloaded category "
-                            f"folder: {fix}")
+        raise DownloadError(
+            f"--force refused: {dst} is {ownership.describe(dst)}, not a downloaded category "
+            f"folder: {fix}"
+        )
     record = read_manifest(out)["categories"].get(name)
     if record is None:
-        raise DownloadError(f"--force refused: {dst} was not installed by a download ({name!r} is not recorded in "
-                            f"{Path(out) / MANIFEST_NAME}; it is {ownership.describe(dst)}), and --force never "
-                            f"deletes other data: {fix}")
+        raise DownloadError(
+            f"--force refused: {dst} was not installed by a download ({name!r} is not recorded in "
+            f"{Path(out) / MANIFEST_NAME}; it is {ownership.describe(dst)}), and --force never "
+            f"deletes other data: {fix}"
+        )
     listed = record.get("files") if isinstance(record, dict) else None
-    if isinstance(listed, list):  # recorded since downloads list their files: nothing else may be there
+    if isinstance(
+        listed, list
+    ):  # recorded since downloads list their files: nothing else may be there
         extra = sorted(set(installed_files(dst)) - set(listed))
         if extra:
-            raise DownloadError(f"--force refused: {dst} also holds {len(extra)} file(s) no download installed "
-                                f"({', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}), and --force never "
-                                f"deletes other data: {fix}")
+            raise DownloadError(
+                f"--force refused: {dst} also holds {len(extra)} file(s) no download installed "
+                f"({', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}), and --force never "
+                f"deletes other data: {fix}"
+            )
 
 
 def links_leaving(folder: Path) -> list[str]:
@@ -619,7 +803,9 @@ def links_leaving(folder: Path) -> list[str]:
                 continue
             rel = p.relative_to(folder)
             target = os.readlink(p)
-            joined = posixpath.normpath(posixpath.join(rel.parent.as_posix(), target.replace("\\", "/")))
+            joined = posixpath.normpath(
+                posixpath.join(rel.parent.as_posix(), target.replace("\\", "/"))
+            )
             if os.path.isabs(target) or joined == ".." or joined.startswith("../"):
                 bad.append(f"{rel.as_posix()} -> {target}")
     return bad
@@ -630,19 +816,25 @@ def _install(stage_dir: Path, out: Path, name: str) -> Path:
     links are checked against the folder itself before, and resolved against ``OUT`` after the move."""
     dst = out / name
     if leaving := links_leaving(stage_dir):
-        raise UnsafeArchiveError(f"category {name}: {len(leaving)} link(s) would lead outside {dst} once installed "
-                                 f"({', '.join(leaving[:3])}): refusing to install it (path traversal)")
+        raise UnsafeArchiveError(
+            f"category {name}: {len(leaving)} link(s) would lead outside {dst} once installed "
+            f"({', '.join(leaving[:3])}): refusing to install it (path traversal)"
+        )
     # an old category is replaced (--force) only once the new one is complete, checked again: it may have changed
     # while the archive came
     install_folder(stage_dir, dst, replace=lambda old: check_replaceable(out, name) is None)
     root = os.path.realpath(dst)
-    for here, dirs, files in os.walk(dst):  # resolved where they now are: none may leave the category
+    for here, dirs, files in os.walk(
+        dst
+    ):  # resolved where they now are: none may leave the category
         for entry in dirs + files:
             p = Path(here) / entry
             if p.is_symlink() and not _inside(root, p):
                 shutil.rmtree(dst, ignore_errors=True)
-                raise UnsafeArchiveError(f"category {name}: the link {p.relative_to(dst)} resolves outside {dst} "
-                                         f"after installing: removed it again (path traversal)")
+                raise UnsafeArchiveError(
+                    f"category {name}: the link {p.relative_to(dst)} resolves outside {dst} "
+                    f"after installing: removed it again (path traversal)"
+                )
     return dst
 
 
@@ -669,22 +861,42 @@ def _pending(out: Path, cats: list[str], force: bool) -> list[str]:
     return todo
 
 
-def _fetch_archive(ws: _Workspace, archive: Archive, manifest: dict, progress: bool, retries: int,
-                   timeout: float, unpack_factor: float) -> tuple[Path, str, str]:
+def _fetch_archive(
+    ws: _Workspace,
+    archive: Archive,
+    manifest: dict,
+    progress: bool,
+    retries: int,
+    timeout: float,
+    unpack_factor: float,
+) -> tuple[Path, str, str]:
     """Download (or reuse) one archive into ``OUT/.downloads``; returns (path, sha256, checksum source)."""
     recorded = manifest["archives"].get(archive.name, {})
     expected, source = archive.sha256, archive.checksum_source
     if expected is None and recorded.get("url") == archive.url and recorded.get("sha256"):
         expected, source = recorded["sha256"], f"recorded in {MANIFEST_NAME} by the first download"
-    _say(f"downloading {archive.name} ({human(archive.size) if archive.size else 'size not known yet'}) "
-         f"from {archive.url}")
+    _say(
+        f"downloading {archive.name} ({human(archive.size) if archive.size else 'size not known yet'}) "
+        f"from {archive.url}"
+    )
     path = ws.downloads / archive.name
-    digest = download_file(archive.url, path, expected, progress=progress, retries=retries, timeout=timeout,
-                           page=archive.page, expect_size=archive.size, unpack_factor=unpack_factor)
+    digest = download_file(
+        archive.url,
+        path,
+        expected,
+        progress=progress,
+        retries=retries,
+        timeout=timeout,
+        page=archive.page,
+        expect_size=archive.size,
+        unpack_factor=unpack_factor,
+    )
     if expected is None:
         source = "none known: recorded on this first download"
-        _say(f"note: no published checksum for {archive.name}; its SHA-256 {digest} is recorded in "
-             f"{ws.out / MANIFEST_NAME} and later downloads of the same link are checked against it")
+        _say(
+            f"note: no published checksum for {archive.name}; its SHA-256 {digest} is recorded in "
+            f"{ws.out / MANIFEST_NAME} and later downloads of the same link are checked against it"
+        )
     return path, digest, source
 
 
@@ -702,15 +914,33 @@ def _unpack(ws: _Workspace, path: Path, wanted, progress: bool) -> Path:
     return where
 
 
-def _record(ws: _Workspace, manifest: dict, archive: Archive, digest: str, source: str, path: Path,
-            cats: list[str], dataset: str) -> None:
+def _record(
+    ws: _Workspace,
+    manifest: dict,
+    archive: Archive,
+    digest: str,
+    source: str,
+    path: Path,
+    cats: list[str],
+    dataset: str,
+) -> None:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    manifest["archives"][archive.name] = {"url": archive.url, "sha256": digest, "checksum": source,
-                                          "bytes": path.stat().st_size, "downloaded": now}
+    manifest["archives"][archive.name] = {
+        "url": archive.url,
+        "sha256": digest,
+        "checksum": source,
+        "bytes": path.stat().st_size,
+        "downloaded": now,
+    }
     for c in cats:
-        manifest["categories"][c] = {"dataset": dataset, "archive": archive.name, "license": archive.license,
-                                     "source": archive.page, "installed": now,
-                                     "files": installed_files(ws.out / c)}
+        manifest["categories"][c] = {
+            "dataset": dataset,
+            "archive": archive.name,
+            "license": archive.license,
+            "source": archive.page,
+            "installed": now,
+            "files": installed_files(ws.out / c),
+        }
     _write_manifest(ws.out, manifest)
 
 
@@ -730,8 +960,10 @@ def _find_category(root: Path, name: str) -> Path:
     for cand in [root / name, *sorted(root.glob(f"*/{name}"))]:
         if (cand / "train" / "good").is_dir():
             return cand
-    raise DownloadError(f"the archive has no {name}/train/good folder: it is not an MVTec AD archive of "
-                        f"{name!r} (a wrong --url?)")
+    raise DownloadError(
+        f"the archive has no {name}/train/good folder: it is not an MVTec AD archive of "
+        f"{name!r} (a wrong --url?)"
+    )
 
 
 def _top_level_in(names: set[str]) -> Callable[[PurePosixPath], bool]:
@@ -745,7 +977,11 @@ def _with_override(archive: Archive, url: str | None, sha256: str | None) -> Arc
     given = "given with --sha256"
     if url and url != archive.url:
         name = posixpath.basename(urllib.request.urlparse(url).path)
-        name = name if re.fullmatch(r"[\w.-]+\.(tar|tar\.xz|txz|tar\.gz|tgz|tar\.bz2)", name) else archive.name
+        name = (
+            name
+            if re.fullmatch(r"[\w.-]+\.(tar|tar\.xz|txz|tar\.gz|tgz|tar\.bz2)", name)
+            else archive.name
+        )
         return replace(archive, name=name, url=url, sha256=sha256, size=None, checksum_source=given)
     return replace(archive, sha256=sha256, checksum_source=given) if sha256 else archive
 
@@ -753,10 +989,19 @@ def _with_override(archive: Archive, url: str | None, sha256: str | None) -> Arc
 # --------------------------------------------------------------------------------------------------------
 # MVTec AD
 # --------------------------------------------------------------------------------------------------------
-def download_mvtec(out, categories: Sequence[str] | None = None, *, full_archive: bool = False,
-                   url: str | None = None, sha256: str | None = None, force: bool = False,
-                   keep_archive: bool = False, progress: bool = True, retries: int = 3,
-                   timeout: float = 60.0) -> list[Path]:
+def download_mvtec(
+    out,
+    categories: Sequence[str] | None = None,
+    *,
+    full_archive: bool = False,
+    url: str | None = None,
+    sha256: str | None = None,
+    force: bool = False,
+    keep_archive: bool = False,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+) -> list[Path]:
     """Download MVTec AD into ``out/<category>`` (MVTec layout) and return the category folders.
 
     With ``categories``, each comes from its own (smaller) archive; ``full_archive=True`` fetches the one
@@ -772,13 +1017,17 @@ def download_mvtec(out, categories: Sequence[str] | None = None, *, full_archive
     use_full = full_archive or not categories
     jobs = [(MVTEC_FULL, todo)] if use_full else [(MVTEC_CATEGORIES[c], [c]) for c in todo]
     if (url or sha256) and not use_full and len(cats) > 1:
-        raise DownloadError("--url/--sha256 replace the link of one archive: use them with --full-archive, with "
-                            "no --categories, or with a single category")
+        raise DownloadError(
+            "--url/--sha256 replace the link of one archive: use them with --full-archive, with "
+            "no --categories, or with a single category"
+        )
     jobs = [(_with_override(a, url, sha256), names) for a, names in jobs]
     with _Workspace(out) as ws:
         manifest = read_manifest(out)
         for archive, names in jobs:
-            path, digest, source = _fetch_archive(ws, archive, manifest, progress, retries, timeout, 1.0)
+            path, digest, source = _fetch_archive(
+                ws, archive, manifest, progress, retries, timeout, 1.0
+            )
             unpacked = _unpack(ws, path, _top_level_in(set(names)) if use_full else None, progress)
             found = {c: _find_category(unpacked, c) for c in names}
             for c, folder in found.items():
@@ -800,8 +1049,10 @@ def _safe_join(base: Path, rel: str, what: str) -> Path:
     try:
         path = _member_path(rel.strip()) if rel.strip() else None
     except UnsafeArchiveError:
-        raise UnsafeArchiveError(f"the VisA split file lists the {what} path {rel!r}, which leaves the dataset "
-                                 f"folder: refusing to use it") from None
+        raise UnsafeArchiveError(
+            f"the VisA split file lists the {what} path {rel!r}, which leaves the dataset "
+            f"folder: refusing to use it"
+        ) from None
     if path is None:
         raise DownloadError(f"the VisA split file lists an empty {what} path")
     return base.joinpath(*path.parts)
@@ -816,7 +1067,9 @@ def _binary_mask(src: Path, dst: Path) -> None:
             else:  # L, P (palette indices), 1, I, I;16
                 arr = np.asarray(img)
     except OSError as err:
-        raise DownloadError(f"VisA mask {src} is unreadable ({err}): the archive is corrupt") from None
+        raise DownloadError(
+            f"VisA mask {src} is unreadable ({err}): the archive is corrupt"
+        ) from None
     Image.fromarray(((arr > 0) * 255).astype(np.uint8)).save(dst)
 
 
@@ -827,18 +1080,23 @@ def read_visa_split(csv_path) -> list[dict]:
         rows = list(csv.DictReader(f))
     need = {"object", "split", "label", "image", "mask"}
     if not rows or not need <= set(rows[0]):
-        raise DownloadError(f"{csv_path} is not VisA's split file: it needs the columns {sorted(need)}")
+        raise DownloadError(
+            f"{csv_path} is not VisA's split file: it needs the columns {sorted(need)}"
+        )
     for i, r in enumerate(rows, start=2):
         if r["split"] not in ("train", "test") or r["label"] not in ("normal", "anomaly"):
-            raise DownloadError(f"{csv_path} line {i}: split {r['split']!r} / label {r['label']!r} is not "
-                                f"train|test / normal|anomaly")
+            raise DownloadError(
+                f"{csv_path} line {i}: split {r['split']!r} / label {r['label']!r} is not "
+                f"train|test / normal|anomaly"
+            )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", r["object"]) or r["object"] in (".", ".."):
             raise DownloadError(f"{csv_path} line {i}: {r['object']!r} is not a category name")
     return rows
 
 
-def convert_visa(raw_root, split_csv, out, categories: Sequence[str] | None = None,
-                 progress: bool = True) -> list[str]:
+def convert_visa(
+    raw_root, split_csv, out, categories: Sequence[str] | None = None, progress: bool = True
+) -> list[str]:
     """Turn an unpacked VisA tree into MVTec layout under ``out`` (files are moved, masks binarised).
 
     Train rows -> ``<cat>/train/good``; test normal -> ``<cat>/test/good``; test anomaly ->
@@ -865,49 +1123,79 @@ def convert_visa(raw_root, split_csv, out, categories: Sequence[str] | None = No
 def _convert_row(raw_root: Path, out: Path, r: dict) -> None:
     src = _safe_join(raw_root, r["image"], "image")
     if not src.is_file():
-        raise DownloadError(f"the VisA split file lists {r['image']}, which is not in the archive: the archive "
-                            f"is incomplete or corrupt")
+        raise DownloadError(
+            f"the VisA split file lists {r['image']}, which is not in the archive: the archive "
+            f"is incomplete or corrupt"
+        )
     cat = out / r["object"]
     kind = "good" if r["label"] == "normal" else VISA_DEFECT
     dst = cat / r["split"] / kind / src.name
     if dst.exists():
-        raise DownloadError(f"two VisA images map to {dst.relative_to(out)}: the split file has duplicates")
+        raise DownloadError(
+            f"two VisA images map to {dst.relative_to(out)}: the split file has duplicates"
+        )
     dst.parent.mkdir(parents=True, exist_ok=True)
     if kind != "good":
         mask = _safe_join(raw_root, r["mask"], "mask")
         if not mask.is_file():
-            raise DownloadError(f"the anomalous VisA image {r['image']} has no mask ({r['mask'] or 'none listed'})")
+            raise DownloadError(
+                f"the anomalous VisA image {r['image']} has no mask ({r['mask'] or 'none listed'})"
+            )
         gt = cat / "ground_truth" / kind
         gt.mkdir(parents=True, exist_ok=True)
         _binary_mask(mask, gt / f"{src.stem}_mask.png")
     os.replace(src, dst)
 
 
-def _visa_split(ws: _Workspace, unpacked: Path, split_csv, progress: bool, retries: int,
-                timeout: float) -> tuple[Path, Path]:
+def _visa_split(
+    ws: _Workspace, unpacked: Path, split_csv, progress: bool, retries: int, timeout: float
+) -> tuple[Path, Path]:
     """(split csv, the folder its image paths are relative to)."""
     if split_csv is None:
-        found = sorted(unpacked.glob("split_csv/1cls.csv")) + sorted(unpacked.glob("*/split_csv/1cls.csv"))
+        found = sorted(unpacked.glob("split_csv/1cls.csv")) + sorted(
+            unpacked.glob("*/split_csv/1cls.csv")
+        )
         if found:
             return found[0], found[0].parent.parent
         split_csv = VISA_SPLIT_URL
         _say(f"the archive has no split_csv/1cls.csv: fetching the official split from {split_csv}")
     if re.match(r"^https?://", str(split_csv)):
-        path = ws.stage / "visa_1cls.csv"  # small: fetched afresh each time, removed with the staging folder
-        download_file(str(split_csv), path, progress=progress, retries=retries, timeout=timeout, page=VISA_PAGE)
+        path = (
+            ws.stage / "visa_1cls.csv"
+        )  # small: fetched afresh each time, removed with the staging folder
+        download_file(
+            str(split_csv),
+            path,
+            progress=progress,
+            retries=retries,
+            timeout=timeout,
+            page=VISA_PAGE,
+        )
         split_csv = path
     split_csv = Path(split_csv)
     if not split_csv.is_file():
         raise DownloadError(f"VisA split file {split_csv} does not exist")
     tops = {r["image"].strip().split("/")[0] for r in read_visa_split(split_csv)}
-    base = next((d for d in [unpacked, *sorted(unpacked.iterdir())] if any((d / t).is_dir() for t in tops)),
-                unpacked)
+    base = next(
+        (d for d in [unpacked, *sorted(unpacked.iterdir())] if any((d / t).is_dir() for t in tops)),
+        unpacked,
+    )
     return split_csv, base
 
 
-def download_visa(out, categories: Sequence[str] | None = None, *, url: str | None = None,
-                  sha256: str | None = None, split_csv=None, force: bool = False, keep_archive: bool = False,
-                  progress: bool = True, retries: int = 3, timeout: float = 60.0) -> list[Path]:
+def download_visa(
+    out,
+    categories: Sequence[str] | None = None,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    split_csv=None,
+    force: bool = False,
+    keep_archive: bool = False,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+) -> list[Path]:
     """Download VisA (one 1.9 GB tar), convert it to MVTec layout in ``out/<category>``, return the folders.
 
     ``split_csv`` (a file or URL) replaces the ``split_csv/1cls.csv`` shipped inside the tar.
@@ -920,7 +1208,9 @@ def download_visa(out, categories: Sequence[str] | None = None, *, url: str | No
     archive = _with_override(VISA, url, sha256)
     with _Workspace(out) as ws:
         manifest = read_manifest(out)
-        path, digest, source = _fetch_archive(ws, archive, manifest, progress, retries, timeout, 1.0)
+        path, digest, source = _fetch_archive(
+            ws, archive, manifest, progress, retries, timeout, 1.0
+        )
         unpacked = _unpack(ws, path, _top_level_in(set(todo) | {"split_csv"}), progress)
         csv_path, base = _visa_split(ws, unpacked, split_csv, progress, retries, timeout)
         converted = ws.stage / "mvtec_layout"
@@ -950,39 +1240,75 @@ def _csv_list(value: str) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser, dataset: str) -> argparse.ArgumentParser:
     """The options of ``data mvtec`` / ``data visa``."""
     known = MVTEC_CATEGORIES if dataset == "mvtec" else VISA_CATEGORIES
-    p.add_argument("--out", required=True, help="folder that receives one folder per category (MVTec layout)")
-    p.add_argument("--categories", type=_csv_list, default=None,
-                   help=f"comma-separated subset (default: all): {','.join(known)}")
+    p.add_argument(
+        "--out", required=True, help="folder that receives one folder per category (MVTec layout)"
+    )
+    p.add_argument(
+        "--categories",
+        type=_csv_list,
+        default=None,
+        help=f"comma-separated subset (default: all): {','.join(known)}",
+    )
     if dataset == "mvtec":
-        p.add_argument("--full-archive", action="store_true",
-                       help="fetch the one verified 5.3 GB archive even for a few --categories")
+        p.add_argument(
+            "--full-archive",
+            action="store_true",
+            help="fetch the one verified 5.3 GB archive even for a few --categories",
+        )
     else:
-        p.add_argument("--split-csv", default=None, help="file or URL replacing the tar's split_csv/1cls.csv")
-    p.add_argument("--url", default=None, help="replace the archive link (when the publisher moved it)")
+        p.add_argument(
+            "--split-csv", default=None, help="file or URL replacing the tar's split_csv/1cls.csv"
+        )
+    p.add_argument(
+        "--url", default=None, help="replace the archive link (when the publisher moved it)"
+    )
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the archive at --url")
-    p.add_argument("--keep-archive", action="store_true", help="keep the archive in OUT/.downloads afterwards")
-    p.add_argument("--force", action="store_true", help="download and replace categories already in --out")
+    p.add_argument(
+        "--keep-archive", action="store_true", help="keep the archive in OUT/.downloads afterwards"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="download and replace categories already in --out"
+    )
     from .options import nonnegative_int, positive_float
-    p.add_argument("--retries", type=nonnegative_int, default=3, help="automatic resumes after a dropped connection")
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds without data before giving up")
+
+    p.add_argument(
+        "--retries",
+        type=nonnegative_int,
+        default=3,
+        help="automatic resumes after a dropped connection",
+    )
+    p.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="seconds without data before giving up"
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def run(args: argparse.Namespace, dataset: str) -> int:
     """Run a parsed ``data mvtec|visa`` command; errors propagate as :class:`DownloadError`."""
-    common = dict(url=args.url, sha256=args.sha256, force=args.force, keep_archive=args.keep_archive,
-                  progress=not args.no_progress, retries=args.retries, timeout=args.timeout)
+    common = dict(
+        url=args.url,
+        sha256=args.sha256,
+        force=args.force,
+        keep_archive=args.keep_archive,
+        progress=not args.no_progress,
+        retries=args.retries,
+        timeout=args.timeout,
+    )
     try:
         if dataset == "mvtec":
-            folders = download_mvtec(args.out, args.categories, full_archive=args.full_archive, **common)
+            folders = download_mvtec(
+                args.out, args.categories, full_archive=args.full_archive, **common
+            )
         else:
             folders = download_visa(args.out, args.categories, split_csv=args.split_csv, **common)
     except OSError as err:  # e.g. no permission to create --out
         raise DownloadError(f"{err.strerror or err}: {err.filename or args.out}") from None
     except KeyboardInterrupt:
-        raise DownloadError("interrupted: nothing half-done was installed; a partial download is kept in "
-                            f"{Path(args.out) / DOWNLOADS_DIR} and the same command resumes it") from None
+        raise DownloadError(
+            "interrupted: nothing half-done was installed; a partial download is kept in "
+            f"{Path(args.out) / DOWNLOADS_DIR} and the same command resumes it"
+        ) from None
     print(f"{len(folders)} categories ready in {args.out}: {', '.join(f.name for f in folders)}")
     print(f"next: python -m unistad_edu train --data {args.out} --out runs/{dataset}")
     return 0
@@ -991,10 +1317,16 @@ def run(args: argparse.Namespace, dataset: str) -> int:
 def script_main(dataset: str, argv=None) -> int:
     """Entry point of ``data_scripts/download_{mvtec,visa}.py``: messages, not tracebacks; exit code 2 on error."""
     import sys
+
     name = {"mvtec": "MVTec AD", "visa": "VisA"}[dataset]
-    p = add_arguments(argparse.ArgumentParser(description=f"Download {name} into MVTec layout (checksums, resume, "
-                                                          f"atomic install). Same as: python -m unistad_edu data "
-                                                          f"{dataset} ..."), dataset)
+    p = add_arguments(
+        argparse.ArgumentParser(
+            description=f"Download {name} into MVTec layout (checksums, resume, "
+            f"atomic install). Same as: python -m unistad_edu data "
+            f"{dataset} ..."
+        ),
+        dataset,
+    )
     args = p.parse_args(argv)
     try:
         return run(args, dataset)

@@ -16,6 +16,7 @@ Under ``torchrun`` the same ``fit`` trains data-parallel, one process per GPU (o
 backward, and only rank 0 writes files and prints (see :mod:`unistad_edu.distributed`). ``batch_size`` is
 then per process: the global batch is ``batch_size * world_size``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,7 +49,9 @@ from .inference import calibrate, method_batch, precision_of, progress_bar
 from .layout import LOG_FILE, SETTING_FILE
 from .methods.base import SAMPLINGS, Batch, Method
 
-PRELOAD_MAX_MB = 4096  # a training set larger than this in memory is streamed from the feature cache instead
+PRELOAD_MAX_MB = (
+    4096  # a training set larger than this in memory is streamed from the feature cache instead
+)
 
 
 @dataclass
@@ -56,7 +59,9 @@ class TrainConfig:
     epochs: int | None = None  # None: the method config's epochs
     batch_size: int | None = None  # None: the method config's batch size
     max_minutes: float | None = None  # stop after the epoch in which this budget runs out
-    min_steps: int | None = None  # train at least this many optimiser steps (more epochs on small data sets)
+    min_steps: int | None = (
+        None  # train at least this many optimiser steps (more epochs on small data sets)
+    )
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache: bool = True  # serve teacher features from a FeatureCache
@@ -77,7 +82,9 @@ class TrainConfig:
     # category folders, clusters of the teacher embedding for one folder; per-category | clusters | global
     calibration: str = "auto"
     tail: str = DEFAULT_TAIL  # tail model of each category's held-out scores: lognormal | normal | empirical | gpd
-    precision: str = "auto"  # auto | fp32 | bf16 (see unistad_edu.precision); CUDA: fp16 autocast for auto
+    precision: str = (
+        "auto"  # auto | fp32 | bf16 (see unistad_edu.precision); CUDA: fp16 autocast for auto
+    )
     progress: bool = True
 
 
@@ -90,13 +97,16 @@ class FitResult:
     stopped_early: bool = False
     already_complete: bool = False  # resume=True on a finished run: nothing was trained
     seconds: float = 0.0
-    calibration: object = None  # the run's calibration.Calibration (routing + per-category thresholds)
+    calibration: object = (
+        None  # the run's calibration.Calibration (routing + per-category thresholds)
+    )
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux/macOS)."""
     import resource
     import sys
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
@@ -111,11 +121,26 @@ def make_optimizer(model: Method) -> torch.optim.Optimizer:
     method_cfg = model.cfg
     params = model.trainable_parameters()
     if method_cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=method_cfg.lr, momentum=method_cfg.momentum, weight_decay=method_cfg.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=method_cfg.lr,
+            momentum=method_cfg.momentum,
+            weight_decay=method_cfg.weight_decay,
+        )
     if method_cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=method_cfg.lr, betas=tuple(method_cfg.betas), weight_decay=method_cfg.weight_decay)
+        return torch.optim.Adam(
+            params,
+            lr=method_cfg.lr,
+            betas=tuple(method_cfg.betas),
+            weight_decay=method_cfg.weight_decay,
+        )
     if method_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=method_cfg.lr, betas=tuple(method_cfg.betas), weight_decay=method_cfg.weight_decay)
+        return torch.optim.AdamW(
+            params,
+            lr=method_cfg.lr,
+            betas=tuple(method_cfg.betas),
+            weight_decay=method_cfg.weight_decay,
+        )
     raise ValueError(f"unknown optimizer {method_cfg.optimizer!r}: sgd | adam | adamw")
 
 
@@ -124,7 +149,9 @@ def lr_at(method_cfg, epoch: int, epochs: int) -> float:
     if method_cfg.schedule == "constant":
         return method_cfg.lr
     if method_cfg.schedule == "step":
-        return method_cfg.lr * (method_cfg.gamma ** (epoch // method_cfg.step_epochs) if method_cfg.step_epochs else 1.0)
+        return method_cfg.lr * (
+            method_cfg.gamma ** (epoch // method_cfg.step_epochs) if method_cfg.step_epochs else 1.0
+        )
     if method_cfg.schedule == "cosine":
         return method_cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
     raise ValueError(f"unknown schedule {method_cfg.schedule!r}: constant | step | cosine")
@@ -143,14 +170,18 @@ def epoch_order(n: int, seed: int, groups: Sequence[str] | None = None) -> torch
     if groups is None:
         return torch.randperm(n, generator=g)
     if len(groups) != n:
-        raise ValueError(f"groups must name the category of each of the {n} images, got {len(groups)}")
+        raise ValueError(
+            f"groups must name the category of each of the {n} images, got {len(groups)}"
+        )
     names = sorted(set(groups))
     members = [torch.tensor([i for i, c in enumerate(groups) if c == name]) for name in names]
     quota = [n // len(names) + (k < n % len(names)) for k in range(len(names))]
     picks = []
     for idx, q in zip(members, quota):
         cycles = -(-q // len(idx))  # ceil: enough shuffles of this category to fill its quota
-        picks.append(torch.cat([idx[torch.randperm(len(idx), generator=g)] for _ in range(cycles)])[:q])
+        picks.append(
+            torch.cat([idx[torch.randperm(len(idx), generator=g)] for _ in range(cycles)])[:q]
+        )
     order = torch.cat(picks)  # (n,) category blocks
     return order[torch.randperm(n, generator=g)]  # (n,) mixed
 
@@ -164,44 +195,68 @@ class TrainStore:
     :func:`epoch_order`), so a run trains identically either way (a test checks it).
     """
 
-    def __init__(self, dataset: MVTecDataset, cache: FeatureCache, images: bool, progress: bool = True):
+    def __init__(
+        self, dataset: MVTecDataset, cache: FeatureCache, images: bool, progress: bool = True
+    ):
         self.features = cache.stack(dataset, progress=progress)  # {name: (N, C_l, h_l, w_l)}
         self.images = None
         if images:
             # (N, 3, S, S) uint8: a quarter of the float32 memory
-            self.images = torch.stack([dataset[i]["image"].mul(255).round_().to(torch.uint8)
-                                       for i in range(len(dataset))])
+            self.images = torch.stack(
+                [dataset[i]["image"].mul(255).round_().to(torch.uint8) for i in range(len(dataset))]
+            )
         self.n = len(dataset)
 
     @staticmethod
     def estimate_mb(dataset: MVTecDataset, teacher, images: bool, fp16: bool = False) -> float:
         """Memory the store would take, from the teacher's level shapes (no teacher call)."""
         s = dataset.image_size
-        per = sum(lv.channels * math.ceil(s / lv.stride) ** 2 for lv in teacher.feature_info) * (2 if fp16 else 4)
+        per = sum(lv.channels * math.ceil(s / lv.stride) ** 2 for lv in teacher.feature_info) * (
+            2 if fp16 else 4
+        )
         if images:
             per += 3 * s * s
         return len(dataset) * per / 2**20
 
-    def batches(self, batch_size: int, seed: int, drop_last: bool, device: torch.device, rank: int = 0,
-                world_size: int = 1, groups: Sequence[str] | None = None):
-        order = distributed.shard(epoch_order(self.n, seed, groups), rank, world_size)  # whole order in one process
+    def batches(
+        self,
+        batch_size: int,
+        seed: int,
+        drop_last: bool,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        groups: Sequence[str] | None = None,
+    ):
+        order = distributed.shard(
+            epoch_order(self.n, seed, groups), rank, world_size
+        )  # whole order in one process
         n = len(order)
         stop = n - n % batch_size if drop_last else n
         for i in range(0, stop, batch_size):
-            idx = order[i:i + batch_size]
-            feats = {k: v[idx].to(device=device, dtype=torch.float32) for k, v in self.features.items()}
+            idx = order[i : i + batch_size]
+            feats = {
+                k: v[idx].to(device=device, dtype=torch.float32) for k, v in self.features.items()
+            }
             image = None if self.images is None else self.images[idx].to(device).float().div_(255.0)
             yield Batch(image=image, features=feats)
 
 
-def sampling_groups(model: Method, train_set: MVTecDataset, cache: FeatureCache | None = None,
-                    precision=None, log: bool = False) -> list[str] | None:
+def sampling_groups(
+    model: Method,
+    train_set: MVTecDataset,
+    cache: FeatureCache | None = None,
+    precision=None,
+    log: bool = False,
+) -> list[str] | None:
     """The group of each training image that a balanced epoch gives equal shares (:func:`epoch_order`), or None
     for a plain shuffle. ``balanced-clusters``: pseudo-products, k-means clusters of the teacher's image embedding
     (``calibration.cluster``: k by silhouette, at most 8; one group -- a plain shuffle -- when no k separates
     the images), computed once from the training images: no label is read. ``balanced-labels``: the category
     folders, read because the user asked for it by that name."""
-    sampling = model.cfg.sampling  # checked when the config was built; again here for a field set afterwards
+    sampling = (
+        model.cfg.sampling
+    )  # checked when the config was built; again here for a field set afterwards
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if sampling == "balanced-labels":
@@ -210,22 +265,43 @@ def sampling_groups(model: Method, train_set: MVTecDataset, cache: FeatureCache 
         return None
     from .calibration import cluster
     from .inference import embeddings
+
     names, info = cluster(embeddings(model, train_set, cache, precision=precision))
     if log:
         sizes = np.unique(names, return_counts=True)[1]
-        print(f"balanced epochs over {info['k']} clusters of the teacher's embedding (sizes {sorted(sizes.tolist())}; "
-              f"no category read)", flush=True)
+        print(
+            f"balanced epochs over {info['k']} clusters of the teacher's embedding (sizes {sorted(sizes.tolist())}; "
+            f"no category read)",
+            flush=True,
+        )
     return names.tolist()
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, rank: int = 0,
-            world_size: int = 1, groups: Sequence[str] | None = None):
-    order = (distributed.shard(epoch_order(len(dataset), seed, groups), rank, world_size).tolist()
-             if shuffle else None)
+def _loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    groups: Sequence[str] | None = None,
+):
+    order = (
+        distributed.shard(epoch_order(len(dataset), seed, groups), rank, world_size).tolist()
+        if shuffle
+        else None
+    )
     # its own generator: the loader draws a base seed from it, and must not touch the global RNG (jitter's)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
-                                       drop_last=drop_last, num_workers=0,
-                                       generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=order,
+        collate_fn=collate,
+        drop_last=drop_last,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def make_cache(model: Method, train_cfg: TrainConfig) -> FeatureCache | None:
@@ -235,9 +311,16 @@ def make_cache(model: Method, train_cfg: TrainConfig) -> FeatureCache | None:
 
 
 # ---- fit -------------------------------------------------------------------------------------------------
-def fit(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig | None = None, out=None,
-        resume: bool = False, cache: FeatureCache | None = None, extra_config: dict | None = None,
-        overwrite: bool = False) -> FitResult:
+def fit(
+    model: Method,
+    train_data: MVTecDataset,
+    train_cfg: TrainConfig | None = None,
+    out=None,
+    resume: bool = False,
+    cache: FeatureCache | None = None,
+    extra_config: dict | None = None,
+    overwrite: bool = False,
+) -> FitResult:
     """Train ``model`` on the normal images of ``train_data`` (one or many categories).
 
     ``out``: run folder for checkpoints and ``train_log.jsonl`` (None: keep in memory only). A folder that
@@ -258,20 +341,30 @@ def fit(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig | None =
         return _train(model, train_data, train_cfg, None, resume, cache, extra_config)
     run = Path(out)
     now = runs.identity(model, train_data, train_cfg.precision)
-    extra_config = {**(extra_config or {}), **{k: now[k] for k in ("train_root", "train_categories") if k in now}}
+    extra_config = {
+        **(extra_config or {}),
+        **{k: now[k] for k in ("train_root", "train_categories") if k in now},
+    }
     if not distributed.is_master():  # torchrun: rank 0 checks, locks and writes the folder
         return _train(model, train_data, train_cfg, run, resume, cache, extra_config)
     if run.exists() and not run.is_dir():
-        raise runs.RunFolderError(f"--out {run} is a file, not a folder: choose a folder for the run")
+        raise runs.RunFolderError(
+            f"--out {run} is a file, not a folder: choose a folder for the run"
+        )
     with files.folder_lock(run, "run folder"):
-        runs.prepare(run, now, resume=resume, overwrite=overwrite, say=lambda m: print(m, flush=True))
-        files.remove_stale_temp_files(run)  # this process holds the lock: every temp file here is a dead write
+        runs.prepare(
+            run, now, resume=resume, overwrite=overwrite, say=lambda m: print(m, flush=True)
+        )
+        files.remove_stale_temp_files(
+            run
+        )  # this process holds the lock: every temp file here is a dead write
         return _train(model, train_data, train_cfg, run, resume, cache, extra_config)
 
 
 @dataclass
 class _Fit:
     """One ``fit`` call's working state, handed from step to step (see :func:`_train`)."""
+
     model: Method
     train_cfg: TrainConfig
     run: Path | None
@@ -303,10 +396,19 @@ class _Fit:
         return self.run / LOG_FILE if self.run is not None else None
 
 
-def _train(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig, run: Path | None, resume: bool,
-           cache: FeatureCache | None, extra_config: dict | None) -> FitResult:
+def _train(
+    model: Method,
+    train_data: MVTecDataset,
+    train_cfg: TrainConfig,
+    run: Path | None,
+    resume: bool,
+    cache: FeatureCache | None,
+    extra_config: dict | None,
+) -> FitResult:
     """The training itself (see :func:`fit`), as named steps."""
-    f = _prepare(model, train_data, train_cfg, run, resume, cache, extra_config)  # split, precision, cache, optimiser
+    f = _prepare(
+        model, train_data, train_cfg, run, resume, cache, extra_config
+    )  # split, precision, cache, optimiser
     if _resume(f, resume):  # a finished run: nothing to do
         return f.result
     if model.trains_by_gradient:
@@ -321,36 +423,77 @@ def _train(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig, run:
 def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> _Fit:
     """Device and processes, the held-out split, the epoch count, precision, feature cache, in-memory store."""
     t_start = time.perf_counter()
-    ddp = distributed.setup(resolve_device(train_cfg.device))  # one process: rank 0 of 1, and nothing else changes
+    ddp = distributed.setup(
+        resolve_device(train_cfg.device)
+    )  # one process: rank 0 of 1, and nothing else changes
     gradient = model.trains_by_gradient
-    epochs = (train_cfg.epochs if train_cfg.epochs is not None else model.cfg.epochs) if gradient else 1  # build: one pass
+    epochs = (
+        (train_cfg.epochs if train_cfg.epochs is not None else model.cfg.epochs) if gradient else 1
+    )  # build: one pass
     batch_size = train_cfg.batch_size or model.cfg.batch_size
     train_set, held = held_out(train_data, train_cfg)
     if len(train_set) == 0:
         raise ValueError("no training images left after the held-out split")
     if len(train_set) < ddp.world_size:
-        raise ValueError(f"{len(train_set)} training images cannot be shared by {ddp.world_size} processes")
-    if train_cfg.min_steps and gradient:  # e.g. per-class models trained as many steps as one unified model
-        epochs = max(epochs, math.ceil(train_cfg.min_steps / _steps_per_epoch(len(train_set), batch_size, ddp.world_size)))
+        raise ValueError(
+            f"{len(train_set)} training images cannot be shared by {ddp.world_size} processes"
+        )
+    if (
+        train_cfg.min_steps and gradient
+    ):  # e.g. per-class models trained as many steps as one unified model
+        epochs = max(
+            epochs,
+            math.ceil(
+                train_cfg.min_steps / _steps_per_epoch(len(train_set), batch_size, ddp.world_size)
+            ),
+        )
     model.to(ddp.device)
     # a resumed run keeps the precision it started with (auto could measure differently today)
-    saved = _saved_precision(run, ddp.device) if resume and run is not None and train_cfg.precision == "auto" else None
+    saved = (
+        _saved_precision(run, ddp.device)
+        if resume and run is not None and train_cfg.precision == "auto"
+        else None
+    )
     prec = precision_of(model, saved or train_cfg.precision, ddp.device)
     cache = cache if cache is not None else make_cache(model, train_cfg)
     store = None
     if cache is not None and train_cfg.preload:
-        need_mb = TrainStore.estimate_mb(train_set, model.teacher, model.needs_images,
-                                         cache.dtype == torch.float16)
+        need_mb = TrainStore.estimate_mb(
+            train_set, model.teacher, model.needs_images, cache.dtype == torch.float16
+        )
         if need_mb <= PRELOAD_MAX_MB:
-            store = TrainStore(train_set, cache, images=model.needs_images, progress=train_cfg.progress and ddp.master)
+            store = TrainStore(
+                train_set,
+                cache,
+                images=model.needs_images,
+                progress=train_cfg.progress and ddp.master,
+            )
         elif ddp.master:
-            print(f"training set would take {need_mb:.0f} MiB in memory (more than {PRELOAD_MAX_MB} MiB): "
-                  f"streaming batches from the cache instead", flush=True)
-    return _Fit(model=model, train_cfg=train_cfg, run=run, ddp=ddp, train_set=train_set, held=held, epochs=epochs,
-                batch_size=batch_size, prec=prec, cache=cache, store=store,
-                optimizer=make_optimizer(model) if gradient else None, result=FitResult(run_dir=run),
-                extra_config={**(extra_config or {}), "precision": prec.record()}, t_start=t_start,
-                groups=sampling_groups(model, train_set, cache, prec, log=train_cfg.progress and ddp.master))
+            print(
+                f"training set would take {need_mb:.0f} MiB in memory (more than {PRELOAD_MAX_MB} MiB): "
+                f"streaming batches from the cache instead",
+                flush=True,
+            )
+    return _Fit(
+        model=model,
+        train_cfg=train_cfg,
+        run=run,
+        ddp=ddp,
+        train_set=train_set,
+        held=held,
+        epochs=epochs,
+        batch_size=batch_size,
+        prec=prec,
+        cache=cache,
+        store=store,
+        optimizer=make_optimizer(model) if gradient else None,
+        result=FitResult(run_dir=run),
+        extra_config={**(extra_config or {}), "precision": prec.record()},
+        t_start=t_start,
+        groups=sampling_groups(
+            model, train_set, cache, prec, log=train_cfg.progress and ddp.master
+        ),
+    )
 
 
 def _resume(f: _Fit, resume: bool) -> bool:
@@ -370,7 +513,9 @@ def _resume(f: _Fit, resume: bool) -> bool:
             else:
                 model.load_from_checkpoint(read_tensors(run / MODEL_FILE))
                 f.start_epoch = f.epochs
-            if log_path.is_file():  # keep the log of the epochs the state holds, drop any later lines
+            if (
+                log_path.is_file()
+            ):  # keep the log of the epochs the state holds, drop any later lines
                 lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
                 kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= f.start_epoch]
                 f.result.history = [json.loads(ln) for ln in kept]
@@ -390,7 +535,8 @@ def _resume(f: _Fit, resume: bool) -> bool:
             f.result.epochs_done = f.start_epoch
             f.result.threshold = model.threshold = run_config.get("threshold")
             f.result.calibration = model.verdict_calibration = Calibration.from_json(
-                run_config.get("calibration"), model.threshold, f.train_cfg.threshold_quantile)
+                run_config.get("calibration"), model.threshold, f.train_cfg.threshold_quantile
+            )
             return True
     return False
 
@@ -399,7 +545,11 @@ def train_step(model: Method, batch: Batch, optimizer, prec, ddp=None) -> float:
     """One optimiser step on one batch: the loss under the chosen precision, backward, the gradients averaged
     over processes (``ddp``), clipped (``grad_clip``), the step. Returns the loss; a non-finite loss raises
     :class:`FloatingPointError` before any weight changes."""
-    device = batch.image.device if batch.image is not None else next(iter(batch.features.values())).device
+    device = (
+        batch.image.device
+        if batch.image is not None
+        else next(iter(batch.features.values())).device
+    )
     with prec.autocast(device):
         loss = model.loss(batch)
     if not torch.isfinite(loss):
@@ -418,13 +568,22 @@ def train_step(model: Method, batch: Batch, optimizer, prec, ddp=None) -> float:
 def _train_epochs(f: _Fit) -> None:
     """The optimiser loop from ``f.start_epoch``: per epoch a state + checkpoint (rank 0), the log line, and the
     ``max_minutes`` budget checked after it."""
-    model, train_cfg, ddp, optimizer, result, run = f.model, f.train_cfg, f.ddp, f.optimizer, f.result, f.run
+    model, train_cfg, ddp, optimizer, result, run = (
+        f.model,
+        f.train_cfg,
+        f.ddp,
+        f.optimizer,
+        f.result,
+        f.run,
+    )
     device, batch_size, epochs = f.device, f.batch_size, f.epochs
     meta = {"epochs": epochs, "seed": train_cfg.seed, "train_config": asdict(train_cfg)}
     budget = train_cfg.max_minutes * 60 if train_cfg.max_minutes else None
     epoch = f.start_epoch
     while epoch < epochs:
-        torch.manual_seed(train_cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)  # jitter/dropout draws: own per rank
+        torch.manual_seed(
+            train_cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank
+        )  # jitter/dropout draws: own per rank
         lr = lr_at(model.cfg, epoch, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -437,38 +596,72 @@ def _train_epochs(f: _Fit) -> None:
             batches = f.store.batches(batch_size, shuffle_seed, drop_last, device, **shard)
             n_batches = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)
         else:
-            loader = _loader(f.train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard)
+            loader = _loader(
+                f.train_set,
+                batch_size,
+                shuffle=True,
+                seed=shuffle_seed,
+                drop_last=drop_last,
+                **shard,
+            )
             batches, n_batches = (method_batch(b, f.cache, device) for b in loader), len(loader)
         for mb in progress_bar(batches, f"epoch {epoch + 1}/{epochs}", f.progress, total=n_batches):
             try:
                 losses.append(train_step(model, mb, optimizer, f.prec, ddp))
             except FloatingPointError as err:
-                raise FloatingPointError(f"{err} in epoch {epoch + 1}: lower the learning rate (--lr) or enable "
-                                         f"grad clipping") from None
-        ddp.broadcast_state(model)  # rank 0's BatchNorm statistics everywhere (weights are equal already)
-        bad = non_finite(model.state_for_checkpoint())  # trainable weights and buffers, not the frozen teacher
+                raise FloatingPointError(
+                    f"{err} in epoch {epoch + 1}: lower the learning rate (--lr) or enable "
+                    f"grad clipping"
+                ) from None
+        ddp.broadcast_state(
+            model
+        )  # rank 0's BatchNorm statistics everywhere (weights are equal already)
+        bad = non_finite(
+            model.state_for_checkpoint()
+        )  # trainable weights and buffers, not the frozen teacher
         if bad:  # a step can blow the weights up without a NaN loss first (e.g. a huge --lr on the last step)
-            raise FloatingPointError(f"the weights became non-finite in epoch {epoch + 1} ({bad[:3]}): nothing of this "
-                                     f"epoch is saved; lower the learning rate (--lr) or enable grad clipping")
-        record = {"epoch": epoch + 1, "loss": ddp.mean(float(np.mean(losses))), "lr": lr,
-                  "seconds": round(time.perf_counter() - t_epoch, 3), "images": len(losses) and len(f.train_set)}
+            raise FloatingPointError(
+                f"the weights became non-finite in epoch {epoch + 1} ({bad[:3]}): nothing of this "
+                f"epoch is saved; lower the learning rate (--lr) or enable grad clipping"
+            )
+        record = {
+            "epoch": epoch + 1,
+            "loss": ddp.mean(float(np.mean(losses))),
+            "lr": lr,
+            "seconds": round(time.perf_counter() - t_epoch, 3),
+            "images": len(losses) and len(f.train_set),
+        }
         result.history.append(record)
         if ddp.master and (train_cfg.progress or run is not None):
-            left = run_time_left(result.history[-(epoch + 1 - f.start_epoch):], epochs - epoch - 1, budget,
-                                 time.perf_counter() - f.t_start)
-            print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
-                  flush=True)
+            left = run_time_left(
+                result.history[-(epoch + 1 - f.start_epoch) :],
+                epochs - epoch - 1,
+                budget,
+                time.perf_counter() - f.t_start,
+            )
+            print(
+                f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
+                flush=True,
+            )
         if run is not None and ddp.master:
             with open(f.log_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             save_train_state(run, model, optimizer, epoch + 1, meta)
-            save_checkpoint(run, model, {"complete": False, "epochs_done": epoch + 1, "threshold": None,
-                                         **f.extra_config})
-        if ddp.decide(budget is not None and time.perf_counter() - f.t_start > budget and epoch + 1 < epochs):
+            save_checkpoint(
+                run,
+                model,
+                {"complete": False, "epochs_done": epoch + 1, "threshold": None, **f.extra_config},
+            )
+        if ddp.decide(
+            budget is not None and time.perf_counter() - f.t_start > budget and epoch + 1 < epochs
+        ):
             result.stopped_early = True
             if ddp.master:
-                print(f"stopping after epoch {epoch + 1}: the {train_cfg.max_minutes} min budget is used "
-                      f"(resume with --resume)", flush=True)
+                print(
+                    f"stopping after epoch {epoch + 1}: the {train_cfg.max_minutes} min budget is used "
+                    f"(resume with --resume)",
+                    flush=True,
+                )
             epoch += 1
             break
         epoch += 1
@@ -480,16 +673,32 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
     gradients); the final checkpoint. Every rank calibrates (same weights, same images, so the same
     threshold); rank 0 writes it."""
     model, train_cfg, ddp, held, result = f.model, f.train_cfg, f.ddp, f.held, f.result
-    if len(held):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
+    if len(
+        held
+    ):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
         model.eval()
         with torch.no_grad(), f.prec.autocast(f.device):
-            model.calibrate(method_batch(b, f.cache, f.device) for b in _loader(held, f.batch_size, shuffle=False))
-    cal, stats = calibrate(model, train_data, held, f.cache, f.device, train_cfg.threshold_quantile, train_cfg.tail,
-                           train_cfg.calibration, train_cfg.seed)
+            model.calibrate(
+                method_batch(b, f.cache, f.device)
+                for b in _loader(held, f.batch_size, shuffle=False)
+            )
+    cal, stats = calibrate(
+        model,
+        train_data,
+        held,
+        f.cache,
+        f.device,
+        train_cfg.threshold_quantile,
+        train_cfg.tail,
+        train_cfg.calibration,
+        train_cfg.seed,
+    )
     threshold = cal.global_threshold
     if threshold is not None and not math.isfinite(threshold):
-        raise FloatingPointError(f"the calibrated threshold is {threshold}: the held-out normal images scored "
-                                 f"non-finite; the run is not saved as complete")
+        raise FloatingPointError(
+            f"the calibrated threshold is {threshold}: the held-out normal images scored "
+            f"non-finite; the run is not saved as complete"
+        )
     result.threshold = model.threshold = threshold
     result.calibration = model.verdict_calibration = cal
     refit = _refits(model, train_cfg) and len(held) > 0
@@ -500,14 +709,26 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
         train_images = len(train_data)
     result.seconds = time.perf_counter() - f.t_start
     if f.run is not None and ddp.master:
-        save_checkpoint(f.run, model, {"complete": not result.stopped_early, "epochs_done": result.epochs_done,
-                                       "threshold": threshold, "threshold_rule": stats.pop("rule"),
-                                       "calibration": cal.to_json(),
-                                       "validation": stats, "train_categories": train_data.categories,
-                                       "train_images": train_images, "heldout_images": len(held), "refit": refit,
-                                       "false_alarm_target": round(1.0 - train_cfg.threshold_quantile, 6),
-                                       "train_seconds": round(result.seconds, 1), "peak_rss_mb": peak_rss_mb(),
-                                       **f.extra_config})
+        save_checkpoint(
+            f.run,
+            model,
+            {
+                "complete": not result.stopped_early,
+                "epochs_done": result.epochs_done,
+                "threshold": threshold,
+                "threshold_rule": stats.pop("rule"),
+                "calibration": cal.to_json(),
+                "validation": stats,
+                "train_categories": train_data.categories,
+                "train_images": train_images,
+                "heldout_images": len(held),
+                "refit": refit,
+                "false_alarm_target": round(1.0 - train_cfg.threshold_quantile, 6),
+                "train_seconds": round(result.seconds, 1),
+                "peak_rss_mb": peak_rss_mb(),
+                **f.extra_config,
+            },
+        )
     ddp.barrier()  # no rank returns before the run folder is complete
 
 
@@ -515,15 +736,19 @@ def _refits(model: Method, train_cfg: TrainConfig) -> bool:
     """Whether the final state is rebuilt from every training image after calibration (``train_cfg.refit``; None: for
     methods without gradients, where that costs one pass). Refused for gradient training: it would train twice."""
     if train_cfg.refit and model.trains_by_gradient:
-        raise ValueError("refit=True for a method trained by gradient would train it twice; it is offered for "
-                         "methods without gradients (a memory bank), where rebuilding costs one pass")
+        raise ValueError(
+            "refit=True for a method trained by gradient would train it twice; it is offered for "
+            "methods without gradients (a memory bank), where rebuilding costs one pass"
+        )
     if train_cfg.refit is None:
         return not model.trains_by_gradient and train_cfg.calibration == "global"
     return bool(train_cfg.refit)
 
 
-def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None, elapsed_s: float) -> str:
-    """"about N s left in the run": the mean epoch time of this session's epochs times the epochs still to
+def run_time_left(
+    records: list[dict], epochs_left: int, budget_s: float | None, elapsed_s: float
+) -> str:
+    """ "about N s left in the run": the mean epoch time of this session's epochs times the epochs still to
     go (capped by what remains of a ``max_minutes`` budget), plus the calibration at the end (not included)."""
     if epochs_left <= 0:
         return "last epoch; calibrating the threshold next"
@@ -531,23 +756,35 @@ def run_time_left(records: list[dict], epochs_left: int, budget_s: float | None,
     left = per_epoch * epochs_left
     capped = budget_s is not None and budget_s - elapsed_s < left
     if capped:
-        left = max(0.0, budget_s - elapsed_s) + per_epoch  # the budget stops the run after the epoch it runs out in
+        left = (
+            max(0.0, budget_s - elapsed_s) + per_epoch
+        )  # the budget stops the run after the epoch it runs out in
     text = f"{left / 60:.1f} min" if left >= 120 else f"{left:.0f} s"
-    return f"about {text} left in the run" + (" (time budget)" if capped else
-                                              f" ({epochs_left} epoch{'s' if epochs_left > 1 else ''} to go)")
+    return f"about {text} left in the run" + (
+        " (time budget)"
+        if capped
+        else f" ({epochs_left} epoch{'s' if epochs_left > 1 else ''} to go)"
+    )
 
 
 def _saved_precision(run: Path | None, device: torch.device):
     """The precision a run folder's checkpoint was trained with, on the same kind of device, else None."""
     from .precision import Precision
+
     try:
         rec = json.loads((run / CONFIG_FILE).read_text())["precision"]
-        prec = Precision(str(rec["name"]), bool(rec["channels_last"]), f"resumed run: {rec.get('reason', '')}")
+        prec = Precision(
+            str(rec["name"]), bool(rec["channels_last"]), f"resumed run: {rec.get('reason', '')}"
+        )
     except (TypeError, OSError, ValueError, KeyError):
         return None
     cuda = prec.name.startswith("cuda")
-    return prec if prec.name in ("fp32", "bf16", "cuda-fp16", "cuda-bf16") and cuda == (device.type == "cuda") \
+    return (
+        prec
+        if prec.name in ("fp32", "bf16", "cuda-fp16", "cuda-bf16")
+        and cuda == (device.type == "cuda")
         else None
+    )
 
 
 def _complete(run: Path) -> bool:
@@ -574,57 +811,98 @@ def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> No
     if store is not None:
         batches = store.batches(f.batch_size, seed, drop_last=False, device=device)
     else:
-        batches = (method_batch(b, f.cache, device)
-                   for b in _loader(dataset, f.batch_size, shuffle=True, seed=seed))
+        batches = (
+            method_batch(b, f.cache, device)
+            for b in _loader(dataset, f.batch_size, shuffle=True, seed=seed)
+        )
     model.eval()
     with torch.no_grad(), f.prec.autocast(device):
-        info = model.build(progress_bar(batches, "building", f.progress, total=math.ceil(len(dataset) / f.batch_size)))
+        info = model.build(
+            progress_bar(
+                batches, "building", f.progress, total=math.ceil(len(dataset) / f.batch_size)
+            )
+        )
     ddp.broadcast_state(model)  # the same shapes on every rank: each built from the same images
-    record = {"epoch": 1, "seconds": round(time.perf_counter() - t0, 3), "images": len(dataset), **(info or {}),
-              **({"refit": True} if refit else {})}
+    record = {
+        "epoch": 1,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "images": len(dataset),
+        **(info or {}),
+        **({"refit": True} if refit else {}),
+    }
     f.result.history.append(record)
     if ddp.master and (train_cfg.progress or f.run is not None):
-        print(f"built from {len(dataset)} images ({record['seconds']:.1f} s): "
-              + ", ".join(f"{k} {v}" for k, v in (info or {}).items()), flush=True)
+        print(
+            f"built from {len(dataset)} images ({record['seconds']:.1f} s): "
+            + ", ".join(f"{k} {v}" for k, v in (info or {}).items()),
+            flush=True,
+        )
     if f.run is not None and ddp.master:
         with open(f.log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
 
 # ---- helpers for lessons and scripts: the engine's own rules, public ------------------------------------------
-def recalibrate(model: Method, train_data: MVTecDataset, train_cfg: TrainConfig | None = None, cache=None, device=None):
+def recalibrate(
+    model: Method,
+    train_data: MVTecDataset,
+    train_cfg: TrainConfig | None = None,
+    cache=None,
+    device=None,
+):
     """The threshold ``fit`` would store, computed again for ``model`` as it is now (e.g. after a test-time
     switch such as another combine rule): the same held-out normal images of ``train_data`` (``held_out``),
     the same quantile. Returns ``(threshold, per-class stats)``; the model's per-category calibration, when it
     has one, is refitted too (``model.verdict_calibration``)."""
     train_cfg = train_cfg or TrainConfig(progress=False)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    cal, stats = calibrate(model, train_data, held_out(train_data, train_cfg)[1], cache, device, train_cfg.threshold_quantile,
-                           train_cfg.tail, train_cfg.calibration, train_cfg.seed)
+    cal, stats = calibrate(
+        model,
+        train_data,
+        held_out(train_data, train_cfg)[1],
+        cache,
+        device,
+        train_cfg.threshold_quantile,
+        train_cfg.tail,
+        train_cfg.calibration,
+        train_cfg.seed,
+    )
     model.verdict_calibration = cal
     return cal.global_threshold, stats
 
 
-def held_out(train_data: MVTecDataset, train_cfg: TrainConfig | None = None) -> tuple[MVTecDataset, MVTecDataset]:
+def held_out(
+    train_data: MVTecDataset, train_cfg: TrainConfig | None = None
+) -> tuple[MVTecDataset, MVTecDataset]:
     """``(training part, held-out normal images)`` exactly as ``fit`` splits ``train_data`` with ``train_cfg``
     (``holdout_fraction`` of each category, at least ``holdout_min`` where the category has three times that,
     seeded by ``train_cfg.seed``): the images the thresholds come from."""
     train_cfg = train_cfg or TrainConfig()
-    return holdout_split(train_data, train_cfg.holdout_fraction, seed=train_cfg.seed,
-                         min_tail=train_cfg.holdout_min if train_cfg.holdout_fraction > 0 else 0)
+    return holdout_split(
+        train_data,
+        train_cfg.holdout_fraction,
+        seed=train_cfg.seed,
+        min_tail=train_cfg.holdout_min if train_cfg.holdout_fraction > 0 else 0,
+    )
 
 
 def _steps_per_epoch(n_images: int, batch_size: int, world_size: int = 1) -> int:
-    return max(1, n_images // (batch_size * world_size))  # full batches only (fit drops the last partial one)
+    return max(
+        1, n_images // (batch_size * world_size)
+    )  # full batches only (fit drops the last partial one)
 
 
-def steps_per_epoch(train_data: MVTecDataset, batch_size: int, train_cfg: TrainConfig | None = None) -> int:
+def steps_per_epoch(
+    train_data: MVTecDataset, batch_size: int, train_cfg: TrainConfig | None = None
+) -> int:
     """Optimiser steps ``fit`` takes per epoch on ``train_data``: its training part (after the held-out
     split) in full batches of ``batch_size``."""
     return _steps_per_epoch(len(held_out(train_data, train_cfg)[0]), batch_size)
 
 
-def batch_of(dataset, indices: Sequence[int], cache: FeatureCache | None = None, device="cpu") -> Batch:
+def batch_of(
+    dataset, indices: Sequence[int], cache: FeatureCache | None = None, device="cpu"
+) -> Batch:
     """The :class:`Batch` of ``dataset[i] for i in indices``: images (B, 3, S, S) on ``device`` and, with a
     feature cache, the teacher's features for them (read from the cache, computed once)."""
     items = [dataset[i] for i in indices]
@@ -633,20 +911,35 @@ def batch_of(dataset, indices: Sequence[int], cache: FeatureCache | None = None,
     return Batch(image=x, features=feats)
 
 
-def batches(dataset, indices: Sequence[int] | None = None, batch_size: int = 16, cache: FeatureCache | None = None,
-            device="cpu", with_indices: bool = False):
+def batches(
+    dataset,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 16,
+    cache: FeatureCache | None = None,
+    device="cpu",
+    with_indices: bool = False,
+):
     """:func:`batch_of` over ``indices`` (default: every image, in order) in chunks of ``batch_size``;
     ``with_indices``: yield ``(the chunk's indices, Batch)`` pairs instead."""
     ids = list(range(len(dataset))) if indices is None else list(indices)
     for k in range(0, len(ids), batch_size):
-        part = ids[k:k + batch_size]
+        part = ids[k : k + batch_size]
         batch = batch_of(dataset, part, cache, device)
         yield (part, batch) if with_indices else batch
 
 
-def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, train_cfg: TrainConfig | None = None,
-                  cache=None, equal_steps: bool = True, out=None, resume: bool = False, overwrite: bool = False,
-                  extra_config: dict | None = None, log=None) -> dict[str, tuple[Method, FitResult]]:
+def fit_per_class(
+    build: Callable[[], Method],
+    train_data: MVTecDataset,
+    train_cfg: TrainConfig | None = None,
+    cache=None,
+    equal_steps: bool = True,
+    out=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    extra_config: dict | None = None,
+    log=None,
+) -> dict[str, tuple[Method, FitResult]]:
     """One model per category of ``train_data``, each from ``build()`` (the same initial weights if ``build``
     seeds them), trained and calibrated on its own category only -- the per-class protocol. With
     ``calibration="auto"`` each model gets one threshold for its one product (``per-category``).
@@ -659,29 +952,49 @@ def fit_per_class(build: Callable[[], Method], train_data: MVTecDataset, train_c
     per-class run). ``log``: called with a line per category. Returns {category: (model, FitResult)}."""
     train_cfg = train_cfg or TrainConfig(progress=False)
     if train_cfg.calibration == "auto":
-        train_cfg = dataclasses.replace(train_cfg, calibration="per-category")  # one product per model: nothing to route
+        train_cfg = dataclasses.replace(
+            train_cfg, calibration="per-category"
+        )  # one product per model: nothing to route
     probe = build()
     if equal_steps and probe.trains_by_gradient:
         epochs = train_cfg.epochs if train_cfg.epochs is not None else probe.cfg.epochs
-        unified = epochs * steps_per_epoch(train_data, train_cfg.batch_size or probe.cfg.batch_size, train_cfg)
+        unified = epochs * steps_per_epoch(
+            train_data, train_cfg.batch_size or probe.cfg.batch_size, train_cfg
+        )
         train_cfg = dataclasses.replace(train_cfg, min_steps=max(train_cfg.min_steps or 0, unified))
     extra = {**(extra_config or {}), "setting": "per-class"}
     if out is not None:
         out = Path(out)
         if out.exists() and not out.is_dir():
-            raise runs.RunFolderError(f"--out {out} is a file, not a folder: choose a folder for the run")
+            raise runs.RunFolderError(
+                f"--out {out} is a file, not a folder: choose a folder for the run"
+            )
         with files.folder_lock(out, "run folder"):
-            runs.prepare(out, None, resume=resume, overwrite=overwrite, per_class=True, say=log or print)
-            files.atomic_write_text(out / SETTING_FILE, json.dumps(
-                {"setting": "per-class", "method": probe.name, "categories": train_data.categories,
-                 **(extra_config or {})}, indent=2))
+            runs.prepare(
+                out, None, resume=resume, overwrite=overwrite, per_class=True, say=log or print
+            )
+            files.atomic_write_text(
+                out / SETTING_FILE,
+                json.dumps(
+                    {
+                        "setting": "per-class",
+                        "method": probe.name,
+                        "categories": train_data.categories,
+                        **(extra_config or {}),
+                    },
+                    indent=2,
+                ),
+            )
     results = {}
     for i, (cat, ds) in enumerate(train_data.by_category().items()):
         if log:
             log(f"--- {cat}: {len(ds)} images")
         model = probe if i == 0 else build()
         run = None if out is None else out / cat
-        results[cat] = (model, fit(model, ds, train_cfg, out=run, cache=cache, resume=resume, extra_config=extra))
+        results[cat] = (
+            model,
+            fit(model, ds, train_cfg, out=run, cache=cache, resume=resume, extra_config=extra),
+        )
         if log:
             log(result_line(results[cat][1], run))
     return results

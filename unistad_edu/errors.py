@@ -1,6 +1,7 @@
 """The package's expected errors that need no torch to name (the CLI catches them; serving an export imports
 this module without torch). Each is re-exported where it is raised: ``checkpoint.CheckpointError``,
 ``teacher.TeacherWeightsError``."""
+
 from __future__ import annotations
 
 

@@ -14,6 +14,7 @@ Integrated Gradients and Occlusion explain (lesson 10 shows why each step is nee
     occ = occlusion(f, x, ref, window=16)            # (B, S, S) per pixel
     share_inside(ig[0], mask)                        # fraction of the positive attribution on the defect
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,41 +43,63 @@ def score_function(model: Method) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(x) -> (B,)`` image scores of ``model`` for pixels ``x`` (B, 3, S, S) in [0, 1], differentiable with
     respect to ``x`` through teacher and method (same value as ``model.score``, up to bf16 rounding where the teacher runs in bf16).
     Put the model in eval mode first."""
+
     def f(x: torch.Tensor) -> torch.Tensor:
         with _float32_teacher(model.teacher):
-            feats = model.teacher(x)                                         # with gradients to x
-        maps, terms = model.score_inputs(Batch(image=x, features=feats))     # {name: (B, 1, h, w)}, {name: (B,)}
-        return model.score_from(maps, terms, x.shape[-2:]).pred_score        # (B,)
+            feats = model.teacher(x)  # with gradients to x
+        maps, terms = model.score_inputs(
+            Batch(image=x, features=feats)
+        )  # {name: (B, 1, h, w)}, {name: (B,)}
+        return model.score_from(maps, terms, x.shape[-2:]).pred_score  # (B,)
+
     return f
 
 
 def nearest_normal(x: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
     """For each image of ``x`` (B, 3, S, S), the image of ``normals`` (N, 3, S, S) closest in pixel space: a
     baseline that the model scores as normal and that differs from ``x`` mostly where ``x`` is unusual."""
-    d = torch.cdist(x.flatten(1).float(), normals.flatten(1).float())        # (B, N)
-    return normals[d.argmin(dim=1)]                                          # (B, 3, S, S)
+    d = torch.cdist(x.flatten(1).float(), normals.flatten(1).float())  # (B, N)
+    return normals[d.argmin(dim=1)]  # (B, 3, S, S)
 
 
-def integrated_gradients(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int = 64,
-                         internal_batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def integrated_gradients(
+    f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int = 64, internal_batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """captum's Integrated Gradients of ``f`` from ``baseline`` to ``x``, summed over colour channels.
     Returns (B, S, S) attributions and the (B,) completeness gap ``sum(attr) - (f(x) - f(baseline))``."""
     from captum.attr import IntegratedGradients
-    attr, delta = IntegratedGradients(f).attribute(x, baselines=baseline, n_steps=n_steps,
-                                                   internal_batch_size=internal_batch_size,
-                                                   return_convergence_delta=True)  # (B, 3, S, S), (B,)
+
+    attr, delta = IntegratedGradients(f).attribute(
+        x,
+        baselines=baseline,
+        n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
+        return_convergence_delta=True,
+    )  # (B, 3, S, S), (B,)
     return attr.sum(1).detach().cpu().numpy(), delta.detach().cpu().numpy()
 
 
-def occlusion(f, x: torch.Tensor, baseline: torch.Tensor, window: int = 16, stride: int | None = None,
-              per_eval: int = 16) -> np.ndarray:
+def occlusion(
+    f,
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    window: int = 16,
+    stride: int | None = None,
+    per_eval: int = 16,
+) -> np.ndarray:
     """captum's Occlusion: paste ``window`` x ``window`` patches of ``baseline`` into ``x`` (every ``stride``
     pixels, default half a window) and record how much the score drops; per pixel, the mean drop over the
     patches covering it, summed over colour channels. Returns (B, S, S)."""
     from captum.attr import Occlusion
+
     stride = stride or max(1, window // 2)
-    attr = Occlusion(f).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
-                                  baselines=baseline, perturbations_per_eval=per_eval)  # (B, 3, S, S)
+    attr = Occlusion(f).attribute(
+        x,
+        sliding_window_shapes=(3, window, window),
+        strides=(3, stride, stride),
+        baselines=baseline,
+        perturbations_per_eval=per_eval,
+    )  # (B, 3, S, S)
     return attr.sum(1).detach().cpu().numpy()
 
 

@@ -26,6 +26,7 @@ folder itself, a folder of another kind, a user's folder or a file.
 
 Serving needs no PyTorch: :mod:`unistad_edu.export_runtime`.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,13 +99,20 @@ def parity_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-def torch_outputs(model, images: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def torch_outputs(
+    model, images: np.ndarray, batch_size: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The PyTorch model's (maps (B, S, S), scores (B,), embeddings (B, D)) on (B, S, S, 3) uint8 images, fp32."""
     maps, scores, embs = [], [], []
     graph = ScoreGraph(model).eval()
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
+            x = (
+                torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size]))
+                .permute(0, 3, 1, 2)
+                .float()
+                / 255.0
+            )
             m, s, e = graph(x)
             maps.append(m[:, 0].numpy())
             scores.append(s.numpy())
@@ -126,38 +134,69 @@ def compare(reference: tuple, exported: tuple, threshold: float | None, calibrat
     scale = abs(float(threshold)) if threshold else float(np.abs(rs).max()) or 1.0
     d_map = float(np.abs(rm.astype(np.float64) - em).max())
     d_score = float(np.abs(rs.astype(np.float64) - es).max())
-    out = {"images": int(len(rs)), "max_abs_map": d_map, "max_abs_score": d_score,
-           "relative_to": "threshold" if threshold else "max |score|", "scale": scale,
-           "max_rel": float(np.max([d_map, d_score])) / scale}  # np.max: a NaN difference stays NaN
+    out = {
+        "images": int(len(rs)),
+        "max_abs_map": d_map,
+        "max_abs_score": d_score,
+        "relative_to": "threshold" if threshold else "max |score|",
+        "scale": scale,
+        "max_rel": float(np.max([d_map, d_score])) / scale,
+    }  # np.max: a NaN difference stays NaN
     if calibration is not None and calibration.routed and len(reference) > 2 and len(exported) > 2:
         ref_d, exp_d = calibration.decide(rs, reference[2]), calibration.decide(es, exported[2])
-        out["routes_differ"] = int(sum(a["category"] != b["category"] for a, b in zip(ref_d, exp_d)))
-        out["verdicts_differ"] = int(sum(a["anomalous"] != b["anomalous"] for a, b in zip(ref_d, exp_d)))
-        out["max_abs_embedding"] = float(np.abs(reference[2].astype(np.float64) - exported[2]).max())
+        out["routes_differ"] = int(
+            sum(a["category"] != b["category"] for a, b in zip(ref_d, exp_d))
+        )
+        out["verdicts_differ"] = int(
+            sum(a["anomalous"] != b["anomalous"] for a, b in zip(ref_d, exp_d))
+        )
+        out["max_abs_embedding"] = float(
+            np.abs(reference[2].astype(np.float64) - exported[2]).max()
+        )
     else:
-        out["verdicts_differ"] = int(np.sum(verdict(rs, threshold) != verdict(es, threshold))) \
-            if threshold is not None else 0
+        out["verdicts_differ"] = (
+            int(np.sum(verdict(rs, threshold) != verdict(es, threshold)))
+            if threshold is not None
+            else 0
+        )
     return out
 
 
 def _export_onnx(model, size: int, path: Path, opset: int) -> None:
     """The dynamo exporter, dynamic batch, one self-contained .onnx file."""
     import importlib.util
+
     try:
         import onnx
     except ImportError as err:
-        raise ExportError("export needs onnx and onnxscript: pip install 'unistad-edu[export]'") from err
-    if importlib.util.find_spec("onnxscript") is None:  # the dynamo exporter builds its graph with it
+        raise ExportError(
+            "export needs onnx and onnxscript: pip install 'unistad-edu[export]'"
+        ) from err
+    if (
+        importlib.util.find_spec("onnxscript") is None
+    ):  # the dynamo exporter builds its graph with it
         raise ExportError("export needs onnxscript: pip install 'unistad-edu[export]'")
     graph = ScoreGraph(model).eval()
-    example = torch.from_numpy(parity_images(2, size, seed=1)).permute(0, 3, 1, 2).float() / 255.0  # (2, 3, S, S)
+    example = (
+        torch.from_numpy(parity_images(2, size, seed=1)).permute(0, 3, 1, 2).float() / 255.0
+    )  # (2, 3, S, S)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     import warnings
+
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's own chatter (deprecations, fallbacks) is not for users
-        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=list(OUTPUT_NAMES), dynamic_shapes={"image": {0: batch}},
-                                    opset_version=opset, verbose=False)
+        warnings.simplefilter(
+            "ignore"
+        )  # the exporter's own chatter (deprecations, fallbacks) is not for users
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"image": {0: batch}},
+            opset_version=opset,
+            verbose=False,
+        )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
@@ -168,8 +207,12 @@ def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
     try:
         import openvino as ov
     except ImportError as err:
-        raise ExportError("OpenVINO export needs openvino: pip install 'unistad-edu[export]'") from err
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)  # weights stay fp32
+        raise ExportError(
+            "OpenVINO export needs openvino: pip install 'unistad-edu[export]'"
+        ) from err
+    ov.save_model(
+        ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False
+    )  # weights stay fp32
 
 
 def _contains(outer: Path, inner: Path) -> bool:
@@ -186,29 +229,48 @@ def check_replaceable(out: Path, run: Path) -> None:
     out, run = Path(out), Path(run)
     fix = "choose another --out (the default is RUN/export-FORMAT)"
     if out.is_symlink() or not out.is_dir():
-        raise ExportError(f"--overwrite refused: --out {out} is {ownership.describe(out)}, not an export folder; "
-                          f"--overwrite replaces only an export folder: move it away, or {fix}")
+        raise ExportError(
+            f"--overwrite refused: --out {out} is {ownership.describe(out)}, not an export folder; "
+            f"--overwrite replaces only an export folder: move it away, or {fix}"
+        )
     if _contains(out, run):
-        what = ("is the run folder being exported" if out.resolve() == run.resolve() else
-                f"holds the run folder being exported ({run})")
-        raise ExportError(f"--overwrite refused: --out {out} {what}; replacing it would delete the run's model and "
-                          f"state: {fix}")
+        what = (
+            "is the run folder being exported"
+            if out.resolve() == run.resolve()
+            else f"holds the run folder being exported ({run})"
+        )
+        raise ExportError(
+            f"--overwrite refused: --out {out} {what}; replacing it would delete the run's model and "
+            f"state: {fix}"
+        )
     if not any(out.iterdir()):
         return  # an empty folder: nothing in it to lose
     card = ownership.read_json(out / CARD_FILE)
     if not ownership.is_export_card(card):
-        raise ExportError(f"--overwrite refused: --out {out} is {ownership.describe(out)}, not an export folder "
-                          f"(no unistad-edu {CARD_FILE}); --overwrite replaces only an export folder: {fix}")
+        raise ExportError(
+            f"--overwrite refused: --out {out} is {ownership.describe(out)}, not an export folder "
+            f"(no unistad-edu {CARD_FILE}); --overwrite replaces only an export folder: {fix}"
+        )
     written = {CARD_FILE, METRICS_FILE, *(n for n in card["files"] if isinstance(n, str))}
-    other = ownership.foreign_entries(out, lambda rel, is_dir: rel in written and not is_dir
-                                      and not (out / rel).is_symlink())
+    other = ownership.foreign_entries(
+        out, lambda rel, is_dir: rel in written and not is_dir and not (out / rel).is_symlink()
+    )
     if other:
-        raise ExportError(f"--overwrite refused: the export folder {out} also holds {ownership.listing(other)}, "
-                          f"which no export wrote; replacing the folder would delete them: move them away, or {fix}")
+        raise ExportError(
+            f"--overwrite refused: the export folder {out} also holds {ownership.listing(other)}, "
+            f"which no export wrote; replacing the folder would delete them: move them away, or {fix}"
+        )
 
 
-def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, overwrite: bool = False,
-               images: np.ndarray | None = None, log=print) -> Path:
+def export_run(
+    run,
+    fmt: str = "onnx",
+    out=None,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    images: np.ndarray | None = None,
+    log=print,
+) -> Path:
     """Export the run folder ``run`` as ``fmt`` (``onnx`` or ``openvino``) into ``out`` (default
     ``RUN/export-FMT``) and return it. ``images``: (N, S, S, 3) uint8 pictures for the parity check (default:
     :func:`parity_images`; real test images are better, :func:`unistad_edu.bench.bench_export` uses them).
@@ -221,8 +283,10 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
     run = Path(run)
     out = Path(out) if out is not None else run / f"export-{fmt}"
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} exists ({ownership.describe(out)}): choose another --out, or --overwrite to "
-                              f"replace it (an export folder or an empty one only)")
+        raise FileExistsError(
+            f"{out} exists ({ownership.describe(out)}): choose another --out, or --overwrite to "
+            f"replace it (an export folder or an empty one only)"
+        )
     if out.exists() or out.is_symlink():
         check_replaceable(out, run)  # before any work: a refusal costs nothing
     t0 = time.perf_counter()
@@ -231,23 +295,38 @@ def export_run(run, fmt: str = "onnx", out=None, opset: int = DEFAULT_OPSET, ove
     model = model.float().eval()
     size = int(model.cfg.image_size)
     with staging_folder(out) as tmp:
-        log(f"exporting {model.name} ({run}) to ONNX, image size {size}, dynamic batch 1..{MAX_BATCH} ...")
+        log(
+            f"exporting {model.name} ({run}) to ONNX, image size {size}, dynamic batch 1..{MAX_BATCH} ..."
+        )
         card = _write_graph(model, tmp, fmt, opset, run)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-        check = images if images is not None else parity_images(3, size, seed=2)  # a batch size never seen (3)
+        check = (
+            images if images is not None else parity_images(3, size, seed=2)
+        )  # a batch size never seen (3)
         card["parity"] = check_parity(model, tmp, fmt, check, run)
         card["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-        if load_run_metrics(run) is not None:  # the demo's card shows the run's test metrics (of this save)
+        if (
+            load_run_metrics(run) is not None
+        ):  # the demo's card shows the run's test metrics (of this save)
             shutil.copyfile(run / METRICS_FILE, tmp / METRICS_FILE)
         # --overwrite: the old folder goes only once the new one is complete, checked again (it may have changed
         # while the export ran); without it, a folder another process put there meanwhile is refused
-        if not install_folder(tmp, out, replace=lambda old: overwrite and check_replaceable(old, run) is None):
-            raise FileExistsError(f"{out} appeared while exporting ({ownership.describe(out)}): choose another "
-                                  f"--out, or --overwrite to replace it")
-    said = "; ".join(f"{p['backend']}: max |Δ| {max(p['max_abs_map'], p['max_abs_score']):.2g} = {p['max_rel']:.2g} "
-                     f"of the {p['relative_to']}, {p['verdicts_differ']} verdicts differ" for p in card["parity"].values())
-    log(f"{fmt} export written to {out} in {card['export_seconds']} s; parity on {len(check)} images: {said}")
+        if not install_folder(
+            tmp, out, replace=lambda old: overwrite and check_replaceable(old, run) is None
+        ):
+            raise FileExistsError(
+                f"{out} appeared while exporting ({ownership.describe(out)}): choose another "
+                f"--out, or --overwrite to replace it"
+            )
+    said = "; ".join(
+        f"{p['backend']}: max |Δ| {max(p['max_abs_map'], p['max_abs_score']):.2g} = {p['max_rel']:.2g} "
+        f"of the {p['relative_to']}, {p['verdicts_differ']} verdicts differ"
+        for p in card["parity"].values()
+    )
+    log(
+        f"{fmt} export written to {out} in {card['export_seconds']} s; parity on {len(check)} images: {said}"
+    )
     return out
 
 
@@ -271,9 +350,14 @@ def _write_graph(model, folder: Path, fmt: str, opset: int, run: Path) -> dict:
         "format": fmt,
         "model_file": files[0],
         "files": {name: sha256_file(folder / name) for name in files},
-        "inputs": {INPUT_NAME: f"(batch, 3, {size}, {size}) float32 RGB in [0, 1]; batch 1..{MAX_BATCH}"},
-        "outputs": {OUTPUT_NAMES[0]: f"(batch, 1, {size}, {size}) float32", OUTPUT_NAMES[1]: "(batch,) float32",
-                    OUTPUT_NAMES[2]: "(batch, D) float32: the teacher's image embedding, for routing"},
+        "inputs": {
+            INPUT_NAME: f"(batch, 3, {size}, {size}) float32 RGB in [0, 1]; batch 1..{MAX_BATCH}"
+        },
+        "outputs": {
+            OUTPUT_NAMES[0]: f"(batch, 1, {size}, {size}) float32",
+            OUTPUT_NAMES[1]: "(batch,) float32",
+            OUTPUT_NAMES[2]: "(batch, D) float32: the teacher's image embedding, for routing",
+        },
         "method": run_config["method"],
         "teacher": run_config.get("teacher"),
         "image_size": size,
@@ -296,21 +380,33 @@ def check_parity(model, folder: Path, fmt: str, images: np.ndarray, run) -> dict
     :class:`ExportError` beyond :data:`PARITY_TOLERANCE`, for a verdict or route that differs, or when no
     runtime is installed."""
     ref = torch_outputs(model, images)
-    threshold, calibration = getattr(model, "threshold", None), getattr(model, "verdict_calibration", None)
+    threshold, calibration = (
+        getattr(model, "threshold", None),
+        getattr(model, "verdict_calibration", None),
+    )
     out = {}
-    for backend in (("onnxruntime", "openvino") if fmt == "onnx" else ("openvino",)):
+    for backend in ("onnxruntime", "openvino") if fmt == "onnx" else ("openvino",):
         try:
             served = ExportedModel(folder, backend=backend)
         except CheckpointError:  # that runtime is not installed: the other one is checked
             continue
-        parity = {**compare(ref, served.outputs(images), threshold, calibration), "backend": served.backend}
-        if not parity["max_rel"] <= PARITY_TOLERANCE or parity["verdicts_differ"] or parity.get("routes_differ"):
+        parity = {
+            **compare(ref, served.outputs(images), threshold, calibration),
+            "backend": served.backend,
+        }
+        if (
+            not parity["max_rel"] <= PARITY_TOLERANCE
+            or parity["verdicts_differ"]
+            or parity.get("routes_differ")
+        ):
             worst = max(parity["max_abs_map"], parity["max_abs_score"])
-            raise ExportError(f"the {fmt} export of {run} served by {served.backend} does not reproduce the "
-                              f"PyTorch model: max |Δ| {worst:.3g} = {parity['max_rel']:.2g} of the "
-                              f"{parity['relative_to']} (tolerance {PARITY_TOLERANCE:g}), "
-                              f"{parity['verdicts_differ']} verdict(s) and {parity.get('routes_differ', 0)} "
-                              f"route(s) differ")
+            raise ExportError(
+                f"the {fmt} export of {run} served by {served.backend} does not reproduce the "
+                f"PyTorch model: max |Δ| {worst:.3g} = {parity['max_rel']:.2g} of the "
+                f"{parity['relative_to']} (tolerance {PARITY_TOLERANCE:g}), "
+                f"{parity['verdicts_differ']} verdict(s) and {parity.get('routes_differ', 0)} "
+                f"route(s) differ"
+            )
         out[backend] = parity
     if not out:
         raise ExportError("no runtime to check the export with: pip install 'unistad-edu[export]'")

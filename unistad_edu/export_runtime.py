@@ -11,6 +11,7 @@ runs ``predict`` on an export with torch made unimportable).
 with the same per-image results as :func:`unistad_edu.inference.predict`, ``threshold``, ``run_config`` and
 ``backend`` (which runtime serves it, for the demo's model card).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ from .files import sha256_file
 
 CARD_FILE = "export.json"
 #: the card layout this version writes and reads; a card with a larger number was written by a newer version
-EXPORT_FORMAT_VERSION = 2  # 2: the routing embedding as a third output, the run's calibration on the card
+EXPORT_FORMAT_VERSION = (
+    2  # 2: the routing embedding as a third output, the run's calibration on the card
+)
 FORMATS = ("onnx", "openvino")
 BACKENDS = ("auto", "onnxruntime", "openvino")
 INPUT_NAME = "image"
@@ -46,29 +49,39 @@ def read_card(folder) -> dict:
     folder = Path(folder)
     path = folder / CARD_FILE
     if not path.is_file():
-        raise CheckpointError(f"{folder} is not an export folder (no {CARD_FILE}): make one with "
-                              f"python -m unistad_edu export --run RUN --out {folder}")
+        raise CheckpointError(
+            f"{folder} is not an export folder (no {CARD_FILE}): make one with "
+            f"python -m unistad_edu export --run RUN --out {folder}"
+        )
     try:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from err
     version = card.get("export_format_version") if isinstance(card, dict) else None
     if not is_int(version) or version < 1:
-        raise CheckpointError(f"{path} has no export_format_version (a whole number >= 1; found {version!r}): not "
-                              f"a unistad-edu export card")
+        raise CheckpointError(
+            f"{path} has no export_format_version (a whole number >= 1; found {version!r}): not "
+            f"a unistad-edu export card"
+        )
     if version > EXPORT_FORMAT_VERSION:
-        raise CheckpointError(f"{folder} was exported by unistad-edu {card.get('package_version', '?')} (export "
-                              f"format {version}); this version reads format {EXPORT_FORMAT_VERSION} and older: "
-                              f"upgrade unistad-edu, or export the run again with this version")
+        raise CheckpointError(
+            f"{folder} was exported by unistad-edu {card.get('package_version', '?')} (export "
+            f"format {version}); this version reads format {EXPORT_FORMAT_VERSION} and older: "
+            f"upgrade unistad-edu, or export the run again with this version"
+        )
     check_export_card(card, folder, FORMATS, OUTPUT_NAMES)
     for name, digest in card["files"].items():
         f = folder / name
         if not f.is_file():
-            raise CheckpointError(f"{folder} is missing {name} (listed in {CARD_FILE}): copy the whole export "
-                                  f"folder, or export the run again")
+            raise CheckpointError(
+                f"{folder} is missing {name} (listed in {CARD_FILE}): copy the whole export "
+                f"folder, or export the run again"
+            )
         if sha256_file(f) != digest:
-            raise CheckpointError(f"{f} is not the file that was exported (its SHA-256 differs from {CARD_FILE}): "
-                                  f"the folder was changed or copied incompletely; export the run again")
+            raise CheckpointError(
+                f"{f} is not the file that was exported (its SHA-256 differs from {CARD_FILE}): "
+                f"the folder was changed or copied incompletely; export the run again"
+            )
     return card
 
 
@@ -76,7 +89,9 @@ def _onnxruntime_session(path: Path, threads: int | None, names: Sequence[str]):
     try:
         import onnxruntime as ort
     except ImportError as err:
-        raise CheckpointError("serving an ONNX export needs onnxruntime: pip install 'unistad-edu[export]'") from err
+        raise CheckpointError(
+            "serving an ONNX export needs onnxruntime: pip install 'unistad-edu[export]'"
+        ) from err
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -85,6 +100,7 @@ def _onnxruntime_session(path: Path, threads: int | None, names: Sequence[str]):
 
     def run(x: np.ndarray):
         return session.run(list(names), {INPUT_NAME: x})
+
     return run, f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
 
 
@@ -92,9 +108,13 @@ def _openvino_model(path: Path, threads: int | None, names: Sequence[str]):
     try:
         import openvino as ov
     except ImportError as err:
-        raise CheckpointError("serving through OpenVINO needs openvino: pip install 'unistad-edu[export]'") from err
+        raise CheckpointError(
+            "serving through OpenVINO needs openvino: pip install 'unistad-edu[export]'"
+        ) from err
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32"}  # as exported: no silent bf16/fp16 on CPUs that have it
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32"
+    }  # as exported: no silent bf16/fp16 on CPUs that have it
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
@@ -104,6 +124,7 @@ def _openvino_model(path: Path, threads: int | None, names: Sequence[str]):
         request = compiled.create_infer_request()  # one per call: safe from several threads
         res = request.infer({INPUT_NAME: x})
         return [res[o] for o in outputs]
+
     return run, f"OpenVINO {ov.__version__} (CPU, f32)"
 
 
@@ -116,22 +137,28 @@ class ExportedModel:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.folder = Path(folder)
-        self.card = read_card(self.folder)  # checked: format, file names inside the folder, digests, threshold
+        self.card = read_card(
+            self.folder
+        )  # checked: format, file names inside the folder, digests, threshold
         fmt = self.card["format"]
         if backend == "auto":
             backend = "onnxruntime" if fmt == "onnx" else "openvino"
         if backend == "onnxruntime" and fmt != "onnx":
-            raise CheckpointError(f"{self.folder} holds an OpenVINO model: serve it with backend 'openvino'")
+            raise CheckpointError(
+                f"{self.folder} holds an OpenVINO model: serve it with backend 'openvino'"
+            )
         model_file = self.folder / self.card["model_file"]
         # format 1 exports have no embedding output: they serve one global threshold
         names = [n for n in OUTPUT_NAMES if n in (self.card.get("outputs") or OUTPUT_NAMES[:2])]
-        self._run, self.backend = (_onnxruntime_session if backend == "onnxruntime" else _openvino_model)(
-            model_file, threads, names)
+        self._run, self.backend = (
+            _onnxruntime_session if backend == "onnxruntime" else _openvino_model
+        )(model_file, threads, names)
         self.backend_name = backend
         self.image_size = int(self.card["image_size"])
         self.threshold = self.card.get("threshold")
         self.run_config = dict(self.card.get("run_config") or {})
         from .calibration import Calibration
+
         cal = self.card.get("calibration") if len(names) > 2 else None
         self.verdict_calibration = Calibration.from_json(cal, self.threshold)
 
@@ -141,15 +168,23 @@ class ExportedModel:
 
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
         """(B, S, S, 3) uint8 -> (anomaly maps (B, S, S) float32, scores (B,) float32[, embeddings (B, D)])."""
-        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)  # (B,3,S,S)
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(
+            255.0
+        )  # (B,3,S,S)
         maps, scores, *rest = self._run(x)
-        return (np.asarray(maps)[:, 0], np.asarray(scores).reshape(-1), *[np.asarray(r) for r in rest])
+        return (
+            np.asarray(maps)[:, 0],
+            np.asarray(scores).reshape(-1),
+            *[np.asarray(r) for r in rest],
+        )
 
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, S, S, 3) uint8 -> (anomaly maps (B, S, S) float32, scores (B,) float32)."""
         return self.outputs(images)[:2]
 
-    def predict(self, images: Sequence, threshold: float | None = None, batch_size: int = 8) -> list[dict]:
+    def predict(
+        self, images: Sequence, threshold: float | None = None, batch_size: int = 8
+    ) -> list[dict]:
         """Score file paths or (H, W, 3) uint8 arrays: the same per-image dicts as ``inference.predict`` (``score``,
         the routed ``category`` and its ``threshold``, ``z``, ``anomalous``, ``notice``, ``anomaly_map`` (S, S),
         ``image`` (S, S, 3) uint8, ``level_maps`` -- empty: the graph returns the fused map only)."""
@@ -158,9 +193,11 @@ class ExportedModel:
         arrays = model_inputs(images, self.image_size)  # the same pixels inference.predict scores
         results = []
         for i in range(0, len(arrays), batch_size):
-            chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
+            chunk = np.stack(arrays[i : i + batch_size])  # (b, S, S, 3)
             maps, scores, *emb = self.outputs(chunk)
             decisions = self.verdict_calibration.decide(scores, emb[0] if emb else None, threshold)
             for j in range(chunk.shape[0]):
-                results.append({**decisions[j], "anomaly_map": maps[j], "level_maps": {}, "image": chunk[j]})
+                results.append(
+                    {**decisions[j], "anomaly_map": maps[j], "level_maps": {}, "image": chunk[j]}
+                )
         return results

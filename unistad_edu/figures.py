@@ -9,6 +9,7 @@ Three static PNGs (matplotlib, no browser needed), each from a file a benchmark 
 * ``leaderboard.png`` -- every method unified on the same data: per-category I-AUROC, and mean I-AUROC
   against inference time and stored state, from a ``bench leaderboard --json`` file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ RESULTS = Path("docs") / "results"
 
 def _plt():
     import matplotlib
-    matplotlib.use("Agg")   # files only: works without a display
+
+    matplotlib.use("Agg")  # files only: works without a display
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -41,11 +44,14 @@ def _save(fig, out: Path) -> Path:
 def interference_figure(acc_json, out) -> Path:
     """Grouped bars: per-class vs unified, per category, for I-AUROC and P-AUROC (x100)."""
     import json
+
     plt = _plt()
     result = json.loads(Path(acc_json).read_text())
     st = result.get("settings", {})
     if not {"unified", "per-class"} <= set(st):
-        raise ValueError(f"{acc_json}: needs a bench accuracy result with both settings (unified and per-class)")
+        raise ValueError(
+            f"{acc_json}: needs a bench accuracy result with both settings (unified and per-class)"
+        )
     cats = sorted(st["unified"]["metrics"]["categories"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     x = np.arange(len(cats) + 1)
@@ -53,22 +59,38 @@ def interference_figure(acc_json, out) -> Path:
     for ax, col in zip(axes, ("I-AUROC", "P-AUROC")):
         for k, (setting, colour) in enumerate((("per-class", "#4C78A8"), ("unified", "#F58518"))):
             m = st[setting]["metrics"]
-            vals = [100 * (m["categories"][c].get(col) or np.nan) for c in cats] + [100 * (m["mean"].get(col) or np.nan)]
+            vals = [100 * (m["categories"][c].get(col) or np.nan) for c in cats] + [
+                100 * (m["mean"].get(col) or np.nan)
+            ]
             err = _spread(m, cats, col)  # over seeds, when the result has several
-            ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=setting, color=colour, yerr=err,
-                   capsize=3 if err is not None else 0)
+            ax.bar(
+                x + (k - 0.5) * 0.38,
+                vals,
+                0.38,
+                label=setting,
+                color=colour,
+                yerr=err,
+                capsize=3 if err is not None else 0,
+            )
         ax.set_xticks(x, cats + ["mean"], rotation=25, ha="right")
         ax.set_title(col)
         ax.set_ylim(0, 105)  # from 0: bar lengths are comparable
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("x100 (axis from 0)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False, bbox_to_anchor=(0.99, 1.0))
-    fig.suptitle(f"{result.get('method', 'stpm').upper()}: one model per category vs one for all "
-                 f"({result.get('protocol', '?')} protocol; "
-                 f"{'mean ± std of %d seeds' % seeds if seeds > 1 else 'one seed: no error bars'})",
-                 x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title and the legend above the axes, off the bars
+    fig.legend(
+        handles, labels, loc="upper right", ncol=2, frameon=False, bbox_to_anchor=(0.99, 1.0)
+    )
+    fig.suptitle(
+        f"{result.get('method', 'stpm').upper()}: one model per category vs one for all "
+        f"({result.get('protocol', '?')} protocol; "
+        f"{'mean ± std of %d seeds' % seeds if seeds > 1 else 'one seed: no error bars'})",
+        x=0.02,
+        ha="left",
+    )
+    fig.tight_layout(
+        rect=(0, 0, 1, 0.93)
+    )  # room for the title and the legend above the axes, off the bars
     return _save(fig, out)
 
 
@@ -78,8 +100,9 @@ def _spread(metrics: dict, cats, col: str, scale: float = 100.0):
     std = metrics.get("std")
     if not std:
         return None
-    return [scale * ((std.get("categories", {}).get(c) or {}).get(col) or 0.0) for c in cats] + \
-        [scale * ((std.get("mean") or {}).get(col) or 0.0)]
+    return [scale * ((std.get("categories", {}).get(c) or {}).get(col) or 0.0) for c in cats] + [
+        scale * ((std.get("mean") or {}).get(col) or 0.0)
+    ]
 
 
 def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
@@ -98,11 +121,16 @@ def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
     picks = []
     for cat in cats:
         ids = [i for i, r in enumerate(test.records) if r.category == cat and r.label == 1]
-        picks += [test.records[ids[j]] for j in np.linspace(0, len(ids) - 1, min(per_category, len(ids))).astype(int)]
+        picks += [
+            test.records[ids[j]]
+            for j in np.linspace(0, len(ids) - 1, min(per_category, len(ids))).astype(int)
+        ]
     if not picks:
         raise ValueError(f"no defective test images under {root} for {cats}")
     preds = predict(model, [r.path for r in picks])
-    hi = float(np.quantile(np.stack([p["anomaly_map"] for p in preds]), 0.999))   # one colour scale for all
+    hi = float(
+        np.quantile(np.stack([p["anomaly_map"] for p in preds]), 0.999)
+    )  # one colour scale for all
     lo = float(np.min([p["anomaly_map"].min() for p in preds]))
     cols = min(len(picks), 2 * per_category if len(picks) > 2 * per_category else len(picks))
     cols = max(cols, 1)
@@ -119,8 +147,11 @@ def heatmap_grid_figure(run, out, per_category: int = 2, data=None) -> Path:
         ax.imshow(shown)
         verdict = "" if p["anomalous"] is None else (" DEFECT" if p["anomalous"] else " ok")
         ax.set_title(f"{rec.category}/{rec.defect}\nscore {p['score']:.3g}{verdict}", fontsize=8)
-    fig.suptitle(f"{cfg['method']} ({cfg.get('setting', 'unified')}): anomaly map over defective test images; "
-                 f"white = ground-truth outline", fontsize=10)
+    fig.suptitle(
+        f"{cfg['method']} ({cfg.get('setting', 'unified')}): anomaly map over defective test images; "
+        f"white = ground-truth outline",
+        fontsize=10,
+    )
     return _save(fig, out)
 
 
@@ -128,6 +159,7 @@ def leaderboard_figure(lb_json, out) -> Path:
     """Left: per-category I-AUROC of every method; right: mean I-AUROC vs ms/img (marker area ~ stored state)."""
     plt = _plt()
     from .leaderboard import load, per_category
+
     result = load(lb_json)
     cats, values = per_category(result, "I-AUROC")
     rows = {r["label"]: r for r in result["rows"]}
@@ -138,33 +170,70 @@ def leaderboard_figure(lb_json, out) -> Path:
     x = np.arange(len(cats))
     for k, (label, vals) in enumerate(values.items()):
         err = _spread(rows[label], cats, "I-AUROC")
-        ax.bar(x + (k - (len(values) - 1) / 2) * width, vals, width, label=label,
-               yerr=None if err is None else err[:-1], capsize=2 if err is not None else 0)
+        ax.bar(
+            x + (k - (len(values) - 1) / 2) * width,
+            vals,
+            width,
+            label=label,
+            yerr=None if err is None else err[:-1],
+            capsize=2 if err is not None else 0,
+        )
     ax.set_xticks(x, cats, rotation=20, ha="right")
     ax.set_ylim(0, 105)  # from 0: bar lengths are comparable
     ax.set_ylabel("I-AUROC x100 (axis from 0)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # below: off the bars
-    span = f"{seeds}" if len(counts) == 1 else f"{counts[0]}-{seeds}"  # methods measured with unequal seeds say so
-    ax.set_title("per category, one unified model each" + (f" (mean ± std of {span} seeds; one seed: no bar)"
-                                                           if seeds > 1 else " (one seed: no error bars)"),
-                 fontsize=10)
+    ax.legend(
+        fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False
+    )  # below: off the bars
+    span = (
+        f"{seeds}" if len(counts) == 1 else f"{counts[0]}-{seeds}"
+    )  # methods measured with unequal seeds say so
+    ax.set_title(
+        "per category, one unified model each"
+        + (
+            f" (mean ± std of {span} seeds; one seed: no bar)"
+            if seeds > 1
+            else " (one seed: no error bars)"
+        ),
+        fontsize=10,
+    )
     lo = min(100 * r["mean"]["I-AUROC"] for r in result["rows"])
     for r in result["rows"]:
         y = 100 * r["mean"]["I-AUROC"]
         err = _spread(r, [], "I-AUROC")
-        ax2.errorbar(r["infer_ms_per_img"], y, yerr=None if err is None else [err[-1]], fmt="none", ecolor="grey",
-                     capsize=3)
+        ax2.errorbar(
+            r["infer_ms_per_img"],
+            y,
+            yerr=None if err is None else [err[-1]],
+            fmt="none",
+            ecolor="grey",
+            capsize=3,
+        )
         ax2.scatter(r["infer_ms_per_img"], y, s=30 + 40 * r["state_mib"], alpha=0.6)
-        ax2.annotate(f"{r['label']} ({r['state_mib']:.1f} MiB)", (r["infer_ms_per_img"], y),
-                     fontsize=7, xytext=(4, 3), textcoords="offset points")
-    for ref in result.get("references", []):  # an outside figure: no cost of ours to place it at, so a line
+        ax2.annotate(
+            f"{r['label']} ({r['state_mib']:.1f} MiB)",
+            (r["infer_ms_per_img"], y),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    for ref in result.get(
+        "references", []
+    ):  # an outside figure: no cost of ours to place it at, so a line
         y = 100 * ref["mean"]["I-AUROC"]
         ax2.axhline(y, ls="--", color="black", lw=0.8)
-        ax2.annotate(f"{ref['label']}: {y:.1f}", (0.01, y), xycoords=("axes fraction", "data"), fontsize=7,
-                     xytext=(0, 3), textcoords="offset points")
+        ax2.annotate(
+            f"{ref['label']}: {y:.1f}",
+            (0.01, y),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            xytext=(0, 3),
+            textcoords="offset points",
+        )
         lo = min(lo, y)
-    ax2.set_xlabel(f"inference ms/img (CPU, same run; teacher alone {1000 / result['teacher_only_img_s']:.1f})")
+    ax2.set_xlabel(
+        f"inference ms/img (CPU, same run; teacher alone {1000 / result['teacher_only_img_s']:.1f})"
+    )
     ax2.set_ylabel(f"mean I-AUROC x100 (axis starts near {lo:.0f}, not 0)")
     ax2.grid(alpha=0.3)
     ax2.set_title("accuracy vs cost (marker area ~ stored state)")
@@ -174,12 +243,25 @@ def leaderboard_figure(lb_json, out) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs", help="folder for the PNGs (default: docs)")
-    p.add_argument("--interference", default=str(RESULTS / "interference_stpm.json"),
-                   help="bench accuracy JSON (per-class and unified)")
-    p.add_argument("--leaderboard", default=str(RESULTS / "leaderboard.json"), help="bench leaderboard JSON")
-    p.add_argument("--run", default=None, help="run folder for the heatmap grid (default: the demo's small model)")
-    p.add_argument("--data", default=None, help="test data for the heatmap grid (default: the run's data_root)")
-    p.add_argument("--only", nargs="+", choices=["interference", "heatmaps", "leaderboard"], default=None)
+    p.add_argument(
+        "--interference",
+        default=str(RESULTS / "interference_stpm.json"),
+        help="bench accuracy JSON (per-class and unified)",
+    )
+    p.add_argument(
+        "--leaderboard", default=str(RESULTS / "leaderboard.json"), help="bench leaderboard JSON"
+    )
+    p.add_argument(
+        "--run",
+        default=None,
+        help="run folder for the heatmap grid (default: the demo's small model)",
+    )
+    p.add_argument(
+        "--data", default=None, help="test data for the heatmap grid (default: the run's data_root)"
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=["interference", "heatmaps", "leaderboard"], default=None
+    )
     return p
 
 
@@ -188,11 +270,24 @@ def main(args) -> int:
 
     out = Path(args.out)
     jobs = {
-        "interference": (lambda: interference_figure(args.interference, out / "interference.png"), args.interference,
-                         "python -m unistad_edu bench accuracy --method stpm --json " + args.interference),
-        "leaderboard": (lambda: leaderboard_figure(args.leaderboard, out / "leaderboard.png"), args.leaderboard,
-                        "python -m unistad_edu bench leaderboard --entry LABEL RUN ... --json " + args.leaderboard),
-        "heatmaps": (lambda: heatmap_grid_figure(resolve_run(args.run), out / "heatmaps.png", data=args.data), None, ""),
+        "interference": (
+            lambda: interference_figure(args.interference, out / "interference.png"),
+            args.interference,
+            "python -m unistad_edu bench accuracy --method stpm --json " + args.interference,
+        ),
+        "leaderboard": (
+            lambda: leaderboard_figure(args.leaderboard, out / "leaderboard.png"),
+            args.leaderboard,
+            "python -m unistad_edu bench leaderboard --entry LABEL RUN ... --json "
+            + args.leaderboard,
+        ),
+        "heatmaps": (
+            lambda: heatmap_grid_figure(
+                resolve_run(args.run), out / "heatmaps.png", data=args.data
+            ),
+            None,
+            "",
+        ),
     }
     failed = []
     for name in args.only or list(jobs):

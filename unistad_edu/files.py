@@ -11,6 +11,7 @@ of temporary files a killed process left behind, and the one-writer lock of a fo
   the process ends, so a killed run never leaves a stale lock). A second writer gets :class:`FolderBusy`
   naming the process that holds it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,9 @@ LOCK_NAME = ".lock"
 
 def cache_root() -> Path:
     """The package's cache folder: ``$UNISTAD_CACHE``, else ``~/.cache/unistad_edu``."""
-    return Path(os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu").expanduser()
+    return Path(
+        os.environ.get("UNISTAD_CACHE") or Path.home() / ".cache" / "unistad_edu"
+    ).expanduser()
 
 
 def temp_path(path: Path) -> Path:
@@ -80,7 +83,9 @@ def read_json_object(path, what: str, fix: str) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadJSONFile(f"{path} cannot be read as {what} ({err}): {fix}") from err
     if not isinstance(data, dict):
-        raise BadJSONFile(f"{path} holds a JSON {type(data).__name__}, not {what} (a JSON object): {fix}")
+        raise BadJSONFile(
+            f"{path} holds a JSON {type(data).__name__}, not {what} (a JSON object): {fix}"
+        )
     return data
 
 
@@ -96,8 +101,10 @@ def check_replaceable(path) -> None:
             target = os.readlink(path)
         except OSError:
             target = "?"
-        raise NotAFileError(f"{path} is a symbolic link (to {target}): nothing is written through a link; name "
-                            f"the file itself, or remove the link")
+        raise NotAFileError(
+            f"{path} is a symbolic link (to {target}): nothing is written through a link; name "
+            f"the file itself, or remove the link"
+        )
     if path.exists() and not path.is_file():
         kind = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
         raise NotAFileError(f"{path} is {kind}: name a file to write")
@@ -136,7 +143,7 @@ def remove_stale_temp_files(folder, recursive: bool = False) -> int:
     if not folder.is_dir():
         return 0
     removed, now = 0, time.time()
-    for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+    for p in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
         m = _TMP.match(p.name)
         if not m:
             continue
@@ -175,10 +182,14 @@ def folder_lock(folder, what: str = "folder") -> Iterator[Path]:
                 holder = json.loads(path.read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
-            who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
-                   f" ({holder.get('command', '?')})")
-            raise FolderBusy(f"{what} {folder} is being written by another {who}: wait for it to finish, stop "
-                             f"it, or choose another folder") from None
+            who = (
+                f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+                f" ({holder.get('command', '?')})"
+            )
+            raise FolderBusy(
+                f"{what} {folder} is being written by another {who}: wait for it to finish, stop "
+                f"it, or choose another folder"
+            ) from None
         try:  # the holder before us may have removed the file between our open and our lock: then again
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -187,16 +198,21 @@ def folder_lock(folder, what: str = "folder") -> Iterator[Path]:
             break
         os.close(fd)
     try:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": " ".join(sys.argv)[:300]}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)[:300],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         yield folder
     finally:
         with contextlib.suppress(OSError):
             path.unlink()  # while still holding it: a waiting process then finds no file, or a new one
-        os.close(fd)  # releases the lock (when the process is killed the kernel closes it; the file stays, unlocked)
-
+        os.close(
+            fd
+        )  # releases the lock (when the process is killed the kernel closes it; the file stays, unlocked)
 
 
 # ---- folders built whole ---------------------------------------------------------------------------------------
@@ -229,7 +245,9 @@ def install_folder(stage, dest, replace: Callable[[Path], bool] | None = None) -
     the new one, never a mix; False: the existing ``dest`` is kept; it may raise to refuse. ``replace`` None
     keeps an existing ``dest``."""
     stage, dest = Path(stage), Path(dest)
-    for _ in range(2):  # a second try only if another process put its folder in place after the check
+    for _ in range(
+        2
+    ):  # a second try only if another process put its folder in place after the check
         if dest.exists() or dest.is_symlink():
             if replace is None or not replace(dest):
                 return False

@@ -11,6 +11,7 @@ training loop (:mod:`unistad_edu.engine`, which calls :func:`calibrate` at the e
   thresholds (false alarms with intervals, recall, F1, routing accuracy), beside those of one global threshold;
 * :func:`predict` -- per image: score, map, routed category, its threshold, standardised score, verdict.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,11 +28,14 @@ def precision_of(model: Method, precision=None, device=None):
     ``device`` (measured with the model's own teacher at its image size), make the teacher use it, and put the
     model in the chosen memory layout. Returns the :class:`~unistad_edu.precision.Precision`."""
     from .precision import resolve
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if precision is None:
         precision = model.teacher.precision
     prec = resolve(precision, device, model.teacher, model.cfg.image_size)
-    model.set_teacher_precision(prec)  # every teacher (the enhanced STPM's second one too) at the same precision
+    model.set_teacher_precision(
+        prec
+    )  # every teacher (the enhanced STPM's second one too) at the same precision
     model.to(memory_format=prec.memory_format)
     return prec
 
@@ -54,27 +58,49 @@ def with_features(model: Method, batch: Batch) -> Batch:
 
 def progress_bar(iterable, desc: str, enabled: bool, total=None):
     from tqdm.auto import tqdm
+
     return tqdm(iterable, desc=desc, disable=not enabled, leave=False, total=total)
 
 
 def in_order(dataset, batch_size: int):
     """The data set's batches in file order (no shuffling)."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                                       num_workers=0)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0
+    )
 
 
 # ---- scoring many images ------------------------------------------------------------------------------
 @torch.no_grad()
-def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, device=None, batch_size: int = 16,
-                  keep_maps: bool = True, progress: bool = False, precision=None, desc: str = "scoring"):
+def score_dataset(
+    model: Method,
+    dataset,
+    cache: FeatureCache | None = None,
+    device=None,
+    batch_size: int = 16,
+    keep_maps: bool = True,
+    progress: bool = False,
+    precision=None,
+    desc: str = "scoring",
+):
     """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
     categories, defects (each image's folder name, "good" for a normal one), paths, embeddings (N, D) (the
     teacher's image embedding, for routing) and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device  # "cpu" works too
+    device = (
+        torch.device(device) if device is not None else next(model.parameters()).device
+    )  # "cpu" works too
     model.eval()
     prec = precision_of(model, precision, device)
-    out = {"scores": [], "labels": [], "categories": [], "defects": [], "paths": [], "maps": [], "masks": [],
-           "embeddings": [], "terms": []}
+    out = {
+        "scores": [],
+        "labels": [],
+        "categories": [],
+        "defects": [],
+        "paths": [],
+        "maps": [],
+        "masks": [],
+        "embeddings": [],
+        "terms": [],
+    }
     for batch in progress_bar(in_order(dataset, batch_size), desc, progress):
         mb = method_batch(batch, cache, device)
         with prec.autocast(device):
@@ -82,19 +108,27 @@ def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, dev
             res = model.score(mb)
         out["embeddings"].append(model.teacher.embedding_of(mb.features).float().cpu().numpy())
         out["scores"].append(res.pred_score.float().cpu().numpy())
-        if res.image_scores:  # every raw per-image score that was combined ({"map": (B,), term: (B,)})
+        if (
+            res.image_scores
+        ):  # every raw per-image score that was combined ({"map": (B,), term: (B,)})
             out["terms"].append({k: v.float().cpu().numpy() for k, v in res.image_scores.items()})
         out["labels"].append(batch["label"].numpy())
         out["categories"] += batch["category"]
-        out["defects"] += batch.get("defect", ["good" if v == 0 else "defect" for v in batch["label"].tolist()])
+        out["defects"] += batch.get(
+            "defect", ["good" if v == 0 else "defect" for v in batch["label"].tolist()]
+        )
         out["paths"] += batch["path"]
         if keep_maps:
             out["maps"].append(res.anomaly_map[:, 0].float().cpu().numpy())
             out["masks"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
-    result = {"scores": np.concatenate(out["scores"]) if out["scores"] else np.zeros(0),
-              "labels": np.concatenate(out["labels"]) if out["labels"] else np.zeros(0, int),
-              "categories": np.array(out["categories"]), "defects": np.array(out["defects"]), "paths": out["paths"],
-              "embeddings": np.concatenate(out["embeddings"]) if out["embeddings"] else np.zeros((0, 0))}
+    result = {
+        "scores": np.concatenate(out["scores"]) if out["scores"] else np.zeros(0),
+        "labels": np.concatenate(out["labels"]) if out["labels"] else np.zeros(0, int),
+        "categories": np.array(out["categories"]),
+        "defects": np.array(out["defects"]),
+        "paths": out["paths"],
+        "embeddings": np.concatenate(out["embeddings"]) if out["embeddings"] else np.zeros((0, 0)),
+    }
     if out["terms"]:
         result["terms"] = {k: np.concatenate([t[k] for t in out["terms"]]) for k in out["terms"][0]}
     if keep_maps and out["maps"]:
@@ -104,8 +138,14 @@ def score_dataset(model: Method, dataset, cache: FeatureCache | None = None, dev
 
 
 @torch.no_grad()
-def embeddings(model: Method, dataset, cache: FeatureCache | None = None, device=None, batch_size: int = 32,
-               precision=None) -> np.ndarray:
+def embeddings(
+    model: Method,
+    dataset,
+    cache: FeatureCache | None = None,
+    device=None,
+    batch_size: int = 32,
+    precision=None,
+) -> np.ndarray:
     """(N, D) teacher image embeddings of every image of ``dataset`` (no method forward)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     prec = precision_of(model, precision, device)
@@ -131,17 +171,32 @@ def calibrate_threshold(model: Method, held: MVTecDataset, cache, device, cfg):
 
 def _pooled(res: dict, quantile: float):
     s = res["scores"]
-    stats = {"rule": f"quantile {quantile} of image scores of {len(s)} held-out normal train images",
-             "per_class": {}}
+    stats = {
+        "rule": f"quantile {quantile} of image scores of {len(s)} held-out normal train images",
+        "per_class": {},
+    }
     for cat in sorted(set(res["categories"])):
         v = s[res["categories"] == cat]
-        stats["per_class"][cat] = {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
-                                   "max": float(v.max())}
+        stats["per_class"][cat] = {
+            "n": int(v.size),
+            "mean": float(v.mean()),
+            "std": float(v.std()),
+            "max": float(v.max()),
+        }
     return float(np.quantile(s, quantile)), stats
 
 
-def calibrate(model: Method, train_data: MVTecDataset, held: MVTecDataset, cache, device, quantile: float = 0.99,
-              tail: str = DEFAULT_TAIL, kind: str = "auto", seed: int = 0) -> tuple[Calibration, dict]:
+def calibrate(
+    model: Method,
+    train_data: MVTecDataset,
+    held: MVTecDataset,
+    cache,
+    device,
+    quantile: float = 0.99,
+    tail: str = DEFAULT_TAIL,
+    kind: str = "auto",
+    seed: int = 0,
+) -> tuple[Calibration, dict]:
     """The run's :class:`Calibration` and the pooled statistics (``config.json["validation"]``).
 
     ``held``: the held-out normal images (their scores set the thresholds); ``train_data``: every training image
@@ -149,8 +204,9 @@ def calibrate(model: Method, train_data: MVTecDataset, held: MVTecDataset, cache
     category folders, ``"clusters"`` for one folder, which may mix products), ``"per-category"``,
     ``"clusters"`` or ``"global"`` (one pooled threshold, the rule before routing)."""
     if len(held) == 0:
-        return Calibration("global", quantile, None), {"rule": "no held-out images (holdout_fraction=0): "
-                                                               "no threshold"}
+        return Calibration("global", quantile, None), {
+            "rule": "no held-out images (holdout_fraction=0): no threshold"
+        }
     res = score_dataset(model, held, cache, device, keep_maps=False)
     pooled, stats = _pooled(res, quantile)
     if kind == "auto":
@@ -159,25 +215,47 @@ def calibrate(model: Method, train_data: MVTecDataset, held: MVTecDataset, cache
         return Calibration("global", quantile, pooled), stats
     train_emb = embeddings(model, train_data, cache, device)
     train_groups = [r.category for r in train_data.records]
-    cal = fit_calibration(res["scores"], res["categories"], train_emb, train_groups, quantile=quantile,
-                          tail=tail, kind=kind, held_emb=res["embeddings"], seed=seed)
+    cal = fit_calibration(
+        res["scores"],
+        res["categories"],
+        train_emb,
+        train_groups,
+        quantile=quantile,
+        tail=tail,
+        kind=kind,
+        held_emb=res["embeddings"],
+        seed=seed,
+    )
     routed = cal.router.route(res["embeddings"])[0]
-    if kind == "per-category":  # how often the held-out images go to their own folder (validation, no test)
-        cal.info["heldout_routing_accuracy"] = float(np.mean(np.asarray(cal.router.names)[routed] ==
-                                                             res["categories"]))
+    if (
+        kind == "per-category"
+    ):  # how often the held-out images go to their own folder (validation, no test)
+        cal.info["heldout_routing_accuracy"] = float(
+            np.mean(np.asarray(cal.router.names)[routed] == res["categories"])
+        )
     return cal, stats
 
 
 def calibration_of(model) -> Calibration:
     """The model's calibration (a run saved before routing: kind ``global`` with its one threshold)."""
     cal = getattr(model, "verdict_calibration", None)
-    return cal if cal is not None else Calibration.from_json(None, getattr(model, "threshold", None))
+    return (
+        cal if cal is not None else Calibration.from_json(None, getattr(model, "threshold", None))
+    )
 
 
 # ---- evaluate ------------------------------------------------------------------------------------------
-def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None = None, batch_size: int = 16,
-             progress: bool = True, setting: str = "unified", return_outputs: bool = False, precision=None,
-             pixel: bool = True):
+def evaluate(
+    model: Method,
+    test_data: MVTecDataset,
+    cache: FeatureCache | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    setting: str = "unified",
+    return_outputs: bool = False,
+    precision=None,
+    pixel: bool = True,
+):
     """Per-category metrics table (and mean) of ``model`` on ``test_data``, in the metrics.json format, plus:
     ``pooled`` (I-AUROC over all test images mixed -- one production line's view, not the mean of the
     per-category AUROCs), ``by_defect`` (per category: I-AUROC against its structural and its logical defects and
@@ -187,16 +265,29 @@ def evaluate(model: Method, test_data: MVTecDataset, cache: FeatureCache | None 
     metrics only (a test set without masks)."""
     from .metrics import auroc, compute_metrics, defect_aurocs, metrics_table
 
-    res = score_dataset(model, test_data, cache, batch_size=batch_size, progress=progress, desc="evaluating",
-                        precision=precision, keep_maps=pixel)
+    res = score_dataset(
+        model,
+        test_data,
+        cache,
+        batch_size=batch_size,
+        progress=progress,
+        desc="evaluating",
+        precision=precision,
+        keep_maps=pixel,
+    )
     per_cat = {}
     for cat in sorted(set(res["categories"])):
         idx = res["categories"] == cat
         maps = (res["maps"][idx], res["masks"][idx]) if pixel else (None, None)
         per_cat[cat] = compute_metrics(res["scores"][idx], res["labels"][idx], *maps)
     table = metrics_table(per_cat, setting=setting, method=model.name)
-    table["pooled"] = {"I-AUROC": auroc(res["scores"], res["labels"]), "images": int(len(res["scores"]))}
-    table["by_defect"] = defect_aurocs(res["scores"], res["labels"], res["categories"], res["defects"])
+    table["pooled"] = {
+        "I-AUROC": auroc(res["scores"], res["labels"]),
+        "images": int(len(res["scores"])),
+    }
+    table["by_defect"] = defect_aurocs(
+        res["scores"], res["labels"], res["categories"], res["defects"]
+    )
     table["intervals"] = auroc_intervals(res)
     table.update(verdict_report(calibration_of(model), res))
     if "terms" in res and model.combine_rule() == "noisy_or":
@@ -209,6 +300,7 @@ def auroc_intervals(res: dict, n_boot: int = 2000, level: float = 0.95) -> dict:
     (:func:`uncertainty.bootstrap_auroc`, seeded): ``{cat: {"I-AUROC": [low, high]}, "level": 0.95}``;
     categories without both normal and defective images are left out."""
     from .uncertainty import bootstrap_auroc
+
     out: dict = {"level": level, "resamples": n_boot}
     for cat in sorted(set(res["categories"])):
         idx = res["categories"] == cat
@@ -233,8 +325,12 @@ def branch_report(res: dict, calibration: dict) -> dict:
     def medians(sel):
         return {name: float(np.median(v[sel])) if sel.any() else None for name, v in p.items()}
 
-    out = {"median_p_normal": medians(normal), "median_p_defect": medians(~normal),
-           "normal_images": int(normal.sum()), "by_category": {}}
+    out = {
+        "median_p_normal": medians(normal),
+        "median_p_defect": medians(~normal),
+        "normal_images": int(normal.sum()),
+        "by_category": {},
+    }
     for cat in sorted(set(res["categories"])):
         in_cat = res["categories"] == cat
         out["by_category"][cat] = {"median_p_normal": medians(in_cat & normal)}
@@ -251,13 +347,26 @@ def verdict_report(cal: Calibration, res: dict) -> dict:
         decisions = cal.decide(res["scores"], res["embeddings"])
         routed = [d["category"] for d in decisions]
         n_cal = {name: g["n"] for name, g in cal.groups.items()}
-        far = verdict_metrics(res["scores"], res["labels"], res["categories"], [d["threshold"] for d in decisions],
-                              routed=routed if cal.kind == "per-category" else None, calibration_n=n_cal)
-        far.update({"kind": cal.kind, "tail": cal.tail, "unlike": int(sum(d["notice"] is not None
-                                                                         for d in decisions))})
+        far = verdict_metrics(
+            res["scores"],
+            res["labels"],
+            res["categories"],
+            [d["threshold"] for d in decisions],
+            routed=routed if cal.kind == "per-category" else None,
+            calibration_n=n_cal,
+        )
+        far.update(
+            {
+                "kind": cal.kind,
+                "tail": cal.tail,
+                "unlike": int(sum(d["notice"] is not None for d in decisions)),
+            }
+        )
         out["false_alarms"] = far
     if cal.global_threshold is not None:
-        glob = verdict_metrics(res["scores"], res["labels"], res["categories"], cal.global_threshold)
+        glob = verdict_metrics(
+            res["scores"], res["labels"], res["categories"], cal.global_threshold
+        )
         glob["kind"] = "global"
         out["false_alarms" if not cal.routed else "false_alarms_global"] = glob
     return out
@@ -265,8 +374,9 @@ def verdict_report(cal: Calibration, res: dict) -> dict:
 
 # ---- predict -------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(model: Method, images, threshold: float | None = None, batch_size: int = 8,
-            precision=None) -> list[dict]:
+def predict(
+    model: Method, images, threshold: float | None = None, batch_size: int = 8, precision=None
+) -> list[dict]:
     """Score images given as file paths, (H, W, 3) uint8 arrays or (3, H, W) float tensors in [0, 1].
     Returns per image: ``score``, ``anomaly_map`` (S, S) float32, ``level_maps``, the resized ``image``
     (S, S, 3) uint8, and the verdict of the run's calibration: ``category`` (routed by the teacher's
@@ -279,11 +389,18 @@ def predict(model: Method, images, threshold: float | None = None, batch_size: i
     model.eval()
     prec = precision_of(model, precision, device)
     cal = calibration_of(model)
-    arrays = model_inputs([(im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()  # (3,H,W) -> uint8
-                           if isinstance(im, torch.Tensor) else im for im in images], size)
+    arrays = model_inputs(
+        [
+            (im.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()  # (3,H,W) -> uint8
+            if isinstance(im, torch.Tensor)
+            else im
+            for im in images
+        ],
+        size,
+    )
     results = []
     for i in range(0, len(arrays), batch_size):
-        chunk = np.stack(arrays[i:i + batch_size])  # (b, S, S, 3)
+        chunk = np.stack(arrays[i : i + batch_size])  # (b, S, S, 3)
         x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float().div(255).to(device)
         with prec.autocast(device):
             batch = with_features(model, Batch(image=x))
@@ -291,7 +408,14 @@ def predict(model: Method, images, threshold: float | None = None, batch_size: i
         emb = model.teacher.embedding_of(batch.features).float().cpu().numpy()
         decisions = cal.decide(res.pred_score.float().cpu().numpy(), emb, threshold)
         for j in range(x.shape[0]):
-            results.append({**decisions[j], "anomaly_map": res.anomaly_map[j, 0].float().cpu().numpy(),
-                            "level_maps": {k: v[j, 0].float().cpu().numpy() for k, v in res.level_maps.items()},
-                            "image": chunk[j]})
+            results.append(
+                {
+                    **decisions[j],
+                    "anomaly_map": res.anomaly_map[j, 0].float().cpu().numpy(),
+                    "level_maps": {
+                        k: v[j, 0].float().cpu().numpy() for k, v in res.level_maps.items()
+                    },
+                    "image": chunk[j],
+                }
+            )
     return results

@@ -26,6 +26,7 @@ Tokens are numbered row-major: token ``i`` sits at row ``i // w``, column ``i % 
 * :func:`xavier_init_` -- Xavier-uniform weights and zero biases on every linear layer of a module (frozen
   sub-modules skipped).
 """
+
 from __future__ import annotations
 
 import math
@@ -107,7 +108,9 @@ class PositionEmbedding2D(nn.Module):
     def __init__(self, h: int, w: int, dim: int):
         super().__init__()
         if dim % 2:
-            raise ValueError(f"position embedding dim must be even (half rows, half columns), got {dim}")
+            raise ValueError(
+                f"position embedding dim must be even (half rows, half columns), got {dim}"
+            )
         self.h, self.w = h, w
         self.row_embed = nn.Embedding(h, dim // 2)
         self.col_embed = nn.Embedding(w, dim // 2)
@@ -117,9 +120,13 @@ class PositionEmbedding2D(nn.Module):
     def forward(self) -> torch.Tensor:
         col = self.col_embed.weight  # (w, D/2)
         row = self.row_embed.weight  # (h, D/2)
-        pos = torch.cat([col[None, :, :].expand(self.h, -1, -1),  # (h, w, D/2): column of each cell
-                         row[:, None, :].expand(-1, self.w, -1)],  # (h, w, D/2): row of each cell
-                        dim=-1)  # (h, w, D)
+        pos = torch.cat(
+            [
+                col[None, :, :].expand(self.h, -1, -1),  # (h, w, D/2): column of each cell
+                row[:, None, :].expand(-1, self.w, -1),
+            ],  # (h, w, D/2): row of each cell
+            dim=-1,
+        )  # (h, w, D)
         return pos.flatten(0, 1)  # (HW, D)
 
 
@@ -132,7 +139,11 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"hidden_dim {dim} must be divisible by num_heads {heads}")
         self.heads, self.dropout = heads, dropout
-        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.q_proj, self.k_proj, self.v_proj = (
+            nn.Linear(dim, dim),
+            nn.Linear(dim, dim),
+            nn.Linear(dim, dim),
+        )
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,8 +162,9 @@ class Attention(nn.Module):
             y = att @ v  # (B, H, Lq, D/H)
         else:
             allowed = None if mask is None else ~mask  # SDPA's bool mask means "may attend"
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                               dropout_p=self.dropout if self.training else 0.0)  # (B, H, Lq, D/H)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+            )  # (B, H, Lq, D/H)
         y = y.transpose(1, 2).reshape(B, Lq, D)  # (B, Lq, D)
         return self.out_proj(y)
 
@@ -164,7 +176,12 @@ class FeedForward(nn.Sequential):
     """Linear -> activation -> dropout -> Linear (parameter names 0 and 3)."""
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: str = "relu"):
-        super().__init__(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        super().__init__(
+            nn.Linear(dim, hidden),
+            ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+        )
 
 
 class TransformerLayer(nn.Module):
@@ -179,8 +196,15 @@ class TransformerLayer(nn.Module):
     (B, Lk, D) and never each other. ``mask`` (Lq, Lk) bool, True = hidden.
     """
 
-    def __init__(self, dim: int, heads: int, ffn: int, dropout: float = 0.0, norm: str = "post",
-                 activation: str = "relu"):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn: int,
+        dropout: float = 0.0,
+        norm: str = "post",
+        activation: str = "relu",
+    ):
         super().__init__()
         if norm not in ("post", "pre"):
             raise ValueError(f"norm must be 'post' or 'pre', got {norm!r}")
@@ -190,7 +214,9 @@ class TransformerLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, x, context=None, pos=None, mask=None):  # x (B, L, D), context (B, Lk, D), pos (L, D)
+    def forward(
+        self, x, context=None, pos=None, mask=None
+    ):  # x (B, L, D), context (B, Lk, D), pos (L, D)
         pos = 0 if pos is None else pos
         if self.pre_norm:
             q = self.norm1(x)  # (B, L, D)
@@ -214,7 +240,9 @@ def xavier_init_(module: nn.Module, skip: Sequence[nn.Module] = ()) -> None:
 
 
 # ---- distances ---------------------------------------------------------------------------------------------
-def cosine_distance(a: torch.Tensor, b: torch.Tensor, dim: int, keepdim: bool = True) -> torch.Tensor:
+def cosine_distance(
+    a: torch.Tensor, b: torch.Tensor, dim: int, keepdim: bool = True
+) -> torch.Tensor:
     """``1 - cos(a, b)`` along ``dim``, written as ``0.5 * ||a/|a| - b/|b| ||^2`` so that two all-zero vectors
     are at distance 0 (and a zero vs a non-zero vector at 0.5) instead of 1. float32."""
     a = F.normalize(a.float(), dim=dim)
@@ -228,15 +256,21 @@ def global_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return cosine_distance(t.flatten(1), s.flatten(1), dim=1, keepdim=False)
 
 
-def level_cosine_distance(a: torch.Tensor, b: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+def level_cosine_distance(
+    a: torch.Tensor, b: torch.Tensor, channels: Sequence[int]
+) -> torch.Tensor:
     """Mean over levels of 1 - cos(a_l, b_l) at each token. a, b: (B, L, C) with the levels' channels
     concatenated in ``channels`` order -> (B, L)."""
-    parts = [cosine_distance(x, y, dim=-1, keepdim=False)  # (B, L) per level
-             for x, y in zip(a.split(list(channels), dim=-1), b.split(list(channels), dim=-1))]
+    parts = [
+        cosine_distance(x, y, dim=-1, keepdim=False)  # (B, L) per level
+        for x, y in zip(a.split(list(channels), dim=-1), b.split(list(channels), dim=-1))
+    ]
     return torch.stack(parts).mean(dim=0)  # (B, L)
 
 
-def scale_easy_gradients(s: torch.Tensor, point_distance: torch.Tensor, quantile: float, factor: float) -> torch.Tensor:
+def scale_easy_gradients(
+    s: torch.Tensor, point_distance: torch.Tensor, quantile: float, factor: float
+) -> torch.Tensor:
     """Hard-point mining: identity forward; backward multiplies the gradient of the points whose distance is
     below the ``quantile`` of all points of the batch by ``factor``. s (B, C, h, w), point_distance (B, h, w)."""
     if not s.requires_grad or factor == 1.0 or quantile <= 0:
@@ -244,7 +278,9 @@ def scale_easy_gradients(s: torch.Tensor, point_distance: torch.Tensor, quantile
     d = point_distance.detach().float()
     thresh = torch.quantile(d.flatten(), quantile)  # a scalar
     scale = torch.where(d < thresh, factor, 1.0).to(s.dtype)[:, None]  # (B, 1, h, w)
-    s = s.view_as(s)  # an alias: the hook then scales only the gradient that flows through this use of s
+    s = s.view_as(
+        s
+    )  # an alias: the hook then scales only the gradient that flows through this use of s
     s.register_hook(lambda grad: grad * scale)
     return s
 
@@ -277,8 +313,9 @@ def antialias_weights(n_in: int, n_out: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)  # (n_out, n_in)
 
 
-def resize_bilinear(x: torch.Tensor, size: tuple[int, int], align_corners: bool = False,
-                    antialias: bool = False) -> torch.Tensor:
+def resize_bilinear(
+    x: torch.Tensor, size: tuple[int, int], align_corners: bool = False, antialias: bool = False
+) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", ...)`` for (B, C, h, w). While a graph is being exported, an
     antialiased resize becomes two matrix products with :func:`antialias_weights` (the same numbers): ONNX's
     ``Resize(antialias=1)`` is computed differently by OpenVINO (measured: max |Δ| 0.22 against PyTorch on a
@@ -287,12 +324,19 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int], align_corners: bool 
         wh = antialias_weights(x.shape[-2], size[0]).to(x.device)  # (h', h)
         ww = antialias_weights(x.shape[-1], size[1]).to(x.device)  # (w', w)
         return torch.matmul(torch.matmul(wh, x.float()), ww.t()).to(x.dtype)  # (B, C, h', w')
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners, antialias=antialias)
+    return F.interpolate(
+        x, size=tuple(size), mode="bilinear", align_corners=align_corners, antialias=antialias
+    )
 
 
 # ---- teacher levels -> one token grid ---------------------------------------------------------------------
-def levels_to_grid(features: dict[str, torch.Tensor], names: Sequence[str], grid: tuple[int, int],
-                   antialias: bool = True, align_corners: bool = False) -> list[torch.Tensor]:
+def levels_to_grid(
+    features: dict[str, torch.Tensor],
+    names: Sequence[str],
+    grid: tuple[int, int],
+    antialias: bool = True,
+    align_corners: bool = False,
+) -> list[torch.Tensor]:
     """Each named level bilinearly resized to ``grid`` (float32), in ``names`` order: [(B, C_l, h, w)].
 
     ``antialias=True`` (default): a level that shrinks is low-pass filtered first (a stride-4 level becomes a
@@ -320,8 +364,9 @@ def to_grid(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 # ---- feature pyramid matching (STPM and its enhanced version) -----------------------------------------------
-def pyramid_maps(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
-                 names: Sequence[str]) -> dict[str, torch.Tensor]:
+def pyramid_maps(
+    teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor], names: Sequence[str]
+) -> dict[str, torch.Tensor]:
     """STPM's per-level map: ``0.5 * || t/|t| - s/|s| ||^2`` over channels at every position (float32):
     {name: (B, C, h, w)} x 2 -> {name: (B, 1, h, w)}. Its mean over (B, h, w) is STPM's Eq. 1 loss of the level."""
     out = {}
@@ -334,8 +379,11 @@ def pyramid_maps(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tens
 
 # ---- the reverse-distillation student (RD and SNL) ---------------------------------------------------
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ResBlock(nn.Module):
@@ -353,12 +401,24 @@ class ResBlock(nn.Module):
         else:
             stride = 2 if mode == "down" else 1
             mid = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-            short = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+            short = (
+                None
+                if (cin == cout and stride == 1)
+                else nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+            )
         self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            mid, nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.shortcut = nn.Identity() if short is None else nn.Sequential(short, nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            mid,
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.shortcut = (
+            nn.Identity() if short is None else nn.Sequential(short, nn.BatchNorm2d(cout))
+        )
         self.relu_out = relu_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -381,7 +441,9 @@ class MultiScaleFusion(nn.Module):
         for c, s in zip(channels, strides):
             steps = math.log2(s_top / s)
             if steps != int(steps):
-                raise ValueError(f"teacher strides {strides}: each must be the coarsest one over a power of 2")
+                raise ValueError(
+                    f"teacher strides {strides}: each must be the coarsest one over a power of 2"
+                )
             layers, cin = [], c
             for k in range(int(steps)):
                 cout = c_top if k == int(steps) - 1 else min(2 * cin, c_top)
@@ -404,7 +466,9 @@ class MultiScaleFusion(nn.Module):
 class Bottleneck(nn.Module):
     """OCBE = MFF + OCE: teacher levels -> one-class embedding (B, D, h_L / 2, w_L / 2)."""
 
-    def __init__(self, channels: list[int], strides: list[int], embed: int, blocks: int, width: float):
+    def __init__(
+        self, channels: list[int], strides: list[int], embed: int, blocks: int, width: float
+    ):
         super().__init__()
         self.mff = MultiScaleFusion(channels, strides)
         cin = self.mff.out_channels
@@ -421,14 +485,22 @@ class Decoder(nn.Module):
     and outputs that level's channels. ``forward(z, sizes)`` returns the levels fine -> coarse, like the
     teacher, each resized to the teacher's grid in ``sizes`` if the doubling missed it by a cell."""
 
-    def __init__(self, embed: int, channels: list[int], blocks: list[int], width: float, linear_outputs: bool):
+    def __init__(
+        self, embed: int, channels: list[int], blocks: list[int], width: float, linear_outputs: bool
+    ):
         super().__init__()
         stages, cin = [], embed
         for c, n in zip(reversed(channels), reversed(blocks)):  # coarse -> fine
             n = max(1, int(n))
-            layers = [ResBlock(cin, c, _width(c, width), mode="up", relu_out=not (linear_outputs and n == 1))]
-            layers += [ResBlock(c, c, _width(c, width), relu_out=not (linear_outputs and i == n - 2))
-                       for i in range(n - 1)]
+            layers = [
+                ResBlock(
+                    cin, c, _width(c, width), mode="up", relu_out=not (linear_outputs and n == 1)
+                )
+            ]
+            layers += [
+                ResBlock(c, c, _width(c, width), relu_out=not (linear_outputs and i == n - 2))
+                for i in range(n - 1)
+            ]
             stages.append(nn.Sequential(*layers))
             cin = c
         self.stages = nn.ModuleList(stages)
@@ -454,7 +526,9 @@ def reverse_student(levels, cfg) -> tuple[nn.Module, nn.Module, int]:
     blocks = cfg.decoder_blocks
     blocks = [blocks] * len(channels) if isinstance(blocks, int) else list(blocks)
     if len(blocks) != len(channels):
-        raise ValueError(f"decoder_blocks has {len(blocks)} entries for {len(channels)} teacher levels")
+        raise ValueError(
+            f"decoder_blocks has {len(blocks)} entries for {len(channels)} teacher levels"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         bottleneck = Bottleneck(channels, strides, embed, cfg.oce_blocks, cfg.block_width)

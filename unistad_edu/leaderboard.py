@@ -13,6 +13,7 @@ method: :func:`aggregate` turns them into one row -- every metric the mean over 
 deviation under ``std``, the runs under ``seeds`` -- and the speed is timed once per label (the seeds are the same
 network).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,15 @@ def parse_entry(items: Sequence[str]) -> dict:
     return {"label": items[0], "run": run, "metrics": metrics}
 
 
-def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: int = 8, repeats: int = 3,
-            progress: bool = True, precision="auto") -> dict:
+def collect(
+    entries: Sequence[dict],
+    data=None,
+    n_images: int = 32,
+    batch_size: int = 8,
+    repeats: int = 3,
+    progress: bool = True,
+    precision="auto",
+) -> dict:
     """Measure every entry (see the module docstring). ``n_images``: test images timed (evenly over the
     categories); the same images for every method."""
     from .checkpoint import load_checkpoint, read_config
@@ -54,8 +62,13 @@ def collect(entries: Sequence[dict], data=None, n_images: int = 32, batch_size: 
         row["infer_img_s"] = speeds[row["label"]]
         row["infer_ms_per_img"] = 1000.0 / speeds[row["label"]]
         row["infer_vs_teacher_only"] = speeds[row["label"]] / speeds["teacher_only"]
-    return {"rows": aggregate(rows), "teacher_only_img_s": speeds["teacher_only"], "timed_images": n,
-            "timing_batch_size": batch_size, "data": str(root)}
+    return {
+        "rows": aggregate(rows),
+        "teacher_only_img_s": speeds["teacher_only"],
+        "timed_images": n,
+        "timing_batch_size": batch_size,
+        "data": str(root),
+    }
 
 
 def _row(entry: dict, model, data, progress: bool) -> dict:
@@ -72,14 +85,22 @@ def _row(entry: dict, model, data, progress: bool) -> dict:
         save_metrics(evaluate(model, test, progress=progress), entry["metrics"])
     metrics = load_metrics(entry["metrics"])
     check_metrics_save(metrics, entry["run"], entry["metrics"])
-    return {"label": entry["label"], "method": run_config["method"], "run": str(entry["run"]),
-            "preset": run_config.get("preset"), "image_size": run_config["image_size"],
-            "epochs": run_config.get("epochs_done"), "train_images": run_config.get("train_images"),
-            "train_s": run_config.get("train_seconds"), "peak_rss_mb": run_config.get("peak_rss_mb"),
-            "state_mib": (entry["run"] / MODEL_FILE).stat().st_size / 2**20,
-            "mean": metrics["mean"], "categories": metrics["categories"],
-            "false_alarm_rate": (metrics.get("false_alarms") or {}).get("all"),
-            "false_alarm_target": run_config.get("false_alarm_target")}
+    return {
+        "label": entry["label"],
+        "method": run_config["method"],
+        "run": str(entry["run"]),
+        "preset": run_config.get("preset"),
+        "image_size": run_config["image_size"],
+        "epochs": run_config.get("epochs_done"),
+        "train_images": run_config.get("train_images"),
+        "train_s": run_config.get("train_seconds"),
+        "peak_rss_mb": run_config.get("peak_rss_mb"),
+        "state_mib": (entry["run"] / MODEL_FILE).stat().st_size / 2**20,
+        "mean": metrics["mean"],
+        "categories": metrics["categories"],
+        "false_alarm_rate": (metrics.get("false_alarms") or {}).get("all"),
+        "false_alarm_target": run_config.get("false_alarm_target"),
+    }
 
 
 def _inference_speeds(models: dict, root: Path, n_images: int, batch_size: int, repeats: int):
@@ -96,11 +117,13 @@ def _inference_speeds(models: dict, root: Path, n_images: int, batch_size: int, 
     per_cat = max(1, n_images // len(discover_categories(root)))
     timed = {s: MVTecDataset(root, "test", image_size=s).evenly(per_cat) for s in sizes}
     for ds in timed.values():
-        [ds[i] for i in range(len(ds))]   # decode once: every loop reads the images from memory
+        [ds[i] for i in range(len(ds))]  # decode once: every loop reads the images from memory
     ref = timed[max(sizes)]
     teacher = load_teacher()
-    ref_batches = [torch.stack([ref[j]["image"] for j in range(i, min(i + batch_size, len(ref)))])
-                   for i in range(0, len(ref), batch_size)]
+    ref_batches = [
+        torch.stack([ref[j]["image"] for j in range(i, min(i + batch_size, len(ref)))])
+        for i in range(0, len(ref), batch_size)
+    ]
 
     def teacher_only():
         with torch.no_grad():
@@ -110,12 +133,15 @@ def _inference_speeds(models: dict, root: Path, n_images: int, batch_size: int, 
     fns = {"teacher_only": teacher_only}
     for label, model in models.items():
         ds = timed[model.cfg.image_size]
-        fns[label] = (lambda m=model, d=ds: score_dataset(m, d, cache=None, batch_size=batch_size, keep_maps=False))
+        fns[label] = lambda m=model, d=ds: score_dataset(
+            m, d, cache=None, batch_size=batch_size, keep_maps=False
+        )
     return interleaved(fns, len(ref), repeats), len(ref)
 
 
 def _mean_std(values) -> tuple[float | None, float | None]:
     from .report import mean_std
+
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and np.isnan(x))]
     return mean_std(v) if v else (None, None)
 
@@ -143,15 +169,23 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         for c in cats:
             for col in sorted({k for g in group for k in g["categories"].get(c, {})}):
                 categories[c][col], std["categories"][c][col] = _mean_std(
-                    g["categories"].get(c, {}).get(col) for g in group)
+                    g["categories"].get(c, {}).get(col) for g in group
+                )
         rss = [g.get("peak_rss_mb") for g in group if g.get("peak_rss_mb") is not None]
-        out.append({**first, "mean": mean, "categories": categories, "std": std,
-                    "seeds": [g["run"] for g in group],
-                    "per_seed": {col: [g["mean"].get(col) for g in group] for col in cols},
-                    "train_s": _mean_std(g.get("train_s") for g in group)[0],
-                    "peak_rss_mb": max(rss) if rss else None,
-                    "state_mib": _mean_std(g["state_mib"] for g in group)[0],
-                    "false_alarm_rate": _mean_std(g.get("false_alarm_rate") for g in group)[0]})
+        out.append(
+            {
+                **first,
+                "mean": mean,
+                "categories": categories,
+                "std": std,
+                "seeds": [g["run"] for g in group],
+                "per_seed": {col: [g["mean"].get(col) for g in group] for col in cols},
+                "train_s": _mean_std(g.get("train_s") for g in group)[0],
+                "peak_rss_mb": max(rss) if rss else None,
+                "state_mib": _mean_std(g["state_mib"] for g in group)[0],
+                "false_alarm_rate": _mean_std(g.get("false_alarm_rate") for g in group)[0],
+            }
+        )
     return out
 
 
@@ -161,6 +195,7 @@ def paired(result: dict, against: str, column: str = "I-AUROC") -> list[tuple[st
     their ``--entry`` options were given (give them in seed order). Rows with another number of seeds, or one
     seed, are left out."""
     from .uncertainty import paired_seeds
+
     rows = {r["label"]: r for r in result["rows"]}
     if against not in rows or column not in (rows[against].get("per_seed") or {}):
         return []
@@ -182,8 +217,12 @@ def load(path) -> dict:
     fix = "give a file written by `python -m unistad_edu bench leaderboard --json`"
     result = read_json_object(path, "a leaderboard file", fix)
     rows = result.get("rows")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "mean" in r and "categories" in r for r in rows):
-        raise ValueError(f"{path} is not a leaderboard file (written by `python -m unistad_edu bench leaderboard`)")
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and "mean" in r and "categories" in r for r in rows
+    ):
+        raise ValueError(
+            f"{path} is not a leaderboard file (written by `python -m unistad_edu bench leaderboard`)"
+        )
     return result
 
 
@@ -192,13 +231,23 @@ def load_reference(path) -> dict:
     {category: {metric: value in [0, 1]}}), its ``mean`` computed here over its categories. It has no run, no
     cost and no seeds: figures someone measured elsewhere, shown above the table for comparison."""
     path = Path(path)
-    ref = read_json_object(path, "a reference file", "see docs/results/reference_*.json for the layout")
+    ref = read_json_object(
+        path, "a reference file", "see docs/results/reference_*.json for the layout"
+    )
     cats = ref.get("categories")
-    if (not isinstance(cats, dict) or not cats or "label" not in ref
-            or not all(isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values())
-                       for m in cats.values())):
-        raise ValueError(f"{path} is not a reference file (needs 'label' and 'categories': {{category: "
-                         f"{{metric: value}}}})")
+    if (
+        not isinstance(cats, dict)
+        or not cats
+        or "label" not in ref
+        or not all(
+            isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values())
+            for m in cats.values()
+        )
+    ):
+        raise ValueError(
+            f"{path} is not a reference file (needs 'label' and 'categories': {{category: "
+            f"{{metric: value}}}})"
+        )
     cols = sorted({c for m in cats.values() for c in m})
     mean = {c: float(np.mean([m[c] for m in cats.values() if c in m])) for c in cols}
     return {**ref, "mean": mean}
@@ -207,8 +256,15 @@ def load_reference(path) -> dict:
 def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
     """One row per method, best mean I-AUROC first: metrics x100 and the costs; outside references
     (``result["references"]``) first, with their metrics only."""
-    refs = [{"method": ref["label"], **{c: round(100 * ref["mean"][c], 1) for c in columns
-                                         if ref["mean"].get(c) is not None}} for ref in result.get("references", [])]
+    refs = [
+        {
+            "method": ref["label"],
+            **{
+                c: round(100 * ref["mean"][c], 1) for c in columns if ref["mean"].get(c) is not None
+            },
+        }
+        for ref in result.get("references", [])
+    ]
     rows = []
     several = any(len(r.get("seeds") or []) > 1 for r in result["rows"])
     for r in sorted(result["rows"], key=lambda r: -r["mean"]["I-AUROC"]):
@@ -224,11 +280,16 @@ def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
                 row[f"{c} ±"] = None if sd is None else round(100 * sd, 1)
         far = r.get("false_alarm_rate")
         rss = r.get("peak_rss_mb")
-        row.update({"train s": r.get("train_s"), "peak RSS MiB": None if rss is None else round(rss),
-                    "state MiB": round(r["state_mib"], 2),
-                    "false alarms %": None if far is None else round(100 * far, 1),
-                    "ms/img": round(r["infer_ms_per_img"], 1),
-                    "speed vs teacher": round(r["infer_vs_teacher_only"], 2)})
+        row.update(
+            {
+                "train s": r.get("train_s"),
+                "peak RSS MiB": None if rss is None else round(rss),
+                "state MiB": round(r["state_mib"], 2),
+                "false alarms %": None if far is None else round(100 * far, 1),
+                "ms/img": round(r["infer_ms_per_img"], 1),
+                "speed vs teacher": round(r["infer_vs_teacher_only"], 2),
+            }
+        )
         rows.append(row)
     return refs + rows
 
@@ -236,31 +297,50 @@ def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
 def per_category(result: dict, column: str = "I-AUROC") -> tuple[list[str], dict[str, list[float]]]:
     """(categories, {method label: [value x100 per category]}) for a grouped bar plot."""
     cats = sorted({c for r in result["rows"] for c in r["categories"]})
-    return cats, {r["label"]: [100 * r["categories"].get(c, {}).get(column, np.nan) for c in cats]
-                  for r in result["rows"]}
+    return cats, {
+        r["label"]: [100 * r["categories"].get(c, {}).get(column, np.nan) for c in cats]
+        for r in result["rows"]
+    }
 
 
 def markdown(result: dict, command: str = "") -> str:
     from .report import markdown_table
-    head = [f"- timed: {result['timed_images']} test images, batches of {result['timing_batch_size']}, "
-            f"teacher-only forward {result['teacher_only_img_s']:.1f} img/s in the same run; data {result['data']}"]
+
+    head = [
+        f"- timed: {result['timed_images']} test images, batches of {result['timing_batch_size']}, "
+        f"teacher-only forward {result['teacher_only_img_s']:.1f} img/s in the same run; data {result['data']}"
+    ]
     if command:
         head.append(f"- command: `{command}`")
-    fmt = {"train s": "{:.0f}", "peak RSS MiB": "{:.0f}", "state MiB": "{:.2f}", "ms/img": "{:.1f}", "speed vs teacher": "{:.2f}x"}
-    rows = [{k: (fmt.get(k, "{:.1f}").format(v) if isinstance(v, float) else v) for k, v in r.items()}
-            for r in table(result)]
+    fmt = {
+        "train s": "{:.0f}",
+        "peak RSS MiB": "{:.0f}",
+        "state MiB": "{:.2f}",
+        "ms/img": "{:.1f}",
+        "speed vs teacher": "{:.2f}x",
+    }
+    rows = [
+        {k: (fmt.get(k, "{:.1f}").format(v) if isinstance(v, float) else v) for k, v in r.items()}
+        for r in table(result)
+    ]
     for ref in result.get("references", []):
         head.append(f"- reference row *{ref['label']}*: {ref.get('source', 'outside figures')}")
-    methods = rows[len(result.get("references", [])):]  # the columns in the methods' order
+    methods = rows[len(result.get("references", [])) :]  # the columns in the methods' order
     columns = list(dict.fromkeys(k for r in methods or rows for k in r))
     text = "\n".join(head) + "\n\n" + markdown_table(rows, columns) + "\n"
     best = max(result["rows"], key=lambda r: r["mean"]["I-AUROC"])["label"]
     if pairs := paired(result, best):
-        text += (f"\nEach method against the best, *{best}*, paired by seed (mean I-AUROC x100, method minus "
-                 f"{best}; 95 % t interval of the mean difference; paired t-test and exact sign-flip p-values -- "
-                 f"with three seeds the sign-flip p cannot go below 0.25):\n\n"
-                 + "\n".join(f"- {label}: {c.mean:+.1f} [{c.low:+.1f}, {c.high:+.1f}], p = {c.p_t:.3f} (t), "
-                              f"{c.p_sign_flip:.2f} (sign flip)" for label, c in pairs) + "\n")
+        text += (
+            f"\nEach method against the best, *{best}*, paired by seed (mean I-AUROC x100, method minus "
+            f"{best}; 95 % t interval of the mean difference; paired t-test and exact sign-flip p-values -- "
+            f"with three seeds the sign-flip p cannot go below 0.25):\n\n"
+            + "\n".join(
+                f"- {label}: {c.mean:+.1f} [{c.low:+.1f}, {c.high:+.1f}], p = {c.p_t:.3f} (t), "
+                f"{c.p_sign_flip:.2f} (sign flip)"
+                for label, c in pairs
+            )
+            + "\n"
+        )
     return text
 
 

@@ -72,6 +72,7 @@ Implementation: all metrics are computed from sorted scores with ``numpy`` (``so
 normal pixels are sorted once and shared by the four pixel metrics; 150 maps of 256 x 256 take about a
 second. NaN scores raise ``ValueError``. Torch tensors are accepted (converted to numpy).
 """
+
 from __future__ import annotations
 
 import math
@@ -81,9 +82,24 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "METRIC_NAMES", "IMAGE_METRICS", "PIXEL_METRICS", "ALL_KEYS", "SETTINGS",
-    "auroc", "average_precision", "f1_max", "binary_metrics", "pixel_metrics", "pro_curve", "aupro",
-    "compute_metrics", "defect_aurocs", "LOGICAL_DEFECTS", "undefined_reason", "metrics_table", "save_metrics",
+    "METRIC_NAMES",
+    "IMAGE_METRICS",
+    "PIXEL_METRICS",
+    "ALL_KEYS",
+    "SETTINGS",
+    "auroc",
+    "average_precision",
+    "f1_max",
+    "binary_metrics",
+    "pixel_metrics",
+    "pro_curve",
+    "aupro",
+    "compute_metrics",
+    "defect_aurocs",
+    "LOGICAL_DEFECTS",
+    "undefined_reason",
+    "metrics_table",
+    "save_metrics",
     "load_metrics",
 ]
 
@@ -113,7 +129,9 @@ def _to_numpy(x) -> np.ndarray:
 
 def _as_scores(x, what: str) -> np.ndarray:
     a = _to_numpy(x)
-    if a.dtype.kind not in "fiu":  # bool, object, ... -> float64; float32/float64/ints keep their values
+    if (
+        a.dtype.kind not in "fiu"
+    ):  # bool, object, ... -> float64; float32/float64/ints keep their values
         a = a.astype(np.float64)
     if a.dtype.kind == "f" and np.isnan(a).any():
         raise ValueError(f"{what} contain NaN; fix the model output (a NaN has no rank)")
@@ -125,7 +143,9 @@ def _as_labels(x, n: int | None = None) -> np.ndarray:
     if a.dtype != bool:
         if a.size and not np.isin(a, (0, 1)).all():
             bad = np.unique(a[~np.isin(a, (0, 1))])[:5]
-            raise ValueError(f"labels must be 0 (normal) or 1 (anomalous); got values such as {bad.tolist()}")
+            raise ValueError(
+                f"labels must be 0 (normal) or 1 (anomalous); got values such as {bad.tolist()}"
+            )
         a = a == 1
     a = a.reshape(-1)
     if n is not None and a.shape[0] != n:
@@ -154,8 +174,10 @@ def _pixel_inputs(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     if g.ndim == 2:
         g = g[None]
     if m.ndim != 3 or m.shape != g.shape:
-        raise ValueError(f"maps and masks must both have shape (N, H, W) (or (N, 1, H, W)); got maps {m.shape} "
-                         f"and masks {g.shape} -- upsample the maps to the mask resolution first")
+        raise ValueError(
+            f"maps and masks must both have shape (N, H, W) (or (N, 1, H, W)); got maps {m.shape} "
+            f"and masks {g.shape} -- upsample the maps to the mask resolution first"
+        )
     return m, g > 0
 
 
@@ -165,18 +187,22 @@ def _rank_from_sorted(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, f
     n_pos, n_neg = pos.shape[0], neg.shape[0]
     if n_pos == 0 or n_neg == 0:
         return NAN, NAN, NAN
-    below = np.searchsorted(neg, pos, side="left")         # negatives strictly below each positive
-    below_eq = np.searchsorted(neg, pos, side="right")     # ... below or tied
+    below = np.searchsorted(neg, pos, side="left")  # negatives strictly below each positive
+    below_eq = np.searchsorted(neg, pos, side="right")  # ... below or tied
     # Mann-Whitney: each (pos, neg) pair counts 1 if pos > neg, 1/2 if tied; integer sums are exact
-    auc = (int(below.sum(dtype=np.int64)) + int(below_eq.sum(dtype=np.int64))) / (2.0 * n_pos * n_neg)
+    auc = (int(below.sum(dtype=np.int64)) + int(below_eq.sum(dtype=np.int64))) / (
+        2.0 * n_pos * n_neg
+    )
 
     # Recall only changes where a positive score is crossed, so the distinct positive values u are the only
     # thresholds that contribute to AP. F1 = 2TP / (TP + FP + P) is maximal there too: all thresholds
     # t in (next lower positive value, u] share the same TP, and t = u has the fewest FP.
-    first = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])  # first index of each distinct positive value
-    tp = (n_pos - first).astype(np.float64)                   # positives >= that value (tie group included)
-    fp = (n_neg - below[first]).astype(np.float64)             # negatives >= that value
-    count = np.diff(np.r_[first, n_pos])                       # positives exactly at that value
+    first = np.flatnonzero(
+        np.r_[True, pos[1:] != pos[:-1]]
+    )  # first index of each distinct positive value
+    tp = (n_pos - first).astype(np.float64)  # positives >= that value (tie group included)
+    fp = (n_neg - below[first]).astype(np.float64)  # negatives >= that value
+    count = np.diff(np.r_[first, n_pos])  # positives exactly at that value
     ap = float(np.sum(count * (tp / (tp + fp))) / n_pos)
     f1 = float(np.max(2.0 * tp / (tp + fp + n_pos)))
     return float(auc), ap, f1
@@ -220,16 +246,18 @@ class _PixelData:
     def __init__(self, maps, masks):
         m, g = _pixel_inputs(maps, masks)
         self.n_images = m.shape[0]
-        self.neg = np.sort(m[~g])                            # normal pixels, ascending
-        comp, self.n_regions = ndimage.label(g, structure=_STRUCTURE_3D)  # regions per image, 8-connected
-        ids = comp[g]                                        # region id of each defect pixel (C order)
+        self.neg = np.sort(m[~g])  # normal pixels, ascending
+        comp, self.n_regions = ndimage.label(
+            g, structure=_STRUCTURE_3D
+        )  # regions per image, 8-connected
+        ids = comp[g]  # region id of each defect pixel (C order)
         del comp
         vals = m[g]
         order = np.argsort(vals, kind="stable")
-        self.pos = vals[order]                               # defect pixels, ascending
+        self.pos = vals[order]  # defect pixels, ascending
         if self.n_regions:
             sizes = np.bincount(ids, minlength=self.n_regions + 1).astype(np.float64)
-            self.inv_size = (1.0 / sizes[ids])[order]        # weight 1/|region| per defect pixel
+            self.inv_size = (1.0 / sizes[ids])[order]  # weight 1/|region| per defect pixel
         else:
             self.inv_size = np.zeros(0)
 
@@ -248,7 +276,7 @@ class _PixelData:
             # exact: PRO only changes at distinct defect values u, FPR only at normal values. Between two
             # consecutive u's the curve is horizontal, so two points per u describe it completely:
             # (FPR(> u), PRO(> u)) just before u is crossed, and (FPR(>= u), PRO(>= u)) right after.
-            first = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])[::-1]     # descending values
+            first = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])[::-1]  # descending values
             u = pos[first]
             fp_ge = n_neg - np.searchsorted(neg, u, side="left")
             fp_gt = n_neg - np.searchsorted(neg, u, side="right")
@@ -260,11 +288,13 @@ class _PixelData:
             if int(num_thresholds) < 2:
                 raise ValueError("num_thresholds must be >= 2 (or None for the exact curve)")
             lo, hi = min(pos[0], neg[0]), max(pos[-1], neg[-1])
-            thr = np.linspace(float(lo), float(hi), int(num_thresholds))[::-1]   # descending; last = min
+            thr = np.linspace(float(lo), float(hi), int(num_thresholds))[
+                ::-1
+            ]  # descending; last = min
             thr[-1], thr[0] = lo, hi
             fpr = np.r_[0.0, (n_neg - np.searchsorted(neg, thr, side="left")) / n_neg]
             pro = np.r_[0.0, suffix[np.searchsorted(pos, thr, side="left")]]
-        keep = np.r_[True, (np.diff(fpr) != 0) | (np.diff(pro) != 0)]      # drop repeated points
+        keep = np.r_[True, (np.diff(fpr) != 0) | (np.diff(pro) != 0)]  # drop repeated points
         return fpr[keep], pro[keep]
 
     def aupro(self, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
@@ -284,7 +314,7 @@ def _check_limit(fpr_limit: float) -> float:
 def _normalised_area(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
     """Trapezoid area under ``pro(fpr)`` on ``[0, limit]`` (interpolated at ``limit``), divided by ``limit``.
     ``fpr`` is non-decreasing, starts at 0 and ends at 1."""
-    k = int(np.searchsorted(fpr, limit, side="right"))      # points with fpr <= limit
+    k = int(np.searchsorted(fpr, limit, side="right"))  # points with fpr <= limit
     f, p = fpr[:k], pro[:k]
     area = float(np.sum(np.diff(f) * (p[1:] + p[:-1])) / 2.0)
     if k < fpr.shape[0] and f[-1] < limit:
@@ -312,12 +342,16 @@ def aupro(maps, masks, fpr_limit: float = 0.3, num_thresholds: int | None = None
     return _PixelData(maps, masks).aupro(fpr_limit, num_thresholds)
 
 
-def pixel_metrics(maps, masks, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> dict[str, float]:
+def pixel_metrics(
+    maps, masks, fpr_limit: float = 0.3, num_thresholds: int | None = None
+) -> dict[str, float]:
     """``{"P-AUROC", "P-AP", "P-F1max", "AUPRO"}`` of one category, sharing one sort of the pixels."""
     return _pixel_metrics(_PixelData(maps, masks), _check_limit(fpr_limit), num_thresholds)
 
 
-def _pixel_metrics(data: _PixelData, fpr_limit: float, num_thresholds: int | None) -> dict[str, float]:
+def _pixel_metrics(
+    data: _PixelData, fpr_limit: float, num_thresholds: int | None
+) -> dict[str, float]:
     a, p, f = data.rank()
     return {"P-AUROC": a, "P-AP": p, "P-F1max": f, "AUPRO": data.aupro(fpr_limit, num_thresholds)}
 
@@ -328,8 +362,15 @@ def _mad(values: Mapping[str, float]) -> float:
     return NAN if any(math.isnan(v) for v in vals) else float(np.mean(vals))
 
 
-def compute_metrics(scores, labels, maps=None, masks=None, *, fpr_limit: float = 0.3,
-                    num_thresholds: int | None = None) -> dict[str, float]:
+def compute_metrics(
+    scores,
+    labels,
+    maps=None,
+    masks=None,
+    *,
+    fpr_limit: float = 0.3,
+    num_thresholds: int | None = None,
+) -> dict[str, float]:
     """The seven metrics and ``mAD`` of one category, as a dict of floats in ``[0, 1]`` or ``NaN``.
 
     Pixel metrics are ``NaN`` when ``maps``/``masks`` are not given (image-only evaluation) or the masks have
@@ -368,22 +409,32 @@ def false_alarm_rates(scores, labels, categories, threshold: float | None) -> di
     for cat in sorted(set(cats.tolist())):
         normal = s[(cats == cat) & ~y]
         alarms = int((normal > threshold).sum())
-        per[str(cat)] = {"rate": alarms / normal.size if normal.size else NAN, "alarms": alarms,
-                         "normal": int(normal.size)}
+        per[str(cat)] = {
+            "rate": alarms / normal.size if normal.size else NAN,
+            "alarms": alarms,
+            "normal": int(normal.size),
+        }
     return combine_false_alarms(per, float(threshold))
 
 
-def combine_false_alarms(per_category: Mapping[str, Mapping], threshold: float | None = None) -> dict:
+def combine_false_alarms(
+    per_category: Mapping[str, Mapping], threshold: float | None = None
+) -> dict:
     """The :func:`false_alarm_rates` structure from per-category ``{"rate", "alarms", "normal"}`` entries (e.g.
     of per-class models, each at its own threshold: ``threshold`` is then None)."""
     rates = [v["rate"] for v in per_category.values() if not math.isnan(_num(v["rate"]))]
     n_normal = sum(v["normal"] for v in per_category.values())
-    return {"threshold": threshold, "categories": {str(c): dict(v) for c, v in per_category.items()},
-            "mean": float(np.mean(rates)) if rates else NAN,
-            "all": sum(v["alarms"] for v in per_category.values()) / n_normal if n_normal else NAN}
+    return {
+        "threshold": threshold,
+        "categories": {str(c): dict(v) for c, v in per_category.items()},
+        "mean": float(np.mean(rates)) if rates else NAN,
+        "all": sum(v["alarms"] for v in per_category.values()) / n_normal if n_normal else NAN,
+    }
 
 
-def verdict_metrics(scores, labels, categories, thresholds, routed=None, calibration_n=None) -> dict:
+def verdict_metrics(
+    scores, labels, categories, thresholds, routed=None, calibration_n=None
+) -> dict:
     """What a user asks of verdicts at per-image ``thresholds`` (one per image: its routed category's, or the
     same number for all), per true category: ``normal``, ``alarms``, ``rate`` (normal test images flagged),
     ``ci95`` (Clopper-Pearson), ``floor`` (1 / (n + 1) for the category's ``calibration_n`` held-out images, when
@@ -405,24 +456,36 @@ def verdict_metrics(scores, labels, categories, thresholds, routed=None, calibra
         n, d = int(normal.sum()), int(defect.sum())
         alarms, caught = int((flagged & normal).sum()), int((flagged & defect).sum())
         fn = d - caught
-        row = {"rate": alarms / n if n else NAN, "alarms": alarms, "normal": n,
-               "ci95": list(clopper_pearson(alarms, n)) if n else None,
-               "defects": d, "caught": caught, "recall": caught / d if d else NAN,
-               "f1": 2 * caught / (2 * caught + alarms + fn) if (caught + alarms + fn) else NAN}
+        row = {
+            "rate": alarms / n if n else NAN,
+            "alarms": alarms,
+            "normal": n,
+            "ci95": list(clopper_pearson(alarms, n)) if n else None,
+            "defects": d,
+            "caught": caught,
+            "recall": caught / d if d else NAN,
+            "f1": 2 * caught / (2 * caught + alarms + fn) if (caught + alarms + fn) else NAN,
+        }
         if calibration_n is not None and cat in calibration_n:
             row["calibration_n"] = int(calibration_n[cat])
             row["floor"] = floor_rate(int(calibration_n[cat]))
         per[str(cat)] = row
-    out = combine_false_alarms(per, float(thr.flat[0]) if thr.size and np.all(thr == thr.flat[0]) else None)
+    out = combine_false_alarms(
+        per, float(thr.flat[0]) if thr.size and np.all(thr == thr.flat[0]) else None
+    )
     n_all = int((~y).sum())
     out["ci95"] = list(clopper_pearson(int((flagged & ~y).sum()), n_all)) if n_all else None
     out["mean_f1"] = _nanmean([v["f1"] for v in per.values()])
     out["mean_recall"] = _nanmean([v["recall"] for v in per.values()])
-    out["routing_accuracy"] = (float(np.mean(np.asarray(routed) == cats)) if routed is not None else None)
+    out["routing_accuracy"] = (
+        float(np.mean(np.asarray(routed) == cats)) if routed is not None else None
+    )
     return out
 
 
-def defect_aurocs(scores, labels, categories, defects, logical: Sequence[str] = LOGICAL_DEFECTS) -> dict:
+def defect_aurocs(
+    scores, labels, categories, defects, logical: Sequence[str] = LOGICAL_DEFECTS
+) -> dict:
     """I-AUROC of each category's normal test images against each of its defect kinds alone, and against
     all its ``structural`` defects (every kind not in ``logical``) and all its ``logical`` ones together:
     ``{cat: {"structural": a, "logical": a, "kinds": {kind: a}}}`` (a group the category has no images of
@@ -492,8 +555,12 @@ def _infer_reason(nan_keys: Sequence[str]) -> str:
     return "; ".join(parts) or "metrics undefined"
 
 
-def metrics_table(per_category: Mapping[str, Mapping[str, float]], setting: str, method: str,
-                  reasons: Mapping[str, str | None] | None = None) -> dict:
+def metrics_table(
+    per_category: Mapping[str, Mapping[str, float]],
+    setting: str,
+    method: str,
+    reasons: Mapping[str, str | None] | None = None,
+) -> dict:
     """The ``metrics.json`` structure::
 
         {"setting": "unified" | "per-class", "method": str,
@@ -514,30 +581,42 @@ def metrics_table(per_category: Mapping[str, Mapping[str, float]], setting: str,
     for cat, values in per_category.items():
         missing = [k for k in METRIC_NAMES if k not in values]
         if missing:
-            raise ValueError(f"category {cat!r} lacks metrics {missing} (use NaN for undefined ones)")
+            raise ValueError(
+                f"category {cat!r} lacks metrics {missing} (use NaN for undefined ones)"
+            )
         row = {k: _num(values[k]) for k in METRIC_NAMES}
         row["mAD"] = _num(values["mAD"]) if "mAD" in values else _mad(row)
         for k, v in row.items():
             if not math.isnan(v) and not -1e-9 <= v <= 1.0 + 1e-9:
-                raise ValueError(f"{cat}/{k} = {v} is outside [0, 1]; metrics are fractions, not percentages")
+                raise ValueError(
+                    f"{cat}/{k} = {v} is outside [0, 1]; metrics are fractions, not percentages"
+                )
         categories[str(cat)] = row
         nan_keys = [k for k in ALL_KEYS if math.isnan(row[k])]
         if nan_keys:
             why = reasons.get(cat) or _infer_reason(nan_keys)
-            warnings.append(f"{cat}: {why} -- {', '.join(nan_keys)} undefined (NaN) and excluded from the mean")
+            warnings.append(
+                f"{cat}: {why} -- {', '.join(nan_keys)} undefined (NaN) and excluded from the mean"
+            )
     mean = {k: _nanmean([row[k] for row in categories.values()]) for k in ALL_KEYS}
     if categories:
         for k in ALL_KEYS:
             if math.isnan(mean[k]):
                 warnings.append(f"mean: {k} is undefined for every category")
-    return {"setting": setting, "method": str(method), "categories": categories, "mean": mean,
-            "warnings": warnings}
+    return {
+        "setting": setting,
+        "method": str(method),
+        "categories": categories,
+        "mean": mean,
+        "warnings": warnings,
+    }
 
 
 def save_metrics(table: Mapping, path) -> None:
     """Write ``table`` as JSON (NaN as ``null``) atomically: a temporary file in the same folder, then
     ``os.replace``, so a crash never leaves a half-written ``metrics.json``."""
     from .files import atomic_write_text, dumps_json
+
     atomic_write_text(path, dumps_json(table, flags=False, indent=2) + "\n")
 
 
@@ -545,14 +624,17 @@ def load_metrics(path) -> dict:
     """Read a ``metrics.json``; the ``null`` metric values come back as ``float('nan')``."""
     from .files import read_json_object
     from .ownership import is_metrics
-    table = read_json_object(path, "a metrics table", "evaluate the run again (python -m unistad_edu eval --run RUN)")
+
+    table = read_json_object(
+        path, "a metrics table", "evaluate the run again (python -m unistad_edu eval --run RUN)"
+    )
     if not is_metrics(table):
-        raise ValueError(f"{path} is not a metrics table as `eval` writes it (an object with 'setting', "
-                         f"'categories' and 'mean'): evaluate the run again (python -m unistad_edu eval --run RUN)")
+        raise ValueError(
+            f"{path} is not a metrics table as `eval` writes it (an object with 'setting', "
+            f"'categories' and 'mean'): evaluate the run again (python -m unistad_edu eval --run RUN)"
+        )
     for cat, row in table.get("categories", {}).items():
         table["categories"][cat] = {k: _num(v) for k, v in row.items()}
     if "mean" in table:
         table["mean"] = {k: _num(v) for k, v in table["mean"].items()}
     return table
-
-

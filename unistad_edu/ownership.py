@@ -18,6 +18,7 @@ writer checks its own destination: :func:`unistad_edu.runs.prepare`, :func:`unis
 :func:`unistad_edu.synthetic.make_synthetic`, :func:`unistad_edu.validation.make_validation` and the
 downloads (:func:`unistad_edu.download.download_mvtec`, ``download_visa``). Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,12 +32,14 @@ from .layout import CONFIG_FILE, SETTING_FILE
 RUN_FORMAT = "unistad-edu checkpoint"  # config.json's "format" starts with it ("... v2")
 SYNTHETIC_FORMAT = "unistad_edu.synthetic (MVTec AD layout)"
 #: kind -> (marker file, what to call it)
-KINDS = {"run": (CONFIG_FILE, "a unistad-edu run folder"),
-         "per-class run": (SETTING_FILE, "a unistad-edu per-class run folder"),
-         "export": ("export.json", "a unistad-edu export folder"),
-         "synthetic": ("SYNTHETIC.json", "a unistad-edu synthetic data set"),
-         "validation": ("VALIDATION.json", "a unistad-edu validation set"),
-         "download": ("DOWNLOADS.json", "a unistad-edu download folder")}
+KINDS = {
+    "run": (CONFIG_FILE, "a unistad-edu run folder"),
+    "per-class run": (SETTING_FILE, "a unistad-edu per-class run folder"),
+    "export": ("export.json", "a unistad-edu export folder"),
+    "synthetic": ("SYNTHETIC.json", "a unistad-edu synthetic data set"),
+    "validation": ("VALIDATION.json", "a unistad-edu validation set"),
+    "download": ("DOWNLOADS.json", "a unistad-edu download folder"),
+}
 SHOWN = 5  # names listed in a message before "... (N in all)"
 
 
@@ -54,43 +57,72 @@ def _is_int(x) -> bool:
 
 def is_run_config(cfg) -> bool:
     """``config.json`` as :func:`unistad_edu.checkpoint.save_checkpoint` writes it (its ``format`` and method)."""
-    return (isinstance(cfg, dict) and isinstance(cfg.get("format"), str)
-            and cfg["format"].startswith(RUN_FORMAT) and isinstance(cfg.get("method"), str))
+    return (
+        isinstance(cfg, dict)
+        and isinstance(cfg.get("format"), str)
+        and cfg["format"].startswith(RUN_FORMAT)
+        and isinstance(cfg.get("method"), str)
+    )
 
 
 def is_per_class_setting(setting) -> bool:
     """``setting.json`` as ``train --setting per-class`` writes it."""
-    return (isinstance(setting, dict) and setting.get("setting") == "per-class"
-            and isinstance(setting.get("method"), str) and isinstance(setting.get("categories"), list))
+    return (
+        isinstance(setting, dict)
+        and setting.get("setting") == "per-class"
+        and isinstance(setting.get("method"), str)
+        and isinstance(setting.get("categories"), list)
+    )
 
 
 def is_export_card(card) -> bool:
     """``export.json`` as :func:`unistad_edu.export.export_run` writes it (whether it is *valid* is
     :func:`unistad_edu.cards.check_export_card`'s question)."""
-    return isinstance(card, dict) and _is_int(card.get("export_format_version")) and isinstance(card.get("files"), dict)
+    return (
+        isinstance(card, dict)
+        and _is_int(card.get("export_format_version"))
+        and isinstance(card.get("files"), dict)
+    )
 
 
 def is_synthetic_manifest(man) -> bool:
     """``SYNTHETIC.json`` as :func:`unistad_edu.synthetic.make_synthetic` writes it."""
-    return isinstance(man, dict) and man.get("format") == SYNTHETIC_FORMAT and isinstance(man.get("config"), dict)
+    return (
+        isinstance(man, dict)
+        and man.get("format") == SYNTHETIC_FORMAT
+        and isinstance(man.get("config"), dict)
+    )
 
 
 def is_validation_manifest(man) -> bool:
     """``VALIDATION.json`` as :func:`unistad_edu.validation.make_validation` writes it."""
     spec = man.get("spec") if isinstance(man, dict) else None
-    return (isinstance(spec, dict) and _is_int(spec.get("version")) and isinstance(spec.get("kinds"), list)
-            and isinstance(man.get("counts"), dict))
+    return (
+        isinstance(spec, dict)
+        and _is_int(spec.get("version"))
+        and isinstance(spec.get("kinds"), list)
+        and isinstance(man.get("counts"), dict)
+    )
 
 
 def is_metrics(table) -> bool:
     """``metrics.json`` as ``eval`` writes it (:func:`unistad_edu.metrics.metrics_table`)."""
-    return (isinstance(table, dict) and isinstance(table.get("setting"), str)
-            and isinstance(table.get("categories"), dict) and isinstance(table.get("mean"), dict))
+    return (
+        isinstance(table, dict)
+        and isinstance(table.get("setting"), str)
+        and isinstance(table.get("categories"), dict)
+        and isinstance(table.get("mean"), dict)
+    )
 
 
-_CHECKS = {"run": is_run_config, "per-class run": is_per_class_setting, "export": is_export_card,
-           "synthetic": is_synthetic_manifest, "validation": is_validation_manifest,
-           "download": lambda d: isinstance(d, dict)}
+_CHECKS = {
+    "run": is_run_config,
+    "per-class run": is_per_class_setting,
+    "export": is_export_card,
+    "synthetic": is_synthetic_manifest,
+    "validation": is_validation_manifest,
+    "download": lambda d: isinstance(d, dict),
+}
 
 
 def kind(path) -> str | None:
@@ -154,5 +186,7 @@ def foreign_entries(folder, allowed) -> list[str]:
             is_dir = name in dirs and not (Path(root) / name).is_symlink()
             if not allowed(rel, is_dir):
                 out.append(rel + ("/" if is_dir else ""))
-        dirs[:] = [d for d in dirs if allowed((rel_root / d).as_posix(), True)]  # no need to list inside those
+        dirs[:] = [
+            d for d in dirs if allowed((rel_root / d).as_posix(), True)
+        ]  # no need to list inside those
     return out

@@ -21,6 +21,7 @@ Threads: :func:`configure_threads` sets torch's intra-op threads (default: ``OMP
 cores this process may use)
 and one inter-op thread, and says once when the machine is already busy.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,8 @@ import torch
 from .files import atomic_write_text
 
 PRECISIONS = ("auto", "fp32", "bf16")
-BF16_MIN_SPEEDUP = 1.2     # auto picks bf16 only when it measures at least this much faster than fp32
-CHANNELS_LAST_MIN = 1.05   # ... and channels_last only when it measures at least 5 % faster
+BF16_MIN_SPEEDUP = 1.2  # auto picks bf16 only when it measures at least this much faster than fp32
+CHANNELS_LAST_MIN = 1.05  # ... and channels_last only when it measures at least 5 % faster
 CACHE_FILE = "precision.json"
 _SCHEMA = 1
 _announced: set[str] = set()
@@ -50,6 +51,7 @@ _memo: dict[str, "Precision"] = {}
 class Precision:
     """A resolved choice: ``name`` is ``fp32`` | ``bf16`` (CPU) or ``cuda-fp16`` | ``cuda-bf16`` | ``fp32``
     (CUDA); ``channels_last``: the memory format of the teacher and the models; ``reason``: why."""
+
     name: str
     channels_last: bool = False
     reason: str = ""
@@ -58,7 +60,9 @@ class Precision:
     def autocast(self, device) -> contextlib.AbstractContextManager:
         device_type = torch.device(device).type
         if device_type == "cuda" and self.name in ("cuda-fp16", "cuda-bf16"):
-            return torch.autocast("cuda", dtype=torch.float16 if self.name == "cuda-fp16" else torch.bfloat16)
+            return torch.autocast(
+                "cuda", dtype=torch.float16 if self.name == "cuda-fp16" else torch.bfloat16
+            )
         if device_type == "cpu" and self.name == "bf16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -105,15 +109,22 @@ def native_bf16() -> tuple[bool, str]:
     """``(native, why)``: does this CPU run bf16 convolutions with native kernels?"""
     cap = cpu_capability()
     try:
-        onednn = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        onednn = bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
     except Exception:
         onednn = False
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
     if not onednn:
-        return False, f"no native bf16 on this CPU: oneDNN has no bf16 support here (capability {cap})"
+        return (
+            False,
+            f"no native bf16 on this CPU: oneDNN has no bf16 support here (capability {cap})",
+        )
     if cap in ("DEFAULT", "NO AVX", "AVX", "AVX2", "ZVECTOR", "unknown") or cap.startswith("AVX2"):
         return False, f"no native bf16 on this CPU: capability {cap}"
-    if isa and not isa.startswith(("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")):
+    if isa and not isa.startswith(
+        ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")
+    ):
         return False, f"no native bf16: ONEDNN_MAX_CPU_ISA={isa} limits oneDNN"
     return True, f"native bf16 (capability {cap})"
 
@@ -151,9 +162,12 @@ def configure_threads(threads: int | None = None, announce: bool = True) -> int:
         busy = machine_busy()
         if busy and "busy" not in _announced:
             _announced.add("busy")
-            print(f"note: this machine is already busy ({busy}); two heavy jobs on the same cores run several "
-                  f"times slower: give each its share, e.g. --threads {max(1, usable_cores() // 2)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"note: this machine is already busy ({busy}); two heavy jobs on the same cores run several "
+                f"times slower: give each its share, e.g. --threads {max(1, usable_cores() // 2)}",
+                file=sys.stderr,
+                flush=True,
+            )
     return n
 
 
@@ -177,12 +191,17 @@ def machine_busy() -> str | None:
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------
-def measure(teacher, image_size: int, batch_size: int = 4, repeats: int = 5, bf16: bool = True) -> dict[str, float]:
+def measure(
+    teacher, image_size: int, batch_size: int = 4, repeats: int = 5, bf16: bool = True
+) -> dict[str, float]:
     """Images/s of the teacher's forward in each layout/precision, interleaved, median of ``repeats``.
     Keys: ``fp32``, ``fp32_channels_last`` and (``bf16=True``) ``bf16_channels_last``."""
     x = torch.rand(batch_size, 3, image_size, image_size)
     model = teacher.model
-    variants = {"fp32": (torch.contiguous_format, False), "fp32_channels_last": (torch.channels_last, False)}
+    variants = {
+        "fp32": (torch.contiguous_format, False),
+        "fp32_channels_last": (torch.channels_last, False),
+    }
     if bf16:
         variants["bf16_channels_last"] = (torch.channels_last, True)
     before = _model_format(model)
@@ -211,8 +230,11 @@ def measure(teacher, image_size: int, batch_size: int = 4, repeats: int = 5, bf1
 def _model_format(model) -> torch.memory_format:
     for p in model.parameters():
         if p.dim() == 4:
-            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) and not \
-                p.is_contiguous() else torch.contiguous_format
+            return (
+                torch.channels_last
+                if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                else torch.contiguous_format
+            )
     return torch.contiguous_format
 
 
@@ -224,25 +246,36 @@ def decide(native: bool, why_native: str, rates: dict[str, float]) -> Precision:
     bf = rates.get("bf16_channels_last")
     layout = "channels_last" if cl else "plain layout"
     if not native:
-        return Precision("fp32", cl, f"{why_native}; {layout} measured faster" if cl else why_native, rates)
+        return Precision(
+            "fp32", cl, f"{why_native}; {layout} measured faster" if cl else why_native, rates
+        )
     if bf is None:
         return Precision("fp32", cl, f"{why_native}, bf16 not measured", rates)
     ratio = bf / best
     if ratio >= BF16_MIN_SPEEDUP:
-        return Precision("bf16", True, f"{why_native}; bf16 measured {ratio:.1f}x faster than fp32", rates)
-    slower = f"{1 / ratio:.1f}x slower" if ratio < 1 else f"only {ratio:.2f}x faster (needs {BF16_MIN_SPEEDUP}x)"
+        return Precision(
+            "bf16", True, f"{why_native}; bf16 measured {ratio:.1f}x faster than fp32", rates
+        )
+    slower = (
+        f"{1 / ratio:.1f}x slower"
+        if ratio < 1
+        else f"only {ratio:.2f}x faster (needs {BF16_MIN_SPEEDUP}x)"
+    )
     return Precision("fp32", cl, f"{why_native}; bf16 measured {slower}", rates)
 
 
 # ---- the cached decision ------------------------------------------------------------------------------------
 def cache_path() -> Path:
     from .files import cache_root
+
     return cache_root() / CACHE_FILE
 
 
 def machine_key(teacher_name: str, image_size: int) -> str:
-    return (f"{cpu_model()} | {usable_cores()} cores | {torch.get_num_threads()} threads | torch {torch.__version__}"
-            f" | {cpu_capability()} | {teacher_name} | {image_size}px")
+    return (
+        f"{cpu_model()} | {usable_cores()} cores | {torch.get_num_threads()} threads | torch {torch.__version__}"
+        f" | {cpu_capability()} | {teacher_name} | {image_size}px"
+    )
 
 
 def _read_cache(path: Path) -> dict:
@@ -250,15 +283,23 @@ def _read_cache(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("schema") != _SCHEMA or not isinstance(data.get("entries"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != _SCHEMA
+        or not isinstance(data.get("entries"), dict)
+    ):
         return {}
     return data
 
 
 def _entry_ok(entry) -> bool:
-    return (isinstance(entry, dict) and entry.get("name") in ("fp32", "bf16")
-            and isinstance(entry.get("channels_last"), bool) and isinstance(entry.get("reason"), str)
-            and isinstance(entry.get("rates"), dict))
+    return (
+        isinstance(entry, dict)
+        and entry.get("name") in ("fp32", "bf16")
+        and isinstance(entry.get("channels_last"), bool)
+        and isinstance(entry.get("reason"), str)
+        and isinstance(entry.get("rates"), dict)
+    )
 
 
 def _write_cache(path: Path, key: str, choice: Precision) -> None:
@@ -270,23 +311,29 @@ def _write_cache(path: Path, key: str, choice: Precision) -> None:
         pass
 
 
-def resolve(precision="auto", device="cpu", teacher=None, image_size: int = 256, announce: bool = True) -> Precision:
+def resolve(
+    precision="auto", device="cpu", teacher=None, image_size: int = 256, announce: bool = True
+) -> Precision:
     """Turn ``"auto" | "fp32" | "bf16"`` into a :class:`Precision` for ``device`` (see the module docstring)."""
     precision = as_precision(precision)
     if isinstance(precision, Precision):
         return precision
     device = torch.device(device)
     if device.type == "cuda":  # the GPU path as before: fp16 autocast unless asked otherwise
-        return {"auto": Precision("cuda-fp16", False, "CUDA: fp16 autocast"),
-                "bf16": Precision("cuda-bf16", False, "CUDA: bf16 autocast, requested"),
-                "fp32": Precision("fp32", False, "CUDA: fp32, requested")}[precision]
+        return {
+            "auto": Precision("cuda-fp16", False, "CUDA: fp16 autocast"),
+            "bf16": Precision("cuda-bf16", False, "CUDA: bf16 autocast, requested"),
+            "fp32": Precision("fp32", False, "CUDA: fp32, requested"),
+        }[precision]
     if device.type != "cpu":
         return Precision("fp32", False, f"{device.type}: fp32")
     if precision == "fp32":
         return FP32
     if precision == "bf16":
         native, why = native_bf16()
-        return Precision("bf16", True, "requested" + ("" if native else f" -- {why}, expect it to be slow"))
+        return Precision(
+            "bf16", True, "requested" + ("" if native else f" -- {why}, expect it to be slow")
+        )
     # auto
     name = getattr(teacher, "backbone_name", "tf_efficientnet_lite0")
     key = machine_key(name, int(image_size))
@@ -295,21 +342,31 @@ def resolve(precision="auto", device="cpu", teacher=None, image_size: int = 256,
         path = cache_path()
         entry = _read_cache(path).get("entries", {}).get(key)
         if _entry_ok(entry):
-            choice = Precision(entry["name"], entry["channels_last"], entry["reason"], entry["rates"])
+            choice = Precision(
+                entry["name"], entry["channels_last"], entry["reason"], entry["rates"]
+            )
         else:
             native, why = native_bf16()
             if teacher is None:
-                raise ValueError("precision 'auto' measures the teacher it is for: pass the teacher")
+                raise ValueError(
+                    "precision 'auto' measures the teacher it is for: pass the teacher"
+                )
             busy = machine_busy()
             rates = measure(teacher, int(image_size), bf16=native)
             choice = decide(native, why, rates)
             if busy:  # other jobs distort the timings: use the decision in this process, measure again next time
-                choice = Precision(choice.name, choice.channels_last,
-                                   f"{choice.reason}; measured while busy ({busy}), not cached", rates)
+                choice = Precision(
+                    choice.name,
+                    choice.channels_last,
+                    f"{choice.reason}; measured while busy ({busy}), not cached",
+                    rates,
+                )
             else:
                 _write_cache(path, key, choice)
         _memo[key] = choice
     if announce and key not in _announced:
         _announced.add(key)
-        print(choice.describe(), file=sys.stderr, flush=True)  # stderr: stdout stays machine-readable
+        print(
+            choice.describe(), file=sys.stderr, flush=True
+        )  # stderr: stdout stays machine-readable
     return choice

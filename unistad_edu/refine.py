@@ -42,6 +42,7 @@ already removes lone spikes, and a defect's value leaks to look-alike tokens els
 mildest setting tried (1 step, knn 8, temperature 0.05, alpha 0.5: I/P-AUROC 0.643 / 0.927, AUPRO 0.805);
 the real benchmark decides, and the paper's own module may well differ from this reading.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -51,18 +52,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def token_descriptors(features: torch.Tensor, level_channels: Sequence[int] | None = None) -> torch.Tensor:
+def token_descriptors(
+    features: torch.Tensor, level_channels: Sequence[int] | None = None
+) -> torch.Tensor:
     """(B, C, h, w) teacher features -> (B, L, C) unit-length token descriptors, L = h w (row-major).
     With ``level_channels`` (e.g. [24, 40, 112]) each level's slice is normalised first, so a level with
     large activations does not decide the affinity alone."""
     x = features.float().flatten(2).transpose(1, 2)  # (B, L, C)
     if level_channels:
-        x = torch.cat([F.normalize(part, dim=-1) for part in x.split(list(level_channels), dim=-1)], dim=-1)
+        x = torch.cat(
+            [F.normalize(part, dim=-1) for part in x.split(list(level_channels), dim=-1)], dim=-1
+        )
     return F.normalize(x, dim=-1)  # (B, L, C)
 
 
-def affinity(features: torch.Tensor, knn: int = 8, temperature: float = 0.05,
-             level_channels: Sequence[int] | None = None, radius: int = 0) -> torch.Tensor:
+def affinity(
+    features: torch.Tensor,
+    knn: int = 8,
+    temperature: float = 0.05,
+    level_channels: Sequence[int] | None = None,
+    radius: int = 0,
+) -> torch.Tensor:
     """Row-stochastic random-walk matrix (B, L, L) over the tokens of each image (module docstring).
     ``knn <= 0`` or ``knn >= L``: every token is a neighbour. ``radius > 0``: only tokens at most ``radius``
     rows and columns away are candidates (a feature-guided local filter); 0: the whole image."""
@@ -72,19 +82,29 @@ def affinity(features: torch.Tensor, knn: int = 8, temperature: float = 0.05,
     if radius > 0:
         rows = torch.arange(h, device=sim.device).repeat_interleave(w)  # (L,) row of each token
         cols = torch.arange(w, device=sim.device).repeat(h)  # (L,) column of each token
-        far = ((rows[:, None] - rows[None, :]).abs() > radius) | ((cols[:, None] - cols[None, :]).abs() > radius)
-        sim = sim.masked_fill(far, -2.0)  # below any cosine: never among the k nearest, weight 0 below
+        far = ((rows[:, None] - rows[None, :]).abs() > radius) | (
+            (cols[:, None] - cols[None, :]).abs() > radius
+        )
+        sim = sim.masked_fill(
+            far, -2.0
+        )  # below any cosine: never among the k nearest, weight 0 below
     logits = sim / temperature  # (B, L, L)
     if radius > 0:
         logits = logits.masked_fill(far, float("-inf"))
     L = sim.shape[-1]
     if 0 < knn < L:
-        kth = sim.topk(knn, dim=-1).values[..., -1:]  # (B, L, 1): the k-th largest similarity of each row
-        logits = logits.masked_fill(sim < kth, float("-inf"))  # keep the k nearest (ties may keep a few more)
+        kth = sim.topk(knn, dim=-1).values[
+            ..., -1:
+        ]  # (B, L, 1): the k-th largest similarity of each row
+        logits = logits.masked_fill(
+            sim < kth, float("-inf")
+        )  # keep the k nearest (ties may keep a few more)
     return logits.softmax(dim=-1)  # (B, L, L), rows sum to 1
 
 
-def propagate(score_map: torch.Tensor, transition: torch.Tensor, steps: int = 1, alpha: float = 0.5) -> torch.Tensor:
+def propagate(
+    score_map: torch.Tensor, transition: torch.Tensor, steps: int = 1, alpha: float = 0.5
+) -> torch.Tensor:
     """m <- alpha * P m + (1 - alpha) * m0, ``steps`` times. score_map (B, 1, h, w), transition (B, L, L)."""
     B, _, h, w = score_map.shape
     m0 = score_map.float().reshape(B, h * w, 1)  # (B, L, 1)
@@ -106,29 +126,47 @@ class AffinityRefiner(nn.Module):
         radius: > 0 restricts the neighbours to tokens at most this many rows/columns away; 0 = whole image.
     """
 
-    def __init__(self, steps: int = 1, knn: int = 8, temperature: float = 0.05, alpha: float = 0.5,
-                 level_channels: Sequence[int] | None = None, radius: int = 0):
+    def __init__(
+        self,
+        steps: int = 1,
+        knn: int = 8,
+        temperature: float = 0.05,
+        alpha: float = 0.5,
+        level_channels: Sequence[int] | None = None,
+        radius: int = 0,
+    ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"refine temperature must be > 0, got {temperature}")
         if not 0 <= alpha <= 1:
             raise ValueError(f"refine alpha must be in [0, 1], got {alpha}")
-        self.steps, self.knn, self.temperature, self.alpha = int(steps), int(knn), float(temperature), float(alpha)
+        self.steps, self.knn, self.temperature, self.alpha = (
+            int(steps),
+            int(knn),
+            float(temperature),
+            float(alpha),
+        )
         self.level_channels = list(level_channels) if level_channels else None
         self.radius = int(radius)
 
     def transition(self, features: torch.Tensor) -> torch.Tensor:
-        return affinity(features, self.knn, self.temperature, self.level_channels, self.radius)  # (B, L, L)
+        return affinity(
+            features, self.knn, self.temperature, self.level_channels, self.radius
+        )  # (B, L, L)
 
     def forward(self, maps, features: torch.Tensor):
         """maps: one (B, 1, h, w) tensor or a dict of them; features (B, C, h, w) on the same grid.
         Differentiable w.r.t. both (attributions can pass through), though it has nothing to train."""
-        with torch.autocast(features.device.type, enabled=False):  # fp32: bf16 would tie nearby values
+        with torch.autocast(
+            features.device.type, enabled=False
+        ):  # fp32: bf16 would tie nearby values
             P = self.transition(features)
             if isinstance(maps, dict):
                 return {k: propagate(m, P, self.steps, self.alpha) for k, m in maps.items()}
             return propagate(maps, P, self.steps, self.alpha)
 
     def extra_repr(self) -> str:
-        return (f"steps={self.steps}, knn={self.knn}, temperature={self.temperature}, alpha={self.alpha}, "
-                f"radius={self.radius}")
+        return (
+            f"steps={self.steps}, knn={self.knn}, temperature={self.temperature}, alpha={self.alpha}, "
+            f"radius={self.radius}"
+        )

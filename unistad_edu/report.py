@@ -8,6 +8,7 @@
 * :func:`format_verdicts` -- the pooled I-AUROC and the verdicts per category, as ``eval`` prints them.
 * :func:`format_by_defect` -- the I-AUROC per category against its structural and its logical defects.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,7 @@ def _cell(v) -> str:
 def format_table(table: Mapping, columns: Sequence[str] = HEADLINE) -> str:
     """A Markdown table: one row per category and a final **mean** row, values x 100 with one decimal,
     undefined values as ``n/a``."""
-    lines = ["| category | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = ["| category | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for cat, row in table["categories"].items():
         lines.append(f"| {cat} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     lines.append("| **mean** | " + " | ".join(_cell(table["mean"].get(c)) for c in columns) + " |")
@@ -43,20 +43,29 @@ def format_table(table: Mapping, columns: Sequence[str] = HEADLINE) -> str:
 def format_intervals(table: Mapping) -> str:
     """One line: each category's I-AUROC with its bootstrap interval (``table["intervals"]``), or ``""``."""
     iv = table.get("intervals") or {}
-    cells = [f"{cat} {_cell(table['categories'][cat].get('I-AUROC'))} [{100 * lo:.1f}, {100 * hi:.1f}]"
-             for cat, v in iv.items() if isinstance(v, dict) and cat in table.get("categories", {})
-             for lo, hi in [v["I-AUROC"]]]
+    cells = [
+        f"{cat} {_cell(table['categories'][cat].get('I-AUROC'))} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        for cat, v in iv.items()
+        if isinstance(v, dict) and cat in table.get("categories", {})
+        for lo, hi in [v["I-AUROC"]]
+    ]
     if not cells:
         return ""
-    return (f"I-AUROC with {100 * iv.get('level', 0.95):.0f} % bootstrap intervals (the test images resampled; "
-            f"how much the figure would move with other images of the same kind): " + ", ".join(cells))
+    return (
+        f"I-AUROC with {100 * iv.get('level', 0.95):.0f} % bootstrap intervals (the test images resampled; "
+        f"how much the figure would move with other images of the same kind): " + ", ".join(cells)
+    )
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+def markdown_table(
+    rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3
+) -> str:
     """A Markdown table from a list of dicts (one per row); floats rounded to ``digits``. Show it in a notebook
     with ``IPython.display.Markdown``."""
     rows = list(rows)
-    columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    columns = (
+        list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    )
 
     def cell(v) -> str:
         if isinstance(v, (float, np.floating)):
@@ -70,12 +79,17 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, d
 
 def format_false_alarms(far: Mapping) -> str:
     """One line: the share of normal test images flagged at the threshold, over all and per category."""
+
     def pct(v) -> str:
         return "n/a" if v is None or math.isnan(_num(v)) else f"{100.0 * _num(v):.1f} %"
+
     per = ", ".join(f"{c} {pct(v['rate'])}" for c, v in far["categories"].items())
     n = sum(v["normal"] for v in far["categories"].values())
-    at = ("each category's own threshold" if far.get("threshold") is None
-          else f"the calibrated threshold {far['threshold']:.4g}")
+    at = (
+        "each category's own threshold"
+        if far.get("threshold") is None
+        else f"the calibrated threshold {far['threshold']:.4g}"
+    )
     return f"false alarms at {at}: {pct(far['all'])} of {n} normal test images ({per})"
 
 
@@ -83,33 +97,52 @@ def format_verdicts(table: Mapping) -> list[str]:
     """What ``eval`` prints under the metrics table: the pooled I-AUROC, and the verdicts at the run's
     calibration (per category: false alarms with their 95 % interval and floor, recall, F1; routing accuracy),
     then at one global threshold for comparison."""
+
     def pct(v) -> str:
         return "n/a" if v is None or math.isnan(_num(v)) else f"{100.0 * _num(v):.1f} %"
 
     lines = []
     pooled = table.get("pooled")
     if pooled:
-        lines.append(f"pooled I-AUROC over all {pooled['images']} test images mixed: {pct(pooled['I-AUROC'])} "
-                     f"(per-category mean: {pct(table.get('mean', {}).get('I-AUROC'))})")
+        lines.append(
+            f"pooled I-AUROC over all {pooled['images']} test images mixed: {pct(pooled['I-AUROC'])} "
+            f"(per-category mean: {pct(table.get('mean', {}).get('I-AUROC'))})"
+        )
     for key in ("false_alarms", "false_alarms_global"):
         far = table.get(key)
         if not far:
             continue
         routed = far.get("kind") not in (None, "global")
-        head = (f"verdicts at each routed category's threshold ({far['kind']}, {far.get('tail')} tail)" if routed
-                else f"verdicts at one threshold for all ({far['threshold']:.4g})" if far.get("threshold") is not None
-                else "verdicts at each category's own threshold")
+        head = (
+            f"verdicts at each routed category's threshold ({far['kind']}, {far.get('tail')} tail)"
+            if routed
+            else f"verdicts at one threshold for all ({far['threshold']:.4g})"
+            if far.get("threshold") is not None
+            else "verdicts at each category's own threshold"
+        )
         ci = far.get("ci95")
-        lines.append(f"{head}: false alarms {pct(far['all'])}" + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
-                     + (f", mean F1 {pct(far.get('mean_f1'))}" if "mean_f1" in far else "")
-                     + (f", routing accuracy {pct(far['routing_accuracy'])}"
-                        if far.get("routing_accuracy") is not None else ""))
+        lines.append(
+            f"{head}: false alarms {pct(far['all'])}"
+            + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
+            + (f", mean F1 {pct(far.get('mean_f1'))}" if "mean_f1" in far else "")
+            + (
+                f", routing accuracy {pct(far['routing_accuracy'])}"
+                if far.get("routing_accuracy") is not None
+                else ""
+            )
+        )
         for cat, v in far["categories"].items():
             ci = v.get("ci95")
-            lines.append(f"  {cat}: false alarms {v['alarms']}/{v['normal']} = {pct(v['rate'])}"
-                         + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
-                         + (f" (floor {pct(v['floor'])} from {v['calibration_n']} held-out)" if "floor" in v else "")
-                         + (f", recall {pct(v['recall'])}, F1 {pct(v['f1'])}" if "recall" in v else ""))
+            lines.append(
+                f"  {cat}: false alarms {v['alarms']}/{v['normal']} = {pct(v['rate'])}"
+                + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else "")
+                + (
+                    f" (floor {pct(v['floor'])} from {v['calibration_n']} held-out)"
+                    if "floor" in v
+                    else ""
+                )
+                + (f", recall {pct(v['recall'])}, F1 {pct(v['f1'])}" if "recall" in v else "")
+            )
     return lines
 
 
@@ -122,7 +155,9 @@ def format_by_defect(table: Mapping) -> str:
     lines = ["| category | structural | logical | by kind |", "|---|---:|---:|---|"]
     for cat, row in by.items():
         kinds = ", ".join(f"{k} {_cell(v)}" for k, v in row["kinds"].items())
-        lines.append(f"| {cat} | {_cell(row.get('structural'))} | {_cell(row.get('logical'))} | {kinds} |")
+        lines.append(
+            f"| {cat} | {_cell(row.get('structural'))} | {_cell(row.get('logical'))} | {kinds} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,8 +182,10 @@ def unlike_training(score: float, validation: dict, factor: float = FAR_FACTOR) 
         margins.append((score - top) / spread)
     if min(margins) <= factor:
         return None
-    return (f"unlike anything this model was trained on: the score lies {min(margins):.0f} normal spreads above "
-            f"the highest normal score of every training category ({len(per)}); is this one of the trained products?")
+    return (
+        f"unlike anything this model was trained on: the score lies {min(margins):.0f} normal spreads above "
+        f"the highest normal score of every training category ({len(per)}); is this one of the trained products?"
+    )
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -15,6 +15,7 @@
 * One writer per run folder: :func:`~unistad_edu.files.folder_lock` (see :func:`engine.fit`).
 * Which run, which test set, which metrics: :mod:`unistad_edu.resolve` (above the engine; this module is below it).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,14 @@ RUN_FILES = (MODEL_FILE, CONFIG_FILE, STATE_FILE, LOG_FILE, SETTING_FILE)
 DERIVED_FILES = (METRICS_FILE,)
 DERIVED_FOLDERS = (PREDICTIONS_DIR,)
 #: the saved settings --resume compares: (key in config.json, what to call it)
-COMPARED = (("method", "method"), ("teacher_name", "teacher"), ("image_size", "image size"),
-            ("train_root", "training data folder"), ("train_categories", "categories"),
-            ("precision_name", "precision"))
+COMPARED = (
+    ("method", "method"),
+    ("teacher_name", "teacher"),
+    ("image_size", "image size"),
+    ("train_root", "training data folder"),
+    ("train_categories", "categories"),
+    ("precision_name", "precision"),
+)
 
 
 class RunFolderError(ValueError):
@@ -41,10 +47,15 @@ class RunFolderError(ValueError):
 def identity(model, train_data, precision="auto") -> dict:
     """The settings a training is made of, compared on resume with :func:`saved_identity` of the folder.
     ``precision``: as asked; ``auto`` is not compared (a resumed run keeps the precision it was trained with)."""
-    now = {"method": model.name, "teacher_name": model.teacher.describe().get("name"),
-           "image_size": int(model.cfg.image_size),
-           "train_root": str(Path(train_data.root).resolve()) if getattr(train_data, "root", None) else None,
-           "train_categories": list(getattr(train_data, "categories", []) or [])}
+    now = {
+        "method": model.name,
+        "teacher_name": model.teacher.describe().get("name"),
+        "image_size": int(model.cfg.image_size),
+        "train_root": str(Path(train_data.root).resolve())
+        if getattr(train_data, "root", None)
+        else None,
+        "train_categories": list(getattr(train_data, "categories", []) or []),
+    }
     name = getattr(precision, "name", precision)
     if name not in (None, "auto"):
         now["precision_name"] = str(name)
@@ -105,16 +116,27 @@ def _state_is_ours(path: Path) -> bool:
 def _file_problems(run: Path, cfg_ours: bool) -> list[str]:
     """The run files of ``run`` that are not the package's (see :func:`foreign`)."""
     checks = {
-        CONFIG_FILE: (lambda p: ownership.is_run_config(ownership.read_json(p)),
-                      f'not a unistad-edu run config: no "format": "{ownership.RUN_FORMAT} vN"'),
-        SETTING_FILE: (lambda p: ownership.is_per_class_setting(ownership.read_json(p)),
-                       'not a unistad-edu per-class setting: no "setting": "per-class" with method and categories'),
-        MODEL_FILE: (lambda p: cfg_ours or "save_id" in (ownership.safetensors_metadata(p) or {}),
-                     "weights without a unistad-edu config.json or save_id"),
+        CONFIG_FILE: (
+            lambda p: ownership.is_run_config(ownership.read_json(p)),
+            f'not a unistad-edu run config: no "format": "{ownership.RUN_FORMAT} vN"',
+        ),
+        SETTING_FILE: (
+            lambda p: ownership.is_per_class_setting(ownership.read_json(p)),
+            'not a unistad-edu per-class setting: no "setting": "per-class" with method and categories',
+        ),
+        MODEL_FILE: (
+            lambda p: cfg_ours or "save_id" in (ownership.safetensors_metadata(p) or {}),
+            "weights without a unistad-edu config.json or save_id",
+        ),
         STATE_FILE: (_state_is_ours, "no unistad-edu resume info in its metadata"),
-        LOG_FILE: (_log_is_ours, "not a unistad-edu training log (one JSON object with an epoch per line)"),
-        METRICS_FILE: (lambda p: ownership.is_metrics(ownership.read_json(p)),
-                         "not a unistad-edu metrics table (setting, categories, mean)"),
+        LOG_FILE: (
+            _log_is_ours,
+            "not a unistad-edu training log (one JSON object with an epoch per line)",
+        ),
+        METRICS_FILE: (
+            lambda p: ownership.is_metrics(ownership.read_json(p)),
+            "not a unistad-edu metrics table (setting, categories, mean)",
+        ),
     }
     out = []
     for name, (ours, why) in checks.items():
@@ -133,9 +155,20 @@ def _predictions_problems(run: Path) -> list[str]:
         return ["predictions (a symbolic link)"]
     if not folder.is_dir():
         return []
-    other = ownership.foreign_entries(folder, lambda rel, is_dir: not is_dir and "/" not in rel
-                                      and rel.endswith("_heatmap.png") and not (folder / rel).is_symlink())
-    return [f"predictions/ (holds {ownership.listing(other)}, which predict did not write)"] if other else []
+    other = ownership.foreign_entries(
+        folder,
+        lambda rel, is_dir: (
+            not is_dir
+            and "/" not in rel
+            and rel.endswith("_heatmap.png")
+            and not (folder / rel).is_symlink()
+        ),
+    )
+    return (
+        [f"predictions/ (holds {ownership.listing(other)}, which predict did not write)"]
+        if other
+        else []
+    )
 
 
 def foreign(run: Path) -> list[str]:
@@ -146,7 +179,9 @@ def foreign(run: Path) -> list[str]:
     cfg_ours = ownership.is_run_config(ownership.read_json(run / CONFIG_FILE))
     out = _file_problems(run, cfg_ours) + _predictions_problems(run)
     if (run / SETTING_FILE).is_file():
-        for sub in sorted(p for p in run.iterdir() if p.is_dir() and not p.is_symlink() and holds_run(p)):
+        for sub in sorted(
+            p for p in run.iterdir() if p.is_dir() and not p.is_symlink() and holds_run(p)
+        ):
             out += [f"{sub.name}/{item}" for item in foreign(sub)]
     return out
 
@@ -157,13 +192,17 @@ def check_destination(run: Path) -> None:
     run = Path(run)
     other = ownership.kind(run)
     if other not in (None, "run", "per-class run"):
-        raise RunFolderError(f"--out {run} is {ownership.describe(run)}, not a run folder: training there would "
-                             f"mix a run into it (and --overwrite would delete its files): choose another --out")
+        raise RunFolderError(
+            f"--out {run} is {ownership.describe(run)}, not a run folder: training there would "
+            f"mix a run into it (and --overwrite would delete its files): choose another --out"
+        )
     bad = foreign(run) if run.is_dir() else []
     if bad:
-        raise RunFolderError(f"--out {run} holds files unistad-edu did not write: {'; '.join(bad)}. A training "
-                             f"replaces (--overwrite) or continues (--resume) only a run this package wrote: move "
-                             f"those files away, or choose another --out")
+        raise RunFolderError(
+            f"--out {run} holds files unistad-edu did not write: {'; '.join(bad)}. A training "
+            f"replaces (--overwrite) or continues (--resume) only a run this package wrote: move "
+            f"those files away, or choose another --out"
+        )
 
 
 def _saved_config(run: Path) -> dict | None:
@@ -181,7 +220,9 @@ def _describe(run: Path, cfg: dict | None) -> str:
         return "an interrupted run"
     state = "complete" if cfg.get("complete") else "interrupted"
     evaluated = ", evaluated" if (run / METRICS_FILE).is_file() else ""
-    return f"a {state} {cfg.get('method', '?')} run ({cfg.get('epochs_done', '?')} epochs{evaluated})"
+    return (
+        f"a {state} {cfg.get('method', '?')} run ({cfg.get('epochs_done', '?')} epochs{evaluated})"
+    )
 
 
 def differences(saved_cfg: dict, now: dict) -> list[str]:
@@ -197,8 +238,12 @@ def differences(saved_cfg: dict, now: dict) -> list[str]:
 def clear_run(run: Path) -> list[str]:
     """Delete the run in ``run`` and everything derived from it; returns what was deleted (names)."""
     run, gone = Path(run), []
-    if (run / SETTING_FILE).is_file():  # per-class: the sub-runs are part of it (their own files only)
-        for sub in sorted(p for p in run.iterdir() if p.is_dir() and not p.is_symlink() and holds_run(p)):
+    if (
+        run / SETTING_FILE
+    ).is_file():  # per-class: the sub-runs are part of it (their own files only)
+        for sub in sorted(
+            p for p in run.iterdir() if p.is_dir() and not p.is_symlink() and holds_run(p)
+        ):
             clear_run(sub)
             try:
                 sub.rmdir()  # empty unless it holds files of the user's, which stay
@@ -226,16 +271,24 @@ def clear_derived(run: Path) -> list[str]:
     return gone
 
 
-def prepare(run, now: dict | None, resume: bool = False, overwrite: bool = False, per_class: bool = False,
-            say=print) -> None:
+def prepare(
+    run,
+    now: dict | None,
+    resume: bool = False,
+    overwrite: bool = False,
+    per_class: bool = False,
+    say=print,
+) -> None:
     """Make ``run`` ready for a training with settings ``now`` (see :func:`identity`; ``per_class``: ``run`` is
     the outer folder of a per-class training, whose sub-runs :func:`engine.fit` checks one by one), or raise
     :class:`RunFolderError`. Call it while holding the folder's writer lock. A folder of another kind, or run
     files the package did not write, are refused whatever the flags (:func:`check_destination`)."""
     run = Path(run)
     if resume and overwrite:
-        raise RunFolderError("--resume and --overwrite contradict each other: --resume continues the run in the "
-                             "folder, --overwrite deletes it and trains anew; choose one")
+        raise RunFolderError(
+            "--resume and --overwrite contradict each other: --resume continues the run in the "
+            "folder, --overwrite deletes it and trains anew; choose one"
+        )
     check_destination(run)
     if not holds_run(run):
         return
@@ -243,27 +296,37 @@ def prepare(run, now: dict | None, resume: bool = False, overwrite: bool = False
     if resume:
         here = (run / SETTING_FILE).is_file()
         if here != per_class:
-            raise RunFolderError(f"--resume refused: {run} holds {_describe(run, cfg)}, not a "
-                                 f"{'per-class' if per_class else 'unified'} run: resume it with --setting "
-                                 f"{'per-class' if here else 'unified'}, or train anew with --overwrite")
+            raise RunFolderError(
+                f"--resume refused: {run} holds {_describe(run, cfg)}, not a "
+                f"{'per-class' if per_class else 'unified'} run: resume it with --setting "
+                f"{'per-class' if here else 'unified'}, or train anew with --overwrite"
+            )
         version = format_version(cfg) if cfg else FORMAT_VERSION
         if not per_class and version != FORMAT_VERSION:
-            raise RunFolderError(f"--resume refused: {run} was saved in checkpoint format v{version} (this version "
-                                 f"writes v{FORMAT_VERSION}): train anew with --overwrite or into another --out")
+            raise RunFolderError(
+                f"--resume refused: {run} was saved in checkpoint format v{version} (this version "
+                f"writes v{FORMAT_VERSION}): train anew with --overwrite or into another --out"
+            )
         diff = differences(cfg or {}, now or {})
         if diff:
-            raise RunFolderError(f"--resume refused: {run} was trained with other settings ({'; '.join(diff)}). "
-                                 f"Resume with the saved settings, or train anew with --overwrite or into "
-                                 f"another --out")
+            raise RunFolderError(
+                f"--resume refused: {run} was trained with other settings ({'; '.join(diff)}). "
+                f"Resume with the saved settings, or train anew with --overwrite or into "
+                f"another --out"
+            )
         if not per_class and not (cfg or {}).get("complete"):
             gone = clear_derived(run)
             if gone:
-                say(f"resuming {run}: deleted {', '.join(gone)} (they describe the weights before this session)")
+                say(
+                    f"resuming {run}: deleted {', '.join(gone)} (they describe the weights before this session)"
+                )
         return
     if not overwrite:
-        raise RunFolderError(f"{run} already holds {_describe(run, cfg)}: pass --resume to continue it, "
-                             f"--overwrite to replace it (deletes its model, metrics and predictions), or choose "
-                             f"another --out")
+        raise RunFolderError(
+            f"{run} already holds {_describe(run, cfg)}: pass --resume to continue it, "
+            f"--overwrite to replace it (deletes its model, metrics and predictions), or choose "
+            f"another --out"
+        )
     gone = clear_run(run)
     say(f"--overwrite: deleted the old run in {run} ({', '.join(gone)})")
 
@@ -279,19 +342,30 @@ def read_setting(run) -> dict:
     try:
         setting = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunFolderError(f"{path} cannot be read as JSON ({err}): it was altered; train the per-class run "
-                             f"again (--overwrite)") from err
+        raise RunFolderError(
+            f"{path} cannot be read as JSON ({err}): it was altered; train the per-class run "
+            f"again (--overwrite)"
+        ) from err
     if not isinstance(setting, dict):
-        raise RunFolderError(f"{path} holds a JSON {type(setting).__name__}, not the per-class run's settings: "
-                             f"it was altered; train the per-class run again (--overwrite)")
+        raise RunFolderError(
+            f"{path} holds a JSON {type(setting).__name__}, not the per-class run's settings: "
+            f"it was altered; train the per-class run again (--overwrite)"
+        )
     cats = setting.get("categories")
-    for key, ok, want in (("method", isinstance(setting.get("method"), str), "a method name"),
-                          ("categories", isinstance(cats, list) and cats and all(isinstance(c, str) for c in cats),
-                           "a non-empty list of category names"),
-                          ("data_root", isinstance(setting.get("data_root"), str), "the data folder (a text)")):
+    for key, ok, want in (
+        ("method", isinstance(setting.get("method"), str), "a method name"),
+        (
+            "categories",
+            isinstance(cats, list) and cats and all(isinstance(c, str) for c in cats),
+            "a non-empty list of category names",
+        ),
+        ("data_root", isinstance(setting.get("data_root"), str), "the data folder (a text)"),
+    ):
         if not ok:
-            raise RunFolderError(f"{path}: {key} is {setting.get(key)!r}, expected {want}: it was altered; train "
-                                 f"the per-class run again (--overwrite)")
+            raise RunFolderError(
+                f"{path}: {key} is {setting.get(key)!r}, expected {want}: it was altered; train "
+                f"the per-class run again (--overwrite)"
+            )
     return setting
 
 
@@ -301,7 +375,10 @@ def save_ids(run) -> str | dict | None:
     run = Path(run)
     setting = run / SETTING_FILE
     if setting.is_file():
-        return {c: (_saved_config(run / c) or {}).get("save_id") for c in read_setting(run)["categories"]}
+        return {
+            c: (_saved_config(run / c) or {}).get("save_id")
+            for c in read_setting(run)["categories"]
+        }
     return (_saved_config(run) or {}).get("save_id")
 
 
@@ -314,6 +391,8 @@ def check_metrics_save(table: dict, run, source=METRICS_FILE) -> None:
         return
     now = save_ids(run)
     if recorded != now:
-        raise StaleMetrics(f"{source} describes another save of the run in {run} (save_id {recorded!r}; the "
-                           f"folder now holds {now!r}): the run was retrained or replaced after it was "
-                           f"evaluated; run `python -m unistad_edu eval --run {run}` again")
+        raise StaleMetrics(
+            f"{source} describes another save of the run in {run} (save_id {recorded!r}; the "
+            f"folder now holds {now!r}): the run was retrained or replaced after it was "
+            f"evaluated; run `python -m unistad_edu eval --run {run}` again"
+        )

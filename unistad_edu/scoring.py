@@ -22,6 +22,7 @@ Noisy-OR's image score is ``-log(1 - P)``, a strictly increasing function of P t
 P itself rounds to exactly 1.0 in float32 once it is within 6e-8 of 1, and ties would corrupt AUROC.
 P is returned alongside, as ``AnomalyOutput.probability``.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,19 +50,33 @@ class ScoringConfig:
             raise ValueError(f"fuse must be one of {FUSE}, not {self.fuse!r}")
         if self.image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {IMAGE_SCORES}, not {self.image_score!r}")
-        if not isinstance(self.blur_sigma, (int, float)) or not math.isfinite(self.blur_sigma) or self.blur_sigma < 0:
-            raise ValueError(f"blur_sigma must be a finite number >= 0 (0 = no blur), got {self.blur_sigma!r}")
-        if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or self.pool_size < 1:
+        if (
+            not isinstance(self.blur_sigma, (int, float))
+            or not math.isfinite(self.blur_sigma)
+            or self.blur_sigma < 0
+        ):
+            raise ValueError(
+                f"blur_sigma must be a finite number >= 0 (0 = no blur), got {self.blur_sigma!r}"
+            )
+        if (
+            isinstance(self.pool_size, bool)
+            or not isinstance(self.pool_size, int)
+            or self.pool_size < 1
+        ):
             raise ValueError(f"pool_size must be a whole number >= 1, got {self.pool_size!r}")
         if not isinstance(self.topk, (int, float)) or not 0 < self.topk <= 1:
-            raise ValueError(f"topk must be the fraction of pixels averaged, in (0, 1], got {self.topk!r}")
+            raise ValueError(
+                f"topk must be the fraction of pixels averaged, in (0, 1], got {self.topk!r}"
+            )
 
 
 @dataclass
 class AnomalyOutput:
     anomaly_map: torch.Tensor  # (B, 1, H, W)
     pred_score: torch.Tensor  # (B,)
-    level_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # each (B, 1, H, W), before fusion
+    level_maps: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # each (B, 1, H, W), before fusion
     # with image_terms: every raw per-image score that was combined, {"map": (B,), term: (B,), ...}
     image_scores: dict[str, torch.Tensor] = field(default_factory=dict)
     probability: torch.Tensor | None = None  # (B,) the Noisy-OR P(anomaly) when combine="noisy_or"
@@ -81,9 +96,11 @@ def blur_matrix(n: int, sigma: float, device=None, dtype=torch.float32) -> torch
     k = gaussian_kernel1d(sigma)
     r = k.numel() // 2
     if r > n - 1:  # tiny maps: crop the kernel to what reflect padding allows
-        k = k[r - (n - 1): r + n]
+        k = k[r - (n - 1) : r + n]
         k, r = k / k.sum(), n - 1
-    idx = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None]  # (n, 2r+1) source index of each tap
+    idx = (
+        torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None]
+    )  # (n, 2r+1) source index of each tap
     idx = idx.abs()  # reflect at the start
     idx = torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)  # reflect at the end
     m = torch.zeros(n, n).scatter_add_(1, idx, k.expand(n, -1).contiguous())  # (n, n)
@@ -114,9 +131,14 @@ def image_score(anomaly_map: torch.Tensor, cfg: ScoringConfig) -> torch.Tensor:
     return flat.topk(n, dim=1).values.mean(dim=1)
 
 
-def score(maps: dict[str, torch.Tensor], image_size, cfg: ScoringConfig | None = None,
-          image_terms: dict[str, torch.Tensor] | None = None, combine: str = "map",
-          calibration: dict[str, tuple] | None = None) -> AnomalyOutput:
+def score(
+    maps: dict[str, torch.Tensor],
+    image_size,
+    cfg: ScoringConfig | None = None,
+    image_terms: dict[str, torch.Tensor] | None = None,
+    combine: str = "map",
+    calibration: dict[str, tuple] | None = None,
+) -> AnomalyOutput:
     """Per-level maps {name: (B, 1, h, w)} -> AnomalyOutput with map (B, 1, H, W) and score (B,).
 
     ``image_terms`` {name: (B,)}: per-image scores that come from no map, combined with the map's image score
@@ -126,30 +148,39 @@ def score(maps: dict[str, torch.Tensor], image_size, cfg: ScoringConfig | None =
     cfg = cfg or ScoringConfig()
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     device_type = next(iter(maps.values())).device.type
-    with torch.autocast(device_type, enabled=False):  # full precision: bf16 maps would create rank ties
+    with torch.autocast(
+        device_type, enabled=False
+    ):  # full precision: bf16 maps would create rank ties
         out = _score_fp32(maps, size, cfg)
         if image_terms is None and combine == "map":
             return out
-        scores = {MAP_SCORE: out.pred_score, **{k: v.float() for k, v in (image_terms or {}).items()}}
+        scores = {
+            MAP_SCORE: out.pred_score,
+            **{k: v.float() for k, v in (image_terms or {}).items()},
+        }
         out.pred_score, out.probability = combine_scores(scores, combine, calibration)
         out.image_scores = scores
         return out
 
 
-def standardize(scores: dict[str, torch.Tensor], calibration: dict[str, tuple] | None) -> dict[str, torch.Tensor]:
+def standardize(
+    scores: dict[str, torch.Tensor], calibration: dict[str, tuple] | None
+) -> dict[str, torch.Tensor]:
     """z = (s - mean) / std per named score, with (mean, std) of normal images; a score without calibration
     stays raw (mean 0, std 1)."""
     calibration = calibration or {}
     out = {}
     for name, s in scores.items():
         mean, std = calibration.get(name, (0.0, 1.0))
-        out[name] = (s - torch.as_tensor(mean, dtype=s.dtype, device=s.device)) / \
-            torch.as_tensor(std, dtype=s.dtype, device=s.device)
+        out[name] = (s - torch.as_tensor(mean, dtype=s.dtype, device=s.device)) / torch.as_tensor(
+            std, dtype=s.dtype, device=s.device
+        )
     return out
 
 
-def combine_scores(scores: dict[str, torch.Tensor], rule: str = "map",
-                   calibration: dict[str, tuple] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def combine_scores(
+    scores: dict[str, torch.Tensor], rule: str = "map", calibration: dict[str, tuple] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Named per-image scores {name: (B,)} (``"map"`` = the map-based one) -> (image score (B,), P or None).
 
     ``map``: the raw map score.  ``terms``: the sum of the standardised other scores.  ``sum``: the sum of
@@ -173,7 +204,10 @@ def combine_scores(scores: dict[str, torch.Tensor], rule: str = "map",
 
 
 def _score_fp32(maps: dict[str, torch.Tensor], size: tuple, cfg: ScoringConfig) -> AnomalyOutput:
-    up = {k: F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False) for k, m in maps.items()}
+    up = {
+        k: F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
+        for k, m in maps.items()
+    }
     stack = torch.stack(list(up.values()))  # (L, B, 1, H, W)
     if cfg.fuse == "product":
         fused = stack.prod(dim=0)

@@ -191,6 +191,7 @@ class SyntheticConfig:
 # random streams
 # ----------------------------------------------------------------------------
 
+
 def _tag(s: str) -> int:
     return zlib.crc32(s.encode("utf-8")) & 0xFFFFFFFF
 
@@ -218,16 +219,20 @@ def _grid(S: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRID_CACHE[S]
 
 
-def _smooth_noise(rng: np.random.Generator, S: int, cells: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, S: int, cells: int, shape: tuple[int, int] | None = None
+) -> np.ndarray:
     """Zero-mean, ~unit-std smooth noise of size S x S with ``cells`` bumps per side."""
     cells = max(2, int(cells))
     h, w = shape if shape is not None else (cells + 3, cells + 3)
     low = rng.standard_normal((h, w), dtype=F32)
-    big = Image.fromarray(low, mode="F").resize((S * w // (cells + 1) + 2, S * h // (cells + 1) + 2), Image.BICUBIC)
+    big = Image.fromarray(low, mode="F").resize(
+        (S * w // (cells + 1) + 2, S * h // (cells + 1) + 2), Image.BICUBIC
+    )
     arr = np.asarray(big, dtype=F32)
     oy = int(rng.integers(0, max(1, arr.shape[0] - S)))
     ox = int(rng.integers(0, max(1, arr.shape[1] - S)))
-    out = arr[oy:oy + S, ox:ox + S]
+    out = arr[oy : oy + S, ox : ox + S]
     return (out - out.mean()) / (out.std() + 1e-6)
 
 
@@ -299,7 +304,11 @@ def _draw_part(img: np.ndarray, fg: np.ndarray, p: _Part) -> None:
     else:
         t = v / F32(max(p.hh if p.shape == "box" else p.hw, 1e-3))  # -1..1 across the part
         if p.shape == "box" and p.shade in ("cyl", "thread"):
-            sh = F32(0.62) + F32(0.5) * np.exp(-((t + F32(0.3)) / F32(0.45)) ** 2) - F32(0.18) * t * t
+            sh = (
+                F32(0.62)
+                + F32(0.5) * np.exp(-(((t + F32(0.3)) / F32(0.45)) ** 2))
+                - F32(0.18) * t * t
+            )
             if p.shade == "thread":
                 pitch = F32(p.extra["pitch"])
                 start = F32(p.extra["start"])
@@ -319,10 +328,10 @@ def _draw_part(img: np.ndarray, fg: np.ndarray, p: _Part) -> None:
             c = col[None, None, :] * sh[..., None]
         elif p.shade == "bands":  # resistor colour bands along u
             c = np.broadcast_to(col, u.shape + (3,)).copy()
-            for (bu, bw, bcol) in p.extra["bands"]:
+            for bu, bw, bcol in p.extra["bands"]:
                 m = (np.abs(u - F32(bu)) < F32(bw))[..., None]
                 c = np.where(m, np.asarray(bcol, F32), c)
-            sh = F32(0.8) + F32(0.3) * np.exp(-((t + F32(0.3)) / F32(0.5)) ** 2)
+            sh = F32(0.8) + F32(0.3) * np.exp(-(((t + F32(0.3)) / F32(0.5)) ** 2))
             c = c * sh[..., None]
         else:
             raise ValueError(p.shade)
@@ -337,6 +346,7 @@ def _draw_part(img: np.ndarray, fg: np.ndarray, p: _Part) -> None:
 # ----------------------------------------------------------------------------
 # textures
 # ----------------------------------------------------------------------------
+
 
 def _tex_weave(rng: np.random.Generator, S: int):
     x, y = _grid(S)
@@ -363,8 +373,12 @@ def _tex_weave(rng: np.random.Generator, S: int):
     K = 64
     row_j = rng.normal(0, 0.05, K).astype(F32)
     col_j = rng.normal(0, 0.05, K).astype(F32)
-    h_val = (F32(0.55) + F32(0.45) * h_sh) * (F32(0.78) + F32(0.22) * np.sin(np.pi * fu)) + row_j[iv.astype(np.int64) % K]
-    v_val = (F32(0.55) + F32(0.45) * v_sh) * (F32(0.78) + F32(0.22) * np.sin(np.pi * fv)) + col_j[iu.astype(np.int64) % K]
+    h_val = (F32(0.55) + F32(0.45) * h_sh) * (F32(0.78) + F32(0.22) * np.sin(np.pi * fu)) + row_j[
+        iv.astype(np.int64) % K
+    ]
+    v_val = (F32(0.55) + F32(0.45) * v_sh) * (F32(0.78) + F32(0.22) * np.sin(np.pi * fv)) + col_j[
+        iu.astype(np.int64) % K
+    ]
     # fine fibres, along each thread
     fib_f = F32(rng.uniform(5, 8))
     h_val = h_val + F32(0.05) * np.sin(F32(2 * np.pi) * fib_f * (fv + F32(0.3) * fu))
@@ -375,10 +389,16 @@ def _tex_weave(rng: np.random.Generator, S: int):
     base = rng.uniform(0.5, 0.7)
     hue = 0.6 + rng.uniform(-0.04, 0.04)  # denim-like blue
     warp_col = np.array(_hsv(hue, rng.uniform(0.25, 0.45), base), F32)
-    weft_col = np.array(_hsv(hue + rng.uniform(-0.06, 0.06), rng.uniform(0.2, 0.4), base * rng.uniform(0.85, 1.0)), F32)
+    weft_col = np.array(
+        _hsv(hue + rng.uniform(-0.06, 0.06), rng.uniform(0.2, 0.4), base * rng.uniform(0.85, 1.0)),
+        F32,
+    )
     gap_col = warp_col * F32(0.35)
-    img = np.where(show_h[..., None], h_val[..., None] * warp_col,
-                   np.where(show_v[..., None], v_val[..., None] * weft_col, gap_col)).astype(F32)
+    img = np.where(
+        show_h[..., None],
+        h_val[..., None] * warp_col,
+        np.where(show_v[..., None], v_val[..., None] * weft_col, gap_col),
+    ).astype(F32)
     return img
 
 
@@ -413,14 +433,18 @@ def _tex_carpet(rng: np.random.Generator, S: int):
     wu = _smooth_noise(rng, S, 8) * F32(0.35 * p)
     wv = _smooth_noise(rng, S, 8) * F32(0.35 * p)
     ph = rng.uniform(0, 2 * math.pi, 2)
-    loops = np.sin((u + wu) * F32(2 * math.pi / p) + F32(ph[0])) * np.sin((v + wv) * F32(2 * math.pi / p) + F32(ph[1]))
+    loops = np.sin((u + wu) * F32(2 * math.pi / p) + F32(ph[0])) * np.sin(
+        (v + wv) * F32(2 * math.pi / p) + F32(ph[1])
+    )
     from scipy.ndimage import gaussian_filter
 
     fib = gaussian_filter(rng.standard_normal((S, S), dtype=F32), 0.8)
     fib /= fib.std() + 1e-6
     mott = _smooth_noise(rng, S, 5)
     m = F32(0.75) + F32(0.12) * loops + F32(0.08) * fib + F32(0.06) * mott
-    col = np.array(_hsv(0.03 + rng.uniform(-0.025, 0.025), rng.uniform(0.4, 0.55), rng.uniform(0.5, 0.65)), F32)
+    col = np.array(
+        _hsv(0.03 + rng.uniform(-0.025, 0.025), rng.uniform(0.4, 0.55), rng.uniform(0.5, 0.65)), F32
+    )
     return (m[..., None] * col).astype(F32)
 
 
@@ -431,6 +455,7 @@ def _hsv(h, s, v):
 # ----------------------------------------------------------------------------
 # objects: a background + an ordered list of parts (+ candidates for "extra")
 # ----------------------------------------------------------------------------
+
 
 @dataclass
 class _Scene:
@@ -443,7 +468,9 @@ class _Scene:
 def _background(rng, S, base, spread=0.04, illum=0.25):
     col = np.asarray(base, F32) * F32(rng.uniform(1 - spread, 1 + spread))
     n = _smooth_noise(rng, S, 4) * F32(0.015)
-    return (col[None, None, :] * (_illumination(rng, S, rng.uniform(0, illum)) + n)[..., None]).astype(F32)
+    return (
+        col[None, None, :] * (_illumination(rng, S, rng.uniform(0, illum)) + n)[..., None]
+    ).astype(F32)
 
 
 def _obj_bolt(rng: np.random.Generator, S: int) -> _Scene:
@@ -460,21 +487,46 @@ def _obj_bolt(rng: np.random.Generator, S: int) -> _Scene:
 
     def box(u0, u1, hh, shade, color=None, r=0.0, **extra):
         px, py = at((u0 + u1) / 2)
-        return _Part("box", px, py, ang, (u1 - u0) / 2 * L, hh * L, r * L, tuple(color if color is not None else steel), shade, extra)
+        return _Part(
+            "box",
+            px,
+            py,
+            ang,
+            (u1 - u0) / 2 * L,
+            hh * L,
+            r * L,
+            tuple(color if color is not None else steel),
+            shade,
+            extra,
+        )
 
     j = lambda s: rng.uniform(-s, s)  # noqa: E731
     shank_hh = 0.058 + j(0.004)
     thread_start = -0.10 + j(0.02)
     nut_c = 0.12 + j(0.025)
     parts = [
-        box(-0.34, 0.47, shank_hh, "thread", r=0.025, pitch=0.036 * L, start=(thread_start - 0.065) * L),
+        box(
+            -0.34,
+            0.47,
+            shank_hh,
+            "thread",
+            r=0.025,
+            pitch=0.036 * L,
+            start=(thread_start - 0.065) * L,
+        ),
         box(-0.365, -0.33, 0.15 + j(0.005), "cyl", color=steel * F32(1.1)),  # washer
         box(-0.50, -0.36, 0.17 + j(0.006), "hex", r=0.012),  # head
-        box(nut_c - 0.055, nut_c + 0.055, 0.145 + j(0.005), "hex", color=steel * F32(0.95), r=0.01),  # nut
+        box(
+            nut_c - 0.055, nut_c + 0.055, 0.145 + j(0.005), "hex", color=steel * F32(0.95), r=0.01
+        ),  # nut
     ]
     extras = [
-        [box(0.33 - 0.055, 0.33 + 0.055, 0.145, "hex", color=steel * F32(0.95), r=0.01)],  # second nut
-        [box(nut_c - 0.09, nut_c - 0.06, 0.135, "cyl", color=steel * F32(1.1))],  # washer under the nut
+        [
+            box(0.33 - 0.055, 0.33 + 0.055, 0.145, "hex", color=steel * F32(0.95), r=0.01)
+        ],  # second nut
+        [
+            box(nut_c - 0.09, nut_c - 0.06, 0.135, "cyl", color=steel * F32(1.1))
+        ],  # washer under the nut
     ]
     return _Scene(bg, parts, [[1], [3]], extras)
 
@@ -491,7 +543,9 @@ class _Board:
         self.bx = S / 2 + rng.uniform(-0.035, 0.035) * S
         self.by = S / 2 + rng.uniform(-0.035, 0.035) * S
         self.sc = S * rng.uniform(0.95, 1.03)
-        self.green = np.array(_hsv(0.36 + self.j(0.03), 0.7 + self.j(0.08), 0.42 + self.j(0.05)), F32)
+        self.green = np.array(
+            _hsv(0.36 + self.j(0.03), 0.7 + self.j(0.08), 0.42 + self.j(0.05)), F32
+        )
         self.gold = np.array([0.80, 0.66, 0.32], F32) * F32(rng.uniform(0.92, 1.05))
         self.silk = np.array([0.88, 0.9, 0.86], F32)
 
@@ -505,62 +559,113 @@ class _Board:
     def box(self, u, v, hw, hh, color, shade="flat", r=0.0, rot=0.0, fg=True, **extra):
         px, py = self.at(u, v)
         sc = self.sc
-        return _Part("box", px, py, self.ang + rot, hw * sc, hh * sc, r * sc, tuple(color), shade, extra, fg)
+        return _Part(
+            "box", px, py, self.ang + rot, hw * sc, hh * sc, r * sc, tuple(color), shade, extra, fg
+        )
 
     def circ(self, u, v, rad, color, shade="flat", inner=0.0):
         px, py = self.at(u, v)
-        return _Part("circle", px, py, self.ang, rad * self.sc, 0.0, inner * self.sc, tuple(color), shade)
+        return _Part(
+            "circle", px, py, self.ang, rad * self.sc, 0.0, inner * self.sc, tuple(color), shade
+        )
 
     def bare(self) -> list[_Part]:
         """The board, its traces and its four mounting holes."""
         parts = [self.box(0, 0, 0.44, 0.43, self.green, r=0.03)]
         trace, w = self.green * F32(1.35), 0.008
-        for (u0, v0, u1, v1) in [(-0.30, -0.30, 0.30, -0.30), (0.30, -0.30, 0.30, 0.10), (-0.36, 0.05, -0.30, 0.05),
-                                 (-0.30, 0.05, -0.30, 0.30), (-0.30, 0.30, 0.02, 0.30), (0.02, 0.30, 0.02, 0.24),
-                                 (0.12, -0.20, 0.12, 0.16), (0.12, 0.16, 0.22, 0.16), (-0.12, 0.04, -0.12, 0.20),
-                                 (-0.12, 0.20, -0.15, 0.20), (0.20, -0.08, 0.34, -0.08)]:
-            parts.append(self.box((u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2 + w, abs(v1 - v0) / 2 + w, trace))
+        for u0, v0, u1, v1 in [
+            (-0.30, -0.30, 0.30, -0.30),
+            (0.30, -0.30, 0.30, 0.10),
+            (-0.36, 0.05, -0.30, 0.05),
+            (-0.30, 0.05, -0.30, 0.30),
+            (-0.30, 0.30, 0.02, 0.30),
+            (0.02, 0.30, 0.02, 0.24),
+            (0.12, -0.20, 0.12, 0.16),
+            (0.12, 0.16, 0.22, 0.16),
+            (-0.12, 0.04, -0.12, 0.20),
+            (-0.12, 0.20, -0.15, 0.20),
+            (0.20, -0.08, 0.34, -0.08),
+        ]:
+            parts.append(
+                self.box(
+                    (u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2 + w, abs(v1 - v0) / 2 + w, trace
+                )
+            )
         S = self.S
-        for (u, v) in [(-0.37, -0.36), (0.37, -0.36), (-0.37, 0.36), (0.37, 0.36)]:
+        for u, v in [(-0.37, -0.36), (0.37, -0.36), (-0.37, 0.36), (0.37, 0.36)]:
             parts.append(self.circ(u, v, 0.032, self.gold))
             x, y = self.at(u, v)
-            parts.append(self.circ(u, v, 0.017, self.bg[int(np.clip(y, 0, S - 1)), int(np.clip(x, 0, S - 1))]))
+            parts.append(
+                self.circ(
+                    u, v, 0.017, self.bg[int(np.clip(y, 0, S - 1)), int(np.clip(x, 0, S - 1))]
+                )
+            )
         return parts
 
     def resistor(self, u, v, vertical):
         """(footprint, body) of a banded resistor."""
         rot, sc, gold = (math.pi / 2 if vertical else 0.0), self.sc, self.gold
         du, dv = (0.0, 0.052) if vertical else (0.052, 0.0)
-        pads = [self.box(u - du, v - dv, 0.016, 0.02, gold, rot=rot),
-                self.box(u + du, v + dv, 0.016, 0.02, gold, rot=rot)]
+        pads = [
+            self.box(u - du, v - dv, 0.016, 0.02, gold, rot=rot),
+            self.box(u + du, v + dv, 0.016, 0.02, gold, rot=rot),
+        ]
         body_col = np.array([0.80, 0.70, 0.50], F32) * F32(self.rng.uniform(0.93, 1.05))
-        band_cols = [tuple(self.rng.choice([(0.5, 0.1, 0.1), (0.1, 0.1, 0.1), (0.85, 0.45, 0.1), (0.2, 0.2, 0.6)]))
-                     for _ in range(3)]
-        body = self.box(u, v, 0.05, 0.02, body_col, "bands", r=0.012, rot=rot,
-                        bands=[(-0.022 * sc, 0.005 * sc, band_cols[0]), (-0.004 * sc, 0.005 * sc, band_cols[1]),
-                               (0.016 * sc, 0.005 * sc, band_cols[2])])
+        band_cols = [
+            tuple(
+                self.rng.choice(
+                    [(0.5, 0.1, 0.1), (0.1, 0.1, 0.1), (0.85, 0.45, 0.1), (0.2, 0.2, 0.6)]
+                )
+            )
+            for _ in range(3)
+        ]
+        body = self.box(
+            u,
+            v,
+            0.05,
+            0.02,
+            body_col,
+            "bands",
+            r=0.012,
+            rot=rot,
+            bands=[
+                (-0.022 * sc, 0.005 * sc, band_cols[0]),
+                (-0.004 * sc, 0.005 * sc, band_cols[1]),
+                (0.016 * sc, 0.005 * sc, band_cols[2]),
+            ],
+        )
         return pads, [body]
 
     def capacitor(self, u, v, rad):
         """(footprint, body) of an electrolytic capacitor seen from above."""
         ring = self.circ(u, v, rad + 0.01, self.silk, inner=rad + 0.002)
         cap_col = np.array(_hsv(0.62 + self.j(0.03), 0.6, 0.45 + self.j(0.05)), F32)
-        body = [self.circ(u, v, rad, cap_col, "dome"),
-                self.box(u - rad * 0.55, v, rad * 0.22, rad * 0.75, cap_col * F32(1.8), r=rad * 0.2),
-                self.circ(u, v, rad * 0.45, cap_col * F32(0.8), inner=rad * 0.38)]
-        pads = [self.box(u, v - rad * 0.5, 0.01, 0.01, self.gold), self.box(u, v + rad * 0.5, 0.01, 0.01, self.gold)]
+        body = [
+            self.circ(u, v, rad, cap_col, "dome"),
+            self.box(u - rad * 0.55, v, rad * 0.22, rad * 0.75, cap_col * F32(1.8), r=rad * 0.2),
+            self.circ(u, v, rad * 0.45, cap_col * F32(0.8), inner=rad * 0.38),
+        ]
+        pads = [
+            self.box(u, v - rad * 0.5, 0.01, 0.01, self.gold),
+            self.box(u, v + rad * 0.5, 0.01, 0.01, self.gold),
+        ]
         return [ring, *pads], body
 
     def led(self, u, v):
         """(footprint, body) of a red LED."""
         red = np.array([0.85, 0.12 + self.j(0.04), 0.1], F32)
-        return [self.circ(u, v, 0.034, self.silk, inner=0.028)], [self.circ(u, v, 0.026, red, "dome")]
+        return [self.circ(u, v, 0.034, self.silk, inner=0.028)], [
+            self.circ(u, v, 0.026, red, "dome")
+        ]
 
     def ic(self) -> list[_Part]:
         """A 12-pin chip: its pins, body and pin-1 dot."""
         icu, icv = -0.12 + self.j(0.008), -0.08 + self.j(0.008)
-        parts = [self.box(icu - 0.1 + k * 0.04, icv + s_ * 0.105, 0.009, 0.022, (0.72, 0.72, 0.74))
-                 for k in range(6) for s_ in (-1, 1)]
+        parts = [
+            self.box(icu - 0.1 + k * 0.04, icv + s_ * 0.105, 0.009, 0.022, (0.72, 0.72, 0.74))
+            for k in range(6)
+            for s_ in (-1, 1)
+        ]
         parts.append(self.box(icu, icv, 0.14, 0.09, (0.12, 0.12, 0.13), "flat", r=0.008))
         parts.append(self.circ(icu - 0.11, icv + 0.055, 0.01, (0.3, 0.3, 0.32)))
         return parts
@@ -572,12 +677,14 @@ def _obj_pcb(rng: np.random.Generator, S: int) -> _Scene:
     board = _Board(rng, S)
     parts = board.bare() + board.ic()
     j = board.j
-    comps = [board.resistor(0.21 + j(0.006), -0.20 + j(0.006), False),
-             board.resistor(0.21 + j(0.006), -0.02 + j(0.006), False),
-             board.resistor(-0.19 + j(0.006), 0.20 + j(0.006), True),
-             board.capacitor(0.24 + j(0.006), 0.18 + j(0.006), 0.06),
-             board.capacitor(0.02 + j(0.006), 0.14 + j(0.006), 0.05),
-             board.led(-0.30 + j(0.006), -0.12 + j(0.006))]
+    comps = [
+        board.resistor(0.21 + j(0.006), -0.20 + j(0.006), False),
+        board.resistor(0.21 + j(0.006), -0.02 + j(0.006), False),
+        board.resistor(-0.19 + j(0.006), 0.20 + j(0.006), True),
+        board.capacitor(0.24 + j(0.006), 0.18 + j(0.006), 0.06),
+        board.capacitor(0.02 + j(0.006), 0.14 + j(0.006), 0.05),
+        board.led(-0.30 + j(0.006), -0.12 + j(0.006)),
+    ]
     for footprint, body in comps:
         parts.extend(footprint)
     removable = []
@@ -585,7 +692,7 @@ def _obj_pcb(rng: np.random.Generator, S: int) -> _Scene:
         removable.append(list(range(len(parts), len(parts) + len(body))))
         parts.extend(body)
     extras = []
-    for (u, v) in [(-0.05, 0.30), (0.30, 0.33), (-0.02, -0.31)]:
+    for u, v in [(-0.05, 0.30), (0.30, 0.33), (-0.02, -0.31)]:
         fp, body = board.resistor(u + j(0.01), v + j(0.01), False)
         extras.append(fp + body)
     fp, body = board.capacitor(-0.09 + j(0.008), 0.245 + j(0.008), 0.042)
@@ -617,11 +724,15 @@ def _obj_capsule(rng: np.random.Generator, S: int) -> _Scene:
     ink = (0.18, 0.18, 0.22)
     n0 = len(parts)
     for k in range(3):
-        parts.append(_Part("circle", *at(L * (0.13 + 0.1 * k), hh * 0.1), ang, L * 0.028, color=ink))
+        parts.append(
+            _Part("circle", *at(L * (0.13 + 0.1 * k), hh * 0.1), ang, L * 0.028, color=ink)
+        )
     parts.append(_Part("box", *at(L * 0.23, -hh * 0.45), ang, L * 0.12, L * 0.014, L * 0.01, ink))
     removable = [list(range(n0, n0 + 3)), [n0 + 3]]
-    extras = [[_Part("circle", *at(-L * 0.2, hh * 0.1), ang, L * 0.028, color=(0.95, 0.9, 0.85))],
-              [_Part("box", *at(L * 0.23, hh * 0.6), ang, L * 0.12, L * 0.014, L * 0.01, ink)]]
+    extras = [
+        [_Part("circle", *at(-L * 0.2, hh * 0.1), ang, L * 0.028, color=(0.95, 0.9, 0.85))],
+        [_Part("box", *at(L * 0.23, hh * 0.6), ang, L * 0.12, L * 0.014, L * 0.01, ink)],
+    ]
     return _Scene(bg, parts, removable, extras)
 
 
@@ -646,12 +757,13 @@ _OBJECTS: dict[str, Callable] = {"bolt": _obj_bolt, "pcb": _obj_pcb, "capsule": 
 # structural defects (drawn on the clean float image, restricted to ``fg``)
 # ----------------------------------------------------------------------------
 
+
 def _pick_point(rng, fg, margin):
     S = fg.shape[0]
     m = fg > 0.99
     if margin > 0:
         mm = np.zeros_like(m)
-        mm[margin:S - margin, margin:S - margin] = m[margin:S - margin, margin:S - margin]
+        mm[margin : S - margin, margin : S - margin] = m[margin : S - margin, margin : S - margin]
         if mm.any():
             m = mm
     idx = np.flatnonzero(m)
@@ -669,7 +781,9 @@ def _blob(rng, S, cx, cy, r0, soft):
     th = np.arctan2(dy, dx)
     R = np.full_like(rho, F32(r0))
     for k in (2, 3, 4, 5):
-        R += F32(r0 * rng.uniform(0, 0.25) / math.sqrt(k - 1)) * np.cos(F32(k) * th + F32(rng.uniform(0, 2 * math.pi)))
+        R += F32(r0 * rng.uniform(0, 0.25) / math.sqrt(k - 1)) * np.cos(
+            F32(k) * th + F32(rng.uniform(0, 2 * math.pi))
+        )
     R = np.maximum(R, F32(0.3 * r0))
     if soft <= 1.0:
         return _coverage(rho - R), rho, R
@@ -689,7 +803,9 @@ def _defect_hole(rng, img, fg, S):
     a[a < 0.25] = 0
     local = _local_mean(img, a)
     depth = F32(rng.uniform(0.15, 0.3))
-    col = (local * depth)[None, None, :] * (F32(0.55) + F32(0.45) * np.clip(rho / R, 0, 1))[..., None]
+    col = (local * depth)[None, None, :] * (F32(0.55) + F32(0.45) * np.clip(rho / R, 0, 1))[
+        ..., None
+    ]
     return img * (F32(1) - a[..., None]) + col * a[..., None]
 
 
@@ -699,11 +815,17 @@ def _defect_stain(rng, img, fg, S):
     soft = max(1.5, 0.2 * r0)
     a, rho, R = _blob(rng, S, cx, cy, r0, soft)
     # mottled interior and a slightly darker dried rim ("coffee ring")
-    rim = np.exp(-((R - rho) / F32(soft)) ** 2)
+    rim = np.exp(-(((R - rho) / F32(soft)) ** 2))
     a = a * (F32(0.8) + F32(0.12) * _smooth_noise(rng, S, 10).clip(-1, 1) + F32(0.25) * rim)
     a = np.clip(a * F32(rng.uniform(0.85, 1.0)), 0, 1) * fg
     a[a < 0.2] = 0
-    tints = [(0.74, 0.56, 0.34), (0.56, 0.56, 0.62), (0.95, 0.62, 0.45), (0.58, 0.68, 0.95), (1.4, 1.32, 1.12)]
+    tints = [
+        (0.74, 0.56, 0.34),
+        (0.56, 0.56, 0.62),
+        (0.95, 0.62, 0.45),
+        (0.58, 0.68, 0.95),
+        (1.4, 1.32, 1.12),
+    ]
     tint = np.array(tints[int(rng.integers(0, len(tints)))], F32)
     # pixelwise: the surface stays visible through the stain
     stained = np.clip(img * tint, 0, 1)
@@ -723,8 +845,12 @@ def _defect_scratch(rng, img, fg, S):
     ss = 4
     width = max(1.0, rng.uniform(1.3, 2.5) * S / 256)
     canvas = Image.new("L", (S * ss, S * ss), 0)
-    ImageDraw.Draw(canvas).line([(float((a + 0.5) * ss), float((b + 0.5) * ss)) for a, b in zip(px, py)],
-                                fill=255, width=max(1, int(round(width * ss))), joint="curve")
+    ImageDraw.Draw(canvas).line(
+        [(float((a + 0.5) * ss), float((b + 0.5) * ss)) for a, b in zip(px, py)],
+        fill=255,
+        width=max(1, int(round(width * ss))),
+        joint="curve",
+    )
     a = np.asarray(canvas.resize((S, S), Image.BOX), dtype=F32) / F32(255)
     a = a * fg
     a[a < 0.3] = 0
@@ -738,20 +864,27 @@ def _defect_scratch(rng, img, fg, S):
 _STRUCTURAL = {"hole": _defect_hole, "stain": _defect_stain, "scratch": _defect_scratch}
 
 
-def draw_structural(kind: str, rng: np.random.Generator, img: np.ndarray, fg: np.ndarray | None = None) -> np.ndarray:
+def draw_structural(
+    kind: str, rng: np.random.Generator, img: np.ndarray, fg: np.ndarray | None = None
+) -> np.ndarray:
     """One structural defect (``hole`` | ``stain`` | ``scratch``) drawn on ``img`` (S, S, 3) float32 in [0, 1],
     inside the foreground weights ``fg`` (S, S) (None: anywhere). Returns the new float image."""
     S = img.shape[0]
     if img.shape[:2] != (S, S):
         raise ValueError(f"draw_structural needs a square image, got {img.shape}")
-    return _STRUCTURAL[kind](rng, img.astype(F32), np.ones((S, S), F32) if fg is None else fg.astype(F32), S)
+    return _STRUCTURAL[kind](
+        rng, img.astype(F32), np.ones((S, S), F32) if fg is None else fg.astype(F32), S
+    )
 
 
 # ----------------------------------------------------------------------------
 # one sample
 # ----------------------------------------------------------------------------
 
-def render_sample(category: str, rng: np.random.Generator, size: int = 256, defect: str | None = None):
+
+def render_sample(
+    category: str, rng: np.random.Generator, size: int = 256, defect: str | None = None
+):
     """Render one image of ``category`` from ``rng``.
 
     Returns ``(normal, defective, mask)``: ``normal`` is an ``(S, S, 3)`` uint8
@@ -767,7 +900,9 @@ def render_sample(category: str, rng: np.random.Generator, size: int = 256, defe
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose from {sorted(CATEGORIES)}")
     if defect is not None and defect not in DEFECTS[category]:
-        raise ValueError(f"category {category!r} has no defect {defect!r}; it has {DEFECTS[category]}")
+        raise ValueError(
+            f"category {category!r} has no defect {defect!r}; it has {DEFECTS[category]}"
+        )
     S = int(size)
     if category in _TEXTURES:
         clean = _TEXTURES[category](rng, S)
@@ -831,6 +966,7 @@ def _defective_twin(rng, category, defect, scene, clean, fg, normal, finish, S):
 # writing the data set
 # ----------------------------------------------------------------------------
 
+
 def _save_png(arr: np.ndarray, path: Path) -> None:
     # noisy images hardly compress; Huffman-only zlib is ~2x faster than the
     # default at the same file size
@@ -866,7 +1002,10 @@ def _jobs(root: Path, cfg: SyntheticConfig) -> list[tuple]:
             d.mkdir(parents=True, exist_ok=True)
             g.mkdir(parents=True, exist_ok=True)
             n = cfg.n_test_defect
-            jobs += [(cat, "test", kind, i, d / f"{_name(i, n)}.png", g / f"{_name(i, n)}_mask.png") for i in range(n)]
+            jobs += [
+                (cat, "test", kind, i, d / f"{_name(i, n)}.png", g / f"{_name(i, n)}_mask.png")
+                for i in range(n)
+            ]
     return jobs
 
 
@@ -908,7 +1047,9 @@ def _generated_paths(cfg: SyntheticConfig) -> set[str]:
     for cat in cfg.categories:
         paths |= {cat, f"{cat}/train", f"{cat}/test", f"{cat}/ground_truth"}
         for split, n in (("train", cfg.n_train), ("test", cfg.n_test_good)):
-            paths |= {f"{cat}/{split}/good"} | {f"{cat}/{split}/good/{_name(i, n)}.png" for i in range(n)}
+            paths |= {f"{cat}/{split}/good"} | {
+                f"{cat}/{split}/good/{_name(i, n)}.png" for i in range(n)
+            }
         for kind in DEFECTS[cat]:
             n = cfg.n_test_defect
             paths |= {f"{cat}/test/{kind}", f"{cat}/ground_truth/{kind}"}
@@ -925,25 +1066,33 @@ def check_replaceable(out: Path) -> None:
     out = Path(out)
     fix = "move it away or choose another --out; --force replaces only a synthetic set"
     if out.is_symlink() or not out.is_dir():
-        raise SyntheticDatasetError(f"--force refused: {out} is {ownership.describe(out)}, not a synthetic data "
-                                    f"set: {fix}")
+        raise SyntheticDatasetError(
+            f"--force refused: {out} is {ownership.describe(out)}, not a synthetic data set: {fix}"
+        )
     man = ownership.read_json(out / MANIFEST_NAME)
     if not ownership.is_synthetic_manifest(man):
-        raise SyntheticDatasetError(f"--force refused: {out} is {ownership.describe(out)}, with no {MANIFEST_NAME} "
-                                    f"written by this generator (its marker): it is not a synthetic set, and "
-                                    f"--force never deletes other data: {fix}")
+        raise SyntheticDatasetError(
+            f"--force refused: {out} is {ownership.describe(out)}, with no {MANIFEST_NAME} "
+            f"written by this generator (its marker): it is not a synthetic set, and "
+            f"--force never deletes other data: {fix}"
+        )
     try:
         made = SyntheticConfig(**man["config"])
     except (TypeError, ValueError) as err:
-        raise SyntheticDatasetError(f"--force refused: {out / MANIFEST_NAME} records unreadable settings ({err}), "
-                                    f"so the generator's files cannot be told from others: {fix}") from None
+        raise SyntheticDatasetError(
+            f"--force refused: {out / MANIFEST_NAME} records unreadable settings ({err}), "
+            f"so the generator's files cannot be told from others: {fix}"
+        ) from None
     allowed = _generated_paths(made)
-    other = ownership.foreign_entries(out, lambda rel, is_dir: rel in allowed
-                                      and is_dir != rel.endswith((".png", ".json")))
+    other = ownership.foreign_entries(
+        out, lambda rel, is_dir: rel in allowed and is_dir != rel.endswith((".png", ".json"))
+    )
     if other:
-        raise SyntheticDatasetError(f"--force refused: the synthetic set {out} also holds "
-                                    f"{ownership.listing(other)}, which the generator did not write; replacing "
-                                    f"the set would delete them: move them away, or choose another --out")
+        raise SyntheticDatasetError(
+            f"--force refused: the synthetic set {out} also holds "
+            f"{ownership.listing(other)}, which the generator did not write; replacing "
+            f"the set would delete them: move them away, or choose another --out"
+        )
 
 
 def _check_existing(out: Path, cfg: SyntheticConfig) -> str | None:
@@ -958,13 +1107,21 @@ def _check_existing(out: Path, cfg: SyntheticConfig) -> str | None:
     except (OSError, ValueError) as e:
         return f"its {MANIFEST_NAME} is unreadable ({e})"
     if not isinstance(man, dict):
-        return f"its {MANIFEST_NAME} holds a JSON {type(man).__name__}, not the generator's manifest"
+        return (
+            f"its {MANIFEST_NAME} holds a JSON {type(man).__name__}, not the generator's manifest"
+        )
     if man.get("generator_version") != GENERATOR_VERSION:
-        return (f"it was made by generator version {man.get('generator_version')}, "
-                f"this is version {GENERATOR_VERSION}")
+        return (
+            f"it was made by generator version {man.get('generator_version')}, "
+            f"this is version {GENERATOR_VERSION}"
+        )
     if man.get("config") != cfg.to_json():
         saved, want = man.get("config") or {}, cfg.to_json()
-        diff = [f"{k}: made with {saved.get(k)!r}, asked {want.get(k)!r}" for k in want if saved.get(k) != want.get(k)]
+        diff = [
+            f"{k}: made with {saved.get(k)!r}, asked {want.get(k)!r}"
+            for k in want
+            if saved.get(k) != want.get(k)
+        ]
         return f"it was generated with other settings ({'; '.join(diff) or saved})"
     for cat, counts in _expected_counts(cfg).items():
         for rel, n in counts.items():
@@ -974,8 +1131,14 @@ def _check_existing(out: Path, cfg: SyntheticConfig) -> str | None:
     return None
 
 
-def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = False, workers: int | None = None,
-                   **overrides) -> Path:
+def make_synthetic(
+    out,
+    cfg: SyntheticConfig | None = None,
+    *,
+    force: bool = False,
+    workers: int | None = None,
+    **overrides,
+) -> Path:
     """Generate the synthetic set into ``out`` (MVTec AD layout) and return ``Path(out)``.
 
     ``overrides`` replace fields of ``cfg`` (default ``SyntheticConfig()``), e.g.
@@ -1002,7 +1165,8 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
             raise SyntheticDatasetError(
                 f"synthetic data folder {out} already exists but cannot be reused: {problem}. "
                 f"Use another --out, or regenerate it with --force (make_synthetic(..., force=True)), which "
-                f"replaces the folder (a synthetic set only)")
+                f"replaces the folder (a synthetic set only)"
+            )
         check_replaceable(out)  # before generating: a refusal costs nothing
     with staging_folder(out) as tmp:
         _generate(tmp, cfg, workers if workers is not None else min(4, os.cpu_count() or 1))
@@ -1025,8 +1189,10 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
             problem = _check_existing(old, cfg)
             if problem is None:
                 return False
-            raise SyntheticDatasetError(f"synthetic data folder {old} appeared while this set was drawn and cannot "
-                                        f"be reused: {problem}. Use another --out, or --force")
+            raise SyntheticDatasetError(
+                f"synthetic data folder {old} appeared while this set was drawn and cannot "
+                f"be reused: {problem}. Use another --out, or --force"
+            )
 
         install_folder(tmp, out, replace)
     return out
@@ -1035,6 +1201,7 @@ def make_synthetic(out, cfg: SyntheticConfig | None = None, *, force: bool = Fal
 # ----------------------------------------------------------------------------
 # "is it hard enough" check
 # ----------------------------------------------------------------------------
+
 
 def _load(path: Path) -> np.ndarray:
     with Image.open(path) as im:

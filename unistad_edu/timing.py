@@ -2,6 +2,7 @@
 that survives a shared, noisy machine, so every benchmark times its candidates **interleaved** (a, b, a, b, ...)
 and reports medians.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -16,7 +17,9 @@ def rate(fn: Callable[[], object], n_items: int) -> float:
     return n_items / (time.perf_counter() - t)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], n_items: int, repeats: int) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], n_items: int, repeats: int
+) -> dict[str, float]:
     """Items/s of each fn, median of ``repeats`` interleaved rounds (after one warm-up call each)."""
     for fn in fns.values():
         fn()

@@ -16,6 +16,7 @@ questions, two tools:
 The functions take plain arrays; ``metrics.json`` holds no per-image scores, so lessons and reports call
 them on the scores of ``inference.score_dataset``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -41,7 +42,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     ends = np.r_[starts[1:], len(values)]
     for s, e in zip(starts, ends):
         ranks[order[s:e]] = (s + e + 1) / 2.0
-    u = ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2.0
+    u = ranks[len(neg) :].sum() - len(pos) * (len(pos) + 1) / 2.0
     return float(u / (len(pos) * len(neg)))
 
 
@@ -58,7 +59,9 @@ class Interval:
         return f"{100 * self.value:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
-def bootstrap_auroc(labels, scores, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+def bootstrap_auroc(
+    labels, scores, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> Interval:
     """The image AUROC of ``scores`` (higher = more anomalous) against ``labels`` (1 = defective) with a
     stratified percentile bootstrap interval (module docstring): ``n_boot`` resamples, seeded."""
     labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
@@ -96,8 +99,10 @@ class PairedComparison:
     p_sign_flip: float
 
     def __str__(self) -> str:
-        return (f"A - B = {self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] over {len(self.differences)} "
-                f"seeds (paired t p = {self.p_t:.3f}, sign-flip p = {self.p_sign_flip:.3f})")
+        return (
+            f"A - B = {self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] over {len(self.differences)} "
+            f"seeds (paired t p = {self.p_t:.3f}, sign-flip p = {self.p_sign_flip:.3f})"
+        )
 
 
 def paired_seeds(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedComparison:
@@ -106,7 +111,9 @@ def paired_seeds(a: Sequence[float], b: Sequence[float], level: float = 0.95) ->
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"a and b must be paired lists of the same length, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"a and b must be paired lists of the same length, got {a.shape} and {b.shape}"
+        )
     if len(a) < 2:
         raise ValueError("a paired comparison needs at least 2 seeds")
     d = a - b
@@ -114,7 +121,10 @@ def paired_seeds(a: Sequence[float], b: Sequence[float], level: float = 0.95) ->
     q = float(stats.t.ppf(0.5 + level / 2, n - 1))
     half = q * sd / math.sqrt(n)
     if sd == 0:
-        t, p_t = (math.inf if mean > 0 else -math.inf if mean < 0 else 0.0), (0.0 if mean != 0 else 1.0)
+        t, p_t = (
+            (math.inf if mean > 0 else -math.inf if mean < 0 else 0.0),
+            (0.0 if mean != 0 else 1.0),
+        )
     else:
         t = mean / (sd / math.sqrt(n))
         p_t = float(2 * stats.t.sf(abs(t), n - 1))
@@ -124,5 +134,6 @@ def paired_seeds(a: Sequence[float], b: Sequence[float], level: float = 0.95) ->
         raise ValueError("the exact sign-flip test enumerates 2^n sign patterns: at most 16 seeds")
     means = (flips * np.abs(d)).mean(axis=1)
     p_flip = float(np.mean(np.abs(means) >= abs(mean) - 1e-12))
-    return PairedComparison(tuple(float(x) for x in d), mean, mean - half, mean + half, level, float(t), p_t,
-                            p_flip)
+    return PairedComparison(
+        tuple(float(x) for x in d), mean, mean - half, mean + half, level, float(t), p_t, p_flip
+    )

@@ -27,6 +27,7 @@ claiming a detection rate.
 ``python -m unistad_edu data validation --data ROOT --out OUT`` builds it; then ``train --data OUT`` and
 ``eval --run RUN`` on it, for every choice compared.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,11 +62,13 @@ def cut_paste(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
         if abs(y1 - y0) >= h / 2 or abs(x1 - x0) >= w / 2:
             break
     out = img.copy()
-    out[y1:y1 + h, x1:x1 + w] = img[y0:y0 + h, x0:x0 + w]
+    out[y1 : y1 + h, x1 : x1 + w] = img[y0 : y0 + h, x0 : x0 + w]
     return out
 
 
-def draw_defect(kind: str, rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def draw_defect(
+    kind: str, rng: np.random.Generator, image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic defect of ``kind`` on ``image`` (S, S, 3) uint8. Returns ``(defective uint8, mask bool)``;
     the mask is exactly the pixels whose 8-bit value changed (empty if the draw changed nothing)."""
     from .synthetic import draw_structural
@@ -76,7 +79,9 @@ def draw_defect(kind: str, rng: np.random.Generator, image: np.ndarray) -> tuple
     if kind == "cutpaste":
         out = cut_paste(rng, img)
     else:
-        out = draw_structural("hole" if kind == "blob" else kind, rng, img)  # anywhere in a photograph
+        out = draw_structural(
+            "hole" if kind == "blob" else kind, rng, img
+        )  # anywhere in a photograph
     out8 = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
     return out8, np.any(out8 != image, axis=2)
 
@@ -87,7 +92,11 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
 
 #: what each split of a category holds: its sub-folders, and the suffix of the files in them
-_LAYOUT = {"train": (("good",), ".png"), "test": (("good", *KINDS), ".png"), "ground_truth": (KINDS, "_mask.png")}
+_LAYOUT = {
+    "train": (("good",), ".png"),
+    "test": (("good", *KINDS), ".png"),
+    "ground_truth": (KINDS, "_mask.png"),
+}
 
 
 def _in_category(rel: str, is_dir: bool) -> bool:
@@ -111,7 +120,7 @@ def _written(rel: str, is_dir: bool, categories) -> bool:
         if rel == cat or cat.startswith(rel + "/"):
             return is_dir  # the category's folder, or a folder above it
         if rel.startswith(cat + "/"):
-            return _in_category(rel[len(cat) + 1:], is_dir)
+            return _in_category(rel[len(cat) + 1 :], is_dir)
     return False
 
 
@@ -123,25 +132,46 @@ def check_replaceable(out: Path) -> None:
     fix = "move it away or choose another --out; --force replaces only a validation set"
     man = ownership.read_json(out / MANIFEST) if out.is_dir() and not out.is_symlink() else None
     if not ownership.is_validation_manifest(man):
-        raise FileExistsError(f"--force refused: {out} is {ownership.describe(out)}, not a validation set (no "
-                              f"{MANIFEST} written by this package): {fix}")
+        raise FileExistsError(
+            f"--force refused: {out} is {ownership.describe(out)}, not a validation set (no "
+            f"{MANIFEST} written by this package): {fix}"
+        )
     cats = [str(c) for c in man["counts"]]
     other = ownership.foreign_entries(out, lambda rel, is_dir: _written(rel, is_dir, cats))
     if other:
-        raise FileExistsError(f"--force refused: the validation set {out} also holds {ownership.listing(other)}, "
-                              f"which this package did not write; replacing it would delete them: {fix}")
+        raise FileExistsError(
+            f"--force refused: the validation set {out} also holds {ownership.listing(other)}, "
+            f"which this package did not write; replacing it would delete them: {fix}"
+        )
 
 
-def make_validation(data_root, out, size: int = 256, seed: int = 0, kinds=KINDS, fraction: float = 0.1,
-                    min_tail: int = 10, categories=None, force: bool = False) -> Path:
+def make_validation(
+    data_root,
+    out,
+    size: int = 256,
+    seed: int = 0,
+    kinds=KINDS,
+    fraction: float = 0.1,
+    min_tail: int = 10,
+    categories=None,
+    force: bool = False,
+) -> Path:
     """Build the validation set of ``data_root`` (any MVTec-layout folder; only ``train/good`` is read) into
     ``out`` (see the module docstring). Reuses ``out`` when its manifest says it was made the same way; refuses
     another existing folder unless ``force``. Returns ``out``."""
     out = Path(out)
     kinds = tuple(kinds)
     train = MVTecDataset(data_root, "train", categories=categories, image_size=size)
-    spec = {"version": VERSION, "data_root": str(Path(data_root).resolve()), "size": int(size), "seed": int(seed),
-            "kinds": list(kinds), "fraction": fraction, "min_tail": int(min_tail), "categories": train.categories}
+    spec = {
+        "version": VERSION,
+        "data_root": str(Path(data_root).resolve()),
+        "size": int(size),
+        "seed": int(seed),
+        "kinds": list(kinds),
+        "fraction": fraction,
+        "min_tail": int(min_tail),
+        "categories": train.categories,
+    }
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
@@ -152,8 +182,10 @@ def make_validation(data_root, out, size: int = 256, seed: int = 0, kinds=KINDS,
             return out
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         if not force:
-            raise FileExistsError(f"{out} exists and is not this validation set: pass force=True (--force) to "
-                                  f"replace it, or choose another --out")
+            raise FileExistsError(
+                f"{out} exists and is not this validation set: pass force=True (--force) to "
+                f"replace it, or choose another --out"
+            )
         check_replaceable(out)
         shutil.rmtree(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -161,22 +193,31 @@ def make_validation(data_root, out, size: int = 256, seed: int = 0, kinds=KINDS,
     keep, held = holdout_split(train, fraction, seed=seed, min_tail=min_tail)
     counts = {}
     for r in keep.records:
-        _save_png(load_image(r.path, size), tmp / r.category / "train" / "good" / f"{r.path.stem}.png")
+        _save_png(
+            load_image(r.path, size), tmp / r.category / "train" / "good" / f"{r.path.stem}.png"
+        )
     rng = np.random.default_rng(seed)
     for r in held.records:
         image = load_image(r.path, size)
         name = f"{r.path.stem}.png"
         _save_png(image, tmp / r.category / "test" / "good" / name)
         for kind in kinds:
-            for _ in range(10):  # a draw that changed no pixel (a blob on a black corner) is drawn again
+            for _ in range(
+                10
+            ):  # a draw that changed no pixel (a blob on a black corner) is drawn again
                 bad, mask = draw_defect(kind, rng, image)
                 if mask.any():
                     break
             _save_png(bad, tmp / r.category / "test" / kind / name)
-            _save_png(mask.astype(np.uint8) * 255, tmp / r.category / "ground_truth" / kind / f"{r.path.stem}_mask.png")
+            _save_png(
+                mask.astype(np.uint8) * 255,
+                tmp / r.category / "ground_truth" / kind / f"{r.path.stem}_mask.png",
+            )
     for cat in train.categories:
-        counts[cat] = {"train": sum(r.category == cat for r in keep.records),
-                       "held_out": sum(r.category == cat for r in held.records)}
+        counts[cat] = {
+            "train": sum(r.category == cat for r in keep.records),
+            "held_out": sum(r.category == cat for r in held.records),
+        }
     atomic_write_text(tmp / MANIFEST, json.dumps({"spec": spec, "counts": counts}, indent=2) + "\n")
     if out.exists():
         out.rmdir()  # empty (checked above)

@@ -1,4 +1,5 @@
 """Lesson 00 -- the data. Cells for ``notebooks/00_the_data.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -189,7 +190,7 @@ viz.image_browser([viz.as_uint8(s["image"]) for s in samples], masks=[s["mask"] 
 2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/00_the_data.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'binarise and resize a mask',
+        "binarise and resize a mask",
         task=r"""
 A ground-truth mask PNG is 8-bit grey: write `my_load_mask(path, size)` that returns a (size, size) uint8
 array of 0 and 1 the way the package reads such masks (`data.load_mask`, which also reads label maps and
@@ -231,9 +232,10 @@ _mask_png = Path(tempfile.mkdtemp()) / "mask.png"
 Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 31), dtype=np.uint8)).save(_mask_png)
 check("Exercise 1 (mask)", lambda: my_load_mask(_mask_png, 16), lambda: load_mask(_mask_png, 16), hint={hint})
 """,
-        hint='Which comes first, the threshold or the resize? And which resampling filter can never invent a grey value between 0 and 1?'),
+        hint="Which comes first, the threshold or the resize? And which resampling filter can never invent a grey value between 0 and 1?",
+    ),
     exercise(
-        'the one resize every loader uses',
+        "the one resize every loader uses",
         task=r"""
 Every loader, `inference.predict` and the demo resize images with the same function, `data.resize_rgb`, so they
 all score the same pixels. Write `my_resize(arr, size)`: an (H, W, 3) uint8 array to (size, size, 3) uint8 with
@@ -265,7 +267,8 @@ from unistad_edu.data import resize_rgb
 _rgb = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
 check("Exercise 2 (resize)", lambda: my_resize(_rgb, 24), lambda: resize_rgb(_rgb, 24), hint={hint}, atol=0.5)
 """,
-        hint='Let Pillow do it: make an image from the array, resize it with the bilinear filter, and turn it back into an array. Mind the order Pillow wants the two sides in.'),
+        hint="Let Pillow do it: make an image from the array, resize it with the bilinear filter, and turn it back into an array. Mind the order Pillow wants the two sides in.",
+    ),
     md(r"""
 ## Check yourself
 

@@ -1,4 +1,5 @@
 """Lesson 01 -- the frozen teacher. Cells for ``notebooks/01_the_frozen_teacher.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -193,7 +194,7 @@ print(f"evaluated on {len(x_eval_cat)} held-out test images, {len(sets['test def
 2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/01_the_frozen_teacher.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'normalise like the teacher',
+        "normalise like the teacher",
         task=r"""
 The teacher sees images in [0, 1] normalised per colour channel: `(x - mean) / std` with the mean and std of
 its pretraining (`teacher.normalization`). Write `my_normalize(x, mean, std)` for a batch x (B, 3, H, W); mean
@@ -228,9 +229,10 @@ _n = _t.normalization
 check("Exercise 1 (normalise)", lambda: my_normalize(_x, _n["mean"], _n["std"]), lambda: _t.normalize(_x),
       hint={hint})
 """,
-        hint='mean and std hold one number per colour channel: give them a shape that broadcasts over the batch and over every pixel'),
+        hint="mean and std hold one number per colour channel: give them a shape that broadcasts over the batch and over every pixel",
+    ),
     exercise(
-        'one vector per image',
+        "one vector per image",
         task=r"""
 Section 3 gave every image one vector by averaging **every** level over its positions and concatenating
 them. The teacher's own image embedding (`load_teacher(embedding=True)`, its `"cls"` output) is simpler: the
@@ -257,7 +259,8 @@ with torch.no_grad():
     _f = _te(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
 check("Exercise 2 (embedding)", lambda: my_embedding(_f[_te.layer_names[-1]]), lambda: _f["cls"], hint={hint})
 """,
-        hint='average the deepest level over its two spatial dimensions, keeping the batch and the channels'),
+        hint="average the deepest level over its two spatial dimensions, keeping the batch and the channels",
+    ),
     md(r"""
 How to read the table honestly: the products in this data set look very different (a grey commutator, a
 brown cookie, a green juice bottle…), so even the **mean colour** classifies most images correctly — the

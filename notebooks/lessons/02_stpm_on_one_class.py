@@ -1,4 +1,5 @@
 """Lesson 02 -- STPM on one class. Cells for ``notebooks/02_stpm_on_one_class.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -227,9 +228,10 @@ _t, _s = torch.randn(2, 8, 5, 5, generator=_g), torch.randn(2, 8, 5, 5, generato
 check("Exercise 1 (level map)", lambda: my_level_map(_t, _s),
       lambda: pyramid_maps({"l": _t}, {"l": _s}, ["l"])["l"], hint={hint})
 """,
-        hint='normalise each position\'s vector over the channels, then sum the squared difference over the channels without losing that dimension'),
+        hint="normalise each position's vector over the channels, then sum the squared difference over the channels without losing that dimension",
+    ),
     exercise(
-        'from level maps to an image score',
+        "from level maps to an image score",
         task=r"""
 The shared scoring path turns per-level maps into one map and one number: upsample every level to the image
 size (bilinear, `align_corners=False`), **multiply** them, blur with a Gaussian of sigma 4 px
@@ -271,7 +273,8 @@ _maps = {"a": torch.rand(2, 1, 8, 8, generator=_g), "b": torch.rand(2, 1, 4, 4, 
 check("Exercise 2 (image score)", lambda: my_image_score(_maps, 32),
       lambda: score(_maps, 32, ScoringConfig()).pred_score, hint={hint})
 """,
-        hint='three steps: combine the upsampled levels by a product, blur, then take each image\'s largest value'),
+        hint="three steps: combine the upsampled levels by a product, blur, then take each image's largest value",
+    ),
     md(r"""
 ## Check yourself
 

@@ -1,4 +1,5 @@
 """Lesson 03 -- cross-class interference. Cells for ``notebooks/03_cross_class_interference.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -319,7 +320,7 @@ explorer
 2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/03_cross_class_interference.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'one threshold, many products: the false-alarm rate',
+        "one threshold, many products: the false-alarm rate",
         task=r"""
 A unified model has **one** threshold for every category. Write `my_false_alarms(scores, labels, categories,
 threshold)` -> `{category: rate}`: for each category, the fraction of its **normal** images (label 0) whose
@@ -357,9 +358,10 @@ _c = np.array(["bottle", "cookie"] * 20)
 check("Exercise 1 (false alarms)", lambda: my_false_alarms(_s, _y, _c, 0.7),
       lambda: {k: v["rate"] for k, v in false_alarm_rates(_s, _y, _c, 0.7)["categories"].items()}, hint={hint})
 """,
-        hint='a false alarm is a normal image of that product whose score is above the threshold: count those among its normal images'),
+        hint="a false alarm is a normal image of that product whose score is above the threshold: count those among its normal images",
+    ),
     exercise(
-        'the per-category table from one list of scores',
+        "the per-category table from one list of scores",
         task=r"""
 The unified model scores all test images in one list. Write `my_auroc_per_category(scores, labels,
 categories)` -> `{category: I-AUROC}`, each category's AUROC computed on its own images only (use
@@ -397,7 +399,8 @@ _c = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 10)
 check("Exercise 2 (AUROC per category)", lambda: my_auroc_per_category(_s, _y, _c),
       lambda: {k: auroc(_s[_c == k], _y[_c == k]) for k in ("a", "b", "c")}, hint={hint})
 """,
-        hint='select one category\'s images, then use scikit-learn\'s AUROC on them; read its signature for which argument comes first'),
+        hint="select one category's images, then use scikit-learn's AUROC on them; read its signature for which argument comes first",
+    ),
     md(r"""
 ## Check yourself
 

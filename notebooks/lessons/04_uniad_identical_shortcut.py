@@ -1,5 +1,6 @@
 """Lesson 04 -- the identical shortcut and UniAD's three remedies. Cells for
 ``notebooks/04_uniad_identical_shortcut.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -405,9 +406,10 @@ from unistad_edu.layers import neighbor_mask
 
 check("Exercise 1 (neighbour mask)", lambda: my_neighbor_mask(5, 6, 3), lambda: neighbor_mask(5, 6, 3), hint={hint})
 """,
-        hint='give every token its row and column (row-major order), then compare every pair of tokens at once by broadcasting'),
+        hint="give every token its row and column (row-major order), then compare every pair of tokens at once by broadcasting",
+    ),
     exercise(
-        'from a boolean mask to an attention mask',
+        "from a boolean mask to an attention mask",
         task=r"""
 Attention adds the mask to its logits before the softmax. Write `my_additive_mask(mask)`: a bool mask
 (True = hidden) -> float32 with `-inf` where hidden and `0` elsewhere.
@@ -436,7 +438,8 @@ from unistad_edu.layers import additive_mask, neighbor_mask
 _m = neighbor_mask(4, 4, 3)
 check("Exercise 2 (additive mask)", lambda: my_additive_mask(_m), lambda: additive_mask(_m), hint={hint})
 """,
-        hint='attention adds the mask to its scores before the softmax: what value makes a hidden place get exactly zero weight, and what value leaves a visible one alone?'),
+        hint="attention adds the mask to its scores before the softmax: what value makes a hidden place get exactly zero weight, and what value leaves a visible one alone?",
+    ),
     md(r"""
 ## Check yourself
 

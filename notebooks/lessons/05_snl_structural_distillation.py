@@ -1,5 +1,6 @@
 """Lesson 05 -- SNL: structural distillation on top of reverse distillation. Cells for
 ``notebooks/05_snl_structural_distillation.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -352,7 +353,7 @@ viz.threshold_unit_grid(test, show, {"RD": (out_rd, fit_rd.threshold), "SNL": (o
 3 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/05_snl_structural_distillation.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'the intra-affinity matrix',
+        "the intra-affinity matrix",
         task=r"""
 SNL's intra-affinity term compares, within one level, how similar every pair of **positions** is. Write
 `my_position_affinity(f)`: (B, C, h, w) -> (B, N, N), N = h w, the cosine similarity of the channel vectors of
@@ -383,9 +384,10 @@ from unistad_edu.methods.snl import position_affinity
 _f = torch.randn(2, 6, 3, 4, generator=torch.Generator().manual_seed(0))
 check("Exercise 1 (intra-affinity)", lambda: my_position_affinity(_f), lambda: position_affinity(_f), hint={hint})
 """,
-        hint='flatten the positions, make every position\'s channel vector unit length, then one batched matrix product gives every pair\'s cosine'),
+        hint="flatten the positions, make every position's channel vector unit length, then one batched matrix product gives every pair's cosine",
+    ),
     exercise(
-        'the spatial half of spatial-channel distillation',
+        "the spatial half of spatial-channel distillation",
         task=r"""
 Write `my_channel_distance(t, s)`: (B, C, h, w) x 2 -> (B, C), for each channel the cosine **distance**
 (1 - cosine similarity) between the teacher's and the student's map of that channel, each map taken as one
@@ -417,9 +419,10 @@ _t, _s = torch.randn(2, 5, 4, 4, generator=_g), torch.randn(2, 5, 4, 4, generato
 check("Exercise 2 (channel distance)", lambda: my_channel_distance(_t, _s),
       lambda: channel_cosine_distance(_t, _s), hint={hint})
 """,
-        hint='this time each channel is a vector over the positions: compare teacher and student channel by channel'),
+        hint="this time each channel is a vector over the positions: compare teacher and student channel by channel",
+    ),
     exercise(
-        'channels across scales: the inter-affinity',
+        "channels across scales: the inter-affinity",
         task=r"""
 Write `my_cross_level(fine, coarse)`: (B, Ca, ha, wa), (B, Cb, hb, wb) -> (B, Ca, Cb). Average-pool the
 finer level onto the coarser grid (`F.adaptive_avg_pool2d`), then the cosine similarity of every channel map of
@@ -454,7 +457,8 @@ _fine, _coarse = torch.randn(2, 4, 8, 8, generator=_g), torch.randn(2, 6, 4, 4, 
 check("Exercise 3 (inter-affinity)", lambda: my_cross_level(_fine, _coarse),
       lambda: cross_level_affinity(_fine, _coarse), hint={hint})
 """,
-        hint='each channel is a vector over positions: make those unit length, then one matrix product pairs every fine channel with every coarse one'),
+        hint="each channel is a vector over positions: make those unit length, then one matrix product pairs every fine channel with every coarse one",
+    ),
     md(r"""
 Do not read a winner off this table. In quick mode both students train for a couple of hundred steps on a
 few dozen images per category, SNL's capacity is split over five terms, and with ~40 test images per

@@ -1,5 +1,6 @@
 """Lesson 06 -- the enhanced STPM: a second teacher-student pair and six anomaly maps. Cells for
 ``notebooks/06_enhanced_stpm.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -378,9 +379,10 @@ _g = torch.Generator().manual_seed(0)
 _maps = [torch.rand(2, 1, 16, 16, generator=_g), torch.rand(2, 1, 8, 8, generator=_g), torch.rand(2, 1, 4, 4, generator=_g)]
 check("Exercise 1 (pair product)", lambda: my_pair_product(_maps), lambda: EnhancedSTPM.pair_product(_maps), hint={hint})
 """,
-        hint='bring every map to the finest grid first: which of the maps has it?'),
+        hint="bring every map to the finest grid first: which of the maps has it?",
+    ),
     exercise(
-        'a combination rule',
+        "a combination rule",
         task=r"""
 Section 5 switched how the six maps become one. Write `my_fuse(maps, size, rule)` for `rule` "sum" or
 "mean": upsample every map of the dict to (size, size) (bilinear, `align_corners=False`) and add them, or
@@ -417,7 +419,8 @@ check("Exercise 2 (fuse)", lambda: (my_fuse(_maps, 16, "sum"), my_fuse(_maps, 16
       lambda: tuple(score(_maps, 16, ScoringConfig(fuse=r, blur_sigma=0)).anomaly_map for r in ("sum", "mean")),
       hint={hint})
 """,
-        hint='upsample the maps to one grid, then combine them across maps the way the rule\'s name says'),
+        hint="upsample the maps to one grid, then combine them across maps the way the rule's name says",
+    ),
     md(r"""
 ## Check yourself
 

@@ -1,5 +1,6 @@
 """Lesson 07 -- UniSTAD: a teacher and two context students; anomalies are broken consistencies. Cells for
 ``notebooks/07_unistad_triple_tower.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -372,7 +373,7 @@ viz.run_switcher({n: [outputs[n]["maps"][i] for i in browse] for n in outputs},
 2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/07_unistad_triple_tower.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'what the local student may see',
+        "what the local student may see",
         task=r"""
 UniSTAD's local student attends **only** inside a k x k window around each token, and not to the token
 itself. Write `my_local_mask(h, w, k)` -> (h w, h w) bool, True (hidden) everywhere except the window around
@@ -401,9 +402,10 @@ from unistad_edu.layers import local_mask
 
 check("Exercise 1 (local mask)", lambda: my_local_mask(4, 5, 3), lambda: local_mask(4, 5, 3), hint={hint})
 """,
-        hint='a token is hidden when it lies outside the window -- and the token itself is hidden too, even though it is inside'),
+        hint="a token is hidden when it lies outside the window -- and the token itself is hidden too, even though it is inside",
+    ),
     exercise(
-        'the refinement: a random walk',
+        "the refinement: a random walk",
         task=r"""
 The untrained refinement spreads scores along a row-stochastic matrix P: `m <- alpha P m + (1 - alpha) m0`,
 `steps` times, from the map m0. Write `my_propagate(score_map, P, steps, alpha)`: score_map (B, 1, h, w),
@@ -434,7 +436,8 @@ _m = torch.rand(2, 1, 3, 4, generator=_g)
 _P = torch.rand(2, 12, 12, generator=_g).softmax(dim=-1)   # rows sum to 1
 check("Exercise 2 (propagate)", lambda: my_propagate(_m, _P, 3, 0.5), lambda: propagate(_m, _P, 3, 0.5), hint={hint})
 """,
-        hint='keep m0 fixed: every step mixes the propagated map with the *original* map, not the previous one'),
+        hint="keep m0 fixed: every step mixes the propagated map with the *original* map, not the previous one",
+    ),
     md(r"""
 ## Check yourself
 

@@ -1,5 +1,6 @@
 """Lesson 08 -- two heterogeneous students joined by a Noisy-OR. Cells for
 ``notebooks/08_dual_students_noisy_or.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -300,7 +301,7 @@ viz.image_grid(tiles, titles, cols=3, title="top row: the semantic student's cat
 3 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/08_dual_students_noisy_or.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'Noisy-OR',
+        "Noisy-OR",
         task=r"""
 Two detectors fire independently with probabilities p1 and p2; the image is anomalous if **any** fires.
 Write `my_noisy_or(p1, p2)` -> P(anomaly).
@@ -324,9 +325,10 @@ _g = torch.Generator().manual_seed(0)
 _p1, _p2 = torch.rand(10, generator=_g), torch.rand(10, generator=_g)
 check("Exercise 1 (Noisy-OR)", lambda: my_noisy_or(_p1, _p2), lambda: noisy_or(_p1, _p2), hint={hint})
 """,
-        hint='the alarm stays silent only if neither branch fires: what is the chance of that when they fire independently?'),
+        hint="the alarm stays silent only if neither branch fires: what is the chance of that when they fire independently?",
+    ),
     exercise(
-        'scores on a common scale',
+        "scores on a common scale",
         task=r"""
 Before two scores can be combined each is put on a common scale by a location and a scale measured on
 **normal** images (for `sum`: their mean and std; for the Noisy-OR: the offset and temperature of section 2).
@@ -357,7 +359,8 @@ _sc = {"map": torch.rand(6, generator=_g), "semantic": torch.rand(6, generator=_
 _cal = {"map": (0.4, 0.1), "semantic": (0.2, 0.05)}
 check("Exercise 2 (standardise)", lambda: my_standardize(_sc, _cal), lambda: standardize(_sc, _cal), hint={hint})
 """,
-        hint='a score with no calibration entry must come out unchanged: which offset and temperature do nothing?'),
+        hint="a score with no calibration entry must come out unchanged: which offset and temperature do nothing?",
+    ),
     exercise(
         "the semantic student's distance",
         task=r"""
@@ -390,7 +393,8 @@ _t, _s = torch.randn(3, 4, 5, 5, generator=_g), torch.randn(3, 4, 5, 5, generato
 check("Exercise 3 (global distance)", lambda: my_global_distance(_t, _s), lambda: global_cosine_distance(_t, _s),
       hint={hint})
 """,
-        hint='one vector per image: flatten everything but the batch, then compare teacher and student vectors image by image'),
+        hint="one vector per image: flatten everything but the batch, then compare teacher and student vectors image by image",
+    ),
     md(r"""
 ## Check yourself
 

@@ -1,5 +1,6 @@
 """Lesson 09 -- the metrics explained, and a threshold from normal images only. Cells for
 ``notebooks/09_metrics_explained.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -370,7 +371,7 @@ viz.threshold_explorer(scores, labels, cats, threshold=threshold,
 2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/09_metrics_explained.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'I-AUROC by counting pairs',
+        "I-AUROC by counting pairs",
         task=r"""
 AUROC is the probability that a random anomalous image scores higher than a random normal one (ties count
 half). Write `my_auroc(scores, labels)` by comparing **every** (anomalous, normal) pair — no sklearn.
@@ -403,9 +404,10 @@ _y = _rng.integers(0, 2, 50)
 _s = np.round(_rng.random(50) + 0.4 * _y, 1)   # rounded: there are ties
 check("Exercise 1 (AUROC)", lambda: my_auroc(_s, _y), lambda: auroc(_s, _y), hint={hint})
 """,
-        hint='compare every defective score with every normal score at once; a tie is worth half a win'),
+        hint="compare every defective score with every normal score at once; a tie is worth half a win",
+    ),
     exercise(
-        'the best F1 over all thresholds',
+        "the best F1 over all thresholds",
         task=r"""
 I-F1max is the F1 score at the **best** threshold. Write `my_f1_max(scores, labels)`: try every score as a
 threshold (anomalous = score >= threshold), compute precision, recall and F1 = 2PR / (P + R), return the
@@ -446,7 +448,8 @@ _y = _rng.integers(0, 2, 60)
 _s = _rng.random(60) + 0.3 * _y
 check("Exercise 2 (F1-max)", lambda: my_f1_max(_s, _y), lambda: f1_max(_s, _y), hint={hint})
 """,
-        hint='try every score as the threshold; at each, count what is flagged and what of it is truly defective; a threshold that catches nothing has no F1'),
+        hint="try every score as the threshold; at each, count what is flagged and what of it is truly defective; a threshold that catches nothing has no F1",
+    ),
     md(r"""
 ## Check yourself
 

@@ -1,5 +1,6 @@
 """Lesson 10 -- explaining an image score with captum. Cells for ``notebooks/10_explaining_a_score.ipynb``
 (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -244,7 +245,7 @@ for k in ("map", "IG (+)", "Occlusion (+)"):
 2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/10_explaining_a_score.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'how much of an explanation lies on the defect',
+        "how much of an explanation lies on the defect",
         task=r"""
 Write `my_share_inside(values, mask)`: the fraction of the **positive** part of an attribution map (H, W)
 that lies inside the defect mask (nonzero = defect); NaN when nothing is positive.
@@ -278,9 +279,10 @@ _mask = np.zeros((16, 16), np.uint8)
 _mask[4:9, 3:12] = 1
 check("Exercise 1 (share inside)", lambda: my_share_inside(_v, _mask), lambda: share_inside(_v, _mask), hint={hint})
 """,
-        hint='negative attributions do not count as evidence: what do you do with them before adding anything up?'),
+        hint="negative attributions do not count as evidence: what do you do with them before adding anything up?",
+    ),
     exercise(
-        'a baseline the model finds normal',
+        "a baseline the model finds normal",
         task=r"""
 Integrated Gradients needs a baseline. Write `my_nearest_normal(x, normals)`: for each image of x
 (B, 3, S, S), the image of `normals` (N, 3, S, S) closest to it in pixel space (Euclidean distance of the
@@ -313,7 +315,8 @@ _x, _normals = torch.rand(3, 3, 8, 8, generator=_g), torch.rand(7, 3, 8, 8, gene
 check("Exercise 2 (nearest normal)", lambda: my_nearest_normal(_x, _normals), lambda: nearest_normal(_x, _normals),
       hint={hint})
 """,
-        hint='measure the distance from every image to every normal image, each as one long vector, and keep the nearest'),
+        hint="measure the distance from every image to every normal image, each as one long vector, and keep the nearest",
+    ),
     md(r"""
 Read the table with the pictures next to it:
 

@@ -1,5 +1,6 @@
 """Lesson 11 -- serving the demo: a run folder behind Gradio on loopback, queried with gradio_client. Cells for
 ``notebooks/11_serving_the_demo.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -436,7 +437,7 @@ shutil.rmtree(WORK, ignore_errors=True)
 2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/11_serving_the_demo.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
 """),
     exercise(
-        'the verdict',
+        "the verdict",
         task=r"""
 Write `my_verdict(score, threshold)`: the text the demo shows: "ANOMALOUS" if the score is **above** the
 threshold, "normal" otherwise, and "no threshold" when the threshold is None.
@@ -460,9 +461,10 @@ _cases = [(0.5, 0.4), (0.4, 0.4), (0.1, 0.4), (2.0, None)]
 check("Exercise 1 (verdict)", lambda: [my_verdict(s, t) for s, t in _cases],
       lambda: [logic.verdict(s, t) for s, t in _cases], hint={hint})
 """,
-        hint='look closely at the case where the score equals the threshold: which side does the package\'s rule put it on?'),
+        hint="look closely at the case where the score equals the threshold: which side does the package's rule put it on?",
+    ),
     exercise(
-        'is the export the same model?',
+        "is the export the same model?",
         task=r"""
 Write `my_parity(ref_maps, ref_scores, maps, scores, threshold)` -> `(max_rel, verdicts_differ)`: the largest
 |difference| of any map pixel or score, divided by the threshold, and how many verdicts (score > threshold)
@@ -497,7 +499,8 @@ _res = compare((_rm, _rs), (_m, _s), 0.5)
 check("Exercise 2 (parity)", lambda: my_parity(_rm, _rs, _m, _s, 0.5),
       lambda: (_res["max_rel"], _res["verdicts_differ"]), hint={hint})
 """,
-        hint='the worst absolute difference anywhere, maps and scores alike, measured in units of the threshold'),
+        hint="the worst absolute difference anywhere, maps and scores alike, measured in units of the threshold",
+    ),
     md(r"""
 ## Check yourself
 

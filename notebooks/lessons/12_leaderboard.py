@@ -1,4 +1,5 @@
 """Lesson 12 -- the leaderboard. Cells for ``notebooks/12_leaderboard.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -258,9 +259,10 @@ _q, _bank = torch.randn(20, 8, generator=_g), torch.randn(50, 8, generator=_g)
 check("Exercise 1 (nearest distance)", lambda: my_nearest_distance(_q, _bank), lambda: nearest_distance(_q, _bank),
       hint={hint}, atol=1e-4)
 """,
-        hint='the distance from every query patch to every bank patch; a query is as anomalous as its nearest bank patch is far'),
+        hint="the distance from every query patch to every bank patch; a query is as anomalous as its nearest bank patch is far",
+    ),
     exercise(
-        'a coreset: cover the bank with few points',
+        "a coreset: cover the bank with few points",
         task=r"""
 PatchCore keeps a **greedy coreset**: start from one random point, then repeatedly add the point farthest
 from everything chosen so far. Write `my_coreset(x, n, seed)` -> the (n,) indices, the first one drawn as
@@ -299,7 +301,8 @@ from unistad_edu.methods.memory_bank import greedy_coreset
 _x = torch.randn(60, 5, generator=torch.Generator().manual_seed(3))
 check("Exercise 2 (coreset)", lambda: my_coreset(_x, 8, 0), lambda: greedy_coreset(_x, 8, seed=0), hint={hint})
 """,
-        hint='remember, for every point, how far it is from the nearest point chosen so far; the next pick is the point farthest from them all'),
+        hint="remember, for every point, how far it is from the nearest point chosen so far; the next pick is the point farthest from them all",
+    ),
     md(r"""
 ## 6. Check
 

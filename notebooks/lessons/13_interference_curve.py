@@ -1,5 +1,6 @@
 """Lesson 13 -- cross-class interference as a curve: one category's AUROC as more categories are trained with it.
 Cells for ``notebooks/13_interference_curve.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -201,7 +202,8 @@ _cases = [[0.9, 0.8, 0.85], [0.7, 0.75], [0.6]]
 check("Exercise 1 (mean and std)", lambda: [my_mean_std(c) for c in _cases],
       lambda: [mean_std(c) for c in _cases], hint={hint})
 """,
-        hint='which standard deviation estimates a spread from a sample rather than describing a whole population? And what spread has a single value?'),
+        hint="which standard deviation estimates a spread from a sample rather than describing a whole population? And what spread has a single value?",
+    ),
     exercise(
         "the slope of a curve",
         task=r"""
@@ -236,7 +238,8 @@ _x = [1, 1, 2, 2, 3, 3, 5, 5, 7, 7]
 _y = list(0.95 - 0.03 * np.array(_x) + np.random.default_rng(0).normal(0, 0.02, 10))
 check("Exercise 2 (trend)", lambda: my_trend(_x, _y), lambda: trend(_x, _y), hint={hint})
 """,
-        hint='least squares: centre x and y on their means; the slope is their covariance divided by the variance of x'),
+        hint="least squares: centre x and y on their means; the slope is their covariance divided by the variance of x",
+    ),
     md(r"""
 ## Check yourself
 

@@ -1,5 +1,6 @@
 """Lesson 14 -- one threshold, many products: per-category calibration without test-time labels.
 Cells for ``notebooks/14_one_threshold_many_products.ipynb`` (built by ``notebooks/_build.py``)."""
+
 from _cells import code, exercise, md
 
 CELLS = [
@@ -222,7 +223,8 @@ check("Exercise 1 (prediction bound)", lambda: [my_bound(s, q) for s, q in _case
       lambda: [tail_threshold(s, q, "normal")[0] for s, q in _cases], hint={hint})
 """,
         hint="Which standard deviation estimates a population's spread from a sample? And scipy.stats has the "
-             "t distribution's percent-point function."),
+        "t distribution's percent-point function.",
+    ),
     exercise(
         "route by the nearest centroid",
         task=r"""
@@ -261,7 +263,8 @@ _router = Router(["a", "b", "c", "d"], _cent / np.linalg.norm(_cent, axis=1, kee
 check("Exercise 2 (routing)", lambda: my_route(_emb, _cent), lambda: _router.route(_emb)[0], hint={hint})
 """,
         hint="A cosine ignores length: what can you do to every vector first so that a dot product becomes the "
-             "cosine?"),
+        "cosine?",
+    ),
     exercise(
         "how sure is a false-alarm rate?",
         task=r"""
@@ -295,5 +298,6 @@ check("Exercise 3 (interval)", lambda: [my_interval(k, n) for k, n in _cases],
       lambda: [clopper_pearson(k, n) for k, n in _cases], hint={hint})
 """,
         hint="The exact interval's ends are quantiles of beta distributions whose parameters count the "
-             "flagged and the unflagged images; look up which count gets the + 1 at each end."),
+        "flagged and the unflagged images; look up which count gets the + 1 at each end.",
+    ),
 ]

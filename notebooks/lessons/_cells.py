@@ -9,11 +9,18 @@ def code(text: str) -> tuple[str, str]:
     return "code", text.strip("\n")
 
 
-def exercise(title: str, task: str, solution: str, stub: str, check: str, hint: str) -> tuple[str, dict]:
+def exercise(
+    title: str, task: str, solution: str, stub: str, check: str, hint: str
+) -> tuple[str, dict]:
     """One exercise. In the lesson: the task (as a note), ``solution`` and the ``check`` cell. In the exercise
     twin (``notebooks/exercises/``): the task, ``stub`` -- the learner's cell, which raises NotImplementedError
     -- and the same ``check`` cell, which fails with ``hint`` until the learner's code agrees with the package's
     own function on small inputs. ``check`` may use ``{hint}``: the hint, as a Python string literal."""
-    return "exercise", {"title": title, "task": task.strip("\n"), "solution": solution.strip("\n"),
-                        "stub": stub.strip("\n"), "check": check.strip("\n").replace("{hint}", repr(hint)),
-                        "hint": hint}
+    return "exercise", {
+        "title": title,
+        "task": task.strip("\n"),
+        "solution": solution.strip("\n"),
+        "stub": stub.strip("\n"),
+        "check": check.strip("\n").replace("{hint}", repr(hint)),
+        "hint": hint,
+    }

@@ -12,6 +12,7 @@
 
 Gradio, gradio_client and playwright are imported inside the functions that need them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,29 +37,41 @@ from ..data import (
 )
 
 # ---- settings -------------------------------------------------------------------------------------------
-DEFAULT_HOST = "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
+DEFAULT_HOST = (
+    "127.0.0.1"  # loopback only; --host 0.0.0.0 exposes the demo to the network, deliberately
+)
 DEFAULT_PORT = 7860
 DEFAULT_MAX_UPLOAD_MB = 20.0
-DEFAULT_CONCURRENCY = 2  # requests processed at once (the rest wait in the queue); 2 suits a 2-core CPU
-DEFAULT_KEEP_FILES_MINUTES = 60.0  # uploads and rendered images are deleted after an hour, and at stop
+DEFAULT_CONCURRENCY = (
+    2  # requests processed at once (the rest wait in the queue); 2 suits a 2-core CPU
+)
+DEFAULT_KEEP_FILES_MINUTES = (
+    60.0  # uploads and rendered images are deleted after an hour, and at stop
+)
 DEFAULT_QUEUE_SIZE = 64  # waiting requests beyond this are refused with "queue full"
-DEFAULT_MAX_PIXELS = min(MAX_IMAGE_PIXELS, 40_000_000)  # per file; the model works at a few hundred pixels anyway
-DEFAULT_MAX_REQUEST_PIXELS = 100_000_000  # per request, summed over its files (headers, before any decoding)
+DEFAULT_MAX_PIXELS = min(
+    MAX_IMAGE_PIXELS, 40_000_000
+)  # per file; the model works at a few hundred pixels anyway
+DEFAULT_MAX_REQUEST_PIXELS = (
+    100_000_000  # per request, summed over its files (headers, before any decoding)
+)
 MAX_FILES_PER_REQUEST = 16
 SUPPORTED_FORMATS = DECODE_FORMATS  # the package's one allow-list
 FORMAT_HINT = "PNG, JPEG, BMP, TIFF or WebP"
 
 
-
-
 # ---- the model the demo serves ----------------------------------------------------------------------------
-def load_served_model(run_dir, backend: str = "auto", threads: int | None = None, precision: str = "auto"):
+def load_served_model(
+    run_dir, backend: str = "auto", threads: int | None = None, precision: str = "auto"
+):
     """The model of a run folder (PyTorch, teacher at ``precision``) or of an export folder (onnxruntime or
     OpenVINO, ``backend``; no PyTorch imported)."""
     from ..export_runtime import ExportedModel, is_export
+
     if is_export(run_dir):
         return ExportedModel(run_dir, backend=backend, threads=threads)
     from ..checkpoint import load_checkpoint
+
     model = load_checkpoint(run_dir)
     model.set_teacher_precision(precision)
     return model
@@ -69,6 +82,7 @@ def predictor(model):
     :class:`~unistad_edu.export_runtime.ExportedModel`: the one call the demo, its load test and its screenshot
     make, whatever serves the model."""
     from ..export_runtime import ExportedModel
+
     if isinstance(model, ExportedModel):
         return model.predict, model.backend
     import torch
@@ -78,6 +92,7 @@ def predictor(model):
     def run(images):
         with torch.inference_mode():
             return predict(model, images)
+
     device = next(model.parameters()).device
     return run, f"PyTorch {torch.__version__} ({device.type}, {torch.get_num_threads()} threads)"
 
@@ -105,12 +120,19 @@ class Decoded:
 
 
 _MODE_NOTES = {
-    "I;16": "16-bit grayscale rescaled to 8-bit RGB", "I;16B": "16-bit grayscale rescaled to 8-bit RGB",
-    "I;16L": "16-bit grayscale rescaled to 8-bit RGB", "I": "32-bit integer image rescaled to 8-bit RGB",
-    "F": "floating-point image rescaled to 8-bit RGB", "L": "grayscale expanded to RGB",
-    "LA": "grayscale + alpha: alpha composited on black", "RGBA": "alpha channel composited on black",
-    "PA": "palette + alpha: alpha composited on black", "P": "palette image expanded to RGB",
-    "1": "1-bit image expanded to RGB", "CMYK": "CMYK converted to RGB", "YCbCr": "YCbCr converted to RGB",
+    "I;16": "16-bit grayscale rescaled to 8-bit RGB",
+    "I;16B": "16-bit grayscale rescaled to 8-bit RGB",
+    "I;16L": "16-bit grayscale rescaled to 8-bit RGB",
+    "I": "32-bit integer image rescaled to 8-bit RGB",
+    "F": "floating-point image rescaled to 8-bit RGB",
+    "L": "grayscale expanded to RGB",
+    "LA": "grayscale + alpha: alpha composited on black",
+    "RGBA": "alpha channel composited on black",
+    "PA": "palette + alpha: alpha composited on black",
+    "P": "palette image expanded to RGB",
+    "1": "1-bit image expanded to RGB",
+    "CMYK": "CMYK converted to RGB",
+    "YCbCr": "YCbCr converted to RGB",
 }
 
 #: the page's words for each reason ``data.decode_image`` refuses a file for (written for the person uploading)
@@ -118,19 +140,22 @@ UPLOAD_TEXT = {
     "unreadable": "{name}: the upload could not be read ({error}); please try again",
     "empty": "{name} is an empty (0-byte) file, not an image: upload a " + FORMAT_HINT + " file",
     "bomb": "{name} is refused: its dimensions are so large that decoding it could exhaust memory "
-            "(decompression-bomb guard). Downscale it below {limit_mp:.0f} megapixels",
+    "(decompression-bomb guard). Downscale it below {limit_mp:.0f} megapixels",
     "text": "{name} is a text file, not an image Pillow can read (whatever its extension says): upload a "
-            + FORMAT_HINT + " file",
+    + FORMAT_HINT
+    + " file",
     "not_image": "{name} is not an image file Pillow can read (whatever its extension says): upload a "
-                 + FORMAT_HINT + " file",
-    "format": "{name} is a {format} file, which the demo does not decode: convert it to " + FORMAT_HINT,
+    + FORMAT_HINT
+    + " file",
+    "format": "{name} is a {format} file, which the demo does not decode: convert it to "
+    + FORMAT_HINT,
     "too_many_pixels": "{name} is {width} x {height} = {megapixels:.1f} megapixels, more than the demo's limit of "
-                       "{limit_mp:.0f} megapixels (pixel cap): downscale it first - the model looks at a few "
-                       "hundred pixels anyway",
+    "{limit_mp:.0f} megapixels (pixel cap): downscale it first - the model looks at a few "
+    "hundred pixels anyway",
     "too_small": "{name} is only {width} x {height} pixels: too small to inspect",
     "budget": "{name} is refused: with it this request's images would add up to {megapixels:.0f} megapixels, more "
-              "than the per-request budget of {limit_mp:.0f} (request pixel budget): send it in a request of its "
-              "own, or downscale it",
+    "than the per-request budget of {limit_mp:.0f} (request pixel budget): send it in a request of its "
+    "own, or downscale it",
     "memory": "{name} is too large to decode on this machine: downscale it first",
     "corrupt": "{name} is corrupt or truncated ({error}): re-export it as " + FORMAT_HINT,
     "not_rgb": "{name}: could not convert its {mode} pixels to RGB",
@@ -142,16 +167,28 @@ def upload_message(err: ImageRejected) -> str:
     return UPLOAD_TEXT[err.reason].format(name=err.name, **err.facts)
 
 
-def decode_upload(path, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, size: int | None = None,
-                  budget: PixelBudget | None = None) -> Decoded:
+def decode_upload(
+    path,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    size: int | None = None,
+    budget: PixelBudget | None = None,
+) -> Decoded:
     """One uploaded file through the package's one decoder (``data.decode_image``: every check before any pixel
     is decoded, EXIF orientation applied, RGB in bands, reduced at once to the model's ``size`` with the resize
     ``inference.predict`` uses), formats limited to :data:`SUPPORTED_FORMATS`; a refusal becomes an
     :class:`UploadError` with the page's words for its reason (:data:`UPLOAD_TEXT`)."""
     name = name or Path(path).name
     try:
-        arr, mode = decode_image(path, name=name, size=size, max_pixels=max_pixels, formats=SUPPORTED_FORMATS,
-                                 exif_orientation=True, budget=budget)
+        arr, mode = decode_image(
+            path,
+            name=name,
+            size=size,
+            max_pixels=max_pixels,
+            formats=SUPPORTED_FORMATS,
+            exif_orientation=True,
+            budget=budget,
+        )
     except ImageRejected as err:
         raise UploadError(upload_message(err), err.reason) from err
     return Decoded(name=name, array=arr, note=_MODE_NOTES.get(mode, ""))
@@ -223,6 +260,7 @@ def example_images(cfg: dict, per_category_defects: int = 2, limit: int = 18) ->
 def verdict(score: float, threshold: float | None) -> str:
     """The verdict's word: the one rule of :func:`unistad_edu.calibration.verdict`."""
     from ..calibration import verdict as rule
+
     judged = rule(score, threshold)
     return "no threshold" if judged is None else "ANOMALOUS" if judged else "normal"
 
@@ -240,13 +278,24 @@ def result_record(rows: Sequence[dict], errors: Sequence[str], threshold: float 
     ``threshold`` it was judged at, its standardised score ``z``; ``anomalous`` is ``score > threshold`` (None
     without a threshold)."""
     from ..calibration import verdict as rule
+
     thr = None if threshold is None else float(threshold)
-    return {"threshold": thr,
-            "results": [{"name": r["name"], "category": r.get("category"), "score": float(r["score"]),
-                         "z": r.get("z"), "threshold": _thr(r, thr),
-                         "anomalous": rule(float(r["score"]), _thr(r, thr)),
-                         "notice": r.get("notice")} for r in rows],
-            "errors": [str(e) for e in errors]}
+    return {
+        "threshold": thr,
+        "results": [
+            {
+                "name": r["name"],
+                "category": r.get("category"),
+                "score": float(r["score"]),
+                "z": r.get("z"),
+                "threshold": _thr(r, thr),
+                "anomalous": rule(float(r["score"]), _thr(r, thr)),
+                "notice": r.get("notice"),
+            }
+            for r in rows
+        ],
+        "errors": [str(e) for e in errors],
+    }
 
 
 def slider_range(cfg: dict) -> tuple[float, float, float]:
@@ -264,33 +313,42 @@ def slider_range(cfg: dict) -> tuple[float, float, float]:
 def thumbnail(path, size: int = 112) -> np.ndarray:
     """A small RGB preview of a (trusted) dataset image."""
     from ..data import load_image
+
     return load_image(path, size)
 
 
-def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
-                   scale: str = "fixed") -> np.ndarray:
+def render_overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None, scale: str = "fixed"
+) -> np.ndarray:
     """The heatmap overlay with its colour bar and labelled ticks (uint8). ``scale="fixed"``: colours from 0 to
     the threshold, so red means "at or above the threshold" and normal images stay cold; ``"image"``: each map's
     own min -> max (the bar says which)."""
     from ..viz import heatmap_with_colorbar
-    return heatmap_with_colorbar(image, anomaly_map, threshold, "fixed" if scale == "fixed" else "image")
+
+    return heatmap_with_colorbar(
+        image, anomaly_map, threshold, "fixed" if scale == "fixed" else "image"
+    )
 
 
 def render_input(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None) -> np.ndarray:
     """The image as the model sees it, with the predicted region (map > threshold) outlined in cyan -- what
     anomalib's inferencer shows as the predicted mask."""
     from ..viz import outline_region
+
     return outline_region(image, anomaly_map, threshold)
 
 
 def render_levels(level_maps: dict, size: int) -> list[tuple[np.ndarray, str]]:
     """Each per-level map coloured on its own scale and enlarged to ``size`` (nearest), with a caption."""
     from ..viz import colorize
+
     out = []
     for name, m in level_maps.items():
         m = np.asarray(m, dtype=np.float32)
         img = Image.fromarray(colorize(m)).resize((size, size), Image.NEAREST)
-        out.append((np.asarray(img), f"{name} ({m.shape[0]}x{m.shape[1]}, max {float(m.max()):.3g})"))
+        out.append(
+            (np.asarray(img), f"{name} ({m.shape[0]}x{m.shape[1]}, max {float(m.max()):.3g})")
+        )
     return out
 
 
@@ -299,20 +357,33 @@ def results_markdown(rows: Sequence[dict], threshold: float | None) -> str:
     if not rows:
         return ""
     routed = any(r.get("category") for r in rows)
-    lines = (["| image | routed category | anomaly score | threshold | verdict |", "|---|---|---:|---:|---|"]
-             if routed else ["| image | anomaly score | threshold | verdict |", "|---|---:|---:|---|"])
+    lines = (
+        [
+            "| image | routed category | anomaly score | threshold | verdict |",
+            "|---|---|---:|---:|---|",
+        ]
+        if routed
+        else ["| image | anomaly score | threshold | verdict |", "|---|---:|---:|---|"]
+    )
     for r in rows:
         t = _thr(r, threshold)
         v = verdict(r["score"], t)
         shown = f"**{v}**" if v == "ANOMALOUS" else v
         cat = f" {_md_escape(r.get('category') or 'n/a')} |" if routed else ""
-        lines.append(f"| {_md_escape(r['name'])} |{cat} {r['score']:.4g} | {'n/a' if t is None else f'{t:.4g}'} "
-                     f"| {shown} |")
+        lines.append(
+            f"| {_md_escape(r['name'])} |{cat} {r['score']:.4g} | {'n/a' if t is None else f'{t:.4g}'} "
+            f"| {shown} |"
+        )
     return "\n".join(lines)
 
 
-def status_markdown(rows: Sequence[dict], errors: Sequence[str], threshold: float | None,
-                    notes: Sequence[str] = (), extra: str = "") -> str:
+def status_markdown(
+    rows: Sequence[dict],
+    errors: Sequence[str],
+    threshold: float | None,
+    notes: Sequence[str] = (),
+    extra: str = "",
+) -> str:
     """The status line(s): a summary of the verdicts, then one line per refused upload."""
     parts = []
     if rows:
@@ -321,13 +392,20 @@ def status_markdown(rows: Sequence[dict], errors: Sequence[str], threshold: floa
             r = rows[0]
             t = _thr(r, threshold)
             cat = f" (routed to **{_md_escape(r['category'])}**)" if r.get("category") else ""
-            parts.append(f"**{_md_escape(r['name'])}: {verdict(r['score'], t)}**{cat} - anomaly score "
-                         f"{r['score']:.4g} vs threshold {'n/a' if t is None else f'{t:.4g}'}.")
+            parts.append(
+                f"**{_md_escape(r['name'])}: {verdict(r['score'], t)}**{cat} - anomaly score "
+                f"{r['score']:.4g} vs threshold {'n/a' if t is None else f'{t:.4g}'}."
+            )
         else:
             per = len({_thr(r, threshold) for r in rows}) > 1
-            parts.append(f"**{len(rows)} images scored: {n_bad} anomalous, {len(rows) - n_bad} normal** "
-                         + ("(each at its routed category's threshold)." if per else
-                            f"(threshold {'n/a' if threshold is None else f'{threshold:.4g}'})."))
+            parts.append(
+                f"**{len(rows)} images scored: {n_bad} anomalous, {len(rows) - n_bad} normal** "
+                + (
+                    "(each at its routed category's threshold)."
+                    if per
+                    else f"(threshold {'n/a' if threshold is None else f'{threshold:.4g}'})."
+                )
+            )
     for e in errors:
         parts.append(f"⚠️ **Upload refused:** {_md_escape(e)}")
     for n in notes:
@@ -348,7 +426,11 @@ def short_path(path) -> str:
     """A path with the home folder written as ``~`` (for what the page and screenshots show)."""
     text = str(path)
     home = str(Path.home())
-    return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + os.sep) else text
+    return (
+        "~" + text[len(home) :]
+        if home not in ("", "/") and text.startswith(home + os.sep)
+        else text
+    )
 
 
 def _fmt(v, digits=4) -> str:
@@ -364,15 +446,24 @@ def _threshold_line(cfg: dict) -> str:
     cal = cfg.get("calibration") or {}
     if cal.get("kind") in ("per-category", "clusters"):
         groups = cal.get("groups") or {}
-        return (f"- **Thresholds:** one per {'training category' if cal['kind'] == 'per-category' else 'pseudo-category'}"
-                f" ({len(groups)}), the image routed to it by the teacher's embedding (no category is given); "
-                f"pooled threshold {_fmt(cal.get('global_threshold'))} for comparison.")
-    return (f"- **Threshold:** {_fmt(cfg.get('threshold'))} - {cfg.get('threshold_rule', 'no rule recorded')}; "
-            f"one threshold for all categories.")
+        return (
+            f"- **Thresholds:** one per {'training category' if cal['kind'] == 'per-category' else 'pseudo-category'}"
+            f" ({len(groups)}), the image routed to it by the teacher's embedding (no category is given); "
+            f"pooled threshold {_fmt(cal.get('global_threshold'))} for comparison."
+        )
+    return (
+        f"- **Threshold:** {_fmt(cfg.get('threshold'))} - {cfg.get('threshold_rule', 'no rule recorded')}; "
+        f"one threshold for all categories."
+    )
 
 
-def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bool = True,
-               backend: str | None = None) -> str:
+def model_card(
+    cfg: dict,
+    metrics: dict | None = None,
+    run_dir=None,
+    heading: bool = True,
+    backend: str | None = None,
+) -> str:
     """A Markdown model card from config.json (and metrics.json if present); ``backend``: what serves it."""
     from ..report import format_table
 
@@ -387,38 +478,69 @@ def model_card(cfg: dict, metrics: dict | None = None, run_dir=None, heading: bo
         f"- **Training data:** {cfg.get('train_images', '?')} normal images of {len(cats)} categories "
         f"({', '.join(cats) or '?'}) from `{short_path(cfg.get('data_root', '?'))}`"
         + (f"; {cfg.get('epochs_done')} epochs" if cfg.get("epochs_done") else "")
-        + (f" ({cfg.get('train_seconds'):.0f} s)" if isinstance(cfg.get("train_seconds"), (int, float)) else "")
+        + (
+            f" ({cfg.get('train_seconds'):.0f} s)"
+            if isinstance(cfg.get("train_seconds"), (int, float))
+            else ""
+        )
         + ".",
         f"- **Image size:** {cfg.get('image_size', '?')} x {cfg.get('image_size', '?')} px (uploads are resized to it).",
         _threshold_line(cfg)
         + f" Image score = {((mc.get('scoring') or {}).get('image_score') or 'max')} of the anomaly map; "
         f"verdict = score > threshold.",
         f"- **Package:** unistad-edu {cfg.get('package_version', '?')}"
-        + (f"; run folder `{short_path(run_dir)}`" if run_dir else "") + ".",
+        + (f"; run folder `{short_path(run_dir)}`" if run_dir else "")
+        + ".",
     ]
     if backend:
         lines.append(f"- **Served by:** {backend}.")
     cal = cfg.get("calibration") or {}
     per = (cfg.get("validation") or {}).get("per_class") or {}
     if cal.get("kind") in ("per-category", "clusters"):
-        lines += ["", f"**Thresholds per {'category' if cal['kind'] == 'per-category' else 'pseudo-category'}** "
-                      f"(each image is routed to the nearest by its teacher embedding; a {cal.get('tail')} tail of "
-                      f"each group's held-out normal scores, quantile {cal.get('quantile')}):", "",
-                  "| category | held-out n | mean | threshold |", "|---|---:|---:|---:|"]
-        lines += [f"| {c} | {g.get('n', '?')} | {_fmt(g.get('mean'))} | {_fmt(g.get('threshold'))} |"
-                  for c, g in (cal.get("groups") or {}).items()]
+        lines += [
+            "",
+            f"**Thresholds per {'category' if cal['kind'] == 'per-category' else 'pseudo-category'}** "
+            f"(each image is routed to the nearest by its teacher embedding; a {cal.get('tail')} tail of "
+            f"each group's held-out normal scores, quantile {cal.get('quantile')}):",
+            "",
+            "| category | held-out n | mean | threshold |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {c} | {g.get('n', '?')} | {_fmt(g.get('mean'))} | {_fmt(g.get('threshold'))} |"
+            for c, g in (cal.get("groups") or {}).items()
+        ]
     elif per:
-        lines += ["", "**Held-out normal scores per category** (what one shared threshold has to fit):", "",
-                  "| category | n | mean | max |", "|---|---:|---:|---:|"]
-        lines += [f"| {c} | {s.get('n', '?')} | {_fmt(s.get('mean'))} | {_fmt(s.get('max'))} |"
-                  for c, s in per.items()]
+        lines += [
+            "",
+            "**Held-out normal scores per category** (what one shared threshold has to fit):",
+            "",
+            "| category | n | mean | max |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {c} | {s.get('n', '?')} | {_fmt(s.get('mean'))} | {_fmt(s.get('max'))} |"
+            for c, s in per.items()
+        ]
     if metrics and metrics.get("categories"):
-        cols = [c for c in ("I-AUROC", "I-AP", "P-AUROC", "AUPRO", "mAD") if c in metrics.get("mean", {})]
-        lines += ["", f"**Test metrics per category** (x100, from `metrics.json`, setting "
-                      f"{metrics.get('setting', '?')}):", "", format_table(metrics, columns=cols)]
+        cols = [
+            c
+            for c in ("I-AUROC", "I-AP", "P-AUROC", "AUPRO", "mAD")
+            if c in metrics.get("mean", {})
+        ]
+        lines += [
+            "",
+            f"**Test metrics per category** (x100, from `metrics.json`, setting "
+            f"{metrics.get('setting', '?')}):",
+            "",
+            format_table(metrics, columns=cols),
+        ]
     else:
-        lines += ["", "_No `metrics.json` in the run folder: run `python -m unistad_edu eval --run RUN` to add "
-                      "per-category metrics here._"]
+        lines += [
+            "",
+            "_No `metrics.json` in the run folder: run `python -m unistad_edu eval --run RUN` to add "
+            "per-category metrics here._",
+        ]
     return "\n".join(lines)
 
 
@@ -445,32 +567,78 @@ def is_loopback(host: str) -> bool:
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``python -m unistad_edu demo`` and ``python demo/app.py`` (values checked as parsed)."""
     from .. import options
-    p.add_argument("--run", default=None, help="run folder (model.safetensors + config.json) or export folder "
-                   "(export.json). Default: the README's main job (a memory bank, 256 px) built once on the "
-                   "synthetic set into $UNISTAD_CACHE/demo_run")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino"], default="auto",
-                   help="for an export folder (python -m unistad_edu export): its runtime (auto: onnxruntime for "
-                        "ONNX, OpenVINO for OpenVINO IR); PyTorch is not used")
-    p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1, this machine only; "
-                   "0.0.0.0 exposes the demo to your network)")
+
+    p.add_argument(
+        "--run",
+        default=None,
+        help="run folder (model.safetensors + config.json) or export folder "
+        "(export.json). Default: the README's main job (a memory bank, 256 px) built once on the "
+        "synthetic set into $UNISTAD_CACHE/demo_run",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "openvino"],
+        default="auto",
+        help="for an export folder (python -m unistad_edu export): its runtime (auto: onnxruntime for "
+        "ONNX, OpenVINO for OpenVINO IR); PyTorch is not used",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="interface to bind (default 127.0.0.1, this machine only; "
+        "0.0.0.0 exposes the demo to your network)",
+    )
     p.add_argument("--port", type=options.port, default=DEFAULT_PORT)
-    p.add_argument("--max-upload-mb", type=options.positive_float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload")
-    p.add_argument("--max-megapixels", type=options.positive_float, default=DEFAULT_MAX_PIXELS / 1e6,
-                   help="largest accepted image (width x height)")
-    p.add_argument("--max-request-megapixels", type=options.positive_float, default=DEFAULT_MAX_REQUEST_PIXELS / 1e6,
-                   help="largest sum of width x height over the files of one request")
-    p.add_argument("--max-files", type=options.positive_int, default=MAX_FILES_PER_REQUEST,
-                   help="most files scored per request; the rest are refused with a message")
-    p.add_argument("--concurrency", type=options.positive_int, default=DEFAULT_CONCURRENCY,
-                   help="requests processed at once (default 2); further requests wait in the queue")
-    p.add_argument("--keep-files-minutes", type=options.nonnegative_float, default=DEFAULT_KEEP_FILES_MINUTES,
-                   help="delete uploads and rendered images older than this (checked every half of it), and all "
-                        "of them when the demo stops (Ctrl+C or SIGTERM: they live in a folder of the demo's own "
-                        "under $GRADIO_TEMP_DIR); 0 keeps them (Gradio's default)")
-    p.add_argument("--screenshot", default=None, metavar="PNG",
-                   help="render the page with headless Chromium into PNG (after scoring an example) and exit")
-    p.add_argument("--bench", default=None, metavar="JSON",
-                   help="load-test the app with gradio_client against bare predict(), write JSON and exit")
+    p.add_argument(
+        "--max-upload-mb",
+        type=options.positive_float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest accepted upload",
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=options.positive_float,
+        default=DEFAULT_MAX_PIXELS / 1e6,
+        help="largest accepted image (width x height)",
+    )
+    p.add_argument(
+        "--max-request-megapixels",
+        type=options.positive_float,
+        default=DEFAULT_MAX_REQUEST_PIXELS / 1e6,
+        help="largest sum of width x height over the files of one request",
+    )
+    p.add_argument(
+        "--max-files",
+        type=options.positive_int,
+        default=MAX_FILES_PER_REQUEST,
+        help="most files scored per request; the rest are refused with a message",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=options.positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help="requests processed at once (default 2); further requests wait in the queue",
+    )
+    p.add_argument(
+        "--keep-files-minutes",
+        type=options.nonnegative_float,
+        default=DEFAULT_KEEP_FILES_MINUTES,
+        help="delete uploads and rendered images older than this (checked every half of it), and all "
+        "of them when the demo stops (Ctrl+C or SIGTERM: they live in a folder of the demo's own "
+        "under $GRADIO_TEMP_DIR); 0 keeps them (Gradio's default)",
+    )
+    p.add_argument(
+        "--screenshot",
+        default=None,
+        metavar="PNG",
+        help="render the page with headless Chromium into PNG (after scoring an example) and exit",
+    )
+    p.add_argument(
+        "--bench",
+        default=None,
+        metavar="JSON",
+        help="load-test the app with gradio_client against bare predict(), write JSON and exit",
+    )
     p.add_argument("--bench-requests", type=options.positive_int, default=50)
     p.add_argument("--bench-concurrency", type=options.positive_int, default=8)
     return p

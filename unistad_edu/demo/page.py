@@ -9,6 +9,7 @@ Non-UI logic (safe decoding, default run, model card, load test) lives in :mod:`
 Run it with ``python -m unistad_edu demo [--run RUN]`` or ``python demo/app.py [--run RUN]``; it binds
 127.0.0.1 unless ``--host`` says otherwise.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,27 +53,44 @@ class Page:
     outputs of the page's components. ``cache_dir``: where rendered pictures go (Gradio's cache, once the page
     is built)."""
 
-    def __init__(self, run_dir, model=None, max_pixels: int = logic.DEFAULT_MAX_PIXELS,
-                 max_request_pixels: int = logic.DEFAULT_MAX_REQUEST_PIXELS,
-                 max_files: int = logic.MAX_FILES_PER_REQUEST):
+    def __init__(
+        self,
+        run_dir,
+        model=None,
+        max_pixels: int = logic.DEFAULT_MAX_PIXELS,
+        max_request_pixels: int = logic.DEFAULT_MAX_REQUEST_PIXELS,
+        max_files: int = logic.MAX_FILES_PER_REQUEST,
+    ):
         self.run = Path(run_dir)
         self.model = model if model is not None else logic.load_served_model(self.run)
-        self.infer, self.backend = logic.predictor(self.model)  # PyTorch, or onnxruntime / OpenVINO (export)
+        self.infer, self.backend = logic.predictor(
+            self.model
+        )  # PyTorch, or onnxruntime / OpenVINO (export)
         self.run_config = dict(getattr(self.model, "run_config", None) or {})
         self.calibrated = getattr(self.model, "threshold", None)
         self.size = int(self.run_config.get("image_size") or logic.served_image_size(self.model))
         self.examples = logic.example_images(self.run_config)
         self.metrics = resolve.load_run_metrics(self.run)
-        self.slider = logic.slider_range({**self.run_config, "threshold": self.calibrated})  # (max, step, value)
-        self.max_pixels, self.max_request_pixels, self.max_files = max_pixels, max_request_pixels, max_files
-        self.model_lock = threading.Lock()  # one model call at a time (any method); decoding, rendering overlap
+        self.slider = logic.slider_range(
+            {**self.run_config, "threshold": self.calibrated}
+        )  # (max, step, value)
+        self.max_pixels, self.max_request_pixels, self.max_files = (
+            max_pixels,
+            max_request_pixels,
+            max_files,
+        )
+        self.model_lock = (
+            threading.Lock()
+        )  # one model call at a time (any method); decoding, rendering overlap
         self.cache_dir = None
 
     def threshold_info(self) -> str:
         cal = getattr(self.model, "verdict_calibration", None)
         if cal is not None and cal.routed:
-            return ("each image is routed to its category and judged at that category's calibrated threshold; "
-                    "moving the slider sets one threshold for every image")
+            return (
+                "each image is routed to its category and judged at that category's calibrated threshold; "
+                "moving the slider sets one threshold for every image"
+            )
         if self.calibrated is not None:
             return f"calibrated on held-out normal images: {self.calibrated:.4g}"
         return "this run has no calibrated threshold: choose one"
@@ -80,17 +98,33 @@ class Page:
     def score_arrays(self, decoded: Sequence[logic.Decoded]) -> list[dict]:
         with self.model_lock:
             res = self.infer([d.array for d in decoded])
-        return [{"name": d.name, "score": float(r["score"]), "image": r["image"], "map": r["anomaly_map"],
-                 "levels": r.get("level_maps") or {}, "category": r.get("category"), "z": r.get("z"),
-                 "calibrated": r.get("threshold"), "notice": r.get("notice")} for d, r in zip(decoded, res)]
+        return [
+            {
+                "name": d.name,
+                "score": float(r["score"]),
+                "image": r["image"],
+                "map": r["anomaly_map"],
+                "levels": r.get("level_maps") or {},
+                "category": r.get("category"),
+                "z": r.get("z"),
+                "calibrated": r.get("threshold"),
+                "notice": r.get("notice"),
+            }
+            for d, r in zip(decoded, res)
+        ]
 
     def judged(self, rows, threshold):
         """Each row with the threshold its verdict uses: its routed category's calibrated one, or the slider's
         value for every image once the slider was moved from its start."""
         _, step, start = self.slider
         moved = threshold is not None and start is not None and abs(threshold - start) > step / 2
-        return [{**r, "threshold": threshold if moved or r.get("calibrated") is None else r["calibrated"]}
-                for r in rows]
+        return [
+            {
+                **r,
+                "threshold": threshold if moved or r.get("calibrated") is None else r["calibrated"],
+            }
+            for r in rows
+        ]
 
     def views(self, rows, scale):
         """(input + overlay pictures, per-level pictures) of ``rows``, written to this request's own folder."""
@@ -102,14 +136,23 @@ class Page:
             thr = r["threshold"]
             seen = logic.render_input(r["image"], r["map"], thr)
             overlay = logic.render_overlay(r["image"], r["map"], thr, scale)
-            heat += [(logic.write_view(seen, folder, f"{i}-input.png"),
-                      f"{r['name']} (as the model sees it; outline: map > threshold)"),
-                     (logic.write_view(overlay, folder, f"{i}-overlay.png"),
-                      f"score {r['score']:.4g}" + (f" · {r['category']}" if r.get("category") else "")
-                      + f" · {logic.verdict(r['score'], thr)}")]
-        levels = [(logic.write_view(img, folder, f"{i}-level-{k}.png"), f"{r['name']} · {cap}")
-                  for i, r in enumerate(rows)
-                  for k, (img, cap) in enumerate(logic.render_levels(r["levels"], self.size))]
+            heat += [
+                (
+                    logic.write_view(seen, folder, f"{i}-input.png"),
+                    f"{r['name']} (as the model sees it; outline: map > threshold)",
+                ),
+                (
+                    logic.write_view(overlay, folder, f"{i}-overlay.png"),
+                    f"score {r['score']:.4g}"
+                    + (f" · {r['category']}" if r.get("category") else "")
+                    + f" · {logic.verdict(r['score'], thr)}",
+                ),
+            ]
+        levels = [
+            (logic.write_view(img, folder, f"{i}-level-{k}.png"), f"{r['name']} · {cap}")
+            for i, r in enumerate(rows)
+            for k, (img, cap) in enumerate(logic.render_levels(r["levels"], self.size))
+        ]
         return heat, levels
 
     def respond(self, rows, errors, notes, threshold, scale, extra=""):
@@ -117,11 +160,18 @@ class Page:
             gr.Warning(e)
         rows = self.judged(rows, threshold)
         heat, levels = self.views(rows, scale)
-        state = [{k: r.get(k) for k in ("name", "score", "image", "map", "category", "z", "calibrated")}
-                 for r in rows]
-        return (logic.status_markdown(rows, errors, threshold, notes, extra),
-                logic.results_markdown(rows, threshold), heat, levels, state,
-                logic.result_record(rows, errors, threshold))
+        state = [
+            {k: r.get(k) for k in ("name", "score", "image", "map", "category", "z", "calibrated")}
+            for r in rows
+        ]
+        return (
+            logic.status_markdown(rows, errors, threshold, notes, extra),
+            logic.results_markdown(rows, threshold),
+            heat,
+            levels,
+            state,
+            logic.result_record(rows, errors, threshold),
+        )
 
     def decode(self, items: Sequence[tuple[str, str]]):
         """(decoded images, refusals, notes) of ``items`` (path, display name): at most ``max_files``, each
@@ -129,15 +179,19 @@ class Page:
         pixel budget."""
         decoded, errors, notes = [], [], []
         if len(items) > self.max_files:
-            left = [name for _, name in items[self.max_files:]]
-            errors.append(f"{len(items)} files in one request, more than the limit of {self.max_files} (file-count "
-                          f"limit): not scored: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''} - send "
-                          f"them in another request")
-            items = items[:self.max_files]
+            left = [name for _, name in items[self.max_files :]]
+            errors.append(
+                f"{len(items)} files in one request, more than the limit of {self.max_files} (file-count "
+                f"limit): not scored: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''} - send "
+                f"them in another request"
+            )
+            items = items[: self.max_files]
         budget = logic.PixelBudget(self.max_request_pixels)
         for path, name in items:
             try:
-                d = logic.decode_upload(path, name=name, max_pixels=self.max_pixels, size=self.size, budget=budget)
+                d = logic.decode_upload(
+                    path, name=name, max_pixels=self.max_pixels, size=self.size, budget=budget
+                )
             except logic.UploadError as err:
                 errors.append(str(err))
                 continue
@@ -159,13 +213,20 @@ class Page:
                 rows = self.score_arrays(decoded)
             except Exception as err:  # keep serving; say what happened
                 log.exception("scoring failed")
-                errors.append(f"scoring failed ({type(err).__name__}: {err}); the demo keeps running")
+                errors.append(
+                    f"scoring failed ({type(err).__name__}: {err}); the demo keeps running"
+                )
         for r in rows:  # unlike every trained category: say so, not only "ANOMALOUS"
             if r.get("category") is None:  # one global threshold: judged from the score alone
                 r["notice"] = unlike_training(r["score"], self.run_config.get("validation") or {})
             if r["notice"]:
                 notes.append(f"{r['name']}: {r['notice']}")
-        log.info("scored %d image(s), refused %d, in %.2f s", len(rows), len(errors), time.perf_counter() - t0)
+        log.info(
+            "scored %d image(s), refused %d, in %.2f s",
+            len(rows),
+            len(errors),
+            time.perf_counter() - t0,
+        )
         return self.respond(rows, errors, notes, threshold, scale, extra)
 
     def on_upload(self, files, threshold, scale):
@@ -177,24 +238,44 @@ class Page:
     def on_example(self, threshold, scale, evt: gr.SelectData):
         idx = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not isinstance(idx, int) or not 0 <= idx < len(self.examples):
-            return self.respond([], ["that example is not available"], [], _to_float(threshold, self.calibrated),
-                                scale)
+            return self.respond(
+                [],
+                ["that example is not available"],
+                [],
+                _to_float(threshold, self.calibrated),
+                scale,
+            )
         ex = self.examples[idx]
         kind = "a normal image" if ex.defect == "good" else f"defect **{ex.defect}**"
-        return self.run_files([(str(ex.path), f"{ex.category}/{ex.defect}/{ex.path.name}")], threshold, scale,
-                              extra=f"Example from the run's test set: category **{ex.category}**, {kind}.")
+        return self.run_files(
+            [(str(ex.path), f"{ex.category}/{ex.defect}/{ex.path.name}")],
+            threshold,
+            scale,
+            extra=f"Example from the run's test set: category **{ex.category}**, {kind}.",
+        )
 
     def on_threshold(self, threshold, scale, state):
         threshold = _to_float(threshold, self.calibrated)
         rows = self.judged(state or [], threshold)
         heat, _ = self.views([{**r, "levels": {}} for r in rows], scale)
-        return logic.status_markdown(rows, [], threshold), logic.results_markdown(rows, threshold), heat
+        return (
+            logic.status_markdown(rows, [], threshold),
+            logic.results_markdown(rows, threshold),
+            heat,
+        )
 
 
-def build_app(run_dir, model=None, concurrency: int = logic.DEFAULT_CONCURRENCY,
-              max_upload_mb: float = logic.DEFAULT_MAX_UPLOAD_MB, max_pixels: int = logic.DEFAULT_MAX_PIXELS,
-              queue_size: int = logic.DEFAULT_QUEUE_SIZE, keep_files_minutes: float = logic.DEFAULT_KEEP_FILES_MINUTES,
-              max_request_pixels: int = logic.DEFAULT_MAX_REQUEST_PIXELS, max_files: int = logic.MAX_FILES_PER_REQUEST):
+def build_app(
+    run_dir,
+    model=None,
+    concurrency: int = logic.DEFAULT_CONCURRENCY,
+    max_upload_mb: float = logic.DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = logic.DEFAULT_MAX_PIXELS,
+    queue_size: int = logic.DEFAULT_QUEUE_SIZE,
+    keep_files_minutes: float = logic.DEFAULT_KEEP_FILES_MINUTES,
+    max_request_pixels: int = logic.DEFAULT_MAX_REQUEST_PIXELS,
+    max_files: int = logic.MAX_FILES_PER_REQUEST,
+):
     """The demo as a ``gr.Blocks`` over the run folder ``run_dir`` (``model``: an already loaded model of it).
 
     The queue is configured here: ``concurrency`` requests are processed at once (safe decoding and heatmap
@@ -206,14 +287,27 @@ def build_app(run_dir, model=None, concurrency: int = logic.DEFAULT_CONCURRENCY,
     file another request is being sent), inside Gradio's cache. Launch it with :func:`launch`, which also
     applies the upload size limit ``max_upload_mb``. Uploads and rendered images are deleted once older than
     ``keep_files_minutes`` and when the server stops (0: kept, Gradio's default) -- they are other people's data."""
-    page = Page(run_dir, model, max_pixels=max_pixels, max_request_pixels=max_request_pixels, max_files=max_files)
-    with gr.Blocks(title="unistad-edu demo", analytics_enabled=False,
-                   delete_cache=logic.delete_cache_setting(keep_files_minutes)) as demo:
+    page = Page(
+        run_dir,
+        model,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+        max_files=max_files,
+    )
+    with gr.Blocks(
+        title="unistad-edu demo",
+        analytics_enabled=False,
+        delete_cache=logic.delete_cache_setting(keep_files_minutes),
+    ) as demo:
         parts = _layout(page, max_upload_mb)
         _wire(page, parts)
     demo.queue(default_concurrency_limit=max(1, int(concurrency)), max_size=queue_size)
-    demo.unistad_launch = {"max_file_size": int(max_upload_mb * 1024 * 1024), "css": CSS, "ssr_mode": False,
-                           "show_error": False}
+    demo.unistad_launch = {
+        "max_file_size": int(max_upload_mb * 1024 * 1024),
+        "css": CSS,
+        "ssr_mode": False,
+        "show_error": False,
+    }
     demo.unistad_run = page.run
     return demo
 
@@ -225,37 +319,91 @@ def _layout(page: Page, max_upload_mb: float) -> dict:
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
-            c["files"] = gr.File(label=f"Upload images ({logic.FORMAT_HINT}; up to {max_upload_mb:g} MB each)",
-                                 file_count="multiple", type="filepath", elem_id="upload", height=140)
-            c["threshold"] = gr.Slider(0.0, s_max, value=s_value, step=s_step, elem_id="threshold",
-                                       label="Threshold (score > threshold means anomalous)",
-                                       info=page.threshold_info())
-            c["scale"] = gr.Radio([("fixed: 0 → threshold (red = above it)", "fixed"),
-                                   ("per image: its own min → max", "image")], value="fixed",
-                                  label="Heatmap colour scale", elem_id="scale")
-            c["button"] = gr.Button("Score the uploaded images", variant="primary", elem_id="score-button")
+            c["files"] = gr.File(
+                label=f"Upload images ({logic.FORMAT_HINT}; up to {max_upload_mb:g} MB each)",
+                file_count="multiple",
+                type="filepath",
+                elem_id="upload",
+                height=140,
+            )
+            c["threshold"] = gr.Slider(
+                0.0,
+                s_max,
+                value=s_value,
+                step=s_step,
+                elem_id="threshold",
+                label="Threshold (score > threshold means anomalous)",
+                info=page.threshold_info(),
+            )
+            c["scale"] = gr.Radio(
+                [
+                    ("fixed: 0 → threshold (red = above it)", "fixed"),
+                    ("per image: its own min → max", "image"),
+                ],
+                value="fixed",
+                label="Heatmap colour scale",
+                elem_id="scale",
+            )
+            c["button"] = gr.Button(
+                "Score the uploaded images", variant="primary", elem_id="score-button"
+            )
             data_root = logic.short_path(page.run_config.get("data_root", "?"))
-            gr.Markdown("**Examples** (from the run's test set: normal and defective; click one to score it)"
-                        if examples else f"_No example images: the run's data folder `{data_root}` is not "
-                                         f"available here._")
+            gr.Markdown(
+                "**Examples** (from the run's test set: normal and defective; click one to score it)"
+                if examples
+                else f"_No example images: the run's data folder `{data_root}` is not "
+                f"available here._"
+            )
             c["examples"] = gr.Gallery(
-                value=[(logic.thumbnail(e.path, 112), e.caption) for e in examples] if examples else None,
-                columns=4, height="auto", allow_preview=False, show_label=False, elem_id="examples",
-                visible=bool(examples), interactive=False)
+                value=[(logic.thumbnail(e.path, 112), e.caption) for e in examples]
+                if examples
+                else None,
+                columns=4,
+                height="auto",
+                allow_preview=False,
+                show_label=False,
+                elem_id="examples",
+                visible=bool(examples),
+                interactive=False,
+            )
         with gr.Column(scale=3, min_width=360):
-            c["status"] = gr.Markdown("Upload an image, or click an example.", elem_id="status", label="status")
+            c["status"] = gr.Markdown(
+                "Upload an image, or click an example.", elem_id="status", label="status"
+            )
             c["results"] = gr.Markdown("", elem_id="results", label="results")
-            c["heat"] = gr.Gallery(label="Input and heatmap overlay", columns=2, height="auto", elem_id="heatmaps",
-                                   object_fit="contain", interactive=False, format="png")  # lossless, as drawn
-            with gr.Accordion("Per-level maps (one per teacher level, each on its own colour scale)",
-                              open=False, elem_id="levels-accordion"):
-                c["levels"] = gr.Gallery(label="per-level maps", show_label=False, columns=3, height="auto",
-                                         elem_id="levels", interactive=False)
+            c["heat"] = gr.Gallery(
+                label="Input and heatmap overlay",
+                columns=2,
+                height="auto",
+                elem_id="heatmaps",
+                object_fit="contain",
+                interactive=False,
+                format="png",
+            )  # lossless, as drawn
+            with gr.Accordion(
+                "Per-level maps (one per teacher level, each on its own colour scale)",
+                open=False,
+                elem_id="levels-accordion",
+            ):
+                c["levels"] = gr.Gallery(
+                    label="per-level maps",
+                    show_label=False,
+                    columns=3,
+                    height="auto",
+                    elem_id="levels",
+                    interactive=False,
+                )
     with gr.Accordion("Model card", open=True, elem_id="model-card-accordion"):
-        gr.Markdown(logic.model_card(page.run_config, page.metrics, run_dir=page.run, heading=False,
-                                     backend=page.backend), elem_id="model-card")
+        gr.Markdown(
+            logic.model_card(
+                page.run_config, page.metrics, run_dir=page.run, heading=False, backend=page.backend
+            ),
+            elem_id="model-card",
+        )
     c["state"] = gr.State([])
-    c["record"] = gr.JSON(visible=False, label="result")  # for API clients: exact scores and verdicts
+    c["record"] = gr.JSON(
+        visible=False, label="result"
+    )  # for API clients: exact scores and verdicts
     page.cache_dir = c["heat"].GRADIO_CACHE
     return c
 
@@ -265,19 +413,55 @@ def _wire(page: Page, c: dict) -> None:
     the slider and the colour scale re-judge without a model call."""
     outputs = [c[k] for k in ("status", "results", "heat", "levels", "state", "record")]
     inputs = [c["files"], c["threshold"], c["scale"]]
-    scoring = "score"  # one concurrency limit for every event that decodes and scores (not one per event)
-    c["files"].upload(page.on_upload, inputs, outputs, api_visibility="private", concurrency_id=scoring)
+    scoring = (
+        "score"  # one concurrency limit for every event that decodes and scores (not one per event)
+    )
+    c["files"].upload(
+        page.on_upload, inputs, outputs, api_visibility="private", concurrency_id=scoring
+    )
     c["button"].click(page.on_upload, inputs, outputs, api_name="predict", concurrency_id=scoring)
-    c["examples"].select(page.on_example, [c["threshold"], c["scale"]], outputs, api_visibility="private",
-                         concurrency_id=scoring)
-    c["files"].clear(lambda: ("Upload an image, or click an example.", "", [], [], [], None), None, outputs,
-                     api_visibility="private", queue=False)
-    for ev in (c["threshold"].change, c["scale"].change):  # slider drag or typed value: re-judge, no model call
-        ev(page.on_threshold, [c["threshold"], c["scale"], c["state"]], [c["status"], c["results"], c["heat"]],
-           api_visibility="private", concurrency_limit=None, trigger_mode="always_last")
+    c["examples"].select(
+        page.on_example,
+        [c["threshold"], c["scale"]],
+        outputs,
+        api_visibility="private",
+        concurrency_id=scoring,
+    )
+    c["files"].clear(
+        lambda: ("Upload an image, or click an example.", "", [], [], [], None),
+        None,
+        outputs,
+        api_visibility="private",
+        queue=False,
+    )
+    for ev in (
+        c["threshold"].change,
+        c["scale"].change,
+    ):  # slider drag or typed value: re-judge, no model call
+        ev(
+            page.on_threshold,
+            [c["threshold"], c["scale"], c["state"]],
+            [c["status"], c["results"], c["heat"]],
+            api_visibility="private",
+            concurrency_limit=None,
+            trigger_mode="always_last",
+        )
 
 
-def launch(demo, host: str = logic.DEFAULT_HOST, port: int = logic.DEFAULT_PORT, block: bool = True, quiet: bool = False):
+def launch(
+    demo,
+    host: str = logic.DEFAULT_HOST,
+    port: int = logic.DEFAULT_PORT,
+    block: bool = True,
+    quiet: bool = False,
+):
     """Start the server (upload size limit, no SSR, no share link). ``block=False`` returns at once."""
-    return demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, share=False,
-                       inbrowser=False, **getattr(demo, "unistad_launch", {}))
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        share=False,
+        inbrowser=False,
+        **getattr(demo, "unistad_launch", {}),
+    )

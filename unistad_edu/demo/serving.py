@@ -13,6 +13,7 @@ both, and neither imports it.
 
 Gradio's client and playwright are imported inside the functions that need them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,25 @@ from .page import build_app, launch
 log = logging.getLogger("unistad_edu.demo")
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-quic", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def launch_chromium(playwright, headless: bool = True):
     """Debian's Chromium through Playwright's API (Playwright's own browser downloads are not used)."""
     if not Path(CHROMIUM).is_file():
         raise FileNotFoundError(f"{CHROMIUM} not found: apt-get install -y chromium")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=headless, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=headless, args=CHROMIUM_ARGS
+    )
 
 
 # ---- load test ------------------------------------------------------------------------------------------
@@ -54,9 +65,11 @@ def _percentiles(values: Sequence[float]) -> dict:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return {"p50_ms": None, "p95_ms": None, "mean_ms": None}
-    return {"p50_ms": round(float(np.percentile(v, 50)) * 1e3, 1),
-            "p95_ms": round(float(np.percentile(v, 95)) * 1e3, 1),
-            "mean_ms": round(float(v.mean()) * 1e3, 1)}
+    return {
+        "p50_ms": round(float(np.percentile(v, 50)) * 1e3, 1),
+        "p95_ms": round(float(np.percentile(v, 95)) * 1e3, 1),
+        "mean_ms": round(float(v.mean()) * 1e3, 1),
+    }
 
 
 def _timed_pool(fn, items, concurrency: int) -> tuple[list[float], list[str], float]:
@@ -78,9 +91,15 @@ def _timed_pool(fn, items, concurrency: int) -> tuple[list[float], list[str], fl
 
 
 @contextlib.contextmanager
-def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = 180.0,
-                        log: Callable[[str], None] = print, extra_args: Sequence[str] = (),
-                        started: list | None = None, env: dict | None = None):
+def serve_in_subprocess(
+    run_dir,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    timeout_s: float = 180.0,
+    log: Callable[[str], None] = print,
+    extra_args: Sequence[str] = (),
+    started: list | None = None,
+    env: dict | None = None,
+):
     """Start ``python -m unistad_edu demo --run RUN [extra_args]`` on a free loopback port in a child process,
     wait until it answers, yield its URL, and stop it (that child only) afterwards. ``started``: a list the
     child's ``Popen`` is appended to (e.g. to watch its memory); ``env``: the child's environment (default:
@@ -90,11 +109,28 @@ def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout
     import urllib.request
 
     port = free_port()
-    cmd = [sys.executable, "-m", "unistad_edu", "demo", "--run", str(run_dir), "--host", DEFAULT_HOST,
-           "--port", str(port), "--concurrency", str(concurrency), *map(str, extra_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unistad_edu",
+        "demo",
+        "--run",
+        str(run_dir),
+        "--host",
+        DEFAULT_HOST,
+        "--port",
+        str(port),
+        "--concurrency",
+        str(concurrency),
+        *map(str, extra_args),
+    ]
     logf = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                            env={**(os.environ if env is None else env), "GRADIO_ANALYTICS_ENABLED": "False"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        env={**(os.environ if env is None else env), "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
     if started is not None:
         started.append(proc)
     url = f"http://{DEFAULT_HOST}:{port}/"
@@ -103,7 +139,9 @@ def serve_in_subprocess(run_dir, concurrency: int = DEFAULT_CONCURRENCY, timeout
         while True:
             if proc.poll() is not None:
                 logf.seek(0)
-                raise RuntimeError(f"the demo exited with {proc.returncode}:\n{logf.read().decode(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"the demo exited with {proc.returncode}:\n{logf.read().decode(errors='replace')[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(url + "config", timeout=2) as r:
                     if r.status == 200:
@@ -124,6 +162,7 @@ def stop_process(proc, timeout_s: float = 20.0) -> int:
     """Ask a child process to stop (SIGTERM: the demo shuts down cleanly and deletes its files), kill it if it
     has not exited within ``timeout_s``; returns its exit code."""
     import subprocess
+
     proc.terminate()
     try:
         return proc.wait(timeout=timeout_s)
@@ -154,7 +193,11 @@ def _load_test(url: str, seq: Sequence[Path], thr, concurrency: int, warmup: int
     def call(path):
         out = client.predict([handle_file(str(path))], thr, "fixed", api_name="/predict")
         status = out[0]
-        if "refused" in status.lower() or "failed" in status.lower() or "anomaly score" not in status:
+        if (
+            "refused" in status.lower()
+            or "failed" in status.lower()
+            or "anomaly score" not in status
+        ):
             raise RuntimeError(status)
         return out
 
@@ -163,9 +206,17 @@ def _load_test(url: str, seq: Sequence[Path], thr, concurrency: int, warmup: int
     return _timed_pool(call, seq, concurrency)
 
 
-def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_concurrency: int = DEFAULT_CONCURRENCY,
-               images: Sequence | None = None, warmup: int = 2, model=None, in_process: bool = False,
-               log: Callable[[str], None] = print) -> dict:
+def bench_demo(
+    run_dir=None,
+    n_requests: int = 50,
+    concurrency: int = 8,
+    app_concurrency: int = DEFAULT_CONCURRENCY,
+    images: Sequence | None = None,
+    warmup: int = 2,
+    model=None,
+    in_process: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Load-test the demo over loopback and compare it with the bare model call.
 
     The app serves ``run_dir`` on a free 127.0.0.1 port - in a child process as deployed
@@ -183,12 +234,17 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     if images is None:
         images = [e.path for e in example_images(model.run_config)]
     if not images:
-        raise ValueError(f"no images to send: {run}'s data_root has no test images; pass images=[...]")
+        raise ValueError(
+            f"no images to send: {run}'s data_root has no test images; pass images=[...]"
+        )
     seq = [Path(images[i % len(images)]) for i in range(n_requests)]
     thr = model.threshold
 
-    server = (_in_process(run, model, app_concurrency) if in_process else
-              serve_in_subprocess(run, concurrency=app_concurrency, log=log))
+    server = (
+        _in_process(run, model, app_concurrency)
+        if in_process
+        else serve_in_subprocess(run, concurrency=app_concurrency, log=log)
+    )
     with server as url:
         lat, errors, wall = _load_test(url, seq, thr, concurrency, warmup)
 
@@ -202,15 +258,26 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
     cfg = model.run_config
 
     def timing(lat_, err_, wall_, errors_shown=False):
-        return {"ok": len(lat_), "failed": len(err_), **({"errors": err_[:5]} if errors_shown else {}),
-                **_percentiles(lat_), "throughput_rps": round(len(lat_) / wall_, 2), "wall_s": round(wall_, 2)}
+        return {
+            "ok": len(lat_),
+            "failed": len(err_),
+            **({"errors": err_[:5]} if errors_shown else {}),
+            **_percentiles(lat_),
+            "throughput_rps": round(len(lat_) / wall_, 2),
+            "wall_s": round(wall_, 2),
+        }
 
     result = {
         "what": "demo load test: gradio_client over loopback vs bare inference.predict (same images, model, run)",
-        "run": str(run), "method": cfg.get("method"), "image_size": cfg.get("image_size"),
-        "n_requests": n_requests, "client_concurrency": concurrency, "app_concurrency_limit": app_concurrency,
+        "run": str(run),
+        "method": cfg.get("method"),
+        "image_size": cfg.get("image_size"),
+        "n_requests": n_requests,
+        "client_concurrency": concurrency,
+        "app_concurrency_limit": app_concurrency,
         "app": "in this process" if in_process else "child process (python -m unistad_edu demo)",
-        "images": len(images), "backend": backend,
+        "images": len(images),
+        "backend": backend,
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "demo": timing(lat, errors, wall, errors_shown=True),
@@ -218,7 +285,9 @@ def bench_demo(run_dir=None, n_requests: int = 50, concurrency: int = 8, app_con
         f"bare_predict_{concurrency}_threads": timing(bc_lat, bc_err, bc_wall),
     }
     seq_tp = result["bare_predict_sequential"]["throughput_rps"]
-    result["demo_throughput_vs_bare_sequential"] = round(result["demo"]["throughput_rps"] / seq_tp, 3) if seq_tp else None
+    result["demo_throughput_vs_bare_sequential"] = (
+        round(result["demo"]["throughput_rps"] / seq_tp, 3) if seq_tp else None
+    )
     return result
 
 
@@ -233,7 +302,9 @@ def screenshot(run_dir, out, model=None, width: int = 1280, timeout_s: float = 1
     if examples:
         infer, _ = logic.predictor(model)
         scores = [r["score"] for r in infer([e.path for e in examples])]
-        defects = [i for i, e in enumerate(examples) if e.defect != "good"] or list(range(len(examples)))
+        defects = [i for i, e in enumerate(examples) if e.defect != "good"] or list(
+            range(len(examples))
+        )
         pick = max(defects, key=lambda i: scores[i])
     demo = build_app(run_dir, model=model)
     port = logic.free_port()
@@ -268,12 +339,21 @@ def run(args) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     run_dir = resolve_run(args.run)
-    model = logic.load_served_model(run_dir, backend=args.backend, threads=getattr(args, "threads", None),
-                                 precision=getattr(args, "precision", "auto"))  # demo/app.py has no --precision
+    model = logic.load_served_model(
+        run_dir,
+        backend=args.backend,
+        threads=getattr(args, "threads", None),
+        precision=getattr(args, "precision", "auto"),
+    )  # demo/app.py has no --precision
     max_pixels = int(args.max_megapixels * 1e6)
     if args.bench:
-        res = bench_demo(run_dir, n_requests=args.bench_requests, concurrency=args.bench_concurrency,
-                            app_concurrency=args.concurrency, model=model)
+        res = bench_demo(
+            run_dir,
+            n_requests=args.bench_requests,
+            concurrency=args.bench_concurrency,
+            app_concurrency=args.concurrency,
+            model=model,
+        )
         Path(args.bench).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.bench), json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
@@ -284,24 +364,41 @@ def run(args) -> int:
         print(f"screenshot written to {out}")
         return 0
     if not logic.is_loopback(args.host):
-        print(f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} can use the "
-              f"demo (there is no login). Use the default --host 127.0.0.1 to keep it local.", file=sys.stderr)
+        print(
+            f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} can use the "
+            f"demo (there is no login). Use the default --host 127.0.0.1 to keep it local.",
+            file=sys.stderr,
+        )
     own_files = None
-    if args.keep_files_minutes > 0:   # a folder of our own inside Gradio's cache, removed when the demo stops
+    if (
+        args.keep_files_minutes > 0
+    ):  # a folder of our own inside Gradio's cache, removed when the demo stops
         base = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
         base.mkdir(parents=True, exist_ok=True)
         own_files = Path(tempfile.mkdtemp(prefix="unistad-demo-", dir=base))
         os.environ["GRADIO_TEMP_DIR"] = str(own_files)
-    demo = build_app(run_dir, model=model, concurrency=args.concurrency, max_upload_mb=args.max_upload_mb,
-                     max_pixels=max_pixels, keep_files_minutes=args.keep_files_minutes,
-                     max_request_pixels=int(args.max_request_megapixels * 1e6), max_files=args.max_files)
+    demo = build_app(
+        run_dir,
+        model=model,
+        concurrency=args.concurrency,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=max_pixels,
+        keep_files_minutes=args.keep_files_minutes,
+        max_request_pixels=int(args.max_request_megapixels * 1e6),
+        max_files=args.max_files,
+    )
 
-    def stop(signum, frame):  # SIGTERM (kill, a process manager) stops like Ctrl+C: the server shuts down cleanly
+    def stop(
+        signum, frame
+    ):  # SIGTERM (kill, a process manager) stops like Ctrl+C: the server shuts down cleanly
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"demo of {run_dir} ({model.run_config.get('method')}, served by {logic.predictor(model)[1]}) at "
-          f"http://{args.host}:{args.port}/  (Ctrl+C to stop)", flush=True)
+    print(
+        f"demo of {run_dir} ({model.run_config.get('method')}, served by {logic.predictor(model)[1]}) at "
+        f"http://{args.host}:{args.port}/  (Ctrl+C to stop)",
+        flush=True,
+    )
     try:
         launch(demo, args.host, args.port, block=True)
     finally:
@@ -312,7 +409,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = logic.add_demo_arguments(argparse.ArgumentParser(prog="demo/app.py", description=__doc__))
+    parser = logic.add_demo_arguments(
+        argparse.ArgumentParser(prog="demo/app.py", description=__doc__)
+    )
     return run(parser.parse_args(argv))
 
 

@@ -1,4 +1,5 @@
 """The method registry: ``build_model(name, teacher, preset="cpu", **cfg)``."""
+
 from __future__ import annotations
 
 from .base import Batch, Method, MethodConfig
@@ -11,8 +12,9 @@ from .stpm import STPM
 from .uniad import UniAD
 from .unistad import UniSTAD
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (STPM, UniAD, RD, SNL, EnhancedSTPM,
-                                                              UniSTAD, DualStudent, MemoryBank)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (STPM, UniAD, RD, SNL, EnhancedSTPM, UniSTAD, DualStudent, MemoryBank)
+}
 
 
 def method_class(name: str) -> type[Method]:
@@ -30,18 +32,28 @@ def make_config(name: str, preset: str = "cpu", **overrides) -> MethodConfig:
     return cls.Config.from_dict(values)
 
 
-def build_model(name: str, teacher=None, preset: str = "cpu", cfg: MethodConfig | None = None,
-                **overrides) -> Method:
+def build_model(
+    name: str, teacher=None, preset: str = "cpu", cfg: MethodConfig | None = None, **overrides
+) -> Method:
     """Build method ``name`` on ``teacher`` (loaded from the config's teacher name if None)."""
     cls = method_class(name)
     cfg = cfg if cfg is not None else make_config(name, preset, **overrides)
     if teacher is None:
         from ..teacher import load_teacher
+
         teacher = load_teacher(cfg.teacher, layers=cfg.teacher_layers)
     return cls(teacher, cfg)
 
 
-__all__ = ["Batch", "METHODS", "Method", "MethodConfig", "build_model", "make_config", "method_class"]
+__all__ = [
+    "Batch",
+    "METHODS",
+    "Method",
+    "MethodConfig",
+    "build_model",
+    "make_config",
+    "method_class",
+]
 
 
 #: the config fields that seed a method's randomness (a student's initial weights, a coreset's first centre),
@@ -53,5 +65,6 @@ def seed_overrides(name: str, seed: int) -> dict:
     """{field: seed} for every seed field of method ``name``'s config: what ``train --seed S`` sets besides the
     data order and the held-out split, so one seed number reproduces, and varies, the whole run."""
     import dataclasses
+
     fields = {f.name for f in dataclasses.fields(method_class(name).Config)}
     return {f: int(seed) + offset for f, offset in SEED_FIELDS.items() if f in fields}

@@ -13,6 +13,7 @@ category field: a unified model cannot read which product it is looking at, by c
 Each method has its own config dataclass (a subclass of :class:`MethodConfig`) and two presets: ``cpu`` (what
 trains well in minutes on a 2-core laptop, with the Lite0 teacher) and ``paper`` (the paper's recipe).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,11 @@ def _as_tuple(value):
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
-SAMPLINGS = ("uniform", "balanced-clusters", "balanced-labels")  # engine.epoch_order / engine.sampling_groups
+SAMPLINGS = (
+    "uniform",
+    "balanced-clusters",
+    "balanced-labels",
+)  # engine.epoch_order / engine.sampling_groups
 
 
 @dataclass
@@ -72,10 +77,16 @@ class MethodConfig:
         """The choices every method shares, checked when the config is built (a method's own config checks its
         own fields after calling this)."""
         if self.sampling == "balanced":
-            raise ValueError("sampling 'balanced' read the category folders, which unified training should not: "
-                             "say 'balanced-labels' to balance by folder anyway, or 'balanced-clusters' to balance "
-                             "by clusters of the teacher's embedding (no labels)")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("sampling", SAMPLINGS)):
+            raise ValueError(
+                "sampling 'balanced' read the category folders, which unified training should not: "
+                "say 'balanced-labels' to balance by folder anyway, or 'balanced-clusters' to balance "
+                "by clusters of the teacher's embedding (no labels)"
+            )
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("sampling", SAMPLINGS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "image_size"):
@@ -91,17 +102,23 @@ class MethodConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}"
+            )
         for f in dataclasses.fields(cls):
             if f.name in d:
                 _check_type(f"{cls.__name__}.{f.name}", str(f.type), d[f.name])
         if isinstance(d.get("scoring"), dict):
             unknown = set(d["scoring"]) - {f.name for f in dataclasses.fields(ScoringConfig)}
             if unknown:
-                raise ValueError(f"unknown scoring fields {sorted(unknown)}; known: "
-                                 f"{sorted(f.name for f in dataclasses.fields(ScoringConfig))}")
+                raise ValueError(
+                    f"unknown scoring fields {sorted(unknown)}; known: "
+                    f"{sorted(f.name for f in dataclasses.fields(ScoringConfig))}"
+                )
             d["scoring"] = ScoringConfig(**d["scoring"])
-        for f in dataclasses.fields(cls):  # JSON has no tuples: a tuple-typed field comes back as a list
+        for f in dataclasses.fields(
+            cls
+        ):  # JSON has no tuples: a tuple-typed field comes back as a list
             if isinstance(d.get(f.name), list) and "tuple" in str(f.type):
                 d[f.name] = _as_tuple(d[f.name])
         return cls(**d)
@@ -113,30 +130,47 @@ def _check_type(name: str, annotation: str, value) -> None:
     kinds = [k.strip() for k in annotation.split("|")]
     if value is None and "None" in kinds:
         return
-    ok = {"bool": lambda v: isinstance(v, bool),
-          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "str": lambda v: isinstance(v, str),
-          "tuple": lambda v: isinstance(v, (list, tuple)),
-          "ScoringConfig": lambda v: isinstance(v, (dict, ScoringConfig))}
+    ok = {
+        "bool": lambda v: isinstance(v, bool),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "tuple": lambda v: isinstance(v, (list, tuple)),
+        "ScoringConfig": lambda v: isinstance(v, (dict, ScoringConfig)),
+    }
     if not any(ok.get(k, lambda v: True)(value) for k in kinds if k != "None"):
-        want = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text",
-                "tuple": "a list", "ScoringConfig": 'an object such as {"topk": 0.01}'}
+        want = {
+            "bool": "true or false",
+            "int": "a whole number",
+            "float": "a number",
+            "str": "a text",
+            "tuple": "a list",
+            "ScoringConfig": 'an object such as {"topk": 0.01}',
+        }
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise ValueError(f"{name} is {shown}, expected "
-                         + " or ".join(want.get(k, k) for k in kinds if k != "None")
-                         + (" (or null)" if "None" in kinds else "")
-                         + (" -- a --set value is read as JSON, else as text" if isinstance(value, str) else ""))
+        raise ValueError(
+            f"{name} is {shown}, expected "
+            + " or ".join(want.get(k, k) for k in kinds if k != "None")
+            + (" (or null)" if "None" in kinds else "")
+            + (" -- a --set value is read as JSON, else as text" if isinstance(value, str) else "")
+        )
 
 
 # ---- ranges every config's numbers must lie in ------------------------------------------------------------
 def _in(lo, hi, lo_open=False, hi_open=False):
     """A check ``value -> bool`` and its wording, for a closed or open interval (None: unbounded)."""
+
     def ok(v):
-        return ((lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi)))
+        return (lo is None or (v > lo if lo_open else v >= lo)) and (
+            hi is None or (v < hi if hi_open else v <= hi)
+        )
+
     lo_s = "-inf" if lo is None else f"{lo:g}"
     hi_s = "inf" if hi is None else f"{hi:g}"
-    return ok, f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
+    return (
+        ok,
+        f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}",
+    )
 
 
 # by field name: the shared optimisation fields, then any method's fields by the ending of their name
@@ -144,7 +178,9 @@ RANGES = {
     "lr": _in(0, 10, lo_open=True),  # larger than 10 only ever diverges (a NaN run "complete")
     "weight_decay": _in(0, 1),
     "momentum": _in(0, 1, hi_open=True),
-    "gamma": _in(0, 1, lo_open=True),  # the step schedule's decay factor: the rate never grows or turns negative
+    "gamma": _in(
+        0, 1, lo_open=True
+    ),  # the step schedule's decay factor: the rate never grows or turns negative
     "step_epochs": _in(0, None),
     "grad_clip": _in(0, None, lo_open=True),
     "init_seed": _in(0, None),
@@ -152,7 +188,10 @@ RANGES = {
     "hm_factor": _in(0, 1),  # their gradient's factor; 1 = no mining
 }
 SUFFIX_RANGES = (
-    ("_weight", _in(0, None)),  # a loss term's weight: 0 switches it off, negative would reward the error
+    (
+        "_weight",
+        _in(0, None),
+    ),  # a loss term's weight: 0 switches it off, negative would reward the error
     ("dropout", _in(0, 1, hi_open=True)),
     ("_prob", _in(0, 1)),
     ("_momentum", _in(0, 1, lo_open=True)),
@@ -192,18 +231,24 @@ def check_ranges(cfg) -> None:
     ValueError naming the field, its value and the range otherwise. Runs before a method's own checks, so a
     ``--set`` value is refused where it enters."""
     import math
+
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if not math.isfinite(v):
             raise ValueError(f"{f.name} must be a finite number, got {v!r}")
-        rule = (RANGES.get(f.name) or next((r for end, r in SUFFIX_RANGES if f.name.endswith(end)), None)
-                or next((r for start, r in PREFIX_RANGES if f.name.startswith(start)), None))
+        rule = (
+            RANGES.get(f.name)
+            or next((r for end, r in SUFFIX_RANGES if f.name.endswith(end)), None)
+            or next((r for start, r in PREFIX_RANGES if f.name.startswith(start)), None)
+        )
         if rule is not None and not rule[0](v):
             raise ValueError(f"{f.name} must be in {rule[1]}, got {v!r}")
     betas = getattr(cfg, "betas", None)
-    if betas is not None and (len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+    if betas is not None and (
+        len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+    ):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
 
 
@@ -227,9 +272,13 @@ class ReverseDistillationConfig(MethodConfig):
     """The student network and optimisation defaults RD and SNL share (``layers.reverse_student``): OCBE
     bottleneck + decoder sized from the teacher's levels, Adam 0.005 (0.5, 0.999) as RD4AD, 30 epochs."""
 
-    embed_channels: int | None = None  # OCE output D; None = 2 * C_L (RD4AD: 2048 for WideResNet-50)
+    embed_channels: int | None = (
+        None  # OCE output D; None = 2 * C_L (RD4AD: 2048 for WideResNet-50)
+    )
     oce_blocks: int = 1  # residual blocks in the one-class embedding (RD4AD: 3)
-    decoder_blocks: tuple | int = 1  # blocks per decoder stage, in teacher-level order (fine -> coarse)
+    decoder_blocks: tuple | int = (
+        1  # blocks per decoder stage, in teacher-level order (fine -> coarse)
+    )
     block_width: float = 0.5  # inner width of a residual block = block_width * its output channels
     linear_outputs: bool = True  # no ReLU on the decoder's per-level outputs (rd.py's paper card)
     # the distillation loss per level: "position" = mean over positions of 1 - cos along channels (the paper's
@@ -251,16 +300,31 @@ class ReverseDistillationConfig(MethodConfig):
     lr: float = 0.005
     betas: tuple = (0.5, 0.999)
     weight_decay: float = 0.0
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0,
-                                                                         image_score="max"))
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0, image_score="max")
+    )
     # RD4AD's recipe (the ``paper`` preset of RD, and of SNL, whose own is not public): WideResNet-50 layers
     # 1-3 (256/512/1024 ch, strides 4/8/16), OCE 3 blocks -> 2048 ch at 8 x 8, decoder [3, 4, 6] blocks coarse
     # -> fine [recalled], the flattened per-image cosine loss of the official main.py, Adam 0.005 (0.5, 0.999),
     # batch 16, 200 epochs
     rd4ad_recipe: ClassVar[dict] = dict(
-        teacher="wide_resnet50_2", teacher_layers=None, image_size=256, embed_channels=2048, oce_blocks=3,
-        decoder_blocks=(6, 4, 3), block_width=0.5, linear_outputs=False, rd_loss="flattened", optimizer="adam",
-        lr=0.005, betas=(0.5, 0.999), weight_decay=0.0, epochs=200, batch_size=16, schedule="constant")
+        teacher="wide_resnet50_2",
+        teacher_layers=None,
+        image_size=256,
+        embed_channels=2048,
+        oce_blocks=3,
+        decoder_blocks=(6, 4, 3),
+        block_width=0.5,
+        linear_outputs=False,
+        rd_loss="flattened",
+        optimizer="adam",
+        lr=0.005,
+        betas=(0.5, 0.999),
+        weight_decay=0.0,
+        epochs=200,
+        batch_size=16,
+        schedule="constant",
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -302,6 +366,7 @@ class Method(nn.Module):
     def set_teacher_precision(self, precision) -> None:
         """Every frozen teacher of the model (the enhanced STPM has two) runs at ``precision``."""
         from ..teacher import Teacher
+
         for m in self.modules():
             if isinstance(m, Teacher):
                 m.precision = precision
@@ -319,18 +384,26 @@ class Method(nn.Module):
         return out
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if not n.startswith(self.frozen_prefixes) and p.requires_grad]
+        return [
+            p
+            for n, p in self.named_parameters()
+            if not n.startswith(self.frozen_prefixes) and p.requires_grad
+        ]
 
     def state_for_checkpoint(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen modules (``frozen_prefixes``)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefixes)}
+        return {
+            k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefixes)
+        }
 
     def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(self.frozen_prefixes)]
         if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, "
-                             f"unexpected {list(unexpected)[:5]}")
+            raise ValueError(
+                f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, "
+                f"unexpected {list(unexpected)[:5]}"
+            )
 
     # ---- the contract -----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -350,7 +423,9 @@ class Method(nn.Module):
         gradients, with an iterable of :class:`Batch` over **all** training images (one pass, the order of
         epoch 0). The method fits its state from them (e.g. fills a memory bank); it may return numbers for
         the training log. Gradient-trained methods never get this call."""
-        raise NotImplementedError(f"{type(self).__name__} trains by gradient; build() is for methods that do not")
+        raise NotImplementedError(
+            f"{type(self).__name__} trains by gradient; build() is for methods that do not"
+        )
 
     def calibrate(self, batches) -> None:
         """Called by the engine once after training, in eval mode and without gradients, with the held-out
@@ -372,11 +447,19 @@ class Method(nn.Module):
         """{score name: (mean, std)} of normal images, for the rules that standardise (``sum``, ``noisy_or``)."""
         return None
 
-    def score_from(self, maps: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], image_size) -> AnomalyOutput:
+    def score_from(
+        self, maps: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], image_size
+    ) -> AnomalyOutput:
         """The shared scoring path over what :meth:`score_inputs` returned (``explain`` calls this too, with
         gradients on, so an attribution explains exactly the score :meth:`score` returns)."""
-        return score(maps, image_size, self.cfg.scoring, image_terms=terms or None,
-                     combine=self.combine_rule() if terms else "map", calibration=self.score_calibration())
+        return score(
+            maps,
+            image_size,
+            self.cfg.scoring,
+            image_terms=terms or None,
+            combine=self.combine_rule() if terms else "map",
+            calibration=self.score_calibration(),
+        )
 
     @torch.no_grad()
     def score(self, batch: Batch) -> AnomalyOutput:

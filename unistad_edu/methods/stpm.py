@@ -15,6 +15,7 @@ along channels; a position's anomaly at level l is ``0.5 * ||t_l - s_l||^2``; th
 Trained on normal images of *every* category at once, one student must imitate the teacher on all of them:
 this is the baseline that shows cross-class interference (lesson 03).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,8 +43,9 @@ class STPMConfig(MethodConfig):
     lr: float = 1e-3
     weight_decay: float = 1e-5
     student_seed: int = 0
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="product", blur_sigma=4.0,
-                                                                         image_score="max"))
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(fuse="product", blur_sigma=4.0, image_score="max")
+    )
 
 
 class STPM(Method):
@@ -51,8 +53,16 @@ class STPM(Method):
     Config = STPMConfig
     presets = {
         "cpu": {},
-        "paper": dict(teacher="resnet18", image_size=256, optimizer="sgd", lr=0.4, momentum=0.9,
-                      weight_decay=1e-4, epochs=100, batch_size=32),
+        "paper": dict(
+            teacher="resnet18",
+            image_size=256,
+            optimizer="sgd",
+            lr=0.4,
+            momentum=0.9,
+            weight_decay=1e-4,
+            epochs=100,
+            batch_size=32,
+        ),
     }
 
     def __init__(self, teacher, cfg: STPMConfig):

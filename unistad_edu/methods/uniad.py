@@ -44,6 +44,7 @@ Note what the mask alone does not do: an encoder layer's residual (``src + attn(
 token's own feature past the masked attention. It is the decoder's learned queries that cut that path -- a
 one-layer decoder's output at token i does not depend on the memory in i's window at all (tests check both).
 """
+
 from __future__ import annotations
 
 import math
@@ -100,7 +101,9 @@ class UniADConfig(TransformerTrainingConfig):
     jitter_spread: float = 1.0  # the "spread" rule: sigma_c = jitter_spread * std_c
     jitter_prob: float = 1.0  # p: probability that an image is jittered
     feature_stride: int = 16  # MFCN: every teacher level is resized to the grid of this stride
-    neck: str = "antialias"  # antialias: low-pass, then resize; official: align_corners=True, no antialias
+    neck: str = (
+        "antialias"  # antialias: low-pass, then resize; official: align_corners=True, no antialias
+    )
     # loose loss (Dinomaly's hard-point mining): the gradient of the best-reconstructed hm_quantile of positions
     # scaled by hm_factor; 0 = off (the paper's plain MSE). The jitter above is UniAD's own noise.
     hm_quantile: float = 0.0
@@ -112,8 +115,9 @@ class UniADConfig(TransformerTrainingConfig):
     sampling: str = "uniform"
     # image score: the mean of the top 1 % of the map after a Gaussian sigma 4 (the paper: max of a 16 x 16
     # average-pooled map, the paper preset's)
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0,
-                                                                         image_score="topk_mean"))
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0, image_score="topk_mean")
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -134,11 +138,19 @@ class DecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, ffn: int, dropout: float, num_queries: int | None):
         super().__init__()
         self.query = nn.Embedding(num_queries, dim) if num_queries else None
-        self.attn_memory = Attention(dim, heads, dropout)  # official "self_attn": query -> encoder memory
-        self.attn_prev = Attention(dim, heads, dropout)  # official "multihead_attn": query -> previous output
+        self.attn_memory = Attention(
+            dim, heads, dropout
+        )  # official "self_attn": query -> encoder memory
+        self.attn_prev = Attention(
+            dim, heads, dropout
+        )  # official "multihead_attn": query -> previous output
         self.ffn = FeedForward(dim, ffn, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.drop1, self.drop2, self.drop3 = (
+            nn.Dropout(dropout),
+            nn.Dropout(dropout),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, prev, memory, pos, mask=None):  # prev, memory (B, L, D), pos (L, D)
         B = memory.shape[0]
@@ -154,23 +166,49 @@ class DecoderLayer(nn.Module):
 class UniAD(Method):
     name = "uniad"
     Config = UniADConfig
-    needs_images = False  # the loss reads teacher features only: trains from the cache without images
+    needs_images = (
+        False  # the loss reads teacher features only: trains from the cache without images
+    )
     presets = {
         "cpu": {},
         # experiments/MVTec-AD/config.yaml: B4 outlayers [1,2,3,4] = timm feature_info 0..3 (strides 2,4,8,16)
-        "paper": dict(teacher="efficientnet_b4", teacher_layers=(0, 1, 2, 3), image_size=224, neck="official",
-                      jitter_rule="norm",
-                      hidden_dim=256, num_heads=8, enc_layers=4, dec_layers=4, ffn_dim=1024, dropout=0.1,
-                      neighbor_size=7, jitter_scale=20.0, jitter_prob=1.0,
-                      optimizer="adamw", lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4,
-                      epochs=1000, schedule="step", step_epochs=800, gamma=0.1, grad_clip=0.1, batch_size=64,
-                      sampling="uniform",
-                      scoring=ScoringConfig(fuse="sum", blur_sigma=0.0, image_score="avgpool_max", pool_size=16)),
+        "paper": dict(
+            teacher="efficientnet_b4",
+            teacher_layers=(0, 1, 2, 3),
+            image_size=224,
+            neck="official",
+            jitter_rule="norm",
+            hidden_dim=256,
+            num_heads=8,
+            enc_layers=4,
+            dec_layers=4,
+            ffn_dim=1024,
+            dropout=0.1,
+            neighbor_size=7,
+            jitter_scale=20.0,
+            jitter_prob=1.0,
+            optimizer="adamw",
+            lr=1e-4,
+            betas=(0.9, 0.999),
+            weight_decay=1e-4,
+            epochs=1000,
+            schedule="step",
+            step_epochs=800,
+            gamma=0.1,
+            grad_clip=0.1,
+            batch_size=64,
+            sampling="uniform",
+            scoring=ScoringConfig(
+                fuse="sum", blur_sigma=0.0, image_score="avgpool_max", pool_size=16
+            ),
+        ),
     }
 
     def __init__(self, teacher, cfg: UniADConfig):
         super().__init__(teacher, cfg)
-        self.in_channels = sum(lv.channels for lv in teacher.feature_info)  # C, e.g. 24+32+56+160 = 272
+        self.in_channels = sum(
+            lv.channels for lv in teacher.feature_info
+        )  # C, e.g. 24+32+56+160 = 272
         side = math.ceil(cfg.image_size / cfg.feature_stride)
         self.grid = (side, side)  # (h, w) of the token grid, e.g. 14 x 14 at 224 px
         h, w = self.grid
@@ -179,19 +217,27 @@ class UniAD(Method):
         self.neighbor_size = clip_neighbor_size(h, w, cfg.neighbor_size)
         use_mask = cfg.neighbor_mask and L > 1
         # (L, L) bool, True = hidden; built once, follows .to(device), not saved in checkpoints
-        self.register_buffer("attn_mask", neighbor_mask(h, w, self.neighbor_size) if use_mask else None,
-                             persistent=False)
+        self.register_buffer(
+            "attn_mask",
+            neighbor_mask(h, w, self.neighbor_size) if use_mask else None,
+            persistent=False,
+        )
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
             self.input_proj = nn.Linear(self.in_channels, D)
             self.pos_embed = PositionEmbedding2D(h, w, D)
             # DETR post-norm encoder layers: q = k = src + pos, v = src
-            self.encoder = nn.ModuleList(TransformerLayer(D, cfg.num_heads, cfg.ffn_dim, cfg.dropout, norm="post")
-                                         for _ in range(cfg.enc_layers))
+            self.encoder = nn.ModuleList(
+                TransformerLayer(D, cfg.num_heads, cfg.ffn_dim, cfg.dropout, norm="post")
+                for _ in range(cfg.enc_layers)
+            )
             self.decoder = nn.ModuleList(
-                DecoderLayer(D, cfg.num_heads, cfg.ffn_dim, cfg.dropout, L if cfg.layerwise_query else None)
-                for _ in range(cfg.dec_layers))
+                DecoderLayer(
+                    D, cfg.num_heads, cfg.ffn_dim, cfg.dropout, L if cfg.layerwise_query else None
+                )
+                for _ in range(cfg.dec_layers)
+            )
             self.decoder_norm = nn.LayerNorm(D)
             self.output_proj = nn.Linear(D, self.in_channels)
             # official `initializer: xavier_uniform` on the reconstruction module; the teacher keeps its weights
@@ -205,7 +251,9 @@ class UniAD(Method):
         ``"antialias"``: antialiased bilinear, each coarse cell a weighted average of the fine cells around it."""
         names = [lv.name for lv in self.teacher.feature_info]
         official = self.cfg.neck == "official"
-        maps = levels_to_grid(features, names, self.grid, antialias=not official, align_corners=official)
+        maps = levels_to_grid(
+            features, names, self.grid, antialias=not official, align_corners=official
+        )
         return torch.cat(maps, dim=1)  # (B, C, h, w)
 
     def add_jitter(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -215,10 +263,15 @@ class UniAD(Method):
         (detached), so every channel is disturbed in proportion to how much it varies on normal data."""
         B, L, C = tokens.shape
         if self.cfg.jitter_rule == "spread":
-            sigma = tokens.detach().float().std(dim=(0, 1), keepdim=True).to(tokens.dtype) * self.cfg.jitter_spread  # (1, 1, C)
+            sigma = (
+                tokens.detach().float().std(dim=(0, 1), keepdim=True).to(tokens.dtype)
+                * self.cfg.jitter_spread
+            )  # (1, 1, C)
         else:
             sigma = tokens.norm(dim=-1, keepdim=True) / C * self.cfg.jitter_scale  # (B, L, 1)
-        hit = (torch.rand(B, 1, 1, device=tokens.device) < self.cfg.jitter_prob).to(tokens.dtype)  # (B, 1, 1)
+        hit = (torch.rand(B, 1, 1, device=tokens.device) < self.cfg.jitter_prob).to(
+            tokens.dtype
+        )  # (B, 1, 1)
         # a contiguous draw: randn_like would copy the strides of the transposed tokens view, and filling a
         # strided tensor takes torch's slow scalar path (measured 6x slower, a third of a small model's step)
         noise = torch.randn(tokens.shape, device=tokens.device, dtype=tokens.dtype)  # (B, L, C)
@@ -243,9 +296,14 @@ class UniAD(Method):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Returns ``target`` (clean features), ``input`` (what the transformer saw: jittered in training)
         and ``rec`` (the reconstruction), all (B, C, h, w) float32."""
-        if batch.image is not None and batch.image.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
-            raise ValueError(f"this UniAD model was built for {self.cfg.image_size} px images (its position "
-                             f"embedding and queries are {self.grid}); got {tuple(batch.image.shape[-2:])}")
+        if batch.image is not None and batch.image.shape[-2:] != (
+            self.cfg.image_size,
+            self.cfg.image_size,
+        ):
+            raise ValueError(
+                f"this UniAD model was built for {self.cfg.image_size} px images (its position "
+                f"embedding and queries are {self.grid}); got {tuple(batch.image.shape[-2:])}"
+            )
         target = self.neck(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
         tokens = to_tokens(target)  # (B, L, C), L = h w, row-major
@@ -268,4 +326,6 @@ class UniAD(Method):
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)
-        return {"rec": (out["rec"] - out["target"]).pow(2).sum(dim=1, keepdim=True).sqrt()}  # (B, 1, h, w)
+        return {
+            "rec": (out["rec"] - out["target"]).pow(2).sum(dim=1, keepdim=True).sqrt()
+        }  # (B, 1, h, w)

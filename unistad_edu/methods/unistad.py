@@ -48,6 +48,7 @@ Data flow (``cpu`` preset: Lite0 strides 4/8/16 at 256 px, C = 24 + 40 + 112 = 1
     maps = {teacher_global: cos(T,G), teacher_local: cos(T,L), global_local: cos(G,L)}, each (B, 1, 16, 16)
            -> refine along T's affinities (optional) -> shared scoring
 """
+
 from __future__ import annotations
 
 import math
@@ -96,9 +97,13 @@ class UniSTADConfig(TransformerTrainingConfig):
     layers: int = 2  # cross-attention layers per student
     ffn_dim: int = 256
     dropout: float = 0.0
-    global_window: int = 7  # k x k window around a token that the global student may NOT see (clipped)
+    global_window: int = (
+        7  # k x k window around a token that the global student may NOT see (clipped)
+    )
     local_window: int = 3  # k x k window the local student sees, the token itself excluded
-    feature_stride: int | None = None  # token grid = image_size / this; None: the deepest teacher level's
+    feature_stride: int | None = (
+        None  # token grid = image_size / this; None: the deepest teacher level's
+    )
     # Dinomaly's two remedies for the identical shortcut, off by default: dropout on the teacher tokens the
     # students read (training only; their targets stay clean), and the loose loss -- the gradient of each
     # student's best-predicted hm_quantile of tokens scaled by hm_factor
@@ -115,12 +120,15 @@ class UniSTADConfig(TransformerTrainingConfig):
     refine_steps: int = 1
     refine_knn: int = 8
     refine_temperature: float = 0.05
-    refine_alpha: float = 0.5  # keep half of the unrefined map (refine.py: stronger settings hurt here)
+    refine_alpha: float = (
+        0.5  # keep half of the unrefined map (refine.py: stronger settings hurt here)
+    )
     # optimisation: TransformerTrainingConfig's (AdamW, cosine, clip 1, batch 8, 20 epochs, init_seed 0)
     # image score: the mean of the top 1 % of the blurred map (as UniAD's and the dual students' cpu presets), not
     # its max -- measured +0.9 mean I-AUROC over 3 seeds (see above)
-    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0,
-                                                                         image_score="topk_mean"))
+    scoring: ScoringConfig = field(
+        default_factory=lambda: ScoringConfig(fuse="mean", blur_sigma=4.0, image_score="topk_mean")
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -129,8 +137,10 @@ class UniSTADConfig(TransformerTrainingConfig):
         if not self.maps or bad:
             raise ValueError(f"maps must be a non-empty subset of {MAP_NAMES}, got {self.maps}")
         if self.local_window < 3:
-            raise ValueError(f"local_window must be >= 3 (a 1 x 1 window minus the token is empty), "
-                             f"got {self.local_window}")
+            raise ValueError(
+                f"local_window must be >= 3 (a 1 x 1 window minus the token is empty), "
+                f"got {self.local_window}"
+            )
 
 
 # ---- the students ------------------------------------------------------------------------------------------
@@ -141,26 +151,43 @@ class ContextStudent(nn.Module):
     The token's own feature reaches its prediction only if its mask row shows it -- neither mask here does.
     """
 
-    def __init__(self, channels: int, dim: int, heads: int, ffn: int, layers: int, dropout: float,
-                 grid: tuple[int, int], mask: torch.Tensor):
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        heads: int,
+        ffn: int,
+        layers: int,
+        dropout: float,
+        grid: tuple[int, int],
+        mask: torch.Tensor,
+    ):
         super().__init__()
         h, w = grid
         if mask.shape != (h * w, h * w) or (mask.all(dim=1)).any():
-            raise ValueError("the student's mask must be (L, L) and show every query at least one token")
+            raise ValueError(
+                "the student's mask must be (L, L) and show every query at least one token"
+            )
         self.register_buffer("mask", mask, persistent=False)  # rebuilt from the config, never saved
         self.input_proj = nn.Linear(channels, dim)
         self.context_norm = nn.LayerNorm(dim)
         self.pos_embed = PositionEmbedding2D(h, w, dim)
-        self.query = nn.Embedding(h * w, dim)  # one learned query per grid position (as UniAD's decoder)
+        self.query = nn.Embedding(
+            h * w, dim
+        )  # one learned query per grid position (as UniAD's decoder)
         # pre-norm cross-attention layers: the query stream reads the (fixed) context, queries never attend to
         # each other, so query i's output depends only on what its mask row shows
-        self.layers = nn.ModuleList(TransformerLayer(dim, heads, ffn, dropout, norm="pre") for _ in range(layers))
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, heads, ffn, dropout, norm="pre") for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.output_proj = nn.Linear(dim, channels)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         B = tokens.shape[0]
-        context = self.context_norm(self.input_proj(tokens))  # (B, L, D): token-wise, tokens never mix
+        context = self.context_norm(
+            self.input_proj(tokens)
+        )  # (B, L, D): token-wise, tokens never mix
         pos = self.pos_embed()  # (L, D)
         q = self.query.weight.expand(B, -1, -1)  # (B, L, D)
         for layer in self.layers:
@@ -177,10 +204,25 @@ class UniSTAD(Method):
         "cpu": {},
         # ours (no public recipe): DINOv2 ViT-S/14 blocks 2/5/8 at 224 px (16 x 16 tokens, 3 x 384 channels),
         # students of UniAD's size (hidden 256, 8 heads, FFN 1024, dropout 0.1) with 4 layers each
-        "paper": dict(teacher="vit_small_patch14_dinov2", teacher_layers=(2, 5, 8), image_size=224,
-                      hidden_dim=256, num_heads=8, layers=4, ffn_dim=1024, dropout=0.1,
-                      global_window=7, local_window=3, optimizer="adamw", lr=1e-4, weight_decay=1e-4,
-                      epochs=300, schedule="cosine", batch_size=16, grad_clip=1.0),
+        "paper": dict(
+            teacher="vit_small_patch14_dinov2",
+            teacher_layers=(2, 5, 8),
+            image_size=224,
+            hidden_dim=256,
+            num_heads=8,
+            layers=4,
+            ffn_dim=1024,
+            dropout=0.1,
+            global_window=7,
+            local_window=3,
+            optimizer="adamw",
+            lr=1e-4,
+            weight_decay=1e-4,
+            epochs=300,
+            schedule="cosine",
+            batch_size=16,
+            grad_clip=1.0,
+        ),
     }
 
     def __init__(self, teacher, cfg: UniSTADConfig):
@@ -191,19 +233,35 @@ class UniSTAD(Method):
         self.in_channels = sum(self.level_channels)  # C, e.g. 24 + 40 + 112 = 176
         stride = cfg.feature_stride or info[-1].stride
         if getattr(teacher, "is_vit", False) and cfg.image_size % info[-1].stride:
-            raise ValueError(f"a ViT teacher with patch size {info[-1].stride} needs an image size that is a "
-                             f"multiple of it; got {cfg.image_size}")
+            raise ValueError(
+                f"a ViT teacher with patch size {info[-1].stride} needs an image size that is a "
+                f"multiple of it; got {cfg.image_size}"
+            )
         side = math.ceil(cfg.image_size / stride)
         self.grid = (side, side)  # (h, w) of the token grid, e.g. 16 x 16
         h, w = self.grid
         if h * w < 2:
-            raise ValueError(f"a {h} x {w} token grid has no context to predict from: use larger images")
-        self.global_window = clip_neighbor_size(h, w, cfg.global_window)  # never hides a whole small grid
-        global_mask = neighbor_mask(h, w, self.global_window)  # (L, L) hide the window (and the token)
+            raise ValueError(
+                f"a {h} x {w} token grid has no context to predict from: use larger images"
+            )
+        self.global_window = clip_neighbor_size(
+            h, w, cfg.global_window
+        )  # never hides a whole small grid
+        global_mask = neighbor_mask(
+            h, w, self.global_window
+        )  # (L, L) hide the window (and the token)
         lmask = local_mask(h, w, cfg.local_window)  # (L, L) show only the window minus the token
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            args = (self.in_channels, cfg.hidden_dim, cfg.num_heads, cfg.ffn_dim, cfg.layers, cfg.dropout, self.grid)
+            args = (
+                self.in_channels,
+                cfg.hidden_dim,
+                cfg.num_heads,
+                cfg.ffn_dim,
+                cfg.layers,
+                cfg.dropout,
+                self.grid,
+            )
             self.global_student = ContextStudent(*args, mask=global_mask)
             self.local_student = ContextStudent(*args, mask=lmask)
             xavier_init_(self, skip=self.frozen_modules())  # the teacher keeps its weights
@@ -214,23 +272,34 @@ class UniSTAD(Method):
         """The refinement as the config says now (no parameters, no buffers: built on demand, so toggling
         ``cfg.refine*`` on a trained model takes effect at once and never changes a checkpoint)."""
         c = self.cfg
-        return AffinityRefiner(c.refine_steps, c.refine_knn, c.refine_temperature, c.refine_alpha,
-                               level_channels=self.level_channels)
+        return AffinityRefiner(
+            c.refine_steps,
+            c.refine_knn,
+            c.refine_temperature,
+            c.refine_alpha,
+            level_channels=self.level_channels,
+        )
 
     def tokens(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher levels -> one grid, concatenated: (B, C, h, w)."""
-        return torch.cat(levels_to_grid(features, self.level_names, self.grid), dim=1)  # (B, C, h, w)
+        return torch.cat(
+            levels_to_grid(features, self.level_names, self.grid), dim=1
+        )  # (B, C, h, w)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``target`` (teacher), ``global`` and ``local`` (the students' predictions), each (B, C, h, w)."""
         if batch.image is not None and tuple(batch.image.shape[-2:]) != (self.cfg.image_size,) * 2:
-            raise ValueError(f"this UniSTAD model was built for {self.cfg.image_size} px images (its queries are "
-                             f"a {self.grid} grid); got {tuple(batch.image.shape[-2:])}")
+            raise ValueError(
+                f"this UniSTAD model was built for {self.cfg.image_size} px images (its queries are "
+                f"a {self.grid} grid); got {tuple(batch.image.shape[-2:])}"
+            )
         target = self.tokens(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
         t = to_tokens(target)  # (B, L, C), row-major tokens
         if self.training and self.cfg.input_dropout > 0:
-            t = F.dropout(t, self.cfg.input_dropout, training=True)  # what the students read; target stays clean
+            t = F.dropout(
+                t, self.cfg.input_dropout, training=True
+            )  # what the students read; target stays clean
         g = self.global_student(t).float()  # (B, L, C)
         loc = self.local_student(t).float()  # (B, L, C)
         return {"target": target, "global": to_grid(g, h, w), "local": to_grid(loc, h, w)}
@@ -244,8 +313,11 @@ class UniSTAD(Method):
         energy = t.pow(2).sum(dim=(1, 2)).clamp_min(1e-12)  # (B,)
         nse = lambda s: ((s - t).pow(2).sum(dim=(1, 2)) / energy).mean()  # noqa: E731
         c = self.cfg
-        return {"distill": c.w_distill * (dist(g, t) + dist(loc, t)), "rec": c.w_rec * (nse(g) + nse(loc)),
-                "consistency": c.w_consistency * dist(g, loc)}
+        return {
+            "distill": c.w_distill * (dist(g, t) + dist(loc, t)),
+            "rec": c.w_rec * (nse(g) + nse(loc)),
+            "consistency": c.w_consistency * dist(g, loc),
+        }
 
     def mined(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Hard-point mining: each student's prediction with the gradient of its best-predicted
@@ -254,7 +326,9 @@ class UniSTAD(Method):
         t = to_tokens(out["target"])  # (B, L, C)
         mined = dict(out)
         for k in ("global", "local"):
-            d = level_cosine_distance(t, to_tokens(out[k]).detach(), self.level_channels).reshape(B, h, w)
+            d = level_cosine_distance(t, to_tokens(out[k]).detach(), self.level_channels).reshape(
+                B, h, w
+            )
             mined[k] = scale_easy_gradients(out[k], d, self.cfg.hm_quantile, self.cfg.hm_factor)
         return mined
 
@@ -267,8 +341,10 @@ class UniSTAD(Method):
         B, C, h, w = out["target"].shape
         t, g, loc = (to_tokens(out[k]) for k in ("target", "global", "local"))  # (B, L, C)
         pairs = {"teacher_global": (t, g), "teacher_local": (t, loc), "global_local": (g, loc)}
-        maps = {name: level_cosine_distance(*pairs[name], self.level_channels).reshape(B, 1, h, w)
-                for name in self.cfg.maps}  # each (B, 1, h, w)
+        maps = {
+            name: level_cosine_distance(*pairs[name], self.level_channels).reshape(B, 1, h, w)
+            for name in self.cfg.maps
+        }  # each (B, 1, h, w)
         if self.cfg.refine:
             maps = self.refiner(maps, out["target"])
         return maps

@@ -1,5 +1,6 @@
 """Rendering with numpy and PIL (no plotly, no widgets): the colour ramp, heatmap overlays, mask outlines and
 the prediction picture the CLI and the demo write (image | overlay at a fixed scale | colour bar, verdict)."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,25 @@ from PIL import Image, ImageDraw, ImageFont
 from ..files import atomic_write
 
 # a perceptually ordered blue -> green -> yellow -> red ramp (anchor colours; linear in between)
-_RAMP = np.array([[48, 18, 59], [70, 107, 227], [41, 187, 236], [58, 242, 148], [164, 252, 60],
-                  [239, 205, 58], [251, 128, 34], [214, 52, 6], [122, 4, 3]], dtype=np.float32)
+_RAMP = np.array(
+    [
+        [48, 18, 59],
+        [70, 107, 227],
+        [41, 187, 236],
+        [58, 242, 148],
+        [164, 252, 60],
+        [239, 205, 58],
+        [251, 128, 34],
+        [214, 52, 6],
+        [122, 4, 3],
+    ],
+    dtype=np.float32,
+)
 
 
-def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+def colorize(
+    values: np.ndarray, vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
     """(H, W) floats -> (H, W, 3) uint8 colours, scaled to [vmin, vmax] (default: the map's own range)."""
     v = np.asarray(values, dtype=np.float32)
     lo = float(np.min(v)) if vmin is None else vmin
@@ -26,16 +41,21 @@ def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None =
     return (_RAMP[i] * (1 - frac) + _RAMP[i + 1] * frac).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5, vmin=None, vmax=None) -> np.ndarray:
+def overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5, vmin=None, vmax=None
+) -> np.ndarray:
     """Blend a heatmap over an (H, W, 3) uint8 image; the map is resized to the image if needed."""
     heat = colorize(anomaly_map, vmin, vmax)
     if heat.shape[:2] != image.shape[:2]:
         heat = np.asarray(Image.fromarray(heat).resize(image.shape[1::-1], Image.BILINEAR))
-    return (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
+    return (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(
+        np.uint8
+    )
 
 
-def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path, title: str | None = None, vmin=None,
-                 vmax=None) -> Path:
+def save_overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, path, title: str | None = None, vmin=None, vmax=None
+) -> Path:
     """Image | heatmap overlay side by side, with an optional caption, as a PNG."""
     over = overlay(image, anomaly_map, vmin=vmin, vmax=vmax)
     h, w = image.shape[:2]
@@ -86,13 +106,23 @@ def _fmt(x: float) -> str:
 def colorbar(height: int, width: int = _BAR_W) -> np.ndarray:
     """A vertical (height, width, 3) uint8 colour bar of :func:`colorize`'s ramp: value 1 at the top row, value 0
     at the bottom row (the same colours the overlay uses, before blending)."""
-    ramp = colorize(np.linspace(0.0, 1.0, max(int(height), 2), dtype=np.float32)[:, None], 0.0, 1.0)[::-1]
+    ramp = colorize(
+        np.linspace(0.0, 1.0, max(int(height), 2), dtype=np.float32)[:, None], 0.0, 1.0
+    )[::-1]
     return np.ascontiguousarray(np.repeat(ramp, max(int(width), 1), axis=1))
 
 
-def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, threshold: float | None, *,
-                      verdict: str | None = None, scale: str = "fixed", title: str | None = None,
-                      return_layout: bool = False):
+def prediction_figure(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    score: float,
+    threshold: float | None,
+    *,
+    verdict: str | None = None,
+    scale: str = "fixed",
+    title: str | None = None,
+    return_layout: bool = False,
+):
     """The prediction picture as an (H, W, 3) uint8 array (what :func:`save_prediction` writes).
 
     Layout, top to bottom: an optional ``title`` line (black), a caption line ``score S   threshold T   VERDICT``
@@ -125,7 +155,9 @@ def prediction_figure(image: np.ndarray, anomaly_map: np.ndarray, score: float, 
         over = overlay(img, amap, alpha=PREDICTION_ALPHA)
         ticks = [(0.0, f"{_fmt(lo)} min"), (0.5, _fmt((lo + hi) / 2)), (1.0, f"{_fmt(hi)} max")]
     if verdict is None:
-        verdict = "no threshold" if thr is None else ("ANOMALOUS" if float(score) > thr else "normal")
+        verdict = (
+            "no threshold" if thr is None else ("ANOMALOUS" if float(score) > thr else "normal")
+        )
     head = f"score {float(score):.4g}   " + (f"threshold {thr:.4g}   " if thr is not None else "")
     if thr is None and verdict != "no threshold":
         head += "no threshold   "
@@ -141,8 +173,10 @@ def _rgb_and_map(image, anomaly_map) -> tuple[np.ndarray, np.ndarray]:
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = as_uint8(img)[..., :3]
-    amap = np.asarray(anomaly_map.detach().float().cpu() if hasattr(anomaly_map, "detach") else anomaly_map,
-                      dtype=np.float32)
+    amap = np.asarray(
+        anomaly_map.detach().float().cpu() if hasattr(anomaly_map, "detach") else anomaly_map,
+        dtype=np.float32,
+    )
     while amap.ndim > 2 and amap.shape[0] == 1:
         amap = amap[0]
     if amap.ndim != 2:
@@ -150,7 +184,9 @@ def _rgb_and_map(image, anomaly_map) -> tuple[np.ndarray, np.ndarray]:
     return img, amap
 
 
-def _draw_prediction(img: np.ndarray, over: np.ndarray, ticks, head: str, verdict: str, title: str | None):
+def _draw_prediction(
+    img: np.ndarray, over: np.ndarray, ticks, head: str, verdict: str, title: str | None
+):
     """The canvas of :func:`prediction_figure` and its boxes: title, caption + coloured verdict, then
     image | overlay | colour bar with its tick labels."""
     font = ImageFont.load_default()
@@ -186,21 +222,29 @@ def _draw_prediction(img: np.ndarray, over: np.ndarray, ticks, head: str, verdic
     for v, label in ticks:
         y = row_y + int(round((1.0 - v) * (bar_h - 1)))
         draw.line([bar_x + _BAR_W + 1, y, bar_x + _BAR_W + _TICK, y], fill="black")
-        ly = min(max(y - line_h // 2, row_y), row_y + bar_h - line_h)  # centred on the tick, kept by the bar
+        ly = min(
+            max(y - line_h // 2, row_y), row_y + bar_h - line_h
+        )  # centred on the tick, kept by the bar
         draw.text((lab_x, ly), label, fill="black", font=font)
-    layout = {"image": (img_x, row_y, img_x + w, row_y + h), "overlay": (over_x, row_y, over_x + w, row_y + h),
-              "colorbar": (bar_x, row_y, bar_x + _BAR_W, row_y + bar_h),
-              "labels": (lab_x, row_y, lab_x + lab_w, row_y + bar_h),
-              "caption": (_MARGIN, ty, _MARGIN + text_w(head) + text_w(verdict), ty + line_h),
-              "verdict": (vx, ty, vx + text_w(verdict), ty + line_h)}
+    layout = {
+        "image": (img_x, row_y, img_x + w, row_y + h),
+        "overlay": (over_x, row_y, over_x + w, row_y + h),
+        "colorbar": (bar_x, row_y, bar_x + _BAR_W, row_y + bar_h),
+        "labels": (lab_x, row_y, lab_x + lab_w, row_y + bar_h),
+        "caption": (_MARGIN, ty, _MARGIN + text_w(head) + text_w(verdict), ty + line_h),
+        "verdict": (vx, ty, vx + text_w(verdict), ty + line_h),
+    }
     return np.asarray(canvas).copy(), layout
 
 
-def heatmap_with_colorbar(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
-                          scale: str = "fixed") -> np.ndarray:
+def heatmap_with_colorbar(
+    image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None, scale: str = "fixed"
+) -> np.ndarray:
     """The heatmap overlay with its colour bar and tick labels beside it (uint8), the middle and right panels of
     :func:`prediction_figure` (same scale rules: ``fixed`` = 0 to the threshold, ``image`` = the map's range)."""
-    arr, lay = prediction_figure(image, anomaly_map, 0.0, threshold, scale=scale, return_layout=True)
+    arr, lay = prediction_figure(
+        image, anomaly_map, 0.0, threshold, scale=scale, return_layout=True
+    )
     x0, y0 = lay["overlay"][0], lay["overlay"][1]
     x1 = min(arr.shape[1], lay["labels"][2] + _MARGIN)
     y1 = max(lay["overlay"][3], lay["colorbar"][3] + 1)
@@ -211,7 +255,9 @@ def heatmap_with_colorbar(image: np.ndarray, anomaly_map: np.ndarray, threshold:
 OUTLINE_COLOUR = (0, 255, 255)
 
 
-def predicted_region(anomaly_map: np.ndarray, threshold: float | None, shape: tuple[int, int]) -> np.ndarray | None:
+def predicted_region(
+    anomaly_map: np.ndarray, threshold: float | None, shape: tuple[int, int]
+) -> np.ndarray | None:
     """(H, W) bool at ``shape``: where the anomaly map (bilinearly resized if needed) is above the threshold --
     the predicted defect mask. None without a usable threshold."""
     thr = _valid_threshold(threshold)
@@ -221,12 +267,19 @@ def predicted_region(anomaly_map: np.ndarray, threshold: float | None, shape: tu
     while amap.ndim > 2 and amap.shape[0] == 1:
         amap = amap[0]
     if amap.shape != tuple(shape):
-        amap = np.asarray(Image.fromarray(amap, mode="F").resize(tuple(shape)[::-1], Image.BILINEAR))
+        amap = np.asarray(
+            Image.fromarray(amap, mode="F").resize(tuple(shape)[::-1], Image.BILINEAR)
+        )
     return amap > thr
 
 
-def outline_region(image: np.ndarray, anomaly_map: np.ndarray, threshold: float | None,
-                   color=OUTLINE_COLOUR, width: int = 2) -> np.ndarray:
+def outline_region(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    threshold: float | None,
+    color=OUTLINE_COLOUR,
+    width: int = 2,
+) -> np.ndarray:
     """The image with the predicted region (:func:`predicted_region`) drawn as an outline, ``width`` px; the image
     unchanged (a copy) if nothing is above the threshold or there is no threshold."""
     img = as_uint8(np.asarray(image))[..., :3]
@@ -236,12 +289,23 @@ def outline_region(image: np.ndarray, anomaly_map: np.ndarray, threshold: float 
     return mask_overlay(img, region, color=color, alpha=0.0, outline=True, width=width)
 
 
-def save_prediction(image: np.ndarray, anomaly_map: np.ndarray, path, score: float, threshold: float | None, *,
-                    verdict: str | None = None, scale: str = "fixed", title: str | None = None) -> Path:
+def save_prediction(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    path,
+    score: float,
+    threshold: float | None,
+    *,
+    verdict: str | None = None,
+    scale: str = "fixed",
+    title: str | None = None,
+) -> Path:
     """Write the prediction picture (:func:`prediction_figure`: image | overlay at a fixed 0 -> threshold colour
     scale by default | colour bar, with a caption of score, threshold and coloured verdict) as a PNG at
     ``path``, atomically (temp file in the same folder, then ``os.replace``). Returns the path."""
-    arr = prediction_figure(image, anomaly_map, score, threshold, verdict=verdict, scale=scale, title=title)
+    arr = prediction_figure(
+        image, anomaly_map, score, threshold, verdict=verdict, scale=scale, title=title
+    )
     return _save_png_atomic(Image.fromarray(arr), path)
 
 
@@ -267,7 +331,10 @@ def _fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         m = m[0] if m.shape[0] == 1 else m[..., 0]
     m = m > 0
     if m.shape != tuple(shape):
-        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(shape[::-1], Image.NEAREST)) > 0
+        m = (
+            np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(shape[::-1], Image.NEAREST))
+            > 0
+        )
     return m
 
 
@@ -280,13 +347,19 @@ def mask_boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
         shrunk = np.ones_like(inner)
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
-                shrunk &= p[1 + dy: 1 + dy + m.shape[0], 1 + dx: 1 + dx + m.shape[1]]
+                shrunk &= p[1 + dy : 1 + dy + m.shape[0], 1 + dx : 1 + dx + m.shape[1]]
         inner = shrunk
     return m & ~inner
 
 
-def mask_overlay(image: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.4,
-                 outline: bool = True, width: int = 1) -> np.ndarray:
+def mask_overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color=(255, 40, 40),
+    alpha: float = 0.4,
+    outline: bool = True,
+    width: int = 1,
+) -> np.ndarray:
     """Show a defect mask on an (H, W, 3) uint8 image: mask pixels tinted with ``color`` (``alpha`` = 0 gives an
     outline only) and, with ``outline``, the mask's border drawn solid. The mask ((H, W) or (1, H, W), any
     resolution, binarised with ``> 0``) is resized to the image with nearest-neighbour. Returns a new array."""
@@ -300,5 +373,3 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha
     if outline:
         out[mask_boundary(m, width)] = col
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-

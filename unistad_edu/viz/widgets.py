@@ -1,5 +1,6 @@
 """ipywidgets explorers for the lessons: an image browser, a run switcher, a threshold explorer and a results
 explorer. ipywidgets is imported inside each function."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,20 +15,23 @@ from .render import _fit_mask, mask_overlay, overlay
 # ---- explorer -------------------------------------------------------------------------------------------
 def _png(arr: np.ndarray) -> bytes:
     import io
+
     buf = io.BytesIO()
     Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def browse_indices(categories, labels, per_category: int | None = None, order: Sequence[str] | None = None) -> list[int]:
+def browse_indices(
+    categories, labels, per_category: int | None = None, order: Sequence[str] | None = None
+) -> list[int]:
     """Which test images an explorer shows: per category (in ``order``, default sorted), its defective images,
     then its normal ones, at most ``per_category // 2`` of each (first ones in dataset order; ``None``: all)."""
     cats, labs = np.asarray(categories), np.asarray(labels)
     out: list[int] = []
-    for c in (order if order is not None else sorted(set(cats.tolist()))):
+    for c in order if order is not None else sorted(set(cats.tolist())):
         for label in (1, 0):
             ids = np.flatnonzero((cats == c) & (labs == label)).tolist()
-            out += ids[:per_category // 2] if per_category else ids
+            out += ids[: per_category // 2] if per_category else ids
     return out
 
 
@@ -48,12 +52,24 @@ def _threshold_slider(maps: Sequence[np.ndarray], threshold: float | None):
     import ipywidgets as W
 
     top, lo = float(max(m.max() for m in maps)), float(min(m.min() for m in maps))
-    start = float(threshold) if threshold is not None else float(np.quantile(np.concatenate(
-        [m.ravel()[:: max(1, m.size // 4096)] for m in maps]), 0.99))
+    start = (
+        float(threshold)
+        if threshold is not None
+        else float(
+            np.quantile(np.concatenate([m.ravel()[:: max(1, m.size // 4096)] for m in maps]), 0.99)
+        )
+    )
     hi = max(top, start) * 1.05
-    return W.FloatSlider(value=start, min=min(lo, start), max=hi if hi > lo else lo + 1.0,
-                         step=(hi - lo) / 500 if hi > lo else 0.01, description="threshold",
-                         readout_format=".4g", continuous_update=False, layout=W.Layout(width="480px"))
+    return W.FloatSlider(
+        value=start,
+        min=min(lo, start),
+        max=hi if hi > lo else lo + 1.0,
+        step=(hi - lo) / 500 if hi > lo else 0.01,
+        description="threshold",
+        readout_format=".4g",
+        continuous_update=False,
+        layout=W.Layout(width="480px"),
+    )
 
 
 def _browse_one(i: int, images, maps, masks, scores, labels, thr: float | None, vmax: float | None):
@@ -62,7 +78,9 @@ def _browse_one(i: int, images, maps, masks, scores, labels, thr: float | None, 
     green = (40, 220, 40)
     img = np.asarray(images[i], dtype=np.uint8)
     mask = masks[i] if masks is not None else None
-    pngs = [_png(mask_overlay(img, mask, color=green, alpha=0.0, width=2) if mask is not None else img)]
+    pngs = [
+        _png(mask_overlay(img, mask, color=green, alpha=0.0, width=2) if mask is not None else img)
+    ]
     parts = []
     if labels is not None:
         parts.append("label: <b>" + ("defect" if int(labels[i]) == 1 else "normal") + "</b>")
@@ -84,11 +102,18 @@ def _browse_one(i: int, images, maps, masks, scores, labels, thr: float | None, 
     return pngs, parts
 
 
-def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | None = None,
-                  masks: Sequence[np.ndarray] | None = None, scores: Sequence[float] | None = None,
-                  labels: Sequence[int] | None = None, titles: Sequence[str] | None = None,
-                  categories: Sequence[str] | None = None, threshold: float | None = None,
-                  vmax: float | None = None, display_size: int = 256):
+def image_browser(
+    images: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray] | None = None,
+    masks: Sequence[np.ndarray] | None = None,
+    scores: Sequence[float] | None = None,
+    labels: Sequence[int] | None = None,
+    titles: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    threshold: float | None = None,
+    vmax: float | None = None,
+    display_size: int = 256,
+):
     """An ipywidgets explorer over a set of images. Returns an ``ipywidgets.VBox``; display it as a cell's
     last expression.
 
@@ -105,8 +130,15 @@ def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | Non
     (indices the index slider walks through)."""
     import ipywidgets as W
 
-    n = _check_lengths(images, maps=maps, masks=masks, scores=scores, labels=labels, titles=titles,
-                       categories=categories)
+    n = _check_lengths(
+        images,
+        maps=maps,
+        masks=masks,
+        scores=scores,
+        labels=labels,
+        titles=titles,
+        categories=categories,
+    )
     thr = None
     if maps is not None:
         maps = [np.asarray(m, dtype=np.float32) for m in maps]
@@ -114,15 +146,28 @@ def image_browser(images: Sequence[np.ndarray], maps: Sequence[np.ndarray] | Non
         thr = _threshold_slider(maps, threshold)
     cat_dd = None
     if categories is not None:
-        cat_dd = W.Dropdown(options=["all"] + sorted(set(map(str, categories))), value="all", description="category")
-    idx = W.IntSlider(value=0, min=0, max=n - 1, description="image", continuous_update=False,
-                      layout=W.Layout(width="480px"))
+        cat_dd = W.Dropdown(
+            options=["all"] + sorted(set(map(str, categories))), value="all", description="category"
+        )
+    idx = W.IntSlider(
+        value=0,
+        min=0,
+        max=n - 1,
+        description="image",
+        continuous_update=False,
+        layout=W.Layout(width="480px"),
+    )
     captions = ["image" + (" + defect mask (green)" if masks is not None else "")]
     if maps is not None:
-        captions += ["anomaly map", "pixels above threshold (red)" + (" vs mask" if masks is not None else "")]
+        captions += [
+            "anomaly map",
+            "pixels above threshold (red)" + (" vs mask" if masks is not None else ""),
+        ]
     panels = [W.Image(format="png", width=display_size, height=display_size) for _ in captions]
     info = W.HTML()
-    view = _BrowserView(images, maps, masks, scores, labels, titles, categories, vmax, idx, thr, info, panels)
+    view = _BrowserView(
+        images, maps, masks, scores, labels, titles, categories, vmax, idx, thr, info, panels
+    )
     for widget, handler in ((idx, view.render), (thr, view.render), (cat_dd, view.on_category)):
         if widget is not None:
             widget.observe(handler, "value")
@@ -140,8 +185,16 @@ class _BrowserView:
     """What :func:`image_browser` shows for its sliders and category filter: the selection the index slider
     walks through, and the panels and facts of the image it points at."""
 
-    def __init__(self, images, maps, masks, scores, labels, titles, categories, vmax, idx, thr, info, panels):
-        self.images, self.maps, self.masks, self.scores, self.labels = images, maps, masks, scores, labels
+    def __init__(
+        self, images, maps, masks, scores, labels, titles, categories, vmax, idx, thr, info, panels
+    ):
+        self.images, self.maps, self.masks, self.scores, self.labels = (
+            images,
+            maps,
+            masks,
+            scores,
+            labels,
+        )
         self.titles, self.categories, self.vmax = titles, categories, vmax
         self.idx, self.thr, self.info, self.panels = idx, thr, info, panels
         self.selection = list(range(len(images)))
@@ -154,15 +207,21 @@ class _BrowserView:
             return
         i = sel[min(self.idx.value, len(sel) - 1)]
         thr = None if self.thr is None else self.thr.value
-        pngs, parts = _browse_one(i, self.images, self.maps, self.masks, self.scores, self.labels, thr, self.vmax)
+        pngs, parts = _browse_one(
+            i, self.images, self.maps, self.masks, self.scores, self.labels, thr, self.vmax
+        )
         for panel, png in zip(self.panels, pngs):
             panel.value = png
         title = self.titles[i] if self.titles is not None else f"image {i}"
-        self.info.value = " &nbsp;|&nbsp; ".join([f"<b>{title}</b> ({self.idx.value + 1} of {len(sel)})", *parts])
+        self.info.value = " &nbsp;|&nbsp; ".join(
+            [f"<b>{title}</b> ({self.idx.value + 1} of {len(sel)})", *parts]
+        )
 
     def on_category(self, change):
         c = change["new"]
-        self.selection = [i for i in range(len(self.images)) if c == "all" or str(self.categories[i]) == c]
+        self.selection = [
+            i for i in range(len(self.images)) if c == "all" or str(self.categories[i]) == c
+        ]
         if self.box is not None:
             self.box.selection = self.selection
         self.idx.max = max(0, len(self.selection) - 1)
@@ -170,9 +229,14 @@ class _BrowserView:
         self.render()
 
 
-def run_switcher(maps: dict[str, Sequence[np.ndarray]], scores: dict[str, Sequence[float]] | None = None,
-                 link: Sequence[str] = ("category", "index", "threshold"), description: str = "run",
-                 buttons: bool = True, **common):
+def run_switcher(
+    maps: dict[str, Sequence[np.ndarray]],
+    scores: dict[str, Sequence[float]] | None = None,
+    link: Sequence[str] = ("category", "index", "threshold"),
+    description: str = "run",
+    buttons: bool = True,
+    **common,
+):
     """One :func:`image_browser` per run over the same images, and a switch between the runs that keeps the
     image in view -- e.g. the variants of an ablation, or per-class vs unified.
 
@@ -196,9 +260,13 @@ def run_switcher(maps: dict[str, Sequence[np.ndarray]], scores: dict[str, Sequen
     bad = [c for c in link if c not in ("category", "index", "threshold")]
     if bad:
         raise ValueError(f"cannot link {bad}: category | index | threshold")
-    browsers = {name: image_browser(maps=maps[name], scores=scores.get(name), **common) for name in names}
+    browsers = {
+        name: image_browser(maps=maps[name], scores=scores.get(name), **common) for name in names
+    }
     first = browsers[names[0]]
-    if "threshold" in link and first.threshold is not None:  # one slider range for all, so a linked value fits
+    if (
+        "threshold" in link and first.threshold is not None
+    ):  # one slider range for all, so a linked value fits
         sliders = [b.threshold for b in browsers.values()]
         lo, hi = min(s.min for s in sliders), max(s.max for s in sliders)
         for s in sliders:
@@ -231,7 +299,9 @@ def threshold_rows(scores, labels, categories, threshold: float) -> list[dict]:
     y = np.asarray(labels).reshape(-1) == 1
     c = np.asarray(categories, dtype=str).reshape(-1)
     if not len(s) == len(y) == len(c):
-        raise ValueError(f"scores ({len(s)}), labels ({len(y)}) and categories ({len(c)}) differ in length")
+        raise ValueError(
+            f"scores ({len(s)}), labels ({len(y)}) and categories ({len(c)}) differ in length"
+        )
     flagged = s > float(threshold)
     rows = []
     for name in sorted(set(c)) + ["all"]:
@@ -239,15 +309,28 @@ def threshold_rows(scores, labels, categories, threshold: float) -> list[dict]:
         pos, neg = int((y & sel).sum()), int((~y & sel).sum())
         tp, fp = int((flagged & y & sel).sum()), int((flagged & ~y & sel).sum())
         nan = float("nan")
-        rows.append({"category": name, "defects": pos, "normals": neg,
-                     "recall": tp / pos if pos else nan, "false alarms": fp / neg if neg else nan,
-                     "precision": tp / (tp + fp) if tp + fp else nan,
-                     "F1": 2 * tp / (tp + fp + pos) if pos else nan})
+        rows.append(
+            {
+                "category": name,
+                "defects": pos,
+                "normals": neg,
+                "recall": tp / pos if pos else nan,
+                "false alarms": fp / neg if neg else nan,
+                "precision": tp / (tp + fp) if tp + fp else nan,
+                "F1": 2 * tp / (tp + fp + pos) if pos else nan,
+            }
+        )
     return rows
 
 
-def threshold_explorer(scores, labels, categories, threshold: float | None = None,
-                       marks: dict[str, float] | None = None, digits: int = 2):
+def threshold_explorer(
+    scores,
+    labels,
+    categories,
+    threshold: float | None = None,
+    marks: dict[str, float] | None = None,
+    digits: int = 2,
+):
     """An ipywidgets explorer of one image threshold over many categories: a slider over the score range and a
     table (:func:`threshold_rows`: recall, false-alarm rate, precision, F1 per category and overall) that
     updates as the slider moves. ``threshold``: the start value (default: the median score); ``marks``:
@@ -266,9 +349,16 @@ def threshold_explorer(scores, labels, categories, threshold: float | None = Non
     pad = (hi - lo) * 0.02 or 1.0
     lo, hi = lo - pad, hi + pad
     start = float(threshold) if threshold is not None else float(np.median(s))
-    slider = W.FloatSlider(value=min(max(start, lo), hi), min=lo, max=hi, step=(hi - lo) / 1000,
-                           description="threshold", readout_format=".4g", continuous_update=False,
-                           layout=W.Layout(width="560px"))
+    slider = W.FloatSlider(
+        value=min(max(start, lo), hi),
+        min=lo,
+        max=hi,
+        step=(hi - lo) / 1000,
+        description="threshold",
+        readout_format=".4g",
+        continuous_update=False,
+        layout=W.Layout(width="560px"),
+    )
     table = W.HTML()
     columns = ["category", "defects", "recall", "normals", "false alarms", "precision", "F1"]
 
@@ -282,18 +372,30 @@ def threshold_explorer(scores, labels, categories, threshold: float | None = Non
             cells = []
             for c in columns:
                 v = r[c]
-                text = ("n/a" if np.isnan(v) else f"{v:.{digits}f}") if isinstance(v, float) else str(v)
+                text = (
+                    ("n/a" if np.isnan(v) else f"{v:.{digits}f}")
+                    if isinstance(v, float)
+                    else str(v)
+                )
                 cells.append(f"<td style='padding:2px 8px;text-align:right'>{text}</td>")
-            style = " style='font-weight:bold;border-top:1px solid #888'" if r["category"] == "all" else ""
+            style = (
+                " style='font-weight:bold;border-top:1px solid #888'"
+                if r["category"] == "all"
+                else ""
+            )
             body.append(f"<tr{style}>{''.join(cells)}</tr>")
-        table.value = (f"<small>verdict: score &gt; {slider.value:.4g}</small>"
-                       f"<table><tr>{head}</tr>{''.join(body)}</table>")
+        table.value = (
+            f"<small>verdict: score &gt; {slider.value:.4g}</small>"
+            f"<table><tr>{head}</tr>{''.join(body)}</table>"
+        )
 
     slider.observe(render, "value")
     buttons = []
     for name, value in marks.items():
         b = W.Button(description=f"{name}: {value:.4g}", layout=W.Layout(width="auto"))
-        b.on_click(lambda _b, v=value: setattr(slider, "value", min(max(v, slider.min), slider.max)))
+        b.on_click(
+            lambda _b, v=value: setattr(slider, "value", min(max(v, slider.min), slider.max))
+        )
         buttons.append(b)
     render()
     box = W.VBox([slider, W.HBox(buttons), table] if buttons else [slider, table])
@@ -301,7 +403,9 @@ def threshold_explorer(scores, labels, categories, threshold: float | None = Non
     return box
 
 
-def results_rows(tables: dict[str, dict], metric: str = "I-AUROC", sort_by: str = "mean") -> list[dict]:
+def results_rows(
+    tables: dict[str, dict], metric: str = "I-AUROC", sort_by: str = "mean"
+) -> list[dict]:
     """One row per method (``tables``: {label: metrics table with "categories" and "mean"}), one column per
     category plus the mean, values x100, sorted by ``sort_by`` (a category or "mean"), best first; a category
     a method was not evaluated on is NaN and sorts last."""
@@ -320,8 +424,7 @@ def results_rows(tables: dict[str, dict], metric: str = "I-AUROC", sort_by: str 
     return sorted(rows, key=lambda r: (np.isnan(r[sort_by]), -np.nan_to_num(r[sort_by], nan=0.0)))
 
 
-def results_explorer(tables: dict[str, dict], metrics: Sequence[str] = HEADLINE,
-                     digits: int = 1):
+def results_explorer(tables: dict[str, dict], metrics: Sequence[str] = HEADLINE, digits: int = 1):
     """An ipywidgets per-category results table: pick the metric and the column to rank by; the best value of
     each column is bold. Returns an ``ipywidgets.VBox`` with ``.metric``, ``.sort_by`` (dropdowns), ``.table``
     (HTML) and ``.rows()`` (the rows now shown)."""
@@ -338,8 +441,12 @@ def results_explorer(tables: dict[str, dict], metrics: Sequence[str] = HEADLINE,
     def render(*_):
         shown = rows()
         columns = ["method"] + cats + ["mean"]
-        best = {c: np.nanmax([r[c] for r in shown]) if any(not np.isnan(r[c]) for r in shown) else np.nan
-                for c in columns[1:]}
+        best = {
+            c: np.nanmax([r[c] for r in shown])
+            if any(not np.isnan(r[c]) for r in shown)
+            else np.nan
+            for c in columns[1:]
+        }
         head = "".join(f"<th style='padding:2px 8px'>{c}</th>" for c in columns)
         body = []
         for r in shown:
@@ -350,8 +457,10 @@ def results_explorer(tables: dict[str, dict], metrics: Sequence[str] = HEADLINE,
                 bold = "font-weight:bold;" if not np.isnan(v) and v == best[c] else ""
                 cells.append(f"<td style='padding:2px 8px;text-align:right;{bold}'>{text}</td>")
             body.append(f"<tr>{''.join(cells)}</tr>")
-        table.value = (f"<small>{metric.value} x100, ranked by {sort_by.value}</small>"
-                       f"<table><tr>{head}</tr>{''.join(body)}</table>")
+        table.value = (
+            f"<small>{metric.value} x100, ranked by {sort_by.value}</small>"
+            f"<table><tr>{head}</tr>{''.join(body)}</table>"
+        )
 
     metric.observe(render, "value")
     sort_by.observe(render, "value")
