@@ -591,9 +591,31 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from .data import MVTecDataset
-    from .engine import TrainConfig, fit, fit_per_class, result_line
-    from .methods import build_model, make_config
     from .teacher import load_teacher
+
+    mcfg = _checked_method_config(args)
+    root = _data_root(args.data)
+    train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
+    teacher = load_teacher(
+        mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers
+    )
+    tcfg = _train_config(args)
+    out = Path(args.out)
+    extra = {"data_root": str(root.resolve()), "preset": args.preset}
+    say = _rank0_say()
+    say(
+        f"training {args.method} ({args.preset} preset, {args.setting}) on {len(train)} normal "
+        f"images of {len(train.categories)} categories: {', '.join(train.categories)}",
+        flush=True,
+    )
+    _fit_setting(args, mcfg, teacher, train, tcfg, out, extra, say)
+    say(f"next: python -m unistad_edu eval --run {out}", flush=True)
+    return 0
+
+
+def _train_overrides(args) -> dict:
+    """The method settings ``train`` asks for: --seed, the named options, then --set (it wins)."""
+    from .methods import seed_overrides
 
     overrides = {
         k: v
@@ -606,29 +628,33 @@ def cmd_train(args) -> int:
         )
         if v is not None
     }
-    from .methods import method_class, seed_overrides
-
     # --seed seeds the model too (its initial weights / coreset), unless --set names a seed field itself
-    overrides = {
+    return {
         **seed_overrides(args.method, args.seed),
         **overrides,
         **_parse_overrides(args.overrides),
     }
+
+
+def _checked_method_config(args):
+    """The method's config for ``train``: method, settings and device checked before data work."""
+    from .methods import make_config, method_class
     from .options import check_device, check_overrides
 
-    check_overrides(
-        method_class(args.method).Config, overrides
-    )  # unknown method: refused here, before data work
-    mcfg = make_config(
-        args.method, args.preset, **overrides
-    )  # unknown preset / field: refused before data work
+    overrides = _train_overrides(args)
+    # unknown method: refused here, before data work
+    check_overrides(method_class(args.method).Config, overrides)
+    # unknown preset / field: refused before data work
+    mcfg = make_config(args.method, args.preset, **overrides)
     check_device(args.device)
-    root = _data_root(args.data)
-    train = MVTecDataset(root, "train", categories=args.categories, image_size=mcfg.image_size)
-    teacher = load_teacher(
-        mcfg.teacher, weights=_teacher_weights(args.teacher_weights), layers=mcfg.teacher_layers
-    )
-    tcfg = TrainConfig(
+    return mcfg
+
+
+def _train_config(args):
+    """The engine's :class:`~unistad_edu.engine.TrainConfig` from ``train``'s options."""
+    from .engine import TrainConfig
+
+    return TrainConfig(
         max_minutes=args.max_minutes,
         min_steps=args.min_steps,
         seed=args.seed,
@@ -640,16 +666,17 @@ def cmd_train(args) -> int:
         calibration=args.calibration,
         tail=args.tail,
     )
-    out = Path(args.out)
-    extra = {"data_root": str(root.resolve()), "preset": args.preset}
-    say = (
-        print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
-    )  # torchrun: rank 0 talks
-    say(
-        f"training {args.method} ({args.preset} preset, {args.setting}) on {len(train)} normal images of "
-        f"{len(train.categories)} categories: {', '.join(train.categories)}",
-        flush=True,
-    )
+
+
+def _rank0_say():
+    """``print`` on rank 0 (under torchrun only rank 0 talks), a silent function elsewhere."""
+    return print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
+
+
+def _fit_setting(args, mcfg, teacher, train, tcfg, out: Path, extra: dict, say) -> None:
+    """Train one unified model, or one model per category, into ``out`` as ``--setting`` says."""
+    from .engine import fit, fit_per_class, result_line
+    from .methods import build_model
 
     def build():
         return build_model(args.method, teacher, cfg=mcfg)
@@ -677,8 +704,6 @@ def cmd_train(args) -> int:
             extra_config=extra,
             log=lambda line: say(line, flush=True),
         )
-    say(f"next: python -m unistad_edu eval --run {out}", flush=True)
-    return 0
 
 
 def cmd_eval(args) -> int:
@@ -718,68 +743,75 @@ def cmd_eval(args) -> int:
 
 def _evaluate_run(args, run: Path) -> dict:
     """The metrics table of the run folder ``run`` (unified, or per-class sub-run by sub-run) on its test set."""
-    from .checkpoint import load_checkpoint, read_config
+    if (run / SETTING_FILE).is_file():  # per-class: each sub-run on its own category
+        return _evaluate_per_class(args, run)
+    return _evaluate_unified(args, run)
+
+
+def _evaluate_per_class(args, run: Path) -> dict:
+    """The metrics table of a per-class run folder: each sub-run on its own category's test set."""
+    from .checkpoint import load_checkpoint
     from .data import MVTecDataset
     from .inference import evaluate
     from .metrics import metrics_table
     from .runs import read_setting
 
-    setting_file = run / SETTING_FILE
-    if setting_file.is_file():  # per-class: each sub-run on its own category
-        setting = read_setting(run)
-        root = Path(args.data or setting["data_root"])
-        per_cat, method, alarms, intervals = (
-            {},
-            setting["method"],
-            {},
-            {"level": 0.95, "resamples": 2000},
-        )
-        for cat in setting["categories"]:
-            model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
-            test = MVTecDataset(
-                root,
-                "test",
-                categories=[cat],
-                image_size=model.cfg.image_size,
-                check_masks=not args.image_only,
-            )
-            one = evaluate(
-                model,
-                test,
-                progress=not args.no_progress,
-                precision=args.precision,
-                pixel=not args.image_only,
-            )
-            per_cat[cat] = one["categories"][cat]
-            intervals.update({k: v for k, v in one.get("intervals", {}).items() if k == cat})
-            if "false_alarms" in one:  # each category at its own model's threshold
-                alarms[cat] = one["false_alarms"]["categories"][cat]
-        table = metrics_table(per_cat, setting="per-class", method=method)
-        table["intervals"] = intervals
-        if alarms:
-            from .metrics import combine_false_alarms
-
-            table["false_alarms"] = combine_false_alarms(alarms)
-    else:
-        cfg = read_config(run)
-        model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
-        from .resolve import test_set
-
-        test = test_set(
-            cfg,
-            model.cfg.image_size,
-            data=args.data or (None if cfg.get("data_root") else _data_root(None)),
+    setting = read_setting(run)
+    root = Path(args.data or setting["data_root"])
+    per_cat, alarms = {}, {}
+    intervals = {"level": 0.95, "resamples": 2000}
+    for cat in setting["categories"]:
+        model = load_checkpoint(run / cat, overrides=_parse_overrides(args.overrides))
+        test = MVTecDataset(
+            root,
+            "test",
+            categories=[cat],
+            image_size=model.cfg.image_size,
             check_masks=not args.image_only,
         )
-        table = evaluate(
+        one = evaluate(
             model,
             test,
             progress=not args.no_progress,
-            setting=cfg.get("setting", "unified"),
             precision=args.precision,
             pixel=not args.image_only,
         )
+        per_cat[cat] = one["categories"][cat]
+        intervals.update({k: v for k, v in one.get("intervals", {}).items() if k == cat})
+        if "false_alarms" in one:  # each category at its own model's threshold
+            alarms[cat] = one["false_alarms"]["categories"][cat]
+    table = metrics_table(per_cat, setting="per-class", method=setting["method"])
+    table["intervals"] = intervals
+    if alarms:
+        from .metrics import combine_false_alarms
+
+        table["false_alarms"] = combine_false_alarms(alarms)
     return table
+
+
+def _evaluate_unified(args, run: Path) -> dict:
+    """The metrics table of a run folder holding one model, on the test set of the categories it was
+    trained on."""
+    from .checkpoint import load_checkpoint, read_config
+    from .inference import evaluate
+    from .resolve import test_set
+
+    cfg = read_config(run)
+    model = load_checkpoint(run, overrides=_parse_overrides(args.overrides))
+    test = test_set(
+        cfg,
+        model.cfg.image_size,
+        data=args.data or (None if cfg.get("data_root") else _data_root(None)),
+        check_masks=not args.image_only,
+    )
+    return evaluate(
+        model,
+        test,
+        progress=not args.no_progress,
+        setting=cfg.get("setting", "unified"),
+        precision=args.precision,
+        pixel=not args.image_only,
+    )
 
 
 def _print_eval_details(table: dict, out: Path) -> None:
@@ -908,25 +940,13 @@ def cmd_figures(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .data import DataError  # these four import no torch: serving an export runs without it
+    from .data import DataError  # these three import no torch: serving an export runs without it
     from .errors import CheckpointError, TeacherWeightsError
-    from .export_runtime import is_export
     from .files import FolderBusy
 
     args = build_parser().parse_args(argv)
-    serving_export = (
-        args.command in ("predict", "demo") and args.run is not None and is_export(args.run)
-    )
-    if (
-        hasattr(args, "threads") and not serving_export
-    ):  # threads first (inter-op threads only settable early)
-        from .precision import configure_threads
-
-        try:
-            configure_threads(args.threads)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    if not _threads_first(args):
+        return 2
     handlers = {
         "data": cmd_data,
         "train": cmd_train,
@@ -971,6 +991,25 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _threads_first(args) -> bool:
+    """Apply ``--threads`` first (inter-op threads are only settable early); False if refused."""
+    from .export_runtime import is_export  # imports no torch
+
+    serving_export = (
+        args.command in ("predict", "demo") and args.run is not None and is_export(args.run)
+    )
+    if not hasattr(args, "threads") or serving_export:
+        return True
+    from .precision import configure_threads
+
+    try:
+        configure_threads(args.threads)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return False
+    return True
 
 
 def _crash_log(err: BaseException) -> Path | None:

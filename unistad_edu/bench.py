@@ -105,6 +105,90 @@ def _bench_data(data, image_size: int, n: int):
     return ds.subset(list(range(0, len(ds), step))[:n]), root
 
 
+def _batches(ds, batch_size: int) -> list[dict]:
+    """``ds`` collated into consecutive batches of ``batch_size`` (the last one may be partial)."""
+    from .data import collate
+
+    return [
+        collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
+        for i in range(0, len(ds), batch_size)
+    ]
+
+
+def _full_batches(batches: list[dict]) -> list[dict]:
+    """The batches an engine epoch trains on: the last partial one is dropped unless it is alone."""
+    return batches[:-1] if len(batches) > 1 else batches
+
+
+def _run_setup(method, root, ds, image_size, batch_size, repeats, prec, **extra) -> dict:
+    """The ``setup`` record of bench train or infer: what was timed, on what, at which precision."""
+    return {
+        "method": method,
+        "data": str(root),
+        "images": len(ds),
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "precision": prec.record(),
+        **extra,
+    }
+
+
+def _bare_train_loop(model, batches: list[dict], cache, opt, prec):
+    """A timed step: the engine's train step over ``batches`` in a plain loop, cached features."""
+    from .engine import train_step
+    from .methods.base import Batch
+
+    def bare():
+        model.train()
+        for b in _full_batches(batches):
+            train_step(model, Batch(b["image"], cache.features(b["image"], b["path"])), opt, prec)
+
+    return bare
+
+
+def _fit_epoch(model, ds, prec, out: str, cache=None):
+    """A timed step: one engine ``fit`` epoch over ``ds`` into ``out``, serving teacher features
+    from ``cache`` when one is given, else running the teacher on every step."""
+    from .engine import TrainConfig, fit
+
+    no_cache = {} if cache is not None else {"cache": False}
+
+    def run():
+        fit(
+            model,
+            ds,
+            TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, precision=prec, **no_cache),
+            out=out,
+            cache=cache,
+            overwrite=True,
+        )
+
+    return run
+
+
+def _train_speeds(model, ds, cache, opt, prec, batch_size: int, repeats: int, compare: str):
+    """(images/s, ratios) of the engine's ``fit`` against the bare loop, or (``compare="cache"``) of
+    the engine with the feature cache against the engine running the teacher on every step."""
+    batches = _batches(ds, batch_size)
+    n_steps_images = sum(b["image"].shape[0] for b in _full_batches(batches))
+    tmp = tempfile.mkdtemp()
+    engine = _fit_epoch(model, ds, prec, tmp, cache)
+    if compare == "cache":
+        uncached = _fit_epoch(model, ds, prec, tmp)
+        speeds = interleaved(
+            {"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats
+        )
+        ratios = {
+            "cached_vs_teacher_every_step": speeds["cached_features"] / speeds["teacher_every_step"]
+        }
+    else:
+        bare = _bare_train_loop(model, batches, cache, opt, prec)
+        speeds = interleaved({"bare_loop": bare, "engine_fit": engine}, n_steps_images, repeats)
+        ratios = {"engine_vs_bare": speeds["engine_fit"] / speeds["bare_loop"]}
+    return speeds, ratios
+
+
 def bench_train(
     method="stpm",
     data=None,
@@ -121,11 +205,9 @@ def bench_train(
     ``compare="cache"``: instead, engine fit with the feature cache vs engine fit running the teacher on
     every step (what the cache buys a method that only needs teacher features)."""
     from .cache import FeatureCache
-    from .data import collate
-    from .engine import TrainConfig, fit, make_optimizer, train_step
+    from .engine import make_optimizer
     from .inference import precision_of
     from .methods import build_model
-    from .methods.base import Batch
     from .teacher import load_teacher
 
     teacher = load_teacher()
@@ -136,67 +218,54 @@ def bench_train(
     cache.warm(ds, progress=False)
     [ds[i] for i in range(len(ds))]  # decode once: both loops read images from memory
     opt = make_optimizer(model)
-    batches = [
-        collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
-        for i in range(0, len(ds), batch_size)
-    ]
-    n_steps_images = sum(b["image"].shape[0] for b in batches[:-1]) if len(batches) > 1 else len(ds)
-
-    def bare():
-        model.train()
-        for b in (
-            batches[:-1] if len(batches) > 1 else batches
-        ):  # the engine drops the last partial batch
-            train_step(model, Batch(b["image"], cache.features(b["image"], b["path"])), opt, prec)
-
-    tmp = tempfile.mkdtemp()
-
-    def engine():
-        fit(
-            model,
-            ds,
-            TrainConfig(epochs=1, holdout_fraction=0.0, progress=False, precision=prec),
-            out=tmp,
-            cache=cache,
-            overwrite=True,
-        )
-
-    if compare == "cache":
-
-        def uncached():
-            fit(
-                model,
-                ds,
-                TrainConfig(
-                    epochs=1, holdout_fraction=0.0, progress=False, cache=False, precision=prec
-                ),
-                out=tmp,
-                overwrite=True,
-            )
-
-        speeds = interleaved(
-            {"teacher_every_step": uncached, "cached_features": engine}, n_steps_images, repeats
-        )
-        ratios = {
-            "cached_vs_teacher_every_step": speeds["cached_features"] / speeds["teacher_every_step"]
-        }
-    else:
-        speeds = interleaved({"bare_loop": bare, "engine_fit": engine}, n_steps_images, repeats)
-        ratios = {"engine_vs_bare": speeds["engine_fit"] / speeds["bare_loop"]}
+    speeds, ratios = _train_speeds(model, ds, cache, opt, prec, batch_size, repeats, compare)
+    note = "engine includes per-epoch checkpoint + train_state writes and the log"
     return {
         "images_per_s": speeds,
         "ratios": ratios,
-        "setup": {
-            "method": method,
-            "data": str(root),
-            "images": len(ds),
-            "image_size": image_size,
-            "batch_size": batch_size,
-            "repeats": repeats,
-            "precision": prec.record(),
-            "note": "engine includes per-epoch checkpoint + train_state writes and the log",
-        },
+        "setup": _run_setup(method, root, ds, image_size, batch_size, repeats, prec, note=note),
     }
+
+
+def _build_untimed(model, root, image_size: int, precision) -> dict:
+    """A method that does not train by gradient (e.g. memory_bank), built from all training images
+    of ``root`` so that what is timed has its real size: ``{"built_from": ...}``, else ``{}``."""
+    if model.trains_by_gradient:
+        return {}
+    from .data import MVTecDataset
+    from .engine import TrainConfig, fit
+
+    res = fit(
+        model,
+        MVTecDataset(root, "train", image_size=image_size),
+        TrainConfig(progress=False, precision=precision),
+    )
+    model.eval()
+    return {"built_from": res.history[0]}
+
+
+def _infer_loops(teacher, model, ds, prec, batch_size: int) -> dict:
+    """The timed steps of bench infer: teacher-only forward, model in a bare loop, the engine."""
+    from .inference import score_dataset
+    from .methods.base import Batch
+
+    batches = _batches(ds, batch_size)
+    cpu = torch.device("cpu")
+
+    def teacher_only():
+        with torch.no_grad():
+            for b in batches:
+                teacher(b["image"])
+
+    def method_bare():
+        with torch.no_grad(), prec.autocast(cpu):
+            for b in batches:
+                model.score(Batch(b["image"]))
+
+    def engine():
+        score_dataset(model, ds, cache=None, batch_size=batch_size, keep_maps=True, precision=prec)
+
+    return {"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine}
 
 
 def bench_infer(
@@ -213,55 +282,18 @@ def bench_infer(
     separates what the engine costs from what the method itself costs on top of its teacher. A method that does
     not train by gradient (``memory_bank``) is first built, untimed, from all training images of ``data``, so
     its bank has its real size (recorded under ``setup.built_from``)."""
-    from .data import collate
-    from .inference import precision_of, score_dataset
+    from .inference import precision_of
     from .methods import build_model
-    from .methods.base import Batch
     from .teacher import load_teacher
 
     teacher = load_teacher()
     ds, root = _bench_data(data, image_size, n_images)
     [ds[i] for i in range(len(ds))]  # decode once: every loop reads images from memory
     model = build_model(method, teacher, image_size=image_size).eval()
-    built = {}
-    if (
-        not model.trains_by_gradient
-    ):  # e.g. memory_bank: an empty bank would time nothing -- build the real one
-        from .data import MVTecDataset
-        from .engine import TrainConfig, fit
-
-        res = fit(
-            model,
-            MVTecDataset(root, "train", image_size=image_size),
-            TrainConfig(progress=False, precision=precision),
-        )
-        built = {"built_from": res.history[0]}
-        model.eval()
+    # an empty memory bank would time nothing: build the real one first
+    built = _build_untimed(model, root, image_size, precision)
     prec = precision_of(model, precision, "cpu")
-    batches = [
-        collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
-        for i in range(0, len(ds), batch_size)
-    ]
-    cpu = torch.device("cpu")
-
-    def teacher_only():
-        with torch.no_grad():
-            for b in batches:
-                teacher(b["image"])
-
-    def method_bare():
-        with torch.no_grad(), prec.autocast(cpu):
-            for b in batches:
-                model.score(Batch(b["image"]))
-
-    def engine():
-        score_dataset(model, ds, cache=None, batch_size=batch_size, keep_maps=True, precision=prec)
-
-    speeds = interleaved(
-        {"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine},
-        len(ds),
-        repeats,
-    )
+    speeds = interleaved(_infer_loops(teacher, model, ds, prec, batch_size), len(ds), repeats)
     return {
         "images_per_s": speeds,
         "ratios": {
@@ -269,16 +301,7 @@ def bench_infer(
             "method_bare_vs_teacher_only": speeds["method_bare"] / speeds["teacher_only"],
             "engine_vs_method_bare": speeds["engine_predict"] / speeds["method_bare"],
         },
-        "setup": {
-            "method": method,
-            "data": str(root),
-            "images": len(ds),
-            "image_size": image_size,
-            "batch_size": batch_size,
-            "repeats": repeats,
-            "precision": prec.record(),
-            **built,
-        },
+        "setup": _run_setup(method, root, ds, image_size, batch_size, repeats, prec, **built),
     }
 
 
@@ -415,9 +438,6 @@ def bench_accuracy(
     training budget, and the remaining gap is what sharing one model across categories costs. Without it,
     every model trains the same number of epochs (the usual protocol of the papers).
     ``reuse``: a setting whose run folder already holds ``metrics.json`` is not trained again."""
-    import subprocess
-    import sys
-
     from .data import find_data
 
     root = Path(data) if data else find_data()[0]
@@ -433,43 +453,65 @@ def bench_accuracy(
     for setting in settings:
         run = out_dir / f"{method}_{setting}"
         if reuse and (run / METRICS_FILE).is_file():
-            configs = [json.loads(p.read_text()) for p in sorted(run.rglob(CONFIG_FILE))]
-            result["settings"][setting] = _setting_result(run, configs, None, "(reused run)")
+            result["settings"][setting] = _setting_result(
+                run, _run_configs(run), None, "(reused run)"
+            )
             continue
-        cmd = [
-            sys.executable,
-            "-m",
-            "unistad_edu",
-            "train",
-            "--method",
-            method,
-            "--data",
-            str(root),
-            "--setting",
-            setting,
-            "--preset",
-            preset,
-            "--out",
-            str(run),
-            "--no-progress",
-            *extra_args,
-        ]
-        if epochs:
-            cmd += ["--epochs", str(epochs)]
+        cmd = _train_command(method, root, setting, preset, run, extra_args, epochs)
         if setting == "per-class" and equal_steps and "unified" in result["settings"]:
             cmd += ["--min-steps", str(result["settings"]["unified"]["optimizer_steps"])]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        train_s = time.perf_counter() - t0
-        subprocess.run(
-            [sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--no-progress"],
-            check=True,
-        )
-        configs = [json.loads(p.read_text()) for p in sorted(run.rglob(CONFIG_FILE))]
+        train_s = _train_and_eval(cmd, run)
         result["settings"][setting] = _setting_result(
-            run, configs, train_s, " ".join(["python -m unistad_edu", *cmd[3:]])
+            run, _run_configs(run), train_s, " ".join(["python -m unistad_edu", *cmd[3:]])
         )
     return result
+
+
+def _train_command(method, root, setting, preset, run, extra_args, epochs) -> list[str]:
+    """The ``train`` command line, in a fresh Python process, for one setting of bench accuracy."""
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "unistad_edu",
+        "train",
+        "--method",
+        method,
+        "--data",
+        str(root),
+        "--setting",
+        setting,
+        "--preset",
+        preset,
+        "--out",
+        str(run),
+        "--no-progress",
+        *extra_args,
+    ]
+    if epochs:
+        cmd += ["--epochs", str(epochs)]
+    return cmd
+
+
+def _train_and_eval(cmd: list[str], run: Path) -> float:
+    """Run the train command ``cmd``, then ``eval`` on its ``run``; the training wall time in s."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    train_s = time.perf_counter() - t0
+    subprocess.run(
+        [sys.executable, "-m", "unistad_edu", "eval", "--run", str(run), "--no-progress"],
+        check=True,
+    )
+    return train_s
+
+
+def _run_configs(run: Path) -> list[dict]:
+    """Every ``config.json`` under ``run`` (one, or one per category of a per-class run), sorted."""
+    return [json.loads(p.read_text()) for p in sorted(run.rglob(CONFIG_FILE))]
 
 
 def _checked_metrics(run: Path) -> dict:
@@ -552,71 +594,22 @@ def bench_export(
     precision), PyTorch eager at ``precision`` (what ``predict`` uses; only if it resolves to another precision),
     onnxruntime and OpenVINO, all at the same thread count; ratios against PyTorch fp32 and against PyTorch at
     ``precision``."""
-    from .checkpoint import load_checkpoint
-    from .data import load_image
-    from .export import PARITY_TOLERANCE, export_run
-    from .export_runtime import ExportedModel
-    from .resolve import test_set
+    from .export import PARITY_TOLERANCE
 
     threads = threads or torch.get_num_threads()
     out_root = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="bench_export_"))
     rows = []
     for entry in entries:
-        label, run = entry["label"], Path(entry["run"])
-        model = load_checkpoint(run)
-        model.set_teacher_precision("fp32")
-        size = int(model.cfg.image_size)
-        thr = model.threshold
-        test = test_set(model.run_config, size, data)
-        arrays = np.stack(
-            [load_image(r.path, size, exif_orientation=True) for r in test.records]
-        )  # (N, S, S, 3)
-        cats = np.array([r.category for r in test.records])
-        t0 = time.perf_counter()
-        folder = export_run(
-            run, "onnx", out=out_root / label, overwrite=True, images=arrays[:8], log=log
+        row = _export_row(
+            entry, data, out_root, threads, n_images, batch_size, repeats, precision, log
         )
-        export_s = time.perf_counter() - t0
-        backends = {
-            "onnxruntime": ExportedModel(folder, "onnxruntime", threads=threads),
-            "openvino": ExportedModel(folder, "openvino", threads=threads),
-        }
-        parity = _export_parity(model, backends, arrays, cats, batch_size)
-        pick = arrays[np.linspace(0, len(arrays) - 1, min(n_images, len(arrays))).astype(int)]
-        timings = _export_timings(model, run, backends, pick, batch_size, repeats, precision)
-        b1 = timings["batch1"]
-        fastest = max(backends, key=lambda k: b1[k])
-        eager_best = max((k for k in b1 if k.startswith("pytorch")), key=lambda k: b1[k])
-        rows.append(
-            {
-                "label": label,
-                "run": str(run),
-                "method": model.run_config["method"],
-                "image_size": size,
-                "test_images": int(len(arrays)),
-                "threshold": thr,
-                "export_s": round(export_s, 1),
-                "parity": parity,
-                "batch1_ms_per_image": {k: 1000.0 / v for k, v in b1.items()},
-                f"batch{batch_size}_images_per_s": timings[f"batch{batch_size}"],
-                "ratios": {
-                    "fastest_export_vs_pytorch_fp32_batch1": b1[fastest] / b1["pytorch_fp32"],
-                    "fastest_export_vs_fastest_pytorch_batch1": b1[fastest] / b1[eager_best],
-                    "fastest_export": fastest,
-                    "fastest_pytorch": eager_best,
-                    **{
-                        f"{k}_vs_pytorch_fp32_batch{batch_size}": v
-                        / timings[f"batch{batch_size}"]["pytorch_fp32"]
-                        for k, v in timings[f"batch{batch_size}"].items()
-                        if k != "pytorch_fp32"
-                    },
-                },
-            }
-        )
+        rows.append(row)
+        parity, ratios = row["parity"], row["ratios"]
         log(
-            f"{label}: parity onnxruntime {parity['onnxruntime']['max_rel']:.2g} / OpenVINO "
-            f"{parity['openvino']['max_rel']:.2g} of the threshold; batch-1 {fastest} "
-            f"{rows[-1]['ratios']['fastest_export_vs_pytorch_fp32_batch1']:.2f}x PyTorch fp32"
+            f"{row['label']}: parity onnxruntime {parity['onnxruntime']['max_rel']:.2g} / OpenVINO "
+            f"{parity['openvino']['max_rel']:.2g} of the threshold; "
+            f"batch-1 {ratios['fastest_export']} "
+            f"{ratios['fastest_export_vs_pytorch_fp32_batch1']:.2f}x PyTorch fp32"
         )
     return {
         "rows": rows,
@@ -629,6 +622,78 @@ def bench_export(
             "tolerance": PARITY_TOLERANCE,
             "data": str(data) if data else "each run's own data_root",
         },
+    }
+
+
+def _test_arrays(model, size: int, data) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, S, S, 3) uint8, their categories (N,)): the test set of the categories ``model``
+    was trained on."""
+    from .data import load_image
+    from .resolve import test_set
+
+    test = test_set(model.run_config, size, data)
+    arrays = np.stack([load_image(r.path, size, exif_orientation=True) for r in test.records])
+    return arrays, np.array([r.category for r in test.records])
+
+
+def _export_ratios(timings: dict, backends: dict, batch_size: int) -> dict:
+    """Speed ratios of a bench export row: the fastest export at batch 1 against PyTorch fp32 and
+    against the fastest PyTorch path; and every path at batch ``batch_size`` vs PyTorch fp32."""
+    b1, bn = timings["batch1"], timings[f"batch{batch_size}"]
+    fastest = max(backends, key=lambda k: b1[k])
+    eager_best = max((k for k in b1 if k.startswith("pytorch")), key=lambda k: b1[k])
+    return {
+        "fastest_export_vs_pytorch_fp32_batch1": b1[fastest] / b1["pytorch_fp32"],
+        "fastest_export_vs_fastest_pytorch_batch1": b1[fastest] / b1[eager_best],
+        "fastest_export": fastest,
+        "fastest_pytorch": eager_best,
+        **{
+            f"{k}_vs_pytorch_fp32_batch{batch_size}": v / bn["pytorch_fp32"]
+            for k, v in bn.items()
+            if k != "pytorch_fp32"
+        },
+    }
+
+
+def _export_row(
+    entry, data, out_root: Path, threads: int, n_images, batch_size, repeats, precision, log
+) -> dict:
+    """One row of bench export: ``entry``'s run exported to ONNX under ``out_root``, served by
+    onnxruntime and OpenVINO; its parity on every test image, its speed on ``n_images`` of them."""
+    from .checkpoint import load_checkpoint
+    from .export import export_run
+    from .export_runtime import ExportedModel
+
+    label, run = entry["label"], Path(entry["run"])
+    model = load_checkpoint(run)
+    model.set_teacher_precision("fp32")
+    size = int(model.cfg.image_size)
+    thr = model.threshold
+    arrays, cats = _test_arrays(model, size, data)
+    t0 = time.perf_counter()
+    folder = export_run(
+        run, "onnx", out=out_root / label, overwrite=True, images=arrays[:8], log=log
+    )
+    export_s = time.perf_counter() - t0
+    backends = {
+        "onnxruntime": ExportedModel(folder, "onnxruntime", threads=threads),
+        "openvino": ExportedModel(folder, "openvino", threads=threads),
+    }
+    parity = _export_parity(model, backends, arrays, cats, batch_size)
+    pick = arrays[np.linspace(0, len(arrays) - 1, min(n_images, len(arrays))).astype(int)]
+    timings = _export_timings(model, run, backends, pick, batch_size, repeats, precision)
+    return {
+        "label": label,
+        "run": str(run),
+        "method": model.run_config["method"],
+        "image_size": size,
+        "test_images": int(len(arrays)),
+        "threshold": thr,
+        "export_s": round(export_s, 1),
+        "parity": parity,
+        "batch1_ms_per_image": {k: 1000.0 / v for k, v in timings["batch1"].items()},
+        f"batch{batch_size}_images_per_s": timings[f"batch{batch_size}"],
+        "ratios": _export_ratios(timings, backends, batch_size),
     }
 
 
@@ -904,6 +969,52 @@ def calibration_markdown(result: dict) -> list[str]:
     return lines
 
 
+def _precision_markdown(result: dict) -> list[str]:
+    """The body of a bench precision report: what ``auto`` decides, fp32 vs bf16, the agreement."""
+    lines = [
+        f"- native bf16: {result['native_bf16']} ({result['native_reason']})",
+        f"- `precision=auto` decides: **{result['auto']['name']}**"
+        f"{' + channels_last' if result['auto']['channels_last'] else ''} "
+        f"({result['auto']['reason']})",
+        "",
+        "| measure | fp32 img/s | bf16 img/s | bf16 / fp32 |",
+        "|---|---|---|---|",
+    ]
+    t = result["teacher_images_per_s"]
+    lines.append(
+        f"| teacher forward (fp32 plain / channels_last) | {t['fp32']:.1f} / "
+        f"{t['fp32_channels_last']:.1f} | {t['bf16_channels_last']:.1f} | "
+        f"{result['ratios']['teacher_bf16_vs_best_fp32']:.2f}x |"
+    )
+    for m, v in result["train_step"].items():
+        r = v["images_per_s"]
+        lines.append(
+            f"| train step: {v['family']} | {r['fp32']:.1f} | {r['bf16']:.1f} | "
+            f"{v['bf16_vs_fp32']:.2f}x |"
+        )
+    if "agreement" in result:
+        lines += _agreement_markdown(result["agreement"])
+    return lines
+
+
+def _agreement_markdown(a: dict) -> list[str]:
+    """The fp32 vs bf16 agreement table of a small real run (:func:`precision_agreement`)."""
+    lines = [
+        "",
+        f"fp32 vs bf16 on a small real run ({a['method']}, {a['train_images']} training images of "
+        f"{', '.join(a['categories'])}, {a['image_size']} px, {a['epochs']} epochs; "
+        f"{a['test_images']} test images):",
+        "",
+        "| compared with trained fp32, scored fp32 | Spearman of image scores "
+        "| max relative difference |",
+        "|---|---|---|",
+    ]
+    return lines + [
+        f"| {k.replace('_', ' ')} | {v['spearman_vs_fp32']:.4f} | {v['max_rel_diff']:.3f} |"
+        for k, v in a["agreement"].items()
+    ]
+
+
 def to_markdown(what: str, result: dict, command: str) -> str:
     if what == "leaderboard":
         from .leaderboard import markdown
@@ -930,40 +1041,7 @@ def to_markdown(what: str, result: dict, command: str) -> str:
     if what == "calibration":
         return "\n".join(lines + calibration_markdown(result)) + "\n"
     if what == "precision":
-        lines += [
-            f"- native bf16: {result['native_bf16']} ({result['native_reason']})",
-            f"- `precision=auto` decides: **{result['auto']['name']}**"
-            f"{' + channels_last' if result['auto']['channels_last'] else ''} ({result['auto']['reason']})",
-            "",
-            "| measure | fp32 img/s | bf16 img/s | bf16 / fp32 |",
-            "|---|---|---|---|",
-        ]
-        t = result["teacher_images_per_s"]
-        lines.append(
-            f"| teacher forward (fp32 plain / channels_last) | {t['fp32']:.1f} / {t['fp32_channels_last']:.1f} "
-            f"| {t['bf16_channels_last']:.1f} | {result['ratios']['teacher_bf16_vs_best_fp32']:.2f}x |"
-        )
-        for m, v in result["train_step"].items():
-            r = v["images_per_s"]
-            lines.append(
-                f"| train step: {v['family']} | {r['fp32']:.1f} | {r['bf16']:.1f} | {v['bf16_vs_fp32']:.2f}x |"
-            )
-        if "agreement" in result:
-            a = result["agreement"]
-            lines += [
-                "",
-                f"fp32 vs bf16 on a small real run ({a['method']}, {a['train_images']} training images of "
-                f"{', '.join(a['categories'])}, {a['image_size']} px, {a['epochs']} epochs; "
-                f"{a['test_images']} test images):",
-                "",
-                "| compared with trained fp32, scored fp32 | Spearman of image scores | max relative difference |",
-                "|---|---|---|",
-            ]
-            lines += [
-                f"| {k.replace('_', ' ')} | {v['spearman_vs_fp32']:.4f} | {v['max_rel_diff']:.3f} |"
-                for k, v in a["agreement"].items()
-            ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + _precision_markdown(result)) + "\n"
     lines += ["| measure | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in result["images_per_s"].items()]
     lines += ["", "| ratio | value |", "|---|---|"]
@@ -971,20 +1049,54 @@ def to_markdown(what: str, result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args) -> int:
-    import sys
+def _n_images(args) -> dict:
+    """``{"n_images": ...}`` when the command line sets it, else nothing (the bench's default)."""
+    return {"n_images": args.n_images} if args.n_images else {}
 
+
+def _entries(args, usage: str) -> list[dict]:
+    """The ``--entry LABEL RUN ...`` arguments, parsed; refused with ``usage`` if there is none."""
+    from . import leaderboard
+
+    if not args.entry:
+        raise SystemExit(usage)
+    return [leaderboard.parse_entry(e) for e in args.entry]
+
+
+def _leaderboard_from_args(args) -> dict:
+    """bench leaderboard with the command line's entries, references and settings."""
+    from . import leaderboard
+
+    entries = _entries(
+        args, "bench leaderboard needs at least one --entry LABEL RUN [METRICS_JSON]"
+    )
+    # refused before any timing
+    references = [leaderboard.load_reference(p) for p in args.reference]
+    result = leaderboard.collect(
+        entries,
+        args.data,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        precision=args.precision,
+        **_n_images(args),
+    )
+    result["references"] = references
+    return result
+
+
+def _run_bench(args) -> dict:
+    """The result of the bench ``args.what`` names, run with the command line's settings."""
     kw = {k: getattr(args, k) for k in ("image_size", "batch_size", "repeats") if hasattr(args, k)}
     if args.what == "teacher":
-        result = bench_teacher(**kw)
-    elif args.what == "precision":
-        result = bench_precision(
+        return bench_teacher(**kw)
+    if args.what == "precision":
+        return bench_precision(
             **kw,
             **({"methods": tuple(args.methods)} if args.methods else {}),
             agreement_data=args.data,
         )
-    elif args.what == "accuracy":
-        result = bench_accuracy(
+    if args.what == "accuracy":
+        return bench_accuracy(
             args.method,
             args.data,
             out_dir=args.out_dir,
@@ -998,73 +1110,59 @@ def main(args) -> int:
                 *(("--threads", str(args.threads)) if args.threads else ()),
             ),
         )
-    elif args.what == "train":
-        result = bench_train(
+    if args.what == "train":
+        return bench_train(
             args.method, args.data, compare=args.compare, precision=args.precision, **kw
         )
-    elif args.what == "leaderboard":
-        from . import leaderboard
-
-        if not args.entry:
-            raise SystemExit(
-                "bench leaderboard needs at least one --entry LABEL RUN [METRICS_JSON]"
-            )
-        entries = [leaderboard.parse_entry(e) for e in args.entry]
-        references = [
-            leaderboard.load_reference(p) for p in args.reference
-        ]  # refused before any timing
-        result = leaderboard.collect(
-            entries,
-            args.data,
-            batch_size=args.batch_size,
-            repeats=args.repeats,
-            precision=args.precision,
-            **({"n_images": args.n_images} if args.n_images else {}),
-        )
-        result["references"] = references
-    elif args.what == "calibration":
-        result = bench_calibration(
+    if args.what == "leaderboard":
+        return _leaderboard_from_args(args)
+    if args.what == "calibration":
+        return bench_calibration(
             args.run, quantile=args.quantile, trials=args.trials, test=args.test, data=args.data
         )
-    elif args.what == "export":
-        from . import leaderboard
-
-        if not args.entry:
-            raise SystemExit("bench export needs at least one --entry LABEL RUN")
-        entries = [leaderboard.parse_entry(e) for e in args.entry]
-        result = bench_export(
-            entries,
+    if args.what == "export":
+        return bench_export(
+            _entries(args, "bench export needs at least one --entry LABEL RUN"),
             args.data,
             batch_size=args.batch_size,
             repeats=args.repeats,
             precision=args.precision,
             threads=args.threads,
             out_dir=args.out_dir,
-            **({"n_images": args.n_images} if args.n_images else {}),
+            **_n_images(args),
         )
-    else:
-        result = bench_infer(
-            args.method,
-            args.data,
-            precision=args.precision,
-            **kw,
-            **({"n_images": args.n_images} if args.n_images else {}),
-        )
-    result = {"bench": args.what, "date": date.today().isoformat(), "machine": machine(), **result}
-    text = json.dumps(result, indent=2)
-    print(text)
+    return bench_infer(args.method, args.data, precision=args.precision, **kw, **_n_images(args))
+
+
+def _markdown_command(args) -> str:
+    """The command to record in the markdown report, quoted as a shell would need it (a label such
+    as "memory bank (faithful)" stays one argument)."""
+    import sys
+
+    return (
+        "python -m unistad_edu " + shlex.join(sys.argv[1:])
+        if sys.argv[0].endswith("__main__.py")
+        else f"bench {args.what}"
+    )
+
+
+def _write_outputs(args, result: dict, text: str) -> None:
+    """``text`` (the result as JSON) written to ``--json``, the result appended as markdown to
+    ``--markdown``: each if asked for."""
     if args.json:
         from .checkpoint import atomic_write_text
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.json), text)
     if args.markdown:
-        # quoted as a shell would need it (a label such as "memory bank (faithful)" stays one argument)
-        command = (
-            "python -m unistad_edu " + shlex.join(sys.argv[1:])
-            if sys.argv[0].endswith("__main__.py")
-            else f"bench {args.what}"
-        )
         with open(args.markdown, "a") as f:
-            f.write("\n" + to_markdown(args.what, result, command))
+            f.write("\n" + to_markdown(args.what, result, _markdown_command(args)))
+
+
+def main(args) -> int:
+    result = _run_bench(args)
+    result = {"bench": args.what, "date": date.today().isoformat(), "machine": machine(), **result}
+    text = json.dumps(result, indent=2)
+    print(text)
+    _write_outputs(args, result, text)
     return 0

@@ -435,15 +435,23 @@ def fit_calibration(
             raise ValueError("kind 'clusters' needs the held-out images' embeddings")
         held_groups = np.asarray(router.names)[router.route(held_emb)[0]]
     held_groups = np.asarray(held_groups)
-    groups = {}
     fitted = {name: s[held_groups == name] for name in router.names}
+    groups = _group_thresholds(fitted, pooled, s.size, quantile, tail, min_tail)
+    return Calibration(kind, quantile, pooled, tail, router, groups, info)
+
+
+def _group_thresholds(
+    fitted: dict, pooled: float, n_held: int, quantile: float, tail: str, min_tail: int
+) -> dict:
+    """Each group's held-out statistics and threshold, with the rule that set it, from its
+    held-out normal scores (``fitted``: name -> scores); below ``min_tail``: the ``pooled`` one."""
+    groups = {}
     shared = (
         shared_thresholds({k: v for k, v in fitted.items() if v.size >= min_tail}, quantile)
         if tail == "shared" and any(v.size >= min_tail for v in fitted.values())
         else {}
     )
-    for name in router.names:
-        v = fitted[name]
+    for name, v in fitted.items():
         g = {
             "n": int(v.size),
             "mean": float(v.mean()) if v.size else None,
@@ -463,10 +471,10 @@ def fit_calibration(
             g["threshold"] = pooled
             g["rule"] = (
                 f"only {v.size} held-out normal(s) (< {min_tail}): the pooled quantile {quantile:g} of "
-                f"all {s.size} held-out images"
+                f"all {n_held} held-out images"
             )
         groups[name] = g
-    return Calibration(kind, quantile, pooled, tail, router, groups, info)
+    return groups
 
 
 # ---- what a user asks of verdicts ------------------------------------------------------------------------------

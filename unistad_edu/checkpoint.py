@@ -280,14 +280,44 @@ def load_checkpoint(
     ``overrides``: method-config fields to change at load time -- test-time switches such as UniSTAD's
     ``refine`` or the dual student's ``combine``; a field that changes the weights' shapes is refused.
     Returns the model in eval mode; its ``run_config`` attribute holds config.json."""
-    from .methods import build_model, make_config, method_class
-    from .teacher import load_teacher
+    from .calibration import Calibration
+    from .methods import build_model
 
     run = Path(run_dir)
     run_config = read_config(run)
     check_config_values(run_config, run / CONFIG_FILE)
     if method is not None and run_config["method"] != method:
         raise CheckpointError(f"{run} holds a {run_config['method']!r} model, not {method!r}")
+    method_cfg = _saved_method_config(run, run_config, overrides)
+    teacher = _matching_teacher(run, run_config["teacher"], teacher, teacher_weights)
+    tensors = _saved_tensors(run, run_config)
+    model = build_model(run_config["method"], teacher, cfg=method_cfg)
+    check_tensors_fit(
+        tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else ""
+    )
+    try:
+        model.load_from_checkpoint(tensors)
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{run / MODEL_FILE} does not fit a {run_config['method']!r} model with this config: {err}"
+        ) from err
+    model.run_config = run_config
+    # the threshold was calibrated for the saved settings: a load-time override changes the scores, so there is none
+    model.threshold = None if overrides else run_config.get("threshold")
+    model.verdict_calibration = (
+        None
+        if overrides
+        else Calibration.from_json(
+            run_config.get("calibration"), model.threshold, _quantile(run_config)
+        )
+    )
+    return model.eval()
+
+
+def _saved_method_config(run: Path, run_config: dict, overrides: dict | None):
+    """The method config saved in config.json (all fields, valid), ``overrides`` applied."""
+    from .methods import make_config, method_class
+
     try:
         config_class = method_class(run_config["method"]).Config
     except ValueError as err:
@@ -297,18 +327,21 @@ def load_checkpoint(
     if missing:  # every field is saved: none is filled in with today's default
         raise CheckpointError(f"{run / CONFIG_FILE}: method_config lacks {missing}: {ALTERED}")
     try:
-        make_config(
-            run_config["method"], preset="cpu", **saved
-        )  # the saved config alone: its own errors named so
+        # the saved config alone: its own errors named so
+        make_config(run_config["method"], preset="cpu", **saved)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run / CONFIG_FILE}: method_config: {err}: {ALTERED}") from err
     try:
-        method_cfg = make_config(
-            run_config["method"], preset="cpu", **{**saved, **(overrides or {})}
-        )
+        return make_config(run_config["method"], preset="cpu", **{**saved, **(overrides or {})})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run}: cannot apply --set {overrides}: {err}") from err
-    want = run_config["teacher"]
+
+
+def _matching_teacher(run: Path, want: dict, teacher, teacher_weights):
+    """``teacher`` (None: the saved one, loaded); refused unless its name, layers and weights
+    match ``want``."""
+    from .teacher import load_teacher
+
     if teacher is None:
         teacher = load_teacher(want["name"], weights=teacher_weights, layers=want.get("layers"))
     have = teacher.describe()
@@ -322,6 +355,11 @@ def load_checkpoint(
                 f"{run} was trained with {label} {want.get(key)!r} but the given teacher has "
                 f"{have.get(key)!r}: use the same teacher (weights source: {want.get('weights_source')})"
             )
+    return teacher
+
+
+def _saved_tensors(run: Path, run_config: dict) -> dict[str, torch.Tensor]:
+    """The run's model tensors; refused unless complete, finite and saved with config.json."""
     tensors = read_tensors(run / MODEL_FILE)
     if "n_tensors" in run_config and len(tensors) != run_config["n_tensors"]:
         raise CheckpointError(
@@ -337,29 +375,7 @@ def load_checkpoint(
             f"{run / MODEL_FILE} and {CONFIG_FILE} come from different saves (the run was killed "
             f"while writing its checkpoint?): --resume the run to rewrite both, or retrain"
         )
-    model = build_model(run_config["method"], teacher, cfg=method_cfg)
-    check_tensors_fit(
-        tensors, model, run / MODEL_FILE, f" (load-time overrides {overrides})" if overrides else ""
-    )
-    try:
-        model.load_from_checkpoint(tensors)
-    except (ValueError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{run / MODEL_FILE} does not fit a {run_config['method']!r} model with this config: {err}"
-        ) from err
-    model.run_config = run_config
-    # the threshold was calibrated for the saved settings: a load-time override changes the scores, so there is none
-    model.threshold = None if overrides else run_config.get("threshold")
-    from .calibration import Calibration
-
-    model.verdict_calibration = (
-        None
-        if overrides
-        else Calibration.from_json(
-            run_config.get("calibration"), model.threshold, _quantile(run_config)
-        )
-    )
-    return model.eval()
+    return tensors
 
 
 def _quantile(run_config: dict) -> float:

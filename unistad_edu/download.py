@@ -353,74 +353,73 @@ def _open(url: str, start: int, timeout: float, page: str | None):
         raise _network_error(url, err) from None
 
 
-def _fetch_once(
-    url: str,
-    part: Path,
-    *,
-    timeout: float,
-    progress: bool,
-    page: str | None,
-    expect_size: int | None,
-    unpack_factor: float,
-) -> None:
+@dataclass(frozen=True)
+class _FetchOptions:
+    """How each request of one download behaves (passed unchanged to every retry and restart)."""
+
+    timeout: float
+    progress: bool
+    page: str | None  # the dataset's page, named in error messages
+    expect_size: int | None  # used for the free-space check when the server does not say
+    unpack_factor: float
+
+
+def _refuse_web_page(resp, url: str, page: str | None) -> None:
+    """Raise :class:`DownloadError` when the server sent an HTML page instead of the file."""
+    if "text/html" in (resp.headers.get("Content-Type") or "").lower():
+        raise DownloadError(
+            f"{url} returned a web page instead of the archive: the link has probably expired "
+            f"or needs a licence click-through. Open {page or 'the dataset page'}, copy the "
+            f"current direct link and pass it with --url."
+        )
+
+
+def _write_plan(resp, url: str, part: Path, have: int) -> tuple[str, int, int | None] | None:
+    """How to write ``resp`` into ``part``: (file mode, bytes kept, total size if the server says).
+
+    None when a ``206`` answer starts elsewhere than at the end of ``part`` (start over cleanly).
+    """
+    if have and resp.status == 206:
+        start, total = _content_range(resp.headers)
+        if start != have:  # the server sent some other range: restart cleanly
+            return None
+        return "ab", have, total
+    # 200: the whole file (fresh start, or a server that ignores Range)
+    if have:
+        _say(f"the server of {url} does not resume downloads: starting {part.name} again from zero")
+    length = resp.headers.get("Content-Length")
+    return "wb", 0, int(length) if length and length.isdigit() else None
+
+
+def _fetch_once(url: str, part: Path, opts: _FetchOptions) -> None:
     """One request: continue ``part`` (or start it) until the server's file is complete.
 
     Raises :class:`_Interrupted` when the connection ends early (``part`` then holds what arrived).
     """
     have = part.stat().st_size if part.exists() else 0
-    resp = _open(url, have, timeout, page)
+    resp = _open(url, have, opts.timeout, opts.page)
     if isinstance(resp, urllib.error.HTTPError):  # 416 Range Not Satisfiable
         _, total = _content_range(resp.headers)
         resp.close()
         if total is not None and total == have:
             return  # the part file is already complete
         part.unlink()  # larger than the file, or unknown: start over
-        return _fetch_once(
-            url,
-            part,
-            timeout=timeout,
-            progress=progress,
-            page=page,
-            expect_size=expect_size,
-            unpack_factor=unpack_factor,
-        )
+        return _fetch_once(url, part, opts)
     with resp:
-        if "text/html" in (resp.headers.get("Content-Type") or "").lower():
-            raise DownloadError(
-                f"{url} returned a web page instead of the archive: the link has probably expired "
-                f"or needs a licence click-through. Open {page or 'the dataset page'}, copy the "
-                f"current direct link and pass it with --url."
-            )
-        if have and resp.status == 206:
-            start, total = _content_range(resp.headers)
-            if start != have:  # the server sent some other range: restart cleanly
-                part.unlink()
-                return _fetch_once(
-                    url,
-                    part,
-                    timeout=timeout,
-                    progress=progress,
-                    page=page,
-                    expect_size=expect_size,
-                    unpack_factor=unpack_factor,
-                )
-            mode = "ab"
-        else:  # 200: the whole file (fresh start, or a server that ignores Range)
-            if have:
-                _say(
-                    f"the server of {url} does not resume downloads: starting {part.name} again from zero"
-                )
-            have, mode = 0, "wb"
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        total = total if total is not None else expect_size
+        _refuse_web_page(resp, url, opts.page)
+        plan = _write_plan(resp, url, part, have)
+        if plan is None:  # a 206 for some other range: start over cleanly
+            part.unlink()
+            return _fetch_once(url, part, opts)
+        mode, have, total = plan
+        total = total if total is not None else opts.expect_size
         if total is not None:
             _ensure_space(
                 part.parent,
-                int((total - have) + total * unpack_factor),
+                int((total - have) + total * opts.unpack_factor),
                 f"downloading the rest of {part.name} ({human(total - have)}) and unpacking it",
             )
-        _stream(resp, part, mode, have, total, progress)
+        _stream(resp, part, mode, have, total, opts.progress)
 
 
 def _stream(resp, part: Path, mode: str, have: int, total: int | None, progress: bool) -> None:
@@ -448,6 +447,63 @@ def _stream(resp, part: Path, mode: str, have: int, total: int | None, progress:
         raise _Interrupted(f"the connection closed after {human(have)} of {human(total)}")
 
 
+def _reusable_download(dest: Path, sha256: str | None, progress: bool) -> str | None:
+    """The SHA-256 of an earlier download ``dest`` fit for reuse; a mismatching one is deleted."""
+    if not dest.is_file():
+        return None
+    digest = sha256_file(dest, progress)
+    if sha256 is None or digest == sha256:
+        _say(f"using {dest} (already downloaded)")
+        return digest
+    _say(f"{dest} does not match the expected checksum: downloading it again")
+    dest.unlink()
+    return None
+
+
+def _fetch_with_retries(
+    url: str, part: Path, opts: _FetchOptions, retries: int, retry_wait: float
+) -> None:
+    """Fetch ``part`` whole, resuming it up to ``retries`` times after an interrupted connection."""
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, opts)
+            return
+        except DiskFullError:
+            raise
+        except DownloadError as err:  # a refused connection, an HTTP error...: say what is kept
+            if part.is_file() and part.stat().st_size:
+                raise type(err)(
+                    f"{err} ({human(part.stat().st_size)} downloaded so far are kept in {part}; "
+                    f"the same command resumes from there.)"
+                ) from None
+            raise
+        except _Interrupted as err:
+            have = part.stat().st_size if part.exists() else 0
+            if attempt == retries:
+                raise DownloadError(
+                    f"the download of {url} was interrupted ({err}). {human(have)} are kept in "
+                    f"{part}: run the same command again to resume from there."
+                ) from None
+            _say(
+                f"download interrupted ({err}); resuming in {retry_wait:g} s "
+                f"(attempt {attempt + 2} of {retries + 1})"
+            )
+            time.sleep(retry_wait)
+
+
+def _checksum_mismatch(
+    dest: Path, url: str, sha256: str, digest: str, page: str | None
+) -> DownloadError:
+    """The error for a finished download whose SHA-256 is not the expected one."""
+    return DownloadError(
+        f"checksum mismatch for {dest.name} from {url}: expected SHA-256 {sha256}, got {digest}. "
+        f"The file is corrupt or is not the expected archive (a changed link, or a "
+        f"proxy/captive-portal page); it was deleted. Run the command again to download it afresh; "
+        f"if the publisher really changed the archive, check the new checksum on "
+        f"{page or 'their page'} and pass it with --sha256."
+    )
+
+
 def download_file(
     url: str,
     dest,
@@ -471,58 +527,17 @@ def download_file(
     """
     dest = Path(dest)
     sha256 = _check_sha256(sha256)
-    if dest.is_file():
-        digest = sha256_file(dest, progress)
-        if sha256 is None or digest == sha256:
-            _say(f"using {dest} (already downloaded)")
-            return digest
-        _say(f"{dest} does not match the expected checksum: downloading it again")
-        dest.unlink()
+    digest = _reusable_download(dest, sha256, progress)
+    if digest is not None:
+        return digest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    retries = max(0, int(retries))
-    for attempt in range(retries + 1):
-        try:
-            _fetch_once(
-                url,
-                part,
-                timeout=timeout,
-                progress=progress,
-                page=page,
-                expect_size=expect_size,
-                unpack_factor=unpack_factor,
-            )
-            break
-        except DiskFullError:
-            raise
-        except DownloadError as err:  # a refused connection, an HTTP error...: say what is kept
-            if part.is_file() and part.stat().st_size:
-                raise type(err)(
-                    f"{err} ({human(part.stat().st_size)} downloaded so far are kept in {part}; the "
-                    f"same command resumes from there.)"
-                ) from None
-            raise
-        except _Interrupted as err:
-            have = part.stat().st_size if part.exists() else 0
-            if attempt == retries:
-                raise DownloadError(
-                    f"the download of {url} was interrupted ({err}). {human(have)} are kept in "
-                    f"{part}: run the same command again to resume from there."
-                ) from None
-            _say(
-                f"download interrupted ({err}); resuming in {retry_wait:g} s "
-                f"(attempt {attempt + 2} of {retries + 1})"
-            )
-            time.sleep(retry_wait)
+    opts = _FetchOptions(timeout, progress, page, expect_size, unpack_factor)
+    _fetch_with_retries(url, part, opts, max(0, int(retries)), retry_wait)
     digest = sha256_file(part, progress)
     if sha256 is not None and digest != sha256:
         part.unlink()
-        raise DownloadError(
-            f"checksum mismatch for {dest.name} from {url}: expected SHA-256 {sha256}, got {digest}. The file is "
-            f"corrupt or is not the expected archive (a changed link, or a proxy/captive-portal page); it was "
-            f"deleted. Run the command again to download it afresh; if the publisher really changed the archive, "
-            f"check the new checksum on {page or 'their page'} and pass it with --sha256."
-        )
+        raise _checksum_mismatch(dest, url, sha256, digest, page)
     os.replace(part, dest)
     return digest
 

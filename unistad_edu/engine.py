@@ -423,13 +423,9 @@ def _train(
 def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> _Fit:
     """Device and processes, the held-out split, the epoch count, precision, feature cache, in-memory store."""
     t_start = time.perf_counter()
-    ddp = distributed.setup(
-        resolve_device(train_cfg.device)
-    )  # one process: rank 0 of 1, and nothing else changes
+    # one process: rank 0 of 1, and nothing else changes
+    ddp = distributed.setup(resolve_device(train_cfg.device))
     gradient = model.trains_by_gradient
-    epochs = (
-        (train_cfg.epochs if train_cfg.epochs is not None else model.cfg.epochs) if gradient else 1
-    )  # build: one pass
     batch_size = train_cfg.batch_size or model.cfg.batch_size
     train_set, held = held_out(train_data, train_cfg)
     if len(train_set) == 0:
@@ -438,15 +434,7 @@ def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> 
         raise ValueError(
             f"{len(train_set)} training images cannot be shared by {ddp.world_size} processes"
         )
-    if (
-        train_cfg.min_steps and gradient
-    ):  # e.g. per-class models trained as many steps as one unified model
-        epochs = max(
-            epochs,
-            math.ceil(
-                train_cfg.min_steps / _steps_per_epoch(len(train_set), batch_size, ddp.world_size)
-            ),
-        )
+    epochs = _epoch_count(model, train_cfg, len(train_set), batch_size, ddp.world_size)
     model.to(ddp.device)
     # a resumed run keeps the precision it started with (auto could measure differently today)
     saved = (
@@ -456,24 +444,7 @@ def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> 
     )
     prec = precision_of(model, saved or train_cfg.precision, ddp.device)
     cache = cache if cache is not None else make_cache(model, train_cfg)
-    store = None
-    if cache is not None and train_cfg.preload:
-        need_mb = TrainStore.estimate_mb(
-            train_set, model.teacher, model.needs_images, cache.dtype == torch.float16
-        )
-        if need_mb <= PRELOAD_MAX_MB:
-            store = TrainStore(
-                train_set,
-                cache,
-                images=model.needs_images,
-                progress=train_cfg.progress and ddp.master,
-            )
-        elif ddp.master:
-            print(
-                f"training set would take {need_mb:.0f} MiB in memory (more than {PRELOAD_MAX_MB} MiB): "
-                f"streaming batches from the cache instead",
-                flush=True,
-            )
+    store = _train_store(model, train_set, cache, train_cfg, ddp.master)
     return _Fit(
         model=model,
         train_cfg=train_cfg,
@@ -494,6 +465,48 @@ def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> 
             model, train_set, cache, prec, log=train_cfg.progress and ddp.master
         ),
     )
+
+
+def _epoch_count(
+    model: Method, train_cfg: TrainConfig, n_train: int, batch_size: int, world_size: int
+) -> int:
+    """Epochs to train: the asked or the method's, more to reach ``min_steps``; a build: one."""
+    if not model.trains_by_gradient:
+        return 1  # build: one pass
+    epochs = train_cfg.epochs if train_cfg.epochs is not None else model.cfg.epochs
+    if train_cfg.min_steps:  # e.g. per-class models trained as many steps as one unified model
+        epochs = max(
+            epochs,
+            math.ceil(train_cfg.min_steps / _steps_per_epoch(n_train, batch_size, world_size)),
+        )
+    return epochs
+
+
+def _train_store(
+    model: Method,
+    train_set: MVTecDataset,
+    cache: FeatureCache | None,
+    train_cfg: TrainConfig,
+    master: bool,
+) -> TrainStore | None:
+    """The training set in memory (:class:`TrainStore`) when the cache is on, preloading is
+    asked and it fits in :data:`PRELOAD_MAX_MB`; else None (batches are streamed)."""
+    if cache is None or not train_cfg.preload:
+        return None
+    need_mb = TrainStore.estimate_mb(
+        train_set, model.teacher, model.needs_images, cache.dtype == torch.float16
+    )
+    if need_mb <= PRELOAD_MAX_MB:
+        return TrainStore(
+            train_set, cache, images=model.needs_images, progress=train_cfg.progress and master
+        )
+    if master:
+        print(
+            f"training set would take {need_mb:.0f} MiB in memory "
+            f"(more than {PRELOAD_MAX_MB} MiB): streaming batches from the cache instead",
+            flush=True,
+        )
+    return None
 
 
 def _resume(f: _Fit, resume: bool) -> bool:
@@ -568,62 +581,23 @@ def train_step(model: Method, batch: Batch, optimizer, prec, ddp=None) -> float:
 def _train_epochs(f: _Fit) -> None:
     """The optimiser loop from ``f.start_epoch``: per epoch a state + checkpoint (rank 0), the log line, and the
     ``max_minutes`` budget checked after it."""
-    model, train_cfg, ddp, optimizer, result, run = (
-        f.model,
-        f.train_cfg,
-        f.ddp,
-        f.optimizer,
-        f.result,
-        f.run,
-    )
-    device, batch_size, epochs = f.device, f.batch_size, f.epochs
+    model, train_cfg, ddp, result = f.model, f.train_cfg, f.ddp, f.result
+    epochs = f.epochs
     meta = {"epochs": epochs, "seed": train_cfg.seed, "train_config": asdict(train_cfg)}
     budget = train_cfg.max_minutes * 60 if train_cfg.max_minutes else None
     epoch = f.start_epoch
     while epoch < epochs:
-        torch.manual_seed(
-            train_cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank
-        )  # jitter/dropout draws: own per rank
+        # jitter/dropout draws: own per rank
+        torch.manual_seed(train_cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)
         lr = lr_at(model.cfg, epoch, epochs)
-        for group in optimizer.param_groups:
+        for group in f.optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        losses, t_epoch = [], time.perf_counter()
-        n_local = len(f.train_set) // ddp.world_size  # images per rank (all of them in one process)
-        shuffle_seed, drop_last = train_cfg.seed * 100_003 + epoch, n_local > batch_size
-        shard = dict(rank=ddp.rank, world_size=ddp.world_size, groups=f.groups)
-        if f.store is not None:
-            batches = f.store.batches(batch_size, shuffle_seed, drop_last, device, **shard)
-            n_batches = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)
-        else:
-            loader = _loader(
-                f.train_set,
-                batch_size,
-                shuffle=True,
-                seed=shuffle_seed,
-                drop_last=drop_last,
-                **shard,
-            )
-            batches, n_batches = (method_batch(b, f.cache, device) for b in loader), len(loader)
-        for mb in progress_bar(batches, f"epoch {epoch + 1}/{epochs}", f.progress, total=n_batches):
-            try:
-                losses.append(train_step(model, mb, optimizer, f.prec, ddp))
-            except FloatingPointError as err:
-                raise FloatingPointError(
-                    f"{err} in epoch {epoch + 1}: lower the learning rate (--lr) or enable "
-                    f"grad clipping"
-                ) from None
-        ddp.broadcast_state(
-            model
-        )  # rank 0's BatchNorm statistics everywhere (weights are equal already)
-        bad = non_finite(
-            model.state_for_checkpoint()
-        )  # trainable weights and buffers, not the frozen teacher
-        if bad:  # a step can blow the weights up without a NaN loss first (e.g. a huge --lr on the last step)
-            raise FloatingPointError(
-                f"the weights became non-finite in epoch {epoch + 1} ({bad[:3]}): nothing of this "
-                f"epoch is saved; lower the learning rate (--lr) or enable grad clipping"
-            )
+        t_epoch = time.perf_counter()
+        losses = _epoch_losses(f, epoch)
+        # rank 0's BatchNorm statistics everywhere (weights are equal already)
+        ddp.broadcast_state(model)
+        _check_weights_finite(model, epoch)
         record = {
             "epoch": epoch + 1,
             "loss": ddp.mean(float(np.mean(losses))),
@@ -632,40 +606,104 @@ def _train_epochs(f: _Fit) -> None:
             "images": len(losses) and len(f.train_set),
         }
         result.history.append(record)
-        if ddp.master and (train_cfg.progress or run is not None):
-            left = run_time_left(
-                result.history[-(epoch + 1 - f.start_epoch) :],
-                epochs - epoch - 1,
-                budget,
-                time.perf_counter() - f.t_start,
-            )
-            print(
-                f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
-                flush=True,
-            )
-        if run is not None and ddp.master:
-            with open(f.log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            save_train_state(run, model, optimizer, epoch + 1, meta)
-            save_checkpoint(
-                run,
-                model,
-                {"complete": False, "epochs_done": epoch + 1, "threshold": None, **f.extra_config},
-            )
-        if ddp.decide(
-            budget is not None and time.perf_counter() - f.t_start > budget and epoch + 1 < epochs
-        ):
-            result.stopped_early = True
-            if ddp.master:
-                print(
-                    f"stopping after epoch {epoch + 1}: the {train_cfg.max_minutes} min budget is used "
-                    f"(resume with --resume)",
-                    flush=True,
-                )
-            epoch += 1
-            break
+        _report_epoch(f, record, budget)
+        _save_epoch(f, record, meta)
+        stop = _budget_spent(f, epoch, budget)
         epoch += 1
+        if stop:
+            break
     result.epochs_done = epoch
+
+
+def _epoch_batches(f: _Fit, epoch: int):
+    """``(batches, their number)`` of one epoch on this rank: from the store, or streamed."""
+    ddp, batch_size = f.ddp, f.batch_size
+    n_local = len(f.train_set) // ddp.world_size  # images per rank (all of them in one process)
+    shuffle_seed, drop_last = f.train_cfg.seed * 100_003 + epoch, n_local > batch_size
+    shard = dict(rank=ddp.rank, world_size=ddp.world_size, groups=f.groups)
+    if f.store is not None:
+        n_batches = n_local // batch_size if drop_last else math.ceil(n_local / batch_size)
+        return f.store.batches(batch_size, shuffle_seed, drop_last, f.device, **shard), n_batches
+    loader = _loader(
+        f.train_set, batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last, **shard
+    )
+    return (method_batch(b, f.cache, f.device) for b in loader), len(loader)
+
+
+def _epoch_losses(f: _Fit, epoch: int) -> list[float]:
+    """One epoch of optimiser steps; the loss of each. A non-finite loss raises, naming it."""
+    batches, n_batches = _epoch_batches(f, epoch)
+    losses = []
+    for mb in progress_bar(batches, f"epoch {epoch + 1}/{f.epochs}", f.progress, total=n_batches):
+        try:
+            losses.append(train_step(f.model, mb, f.optimizer, f.prec, f.ddp))
+        except FloatingPointError as err:
+            raise FloatingPointError(
+                f"{err} in epoch {epoch + 1}: lower the learning rate (--lr) or enable "
+                f"grad clipping"
+            ) from None
+    return losses
+
+
+def _check_weights_finite(model: Method, epoch: int) -> None:
+    """Raise :class:`FloatingPointError` if a trainable weight or buffer (not the frozen teacher)
+    is non-finite: a step can blow the weights up without a NaN loss first (e.g. a huge --lr on
+    the last step)."""
+    bad = non_finite(model.state_for_checkpoint())
+    if bad:
+        raise FloatingPointError(
+            f"the weights became non-finite in epoch {epoch + 1} ({bad[:3]}): nothing of this "
+            f"epoch is saved; lower the learning rate (--lr) or enable grad clipping"
+        )
+
+
+def _report_epoch(f: _Fit, record: dict, budget: float | None) -> None:
+    """Print the epoch's loss, time and the run's time left (rank 0; progress or a run folder)."""
+    if not (f.ddp.master and (f.train_cfg.progress or f.run is not None)):
+        return
+    done = record["epoch"]
+    left = run_time_left(
+        f.result.history[-(done - f.start_epoch) :],
+        f.epochs - done,
+        budget,
+        time.perf_counter() - f.t_start,
+    )
+    print(
+        f"epoch {done}/{f.epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
+        flush=True,
+    )
+
+
+def _save_epoch(f: _Fit, record: dict, meta: dict) -> None:
+    """Rank 0, with a run folder: the epoch's log line, resume state and (incomplete) checkpoint."""
+    if f.run is None or not f.ddp.master:
+        return
+    done = record["epoch"]
+    with open(f.log_path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    save_train_state(f.run, f.model, f.optimizer, done, meta)
+    save_checkpoint(
+        f.run,
+        f.model,
+        {"complete": False, "epochs_done": done, "threshold": None, **f.extra_config},
+    )
+
+
+def _budget_spent(f: _Fit, epoch: int, budget: float | None) -> bool:
+    """Whether the ``max_minutes`` budget stops the run after ``epoch`` (all ranks decide
+    together); if so, the result says it stopped early and rank 0 says how to go on."""
+    if not f.ddp.decide(
+        budget is not None and time.perf_counter() - f.t_start > budget and epoch + 1 < f.epochs
+    ):
+        return False
+    f.result.stopped_early = True
+    if f.ddp.master:
+        print(
+            f"stopping after epoch {epoch + 1}: the {f.train_cfg.max_minutes} min budget is used "
+            f"(resume with --resume)",
+            flush=True,
+        )
+    return True
 
 
 def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
@@ -673,32 +711,10 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
     gradients); the final checkpoint. Every rank calibrates (same weights, same images, so the same
     threshold); rank 0 writes it."""
     model, train_cfg, ddp, held, result = f.model, f.train_cfg, f.ddp, f.held, f.result
-    if len(
-        held
-    ):  # normal statistics a method keeps (e.g. the dual student's), from the held-out images
-        model.eval()
-        with torch.no_grad(), f.prec.autocast(f.device):
-            model.calibrate(
-                method_batch(b, f.cache, f.device)
-                for b in _loader(held, f.batch_size, shuffle=False)
-            )
-    cal, stats = calibrate(
-        model,
-        train_data,
-        held,
-        f.cache,
-        f.device,
-        train_cfg.threshold_quantile,
-        train_cfg.tail,
-        train_cfg.calibration,
-        train_cfg.seed,
-    )
+    if len(held):
+        _held_out_statistics(f)
+    cal, stats = _held_out_calibration(f, train_data)
     threshold = cal.global_threshold
-    if threshold is not None and not math.isfinite(threshold):
-        raise FloatingPointError(
-            f"the calibrated threshold is {threshold}: the held-out normal images scored "
-            f"non-finite; the run is not saved as complete"
-        )
     result.threshold = model.threshold = threshold
     result.calibration = model.verdict_calibration = cal
     refit = _refits(model, train_cfg) and len(held) > 0
@@ -730,6 +746,39 @@ def _calibrate_and_save(f: _Fit, train_data: MVTecDataset) -> None:
             },
         )
     ddp.barrier()  # no rank returns before the run folder is complete
+
+
+def _held_out_statistics(f: _Fit) -> None:
+    """The normal statistics a method keeps (e.g. the dual student's), from the held-out images."""
+    f.model.eval()
+    with torch.no_grad(), f.prec.autocast(f.device):
+        f.model.calibrate(
+            method_batch(b, f.cache, f.device) for b in _loader(f.held, f.batch_size, shuffle=False)
+        )
+
+
+def _held_out_calibration(f: _Fit, train_data: MVTecDataset):
+    """``(calibration, per-class stats)`` from the held-out normal images; a non-finite global
+    threshold raises :class:`FloatingPointError`."""
+    train_cfg = f.train_cfg
+    cal, stats = calibrate(
+        f.model,
+        train_data,
+        f.held,
+        f.cache,
+        f.device,
+        train_cfg.threshold_quantile,
+        train_cfg.tail,
+        train_cfg.calibration,
+        train_cfg.seed,
+    )
+    threshold = cal.global_threshold
+    if threshold is not None and not math.isfinite(threshold):
+        raise FloatingPointError(
+            f"the calibrated threshold is {threshold}: the held-out normal images scored "
+            f"non-finite; the run is not saved as complete"
+        )
+    return cal, stats
 
 
 def _refits(model: Method, train_cfg: TrainConfig) -> bool:
@@ -952,39 +1001,15 @@ def fit_per_class(
     per-class run). ``log``: called with a line per category. Returns {category: (model, FitResult)}."""
     train_cfg = train_cfg or TrainConfig(progress=False)
     if train_cfg.calibration == "auto":
-        train_cfg = dataclasses.replace(
-            train_cfg, calibration="per-category"
-        )  # one product per model: nothing to route
+        # one product per model: nothing to route
+        train_cfg = dataclasses.replace(train_cfg, calibration="per-category")
     probe = build()
     if equal_steps and probe.trains_by_gradient:
-        epochs = train_cfg.epochs if train_cfg.epochs is not None else probe.cfg.epochs
-        unified = epochs * steps_per_epoch(
-            train_data, train_cfg.batch_size or probe.cfg.batch_size, train_cfg
-        )
-        train_cfg = dataclasses.replace(train_cfg, min_steps=max(train_cfg.min_steps or 0, unified))
+        train_cfg = _with_unified_steps(probe, train_data, train_cfg)
     extra = {**(extra_config or {}), "setting": "per-class"}
     if out is not None:
         out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise runs.RunFolderError(
-                f"--out {out} is a file, not a folder: choose a folder for the run"
-            )
-        with files.folder_lock(out, "run folder"):
-            runs.prepare(
-                out, None, resume=resume, overwrite=overwrite, per_class=True, say=log or print
-            )
-            files.atomic_write_text(
-                out / SETTING_FILE,
-                json.dumps(
-                    {
-                        "setting": "per-class",
-                        "method": probe.name,
-                        "categories": train_data.categories,
-                        **(extra_config or {}),
-                    },
-                    indent=2,
-                ),
-            )
+        _prepare_per_class_folder(out, probe, train_data, resume, overwrite, extra_config, log)
     results = {}
     for i, (cat, ds) in enumerate(train_data.by_category().items()):
         if log:
@@ -998,6 +1023,50 @@ def fit_per_class(
         if log:
             log(result_line(results[cat][1], run))
     return results
+
+
+def _with_unified_steps(
+    probe: Method, train_data: MVTecDataset, train_cfg: TrainConfig
+) -> TrainConfig:
+    """``train_cfg`` with ``min_steps`` raised to the steps one unified model would take."""
+    epochs = train_cfg.epochs if train_cfg.epochs is not None else probe.cfg.epochs
+    unified = epochs * steps_per_epoch(
+        train_data, train_cfg.batch_size or probe.cfg.batch_size, train_cfg
+    )
+    return dataclasses.replace(train_cfg, min_steps=max(train_cfg.min_steps or 0, unified))
+
+
+def _prepare_per_class_folder(
+    out: Path,
+    probe: Method,
+    train_data: MVTecDataset,
+    resume: bool,
+    overwrite: bool,
+    extra_config: dict | None,
+    log,
+) -> None:
+    """Make ``out`` ready for a per-class run (as :func:`runs.prepare` allows) and write its
+    ``setting.json``; refused when ``out`` is a file."""
+    if out.exists() and not out.is_dir():
+        raise runs.RunFolderError(
+            f"--out {out} is a file, not a folder: choose a folder for the run"
+        )
+    with files.folder_lock(out, "run folder"):
+        runs.prepare(
+            out, None, resume=resume, overwrite=overwrite, per_class=True, say=log or print
+        )
+        files.atomic_write_text(
+            out / SETTING_FILE,
+            json.dumps(
+                {
+                    "setting": "per-class",
+                    "method": probe.name,
+                    "categories": train_data.categories,
+                    **(extra_config or {}),
+                },
+                indent=2,
+            ),
+        )
 
 
 def result_line(res: FitResult, run=None) -> str:

@@ -275,24 +275,15 @@ def export_run(
     ``RUN/export-FMT``) and return it. ``images``: (N, S, S, 3) uint8 pictures for the parity check (default:
     :func:`parity_images`; real test images are better, :func:`unistad_edu.bench.bench_export` uses them).
     Raises :class:`ExportError` if the graph does not reproduce the model within :data:`PARITY_TOLERANCE`."""
-    from .checkpoint import load_checkpoint
     from .resolve import load_run_metrics
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
     run = Path(run)
     out = Path(out) if out is not None else run / f"export-{fmt}"
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(
-            f"{out} exists ({ownership.describe(out)}): choose another --out, or --overwrite to "
-            f"replace it (an export folder or an empty one only)"
-        )
-    if out.exists() or out.is_symlink():
-        check_replaceable(out, run)  # before any work: a refusal costs nothing
+    _check_destination(out, run, overwrite)
     t0 = time.perf_counter()
-    model = load_checkpoint(run)
-    model.set_teacher_precision("fp32")  # exported graphs are fp32, whatever the run trained in
-    model = model.float().eval()
+    model = _load_fp32(run)
     size = int(model.cfg.image_size)
     with staging_folder(out) as tmp:
         log(
@@ -300,15 +291,13 @@ def export_run(
         )
         card = _write_graph(model, tmp, fmt, opset, run)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-        check = (
-            images if images is not None else parity_images(3, size, seed=2)
-        )  # a batch size never seen (3)
+        # a batch size never seen (3)
+        check = images if images is not None else parity_images(3, size, seed=2)
         card["parity"] = check_parity(model, tmp, fmt, check, run)
         card["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-        if (
-            load_run_metrics(run) is not None
-        ):  # the demo's card shows the run's test metrics (of this save)
+        # the demo's card shows the run's test metrics (of this save)
+        if load_run_metrics(run) is not None:
             shutil.copyfile(run / METRICS_FILE, tmp / METRICS_FILE)
         # --overwrite: the old folder goes only once the new one is complete, checked again (it may have changed
         # while the export ran); without it, a folder another process put there meanwhile is refused
@@ -319,15 +308,40 @@ def export_run(
                 f"{out} appeared while exporting ({ownership.describe(out)}): choose another "
                 f"--out, or --overwrite to replace it"
             )
-    said = "; ".join(
-        f"{p['backend']}: max |Δ| {max(p['max_abs_map'], p['max_abs_score']):.2g} = {p['max_rel']:.2g} "
-        f"of the {p['relative_to']}, {p['verdicts_differ']} verdicts differ"
-        for p in card["parity"].values()
-    )
     log(
-        f"{fmt} export written to {out} in {card['export_seconds']} s; parity on {len(check)} images: {said}"
+        f"{fmt} export written to {out} in {card['export_seconds']} s; parity on {len(check)} "
+        f"images: {_parity_summary(card['parity'])}"
     )
     return out
+
+
+def _check_destination(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an existing ``out`` without ``overwrite``, or one it may not replace."""
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists ({ownership.describe(out)}): choose another --out, or --overwrite to "
+            f"replace it (an export folder or an empty one only)"
+        )
+    if out.exists() or out.is_symlink():
+        check_replaceable(out, run)  # before any work: a refusal costs nothing
+
+
+def _load_fp32(run: Path):
+    """The run's model in fp32 and in eval mode, as it is exported."""
+    from .checkpoint import load_checkpoint
+
+    model = load_checkpoint(run)
+    model.set_teacher_precision("fp32")  # exported graphs are fp32, whatever the run trained in
+    return model.float().eval()
+
+
+def _parity_summary(parity: dict) -> str:
+    """The parity measured, one clause per runtime: largest difference, verdicts that differ."""
+    return "; ".join(
+        f"{p['backend']}: max |Δ| {max(p['max_abs_map'], p['max_abs_score']):.2g} = "
+        f"{p['max_rel']:.2g} of the {p['relative_to']}, {p['verdicts_differ']} verdicts differ"
+        for p in parity.values()
+    )
 
 
 def _write_graph(model, folder: Path, fmt: str, opset: int, run: Path) -> dict:

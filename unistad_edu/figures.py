@@ -163,9 +163,29 @@ def leaderboard_figure(lb_json, out) -> Path:
     result = load(lb_json)
     cats, values = per_category(result, "I-AUROC")
     rows = {r["label"]: r for r in result["rows"]}
-    counts = sorted({len(r.get("seeds") or [0]) for r in result["rows"]})
-    seeds = counts[-1]
+    seeds_note = _seeds_note(result["rows"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    _category_bars(ax, cats, values, rows, seeds_note)
+    _accuracy_vs_cost(ax2, result)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _seeds_note(rows: list[dict]) -> str:
+    """The bar panel's title note: over how many seeds the error bars are, or that there is none."""
+    counts = sorted({len(r.get("seeds") or [0]) for r in rows})
+    seeds = counts[-1]
+    # methods measured with unequal seeds say so
+    span = f"{seeds}" if len(counts) == 1 else f"{counts[0]}-{seeds}"
+    return (
+        f" (mean ± std of {span} seeds; one seed: no bar)"
+        if seeds > 1
+        else " (one seed: no error bars)"
+    )
+
+
+def _category_bars(ax, cats, values: dict, rows: dict, seeds_note: str) -> None:
+    """Grouped bars of every method's I-AUROC per category (x100), error bars over seeds if any."""
     width = 0.8 / max(1, len(values))
     x = np.arange(len(cats))
     for k, (label, vals) in enumerate(values.items()):
@@ -185,23 +205,17 @@ def leaderboard_figure(lb_json, out) -> Path:
     ax.legend(
         fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False
     )  # below: off the bars
-    span = (
-        f"{seeds}" if len(counts) == 1 else f"{counts[0]}-{seeds}"
-    )  # methods measured with unequal seeds say so
-    ax.set_title(
-        "per category, one unified model each"
-        + (
-            f" (mean ± std of {span} seeds; one seed: no bar)"
-            if seeds > 1
-            else " (one seed: no error bars)"
-        ),
-        fontsize=10,
-    )
+    ax.set_title("per category, one unified model each" + seeds_note, fontsize=10)
+
+
+def _accuracy_vs_cost(ax, result: dict) -> None:
+    """Mean I-AUROC (x100) of every method against its inference ms/img, marker area ~ stored state;
+    outside references as horizontal lines."""
     lo = min(100 * r["mean"]["I-AUROC"] for r in result["rows"])
     for r in result["rows"]:
         y = 100 * r["mean"]["I-AUROC"]
         err = _spread(r, [], "I-AUROC")
-        ax2.errorbar(
+        ax.errorbar(
             r["infer_ms_per_img"],
             y,
             yerr=None if err is None else [err[-1]],
@@ -209,20 +223,30 @@ def leaderboard_figure(lb_json, out) -> Path:
             ecolor="grey",
             capsize=3,
         )
-        ax2.scatter(r["infer_ms_per_img"], y, s=30 + 40 * r["state_mib"], alpha=0.6)
-        ax2.annotate(
+        ax.scatter(r["infer_ms_per_img"], y, s=30 + 40 * r["state_mib"], alpha=0.6)
+        ax.annotate(
             f"{r['label']} ({r['state_mib']:.1f} MiB)",
             (r["infer_ms_per_img"], y),
             fontsize=7,
             xytext=(4, 3),
             textcoords="offset points",
         )
-    for ref in result.get(
-        "references", []
-    ):  # an outside figure: no cost of ours to place it at, so a line
+    lo = min([lo, *_reference_lines(ax, result.get("references", []))])
+    ax.set_xlabel(
+        f"inference ms/img (CPU, same run; teacher alone {1000 / result['teacher_only_img_s']:.1f})"
+    )
+    ax.set_ylabel(f"mean I-AUROC x100 (axis starts near {lo:.0f}, not 0)")
+    ax.grid(alpha=0.3)
+    ax.set_title("accuracy vs cost (marker area ~ stored state)")
+
+
+def _reference_lines(ax, references: list[dict]) -> list[float]:
+    """Outside figures as labelled horizontal lines (no cost of ours to place them at); their ys."""
+    ys = []
+    for ref in references:
         y = 100 * ref["mean"]["I-AUROC"]
-        ax2.axhline(y, ls="--", color="black", lw=0.8)
-        ax2.annotate(
+        ax.axhline(y, ls="--", color="black", lw=0.8)
+        ax.annotate(
             f"{ref['label']}: {y:.1f}",
             (0.01, y),
             xycoords=("axes fraction", "data"),
@@ -230,15 +254,8 @@ def leaderboard_figure(lb_json, out) -> Path:
             xytext=(0, 3),
             textcoords="offset points",
         )
-        lo = min(lo, y)
-    ax2.set_xlabel(
-        f"inference ms/img (CPU, same run; teacher alone {1000 / result['teacher_only_img_s']:.1f})"
-    )
-    ax2.set_ylabel(f"mean I-AUROC x100 (axis starts near {lo:.0f}, not 0)")
-    ax2.grid(alpha=0.3)
-    ax2.set_title("accuracy vs cost (marker area ~ stored state)")
-    fig.tight_layout()
-    return _save(fig, out)
+        ys.append(y)
+    return ys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -85,9 +85,8 @@ def score_dataset(
     """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
     categories, defects (each image's folder name, "good" for a normal one), paths, embeddings (N, D) (the
     teacher's image embedding, for routing) and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
-    device = (
-        torch.device(device) if device is not None else next(model.parameters()).device
-    )  # "cpu" works too
+    # "cpu" works too
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     prec = precision_of(model, precision, device)
     out = {
@@ -108,9 +107,8 @@ def score_dataset(
             res = model.score(mb)
         out["embeddings"].append(model.teacher.embedding_of(mb.features).float().cpu().numpy())
         out["scores"].append(res.pred_score.float().cpu().numpy())
-        if (
-            res.image_scores
-        ):  # every raw per-image score that was combined ({"map": (B,), term: (B,)})
+        if res.image_scores:
+            # every raw per-image score that was combined ({"map": (B,), term: (B,)})
             out["terms"].append({k: v.float().cpu().numpy() for k, v in res.image_scores.items()})
         out["labels"].append(batch["label"].numpy())
         out["categories"] += batch["category"]
@@ -121,6 +119,11 @@ def score_dataset(
         if keep_maps:
             out["maps"].append(res.anomaly_map[:, 0].float().cpu().numpy())
             out["masks"].append(batch["mask"][:, 0].numpy().astype(np.uint8))
+    return _as_arrays(out, keep_maps)
+
+
+def _as_arrays(out: dict, keep_maps: bool) -> dict:
+    """:func:`score_dataset`'s per-batch lists joined into its arrays (empty ones for no images)."""
     result = {
         "scores": np.concatenate(out["scores"]) if out["scores"] else np.zeros(0),
         "labels": np.concatenate(out["labels"]) if out["labels"] else np.zeros(0, int),

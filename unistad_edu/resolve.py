@@ -99,22 +99,16 @@ def ensure_default_run(
     """The demo's default model: reuse ``run_dir`` (default :func:`default_run_dir`) if it holds a finished run
     of ``spec`` (default :data:`DEFAULT_RUN_SPEC`), else train it on the synthetic set (``data_root``: another
     MVTec-layout folder instead), evaluate it (``metrics.json``) and move it into place atomically."""
-    from .data import MVTecDataset, default_data_root
-    from .engine import TrainConfig, fit
+    from .data import default_data_root
     from .files import install_folder, staging_folder
-    from .inference import evaluate
-    from .methods import build_model
-    from .metrics import save_metrics
-    from .teacher import load_teacher
 
     spec = dict(spec or DEFAULT_RUN_SPEC)
     run = Path(run_dir) if run_dir is not None else default_run_dir()
     if _is_usable_run(run, spec):
         log(f"using the demo's default model in {run} (delete that folder to retrain it)")
         return run
-    check_default_replaceable(
-        run
-    )  # before training: a folder the demo did not write is never replaced
+    # before training: a folder the demo did not write is never replaced
+    check_default_replaceable(run)
     root = Path(data_root) if data_root is not None else default_data_root()
     settings = "".join(f", {k}={v}" for k, v in spec.get("set", {}).items())
     log(
@@ -124,38 +118,7 @@ def ensure_default_run(
         f"This happens once; the model is kept in {run} and reused. Pass --run RUN to use your own run."
     )
     with staging_folder(run) as tmp:
-        train = MVTecDataset(root, "train", image_size=spec["image_size"])
-        model = build_model(
-            spec["method"], load_teacher(), image_size=spec["image_size"], **spec.get("set", {})
-        )
-        res = fit(
-            model,
-            train,
-            TrainConfig(
-                epochs=spec["epochs"],
-                max_minutes=spec["max_minutes"],
-                seed=spec["seed"],
-                progress=progress,
-            ),
-            out=tmp,
-            extra_config={
-                "data_root": str(root.resolve()),
-                "preset": "cpu",
-                "setting": "unified",
-                "trained_by": "python -m unistad_edu demo (default model)",
-            },
-        )
-        threshold = "none" if res.threshold is None else f"{res.threshold:.4g}"
-        log(
-            f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {threshold}); "
-            f"evaluating on the test images for the model card ..."
-        )
-        test = MVTecDataset(root, "test", image_size=spec["image_size"])
-        save_metrics(evaluate(model, test, progress=progress), tmp / METRICS_FILE)
-        (tmp / DEFAULT_MARKER).write_text(
-            json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2)
-        )
-        (tmp / STATE_FILE).unlink(missing_ok=True)  # resume state is not needed by the demo
+        _make_default_run(tmp, spec, root, log, progress)
 
         def replace(old: Path) -> bool:
             """An older/incomplete default run is replaced (checked again: it may have changed while the model
@@ -168,6 +131,51 @@ def ensure_default_run(
         install_folder(tmp, run, replace)
     log(f"default model ready in {run}")
     return run
+
+
+def _make_default_run(
+    tmp: Path, spec: dict, root: Path, log: Callable[[str], None], progress: bool
+) -> None:
+    """Train, evaluate and mark the default model of ``spec`` in the staging folder ``tmp``."""
+    from .data import MVTecDataset
+    from .engine import TrainConfig, fit
+    from .inference import evaluate
+    from .methods import build_model
+    from .metrics import save_metrics
+    from .teacher import load_teacher
+
+    train = MVTecDataset(root, "train", image_size=spec["image_size"])
+    model = build_model(
+        spec["method"], load_teacher(), image_size=spec["image_size"], **spec.get("set", {})
+    )
+    res = fit(
+        model,
+        train,
+        TrainConfig(
+            epochs=spec["epochs"],
+            max_minutes=spec["max_minutes"],
+            seed=spec["seed"],
+            progress=progress,
+        ),
+        out=tmp,
+        extra_config={
+            "data_root": str(root.resolve()),
+            "preset": "cpu",
+            "setting": "unified",
+            "trained_by": "python -m unistad_edu demo (default model)",
+        },
+    )
+    threshold = "none" if res.threshold is None else f"{res.threshold:.4g}"
+    log(
+        f"trained {res.epochs_done} epochs in {res.seconds:.0f} s (threshold {threshold}); "
+        f"evaluating on the test images for the model card ..."
+    )
+    test = MVTecDataset(root, "test", image_size=spec["image_size"])
+    save_metrics(evaluate(model, test, progress=progress), tmp / METRICS_FILE)
+    (tmp / DEFAULT_MARKER).write_text(
+        json.dumps({"spec": spec, "data_root": str(root.resolve())}, indent=2)
+    )
+    (tmp / STATE_FILE).unlink(missing_ok=True)  # resume state is not needed by the demo
 
 
 def resolve_run(run=None, log: Callable[[str], None] = print) -> Path:

@@ -278,7 +278,54 @@ class _Part:
     fg: bool = True
 
 
+def _part_distance(p: _Part, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed distance (pixels, negative inside) to the part's box, disc or ring."""
+    if p.shape == "box":
+        return _sd_box(u, v, p.hw, p.hh, p.r)
+    rho = np.sqrt(u * u + v * v)
+    d = rho - F32(p.hw)
+    if p.r > 0:  # ring
+        d = np.maximum(d, F32(p.r) - rho)
+    return d
+
+
+def _part_colour(p: _Part, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The part's shaded RGB colour at part coordinates ``u`` (along) and ``v`` (across)."""
+    col = np.asarray(p.color, F32)
+    if p.shade == "flat":
+        return col[None, None, :]
+    t = v / F32(max(p.hh if p.shape == "box" else p.hw, 1e-3))  # -1..1 across the part
+    if p.shape == "box" and p.shade in ("cyl", "thread"):
+        sh = F32(0.62) + F32(0.5) * np.exp(-(((t + F32(0.3)) / F32(0.45)) ** 2)) - F32(0.18) * t * t
+        if p.shade == "thread":
+            pitch = F32(p.extra["pitch"])
+            start = F32(p.extra["start"])
+            ph = (u + F32(0.45) * v) / pitch
+            tri = np.abs(ph - np.floor(ph) - F32(0.5)) * F32(2)  # 0..1
+            on = (u > start).astype(F32)
+            sh = sh * (F32(1) - on * F32(0.32) * tri)
+        return col[None, None, :] * sh[..., None]
+    if p.shade == "hex":  # three visible faces of a hexagonal prism
+        face = np.where(np.abs(t) < 0.5, F32(1.08), np.where(t < 0, F32(0.86), F32(0.66)))
+        return col[None, None, :] * face[..., None]
+    if p.shade == "dome":
+        rho = np.sqrt(u * u + v * v) / F32(p.hw)
+        hx, hy = u / F32(p.hw) + F32(0.35), v / F32(p.hw) + F32(0.35)
+        hl = np.exp(-(hx * hx + hy * hy) / F32(0.12))
+        sh = F32(0.85) + F32(0.15) * (F32(1) - rho * rho) + F32(0.35) * hl
+        return col[None, None, :] * sh[..., None]
+    if p.shade == "bands":  # resistor colour bands along u
+        c = np.broadcast_to(col, u.shape + (3,)).copy()
+        for bu, bw, bcol in p.extra["bands"]:
+            m = (np.abs(u - F32(bu)) < F32(bw))[..., None]
+            c = np.where(m, np.asarray(bcol, F32), c)
+        sh = F32(0.8) + F32(0.3) * np.exp(-(((t + F32(0.3)) / F32(0.5)) ** 2))
+        return c * sh[..., None]
+    raise ValueError(p.shade)
+
+
 def _draw_part(img: np.ndarray, fg: np.ndarray, p: _Part) -> None:
+    """Paint part ``p`` over ``img`` (anti-aliased) and, for a foreground part, into ``fg``."""
     S = img.shape[0]
     ext = (math.hypot(p.hw, p.hh) if p.shape == "box" else p.hw) + 2
     x0, x1 = max(int(p.cx - ext), 0), min(int(p.cx + ext) + 2, S)
@@ -288,53 +335,10 @@ def _draw_part(img: np.ndarray, fg: np.ndarray, p: _Part) -> None:
     X, Y = _grid(S)
     X, Y = X[y0:y1, x0:x1], Y[y0:y1, x0:x1]
     u, v = _rot(X, Y, p.cx, p.cy, p.ang)
-    if p.shape == "box":
-        d = _sd_box(u, v, p.hw, p.hh, p.r)
-    else:
-        rho = np.sqrt(u * u + v * v)
-        d = rho - F32(p.hw)
-        if p.r > 0:  # ring
-            d = np.maximum(d, F32(p.r) - rho)
-    a = _coverage(d)
+    a = _coverage(_part_distance(p, u, v))
     if not a.any():
         return
-    col = np.asarray(p.color, F32)
-    if p.shade == "flat":
-        c = col[None, None, :]
-    else:
-        t = v / F32(max(p.hh if p.shape == "box" else p.hw, 1e-3))  # -1..1 across the part
-        if p.shape == "box" and p.shade in ("cyl", "thread"):
-            sh = (
-                F32(0.62)
-                + F32(0.5) * np.exp(-(((t + F32(0.3)) / F32(0.45)) ** 2))
-                - F32(0.18) * t * t
-            )
-            if p.shade == "thread":
-                pitch = F32(p.extra["pitch"])
-                start = F32(p.extra["start"])
-                ph = (u + F32(0.45) * v) / pitch
-                tri = np.abs(ph - np.floor(ph) - F32(0.5)) * F32(2)  # 0..1
-                on = (u > start).astype(F32)
-                sh = sh * (F32(1) - on * F32(0.32) * tri)
-            c = col[None, None, :] * sh[..., None]
-        elif p.shade == "hex":  # three visible faces of a hexagonal prism
-            face = np.where(np.abs(t) < 0.5, F32(1.08), np.where(t < 0, F32(0.86), F32(0.66)))
-            c = col[None, None, :] * face[..., None]
-        elif p.shade == "dome":
-            rho = np.sqrt(u * u + v * v) / F32(p.hw)
-            hx, hy = u / F32(p.hw) + F32(0.35), v / F32(p.hw) + F32(0.35)
-            hl = np.exp(-(hx * hx + hy * hy) / F32(0.12))
-            sh = F32(0.85) + F32(0.15) * (F32(1) - rho * rho) + F32(0.35) * hl
-            c = col[None, None, :] * sh[..., None]
-        elif p.shade == "bands":  # resistor colour bands along u
-            c = np.broadcast_to(col, u.shape + (3,)).copy()
-            for bu, bw, bcol in p.extra["bands"]:
-                m = (np.abs(u - F32(bu)) < F32(bw))[..., None]
-                c = np.where(m, np.asarray(bcol, F32), c)
-            sh = F32(0.8) + F32(0.3) * np.exp(-(((t + F32(0.3)) / F32(0.5)) ** 2))
-            c = c * sh[..., None]
-        else:
-            raise ValueError(p.shade)
+    c = _part_colour(p, u, v)
     a3 = a[..., None]
     win = img[y0:y1, x0:x1]
     win *= F32(1) - a3
@@ -1131,6 +1135,40 @@ def _check_existing(out: Path, cfg: SyntheticConfig) -> str | None:
     return None
 
 
+def _write_manifest(folder: Path, cfg: SyntheticConfig) -> None:
+    """Write ``folder/SYNTHETIC.json``, the manifest that marks a finished set made with ``cfg``."""
+    manifest = {
+        "format": ownership.SYNTHETIC_FORMAT,
+        "generator_version": GENERATOR_VERSION,
+        "config": cfg.to_json(),
+        "kinds": {c: CATEGORIES[c] for c in cfg.categories},
+        "defects": {c: list(DEFECTS[c]) for c in cfg.categories},
+        "counts": _expected_counts(cfg),
+    }
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _replace_policy(cfg: SyntheticConfig, force: bool) -> Callable[[Path], bool]:
+    """The ``replace`` callback of :func:`install_folder`: what to do with a folder at ``out``."""
+
+    def replace(old: Path) -> bool:
+        """With force: replace the set (checked again, it may have changed while this one was
+        drawn); without: another process finished the same set meanwhile -- keep it -- or something
+        else is there."""
+        if force:
+            check_replaceable(old)
+            return True
+        problem = _check_existing(old, cfg)
+        if problem is None:
+            return False
+        raise SyntheticDatasetError(
+            f"synthetic data folder {old} appeared while this set was drawn and cannot "
+            f"be reused: {problem}. Use another --out, or --force"
+        )
+
+    return replace
+
+
 def make_synthetic(
     out,
     cfg: SyntheticConfig | None = None,
@@ -1170,31 +1208,8 @@ def make_synthetic(
         check_replaceable(out)  # before generating: a refusal costs nothing
     with staging_folder(out) as tmp:
         _generate(tmp, cfg, workers if workers is not None else min(4, os.cpu_count() or 1))
-        manifest = {
-            "format": ownership.SYNTHETIC_FORMAT,
-            "generator_version": GENERATOR_VERSION,
-            "config": cfg.to_json(),
-            "kinds": {c: CATEGORIES[c] for c in cfg.categories},
-            "defects": {c: list(DEFECTS[c]) for c in cfg.categories},
-            "counts": _expected_counts(cfg),
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-
-        def replace(old: Path) -> bool:
-            """With force: replace the set (checked again, it may have changed while this one was drawn);
-            without: another process finished the same set meanwhile -- keep it -- or something else is there."""
-            if force:
-                check_replaceable(old)
-                return True
-            problem = _check_existing(old, cfg)
-            if problem is None:
-                return False
-            raise SyntheticDatasetError(
-                f"synthetic data folder {old} appeared while this set was drawn and cannot "
-                f"be reused: {problem}. Use another --out, or --force"
-            )
-
-        install_folder(tmp, out, replace)
+        _write_manifest(tmp, cfg)
+        install_folder(tmp, out, _replace_policy(cfg, force))
     return out
 
 

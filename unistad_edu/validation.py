@@ -172,14 +172,45 @@ def make_validation(
         "min_tail": int(min_tail),
         "categories": train.categories,
     }
+    if _made_as(out, spec):
+        return out
+    _clear_for_rebuild(out, force)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    keep, held = holdout_split(train, fraction, seed=seed, min_tail=min_tail)
+    for r in keep.records:
+        _save_png(
+            load_image(r.path, size), tmp / r.category / "train" / "good" / f"{r.path.stem}.png"
+        )
+    _write_held_out(tmp, held.records, size, seed, kinds)
+    counts = {
+        cat: {
+            "train": sum(r.category == cat for r in keep.records),
+            "held_out": sum(r.category == cat for r in held.records),
+        }
+        for cat in train.categories
+    }
+    atomic_write_text(tmp / MANIFEST, json.dumps({"spec": spec, "counts": counts}, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(tmp, out)
+    return out
+
+
+def _made_as(out: Path, spec: dict) -> bool:
+    """True if ``out`` holds a validation set whose manifest records the same ``spec``."""
     manifest = out / MANIFEST
-    if manifest.is_file():
-        try:
-            made = json.loads(manifest.read_text())
-        except ValueError:
-            made = None
-        if made and made.get("spec") == spec:
-            return out
+    if not manifest.is_file():
+        return False
+    try:
+        made = json.loads(manifest.read_text())
+    except ValueError:
+        made = None
+    return bool(made and made.get("spec") == spec)
+
+
+def _clear_for_rebuild(out: Path, force: bool) -> None:
+    """Remove a file, link or non-empty folder at ``out``: only with ``force``, only if ours."""
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         if not force:
             raise FileExistsError(
@@ -188,38 +219,30 @@ def make_validation(
             )
         check_replaceable(out)
         shutil.rmtree(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    keep, held = holdout_split(train, fraction, seed=seed, min_tail=min_tail)
-    counts = {}
-    for r in keep.records:
-        _save_png(
-            load_image(r.path, size), tmp / r.category / "train" / "good" / f"{r.path.stem}.png"
-        )
+
+
+def _write_held_out(tmp: Path, records, size: int, seed: int, kinds: tuple) -> None:
+    """Write the held-out images to ``test/good``, and each with every defect kind and its mask."""
     rng = np.random.default_rng(seed)
-    for r in held.records:
+    for r in records:
         image = load_image(r.path, size)
         name = f"{r.path.stem}.png"
         _save_png(image, tmp / r.category / "test" / "good" / name)
         for kind in kinds:
-            for _ in range(
-                10
-            ):  # a draw that changed no pixel (a blob on a black corner) is drawn again
-                bad, mask = draw_defect(kind, rng, image)
-                if mask.any():
-                    break
+            bad, mask = _draw_visible_defect(kind, rng, image)
             _save_png(bad, tmp / r.category / "test" / kind / name)
             _save_png(
                 mask.astype(np.uint8) * 255,
                 tmp / r.category / "ground_truth" / kind / f"{r.path.stem}_mask.png",
             )
-    for cat in train.categories:
-        counts[cat] = {
-            "train": sum(r.category == cat for r in keep.records),
-            "held_out": sum(r.category == cat for r in held.records),
-        }
-    atomic_write_text(tmp / MANIFEST, json.dumps({"spec": spec, "counts": counts}, indent=2) + "\n")
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    os.replace(tmp, out)
-    return out
+
+
+def _draw_visible_defect(
+    kind: str, rng: np.random.Generator, image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`draw_defect`, drawn again (10 tries) while it changes no pixel (a blob on black)."""
+    for _ in range(10):
+        bad, mask = draw_defect(kind, rng, image)
+        if mask.any():
+            break
+    return bad, mask

@@ -465,12 +465,20 @@ def model_card(
     backend: str | None = None,
 ) -> str:
     """A Markdown model card from config.json (and metrics.json if present); ``backend``: what serves it."""
-    from ..report import format_table
+    lines = (["### Model card"] if heading else []) + _card_facts(cfg, run_dir)
+    if backend:
+        lines.append(f"- **Served by:** {backend}.")
+    lines += _card_threshold_table(cfg)
+    lines += _card_metrics(metrics)
+    return "\n".join(lines)
 
+
+def _card_facts(cfg: dict, run_dir) -> list[str]:
+    """The model card's bullets: method, teacher, training data, image size, threshold, package."""
     teacher = cfg.get("teacher") or {}
     cats = cfg.get("train_categories") or []
     mc = cfg.get("method_config") or {}
-    lines = (["### Model card"] if heading else []) + [
+    return [
         f"- **Method:** {cfg.get('method', '?').upper()} - one unified model for all categories "
         f"(it never sees a category label; there is no category picker).",
         f"- **Teacher (frozen, ImageNet-pretrained):** `{teacher.get('name', '?')}`, layers "
@@ -492,12 +500,15 @@ def model_card(
         + (f"; run folder `{short_path(run_dir)}`" if run_dir else "")
         + ".",
     ]
-    if backend:
-        lines.append(f"- **Served by:** {backend}.")
+
+
+def _card_threshold_table(cfg: dict) -> list[str]:
+    """The model card's table of thresholds per (pseudo-)category, else of held-out normal scores
+    per category; no lines when config.json has neither."""
     cal = cfg.get("calibration") or {}
     per = (cfg.get("validation") or {}).get("per_class") or {}
     if cal.get("kind") in ("per-category", "clusters"):
-        lines += [
+        return [
             "",
             f"**Thresholds per {'category' if cal['kind'] == 'per-category' else 'pseudo-category'}** "
             f"(each image is routed to the nearest by its teacher embedding; a {cal.get('tail')} tail of "
@@ -505,43 +516,46 @@ def model_card(
             "",
             "| category | held-out n | mean | threshold |",
             "|---|---:|---:|---:|",
-        ]
-        lines += [
+        ] + [
             f"| {c} | {g.get('n', '?')} | {_fmt(g.get('mean'))} | {_fmt(g.get('threshold'))} |"
             for c, g in (cal.get("groups") or {}).items()
         ]
-    elif per:
-        lines += [
+    if per:
+        return [
             "",
             "**Held-out normal scores per category** (what one shared threshold has to fit):",
             "",
             "| category | n | mean | max |",
             "|---|---:|---:|---:|",
-        ]
-        lines += [
+        ] + [
             f"| {c} | {s.get('n', '?')} | {_fmt(s.get('mean'))} | {_fmt(s.get('max'))} |"
             for c, s in per.items()
         ]
+    return []
+
+
+def _card_metrics(metrics: dict | None) -> list[str]:
+    """The model card's test metrics per category (metrics.json), or how to add them."""
+    from ..report import format_table
+
     if metrics and metrics.get("categories"):
         cols = [
             c
             for c in ("I-AUROC", "I-AP", "P-AUROC", "AUPRO", "mAD")
             if c in metrics.get("mean", {})
         ]
-        lines += [
+        return [
             "",
             f"**Test metrics per category** (x100, from `metrics.json`, setting "
             f"{metrics.get('setting', '?')}):",
             "",
             format_table(metrics, columns=cols),
         ]
-    else:
-        lines += [
-            "",
-            "_No `metrics.json` in the run folder: run `python -m unistad_edu eval --run RUN` to add "
-            "per-category metrics here._",
-        ]
-    return "\n".join(lines)
+    return [
+        "",
+        "_No `metrics.json` in the run folder: run `python -m unistad_edu eval --run RUN` to add "
+        "per-category metrics here._",
+    ]
 
 
 # ---- networking and the browser -------------------------------------------------------------------------

@@ -314,85 +314,112 @@ def build_app(
 
 def _layout(page: Page, max_upload_mb: float) -> dict:
     """The page's components (inside an open ``gr.Blocks``), by name."""
-    s_max, s_step, s_value = page.slider
-    examples, c = page.examples, {}
     gr.Markdown(INTRO)
     with gr.Row():
-        with gr.Column(scale=2, min_width=320):
-            c["files"] = gr.File(
-                label=f"Upload images ({logic.FORMAT_HINT}; up to {max_upload_mb:g} MB each)",
-                file_count="multiple",
-                type="filepath",
-                elem_id="upload",
-                height=140,
-            )
-            c["threshold"] = gr.Slider(
-                0.0,
-                s_max,
-                value=s_value,
-                step=s_step,
-                elem_id="threshold",
-                label="Threshold (score > threshold means anomalous)",
-                info=page.threshold_info(),
-            )
-            c["scale"] = gr.Radio(
-                [
-                    ("fixed: 0 → threshold (red = above it)", "fixed"),
-                    ("per image: its own min → max", "image"),
-                ],
-                value="fixed",
-                label="Heatmap colour scale",
-                elem_id="scale",
-            )
-            c["button"] = gr.Button(
-                "Score the uploaded images", variant="primary", elem_id="score-button"
-            )
-            data_root = logic.short_path(page.run_config.get("data_root", "?"))
-            gr.Markdown(
-                "**Examples** (from the run's test set: normal and defective; click one to score it)"
-                if examples
-                else f"_No example images: the run's data folder `{data_root}` is not "
-                f"available here._"
-            )
-            c["examples"] = gr.Gallery(
-                value=[(logic.thumbnail(e.path, 112), e.caption) for e in examples]
-                if examples
-                else None,
-                columns=4,
-                height="auto",
-                allow_preview=False,
+        c = _input_column(page, max_upload_mb)
+        c.update(_output_column())
+    _model_card_panel(page)
+    c["state"] = gr.State([])
+    c["record"] = gr.JSON(
+        visible=False, label="result"
+    )  # for API clients: exact scores and verdicts
+    page.cache_dir = c["heat"].GRADIO_CACHE
+    return c
+
+
+def _input_column(page: Page, max_upload_mb: float) -> dict:
+    """The left column: upload, threshold, colour scale, score button and examples, by name."""
+    s_max, s_step, s_value = page.slider
+    c = {}
+    with gr.Column(scale=2, min_width=320):
+        c["files"] = gr.File(
+            label=f"Upload images ({logic.FORMAT_HINT}; up to {max_upload_mb:g} MB each)",
+            file_count="multiple",
+            type="filepath",
+            elem_id="upload",
+            height=140,
+        )
+        c["threshold"] = gr.Slider(
+            0.0,
+            s_max,
+            value=s_value,
+            step=s_step,
+            elem_id="threshold",
+            label="Threshold (score > threshold means anomalous)",
+            info=page.threshold_info(),
+        )
+        c["scale"] = gr.Radio(
+            [
+                ("fixed: 0 → threshold (red = above it)", "fixed"),
+                ("per image: its own min → max", "image"),
+            ],
+            value="fixed",
+            label="Heatmap colour scale",
+            elem_id="scale",
+        )
+        c["button"] = gr.Button(
+            "Score the uploaded images", variant="primary", elem_id="score-button"
+        )
+        c["examples"] = _examples_gallery(page)
+    return c
+
+
+def _examples_gallery(page: Page):
+    """The examples' heading and clickable gallery (hidden when the run's data is not here)."""
+    examples = page.examples
+    data_root = logic.short_path(page.run_config.get("data_root", "?"))
+    gr.Markdown(
+        "**Examples** (from the run's test set: normal and defective; click one to score it)"
+        if examples
+        else f"_No example images: the run's data folder `{data_root}` is not available here._"
+    )
+    return gr.Gallery(
+        value=[(logic.thumbnail(e.path, 112), e.caption) for e in examples] if examples else None,
+        columns=4,
+        height="auto",
+        allow_preview=False,
+        show_label=False,
+        elem_id="examples",
+        visible=bool(examples),
+        interactive=False,
+    )
+
+
+def _output_column() -> dict:
+    """The right column: status, results table, heatmap gallery and per-level maps, by name."""
+    c = {}
+    with gr.Column(scale=3, min_width=360):
+        c["status"] = gr.Markdown(
+            "Upload an image, or click an example.", elem_id="status", label="status"
+        )
+        c["results"] = gr.Markdown("", elem_id="results", label="results")
+        c["heat"] = gr.Gallery(
+            label="Input and heatmap overlay",
+            columns=2,
+            height="auto",
+            elem_id="heatmaps",
+            object_fit="contain",
+            interactive=False,
+            format="png",
+        )  # lossless, as drawn
+        with gr.Accordion(
+            "Per-level maps (one per teacher level, each on its own colour scale)",
+            open=False,
+            elem_id="levels-accordion",
+        ):
+            c["levels"] = gr.Gallery(
+                label="per-level maps",
                 show_label=False,
-                elem_id="examples",
-                visible=bool(examples),
-                interactive=False,
-            )
-        with gr.Column(scale=3, min_width=360):
-            c["status"] = gr.Markdown(
-                "Upload an image, or click an example.", elem_id="status", label="status"
-            )
-            c["results"] = gr.Markdown("", elem_id="results", label="results")
-            c["heat"] = gr.Gallery(
-                label="Input and heatmap overlay",
-                columns=2,
+                columns=3,
                 height="auto",
-                elem_id="heatmaps",
-                object_fit="contain",
+                elem_id="levels",
                 interactive=False,
-                format="png",
-            )  # lossless, as drawn
-            with gr.Accordion(
-                "Per-level maps (one per teacher level, each on its own colour scale)",
-                open=False,
-                elem_id="levels-accordion",
-            ):
-                c["levels"] = gr.Gallery(
-                    label="per-level maps",
-                    show_label=False,
-                    columns=3,
-                    height="auto",
-                    elem_id="levels",
-                    interactive=False,
-                )
+            )
+    return c
+
+
+def _model_card_panel(page: Page) -> None:
+    """The open accordion with the served model's card."""
     with gr.Accordion("Model card", open=True, elem_id="model-card-accordion"):
         gr.Markdown(
             logic.model_card(
@@ -400,12 +427,6 @@ def _layout(page: Page, max_upload_mb: float) -> dict:
             ),
             elem_id="model-card",
         )
-    c["state"] = gr.State([])
-    c["record"] = gr.JSON(
-        visible=False, label="result"
-    )  # for API clients: exact scores and verdicts
-    page.cache_dir = c["heat"].GRADIO_CACHE
-    return c
 
 
 def _wire(page: Page, c: dict) -> None:

@@ -105,11 +105,30 @@ def serve_in_subprocess(
     child's ``Popen`` is appended to (e.g. to watch its memory); ``env``: the child's environment (default:
     this process's)."""
     import subprocess
-    import sys
-    import urllib.request
 
     port = free_port()
-    cmd = [
+    logf = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        _demo_command(run_dir, port, concurrency, extra_args),
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        env={**(os.environ if env is None else env), "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    if started is not None:
+        started.append(proc)
+    url = f"http://{DEFAULT_HOST}:{port}/"
+    try:
+        waited = _wait_until_serving(proc, logf, url, timeout_s)
+        log(f"demo serving at {url} (pid {proc.pid}) after {waited:.1f} s")
+        yield url
+    finally:
+        stop_process(proc, timeout_s=20.0)
+        logf.close()
+
+
+def _demo_command(run_dir, port: int, concurrency: int, extra_args: Sequence[str]) -> list[str]:
+    """The command line of the demo serving ``run_dir`` on the loopback ``port``."""
+    return [
         sys.executable,
         "-m",
         "unistad_edu",
@@ -124,38 +143,30 @@ def serve_in_subprocess(
         str(concurrency),
         *map(str, extra_args),
     ]
-    logf = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        cmd,
-        stdout=logf,
-        stderr=subprocess.STDOUT,
-        env={**(os.environ if env is None else env), "GRADIO_ANALYTICS_ENABLED": "False"},
-    )
-    if started is not None:
-        started.append(proc)
-    url = f"http://{DEFAULT_HOST}:{port}/"
-    try:
-        t0 = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                logf.seek(0)
-                raise RuntimeError(
-                    f"the demo exited with {proc.returncode}:\n{logf.read().decode(errors='replace')[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(url + "config", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.perf_counter() - t0 > timeout_s:
-                raise TimeoutError(f"the demo did not answer on {url} within {timeout_s:.0f} s")
-            time.sleep(0.3)
-        log(f"demo serving at {url} (pid {proc.pid}) after {time.perf_counter() - t0:.1f} s")
-        yield url
-    finally:
-        stop_process(proc, timeout_s=20.0)
-        logf.close()
+
+
+def _wait_until_serving(proc, logf, url: str, timeout_s: float) -> float:
+    """Poll ``url`` until the demo in ``proc`` answers; the seconds it took. Raises if the child
+    exits (with the end of its log ``logf``) or does not answer within ``timeout_s``."""
+    import urllib.request
+
+    t0 = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            logf.seek(0)
+            raise RuntimeError(
+                f"the demo exited with {proc.returncode}:\n{logf.read().decode(errors='replace')[-2000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.perf_counter() - t0 > timeout_s:
+            raise TimeoutError(f"the demo did not answer on {url} within {timeout_s:.0f} s")
+        time.sleep(0.3)
+    return time.perf_counter() - t0
 
 
 def stop_process(proc, timeout_s: float = 20.0) -> int:
@@ -206,6 +217,52 @@ def _load_test(url: str, seq: Sequence[Path], thr, concurrency: int, warmup: int
     return _timed_pool(call, seq, concurrency)
 
 
+def _bare_timings(infer, seq: Sequence[Path], concurrency: int, warmup: int):
+    """(latencies, errors, wall seconds) of the bare model call on each of ``seq``, after ``warmup``
+    calls: one call at a time, then from ``concurrency`` threads."""
+
+    def bare(path):
+        return infer([str(path)])
+
+    for p in seq[:warmup]:
+        bare(p)
+    return _timed_pool(bare, seq, 1), _timed_pool(bare, seq, concurrency)
+
+
+def _timing(lat, err, wall, errors_shown=False) -> dict:
+    """One timed pool's report: counts, first errors if ``errors_shown``, latency, throughput."""
+    return {
+        "ok": len(lat),
+        "failed": len(err),
+        **({"errors": err[:5]} if errors_shown else {}),
+        **_percentiles(lat),
+        "throughput_rps": round(len(lat) / wall, 2),
+        "wall_s": round(wall, 2),
+    }
+
+
+def _bench_setup(
+    run, cfg: dict, n_requests, concurrency, app_concurrency, in_process, n_images, backend
+):
+    """The load test's report header: what was measured, on which run, settings and machine."""
+    import platform
+
+    return {
+        "what": "demo load test: gradio_client over loopback vs bare inference.predict (same images, model, run)",
+        "run": str(run),
+        "method": cfg.get("method"),
+        "image_size": cfg.get("image_size"),
+        "n_requests": n_requests,
+        "client_concurrency": concurrency,
+        "app_concurrency_limit": app_concurrency,
+        "app": "in this process" if in_process else "child process (python -m unistad_edu demo)",
+        "images": n_images,
+        "backend": backend,
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
 def bench_demo(
     run_dir=None,
     n_requests: int = 50,
@@ -226,8 +283,6 @@ def bench_demo(
     Then the bare path is timed on the same images with the same run's model: ``inference.predict`` on the file,
     one call at a time and from ``concurrency`` threads. Returns counts, failures, p50/p95/mean latency (ms)
     and throughput (requests/s) of each."""
-    import platform
-
     run = resolve_run(run_dir, log=log)
     model = model if model is not None else logic.load_served_model(run)
     infer, backend = logic.predictor(model)
@@ -247,42 +302,21 @@ def bench_demo(
     )
     with server as url:
         lat, errors, wall = _load_test(url, seq, thr, concurrency, warmup)
-
-    def bare(path):
-        return infer([str(path)])
-
-    for p in seq[:warmup]:
-        bare(p)
-    b_lat, b_err, b_wall = _timed_pool(bare, seq, 1)
-    bc_lat, bc_err, bc_wall = _timed_pool(bare, seq, concurrency)
-    cfg = model.run_config
-
-    def timing(lat_, err_, wall_, errors_shown=False):
-        return {
-            "ok": len(lat_),
-            "failed": len(err_),
-            **({"errors": err_[:5]} if errors_shown else {}),
-            **_percentiles(lat_),
-            "throughput_rps": round(len(lat_) / wall_, 2),
-            "wall_s": round(wall_, 2),
-        }
-
+    bare_seq, bare_threads = _bare_timings(infer, seq, concurrency, warmup)
     result = {
-        "what": "demo load test: gradio_client over loopback vs bare inference.predict (same images, model, run)",
-        "run": str(run),
-        "method": cfg.get("method"),
-        "image_size": cfg.get("image_size"),
-        "n_requests": n_requests,
-        "client_concurrency": concurrency,
-        "app_concurrency_limit": app_concurrency,
-        "app": "in this process" if in_process else "child process (python -m unistad_edu demo)",
-        "images": len(images),
-        "backend": backend,
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "demo": timing(lat, errors, wall, errors_shown=True),
-        "bare_predict_sequential": timing(b_lat, b_err, b_wall),
-        f"bare_predict_{concurrency}_threads": timing(bc_lat, bc_err, bc_wall),
+        **_bench_setup(
+            run,
+            model.run_config,
+            n_requests,
+            concurrency,
+            app_concurrency,
+            in_process,
+            len(images),
+            backend,
+        ),
+        "demo": _timing(lat, errors, wall, errors_shown=True),
+        "bare_predict_sequential": _timing(*bare_seq),
+        f"bare_predict_{concurrency}_threads": _timing(*bare_threads),
     }
     seq_tp = result["bare_predict_sequential"]["throughput_rps"]
     result["demo_throughput_vs_bare_sequential"] = (
@@ -332,8 +366,6 @@ def screenshot(run_dir, out, model=None, width: int = 1280, timeout_s: float = 1
 
 def run(args) -> int:
     """The ``demo`` command: resolve the run, then serve, or render a screenshot, or load-test."""
-    import json
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -347,22 +379,43 @@ def run(args) -> int:
     )  # demo/app.py has no --precision
     max_pixels = int(args.max_megapixels * 1e6)
     if args.bench:
-        res = bench_demo(
-            run_dir,
-            n_requests=args.bench_requests,
-            concurrency=args.bench_concurrency,
-            app_concurrency=args.concurrency,
-            model=model,
-        )
-        Path(args.bench).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.bench), json.dumps(res, indent=2))
-        print(json.dumps(res, indent=2))
-        print(f"written to {args.bench}")
-        return 0 if res["demo"]["failed"] == 0 else 1
+        return _run_bench(args, run_dir, model)
     if args.screenshot:
         out = screenshot(run_dir, args.screenshot, model=model)
         print(f"screenshot written to {out}")
         return 0
+    return _serve(args, run_dir, model, max_pixels)
+
+
+def _run_bench(args, run_dir, model) -> int:
+    """``--bench``: load-test the demo, write and print the JSON report; 1 if a request failed."""
+    import json
+
+    res = bench_demo(
+        run_dir,
+        n_requests=args.bench_requests,
+        concurrency=args.bench_concurrency,
+        app_concurrency=args.concurrency,
+        model=model,
+    )
+    Path(args.bench).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.bench), json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    print(f"written to {args.bench}")
+    return 0 if res["demo"]["failed"] == 0 else 1
+
+
+def _own_files_folder() -> Path:
+    """A folder of the demo's own inside Gradio's cache, made ``GRADIO_TEMP_DIR``; its path."""
+    base = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    base.mkdir(parents=True, exist_ok=True)
+    own_files = Path(tempfile.mkdtemp(prefix="unistad-demo-", dir=base))
+    os.environ["GRADIO_TEMP_DIR"] = str(own_files)
+    return own_files
+
+
+def _serve(args, run_dir, model, max_pixels: int) -> int:
+    """Serve the demo until Ctrl+C or SIGTERM, then delete its uploads and rendered images."""
     if not logic.is_loopback(args.host):
         print(
             f"warning: serving on {args.host}: anyone who can reach this machine on port {args.port} can use the "
@@ -373,10 +426,7 @@ def run(args) -> int:
     if (
         args.keep_files_minutes > 0
     ):  # a folder of our own inside Gradio's cache, removed when the demo stops
-        base = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-        base.mkdir(parents=True, exist_ok=True)
-        own_files = Path(tempfile.mkdtemp(prefix="unistad-demo-", dir=base))
-        os.environ["GRADIO_TEMP_DIR"] = str(own_files)
+        own_files = _own_files_folder()
     demo = build_app(
         run_dir,
         model=model,

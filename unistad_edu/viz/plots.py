@@ -257,65 +257,76 @@ def scores_by_category(
     ``thresholds[name]`` (optional): a float, drawn as one dashed line across the panel (one threshold for every
     category), or {category: float}, drawn as a short dashed line over each category. Every panel has its own
     y axis: the scores of different models are not on a common scale. Every image is a point over its box."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     names = list(runs)
     thresholds = thresholds or {}
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.08)
-    colours = {"normal": "#2e86c1", "defect": "#c0392b"}
     for col, name in enumerate(names, start=1):
-        out = runs[name]
-        scores = np.asarray(out["scores"], dtype=float)
-        labels = np.asarray(out["labels"])
-        cats = np.asarray(out["categories"], dtype=str)
-        if not len(scores) == len(labels) == len(cats):
-            raise ValueError(f"run {name!r}: scores, labels and categories differ in length")
-        order = list(dict.fromkeys(sorted(cats)))
-        for value, label in ((0, "normal"), (1, "defect")):
-            sel = labels == value
-            fig.add_trace(
-                go.Box(
-                    x=cats[sel],
-                    y=scores[sel],
-                    name=label,
-                    legendgroup=label,
-                    showlegend=col == 1,
-                    marker_color=colours[label],
-                    boxpoints="all",
-                    jitter=0.5,
-                    pointpos=0,
-                    marker_size=4,
-                    line_width=1,
-                ),
-                row=1,
-                col=col,
-            )
+        order = _add_score_boxes(fig, name, runs[name], col)
         fig.update_xaxes(categoryorder="array", categoryarray=order, row=1, col=col)
-        thr = thresholds.get(name)
-        if isinstance(thr, dict):
-            for i, cat in enumerate(order):
-                if thr.get(cat) is not None:
-                    fig.add_shape(
-                        type="line",
-                        x0=i - 0.45,
-                        x1=i + 0.45,
-                        y0=thr[cat],
-                        y1=thr[cat],
-                        line=dict(dash="dash", color="black", width=2),
-                        row=1,
-                        col=col,
-                    )
-        elif thr is not None:
-            fig.add_hline(
-                y=float(thr), line=dict(dash="dash", color="black", width=2), row=1, col=col
-            )
+        _add_threshold_lines(fig, thresholds.get(name), order, col)
     fig.update_yaxes(type="log" if log_y else "linear")
     fig.update_yaxes(title_text="image score", row=1, col=1)
     fig.update_layout(
         boxmode="group", height=450, title=title or "image scores per category (dashed: threshold)"
     )
     return fig
+
+
+def _add_score_boxes(fig, name: str, out: dict, col: int) -> list[str]:
+    """Draw run ``name``'s image scores per category, normal and defect boxes with every point, in
+    panel ``col`` (the legend from the first panel); the categories in their drawn order."""
+    import plotly.graph_objects as go
+
+    colours = {"normal": "#2e86c1", "defect": "#c0392b"}
+    scores = np.asarray(out["scores"], dtype=float)
+    labels = np.asarray(out["labels"])
+    cats = np.asarray(out["categories"], dtype=str)
+    if not len(scores) == len(labels) == len(cats):
+        raise ValueError(f"run {name!r}: scores, labels and categories differ in length")
+    order = list(dict.fromkeys(sorted(cats)))
+    for value, label in ((0, "normal"), (1, "defect")):
+        sel = labels == value
+        fig.add_trace(
+            go.Box(
+                x=cats[sel],
+                y=scores[sel],
+                name=label,
+                legendgroup=label,
+                showlegend=col == 1,
+                marker_color=colours[label],
+                boxpoints="all",
+                jitter=0.5,
+                pointpos=0,
+                marker_size=4,
+                line_width=1,
+            ),
+            row=1,
+            col=col,
+        )
+    return order
+
+
+def _add_threshold_lines(fig, thr, order: Sequence[str], col: int) -> None:
+    """Draw a run's threshold in panel ``col`` as dashed lines: one across the panel for a float, a
+    short one over each category of ``order`` for {category: float}; nothing for None."""
+    line = dict(dash="dash", color="black", width=2)
+    if isinstance(thr, dict):
+        for i, cat in enumerate(order):
+            if thr.get(cat) is not None:
+                fig.add_shape(
+                    type="line",
+                    x0=i - 0.45,
+                    x1=i + 0.45,
+                    y0=thr[cat],
+                    y1=thr[cat],
+                    line=line,
+                    row=1,
+                    col=col,
+                )
+    elif thr is not None:
+        fig.add_hline(y=float(thr), line=line, row=1, col=col)
 
 
 def image_grid(
@@ -365,9 +376,34 @@ def matrix_grid(
     plotly colour scale for all, or a list per panel. Panels with the same range and colour scale share one
     colour axis, so equal colours mean equal values across them; each colour axis gets one colour bar, to the
     right of the last panel that uses it. ``axis_titles``: (x title, y title) on every panel."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    mats, ranges, scales = _matrix_panels(matrices, titles, zrange, colorscale)
+    n = len(mats)
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=list(titles) if titles else None,
+        horizontal_spacing=0.09,
+        vertical_spacing=0.12 if rows > 1 else 0.0,
+    )
+    last_use = _add_matrix_heatmaps(fig, mats, ranges, scales, cols)
+    fig.update_yaxes(autorange="reversed")  # row 0 on top, as a matrix is written
+    if axis_titles:
+        fig.update_xaxes(title_text=axis_titles[0], title_font_size=10)
+        fig.update_yaxes(title_text=axis_titles[1], title_font_size=10)
+    _place_colorbars(fig, last_use)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(
+        height=panel_height * rows + 80, title=title, margin=dict(l=10, r=40, t=70, b=10)
+    )
+    return fig
+
+
+def _matrix_panels(matrices, titles, zrange, colorscale) -> tuple[list, list, list]:
+    """(float32 matrices, z range per panel, colour scale per panel), checked against each other."""
     mats = [
         np.asarray(m.detach().float().cpu() if hasattr(m, "detach") else m, dtype=np.float32)
         for m in matrices
@@ -383,15 +419,14 @@ def matrix_grid(
     scales = list(colorscale) if isinstance(colorscale, list) else [colorscale] * n
     if len(ranges) != n or len(scales) != n:
         raise ValueError(f"zrange and colorscale lists must have one entry per matrix ({n})")
-    cols = max(1, min(cols, n))
-    rows = (n + cols - 1) // cols
-    fig = make_subplots(
-        rows=rows,
-        cols=cols,
-        subplot_titles=list(titles) if titles else None,
-        horizontal_spacing=0.09,
-        vertical_spacing=0.12 if rows > 1 else 0.0,
-    )
+    return mats, ranges, scales
+
+
+def _add_matrix_heatmaps(fig, mats, ranges, scales, cols: int) -> dict:
+    """Draw each matrix as a heatmap on a colour axis shared by the panels of its range and colour
+    scale; {colour axis name: index of the last panel that uses it}."""
+    import plotly.graph_objects as go
+
     axes: dict = {}  # (range, scale) or panel index -> coloraxis name, in order of first use
     last_use: dict = {}
     for i, (m, rng, scale) in enumerate(zip(mats, ranges, scales)):
@@ -416,14 +451,12 @@ def matrix_grid(
             row=i // cols + 1,
             col=i % cols + 1,
         )
-    fig.update_yaxes(autorange="reversed")  # row 0 on top, as a matrix is written
-    if axis_titles:
-        fig.update_xaxes(title_text=axis_titles[0], title_font_size=10)
-        fig.update_yaxes(title_text=axis_titles[1], title_font_size=10)
-    for (
-        name,
-        i,
-    ) in last_use.items():  # the colour bar sits right of the panel that uses the axis last
+    return last_use
+
+
+def _place_colorbars(fig, last_use: dict) -> None:
+    """Put each colour axis's bar right of the panel that uses it last, as tall as that panel."""
+    for name, i in last_use.items():
         suffix = "" if i == 0 else str(i + 1)
         xdom, ydom = fig.layout[f"xaxis{suffix}"].domain, fig.layout[f"yaxis{suffix}"].domain
         fig.layout[name].colorbar = dict(
@@ -434,11 +467,6 @@ def matrix_grid(
             xanchor="left",
             tickfont_size=9,
         )
-    fig.update_annotations(font_size=11)
-    fig.update_layout(
-        height=panel_height * rows + 80, title=title, margin=dict(l=10, r=40, t=70, b=10)
-    )
-    return fig
 
 
 # ---- curves and thresholds ------------------------------------------------------------------------------

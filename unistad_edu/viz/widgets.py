@@ -144,11 +144,7 @@ def image_browser(
         maps = [np.asarray(m, dtype=np.float32) for m in maps]
         vmax = float(vmax) if vmax is not None else float(max(m.max() for m in maps))
         thr = _threshold_slider(maps, threshold)
-    cat_dd = None
-    if categories is not None:
-        cat_dd = W.Dropdown(
-            options=["all"] + sorted(set(map(str, categories))), value="all", description="category"
-        )
+    cat_dd = _category_filter(categories)
     idx = W.IntSlider(
         value=0,
         min=0,
@@ -157,17 +153,45 @@ def image_browser(
         continuous_update=False,
         layout=W.Layout(width="480px"),
     )
-    captions = ["image" + (" + defect mask (green)" if masks is not None else "")]
-    if maps is not None:
-        captions += [
-            "anomaly map",
-            "pixels above threshold (red)" + (" vs mask" if masks is not None else ""),
-        ]
+    captions = _panel_captions(maps is not None, masks is not None)
     panels = [W.Image(format="png", width=display_size, height=display_size) for _ in captions]
     info = W.HTML()
     view = _BrowserView(
         images, maps, masks, scores, labels, titles, categories, vmax, idx, thr, info, panels
     )
+    box = _browser_box(view, cat_dd, captions)
+    view.render()
+    return box
+
+
+def _category_filter(categories: Sequence[str] | None):
+    """The browser's category dropdown ("all" and each category), or None without ``categories``."""
+    import ipywidgets as W
+
+    if categories is None:
+        return None
+    return W.Dropdown(
+        options=["all"] + sorted(set(map(str, categories))), value="all", description="category"
+    )
+
+
+def _panel_captions(with_maps: bool, with_masks: bool) -> list[str]:
+    """The browser's panel captions: the image, then, with maps, the heatmap and the red pixels."""
+    captions = ["image" + (" + defect mask (green)" if with_masks else "")]
+    if with_maps:
+        captions += [
+            "anomaly map",
+            "pixels above threshold (red)" + (" vs mask" if with_masks else ""),
+        ]
+    return captions
+
+
+def _browser_box(view: "_BrowserView", cat_dd, captions: Sequence[str]):
+    """The browser's box: its controls wired to ``view``, the facts and the captioned panels, with
+    the controls as attributes (see :func:`image_browser`)."""
+    import ipywidgets as W
+
+    idx, thr, info, panels = view.idx, view.thr, view.info, view.panels
     for widget, handler in ((idx, view.render), (thr, view.render), (cat_dd, view.on_category)):
         if widget is not None:
             widget.observe(handler, "value")
@@ -177,7 +201,6 @@ def image_browser(
     box.index, box.threshold, box.category, box.panels, box.info = idx, thr, cat_dd, panels, info
     box.selection = view.selection
     box.render = view.render
-    view.render()
     return box
 
 
@@ -343,11 +366,8 @@ def threshold_explorer(
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if s.size == 0:
         raise ValueError("threshold_explorer needs at least one score")
-    lo, hi = float(s.min()), float(s.max())
     marks = {k: float(v) for k, v in (marks or {}).items()}
-    lo, hi = min([lo, *marks.values()]), max([hi, *marks.values()])
-    pad = (hi - lo) * 0.02 or 1.0
-    lo, hi = lo - pad, hi + pad
+    lo, hi = _explorer_range(s, marks)
     start = float(threshold) if threshold is not None else float(np.median(s))
     slider = W.FloatSlider(
         value=min(max(start, lo), hi),
@@ -360,36 +380,54 @@ def threshold_explorer(
         layout=W.Layout(width="560px"),
     )
     table = W.HTML()
-    columns = ["category", "defects", "recall", "normals", "false alarms", "precision", "F1"]
 
     def rows():
         return threshold_rows(s, labels, categories, slider.value)
 
     def render(*_):
-        head = "".join(f"<th style='padding:2px 8px'>{c}</th>" for c in columns)
-        body = []
-        for r in rows():
-            cells = []
-            for c in columns:
-                v = r[c]
-                text = (
-                    ("n/a" if np.isnan(v) else f"{v:.{digits}f}")
-                    if isinstance(v, float)
-                    else str(v)
-                )
-                cells.append(f"<td style='padding:2px 8px;text-align:right'>{text}</td>")
-            style = (
-                " style='font-weight:bold;border-top:1px solid #888'"
-                if r["category"] == "all"
-                else ""
-            )
-            body.append(f"<tr{style}>{''.join(cells)}</tr>")
-        table.value = (
-            f"<small>verdict: score &gt; {slider.value:.4g}</small>"
-            f"<table><tr>{head}</tr>{''.join(body)}</table>"
-        )
+        table.value = _threshold_table_html(rows(), slider.value, digits)
 
     slider.observe(render, "value")
+    buttons = _mark_buttons(marks, slider)
+    render()
+    box = W.VBox([slider, W.HBox(buttons), table] if buttons else [slider, table])
+    box.threshold, box.table, box.rows, box.buttons = slider, table, rows, buttons
+    return box
+
+
+def _explorer_range(s: np.ndarray, marks: dict[str, float]) -> tuple[float, float]:
+    """The threshold slider's (min, max): the scores and the marks, with 2% room on each side."""
+    lo, hi = float(s.min()), float(s.max())
+    lo, hi = min([lo, *marks.values()]), max([hi, *marks.values()])
+    pad = (hi - lo) * 0.02 or 1.0
+    return lo - pad, hi + pad
+
+
+def _threshold_table_html(rows: list[dict], threshold: float, digits: int) -> str:
+    """The explorer's HTML table of :func:`threshold_rows` at ``threshold``; "all" row in bold."""
+    columns = ["category", "defects", "recall", "normals", "false alarms", "precision", "F1"]
+    head = "".join(f"<th style='padding:2px 8px'>{c}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r[c]
+            text = ("n/a" if np.isnan(v) else f"{v:.{digits}f}") if isinstance(v, float) else str(v)
+            cells.append(f"<td style='padding:2px 8px;text-align:right'>{text}</td>")
+        style = (
+            " style='font-weight:bold;border-top:1px solid #888'" if r["category"] == "all" else ""
+        )
+        body.append(f"<tr{style}>{''.join(cells)}</tr>")
+    return (
+        f"<small>verdict: score &gt; {threshold:.4g}</small>"
+        f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    )
+
+
+def _mark_buttons(marks: dict[str, float], slider) -> list:
+    """One button per named threshold in ``marks``, moving ``slider`` there (within its range)."""
+    import ipywidgets as W
+
     buttons = []
     for name, value in marks.items():
         b = W.Button(description=f"{name}: {value:.4g}", layout=W.Layout(width="auto"))
@@ -397,10 +435,7 @@ def threshold_explorer(
             lambda _b, v=value: setattr(slider, "value", min(max(v, slider.min), slider.max))
         )
         buttons.append(b)
-    render()
-    box = W.VBox([slider, W.HBox(buttons), table] if buttons else [slider, table])
-    box.threshold, box.table, box.rows, box.buttons = slider, table, rows, buttons
-    return box
+    return buttons
 
 
 def results_rows(
