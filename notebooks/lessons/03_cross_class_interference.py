@@ -40,7 +40,7 @@ lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, 
 QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 OVERRIDES = dict(image_size=128, batch_size=8) if QUICK else dict(image_size=256)
 N_TRAIN = 60 if QUICK else None       # at most this many normal training images per category (None: all)
-STEPS = 64 if QUICK else None         # optimiser steps (at least) of the unified model (None: the preset's epochs)
+STEPS = 48 if QUICK else None         # optimiser steps (at least) of the unified model (None: the preset's epochs)
 EQUAL_EPOCHS_TOO = True               # also train the unfair comparison (equal epochs), to see what it shows
 SEED = 0                              # same student initialisation and data order for every model
 print(lesson.describe(overrides=OVERRIDES))

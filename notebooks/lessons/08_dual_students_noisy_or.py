@@ -57,8 +57,8 @@ QUICK_CATEGORIES = ["bottle", "cookie", "juice_bottle"]
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
 QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 # quick: 128 px, tokens at stride 8 (a 16 x 16 grid, as the cpu preset at 256 px), the EE student at 128 px,
-# 8 epochs (~100 optimiser steps of 8 images); full: the preset's recipe
-OVERRIDES = dict(image_size=128, feature_stride=8, ee_image_size=128, epochs=8) if QUICK else {}
+# 5 epochs (~60 optimiser steps of 8 images); full: the preset's recipe
+OVERRIDES = dict(image_size=128, feature_stride=8, ee_image_size=128, epochs=5) if QUICK else {}
 N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 40 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0
