@@ -27,6 +27,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose help, and its subcommands', is formatted by :class:`_Help`."""
+
+    def __init__(self, *args, formatter_class=_Help, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -49,6 +56,40 @@ def _compute_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _seed_option(q: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    """``--seed``: a whole number >= 0, default 0."""
+    q.add_argument("--seed", type=nonnegative_int, default=0, help=help_text)
+
+
+def _set_option(q: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set FIELD=VALUE``, repeatable: config changes, gathered in ``args.overrides``."""
+    q.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=help_text,
+    )
+
+
+def _entry_option(q: argparse.ArgumentParser, metavar: str, help_text: str) -> None:
+    """``--entry``: a trained run, repeated per method (``bench leaderboard``, ``bench export``)."""
+    q.add_argument(
+        "--entry", action="append", nargs="+", default=[], metavar=metavar, help=help_text
+    )
+
+
+def _n_images_option(q: argparse.ArgumentParser, shown_default: int) -> None:
+    """``--n-images``: test images a speed benchmark times (None: the benchmark's own number)."""
+    q.add_argument(
+        "--n-images",
+        type=positive_int,
+        default=None,
+        help=f"test images timed (default {shown_default})",
+    )
+
+
 def _method_listing() -> str:
     try:
         from .methods import METHODS
@@ -63,9 +104,7 @@ def _method_listing() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(
-        prog="python -m unistad_edu", description=__doc__, formatter_class=_Help
-    )
+    p = _Parser(prog="python -m unistad_edu", description=__doc__)
     p.add_argument("--version", action="version", version=f"unistad-edu {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_data_parser, _train_parser, _eval_parser, _predict_parser):
@@ -80,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
             "figures",
             help="render the README figures (interference, heatmap grid, "
             "leaderboard) into docs/ from benchmark results",
-            formatter_class=_Help,
         )
     )
 
@@ -90,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="Gradio demo over a run (default: a small model trained once on the synthetic "
         "set); binds 127.0.0.1",
-        formatter_class=_Help,
     )
     add_demo_arguments(dm)
     _compute_options(dm)
@@ -99,15 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_parser(sub) -> None:
     """``data``: the synthetic set, a validation set, MVTec AD and VisA downloads."""
-    d = sub.add_parser("data", help="make or fetch datasets", formatter_class=_Help)
+    d = sub.add_parser("data", help="make or fetch datasets")
     dsub = d.add_subparsers(dest="dataset", required=True)
     syn = dsub.add_parser(
-        "synthetic",
-        help="write the offline synthetic multi-class set (MVTec layout)",
-        formatter_class=_Help,
+        "synthetic", help="write the offline synthetic multi-class set (MVTec layout)"
     )
     syn.add_argument("--out", required=True)
-    syn.add_argument("--seed", type=nonnegative_int, default=0)
+    _seed_option(syn)
     syn.add_argument(
         "--size",
         type=image_size_type,
@@ -137,7 +172,6 @@ def _data_parser(sub) -> None:
     )
     val = dsub.add_parser(
         "validation",
-        formatter_class=_Help,
         help="a validation set from training images only: held-out normals and the same images "
         "with synthetic defects (exact masks), to choose presets without the test set",
     )
@@ -146,20 +180,14 @@ def _data_parser(sub) -> None:
     )
     val.add_argument("--out", required=True)
     val.add_argument("--size", type=image_size_type, default=256, help="image side in pixels")
-    val.add_argument(
-        "--seed", type=nonnegative_int, default=0, help="the held-out split and the defects"
-    )
+    _seed_option(val, "the held-out split and the defects")
     val.add_argument(
         "--force", action="store_true", help="replace an existing folder made another way"
     )
     from .download import add_arguments as add_download_arguments
 
     add_download_arguments(
-        dsub.add_parser(
-            "mvtec",
-            help="download MVTec AD (checksums, resume, atomic install)",
-            formatter_class=_Help,
-        ),
+        dsub.add_parser("mvtec", help="download MVTec AD (checksums, resume, atomic install)"),
         "mvtec",
     )
     add_download_arguments(
@@ -175,7 +203,6 @@ def _train_parser(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train a method (unified: one model for all categories)",
-        formatter_class=_Help,
         description="Train one model on the normal images of every category (or one per category).\n\n"
         "methods: " + _method_listing(),
         epilog="example:\n  python -m unistad_edu train --method stpm --data ../shared/datasets --out runs/stpm\n"
@@ -210,22 +237,13 @@ def _train_parser(sub) -> None:
         help="train each model at least this many optimiser steps (adds epochs on small categories)",
     )
     t.add_argument("--teacher", default=None, help="timm backbone name (default: the preset's)")
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="any field of the method's config, e.g. --set jitter=false --set hidden_dim=256",
-    )
+    _set_option(t, "any field of the method's config, e.g. --set jitter=false --set hidden_dim=256")
     t.add_argument(
         "--teacher-weights", default="auto", help="'auto', a local weights file, or 'none' (random)"
     )
-    t.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        default=0,
-        help="seeds the data order, the held-out split and the model's own randomness (initial weights, "
+    _seed_option(
+        t,
+        "seeds the data order, the held-out split and the model's own randomness (initial weights, "
         "coreset)",
     )
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -271,20 +289,13 @@ def _train_parser(sub) -> None:
 
 def _eval_parser(sub) -> None:
     """``eval``: per-category metrics of a trained run."""
-    e = sub.add_parser("eval", help="per-category metrics of a trained run", formatter_class=_Help)
+    e = sub.add_parser("eval", help="per-category metrics of a trained run")
     e.add_argument("--run", required=True)
     e.add_argument("--data", default=None, help="default: the data the run was trained on")
     e.add_argument(
         "--json", default=None, help="where to write metrics.json (default: RUN/metrics.json)"
     )
-    e.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="test-time config change, e.g. --set refine=false or --set combine=sum",
-    )
+    _set_option(e, "test-time config change, e.g. --set refine=false or --set combine=sum")
     e.add_argument(
         "--image-only",
         action="store_true",
@@ -296,10 +307,11 @@ def _eval_parser(sub) -> None:
 
 def _predict_parser(sub) -> None:
     """``predict``: scores, verdicts and heatmap PNGs for images."""
+    from .export_runtime import BACKENDS
+
     pr = sub.add_parser(
         "predict",
         help="score images: score, verdict and heatmap PNGs",
-        formatter_class=_Help,
         epilog="example:\n  python -m unistad_edu predict --run runs/quickstart a.png b.png\n"
         "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png",
     )
@@ -308,7 +320,7 @@ def _predict_parser(sub) -> None:
     )
     pr.add_argument(
         "--backend",
-        choices=["auto", "onnxruntime", "openvino"],
+        choices=BACKENDS,
         default="auto",
         help="for an export folder: its runtime (auto: onnxruntime for ONNX, OpenVINO for OpenVINO IR)",
     )
@@ -333,12 +345,11 @@ def _bench_parser(sub):
     b = sub.add_parser(
         "bench",
         help="speed and accuracy benchmarks (ratios against a baseline measured in the same run)",
-        formatter_class=_Help,
     )
     bsub = b.add_subparsers(dest="what", required=True, metavar="BENCH")
 
     def bench_parser(name, help_text, image_size=True, speed=True):
-        q = bsub.add_parser(name, help=help_text, description=help_text, formatter_class=_Help)
+        q = bsub.add_parser(name, help=help_text, description=help_text)
         q.add_argument("--json", default=None, help="also write the result as JSON here")
         q.add_argument(
             "--markdown",
@@ -395,9 +406,7 @@ def _bench_parser(sub):
     )
     bi.add_argument("--method", default="stpm")
     bi.add_argument("--data", default=None)
-    bi.add_argument(
-        "--n-images", type=positive_int, default=None, help="test images timed (default 64)"
-    )
+    _n_images_option(bi, 64)
     ba = bench_parser(
         "accuracy",
         "train unified and per-class, evaluate both: cross-class interference",
@@ -426,19 +435,14 @@ def _bench_parser(sub):
         image_size=False,
     )
     bl.set_defaults(batch_size=8)
-    bl.add_argument(
-        "--entry",
-        action="append",
-        nargs="+",
-        default=[],
-        metavar="LABEL RUN [METRICS_JSON]",
-        help="a trained run (repeat per method); its eval JSON, else RUN/metrics.json (evaluated when "
+    _entry_option(
+        bl,
+        "LABEL RUN [METRICS_JSON]",
+        "a trained run (repeat per method); its eval JSON, else RUN/metrics.json (evaluated when "
         "missing)",
     )
     bl.add_argument("--data", default=None)
-    bl.add_argument(
-        "--n-images", type=positive_int, default=None, help="test images timed (default 32)"
-    )
+    _n_images_option(bl, 32)
     bl.add_argument(
         "--reference",
         action="append",
@@ -477,7 +481,6 @@ def _export_parser(sub) -> None:
         "export",
         help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
         "parity-checked against the PyTorch model",
-        formatter_class=_Help,
         epilog="example:\n  python -m unistad_edu export --run runs/quickstart --format onnx\n"
         "  python -m unistad_edu predict --run runs/quickstart/export-onnx a.png",
     )
@@ -505,18 +508,9 @@ def _bench_export_parser(bench_parser) -> None:
         image_size=False,
     )
     bx.set_defaults(batch_size=8)
-    bx.add_argument(
-        "--entry",
-        action="append",
-        nargs="+",
-        default=[],
-        metavar="LABEL RUN",
-        help="a trained run (repeat per method)",
-    )
+    _entry_option(bx, "LABEL RUN", "a trained run (repeat per method)")
     bx.add_argument("--data", default=None, help="default: each run's own data folder")
-    bx.add_argument(
-        "--n-images", type=positive_int, default=None, help="test images timed (default 16)"
-    )
+    _n_images_option(bx, 16)
     bx.add_argument(
         "--out-dir", default=None, help="where the exports go (default: a temporary folder)"
     )

@@ -1301,15 +1301,9 @@ def add_arguments(p: argparse.ArgumentParser, dataset: str) -> argparse.Argument
 
 def run(args: argparse.Namespace, dataset: str) -> int:
     """Run a parsed ``data mvtec|visa`` command; errors propagate as :class:`DownloadError`."""
-    common = dict(
-        url=args.url,
-        sha256=args.sha256,
-        force=args.force,
-        keep_archive=args.keep_archive,
-        progress=not args.no_progress,
-        retries=args.retries,
-        timeout=args.timeout,
-    )
+    same = ("url", "sha256", "force", "keep_archive", "retries", "timeout")  # option = parameter
+    common = {name: getattr(args, name) for name in same}
+    common["progress"] = not args.no_progress
     try:
         if dataset == "mvtec":
             folders = download_mvtec(

@@ -102,6 +102,11 @@ class FitResult:
     )
 
 
+def _say(message: str) -> None:
+    """Print one line of progress now (flushed: it shows at once even when the output is piped)."""
+    print(message, flush=True)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux/macOS)."""
     import resource
@@ -118,30 +123,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def make_optimizer(model: Method) -> torch.optim.Optimizer:
-    method_cfg = model.cfg
+    cfg = model.cfg
     params = model.trainable_parameters()
-    if method_cfg.optimizer == "sgd":
+    if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params,
-            lr=method_cfg.lr,
-            momentum=method_cfg.momentum,
-            weight_decay=method_cfg.weight_decay,
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    if method_cfg.optimizer == "adam":
-        return torch.optim.Adam(
-            params,
-            lr=method_cfg.lr,
-            betas=tuple(method_cfg.betas),
-            weight_decay=method_cfg.weight_decay,
-        )
-    if method_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(
-            params,
-            lr=method_cfg.lr,
-            betas=tuple(method_cfg.betas),
-            weight_decay=method_cfg.weight_decay,
-        )
-    raise ValueError(f"unknown optimizer {method_cfg.optimizer!r}: sgd | adam | adamw")
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
+    if adam is None:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: sgd | adam | adamw")
+    return adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
 def lr_at(method_cfg, epoch: int, epochs: int) -> float:
@@ -269,10 +260,9 @@ def sampling_groups(
     names, info = cluster(embeddings(model, train_set, cache, precision=precision))
     if log:
         sizes = np.unique(names, return_counts=True)[1]
-        print(
+        _say(
             f"balanced epochs over {info['k']} clusters of the teacher's embedding (sizes {sorted(sizes.tolist())}; "
-            f"no category read)",
-            flush=True,
+            f"no category read)"
         )
     return names.tolist()
 
@@ -352,9 +342,7 @@ def fit(
             f"--out {run} is a file, not a folder: choose a folder for the run"
         )
     with files.folder_lock(run, "run folder"):
-        runs.prepare(
-            run, now, resume=resume, overwrite=overwrite, say=lambda m: print(m, flush=True)
-        )
+        runs.prepare(run, now, resume=resume, overwrite=overwrite, say=_say)
         files.remove_stale_temp_files(
             run
         )  # this process holds the lock: every temp file here is a dead write
@@ -501,10 +489,9 @@ def _train_store(
             train_set, cache, images=model.needs_images, progress=train_cfg.progress and master
         )
     if master:
-        print(
+        _say(
             f"training set would take {need_mb:.0f} MiB in memory "
-            f"(more than {PRELOAD_MAX_MB} MiB): streaming batches from the cache instead",
-            flush=True,
+            f"(more than {PRELOAD_MAX_MB} MiB): streaming batches from the cache instead"
         )
     return None
 
@@ -668,10 +655,7 @@ def _report_epoch(f: _Fit, record: dict, budget: float | None) -> None:
         budget,
         time.perf_counter() - f.t_start,
     )
-    print(
-        f"epoch {done}/{f.epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})",
-        flush=True,
-    )
+    _say(f"epoch {done}/{f.epochs}  loss {record['loss']:.5f}  ({record['seconds']:.1f} s; {left})")
 
 
 def _save_epoch(f: _Fit, record: dict, meta: dict) -> None:
@@ -698,10 +682,9 @@ def _budget_spent(f: _Fit, epoch: int, budget: float | None) -> bool:
         return False
     f.result.stopped_early = True
     if f.ddp.master:
-        print(
+        _say(
             f"stopping after epoch {epoch + 1}: the {f.train_cfg.max_minutes} min budget is used "
-            f"(resume with --resume)",
-            flush=True,
+            f"(resume with --resume)"
         )
     return True
 
@@ -881,10 +864,9 @@ def _build_without_gradients(f: _Fit, dataset, store, refit: bool = False) -> No
     }
     f.result.history.append(record)
     if ddp.master and (train_cfg.progress or f.run is not None):
-        print(
+        _say(
             f"built from {len(dataset)} images ({record['seconds']:.1f} s): "
-            + ", ".join(f"{k} {v}" for k, v in (info or {}).items()),
-            flush=True,
+            + ", ".join(f"{k} {v}" for k, v in (info or {}).items())
         )
     if f.run is not None and ddp.master:
         with open(f.log_path, "a") as fh:

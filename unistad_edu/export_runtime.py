@@ -14,6 +14,7 @@ with the same per-image results as :func:`unistad_edu.inference.predict`, ``thre
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -85,13 +86,18 @@ def read_card(folder) -> dict:
     return card
 
 
-def _onnxruntime_session(path: Path, threads: int | None, names: Sequence[str]):
+def _runtime(module: str, needed_for: str):
+    """The runtime module ``module``, or a :class:`CheckpointError` saying how to install it."""
     try:
-        import onnxruntime as ort
+        return importlib.import_module(module)
     except ImportError as err:
         raise CheckpointError(
-            "serving an ONNX export needs onnxruntime: pip install 'unistad-edu[export]'"
+            f"{needed_for} needs {module}: pip install 'unistad-edu[export]'"
         ) from err
+
+
+def _onnxruntime_session(path: Path, threads: int | None, names: Sequence[str]):
+    ort = _runtime("onnxruntime", "serving an ONNX export")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -105,12 +111,7 @@ def _onnxruntime_session(path: Path, threads: int | None, names: Sequence[str]):
 
 
 def _openvino_model(path: Path, threads: int | None, names: Sequence[str]):
-    try:
-        import openvino as ov
-    except ImportError as err:
-        raise CheckpointError(
-            "serving through OpenVINO needs openvino: pip install 'unistad-edu[export]'"
-        ) from err
+    ov = _runtime("openvino", "serving through OpenVINO")
     core = ov.Core()
     config = {
         "INFERENCE_PRECISION_HINT": "f32"

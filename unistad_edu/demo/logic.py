@@ -181,13 +181,7 @@ def decode_upload(
     name = name or Path(path).name
     try:
         arr, mode = decode_image(
-            path,
-            name=name,
-            size=size,
-            max_pixels=max_pixels,
-            formats=SUPPORTED_FORMATS,
-            exif_orientation=True,
-            budget=budget,
+            path, name, size, max_pixels, SUPPORTED_FORMATS, exif_orientation=True, budget=budget
         )
     except ImageRejected as err:
         raise UploadError(upload_message(err), err.reason) from err
@@ -581,6 +575,7 @@ def is_loopback(host: str) -> bool:
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``python -m unistad_edu demo`` and ``python demo/app.py`` (values checked as parsed)."""
     from .. import options
+    from ..export_runtime import BACKENDS
 
     p.add_argument(
         "--run",
@@ -591,7 +586,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["auto", "onnxruntime", "openvino"],
+        choices=BACKENDS,
         default="auto",
         help="for an export folder (python -m unistad_edu export): its runtime (auto: onnxruntime for "
         "ONNX, OpenVINO for OpenVINO IR); PyTorch is not used",

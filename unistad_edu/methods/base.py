@@ -17,6 +17,7 @@ trains well in minutes on a 2-core laptop, with the Lite0 teacher) and ``paper``
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -265,6 +266,19 @@ class TransformerTrainingConfig(MethodConfig):
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     grad_clip: float | None = 1.0
+
+
+def token_grid(teacher, cfg) -> tuple[int, int]:
+    """(h, w) token grid at ``feature_stride`` (else the last level's stride); checks ViT sizes."""
+    info = teacher.feature_info
+    stride = cfg.feature_stride or info[-1].stride
+    if getattr(teacher, "is_vit", False) and cfg.image_size % info[-1].stride:
+        raise ValueError(
+            f"a ViT teacher with patch size {info[-1].stride} needs an image size that is a "
+            f"multiple of it; got {cfg.image_size}"
+        )
+    side = math.ceil(cfg.image_size / stride)
+    return side, side
 
 
 @dataclass

@@ -85,7 +85,7 @@ from ..layers import (
     to_tokens,
 )
 from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
-from .base import Batch, Method, TransformerTrainingConfig
+from .base import Batch, Method, TransformerTrainingConfig, token_grid
 
 COMBINE_RULES = {
     "noisy_or": "noisy_or",
@@ -320,14 +320,7 @@ class DualStudent(Method):
         self.input_channels = self._fused_channels(
             [info[i].channels for i in sorted({i for g in groups for i in g})]
         )
-        stride = cfg.feature_stride or info[-1].stride
-        if getattr(teacher, "is_vit", False) and cfg.image_size % info[-1].stride:
-            raise ValueError(
-                f"a ViT teacher with patch size {info[-1].stride} needs an image size that is a "
-                f"multiple of it; got {cfg.image_size}"
-            )
-        side = math.ceil(cfg.image_size / stride)
-        self.grid = (side, side)
+        self.grid = token_grid(teacher, cfg)
         target = (
             cfg.semantic_target
             if cfg.semantic_target != "auto"

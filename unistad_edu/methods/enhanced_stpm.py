@@ -80,6 +80,7 @@ from ..layers import TransformerLayer, pyramid_maps, reverse_student
 from ..scoring import ScoringConfig
 from ..teacher import Pyramid, TeacherWeightsError, load_teacher
 from .base import Batch, Method, MethodConfig
+from .stpm import STPM
 
 COMBINE_FUSE = {"product": "product", "pair_sum": "sum", "mean": "mean"}
 
@@ -369,18 +370,7 @@ class EnhancedSTPM(Method):
     presets = {
         "cpu": {},
         # pair 1 = STPM's paper recipe (ResNet-18), pair 2 = ResNet-34 [inference]
-        "paper": dict(
-            teacher="resnet18",
-            image_size=256,
-            optimizer="sgd",
-            lr=0.4,
-            momentum=0.9,
-            weight_decay=1e-4,
-            epochs=100,
-            batch_size=32,
-            teacher2="resnet34",
-            teacher2_layers=None,
-        ),
+        "paper": {**STPM.presets["paper"], "teacher2": "resnet34", "teacher2_layers": None},
     }
 
     def __init__(self, teacher, cfg: EnhancedSTPMConfig, teacher2=None):

@@ -112,10 +112,7 @@ class RD(Method):
     name = "rd"
     Config = RDConfig
     needs_images = False  # loss() reads teacher features only: trains from the cache without images
-    presets = {
-        "cpu": {},
-        "paper": ReverseDistillationConfig.rd4ad_recipe,
-    }
+    presets = {"cpu": {}, "paper": ReverseDistillationConfig.rd4ad_recipe}
 
     def __init__(self, teacher, cfg: RDConfig):
         super().__init__(teacher, cfg)
@@ -127,10 +124,9 @@ class RD(Method):
 
     # ---- pieces -----------------------------------------------------------------------------------------
     def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
+        """The teacher's levels in float32, fine -> coarse, each (B, C_l, h_l, w_l)."""
         feats = self.teacher_features(batch)
-        return [
-            feats[name].float() for name in self.teacher.layer_names
-        ]  # fine -> coarse, (B, C_l, h_l, w_l)
+        return [feats[name].float() for name in self.teacher.layer_names]
 
     def forward(self, batch: Batch) -> dict:
         """``teacher`` and ``student`` level lists (fine -> coarse, float32) and the ``embedding``."""

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 
 from ..layers import cosine_distance, reverse_student
 from .base import Batch, Method, ReverseDistillationConfig
-from .rd import distillation_loss, noisy_levels
+from .rd import RD, distillation_loss, noisy_levels
 
 
 @dataclass
@@ -241,11 +241,7 @@ class SNL(Method):
                 )
 
     # ---- pieces -----------------------------------------------------------------------------------------
-    def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
-        feats = self.teacher_features(batch)
-        return [
-            feats[name].float() for name in self.teacher.layer_names
-        ]  # fine -> coarse, (B, C_l, h_l, w_l)
+    teacher_levels = RD.teacher_levels  # the same float32 levels, fine -> coarse
 
     def forward(self, batch: Batch) -> dict:
         """As RD's forward (``teacher``, ``student``, ``embedding``), with CRAM between the bottleneck and the

@@ -127,6 +127,10 @@ class UniADConfig(TransformerTrainingConfig):
             raise ValueError(f"neck must be 'official' or 'antialias', got {self.neck!r}")
 
 
+# the paper's transformer size (config.yaml), which UniSTAD's paper preset takes too
+UNIAD_TRANSFORMER = dict(hidden_dim=256, num_heads=8, ffn_dim=1024, dropout=0.1)
+
+
 # ---- UniAD's own layer (the shared ones are in layers.py) ----------------------------------------------
 class DecoderLayer(nn.Module):
     """UniAD's decoder layer (official ``TransformerDecoderLayer.forward_post``).
@@ -178,12 +182,9 @@ class UniAD(Method):
             image_size=224,
             neck="official",
             jitter_rule="norm",
-            hidden_dim=256,
-            num_heads=8,
+            **UNIAD_TRANSFORMER,
             enc_layers=4,
             dec_layers=4,
-            ffn_dim=1024,
-            dropout=0.1,
             neighbor_size=7,
             jitter_scale=20.0,
             jitter_prob=1.0,

@@ -51,7 +51,6 @@ Data flow (``cpu`` preset: Lite0 strides 4/8/16 at 256 px, C = 24 + 40 + 112 = 1
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -73,7 +72,8 @@ from ..layers import (
 )
 from ..refine import AffinityRefiner
 from ..scoring import ScoringConfig
-from .base import Batch, Method, TransformerTrainingConfig
+from .base import Batch, Method, TransformerTrainingConfig, token_grid
+from .uniad import UNIAD_TRANSFORMER
 
 MAP_NAMES = ("teacher_global", "teacher_local", "global_local")
 
@@ -208,11 +208,8 @@ class UniSTAD(Method):
             teacher="vit_small_patch14_dinov2",
             teacher_layers=(2, 5, 8),
             image_size=224,
-            hidden_dim=256,
-            num_heads=8,
+            **UNIAD_TRANSFORMER,
             layers=4,
-            ffn_dim=1024,
-            dropout=0.1,
             global_window=7,
             local_window=3,
             optimizer="adamw",
@@ -231,14 +228,7 @@ class UniSTAD(Method):
         self.level_names = [lv.name for lv in info]
         self.level_channels = [lv.channels for lv in info]
         self.in_channels = sum(self.level_channels)  # C, e.g. 24 + 40 + 112 = 176
-        stride = cfg.feature_stride or info[-1].stride
-        if getattr(teacher, "is_vit", False) and cfg.image_size % info[-1].stride:
-            raise ValueError(
-                f"a ViT teacher with patch size {info[-1].stride} needs an image size that is a "
-                f"multiple of it; got {cfg.image_size}"
-            )
-        side = math.ceil(cfg.image_size / stride)
-        self.grid = (side, side)  # (h, w) of the token grid, e.g. 16 x 16
+        self.grid = token_grid(teacher, cfg)  # (h, w) of the token grid, e.g. 16 x 16
         h, w = self.grid
         if h * w < 2:
             raise ValueError(

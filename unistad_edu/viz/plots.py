@@ -76,7 +76,6 @@ def feature_map_grid(
     L2 norm of the feature vector at each position, and the ``n_channels`` channels with the largest spatial
     variance. Each panel has its own colour scale (blue low, red high)."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     levels = list(features)
     cols = 2 + n_channels
@@ -102,13 +101,7 @@ def feature_map_grid(
         titles += [f"{name}: image at {h}x{w}", f"{name}: |feature| ({c} ch)"] + [
             f"channel {k}" for k in top
         ]
-    fig = make_subplots(
-        rows=len(levels),
-        cols=cols,
-        subplot_titles=titles,
-        horizontal_spacing=0.01,
-        vertical_spacing=0.07,
-    )
+    fig = _panel_grid(len(levels), cols, titles, (0.01, 0.07))
     for r, row in enumerate(panels):
         for c, z in enumerate(row):
             fig.add_trace(go.Image(z=z), row=r + 1, col=c + 1)
@@ -280,6 +273,7 @@ def _add_score_boxes(fig, name: str, out: dict, col: int) -> list[str]:
     import plotly.graph_objects as go
 
     colours = {"normal": "#2e86c1", "defect": "#c0392b"}
+    points = dict(boxpoints="all", jitter=0.5, pointpos=0, marker_size=4, line_width=1)
     scores = np.asarray(out["scores"], dtype=float)
     labels = np.asarray(out["labels"])
     cats = np.asarray(out["categories"], dtype=str)
@@ -296,11 +290,7 @@ def _add_score_boxes(fig, name: str, out: dict, col: int) -> list[str]:
                 legendgroup=label,
                 showlegend=col == 1,
                 marker_color=colours[label],
-                boxpoints="all",
-                jitter=0.5,
-                pointpos=0,
-                marker_size=4,
-                line_width=1,
+                **points,  # every image a point over its box
             ),
             row=1,
             col=col,
@@ -329,6 +319,19 @@ def _add_threshold_lines(fig, thr, order: Sequence[str], col: int) -> None:
         fig.add_hline(y=float(thr), line=line, row=1, col=col)
 
 
+def _panel_grid(rows: int, cols: int, titles, spacing: tuple[float, float]):
+    """A plotly figure of rows x cols panels titled by ``titles``; ``spacing``: (across, down)."""
+    from plotly.subplots import make_subplots
+
+    return make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=list(titles) if titles else None,
+        horizontal_spacing=spacing[0],
+        vertical_spacing=spacing[1],
+    )
+
+
 def image_grid(
     images: Sequence[np.ndarray],
     titles: Sequence[str] | None = None,
@@ -339,17 +342,10 @@ def image_grid(
 ):
     """A plotly grid of images (or of heatmap overlays when ``maps`` is given)."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     n = len(images)
     rows = (n + cols - 1) // cols
-    fig = make_subplots(
-        rows=rows,
-        cols=cols,
-        subplot_titles=list(titles) if titles else None,
-        horizontal_spacing=0.01,
-        vertical_spacing=0.06,
-    )
+    fig = _panel_grid(rows, cols, titles, (0.01, 0.06))
     for i, img in enumerate(images):
         shown = overlay(img, maps[i], vmin=0, vmax=vmax) if maps is not None else img
         fig.add_trace(go.Image(z=shown), row=i // cols + 1, col=i % cols + 1)
@@ -376,19 +372,11 @@ def matrix_grid(
     plotly colour scale for all, or a list per panel. Panels with the same range and colour scale share one
     colour axis, so equal colours mean equal values across them; each colour axis gets one colour bar, to the
     right of the last panel that uses it. ``axis_titles``: (x title, y title) on every panel."""
-    from plotly.subplots import make_subplots
-
     mats, ranges, scales = _matrix_panels(matrices, titles, zrange, colorscale)
     n = len(mats)
     cols = max(1, min(cols, n))
     rows = (n + cols - 1) // cols
-    fig = make_subplots(
-        rows=rows,
-        cols=cols,
-        subplot_titles=list(titles) if titles else None,
-        horizontal_spacing=0.09,
-        vertical_spacing=0.12 if rows > 1 else 0.0,
-    )
+    fig = _panel_grid(rows, cols, titles, (0.09, 0.12 if rows > 1 else 0.0))
     last_use = _add_matrix_heatmaps(fig, mats, ranges, scales, cols)
     fig.update_yaxes(autorange="reversed")  # row 0 on top, as a matrix is written
     if axis_titles:

@@ -35,12 +35,17 @@ def browse_indices(
     return out
 
 
-def _check_lengths(images, **per_image) -> int:
-    """The number of images; every given per-image sequence must have that many entries."""
+# image_browser's optional per-image arguments, in its order
+_PER_IMAGE = ("maps", "masks", "scores", "labels", "titles", "categories")
+
+
+def _check_lengths(images, *per_image) -> int:
+    """The number of images; every given per-image sequence (in :data:`_PER_IMAGE` order) must have
+    that many entries."""
     n = len(images)
     if n == 0:
         raise ValueError("image_browser needs at least one image")
-    for name, seq in per_image.items():
+    for name, seq in zip(_PER_IMAGE, per_image, strict=True):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} entries for {n} images")
     return n
@@ -130,15 +135,7 @@ def image_browser(
     (indices the index slider walks through)."""
     import ipywidgets as W
 
-    n = _check_lengths(
-        images,
-        maps=maps,
-        masks=masks,
-        scores=scores,
-        labels=labels,
-        titles=titles,
-        categories=categories,
-    )
+    n = _check_lengths(images, maps, masks, scores, labels, titles, categories)
     thr = None
     if maps is not None:
         maps = [np.asarray(m, dtype=np.float32) for m in maps]
