@@ -55,8 +55,8 @@ from unistad_edu.scoring import score
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-05
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
 QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
-# quick: 128 px, batches of 8, 6 epochs (~70 optimiser steps); full: the preset's recipe
-OVERRIDES = dict(image_size=128, batch_size=8, epochs=6) if QUICK else {}
+# quick: 128 px, batches of 8, 4 epochs (~50 optimiser steps); full: the preset's recipe
+OVERRIDES = dict(image_size=128, batch_size=8, epochs=4) if QUICK else {}
 N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 30 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0                              # same student initialisation and data order for every model

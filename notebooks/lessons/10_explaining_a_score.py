@@ -42,7 +42,7 @@ QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, less
 OVERRIDES = dict(image_size=128, epochs=4, batch_size=8) if QUICK else dict(image_size=256)
 N_TRAIN = 40 if QUICK else None      # normal training images per category (None: all)
 N_TEST = 16 if QUICK else None       # test images per category (None: all)
-QUICK_STEPS = 80                     # optimiser steps in quick mode
+QUICK_STEPS = 56                     # optimiser steps in quick mode
 PER_CATEGORY = 2 if QUICK else 4     # defects explained per category
 IG_STEPS = 128                       # points on the integration path
 print(lesson.describe(method="stpm", overrides=OVERRIDES))
@@ -156,8 +156,9 @@ methods.
 
 Per category, the defective test images with the highest scores — the images an operator would ask about.
 For each: IG with `IG_STEPS` points on the path (captum's `IntegratedGradients`, which also returns the
-*convergence delta*: `Σ attributions − (score(x) − score(x'))`), and Occlusion with 16 × 16 patches every
-8 pixels (captum's `Occlusion`, the baseline's pixels pasted in). Attributions come per pixel and colour
+*convergence delta*: `Σ attributions − (score(x) − score(x'))`), and Occlusion with patches an eighth of
+the image side wide (16 × 16 at 128 px), side by side (captum's `Occlusion`, the baseline's pixels pasted
+in; a stride of half a patch, captum's usual overlap, gives smoother maps for 3.5x the forward passes). Attributions come per pixel and colour
 channel; we sum the channels.
 """),
     code(r"""
@@ -172,7 +173,7 @@ for i in chosen:
     x = test[i]["image"][None].to(device)
     ref = nearest_normal(x)
     attr_ig, delta = explain.integrated_gradients(image_score, x, ref, n_steps=IG_STEPS)   # (1, S, S), (1,)
-    attr_occ = explain.occlusion(image_score, x, ref, window=patch)                        # (1, S, S)
+    attr_occ = explain.occlusion(image_score, x, ref, window=patch, stride=patch)          # (1, S, S)
     with torch.no_grad():
         s_x, s_ref = float(image_score(x)), float(image_score(ref))
     explained.append({"index": i, "category": test.records[i].category, "defect": test.records[i].defect,
