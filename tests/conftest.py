@@ -169,3 +169,9 @@ def train_set(tiny_data):
     from unistad_edu.data import MVTecDataset
 
     return MVTecDataset(tiny_data, "train", image_size=64)
+
+
+def train_args(data, out, size, *extra) -> list[str]:
+    """The CLI's `train` arguments of a one-epoch STPM run on ``data`` into ``out`` (fp32, one thread)."""
+    head = "train --method stpm --epochs 1 --no-progress --precision fp32 --threads 1".split()
+    return [*head, "--data", str(data), "--image-size", str(size), "--out", str(out), *extra]

@@ -19,7 +19,7 @@ from unistad_edu import __main__ as cli
 from unistad_edu.errors import CheckpointError
 from unistad_edu.export_runtime import CARD_FILE, ExportedModel, read_card
 
-from .conftest import tiny_synthetic
+from .conftest import tiny_synthetic, train_args
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -39,29 +39,7 @@ def export(data, tmp_path_factory) -> Path:
     """An ONNX export of a one-epoch STPM run (never changed: each case alters a copy)."""
     root = tmp_path_factory.mktemp("card")
     run, out = root / "run", root / "exp"
-    assert (
-        cli.main(
-            [
-                "train",
-                "--method",
-                "stpm",
-                "--data",
-                str(data),
-                "--image-size",
-                str(SIZE),
-                "--epochs",
-                "1",
-                "--no-progress",
-                "--precision",
-                "fp32",
-                "--threads",
-                "1",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    assert cli.main(train_args(data, run, SIZE)) == 0
     assert cli.main(["export", "--run", str(run), "--out", str(out)]) == 0
     return out
 

@@ -21,7 +21,7 @@ from unistad_edu.export import ExportError, check_replaceable
 from unistad_edu.synthetic import MANIFEST_NAME, make_synthetic
 from unistad_edu.validation import make_validation
 
-from .conftest import make_category, tiny_synthetic, write_image
+from .conftest import make_category, tiny_synthetic, train_args, write_image
 from .test_download import _no_proxy, mvtec_category, serve, server  # noqa: F401  (fixtures and archive builder)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,25 +41,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _train_args(data, out, *extra) -> list[str]:
-    return [
-        "train",
-        "--method",
-        "stpm",
-        "--data",
-        str(data),
-        "--image-size",
-        str(SIZE),
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--precision",
-        "fp32",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return train_args(data, out, SIZE, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from unistad_edu import __main__ as cli
 from unistad_edu import files, runs
 
-from .conftest import tiny_synthetic
+from .conftest import tiny_synthetic, train_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,25 +32,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _train(data, out, *extra) -> tuple[int, str, str]:
-    argv = [
-        "train",
-        "--method",
-        "stpm",
-        "--data",
-        str(data),
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--precision",
-        "fp32",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    argv = train_args(data, out, 32, *extra)
     return cli.main(argv)
 
 
