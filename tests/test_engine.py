@@ -313,18 +313,8 @@ def _cli(*args, cwd=None):
 @pytest.mark.slow  # over 30 s on a 2-core CPU
 def test_cli_train_eval_predict(tiny_data, tmp_path):
     run = tmp_path / "run"
-    r = _cli(
-        "train",
-        "--data",
-        tiny_data,
-        "--image-size",
-        SIZE,
-        "--epochs",
-        2,
-        "--out",
-        run,
-        "--no-progress",
-    )
+    train = ("train", "--data", tiny_data, "--image-size", SIZE, "--epochs", 2, "--out", run)
+    r = _cli(*train, "--no-progress")
     assert r.returncode == 0, r.stderr
     r = _cli("eval", "--run", run, "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -341,19 +331,7 @@ def test_cli_train_eval_predict(tiny_data, tmp_path):
     lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
     assert len(lines) == 2 and all(x["verdict"] in ("normal", "ANOMALOUS") for x in lines)
     assert all(Path(x["heatmap"]).is_file() for x in lines)
-    r = _cli(
-        "train",
-        "--data",
-        tiny_data,
-        "--image-size",
-        SIZE,
-        "--epochs",
-        2,
-        "--out",
-        run,
-        "--resume",
-        "--no-progress",
-    )
+    r = _cli(*train, "--resume", "--no-progress")
     assert r.returncode == 0 and "already complete" in r.stdout
 
 

@@ -35,6 +35,10 @@ def _file(name, text):
 
 
 EVAL = ["eval", "--run", "{run}", "--no-progress", "--image-only", "--json", "{tmp}/m.json"]
+# `bench leaderboard` of one run against the reference file the case writes into it
+LEADERBOARD_WITH_REFERENCE = (
+    "bench leaderboard --entry x {run} --reference {run}/ref.json --data {data}".split()
+)
 CASES = [  # (id, alteration, command, words the message must hold)
     ("data_root_number", _cfg(data_root=5), EVAL, ["config.json", "data_root is 5"]),
     ("train_root_list", _cfg(train_root=["a"]), EVAL, ["config.json", "train_root"]),
@@ -98,33 +102,13 @@ CASES = [  # (id, alteration, command, words the message must hold)
     (
         "leaderboard_reference_list",
         _file("ref.json", "[]"),
-        [
-            "bench",
-            "leaderboard",
-            "--entry",
-            "x",
-            "{run}",
-            "--reference",
-            "{run}/ref.json",
-            "--data",
-            "{data}",
-        ],
+        LEADERBOARD_WITH_REFERENCE,
         ["ref.json", "JSON list"],
     ),
     (
         "leaderboard_reference_bad_values",
         _file("ref.json", json.dumps({"label": "x", "categories": {"a": 5}})),
-        [
-            "bench",
-            "leaderboard",
-            "--entry",
-            "x",
-            "{run}",
-            "--reference",
-            "{run}/ref.json",
-            "--data",
-            "{data}",
-        ],
+        LEADERBOARD_WITH_REFERENCE,
         ["ref.json", "not a reference file"],
     ),
     (
