@@ -48,6 +48,21 @@ def test_coreset_picks_the_farthest_points_like_brute_force(seed):
     assert got == _brute_force_k_center(x, 40, start=got[0])
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_both_coreset_loops_pick_like_brute_force(seed):
+    """The numpy loop (CPU) and the torch loop (any other device; run here on CPU) each pick brute force's
+    points from the same start."""
+    from unistad_edu.methods.memory_bank import _greedy_loop_numpy, _greedy_loop_torch
+
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(seed)) * torch.arange(1, 9)
+    by_torch = _greedy_loop_torch(x, 30, torch.Generator().manual_seed(seed)).tolist()
+    by_numpy = _greedy_loop_numpy(
+        x.t().contiguous().numpy(), 30, torch.Generator().manual_seed(seed)
+    )
+    assert by_torch == _brute_force_k_center(x, 30, start=by_torch[0])
+    assert by_numpy.tolist() == _brute_force_k_center(x, 30, start=int(by_numpy[0]))
+
+
 def test_coreset_on_a_line_goes_to_the_ends_first():
     x = torch.arange(11, dtype=torch.float32)[:, None]  # points 0..10 on a line
     got = greedy_coreset(x, 3, seed=0).tolist()

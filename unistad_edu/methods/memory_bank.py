@@ -46,6 +46,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -126,19 +127,46 @@ def greedy_coreset(
     if projection_dim and projection_dim < D:
         proj = torch.randn(D, projection_dim, generator=g) / math.sqrt(projection_dim)  # (D, d)
         z = z @ proj.to(z.device)  # (N, d)
+    # on CPU numpy's BLAS, with the points as columns, runs each step ~2.5x faster (docs/benchmarks.md)
+    if z.device.type == "cpu":
+        return torch.from_numpy(_greedy_loop_numpy(z.t().contiguous().numpy(), n, g))
+    return _greedy_loop_torch(z, n, g)
+
+
+def _greedy_loop_torch(z: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """:func:`greedy_coreset`'s loop over the points as rows of ``z`` (N, d), on any device."""
+    N = z.shape[0]
     sq = z.pow(2).sum(dim=1)  # (N,) squared norms: |a - b|^2 = |a|^2 - 2 a.b + |b|^2
-    min_d = torch.full(
-        (N,), float("inf"), device=z.device
-    )  # squared distance to the nearest selected point
+    min_d = torch.full((N,), float("inf"), device=z.device)  # to the nearest centre
     chosen = torch.empty(n, dtype=torch.long)
     idx = int(torch.randint(N, (1,), generator=g))
     for i in range(n):
         chosen[i] = idx
         d = sq - 2 * torch.mv(z, z[idx]) + sq[idx]  # (N,) squared distances to the new centre
         torch.minimum(min_d, d, out=min_d)
-        min_d[idx] = -float(
-            "inf"
-        )  # never pick a selected point again (rounding could leave it at ~1e-6)
+        min_d[idx] = -float("inf")  # never picked again (rounding could leave it at ~1e-6)
+        idx = int(min_d.argmax())
+    return chosen
+
+
+def _greedy_loop_numpy(zt: np.ndarray, n: int, g: torch.Generator) -> np.ndarray:
+    """:func:`greedy_coreset`'s loop over the points as columns of ``zt`` (d, N), in numpy (CPU)."""
+    N = zt.shape[1]
+    sq = np.einsum("dn,dn->n", zt, zt)  # (N,) squared norms
+    min_d = np.full(N, np.inf, dtype=zt.dtype)
+    d = np.empty(N, dtype=zt.dtype)
+    chosen = np.empty(n, dtype=np.int64)
+    idx = int(torch.randint(N, (1,), generator=g))
+    for i in range(n):
+        chosen[i] = idx
+        # a copy: numpy's product with a strided column is ~100x slower
+        centre = np.ascontiguousarray(zt[:, idx])
+        np.matmul(centre, zt, out=d)  # (N,) dot products with the new centre
+        d *= -2
+        d += sq
+        d += sq[idx]  # squared distances to the new centre
+        np.minimum(min_d, d, out=min_d)
+        min_d[idx] = -np.inf
         idx = int(min_d.argmax())
     return chosen
 
