@@ -209,12 +209,15 @@ def test_every_method_trains_and_scores_under_fp32_and_bf16(
     from unistad_edu.methods import build_model
 
     from .conftest import tiny_synthetic
+    from .test_contract import SMALL
 
     data = tiny_synthetic(tmp_path_factory, size=64, n_train=6, n_test_good=1, n_test_defect=1)
     train = MVTecDataset(data, "train", image_size=64)
     test = MVTecDataset(data, "test", image_size=64)
     for prec in ("fp32", "bf16"):
-        model = build_model(method, lite0_teacher, image_size=64, batch_size=4, epochs=1)
+        # the contract tests' smaller networks: the precision path, not the preset's size, is under test
+        sizes = {"batch_size": 4, "epochs": 1, **SMALL.get(method, {})}
+        model = build_model(method, lite0_teacher, image_size=64, **sizes)
         res = fit(model, train, TrainConfig(progress=False, holdout_fraction=0.3, precision=prec))
         assert model.teacher.precision.name == prec
         out = score_dataset(model, test)

@@ -177,6 +177,21 @@ def _export_onnx(model, size: int, path: Path, opset: int) -> None:
     ):  # the dynamo exporter builds its graph with it
         raise ExportError("export needs onnxscript: pip install 'unistad-edu[export]'")
     graph = ScoreGraph(model).eval()
+    # in-place activations (timm's BN + act, ReLU6) out of place while tracing: the same graph, and the
+    # exporter's decomposition of each in-place op no longer dominates (an STPM export measured 0.69x the time)
+    inplace = [m for m in graph.modules() if getattr(m, "inplace", None) is True]
+    for m in inplace:
+        m.inplace = False
+    try:
+        _trace_to_onnx(graph, size, path, opset)
+    finally:
+        for m in inplace:
+            m.inplace = True
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _trace_to_onnx(graph: torch.nn.Module, size: int, path: Path, opset: int) -> None:
+    """``graph`` traced by the dynamo exporter with a dynamic batch, saved as one self-contained file."""
     example = (
         torch.from_numpy(parity_images(2, size, seed=1)).permute(0, 3, 1, 2).float() / 255.0
     )  # (2, 3, S, S)
@@ -200,7 +215,6 @@ def _export_onnx(model, size: int, path: Path, opset: int) -> None:
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
-    onnx.checker.check_model(str(path), full_check=True)
 
 
 def _to_openvino(onnx_path: Path, xml_path: Path) -> None:

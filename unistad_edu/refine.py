@@ -3,7 +3,7 @@
 Paper card
     Source: UniSTAD (Liu & Sun, IEEE TCSVT 35(4):3196-3208, 2025, doi 10.1109/TCSVT.2024.3507097). The
     abstract names "an untrained, category-agnostic localisation refinement module" applied at inference;
-    the paper's text is not public and no code was found, so **everything below is our reading**:
+    only the paper's abstract could be read here and no code was found, so **everything below is our reading**:
     a few steps of a random walk on a k-nearest-neighbour graph of the image's own teacher tokens.
     What it fixes: an anomaly map from feature distances is noisy -- an isolated token can score high
     although its feature looks like many normal tokens of the same image (a student's slip, not a defect).

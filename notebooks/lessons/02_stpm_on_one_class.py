@@ -18,6 +18,20 @@ The student only learns to imitate on what it has seen. A defect is new, so ther
 away from the teacher's. In this lesson we train STPM on **one** category (the per-class setting); lesson 03
 will ask one student to cover all of them.
 """),
+    md(r"""
+### Paper vs. ours
+
+| aspect | the paper states (source) | what we built (`methods/stpm.py`) | our reading / why |
+|---|---|---|---|
+| teacher / student | ResNet-18 (ImageNet, frozen), `layer1`–`layer3`; student = the same net, random init [code: anomalib `Stfpm`] | `cpu` preset: Lite0 (strides 4/8/16); `paper` preset: ResNet-18; student `Pyramid.random_like(teacher)` | Lite0 loads offline and trains in minutes on a CPU |
+| loss | per level `0.5 / (h·w) · Σ (t̂ − ŝ)²` of channel-normalised features (Eq. 1), summed over the batch [code: anomalib `Stfpm`] | `loss_terms`: the mean of each level's map | the batch mean keeps the learning rate independent of the batch size |
+| anomaly map & image score | per level `0.5 ‖t̂ − ŝ‖²`, upsampled, multiplied [code: anomalib `Stfpm`]; score = max [recalled] | `fuse="product"`, `image_score="max"`, in both presets | plus a Gaussian σ = 4 (`blur_sigma`), our addition |
+| training recipe | SGD lr 0.4, momentum 0.9, weight decay 1e-4, 100 epochs, batch 32, 256 px [recalled] | `paper`: that recipe; `cpu`: Adam 1e-3, weight decay 1e-5, 10 epochs, batch 16 | recalled, not checked against the paper |
+| the one idea | match a feature **pyramid** — several levels, one student (title, arXiv 2103.04257) | three teacher levels, three maps, one student | one level would see one defect size only |
+| this lesson | one-class training [recalled] | one category; quick mode: 128 px, ≤ 96 images, batch 8, ~80 steps; `fit` keeps 10 % aside for the threshold | full mode on a GPU takes the `paper` preset |
+
+Labels: [code: …] was read in the public code; [recalled] is from memory and was not checked against the paper.
+"""),
     code(r"""
 import math
 import os

@@ -30,6 +30,22 @@ All three off, the same class is a **plain transformer autoencoder**. This lesso
 same data — all on, each remedy removed alone, all off — then (1) probes the copy path directly, and
 (2) measures what each variant does on real defects.
 """),
+    md(r"""
+### Paper vs. ours
+
+| aspect | the paper states (source) | what we built (`methods/uniad.py`) | our reading / why |
+|---|---|---|---|
+| teacher & tokens | EfficientNet-B4 stages 1–4 (272 channels) resized to one 14 × 14 grid at 224 px [code: zhiyuanyou/UniAD config.yaml, `mfcn.py`] | `paper` preset: timm `efficientnet_b4`, `neck="official"`; `cpu` preset: Lite0 (176 channels, 16 × 16 at 256 px) | timm's B4 has the same stages, other ImageNet weights |
+| transformer | 4 + 4 layers, width 256, 8 heads; a 7 × 7 neighbour mask in all three attentions; a learned query per decoder layer [code: zhiyuanyou/UniAD `uniad.py`] | `paper`: the same; `cpu`: 2 + 2 layers, width 128, 4 heads, the same mask; switches `neighbor_mask`, `layerwise_query` | sized for a CPU |
+| feature jitter | `f + N(0, 1) · α ‖f‖₂ / C` per token, α = 20, p = 1, on the input only [code: zhiyuanyou/UniAD `uniad.py`] | switch `jitter`; `paper`: `jitter_rule="norm"`; `cpu`: `"spread"`, σ_c = channel c's std in the batch | each channel disturbed in proportion to its normal spread |
+| loss | MSE to the clean features [code: zhiyuanyou/UniAD `criterion_helper.py`] | `F.mse_loss(rec, target)` | the same |
+| anomaly map & image score | L2 error over channels, no blur; score = max of a 16 × 16 average-pooled map [code: zhiyuanyou/UniAD `eval_helper.py`] | `paper`: no blur, `avgpool_max`; `cpu`: Gaussian σ 4, mean of the top 1 % | chosen on the validation set |
+| training recipe | AdamW 1e-4, weight decay 1e-4, 1000 epochs, lr ÷ 10 at 800, batch 8 × 8 GPUs, clip 0.1 [code: zhiyuanyou/UniAD config.yaml] | `paper`: the same (batch 64); `cpu`: AdamW 1e-3, cosine, 60 epochs, batch 8, clip 1 | sized for a CPU |
+| this lesson | — | quick mode: ≤ 60 images per category, 128 px (8 × 8 tokens), 1 + 1 layers, a 5 × 5 window, 18 epochs | full mode on a GPU takes the `paper` preset |
+
+Paper and code are public (arXiv 2206.03687, github.com/zhiyuanyou/UniAD); [code: …] marks what was read in
+that code. How the `cpu` image score was chosen: `docs/benchmarks.md`, "Choose on validation, report on test".
+"""),
     code(r"""
 import os
 

@@ -16,20 +16,32 @@ at each position *i* of each level.
 
 **SNL** (*Structural Teacher-Student Normality Learning*, Deng & Li, CVPR 2024) targets the problem of lesson
 03 — cross-class interference: trained on many products at once, a student becomes over-tolerant. The
-abstract's remedy is to match not only each feature vector but **how features relate to each other**:
-
-| abstract says | our reading (`methods/snl.py`, a switch each) |
-|---|---|
-| spatial-channel distillation | besides RD's per-position cosine, a **per-channel** cosine: each channel's map, as a vector over positions |
-| intra-affinity distillation | within a level, the **position × position** cosine affinity `A[i, j] = cos(f_i, f_j)` of teacher and student must agree |
-| inter-affinity distillation | across adjacent levels, the **channel × channel** affinity `G[c, d]` (how much channel *c* of one level and channel *d* of the next fire at the same places) must agree |
-| central residual aggregation (CRAM) | a NetVLAD-style module between bottleneck and decoder: every position is rebuilt from its *K* learned "normal" centres plus a share β (0.5) of the image's residuals to them, aggregated over the whole image — so a patch off the centres is pulled towards them |
+abstract's remedy is to match not only each feature vector but **how features relate to each other**: four
+ideas, each a switch of `methods/snl.py`, side by side with the paper's words in the table below.
 
 **Read this with care:** the full SNL paper is on arXiv, but it could not be retrieved where this package
-was written, and there is no public code: we worked from the abstract alone. Every formula in the right
-column is *our* reading, documented in the module's paper card; do not quote the paper's numbers as this
-implementation's. This lesson trains RD and SNL from the same starting weights and looks at what the
-structural terms actually measure — the affinity matrices — on a normal and a defective image.
+was written, and there is no public code: we worked from its abstract and a third-party summary. Every
+formula in the table's "what we built" column is *our* reading, documented in the module's paper card; do
+not quote the paper's numbers as this implementation's. This lesson trains RD and SNL from the same starting
+weights and looks at what the structural terms actually measure — the affinity matrices — on a normal and a
+defective image.
+"""),
+    md(r"""
+### Paper vs. ours
+
+| aspect | the paper states (source) | what we built (`methods/snl.py`, a switch each) | our reading / why |
+|---|---|---|---|
+| base model | applied on forward (STPM-like) and reverse (RD4AD-like) baselines [summary]; likely RD4AD's WideResNet-50 at 256 px [recalled/inference] | RD's bottleneck, decoder and loss (`methods/rd.py`); `cpu` preset: Lite0; `paper` preset: RD4AD's recipe | every switch off, SNL *is* RD (section 2 checks it) |
+| spatial-channel distillation | the T–S distance along the channels (per position) and along space (per channel) [paper abstract] | `spatial_channel`: adds a **per-channel** cosine, each channel's map a vector over the positions | the formula is ours |
+| intra-affinity distillation | match the affinities *within* a feature map [paper abstract] | `intra_affinity`: the **position × position** cosines `A[i, j]` of a level, MSE over i ≠ j | ≤ 256 positions sampled (`affinity_positions`) |
+| inter-affinity distillation | match affinities *across* levels or samples — the abstract is ambiguous [paper abstract] | `inter_affinity`: the **channel × channel** cosines `G[c, d]` of adjacent levels, MSE | levels, not samples: a decoder's multi-scale structure |
+| CRAM | aggregate residuals to learned centres to encapsulate the normal space [paper abstract] | `cram`: NetVLAD-style, 16 centres; each position rebuilt from its centres plus β = 0.5 of the image's residuals; compactness loss × 0.1 | a patch off the centres is not passed on to the decoder |
+| anomaly map & image score | probably RD4AD's: `1 − cos` per level, summed, Gaussian σ 4 [recalled/inference] | RD's map, Gaussian σ 4, image score = max | not verified against the paper |
+| training recipe | not known: the full paper is on arXiv (2402.17091) but could not be retrieved here; no public code | `cpu`: Adam 0.005, 30 epochs, batch 16; `paper`: RD4AD's (200 epochs) with 64 centres | the `paper` preset is our guess [inference] |
+| this lesson | — | quick mode: ≤ 60 images per category, 128 px, batch 8, 12 epochs | full mode on a GPU takes the `paper` preset |
+
+Labels: [paper abstract] is the abstract, [summary] a third-party summary, [recalled/inference] memory or our
+guess, not checked against the paper.
 """),
     code(r"""
 
@@ -464,7 +476,8 @@ Do not read a winner off this table. In quick mode both students train for a cou
 few dozen images per category, SNL's capacity is split over five terms, and with ~40 test images per
 category a difference of a few hundredths is noise. The abstract reports SNL ahead of the best distillation
 method by +3.9 % (MVTec detection) at full scale; that is the paper's claim with its own implementation,
-not ours. To ask the question properly, run the full mode (all categories, the preset's 200 epochs) and the
+not ours. To ask the question properly, run the full mode (all categories; on a GPU the `paper` preset's 200 epochs, on a CPU the `cpu` preset's
+30) and the
 ablation (`python -m unistad_edu bench accuracy` with each switch of `SNLConfig` off in turn).
 
 ## Check yourself

@@ -16,16 +16,17 @@ arXiv 2111.15376) adds a **second teacher–student pair**:
   input (attention can fill a position in from its context);
 * 3 levels × 2 pairs = **six anomaly maps**, combined into the final one.
 
-That is all the public summary says; there is no code. Later papers describe the second student as a
-**decoder** that reconstructs the teacher's features (a reversed student, as in RD4AD), trained on normal
-images only. **Our reading** (`unistad_edu/methods/enhanced_stpm.py`): pair 1 *is* our STPM; pair 2's teacher
-is EfficientNet-Lite1 (separately trained, deeper and wider than pair 1's Lite0; its weights ship offline),
-and its student is a **reconstruction decoder**: RD's bottleneck squeezes the teacher's three levels into an
-8 × 8 embedding (at 256 px), two **self-attention** layers let every position of it be rebuilt from the
-whole image's context, and RD's decoder rebuilds the three levels — trained on normal images, so it rebuilds
-*normal* features and a defect's come back wrong. (Our first version, `pair2_student="forward"`, gave pair 2
-a student that sees the image with a CBAM block after each stage; CBAM gates channels and positions but
-cannot fill a region in from its context.) The combination is a switch, `combine`:
+That is all the summary we could read says: the full text (arXiv PDF) could not be retrieved here, and no code
+was found. Later papers describe the second student as a **decoder** that reconstructs the teacher's features
+(a reversed student, as in RD4AD), trained on normal images only. **Our reading**
+(`unistad_edu/methods/enhanced_stpm.py`): pair 1 *is* our STPM; pair 2's teacher is EfficientNet-Lite1
+(separately trained, deeper and wider than pair 1's Lite0; its weights ship offline), and its student is a
+**reconstruction decoder**: RD's bottleneck squeezes the teacher's three levels into an 8 × 8 embedding (at
+256 px), two **self-attention** layers let every position of it be rebuilt from the whole image's context, and
+RD's decoder rebuilds the three levels — trained on normal images, so it rebuilds *normal* features and a
+defect's come back wrong. (Our first version, `pair2_student="forward"`, gave pair 2 a student that sees the
+image with a CBAM block after each stage; CBAM gates channels and positions but cannot fill a region in from
+its context.) The combination is a switch, `combine`:
 
 | rule | the final map | why |
 |---|---|---|
@@ -37,6 +38,22 @@ The "normal scale" of a map is its mean over the held-out normal training images
 threshold comes from), kept in the model. `mean` is the preset's rule; `docs/benchmarks.md` ("Enhanced STPM")
 shows what it was compared against, and on which data. The paper is one-class; training it unified, as here,
 is our extension.
+"""),
+    md(r"""
+### Paper vs. ours
+
+| aspect | the paper states (source) | what we built (`methods/enhanced_stpm.py`) | our reading / why |
+|---|---|---|---|
+| pair 1 | exactly STPM [summary] | our STPM, the same student seed; `cpu` preset: Lite0, `paper` preset: ResNet-18 | section 3 checks that pair 1 is plain STPM |
+| pair 2's teacher | a **different** network, so the pairs "do not look at the same regions" [summary] | `teacher2`: `cpu` Lite1 (weights offline), `paper` ResNet-34 | ResNet-34 is our guess [inference] |
+| pair 2's student | attention modules rebuild *normal* features [summary]; a "reversed student as decoder" (DeSTSeg, CVPR 2023) | `pair2_student="decoder"`: RD's bottleneck → 2 self-attention layers → RD's decoder | attention fills a position in from context; CBAM (`"forward"`) only gates |
+| training data & loss | pairs trained on normal images only (the authors' follow-up, arXiv 2210.07548) | `pair2_input="clean"`; STPM's loss for each pair, summed | pair 2's loss is our reading [inference] |
+| six maps → one | 3 levels × 2 pairs, combined into one map; the rule is unverified [summary] | `combine="mean"`: each map ÷ its mean on held-out normals, averaged; Gaussian σ 4, max | scales from normal images only |
+| setting & recipe | one-class MVTec [summary]; the full text is on arXiv (2111.15376) but could not be retrieved here; no code found | `cpu`: Adam 1e-3, 4 epochs, batch 16; `paper`: STPM's SGD recipe, 100 epochs | unified training is our extension |
+| this lesson | — | quick mode: ≤ 40 images per category, 128 px, batch 8, 4 epochs | full mode on a GPU takes the `paper` preset |
+
+Labels: [summary] is a summary of the abstract, [inference] our guess; the two later papers are named where they
+are the source.
 """),
     code(r"""
 import dataclasses

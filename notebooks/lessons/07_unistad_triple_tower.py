@@ -17,8 +17,8 @@ it, defects included. **UniSTAD** (Liu & Sun, IEEE TCSVT 2025) builds a *triple 
 Trained on normal images, the three agree. At test time the abstract flags regions "where the expected
 feature consistencies are broken", and sharpens the map with an **untrained, category-agnostic refinement**.
 
-The paper has no public code and only its abstract is public here, so the mechanics are **our reading**
-(`unistad_edu/methods/unistad.py`, `unistad_edu/refine.py`):
+There is no public code, and only the paper's abstract could be read here (the full paper, in IEEE TCSVT, was
+not retrieved), so the mechanics are **our reading** (`unistad_edu/methods/unistad.py`, `unistad_edu/refine.py`):
 
 | tower / map | what it sees (our reading) | catches |
 |---|---|---|
@@ -31,6 +31,21 @@ The paper has no public code and only its abstract is public here, so the mechan
 The students never mix context tokens with each other, so a token's own feature cannot leak back into its
 prediction (the tests check this). The refinement is a short **random walk** over the image's own teacher
 tokens: each token's value is averaged with the values of the tokens whose features look most like its own.
+"""),
+    md(r"""
+### Paper vs. ours
+
+| aspect | the paper states (source) | what we built (`methods/unistad.py`) | our reading / why |
+|---|---|---|---|
+| teacher | a pre-trained **transformer** [paper] | `cpu` preset: Lite0 (a CNN), a 16 × 16 token grid at 256 px; `paper` preset: DINOv2 ViT-S/14, 224 px | both presets are ours |
+| students | a **global** and a **local** student predict teacher features from global / local context [paper] | learned queries, masked cross-attention: global hides a 7 × 7 window (`global_window`), local sees 3 × 3 minus the token (`local_window`) | tokens never mix, so none leaks into its own prediction |
+| loss | joint distillation, global/local context-based reconstruction, global–local consistency [paper] | `distill` (per-level `1 − cos`), `rec` (`‖S − T‖² / ‖T‖²`), `consistency` (`1 − cos(G, L)`), weights 1 | the split is ours; no weights are published |
+| anomaly map & image score | regions where the expected feature consistencies break [paper] | three maps (`maps`), fused by the mean, Gaussian σ 4, mean of the top 1 % | one map per pair of towers |
+| refinement | an untrained, category-agnostic localisation refinement [paper] | `refine`: one random-walk step over the image's teacher tokens, 8 neighbours, half the map kept | the mildest setting tried (`refine.py`) |
+| training recipe | not known: only the abstract was read here; no code found | `cpu`: AdamW 1e-3, cosine, 20 epochs, batch 8; `paper`: AdamW 1e-4, 300 epochs, batch 16 | ours; never quote the paper's numbers as ours |
+| this lesson | — | quick mode: ≤ 60 images per category, 128 px, tokens at stride 8 (16 × 16), 8 epochs | full mode on a GPU takes the `paper` preset |
+
+Labels: [paper] is the paper's abstract (IEEE TCSVT 35(4), 2025), the only text of it read here.
 """),
     code(r"""
 import dataclasses

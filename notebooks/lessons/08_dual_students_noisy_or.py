@@ -27,7 +27,7 @@ code; **our reading** (`unistad_edu/methods/dual_student.py`): each branch is a 
 normal image, so `p = sigmoid((s − offset) / T)` with the offset at the **95 % point** of the branch's scores on
 **normal** images (`p = 0.5` there) and the temperature `T` set so that the normal **median** gets `p = 0.01`
 (both measured on the held-out normal training images after training); the joint objective is `−log(1 − P)`
-on normal images; the teacher is our Lite0. A CNN has no class token, so the EE student's target is the
+on normal images; the `cpu` preset's teacher is Lite0. A CNN has no class token, so the EE student's target is the
 **ImageNet embedding of the whole network Lite0 was cut from** (all its stages, head and pooling: 1280
 numbers per image at 224 px, frozen, `semantic_target="imagenet"`); with a ViT teacher it is the class token.
 (An earlier version regressed the pooled deepest *teacher* level, 112 numbers with little meaning: the
@@ -36,6 +36,22 @@ STPM".) Every formula choice
 is documented in the module's paper card. The `combine` switch picks the image score: `noisy_or`, `sum`
 (`z_loc + z_sem`), `local` or `semantic` — one trained model, four ways to score it, all through the shared
 scoring path (`unistad_edu.scoring`).
+"""),
+    md(r"""
+### Paper vs. ours
+
+| aspect | the paper states (source) | what we built (`methods/dual_student.py`) | our reading / why |
+|---|---|---|---|
+| teacher | a frozen **DINOv2** ViT, shared by both students [paper] | `cpu` preset: Lite0, 256 px; `paper` preset: DINOv2 ViT-B/14-reg, blocks 2–9 (+ 11 for the class token), 392 px | ViT size and 392 px follow Dinomaly [inference] |
+| ED student & loss | rebuilds averaged mid-level features in **two groups**, `½ Σ_g (1 − cos(vec T_g, vec S_g))` [summary] | noisy bottleneck (dropout 0.2), 4 pre-norm blocks (`paper`: 8), `ed_groups`, hard mining 0.9 / 0.1 | softmax attention (Dinomaly: linear); a fixed mining share |
+| EE student | a DINOv2-architecture encoder from scratch regresses the **class token** [summary] | `cpu`: ResNet-10-T at 128 px → Lite0's 1280-d ImageNet embedding; `paper`: ViT-S/14-reg → the class token | a CNN teacher has no class token |
+| scores | a local map and a semantic distance [summary/inference] | `s_loc`: per-group `1 − cos`, mean, σ 4, top-1 % mean; `s_sem`: `1 − cos` of the embeddings | Dinomaly's scoring [inference] |
+| Noisy-OR | `P = 1 − (1 − p_loc)(1 − p_sem)`, as training objective and image score [paper] | `p = sigmoid((s − offset) / T)`: 0.5 at the normal 95 % point, 0.01 at the median; `−log(1 − P)` × 0.1 | p near 0 on normals, so the OR acts as an OR |
+| training recipe | not retrieved: image size, schedule, DINOv2 size; no code found | `cpu`: AdamW 1e-3, cosine, 20 epochs, batch 8; `paper`: AdamW 2e-3, 45 epochs, batch 16 | 45 epochs ≈ Dinomaly's 10k steps [inference] |
+| this lesson | — | quick mode: ≤ 40 images per category, 128 px, stride-8 tokens, EE at 128 px, 5 epochs | full mode on a GPU takes the `paper` preset |
+
+Labels: [paper] is the abstract and [summary] a third-party summary (the full paper, arXiv 2509.24448, was not
+read here); [inference] is our reading.
 """),
     code(r"""
 import dataclasses

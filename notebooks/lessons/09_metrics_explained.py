@@ -90,6 +90,28 @@ print(f"{len(differ)} of {len(pairs)} pairs of metrics order the {len(CATEGORIES
       ", ".join(f"{a} vs {b}" for a, b in differ[:6]))
 """),
     md(r"""
+How settled is such an order? A category's test set holds a few dozen images, so its I-AUROC would move with
+other images of the same kind. `unistad_edu.uncertainty.bootstrap_auroc` resamples the normal and the
+defective images separately, with replacement, 2000 times, and reports the 2.5 % and 97.5 % points of the
+resampled AUROCs (a 95 % percentile interval of the *test set's* sampling — not of the training). Two
+categories whose intervals overlap are not ordered by this test set.
+"""),
+    code(r"""
+from unistad_edu.uncertainty import bootstrap_auroc
+
+iv = {c: bootstrap_auroc(labels[cats == c], scores[cats == c], seed=SEED) for c in CATEGORIES}
+for c in CATEGORIES:  # two implementations of one AUROC: the bootstrap's own and unistad_edu.metrics
+    assert np.isclose(iv[c].value, per_cat[c]["I-AUROC"]), (c, iv[c].value, per_cat[c]["I-AUROC"])
+by_auroc = sorted(CATEGORIES, key=lambda c: -iv[c].value)
+display(Markdown(report.markdown_table([
+    {"I-AUROC rank": r + 1, "category": c, "defects": int(labels[cats == c].sum()),
+     "normals": int((labels[cats == c] == 0).sum()), "I-AUROC [95 % interval]": str(iv[c]),
+     "width (points)": 100 * (iv[c].high - iv[c].low)} for r, c in enumerate(by_auroc)])))
+unsettled = [(a, b) for a, b in zip(by_auroc, by_auroc[1:]) if iv[a].low <= iv[b].high]
+print(f"{len(unsettled)} of {len(by_auroc) - 1} neighbours in the I-AUROC order have overlapping intervals:",
+      ", ".join(f"{a} / {b}" for a, b in unsettled))
+"""),
+    md(r"""
 ## 3. I-AUROC vs I-F1max: a ranking vs the best threshold
 
 I-AUROC asks: *pick one defective and one normal image at random — how often does the defective one score
@@ -130,6 +152,28 @@ display(Markdown(report.markdown_table(rows)))
 worst = min(rows, key=lambda r: r["I-AUROC"])
 print(f"lowest I-AUROC: {worst['category']} ({worst['I-AUROC']:.3f}) -- yet its I-F1max is {worst['I-F1max']:.3f}, "
       f"against a flag-everything level of {worst['flag-all F1 = 2P/(2P+N)']:.3f}")
+"""),
+    md(r"""
+The defect share moves F1-max and not I-AUROC. Keep every normal image of a category and only every other
+defective one — the same model, the same kinds of defect, half the share — and compute both again:
+"""),
+    code(r"""
+def every_other_defect(c):  # (scores, labels) of category c: all its normal images, every 2nd defective one
+    idx = np.flatnonzero(cats == c)
+    keep = np.r_[idx[labels[idx] == 0], idx[labels[idx] == 1][::2]]
+    return scores[keep], labels[keep]
+
+
+balance = []
+for c in CATEGORIES:
+    s_half, y_half = every_other_defect(c)
+    balance.append({"category": c, "I-AUROC": per_cat[c]["I-AUROC"],
+                    "I-AUROC, half the defects": metrics.auroc(s_half, y_half),
+                    "I-F1max": per_cat[c]["I-F1max"], "I-F1max, half the defects": metrics.f1_max(s_half, y_half)})
+display(Markdown(report.markdown_table(balance)))
+moved_auroc = np.mean([abs(r["I-AUROC, half the defects"] - r["I-AUROC"]) for r in balance])
+moved_f1 = np.mean([abs(r["I-F1max, half the defects"] - r["I-F1max"]) for r in balance])
+print(f"mean change over categories: I-AUROC {moved_auroc:.3f}, I-F1max {moved_f1:.3f}")
 """),
     md(r"""
 Read the last two columns before trusting an F1-max. A category with mostly defective test images can show a
@@ -464,10 +508,12 @@ The cell checks the lesson's claims on this run's numbers:
 1. **Regions vs pixels**: in every category where the small repair covers ≥ 3 regions, it raises AUPRO more
    than repairing the largest region — and on average AUPRO separates the two repairs far more than P-AUROC
    does (by at least 3× as much).
-2. **F1-max is an oracle with a floor**: in every category, I-F1max ≥ the flag-everything F1 = 2P / (2P + N),
-   and F1 at the calibrated threshold ≤ I-F1max.
-3. **The normal-only threshold costs**: the chain own oracle ≥ best shared ≥ calibrated holds for the mean F1,
-   and the calibrated threshold loses at least 0.05 mean F1 against the per-category oracles.
+2. **F1-max moves with the defect share, I-AUROC does not**: with every other defective image left out, the
+   categories' I-F1max changes at least twice as much on average as their I-AUROC; and the order of the
+   categories by I-AUROC is not settled by this test set — at least two neighbours in it have overlapping
+   95 % intervals.
+3. **The normal-only threshold costs**: the calibrated threshold loses at least 0.05 mean F1 against the
+   per-category oracles (that the oracles cannot be beaten is true by construction, so it is not checked).
 """),
     code(r"""
 small_wins = [c for c in CATEGORIES if repairs[c]["n_small"] >= 3]
@@ -480,14 +526,13 @@ assert small_wins, "no category had three small regions to repair"
 assert all(repairs[c]["dPRO_small"] > repairs[c]["dPRO_large"] for c in small_wins), "AUPRO did not favour many small regions"
 assert gap_pro >= 3 * gap_pa, "AUPRO did not separate the two repairs more than P-AUROC"
 
-for r in rows:
-    assert r["I-F1max"] >= r["flag-all F1 = 2P/(2P+N)"] - 1e-12, r["category"]
-    assert f1_cal[r["category"]] <= r["I-F1max"] + 1e-12, r["category"]
-print("2. I-F1max >= 2P/(2P+N) and F1(calibrated) <= I-F1max in every category: OK")
+print(f"2. mean change with half the defects: I-F1max {moved_f1:.3f} vs I-AUROC {moved_auroc:.3f}; "
+      f"neighbours with overlapping intervals: {len(unsettled)}")
+assert moved_f1 >= 2 * moved_auroc, "F1-max did not move more than I-AUROC with the defect share"
+assert unsettled, "every neighbour in the I-AUROC order was separated by its interval"
 
 own, shared, cal = np.mean(list(f1_own.values())), mean_f1(shared_thr), mean_f1(threshold)
 print(f"3. mean F1: own oracle {own:.3f} >= best shared {shared:.3f} >= calibrated {cal:.3f}; cost {own - cal:.3f}")
-assert own >= shared - 1e-12 and shared >= cal - 1e-12
 assert own - cal >= 0.05, "the normal-only threshold cost less than 0.05 mean F1"
 """),
 ]

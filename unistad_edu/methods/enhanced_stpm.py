@@ -9,7 +9,8 @@ Paper card
     (b) a student with **attention modules** meant to *reconstruct normal* features from a possibly
     anomalous input (attention lets it fill a position in from context). The 3 levels x 2 pairs = **six
     anomaly maps** are combined into the final map.
-    Follows: only a summary of the abstract is public here (methods.md sec. 5): pair 1 = STPM, pair 2 =
+    Follows: only a summary of the abstract could be read here (the full text, arXiv 2111.15376, was not
+    retrieved; no code was found; methods.md sec. 5): pair 1 = STPM, pair 2 =
     different teacher + attention student, six maps combined. The follow-up literature describes the second
     student as a **decoder** that reconstructs the teacher's features (a reversed student, like RD4AD), and
     the authors' later work trains the pairs on normal images only. Everything else is **our reading**:

@@ -10,7 +10,8 @@ Paper card
     vector match, the student must also reproduce how features relate to each other (across channels,
     across positions, across levels), and its representation is squeezed into a compact space around
     learned normal centres.
-    Follows -- only the **abstract** is public here, so this is what the abstract states:
+    Follows -- the full paper is on arXiv but could not be retrieved here and no code exists, so this is what
+    the **abstract** states:
       1. spatial-channel distillation: the teacher-student distance is measured along the channel
          dimension (per position) *and* along the spatial dimension (per channel);
       2. intra- and inter-affinity distillation: the student matches the teacher's affinity structure;

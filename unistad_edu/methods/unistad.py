@@ -11,7 +11,7 @@ Paper card
     (catches small defects sharply)? On normal data the teacher and both answers agree; where a defect
     breaks one of the three consistencies -- teacher vs global, teacher vs local, global vs local -- the map
     lights up.
-    Follows (the abstract, the only public text) [paper]: a pre-trained transformer teacher; a global student
+    Follows (the abstract, the only text read here; the full paper in IEEE TCSVT was not retrieved) [paper]: a pre-trained transformer teacher; a global student
     predicting teacher features from global context; a local student predicting them from local context;
     training by joint distillation of both students to the teacher, global/local context-based feature
     reconstruction and a global-local consistency constraint; inference flags regions where the expected
