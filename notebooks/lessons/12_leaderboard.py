@@ -185,7 +185,7 @@ display(Markdown(report.markdown_table(costs, digits=2)))
 """),
     md(r"""
 Ten times the bank is ten times the memory, and the search grows with it. What it buys in accuracy is the
-column to look at: usually little, because a 1 % coreset already covers the normal patches well — which is the
+column to look at: little (the check at the end asks for at most 2 points of I-AUROC), because a 1 % coreset already covers the normal patches well — which is the
 point of the coreset.
 
 ## 5. Why a unified bank has no interference
@@ -308,26 +308,24 @@ check("Exercise 2 (coreset)", lambda: my_coreset(_x, 8, 0), lambda: greedy_cores
 
 The claims of this lesson, asserted from this run's numbers:
 
-* the leaderboard has every method once, with metrics in [0, 1] and positive costs;
-* the memory bank's memory and search time grow with the coreset: the 10 % bank stores about ten times the
-  patches and MiB of the 1 % bank and is slower to search;
+* the leaderboard has every method once;
+* the memory bank's search time grows with the coreset (the 10 % bank is slower to search than the 1 % bank;
+  that it stores ten times the patches is true by construction, so it is not checked), and the larger bank buys
+  little accuracy: its mean I-AUROC is at most 2 points above the 1 % bank's;
 * in the unified bank, a normal test patch's nearest neighbour comes from its own category for the large
   majority of patches in every category — the reason the bank has no cross-class interference.
 """),
     code(r"""
 labels = [r["label"] for r in result["rows"]]
 assert len(labels) == len(set(labels)) and any(r["method"] == "memory_bank" for r in result["rows"])
-for r in result["rows"]:
-    assert all(0.0 <= r["mean"][m] <= 1.0 for m in ("I-AUROC", "P-AUROC")), r["label"]
-    assert r["state_mib"] > 0 and r["infer_ms_per_img"] > 0 and r["infer_vs_teacher_only"] > 0, r["label"]
 small, large = costs
-assert 8 * small["bank patches"] <= large["bank patches"] <= 12 * small["bank patches"], costs
-assert large["bank MiB"] > 8 * small["bank MiB"], costs
 assert large["ms/img (cached teacher)"] > small["ms/img (cached teacher)"], costs
+assert large["I-AUROC"] - small["I-AUROC"] <= 2.0, "the 10 % bank bought more than 2 points of I-AUROC"
 assert min(same.values()) > 0.8, same
 print("checks passed:", {c: f"{100 * v:.1f} %" for c, v in same.items()}, "|",
       f"bank 1 % -> 10 %: {small['bank MiB']} -> {large['bank MiB']} MiB, "
-      f"{small['ms/img (cached teacher)']} -> {large['ms/img (cached teacher)']} ms/img")
+      f"{small['ms/img (cached teacher)']} -> {large['ms/img (cached teacher)']} ms/img, "
+      f"I-AUROC {small['I-AUROC']} -> {large['I-AUROC']}")
 """),
     md(r"""
 **Exercises.** (1) In section 4, try `coreset_ratio=1.0` (the whole bank): how much accuracy does the coreset
