@@ -128,3 +128,33 @@ def test_lesson_data_caps_both_sets_and_warms_one_cache(monkeypatch, three_cats,
     )
     no_teacher = course.lesson_data(lesson, 32)
     assert no_teacher[2] is None and len(no_teacher[0]) == 7 + 5
+
+
+def test_check_gives_the_second_hint_only_from_the_second_failure_and_a_tick_when_right(
+    monkeypatch, capsys
+):
+    monkeypatch.setattr(course, "_FAILED_CHECKS", {})
+    hints = ("think about the sign", "the order of the two arguments matters")
+
+    def wrong():
+        return [1.0, 2.0]
+
+    said = []
+    for _ in range(3):
+        with pytest.raises(course.ExerciseNotDone) as info:
+            course.check("Exercise 9 (sign)", wrong, lambda: [1.0, -2.0], hint=hints)
+        said.append(str(info.value))
+    assert hints[0] in said[0] and hints[1] not in said[0] and "again" in said[0]
+    assert all(hints[0] in s and hints[1] in s for s in said[1:])
+    # another task starts again at its first hint; a stub is "not done yet"; one string is always shown whole
+
+    def stub():
+        raise NotImplementedError
+
+    with pytest.raises(course.ExerciseNotDone, match="not done yet") as info:
+        course.check("Exercise 8 (other)", stub, lambda: 1.0, hint=hints)
+    assert hints[1] not in str(info.value)
+    with pytest.raises(course.ExerciseNotDone, match="Hint: one string"):
+        course.check("Exercise 7", wrong, lambda: [0.0, 0.0], hint="one string")
+    course.check("Exercise 9 (sign)", lambda: [1.0, -2.0], lambda: [1.0, -2.0], hint=hints)
+    assert "✓ Exercise 9 (sign)" in capsys.readouterr().out

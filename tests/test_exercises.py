@@ -19,6 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from unistad_edu import course
 from unistad_edu.course import ExerciseNotDone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,11 @@ def _cells(nb, tag):
     return [c for c in nb.cells if tag in c.metadata.get("tags", [])]
 
 
-def _hints(source: Path) -> list[str]:
-    return [src["hint"] for kind, src in BUILD.lesson_cells(source) if kind == "exercise"]
+def _hints(source: Path) -> list[tuple[str, str]]:
+    """(first hint, second hint) of each exercise of ``source``."""
+    return [
+        (src["hint"], src["more"]) for kind, src in BUILD.lesson_cells(source) if kind == "exercise"
+    ]
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
@@ -71,19 +75,29 @@ def test_twin_is_the_lesson_with_stubs_and_each_check_fails_with_its_hint_until_
         assert a.source == b.source, f"cell {i} of the twin differs from the lesson's"
 
     monkeypatch.chdir(tmp_path)  # checks may write small files
+    monkeypatch.setattr(course, "_FAILED_CHECKS", {})  # a fresh kernel: no check has failed yet
     stubs, checks = _cells(twin, BUILD.TAGS["stub"]), _cells(twin, BUILD.TAGS["check"])
     assert len(stubs) == len(checks) == len(hints)
     ns: dict = {}
-    for stub, check, hint in zip(stubs, checks, hints):
+    for stub, check, (hint, more) in zip(stubs, checks, hints):
         exec(compile(stub.source, f"{source.stem} stub {stub.metadata['exercise']}", "exec"), ns)
-        with pytest.raises(ExerciseNotDone) as info:
-            exec(
-                compile(check.source, f"{source.stem} check {check.metadata['exercise']}", "exec"),
-                ns,
-            )
-        assert hint in str(info.value), (
-            f"exercise {check.metadata['exercise']}: the hint is not in {info.value}"
+        said = []
+        for _ in range(
+            2
+        ):  # the learner runs the check, tries again (still the stub), runs it again
+            with pytest.raises(ExerciseNotDone) as info:
+                exec(
+                    compile(
+                        check.source, f"{source.stem} check {check.metadata['exercise']}", "exec"
+                    ),
+                    ns,
+                )
+            said.append(str(info.value))
+        n = check.metadata["exercise"]
+        assert hint in said[0] and more not in said[0], (
+            f"exercise {n}: first failure said {said[0]}"
         )
+        assert hint in said[1] and more in said[1], f"exercise {n}: second failure said {said[1]}"
 
     solutions, checks = _cells(lesson, BUILD.TAGS["solution"]), _cells(lesson, BUILD.TAGS["check"])
     ns = {}
@@ -158,12 +172,14 @@ def test_the_token_runs_the_hint_check_looks_for():
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_no_hint_gives_away_the_solutions_code(source):
-    """A hint points the way (a question, the idea, the function to read) and never contains a run of four
-    tokens of its solution's code."""
+    """Each exercise has two hints, the second other than the first; a hint points the way (a question, the
+    idea, the function to read) and never contains a run of four tokens of its solution's code."""
     for kind, src in BUILD.lesson_cells(source):
         if kind != "exercise":
             continue
-        shared = _grams(src["hint"], 4) & _grams(src["solution"], 4)
-        assert not shared, (
-            f"{src['title']}: the hint {src['hint']!r} repeats the solution's code {sorted(shared)[:3]}"
-        )
+        assert src["more"].strip() and src["more"] != src["hint"], f"{src['title']}: no second hint"
+        for hint in (src["hint"], src["more"]):
+            shared = _grams(hint, 4) & _grams(src["solution"], 4)
+            assert not shared, (
+                f"{src['title']}: the hint {hint!r} repeats the solution's code {sorted(shared)[:3]}"
+            )

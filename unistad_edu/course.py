@@ -194,21 +194,38 @@ def _compare(got, want, rtol: float, atol: float, where: str = "the result") -> 
     return None
 
 
-def check(task: str, mine, reference, hint: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+_FAILED_CHECKS: dict[str, int] = {}  # task -> how often its check has failed in this kernel
+
+
+def _hint_text(task: str, hint) -> str:
+    """``hint`` (one string) or ``(first, second)``: the first hint on a task's first failed check, both from
+    its second failure on -- a learner who tries again gets more help, one who has not tried gets less."""
+    if isinstance(hint, str):
+        return f"Hint: {hint}"
+    first, second = hint
+    failed = _FAILED_CHECKS.get(task, 0)
+    _FAILED_CHECKS[task] = failed + 1
+    if failed == 0:
+        return f"Hint: {first} (Still stuck after your next try? Run this check again for a second hint.)"
+    return f"Hint: {first} Second hint: {second}"
+
+
+def check(task: str, mine, reference, hint, rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """The check cell of an exercise: call ``mine()`` (the learner's code on small inputs) and ``reference()``
     (the package's own function on the same inputs) and compare the results (numbers, arrays, tensors and
     containers of them, to ``rtol`` / ``atol``). Prints a tick when they agree; else raises
-    :class:`ExerciseNotDone` saying what differs, then ``hint``. A stub that raises ``NotImplementedError`` gets
-    "not done yet" and the hint."""
+    :class:`ExerciseNotDone` saying what differs, then the hint: ``hint`` is one string, or ``(first, second)``
+    -- the second is added from the task's second failed check on. A stub that raises ``NotImplementedError``
+    gets "not done yet" and the hint."""
     try:
         got = mine()
     except NotImplementedError:
-        raise ExerciseNotDone(f"{task}: not done yet. Hint: {hint}") from None
+        raise ExerciseNotDone(f"{task}: not done yet. {_hint_text(task, hint)}") from None
     except Exception as err:  # the learner's code failed: say how, then the hint
         raise ExerciseNotDone(
-            f"{task}: your code raised {type(err).__name__}: {err}. Hint: {hint}"
+            f"{task}: your code raised {type(err).__name__}: {err}. {_hint_text(task, hint)}"
         ) from None
     why = _compare(got, reference(), rtol, atol)
     if why:
-        raise ExerciseNotDone(f"{task}: {why}. Hint: {hint}")
+        raise ExerciseNotDone(f"{task}: {why}. {_hint_text(task, hint)}")
     print(f"✓ {task}: matches the package's own function")

@@ -233,6 +233,7 @@ Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 31), dtype=np.uin
 check("Exercise 1 (mask)", lambda: my_load_mask(_mask_png, 16), lambda: load_mask(_mask_png, 16), hint={hint})
 """,
         hint="Which comes first, the threshold or the resize? And which resampling filter can never invent a grey value between 0 and 1?",
+        more="Read the PNG as 8-bit grey and make it 0/1 first (a value of 128 or more is defect); only then resize that 0/1 picture with Pillow's nearest-neighbour filter, and return a size-by-size uint8 array holding nothing but zeros and ones.",
     ),
     exercise(
         "the one resize every loader uses",
@@ -268,6 +269,7 @@ _rgb = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
 check("Exercise 2 (resize)", lambda: my_resize(_rgb, 24), lambda: resize_rgb(_rgb, 24), hint={hint}, atol=0.5)
 """,
         hint="Let Pillow do it: make an image from the array, resize it with the bilinear filter, and turn it back into an array. Mind the order Pillow wants the two sides in.",
+        more="Pillow's resize takes the target as a (width, height) pair and the filter as its second argument -- the bilinear constant that lives on `Image`; numpy's asarray turns the resized image back into uint8 with three channels.",
     ),
     md(r"""
 ## Check yourself

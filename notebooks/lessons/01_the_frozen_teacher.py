@@ -230,6 +230,7 @@ check("Exercise 1 (normalise)", lambda: my_normalize(_x, _n["mean"], _n["std"]),
       hint={hint})
 """,
         hint="mean and std hold one number per colour channel: give them a shape that broadcasts over the batch and over every pixel",
+        more="Make a tensor of each list and view it as 1 x 3 x 1 x 1, so the three values sit on the channel axis (dimension 1); then subtract the mean tensor from the batch and divide by the std tensor.",
     ),
     exercise(
         "one vector per image",
@@ -260,6 +261,7 @@ with torch.no_grad():
 check("Exercise 2 (embedding)", lambda: my_embedding(_f[_te.layer_names[-1]]), lambda: _f["cls"], hint={hint})
 """,
         hint="average the deepest level over its two spatial dimensions, keeping the batch and the channels",
+        more="Give the tensor's mean both spatial axes at once (dimensions 2 and 3, as a tuple), so only the batch and the channels remain; cast to float first, as the teacher may hand out its features in a lower precision.",
     ),
     md(r"""
 How to read the table honestly: the products in this data set look very different (a grey commutator, a

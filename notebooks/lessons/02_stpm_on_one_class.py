@@ -243,6 +243,7 @@ check("Exercise 1 (level map)", lambda: my_level_map(_t, _s),
       lambda: pyramid_maps({"l": _t}, {"l": _s}, ["l"])["l"], hint={hint})
 """,
         hint="normalise each position's vector over the channels, then sum the squared difference over the channels without losing that dimension",
+        more="Make teacher and student unit length with torch's functional normalize along dimension 1, subtract, square, sum over dimension 1 with keepdim so the shape stays B x 1 x h x w, and multiply by one half.",
     ),
     exercise(
         "from level maps to an image score",
@@ -288,6 +289,7 @@ check("Exercise 2 (image score)", lambda: my_image_score(_maps, 32),
       lambda: score(_maps, 32, ScoringConfig()).pred_score, hint={hint})
 """,
         hint="three steps: combine the upsampled levels by a product, blur, then take each image's largest value",
+        more="Upsample each level with functional interpolate to the full image size (bilinear, corners not aligned), stack the results and multiply along the stacking axis; blur with sigma 4, then flatten each image's map and take its maximum -- one number per image.",
     ),
     md(r"""
 ## Check yourself

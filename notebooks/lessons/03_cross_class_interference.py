@@ -359,6 +359,7 @@ check("Exercise 1 (false alarms)", lambda: my_false_alarms(_s, _y, _c, 0.7),
       lambda: {k: v["rate"] for k, v in false_alarm_rates(_s, _y, _c, 0.7)["categories"].items()}, hint={hint})
 """,
         hint="a false alarm is a normal image of that product whose score is above the threshold: count those among its normal images",
+        more="Turn the three inputs into numpy arrays so that a boolean condition can select: for each distinct category keep the scores where the category matches and the label is 0, and return the share of them strictly greater than the threshold as a float -- a score equal to it is no alarm.",
     ),
     exercise(
         "the per-category table from one list of scores",
@@ -400,6 +401,7 @@ check("Exercise 2 (AUROC per category)", lambda: my_auroc_per_category(_s, _y, _
       lambda: {k: auroc(_s[_c == k], _y[_c == k]) for k in ("a", "b", "c")}, hint={hint})
 """,
         hint="select one category's images, then use scikit-learn's AUROC on them; read its signature for which argument comes first",
+        more="`roc_auc_score` takes the true labels first and the scores second; build one boolean selection where the category equals c, apply it to both arrays, and put one float per category into the dict.",
     ),
     md(r"""
 ## Check yourself

@@ -423,6 +423,7 @@ from unistad_edu.layers import neighbor_mask
 check("Exercise 1 (neighbour mask)", lambda: my_neighbor_mask(5, 6, 3), lambda: neighbor_mask(5, 6, 3), hint={hint})
 """,
         hint="give every token its row and column (row-major order), then compare every pair of tokens at once by broadcasting",
+        more="Token i sits in row i // w and column i % w (or repeat an arange to build both); indexing with None on different axes gives L x L tables of row gaps and column gaps, and j is hidden when both absolute gaps are at most half the window, rounded down.",
     ),
     exercise(
         "from a boolean mask to an attention mask",
@@ -455,6 +456,7 @@ _m = neighbor_mask(4, 4, 3)
 check("Exercise 2 (additive mask)", lambda: my_additive_mask(_m), lambda: additive_mask(_m), hint={hint})
 """,
         hint="attention adds the mask to its scores before the softmax: what value makes a hidden place get exactly zero weight, and what value leaves a visible one alone?",
+        more="Start from float32 zeros of the mask's shape and put minus infinity wherever the mask is True (torch's masked fill does it in one call): the exponential of minus infinity is exactly 0, and adding 0 changes nothing.",
     ),
     md(r"""
 ## Check yourself

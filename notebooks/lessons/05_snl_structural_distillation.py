@@ -397,6 +397,7 @@ _f = torch.randn(2, 6, 3, 4, generator=torch.Generator().manual_seed(0))
 check("Exercise 1 (intra-affinity)", lambda: my_position_affinity(_f), lambda: position_affinity(_f), hint={hint})
 """,
         hint="flatten the positions, make every position's channel vector unit length, then one batched matrix product gives every pair's cosine",
+        more="Flatten h and w into one axis (B x C x N), normalise along the channels (dimension 1), then multiply the transposed tensor (B x N x C) by the untransposed one with the @ operator to get B x N x N.",
     ),
     exercise(
         "the spatial half of spatial-channel distillation",
@@ -432,6 +433,7 @@ check("Exercise 2 (channel distance)", lambda: my_channel_distance(_t, _s),
       lambda: channel_cosine_distance(_t, _s), hint={hint})
 """,
         hint="this time each channel is a vector over the positions: compare teacher and student channel by channel",
+        more="Flatten from dimension 2 on so each channel becomes one vector of h w values (B x C x N), take torch's functional cosine similarity of teacher against student along that last axis, and subtract it from one.",
     ),
     exercise(
         "channels across scales: the inter-affinity",
@@ -470,6 +472,7 @@ check("Exercise 3 (inter-affinity)", lambda: my_cross_level(_fine, _coarse),
       lambda: cross_level_affinity(_fine, _coarse), hint={hint})
 """,
         hint="each channel is a vector over positions: make those unit length, then one matrix product pairs every fine channel with every coarse one",
+        more="Pool the fine level to the coarse level's last two sizes with adaptive average pooling, flatten both to B x C x N, normalise along the positions (the last axis, not the channels as in exercise 1), then multiply the fine one by the transposed coarse one to get B x Ca x Cb.",
     ),
     md(r"""
 Do not read a winner off this table. In quick mode both students train for a couple of hundred steps on a

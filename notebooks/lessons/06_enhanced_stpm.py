@@ -408,6 +408,7 @@ _maps = [torch.rand(2, 1, 16, 16, generator=_g), torch.rand(2, 1, 8, 8, generato
 check("Exercise 1 (pair product)", lambda: my_pair_product(_maps), lambda: EnhancedSTPM.pair_product(_maps), hint={hint})
 """,
         hint="bring every map to the finest grid first: which of the maps has it?",
+        more="Among the maps' last two sizes, the finest grid is the one with the largest h times w; upsample every map to it with functional interpolate (bilinear, align_corners off) and multiply them together one after another.",
     ),
     exercise(
         "a combination rule",
@@ -448,6 +449,7 @@ check("Exercise 2 (fuse)", lambda: (my_fuse(_maps, 16, "sum"), my_fuse(_maps, 16
       hint={hint})
 """,
         hint="upsample the maps to one grid, then combine them across maps the way the rule's name says",
+        more="Interpolate every map of the dict to size by size (bilinear, corners not aligned), stack them so the maps lie along a new first axis, and reduce that axis by a sum or a mean depending on the rule -- the result keeps the B x 1 x size x size shape.",
     ),
     md(r"""
 ## Check yourself

@@ -415,6 +415,7 @@ from unistad_edu.layers import local_mask
 check("Exercise 1 (local mask)", lambda: my_local_mask(4, 5, 3), lambda: local_mask(4, 5, 3), hint={hint})
 """,
         hint="a token is hidden when it lies outside the window -- and the token itself is hidden too, even though it is inside",
+        more="Build the same window as lesson 04's neighbour mask, invert it with the logical not, then OR in a boolean identity matrix (torch's eye of size h w) so that every token also hides itself.",
     ),
     exercise(
         "the refinement: a random walk",
@@ -449,6 +450,7 @@ _P = torch.rand(2, 12, 12, generator=_g).softmax(dim=-1)   # rows sum to 1
 check("Exercise 2 (propagate)", lambda: my_propagate(_m, _P, 3, 0.5), lambda: propagate(_m, _P, 3, 0.5), hint={hint})
 """,
         hint="keep m0 fixed: every step mixes the propagated map with the *original* map, not the previous one",
+        more="Reshape the map to B x L x 1 (L = h w) so that the batched matrix product with P works, keep that as m0, apply the task's update `steps` times with the @ operator, and reshape back to B x 1 x h x w at the end.",
     ),
     md(r"""
 ## Check yourself

@@ -356,6 +356,7 @@ _p1, _p2 = torch.rand(10, generator=_g), torch.rand(10, generator=_g)
 check("Exercise 1 (Noisy-OR)", lambda: my_noisy_or(_p1, _p2), lambda: noisy_or(_p1, _p2), hint={hint})
 """,
         hint="the alarm stays silent only if neither branch fires: what is the chance of that when they fire independently?",
+        more="A branch stays silent with probability one minus its p; multiply the two silent chances (they are independent) and subtract that product from one -- element-wise, so it works on whole tensors as they are.",
     ),
     exercise(
         "scores on a common scale",
@@ -390,6 +391,7 @@ _cal = {"map": (0.4, 0.1), "semantic": (0.2, 0.05)}
 check("Exercise 2 (standardise)", lambda: my_standardize(_sc, _cal), lambda: standardize(_sc, _cal), hint={hint})
 """,
         hint="a score with no calibration entry must come out unchanged: which offset and temperature do nothing?",
+        more="Loop over the scores dict and look each name up in the calibration with the default pair location 0, scale 1 (a dict's get takes that default); subtract, then divide, and keep every name of the scores in the result, calibrated or not.",
     ),
     exercise(
         "the semantic student's distance",
@@ -424,6 +426,7 @@ check("Exercise 3 (global distance)", lambda: my_global_distance(_t, _s), lambda
       hint={hint})
 """,
         hint="one vector per image: flatten everything but the batch, then compare teacher and student vectors image by image",
+        more="Flatten each tensor from dimension 1 on, so each image becomes one row, then take torch's functional cosine similarity along dimension 1 and subtract it from one -- one number per image.",
     ),
     md(r"""
 ## Check yourself

@@ -449,6 +449,7 @@ _s = np.round(_rng.random(50) + 0.4 * _y, 1)   # rounded: there are ties
 check("Exercise 1 (AUROC)", lambda: my_auroc(_s, _y), lambda: auroc(_s, _y), hint={hint})
 """,
         hint="compare every defective score with every normal score at once; a tie is worth half a win",
+        more="Turn the labels into booleans, put the defective scores in a column and the normal scores in a row so broadcasting builds the whole P x N table; count 1 where the column's score is larger, 0.5 where the two are equal, and return the table's mean as a float.",
     ),
     exercise(
         "the best F1 over all thresholds",
@@ -493,6 +494,7 @@ _s = _rng.random(60) + 0.3 * _y
 check("Exercise 2 (F1-max)", lambda: my_f1_max(_s, _y), lambda: f1_max(_s, _y), hint={hint})
 """,
         hint="try every score as the threshold; at each, count what is flagged and what of it is truly defective; a threshold that catches nothing has no F1",
+        more="Loop over the distinct scores as thresholds with greater-or-equal; true positives are flagged and defective, precision divides them by everything flagged and recall by every defective image; skip a threshold with no true positive and keep the largest F1, starting from 0.",
     ),
     md(r"""
 ## Check yourself

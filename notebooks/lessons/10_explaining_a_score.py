@@ -281,6 +281,7 @@ _mask[4:9, 3:12] = 1
 check("Exercise 1 (share inside)", lambda: my_share_inside(_v, _mask), lambda: share_inside(_v, _mask), hint={hint})
 """,
         hint="negative attributions do not count as evidence: what do you do with them before adding anything up?",
+        more="Clip the values at 0 from below only (numpy's clip with no upper bound), then sum the clipped map once over the mask's nonzero pixels and once everywhere and divide; when the total is 0, return NaN as a float instead of dividing.",
     ),
     exercise(
         "a baseline the model finds normal",
@@ -317,6 +318,7 @@ check("Exercise 2 (nearest normal)", lambda: my_nearest_normal(_x, _normals), la
       hint={hint})
 """,
         hint="measure the distance from every image to every normal image, each as one long vector, and keep the nearest",
+        more="Flatten each image to one row, get the B x N table of Euclidean distances with torch's cdist, take the index of the smallest per row with argmin, and index the normals with those indices so whole B x 3 x S x S images come back.",
     ),
     md(r"""
 Read the table with the pictures next to it:

@@ -462,6 +462,7 @@ check("Exercise 1 (verdict)", lambda: [my_verdict(s, t) for s, t in _cases],
       lambda: [logic.verdict(s, t) for s, t in _cases], hint={hint})
 """,
         hint="look closely at the case where the score equals the threshold: which side does the package's rule put it on?",
+        more="The package flags only a score strictly greater than the threshold, so a score equal to it is normal; test for a missing threshold first, before any comparison, and return the three texts spelt exactly as the task writes them.",
     ),
     exercise(
         "is the export the same model?",
@@ -500,6 +501,7 @@ check("Exercise 2 (parity)", lambda: my_parity(_rm, _rs, _m, _s, 0.5),
       lambda: (_res["max_rel"], _res["verdicts_differ"]), hint={hint})
 """,
         hint="the worst absolute difference anywhere, maps and scores alike, measured in units of the threshold",
+        more="Take the largest absolute difference of the maps and of the scores separately, keep the larger of the two, divide it by the absolute threshold and return that as a float; then compare the verdicts (strictly above the threshold) of the two score arrays and count the disagreements as an int.",
     ),
     md(r"""
 ## Check yourself

@@ -273,6 +273,7 @@ check("Exercise 1 (nearest distance)", lambda: my_nearest_distance(_q, _bank), l
       hint={hint}, atol=1e-4)
 """,
         hint="the distance from every query patch to every bank patch; a query is as anomalous as its nearest bank patch is far",
+        more="torch's cdist gives the Q x M table of Euclidean distances in one call; take its minimum along the bank axis (dimension 1) and keep the values, not the indices.",
     ),
     exercise(
         "a coreset: cover the bank with few points",
@@ -315,6 +316,7 @@ _x = torch.randn(60, 5, generator=torch.Generator().manual_seed(3))
 check("Exercise 2 (coreset)", lambda: my_coreset(_x, 8, 0), lambda: greedy_coreset(_x, 8, seed=0), hint={hint})
 """,
         hint="remember, for every point, how far it is from the nearest point chosen so far; the next pick is the point farthest from them all",
+        more="Draw the first index exactly as the task shows, keep a vector of every point's distance to its nearest chosen point and, after each pick, update it with an element-wise minimum against the distances to the new point; make already chosen points unpickable and return the n indices as a tensor.",
     ),
     md(r"""
 ## 6. Check

@@ -203,6 +203,7 @@ check("Exercise 1 (mean and std)", lambda: [my_mean_std(c) for c in _cases],
       lambda: [mean_std(c) for c in _cases], hint={hint})
 """,
         hint="which standard deviation estimates a spread from a sample rather than describing a whole population? And what spread has a single value?",
+        more="numpy's std divides by n unless its delta-degrees-of-freedom argument is 1 (the sample std); return the mean and that std as plain floats, and 0.0 as the std when there is only one value, where the sample formula would give NaN.",
     ),
     exercise(
         "the slope of a curve",
@@ -239,6 +240,7 @@ _y = list(0.95 - 0.03 * np.array(_x) + np.random.default_rng(0).normal(0, 0.02, 
 check("Exercise 2 (trend)", lambda: my_trend(_x, _y), lambda: trend(_x, _y), hint={hint})
 """,
         hint="least squares: centre x and y on their means; the slope is their covariance divided by the variance of x",
+        more="Convert both lists to float arrays and subtract each one's mean; the slope is the sum of the products of the centred x and y values divided by the sum of the squared centred x values, returned as a float.",
     ),
     md(r"""
 ## Check yourself

@@ -224,6 +224,9 @@ check("Exercise 1 (prediction bound)", lambda: [my_bound(s, q) for s, q in _case
 """,
         hint="Which standard deviation estimates a population's spread from a sample? And scipy.stats has the "
         "t distribution's percent-point function.",
+        more="With n scores: take the sample std (delta degrees of freedom 1), multiply it by the t percent-point "
+        "function of scipy.stats at q with n minus 1 degrees of freedom and by the square root of one plus "
+        "one over n, then add the mean.",
     ),
     exercise(
         "route by the nearest centroid",
@@ -264,6 +267,9 @@ check("Exercise 2 (routing)", lambda: my_route(_emb, _cent), lambda: _router.rou
 """,
         hint="A cosine ignores length: what can you do to every vector first so that a dot product becomes the "
         "cosine?",
+        more="Divide every row of both arrays by its own Euclidean length (numpy's linalg norm along axis 1, "
+        "keeping the dimension); one matrix product with the transposed centroids then gives the N x K "
+        "cosines, and the nearest centroid is the one with the largest cosine (the smallest one minus it).",
     ),
     exercise(
         "how sure is a false-alarm rate?",
@@ -299,5 +305,8 @@ check("Exercise 3 (interval)", lambda: [my_interval(k, n) for k, n in _cases],
 """,
         hint="The exact interval's ends are quantiles of beta distributions whose parameters count the "
         "flagged and the unflagged images; look up which count gets the + 1 at each end.",
+        more="Use the percent-point function of scipy.stats' beta: the lower end is its 2.5 % point with "
+        "parameters k and (n minus k) plus one, the upper end its 97.5 % point with k plus one and n minus "
+        "k; k = 0 and k = n skip the beta and give 0 and 1.",
     ),
 ]
