@@ -177,8 +177,8 @@ def _export_onnx(model, size: int, path: Path, opset: int) -> None:
     ):  # the dynamo exporter builds its graph with it
         raise ExportError("export needs onnxscript: pip install 'unistad-edu[export]'")
     graph = ScoreGraph(model).eval()
-    # in-place activations (timm's BN + act, ReLU6) out of place while tracing: the same graph, and the
-    # exporter's decomposition of each in-place op no longer dominates (an STPM export measured 0.69x the time)
+    # in-place activations (timm's BN + act, ReLU6) out of place while tracing: the same graph, without the
+    # exporter's slow decomposition of each in-place op (docs/benchmarks.md)
     inplace = [m for m in graph.modules() if getattr(m, "inplace", None) is True]
     for m in inplace:
         m.inplace = False

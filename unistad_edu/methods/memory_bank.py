@@ -127,7 +127,7 @@ def greedy_coreset(
     if projection_dim and projection_dim < D:
         proj = torch.randn(D, projection_dim, generator=g) / math.sqrt(projection_dim)  # (D, d)
         z = z @ proj.to(z.device)  # (N, d)
-    # on CPU numpy's BLAS, with the points as columns, runs each step ~2.5x faster (docs/benchmarks.md)
+    # on CPU numpy's BLAS over the points as columns runs each step faster (docs/benchmarks.md)
     if z.device.type == "cpu":
         return torch.from_numpy(_greedy_loop_numpy(z.t().contiguous().numpy(), n, g))
     return _greedy_loop_torch(z, n, g)
@@ -159,7 +159,7 @@ def _greedy_loop_numpy(zt: np.ndarray, n: int, g: torch.Generator) -> np.ndarray
     idx = int(torch.randint(N, (1,), generator=g))
     for i in range(n):
         chosen[i] = idx
-        # a copy: numpy's product with a strided column is ~100x slower
+        # a copy: numpy's product with a strided column is far slower
         centre = np.ascontiguousarray(zt[:, idx])
         np.matmul(centre, zt, out=d)  # (N,) dot products with the new centre
         d *= -2
