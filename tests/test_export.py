@@ -433,3 +433,26 @@ def test_antialias_weights_are_torchs_antialiased_bilinear_resize(n_in, n_out):
     w = antialias_weights(n_in, n_out)  # (n_out, n_in)
     assert w.shape == (n_out, n_in)
     torch.testing.assert_close(w @ x @ w.t(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_tracing_sees_in_place_activations_out_of_place_and_they_are_restored(
+    lite0_teacher, monkeypatch, tmp_path
+):
+    """The exporter traces with every ``inplace=True`` module switched off (the same graph, decomposed faster)
+    and the model gets its flags back afterwards, also when tracing fails."""
+    import unistad_edu.export as E
+
+    model = build_model("stpm", lite0_teacher, image_size=SIZE).eval()
+    flagged = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    assert flagged  # timm's BN + activation modules run in place
+    seen = []
+
+    def fake_trace(graph, size, path, opset):
+        seen.append([m.inplace for m in flagged])
+        raise RuntimeError("stop before the slow part")
+
+    monkeypatch.setattr(E, "_trace_to_onnx", fake_trace)
+    with pytest.raises(RuntimeError, match="stop before"):
+        E._export_onnx(model, SIZE, tmp_path / "m.onnx", 18)
+    assert seen == [[False] * len(flagged)]
+    assert all(m.inplace is True for m in flagged)
