@@ -94,7 +94,7 @@ def trained(data, lite0_teacher, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stpm_export(trained, tmp_path_factory):
     """(run, export folder, what the command printed): the STPM run exported once by the CLI, shared by the
-    tests below that only read an export (an export takes about 25 s of tracing)."""
+    tests below that only read an export (an export traces the model and checks it in two runtimes)."""
     import contextlib
     import io
 
@@ -144,7 +144,7 @@ def test_every_method_exports_to_onnx_and_both_runtimes_reproduce_it(
 ):
     run = trained(name)
     cfg = json.loads((run / "config.json").read_text())
-    if name == "stpm":  # the module's shared export of this run, by the CLI (tracing takes ~20 s)
+    if name == "stpm":  # the module's shared export of this run, by the CLI
         out = stpm_export[1]
     else:
         out = export_run(run, "onnx", out=tmp_path / "exp", **QUIET)
@@ -154,6 +154,9 @@ def test_every_method_exports_to_onnx_and_both_runtimes_reproduce_it(
     assert card["teacher"] == cfg["teacher"] and card["package_version"] == __version__
     assert card["threshold_rule"] == cfg.get("threshold_rule")
     assert card["calibration"] == cfg["calibration"] and "embedding" in card["outputs"]
+    assert card["exporter"].endswith(
+        "(dynamo=False)"
+    )  # the fast TorchScript exporter for every method
     assert all(p["routes_differ"] == 0 for p in card["parity"].values())
     assert card["export_format_version"] == EXPORT_FORMAT_VERSION and set(card["files"]) == {
         "model.onnx"
@@ -187,6 +190,30 @@ def test_openvino_format_export(name, trained, test_paths, lite0_teacher, tmp_pa
     )
     with pytest.raises(CheckpointError, match="OpenVINO model"):
         ExportedModel(out, backend="onnxruntime")
+
+
+def test_the_dynamo_exporter_takes_over_where_torchscript_fails(
+    trained, test_paths, lite0_teacher, tmp_path, monkeypatch
+):
+    import unistad_edu.export as export
+
+    def fails(*args):
+        raise RuntimeError("no TorchScript exporter in this PyTorch")
+
+    monkeypatch.setattr(export, "_torchscript_to_onnx", fails)
+    run = trained("stpm")
+    with pytest.raises(RuntimeError, match="no TorchScript"):  # asked for by name: no fallback
+        export_run(run, "onnx", out=tmp_path / "ts", exporter="torchscript", **QUIET)
+    assert not (tmp_path / "ts").exists()
+    out = export_run(run, "onnx", out=tmp_path / "auto", **QUIET)
+    card = read_card(out)
+    assert card["exporter"].endswith("(dynamo=True)")
+    served = ExportedModel(out, backend="onnxruntime", threads=1)
+    _assert_parity(
+        _reference(run, test_paths, lite0_teacher), served.predict(test_paths), card["threshold"]
+    )
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        export_run(run, "onnx", out=tmp_path / "x", exporter="jit", **QUIET)
 
 
 def test_export_refuses_to_overwrite_and_replaces_with_overwrite(stpm_export, tmp_path):
@@ -447,7 +474,7 @@ def test_tracing_sees_in_place_activations_out_of_place_and_they_are_restored(
     assert flagged  # timm's BN + activation modules run in place
     seen = []
 
-    def fake_trace(graph, size, path, opset):
+    def fake_trace(graph, size, path, opset, exporter):
         seen.append([m.inplace for m in flagged])
         raise RuntimeError("stop before the slow part")
 

@@ -1,7 +1,8 @@
 """unistad-edu's command line: ``python -m unistad_edu COMMAND`` (or the ``unistad-edu`` console script).
 
 Commands: data (make the synthetic set, download MVTec AD / VisA), train, eval, predict, export (ONNX /
-OpenVINO), bench (speed and accuracy benchmarks), figures (the README figures), demo (the Gradio app).
+OpenVINO), bench (speed and accuracy benchmarks), figures (the README figures), demo (the Gradio app),
+book (the executed lessons as a static HTML site).
 ``COMMAND --help`` shows each command's options with their defaults. Documents: README.md, docs/benchmarks.md, docs/reliability.md.
 """
 
@@ -131,7 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(dm)
     _compute_options(dm)
+    _book_parser(sub)
     return p
+
+
+def _book_parser(sub) -> None:
+    """``book``: the executed lessons (saved by the pytest/nbmake run) rendered to a static HTML site."""
+    bk = sub.add_parser("book", help="render the executed lessons to a static HTML site (offline)")
+    executed = os.environ.get("UNISTAD_EXECUTED_DIR") or "build/executed"
+    bk.add_argument("--executed", type=Path, default=Path(executed), help="executed lessons")
+    bk.add_argument("--out", type=Path, default=Path("build/book"), help="the book's folder")
+    bk.add_argument("--lessons", type=Path, default=None, help="lessons (default: the repo's)")
 
 
 def _data_parser(sub) -> None:
@@ -477,6 +488,8 @@ def _bench_parser(sub):
 
 def _export_parser(sub) -> None:
     """``export``: ONNX / OpenVINO, parity-checked against the PyTorch model."""
+    from .export_runtime import EXPORTERS
+
     ex = sub.add_parser(
         "export",
         help="export a run to ONNX or OpenVINO (one graph: image -> map and score), "
@@ -495,6 +508,12 @@ def _export_parser(sub) -> None:
     )
     ex.add_argument("--out", default=None, help="export folder (default: RUN/export-FORMAT)")
     ex.add_argument("--opset", type=positive_int, default=18, help="ONNX opset")
+    ex.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
+        help="PyTorch's ONNX exporter: auto = TorchScript (fast), dynamo where it fails",
+    )
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     ex.add_argument("--threads", type=thread_count, default=None, help="torch threads")
 
@@ -911,7 +930,14 @@ def _predict(args, out: Path) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    export_run(args.run, args.fmt, out=args.out, opset=args.opset, overwrite=args.overwrite)
+    export_run(
+        args.run,
+        args.fmt,
+        out=args.out,
+        opset=args.opset,
+        exporter=args.exporter,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -933,6 +959,15 @@ def cmd_figures(args) -> int:
     return main(args)
 
 
+def cmd_book(args) -> int:
+    from .book import LESSONS, build_book
+
+    index = build_book(args.executed, args.out, args.lessons or LESSONS)
+    n = len(list(index.parent.glob("[0-9][0-9]_*.html")))
+    print(f"{index} ({n} lesson{'s' * (n != 1)})")
+    return 0
+
+
 def main(argv=None) -> int:
     from .data import DataError  # these three import no torch: serving an export runs without it
     from .errors import CheckpointError, TeacherWeightsError
@@ -950,6 +985,7 @@ def main(argv=None) -> int:
         "bench": cmd_bench,
         "demo": cmd_demo,
         "figures": cmd_figures,
+        "book": cmd_book,
     }
     try:
         return handlers[args.command](args)

@@ -8,11 +8,13 @@ and the run give the same answers; every registered method exports (the memory b
 becomes a fixed loop over blocks of the bank, see :func:`unistad_edu.methods.memory_bank.nearest`; an
 antialiased resize becomes two matrix products, see :func:`unistad_edu.layers.resize_bilinear`).
 
-How: PyTorch's ``torch.export``-based ONNX exporter (``torch.onnx.export(..., dynamo=True)``, which needs
-``onnxscript``), in fp32 whatever precision the run trained in, with a dynamic batch dimension and the run's
-image size fixed. The older TorchScript exporter cannot: it has no antialiased resize (UniAD's neck, UniSTAD)
-and no ``round`` of a tensor (the dual students). OpenVINO converts the checked ONNX file (``openvino.convert_model``)
-into its IR (``model.xml`` + ``model.bin``), weights kept in fp32.
+How: PyTorch's TorchScript ONNX exporter (``torch.onnx.export(..., dynamo=False)``), in fp32 whatever
+precision the run trained in, with a dynamic batch dimension and the run's image size fixed; where it is
+missing (PyTorch has deprecated it) or fails on a graph, the ``torch.export``-based exporter
+(``dynamo=True``, which needs ``onnxscript``) takes over. Both give graphs that pass the same parity check; the
+TorchScript one traces several times faster (``docs/benchmarks.md``, "ONNX export"), and ``exporter=`` (the
+CLI's ``--exporter``) picks one. The card names the exporter used. OpenVINO converts the checked ONNX
+file (``openvino.convert_model``) into its IR (``model.xml`` + ``model.bin``), weights kept in fp32.
 
 Parity is checked before anything is written: the exported graph runs in every runtime that can serve it
 (onnxruntime and OpenVINO for ONNX) on a batch of a size other than the export's, and its maps and scores are
@@ -44,6 +46,7 @@ from .errors import CheckpointError
 from .export_runtime import (
     CARD_FILE,
     EXPORT_FORMAT_VERSION,
+    EXPORTERS,
     FORMATS,
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -162,56 +165,86 @@ def compare(reference: tuple, exported: tuple, threshold: float | None, calibrat
     return out
 
 
-def _export_onnx(model, size: int, path: Path, opset: int) -> None:
-    """The dynamo exporter, dynamic batch, one self-contained .onnx file."""
-    import importlib.util
-
+def _export_onnx(model, size: int, path: Path, opset: int, exporter: str = "auto") -> str:
+    """``model``'s :class:`ScoreGraph` as one self-contained .onnx file with a dynamic batch; returns the
+    exporter used: ``torchscript`` or ``dynamo`` (``auto``: TorchScript, ``dynamo`` where it fails)."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     try:
         import onnx
     except ImportError as err:
-        raise ExportError(
-            "export needs onnx and onnxscript: pip install 'unistad-edu[export]'"
-        ) from err
-    if (
-        importlib.util.find_spec("onnxscript") is None
-    ):  # the dynamo exporter builds its graph with it
-        raise ExportError("export needs onnxscript: pip install 'unistad-edu[export]'")
+        raise ExportError("export needs onnx: pip install 'unistad-edu[export]'") from err
     graph = ScoreGraph(model).eval()
     # in-place activations (timm's BN + act, ReLU6) out of place while tracing: the same graph, without the
-    # exporter's slow decomposition of each in-place op (docs/benchmarks.md)
+    # dynamo exporter's slow decomposition of each in-place op (docs/benchmarks.md)
     inplace = [m for m in graph.modules() if getattr(m, "inplace", None) is True]
     for m in inplace:
         m.inplace = False
     try:
-        _trace_to_onnx(graph, size, path, opset)
+        used = _trace_to_onnx(graph, size, path, opset, exporter)
     finally:
         for m in inplace:
             m.inplace = True
     onnx.checker.check_model(str(path), full_check=True)
+    return used
 
 
-def _trace_to_onnx(graph: torch.nn.Module, size: int, path: Path, opset: int) -> None:
-    """``graph`` traced by the dynamo exporter with a dynamic batch, saved as one self-contained file."""
-    example = (
-        torch.from_numpy(parity_images(2, size, seed=1)).permute(0, 3, 1, 2).float() / 255.0
-    )  # (2, 3, S, S)
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+def _example(size: int) -> torch.Tensor:
+    """Two parity pictures as the tracing input, (2, 3, S, S) in [0, 1]."""
+    return torch.from_numpy(parity_images(2, size, seed=1)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _trace_to_onnx(graph, size: int, path: Path, opset: int, exporter: str = "auto") -> str:
+    """``graph`` traced to ``path`` by the exporter asked for; ``auto`` falls back to dynamo when the
+    TorchScript exporter is missing or fails. Returns the exporter used."""
     import warnings
 
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter(
-            "ignore"
-        )  # the exporter's own chatter (deprecations, fallbacks) is not for users
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"image": {0: batch}},
-            opset_version=opset,
-            verbose=False,
-        )
+        # the exporters' own chatter (deprecations, fallbacks, tracer warnings) is not for users
+        warnings.simplefilter("ignore")
+        if exporter in ("auto", "torchscript"):
+            try:
+                _torchscript_to_onnx(graph, size, path, opset)
+                return "torchscript"
+            except Exception:
+                if exporter == "torchscript":
+                    raise
+                path.unlink(missing_ok=True)
+        _dynamo_to_onnx(graph, size, path, opset)
+        return "dynamo"
+
+
+def _torchscript_to_onnx(graph, size: int, path: Path, opset: int) -> None:
+    torch.onnx.export(
+        graph,
+        (_example(size),),
+        str(path),
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+        opset_version=opset,
+    )
+
+
+def _dynamo_to_onnx(graph, size: int, path: Path, opset: int) -> None:
+    import importlib.util
+
+    if (
+        importlib.util.find_spec("onnxscript") is None
+    ):  # the dynamo exporter builds its graph with it
+        raise ExportError("export needs onnxscript: pip install 'unistad-edu[export]'")
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    program = torch.onnx.export(
+        graph,
+        (_example(size),),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes={"image": {0: batch}},
+        opset_version=opset,
+        verbose=False,
+    )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
@@ -281,6 +314,7 @@ def export_run(
     fmt: str = "onnx",
     out=None,
     opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
     overwrite: bool = False,
     images: np.ndarray | None = None,
     log=print,
@@ -288,11 +322,13 @@ def export_run(
     """Export the run folder ``run`` as ``fmt`` (``onnx`` or ``openvino``) into ``out`` (default
     ``RUN/export-FMT``) and return it. ``images``: (N, S, S, 3) uint8 pictures for the parity check (default:
     :func:`parity_images`; real test images are better, :func:`unistad_edu.bench.bench_export` uses them).
-    Raises :class:`ExportError` if the graph does not reproduce the model within :data:`PARITY_TOLERANCE`."""
+    ``exporter``: ``auto`` (TorchScript, dynamo where it fails), ``torchscript`` or ``dynamo``. Raises :class:`ExportError` if the graph does not reproduce the model within :data:`PARITY_TOLERANCE`."""
     from .resolve import load_run_metrics
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     run = Path(run)
     out = Path(out) if out is not None else run / f"export-{fmt}"
     _check_destination(out, run, overwrite)
@@ -303,7 +339,7 @@ def export_run(
         log(
             f"exporting {model.name} ({run}) to ONNX, image size {size}, dynamic batch 1..{MAX_BATCH} ..."
         )
-        card = _write_graph(model, tmp, fmt, opset, run)
+        card = _write_graph(model, tmp, fmt, opset, run, exporter)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
         # a batch size never seen (3)
         check = images if images is not None else parity_images(3, size, seed=2)
@@ -358,7 +394,7 @@ def _parity_summary(parity: dict) -> str:
     )
 
 
-def _write_graph(model, folder: Path, fmt: str, opset: int, run: Path) -> dict:
+def _write_graph(model, folder: Path, fmt: str, opset: int, run: Path, exporter: str) -> dict:
     """The graph of ``model`` in ``folder`` (``model.onnx``, or OpenVINO's ``model.xml`` + ``model.bin``) and
     its card (without the parity yet): what goes in and out, the run's calibration and configuration, and
     every file's SHA-256."""
@@ -366,7 +402,7 @@ def _write_graph(model, folder: Path, fmt: str, opset: int, run: Path) -> dict:
 
     size, run_config = int(model.cfg.image_size), model.run_config
     onnx_path = folder / "model.onnx"
-    _export_onnx(model, size, onnx_path, opset)
+    used = _export_onnx(model, size, onnx_path, opset, exporter)
     files = ["model.onnx"]
     if fmt == "openvino":
         _to_openvino(onnx_path, folder / "model.xml")
@@ -395,7 +431,7 @@ def _write_graph(model, folder: Path, fmt: str, opset: int, run: Path) -> dict:
         "calibration": run_config.get("calibration"),
         "precision": "fp32",
         "opset": opset,
-        "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True)",
+        "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo={used == 'dynamo'})",
         "source_run": str(run),
         "save_id": run_config.get("save_id"),
         "run_config": run_config,

@@ -30,6 +30,7 @@ EXPORT_FORMAT_VERSION = (
     2  # 2: the routing embedding as a third output, the run's calibration on the card
 )
 FORMATS = ("onnx", "openvino")
+EXPORTERS = ("auto", "torchscript", "dynamo")  # PyTorch's ONNX exporters (unistad_edu.export)
 BACKENDS = ("auto", "onnxruntime", "openvino")
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score", "embedding")  # format 1 exports have the first two

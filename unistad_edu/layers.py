@@ -321,8 +321,9 @@ def resize_bilinear(
     ``Resize(antialias=1)`` is computed differently by OpenVINO (measured: max |Δ| 0.22 against PyTorch on a
     16 -> 8 resize, onnxruntime 1e-7), the products agree in every runtime."""
     if antialias and not align_corners and exporting():
-        wh = antialias_weights(x.shape[-2], size[0]).to(x.device)  # (h', h)
-        ww = antialias_weights(x.shape[-1], size[1]).to(x.device)  # (w', w)
+        # int(): the TorchScript tracer hands out sizes as tensors, which would trace every weight's arithmetic
+        wh = antialias_weights(int(x.shape[-2]), int(size[0])).to(x.device)  # (h', h)
+        ww = antialias_weights(int(x.shape[-1]), int(size[1])).to(x.device)  # (w', w)
         return torch.matmul(torch.matmul(wh, x.float()), ww.t()).to(x.dtype)  # (B, C, h', w')
     return F.interpolate(
         x, size=tuple(size), mode="bilinear", align_corners=align_corners, antialias=antialias

@@ -127,7 +127,7 @@ def image_score(anomaly_map: torch.Tensor, cfg: ScoringConfig) -> torch.Tensor:
     if cfg.image_score == "avgpool_max":
         k = min(cfg.pool_size, *anomaly_map.shape[-2:])
         return F.avg_pool2d(anomaly_map, k, stride=1).flatten(1).max(dim=1).values
-    n = max(1, int(round(flat.shape[1] * cfg.topk)))
+    n = max(1, round(int(flat.shape[1]) * cfg.topk))  # int(): a fixed map size, also when traced
     return flat.topk(n, dim=1).values.mean(dim=1)
 
 
