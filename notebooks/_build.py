@@ -7,7 +7,8 @@ lesson = editing that file and re-running this script, which writes ``notebooks/
 each exercise's solution and its check) and ``notebooks/exercises/NN_name.ipynb`` (the same notebook with each
 solution replaced by a stub: the check cells fail with their hints until the learner's code is right).
 Notebooks are written without outputs and without execution counts, which is how they are committed; nbmake
-executes the lessons in CI, ``tests/test_exercises.py`` the exercise cells of both.
+executes the lessons in CI, ``tests/test_exercises.py`` the exercise cells of both. A lesson file that sets
+``TWIN = False`` (the capstone: a template the learner runs on their own data) has no exercises and no twin.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ KERNEL = {
 }
 
 
-def lesson_cells(path: Path) -> list[tuple[str, str]]:
+def lesson_module(path: Path):
     sys.path.insert(0, str(SOURCES))  # for `from _cells import code, md`
     try:
         spec = importlib.util.spec_from_file_location(f"lesson_{path.stem}", path)
@@ -36,7 +37,21 @@ def lesson_cells(path: Path) -> list[tuple[str, str]]:
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(SOURCES))
-    return module.CELLS
+    return module
+
+
+def lesson_cells(path: Path) -> list[tuple[str, str]]:
+    return lesson_module(path).CELLS
+
+
+def has_twin(path: Path) -> bool:
+    """Whether the lesson has an exercise twin: every lesson but one that says ``TWIN = False`` (the capstone,
+    whose whole notebook is the learner's to run on their own data), which then has no exercises either."""
+    module = lesson_module(path)
+    twin = getattr(module, "TWIN", True)
+    if not twin and any(kind == "exercise" for kind, _ in module.CELLS):
+        raise SystemExit(f"{path.name} says TWIN = False but has exercises: they need a twin")
+    return twin
 
 
 EXERCISES = HERE / "exercises"
@@ -102,9 +117,9 @@ def notebook(source: Path, twin: bool = False):
 
 
 def build(source: Path) -> list[Path]:
-    """Write the lesson and its exercise twin; returns both paths."""
+    """Write the lesson and its exercise twin (none for a lesson with ``TWIN = False``); returns the paths."""
     paths = []
-    for twin, folder in ((False, HERE), (True, EXERCISES)):
+    for twin, folder in ((False, HERE), (True, EXERCISES))[: 2 if has_twin(source) else 1]:
         folder.mkdir(exist_ok=True)
         path = folder / f"{source.stem}.ipynb"
         path.write_text(nbformat.writes(notebook(source, twin)) + "\n")
