@@ -7,15 +7,15 @@ CELLS = [
     md(r"""
 # Lesson 13 — Interference as a curve: what each added product costs one category
 
-Lesson 03 compared two points: one student per category against one student for three categories. Is the
-cost fixed, or does it grow with the number of products trained together? This lesson draws it as a
-**curve**:
+Lesson 03 compared one student per category with one student for three categories, along a curve of
+training steps. Is the cost fixed, or does it grow with the number of products trained together? This lesson
+draws it as a **curve** over the number of products, by the same rule as lesson 03:
 
 * fix one category (the *probe*) and always test on its test images only;
 * train on the probe alone, then on the probe and one more category, two more, four more, … — the real
   categories first, then **synthetic** ones, so the curve can go further than the data we have;
 * give every model the **same number of optimiser steps per category** it trains on (K categories, K times the
-  steps), so a model with more categories is not simply less trained on each;
+  steps: lesson 03's rule), so a model with more categories is not simply less trained on each;
 * repeat with different **seeds** and draw the spread, because one run of a small model is noisy;
 * three methods: **STPM** (one student imitating the teacher, lesson 02), the best teacher–student method of the
   leaderboard (lesson 12), and the **memory bank**, which has no weights for categories to fight over.
