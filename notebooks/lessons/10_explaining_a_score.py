@@ -189,8 +189,8 @@ display(Markdown("**completeness**: Σ IG vs score(x) − score(x')\n\n" + repor
     md(r"""
 The sums match up to a few percent. The gap is the error of approximating the path integral with
 `IG_STEPS` points, and the max makes it larger than for a smooth function: wherever the peak of the map
-jumps from one position to another along the path, the gradient jumps too. More steps shrink it (try
-`IG_STEPS = 16`).
+jumps from one position to another along the path, the gradient jumps too. Fewer steps widen it, more
+shrink it (try `IG_STEPS = 16` and `256`).
 
 Now look. Per defect, from left to right: the image with its defect mask (green), the anomaly map (one scale
 for all rows), IG's positive attributions and Occlusion's positive attributions (each on its own scale — IG
