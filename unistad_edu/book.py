@@ -1,6 +1,6 @@
 """The course as a book: the executed lessons rendered to a static HTML site that reads offline.
 
-The test run (``pytest --nbmake``) executes every lesson ``notebooks/NN_name.ipynb``; ``tests/conftest.py``
+The test run (``pytest --nbmake``) executes every lesson ``notebooks/NN_name.ipynb``; :func:`keep_nbmake_runs`
 saves each one that ran without error to ``build/executed/`` (``$UNISTAD_EXECUTED_DIR``) with
 :func:`save_executed`. ``python -m unistad_edu book`` then renders them with :func:`build_book` into
 ``build/book/``: one page per lesson with its outputs and figures, ``index.html`` (the table of contents) and
