@@ -48,7 +48,7 @@ scoring path (`unistad_edu.scoring`).
 | scores | a local map and a semantic distance [summary/inference] | `s_loc`: per-group `1 − cos`, mean, σ 4, top-1 % mean; `s_sem`: `1 − cos` of the embeddings | Dinomaly's scoring [inference] |
 | Noisy-OR | `P = 1 − (1 − p_loc)(1 − p_sem)`, as training objective and image score [paper] | `p = sigmoid((s − offset) / T)`: 0.5 at the normal 95 % point, 0.01 at the median; `−log(1 − P)` × 0.1 | p near 0 on normals, so the OR acts as an OR |
 | training recipe | not retrieved: image size, schedule, DINOv2 size; no code found | `cpu`: AdamW 1e-3, cosine, 20 epochs, batch 8; `paper`: AdamW 2e-3, 45 epochs, batch 16 | 45 epochs ≈ Dinomaly's 10k steps [inference] |
-| this lesson | — | quick mode: ≤ 40 images per category, 128 px, stride-8 tokens, EE at 128 px, 5 epochs | full mode on a GPU takes the `paper` preset |
+| this lesson | — | quick mode: ≤ 40 images per category, 128 px, stride-8 tokens, EE at 128 px, 4 epochs | full mode on a GPU takes the `paper` preset |
 
 Labels: [paper] is the abstract and [summary] a third-party summary (the full paper, arXiv 2509.24448, was not
 read here); [inference] is our reading.
@@ -73,8 +73,8 @@ QUICK_CATEGORIES = ["bottle", "cookie", "juice_bottle"]
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
 QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
 # quick: 128 px, tokens at stride 8 (a 16 x 16 grid, as the cpu preset at 256 px), the EE student at 128 px,
-# 5 epochs (~60 optimiser steps of 8 images); full: the preset's recipe
-OVERRIDES = dict(image_size=128, feature_stride=8, ee_image_size=128, epochs=5) if QUICK else {}
+# 4 epochs (~50 optimiser steps of 8 images); full: the preset's recipe
+OVERRIDES = dict(image_size=128, feature_stride=8, ee_image_size=128, epochs=4) if QUICK else {}
 N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 40 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0
