@@ -139,8 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _book_parser(sub) -> None:
     """``book``: the executed lessons (saved by the pytest/nbmake run) rendered to a static HTML site."""
     bk = sub.add_parser("book", help="render the executed lessons to a static HTML site (offline)")
-    executed = os.environ.get("UNISTAD_EXECUTED_DIR") or "build/executed"
-    bk.add_argument("--executed", type=Path, default=Path(executed), help="executed lessons")
+    bk.add_argument(
+        "--executed",
+        type=Path,
+        default=None,
+        help="executed lessons (default: where the test run saves them, $UNISTAD_EXECUTED_DIR or "
+        "the repo's build/executed)",
+    )
     bk.add_argument("--out", type=Path, default=Path("build/book"), help="the book's folder")
     bk.add_argument("--lessons", type=Path, default=None, help="lessons (default: the repo's)")
 
@@ -960,9 +965,9 @@ def cmd_figures(args) -> int:
 
 
 def cmd_book(args) -> int:
-    from .book import LESSONS, build_book
+    from .book import LESSONS, build_book, executed_dir
 
-    index = build_book(args.executed, args.out, args.lessons or LESSONS)
+    index = build_book(args.executed or executed_dir(), args.out, args.lessons or LESSONS)
     n = len(list(index.parent.glob("[0-9][0-9]_*.html")))
     print(f"{index} ({n} lesson{'s' * (n != 1)})")
     return 0

@@ -115,9 +115,10 @@ def _cells(nb) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source) for c in nb.cells]
 
 
-def checked_lesson(source: Path, executed: Path):
+def checked_lesson(source: Path, lesson, executed: Path):
     """The executed copy of lesson ``source`` (read from folder ``executed``) if it ran through without
-    error and has the lesson's current cells; otherwise BookError naming the lesson and why."""
+    error and has the cells of ``lesson`` (the notebook read from ``source``); otherwise BookError naming the
+    lesson and why."""
     import nbformat
 
     path = executed / source.name
@@ -135,7 +136,7 @@ def checked_lesson(source: Path, executed: Path):
             raise BookError(
                 f"lesson {source.stem} was not run through: cell {i} of {path} never ran; {RUN_THEM}"
             )
-    if _cells(nb) != _cells(nbformat.read(source, as_version=4)):
+    if _cells(nb) != _cells(lesson):
         raise BookError(
             f"{path} is an older version of lesson {source.stem} (its cells differ); {RUN_THEM}"
         )
@@ -287,11 +288,12 @@ def build_book(executed, out, lessons=LESSONS) -> Path:
         _replaceable(out)
     sources = _lesson_sources(Path(lessons))
     _check_all_there(sources, executed)
-    pages = [(s.stem, lesson_title(nbformat.read(s, as_version=4))) for s in sources]
+    lessons_nb = [nbformat.read(s, as_version=4) for s in sources]  # each source read once
+    pages = [(s.stem, lesson_title(nb)) for s, nb in zip(sources, lessons_nb)]
     exporter = _exporter()
     with staging_folder(out) as stage:
         for i, source in enumerate(sources):
-            nb = static_notebook(checked_lesson(source, executed))
+            nb = static_notebook(checked_lesson(source, lessons_nb[i], executed))
             nb.metadata["title"] = pages[i][1] or source.stem
             body, _ = exporter.from_notebook_node(nb, resources={"book_nav": _nav(pages, i)})
             (stage / f"{source.stem}.html").write_text(body, encoding="utf-8")
