@@ -113,12 +113,13 @@ def steps_per_epoch(dataset):
 
 settings = {"unified": train, **{cat: ds for cat, ds in train_by_cat.items()}}   # name -> its training images
 K = len(CATEGORIES)
-plan = []
-for name, ds in settings.items():
-    n_cat, spe = (K if name == "unified" else 1), steps_per_epoch(ds)
-    epochs = [-(-s * n_cat // spe) for s in CHECKPOINTS]   # whole epochs reaching each checkpoint
-    plan.append({"model": name, "train images": len(ds), "steps per epoch": spe,
-                 **{f"S={s}: steps": e * spe for s, e in zip(CHECKPOINTS, epochs)}})
+N_CAT = {name: K if name == "unified" else 1 for name in settings}   # categories each model trains on
+SPE = {name: steps_per_epoch(ds) for name, ds in settings.items()}
+# whole epochs reaching each checkpoint's steps per category
+EPOCHS = {name: [-(-s * N_CAT[name] // SPE[name]) for s in CHECKPOINTS] for name in settings}
+plan = [{"model": name, "train images": len(ds), "steps per epoch": SPE[name],
+         **{f"S={s}: steps": e * SPE[name] for s, e in zip(CHECKPOINTS, EPOCHS[name])}}
+        for name, ds in settings.items()]
 display(Markdown(report.markdown_table(plan)))
 """),
     md(r"""
@@ -134,15 +135,14 @@ tcfg = dict(seed=SEED, device=device, progress=False)
 WORK = Path(tempfile.mkdtemp(prefix="unistad_lesson03_"))   # the runs (resumed at each checkpoint), removed at the end
 curve = {name: [] for name in settings}   # name -> one entry per checkpoint
 for name, ds in settings.items():
-    n_cat, spe = (K if name == "unified" else 1), steps_per_epoch(ds)
+    spe = SPE[name]
     model = build_model("stpm", teacher, cfg=cfg)
     test_set = test if name == "unified" else test_by_cat[name]
-    for s in CHECKPOINTS:
+    for epochs in EPOCHS[name]:
         with contextlib.redirect_stdout(io.StringIO()):   # a run folder's epoch lines: not needed here
-            res = fit(model, ds, TrainConfig(epochs=-(-s * n_cat // spe), **tcfg), out=WORK / name,
-                      resume=True, cache=cache)
+            res = fit(model, ds, TrainConfig(epochs=epochs, **tcfg), out=WORK / name, resume=True, cache=cache)
         table, outs = evaluate(model, test_set, cache=cache, progress=False, return_outputs=True)
-        curve[name].append({"steps": res.epochs_done * spe, "per category": res.epochs_done * spe / n_cat,
+        curve[name].append({"steps": res.epochs_done * spe, "per category": res.epochs_done * spe / N_CAT[name],
                             "table": table, "outs": outs, "threshold": res.threshold})
     last = curve[name][-1]
     aurocs = ", ".join(f"{p['table']['mean']['I-AUROC']:.3f}" for p in curve[name])
