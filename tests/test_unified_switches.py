@@ -130,6 +130,22 @@ def test_unistad_loose_loss_scales_each_students_easy_tokens(teacher):
         torch.testing.assert_close(grads["mined"][k][~easy], grads["plain"][k][~easy])
 
 
+def test_uniad_input_dropout_is_random_while_training_only(teacher):
+    x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    noisy = build_model("uniad", teacher, image_size=64, jitter=False, input_dropout=0.5).train()
+    a, b = noisy(x), noisy(x)
+    assert torch.equal(a["target"], b["target"])  # the teacher's tokens are the clean target
+    assert not torch.equal(a["input"], b["input"]) and not torch.equal(a["rec"], b["rec"])
+    zeroed = a["input"] == 0
+    share = zeroed.float().mean().item()
+    assert 0.4 < share < 0.6  # about p of the token values dropped ...
+    kept = ~zeroed  # ... the rest scaled by 1 / (1 - p)
+    torch.testing.assert_close(a["input"][kept], 2 * a["target"][kept])
+    noisy.eval()
+    a, b = noisy(x), noisy(x)
+    assert torch.equal(a["input"], a["target"]) and torch.equal(a["rec"], b["rec"])
+
+
 def test_unistad_input_dropout_is_random_while_training_only(teacher):
     x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     noisy = build_model("unistad", teacher, image_size=64, input_dropout=0.3)
@@ -151,6 +167,7 @@ def test_unistad_input_dropout_is_random_while_training_only(teacher):
     [
         ("uniad", {"hm_quantile": 1.0}),
         ("uniad", {"hm_factor": -0.1}),
+        ("uniad", {"input_dropout": 1.0}),
         ("unistad", {"hm_quantile": -0.5}),
         ("unistad", {"input_dropout": 1.0}),
     ],

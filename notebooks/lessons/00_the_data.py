@@ -187,7 +187,7 @@ viz.image_browser([viz.as_uint8(s["image"]) for s in samples], masks=[s["mask"] 
     md(r"""
 ## Your turn
 
-2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/00_the_data.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and the package's own on the same small inputs, and says what is still missing.
+2 small tasks on the heart of this lesson. In the exercise notebook (`notebooks/exercises/00_the_data.ipynb`) each marked cell is a stub for you to write; the check after it runs your function and a reference (the package's own function, or an answer worked out by hand) on the same small inputs, and says what is still missing.
 """),
     exercise(
         "binarise and resize a mask",
@@ -236,40 +236,45 @@ check("Exercise 1 (mask)", lambda: my_load_mask(_mask_png, 16), lambda: load_mas
         more="Read the PNG as 8-bit grey and make it 0/1 first (a value of 128 or more is defect); only then resize that 0/1 picture with Pillow's nearest-neighbour filter, and return a size-by-size uint8 array holding nothing but zeros and ones.",
     ),
     exercise(
-        "the one resize every loader uses",
+        "how many tokens a defect touches",
         task=r"""
-Every loader, `inference.predict` and the demo resize images with the same function, `data.resize_rgb`, so they
-all score the same pixels. Write `my_resize(arr, size)`: an (H, W, 3) uint8 array to (size, size, 3) uint8 with
-Pillow's **bilinear** filter.
+A teacher level of stride s cuts the image into s x s cells, one feature (token) each; a defect can only be seen
+by the tokens whose cell holds some of it. Write `my_cells_touched(mask, stride)`: an (H, W) mask (nonzero =
+defect, H and W multiples of `stride`) -> the number of stride x stride cells that hold at least one defect pixel.
 """,
         solution=r"""
 import numpy as np
-from PIL import Image
 
 
-def my_resize(arr, size):
-    return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))  # (size, size, 3) uint8
+def my_cells_touched(mask, stride):
+    h, w = mask.shape
+    cells = (np.asarray(mask) > 0).reshape(h // stride, stride, w // stride, stride)
+    return int(cells.any(axis=(1, 3)).sum())
 """,
         stub=r"""
 import numpy as np
-from PIL import Image
 
 
-def my_resize(arr, size):
-    # your code: Pillow image from the array, resize to (size, size) with Image.BILINEAR, back to an array
+def my_cells_touched(mask, stride):
+    # your code: cut the mask into stride x stride cells, ask each cell whether it holds a defect, count
     raise NotImplementedError
 """,
         check=r"""
 import numpy as np
 
 from unistad_edu.course import check
-from unistad_edu.data import resize_rgb
 
-_rgb = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
-check("Exercise 2 (resize)", lambda: my_resize(_rgb, 24), lambda: resize_rgb(_rgb, 24), hint={hint}, atol=0.5)
+_square = np.zeros((64, 64), np.uint8)
+_square[12:22, 40:50] = 1            # a 10 x 10 defect: rows 12-21, columns 40-49
+_dot = np.zeros((64, 64), np.uint8)
+_dot[63, 0] = 255                    # one defect pixel in a corner
+# counted by hand: stride 4 -> rows in cells 3-5, columns in 10-12: 9 cells; stride 8 -> 2 x 2; stride 16 -> 2 x 2
+check("Exercise 2 (tokens a defect touches)",
+      lambda: [my_cells_touched(_square, s) for s in (4, 8, 16)] + [my_cells_touched(_dot, 16)],
+      lambda: [9, 4, 4, 1], hint={hint})
 """,
-        hint="Let Pillow do it: make an image from the array, resize it with the bilinear filter, and turn it back into an array. Mind the order Pillow wants the two sides in.",
-        more="Pillow's resize takes the target as a (width, height) pair and the filter as its second argument -- the bilinear constant that lives on `Image`; numpy's asarray turns the resized image back into uint8 with three channels.",
+        hint="cut the mask into a grid of stride x stride blocks and ask of each block one yes-or-no question",
+        more="Reshape the boolean mask to (H / s, s, W / s, s): axes 1 and 3 then run inside a cell, so `any` over those two axes gives one answer per cell; count the True ones (a max-pool of stride s does the same).",
     ),
     md(r"""
 ## Check yourself

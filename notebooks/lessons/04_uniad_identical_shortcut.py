@@ -426,37 +426,34 @@ check("Exercise 1 (neighbour mask)", lambda: my_neighbor_mask(5, 6, 3), lambda: 
         more="Token i sits in row i // w and column i % w (or repeat an arange to build both); indexing with None on different axes gives L x L tables of row gaps and column gaps, and j is hidden when both absolute gaps are at most half the window, rounded down.",
     ),
     exercise(
-        "from a boolean mask to an attention mask",
+        "feature jitter: how much noise",
         task=r"""
-Attention adds the mask to its logits before the softmax. Write `my_additive_mask(mask)`: a bool mask
-(True = hidden) -> float32 with `-inf` where hidden and `0` elsewhere.
+The jitter must be large enough that copying the noisy input is a wrong answer, and small enough that the token
+stays recognisable. The paper scales it to each token: sigma = alpha * ||f||_2 / C, with ||f||_2 the token's
+length over its C channels. Write `my_jitter_sigma(tokens, alpha)`: tokens (B, L, C) -> sigma (B, L, 1).
 """,
         solution=r"""
-import torch
-
-
-def my_additive_mask(mask):
-    return torch.zeros(mask.shape).masked_fill(mask, float("-inf"))
+def my_jitter_sigma(tokens, alpha):
+    return alpha * tokens.norm(dim=-1, keepdim=True) / tokens.shape[-1]   # (B, L, 1)
 """,
         stub=r"""
-import torch
-
-
-def my_additive_mask(mask):
-    # your code: zeros of the mask's shape, -inf where the mask is True
+def my_jitter_sigma(tokens, alpha):
+    # your code: each token's length over its channels, times alpha, divided by the number of channels
     raise NotImplementedError
 """,
         check=r"""
 import torch
 
+from unistad_edu import build_model, load_teacher
 from unistad_edu.course import check
-from unistad_edu.layers import additive_mask, neighbor_mask
 
-_m = neighbor_mask(4, 4, 3)
-check("Exercise 2 (additive mask)", lambda: my_additive_mask(_m), lambda: additive_mask(_m), hint={hint})
+_paper_rule = build_model("uniad", load_teacher(), image_size=64, jitter_rule="norm", jitter_scale=20.0)
+_tok = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(2))
+check("Exercise 2 (the jitter's scale)", lambda: my_jitter_sigma(_tok, 20.0), lambda: _paper_rule.jitter_sigma(_tok),
+      hint={hint})
 """,
-        hint="attention adds the mask to its scores before the softmax: what value makes a hidden place get exactly zero weight, and what value leaves a visible one alone?",
-        more="Start from float32 zeros of the mask's shape and put minus infinity wherever the mask is True (torch's masked fill does it in one call): the exponential of minus infinity is exactly 0, and adding 0 changes nothing.",
+        hint="one number per token: how long the token's feature vector is, scaled by alpha and shared out over its channels",
+        more="Take the L2 norm over the last axis (the channels) and keep that axis, so one value per token remains; multiply by alpha and divide by the size of the last axis.",
     ),
     md(r"""
 ## Check yourself

@@ -104,8 +104,10 @@ class UniADConfig(TransformerTrainingConfig):
     neck: str = (
         "antialias"  # antialias: low-pass, then resize; official: align_corners=True, no antialias
     )
-    # loose loss (Dinomaly's hard-point mining): the gradient of the best-reconstructed hm_quantile of positions
-    # scaled by hm_factor; 0 = off (the paper's plain MSE). The jitter above is UniAD's own noise.
+    # Dinomaly's two remedies, off by default: dropout on the tokens the transformer reads (training only; the
+    # target stays clean) -- another noise than UniAD's own jitter above -- and the loose loss (hard-point
+    # mining): the gradient of the best-reconstructed hm_quantile of positions scaled by hm_factor (0 = off)
+    input_dropout: float = 0.0
     hm_quantile: float = 0.0
     hm_factor: float = 0.1
 
@@ -257,19 +259,21 @@ class UniAD(Method):
         )
         return torch.cat(maps, dim=1)  # (B, C, h, w)
 
-    def add_jitter(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feature jitter, each image with probability p: f + N(0, 1) * sigma, where
-        ``jitter_rule="norm"`` (the paper): sigma = alpha * ||f||_2 / C per token (one sigma for every channel);
-        ``"spread"``: sigma_c = jitter_spread * std_c, std_c = channel c's spread over the batch's tokens
-        (detached), so every channel is disturbed in proportion to how much it varies on normal data."""
-        B, L, C = tokens.shape
+    def jitter_sigma(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The jitter's standard deviation for (B, L, C) tokens: ``jitter_rule="norm"`` (the paper):
+        alpha * ||f||_2 / C per token, (B, L, 1); ``"spread"``: jitter_spread * std_c, channel c's spread over
+        the batch's tokens (detached), (1, 1, C) -- every channel disturbed in proportion to how much it varies
+        on normal data."""
         if self.cfg.jitter_rule == "spread":
-            sigma = (
-                tokens.detach().float().std(dim=(0, 1), keepdim=True).to(tokens.dtype)
-                * self.cfg.jitter_spread
-            )  # (1, 1, C)
-        else:
-            sigma = tokens.norm(dim=-1, keepdim=True) / C * self.cfg.jitter_scale  # (B, L, 1)
+            std = tokens.detach().float().std(dim=(0, 1), keepdim=True).to(tokens.dtype)
+            return std * self.cfg.jitter_spread  # (1, 1, C)
+        alpha, channels = self.cfg.jitter_scale, tokens.shape[-1]
+        return alpha * tokens.norm(dim=-1, keepdim=True) / channels  # (B, L, 1)
+
+    def add_jitter(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feature jitter, each image with probability p: f + N(0, 1) * :meth:`jitter_sigma`."""
+        B = tokens.shape[0]
+        sigma = self.jitter_sigma(tokens)
         hit = (torch.rand(B, 1, 1, device=tokens.device) < self.cfg.jitter_prob).to(
             tokens.dtype
         )  # (B, 1, 1)
@@ -310,6 +314,8 @@ class UniAD(Method):
         tokens = to_tokens(target)  # (B, L, C), L = h w, row-major
         if self.training and self.cfg.jitter:
             tokens = self.add_jitter(tokens)  # (B, L, C); the target stays clean
+        if self.training and self.cfg.input_dropout > 0:
+            tokens = F.dropout(tokens, self.cfg.input_dropout, training=True)  # (B, L, C)
         x = self.input_proj(tokens)  # (B, L, D)
         x = self.decode(self.encode(x))  # (B, L, D)
         rec = to_grid(self.output_proj(x).float(), h, w)  # (B, L, C) -> (B, C, h, w)
