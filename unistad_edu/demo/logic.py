@@ -598,36 +598,40 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "0.0.0.0 exposes the demo to your network)",
     )
     p.add_argument("--port", type=options.port, default=DEFAULT_PORT)
-    p.add_argument(
-        "--max-upload-mb",
-        type=options.positive_float,
-        default=DEFAULT_MAX_UPLOAD_MB,
-        help="largest accepted upload",
+    limits = (  # flag, parser, default, help: the serving limits, each checked as parsed
+        (
+            "--max-upload-mb",
+            options.positive_float,
+            DEFAULT_MAX_UPLOAD_MB,
+            "largest accepted upload",
+        ),
+        (
+            "--max-megapixels",
+            options.positive_float,
+            DEFAULT_MAX_PIXELS / 1e6,
+            "largest accepted image (width x height)",
+        ),
+        (
+            "--max-request-megapixels",
+            options.positive_float,
+            DEFAULT_MAX_REQUEST_PIXELS / 1e6,
+            "largest sum of width x height over the files of one request",
+        ),
+        (
+            "--max-files",
+            options.positive_int,
+            MAX_FILES_PER_REQUEST,
+            "most files scored per request; the rest are refused with a message",
+        ),
+        (
+            "--concurrency",
+            options.positive_int,
+            DEFAULT_CONCURRENCY,
+            "requests processed at once (default 2); further requests wait in the queue",
+        ),
     )
-    p.add_argument(
-        "--max-megapixels",
-        type=options.positive_float,
-        default=DEFAULT_MAX_PIXELS / 1e6,
-        help="largest accepted image (width x height)",
-    )
-    p.add_argument(
-        "--max-request-megapixels",
-        type=options.positive_float,
-        default=DEFAULT_MAX_REQUEST_PIXELS / 1e6,
-        help="largest sum of width x height over the files of one request",
-    )
-    p.add_argument(
-        "--max-files",
-        type=options.positive_int,
-        default=MAX_FILES_PER_REQUEST,
-        help="most files scored per request; the rest are refused with a message",
-    )
-    p.add_argument(
-        "--concurrency",
-        type=options.positive_int,
-        default=DEFAULT_CONCURRENCY,
-        help="requests processed at once (default 2); further requests wait in the queue",
-    )
+    for flag, parse, default, text in limits:
+        p.add_argument(flag, type=parse, default=default, help=text)
     p.add_argument(
         "--keep-files-minutes",
         type=options.nonnegative_float,
