@@ -223,7 +223,7 @@ def test_rd_channels_follow_the_teacher(feats64, lite0_teacher):
 
 def test_rd_loss_and_maps_are_one_minus_cos(feats64, lite0_teacher):
     _, feats = feats64
-    model = build_model("rd", lite0_teacher, image_size=64).eval()
+    model = build_model("rd", lite0_teacher, image_size=64, rd_loss="position").eval()
     batch = Batch(image=None, features=feats)
     out = model(batch)
     maps = model.anomaly_maps(batch)
@@ -256,7 +256,7 @@ def test_rd_flattened_loss_is_the_official_per_image_cosine(feats64, lite0_teach
     assert list(terms) == ["flattened_cosine"]
     torch.testing.assert_close(terms["flattened_cosine"], want, atol=1e-5, rtol=1e-4)
     position = build_model(
-        "rd", lite0_teacher, image_size=64
+        "rd", lite0_teacher, image_size=64, rd_loss="position"
     ).eval()  # same weights (init_seed), Eq. 2
     with torch.no_grad():
         assert (
@@ -270,7 +270,8 @@ def test_rd_flattened_loss_is_the_official_per_image_cosine(feats64, lite0_teach
     torch.testing.assert_close(snl.loss(batch), want, atol=1e-5, rtol=1e-4)
     assert (
         make_config("rd", "paper").rd_loss == "flattened"
-        and make_config("rd", "cpu").rd_loss == "position"
+        and make_config("rd", "cpu").rd_loss == "flattened"  # chosen on validation
+        and make_config("snl", "cpu").rd_loss == "position"  # chosen on validation
     )
     with pytest.raises(ValueError, match="rd_loss"):
         make_config("rd", "cpu", rd_loss="per-image")
@@ -304,7 +305,9 @@ def test_rd4ad_paper_shapes():
 def test_snl_all_switches_off_is_rd(feats64, lite0_teacher):
     _, feats = feats64
     batch = Batch(image=None, features=feats)
-    rd = build_model("rd", lite0_teacher, image_size=64).eval()
+    rd = build_model(
+        "rd", lite0_teacher, image_size=64, rd_loss="position"
+    ).eval()  # SNL's loss rule
     snl = build_model("snl", lite0_teacher, image_size=64, **ALL_OFF).eval()
     a, b = rd.state_dict(), snl.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unistad_edu.methods import build_model
+from unistad_edu.methods import build_model, make_config
 from unistad_edu.methods.base import Batch
 from unistad_edu.methods.rd import distillation_loss, position_cosine_distance
 
@@ -62,9 +62,12 @@ def test_hard_mining_scales_the_gradient_of_the_easy_positions(rule, q, f):
         torch.testing.assert_close(sm.grad[~easy], sp.grad[~easy])
 
 
-def test_the_switches_are_off_by_default_and_ranged(teacher):
+def test_the_presets_switches_and_their_ranges(teacher):
+    # as chosen on the validation set: RD's cpu preset takes the loose loss, not the noisy bottleneck; RD4AD's
+    # recipe (the paper preset) neither
     cfg = build_model("rd", teacher, image_size=64).cfg
-    assert cfg.bottleneck_dropout == 0.0 and cfg.hm_quantile == 0.0
+    assert cfg.bottleneck_dropout == 0.0 and cfg.hm_quantile == 0.9
+    assert make_config("rd", "paper").hm_quantile == 0.0
     for bad in ({"hm_quantile": 1.0}, {"hm_factor": 1.5}, {"bottleneck_dropout": 1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_model("rd", teacher, image_size=64, **bad)
@@ -107,7 +110,10 @@ def test_unistad_loose_loss_scales_each_students_easy_tokens(teacher):
     C = sum(model0.level_channels)
     target = torch.randn(2, C, 4, 4, generator=torch.Generator().manual_seed(1))
     grads, values, preds = {}, {}, {}
-    for name, kw in (("plain", {}), ("mined", {"hm_quantile": q, "hm_factor": f})):
+    for name, kw in (
+        ("plain", {"hm_quantile": 0.0}),
+        ("mined", {"hm_quantile": q, "hm_factor": f}),
+    ):
         model = build_model("unistad", teacher, image_size=64, **kw)
         g, loc = _leaf((2, C, 4, 4), 2), _leaf((2, C, 4, 4), 3)
         model.forward = lambda batch, g=g, loc=loc: {"target": target, "global": g, "local": loc}
@@ -176,4 +182,6 @@ def test_the_new_switches_are_ranged(teacher, name, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         build_model(name, teacher, image_size=64, **bad)
     cfg = build_model(name, teacher, image_size=64).cfg
-    assert cfg.hm_quantile == 0.0 and getattr(cfg, "input_dropout", 0.0) == 0.0  # off by default
+    # the cpu presets as chosen on the validation set: UniSTAD's takes the loose loss, UniAD's neither switch
+    assert cfg.hm_quantile == (0.9 if name == "unistad" else 0.0)
+    assert getattr(cfg, "input_dropout", 0.0) == 0.0

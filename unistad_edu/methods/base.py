@@ -297,8 +297,8 @@ class ReverseDistillationConfig(MethodConfig):
     linear_outputs: bool = True  # no ReLU on the decoder's per-level outputs (rd.py's paper card)
     # the distillation loss per level: "position" = mean over positions of 1 - cos along channels (the paper's
     # Eq. 2, the same quantity as the anomaly map); "flattened" = 1 - cos of the whole level flattened to one
-    # vector per image (the official training script's loss_fucntion; the paper preset's). Flattened scored
-    # higher for RD on validation but is not the cpu default yet (docs/benchmarks.md, "Choose on validation")
+    # vector per image (the official training script's loss_fucntion; the paper preset's). Chosen per method
+    # on the validation set: RD's cpu preset takes flattened, SNL's keeps position (docs/benchmarks.md)
     rd_loss: str = "position"
     # two ideas of the unified reconstruction literature, off until measured on the validation set: a noisy
     # bottleneck -- dropout on the teacher levels entering the student, while training only, so copying them
@@ -331,6 +331,7 @@ class ReverseDistillationConfig(MethodConfig):
         block_width=0.5,
         linear_outputs=False,
         rd_loss="flattened",
+        hm_quantile=0.0,  # no hard mining in RD4AD
         optimizer="adam",
         lr=0.005,
         betas=(0.5, 0.999),
