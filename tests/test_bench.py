@@ -76,7 +76,12 @@ def test_bench_accuracy_side_by_side(tmp_path):
         categories=("weave", "bolt"),
     )
     r = bench.bench_accuracy(
-        "stpm", data, out_dir=tmp_path / "runs", epochs=1, extra_args=("--image-size", "64")
+        "stpm",
+        data,
+        out_dir=tmp_path / "runs",
+        epochs=1,
+        extra_args=("--image-size", "64"),
+        protocol="equal-epochs",
     )
     assert set(r["settings"]) == {"per-class", "unified"}
     for s in r["settings"].values():
@@ -84,9 +89,59 @@ def test_bench_accuracy_side_by_side(tmp_path):
         assert set(s["metrics"]["categories"]) == {"weave", "bolt"}
     r.update(date="today", machine="test")
     md = bench.to_markdown("accuracy", r, "cmd")
-    assert "gap I-AUROC" in md and "| **mean** |" in md
+    assert "gap I-AUROC" in md and "| **mean** |" in md and "±" not in md  # one seed: no spread
     u, p = (r["settings"][k]["metrics"]["mean"]["I-AUROC"] for k in ("unified", "per-class"))
     assert f"{100 * u - 100 * p:+.1f}" in md.split("| **mean** |")[1].splitlines()[0]
+
+
+@pytest.mark.slow  # over 30 s on a 2-core CPU
+def test_bench_accuracy_equal_steps_per_category_over_seeds(tmp_path):
+    """Lesson 03's rule: each per-class model takes the unified model's steps / K, in whole epochs of its own
+    category (counted here from the runs' own config files); two seeds give means and sample stds."""
+    import json
+
+    from unistad_edu.synthetic import make_synthetic
+
+    data = make_synthetic(
+        tmp_path / "syn",
+        size=64,
+        n_train=12,
+        n_test_good=2,
+        n_test_defect=1,
+        categories=("weave", "bolt", "grain"),
+    )
+    r = bench.bench_accuracy(
+        "stpm",
+        data,
+        out_dir=tmp_path / "runs",
+        epochs=3,
+        seeds=(0, 1),
+        extra_args=("--image-size", "64", "--batch-size", "4"),
+    )
+    assert r["protocol"] == "equal-steps-per-category" and r["seeds"] == [0, 1]
+    for seed in (0, 1):
+        uni = json.loads((tmp_path / "runs" / f"stpm_unified_s{seed}" / "config.json").read_text())
+        unified_steps = uni["epochs_done"] * (uni["train_images"] // 4)
+        share = -(-unified_steps // 3)  # per category, rounded up
+        for cat in ("weave", "bolt", "grain"):
+            c = json.loads(
+                (tmp_path / "runs" / f"stpm_per-class_s{seed}" / cat / "config.json").read_text()
+            )
+            per_epoch = c["train_images"] // 4
+            assert c["epochs_done"] == max(
+                1, -(-share // per_epoch)
+            )  # whole epochs reaching the share
+    for setting, s in r["settings"].items():
+        per_seed = [x["metrics"]["mean"]["I-AUROC"] for x in s["seeds"]]
+        assert len(per_seed) == 2
+        assert s["metrics"]["mean"]["I-AUROC"] == pytest.approx(sum(per_seed) / 2)
+        assert s["metrics"]["std"]["mean"]["I-AUROC"] == pytest.approx(
+            abs(per_seed[0] - per_seed[1]) / 2**0.5
+        )
+    r.update(date="today", machine="test")
+    assert "±" in bench.to_markdown("accuracy", r, "cmd")
+    with pytest.raises(ValueError, match="protocol"):
+        bench.bench_accuracy("stpm", data, protocol="equal-pixels")
 
 
 def test_bench_train_cache_comparison(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from .layout import METRICS_FILE, PREDICTIONS_DIR, SETTING_FILE
 from .options import finite_float, nonnegative_int, positive_float, positive_int, thread_count
 from .options import image_size as image_size_type
+from .protocols import ACCURACY_PROTOCOLS
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -438,9 +439,16 @@ def _bench_parser(sub):
     ba.add_argument("--out-dir", default="runs/bench_accuracy", help="where the runs go")
     ba.add_argument(
         "--protocol",
-        choices=["equal-steps", "equal-epochs"],
-        default="equal-steps",
-        help="per-class models get as many optimiser steps as the unified one, or as many epochs",
+        choices=list(ACCURACY_PROTOCOLS),
+        default="equal-steps-per-category",
+        help="; ".join(f"{k}: {v}" for k, v in ACCURACY_PROTOCOLS.items()),
+    )
+    ba.add_argument(
+        "--seeds",
+        type=nonnegative_int,
+        nargs="+",
+        default=[0],
+        help="train every setting once per seed; the tables then hold the mean and std over the seeds",
     )
     ba.add_argument(
         "--reuse", action="store_true", help="reuse runs that already have metrics.json"

@@ -21,6 +21,7 @@ import json
 import shlex
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from .layout import CONFIG_FILE, METRICS_FILE
+from .protocols import ACCURACY_PROTOCOLS
 from .report import HEADLINE
 from .timing import interleaved
 
@@ -428,43 +430,93 @@ def bench_accuracy(
     preset="cpu",
     settings=("unified", "per-class"),
     extra_args=(),
-    equal_steps: bool = True,
+    protocol: str = "equal-steps-per-category",
+    seeds: Sequence[int] = (0,),
     reuse: bool = False,
 ) -> dict:
-    """Train + eval ``method`` in each setting via the CLI, each in a fresh process.
+    """Train + eval ``method`` in each setting via the CLI, each in a fresh process, once per seed.
 
-    ``equal_steps``: every per-class model trains at least as many optimiser steps as the unified model did
-    (``--min-steps``), so a small category's model is not simply under-trained: each model gets the same
-    training budget, and the remaining gap is what sharing one model across categories costs. Without it,
-    every model trains the same number of epochs (the usual protocol of the papers).
-    ``reuse``: a setting whose run folder already holds ``metrics.json`` is not trained again."""
+    ``protocol`` (:data:`ACCURACY_PROTOCOLS`): how many optimiser steps a per-class model gets against the
+    unified one; the step rules need the unified run first. ``seeds``: several give each setting the mean over
+    the seeds (``metrics``, with ``std`` beside it) and the runs of each seed under ``seeds``; the runs go to
+    ``out_dir/<method>_<setting>_s<seed>`` (one seed 0: ``out_dir/<method>_<setting>``).
+    ``reuse``: a run whose folder already holds ``metrics.json`` is not trained again."""
     from .data import find_data
+    from .leaderboard import over_seeds
 
+    if protocol not in ACCURACY_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(ACCURACY_PROTOCOLS)}, got {protocol!r}")
+    if protocol != "equal-epochs" and "per-class" in settings and "unified" not in settings:
+        raise ValueError(f"the {protocol} protocol needs the unified setting to count its steps")
     root = Path(data) if data else find_data()[0]
-    out_dir = Path(out_dir)
+    settings = sorted(settings, key=lambda s: s != "unified")  # the unified run first
+    seeds = list(seeds)
+    runs = {s: [] for s in settings}
+    for seed in seeds:
+        tail = "" if seeds == [0] else f"_s{seed}"
+        for setting in settings:
+            run = Path(out_dir) / f"{method}_{setting}{tail}"
+            unified = runs["unified"][-1] if "unified" in runs and runs["unified"] else None
+            runs[setting].append(
+                _accuracy_run(
+                    method,
+                    root,
+                    setting,
+                    preset,
+                    run,
+                    epochs,
+                    extra_args,
+                    seed,
+                    protocol,
+                    unified,
+                    reuse,
+                )
+            )
     result = {
         "method": method,
         "data": str(root),
         "preset": preset,
         "epochs": epochs,
-        "protocol": "equal-steps" if equal_steps else "equal-epochs",
+        "protocol": protocol,
+        "seeds": seeds,
         "settings": {},
     }
-    for setting in settings:
-        run = out_dir / f"{method}_{setting}"
-        if reuse and (run / METRICS_FILE).is_file():
-            result["settings"][setting] = _setting_result(
-                run, _run_configs(run), None, "(reused run)"
-            )
+    for setting, per_seed in runs.items():
+        if len(per_seed) == 1:
+            result["settings"][setting] = per_seed[0]
             continue
-        cmd = _train_command(method, root, setting, preset, run, extra_args, epochs)
-        if setting == "per-class" and equal_steps and "unified" in result["settings"]:
-            cmd += ["--min-steps", str(result["settings"]["unified"]["optimizer_steps"])]
-        train_s = _train_and_eval(cmd, run)
-        result["settings"][setting] = _setting_result(
-            run, _run_configs(run), train_s, " ".join(["python -m unistad_edu", *cmd[3:]])
-        )
+        result["settings"][setting] = {
+            **per_seed[0],
+            "train_wall_s": round(float(np.mean([r["train_wall_s"] for r in per_seed])), 1),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in per_seed),
+            "metrics": over_seeds([r["metrics"] for r in per_seed]),
+            "seeds": per_seed,
+        }
     return result
+
+
+def _accuracy_run(
+    method, root, setting, preset, run, epochs, extra_args, seed, protocol, unified, reuse
+) -> dict:
+    """One run of bench accuracy: train (per ``protocol`` against the ``unified`` run's result) and eval."""
+    if reuse and (run / METRICS_FILE).is_file():
+        return _setting_result(run, _run_configs(run), None, "(reused run)")
+    args = (*extra_args, "--seed", str(seed))
+    if setting == "per-class" and protocol != "equal-epochs":
+        steps = unified["optimizer_steps"]
+        if protocol == "equal-steps-per-category":
+            k = len(unified["metrics"]["categories"])
+            cmd = _train_command(method, root, setting, preset, run, args, 1)
+            cmd += ["--min-steps", str(-(-steps // k))]
+        else:
+            cmd = _train_command(method, root, setting, preset, run, args, epochs)
+            cmd += ["--min-steps", str(steps)]
+    else:
+        cmd = _train_command(method, root, setting, preset, run, args, epochs)
+    train_s = _train_and_eval(cmd, run)
+    return _setting_result(
+        run, _run_configs(run), train_s, " ".join(["python -m unistad_edu", *cmd[3:]])
+    )
 
 
 def _train_command(method, root, setting, preset, run, extra_args, epochs) -> list[str]:
@@ -551,15 +603,22 @@ def accuracy_markdown(result: dict, columns=HEADLINE) -> str:
         head += [f"gap {c}" for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def val(setting, cat, col):
+    def val(setting, cat, col, table="metrics"):
         m = st[setting]["metrics"]
-        row = m["mean"] if cat == "mean" else m["categories"][cat]
+        m = m if table == "metrics" else m.get("std") or {"mean": {}, "categories": {}}
+        row = m["mean"] if cat == "mean" else m["categories"].get(cat, {})
         v = row.get(col)
         return float("nan") if v is None else 100 * v
 
+    def cell(
+        setting, cat, col
+    ):  # the mean, and the std over seeds beside it when there are several
+        sd = val(setting, cat, col, "std")
+        return f"{val(setting, cat, col):.1f}" + ("" if np.isnan(sd) else f" ± {sd:.1f}")
+
     for cat in cats + ["mean"]:
         cells = [f"**{cat}**" if cat == "mean" else cat]
-        cells += [f"{val(n, cat, c):.1f}" for n in names for c in columns]
+        cells += [cell(n, cat, c) for n in names for c in columns]
         if gap:
             cells += [f"{val('unified', cat, c) - val('per-class', cat, c):+.1f}" for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
@@ -1102,7 +1161,8 @@ def _run_bench(args) -> dict:
             out_dir=args.out_dir,
             epochs=args.epochs,
             preset=args.preset,
-            equal_steps=args.protocol == "equal-steps",
+            protocol=args.protocol,
+            seeds=args.seeds,
             reuse=args.reuse,
             extra_args=(
                 "--precision",

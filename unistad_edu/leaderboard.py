@@ -146,11 +146,30 @@ def _mean_std(values) -> tuple[float | None, float | None]:
     return mean_std(v) if v else (None, None)
 
 
+def over_seeds(tables: Sequence[dict]) -> dict:
+    """Metric tables of one setting, one per seed (each ``{"mean": {metric: v}, "categories": {cat: {metric:
+    v}}}``) -> ``{"mean", "categories"}`` of their means and ``std`` = {"mean": {metric: std}, "categories": {cat:
+    {metric: std}}}, the sample standard deviations (missing or NaN values left out)."""
+    cols = sorted({c for t in tables for c in t["mean"]})
+    cats = sorted({c for t in tables for c in t["categories"]})
+    mean, std = {}, {"mean": {}, "categories": {c: {} for c in cats}}
+    for col in cols:
+        mean[col], std["mean"][col] = _mean_std(t["mean"].get(col) for t in tables)
+    categories = {c: {} for c in cats}
+    for c in cats:
+        for col in sorted({k for t in tables for k in t["categories"].get(c, {})}):
+            categories[c][col], std["categories"][c][col] = _mean_std(
+                t["categories"].get(c, {}).get(col) for t in tables
+            )
+    return {"mean": mean, "categories": categories, "std": std}
+
+
 def aggregate(rows: Sequence[dict]) -> list[dict]:
     """Rows that share a label (one per seed) -> one row each, in first-seen order: ``mean`` and ``categories``
     hold the mean over the seeds of every metric, ``std`` = {"mean": {metric: std}, "categories": {cat: {metric:
-    std}}} their sample standard deviations, ``seeds`` the runs; train time, stored state and false-alarm rate are
-    means, peak RSS the largest. A label with one run keeps its numbers, with ``seeds`` = [its run] and no ``std``."""
+    std}}} their sample standard deviations (:func:`over_seeds`), ``seeds`` the runs; train time, stored state
+    and false-alarm rate are means, peak RSS the largest. A label with one run keeps its numbers, with ``seeds`` =
+    [its run] and no ``std``."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["label"], []).append(r)
@@ -160,26 +179,14 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         if len(group) == 1:
             out.append({**first, "seeds": [first["run"]]})
             continue
-        cols = sorted({c for g in group for c in g["mean"]})
-        cats = sorted({c for g in group for c in g["categories"]})
-        mean, std = {}, {"mean": {}, "categories": {c: {} for c in cats}}
-        for col in cols:
-            mean[col], std["mean"][col] = _mean_std(g["mean"].get(col) for g in group)
-        categories = {c: {} for c in cats}
-        for c in cats:
-            for col in sorted({k for g in group for k in g["categories"].get(c, {})}):
-                categories[c][col], std["categories"][c][col] = _mean_std(
-                    g["categories"].get(c, {}).get(col) for g in group
-                )
+        table = over_seeds(group)
         rss = [g.get("peak_rss_mb") for g in group if g.get("peak_rss_mb") is not None]
         out.append(
             {
                 **first,
-                "mean": mean,
-                "categories": categories,
-                "std": std,
+                **table,
                 "seeds": [g["run"] for g in group],
-                "per_seed": {col: [g["mean"].get(col) for g in group] for col in cols},
+                "per_seed": {col: [g["mean"].get(col) for g in group] for col in table["mean"]},
                 "train_s": _mean_std(g.get("train_s") for g in group)[0],
                 "peak_rss_mb": max(rss) if rss else None,
                 "state_mib": _mean_std(g["state_mib"] for g in group)[0],
