@@ -46,11 +46,11 @@ QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three 
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
 QUICK, device, CATEGORIES = lesson.quick, lesson.device, lesson.categories
 # the plain autoencoder: UniAD's class with its three remedies off; quick: 128 px (8 x 8 tokens at stride 16),
-# one encoder and one decoder layer, 12 epochs; full: the cpu preset's size and schedule
+# one encoder and one decoder layer, 10 epochs; full: the cpu preset's size and schedule
 PLAIN = dict(neighbor_mask=False, layerwise_query=False, jitter=False)
 OVERRIDES = dict(image_size=128, hidden_dim=128, num_heads=4, ffn_dim=256, enc_layers=1, dec_layers=1,
-                 lr=3e-3, epochs=12, batch_size=8) if QUICK else {}
-N_TRAIN = 48 if QUICK else None       # at most this many normal training images per category (None: all)
+                 lr=3e-3, epochs=10, batch_size=8) if QUICK else {}
+N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 40 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0                              # same initial weights and data order for every variant
 print(lesson.describe(overrides=OVERRIDES))
@@ -143,7 +143,7 @@ The noisy model passes less of the pasted block through than the plain one: trai
 learned to take part of a token's features from its neighbours and from the other channels, not from the token
 alone. That is the idea of Dinomaly's noisy bottleneck, and why UniAD's jitter works too: **any** corruption of
 the input that leaves the target clean makes copying a wrong answer. At this scale the effect is small (a
-fifth of the values dropped, twelve epochs); exercise (1) below turns the dose up. Compare the finer grid's row
+fifth of the values dropped, ten epochs); exercise (1) below turns the dose up. Compare the finer grid's row
 with the plain one's, too: its tokens are smaller than the teacher's deepest cells (stride 16), so neighbouring
 tokens share most of their features — does a model that may look at its neighbours copy more or less now?
 
@@ -191,7 +191,7 @@ viz.loss_curves({n: f.history for n, f in fits.items()}, log_y=True,
 ## 4. And detection?
 
 The standard metrics of the four variants, mean over categories and per category. Read them with lesson 04's
-caution: three categories, a few dozen test images each, one seed, twelve epochs — a quick run shows
+caution: three categories, a few dozen test images each, one seed, ten epochs — a quick run shows
 mechanisms reliably and rankings much less so. Section 5 has the same switches measured at full CPU scale.
 """),
     code(r"""
