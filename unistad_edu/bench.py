@@ -610,9 +610,8 @@ def accuracy_markdown(result: dict, columns=HEADLINE) -> str:
         v = row.get(col)
         return float("nan") if v is None else 100 * v
 
-    def cell(
-        setting, cat, col
-    ):  # the mean, and the std over seeds beside it when there are several
+    # a cell: the mean, and the std over seeds beside it when there are several
+    def cell(setting, cat, col):
         sd = val(setting, cat, col, "std")
         return f"{val(setting, cat, col):.1f}" + ("" if np.isnan(sd) else f" ± {sd:.1f}")
 

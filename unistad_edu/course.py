@@ -212,10 +212,10 @@ def _hint_text(task: str, hint) -> str:
 
 def check(task: str, mine, reference, hint, rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """The check cell of an exercise: call ``mine()`` (the learner's code on small inputs) and ``reference()``
-    (the package's own function on the same inputs, or an answer worked out by hand) and compare the results (numbers, arrays, tensors and
-    containers of them, to ``rtol`` / ``atol``). Prints a tick when they agree; else raises
-    :class:`ExerciseNotDone` saying what differs, then the hint: ``hint`` is one string, or ``(first, second)``
-    -- the second is added from the task's second failed check on. A stub that raises ``NotImplementedError``
+    (the package's own function on the same inputs, or an answer worked out by hand) and compare the results
+    (numbers, arrays, tensors and containers of them, to ``rtol`` / ``atol``). Prints a tick when they agree;
+    else raises :class:`ExerciseNotDone` saying what differs, then the hint: ``hint`` is one string, or
+    ``(first, second)`` -- the second is added from the task's second failed check on. A stub that raises ``NotImplementedError``
     gets "not done yet" and the hint."""
     try:
         got = mine()
