@@ -215,8 +215,8 @@ def check(task: str, mine, reference, hint, rtol: float = 1e-4, atol: float = 1e
     (the package's own function on the same inputs, or an answer worked out by hand) and compare the results
     (numbers, arrays, tensors and containers of them, to ``rtol`` / ``atol``). Prints a tick when they agree;
     else raises :class:`ExerciseNotDone` saying what differs, then the hint: ``hint`` is one string, or
-    ``(first, second)`` -- the second is added from the task's second failed check on. A stub that raises ``NotImplementedError``
-    gets "not done yet" and the hint."""
+    ``(first, second)`` -- the second is added from the task's second failed check on. A stub that raises
+    ``NotImplementedError`` gets "not done yet" and the hint."""
     try:
         got = mine()
     except NotImplementedError:
