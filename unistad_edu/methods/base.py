@@ -300,10 +300,10 @@ class ReverseDistillationConfig(MethodConfig):
     # vector per image (the official training script's loss_fucntion; the paper preset's). Chosen per method
     # on the validation set: RD's cpu preset takes flattened, SNL's keeps position (docs/benchmarks.md)
     rd_loss: str = "position"
-    # two ideas of the unified reconstruction literature, off until measured on the validation set: a noisy
-    # bottleneck -- dropout on the teacher levels entering the student, while training only, so copying them
-    # is never exact (Dinomaly) -- and hard-point mining: the gradient of the best-reconstructed hm_quantile
-    # of positions scaled by hm_factor (Dinomaly's loose loss; 0 = off)
+    # two ideas of the unified reconstruction literature, off here: a noisy bottleneck -- dropout on the
+    # teacher levels entering the student, while training only, so copying them is never exact (Dinomaly) --
+    # and hard-point mining: the gradient of the best-reconstructed hm_quantile of positions scaled by
+    # hm_factor (Dinomaly's loose loss; 0 = off). RD's cpu preset takes the loose loss (chosen on validation)
     bottleneck_dropout: float = 0.0
     hm_quantile: float = 0.0
     hm_factor: float = 0.1
