@@ -80,7 +80,10 @@ class SNLConfig(ReverseDistillationConfig):
     """SNL = RD's student + four switches. Defaults = the ``cpu`` preset: RD's cpu student (Lite0, 256 px,
     the network and optimisation of ``ReverseDistillationConfig``) with all
     four terms on, weight 1 each except CRAM's compactness (0.1), 16 centres. Measured here (batch 16,
-    256 px, bf16, one thread): ~0.28 s per training step against RD's ~0.17 s."""
+    256 px, bf16, one thread): ~0.28 s per training step against RD's ~0.17 s.
+
+    Chosen on the validation set (``docs/benchmarks.md``): the per-position loss against the flattened one,
+    and no loose loss -- where RD's ``cpu`` preset takes both the flattened loss and the loose loss."""
 
     spatial_channel: bool = True
     spatial_channel_weight: float = 1.0
