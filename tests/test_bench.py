@@ -63,18 +63,23 @@ def test_bench_train_and_infer_cli(tmp_path):
         assert f"--data {shlex.quote(str(data))}" in md.read_text()
 
 
-@pytest.mark.slow  # over 30 s on a 2-core CPU
-def test_bench_accuracy_side_by_side(tmp_path):
+def _small_set(tmp_path, n_train, categories):
+    """A 64 px synthetic set: ``n_train`` normal training images, 2 normal and 1 defective test image each."""
     from unistad_edu.synthetic import make_synthetic
 
-    data = make_synthetic(
+    return make_synthetic(
         tmp_path / "syn",
         size=64,
-        n_train=6,
+        n_train=n_train,
         n_test_good=2,
         n_test_defect=1,
-        categories=("weave", "bolt"),
+        categories=categories,
     )
+
+
+@pytest.mark.slow  # over 30 s on a 2-core CPU
+def test_bench_accuracy_side_by_side(tmp_path):
+    data = _small_set(tmp_path, 6, ("weave", "bolt"))
     r = bench.bench_accuracy(
         "stpm",
         data,
@@ -100,16 +105,7 @@ def test_bench_accuracy_equal_steps_per_category_over_seeds(tmp_path):
     category (counted here from the runs' own config files); two seeds give means and sample stds."""
     import json
 
-    from unistad_edu.synthetic import make_synthetic
-
-    data = make_synthetic(
-        tmp_path / "syn",
-        size=64,
-        n_train=12,
-        n_test_good=2,
-        n_test_defect=1,
-        categories=("weave", "bolt", "grain"),
-    )
+    data = _small_set(tmp_path, 12, ("weave", "bolt", "grain"))
     r = bench.bench_accuracy(
         "stpm",
         data,
