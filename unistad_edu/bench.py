@@ -454,9 +454,9 @@ def bench_accuracy(
     runs = {s: [] for s in settings}
     for seed in seeds:
         tail = "" if seeds == [0] else f"_s{seed}"
-        for setting in settings:
+        for setting in settings:  # the unified run of this seed comes first (sorted above)
             run = Path(out_dir) / f"{method}_{setting}{tail}"
-            unified = runs["unified"][-1] if "unified" in runs and runs["unified"] else None
+            unified = runs["unified"][-1] if runs.get("unified") else None
             runs[setting].append(
                 _accuracy_run(
                     method,
@@ -501,18 +501,18 @@ def _accuracy_run(
     """One run of bench accuracy: train (per ``protocol`` against the ``unified`` run's result) and eval."""
     if reuse and (run / METRICS_FILE).is_file():
         return _setting_result(run, _run_configs(run), None, "(reused run)")
-    args = (*extra_args, "--seed", str(seed))
-    if setting == "per-class" and protocol != "equal-epochs":
-        steps = unified["optimizer_steps"]
-        if protocol == "equal-steps-per-category":
-            k = len(unified["metrics"]["categories"])
-            cmd = _train_command(method, root, setting, preset, run, args, 1)
-            cmd += ["--min-steps", str(-(-steps // k))]
-        else:
-            cmd = _train_command(method, root, setting, preset, run, args, epochs)
-            cmd += ["--min-steps", str(steps)]
-    else:
-        cmd = _train_command(method, root, setting, preset, run, args, epochs)
+    args, min_steps = (*extra_args, "--seed", str(seed)), None
+    if setting == "per-class" and protocol == "equal-steps":
+        min_steps = unified["optimizer_steps"]
+    elif setting == "per-class" and protocol == "equal-steps-per-category":
+        k = len(unified["metrics"]["categories"])
+        epochs, min_steps = (
+            1,
+            -(-unified["optimizer_steps"] // k),
+        )  # whole epochs reaching the share
+    cmd = _train_command(method, root, setting, preset, run, args, epochs)
+    if min_steps is not None:
+        cmd += ["--min-steps", str(min_steps)]
     train_s = _train_and_eval(cmd, run)
     return _setting_result(
         run, _run_configs(run), train_s, " ".join(["python -m unistad_edu", *cmd[3:]])
