@@ -39,6 +39,7 @@ import torch
 from IPython.display import Markdown, display
 
 from unistad_edu import TrainConfig, build_model, evaluate, fit, report, viz
+from unistad_edu.layers import to_grid, to_tokens
 from unistad_edu.course import lesson_data, method_and_teacher, setup
 from unistad_edu.methods import make_config
 
@@ -98,15 +99,13 @@ the wrong product — and measure how far the reconstruction follows:
 
 **copied** = `|rec(pasted) − rec(original)|` over the block, divided by `|pasted − original|` there. A perfect
 copier scores 1; a model that rebuilds each token from its unchanged surroundings scores near 0. The probe runs
-the transformer on the token grids directly (`model.neck` gives the grid from the teacher's levels; eval mode,
-so no dropout).
+the transformer on the token grids directly (`model.neck` gives the grid from the teacher's levels,
+`model.rebuild` the transformer alone, as lesson 04 derived it; eval mode, so no dropout).
 """),
     code(r"""
 def reconstruct(model, grid):
-    # the transformer alone: token grid (B, C, h, w) -> reconstruction (B, C, h, w)
-    B, C, gh, gw = grid.shape
-    tokens = grid.flatten(2).transpose(1, 2)                          # (B, L, C), row-major
-    return model.output_proj(model.decode(model.encode(model.input_proj(tokens)))).transpose(1, 2).reshape(B, C, gh, gw)
+    # the transformer alone (lesson 04 derived it from its pieces): token grid (B, C, h, w) -> its reconstruction
+    return to_grid(model.rebuild(to_tokens(grid)), *grid.shape[-2:])
 
 
 def grids(model, ids):

@@ -298,6 +298,12 @@ class UniAD(Method):
             out = layer(out, memory, pos, self.attn_mask)
         return self.decoder_norm(out)
 
+    def rebuild(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The transformer alone: (B, L, C) tokens (row-major) -> their reconstruction (B, L, C) float32; no
+        jitter or dropout here (``forward`` adds them while training)."""
+        x = self.decode(self.encode(self.input_proj(tokens)))  # (B, L, D)
+        return self.output_proj(x).float()
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Returns ``target`` (clean features), ``input`` (what the transformer saw: jittered in training)
         and ``rec`` (the reconstruction), all (B, C, h, w) float32."""
@@ -316,9 +322,7 @@ class UniAD(Method):
             tokens = self.add_jitter(tokens)  # (B, L, C); the target stays clean
         if self.training and self.cfg.input_dropout > 0:
             tokens = F.dropout(tokens, self.cfg.input_dropout, training=True)  # (B, L, C)
-        x = self.input_proj(tokens)  # (B, L, D)
-        x = self.decode(self.encode(x))  # (B, L, D)
-        rec = to_grid(self.output_proj(x).float(), h, w)  # (B, L, C) -> (B, C, h, w)
+        rec = to_grid(self.rebuild(tokens), h, w)  # (B, L, C) -> (B, C, h, w)
         inp = to_grid(tokens, h, w)  # (B, C, h, w)
         return {"target": target, "input": inp, "rec": rec}
 
