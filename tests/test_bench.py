@@ -146,8 +146,7 @@ def test_bench_train_cache_comparison(tmp_path):
     data = make_synthetic(
         tmp_path / "syn", size=64, n_train=6, n_test_good=1, n_test_defect=1, categories=("weave",)
     )
-    r = bench.bench_train(
-        "uniad", data, image_size=64, batch_size=4, repeats=1, n_images=8, compare="cache"
-    )
+    work = bench.Workload("uniad", data, image_size=64, batch_size=4, n_images=8, repeats=1)
+    r = bench.bench_train(work, compare="cache")
     assert set(r["images_per_s"]) == {"teacher_every_step", "cached_features"}
     assert r["ratios"]["cached_vs_teacher_every_step"] > 0

@@ -24,6 +24,7 @@ from unistad_edu import download as dl
 from unistad_edu.data import MVTecDataset
 
 REPO = Path(__file__).resolve().parents[1]
+QUIET = dl.Transfer(progress=False, retries=0)  # no progress bars, no automatic resume
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def leftovers(out: Path) -> list[str]:
 def test_mvtec_category_downloads_verifies_and_installs(server, tmp_path):
     url, sha = serve(server, "/bottle.tar.xz", mvtec_category())
     out = tmp_path / "mvtec"
-    folders = dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    folders = dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     assert folders == [out / "bottle"]
     ds = MVTecDataset(out, "test", image_size=32)
     assert ds.counts() == {"bottle": {"good": 1, "broken_large": 1}}
@@ -182,21 +183,21 @@ def test_mvtec_category_downloads_verifies_and_installs(server, tmp_path):
     assert man["categories"]["bottle"]["dataset"] == "MVTec AD"
     # a second run has nothing to do and makes no request
     n = len(server.log)
-    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False)
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=dl.Transfer(progress=False))
     assert len(server.log) == n
 
 
 def test_checksum_recorded_on_first_download_then_enforced(server, tmp_path, capsys):
     url, sha = serve(server, "/cable.tar.xz", mvtec_category("cable"))
     out = tmp_path / "mvtec"
-    dl.download_mvtec(out, ["cable"], url=url, progress=False, retries=0)  # no checksum known
+    dl.download_mvtec(out, ["cable"], url=url, transfer=QUIET)  # no checksum known
     assert "recorded" in capsys.readouterr().out
     assert dl.read_manifest(out)["archives"]["cable.tar.xz"]["sha256"] == sha
     server.files["/cable.tar.xz"] = mvtec_category(
         "cable", seed=9
     )  # the file behind the link changes
     with pytest.raises(dl.DownloadError, match="checksum mismatch"):
-        dl.download_mvtec(out, ["cable"], url=url, force=True, progress=False, retries=0)
+        dl.download_mvtec(out, ["cable"], url=url, force=True, transfer=QUIET)
     assert (
         out / "cable" / "train" / "good" / "000.png"
     ).is_file()  # the old, complete copy is untouched
@@ -213,12 +214,12 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
     server.drop_after["/bottle.tar.xz"] = cut
     out = tmp_path / "mvtec"
     with pytest.raises(dl.DownloadError, match="run the same command again to resume"):
-        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     part = out / ".downloads" / "bottle.tar.xz.part"
     assert part.stat().st_size == cut
     assert not (out / "bottle").exists() and leftovers(out) == []
 
-    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     first, second = server.log
     assert first["range"] is None and first["sent"] == cut
     assert second["range"] == f"bytes={cut}-" and second["status"] == 206
@@ -232,7 +233,8 @@ def test_interruption_is_retried_automatically(server, tmp_path):
     url, sha = serve(server, "/f.bin", body)
     server.drop_after["/f.bin"] = 1234
     dest = tmp_path / "f.bin"
-    assert dl.download_file(url, dest, sha, progress=False, retries=1, retry_wait=0) == sha
+    one_quick_retry = dl.Transfer(progress=False, retries=1, retry_wait=0)
+    assert dl.download_file(url, dest, sha, transfer=one_quick_retry) == sha
     assert [e["range"] for e in server.log] == [None, "bytes=1234-"]
     assert dest.read_bytes() == body
 
@@ -243,9 +245,9 @@ def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     server.drop_after["/f.bin"] = 3000
     dest = tmp_path / "f.bin"
     with pytest.raises(dl.DownloadError, match="interrupted"):
-        dl.download_file(url, dest, sha, progress=False, retries=0)
+        dl.download_file(url, dest, sha, transfer=QUIET)
     server.ignore_range = True
-    dl.download_file(url, dest, sha, progress=False, retries=0)
+    dl.download_file(url, dest, sha, transfer=QUIET)
     assert server.log[1]["range"] == "bytes=3000-" and server.log[1]["status"] == 200
     assert dest.read_bytes() == body and not dest.with_name("f.bin.part").exists()
 
@@ -257,7 +259,7 @@ def test_complete_part_file_is_not_downloaded_again(server, tmp_path):
     dest.with_name("f.bin.part").write_bytes(
         body
     )  # e.g. killed between the last byte and the rename
-    dl.download_file(url, dest, sha, progress=False, retries=0)
+    dl.download_file(url, dest, sha, transfer=QUIET)
     assert server.log == [{"path": "/f.bin", "range": "bytes=2048-", "status": 416, "sent": 0}]
     assert dest.read_bytes() == body
 
@@ -269,7 +271,7 @@ def test_wrong_checksum_is_rejected_and_nothing_is_left(server, tmp_path):
     url, sha = serve(server, "/bottle.tar.xz", mvtec_category())
     out = tmp_path / "mvtec"
     with pytest.raises(dl.DownloadError, match="checksum mismatch") as err:
-        dl.download_mvtec(out, ["bottle"], url=url, sha256="0" * 64, progress=False, retries=0)
+        dl.download_mvtec(out, ["bottle"], url=url, sha256="0" * 64, transfer=QUIET)
     assert sha in str(err.value) and "deleted" in str(err.value)
     assert (
         not out.exists()
@@ -283,7 +285,7 @@ def test_corrupt_archive_is_rejected_and_nothing_is_left(server, tmp_path):
     )  # truncated, no checksum to catch it
     out = tmp_path / "mvtec"
     with pytest.raises(dl.DownloadError, match="not a valid .*tar archive.*deleted"):
-        dl.download_mvtec(out, ["bottle"], url=url, progress=False, retries=0)
+        dl.download_mvtec(out, ["bottle"], url=url, transfer=QUIET)
     assert not out.exists()
 
 
@@ -291,14 +293,17 @@ def test_web_page_instead_of_archive(server, tmp_path):
     url, _ = serve(server, "/bottle.tar.xz", b"<!DOCTYPE html><html>please log in</html>")
     server.content_type = "text/html; charset=utf-8"
     with pytest.raises(dl.DownloadError, match="web page instead of the archive.*--url"):
-        dl.download_mvtec(tmp_path / "m", ["bottle"], url=url, progress=False, retries=0)
+        dl.download_mvtec(tmp_path / "m", ["bottle"], url=url, transfer=QUIET)
     assert not (tmp_path / "m").exists()
 
 
 def test_http_404_message(server, tmp_path):
     with pytest.raises(dl.DownloadError) as err:
         dl.download_mvtec(
-            tmp_path / "m", ["bottle"], url=server.base + "/gone.tar.xz", progress=False
+            tmp_path / "m",
+            ["bottle"],
+            url=server.base + "/gone.tar.xz",
+            transfer=dl.Transfer(progress=False),
         )
     msg = str(err.value)
     assert "HTTP 404" in msg and "--url" in msg and "mvtec.com" in msg
@@ -310,9 +315,7 @@ def test_connection_refused_message(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(dl.DownloadError, match="connection refused by 127.0.0.1") as err:
-        dl.download_file(
-            f"http://127.0.0.1:{port}/x.tar", tmp_path / "x.tar", progress=False, retries=0
-        )
+        dl.download_file(f"http://127.0.0.1:{port}/x.tar", tmp_path / "x.tar", transfer=QUIET)
     assert "offline" in str(err.value)
 
 
@@ -323,9 +326,7 @@ def test_full_disk_is_refused_early_with_the_space_needed(server, tmp_path, monk
     with pytest.raises(
         dl.DownloadError, match=r"not enough disk space .* needs about \d+\.\d KB"
     ) as err:
-        dl.download_mvtec(
-            tmp_path / "m", ["bottle"], url=url, sha256=sha, progress=False, retries=0
-        )
+        dl.download_mvtec(tmp_path / "m", ["bottle"], url=url, sha256=sha, transfer=QUIET)
     assert "only 100 bytes is free" in str(err.value)
     assert not (tmp_path / "m").exists()
 
@@ -339,13 +340,13 @@ def test_disk_full_while_unpacking_keeps_the_archive(server, tmp_path, monkeypat
 
     monkeypatch.setattr(dl, "_copy_stream", full)
     with pytest.raises(dl.DiskFullError, match="disk is full .* unpacking .* needs at least"):
-        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     assert not (out / "bottle").exists() and leftovers(out) == []
     assert (
         out / ".downloads" / "bottle.tar.xz"
     ).is_file()  # verified archive kept for the next run
     monkeypatch.undo()
-    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     assert len(server.log) == 1 and (out / "bottle" / "train" / "good").is_dir()
 
 
@@ -357,7 +358,7 @@ def test_path_traversal_member_is_rejected_in_a_download(server, tmp_path):
     url, sha = serve(server, "/bottle.tar.xz", evil)
     out = tmp_path / "data" / "mvtec"
     with pytest.raises(dl.UnsafeArchiveError, match=r"'\.\./evil\.txt'.*path traversal"):
-        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     assert not list(tmp_path.rglob("evil.txt")) and not out.exists()
 
 
@@ -436,7 +437,7 @@ def test_a_link_that_would_leave_out_once_moved_is_refused(server, tmp_path, lin
     with pytest.raises(
         dl.UnsafeArchiveError, match="outside"
     ):  # at unpacking, or before installing
-        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+        dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     assert not (out / "bottle").exists() and not leftovers(out)
 
 
@@ -452,7 +453,7 @@ def test_links_inside_the_category_are_installed(server, tmp_path):
     )
     url, sha = serve(server, "/full.tar", body)
     out = tmp_path / "mvtec"
-    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     assert (out / "bottle/train/good/002.png").read_bytes() == (
         out / "bottle/train/good/000.png"
     ).read_bytes()
@@ -498,7 +499,7 @@ def test_visa_is_converted_to_mvtec_layout(server, tmp_path):
     body, _ = visa_tar()
     url, sha = serve(server, "/VisA_20220922.tar", body)
     out = tmp_path / "visa"
-    dl.download_visa(out, ["candle", "pcb1"], url=url, sha256=sha, progress=False, retries=0)
+    dl.download_visa(out, ["candle", "pcb1"], url=url, sha256=sha, transfer=QUIET)
     for cat in ("candle", "pcb1"):
         c = out / cat
         assert sorted(p.name for p in (c / "train" / "good").iterdir()) == ["0000.JPG", "0001.JPG"]
@@ -516,9 +517,7 @@ def test_visa_split_fetched_separately_when_the_tar_lacks_it(server, tmp_path):
     url, sha = serve(server, "/VisA.tar", body)
     split_url, _ = serve(server, "/1cls.csv", split)
     out = tmp_path / "visa"
-    dl.download_visa(
-        out, ["pcb1"], url=url, sha256=sha, split_csv=split_url, progress=False, retries=0
-    )
+    dl.download_visa(out, ["pcb1"], url=url, sha256=sha, split_csv=split_url, transfer=QUIET)
     assert sorted(p.name for p in out.iterdir()) == ["DOWNLOADS.json", "pcb1"]
     assert len(MVTecDataset(out, "train", image_size=32)) == 2
 

@@ -22,7 +22,7 @@ from unistad_edu.synthetic import MANIFEST_NAME, make_synthetic
 from unistad_edu.validation import make_validation
 
 from .conftest import make_category, tiny_synthetic, train_args, write_image
-from .test_download import _no_proxy, mvtec_category, serve, server  # noqa: F401  (fixtures and archive builder)
+from .test_download import QUIET, _no_proxy, mvtec_category, serve, server  # noqa: F401  (fixtures and archive builder)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -731,10 +731,10 @@ def test_data_mvtec_force_refuses_a_category_no_download_installed(tmp_path, cap
 def test_data_mvtec_force_replaces_a_downloaded_category(server, tmp_path):  # noqa: F811 (the fixture)
     url, sha = serve(server, "/bottle.tar.xz", mvtec_category())
     out = tmp_path / "mvtec"
-    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     (out / "bottle" / "train" / "good" / "000.png").write_bytes(b"damaged")
     url2, sha2 = serve(server, "/bottle2.tar.xz", mvtec_category(seed=5))
-    dl.download_mvtec(out, ["bottle"], url=url2, sha256=sha2, force=True, progress=False, retries=0)
+    dl.download_mvtec(out, ["bottle"], url=url2, sha256=sha2, force=True, transfer=QUIET)
     assert (out / "bottle" / "train" / "good" / "000.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.iterdir()) == ["DOWNLOADS.json", "bottle"]
 
@@ -749,7 +749,7 @@ def test_data_mvtec_force_keeps_files_a_user_added_to_a_downloaded_category(
 ):
     url, sha = serve(server, "/bottle.tar.xz", mvtec_category())
     out = tmp_path / "mvtec"
-    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, progress=False, retries=0)
+    dl.download_mvtec(out, ["bottle"], url=url, sha256=sha, transfer=QUIET)
     listed = json.loads((out / "DOWNLOADS.json").read_text())["categories"]["bottle"]["files"]
     assert listed == sorted(
         p.relative_to(out / "bottle").as_posix() for p in (out / "bottle").rglob("*") if p.is_file()
@@ -759,9 +759,7 @@ def test_data_mvtec_force_keeps_files_a_user_added_to_a_downloaded_category(
     mine.write_bytes(b"mine")
     url2, sha2 = serve(server, "/bottle2.tar.xz", mvtec_category(seed=5))
     with pytest.raises(dl.DownloadError, match="no download installed"):
-        dl.download_mvtec(
-            out, ["bottle"], url=url2, sha256=sha2, force=True, progress=False, retries=0
-        )
+        dl.download_mvtec(out, ["bottle"], url=url2, sha256=sha2, force=True, transfer=QUIET)
     assert mine.read_bytes() == b"mine"
 
 

@@ -15,7 +15,14 @@ import sys
 from pathlib import Path
 
 from .layout import METRICS_FILE, PREDICTIONS_DIR, SETTING_FILE
-from .options import finite_float, nonnegative_int, positive_float, positive_int, thread_count
+from .options import (
+    finite_float,
+    nonnegative_int,
+    picked,
+    positive_float,
+    positive_int,
+    thread_count,
+)
 from .options import image_size as image_size_type
 from .protocols import ACCURACY_PROTOCOLS
 
@@ -943,14 +950,7 @@ def _predict(args, out: Path) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    export_run(
-        args.run,
-        args.fmt,
-        out=args.out,
-        opset=args.opset,
-        exporter=args.exporter,
-        overwrite=args.overwrite,
-    )
+    export_run(args.run, args.fmt, **picked(args, "out", "opset", "exporter", "overwrite"))
     return 0
 
 

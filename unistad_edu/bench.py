@@ -22,6 +22,7 @@ import shlex
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -98,13 +99,42 @@ def bench_teacher(image_size=256, batch_size=16, repeats=3) -> dict:
     }
 
 
-def _bench_data(data, image_size: int, n: int):
-    from .data import MVTecDataset, find_data
+@dataclass
+class Workload:
+    """What bench train and bench infer time: ``method`` on ``n_images`` training images of ``data`` (the
+    first data folder found when None; ``n_images`` None: the bench's own number), at ``image_size`` px in
+    batches of ``batch_size``, ``repeats`` interleaved timings, at ``precision``."""
 
-    root = Path(data) if data else find_data()[0]
-    ds = MVTecDataset(root, "train", image_size=image_size)
-    step = max(1, len(ds) // n)
-    return ds.subset(list(range(0, len(ds), step))[:n]), root
+    method: str = "stpm"
+    data: str | Path | None = None
+    image_size: int = 256
+    batch_size: int = 16
+    n_images: int | None = None
+    repeats: int = 3
+    precision: str = "auto"
+
+    def images(self, default_n: int):
+        """(every k-th training image, up to ``n_images`` or ``default_n`` of them; the data root)."""
+        from .data import MVTecDataset, find_data
+
+        root = Path(self.data) if self.data else find_data()[0]
+        ds = MVTecDataset(root, "train", image_size=self.image_size)
+        n = self.n_images or default_n
+        step = max(1, len(ds) // n)
+        return ds.subset(list(range(0, len(ds), step))[:n]), root
+
+    def setup(self, root, ds, prec, **extra) -> dict:
+        """The ``setup`` record of a speed bench: what was timed, on what, at which precision."""
+        return {
+            "method": self.method,
+            "data": str(root),
+            "images": len(ds),
+            "image_size": self.image_size,
+            "batch_size": self.batch_size,
+            "repeats": self.repeats,
+            "precision": prec.record(),
+            **extra,
+        }
 
 
 def _batches(ds, batch_size: int) -> list[dict]:
@@ -120,20 +150,6 @@ def _batches(ds, batch_size: int) -> list[dict]:
 def _full_batches(batches: list[dict]) -> list[dict]:
     """The batches an engine epoch trains on: the last partial one is dropped unless it is alone."""
     return batches[:-1] if len(batches) > 1 else batches
-
-
-def _run_setup(method, root, ds, image_size, batch_size, repeats, prec, **extra) -> dict:
-    """The ``setup`` record of bench train or infer: what was timed, on what, at which precision."""
-    return {
-        "method": method,
-        "data": str(root),
-        "images": len(ds),
-        "image_size": image_size,
-        "batch_size": batch_size,
-        "repeats": repeats,
-        "precision": prec.record(),
-        **extra,
-    }
 
 
 def _bare_train_loop(model, batches: list[dict], cache, opt, prec):
@@ -191,16 +207,7 @@ def _train_speeds(model, ds, cache, opt, prec, batch_size: int, repeats: int, co
     return speeds, ratios
 
 
-def bench_train(
-    method="stpm",
-    data=None,
-    image_size=256,
-    batch_size=16,
-    repeats=3,
-    n_images=256,
-    compare: str = "bare",
-    precision="auto",
-) -> dict:
+def bench_train(work: Workload | None = None, compare: str = "bare") -> dict:
     """Engine fit (one epoch over n_images, cache warm, checkpointing on) vs a bare loop with the same step.
     The engine pays a fixed cost per epoch (checkpoint + resume state written with fsync, data loader set-up);
     256 images per epoch keeps that share close to a real epoch (672 images on the five real categories).
@@ -212,20 +219,25 @@ def bench_train(
     from .methods import build_model
     from .teacher import load_teacher
 
+    work = work or Workload()
     teacher = load_teacher()
-    ds, root = _bench_data(data, image_size, n_images)
-    model = build_model(method, teacher, image_size=image_size, batch_size=batch_size)
-    prec = precision_of(model, precision, "cpu")
-    cache = FeatureCache(teacher, image_size)
+    ds, root = work.images(256)
+    model = build_model(
+        work.method, teacher, image_size=work.image_size, batch_size=work.batch_size
+    )
+    prec = precision_of(model, work.precision, "cpu")
+    cache = FeatureCache(teacher, work.image_size)
     cache.warm(ds, progress=False)
     [ds[i] for i in range(len(ds))]  # decode once: both loops read images from memory
     opt = make_optimizer(model)
-    speeds, ratios = _train_speeds(model, ds, cache, opt, prec, batch_size, repeats, compare)
+    speeds, ratios = _train_speeds(
+        model, ds, cache, opt, prec, work.batch_size, work.repeats, compare
+    )
     note = "engine includes per-epoch checkpoint + train_state writes and the log"
     return {
         "images_per_s": speeds,
         "ratios": ratios,
-        "setup": _run_setup(method, root, ds, image_size, batch_size, repeats, prec, note=note),
+        "setup": work.setup(root, ds, prec, note=note),
     }
 
 
@@ -270,15 +282,7 @@ def _infer_loops(teacher, model, ds, prec, batch_size: int) -> dict:
     return {"teacher_only": teacher_only, "method_bare": method_bare, "engine_predict": engine}
 
 
-def bench_infer(
-    method="stpm",
-    data=None,
-    image_size=256,
-    batch_size=16,
-    repeats=3,
-    n_images=64,
-    precision="auto",
-) -> dict:
+def bench_infer(work: Workload | None = None) -> dict:
     """Engine scoring (no cache: teacher + method + scoring path) vs teacher-only forward on the same images,
     and vs the same model called in a bare loop (``method_bare``: no data loader, no numpy conversion), which
     separates what the engine costs from what the method itself costs on top of its teacher. A method that does
@@ -288,14 +292,16 @@ def bench_infer(
     from .methods import build_model
     from .teacher import load_teacher
 
+    work = work or Workload()
     teacher = load_teacher()
-    ds, root = _bench_data(data, image_size, n_images)
+    ds, root = work.images(64)
     [ds[i] for i in range(len(ds))]  # decode once: every loop reads images from memory
-    model = build_model(method, teacher, image_size=image_size).eval()
+    model = build_model(work.method, teacher, image_size=work.image_size).eval()
     # an empty memory bank would time nothing: build the real one first
-    built = _build_untimed(model, root, image_size, precision)
-    prec = precision_of(model, precision, "cpu")
-    speeds = interleaved(_infer_loops(teacher, model, ds, prec, batch_size), len(ds), repeats)
+    built = _build_untimed(model, root, work.image_size, work.precision)
+    prec = precision_of(model, work.precision, "cpu")
+    loops = _infer_loops(teacher, model, ds, prec, work.batch_size)
+    speeds = interleaved(loops, len(ds), work.repeats)
     return {
         "images_per_s": speeds,
         "ratios": {
@@ -303,7 +309,7 @@ def bench_infer(
             "method_bare_vs_teacher_only": speeds["method_bare"] / speeds["teacher_only"],
             "engine_vs_method_bare": speeds["engine_predict"] / speeds["method_bare"],
         },
-        "setup": _run_setup(method, root, ds, image_size, batch_size, repeats, prec, **built),
+        "setup": work.setup(root, ds, prec, **built),
     }
 
 
@@ -442,7 +448,6 @@ def bench_accuracy(
     ``out_dir/<method>_<setting>_s<seed>`` (one seed 0: ``out_dir/<method>_<setting>``).
     ``reuse``: a run whose folder already holds ``metrics.json`` is not trained again."""
     from .data import find_data
-    from .leaderboard import over_seeds
 
     if protocol not in ACCURACY_PROTOCOLS:
         raise ValueError(f"protocol must be one of {sorted(ACCURACY_PROTOCOLS)}, got {protocol!r}")
@@ -472,27 +477,31 @@ def bench_accuracy(
                     reuse,
                 )
             )
-    result = {
+    return {
         "method": method,
         "data": str(root),
         "preset": preset,
         "epochs": epochs,
         "protocol": protocol,
         "seeds": seeds,
-        "settings": {},
+        "settings": {setting: _merged(per_seed) for setting, per_seed in runs.items()},
     }
-    for setting, per_seed in runs.items():
-        if len(per_seed) == 1:
-            result["settings"][setting] = per_seed[0]
-            continue
-        result["settings"][setting] = {
-            **per_seed[0],
-            "train_wall_s": round(float(np.mean([r["train_wall_s"] for r in per_seed])), 1),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in per_seed),
-            "metrics": over_seeds([r["metrics"] for r in per_seed]),
-            "seeds": per_seed,
-        }
-    return result
+
+
+def _merged(per_seed: list[dict]) -> dict:
+    """One setting's result over its seeds: the mean metrics (with ``std``), the mean training time, the
+    largest peak memory, and each seed's result under ``seeds``; a single seed's result as it is."""
+    from .leaderboard import over_seeds
+
+    if len(per_seed) == 1:
+        return per_seed[0]
+    return {
+        **per_seed[0],
+        "train_wall_s": round(float(np.mean([r["train_wall_s"] for r in per_seed])), 1),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in per_seed),
+        "metrics": over_seeds([r["metrics"] for r in per_seed]),
+        "seeds": per_seed,
+    }
 
 
 def _accuracy_run(
@@ -506,10 +515,8 @@ def _accuracy_run(
         min_steps = unified["optimizer_steps"]
     elif setting == "per-class" and protocol == "equal-steps-per-category":
         k = len(unified["metrics"]["categories"])
-        epochs, min_steps = (
-            1,
-            -(-unified["optimizer_steps"] // k),
-        )  # whole epochs reaching the share
+        # one epoch at least, and as many whole epochs as reach the unified run's steps / k
+        epochs, min_steps = 1, -(-unified["optimizer_steps"] // k)
     cmd = _train_command(method, root, setting, preset, run, args, epochs)
     if min_steps is not None:
         cmd += ["--min-steps", str(min_steps)]
@@ -1112,6 +1119,12 @@ def _n_images(args) -> dict:
     return {"n_images": args.n_images} if args.n_images else {}
 
 
+def _workload(args, kw: dict) -> Workload:
+    """The :class:`Workload` of bench train or infer that the command line sets."""
+    n = getattr(args, "n_images", None)
+    return Workload(args.method, args.data, precision=args.precision, n_images=n, **kw)
+
+
 def _entries(args, usage: str) -> list[dict]:
     """The ``--entry LABEL RUN ...`` arguments, parsed; refused with ``usage`` if there is none."""
     from . import leaderboard
@@ -1144,7 +1157,9 @@ def _leaderboard_from_args(args) -> dict:
 
 def _run_bench(args) -> dict:
     """The result of the bench ``args.what`` names, run with the command line's settings."""
-    kw = {k: getattr(args, k) for k in ("image_size", "batch_size", "repeats") if hasattr(args, k)}
+    from .options import picked
+
+    kw = picked(args, "image_size", "batch_size", "repeats")
     if args.what == "teacher":
         return bench_teacher(**kw)
     if args.what == "precision":
@@ -1157,12 +1172,7 @@ def _run_bench(args) -> dict:
         return bench_accuracy(
             args.method,
             args.data,
-            out_dir=args.out_dir,
-            epochs=args.epochs,
-            preset=args.preset,
-            protocol=args.protocol,
-            seeds=args.seeds,
-            reuse=args.reuse,
+            **picked(args, "out_dir", "epochs", "preset", "protocol", "seeds", "reuse"),
             extra_args=(
                 "--precision",
                 args.precision,
@@ -1170,9 +1180,7 @@ def _run_bench(args) -> dict:
             ),
         )
     if args.what == "train":
-        return bench_train(
-            args.method, args.data, compare=args.compare, precision=args.precision, **kw
-        )
+        return bench_train(_workload(args, kw), compare=args.compare)
     if args.what == "leaderboard":
         return _leaderboard_from_args(args)
     if args.what == "calibration":
@@ -1183,14 +1191,10 @@ def _run_bench(args) -> dict:
         return bench_export(
             _entries(args, "bench export needs at least one --entry LABEL RUN"),
             args.data,
-            batch_size=args.batch_size,
-            repeats=args.repeats,
-            precision=args.precision,
-            threads=args.threads,
-            out_dir=args.out_dir,
+            **picked(args, "batch_size", "repeats", "precision", "threads", "out_dir"),
             **_n_images(args),
         )
-    return bench_infer(args.method, args.data, precision=args.precision, **kw, **_n_images(args))
+    return bench_infer(_workload(args, kw))
 
 
 def _markdown_command(args) -> str:

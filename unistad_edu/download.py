@@ -354,6 +354,17 @@ def _open(url: str, start: int, timeout: float, page: str | None):
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """How the bytes are fetched: progress bars, retries after an interrupted connection (``Range`` resume,
+    ``retry_wait`` s apart), seconds without data before giving up."""
+
+    progress: bool = True
+    retries: int = 3
+    timeout: float = 60.0
+    retry_wait: float = 5.0
+
+
+@dataclass(frozen=True)
 class _FetchOptions:
     """How each request of one download behaves (passed unchanged to every retry and restart)."""
 
@@ -509,10 +520,7 @@ def download_file(
     dest,
     sha256: str | None = None,
     *,
-    progress: bool = True,
-    timeout: float = 60.0,
-    retries: int = 3,
-    retry_wait: float = 5.0,
+    transfer: Transfer = Transfer(),
     page: str | None = None,
     expect_size: int | None = None,
     unpack_factor: float = 0.0,
@@ -520,21 +528,22 @@ def download_file(
     """Download ``url`` to ``dest``, resuming ``dest.part``, and return the file's SHA-256.
 
     * ``dest`` already there: verified and reused (deleted and fetched again if it does not match).
-    * An interrupted connection is retried ``retries`` times with ``Range`` (waiting ``retry_wait`` s); after
-      that a :class:`DownloadError` says to run the command again, which resumes from ``dest.part``.
+    * ``transfer`` sets progress bars, timeout and retries: an interrupted connection is retried
+      ``transfer.retries`` times with ``Range`` (waiting ``transfer.retry_wait`` s); after that a
+      :class:`DownloadError` says to run the command again, which resumes from ``dest.part``.
     * With ``sha256``, a mismatch deletes the file and raises :class:`DownloadError`.
     * ``unpack_factor`` x the size is added to the free-space check (room to unpack afterwards).
     """
     dest = Path(dest)
     sha256 = _check_sha256(sha256)
-    digest = _reusable_download(dest, sha256, progress)
+    digest = _reusable_download(dest, sha256, transfer.progress)
     if digest is not None:
         return digest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    opts = _FetchOptions(timeout, progress, page, expect_size, unpack_factor)
-    _fetch_with_retries(url, part, opts, max(0, int(retries)), retry_wait)
-    digest = sha256_file(part, progress)
+    opts = _FetchOptions(transfer.timeout, transfer.progress, page, expect_size, unpack_factor)
+    _fetch_with_retries(url, part, opts, max(0, int(transfer.retries)), transfer.retry_wait)
+    digest = sha256_file(part, transfer.progress)
     if sha256 is not None and digest != sha256:
         part.unlink()
         raise _checksum_mismatch(dest, url, sha256, digest, page)
@@ -880,9 +889,7 @@ def _fetch_archive(
     ws: _Workspace,
     archive: Archive,
     manifest: dict,
-    progress: bool,
-    retries: int,
-    timeout: float,
+    transfer: Transfer,
     unpack_factor: float,
 ) -> tuple[Path, str, str]:
     """Download (or reuse) one archive into ``OUT/.downloads``; returns (path, sha256, checksum source)."""
@@ -899,9 +906,7 @@ def _fetch_archive(
         archive.url,
         path,
         expected,
-        progress=progress,
-        retries=retries,
-        timeout=timeout,
+        transfer=transfer,
         page=archive.page,
         expect_size=archive.size,
         unpack_factor=unpack_factor,
@@ -1013,16 +1018,14 @@ def download_mvtec(
     sha256: str | None = None,
     force: bool = False,
     keep_archive: bool = False,
-    progress: bool = True,
-    retries: int = 3,
-    timeout: float = 60.0,
+    transfer: Transfer = Transfer(),
 ) -> list[Path]:
     """Download MVTec AD into ``out/<category>`` (MVTec layout) and return the category folders.
 
     With ``categories``, each comes from its own (smaller) archive; ``full_archive=True`` fetches the one
     verified 5.3 GB archive instead and unpacks only those. With no ``categories``, the full archive gives
     all 15. ``url``/``sha256`` replace the link/checksum of the one archive fetched (the full archive, or a
-    single category's).
+    single category's). ``transfer`` sets progress bars, retries and timeout (see :class:`Transfer`).
     """
     out = Path(out)
     cats = _categories(categories, MVTEC_CATEGORIES, "MVTec AD")
@@ -1040,10 +1043,9 @@ def download_mvtec(
     with _Workspace(out) as ws:
         manifest = read_manifest(out)
         for archive, names in jobs:
-            path, digest, source = _fetch_archive(
-                ws, archive, manifest, progress, retries, timeout, 1.0
-            )
-            unpacked = _unpack(ws, path, _top_level_in(set(names)) if use_full else None, progress)
+            path, digest, source = _fetch_archive(ws, archive, manifest, transfer, 1.0)
+            wanted = _top_level_in(set(names)) if use_full else None
+            unpacked = _unpack(ws, path, wanted, transfer.progress)
             found = {c: _find_category(unpacked, c) for c in names}
             for c, folder in found.items():
                 _install(folder, out, c)
@@ -1162,9 +1164,7 @@ def _convert_row(raw_root: Path, out: Path, r: dict) -> None:
     os.replace(src, dst)
 
 
-def _visa_split(
-    ws: _Workspace, unpacked: Path, split_csv, progress: bool, retries: int, timeout: float
-) -> tuple[Path, Path]:
+def _visa_split(ws: _Workspace, unpacked: Path, split_csv, transfer: Transfer) -> tuple[Path, Path]:
     """(split csv, the folder its image paths are relative to)."""
     if split_csv is None:
         found = sorted(unpacked.glob("split_csv/1cls.csv")) + sorted(
@@ -1178,14 +1178,7 @@ def _visa_split(
         path = (
             ws.stage / "visa_1cls.csv"
         )  # small: fetched afresh each time, removed with the staging folder
-        download_file(
-            str(split_csv),
-            path,
-            progress=progress,
-            retries=retries,
-            timeout=timeout,
-            page=VISA_PAGE,
-        )
+        download_file(str(split_csv), path, transfer=transfer, page=VISA_PAGE)
         split_csv = path
     split_csv = Path(split_csv)
     if not split_csv.is_file():
@@ -1207,13 +1200,12 @@ def download_visa(
     split_csv=None,
     force: bool = False,
     keep_archive: bool = False,
-    progress: bool = True,
-    retries: int = 3,
-    timeout: float = 60.0,
+    transfer: Transfer = Transfer(),
 ) -> list[Path]:
     """Download VisA (one 1.9 GB tar), convert it to MVTec layout in ``out/<category>``, return the folders.
 
-    ``split_csv`` (a file or URL) replaces the ``split_csv/1cls.csv`` shipped inside the tar.
+    ``split_csv`` (a file or URL) replaces the ``split_csv/1cls.csv`` shipped inside the tar. ``transfer``
+    sets progress bars, retries and timeout (see :class:`Transfer`).
     """
     out = Path(out)
     cats = _categories(categories, VISA_CATEGORIES, "VisA")
@@ -1223,14 +1215,12 @@ def download_visa(
     archive = _with_override(VISA, url, sha256)
     with _Workspace(out) as ws:
         manifest = read_manifest(out)
-        path, digest, source = _fetch_archive(
-            ws, archive, manifest, progress, retries, timeout, 1.0
-        )
-        unpacked = _unpack(ws, path, _top_level_in(set(todo) | {"split_csv"}), progress)
-        csv_path, base = _visa_split(ws, unpacked, split_csv, progress, retries, timeout)
+        path, digest, source = _fetch_archive(ws, archive, manifest, transfer, 1.0)
+        unpacked = _unpack(ws, path, _top_level_in(set(todo) | {"split_csv"}), transfer.progress)
+        csv_path, base = _visa_split(ws, unpacked, split_csv, transfer)
         converted = ws.stage / "mvtec_layout"
         try:
-            convert_visa(base, csv_path, converted, todo, progress)
+            convert_visa(base, csv_path, converted, todo, transfer.progress)
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 raise _disk_full(ws.out, None, "converting VisA", err) from None
@@ -1301,9 +1291,11 @@ def add_arguments(p: argparse.ArgumentParser, dataset: str) -> argparse.Argument
 
 def run(args: argparse.Namespace, dataset: str) -> int:
     """Run a parsed ``data mvtec|visa`` command; errors propagate as :class:`DownloadError`."""
-    same = ("url", "sha256", "force", "keep_archive", "retries", "timeout")  # option = parameter
+    same = ("url", "sha256", "force", "keep_archive")  # option = parameter
     common = {name: getattr(args, name) for name in same}
-    common["progress"] = not args.no_progress
+    common["transfer"] = Transfer(
+        progress=not args.no_progress, retries=args.retries, timeout=args.timeout
+    )
     try:
         if dataset == "mvtec":
             folders = download_mvtec(

@@ -234,20 +234,14 @@ class TrainStore:
 
 
 def sampling_groups(
-    model: Method,
-    train_set: MVTecDataset,
-    cache: FeatureCache | None = None,
-    precision=None,
-    log: bool = False,
+    model: Method, train_set: MVTecDataset, cache: FeatureCache | None = None, precision=None
 ) -> list[str] | None:
     """The group of each training image that a balanced epoch gives equal shares (:func:`epoch_order`), or None
     for a plain shuffle. ``balanced-clusters``: pseudo-products, k-means clusters of the teacher's image embedding
     (``calibration.cluster``: k by silhouette, at most 8; one group -- a plain shuffle -- when no k separates
     the images), computed once from the training images: no label is read. ``balanced-labels``: the category
     folders, read because the user asked for it by that name."""
-    sampling = (
-        model.cfg.sampling
-    )  # checked when the config was built; again here for a field set afterwards
+    sampling = model.cfg.sampling  # checked when the config was built; again for one set afterwards
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if sampling == "balanced-labels":
@@ -257,14 +251,18 @@ def sampling_groups(
     from .calibration import cluster
     from .inference import embeddings
 
-    names, info = cluster(embeddings(model, train_set, cache, precision=precision))
-    if log:
-        sizes = np.unique(names, return_counts=True)[1]
+    names, _ = cluster(embeddings(model, train_set, cache, precision=precision))
+    return names.tolist()
+
+
+def _say_groups(model: Method, groups: list[str] | None) -> None:
+    """Say how a balanced epoch groups the training images (clusters: how many, of which sizes)."""
+    if model.cfg.sampling == "balanced-clusters":
+        sizes = sorted(np.unique(groups, return_counts=True)[1].tolist())
         _say(
-            f"balanced epochs over {info['k']} clusters of the teacher's embedding (sizes {sorted(sizes.tolist())}; "
+            f"balanced epochs over {len(sizes)} clusters of the teacher's embedding (sizes {sizes}; "
             f"no category read)"
         )
-    return names.tolist()
 
 
 def _loader(
@@ -433,6 +431,9 @@ def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> 
     prec = precision_of(model, saved or train_cfg.precision, ddp.device)
     cache = cache if cache is not None else make_cache(model, train_cfg)
     store = _train_store(model, train_set, cache, train_cfg, ddp.master)
+    groups = sampling_groups(model, train_set, cache, prec)
+    if train_cfg.progress and ddp.master:
+        _say_groups(model, groups)
     return _Fit(
         model=model,
         train_cfg=train_cfg,
@@ -449,9 +450,7 @@ def _prepare(model, train_data, train_cfg, run, resume, cache, extra_config) -> 
         result=FitResult(run_dir=run),
         extra_config={**(extra_config or {}), "precision": prec.record()},
         t_start=t_start,
-        groups=sampling_groups(
-            model, train_set, cache, prec, log=train_cfg.progress and ddp.master
-        ),
+        groups=groups,
     )
 
 

@@ -71,6 +71,20 @@ def in_order(dataset, batch_size: int):
 
 # ---- scoring many images ------------------------------------------------------------------------------
 @torch.no_grad()
+def _with_teacher_features(model: Method, dataset, cache, device, batch_size, precision, bar=None):
+    """The loader batches of ``dataset`` in file order, each with its method :class:`Batch` holding the teacher
+    features (from ``cache`` or the teacher, at the model's precision): yields (batch, method batch, autocast).
+    ``bar``: the description of a progress bar (None: no bar)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    prec = precision_of(model, precision, device)
+    for batch in progress_bar(in_order(dataset, batch_size), bar or "", bar is not None):
+        mb = method_batch(batch, cache, device)
+        with prec.autocast(device):
+            mb = with_features(model, mb)
+        yield batch, mb, lambda: prec.autocast(device)
+
+
+@torch.no_grad()
 def score_dataset(
     model: Method,
     dataset,
@@ -85,25 +99,14 @@ def score_dataset(
     """Run the shared scoring path over a dataset. Returns dict of numpy arrays: scores (N,), labels (N,),
     categories, defects (each image's folder name, "good" for a normal one), paths, embeddings (N, D) (the
     teacher's image embedding, for routing) and (if keep_maps) maps (N, H, W) float32 and masks (N, H, W) uint8."""
-    # "cpu" works too
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
-    prec = precision_of(model, precision, device)
-    out = {
-        "scores": [],
-        "labels": [],
-        "categories": [],
-        "defects": [],
-        "paths": [],
-        "maps": [],
-        "masks": [],
-        "embeddings": [],
-        "terms": [],
-    }
-    for batch in progress_bar(in_order(dataset, batch_size), desc, progress):
-        mb = method_batch(batch, cache, device)
-        with prec.autocast(device):
-            mb = with_features(model, mb)
+    out = {k: [] for k in ("scores", "labels", "categories", "defects", "paths")}
+    out.update({k: [] for k in ("maps", "masks", "embeddings", "terms")})
+    bar = desc if progress else None
+    for batch, mb, autocast in _with_teacher_features(
+        model, dataset, cache, device, batch_size, precision, bar
+    ):
+        with autocast():
             res = model.score(mb)
         out["embeddings"].append(model.teacher.embedding_of(mb.features).float().cpu().numpy())
         out["scores"].append(res.pred_score.float().cpu().numpy())
@@ -140,24 +143,12 @@ def _as_arrays(out: dict, keep_maps: bool) -> dict:
     return result
 
 
-@torch.no_grad()
-def embeddings(
-    model: Method,
-    dataset,
-    cache: FeatureCache | None = None,
-    device=None,
-    batch_size: int = 32,
-    precision=None,
-) -> np.ndarray:
+def embeddings(model: Method, dataset, cache=None, device=None, precision=None) -> np.ndarray:
     """(N, D) teacher image embeddings of every image of ``dataset`` (no method forward)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    prec = precision_of(model, precision, device)
-    out = []
-    for batch in in_order(dataset, batch_size):
-        mb = method_batch(batch, cache, device)
-        with prec.autocast(device):
-            mb = with_features(model, mb)
-        out.append(model.teacher.embedding_of(mb.features).float().cpu().numpy())
+    out = [
+        model.teacher.embedding_of(mb.features).float().cpu().numpy()
+        for _, mb, _ in _with_teacher_features(model, dataset, cache, device, 32, precision)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 

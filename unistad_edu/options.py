@@ -165,3 +165,8 @@ def check_overrides(config_cls, overrides: dict) -> None:
             )
         if key == "lr" and value <= 0:
             raise ValueError(f"--set lr={value!r}: must be > 0")
+
+
+def picked(args: argparse.Namespace, *names: str) -> dict:
+    """The parsed options ``names`` as keyword arguments: ``{name: args.name}`` (absent ones left out)."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
