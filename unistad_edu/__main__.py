@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = _bench_parser(sub)
     _export_parser(sub)
     _bench_export_parser(bench)
+    _bench_curve_parser(bench)
     from .figures import add_arguments as add_figure_arguments
 
     add_figure_arguments(
@@ -504,6 +505,35 @@ def _bench_parser(sub):
         "--data", default=None, help="the test data (default: the data each run was trained on)"
     )
     return bench_parser
+
+
+def _bench_curve_parser(bench_parser) -> None:
+    """``bench curve``: one category's AUROC against the number of categories trained with it."""
+    q = bench_parser(
+        "curve",
+        "the interference curve: a probe category's test AUROC as more categories are trained "
+        "with it, the same optimiser steps per category, over seeds (lesson 13)",
+        speed=False,
+    )
+    q.add_argument("--data", default=None, help="categories in MVTec layout (default: found)")
+    q.add_argument("--probe", default=None, help="the category tested (default: the first)")
+    q.add_argument(
+        "--methods",
+        type=_csv,
+        default=["stpm", "unistad", "memory_bank"],
+        help="comma-separated methods, each at its --preset (default: stpm,unistad,memory_bank)",
+    )
+    q.add_argument("--preset", default="cpu", help="method preset")
+    q.add_argument("--ks", type=positive_int, nargs="+", default=[1, 2, 3, 5, 7, 9])
+    q.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--n-train", type=positive_int, default=None, help="per category (default: all)")
+    q.add_argument("--batch-size", type=positive_int, default=16)
+    q.add_argument("--steps-per-category", type=positive_int, default=300)
+    q.add_argument(
+        "--work",
+        default=None,
+        help="folder for the synthetic categories (default: a temporary one)",
+    )
 
 
 def _export_parser(sub) -> None:

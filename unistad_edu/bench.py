@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .layout import CONFIG_FILE, METRICS_FILE
+from .options import picked
 from .protocols import ACCURACY_PROTOCOLS
 from .report import HEADLINE
 from .timing import interleaved
@@ -1088,6 +1089,11 @@ def to_markdown(what: str, result: dict, command: str) -> str:
             f"### bench leaderboard — {result['date']}\n\n- machine: {result['machine']}\n"
             + markdown(result, command)
         )
+    if what == "curve":
+        from .curve import curve_markdown
+
+        head = f"### bench curve — {result['date']}\n\n- machine: {result['machine']}\n"
+        return head + f"- command: `{command}`\n" + "\n".join(curve_markdown(result)) + "\n"
     if what == "accuracy":
         return (
             f"### bench accuracy: {result['method']} — {result['date']}\n\n- machine: {result['machine']}\n"
@@ -1125,6 +1131,33 @@ def _workload(args, kw: dict) -> Workload:
     return Workload(args.method, args.data, precision=args.precision, n_images=n, **kw)
 
 
+def _curve_from_args(args) -> dict:
+    """bench curve with the command line's settings; the synthetic categories in ``--work`` (kept) or
+    in a temporary folder (removed)."""
+    import shutil
+
+    from .curve import CurveSetup, interference_curve
+    from .data import discover_categories, find_data
+    from .teacher import load_teacher
+
+    root = Path(args.data) if args.data else find_data()[0]
+    setup = CurveSetup(
+        probe=args.probe or sorted(discover_categories(root))[0],
+        ks=tuple(args.ks),
+        seeds=tuple(args.seeds),
+        methods={m: (m, {}) for m in args.methods},
+        **picked(
+            args, "image_size", "n_train", "batch_size", "steps_per_category", "preset", "precision"
+        ),
+    )
+    work = Path(args.work or tempfile.mkdtemp(prefix="unistad_curve_"))
+    try:
+        return interference_curve(root, setup, load_teacher(), work)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def _entries(args, usage: str) -> list[dict]:
     """The ``--entry LABEL RUN ...`` arguments, parsed; refused with ``usage`` if there is none."""
     from . import leaderboard
@@ -1157,8 +1190,6 @@ def _leaderboard_from_args(args) -> dict:
 
 def _run_bench(args) -> dict:
     """The result of the bench ``args.what`` names, run with the command line's settings."""
-    from .options import picked
-
     kw = picked(args, "image_size", "batch_size", "repeats")
     if args.what == "teacher":
         return bench_teacher(**kw)
@@ -1183,6 +1214,8 @@ def _run_bench(args) -> dict:
         return bench_train(_workload(args, kw), compare=args.compare)
     if args.what == "leaderboard":
         return _leaderboard_from_args(args)
+    if args.what == "curve":
+        return _curve_from_args(args)
     if args.what == "calibration":
         return bench_calibration(
             args.run, quantile=args.quantile, trials=args.trials, test=args.test, data=args.data

@@ -21,20 +21,18 @@ draws it as a **curve** over the number of products, by the same rule as lesson 
   leaderboard (lesson 12), and the **memory bank**, which has no weights for categories to fight over.
 """),
     code(r"""
+import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from IPython.display import Markdown, display
 
-from unistad_edu import MVTecDataset, TrainConfig, build_model, evaluate, fit, leaderboard, report, viz
-from unistad_edu.cache import FeatureCache
+from unistad_edu import leaderboard, report, viz
 from unistad_edu.course import method_and_teacher, setup
-from unistad_edu.methods import seed_overrides
-from unistad_edu.report import mean_std, trend
-from unistad_edu.synthetic import MANIFEST_NAME, make_synthetic
+from unistad_edu.curve import CurveSetup, curve_markdown, curve_sources, interference_curve
+from unistad_edu.report import mean_std
 
 lesson = setup(None)   # quick/full switch (UNISTAD_QUICK), device, data; every category present
 QUICK, device, root = lesson.quick, lesson.device, lesson.root
@@ -73,57 +71,28 @@ METHODS = {"STPM": ("stpm", {}),
 print(f"best teacher-student method: {best} ({best_why})")
 
 WORK = Path(tempfile.mkdtemp(prefix="unistad_lesson13_"))   # removed at the end of the lesson
-real_is_synthetic = (Path(root) / MANIFEST_NAME).is_file()
-sources = [(root, PROBE)] + [(root, c) for c in sorted(lesson.found) if c != PROBE]
-if not real_is_synthetic:
-    syn = make_synthetic(WORK / "synthetic", size=SIZE, n_train=N_TRAIN or 200, n_test_good=1, n_test_defect=1,
-                         categories=("weave", "grain", "bolt", "pcb"))
-    sources += [(syn, c) for c in ("weave", "grain", "bolt", "pcb")]
-KS = [k for k in KS if k <= len(sources)]
-ORDER = [c for _, c in sources]
-
-
-def train_set(k):
-    # the first k categories' normal training images (at most N_TRAIN each, evenly spread)
-    records = []
-    for folder, cat in sources[:k]:
-        records += MVTecDataset(folder, "train", categories=[cat], image_size=SIZE).evenly(N_TRAIN).records
-    return MVTecDataset(root, "train", image_size=SIZE, records=records)
-
-
-test = MVTecDataset(root, "test", categories=[PROBE], image_size=SIZE)
-_, teacher = method_and_teacher(lesson, "stpm", image_size=SIZE)
-cache = FeatureCache(teacher, SIZE)   # the teacher runs once per image, for every model below
-cache.warm(train_set(max(KS)))
-cache.warm(test)
+curve_setup = CurveSetup(probe=PROBE, ks=tuple(KS), seeds=tuple(SEEDS), image_size=SIZE, n_train=N_TRAIN,
+                         batch_size=BATCH, steps_per_category=STEPS_PER_CATEGORY, preset=lesson.preset,
+                         methods=METHODS)
+ORDER = [c for _, c in curve_sources(root, PROBE, WORK)]
+KS = [k for k in KS if k <= len(ORDER)]
 print(f"categories in the order they are added: {ORDER[:max(KS)]}")
-print(f"probe {PROBE}: {len(test)} test images ({sum(r.label for r in test.records)} defective)")
 """),
     md(r"""
 ## 2. Train: every method, every number of categories, every seed
 
-`TrainConfig(min_steps=K * STEPS_PER_CATEGORY)` makes `fit` take at least that many optimiser steps (it runs
-whole epochs, so a few more); with the same number of images per category, every model takes the same number
-of steps **per category**. No images are held out (`holdout_fraction=0`): this lesson reads AUROCs, which need
+`interference_curve` (in `unistad_edu.curve`; `python -m unistad_edu bench curve` runs the same from a shell)
+warms the feature cache once, then for every method, K and seed builds a fresh model and calls `fit` with
+`TrainConfig(min_steps=K * STEPS_PER_CATEGORY)`, which takes at least that many optimiser steps (whole epochs,
+so a few more): with the same number of images per category, every model takes the same number of steps **per
+category**. No images are held out (`holdout_fraction=0`): this lesson reads AUROCs, which need
 no threshold. Each model is tested on the probe's test images only.
 """),
     code(r"""
-results = {name: {k: [] for k in KS} for name in METHODS}   # name -> K -> [(I-AUROC, P-AUROC) per seed]
-t_start = time.perf_counter()
-for name, (method, overrides) in METHODS.items():
-    t0 = time.perf_counter()
-    for k in KS:
-        data = train_set(k)
-        for seed in SEEDS:
-            model = build_model(method, teacher, preset=lesson.preset, image_size=SIZE, batch_size=BATCH,
-                                **overrides, **seed_overrides(method, seed)).to(device)
-            cfg = TrainConfig(epochs=1, min_steps=k * STEPS_PER_CATEGORY if model.trains_by_gradient else None,
-                              seed=seed, holdout_fraction=0.0, device=device, progress=False)
-            fit(model, data, cfg, cache=cache)
-            table = evaluate(model, test, cache=cache, progress=False)["categories"][PROBE]
-            results[name][k].append((table["I-AUROC"], table["P-AUROC"]))
-    print(f"{name:42s} {len(KS) * len(SEEDS)} models in {time.perf_counter() - t0:5.1f} s")
-print(f"all models in {time.perf_counter() - t_start:.0f} s")
+_, teacher = method_and_teacher(lesson, "stpm", image_size=SIZE)   # one teacher for every method
+curve = interference_curve(root, curve_setup, teacher, WORK, device=device)
+results, slopes = curve["results"], curve["slopes"]   # name -> K -> [(I-AUROC, P-AUROC) per seed]
+print(f"probe {PROBE}: {curve['probe_test']['images']} test images ({curve['probe_test']['defective']} defective)")
 """),
     md(r"""
 ## 3. The curves
@@ -138,12 +107,10 @@ for col in curves:
     viz.spread_curves(curves[col], "categories trained together (the probe included)",
                       f"{col} of {PROBE} (axis from 0.4)", y_range=(0.4, 1.02),
                       title=f"{col} of {PROBE} as categories are added ({len(SEEDS)} seeds)").show()
-slopes = {name: {col: trend([k for k in KS for _ in SEEDS], [v[i] for k in KS for v in results[name][k]])
-                 for i, col in enumerate(("I-AUROC", "P-AUROC"))} for name in METHODS}
 rows = [{"method": name, **{f"K={k}": f"{curves['I-AUROC'][name][k][0]:.3f} ± {curves['I-AUROC'][name][k][1]:.3f}"
                             for k in KS},
-         "I-AUROC per added category": f"{slopes[name]['I-AUROC']:+.4f}",
-         "P-AUROC per added category": f"{slopes[name]['P-AUROC']:+.4f}"} for name in METHODS]
+         "I-AUROC per added category": f"{slopes[name]['I-AUROC']['all']:+.4f}",
+         "P-AUROC per added category": f"{slopes[name]['P-AUROC']['all']:+.4f}"} for name in METHODS]
 display(Markdown(report.markdown_table(rows)))
 """),
     md(r"""
@@ -257,14 +224,16 @@ The cell checks the claims on this run's numbers:
 3. the **memory bank** loses less per added category than STPM (a larger slope), on image AUROC.
 """),
     code(r"""
+n_test, n_defective = curve["probe_test"]["images"], curve["probe_test"]["defective"]
 print(f"1. {sum(len(v) for r in results.values() for v in r.values())} models; probe test images: "
-      f"{len(test)} ({sum(r.label for r in test.records)} defective)")
+      f"{n_test} ({n_defective} defective)")
 assert all(len(results[n][k]) == len(SEEDS) for n in METHODS for k in KS)
-assert 0 < sum(r.label for r in test.records) < len(test), "the probe needs normal and defective test images"
-print(f"2. STPM: I-AUROC {slopes['STPM']['I-AUROC']:+.4f} per added category")
-assert slopes["STPM"]["I-AUROC"] < 0, "STPM's AUROC did not fall as categories were added in this run"
-print(f"3. memory bank {slopes['memory bank']['I-AUROC']:+.4f} vs STPM {slopes['STPM']['I-AUROC']:+.4f} per category")
-assert slopes["memory bank"]["I-AUROC"] > slopes["STPM"]["I-AUROC"], "the memory bank lost as much as STPM"
+assert 0 < n_defective < n_test, "the probe needs normal and defective test images"
+stpm, bank = slopes["STPM"]["I-AUROC"]["all"], slopes["memory bank"]["I-AUROC"]["all"]
+print(f"2. STPM: I-AUROC {stpm:+.4f} per added category")
+assert stpm < 0, "STPM's AUROC did not fall as categories were added in this run"
+print(f"3. memory bank {bank:+.4f} vs STPM {stpm:+.4f} per category")
+assert bank > stpm, "the memory bank lost as much as STPM"
 shutil.rmtree(WORK, ignore_errors=True)
 """),
 ]
