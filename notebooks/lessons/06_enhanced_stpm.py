@@ -51,7 +51,7 @@ is our extension.
 | training data & loss | pairs trained on normal images only (the authors' follow-up, arXiv 2210.07548) | `pair2_input="clean"`; STPM's loss for each pair, summed | pair 2's loss is our reading [inference] |
 | six maps → one | 3 levels × 2 pairs, combined into one map; the rule is unverified [summary] | `combine="product"`: the six maps multiplied (chosen on validation; `mean` and `pair_sum` divide by each map's mean on held-out normals); Gaussian σ 4, max | scales from normal images only |
 | setting & recipe | one-class MVTec [summary]; the full text is on arXiv (2111.15376) but could not be retrieved here; no code found | `cpu`: Adam 1e-3, 4 epochs, batch 16; `paper`: STPM's SGD recipe, 100 epochs | unified training is our extension |
-| this lesson | — | quick mode: ≤ 40 images per category, 128 px, batch 8, 4 epochs | full mode on a GPU takes the `paper` preset |
+| this lesson | — | quick mode: ≤ 40 images per category, 128 px, batch 8, 3 epochs | full mode on a GPU takes the `paper` preset |
 
 Labels: [summary] is a summary of the abstract, [inference] our guess; the two later papers are named where they
 are the source.
@@ -74,8 +74,8 @@ from unistad_edu.metrics import auroc
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-05
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
 QUICK, device, root, CATEGORIES = lesson.quick, lesson.device, lesson.root, lesson.categories
-# quick: 128 px, batches of 8, 4 epochs (~50 optimiser steps); full: the preset's recipe
-OVERRIDES = dict(image_size=128, batch_size=8, epochs=4) if QUICK else {}
+# quick: 128 px, batches of 8, 3 epochs (~36 optimiser steps); full: the preset's recipe
+OVERRIDES = dict(image_size=128, batch_size=8, epochs=3) if QUICK else {}
 N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
 N_TEST = 30 if QUICK else None        # at most this many test images per category (None: all)
 SEED = 0                              # same student initialisation and data order for every model
