@@ -222,13 +222,20 @@ def curve_markdown(result: dict) -> list[str]:
 
     setup = result["setup"]
     ks = setup["ks"]
+    test = result["probe_test"]
+    budget = [
+        f"{setup['image_size']} px",
+        f"at most {setup['n_train'] or 'all'} training images per category",
+        f"batch {setup['batch_size']}",
+        f"{setup['steps_per_category']} optimiser steps per category",
+        f"seeds {list(setup['seeds'])}",
+        f"preset {setup['preset']}",
+    ]
+    probe = f"{setup['probe']} ({test['images']} test images, {test['defective']} defective)"
+    order = ", ".join(result["order"])
     lines = [
-        f"- probe: {setup['probe']} ({result['probe_test']['images']} test images, "
-        f"{result['probe_test']['defective']} defective); categories in the order added: "
-        + ", ".join(result["order"]),
-        f"- {setup['image_size']} px, at most {setup['n_train'] or 'all'} training images per category, "
-        f"batch {setup['batch_size']}, {setup['steps_per_category']} optimiser steps per category, "
-        f"seeds {list(setup['seeds'])}, preset {setup['preset']}",
+        f"- probe: {probe}; categories in the order added: {order}",
+        "- " + ", ".join(budget),
         "",
     ]
     for i, metric in enumerate(CURVE_METRICS):
