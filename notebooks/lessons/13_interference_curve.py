@@ -140,39 +140,6 @@ each marked cell is a stub for you to write; the check after it runs your functi
 same small inputs, and says what is still missing.
 """),
     exercise(
-        "mean and spread over seeds",
-        task=r"""
-Every point of the curves is a mean over seeds with its spread. Write `my_mean_std(values)` -> `(mean, std)`:
-the mean and the **sample** standard deviation (divide by n - 1), and a std of 0 for a single value.
-""",
-        solution=r"""
-import numpy as np
-
-
-def my_mean_std(values):
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-""",
-        stub=r"""
-import numpy as np
-
-
-def my_mean_std(values):
-    # your code: the mean, and np.std with ddof=1 (0.0 for one value)
-    raise NotImplementedError
-""",
-        check=r"""
-from unistad_edu.course import check
-from unistad_edu.report import mean_std
-
-_cases = [[0.9, 0.8, 0.85], [0.7, 0.75], [0.6]]
-check("Exercise 1 (mean and std)", lambda: [my_mean_std(c) for c in _cases],
-      lambda: [mean_std(c) for c in _cases], hint={hint})
-""",
-        hint="which standard deviation estimates a spread from a sample rather than describing a whole population? And what spread has a single value?",
-        more="numpy's std divides by n unless its delta-degrees-of-freedom argument is 1 (the sample std); return the mean and that std as plain floats, and 0.0 as the std when there is only one value, where the sample formula would give NaN.",
-    ),
-    exercise(
         "the slope of a curve",
         task=r"""
 Section 3 summarised each curve by its **least-squares slope**: the change of AUROC per added category. Write
@@ -204,10 +171,49 @@ from unistad_edu.report import trend
 
 _x = [1, 1, 2, 2, 3, 3, 5, 5, 7, 7]
 _y = list(0.95 - 0.03 * np.array(_x) + np.random.default_rng(0).normal(0, 0.02, 10))
-check("Exercise 2 (trend)", lambda: my_trend(_x, _y), lambda: trend(_x, _y), hint={hint})
+check("Exercise 1 (trend)", lambda: my_trend(_x, _y), lambda: trend(_x, _y), hint={hint})
 """,
         hint="least squares: centre x and y on their means; the slope is their covariance divided by the variance of x",
         more="Convert both lists to float arrays and subtract each one's mean; the slope is the sum of the products of the centred x and y values divided by the sum of the squared centred x values, returned as a float.",
+    ),
+    exercise(
+        "does every seed fall?",
+        task=r"""
+A slope over all points can be negative because one seed fell steeply while the others stayed flat. Before
+calling a fall *interference*, ask every seed. With `my_trend` of exercise 1 in mind, write `my_seeds_falling(by_k)`: `by_k` maps each K to one
+I-AUROC per seed (`{1: [0.95, 0.97], 3: [0.93, 0.96], ...}`, seed i at index i); return the **fraction of seeds
+whose own curve has a negative least-squares slope** against K (the slope as in section 3, one seed at a time).
+""",
+        solution=r"""
+import numpy as np
+
+
+def my_seeds_falling(by_k):
+    ks = np.array(sorted(by_k), dtype=float)
+    curves = np.array([by_k[k] for k in sorted(by_k)], dtype=float).T   # (seeds, K)
+    dx = ks - ks.mean()
+    slopes = [(dx * (c - c.mean())).sum() / (dx * dx).sum() for c in curves]
+    return float(np.mean([s < 0 for s in slopes]))
+""",
+        stub=r"""
+import numpy as np
+
+
+def my_seeds_falling(by_k):
+    # your code: one curve per seed, its slope against K, then the share of negative slopes
+    raise NotImplementedError
+""",
+        check=r"""
+from unistad_edu.course import check
+from unistad_edu.curve import curve_slopes
+
+_by_k = {1: [0.95, 0.97, 0.90], 2: [0.93, 0.98, 0.91], 3: [0.90, 0.96, 0.93], 5: [0.88, 0.97, 0.95]}
+_reference = curve_slopes({"m": {k: [[v, 0.0] for v in vs] for k, vs in _by_k.items()}})["m"]["I-AUROC"]
+check("Exercise 2 (every seed)", lambda: my_seeds_falling(_by_k),
+      lambda: sum(s < 0 for s in _reference["per_seed"]) / 3, hint={hint})
+""",
+        hint="the seeds are the columns of the table K x seed: fit one line per seed, not one line through all points",
+        more="Sort the K values; for seed i take the i-th value at every K; centre both K and those values on their means and divide the sum of products by the sum of squared centred K; count the negative results and divide by the number of seeds.",
     ),
     md(r"""
 ## Check yourself
