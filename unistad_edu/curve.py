@@ -77,15 +77,27 @@ def _make_synthetic(sources, setup: CurveSetup) -> None:
             )
 
 
-def train_set(sources, k: int, setup: CurveSetup):
-    """The first ``k`` categories' normal training images (at most ``n_train`` each, evenly spread)."""
+def train_sets(sources, ks, setup: CurveSetup) -> dict:
+    """K -> the first K categories' normal training images (at most ``n_train`` each, evenly spread); each
+    category's folder is read once, and each set is built once for every method and seed (so the images it
+    decodes stay decoded)."""
     from .data import MVTecDataset
 
-    records = []
-    for folder, cat in sources[:k]:
-        one = MVTecDataset(folder, "train", categories=[cat], image_size=setup.image_size)
-        records += one.evenly(setup.n_train).records
-    return MVTecDataset(sources[0][0], "train", image_size=setup.image_size, records=records)
+    per_category = [
+        MVTecDataset(folder, "train", categories=[cat], image_size=setup.image_size)
+        .evenly(setup.n_train)
+        .records
+        for folder, cat in sources[: max(ks)]
+    ]
+    return {
+        k: MVTecDataset(
+            sources[0][0],
+            "train",
+            image_size=setup.image_size,
+            records=[r for records in per_category[:k] for r in records],
+        )
+        for k in ks
+    }
 
 
 def _one_point(name, overrides, k, seed, data, test, setup, teacher, cache, device) -> list[float]:
@@ -134,26 +146,22 @@ def interference_curve(root, setup: CurveSetup, teacher, work, device="cpu", log
     ks = [k for k in setup.ks if k <= len(sources)]
     _make_synthetic(sources[: max(ks)], setup)
     test = MVTecDataset(root, "test", categories=[setup.probe], image_size=setup.image_size)
+    sets = train_sets(sources, ks, setup)
     cache = FeatureCache(teacher, setup.image_size)  # the teacher runs once per image
-    cache.warm(train_set(sources, max(ks), setup), progress=False)
+    cache.warm(sets[max(ks)], progress=False)
     cache.warm(test, progress=False)
     points = _Points(Path(work) / "curve_points.json", {**asdict(setup), "root": str(root)})
     results = {}
     for label, (name, overrides) in setup.methods.items():
         t0 = time.perf_counter()
-        results[label] = {}
+        results[label] = {k: [] for k in ks}
         for k in ks:
-            data = train_set(sources, k, setup)
-            results[label][k] = [
-                points.get(label, k, s)
-                or points.put(
-                    label,
-                    k,
-                    s,
-                    _one_point(name, overrides, k, s, data, test, setup, teacher, cache, device),
-                )
-                for s in setup.seeds
-            ]
+            for s in setup.seeds:
+                point = points.get(label, k, s)
+                if point is None:
+                    args = (k, s, sets[k], test, setup, teacher, cache, device)
+                    point = points.put(label, k, s, _one_point(name, overrides, *args))
+                results[label][k].append(point)
         log(f"{label}: {len(ks) * len(setup.seeds)} points in {time.perf_counter() - t0:.0f} s")
     defective = sum(r.label for r in test.records)
     return {
