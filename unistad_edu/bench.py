@@ -1125,10 +1125,10 @@ def _n_images(args) -> dict:
     return {"n_images": args.n_images} if args.n_images else {}
 
 
-def _workload(args, kw: dict) -> Workload:
+def _workload(args) -> Workload:
     """The :class:`Workload` of bench train or infer that the command line sets."""
-    n = getattr(args, "n_images", None)
-    return Workload(args.method, args.data, precision=args.precision, n_images=n, **kw)
+    names = ("image_size", "batch_size", "n_images", "repeats", "precision")
+    return Workload(args.method, args.data, **picked(args, *names))
 
 
 def _curve_from_args(args) -> dict:
@@ -1211,7 +1211,7 @@ def _run_bench(args) -> dict:
             ),
         )
     if args.what == "train":
-        return bench_train(_workload(args, kw), compare=args.compare)
+        return bench_train(_workload(args), compare=args.compare)
     if args.what == "leaderboard":
         return _leaderboard_from_args(args)
     if args.what == "curve":
@@ -1227,7 +1227,7 @@ def _run_bench(args) -> dict:
             **picked(args, "batch_size", "repeats", "precision", "threads", "out_dir"),
             **_n_images(args),
         )
-    return bench_infer(_workload(args, kw))
+    return bench_infer(_workload(args))
 
 
 def _markdown_command(args) -> str:

@@ -1291,8 +1291,9 @@ def add_arguments(p: argparse.ArgumentParser, dataset: str) -> argparse.Argument
 
 def run(args: argparse.Namespace, dataset: str) -> int:
     """Run a parsed ``data mvtec|visa`` command; errors propagate as :class:`DownloadError`."""
-    same = ("url", "sha256", "force", "keep_archive")  # option = parameter
-    common = {name: getattr(args, name) for name in same}
+    from .options import picked
+
+    common = picked(args, "url", "sha256", "force", "keep_archive")  # option = parameter
     common["transfer"] = Transfer(
         progress=not args.no_progress, retries=args.retries, timeout=args.timeout
     )
