@@ -21,7 +21,6 @@ draws it as a **curve** over the number of products, by the same rule as lesson 
   leaderboard (lesson 12), and the **memory bank**, which has no weights for categories to fight over.
 """),
     code(r"""
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ from IPython.display import Markdown, display
 
 from unistad_edu import leaderboard, report, viz
 from unistad_edu.course import method_and_teacher, setup
-from unistad_edu.curve import CurveSetup, curve_markdown, curve_sources, interference_curve
+from unistad_edu.curve import CurveSetup, interference_curve
 from unistad_edu.report import mean_std
 
 lesson = setup(None)   # quick/full switch (UNISTAD_QUICK), device, data; every category present
@@ -74,9 +73,6 @@ WORK = Path(tempfile.mkdtemp(prefix="unistad_lesson13_"))   # removed at the end
 curve_setup = CurveSetup(probe=PROBE, ks=tuple(KS), seeds=tuple(SEEDS), image_size=SIZE, n_train=N_TRAIN,
                          batch_size=BATCH, steps_per_category=STEPS_PER_CATEGORY, preset=lesson.preset,
                          methods=METHODS)
-ORDER = [c for _, c in curve_sources(root, PROBE, WORK)]
-KS = [k for k in KS if k <= len(ORDER)]
-print(f"categories in the order they are added: {ORDER[:max(KS)]}")
 """),
     md(r"""
 ## 2. Train: every method, every number of categories, every seed
@@ -92,6 +88,8 @@ no threshold. Each model is tested on the probe's test images only.
 _, teacher = method_and_teacher(lesson, "stpm", image_size=SIZE)   # one teacher for every method
 curve = interference_curve(root, curve_setup, teacher, WORK, device=device)
 results, slopes = curve["results"], curve["slopes"]   # name -> K -> [(I-AUROC, P-AUROC) per seed]
+KS = curve["setup"]["ks"]   # the Ks there were categories for
+print(f"categories in the order they are added: {curve['order']}")
 print(f"probe {PROBE}: {curve['probe_test']['images']} test images ({curve['probe_test']['defective']} defective)")
 """),
     md(r"""
