@@ -72,7 +72,9 @@ def _setup(**kw):
     return CurveSetup(**{**base, "steps_per_category": 2, **kw})
 
 
-def test_curve_resumes_its_finished_points_and_refuses_another_setup(tiny, tmp_path, monkeypatch):
+def test_curve_resumes_its_finished_points_adds_methods_and_refuses_another_setup(
+    tiny, tmp_path, monkeypatch
+):
     from unistad_edu.teacher import load_teacher
 
     calls = []
@@ -92,6 +94,20 @@ def test_curve_resumes_its_finished_points_and_refuses_another_setup(tiny, tmp_p
     assert calls == [] and again["results"] == first["results"]
     with pytest.raises(ValueError, match="another curve setup"):
         interference_curve(tiny, _setup(steps_per_category=3), teacher, tmp_path, log=print)
+    with pytest.raises(ValueError, match="another curve setup"):  # the same label, other overrides
+        changed = _setup(methods={"STPM": ("stpm", {"lr": 0.1})})
+        interference_curve(tiny, changed, teacher, tmp_path, log=print)
+    both = _setup(methods={"STPM": ("stpm", {}), "bank": ("memory_bank", {})})
+    added = interference_curve(tiny, both, teacher, tmp_path, log=lambda *_: None)
+    assert sorted(calls) == [("memory_bank", k, s) for k in (1, 3) for s in (0, 1)]
+    assert added["results"]["STPM"] == first["results"]["STPM"]
+    calls.clear()
+    alone = interference_curve(
+        tiny, _setup(methods={"bank": ("memory_bank", {})}), teacher, tmp_path
+    )
+    assert calls == [] and alone["results"]["bank"] == added["results"]["bank"]
+    saved = json.loads((tmp_path / "curve_points.json").read_text())
+    assert set(saved["setup"]["methods"]) == {"STPM", "bank"}  # leaving one out forgets nothing
 
 
 def test_memory_bank_keeping_every_patch_is_the_same_for_every_seed(tiny, tmp_path):

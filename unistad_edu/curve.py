@@ -183,11 +183,12 @@ class _Points:
         self.points = {}
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved.get("setup") != self.setup:
+            if not _same_protocol(saved.get("setup", {}), self.setup):
                 raise ValueError(
                     f"{path} holds the points of another curve setup: choose another work folder, "
                     f"or delete that file to start this one afresh"
                 )
+            self.setup["methods"] = {**saved["setup"]["methods"], **self.setup["methods"]}
             self.points = saved["points"]
 
     def get(self, label: str, k: int, seed: int) -> list[float] | None:
@@ -202,6 +203,17 @@ class _Points:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps({"setup": self.setup, "points": self.points}))
         return value
+
+
+def _same_protocol(saved: dict, setup: dict) -> bool:
+    """Whether points saved under ``saved`` belong to ``setup``'s curve: everything but the list of
+    methods equal, and a method both name trained with the same overrides -- so a method can be added
+    to, or left out of, a recorded curve without retraining the others."""
+    rest = [key for key in {**saved, **setup} if key != "methods"]
+    if any(saved.get(key) != setup.get(key) for key in rest):
+        return False
+    old, new = saved.get("methods", {}), setup.get("methods", {})
+    return all(old[label] == new[label] for label in old.keys() & new.keys())
 
 
 def curve_slopes(results: dict) -> dict:
