@@ -11,7 +11,8 @@ A :class:`Batch` holds only the images and, when the feature cache is on, the te
 category field: a unified model cannot read which product it is looking at, by construction.
 
 Each method has its own config dataclass (a subclass of :class:`MethodConfig`) and two presets: ``cpu`` (what
-trains well in minutes on a 2-core laptop, with the Lite0 teacher) and ``paper`` (the paper's recipe).
+trains well in minutes on a 2-core laptop, with the Lite0 teacher) and ``paper`` (the paper's recipe, kept
+with its source in ``paper_recipes.json`` and read by :func:`paper_recipe`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ SAMPLINGS = (
 class MethodConfig:
     """Fields every method has; a method's own config adds its knobs."""
 
+    # field -> its allowed values, checked when the config is built; a subclass adds its own fields
+    choices: ClassVar[dict[str, tuple]] = {}
+
     teacher: str = "tf_efficientnet_lite0"
     teacher_layers: tuple | None = None  # None: the teacher's default levels (strides 4, 8, 16)
     image_size: int = 256
@@ -75,19 +79,16 @@ class MethodConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def __post_init__(self):
-        """The choices every method shares, checked when the config is built (a method's own config checks its
-        own fields after calling this)."""
+        """The choices every method shares and the config's own ``choices``, checked when the config is
+        built (a method's own config checks its other fields after calling this)."""
         if self.sampling == "balanced":
             raise ValueError(
                 "sampling 'balanced' read the category folders, which unified training should not: "
                 "say 'balanced-labels' to balance by folder anyway, or 'balanced-clusters' to balance "
                 "by clusters of the teacher's embedding (no labels)"
             )
-        for name, allowed in (
-            ("optimizer", OPTIMIZERS),
-            ("schedule", SCHEDULES),
-            ("sampling", SAMPLINGS),
-        ):
+        shared = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "sampling": SAMPLINGS}
+        for name, allowed in {**shared, **self.choices}.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "image_size"):
@@ -286,6 +287,8 @@ class ReverseDistillationConfig(MethodConfig):
     """The student network and optimisation defaults RD and SNL share (``layers.reverse_student``): OCBE
     bottleneck + decoder sized from the teacher's levels, Adam 0.005 (0.5, 0.999) as RD4AD, 30 epochs."""
 
+    choices: ClassVar[dict[str, tuple]] = {"rd_loss": ("position", "flattened")}
+
     embed_channels: int | None = (
         None  # OCE output D; None = 2 * C_L (RD4AD: 2048 for WideResNet-50)
     )
@@ -317,34 +320,21 @@ class ReverseDistillationConfig(MethodConfig):
     scoring: ScoringConfig = field(
         default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0, image_score="max")
     )
-    # RD4AD's recipe (the ``paper`` preset of RD, and of SNL, whose own is not public): WideResNet-50 layers
-    # 1-3 (256/512/1024 ch, strides 4/8/16), OCE 3 blocks -> 2048 ch at 8 x 8, decoder [3, 4, 6] blocks coarse
-    # -> fine [recalled], the flattened per-image cosine loss of the official main.py, Adam 0.005 (0.5, 0.999),
-    # batch 16, 200 epochs
-    rd4ad_recipe: ClassVar[dict] = dict(
-        teacher="wide_resnet50_2",
-        teacher_layers=None,
-        image_size=256,
-        embed_channels=2048,
-        oce_blocks=3,
-        decoder_blocks=(6, 4, 3),
-        block_width=0.5,
-        linear_outputs=False,
-        rd_loss="flattened",
-        hm_quantile=0.0,  # no hard mining in RD4AD
-        optimizer="adam",
-        lr=0.005,
-        betas=(0.5, 0.999),
-        weight_decay=0.0,
-        epochs=200,
-        batch_size=16,
-        schedule="constant",
-    )
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.rd_loss not in ("position", "flattened"):
-            raise ValueError(f"rd_loss must be 'position' or 'flattened', not {self.rd_loss!r}")
+
+def paper_recipes() -> dict:
+    """Every method's ``paper`` preset as ``paper_recipes.json`` keeps it: method -> {"source": where
+    each value comes from (a paper, an official config, methods.md, or "ours"), "values": config fields}."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files(__package__).joinpath("paper_recipes.json").read_text())
+
+
+def paper_recipe(name: str) -> dict:
+    """The config values of method ``name``'s ``paper`` preset (JSON lists stand for tuples and a
+    ``scoring`` dict for a :class:`ScoringConfig`; ``MethodConfig.from_dict`` turns them back)."""
+    return paper_recipes()[name]["values"]
 
 
 class Method(nn.Module):

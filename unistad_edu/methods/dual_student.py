@@ -71,6 +71,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -85,7 +86,7 @@ from ..layers import (
     to_tokens,
 )
 from ..scoring import ScoringConfig, noisy_or_nll, score, standardize
-from .base import Batch, Method, TransformerTrainingConfig, token_grid
+from .base import Batch, Method, TransformerTrainingConfig, paper_recipe, token_grid
 
 COMBINE_RULES = {
     "noisy_or": "noisy_or",
@@ -107,6 +108,11 @@ class DualStudentConfig(TransformerTrainingConfig):
     each branch alone (kept: the local branch alone within 0.5); the semantic target and the rest were chosen
     earlier on the test set. Figures and speed: ``docs/benchmarks.md``, "Choose on validation, report on
     test" and "Dual students and enhanced STPM"."""
+
+    choices: ClassVar[dict[str, tuple]] = {
+        "semantic_target": ("auto", "embedding", "imagenet"),
+        "combine": tuple(COMBINE_RULES),
+    }
 
     # ED student (Dinomaly-like)
     ed_groups: tuple | None = ((0, 1), (2,))  # positions in teacher.feature_info; None: two halves
@@ -157,12 +163,6 @@ class DualStudentConfig(TransformerTrainingConfig):
                 raise ValueError(
                     f"ed_groups must be non-empty groups of level positions, got {self.ed_groups}"
                 )
-        if self.semantic_target not in ("auto", "embedding", "imagenet"):
-            raise ValueError(
-                f"semantic_target must be 'auto', 'embedding' or 'imagenet', not {self.semantic_target!r}"
-            )
-        if self.combine not in COMBINE_RULES:
-            raise ValueError(f"combine must be one of {tuple(COMBINE_RULES)}, not {self.combine!r}")
         if not 0 <= self.hm_quantile < 1:
             raise ValueError(f"hm_quantile must be in [0, 1), got {self.hm_quantile}")
         if not 0.5 < self.or_quantile < 1:
@@ -276,34 +276,7 @@ class DualStudent(Method):
     needs_images = True  # the EE student looks at the image
     presets = {
         "cpu": {},
-        # Dinomaly-like (methods.md section 4), our choices: ViT-B/14-reg4 DINOv2, blocks 2..9 in two groups of
-        # four (Dinomaly's), block 11 kept for the CLS target, 392 px (28 x 28 tokens), 8 decoder layers of the
-        # teacher's width, dropout 0.2; AdamW (Dinomaly: StableAdamW with warm-up) lr 2e-3, wd 1e-4, cosine;
-        # 45 epochs ~ Dinomaly's 10k steps at batch 16 on MVTec's 3629 images. EE: ViT-S/14-reg4 from scratch
-        # at 224 px.
-        "paper": dict(
-            teacher="vit_base_patch14_reg4_dinov2",
-            teacher_layers=(2, 3, 4, 5, 6, 7, 8, 9, 11),
-            image_size=392,
-            ed_groups=((0, 1, 2, 3), (4, 5, 6, 7)),
-            hidden_dim=768,
-            num_heads=12,
-            dec_layers=8,
-            ffn_dim=3072,
-            bottleneck_dropout=0.2,
-            hm_quantile=0.9,
-            hm_factor=0.1,
-            ee_backbone="vit_small_patch14_reg4_dinov2",
-            ee_image_size=224,
-            optimizer="adamw",
-            lr=2e-3,
-            betas=(0.9, 0.999),
-            weight_decay=1e-4,
-            schedule="cosine",
-            epochs=45,
-            batch_size=16,
-            grad_clip=1.0,
-        ),
+        "paper": paper_recipe("dual_student"),  # Dinomaly-like, our choices
     }
 
     def __init__(self, teacher, cfg: DualStudentConfig):

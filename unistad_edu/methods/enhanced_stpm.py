@@ -72,6 +72,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -80,8 +81,7 @@ import torch.nn.functional as F
 from ..layers import TransformerLayer, pyramid_maps, reverse_student
 from ..scoring import ScoringConfig
 from ..teacher import Pyramid, TeacherWeightsError, load_teacher
-from .base import Batch, Method, MethodConfig
-from .stpm import STPM
+from .base import Batch, Method, MethodConfig, paper_recipe
 
 COMBINE_FUSE = {"product": "product", "pair_sum": "sum", "mean": "mean"}
 
@@ -113,6 +113,13 @@ class EnhancedSTPMConfig(MethodConfig):
     on validation, report on test": the decoder against the first version's Lite1 + CBAM forward student, and
     ``mean`` / ``product`` / ``pair_sum`` on one model scored three ways); earlier comparisons on the test
     set are in "Enhanced STPM". The second teacher's features are not cached: it runs on every training step."""
+
+    choices: ClassVar[dict[str, tuple]] = {
+        "combine": tuple(COMBINE_FUSE),
+        "pair2_input": ("anomalous", "clean"),
+        "pair2_student": ("decoder", "forward"),
+        "attention": ("cbam", "nonlocal", "none"),
+    }
 
     # optimisation: STPM's cpu preset but 4 epochs (the 10-minute budget: see above)
     epochs: int = 4
@@ -156,12 +163,6 @@ class EnhancedSTPMConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.combine not in COMBINE_FUSE:
-            raise ValueError(f"combine must be one of {tuple(COMBINE_FUSE)}, not {self.combine!r}")
-        if self.pair2_input not in ("anomalous", "clean"):
-            raise ValueError(
-                f"pair2_input must be 'anomalous' or 'clean', not {self.pair2_input!r}"
-            )
         if isinstance(self.anomaly_area, list):
             self.anomaly_area = tuple(self.anomaly_area)
         lo, hi = self.anomaly_area
@@ -169,16 +170,10 @@ class EnhancedSTPMConfig(MethodConfig):
             raise ValueError(
                 f"anomaly_area must be (low, high) fractions with 0 < low <= high < 1, got {self.anomaly_area}"
             )
-        if self.pair2_student not in ("decoder", "forward"):
-            raise ValueError(
-                f"pair2_student must be 'decoder' or 'forward', not {self.pair2_student!r}"
-            )
         if self.decoder_attention_layers < 0:
             raise ValueError(
                 f"decoder_attention_layers must be >= 0, got {self.decoder_attention_layers}"
             )
-        if self.attention not in ("cbam", "nonlocal", "none"):
-            raise ValueError(f"attention must be cbam | nonlocal | none, not {self.attention!r}")
         if isinstance(self.teacher2_layers, list):
             self.teacher2_layers = tuple(self.teacher2_layers)
         # the combination rule owns the fusion step of the shared scoring path
@@ -370,8 +365,7 @@ class EnhancedSTPM(Method):
     frozen_prefixes = ("teacher.", "pair2.teacher.")  # neither teacher is trained or saved
     presets = {
         "cpu": {},
-        # pair 1 = STPM's paper recipe (ResNet-18), pair 2 = ResNet-34 [inference]
-        "paper": {**STPM.presets["paper"], "teacher2": "resnet34", "teacher2_layers": None},
+        "paper": paper_recipe("enhanced_stpm"),  # STPM's, and a ResNet-34 second pair
     }
 
     def __init__(self, teacher, cfg: EnhancedSTPMConfig, teacher2=None):

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 
 from ..layers import exporting
 from ..scoring import ScoringConfig
-from .base import Batch, Method, MethodConfig
+from .base import Batch, Method, MethodConfig, paper_recipe
 
 
 @dataclass
@@ -67,6 +68,11 @@ class MemoryBankConfig(MethodConfig):
 
     ``epochs`` and the optimiser fields are unused: the bank is built in one pass over the training images.
     ``projection_dim=None`` gives the exact greedy coreset (distances in all D dimensions)."""
+
+    choices: ClassVar[dict[str, tuple]] = {
+        "image_score_rule": ("map", "reweighted"),
+        "border": ("zeros", "valid"),
+    }
 
     teacher_layers: tuple | None = (
         2,
@@ -97,10 +103,6 @@ class MemoryBankConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.image_score_rule not in ("map", "reweighted"):
-            raise ValueError(
-                f"image_score_rule must be 'map' or 'reweighted', not {self.image_score_rule!r}"
-            )
         if self.reweight_neighbours < 1:
             raise ValueError(f"reweight_neighbours must be >= 1, got {self.reweight_neighbours}")
 
@@ -256,15 +258,7 @@ class MemoryBank(Method):
     )  # (M, D): M depends on the training data; loading checks dtype and D only
     presets = {
         "cpu": {},
-        "paper": dict(
-            teacher="wide_resnet50_2",
-            teacher_layers=(2, 3),
-            image_size=256,
-            embed_dim=1024,
-            coreset_ratio=0.01,
-            projection_dim=128,
-            batch_size=32,
-        ),
+        "paper": paper_recipe("memory_bank"),  # PatchCore's setting
     }
 
     def __init__(self, teacher, cfg: MemoryBankConfig):
@@ -281,8 +275,6 @@ class MemoryBank(Method):
         ]  # finest first: its grid is the map's
         channels = sum(by_stride[s].channels for s in cfg.strides)
         self.dim = min(cfg.embed_dim, channels) if cfg.embed_dim else channels
-        if cfg.border not in ("zeros", "valid"):
-            raise ValueError(f"memory_bank border must be 'zeros' or 'valid', not {cfg.border!r}")
         self.register_buffer("bank", torch.zeros(0, self.dim))  # (M, D); filled by build()
 
     # ---- features --------------------------------------------------------------------------------------

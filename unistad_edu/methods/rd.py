@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import cosine_distance, global_cosine_distance, reverse_student, scale_easy_gradients
-from .base import Batch, Method, ReverseDistillationConfig
+from .base import Batch, Method, ReverseDistillationConfig, paper_recipe
 
 
 @dataclass
@@ -120,7 +120,7 @@ class RD(Method):
     name = "rd"
     Config = RDConfig
     needs_images = False  # loss() reads teacher features only: trains from the cache without images
-    presets = {"cpu": {}, "paper": ReverseDistillationConfig.rd4ad_recipe}
+    presets = {"cpu": {}, "paper": paper_recipe("rd")}  # RD4AD's
 
     def __init__(self, teacher, cfg: RDConfig):
         super().__init__(teacher, cfg)

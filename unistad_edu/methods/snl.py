@@ -71,7 +71,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import cosine_distance, reverse_student
-from .base import Batch, Method, ReverseDistillationConfig
+from .base import Batch, Method, ReverseDistillationConfig, paper_recipe
 from .rd import RD, distillation_loss, noisy_levels
 
 
@@ -215,12 +215,7 @@ class SNL(Method):
     needs_images = False  # like RD: the loss reads teacher features only
     presets = {
         "cpu": {},
-        # RD4AD's recipe for the RD student [inference: the paper's own training details are not public]
-        "paper": {
-            **ReverseDistillationConfig.rd4ad_recipe,
-            "cram_centres": 64,
-            "affinity_positions": 1024,
-        },
+        "paper": paper_recipe("snl"),  # RD4AD's recipe: SNL's own is not public
     }
 
     def __init__(self, teacher, cfg: SNLConfig):

@@ -25,7 +25,7 @@ import torch
 from ..layers import pyramid_maps
 from ..scoring import ScoringConfig
 from ..teacher import Pyramid
-from .base import Batch, Method, MethodConfig
+from .base import Batch, Method, MethodConfig, paper_recipe
 
 
 @dataclass
@@ -53,16 +53,7 @@ class STPM(Method):
     Config = STPMConfig
     presets = {
         "cpu": {},
-        "paper": dict(
-            teacher="resnet18",
-            image_size=256,
-            optimizer="sgd",
-            lr=0.4,
-            momentum=0.9,
-            weight_decay=1e-4,
-            epochs=100,
-            batch_size=32,
-        ),
+        "paper": paper_recipe("stpm"),
     }
 
     def __init__(self, teacher, cfg: STPMConfig):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -68,7 +69,7 @@ from ..layers import (
     xavier_init_,
 )
 from ..scoring import ScoringConfig
-from .base import Batch, Method, TransformerTrainingConfig
+from .base import Batch, Method, TransformerTrainingConfig, paper_recipe
 
 
 @dataclass
@@ -83,6 +84,11 @@ class UniADConfig(TransformerTrainingConfig):
     uniform vs cluster-balanced batches, and the top-1 % score vs the paper's 16 x 16 average-pool max. The
     transformer's size, the neck, the jitter and the 60 epochs were chosen earlier on the test set and are
     not re-decided yet. Figures: ``docs/benchmarks.md``, "Choose on validation, report on test" and "UniAD"."""
+
+    choices: ClassVar[dict[str, tuple]] = {
+        "jitter_rule": ("norm", "spread"),
+        "neck": ("official", "antialias"),
+    }
 
     # transformer
     hidden_dim: int = 128
@@ -120,17 +126,6 @@ class UniADConfig(TransformerTrainingConfig):
     scoring: ScoringConfig = field(
         default_factory=lambda: ScoringConfig(fuse="sum", blur_sigma=4.0, image_score="topk_mean")
     )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.jitter_rule not in ("norm", "spread"):
-            raise ValueError(f"jitter_rule must be 'norm' or 'spread', got {self.jitter_rule!r}")
-        if self.neck not in ("official", "antialias"):
-            raise ValueError(f"neck must be 'official' or 'antialias', got {self.neck!r}")
-
-
-# the paper's transformer size (config.yaml), which UniSTAD's paper preset takes too
-UNIAD_TRANSFORMER = dict(hidden_dim=256, num_heads=8, ffn_dim=1024, dropout=0.1)
 
 
 # ---- UniAD's own layer (the shared ones are in layers.py) ----------------------------------------------
@@ -177,34 +172,7 @@ class UniAD(Method):
     )
     presets = {
         "cpu": {},
-        # experiments/MVTec-AD/config.yaml: B4 outlayers [1,2,3,4] = timm feature_info 0..3 (strides 2,4,8,16)
-        "paper": dict(
-            teacher="efficientnet_b4",
-            teacher_layers=(0, 1, 2, 3),
-            image_size=224,
-            neck="official",
-            jitter_rule="norm",
-            **UNIAD_TRANSFORMER,
-            enc_layers=4,
-            dec_layers=4,
-            neighbor_size=7,
-            jitter_scale=20.0,
-            jitter_prob=1.0,
-            optimizer="adamw",
-            lr=1e-4,
-            betas=(0.9, 0.999),
-            weight_decay=1e-4,
-            epochs=1000,
-            schedule="step",
-            step_epochs=800,
-            gamma=0.1,
-            grad_clip=0.1,
-            batch_size=64,
-            sampling="uniform",
-            scoring=ScoringConfig(
-                fuse="sum", blur_sigma=0.0, image_score="avgpool_max", pool_size=16
-            ),
-        ),
+        "paper": paper_recipe("uniad"),  # the official config.yaml
     }
 
     def __init__(self, teacher, cfg: UniADConfig):

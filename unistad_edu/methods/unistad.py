@@ -72,8 +72,7 @@ from ..layers import (
 )
 from ..refine import AffinityRefiner
 from ..scoring import ScoringConfig
-from .base import Batch, Method, TransformerTrainingConfig, token_grid
-from .uniad import UNIAD_TRANSFORMER
+from .base import Batch, Method, TransformerTrainingConfig, paper_recipe, token_grid
 
 MAP_NAMES = ("teacher_global", "teacher_local", "global_local")
 
@@ -204,25 +203,7 @@ class UniSTAD(Method):
     needs_images = False  # loss() reads teacher features only: trains from the cache without images
     presets = {
         "cpu": {},
-        # ours (no public recipe): DINOv2 ViT-S/14 blocks 2/5/8 at 224 px (16 x 16 tokens, 3 x 384 channels),
-        # students of UniAD's size (hidden 256, 8 heads, FFN 1024, dropout 0.1) with 4 layers each
-        "paper": dict(
-            teacher="vit_small_patch14_dinov2",
-            teacher_layers=(2, 5, 8),
-            image_size=224,
-            **UNIAD_TRANSFORMER,
-            layers=4,
-            global_window=7,
-            local_window=3,
-            hm_quantile=0.0,
-            optimizer="adamw",
-            lr=1e-4,
-            weight_decay=1e-4,
-            epochs=300,
-            schedule="cosine",
-            batch_size=16,
-            grad_clip=1.0,
-        ),
+        "paper": paper_recipe("unistad"),  # ours: no public recipe
     }
 
     def __init__(self, teacher, cfg: UniSTADConfig):
