@@ -82,15 +82,15 @@ def interference_figure(acc_json, out) -> Path:
         handles, labels, loc="upper right", ncol=2, frameon=False, bbox_to_anchor=(0.99, 1.0)
     )
     fig.suptitle(
-        f"{result.get('method', 'stpm').upper()}: one model per category vs one for all "
+        f"{result.get('method', 'stpm').upper()}: one model per category vs one for all\n"
         f"({result.get('protocol', '?')} protocol; "
         f"{'mean ± std of %d seeds' % seeds if seeds > 1 else 'one seed: no error bars'})",
         x=0.02,
         ha="left",
     )
     fig.tight_layout(
-        rect=(0, 0, 1, 0.93)
-    )  # room for the title and the legend above the axes, off the bars
+        rect=(0, 0, 1, 0.91)
+    )  # room for the two-line title and the legend above the axes, off the bars
     return _save(fig, out)
 
 
