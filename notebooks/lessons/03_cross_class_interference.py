@@ -445,7 +445,12 @@ The cell checks the lesson's claims on this run's numbers:
    (a threshold each) find more of the defects, averaged over categories, than the unified model with its one
    threshold, and the unified model's pooled I-AUROC (all categories ranked together) is below the mean of its
    per-category I-AUROCs;
-3. the unified model's median normal score differs between categories by at least 1.5x — the reason for 2.
+3. the unified model's median normal score differs between categories by at least 1.5x — the reason for 2;
+
+and on the recorded three-seed runs of section 2 (`docs/results/interference_stpm.json`):
+
+4. by the course's rule, the paired 95 % interval of unified minus per-class mean I-AUROC over the seeds
+   contains 0 — no difference three seeds can resolve.
 
 Whether the unified student is also worse *per category* (its AUROC) is what the curve answers once both have
 flattened; in a quick run they usually have not (read your table in section 4), and the recorded runs of
@@ -475,5 +480,17 @@ assert found_per > found_uni, "the unified model's one threshold found as many d
 assert pooled_uni < table_uni["mean"]["I-AUROC"], "ranking all categories together cost nothing"
 print(f"3. unified normal-score spread across categories: {spread:.2f}x")
 assert spread >= 1.5, f"the unified model's normal scores sit at similar levels in every category ({spread:.2f}x)"
+import json
+
+from unistad_edu.leaderboard import find_results
+from unistad_edu.uncertainty import paired_seeds
+
+recorded = find_results("interference_stpm.json")   # docs/results/ of this checkout, or None
+if recorded is not None:
+    rec = json.loads(recorded.read_text())["settings"]
+    uni, per = ([100 * r["metrics"]["mean"]["I-AUROC"] for r in rec[s]["seeds"]] for s in ("unified", "per-class"))
+    paired = paired_seeds(uni, per)
+    print(f"4. recorded, unified - per-class mean I-AUROC: {paired}")
+    assert paired.low < 0 < paired.high, "the recorded seeds tell unified and per-class apart"
 """),
 ]
