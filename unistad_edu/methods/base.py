@@ -18,6 +18,7 @@ with its source in ``paper_recipes.json`` and read by :func:`paper_recipe`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -322,13 +323,20 @@ class ReverseDistillationConfig(MethodConfig):
     )
 
 
+@functools.cache
+def _recipes_file() -> str:
+    """``paper_recipes.json`` as text, read once per process (every method module asks at import)."""
+    from importlib.resources import files
+
+    return files(__package__).joinpath("paper_recipes.json").read_text()
+
+
 def paper_recipes() -> dict:
     """Every method's ``paper`` preset as ``paper_recipes.json`` keeps it: method -> {"source": where
     each value comes from (a paper, an official config, methods.md, or "ours"), "values": config fields}."""
     import json
-    from importlib.resources import files
 
-    return json.loads(files(__package__).joinpath("paper_recipes.json").read_text())
+    return json.loads(_recipes_file())  # a fresh copy: a caller may change it
 
 
 def paper_recipe(name: str) -> dict:
