@@ -222,9 +222,45 @@ def test_leaderboard_reports_the_false_alarm_rate_at_the_threshold(board, runs):
         assert r["false_alarm_rate"] == pytest.approx(far["all"]) and r[
             "false_alarm_target"
         ] == pytest.approx(0.01)
+        assert r["false_alarms_by_category"] == pytest.approx(
+            {c: v["rate"] for c, v in far["categories"].items()}, nan_ok=True
+        )
     by_label = {r["label"]: r for r in result["rows"]}
     for row in leaderboard.table(result):  # the table's "method" column is the entry's label
         assert row["false alarms %"] == round(100 * by_label[row["method"]]["false_alarm_rate"], 1)
+    assert "False alarms per product" in leaderboard.markdown(result)
+
+
+def test_false_alarms_per_product_are_averaged_over_seeds_and_the_worst_is_shown():
+    """Two seeds: bolt flagged 0.10 and 0.30 of its normal images, weave 0.0 and 0.02 -> 20.0 and 1.0 %, the
+    worst product 20.0 % while the pooled rate says 5 %."""
+    from unistad_edu.leaderboard import aggregate, false_alarm_table, markdown, table
+
+    def row(run, bolt, weave):
+        return {
+            "label": "m",
+            "run": run,
+            "method": "stpm",
+            "mean": {"I-AUROC": 0.9},
+            "categories": {"bolt": {"I-AUROC": 0.9}, "weave": {"I-AUROC": 0.9}},
+            "state_mib": 1.0,
+            "false_alarm_rate": 0.05,
+            "false_alarms_by_category": {"bolt": bolt, "weave": weave},
+            "infer_ms_per_img": 10.0,
+            "infer_vs_teacher_only": 0.5,
+        }
+
+    result = {
+        "rows": aggregate([row("s0", 0.10, 0.0), row("s1", 0.30, 0.02)]),
+        "timed_images": 2,
+        "timing_batch_size": 1,
+        "teacher_only_img_s": 1.0,
+        "data": "x",
+    }
+    assert false_alarm_table(result) == [{"method": "m", "bolt": 20.0, "weave": 1.0}]
+    (shown,) = table(result)
+    assert shown["false alarms %"] == 5.0 and shown["worst product FA %"] == 20.0
+    assert "| m | 20.0 | 1.0 |" in markdown(result)
 
 
 def test_figures_take_error_bars_from_a_results_spread_over_seeds():

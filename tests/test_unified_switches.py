@@ -185,3 +185,99 @@ def test_the_new_switches_are_ranged(teacher, name, bad):
     # the cpu presets as chosen on the validation set: UniSTAD's takes the loose loss, UniAD's neither switch
     assert cfg.hm_quantile == (0.9 if name == "unistad" else 0.0)
     assert getattr(cfg, "input_dropout", 0.0) == 0.0
+
+
+# ---- RD++'s projection (methods/rd_plus.py) -------------------------------------------------------------------
+def test_rdpp_noise_is_one_rectangle_of_the_official_size_and_amplitude():
+    """At 256 px RD++'s rectangles have sides 10..31 px; every changed pixel lies inside one such box and moved by
+    at most 0.2; at 64 px the range shrinks to 7 px."""
+    from unistad_edu.methods.rd_plus import noise_patches, patch_size_range
+
+    assert patch_size_range(256) == (10, 31) and patch_size_range(64) == (7, 7)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 256, 256, generator=g)
+    out = noise_patches(images, generator=g)
+    diff = (out - images).abs()
+    assert diff.max() <= 0.2 + 1e-6
+    for d in diff.amax(dim=1):  # (256, 256) per image
+        ys, xs = torch.nonzero(d > 0, as_tuple=True)
+        h, w = int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
+        assert 10 <= h <= 31 and 10 <= w <= 31
+        assert len(ys) > 0.9 * h * w  # a filled rectangle, not scattered pixels
+
+
+def test_rdpp_losses_are_the_official_cosines_weighted():
+    """Against torch's cosine_similarity by hand: reconstruct = mean per-position 1 - cos of the two projections,
+    contrast = mean per image 1 - cos of the flattened noised teacher level and clean projection; weights 0.2 x
+    (0.01, 0.1) / 1.11."""
+    import torch.nn.functional as F
+
+    from unistad_edu.methods.rd_plus import losses
+
+    g = torch.Generator().manual_seed(1)
+    shapes = [(3, 4, 8, 8), (3, 6, 4, 4)]
+    tn, pn, pc = ([torch.randn(s, generator=g) for s in shapes] for _ in range(3))
+    out = losses(tn, pn, pc, weight=0.2)
+    rec = sum((1 - F.cosine_similarity(a, b, dim=1)).mean() for a, b in zip(pn, pc))
+    con = sum(
+        (1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)).mean() for a, b in zip(tn, pc)
+    )
+    assert out["rdpp_reconstruct"].item() == pytest.approx(0.2 * 0.01 / 1.11 * rec.item(), rel=1e-5)
+    assert out["rdpp_contrast"].item() == pytest.approx(0.2 * 0.1 / 1.11 * con.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rd", "snl"])
+def test_rdpp_the_bottleneck_reads_the_projection_the_target_stays_the_teacher(teacher, name):
+    x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    plain = build_model(name, teacher, image_size=64)
+    assert plain.projection is None and not plain.needs_images and "projected" not in plain(x)
+    m = build_model(name, teacher, image_size=64, rdpp=True).eval()
+    assert m.needs_images  # the noised copy goes through the teacher while training
+    out = m(x)
+    with torch.no_grad():
+        expected = m.projection(out["teacher"])
+        for a, b in zip(out["projected"], expected):
+            torch.testing.assert_close(a, b)
+        torch.nn.init.zeros_(m.projection.levels[0].net[0].weight)  # change the projection only
+        again = m(x)
+    assert all(torch.equal(a, b) for a, b in zip(out["teacher"], again["teacher"]))
+    assert not torch.allclose(out["student"][0], again["student"][0])
+    m.train()
+    terms = m.loss_terms(x)
+    assert {"rdpp_reconstruct", "rdpp_contrast"} <= set(terms)
+    sum(terms.values()).backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in m.projection.parameters()
+        if p.dim() > 1
+    )
+    assert all(p.grad is None for p in m.teacher.parameters())
+
+
+def test_rdpp_trains_from_the_cache_with_images_and_round_trips(teacher, tmp_path):
+    """Through the engine (feature cache on, so the images are kept because the loss needs them): the projection
+    learns, the teacher stays bit-identical, and the checkpoint loads with its projection."""
+    from unistad_edu.checkpoint import load_checkpoint
+    from unistad_edu.data import MVTecDataset
+    from unistad_edu.engine import TrainConfig, fit
+    from unistad_edu.synthetic import make_synthetic
+
+    data = make_synthetic(
+        tmp_path / "d", size=64, n_train=6, n_test_good=1, n_test_defect=1, categories=("bolt",)
+    )
+    train = MVTecDataset(data, "train", image_size=64)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    m = build_model("rd", teacher, image_size=64, rdpp=True, batch_size=3)
+    w0 = m.projection.levels[1].net[0].weight.detach().clone()
+    fit(
+        m,
+        train,
+        TrainConfig(epochs=1, progress=False, precision="fp32", holdout_fraction=0.0),
+        out=tmp_path / "r",
+    )
+    assert not torch.equal(w0, m.projection.levels[1].net[0].weight)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    loaded = load_checkpoint(tmp_path / "r", teacher=teacher)
+    assert loaded.cfg.rdpp and torch.equal(
+        loaded.projection.levels[1].net[0].weight, m.projection.levels[1].net[0].weight
+    )

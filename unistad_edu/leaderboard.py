@@ -99,8 +99,14 @@ def _row(entry: dict, model, data, progress: bool) -> dict:
         "mean": metrics["mean"],
         "categories": metrics["categories"],
         "false_alarm_rate": (metrics.get("false_alarms") or {}).get("all"),
+        "false_alarms_by_category": _rates_by_category(metrics.get("false_alarms")),
         "false_alarm_target": run_config.get("false_alarm_target"),
     }
+
+
+def _rates_by_category(far: dict | None) -> dict:
+    """{category: share of its normal test images flagged} from ``metrics.json``'s ``false_alarms``."""
+    return {c: v.get("rate") for c, v in ((far or {}).get("categories") or {}).items()}
 
 
 def _inference_speeds(models: dict, root: Path, n_images: int, batch_size: int, repeats: int):
@@ -168,7 +174,7 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
     """Rows that share a label (one per seed) -> one row each, in first-seen order: ``mean`` and ``categories``
     hold the mean over the seeds of every metric, ``std`` = {"mean": {metric: std}, "categories": {cat: {metric:
     std}}} their sample standard deviations (:func:`over_seeds`), ``seeds`` the runs; train time, stored state
-    and false-alarm rate are means, peak RSS the largest. A label with one run keeps its numbers, with ``seeds`` =
+    and false-alarm rates (over all images and per category) are means, peak RSS the largest. A label with one run keeps its numbers, with ``seeds`` =
     [its run] and no ``std``."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -191,6 +197,12 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
                 "peak_rss_mb": max(rss) if rss else None,
                 "state_mib": _mean_std(g["state_mib"] for g in group)[0],
                 "false_alarm_rate": _mean_std(g.get("false_alarm_rate") for g in group)[0],
+                "false_alarms_by_category": {
+                    c: _mean_std((g.get("false_alarms_by_category") or {}).get(c) for g in group)[0]
+                    for c in sorted(
+                        {c for g in group for c in g.get("false_alarms_by_category") or {}}
+                    )
+                },
             }
         )
     return out
@@ -293,12 +305,35 @@ def table(result: dict, columns: Sequence[str] = COLUMNS) -> list[dict]:
                 "peak RSS MiB": None if rss is None else round(rss),
                 "state MiB": round(r["state_mib"], 2),
                 "false alarms %": None if far is None else round(100 * far, 1),
+                "worst product FA %": _worst(r.get("false_alarms_by_category")),
                 "ms/img": round(r["infer_ms_per_img"], 1),
                 "speed vs teacher": round(r["infer_vs_teacher_only"], 2),
             }
         )
         rows.append(row)
     return refs + rows
+
+
+def _worst(by_category: dict | None) -> float | None:
+    """The highest per-category false-alarm rate x100 (NaN and missing left out); None when there is none."""
+    v = [x for x in (by_category or {}).values() if x is not None and not np.isnan(x)]
+    return round(100 * max(v), 1) if v else None
+
+
+def false_alarm_table(result: dict) -> list[dict]:
+    """One row per method (the table's order): the share of each category's normal test images flagged at the
+    run's threshold, x100 (mean over seeds). One threshold for all products hides where its alarms fall."""
+    cats = sorted({c for r in result["rows"] for c in r.get("false_alarms_by_category") or {}})
+    out = []
+    for r in sorted(result["rows"], key=lambda r: -r["mean"]["I-AUROC"]):
+        by = r.get("false_alarms_by_category") or {}
+        out.append(
+            {
+                "method": r["label"],
+                **{c: None if by.get(c) is None else round(100 * by[c], 1) for c in cats},
+            }
+        )
+    return out
 
 
 def per_category(result: dict, column: str = "I-AUROC") -> tuple[list[str], dict[str, list[float]]]:
@@ -335,6 +370,11 @@ def markdown(result: dict, command: str = "") -> str:
     methods = rows[len(result.get("references", [])) :]  # the columns in the methods' order
     columns = list(dict.fromkeys(k for r in methods or rows for k in r))
     text = "\n".join(head) + "\n\n" + markdown_table(rows, columns) + "\n"
+    if fa := [r for r in false_alarm_table(result) if len(r) > 1]:
+        text += (
+            "\nFalse alarms per product (% of its normal test images flagged at the run's threshold, mean over "
+            "seeds):\n\n" + markdown_table(fa, list(fa[0]), digits=1) + "\n"
+        )
     best = max(result["rows"], key=lambda r: r["mean"]["I-AUROC"])["label"]
     if pairs := paired(result, best):
         text += (

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import cosine_distance, global_cosine_distance, reverse_student, scale_easy_gradients
+from . import rd_plus
 from .base import Batch, Method, ReverseDistillationConfig, paper_recipe
 
 
@@ -86,6 +87,19 @@ def noisy_levels(levels: list[torch.Tensor], p: float, training: bool) -> list[t
     """The teacher levels as the student's bottleneck reads them: with dropout ``p`` while training (a noisy
     bottleneck, so copying them is never exact), unchanged otherwise. The loss's targets stay the clean levels."""
     return [F.dropout(x, p, training=True) for x in levels] if training and p > 0 else levels
+
+
+def add_projection(method, cfg) -> None:
+    """RD++'s projection (``rd_plus.Projection``) on a reverse student when ``cfg.rdpp``, else ``None``; with it
+    the loss reads the images too (the noised copy goes through the teacher), so the engine keeps them."""
+    channels = [lv.channels for lv in method.teacher.feature_info]
+    method.projection = rd_plus.Projection(channels, cfg.init_seed + 2) if cfg.rdpp else None
+    method.needs_images = bool(cfg.rdpp)
+
+
+def bottleneck_input(method, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What the bottleneck reads: the teacher's levels, or their RD++ projection when it is on."""
+    return levels if method.projection is None else method.projection(levels)
 
 
 def position_cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -129,6 +143,7 @@ class RD(Method):
         self.bottleneck, self.decoder, self.embed_channels = reverse_student(
             teacher.feature_info, cfg
         )
+        add_projection(self, cfg)
 
     # ---- pieces -----------------------------------------------------------------------------------------
     def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
@@ -137,13 +152,16 @@ class RD(Method):
         return [feats[name].float() for name in self.teacher.layer_names]
 
     def forward(self, batch: Batch) -> dict:
-        """``teacher`` and ``student`` level lists (fine -> coarse, float32) and the ``embedding``."""
+        """``teacher`` and ``student`` level lists (fine -> coarse, float32) and the ``embedding`` (and with
+        RD++ on, ``projected``: the levels the bottleneck read)."""
         t = self.teacher_levels(batch)
+        p = bottleneck_input(self, t)
         z = self.bottleneck(
-            noisy_levels(t, self.cfg.bottleneck_dropout, self.training)
+            noisy_levels(p, self.cfg.bottleneck_dropout, self.training)
         )  # (B, D, h_L/2, w_L/2)
         s = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # each (B, C_l, h_l, w_l)
-        return {"teacher": t, "student": [x.float() for x in s], "embedding": z}
+        out = {"teacher": t, "student": [x.float() for x in s], "embedding": z}
+        return {**out, "projected": p} if self.projection is not None else out
 
     def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
         """The named, weighted loss terms of a :meth:`forward` output (lessons apply SNL's to RD's outputs)."""
@@ -161,7 +179,9 @@ class RD(Method):
 
     # ---- the contract ----------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.terms_from(self.forward(batch))
+        out = self.forward(batch)
+        extra = rd_plus.terms(self, batch, out) if self.projection is not None else {}
+        return {**self.terms_from(out), **extra}
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.forward(batch)

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 
 from ..layers import cosine_distance, reverse_student
 from .base import Batch, Method, ReverseDistillationConfig, paper_recipe
-from .rd import RD, distillation_loss, noisy_levels
+from .rd import RD, add_projection, bottleneck_input, distillation_loss, noisy_levels
 
 
 @dataclass
@@ -225,6 +225,7 @@ class SNL(Method):
         self.bottleneck, self.decoder, self.embed_channels = reverse_student(
             teacher.feature_info, cfg
         )
+        add_projection(self, cfg)  # RD++'s, when cfg.rdpp (after RD's modules, from its own seed)
         self.cram = None
         if cfg.cram:
             with torch.random.fork_rng(devices=[]):
@@ -244,15 +245,17 @@ class SNL(Method):
 
     def forward(self, batch: Batch) -> dict:
         """As RD's forward (``teacher``, ``student``, ``embedding``), with CRAM between the bottleneck and the
-        decoder when it is on (adding ``cram_compactness`` and ``cram_assignment``)."""
+        decoder when it is on (adding ``cram_compactness`` and ``cram_assignment``), and RD++'s projection before
+        the bottleneck when ``rdpp`` is on (adding ``projected``)."""
         t = self.teacher_levels(batch)
+        p = bottleneck_input(self, t)
         z = self.bottleneck(
-            noisy_levels(t, self.cfg.bottleneck_dropout, self.training)
+            noisy_levels(p, self.cfg.bottleneck_dropout, self.training)
         )  # (B, D, h_L/2, w_L/2)
-        extras = {}
+        extras = {} if self.projection is None else {"projected": p}
         if self.cram is not None:
             z, compact, assign = self.cram(z)  # (B, D, h_L/2, w_L/2), scalar, (B, K, h_L/2, w_L/2)
-            extras = {"cram_compactness": compact, "cram_assignment": assign}
+            extras.update(cram_compactness=compact, cram_assignment=assign)
         s = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # each (B, C_l, h_l, w_l)
         return {"teacher": t, "student": [x.float() for x in s], "embedding": z, **extras}
 
@@ -285,8 +288,7 @@ class SNL(Method):
             return {k: float(v) for k, v in self.loss_terms(batch).items()}
 
     # ---- the contract ----------------------------------------------------------------------------------
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.terms_from(self.forward(batch))
+    loss_terms = RD.loss_terms  # SNL's terms_from, plus RD++'s terms when rdpp is on
 
     def anomaly_maps(self, batch: Batch) -> dict[str, torch.Tensor]:
         """RD's map: per level the cosine distance at every position, (B, 1, h_l, w_l)."""
