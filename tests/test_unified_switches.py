@@ -281,3 +281,93 @@ def test_rdpp_trains_from_the_cache_with_images_and_round_trips(teacher, tmp_pat
     assert loaded.cfg.rdpp and torch.equal(
         loaded.projection.levels[1].net[0].weight, m.projection.levels[1].net[0].weight
     )
+
+
+# ---- ReContrast's encoder (methods/recontrast.py) -----------------------------------------------------------
+def test_recontrast_encoder_is_a_trainable_copy_at_a_scaled_learning_rate(teacher):
+    from unistad_edu.engine import make_optimizer
+
+    m = build_model("rd", teacher, image_size=64, recontrast=True, lr=0.002)
+    assert m.needs_images and build_model("rd", teacher, image_size=64).encoder is None
+    mine, theirs = dict(m.encoder.state_dict()), teacher.pyramid.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(
+        torch.equal(mine[k], theirs[k]) and mine[k].data_ptr() != theirs[k].data_ptr() for k in mine
+    )
+    assert all(p.requires_grad for p in m.encoder.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    m.train()
+    assert (
+        not m.encoder.training and m.decoder.training
+    )  # the copy's BatchNorm keeps ImageNet's statistics
+    lrs = sorted(g["lr"] for g in make_optimizer(m).param_groups)
+    assert lrs == pytest.approx([0.002 * 1e-5 / 2e-3, 0.002])  # the official 1e-5 beside 2e-3
+    with pytest.raises(ValueError, match="cannot both"):
+        build_model("rd", teacher, image_size=64, recontrast=True, rdpp=True)
+    with pytest.raises(ValueError, match="recontrast_lr_scale"):
+        build_model("rd", teacher, image_size=64, recontrast=True, recontrast_lr_scale=0.0)
+
+
+def test_recontrast_pairs_each_encoder_with_the_decoding_of_the_other(teacher):
+    """In eval mode (BatchNorm per image) the decoder's output for the joint batch splits into what it makes of
+    each encoder alone: the frozen levels are compared with the decoding of the trainable encoder's, the
+    trainable encoder's with the decoding of the frozen teacher's."""
+    m = build_model("rd", teacher, image_size=64, recontrast=True).eval()
+    with torch.no_grad():  # move the copy away from the teacher, so the two halves differ
+        for p in m.encoder.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)))
+        out = m(x)
+        t = m.teacher_levels(x)
+        feats = m.encoder(teacher.normalize(x.image))
+        e = [feats[n].float() for n in teacher.layer_names]
+        shapes = [tuple(f.shape[-2:]) for f in t]
+        from_e = m.decoder(m.bottleneck(e), shapes)
+        from_t = m.decoder(m.bottleneck(t), shapes)
+    n = len(t)
+    assert len(out["teacher"]) == len(out["student"]) == 2 * n
+    for i in range(n):
+        torch.testing.assert_close(out["teacher"][i], t[i])
+        torch.testing.assert_close(out["teacher"][n + i], e[i])
+        torch.testing.assert_close(out["student"][i], from_e[i].float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out["student"][n + i], from_t[i].float(), rtol=1e-4, atol=1e-5)
+    maps = m.anomaly_maps(x)
+    assert list(maps) == [*teacher.layer_names, *(f"encoder.{k}" for k in teacher.layer_names)]
+
+
+def test_recontrast_trains_the_copy_slowly_and_leaves_the_teacher(teacher, tmp_path):
+    """Through the engine: the copy moves, the teacher stays bit-identical, the saved optimiser state holds the
+    encoder's group at 0.005 x the scheduled learning rate, and the run loads with its trained copy."""
+    from unistad_edu.checkpoint import load_checkpoint, load_train_state
+    from unistad_edu.data import MVTecDataset
+    from unistad_edu.engine import TrainConfig, fit, make_optimizer
+    from unistad_edu.synthetic import make_synthetic
+
+    data = make_synthetic(
+        tmp_path / "d", size=64, n_train=6, n_test_good=1, n_test_defect=1, categories=("bolt",)
+    )
+    train = MVTecDataset(data, "train", image_size=64)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    m = build_model("rd", teacher, image_size=64, recontrast=True, batch_size=3)
+    fit(
+        m,
+        train,
+        TrainConfig(epochs=1, progress=False, precision="fp32", holdout_fraction=0.0),
+        out=tmp_path / "r",
+    )
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    moved = [
+        k
+        for k, v in m.encoder.state_dict().items()
+        if not torch.equal(v, teacher.pyramid.state_dict()[k])
+    ]
+    assert moved
+    again = build_model("rd", teacher, image_size=64, recontrast=True, batch_size=3)
+    opt = make_optimizer(again)
+    load_train_state(tmp_path / "r", again, opt)
+    lrs = sorted(g["lr"] for g in opt.param_groups)
+    assert lrs[0] == pytest.approx(0.005 * lrs[1])
+    loaded = load_checkpoint(tmp_path / "r", teacher=teacher)
+    assert all(
+        torch.equal(v, m.encoder.state_dict()[k]) for k, v in loaded.encoder.state_dict().items()
+    )

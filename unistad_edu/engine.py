@@ -123,8 +123,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def make_optimizer(model: Method) -> torch.optim.Optimizer:
+    """The method's optimiser over its parameter groups (``Method.param_groups``: each at ``lr_scale`` x lr)."""
     cfg = model.cfg
-    params = model.trainable_parameters()
+    params = [{**g, "lr": cfg.lr * g["lr_scale"]} for g in model.param_groups()]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -577,7 +578,7 @@ def _train_epochs(f: _Fit) -> None:
         torch.manual_seed(train_cfg.seed * 100_003 + epoch + 1_000_003 * ddp.rank)
         lr = lr_at(model.cfg, epoch, epochs)
         for group in f.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         model.train()
         t_epoch = time.perf_counter()
         losses = _epoch_losses(f, epoch)

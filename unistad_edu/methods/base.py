@@ -400,6 +400,12 @@ class Method(nn.Module):
                 pass
         return out
 
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups, each ``{"params", "lr_scale"}``: the learning rate of a group is
+        ``lr_scale`` x the schedule's (one group of every trainable parameter at 1.0, unless a method says
+        otherwise)."""
+        return [{"params": self.trainable_parameters(), "lr_scale": 1.0}]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [
             p

@@ -58,8 +58,9 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import cosine_distance, global_cosine_distance, reverse_student, scale_easy_gradients
-from . import rd_plus
+from . import rd_plus, recontrast
 from .base import Batch, Method, ReverseDistillationConfig, paper_recipe
+from .recontrast import LR_SCALE as RECONTRAST_LR_SCALE
 
 
 @dataclass
@@ -81,6 +82,21 @@ class RDConfig(ReverseDistillationConfig):
 
     rd_loss: str = "flattened"
     hm_quantile: float = 0.9
+    # ReContrast's encoder (methods/recontrast.py): a trainable copy of the teacher beside the frozen one,
+    # cross-supervised, at recontrast_lr_scale x the learning rate (the official 1e-5 / 2e-3); off here
+    recontrast: bool = False
+    recontrast_lr_scale: float = RECONTRAST_LR_SCALE
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.recontrast_lr_scale <= 1:
+            raise ValueError(
+                f"recontrast_lr_scale must be in (0, 1], got {self.recontrast_lr_scale}"
+            )
+        if self.recontrast and self.rdpp:
+            raise ValueError(
+                "rdpp and recontrast cannot both be on: RD++'s projection reads one pyramid"
+            )
 
 
 def noisy_levels(levels: list[torch.Tensor], p: float, training: bool) -> list[torch.Tensor]:
@@ -144,6 +160,31 @@ class RD(Method):
             teacher.feature_info, cfg
         )
         add_projection(self, cfg)
+        self.encoder = recontrast.trainable_copy(teacher) if cfg.recontrast else None
+        if cfg.recontrast:
+            self.needs_images = True  # the trainable encoder reads the image
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder is not None:
+            self.encoder.eval()  # ReContrast's encoder keeps its pretrained BatchNorm statistics
+        return self
+
+    def param_groups(self) -> list[dict]:
+        """With ReContrast's encoder: its parameters at ``recontrast_lr_scale`` x the learning rate."""
+        if self.encoder is None:
+            return super().param_groups()
+        mine = {id(p) for p in self.encoder.parameters()}
+        rest = [p for p in self.trainable_parameters() if id(p) not in mine]
+        return [
+            {"params": rest, "lr_scale": 1.0},
+            {"params": list(self.encoder.parameters()), "lr_scale": self.cfg.recontrast_lr_scale},
+        ]
+
+    def map_names(self) -> list[str]:
+        """One name per map: the teacher's levels, then (ReContrast) the trainable encoder's."""
+        names = list(self.teacher.layer_names)
+        return names + [f"encoder.{n}" for n in names] if self.encoder is not None else names
 
     # ---- pieces -----------------------------------------------------------------------------------------
     def teacher_levels(self, batch: Batch) -> list[torch.Tensor]:
@@ -153,14 +194,25 @@ class RD(Method):
 
     def forward(self, batch: Batch) -> dict:
         """``teacher`` and ``student`` level lists (fine -> coarse, float32) and the ``embedding`` (and with
-        RD++ on, ``projected``: the levels the bottleneck read)."""
+        RD++ on, ``projected``: the levels the bottleneck read). With ReContrast's encoder the lists hold the
+        2 L cross pairs (``recontrast.cross_pairs``): frozen levels vs what the decoder made of the trainable
+        encoder's, then the trainable (detached) vs what it made of the frozen teacher's."""
         t = self.teacher_levels(batch)
         p = bottleneck_input(self, t)
+        e = recontrast.encoder_levels(self, batch.image) if self.encoder is not None else []
+        if (
+            e
+        ):  # ReContrast: the trainable encoder's levels, then the frozen one's, as one batch of 2B
+            p = [torch.cat([a, b]) for a, b in zip(e, p)]
         z = self.bottleneck(
             noisy_levels(p, self.cfg.bottleneck_dropout, self.training)
         )  # (B, D, h_L/2, w_L/2)
-        s = self.decoder(z, [tuple(f.shape[-2:]) for f in t])  # each (B, C_l, h_l, w_l)
-        out = {"teacher": t, "student": [x.float() for x in s], "embedding": z}
+        s = [
+            x.float() for x in self.decoder(z, [tuple(f.shape[-2:]) for f in t])
+        ]  # (B, C_l, h_l, w_l)
+        if e:  # the cross pairs: 2 L levels
+            t, s = recontrast.cross_pairs(t, e, s)
+        out = {"teacher": t, "student": s, "embedding": z}
         return {**out, "projected": p} if self.projection is not None else out
 
     def terms_from(self, out: dict) -> dict[str, torch.Tensor]:
@@ -187,5 +239,5 @@ class RD(Method):
         out = self.forward(batch)
         return {
             name: position_cosine_distance(t, s)  # (B, 1, h_l, w_l)
-            for name, t, s in zip(self.teacher.layer_names, out["teacher"], out["student"])
+            for name, t, s in zip(self.map_names(), out["teacher"], out["student"])
         }
