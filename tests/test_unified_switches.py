@@ -84,7 +84,10 @@ def test_uniad_loose_loss_scales_the_easy_positions_gradient(teacher, q, f):
     one, elsewhere equal."""
     target = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(1))
     grads, values = {}, {}
-    for name, kw in (("plain", {}), ("mined", {"hm_quantile": q, "hm_factor": f})):
+    for name, kw in (
+        ("plain", {"hm_quantile": 0.0}),
+        ("mined", {"hm_quantile": q, "hm_factor": f}),
+    ):
         model = build_model("uniad", teacher, image_size=64, **kw)
         rec = _leaf((2, 6, 4, 4), 2)
         model.forward = lambda batch, rec=rec: {"rec": rec, "target": target}
@@ -182,8 +185,8 @@ def test_the_new_switches_are_ranged(teacher, name, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         build_model(name, teacher, image_size=64, **bad)
     cfg = build_model(name, teacher, image_size=64).cfg
-    # the cpu presets as chosen on the validation set: UniSTAD's takes the loose loss, UniAD's neither switch
-    assert cfg.hm_quantile == (0.9 if name == "unistad" else 0.0)
+    # the cpu presets as chosen on the validation set: both take the loose loss, neither the input dropout
+    assert cfg.hm_quantile == 0.9
     assert getattr(cfg, "input_dropout", 0.0) == 0.0
 
 

@@ -19,8 +19,8 @@ matter, one at a time:
 | noisy bottleneck | dropout on what the student reads, while training only; the target stays clean | Dinomaly (CVPR 2025), MVTec unified: dropout 0 → 0.2 took I-AUROC 98.2 → 99.6, AUPRO 93.3 → 94.8; robust over 0.1–0.5 | `input_dropout` (UniAD, UniSTAD), `bottleneck_dropout` (RD, SNL, the dual students' decoder) |
 | feature jitter as the noise | Gaussian noise instead of dropout (UniAD's own) | Dinomaly: nearly as good as dropout at scale 20 (99.59) | `jitter` (UniAD) |
 | loose, hard-mined loss | the gradient of the best-reconstructed 90 % of points scaled by 0.1, so training stops polishing what it already rebuilds well | ReContrast (NeurIPS 2023) and Dinomaly (Eq. 5): +0.6 I-AUROC MVTec, +1.1 VisA, alone | `hm_quantile` (UniAD, RD, SNL, UniSTAD, the dual students) |
-| RD++ additions | a projection layer per level, an optimal-transport compactness loss, a noise-patch contrast | RD 93.6 → 97.9 I-AUROC unified (ADer's re-run, 100 epochs) | not built |
-| ReContrast's encoder | the encoder slowly trainable beside a frozen copy, cross-supervised | RD4AD 94.6 → 98.3 unified | not built |
+| RD++ additions | a projection layer per level, an optimal-transport compactness loss, a noise-patch contrast | RD 93.6 → 97.9 I-AUROC unified (ADer's re-run, 100 epochs) | `rdpp` (RD, SNL; the projection and the noise-patch terms — the official code's transport term compares a batch with itself and vanishes, `methods/rd_plus.py`) |
+| ReContrast's encoder | the encoder slowly trainable beside a frozen copy, cross-supervised | RD4AD 94.6 → 98.3 unified | `recontrast` (RD) |
 | finer scoring grid | more, smaller tokens for the map | not isolated in the papers (the memory bank scores on 32 × 32, UniSTAD on 16 × 16) | `feature_stride` (UniAD, UniSTAD) |
 
 Sources: the papers' ablation tables as summarised in `../shared/methods.md` §9 (Dinomaly T3–T5, A1, A5–A6;
@@ -46,9 +46,10 @@ from unistad_edu.methods import make_config
 QUICK_CATEGORIES = ["bottle", "cookie", "metal_plate"]   # real data: the three categories of lessons 03-04
 lesson = setup(QUICK_CATEGORIES)   # quick/full switch (UNISTAD_QUICK), device, data, categories, preset
 QUICK, device, CATEGORIES = lesson.quick, lesson.device, lesson.categories
-# the plain autoencoder: UniAD's class with its three remedies off; quick: 128 px (8 x 8 tokens at stride 16),
-# one encoder and one decoder layer, 10 epochs; full: the cpu preset's size and schedule
-PLAIN = dict(neighbor_mask=False, layerwise_query=False, jitter=False)
+# the plain autoencoder: UniAD's class with its three remedies and the loose loss (on in its cpu preset) off;
+# quick: 128 px (8 x 8 tokens at stride 16), one encoder and one decoder layer, 10 epochs; full: the cpu
+# preset's size and schedule
+PLAIN = dict(neighbor_mask=False, layerwise_query=False, jitter=False, hm_quantile=0.0)
 OVERRIDES = dict(image_size=128, hidden_dim=128, num_heads=4, ffn_dim=256, enc_layers=1, dec_layers=1,
                  lr=3e-3, epochs=10, batch_size=8) if QUICK else {}
 N_TRAIN = 40 if QUICK else None       # at most this many normal training images per category (None: all)
@@ -85,8 +86,8 @@ print(f"train: {len(train)} normal images; test: {len(test)} images")
 
 models, fits, tables, outputs = {}, {}, {}, {}
 for name, switch in VARIANTS.items():
-    model = build_model("uniad", teacher, cfg=make_config("uniad", PRESET, init_seed=SEED, **PLAIN,
-                                                          **{**OVERRIDES, **switch}))
+    model = build_model("uniad", teacher, cfg=make_config("uniad", PRESET, init_seed=SEED,
+                                                          **{**PLAIN, **OVERRIDES, **switch}))
     fits[name] = fit(model, train, TrainConfig(seed=SEED, device=device, progress=False), cache=cache)
     tables[name], outputs[name] = evaluate(model, test, cache=cache, progress=False, return_outputs=True)
     models[name] = model.eval()
