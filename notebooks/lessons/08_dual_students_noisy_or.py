@@ -43,7 +43,7 @@ scoring path (`unistad_edu.scoring`).
 | aspect | the paper states (source) | what we built (`methods/dual_student.py`) | our reading / why |
 |---|---|---|---|
 | teacher | a frozen **DINOv2** ViT, shared by both students [paper] | `cpu` preset: Lite0, 256 px; `paper` preset: DINOv2 ViT-B/14-reg, blocks 2–9 (+ 11 for the class token), 392 px | ViT size and 392 px follow Dinomaly [inference] |
-| ED student & loss | rebuilds averaged mid-level features in **two groups**, `½ Σ_g (1 − cos(vec T_g, vec S_g))` [summary] | noisy bottleneck (dropout 0.2), 4 pre-norm blocks (`paper`: 8), `ed_groups`, hard mining 0.9 / 0.1 | softmax attention (Dinomaly: linear); a fixed mining share |
+| ED student & loss | rebuilds averaged mid-level features in **two groups**, `½ Σ_g (1 − cos(vec T_g, vec S_g))` [summary] | 4 pre-norm blocks (`paper`: 8), `ed_groups`; `paper`: noisy bottleneck (dropout 0.2) and hard mining 0.9 / 0.1, both off in `cpu` (compared on validation, lesson 16) | softmax attention (Dinomaly: linear); a fixed mining share |
 | EE student | a DINOv2-architecture encoder from scratch regresses the **class token** [summary] | `cpu`: ResNet-10-T at 128 px → Lite0's 1280-d ImageNet embedding; `paper`: ViT-S/14-reg → the class token | a CNN teacher has no class token |
 | scores | a local map and a semantic distance [summary/inference] | `s_loc`: per-group `1 − cos`, mean, σ 4, top-1 % mean; `s_sem`: `1 − cos` of the embeddings | Dinomaly's scoring [inference] |
 | Noisy-OR | `P = 1 − (1 − p_loc)(1 − p_sem)`, as training objective and image score [paper] | `p = sigmoid((s − offset) / T)`: 0.5 at the normal 95 % point, 0.01 at the median; `−log(1 − P)` × 0.1 | p near 0 on normals, so the OR acts as an OR |
