@@ -26,7 +26,7 @@ SIZE = 96
 # epochs (and batch) per method: enough for each to learn something at this size
 TRAINING = {
     "stpm": dict(epochs=6),
-    "rd": dict(epochs=6),
+    "rd": dict(epochs=15),  # its RD++ projection starts random: 6 epochs left it at chance
     "snl": dict(epochs=6),
     "unistad": dict(epochs=6),
     "uniad": dict(epochs=30, batch_size=4),

@@ -223,7 +223,7 @@ def test_rd_channels_follow_the_teacher(feats64, lite0_teacher):
 
 def test_rd_loss_and_maps_are_one_minus_cos(feats64, lite0_teacher):
     _, feats = feats64
-    model = build_model("rd", lite0_teacher, image_size=64, rd_loss="position").eval()
+    model = build_model("rd", lite0_teacher, image_size=64, rd_loss="position", rdpp=False).eval()
     batch = Batch(image=None, features=feats)
     out = model(batch)
     maps = model.anomaly_maps(batch)
@@ -244,7 +244,7 @@ def test_rd_flattened_loss_is_the_official_per_image_cosine(feats64, lite0_teach
     the map stays the per-position one. SNL's base term follows the same switch."""
     _, feats = feats64
     batch = Batch(image=None, features=feats)
-    model = build_model("rd", lite0_teacher, image_size=64, rd_loss="flattened").eval()
+    model = build_model("rd", lite0_teacher, image_size=64, rd_loss="flattened", rdpp=False).eval()
     with torch.no_grad():
         out = model(batch)
     cos = torch.nn.CosineSimilarity()
@@ -256,7 +256,7 @@ def test_rd_flattened_loss_is_the_official_per_image_cosine(feats64, lite0_teach
     assert list(terms) == ["flattened_cosine"]
     torch.testing.assert_close(terms["flattened_cosine"], want, atol=1e-5, rtol=1e-4)
     position = build_model(
-        "rd", lite0_teacher, image_size=64, rd_loss="position"
+        "rd", lite0_teacher, image_size=64, rd_loss="position", rdpp=False
     ).eval()  # same weights (init_seed), Eq. 2
     with torch.no_grad():
         assert (
@@ -306,8 +306,8 @@ def test_snl_all_switches_off_is_rd(feats64, lite0_teacher):
     _, feats = feats64
     batch = Batch(image=None, features=feats)
     rd = build_model(
-        "rd", lite0_teacher, image_size=64, rd_loss="position"
-    ).eval()  # SNL's loss rule
+        "rd", lite0_teacher, image_size=64, rd_loss="position", rdpp=False
+    ).eval()  # SNL's loss rule (and no RD++ projection, as SNL's preset)
     snl = build_model("snl", lite0_teacher, image_size=64, **ALL_OFF).eval()
     a, b = rd.state_dict(), snl.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

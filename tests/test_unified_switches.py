@@ -232,8 +232,11 @@ def test_rdpp_losses_are_the_official_cosines_weighted():
 @pytest.mark.parametrize("name", ["rd", "snl"])
 def test_rdpp_the_bottleneck_reads_the_projection_the_target_stays_the_teacher(teacher, name):
     x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
-    plain = build_model(name, teacher, image_size=64)
+    plain = build_model(name, teacher, image_size=64, rdpp=False)
     assert plain.projection is None and not plain.needs_images and "projected" not in plain(x)
+    # as chosen on the validation set: RD's cpu preset takes RD++'s projection, SNL's was not compared; RD4AD's
+    # recipe has none
+    assert make_config(name, "cpu").rdpp == (name == "rd") and not make_config(name, "paper").rdpp
     m = build_model(name, teacher, image_size=64, rdpp=True).eval()
     assert m.needs_images  # the noised copy goes through the teacher while training
     out = m(x)
@@ -290,7 +293,7 @@ def test_rdpp_trains_from_the_cache_with_images_and_round_trips(teacher, tmp_pat
 def test_recontrast_encoder_is_a_trainable_copy_at_a_scaled_learning_rate(teacher):
     from unistad_edu.engine import make_optimizer
 
-    m = build_model("rd", teacher, image_size=64, recontrast=True, lr=0.002)
+    m = build_model("rd", teacher, image_size=64, recontrast=True, rdpp=False, lr=0.002)
     assert m.needs_images and build_model("rd", teacher, image_size=64).encoder is None
     mine, theirs = dict(m.encoder.state_dict()), teacher.pyramid.state_dict()
     assert mine.keys() == theirs.keys()
@@ -308,14 +311,16 @@ def test_recontrast_encoder_is_a_trainable_copy_at_a_scaled_learning_rate(teache
     with pytest.raises(ValueError, match="cannot both"):
         build_model("rd", teacher, image_size=64, recontrast=True, rdpp=True)
     with pytest.raises(ValueError, match="recontrast_lr_scale"):
-        build_model("rd", teacher, image_size=64, recontrast=True, recontrast_lr_scale=0.0)
+        build_model(
+            "rd", teacher, image_size=64, recontrast=True, rdpp=False, recontrast_lr_scale=0.0
+        )
 
 
 def test_recontrast_pairs_each_encoder_with_the_decoding_of_the_other(teacher):
     """In eval mode (BatchNorm per image) the decoder's output for the joint batch splits into what it makes of
     each encoder alone: the frozen levels are compared with the decoding of the trainable encoder's, the
     trainable encoder's with the decoding of the frozen teacher's."""
-    m = build_model("rd", teacher, image_size=64, recontrast=True).eval()
+    m = build_model("rd", teacher, image_size=64, recontrast=True, rdpp=False).eval()
     with torch.no_grad():  # move the copy away from the teacher, so the two halves differ
         for p in m.encoder.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -351,7 +356,7 @@ def test_recontrast_trains_the_copy_slowly_and_leaves_the_teacher(teacher, tmp_p
     )
     train = MVTecDataset(data, "train", image_size=64)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    m = build_model("rd", teacher, image_size=64, recontrast=True, batch_size=3)
+    m = build_model("rd", teacher, image_size=64, recontrast=True, rdpp=False, batch_size=3)
     fit(
         m,
         train,
@@ -365,7 +370,7 @@ def test_recontrast_trains_the_copy_slowly_and_leaves_the_teacher(teacher, tmp_p
         if not torch.equal(v, teacher.pyramid.state_dict()[k])
     ]
     assert moved
-    again = build_model("rd", teacher, image_size=64, recontrast=True, batch_size=3)
+    again = build_model("rd", teacher, image_size=64, recontrast=True, rdpp=False, batch_size=3)
     opt = make_optimizer(again)
     load_train_state(tmp_path / "r", again, opt)
     lrs = sorted(g["lr"] for g in opt.param_groups)

@@ -78,10 +78,13 @@ class RDConfig(ReverseDistillationConfig):
     Chosen on the validation set (``data validation``; figures in ``docs/benchmarks.md``): the official
     flattened cosine over the paper's per-position Eq. 2, and of the unified-reconstruction switches the loose
     loss (the gradient of each level's best-rebuilt 90 % of positions scaled by 0.1) against none; the noisy
-    bottleneck was compared too and left off."""
+    bottleneck was compared too and left off; then, over that, RD++'s projection (``rdpp``, taken) and
+    ReContrast's trainable encoder (``recontrast``, left off). RD++ costs one more teacher forward per
+    training step (the noised images)."""
 
     rd_loss: str = "flattened"
     hm_quantile: float = 0.9
+    rdpp: bool = True
     # ReContrast's encoder (methods/recontrast.py): a trainable copy of the teacher beside the frozen one,
     # cross-supervised, at recontrast_lr_scale x the learning rate (the official 1e-5 / 2e-3); off here
     recontrast: bool = False
@@ -95,7 +98,8 @@ class RDConfig(ReverseDistillationConfig):
             )
         if self.recontrast and self.rdpp:
             raise ValueError(
-                "rdpp and recontrast cannot both be on: RD++'s projection reads one pyramid"
+                "rdpp and recontrast cannot both be on: RD++'s projection reads one pyramid "
+                "(RD's cpu preset has rdpp on: add --set rdpp=false)"
             )
 
 

@@ -149,8 +149,10 @@ def losses(
 def terms(method, batch, out: dict) -> dict[str, torch.Tensor]:
     """RD++'s terms for a reverse student (``RD`` or ``SNL`` with ``rdpp`` on) whose :meth:`forward` gave ``out``
     (with ``projected``, the clean image's projection): the batch's images are noised, the frozen teacher reads
-    them (one more forward) and the projection maps them."""
+    them (one more forward) and the projection maps them. Outside training the noise is drawn from a fixed
+    seed, so an evaluated loss is repeatable."""
+    generator = None if method.training else torch.Generator().manual_seed(0)
     with torch.no_grad():
-        feats = method.teacher(noise_patches(batch.image))
+        feats = method.teacher(noise_patches(batch.image, generator))
     noised = [feats[name].float() for name in method.teacher.layer_names]
     return losses(noised, method.projection(noised), out["projected"], method.cfg.rdpp_weight)
