@@ -234,7 +234,7 @@ def test_rdpp_the_bottleneck_reads_the_projection_the_target_stays_the_teacher(t
     x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
     plain = build_model(name, teacher, image_size=64, rdpp=False)
     assert plain.projection is None and not plain.needs_images and "projected" not in plain(x)
-    # as chosen on the validation set: RD's cpu preset takes RD++'s projection, SNL's was not compared; RD4AD's
+    # as chosen on the validation set: RD's cpu preset takes RD++'s projection, SNL's does not; RD4AD's
     # recipe has none
     assert make_config(name, "cpu").rdpp == (name == "rd") and not make_config(name, "paper").rdpp
     m = build_model(name, teacher, image_size=64, rdpp=True).eval()

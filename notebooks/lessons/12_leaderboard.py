@@ -22,14 +22,17 @@ Training eight methods on five categories at 256 px takes hours on this CPU, so 
 of `python -m unistad_edu bench leaderboard` from `docs/results/leaderboard.json` when the file is there, and
 only trains (a small quick version) when it is not.
 
-**How to read the saved table.** It is the leaderboard of 2026-12-03. Several of its presets' choices (UniAD's
-batch balancing, schedule and score rule, UniSTAD's score rule, the enhanced STPM's combine rule, the dual
-students' target) were made by looking at this same test set, and UniAD's batches were balanced by the
-category folders — a label. Differences of two or three points between the teacher–student methods are not
-robust to that. The choices are being re-made on a validation set built from training images only
-(`python -m unistad_edu data validation`, README "Choose on validation, report on test"), and three
-components have changed since (the dual students' Noisy-OR, SNL's CRAM, the enhanced STPM's second pair);
-`docs/benchmarks.md` says which figures are from which protocol.
+**How to read the saved table.** It is the leaderboard of 2026-12-06: every method at its `cpu` preset, trained
+unified on the five shared categories, three seeds each, and scored **once** on the test set after every preset
+choice had been made on a validation set built from training images only (`python -m unistad_edu data
+validation`: held-out normal images and synthetic defects made from them; README "Choose on validation, report
+on test"). No preset reads a category label. Choices made that way since the old table: UniAD trains on plain
+shuffled batches with the loose loss, RD takes RD++'s projection, the dual students' decoder lost its noisy
+bottleneck and hard mining, the enhanced STPM's second pair is a decoder and combines by the product, UniSTAD
+scores by the max. The columns **false alarms %** and **worst product FA %** count verdicts at each run's
+calibrated thresholds: the share of all normal test images flagged, and of the product that is flagged most
+(the table below the main one gives every product). `docs/benchmarks.md` has the validation figures behind each
+choice.
 """),
     code(r"""
 import os

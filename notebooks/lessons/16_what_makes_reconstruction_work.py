@@ -226,11 +226,27 @@ work: the switches on validation".
 | RD | loose loss (`hm_quantile=0.9`) | **86.3** | 81.5 | **yes** (+4.8) |
 | SNL | none (the per-position loss) | **85.8** | 81.8 | |
 | SNL | loose loss (`hm_quantile=0.9`) | 84.9 | 82.3 | no (−0.9) |
+| *second machine (native bf16), baselines trained again there:* | | | | |
+| UniAD | none | 84.7 | 84.7 | |
+| UniAD | noise (`input_dropout=0.2`) | 83.0 | 84.3 | no (−1.7) |
+| UniAD | loose loss (`hm_quantile=0.9`) | **85.3** | 85.6 | **yes** (+0.6) |
+| dual students' decoder | both off (the new preset) | 91.2 | 86.8 | |
+| dual students' decoder | loose loss alone | 91.5 | 87.5 | no (+0.3) |
+| dual students' decoder | noise (`bottleneck_dropout=0.2`) alone | 91.0 | 87.3 | no (−0.2) |
+| dual students' decoder | both (the old preset) | 91.4 | 87.5 | no (+0.2) |
+| RD | none (flattened + loose loss) | 86.2 | 82.1 | |
+| RD | RD++'s projection (`rdpp=true`) | **88.3** | 84.4 | **yes** (+2.1) |
+| RD | ReContrast's encoder (`recontrast=true`) | 84.2 | 81.3 | no (−2.0) |
+| SNL | none (the per-position loss) | **85.0** | 82.1 | |
+| SNL | RD++'s projection (`rdpp=true`) | 83.6 | 83.1 | no (−1.4) |
 
 What to take from it. The loose loss paid off in the quick plain autoencoder of this lesson, in UniSTAD and
-most in RD — where the hardest products were (RD's metal_plate went from 73.5 to 89.2) — but not in SNL (perhaps
-because its structural terms already pull on what a per-position cosine leaves alone, lesson 05): an idea's
-worth depends on what the model already does. The noise, which Dinomaly found its strongest single idea, bought
+most in RD — where the hardest products were (RD's metal_plate went from 73.5 to 89.2) — and just enough in
+UniAD, but not in SNL (perhaps because its structural terms already pull on what a per-position cosine leaves
+alone, lesson 05) nor in the dual students' decoder: an idea's worth depends on what the model already does.
+RD++'s projection, which learns to wipe a noise patch out of the teacher's features before the bottleneck sees
+them, added two more points to RD but cost SNL one and a half; ReContrast's slowly trained copy of the teacher
+cost RD two, at seven times the training time. The noise, which Dinomaly found its strongest single idea, bought
 no image AUROC at this budget: a harder task (rebuild without copying) needs more training than ten CPU minutes give, and Dinomaly
 trains a ViT for 10 000 GPU iterations. The finer grid is a matter of compute: four times the tokens cost UniSTAD
 seven to eleven times the time per epoch, so at the same budget it was far behind. And the validation defects

@@ -83,7 +83,8 @@ class SNLConfig(ReverseDistillationConfig):
     256 px, bf16, one thread): ~0.28 s per training step against RD's ~0.17 s.
 
     Chosen on the validation set (``docs/benchmarks.md``): the per-position loss against the flattened one,
-    and no loose loss -- where RD's ``cpu`` preset takes both the flattened loss and the loose loss."""
+    no loose loss and no RD++ projection -- where RD's ``cpu`` preset takes the flattened loss, the loose loss
+    and RD++'s projection."""
 
     spatial_channel: bool = True
     spatial_channel_weight: float = 1.0
