@@ -312,7 +312,8 @@ class ReverseDistillationConfig(MethodConfig):
     hm_quantile: float = 0.0
     hm_factor: float = 0.1
     # RD++'s projection (methods/rd_plus.py): a trainable projection per level between the teacher and the
-    # bottleneck, taught to erase noise patches (rdpp_weight: its loss's weight, the official 0.2); off here
+    # bottleneck, taught to erase noise patches (rdpp_weight: its loss's weight, the official 0.2); off here,
+    # on in RD's cpu preset (chosen on validation)
     rdpp: bool = False
     rdpp_weight: float = 0.2
     init_seed: int = 0  # the bottleneck's and decoder's initial weights, reproducible

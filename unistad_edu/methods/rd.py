@@ -204,16 +204,13 @@ class RD(Method):
         t = self.teacher_levels(batch)
         p = bottleneck_input(self, t)
         e = recontrast.encoder_levels(self, batch.image) if self.encoder is not None else []
-        if (
-            e
-        ):  # ReContrast: the trainable encoder's levels, then the frozen one's, as one batch of 2B
+        if e:  # ReContrast: the trainable copy's levels, then the frozen ones, one batch of 2B
             p = [torch.cat([a, b]) for a, b in zip(e, p)]
         z = self.bottleneck(
             noisy_levels(p, self.cfg.bottleneck_dropout, self.training)
         )  # (B, D, h_L/2, w_L/2)
-        s = [
-            x.float() for x in self.decoder(z, [tuple(f.shape[-2:]) for f in t])
-        ]  # (B, C_l, h_l, w_l)
+        # each (B, C_l, h_l, w_l)
+        s = [x.float() for x in self.decoder(z, [tuple(f.shape[-2:]) for f in t])]
         if e:  # the cross pairs: 2 L levels
             t, s = recontrast.cross_pairs(t, e, s)
         out = {"teacher": t, "student": s, "embedding": z}
