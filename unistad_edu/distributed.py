@@ -22,7 +22,8 @@ How the engine uses it (see ``engine.fit``):
   loss over the global batch). What it gives up is DDP's overlap of communication with the backward pass;
 * **buffers** (BatchNorm running statistics) are not averaged step by step: each rank normalises with its own
   local batch, as plain DDP does without SyncBatchNorm, and rank 0's buffers are copied to all ranks after
-  each epoch (DDP's ``broadcast_buffers`` does the same before every forward);
+  each epoch (DDP's ``broadcast_buffers`` does the same before every forward); likewise a loss that takes a
+  statistic over its batch -- the loose loss's quantile (``hm_quantile``) -- takes it over each rank's own part;
 * **rank 0 writes**: checkpoints, the training log, prints and progress bars; :func:`DistInfo.barrier` keeps
   the other ranks from reading the run folder while rank 0 rewrites it, and from returning before it is done.
 
