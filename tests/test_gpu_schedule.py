@@ -45,11 +45,12 @@ def test_the_gpu_script_runs_at_a_tiny_size_on_cpu(demo_data, tmp_path, capsys, 
     result = json.loads(out.read_text())
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"stpm", "memory_bank"} and result["minutes"] == 0.02
-    assert (
-        rows["stpm"]["paper_epochs"] == 100 and 1 <= rows["stpm"]["epochs"] <= 5
-    )  # stopped by its 0.6 s share
+    # stopped by its 0.6 s share (the engine says so), long before the paper's 100 epochs; how many
+    # epochs fit in 0.6 s depends on the machine, so only the reason and the bound are checked
+    assert rows["stpm"]["paper_epochs"] == 100 and 1 <= rows["stpm"]["epochs"] < 100
     assert rows["memory_bank"]["paper_epochs"] is None
     for r in rows.values():
         assert 0.0 <= r["I-AUROC"] <= 1.0 and not math.isnan(r["P-AUROC"]) and r["device"] == "cpu"
     table = capsys.readouterr().out
+    assert f"stopping after epoch {rows['stpm']['epochs']}: the 0.01 min budget is used" in table
     assert "| stpm |" in table and "(100)" in table and "(one pass)" in table

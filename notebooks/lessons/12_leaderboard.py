@@ -188,20 +188,20 @@ for ratio in RATIOS:
 display(Markdown(report.markdown_table(costs, digits=2)))
 
 # how sure are these I-AUROCs? a 95 % bootstrap interval per category (lesson 09), for both banks
-iv_rows = []
+iv_rows, intervals = [], {}
 for c in CATEGORIES:
     row = {"category": c}
     for ratio, o in bank_scores.items():
         sel = np.asarray(o["categories"]) == c
-        row[f"I-AUROC [95 % interval], {ratio:.0%} bank"] = str(bootstrap_auroc(np.asarray(o["labels"])[sel],
-                                                                                 np.asarray(o["scores"])[sel]))
+        intervals[c, ratio] = bootstrap_auroc(np.asarray(o["labels"])[sel], np.asarray(o["scores"])[sel])
+        row[f"I-AUROC [95 % interval], {ratio:.0%} bank"] = str(intervals[c, ratio])
     iv_rows.append(row)
 display(Markdown(report.markdown_table(iv_rows)))
 """),
     md(r"""
 Ten times the bank is ten times the memory, and the search grows with it. What it buys in accuracy is the
 column to look at — next to its interval (the second table: where the two banks' intervals overlap, this
-test set cannot tell them apart): little (the check at the end asks for at most 2 points of I-AUROC), because a 1 % coreset already covers the normal patches well — which is the
+test set cannot tell them apart): little (the check at the end asks that, in every category, the two banks' intervals overlap), because a 1 % coreset already covers the normal patches well — which is the
 point of the coreset.
 
 ## 5. Why a unified bank has no interference
@@ -329,7 +329,8 @@ The claims of this lesson, asserted from this run's numbers:
 * the leaderboard has every method once;
 * the memory bank's search time grows with the coreset (the 10 % bank is slower to search than the 1 % bank;
   that it stores ten times the patches is true by construction, so it is not checked), and the larger bank buys
-  little accuracy: its mean I-AUROC is at most 2 points above the 1 % bank's;
+  no accuracy this test set can see: in every category the two banks' 95 % intervals of I-AUROC overlap (a
+  fixed bound on the difference of two point estimates would be decided by one or two quick-mode images);
 * in the unified bank, a normal test patch's nearest neighbour comes from its own category for the large
   majority of patches in every category — the reason the bank has no cross-class interference.
 """),
@@ -338,7 +339,9 @@ labels = [r["label"] for r in result["rows"]]
 assert len(labels) == len(set(labels)) and any(r["method"] == "memory_bank" for r in result["rows"])
 small, large = costs
 assert large["ms/img (cached teacher)"] > small["ms/img (cached teacher)"], costs
-assert large["I-AUROC"] - small["I-AUROC"] <= 2.0, "the 10 % bank bought more than 2 points of I-AUROC"
+for c in CATEGORIES:
+    a, b = intervals[c, RATIOS[0]], intervals[c, RATIOS[1]]
+    assert a.low <= b.high and b.low <= a.high, f"{c}: the 10 % bank is apart from the 1 % bank: {a} vs {b}"
 assert min(same.values()) > 0.8, same
 print("checks passed:", {c: f"{100 * v:.1f} %" for c, v in same.items()}, "|",
       f"bank 1 % -> 10 %: {small['bank MiB']} -> {large['bank MiB']} MiB, "
