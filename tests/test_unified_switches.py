@@ -41,6 +41,73 @@ def test_a_noisy_bottleneck_is_random_while_training_only(teacher, name):
     assert all(torch.equal(s1, s2) for s1, s2 in zip(c["student"], d["student"]))  # p = 0: no noise
 
 
+def test_feature_jitter_hand_computed_scale_and_its_spread():
+    """UniAD's rule by hand: f = (3, 4), alpha 2 -> sigma = 2 * 5 / 2 = 5; the added noise divided by sigma is a
+    standard normal (mean 0, std 1 over 200 000 draws), every sample hit at prob 1, about half at prob 0.5."""
+    from unistad_edu.layers import add_jitter, norm_jitter_sigma
+
+    f = torch.tensor([[3.0, 4.0]])
+    assert norm_jitter_sigma(f, 2.0, dim=-1).item() == pytest.approx(5.0)
+    torch.manual_seed(0)
+    x = torch.randn(400, 50, 10)  # (B, L, C)
+    sigma = norm_jitter_sigma(x, 20.0, dim=-1)  # (B, L, 1)
+    z = (add_jitter(x, sigma) - x) / sigma
+    assert abs(z.mean().item()) < 0.01 and z.std().item() == pytest.approx(1.0, abs=0.01)
+    hit = (add_jitter(x, sigma, prob=0.5) != x).flatten(1).any(dim=1)  # (B,)
+    assert 0.4 < hit.float().mean().item() < 0.6
+    assert torch.equal(add_jitter(x, sigma, prob=0.0), x)
+
+
+def _student_outputs(name, out):
+    """The student's predictions and the clean targets of a forward output, as two lists of tensors."""
+    keys = {
+        "rd": ("student", "teacher"),
+        "snl": ("student", "teacher"),
+        "unistad": (("global", "local"), ("target",)),
+        "dual_student": ("preds", "targets"),
+    }[name]
+    if name == "unistad":
+        return [out[k] for k in keys[0]], [out[k] for k in keys[1]]
+    return list(out[keys[0]]), list(out[keys[1]])
+
+
+@pytest.mark.parametrize(
+    "name, switch",
+    [
+        ("rd", "bottleneck_jitter"),
+        ("snl", "bottleneck_jitter"),
+        ("unistad", "input_jitter"),
+        ("dual_student", "bottleneck_jitter"),
+    ],
+)
+def test_the_jitter_switch_is_random_while_training_only(teacher, name, switch):
+    """The feature jitter as the noise of any reconstruction student: the student's predictions are random
+    while training, its targets clean; in eval mode it is the clean model (same initial weights)."""
+    small = (
+        {"hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "dec_layers": 2, "ee_image_size": None}
+        if name == "dual_student"
+        else {}
+    )
+    x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    noisy = build_model(name, teacher, image_size=64, **small, **{switch: 20.0}).train()
+    clean = build_model(name, teacher, image_size=64, **small).train()
+    (s1, t1), (s2, t2) = (_student_outputs(name, noisy(x)) for _ in range(2))
+    assert any(not torch.equal(a, b) for a, b in zip(s1, s2))  # random input
+    assert all(torch.equal(a, b) for a, b in zip(t1, t2))  # clean targets
+    s3, _ = _student_outputs(name, clean(x))
+    s4, _ = _student_outputs(name, clean(x))
+    assert all(torch.equal(a, b) for a, b in zip(s3, s4))  # alpha 0: no noise
+    # eval mode: the clean model (fresh ones: the training forwards above moved batch-norm statistics)
+    noisy = build_model(name, teacher, image_size=64, **small, **{switch: 20.0}).eval()
+    clean = build_model(name, teacher, image_size=64, **small).eval()
+    with torch.no_grad():
+        s5, _ = _student_outputs(name, noisy(x))
+        s6, _ = _student_outputs(name, clean(x))
+    assert all(torch.equal(a, b) for a, b in zip(s5, s6))
+    with pytest.raises(ValueError, match=switch):
+        build_model(name, teacher, image_size=64, **small, **{switch: -1.0})
+
+
 @pytest.mark.parametrize("rule", ["position", "flattened"])
 @pytest.mark.parametrize("q, f", [(0.5, 0.1), (0.9, 0.0), (0.25, 0.5)])
 def test_hard_mining_scales_the_gradient_of_the_easy_positions(rule, q, f):

@@ -196,6 +196,7 @@ SUFFIX_RANGES = (
         _in(0, None),
     ),  # a loss term's weight: 0 switches it off, negative would reward the error
     ("dropout", _in(0, 1, hi_open=True)),
+    ("_jitter", _in(0, None)),  # a feature jitter's alpha (layers.add_jitter); 0 = off
     ("_prob", _in(0, 1)),
     ("_momentum", _in(0, 1, lo_open=True)),
     ("_seed", _in(0, None)),
@@ -309,6 +310,9 @@ class ReverseDistillationConfig(MethodConfig):
     # and hard-point mining: the gradient of the best-reconstructed hm_quantile of positions scaled by
     # hm_factor (Dinomaly's loose loss; 0 = off). RD's cpu preset takes the loose loss (chosen on validation)
     bottleneck_dropout: float = 0.0
+    # the noise as UniAD's feature jitter (layers.add_jitter) instead of or beside the dropout: its alpha
+    # (UniAD's is 20); 0 = off
+    bottleneck_jitter: float = 0.0
     hm_quantile: float = 0.0
     hm_factor: float = 0.1
     # RD++'s projection (methods/rd_plus.py): a trainable projection per level between the teacher and the

@@ -78,9 +78,11 @@ import torch.nn as nn
 
 from ..layers import (
     TransformerLayer,
+    add_jitter,
     cosine_distance,
     global_cosine_distance,
     levels_to_grid,
+    norm_jitter_sigma,
     resize_bilinear,
     scale_easy_gradients,
     to_tokens,
@@ -125,6 +127,8 @@ class DualStudentConfig(TransformerTrainingConfig):
     dec_layers: int = 4  # at least one per group
     ffn_dim: int = 256
     bottleneck_dropout: float = 0.0  # Dinomaly's noisy bottleneck (the paper preset: 0.2); 0 = off
+    # the noise as UniAD's feature jitter on the ED student's input tokens instead: its alpha; 0 = off
+    bottleneck_jitter: float = 0.0
     hm_quantile: float = 0.0  # hard mining: the easiest share of points (paper: 0.9; 0 = off) ...
     hm_factor: float = 0.1  # ... get 0.1 of their gradient (1.0 = no mining)
     # EE student
@@ -451,7 +455,12 @@ class DualStudent(Method):
         x = self._fuse([aligned[n] for n in self.input_levels])  # (B, C_in, h, w)
         targets = [self._fuse([aligned[n] for n in g]) for g in self.groups]  # [(B, C_g, h, w)]
         B, _, h, w = x.shape
-        preds = self.ed(to_tokens(x))  # [(B, L, C_g)]
+        tokens = to_tokens(x)  # (B, L, C_in)
+        if self.training and self.cfg.bottleneck_jitter > 0:  # the targets stay clean
+            tokens = add_jitter(
+                tokens, norm_jitter_sigma(tokens, self.cfg.bottleneck_jitter, dim=-1)
+            )
+        preds = self.ed(tokens)  # [(B, L, C_g)]
         preds = [p.float().transpose(1, 2).reshape(B, -1, h, w) for p in preds]  # [(B, C_g, h, w)]
         point = [
             cosine_distance(t, s, dim=1, keepdim=False) for t, s in zip(targets, preds)

@@ -57,7 +57,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..layers import cosine_distance, global_cosine_distance, reverse_student, scale_easy_gradients
+from ..layers import (
+    add_jitter,
+    cosine_distance,
+    global_cosine_distance,
+    norm_jitter_sigma,
+    reverse_student,
+    scale_easy_gradients,
+)
 from . import rd_plus, recontrast
 from .base import Batch, Method, ReverseDistillationConfig, paper_recipe
 from .recontrast import LR_SCALE as RECONTRAST_LR_SCALE
@@ -103,10 +110,18 @@ class RDConfig(ReverseDistillationConfig):
             )
 
 
-def noisy_levels(levels: list[torch.Tensor], p: float, training: bool) -> list[torch.Tensor]:
-    """The teacher levels as the student's bottleneck reads them: with dropout ``p`` while training (a noisy
-    bottleneck, so copying them is never exact), unchanged otherwise. The loss's targets stay the clean levels."""
-    return [F.dropout(x, p, training=True) for x in levels] if training and p > 0 else levels
+def noisy_levels(
+    levels: list[torch.Tensor], p: float, training: bool, jitter: float = 0.0
+) -> list[torch.Tensor]:
+    """The teacher levels as the student's bottleneck reads them: while training, with UniAD's feature jitter
+    of scale ``jitter`` (``layers.add_jitter``, per position over the channels) and then dropout ``p`` -- a
+    noisy bottleneck, so copying them is never exact; unchanged otherwise (and in eval mode). The loss's
+    targets stay the clean levels."""
+    if not training:
+        return levels
+    if jitter > 0:
+        levels = [add_jitter(x, norm_jitter_sigma(x, jitter, dim=1)) for x in levels]
+    return [F.dropout(x, p, training=True) for x in levels] if p > 0 else levels
 
 
 def add_projection(method, cfg) -> None:
@@ -207,7 +222,7 @@ class RD(Method):
         if e:  # ReContrast: the trainable copy's levels, then the frozen ones, one batch of 2B
             p = [torch.cat([a, b]) for a, b in zip(e, p)]
         z = self.bottleneck(
-            noisy_levels(p, self.cfg.bottleneck_dropout, self.training)
+            noisy_levels(p, self.cfg.bottleneck_dropout, self.training, self.cfg.bottleneck_jitter)
         )  # (B, D, h_L/2, w_L/2)
         # each (B, C_l, h_l, w_l)
         s = [x.float() for x in self.decoder(z, [tuple(f.shape[-2:]) for f in t])]

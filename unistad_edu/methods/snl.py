@@ -251,7 +251,7 @@ class SNL(Method):
         t = self.teacher_levels(batch)
         p = bottleneck_input(self, t)
         z = self.bottleneck(
-            noisy_levels(p, self.cfg.bottleneck_dropout, self.training)
+            noisy_levels(p, self.cfg.bottleneck_dropout, self.training, self.cfg.bottleneck_jitter)
         )  # (B, D, h_L/2, w_L/2)
         extras = {} if self.projection is None else {"projected": p}
         if self.cram is not None:

@@ -60,11 +60,13 @@ import torch.nn.functional as F
 from ..layers import (
     PositionEmbedding2D,
     TransformerLayer,
+    add_jitter,
     clip_neighbor_size,
     level_cosine_distance,
     levels_to_grid,
     local_mask,
     neighbor_mask,
+    norm_jitter_sigma,
     scale_easy_gradients,
     to_grid,
     to_tokens,
@@ -110,6 +112,9 @@ class UniSTADConfig(TransformerTrainingConfig):
     # students read (training only; their targets stay clean), and the loose loss -- the gradient of each
     # student's best-predicted hm_quantile of tokens scaled by hm_factor
     input_dropout: float = 0.0
+    input_jitter: float = (
+        0.0  # the noise as UniAD's feature jitter instead: its alpha (UniAD's 20); 0 = off
+    )
     hm_quantile: float = 0.9  # the cpu preset's, chosen on validation; the paper preset has none
     hm_factor: float = 0.1
     # loss weights
@@ -270,6 +275,10 @@ class UniSTAD(Method):
         target = self.tokens(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
         t = to_tokens(target)  # (B, L, C), row-major tokens
+        if (
+            self.training and self.cfg.input_jitter > 0
+        ):  # what the students read; target stays clean
+            t = add_jitter(t, norm_jitter_sigma(t, self.cfg.input_jitter, dim=-1))
         if self.training and self.cfg.input_dropout > 0:
             t = F.dropout(
                 t, self.cfg.input_dropout, training=True
