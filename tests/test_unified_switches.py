@@ -25,8 +25,10 @@ def teacher():
 @pytest.mark.parametrize("name", ["rd", "snl"])
 def test_a_noisy_bottleneck_is_random_while_training_only(teacher, name):
     x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    noisy = build_model(name, teacher, image_size=64, bottleneck_dropout=0.3)
-    clean = build_model(name, teacher, image_size=64)
+    noisy = build_model(name, teacher, image_size=64, bottleneck_dropout=0.3, bottleneck_jitter=0.0)
+    clean = build_model(
+        name, teacher, image_size=64, bottleneck_jitter=0.0
+    )  # RD's preset has a jitter
     noisy.train()
     a, b = noisy(x), noisy(x)
     assert any(
@@ -90,7 +92,7 @@ def test_the_jitter_switch_is_random_while_training_only(teacher, name, switch):
     )
     x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     noisy = build_model(name, teacher, image_size=64, **small, **{switch: 20.0}).train()
-    clean = build_model(name, teacher, image_size=64, **small).train()
+    clean = build_model(name, teacher, image_size=64, **small, **{switch: 0.0}).train()
     (s1, t1), (s2, t2) = (_student_outputs(name, noisy(x)) for _ in range(2))
     assert any(not torch.equal(a, b) for a, b in zip(s1, s2))  # random input
     assert all(torch.equal(a, b) for a, b in zip(t1, t2))  # clean targets
@@ -99,7 +101,7 @@ def test_the_jitter_switch_is_random_while_training_only(teacher, name, switch):
     assert all(torch.equal(a, b) for a, b in zip(s3, s4))  # alpha 0: no noise
     # eval mode: the clean model (fresh ones: the training forwards above moved batch-norm statistics)
     noisy = build_model(name, teacher, image_size=64, **small, **{switch: 20.0}).eval()
-    clean = build_model(name, teacher, image_size=64, **small).eval()
+    clean = build_model(name, teacher, image_size=64, **small, **{switch: 0.0}).eval()
     with torch.no_grad():
         s5, _ = _student_outputs(name, noisy(x))
         s6, _ = _student_outputs(name, clean(x))
@@ -132,9 +134,12 @@ def test_hard_mining_scales_the_gradient_of_the_easy_positions(rule, q, f):
 def test_the_presets_switches_and_their_ranges(teacher):
     # as chosen on the validation set: RD's cpu preset takes the loose loss, not the noisy bottleneck; RD4AD's
     # recipe (the paper preset) neither
+    # and, over that, the noise as a feature jitter of alpha 5 (not the dropout)
     cfg = build_model("rd", teacher, image_size=64).cfg
-    assert cfg.bottleneck_dropout == 0.0 and cfg.hm_quantile == 0.9
-    assert make_config("rd", "paper").hm_quantile == 0.0
+    assert cfg.bottleneck_dropout == 0.0 and cfg.hm_quantile == 0.9 and cfg.bottleneck_jitter == 5.0
+    paper = make_config("rd", "paper")
+    assert paper.hm_quantile == 0.0 and paper.bottleneck_jitter == 0.0 and not paper.rdpp
+    assert make_config("snl", "cpu").bottleneck_jitter == 0.0
     for bad in ({"hm_quantile": 1.0}, {"hm_factor": 1.5}, {"bottleneck_dropout": 1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_model("rd", teacher, image_size=64, **bad)

@@ -86,12 +86,15 @@ class RDConfig(ReverseDistillationConfig):
     flattened cosine over the paper's per-position Eq. 2, and of the unified-reconstruction switches the loose
     loss (the gradient of each level's best-rebuilt 90 % of positions scaled by 0.1) against none; the noisy
     bottleneck was compared too and left off; then, over that, RD++'s projection (``rdpp``, taken) and
-    ReContrast's trainable encoder (``recontrast``, left off). RD++ costs one more teacher forward per
-    training step (the noised images)."""
+    ReContrast's trainable encoder (``recontrast``, left off); then, over that, the noise as UniAD's feature
+    jitter on the bottleneck's input (``bottleneck_jitter``: alpha 20, UniAD's, and alpha 5 compared; alpha 5
+    taken -- alpha is relative to the channels, the noise's norm about alpha / sqrt(C) of a feature's, and
+    RD's finest level has 24). RD++ costs one more teacher forward per training step (the noised images)."""
 
     rd_loss: str = "flattened"
     hm_quantile: float = 0.9
     rdpp: bool = True
+    bottleneck_jitter: float = 5.0  # the noise as UniAD's feature jitter, alpha 5 (chosen on validation)
     # ReContrast's encoder (methods/recontrast.py): a trainable copy of the teacher beside the frozen one,
     # cross-supervised, at recontrast_lr_scale x the learning rate (the official 1e-5 / 2e-3); off here
     recontrast: bool = False
