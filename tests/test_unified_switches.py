@@ -140,6 +140,10 @@ def test_the_presets_switches_and_their_ranges(teacher):
     paper = make_config("rd", "paper")
     assert paper.hm_quantile == 0.0 and paper.bottleneck_jitter == 0.0 and not paper.rdpp
     assert make_config("snl", "cpu").bottleneck_jitter == 0.0
+    # the dual students' decoder: the jitter too (alpha 5), neither dropout nor mining; Dinomaly's recipe none
+    dual, dual_paper = make_config("dual_student", "cpu"), make_config("dual_student", "paper")
+    assert (dual.bottleneck_jitter, dual.bottleneck_dropout, dual.hm_quantile) == (5.0, 0.0, 0.0)
+    assert (dual_paper.bottleneck_jitter, dual_paper.bottleneck_dropout) == (0.0, 0.2)
     for bad in ({"hm_quantile": 1.0}, {"hm_factor": 1.5}, {"bottleneck_dropout": 1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             build_model("rd", teacher, image_size=64, **bad)

@@ -94,7 +94,8 @@ class RDConfig(ReverseDistillationConfig):
     rd_loss: str = "flattened"
     hm_quantile: float = 0.9
     rdpp: bool = True
-    bottleneck_jitter: float = 5.0  # the noise as UniAD's feature jitter, alpha 5 (chosen on validation)
+    # the noise: UniAD's feature jitter on the bottleneck's input, alpha 5 (chosen on validation)
+    bottleneck_jitter: float = 5.0
     # ReContrast's encoder (methods/recontrast.py): a trainable copy of the teacher beside the frozen one,
     # cross-supervised, at recontrast_lr_scale x the learning rate (the official 1e-5 / 2e-3); off here
     recontrast: bool = False
