@@ -262,6 +262,22 @@ def test_a_missing_config_field_is_not_filled_with_a_default(stpm_run, lite0_tea
         load_checkpoint(run, teacher=lite0_teacher)
 
 
+def test_a_field_added_since_loads_with_its_off_value_not_todays_default(lite0_teacher, tmp_path):
+    """A run saved before RD's feature jitter existed (its config lacks ``bottleneck_jitter``) did not jitter:
+    it loads with 0, not with the cpu preset's 5; the run's other fields stay as saved."""
+    from unistad_edu.checkpoint import save_checkpoint
+
+    model = build_model("rd", lite0_teacher, image_size=SIZE, epochs=1, rdpp=False)
+    assert model.cfg.bottleneck_jitter == 5.0  # today's default
+    run = tmp_path / "rd"
+    save_checkpoint(run, model)
+    _edit_config(run, lambda cfg: cfg["method_config"].pop("bottleneck_jitter"))
+    loaded = load_checkpoint(run, teacher=lite0_teacher)
+    assert (
+        loaded.cfg.bottleneck_jitter == 0.0 and loaded.cfg.rdpp is False and loaded.cfg.epochs == 1
+    )
+
+
 def test_resuming_a_run_of_an_older_format_is_refused(stpm_run, data, lite0_teacher, tmp_path):
     from unistad_edu.runs import RunFolderError
 

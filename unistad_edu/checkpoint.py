@@ -322,9 +322,18 @@ def _saved_method_config(run: Path, run_config: dict, overrides: dict | None):
         config_class = method_class(run_config["method"]).Config
     except ValueError as err:
         raise CheckpointError(f"{run}: {err}") from err
-    saved = run_config["method_config"]
-    missing = sorted(f.name for f in dataclasses.fields(config_class) if f.name not in saved)
-    if missing:  # every field is saved: none is filled in with today's default
+    from .methods.base import ADDED_FIELDS
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    older = {
+        k: v for k, v in ADDED_FIELDS.items() if k in names and k not in run_config["method_config"]
+    }
+    saved = {
+        **older,
+        **run_config["method_config"],
+    }  # a field added since: the value of "before it"
+    missing = sorted(n for n in names if n not in saved)
+    if missing:  # every other field is saved: none is filled in with today's default
         raise CheckpointError(f"{run / CONFIG_FILE}: method_config lacks {missing}: {ALTERED}")
     try:
         # the saved config alone: its own errors named so

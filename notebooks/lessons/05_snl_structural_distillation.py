@@ -77,10 +77,10 @@ once per image and both models train from the cache.
 snl_cfg, teacher = method_and_teacher(lesson, "snl", init_seed=SEED, **OVERRIDES)  # cpu preset if offline
 PRESET = lesson.preset
 # RD and SNL share the teacher; RD gets SNL's loss rule, so that everything but SNL's four terms is equal
-# (RD's cpu preset takes the flattened loss, the loose loss and RD++'s projection, SNL's none of them: each
-# chosen on validation)
+# (RD's cpu preset takes the flattened loss, the loose loss, RD++'s projection and a feature jitter, SNL's
+# none of them: each chosen on validation)
 rd_cfg = make_config("rd", PRESET, init_seed=SEED, rd_loss=snl_cfg.rd_loss, hm_quantile=snl_cfg.hm_quantile,
-                     rdpp=snl_cfg.rdpp, **OVERRIDES)
+                     rdpp=snl_cfg.rdpp, bottleneck_jitter=snl_cfg.bottleneck_jitter, **OVERRIDES)
 SIZE = snl_cfg.image_size
 
 train, test, cache = lesson_data(lesson, SIZE, N_TRAIN, N_TEST, teacher)  # capped sets + warm cache

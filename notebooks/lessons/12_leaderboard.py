@@ -27,8 +27,8 @@ unified on the five shared categories, three seeds each, and scored **once** on 
 choice had been made on a validation set built from training images only (`python -m unistad_edu data
 validation`: held-out normal images and synthetic defects made from them; README "Choose on validation, report
 on test"). No preset reads a category label. Choices made that way since the old table: UniAD trains on plain
-shuffled batches with the loose loss, RD takes RD++'s projection, the dual students' decoder lost its noisy
-bottleneck and hard mining, the enhanced STPM's second pair is a decoder and combines by the product, UniSTAD
+shuffled batches with the loose loss, RD takes RD++'s projection and a feature jitter on its bottleneck's input,
+the dual students' decoder lost its dropout and hard mining and reads jittered tokens instead, the enhanced STPM's second pair is a decoder and combines by the product, UniSTAD
 scores by the max. The columns **false alarms %** and **worst product FA %** count verdicts at each run's
 calibrated thresholds: the share of all normal test images flagged, and of the product that is flagged most
 (the table below the main one gives every product). `docs/benchmarks.md` has the validation figures behind each

@@ -176,6 +176,11 @@ def _in(lo, hi, lo_open=False, hi_open=False):
     )
 
 
+# config fields added after runs of today's checkpoint format had been saved, each with the value that
+# reproduces what such a run did (its switch off) -- never today's default, which may be on: a run saved
+# before the field existed loads with this value; any other missing field is refused (checkpoint.py)
+ADDED_FIELDS: dict[str, object] = {"bottleneck_jitter": 0.0, "input_jitter": 0.0}
+
 # by field name: the shared optimisation fields, then any method's fields by the ending of their name
 RANGES = {
     "lr": _in(0, 10, lo_open=True),  # larger than 10 only ever diverges (a NaN run "complete")

@@ -83,8 +83,8 @@ class SNLConfig(ReverseDistillationConfig):
     256 px, bf16, one thread): ~0.28 s per training step against RD's ~0.17 s.
 
     Chosen on the validation set (``docs/benchmarks.md``): the per-position loss against the flattened one,
-    no loose loss and no RD++ projection -- where RD's ``cpu`` preset takes the flattened loss, the loose loss
-    and RD++'s projection."""
+    no loose loss, no RD++ projection and no feature jitter on the bottleneck's input (alpha 20 and 5 compared)
+    -- where RD's ``cpu`` preset takes the flattened loss, the loose loss, RD++'s projection and the jitter."""
 
     spatial_channel: bool = True
     spatial_channel_weight: float = 1.0

@@ -91,7 +91,8 @@ class UniSTADConfig(TransformerTrainingConfig):
 
     Chosen on the validation set (``docs/benchmarks.md``): the image score (the max against the mean of the
     top 1 %, tied, so the simpler), and of the unified-reconstruction switches the loose loss (against none;
-    dropout on the students' input and a finer token grid were compared too and left off); balanced batches
+    dropout on the students' input, the noise as UniAD's feature jitter (``input_jitter``, alpha 20 and 5) and
+    a finer token grid were compared too and left off); balanced batches
     and 80 epochs were compared on the test set only ("UniSTAD (the best teacher-student method): two more
     ideas") and are not adopted."""
 
