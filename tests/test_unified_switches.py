@@ -26,9 +26,8 @@ def teacher():
 def test_a_noisy_bottleneck_is_random_while_training_only(teacher, name):
     x = Batch(image=torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     noisy = build_model(name, teacher, image_size=64, bottleneck_dropout=0.3, bottleneck_jitter=0.0)
-    clean = build_model(
-        name, teacher, image_size=64, bottleneck_jitter=0.0
-    )  # RD's preset has a jitter
+    # alpha 0 said explicitly: RD's preset has a jitter
+    clean = build_model(name, teacher, image_size=64, bottleneck_jitter=0.0)
     noisy.train()
     a, b = noisy(x), noisy(x)
     assert any(

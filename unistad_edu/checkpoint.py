@@ -325,13 +325,9 @@ def _saved_method_config(run: Path, run_config: dict, overrides: dict | None):
     from .methods.base import ADDED_FIELDS
 
     names = {f.name for f in dataclasses.fields(config_class)}
-    older = {
-        k: v for k, v in ADDED_FIELDS.items() if k in names and k not in run_config["method_config"]
-    }
-    saved = {
-        **older,
-        **run_config["method_config"],
-    }  # a field added since: the value of "before it"
+    # a field added since the run was saved gets its value of "before it"; a saved value always wins
+    added = {k: v for k, v in ADDED_FIELDS.items() if k in names}
+    saved = {**added, **run_config["method_config"]}
     missing = sorted(n for n in names if n not in saved)
     if missing:  # every other field is saved: none is filled in with today's default
         raise CheckpointError(f"{run / CONFIG_FILE}: method_config lacks {missing}: {ALTERED}")

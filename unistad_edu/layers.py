@@ -26,8 +26,9 @@ Tokens are numbered row-major: token ``i`` sits at row ``i // w``, column ``i % 
 * :func:`xavier_init_` -- Xavier-uniform weights and zero biases on every linear layer of a module (frozen
   sub-modules skipped).
 * :func:`norm_jitter_sigma`, :func:`add_jitter` -- UniAD's feature jitter: Gaussian noise of standard deviation
-  ``alpha * ||f||_2 / C`` per feature vector, each image hit with a probability; the noise that any
-  reconstruction student can read its input through (UniAD's own, and the others' ``*_jitter`` switch).
+  ``alpha * ||f||_2 / C`` per feature vector, each image hit with a probability.
+* :func:`noisy_input` -- the teacher features as a reconstruction student reads them while training: that
+  jitter, then dropout (the ``*_jitter`` and ``*_dropout`` switches of every reconstruction student).
 """
 
 from __future__ import annotations
@@ -383,6 +384,15 @@ def add_jitter(x: torch.Tensor, sigma: torch.Tensor, prob: float = 1.0) -> torch
     # strided tensor takes torch's slow scalar path (measured 6x slower, a third of a small model's step)
     noise = torch.randn(x.shape, device=x.device, dtype=x.dtype)
     return x + noise * sigma * hit
+
+
+def noisy_input(x: torch.Tensor, dropout: float, jitter: float, dim: int) -> torch.Tensor:
+    """Teacher features as a reconstruction student reads them while training (call it in training only; the
+    loss's targets stay the clean ``x``): UniAD's feature jitter of alpha ``jitter`` per feature vector along
+    ``dim``, then dropout ``dropout``; each off at 0."""
+    if jitter > 0:
+        x = add_jitter(x, norm_jitter_sigma(x, jitter, dim))
+    return F.dropout(x, dropout, training=True) if dropout > 0 else x
 
 
 # ---- feature pyramid matching (STPM and its enhanced version) -----------------------------------------------

@@ -78,11 +78,10 @@ import torch.nn as nn
 
 from ..layers import (
     TransformerLayer,
-    add_jitter,
     cosine_distance,
     global_cosine_distance,
     levels_to_grid,
-    norm_jitter_sigma,
+    noisy_input,
     resize_bilinear,
     scale_easy_gradients,
     to_tokens,
@@ -110,8 +109,9 @@ class DualStudentConfig(TransformerTrainingConfig):
     each branch alone (kept: the local branch alone within 0.5); and the decoder's two unified-reconstruction
     switches, Dinomaly's noisy bottleneck and hard mining, each on and off (left off: neither raised the
     image AUROC by more than 0.5); then the noise as UniAD's feature jitter on the decoder's input tokens
-    (alpha 20, UniAD's, and 5 compared; alpha 5 taken). The semantic target and the rest were chosen earlier on the test set. Figures and speed: ``docs/benchmarks.md``, "Choose on validation, report on
-    test" and "Dual students and enhanced STPM"."""
+    (alpha 20, UniAD's, and 5 compared; alpha 5 taken). The semantic target and the rest were chosen earlier
+    on the test set. Figures and speed: ``docs/benchmarks.md``, "Choose on validation, report on test" and
+    "Dual students and enhanced STPM"."""
 
     choices: ClassVar[dict[str, tuple]] = {
         "semantic_target": ("auto", "embedding", "imagenet"),
@@ -458,10 +458,10 @@ class DualStudent(Method):
         targets = [self._fuse([aligned[n] for n in g]) for g in self.groups]  # [(B, C_g, h, w)]
         B, _, h, w = x.shape
         tokens = to_tokens(x)  # (B, L, C_in)
-        if self.training and self.cfg.bottleneck_jitter > 0:  # the targets stay clean
-            tokens = add_jitter(
-                tokens, norm_jitter_sigma(tokens, self.cfg.bottleneck_jitter, dim=-1)
-            )
+        if (
+            self.training
+        ):  # the jitter (its dropout is inside the bottleneck); the targets stay clean
+            tokens = noisy_input(tokens, 0.0, self.cfg.bottleneck_jitter, dim=-1)
         preds = self.ed(tokens)  # [(B, L, C_g)]
         preds = [p.float().transpose(1, 2).reshape(B, -1, h, w) for p in preds]  # [(B, C_g, h, w)]
         point = [

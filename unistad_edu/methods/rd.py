@@ -55,13 +55,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..layers import (
-    add_jitter,
     cosine_distance,
     global_cosine_distance,
-    norm_jitter_sigma,
+    noisy_input,
     reverse_student,
     scale_easy_gradients,
 )
@@ -121,11 +119,7 @@ def noisy_levels(
     of scale ``jitter`` (``layers.add_jitter``, per position over the channels) and then dropout ``p`` -- a
     noisy bottleneck, so copying them is never exact; unchanged otherwise (and in eval mode). The loss's
     targets stay the clean levels."""
-    if not training:
-        return levels
-    if jitter > 0:
-        levels = [add_jitter(x, norm_jitter_sigma(x, jitter, dim=1)) for x in levels]
-    return [F.dropout(x, p, training=True) for x in levels] if p > 0 else levels
+    return [noisy_input(x, p, jitter, dim=1) for x in levels] if training else levels
 
 
 def add_projection(method, cfg) -> None:

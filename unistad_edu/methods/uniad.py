@@ -64,6 +64,7 @@ from ..layers import (
     clip_neighbor_size,
     levels_to_grid,
     neighbor_mask,
+    noisy_input,
     norm_jitter_sigma,
     scale_easy_gradients,
     to_grid,
@@ -284,8 +285,8 @@ class UniAD(Method):
         tokens = to_tokens(target)  # (B, L, C), L = h w, row-major
         if self.training and self.cfg.jitter:
             tokens = self.add_jitter(tokens)  # (B, L, C); the target stays clean
-        if self.training and self.cfg.input_dropout > 0:
-            tokens = F.dropout(tokens, self.cfg.input_dropout, training=True)  # (B, L, C)
+        if self.training:
+            tokens = noisy_input(tokens, self.cfg.input_dropout, 0.0, dim=-1)  # (B, L, C)
         rec = to_grid(self.rebuild(tokens), h, w)  # (B, L, C) -> (B, C, h, w)
         inp = to_grid(tokens, h, w)  # (B, C, h, w)
         return {"target": target, "input": inp, "rec": rec}

@@ -55,18 +55,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..layers import (
     PositionEmbedding2D,
     TransformerLayer,
-    add_jitter,
     clip_neighbor_size,
     level_cosine_distance,
     levels_to_grid,
     local_mask,
     neighbor_mask,
-    norm_jitter_sigma,
+    noisy_input,
     scale_easy_gradients,
     to_grid,
     to_tokens,
@@ -92,9 +90,8 @@ class UniSTADConfig(TransformerTrainingConfig):
     Chosen on the validation set (``docs/benchmarks.md``): the image score (the max against the mean of the
     top 1 %, tied, so the simpler), and of the unified-reconstruction switches the loose loss (against none;
     dropout on the students' input, the noise as UniAD's feature jitter (``input_jitter``, alpha 20 and 5) and
-    a finer token grid were compared too and left off); balanced batches
-    and 80 epochs were compared on the test set only ("UniSTAD (the best teacher-student method): two more
-    ideas") and are not adopted."""
+    a finer token grid were compared too and left off); balanced batches and 80 epochs were compared on the
+    test set only ("UniSTAD (the best teacher-student method): two more ideas") and are not adopted."""
 
     # the two students (same architecture, different masks)
     hidden_dim: int = 128
@@ -113,9 +110,8 @@ class UniSTADConfig(TransformerTrainingConfig):
     # students read (training only; their targets stay clean), and the loose loss -- the gradient of each
     # student's best-predicted hm_quantile of tokens scaled by hm_factor
     input_dropout: float = 0.0
-    input_jitter: float = (
-        0.0  # the noise as UniAD's feature jitter instead: its alpha (UniAD's 20); 0 = off
-    )
+    # the noise as UniAD's feature jitter instead: its alpha (UniAD's is 20); 0 = off
+    input_jitter: float = 0.0
     hm_quantile: float = 0.9  # the cpu preset's, chosen on validation; the paper preset has none
     hm_factor: float = 0.1
     # loss weights
@@ -276,14 +272,8 @@ class UniSTAD(Method):
         target = self.tokens(self.teacher_features(batch))  # (B, C, h, w), frozen
         B, C, h, w = target.shape
         t = to_tokens(target)  # (B, L, C), row-major tokens
-        if (
-            self.training and self.cfg.input_jitter > 0
-        ):  # what the students read; target stays clean
-            t = add_jitter(t, norm_jitter_sigma(t, self.cfg.input_jitter, dim=-1))
-        if self.training and self.cfg.input_dropout > 0:
-            t = F.dropout(
-                t, self.cfg.input_dropout, training=True
-            )  # what the students read; target stays clean
+        if self.training:  # what the students read; the target stays clean
+            t = noisy_input(t, self.cfg.input_dropout, self.cfg.input_jitter, dim=-1)
         g = self.global_student(t).float()  # (B, L, C)
         loc = self.local_student(t).float()  # (B, L, C)
         return {"target": target, "global": to_grid(g, h, w), "local": to_grid(loc, h, w)}
